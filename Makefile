@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set everything up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED ?= $(abspath ../shared)
+
+# Nothing is ever fetched from a model or dataset hub; compiled DeepSpeed ops stay inside the repo.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HOME := $(CURDIR)/.cache/hf
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+export TOKENIZERS_PARALLELISM := false
+export TRL_VLPRM_SHARED := $(SHARED)
+
+.PHONY: setup demo test lint format bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and alone, pinned to the CPU build on the machine's disk: any looser request pulls CUDA.
+# torchvision must never be installed (it breaks transformers' imports beside the CPU torch).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip download -q --no-deps trl==1.13.0 -d .cache/wheels
+	! $(PY) -m pip show -q torchvision 2>/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m trl_vlprm.demo --output_dir outputs/demo
+
+test: $(STAMP)
+	$(PY) -m ruff check trl_vlprm recipes tests benchmarks
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check trl_vlprm recipes tests benchmarks
+	$(PY) -m ruff format --check trl_vlprm recipes tests benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix trl_vlprm recipes tests benchmarks
+	$(PY) -m ruff format trl_vlprm recipes tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/score_throughput.py
+
+clean:
+	rm -rf $(VENV) .cache outputs

@@ -1,0 +1,32 @@
+"""trl_vlprm: vision-language process reward models for the TRL ecosystem.
+
+Pipeline, one subpackage a stage: `data` -> `labeling` -> `trainer` (+ `modeling`) -> `guidance` -> `eval`.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# Heavy imports (torch, transformers) are deferred so `trl_vlprm.data` stays light for data-only users.
+_LAZY = {
+    "VLPRMConfig": "trl_vlprm.trainer.config",
+    "VLPRMTrainer": "trl_vlprm.trainer.vlprm_trainer",
+    "PRMScorer": "trl_vlprm.guidance.scorer",
+    "load_prm": "trl_vlprm.modeling.heads",
+}
+
+if TYPE_CHECKING:
+    from trl_vlprm.guidance.scorer import PRMScorer
+    from trl_vlprm.modeling.heads import load_prm
+    from trl_vlprm.trainer.config import VLPRMConfig
+    from trl_vlprm.trainer.vlprm_trainer import VLPRMTrainer
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'trl_vlprm' has no attribute {name!r}")
+
+
+__all__ = ["VLPRMConfig", "VLPRMTrainer", "PRMScorer", "load_prm", "__version__"]

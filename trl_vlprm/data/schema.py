@@ -1,0 +1,195 @@
+"""The one record that flows through every stage: data -> labelling -> training -> guidance -> evaluation.
+
+A record is a row of a `datasets.Dataset`. It is a superset of TRL's former *stepwise supervision* format
+(`prompt`, `completions`, `labels`), so a text-only TRL dataset is already a valid record set.
+
+| field        | type                                   | needed by                  |
+|--------------|----------------------------------------|----------------------------|
+| `prompt`     | `str` or chat messages (`list[dict]`)  | all                        |
+| `images`     | `list[PIL.Image]` (may be empty)       | all (vision rows)          |
+| `completions`| `list[str]`, one string a step         | training, labelling output |
+| `labels`     | `list[bool]` or `list[float]` in [0,1] | training                   |
+| `step_types` | `list[str]`: "perception"/"reasoning"  | optional                   |
+| `id`         | `str`                                  | guidance, evaluation       |
+| `answer`     | `str`: the gold final answer           | labelling, evaluation      |
+| `options`    | `list[str]`: multiple-choice options   | optional                   |
+| `category`   | `str`                                  | optional                   |
+
+Images are referenced from the prompt: a string prompt holds one `IMAGE_PLACEHOLDER` ("<image>") per image, in
+order; a chat prompt holds one `{"type": "image"}` content part per image. Rows whose prompt is a question
+without completions (``completions`` absent or empty) are *question records*: the input of labelling, guidance
+and evaluation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from PIL import Image
+
+IMAGE_PLACEHOLDER = "<image>"
+PERCEPTION = "perception"
+REASONING = "reasoning"
+STEP_TYPES = (PERCEPTION, REASONING)
+
+
+class RecordError(ValueError):
+    """A record breaks the schema. The message always names the row and the field."""
+
+    def __init__(self, row: int | str, field: str, problem: str):
+        self.row, self.field, self.problem = row, field, problem
+        super().__init__(f"row {row}: field '{field}': {problem}")
+
+
+def count_image_placeholders(prompt: str | Sequence[Mapping[str, Any]]) -> int:
+    """Number of image slots in a prompt (placeholders in a string, image parts in chat messages)."""
+    if isinstance(prompt, str):
+        return prompt.count(IMAGE_PLACEHOLDER)
+    count = 0
+    for message in prompt:
+        content = message.get("content")
+        if isinstance(content, list):
+            count += sum(1 for part in content if isinstance(part, Mapping) and part.get("type") == "image")
+        elif isinstance(content, str):
+            count += content.count(IMAGE_PLACEHOLDER)
+    return count
+
+
+def load_image(image: Any, row: int | str = "?", field: str = "images") -> Image.Image:
+    """Turn any image form a dataset may hold (PIL, Arrow `{"bytes", "path"}`, path, bytes) into an RGB PIL image.
+
+    Raises `RecordError` naming the row and field when the image is missing or cannot be decoded.
+    """
+    try:
+        if isinstance(image, Image.Image):
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")
+        if isinstance(image, Mapping):
+            if image.get("bytes"):
+                image = image["bytes"]
+            elif image.get("path"):
+                image = image["path"]
+            else:
+                raise ValueError("image has neither bytes nor path")
+        if isinstance(image, (bytes, bytearray)):
+            pil = Image.open(io.BytesIO(image))
+        elif isinstance(image, str):
+            pil = Image.open(image)
+        else:
+            raise ValueError(f"unsupported image type {type(image).__name__}")
+        pil.load()
+        return pil.convert("RGB")
+    except FileNotFoundError as err:
+        raise RecordError(row, field, f"image file not found: {err.filename}") from err
+    except RecordError:
+        raise
+    except Exception as err:  # PIL raises many types for corrupt data
+        raise RecordError(row, field, f"image cannot be decoded ({type(err).__name__}: {err})") from err
+
+
+def _check_prompt(record: Mapping[str, Any], row: int | str) -> None:
+    prompt = record.get("prompt")
+    if prompt is None:
+        raise RecordError(row, "prompt", "missing")
+    if isinstance(prompt, str):
+        return
+    if not isinstance(prompt, list) or not all(isinstance(m, Mapping) and "role" in m for m in prompt):
+        raise RecordError(row, "prompt", "must be a string or a list of chat messages with 'role' and 'content'")
+
+
+def validate_record(record: Mapping[str, Any], row: int | str = "?", check_images: bool = True) -> None:
+    """Check one record against the schema; raise `RecordError` naming the row and field on the first problem.
+
+    Args:
+        record: the row.
+        row: its index (or id), used in the error message.
+        check_images: decode every image (catches corrupt bytes and missing files).
+    """
+    _check_prompt(record, row)
+    images = record.get("images") or []
+    if not isinstance(images, (list, tuple)):
+        raise RecordError(row, "images", f"must be a list of images, got {type(images).__name__}")
+    for i, image in enumerate(images):
+        if image is None:
+            raise RecordError(row, "images", f"image {i} is missing (None)")
+        if check_images:
+            load_image(image, row, f"images[{i}]")
+    slots = count_image_placeholders(record["prompt"])
+    if slots != len(images):
+        raise RecordError(
+            row, "images", f"{len(images)} image(s) but {slots} image placeholder(s) in the prompt"
+        )
+
+    completions = record.get("completions")
+    if completions is None or len(completions) == 0:
+        if record.get("labels"):
+            raise RecordError(row, "completions", "labels are given but there are no steps")
+        return  # a question record
+    if not isinstance(completions, (list, tuple)):
+        raise RecordError(row, "completions", f"must be a list of step strings, got {type(completions).__name__}")
+    for i, step in enumerate(completions):
+        if not isinstance(step, str):
+            raise RecordError(row, "completions", f"step {i} is {type(step).__name__}, not a string")
+        if not step.strip():
+            raise RecordError(row, "completions", f"step {i} is empty")
+
+    labels = record.get("labels")
+    if labels is None:
+        raise RecordError(row, "labels", "missing")
+    if len(labels) != len(completions):
+        raise RecordError(row, "labels", f"{len(labels)} label(s) for {len(completions)} step(s)")
+    for i, label in enumerate(labels):
+        if isinstance(label, bool):
+            continue
+        if not isinstance(label, (int, float)) or math.isnan(label) or not 0.0 <= float(label) <= 1.0:
+            raise RecordError(row, "labels", f"label {i} is {label!r}; expected a bool or a float in [0, 1]")
+
+    step_types = record.get("step_types")
+    if step_types is not None and len(step_types) > 0:
+        if len(step_types) != len(completions):
+            raise RecordError(row, "step_types", f"{len(step_types)} step type(s) for {len(completions)} step(s)")
+        for i, kind in enumerate(step_types):
+            if kind not in STEP_TYPES:
+                raise RecordError(row, "step_types", f"step {i} has type {kind!r}; expected one of {STEP_TYPES}")
+
+
+def validate_dataset(records: Iterable[Mapping[str, Any]], check_images: bool = True) -> int:
+    """Validate every record; return how many there were. Stops at the first bad one (its error names the row)."""
+    count = 0
+    for index, record in enumerate(records):
+        validate_record(record, index, check_images=check_images)
+        count += 1
+    return count
+
+
+def is_soft(labels: Sequence[Any]) -> bool:
+    """True when labels are probabilities rather than booleans (any value other than 0/1/True/False)."""
+    return any(not isinstance(x, bool) and float(x) not in (0.0, 1.0) for x in labels)
+
+
+def stepwise_features(with_types: bool = True, soft_labels: bool = False):
+    """`datasets.Features` of a stepwise-supervision record with a string prompt and an Image feature."""
+    from datasets import Features, Image as ImageFeature, List, Value
+
+    features = {
+        "id": Value("string"),
+        "prompt": Value("string"),
+        "images": List(ImageFeature()),
+        "completions": List(Value("string")),
+        "labels": List(Value("float32") if soft_labels else Value("bool")),
+        "answer": Value("string"),
+        "options": List(Value("string")),
+        "category": Value("string"),
+    }
+    if with_types:
+        features["step_types"] = List(Value("string"))
+    return Features(features)
+
+
+def to_json_string(value: Any) -> str:
+    """Deterministic JSON for provenance columns (Arrow has no free-form dict type)."""
+    return json.dumps(value, sort_keys=True, default=str)
