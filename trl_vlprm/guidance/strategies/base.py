@@ -1,0 +1,144 @@
+"""What every search strategy shares: its settings, its result record and the scoring helper."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate
+from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
+
+
+@dataclass
+class SearchConfig:
+    """Settings of a search strategy (one dataclass for all, so a YAML config can switch strategy by name).
+
+    Args:
+        n: the sampling budget. majority / best_of_n / weighted_vote: full solutions sampled. dvts: leaves, split into
+            `n // beam_width` independent subtrees. step_selection: next steps sampled at every step. greedy and
+            beam_search ignore it.
+        aggregation: how step scores become a solution score ("last", "min", "mean", "prod"); used to pick the final
+            answer and to rank partial solutions in beam search.
+        beam_width: beam_search: beams kept after each step. dvts: next steps sampled per subtree per step.
+        expansions_per_beam: beam_search: next steps sampled from every beam at every step.
+        max_steps: step-level strategies stop expanding after this many steps and complete what is still open to the
+            end in one call.
+    """
+
+    n: int = 8
+    aggregation: str = "min"
+    beam_width: int = 4
+    expansions_per_beam: int = 2
+    max_steps: int = 10
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"SearchConfig.aggregation={self.aggregation!r}; expected one of {AGGREGATIONS}")
+        for name in ("n", "beam_width", "expansions_per_beam", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SearchConfig.{name}={getattr(self, name)}; must be >= 1")
+
+
+@dataclass
+class SearchResult:
+    """The outcome of one strategy on one question: every candidate kept, its step scores, and the choice made.
+
+    Attributes:
+        question_id: the question's `id`.
+        strategy: registry name of the strategy.
+        candidates: the final solutions considered (with `step_scores` when a scorer was used).
+        chosen: index into `candidates` of the solution picked, None when nothing could be picked.
+        answer: the answer of the chosen solution (for votes: the winning answer).
+        candidate_scores: aggregated score of each candidate (empty when no scorer was used).
+        details: strategy-specific trace (vote tallies, per-step expansions and which were kept, ...).
+        policy_stats: the policy's cost counters spent on this question (calls, sequences, tokens).
+    """
+
+    question_id: str
+    strategy: str
+    candidates: list[Candidate]
+    chosen: int | None
+    answer: str | None
+    candidate_scores: list[float] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    policy_stats: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (one JSONL line of a test-time-scaling run)."""
+        return {
+            "id": self.question_id,
+            "strategy": self.strategy,
+            "answer": self.answer,
+            "chosen": self.chosen,
+            "candidate_scores": self.candidate_scores,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "details": self.details,
+            "policy_stats": self.policy_stats,
+        }
+
+
+def question_id(question: Question) -> str:
+    return str(question.get("id", "?"))
+
+
+def score_candidates(scorer: StepScorer, question: Question, candidates: Sequence[Candidate]) -> None:
+    """Fill `step_scores` of every candidate in place with one scorer call; check the scorer's output shape."""
+    if not candidates:
+        return
+    scores = scorer.score(question, candidates)
+    if len(scores) != len(candidates):
+        raise ValueError(
+            f"question {question_id(question)}: scorer returned {len(scores)} score lists for {len(candidates)} "
+            "candidates"
+        )
+    for index, (candidate, step_scores) in enumerate(zip(candidates, scores)):
+        if len(step_scores) != len(candidate.steps):
+            raise ValueError(
+                f"question {question_id(question)}: candidate {index}: scorer returned {len(step_scores)} scores "
+                f"for {len(candidate.steps)} steps"
+            )
+        candidate.step_scores = [float(s) for s in step_scores]
+
+
+def require_scorer(scorer: StepScorer | None, strategy: str) -> StepScorer:
+    if scorer is None:
+        raise ValueError(f"strategy {strategy!r} needs a step scorer (PRM); got None")
+    return scorer
+
+
+def aggregated_scores(candidates: Sequence[Candidate], aggregation: str) -> list[float]:
+    return [aggregate(c.step_scores, aggregation) for c in candidates]
+
+
+def root_candidate() -> Candidate:
+    """The empty solution every step-level search starts from (gold tracking on, kept only if the policy knows it)."""
+    return Candidate(steps=[], gold_correct=[])
+
+
+def complete_open(question: Question, policy: Policy, open_candidates: list[Candidate]) -> list[Candidate]:
+    """Finish every open partial solution with one sampled completion."""
+    completed = []
+    for candidate in open_candidates:
+        continuations = policy.complete(question, candidate.steps, 1)
+        if not continuations:
+            raise RuntimeError(f"question {question_id(question)}: policy.complete returned no continuation")
+        completed.append(candidate.extend(continuations[0]))
+    return completed
+
+
+class StatsDelta:
+    """Cost of one search on a policy's running `PolicyStats` (context manager)."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.before: dict[str, int] = {}
+        self.spent: dict[str, int] = {}
+
+    def __enter__(self) -> StatsDelta:
+        self.before = self.policy.stats.as_dict()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        after = self.policy.stats.as_dict()
+        self.spent = {key: after[key] - self.before.get(key, 0) for key in after}
