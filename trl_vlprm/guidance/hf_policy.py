@@ -1,0 +1,220 @@
+"""A `Policy` backed by transformers `generate`: the CPU default and the fallback when vLLM is not installed.
+
+Semantics match `VLLMPolicy`: the question is rendered with the processor's chat template (images included), the
+steps of a prefix follow the assistant header joined by the step separator, `sample_next_steps` stops each sample at
+the first separator after some text, and `complete` runs to the end of the solution. `n` samples come from one
+`generate` call (`num_return_sequences`); with `temperature=0` decoding is greedy and the n samples are one sample
+repeated (greedy decoding cannot differ between samples).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, load_image
+from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
+
+_ANSWER_PATTERN = re.compile(r"answer\s*(?:is|:)\s*\(?([^\s().,;]+)", re.IGNORECASE)
+
+
+def extract_final_answer(solution: str) -> str | None:
+    """The answer a solution states ("... the answer is (B)." -> "B"), taking the last statement; None if absent."""
+    matches = _ANSWER_PATTERN.findall(solution)
+    return matches[-1] if matches else None
+
+
+def _content_parts(text: str) -> list[dict[str, str]]:
+    parts: list[dict[str, str]] = []
+    for index, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if index > 0:
+            parts.append({"type": "image"})
+        if piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
+
+
+def question_messages(question: Question, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """Chat messages of a question record: `<image>` placeholders in strings become image content parts."""
+    prompt = question["prompt"]
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": _content_parts(prompt)}]
+    else:
+        messages = [
+            {**m, "content": _content_parts(m["content"])} if isinstance(m.get("content"), str) else dict(m)
+            for m in prompt
+        ]
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    return messages
+
+
+class _SeparatorStop(StoppingCriteria):
+    """Stops each sequence once its generated text holds the separator after some non-blank text."""
+
+    def __init__(self, tokenizer, prompt_length: int, separator: str):
+        self.tokenizer, self.prompt_length, self.separator = tokenizer, prompt_length, separator
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        done = [self.separator in text.lstrip() for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class HFPolicy:
+    """Policy on a transformers vision-language (or text) model.
+
+    Args:
+        model: a generative model (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`, or any
+            causal LM for text-only questions).
+        processor: its processor (a tokenizer for text-only models), e.g. from `trl_vlprm.modeling.load_processor`.
+        step_separator: text that ends a step.
+        temperature: sampling temperature; 0 means greedy decoding.
+        top_p: nucleus sampling threshold.
+        max_new_tokens: token budget of `complete` / `sample_solutions`.
+        max_step_tokens: token budget of one step in `sample_next_steps`.
+        seed: when set, call i samples under seed `seed + i`, so two policies built alike give the same outputs.
+        system_prompt: optional system message put before every question.
+        answer_extractor: reads the final answer from a finished solution's text.
+    """
+
+    def __init__(
+        self,
+        model,
+        processor,
+        step_separator: str = "\n\n",
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_new_tokens: int = 512,
+        max_step_tokens: int = 128,
+        seed: int | None = None,
+        system_prompt: str | None = None,
+        answer_extractor: Callable[[str], str | None] = extract_final_answer,
+    ):
+        if not step_separator:
+            raise ValueError("HFPolicy: step_separator must be a non-empty string")
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.step_separator = step_separator
+        self.temperature, self.top_p = temperature, top_p
+        self.max_new_tokens, self.max_step_tokens = max_new_tokens, max_step_tokens
+        self.seed, self.system_prompt, self.answer_extractor = seed, system_prompt, answer_extractor
+        self.stats = PolicyStats()
+        end_ids = model.generation_config.eos_token_id
+        end_ids = [end_ids] if isinstance(end_ids, int) else list(end_ids or [])
+        self._eos_ids = set(end_ids) | ({self.tokenizer.eos_token_id} - {None})
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos_ids)
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: str | torch.dtype = "auto", **kwargs) -> HFPolicy:
+        """Load model and processor from a local folder (vision-language if the folder has an image processor)."""
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+        from trl_vlprm.modeling.processor import load_processor
+
+        processor = load_processor(path)
+        model_class = AutoModelForImageTextToText if hasattr(processor, "image_processor") else AutoModelForCausalLM
+        return cls(model_class.from_pretrained(path, dtype=dtype), processor, **kwargs)
+
+    # -- Policy protocol ---------------------------------------------------------------------------------------
+
+    def sample_solutions(self, question: Question, n: int) -> list[Continuation]:
+        return self.complete(question, [], n)
+
+    def sample_next_steps(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
+        results = []
+        for text, tokens, ended in self._generate(question, prefix, n, self.max_step_tokens, stop_at_separator=True):
+            text = text.lstrip()
+            cut = text.find(self.step_separator)
+            step = (text if cut < 0 else text[:cut]).strip()
+            finished = ended and cut < 0
+            answer = self.answer_extractor(self._solution(prefix, [step])) if finished else None
+            results.append(
+                Continuation(steps=[step] if step else [], finished=finished, answer=answer, num_tokens=tokens)
+            )
+        self.stats.record(results)
+        return results
+
+    def complete(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
+        results = []
+        for text, tokens, _ in self._generate(question, prefix, n, self.max_new_tokens, stop_at_separator=False):
+            steps = [s.strip() for s in text.split(self.step_separator) if s.strip()]
+            # The policy stopped (end of text or budget): the solution is over either way; the answer may be missing.
+            answer = self.answer_extractor(self._solution(prefix, steps))
+            results.append(Continuation(steps=steps, finished=True, answer=answer, num_tokens=tokens))
+        self.stats.record(results)
+        return results
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _solution(self, prefix: Sequence[str], steps: Sequence[str]) -> str:
+        return self.step_separator.join([*prefix, *steps])
+
+    def _inputs(self, question: Question, prefix: Sequence[str]) -> dict[str, torch.Tensor]:
+        messages = question_messages(question, self.system_prompt)
+        images = [
+            load_image(im, question.get("id", "?"), f"images[{i}]")
+            for i, im in enumerate(question.get("images") or [])
+        ]
+        if hasattr(self.processor, "image_processor"):
+            text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text += "".join(step + self.step_separator for step in prefix)
+            inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
+        else:
+            if images:
+                raise ValueError(f"question {question.get('id', '?')}: field 'images': a text-only policy got images")
+            flat = [{"role": m["role"], "content": "".join(p.get("text", "") for p in m["content"])} for m in messages]
+            text = self.tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=True)
+            text += "".join(step + self.step_separator for step in prefix)
+            inputs = self.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+        return {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+    @torch.no_grad()
+    def _generate(
+        self, question: Question, prefix: Sequence[str], n: int, max_new_tokens: int, stop_at_separator: bool
+    ) -> list[tuple[str, int, bool]]:
+        """n generations as (text, generated tokens, ended by an end-of-sequence token)."""
+        if n < 1:
+            raise ValueError(f"question {question.get('id', '?')}: n={n}; must be >= 1")
+        inputs = self._inputs(question, prefix)
+        prompt_length = inputs["input_ids"].shape[1]
+        greedy = self.temperature == 0
+        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p}
+        stopping = StoppingCriteriaList()
+        if stop_at_separator:
+            stopping.append(_SeparatorStop(self.tokenizer, prompt_length, self.step_separator))
+        with torch.random.fork_rng(devices=[]) if self.seed is not None else nullcontext():
+            if self.seed is not None:
+                torch.manual_seed(self.seed + self.stats.calls)
+            output = self.model.generate(
+                **inputs,
+                **sampling,
+                do_sample=not greedy,
+                num_return_sequences=1 if greedy else n,
+                max_new_tokens=max_new_tokens,
+                stopping_criteria=stopping,
+                pad_token_id=self._pad_id,
+                eos_token_id=sorted(self._eos_ids),
+            )
+        generations = [self._decode_row(row[prompt_length:]) for row in output]
+        if greedy:  # n identical samples; their tokens were generated once
+            generations = generations + [(generations[0][0], 0, generations[0][2])] * (n - 1)
+        return generations
+
+    def _decode_row(self, new_ids: torch.Tensor) -> tuple[str, int, bool]:
+        ids = new_ids.tolist()
+        length, ended = len(ids), False
+        for position, token in enumerate(ids):
+            if token in self._eos_ids:
+                length, ended = position + 1, True
+                break
+            if token == self._pad_id:  # padding after a stop-string stop
+                length = position
+                break
+        return self.tokenizer.decode(ids[:length], skip_special_tokens=True), length, ended
