@@ -1,10 +1,10 @@
 """Step-level beam search guided by the PRM.
 
-Every open beam proposes `expansions_per_beam` next steps; the PRM scores all steps of every expansion (partial
-solutions) and the best `beam_width` expansions by aggregated score survive. A survivor that finished leaves the beam
-for the pool of completed solutions and the beam narrows by one, so at most `beam_width` solutions complete. After
-`max_steps` steps the still-open beams are completed to the end in one call. The answer is the best completed
-solution by the same aggregation.
+Every open beam proposes `expansions_per_beam` next steps (the root proposes `beam_width * expansions_per_beam`);
+the PRM scores all steps of every expansion (partial solutions) and the best `beam_width` expansions by aggregated
+score survive. A survivor that finished leaves the beam for the pool of completed solutions and the beam narrows by
+one, so at most `beam_width` solutions complete. After `max_steps` steps the still-open beams are completed to the
+end in one call. The answer is the best completed solution by the same aggregation.
 
 Differences from search-and-learn's beam search (which keeps N beams and samples one step per beam copy): here the
 width and the fan-out are separate settings, and finished beams are removed from the width instead of being
@@ -46,8 +46,10 @@ def run_beam_search(
             if not beams or width <= 0:
                 break
             expansions, parents = [], []
+            # The root alone proposes width x expansions first steps, so the first level is as wide as later ones.
+            fan_out = config.expansions_per_beam * (width if depth == 0 else 1)
             for parent, beam in enumerate(beams):
-                for continuation in policy.sample_next_steps(question, beam.steps, config.expansions_per_beam):
+                for continuation in policy.sample_next_steps(question, beam.steps, fan_out):
                     expansions.append(beam.extend(continuation))
                     parents.append(parent)
             score_candidates(scorer, question, expansions)
