@@ -1,0 +1,246 @@
+"""Run a search strategy over a dataset of questions: one JSONL line per question, resumable, graded.
+
+Each finished question is appended to the output file as one line (flushed and fsynced), so an interrupted run loses
+at most the question in flight. A rerun reads the file first and skips every question id already there; a line cut
+short by a crash (the last one) is dropped by rewriting the file atomically. A rerun with a different strategy or
+search config into the same file is refused, so one file never mixes runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from trl_vlprm.data.schema import RecordError
+from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
+from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
+
+Grader = Callable[[str | None, str, Sequence[str] | None], bool]
+
+
+class RandomScorer:
+    """A scorer with no information: independent uniform scores per step. The control for any PRM."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
+        return [[self.rng.random() for _ in candidate.steps] for candidate in candidates]
+
+
+@dataclass
+class TTSSummary:
+    """Outcome of `run_tts`: `accuracy` counts every question of the dataset found in the output file."""
+
+    output_file: str
+    num_questions: int
+    num_run: int
+    num_skipped: int
+    num_correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.num_correct / self.num_questions if self.num_questions else 0.0
+
+
+def _write_atomic(path: Path, lines: Sequence[str]) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as f:
+        f.writelines(line + "\n" for line in lines)
+    os.replace(temp, path)
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The results already in a JSONL file (none if it does not exist).
+
+    A malformed last line is the trace of an interrupted write: it is dropped and the file rewritten atomically. A
+    malformed line anywhere else raises a `ValueError` naming the file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    results = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "id" not in record:
+                raise ValueError("not an object with an 'id' field")
+        except ValueError as err:
+            if number == len(lines):
+                _write_atomic(path, lines[:-1])
+                break
+            raise ValueError(f"{path}:{number}: malformed result line ({err})") from err
+        results.append(record)
+    return results
+
+
+def _question_ids(questions: Sequence[Question]) -> list[str]:
+    ids, seen = [], set()
+    for row, question in enumerate(questions):
+        qid = question.get("id")
+        if qid is None or str(qid) == "":
+            raise RecordError(row, "id", "missing; guidance needs an id per question to resume")
+        qid = str(qid)
+        if qid in seen:
+            raise RecordError(row, "id", f"duplicate id {qid!r}")
+        seen.add(qid)
+        ids.append(qid)
+    return ids
+
+
+def default_grader() -> Grader:
+    from trl_vlprm.data.answers import grade
+
+    return grade
+
+
+def run_tts(
+    questions: Sequence[Question],
+    strategy: str,
+    policy: Policy,
+    scorer: StepScorer | None,
+    config: SearchConfig,
+    output_file: str | Path,
+    grader: Grader | None = None,
+    show_progress: bool = True,
+) -> TTSSummary:
+    """Run `strategy` on every question not yet in `output_file`; append one graded JSONL line per question.
+
+    Args:
+        questions: question records (`id`, `prompt`, `images`, `answer`, optional `options`).
+        strategy: a name in `trl_vlprm.guidance.strategies.STRATEGIES`.
+        policy: the policy backend.
+        scorer: the step scorer (PRM); None only for strategies that need none (greedy, majority).
+        config: search settings, written into every line and checked on resume.
+        output_file: JSONL file, created with its folder if needed.
+        grader: `grade(prediction, gold, options) -> bool`; defaults to `trl_vlprm.data.answers.grade`.
+        show_progress: show a tqdm bar.
+    """
+    runner = get_strategy(strategy)
+    grader = grader or default_grader()
+    output_file = Path(output_file)
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    ids = _question_ids(questions)
+    settings = {"strategy": strategy, **asdict(config)}
+    done: dict[str, bool] = {}
+    for number, record in enumerate(read_results(output_file), start=1):
+        if record.get("settings") != settings:
+            raise ValueError(
+                f"{output_file}:{number}: field 'settings' is {record.get('settings')} but this run uses {settings}; "
+                "write to another file"
+            )
+        done[str(record["id"])] = bool(record["correct"])
+    todo = [(qid, q) for qid, q in zip(ids, questions) if qid not in done]
+    with output_file.open("a") as sink:
+        for qid, question in tqdm(todo, desc=f"tts {strategy}", disable=not show_progress):
+            if "answer" not in question:
+                raise RecordError(qid, "answer", "missing; needed to grade the result")
+            result = runner(question, policy, scorer, config)
+            correct = bool(grader(result.answer, str(question["answer"]), question.get("options") or None))
+            line = {**result.to_dict(), "gold": question["answer"], "correct": correct, "settings": settings}
+            sink.write(json.dumps(line) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+            done[qid] = correct
+    in_dataset = [done[qid] for qid in ids if qid in done]
+    return TTSSummary(
+        output_file=str(output_file),
+        num_questions=len(ids),
+        num_run=len(todo),
+        num_skipped=len(ids) - len(todo),
+        num_correct=sum(in_dataset),
+    )
+
+
+def summary_line(summary: TTSSummary, strategy: str) -> str:
+    return (
+        f"{strategy}: accuracy {summary.accuracy:.4f} ({summary.num_correct}/{summary.num_questions}); "
+        f"ran {summary.num_run}, skipped {summary.num_skipped} already in {summary.output_file}"
+    )
+
+
+def load_questions(source: str | Mapping[str, Any], split: str = "test", max_questions: int | None = None):
+    """Question records from a `datasets` folder (`save_to_disk`) or a .jsonl/.json/.parquet file."""
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    path = Path(str(source))
+    if path.is_dir():
+        dataset = load_from_disk(str(path))
+    elif path.suffix in (".jsonl", ".json", ".parquet"):
+        dataset = load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path), split="train")
+    else:
+        raise FileNotFoundError(f"dataset {source!r}: not a datasets folder nor a .jsonl/.json/.parquet file")
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise KeyError(f"dataset {source!r} has no split {split!r}; splits: {list(dataset)}")
+        dataset = dataset[split]
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset {source!r}: expected a Dataset, got {type(dataset).__name__}")
+    if max_questions is not None:
+        dataset = dataset.select(range(min(max_questions, len(dataset))))
+    return dataset
+
+
+@dataclass
+class TTSArguments:
+    """Arguments of `recipes/tts.py` besides the search settings (`SearchConfig`).
+
+    Args:
+        dataset: "puzzles" for freshly generated testbed puzzles, or a `datasets` folder / .jsonl / .json / .parquet
+            file of question records.
+        dataset_split: split to read when `dataset` is a `DatasetDict` folder.
+        num_questions: use only the first questions (all when None; the number generated for "puzzles").
+        strategy: search strategy, a name in `trl_vlprm.guidance.strategies.STRATEGIES`.
+        policy: "scripted" (the testbed policy, "puzzles" only), "hf" (transformers) or "vllm".
+        policy_model_path: local folder of the policy model ("hf"/"vllm").
+        scorer: "prm" (a trained PRM), "oracle" (testbed gold step correctness), "random" (no-information control) or
+            "none" (greedy and majority only).
+        prm_model_path: local folder of the PRM (scorer "prm").
+        step_separator: text ending a step, shared by the policy and the PRM.
+        temperature: policy sampling temperature (0 = greedy decoding).
+        top_p: policy nucleus sampling threshold.
+        max_new_tokens: token budget of a full solution.
+        max_step_tokens: token budget of one step.
+        system_prompt: optional system message for the policy.
+        seed: seed of the puzzles, the policy's sampling and the random scorer.
+        output_file: JSONL results file (resumable: a rerun skips question ids already in it).
+    """
+
+    dataset: str = "puzzles"
+    dataset_split: str = "test"
+    num_questions: int | None = None
+    strategy: str = "best_of_n"
+    policy: str = "scripted"
+    policy_model_path: str | None = None
+    scorer: str = "oracle"
+    prm_model_path: str | None = None
+    step_separator: str = "\n\n"
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    max_step_tokens: int = 128
+    system_prompt: str | None = None
+    seed: int = 0
+    output_file: str = field(default="outputs/tts/results.jsonl")
+
+    def __post_init__(self):
+        checks = {
+            "policy": ("scripted", "hf", "vllm"),
+            "scorer": ("prm", "oracle", "random", "none"),
+        }
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TTSArguments.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        if self.policy in ("hf", "vllm") and not self.policy_model_path:
+            raise ValueError(f"TTSArguments.policy_model_path is needed for policy {self.policy!r}")
+        if self.scorer == "prm" and not self.prm_model_path:
+            raise ValueError("TTSArguments.prm_model_path is needed for scorer 'prm'")
