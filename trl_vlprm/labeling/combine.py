@@ -1,0 +1,138 @@
+"""Rules that turn MC labels and judge verdicts into the step labels a PRM is trained on.
+
+Every rule returns one label per step (True good, False bad, None: no label) plus a training weight per step. The
+builder keeps the longest prefix of labelled steps: a step without a label cannot be dropped from the middle of a
+solution (the steps after it depend on it), so the solution is cut before it. Rules:
+
+* `mc_only`: the MC hard labels.
+* `judge_only`: the judge's verdicts; an "unknown" verdict ends the labels.
+* `consensus`: a step keeps its label where MC and the judge agree. Where they disagree (or the judge says "unknown")
+  `disagreement="drop"` ends the labels there, `disagreement="weight"` keeps the judge's label with weight
+  `disagreement_weight` (the MC label if the judge said "unknown").
+* `judge_first_error_confirmed_by_mc`: the judge locates the first error; the solution is kept (good steps before
+  it, bad at it, cut after) only if MC also marks that step bad. A solution the judge finds flawless is kept (all
+  good) only if MC finds no bad step either. Otherwise no labels.
+* `vlprm` (the paper's rule, Ong et al. 2025; see docs/labelling.md for what was found and assumed): the judge
+  locates the first error and is trusted whether MC agrees or not (good before, bad at it, cut after); a solution
+  the judge finds flawless is kept only when MC agrees (no MC-bad step, i.e. the rollout's answer is right and no
+  prefix lost all its successes). The case is recorded (`judge_incorrect_mc_agrees`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from trl_vlprm.labeling.judge import CORRECT, INCORRECT, UNKNOWN
+
+RULES = ("mc_only", "judge_only", "consensus", "judge_first_error_confirmed_by_mc", "vlprm")
+NEEDS_MC = {"mc_only", "consensus", "judge_first_error_confirmed_by_mc", "vlprm"}
+NEEDS_JUDGE = {"judge_only", "consensus", "judge_first_error_confirmed_by_mc", "vlprm"}
+
+
+@dataclass
+class Combined:
+    """Labels of one solution under a rule.
+
+    Attributes:
+        labels: per step True/False, or None where the rule gives no label.
+        weights: per step training weight (0 where there is no label).
+        case: which branch of the rule applied (provenance).
+    """
+
+    labels: list[bool | None]
+    weights: list[float]
+    case: str
+
+    def kept_length(self) -> int:
+        """Steps in the longest labelled prefix (what the builder keeps)."""
+        return next((i for i, label in enumerate(self.labels) if label is None), len(self.labels))
+
+
+def _first_error_labels(n: int, error: int | None) -> list[bool | None]:
+    if error is None:
+        return [True] * n
+    return [True] * error + [False] + [None] * (n - error - 1)
+
+
+def _judge_first_error(verdicts: Sequence[str]) -> tuple[int | None, bool]:
+    """(index of the first step not judged correct, whether it is an unknown verdict rather than an error)."""
+    for i, verdict in enumerate(verdicts):
+        if verdict != CORRECT:
+            return i, verdict == UNKNOWN
+    return None, False
+
+
+def _check(rule: str, n: int, mc_labels, verdicts) -> None:
+    if rule not in RULES:
+        raise ValueError(f"unknown combination rule {rule!r}; expected one of {RULES}")
+    if rule in NEEDS_MC and (mc_labels is None or len(mc_labels) != n):
+        raise ValueError(f"rule {rule!r} needs one MC label per step ({n}), got {mc_labels!r}")
+    if rule in NEEDS_JUDGE and (verdicts is None or len(verdicts) != n):
+        raise ValueError(f"rule {rule!r} needs one judge verdict per step ({n}), got {verdicts!r}")
+    for verdict in verdicts or []:
+        if verdict not in (CORRECT, INCORRECT, UNKNOWN):
+            raise ValueError(f"judge verdict {verdict!r}; expected one of {(CORRECT, INCORRECT, UNKNOWN)}")
+
+
+def combine(
+    rule: str,
+    num_steps: int,
+    mc_labels: Sequence[bool] | None = None,
+    verdicts: Sequence[str] | None = None,
+    disagreement: str = "drop",
+    disagreement_weight: float = 0.5,
+) -> Combined:
+    """Step labels of one solution under `rule` (see the module docstring)."""
+    _check(rule, num_steps, mc_labels, verdicts)
+    n = num_steps
+    if rule == "mc_only":
+        return Combined(list(mc_labels), [1.0] * n, "mc")
+
+    if rule == "judge_only":
+        labels = [None if v == UNKNOWN else v == CORRECT for v in verdicts]
+        return Combined(labels, [0.0 if v is None else 1.0 for v in labels], "judge")
+
+    if rule == "consensus":
+        if disagreement not in ("drop", "weight"):
+            raise ValueError(f"consensus disagreement={disagreement!r}; expected 'drop' or 'weight'")
+        labels, weights = [], []
+        for mc, verdict in zip(mc_labels, verdicts):
+            judged = None if verdict == UNKNOWN else verdict == CORRECT
+            if judged == mc:
+                labels.append(mc)
+                weights.append(1.0)
+            elif disagreement == "drop":
+                labels.append(None)
+                weights.append(0.0)
+            else:
+                labels.append(mc if judged is None else judged)
+                weights.append(disagreement_weight)
+        return Combined(labels, weights, "consensus")
+
+    error, unknown = _judge_first_error(verdicts)
+    mc_error = next((i for i, good in enumerate(mc_labels) if not good), None)
+    if unknown:
+        # The judge could not grade step `error`; the steps it did grade before it keep their labels.
+        labels = [True] * error + [None] * (n - error)
+        agree = mc_error is None or mc_error >= error
+        if rule == "judge_first_error_confirmed_by_mc" and not agree:
+            labels = [None] * n
+        return _with_weights(labels, "judge_unknown")
+    if rule == "judge_first_error_confirmed_by_mc":
+        if error is None:
+            return _with_weights([True] * n if mc_error is None else [None] * n, "judge_correct")
+        confirmed = not mc_labels[error]
+        return _with_weights(_first_error_labels(n, error) if confirmed else [None] * n, "judge_incorrect")
+
+    # vlprm
+    if error is None:
+        if mc_error is None:
+            return _with_weights([True] * n, "judge_correct_mc_agrees")
+        return _with_weights([None] * n, "judge_correct_mc_disagrees")
+    case = "judge_incorrect_mc_agrees" if not mc_labels[error] else "judge_incorrect_mc_disagrees"
+    return _with_weights(_first_error_labels(n, error), case)
+
+
+def _with_weights(labels: list[bool | None], case: str) -> Combined:
+    return Combined(labels, [0.0 if label is None else 1.0 for label in labels], case)

@@ -1,0 +1,226 @@
+"""A real chat-completions HTTP server that plays a VLM judge from hidden gold step correctness.
+
+It serves `POST /v1/chat/completions` on 127.0.0.1 (port 0: the OS picks a free one) with a `ThreadingHTTPServer`,
+reads the steps block the judge client embeds in its prompt, and answers the strict JSON verdict object from a lookup
+`{step_key(question_id, steps[:i + 1]): bool}` it was built with. It imitates a real judge's flaws, all seeded:
+
+* noise: each verdict is flipped with probability `flip_rate_perception` / `flip_rate_reasoning` (a property of the
+  step, so retries give the same answer, as a temperature-0 judge would);
+* slowness: every answer waits `delay` seconds;
+* failures: with probabilities `error_rate` (HTTP 500), `hang_rate` (sleeps `hang_seconds`, longer than the client
+  timeout), `malformed_rate` (answers text that is not the JSON object), drawn per request; and `failures`, a
+  per-question-id mode ("500", "hang", "malformed") applied to every request about that question.
+
+Steps missing from the lookup are answered without a verdict, which the strict client parser rejects. Used by the
+tests, the label-quality benchmark and the testbed recipe; never a stand-in for a judge on real data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from trl_vlprm.data.schema import PERCEPTION
+from trl_vlprm.labeling.judge import read_steps_block
+
+FAILURE_MODES = ("500", "hang", "malformed")
+
+
+def step_key(question_id: str, prefix: Sequence[str]) -> str:
+    """Lookup key of the last step of `prefix` in solution context (the same text can be right in one and wrong in
+    another solution)."""
+    digest = hashlib.sha256(str(question_id).encode())
+    for step in prefix:
+        digest.update(b"\x00" + step.encode())
+    return digest.hexdigest()
+
+
+class JudgeServer:
+    """The server (see the module docstring). Use as a context manager or call `start()` / `stop()`.
+
+    Args:
+        gold: `{step_key(question_id, prefix): is_correct}`.
+        flip_rate_perception / flip_rate_reasoning: probability a verdict on that step type is flipped.
+        delay: seconds every answer waits.
+        error_rate / hang_rate / malformed_rate: per-request probabilities of an HTTP 500, a hang, a malformed answer.
+        hang_seconds: how long a hang lasts.
+        failures: `{question_id: mode}`, a failure mode from `FAILURE_MODES` forced on every request about it.
+        seed: seed of the noise and failure draws.
+    """
+
+    def __init__(
+        self,
+        gold: Mapping[str, bool],
+        flip_rate_perception: float = 0.0,
+        flip_rate_reasoning: float = 0.0,
+        delay: float = 0.0,
+        error_rate: float = 0.0,
+        hang_rate: float = 0.0,
+        malformed_rate: float = 0.0,
+        hang_seconds: float = 5.0,
+        failures: Mapping[str, str] | None = None,
+        seed: int = 0,
+    ):
+        for qid, mode in (failures or {}).items():
+            if mode not in FAILURE_MODES:
+                raise ValueError(f"JudgeServer failures[{qid!r}]={mode!r}; expected one of {FAILURE_MODES}")
+        self.gold = dict(gold)
+        self.flip_rates = {PERCEPTION: flip_rate_perception}
+        self.flip_rate_reasoning = flip_rate_reasoning
+        self.delay, self.hang_seconds = delay, hang_seconds
+        self.rates = {"500": error_rate, "hang": hang_rate, "malformed": malformed_rate}
+        self.failures = dict(failures or {})
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.counts: Counter[str] = Counter()
+        self._in_flight = 0
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("JudgeServer is not started")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def start(self) -> JudgeServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                server._handle(self)
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> JudgeServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def add_gold(self, entries: Mapping[str, bool]) -> None:
+        """Teach the server more gold verdicts (e.g. of rollouts sampled after it started)."""
+        with self._lock:
+            self.gold.update(entries)
+
+    def _flip(self, key: str, kind: str) -> bool:
+        rate = self.flip_rates.get(kind, self.flip_rate_reasoning)
+        draw = int(hashlib.sha256(f"{self.seed}:{key}".encode()).hexdigest()[:8], 16) / 16**8
+        return draw < rate
+
+    def verdicts(self, question_id: str, steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The (noisy) verdict entries for a solution; steps absent from the gold lookup get none."""
+        texts = [str(s["text"]) for s in steps]
+        entries = []
+        for i, step in enumerate(steps):
+            key = step_key(question_id, texts[: i + 1])
+            if key not in self.gold:
+                continue
+            kind = step.get("type")
+            correct = bool(self.gold[key]) != self._flip(key, kind)
+            entry: dict[str, Any] = {"index": int(step["index"]), "correct": correct}
+            if kind == PERCEPTION:
+                entry["matches_image"] = correct
+            entries.append(entry)
+        return entries
+
+    def _draw_failure(self, question_id: str) -> str | None:
+        if question_id in self.failures:
+            return self.failures[question_id]
+        with self._lock:
+            draw = self._rng.random()
+        for mode, rate in self.rates.items():
+            if draw < rate:
+                return mode
+            draw -= rate
+        return None
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self._in_flight)
+        try:
+            self._answer(handler)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _answer(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length", 0))
+        try:
+            request = json.loads(handler.rfile.read(length))
+            block = read_steps_block(request["messages"])
+        except (ValueError, KeyError, TypeError) as err:
+            self._send(handler, 400, {"error": {"message": f"bad request: {err}"}})
+            return
+        question_id = str(block.get("question_id", ""))
+        failure = self._draw_failure(question_id)
+        with self._lock:
+            self.counts["requests"] += 1
+            self.counts[failure or "ok"] += 1
+        if self.delay:
+            time.sleep(self.delay)
+        if failure == "500":
+            self._send(handler, 500, {"error": {"message": "internal server error"}})
+            return
+        if failure == "hang":
+            self._stopping.wait(self.hang_seconds)
+            return  # the client has given up; closing without an answer
+        if failure == "malformed":
+            content = '{"steps": [{"index": 0, "correct": tru'
+        else:
+            content = json.dumps({"steps": self.verdicts(question_id, block.get("steps", []))})
+        self._send(
+            handler,
+            200,
+            {
+                "id": f"chatcmpl-{self.counts['requests']}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request.get("model", "judge"),
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": length // 4, "completion_tokens": len(content) // 4},
+            },
+        )
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, status: int, body: Mapping[str, Any]) -> None:
+        data = json.dumps(body).encode("utf-8")
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client timed out and left
+
+
+def gold_lookup(question_id: str, steps: Sequence[str], gold_correct: Sequence[bool]) -> dict[str, bool]:
+    """Lookup entries of one solution whose gold step correctness is known."""
+    return {step_key(question_id, steps[: i + 1]): bool(g) for i, g in enumerate(gold_correct)}

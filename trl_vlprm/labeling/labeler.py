@@ -1,0 +1,214 @@
+"""Label the solutions of a batch of questions: rollouts -> MC labels -> judge verdicts -> a combination rule.
+
+`label_batch` returns ready stepwise-supervision rows (the longest labelled prefix of each solution) with their
+provenance, and a cost tally; `step_label_quality` scores labels against testbed gold.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, to_json_string
+from trl_vlprm.guidance.policy import Policy, Question
+from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, combine
+from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
+from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup
+from trl_vlprm.labeling.mc import Cost, Grader, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
+
+
+@dataclass
+class BatchStats:
+    """Costs and counts of labelling: policy work split by stage, judge requests/failures, kept and dropped steps."""
+
+    rollout_cost: Cost = field(default_factory=Cost)
+    mc_cost: Cost = field(default_factory=Cost)
+    judge: Counter = field(default_factory=Counter)
+    solutions: int = 0
+    records: int = 0
+    dropped_solutions: int = 0
+    steps_total: int = 0
+    steps_labelled: int = 0
+    cases: Counter = field(default_factory=Counter)
+
+    def add(self, other: BatchStats) -> None:
+        self.rollout_cost.add(other.rollout_cost)
+        self.mc_cost.add(other.mc_cost)
+        self.judge.update(other.judge)
+        self.cases.update(other.cases)
+        for name in ("solutions", "records", "dropped_solutions", "steps_total", "steps_labelled"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rollout_cost": self.rollout_cost.as_dict(),
+            "mc_cost": self.mc_cost.as_dict(),
+            "judge": dict(self.judge),
+            "cases": dict(self.cases),
+            **{
+                n: getattr(self, n)
+                for n in ("solutions", "records", "dropped_solutions", "steps_total", "steps_labelled")
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchStats:
+        stats = cls(Cost(**data["rollout_cost"]), Cost(**data["mc_cost"]), Counter(data["judge"]))
+        stats.cases = Counter(data["cases"])
+        for name in ("solutions", "records", "dropped_solutions", "steps_total", "steps_labelled"):
+            setattr(stats, name, data[name])
+        return stats
+
+
+def prompt_text(question: Question, row: int | str) -> str:
+    """The question prompt as one string (chat prompts are flattened; image parts become placeholders)."""
+    prompt = question.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, list):
+        raise RecordError(row, "prompt", "missing or neither a string nor chat messages")
+    parts = []
+    for message in prompt:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        for part in content if isinstance(content, list) else []:
+            parts.append(IMAGE_PLACEHOLDER if part.get("type") == "image" else part.get("text", ""))
+    return "\n".join(parts)
+
+
+def label_batch(
+    questions: Sequence[Question],
+    policy: Policy,
+    rule: str,
+    num_rollouts: int,
+    mc_config: MCConfig | None,
+    judge: JudgeClient | None = None,
+    judge_server: JudgeServer | None = None,
+    grader: Grader | None = None,
+    disagreement: str = "drop",
+    disagreement_weight: float = 0.5,
+) -> tuple[list[dict[str, Any]], BatchStats]:
+    """Rows for every solution of `questions` whose labelled prefix is not empty, and the batch's statistics.
+
+    `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
+    """
+    if rule in NEEDS_MC and mc_config is None:
+        raise ValueError(f"rule {rule!r} needs MC labels: give an MCConfig")
+    if rule in NEEDS_JUDGE and judge is None:
+        raise ValueError(f"rule {rule!r} needs a judge: give a JudgeClient")
+    stats = BatchStats()
+    solutions: list[tuple[Question, int, Rollout, MCResult | None]] = []
+    for question in questions:
+        qid = str(question["id"])
+        rollouts, cost = sample_rollouts(policy, question, num_rollouts, grader)
+        stats.rollout_cost.add(cost)
+        for j, rollout in enumerate(rollouts):
+            mc = label_rollout(policy, question, rollout, mc_config, grader) if rule in NEEDS_MC else None
+            if mc is not None:
+                stats.mc_cost.add(mc.cost)
+            if judge_server is not None:
+                if rollout.gold_correct is None:
+                    raise RecordError(qid, "gold_correct", "the testbed judge needs a policy that knows step gold")
+                judge_server.add_gold(gold_lookup(qid, rollout.steps, rollout.gold_correct))
+            solutions.append((question, j, rollout, mc))
+
+    verdicts: list[JudgeResult | None] = [None] * len(solutions)
+    if rule in NEEDS_JUDGE:
+        verdicts = judge.judge_many([(q, r.steps, r.step_types) for q, _, r, _ in solutions])
+        for result in verdicts:
+            stats.judge["requests"] += result.attempts
+            stats.judge["failed_solutions"] += int(result.failed)
+            stats.judge.update("error " + e.split(":")[0] for e in result.errors)
+            stats.judge.update("steps " + v for v in result.verdicts)
+
+    rows = []
+    for (question, j, rollout, mc), verdict in zip(solutions, verdicts):
+        combined = combine(
+            rule,
+            len(rollout.steps),
+            mc.labels if mc else None,
+            verdict.verdicts if verdict else None,
+            disagreement=disagreement,
+            disagreement_weight=disagreement_weight,
+        )
+        kept = combined.kept_length()
+        stats.solutions += 1
+        stats.steps_total += len(rollout.steps)
+        stats.steps_labelled += kept
+        stats.cases[combined.case] += 1
+        if kept == 0:
+            stats.dropped_solutions += 1
+            continue
+        stats.records += 1
+        qid = str(question["id"])
+        costs = {
+            "rollout_tokens": rollout.num_tokens,
+            "mc": mc.cost.as_dict() if mc else None,
+            "judge_requests": verdict.attempts if verdict else 0,
+            "judge_tokens": (verdict.prompt_tokens + verdict.completion_tokens) if verdict else 0,
+        }
+        rows.append(
+            {
+                "id": f"{qid}/r{j}",
+                "question_id": qid,
+                "prompt": prompt_text(question, qid),
+                "images": list(question.get("images") or []),
+                "completions": rollout.steps[:kept],
+                "labels": [bool(x) for x in combined.labels[:kept]],
+                "label_weights": combined.weights[:kept],
+                "step_types": [t or "reasoning" for t in rollout.step_types[:kept]],
+                "answer": str(question["answer"]),
+                "options": [str(o) for o in question.get("options") or []],
+                "category": str(question.get("category") or ""),
+                "rule": rule,
+                "rule_case": combined.case,
+                "num_steps": len(rollout.steps),
+                "rollout_answer": rollout.answer or "",
+                "rollout_correct": rollout.correct,
+                "mc": to_json_string(mc.to_dict() if mc else None),
+                "judge": to_json_string(verdict.to_dict() if verdict else None),
+                "gold_step_correct": to_json_string(rollout.gold_correct),
+                "costs": to_json_string(costs),
+            }
+        )
+    return rows, stats
+
+
+@dataclass
+class LabelQuality:
+    """Step labels against gold. `bad_f1` is the F1 of the bad-step class; `coverage` the share of steps labelled."""
+
+    accuracy: float
+    bad_precision: float
+    bad_recall: float
+    bad_f1: float
+    labelled: int
+    total: int
+
+    @property
+    def coverage(self) -> float:
+        return self.labelled / self.total if self.total else 0.0
+
+
+def step_label_quality(pairs: Sequence[tuple[Sequence[bool | None], Sequence[bool]]]) -> LabelQuality:
+    """Quality of (labels, gold) pairs, one per solution; steps labelled None are left out of the scores."""
+    hits = true_bad = predicted_bad = gold_bad = labelled = total = 0
+    for labels, gold in pairs:
+        if len(labels) > len(gold):
+            raise ValueError(f"{len(labels)} labels for {len(gold)} gold steps")
+        total += len(gold)
+        for label, truth in zip(labels, gold):
+            if label is None:
+                continue
+            labelled += 1
+            hits += label == truth
+            predicted_bad += not label
+            gold_bad += not truth
+            true_bad += (not label) and (not truth)
+    precision = true_bad / predicted_bad if predicted_bad else 0.0
+    recall = true_bad / gold_bad if gold_bad else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return LabelQuality(hits / labelled if labelled else 0.0, precision, recall, f1, labelled, total)

@@ -1,0 +1,234 @@
+"""Rollouts and Monte-Carlo (MC) step labels.
+
+A step's MC score is the share of K completions of the prefix ending with that step that reach the right answer
+(Math-Shepherd's "soft" estimate); its hard label is `score > threshold` (0 by default: a step is good when at least
+one completion still succeeds, OmegaPRM's convention). Two modes:
+
+* `every_step`: one MC estimate per step prefix (n prefixes for n steps).
+* `binary_search`: OmegaPRM's first-error search. MC scores fall once a wrong step is taken and stay low, so the first
+  bad prefix is found by bisection in about log2(n) estimates; steps before it are good, it and the ones after are bad.
+  A rollout whose own final answer is right is all good with no estimate at all (as in OmegaPRM).
+
+The prefix that holds every step is never sampled: its outcome is the rollout's own graded answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl_vlprm.data.schema import RecordError
+from trl_vlprm.guidance.policy import Policy, Question
+
+Grader = Callable[..., bool]
+MC_MODES = ("every_step", "binary_search")
+
+
+def default_grader() -> Grader:
+    """`trl_vlprm.data.answers.grade` (imported late so a custom grader needs no answers module)."""
+    from trl_vlprm.data.answers import grade
+
+    return grade
+
+
+@dataclass
+class Rollout:
+    """One sampled solution, split into steps, with its graded final answer.
+
+    Attributes:
+        steps: the step strings.
+        step_types: per step "perception"/"reasoning" or None when the policy does not know.
+        gold_correct: per step hidden true correctness (testbed policies only), else None.
+        answer: the final answer read from the solution (None when none was given).
+        correct: the final answer matches the gold answer.
+        num_tokens: tokens the policy generated for it.
+    """
+
+    steps: list[str]
+    step_types: list[str | None]
+    gold_correct: list[bool] | None
+    answer: str | None
+    correct: bool
+    num_tokens: int = 0
+
+
+@dataclass
+class Cost:
+    """Policy work spent: calls (one batched request), sequences sampled, tokens generated."""
+
+    calls: int = 0
+    sequences: int = 0
+    tokens: int = 0
+
+    def add(self, other: Cost) -> None:
+        self.calls += other.calls
+        self.sequences += other.sequences
+        self.tokens += other.tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {"calls": self.calls, "sequences": self.sequences, "tokens": self.tokens}
+
+
+class _StatsDelta:
+    """Measures what a block of code cost on `policy.stats`, so every backend is counted the same way."""
+
+    def __init__(self, policy: Policy):
+        self.policy, self.cost = policy, Cost()
+
+    def __enter__(self) -> Cost:
+        s = self.policy.stats
+        self._start = (s.calls, s.sequences, s.tokens)
+        return self.cost
+
+    def __exit__(self, *exc: Any) -> None:
+        s = self.policy.stats
+        self.cost.calls = s.calls - self._start[0]
+        self.cost.sequences = s.sequences - self._start[1]
+        self.cost.tokens = s.tokens - self._start[2]
+
+
+def _grade(grader: Grader, answer: str | None, question: Question) -> bool:
+    if answer is None:
+        return False
+    return bool(grader(answer, str(question["answer"]), question.get("options") or None))
+
+
+def sample_rollouts(
+    policy: Policy, question: Question, num_rollouts: int, grader: Grader | None = None
+) -> tuple[list[Rollout], Cost]:
+    """`num_rollouts` full solutions of `question`, graded against `question["answer"]`; returns them and the cost."""
+    if "answer" not in question:
+        raise RecordError(question.get("id", "?"), "answer", "missing; rollouts cannot be graded without it")
+    grader = grader or default_grader()
+    with _StatsDelta(policy) as cost:
+        continuations = policy.sample_solutions(question, num_rollouts)
+    rollouts = []
+    for c in continuations:
+        rollouts.append(
+            Rollout(
+                steps=list(c.steps),
+                step_types=list(c.step_types) if c.step_types else [None] * len(c.steps),
+                gold_correct=list(c.gold_correct) if c.gold_correct is not None else None,
+                answer=c.answer,
+                correct=_grade(grader, c.answer, question),
+                num_tokens=c.num_tokens,
+            )
+        )
+    return rollouts, cost
+
+
+@dataclass
+class MCConfig:
+    """Monte-Carlo labelling settings.
+
+    Args:
+        num_completions: K, completions sampled per step prefix.
+        threshold: a step is good when its MC score is strictly above this (0: one success is enough).
+        mode: "every_step" (estimate every prefix) or "binary_search" (OmegaPRM first-error search).
+    """
+
+    num_completions: int = 8
+    threshold: float = 0.0
+    mode: str = "binary_search"
+
+    def __post_init__(self):
+        if self.mode not in MC_MODES:
+            raise ValueError(f"MCConfig.mode={self.mode!r}; expected one of {MC_MODES}")
+        if self.num_completions < 1:
+            raise ValueError(f"MCConfig.num_completions={self.num_completions}; must be >= 1")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"MCConfig.threshold={self.threshold}; must be in [0, 1)")
+
+
+@dataclass
+class MCResult:
+    """MC labels of one rollout.
+
+    Attributes:
+        scores: per step the measured MC score, or None where the mode did not estimate that prefix.
+        labels: per step the hard label (True = good).
+        first_error: index of the first bad step, or None when all are good.
+        num_estimates: prefixes estimated (each costs one policy call of K completions).
+        cost: policy work spent on this rollout's labels.
+    """
+
+    scores: list[float | None]
+    labels: list[bool]
+    first_error: int | None
+    num_estimates: int = 0
+    cost: Cost = field(default_factory=Cost)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scores": self.scores,
+            "labels": self.labels,
+            "first_error": self.first_error,
+            "num_estimates": self.num_estimates,
+            "cost": self.cost.as_dict(),
+        }
+
+
+def mc_score(
+    policy: Policy, question: Question, prefix: Sequence[str], num_completions: int, grader: Grader | None = None
+) -> float:
+    """Share of `num_completions` completions of `prefix` whose final answer is right."""
+    grader = grader or default_grader()
+    completions = policy.complete(question, list(prefix), num_completions)
+    if not completions:
+        return 0.0
+    return sum(_grade(grader, c.answer, question) for c in completions) / len(completions)
+
+
+class _Estimator:
+    """Memoised MC estimates of one rollout's prefixes; the full prefix is the rollout's own outcome."""
+
+    def __init__(self, policy, question, rollout: Rollout, config: MCConfig, grader: Grader):
+        self.policy, self.question, self.rollout, self.config, self.grader = policy, question, rollout, config, grader
+        self.scores: list[float | None] = [None] * len(rollout.steps)
+        self.num_estimates = 0
+
+    def score(self, index: int) -> float:
+        """MC score of the prefix ending with step `index`."""
+        if self.scores[index] is None:
+            if index == len(self.rollout.steps) - 1:
+                self.scores[index] = 1.0 if self.rollout.correct else 0.0
+            else:
+                prefix = self.rollout.steps[: index + 1]
+                self.scores[index] = mc_score(
+                    self.policy, self.question, prefix, self.config.num_completions, self.grader
+                )
+                self.num_estimates += 1
+        return self.scores[index]
+
+    def good(self, index: int) -> bool:
+        return self.score(index) > self.config.threshold
+
+
+def label_rollout(
+    policy: Policy, question: Question, rollout: Rollout, config: MCConfig, grader: Grader | None = None
+) -> MCResult:
+    """MC scores and hard labels for every step of `rollout` (see the module docstring for the two modes)."""
+    grader = grader or default_grader()
+    n = len(rollout.steps)
+    estimator = _Estimator(policy, question, rollout, config, grader)
+    with _StatsDelta(policy) as cost:
+        if n == 0:
+            labels: list[bool] = []
+        elif config.mode == "every_step":
+            labels = [estimator.good(i) for i in range(n)]
+        elif rollout.correct:
+            labels = [True] * n
+        else:
+            # Invariant: every prefix ending before `low` is good, the prefix ending at `high` is bad.
+            low, high = 0, n - 1
+            estimator.score(high)
+            while low < high:
+                middle = (low + high) // 2
+                if estimator.good(middle):
+                    low = middle + 1
+                else:
+                    high = middle
+            labels = [i < high for i in range(n)]
+    first_error = next((i for i, good in enumerate(labels) if not good), None)
+    return MCResult(estimator.scores, labels, first_error, estimator.num_estimates, cost)
