@@ -121,9 +121,12 @@ def combine(
         return _with_weights(labels, "judge_unknown")
     if rule == "judge_first_error_confirmed_by_mc":
         if error is None:
-            return _with_weights([True] * n if mc_error is None else [None] * n, "judge_correct")
-        confirmed = not mc_labels[error]
-        return _with_weights(_first_error_labels(n, error) if confirmed else [None] * n, "judge_incorrect")
+            if mc_error is None:
+                return _with_weights([True] * n, "judge_correct_mc_confirms")
+            return _with_weights([None] * n, "judge_correct_mc_rejects")
+        if not mc_labels[error]:
+            return _with_weights(_first_error_labels(n, error), "judge_incorrect_mc_confirms")
+        return _with_weights([None] * n, "judge_incorrect_mc_rejects")
 
     # vlprm
     if error is None:

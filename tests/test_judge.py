@@ -1,0 +1,188 @@
+"""The judge client against a real chat-completions server on loopback (gold verdicts, noise, failures)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from trl_vlprm.labeling.judge import (
+    CORRECT,
+    INCORRECT,
+    UNKNOWN,
+    JudgeClient,
+    JudgeConfig,
+    JudgeParseError,
+    build_messages,
+    parse_verdicts,
+    read_steps_block,
+)
+from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup, step_key
+
+TYPES = ["perception", "perception", "reasoning", "reasoning"]
+
+
+def question(qid="q0"):
+    return {
+        "id": qid,
+        "prompt": "<image>Which colour?",
+        "images": [Image.new("RGB", (5, 3), (200, 10, 10))],
+        "answer": "red",
+        "options": ["red", "blue"],
+    }
+
+
+def solution(qid, pattern):
+    steps = [f"{qid} step {i}" for i in range(len(pattern))]
+    return steps, list(pattern)
+
+
+def fast_config(server, **overrides):
+    settings = dict(base_url=server.base_url, timeout=0.5, max_retries=1, backoff=0.01, max_concurrency=4)
+    settings.update(overrides)
+    return JudgeConfig(**settings)
+
+
+def test_parse_verdicts_accepts_only_the_strict_object():
+    text = json.dumps(
+        {
+            "steps": [
+                {"index": 1, "correct": True, "matches_image": False},
+                {"index": 0, "correct": True, "matches_image": True},
+                {"index": 2, "correct": False},
+                {"index": 3, "correct": True},
+            ]
+        }
+    )
+    # a perception step that does not match the image is wrong even when "correct" is true
+    assert parse_verdicts(text, TYPES) == [CORRECT, INCORRECT, INCORRECT, CORRECT]
+    assert parse_verdicts(f"```json\n{text}\n```", TYPES) == [CORRECT, INCORRECT, INCORRECT, CORRECT]
+    bad = {
+        "not JSON": "Step 1 is correct.",
+        "steps": json.dumps({"verdicts": []}),
+        "no verdict for step": json.dumps({"steps": [{"index": 0, "correct": True}]}),
+        "twice": json.dumps({"steps": [{"index": i % 3, "correct": True} for i in range(4)]}),
+        "not a boolean": json.dumps({"steps": [{"index": i, "correct": "yes"} for i in range(4)]}),
+        "not an integer": json.dumps({"steps": [{"index": i + 1, "correct": True} for i in range(4)]}),
+    }
+    for message, answer in bad.items():
+        with pytest.raises(JudgeParseError, match=message):
+            parse_verdicts(answer, TYPES)
+    with pytest.raises(JudgeParseError):
+        parse_verdicts("Sure! " + text, TYPES)
+
+
+def test_messages_carry_the_image_inline_and_the_steps_readably():
+    steps, _ = solution("q0", [True, False, True, True])
+    messages = build_messages(question(), steps, TYPES)
+    parts = messages[1]["content"]
+    url = parts[0]["image_url"]["url"]
+    assert parts[0]["type"] == "image_url" and url.startswith("data:image/png;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert decoded.size == (5, 3) and decoded.getpixel((0, 0))[:3] == (200, 10, 10)
+    block = read_steps_block(messages)
+    assert block["question_id"] == "q0"
+    assert [s["text"] for s in block["steps"]] == steps and [s["type"] for s in block["steps"]] == TYPES
+    assert "<image>" not in parts[1]["text"]
+
+
+def test_client_reads_gold_verdicts_from_a_noiseless_server():
+    gold, items = {}, []
+    for k, pattern in enumerate([[True, True, False, False], [True, False, True, True], [True] * 4]):
+        steps, truth = solution(f"q{k}", pattern)
+        gold.update(gold_lookup(f"q{k}", steps, truth))
+        items.append((question(f"q{k}"), steps, TYPES))
+    with JudgeServer(gold) as server:
+        client = JudgeClient(fast_config(server))
+        results = client.judge_many(items)
+    for result, pattern in zip(results, [[True, True, False, False], [True, False, True, True], [True] * 4]):
+        assert result.verdicts == [CORRECT if g else INCORRECT for g in pattern]
+        assert result.attempts == 1 and result.errors == []
+        assert result.prompt_tokens > 0
+    assert client.counts["requests"] == 3 and client.counts["failed_solutions"] == 0
+
+
+def test_noise_flips_only_the_configured_step_type():
+    steps, truth = solution("q0", [True, True, True, True])
+    with JudgeServer(gold_lookup("q0", steps, truth), flip_rate_perception=1.0, flip_rate_reasoning=0.0) as server:
+        result = JudgeClient(fast_config(server)).judge(question(), steps, TYPES)
+    assert result.verdicts == [INCORRECT, INCORRECT, CORRECT, CORRECT]
+
+
+def test_noise_rate_is_close_to_the_configured_one():
+    gold, items = {}, []
+    for k in range(60):
+        steps, truth = solution(f"q{k}", [True] * 4)
+        gold.update(gold_lookup(f"q{k}", steps, truth))
+        items.append((question(f"q{k}"), steps, ["reasoning"] * 4))
+    with JudgeServer(gold, flip_rate_reasoning=0.25, seed=3) as server:
+        results = JudgeClient(fast_config(server)).judge_many(items)
+    flipped = sum(v == INCORRECT for r in results for v in r.verdicts) / 240
+    assert 0.17 < flipped < 0.33
+
+
+def test_failures_become_unknown_verdicts_and_are_counted():
+    gold, items = {}, []
+    for k in range(4):
+        steps, truth = solution(f"q{k}", [True, False, True, True])
+        gold.update(gold_lookup(f"q{k}", steps, truth))
+        items.append((question(f"q{k}"), steps, TYPES))
+    failures = {"q1": "500", "q2": "hang", "q3": "malformed"}
+    with JudgeServer(gold, failures=failures, hang_seconds=3.0) as server:
+        client = JudgeClient(fast_config(server, timeout=0.3, max_retries=2))
+        results = client.judge_many(items)
+        served = dict(server.counts)
+    assert results[0].verdicts == [CORRECT, INCORRECT, CORRECT, CORRECT]
+    for result, error in zip(results[1:], ["http 500", "timeout", "parse"]):
+        assert result.verdicts == [UNKNOWN] * 4 and result.failed
+        assert result.attempts == 3 and len(result.errors) == 3
+        assert all(e.startswith(error) for e in result.errors)
+    assert client.counts["failed_solutions"] == 3 and client.counts["steps unknown"] == 12
+    assert client.counts["error http 500"] == client.counts["error timeout"] == client.counts["error parse"] == 3
+    assert served["500"] == served["hang"] == served["malformed"] == 3 and served["ok"] == 1
+
+
+def test_retries_recover_from_random_server_errors():
+    gold, items = {}, []
+    for k in range(12):
+        steps, truth = solution(f"q{k}", [True, True, False, True])
+        gold.update(gold_lookup(f"q{k}", steps, truth))
+        items.append((question(f"q{k}"), steps, TYPES))
+    with JudgeServer(gold, error_rate=0.2, malformed_rate=0.1, seed=1) as server:
+        results = JudgeClient(fast_config(server, max_retries=8)).judge_many(items)
+        failed_requests = server.counts["500"] + server.counts["malformed"]
+    assert failed_requests > 0
+    # a solution is either graded exactly or (after 9 failures in a row, p ~ 2e-5) all unknown, never guessed
+    for r in results:
+        assert r.verdicts == [CORRECT, CORRECT, INCORRECT, CORRECT] or (r.failed and r.attempts == 9)
+    assert sum(not r.failed for r in results) >= 11
+    assert sum(r.attempts for r in results) == 12 + failed_requests
+
+
+def test_concurrency_is_bounded():
+    gold, items = {}, []
+    for k in range(8):
+        steps, truth = solution(f"q{k}", [True] * 4)
+        gold.update(gold_lookup(f"q{k}", steps, truth))
+        items.append((question(f"q{k}"), steps, TYPES))
+    with JudgeServer(gold, delay=0.1) as server:
+        JudgeClient(fast_config(server, max_concurrency=3)).judge_many(items)
+        assert server.counts["max_in_flight"] == 3
+        assert server.counts["requests"] == 8
+
+
+def test_unknown_steps_are_never_guessed():
+    steps, truth = solution("q0", [True, True, True, True])
+    lookup = gold_lookup("q0", steps[:2], truth[:2])  # the server knows only the first two steps
+    assert step_key("q0", steps[:1]) in lookup
+    with JudgeServer(lookup) as server:
+        result = JudgeClient(fast_config(server, max_retries=0)).judge(question(), steps, TYPES)
+    assert result.verdicts == [UNKNOWN] * 4 and result.errors[0].startswith("parse")
+
+
+def test_server_refuses_bad_failure_modes():
+    with pytest.raises(ValueError, match="q9"):
+        JudgeServer({}, failures={"q9": "explode"})
