@@ -216,6 +216,8 @@ def build_dataset(
     output_dir.mkdir(parents=True, exist_ok=True)
     _pin_config(output_dir, config)
     _check_ids(questions)
+    for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
+        stale.unlink()
     num_shards = (len(questions) + config.shard_size - 1) // config.shard_size
     todo = [i for i in range(num_shards) if not (output_dir / f"shard-{i:05d}.parquet").exists()]
     total = BatchStats()

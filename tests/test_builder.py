@@ -1,0 +1,163 @@
+"""The dataset builder: Parquet shards with images, provenance, resume after SIGKILL, judge failures end to end.
+
+Run as a script (`python tests/test_builder.py OUTPUT_DIR SLEEP`), it builds a toy dataset: the subprocess the
+kill test interrupts.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_mc import ToyPolicy, exact_grader, toy_questions  # noqa: E402
+
+from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled, summary_line  # noqa: E402
+from trl_vlprm.labeling.judge_server import JudgeServer  # noqa: E402
+
+NUM_QUESTIONS, NUM_ROLLOUTS = 12, 2
+
+
+def toy_config(output_dir, **overrides):
+    settings = dict(
+        output_dir=str(output_dir),
+        shard_size=2,
+        rule="mc_only",
+        judge="none",
+        num_rollouts=NUM_ROLLOUTS,
+        mc_mode="every_step",
+        mc_num_completions=2,
+        show_progress=False,
+    )
+    settings.update(overrides)
+    return LabelConfig(**settings)
+
+
+def expected_ids(num_questions=NUM_QUESTIONS):
+    return {f"q{i}/r{j}" for i in range(num_questions) for j in range(NUM_ROLLOUTS)}
+
+
+def test_shards_hold_images_labels_and_provenance(tmp_path):
+    stats = build_dataset(
+        toy_questions(4), ToyPolicy(error_rate=0.2, seed=0), toy_config(tmp_path), grader=exact_grader
+    )
+    dataset = load_labelled(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("shard-*.parquet")) == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert set(dataset["id"]) == expected_ids(4) and len(dataset) == 8 == stats.records
+    row = dataset[0]
+    assert row["images"][0].size == (8, 6) and row["prompt"].startswith("<image>")
+    assert len(row["completions"]) == len(row["labels"]) == len(row["step_types"]) == len(row["label_weights"]) == 6
+    mc = json.loads(row["mc"])
+    assert mc["labels"] == row["labels"] and len(mc["scores"]) == 6
+    assert json.loads(row["judge"]) is None and row["rule"] == "mc_only"
+    assert json.loads(row["costs"])["mc"]["calls"] == mc["num_estimates"] == 5
+    # with no lucky answers a slipped prefix never succeeds: every step from the first slip on is labelled bad
+    for labels, gold in zip(dataset["labels"], dataset["gold_step_correct"]):
+        gold = json.loads(gold)
+        first_slip = gold.index(False) if False in gold else len(gold)
+        assert not any(labels[first_slip:])
+    assert stats.mc_cost.calls == 8 * 5 and stats.rollout_cost.calls == 4
+    assert "8 records from 8 solutions" in summary_line(stats)
+
+
+def test_rerun_labels_only_missing_shards_and_refuses_other_settings(tmp_path):
+    build_dataset(toy_questions(6), ToyPolicy(seed=1), toy_config(tmp_path), grader=exact_grader)
+    (tmp_path / "shard-00001.parquet").unlink()
+    policy = ToyPolicy(seed=2)
+    stats = build_dataset(toy_questions(6), policy, toy_config(tmp_path), grader=exact_grader)
+    assert policy.stats.calls == 2 + 2 * NUM_ROLLOUTS * 5  # only the two questions of the missing shard
+    assert sorted(load_labelled(tmp_path)["id"]) == sorted(expected_ids(6))
+    assert stats.records == 12  # totals include the shards written before
+    with pytest.raises(ValueError, match="mc_num_completions"):
+        build_dataset(toy_questions(6), policy, toy_config(tmp_path, mc_num_completions=3), grader=exact_grader)
+
+
+def test_sigkill_mid_run_then_rerun_keeps_every_record_exactly_once(tmp_path):
+    script = [sys.executable, __file__, str(tmp_path)]
+    process = subprocess.Popen([*script, "0.02"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("shard-*.parquet"))) < 2:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the builder wrote no shards"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(list(tmp_path.glob("shard-*.parquet")))
+    assert 2 <= done_before < NUM_QUESTIONS // 2  # killed mid-run
+    finished = subprocess.run([*script, "0"], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    ids = load_labelled(tmp_path)["id"]
+    assert len(ids) == len(set(ids)) == NUM_QUESTIONS * NUM_ROLLOUTS
+    assert set(ids) == expected_ids()
+    assert not list(tmp_path.glob(".shard-*"))
+
+
+def test_judge_failures_end_as_unknown_steps_and_the_run_completes(tmp_path):
+    failures = {"q1": "500", "q2": "hang", "q3": "malformed"}
+    config = toy_config(
+        tmp_path,
+        rule="vlprm",
+        judge="server",
+        mc_mode="binary_search",
+        judge_timeout=0.3,
+        judge_max_retries=1,
+        judge_backoff=0.01,
+        shard_size=3,
+    )
+    with JudgeServer({}, failures=failures, hang_seconds=2.0) as server:
+        stats = build_dataset(toy_questions(6), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader)
+    failed = 3 * NUM_ROLLOUTS
+    assert stats.judge["failed_solutions"] == failed and stats.cases["judge_unknown"] == failed
+    assert stats.judge["steps unknown"] == failed * 6
+    assert (
+        stats.judge["error http 500"] == stats.judge["error timeout"] == stats.judge["error parse"] == 2 * NUM_ROLLOUTS
+    )
+    dataset = load_labelled(tmp_path)
+    assert {qid for qid in dataset["question_id"]} <= {"q0", "q4", "q5"}  # a first-step unknown leaves no label
+    assert stats.dropped_solutions >= failed and stats.records == len(dataset)
+    for row in dataset:
+        verdicts = json.loads(row["judge"])["verdicts"]
+        gold = json.loads(row["gold_step_correct"])
+        assert verdicts == ["correct" if g else "incorrect" for g in gold]  # noiseless judge answers gold
+
+
+def test_testbed_judge_labels_with_the_hybrid_rule(tmp_path):
+    config = toy_config(
+        tmp_path,
+        rule="vlprm",
+        judge="testbed",
+        judge_flip_rate_perception=0.0,
+        judge_flip_rate_reasoning=0.0,
+        mc_mode="binary_search",
+    )
+    build_dataset(toy_questions(4), ToyPolicy(error_rate=0.2, seed=6), config, grader=exact_grader)
+    for row in load_labelled(tmp_path):
+        gold = json.loads(row["gold_step_correct"])
+        assert row["labels"] == gold[: len(row["labels"])]  # a perfect judge makes the labels the gold
+        assert row["rule_case"] in (
+            "judge_incorrect_mc_agrees",
+            "judge_incorrect_mc_disagrees",
+            "judge_correct_mc_agrees",
+        )
+
+
+def test_config_rejects_inconsistent_settings():
+    with pytest.raises(ValueError, match="rule"):
+        LabelConfig(rule="best")
+    with pytest.raises(ValueError, match="needs a judge"):
+        LabelConfig(rule="consensus", judge="none")
+    with pytest.raises(ValueError, match="policy_model_path"):
+        LabelConfig(policy="hf", judge="none", rule="mc_only")
+
+
+if __name__ == "__main__":
+    output_dir, sleep = sys.argv[1], float(sys.argv[2])
+    build_dataset(
+        toy_questions(NUM_QUESTIONS), ToyPolicy(seed=0, sleep=sleep), toy_config(output_dir), grader=exact_grader
+    )
