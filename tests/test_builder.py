@@ -156,6 +156,16 @@ def test_config_rejects_inconsistent_settings():
         LabelConfig(policy="hf", judge="none", rule="mc_only")
 
 
+@pytest.mark.parametrize("name", ["label_testbed.yaml", "label_server.yaml"])
+def test_recipe_configs_parse_into_label_config(name):
+    from trl import TrlParser
+
+    path = Path(__file__).parents[1] / "recipes" / "configs" / name
+    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=["--config", str(path), "--shard_size", "5"])
+    assert isinstance(config, LabelConfig) and config.shard_size == 5 and config.rule == "vlprm"
+    assert config.mc_mode == "binary_search" and config.judge in ("testbed", "server")
+
+
 if __name__ == "__main__":
     output_dir, sleep = sys.argv[1], float(sys.argv[2])
     build_dataset(
