@@ -219,11 +219,14 @@ def build_dataset(
     for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
         stale.unlink()
     num_shards = (len(questions) + config.shard_size - 1) // config.shard_size
+
+    def chunk(i: int) -> range:
+        return range(i * config.shard_size, min(len(questions), (i + 1) * config.shard_size))
+
     todo = [i for i in range(num_shards) if not (output_dir / f"shard-{i:05d}.parquet").exists()]
     total = BatchStats()
-    for i in range(num_shards):
-        if i not in todo and (output_dir / f"shard-{i:05d}.json").exists():
-            total.add(BatchStats.from_dict(json.loads((output_dir / f"shard-{i:05d}.json").read_text())))
+    for i in sorted(set(range(num_shards)) - set(todo)):
+        total.add(BatchStats.from_dict(json.loads((output_dir / f"shard-{i:05d}.json").read_text())))
 
     server, own_server, judge = judge_server, False, None
     if config.rule in NEEDS_JUDGE:
@@ -237,19 +240,16 @@ def build_dataset(
         judge = JudgeClient(config.judge_config(server.base_url if server else None), seed=config.seed)
     bar = tqdm(
         total=len(questions),
-        initial=len(questions)
-        - sum(len(range(i * config.shard_size, min(len(questions), (i + 1) * config.shard_size))) for i in todo),
+        initial=len(questions) - sum(len(chunk(i)) for i in todo),
         desc=f"label {config.rule}",
         unit="q",
         disable=not config.show_progress,
     )
     try:
         for i in todo:
-            chunk = [
-                questions[j] for j in range(i * config.shard_size, min(len(questions), (i + 1) * config.shard_size))
-            ]
+            batch = [questions[j] for j in chunk(i)]
             rows, stats = label_batch(
-                chunk,
+                batch,
                 policy,
                 config.rule,
                 config.num_rollouts,
@@ -262,7 +262,7 @@ def build_dataset(
             )
             write_shard(output_dir, i, rows, stats)
             total.add(stats)
-            bar.update(len(chunk))
+            bar.update(len(batch))
             bar.set_postfix(
                 records=total.records,
                 policy_calls=total.rollout_cost.calls + total.mc_cost.calls,
@@ -329,12 +329,17 @@ def summary_line(stats: BatchStats) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> BatchStats:
-    """CLI: `trl-vlprm label --config recipes/configs/label_testbed.yaml [--field value ...]`."""
-    from trl import TrlParser
-
-    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=argv)
+def run(config: LabelConfig) -> BatchStats:
+    """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats."""
     policy, questions = _make_policy_and_questions(config)
     stats = build_dataset(questions, policy, config)
     print(summary_line(stats))
     return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: `trl-vlprm label --config recipes/configs/label_testbed.yaml [--field value ...]`."""
+    from trl import TrlParser
+
+    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=argv)
+    run(config)
