@@ -1,0 +1,26 @@
+"""Procedural visual puzzles with known step-level truth, and a scripted policy with controllable errors."""
+
+from .generator import (
+    FAMILIES,
+    format_prompt,
+    generate_puzzles,
+    gold_steps,
+    make_puzzle,
+    parse_answer_step,
+    puzzle_features,
+    read_metadata,
+)
+from .scripted_policy import GoldOracleScorer, ScriptedPolicy
+
+__all__ = [
+    "FAMILIES",
+    "GoldOracleScorer",
+    "ScriptedPolicy",
+    "format_prompt",
+    "generate_puzzles",
+    "gold_steps",
+    "make_puzzle",
+    "parse_answer_step",
+    "puzzle_features",
+    "read_metadata",
+]

@@ -1,0 +1,120 @@
+"""Seeded generator of testbed puzzles as stepwise-supervision records with a gold step solution.
+
+Puzzle `i` of seed `s` depends only on `(s, i)` (its own `random.Random`), so the first 100 puzzles of a run of
+1,000 are those of a run of 100, and the same call gives the same image bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, RecordError, stepwise_features, to_json_string
+from .arithmetic import Clock, Counting, NumberGrid, PolygonSides
+from .families import ColorGrid, PuzzleFamily, SizeCycle, State
+
+FAMILIES: dict[str, PuzzleFamily] = {
+    family.name: family
+    for family in (ColorGrid(), SizeCycle(), Counting(), NumberGrid(), PolygonSides(), Clock())
+}
+STEP_TYPES = [PERCEPTION, REASONING, REASONING]
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+ANSWER_PREFIX = "Answer: "
+
+
+def format_prompt(question: str, options: Sequence[str]) -> str:
+    """The prompt of a multiple-choice visual question: image placeholder, question, lettered options."""
+    lines = [IMAGE_PLACEHOLDER, question.strip()]
+    if options:
+        lines.append("Options: " + " ".join(f"({OPTION_LETTERS[i]}) {o}" for i, o in enumerate(options)))
+    return "\n".join(lines)
+
+
+def answer_step(value: str) -> str:
+    return f"{ANSWER_PREFIX}{value}"
+
+
+def parse_answer_step(text: str) -> str | None:
+    text = text.strip()
+    return text[len(ANSWER_PREFIX):].strip() if text.startswith(ANSWER_PREFIX) else None
+
+
+def read_metadata(record: Mapping[str, Any]) -> tuple[PuzzleFamily, State]:
+    """The family and hidden state of a generated puzzle record (from its `metadata` JSON column)."""
+    row = record.get("id", "?")
+    raw = record.get("metadata")
+    if not raw:
+        raise RecordError(row, "metadata", "missing; only generated testbed puzzles carry their hidden state")
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        return FAMILIES[meta["family"]], meta["state"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise RecordError(row, "metadata", f"not a testbed puzzle state ({type(err).__name__}: {err})") from err
+
+
+def gold_steps(family: PuzzleFamily, state: State) -> list[str]:
+    """The gold three-step solution: true perception, the rule applied to it, the answer."""
+    obs = family.observe(state)
+    value = family.solve(state, obs)
+    return [family.describe(state, obs), family.explain(state, obs, value), answer_step(value)]
+
+
+def make_puzzle(family: str, seed: int, index: int, image_size: int = 168) -> dict[str, Any]:
+    """One puzzle record of `family`, determined by `(seed, index)` alone."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown puzzle family {family!r}; expected one of {sorted(FAMILIES)}")
+    fam = FAMILIES[family]
+    rng = random.Random(f"{seed}:{index}:{family}")
+    state = fam.sample(rng)
+    steps = gold_steps(fam, state)
+    puzzle_id = f"{family}-s{seed}-{index:05d}"
+    if parse_answer_step(steps[-1]) != state["answer"] or state["answer"] not in state["options"]:
+        raise RecordError(puzzle_id, "answer", f"gold steps give {steps[-1]!r} but the state says {state['answer']!r}")
+    return {
+        "id": puzzle_id,
+        "prompt": format_prompt(fam.question(state), state["options"]),
+        "images": [fam.render(state, image_size)],
+        "completions": steps,
+        "labels": [True] * len(steps),
+        "step_types": list(STEP_TYPES),
+        "answer": state["answer"],
+        "options": list(state["options"]),
+        "category": family,
+        "metadata": to_json_string({"family": family, "state": state}),
+    }
+
+
+def puzzle_features():
+    """`stepwise_features()` plus the `metadata` string column (JSON hidden state)."""
+    from datasets import Value
+
+    features = stepwise_features(with_types=True)
+    features["metadata"] = Value("string")
+    return features
+
+
+def generate_puzzles(n: int, seed: int = 0, families: Sequence[str] | None = None, image_size: int = 168):
+    """`n` testbed puzzles as a `datasets.Dataset` in the stepwise-supervision schema.
+
+    Args:
+        n: number of puzzles; families are dealt round-robin so each gets `n / len(families)`.
+        seed: the same seed gives the same records, image bytes included.
+        families: names in `FAMILIES` (all when None).
+        image_size: side of the square images in pixels (112-224 suits tiny models).
+
+    Returns:
+        A Dataset with columns id, prompt (one "<image>"), images, completions (gold steps), labels (all True),
+        step_types, answer, options, category (the family) and metadata (JSON of the hidden state).
+    """
+    from datasets import Dataset
+
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    names = list(families) if families else list(FAMILIES)
+    for name in names:
+        if name not in FAMILIES:
+            raise ValueError(f"unknown puzzle family {name!r}; expected one of {sorted(FAMILIES)}")
+    records = [make_puzzle(names[i % len(names)], seed, i, image_size) for i in range(n)]
+    return Dataset.from_list(records, features=puzzle_features())

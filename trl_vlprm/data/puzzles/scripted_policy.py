@@ -1,0 +1,136 @@
+"""A scripted solver of the testbed puzzles with controllable perception and reasoning error rates.
+
+It implements `trl_vlprm.guidance.policy.Policy`, so labelling and search run on it unchanged, and every step it
+writes carries its hidden gold correctness. It is stateless: everything comes from the question record (its
+`metadata` hidden state) and the prefix, whose claims are read back from the step strings, so a prefix with a
+misread keeps propagating that misread, whoever wrote it.
+
+Gold correctness follows the PRM800K *first-error* convention: a step is correct iff it is true of the puzzle and
+every earlier step is correct. A step that reasons soundly from a misread is therefore incorrect, and so is the
+final answer after any error, even when it happens to be right. Because the gold solution of a puzzle is unique,
+this is "the step and every step before it equal the gold steps".
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from ...guidance.policy import Candidate, Continuation, PolicyStats, Question
+from ..schema import PERCEPTION, REASONING
+from .families import parse_value
+from .generator import STEP_TYPES, answer_step, gold_steps, parse_answer_step, read_metadata
+
+
+class ScriptedPolicy:
+    """Solves testbed puzzles in three steps (perception, rule, answer), erring at the configured rates.
+
+    Args:
+        perception_error_rate: probability that a perception step misreads the image (a colour, count, size,
+            shape or clock hand). Misreads mostly touch a detail the answer depends on, so most reach the answer.
+        reasoning_error_rate: probability that the rule step draws a wrong conclusion from its observation (an
+            arithmetic slip or a wrong rule); the answer step then states that wrong value.
+        seed: seed of the policy's random generator (sampling order matters, as for any sampler).
+        step_separator: text that ends a step; steps never contain it.
+    """
+
+    def __init__(
+        self,
+        perception_error_rate: float = 0.2,
+        reasoning_error_rate: float = 0.2,
+        seed: int = 0,
+        step_separator: str = "\n",
+    ):
+        for name, rate in (("perception_error_rate", perception_error_rate),
+                           ("reasoning_error_rate", reasoning_error_rate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"ScriptedPolicy.{name}={rate}; expected a probability in [0, 1]")
+        self.perception_error_rate = perception_error_rate
+        self.reasoning_error_rate = reasoning_error_rate
+        self.step_separator = step_separator
+        self.stats = PolicyStats()
+        self._rng = random.Random(seed)
+
+    def sample_solutions(self, question: Question, n: int) -> list[Continuation]:
+        return self.complete(question, [], n)
+
+    def sample_next_steps(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
+        return self._sample(question, prefix, n, max_steps=1)
+
+    def complete(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
+        return self._sample(question, prefix, n, max_steps=len(STEP_TYPES))
+
+    def _sample(self, question: Question, prefix: Sequence[str], n: int, max_steps: int) -> list[Continuation]:
+        continuations = [self._continue(question, [s.strip() for s in prefix], max_steps) for _ in range(n)]
+        self.stats.record(continuations)
+        return continuations
+
+    def _continue(self, question: Question, prefix: list[str], max_steps: int) -> Continuation:
+        family, state = read_metadata(question)
+        gold = gold_steps(family, state)
+        given_answers = [a for a in (parse_answer_step(s) for s in prefix) if a is not None]
+        if given_answers:  # the prefix already ended
+            return Continuation(steps=[], finished=True, answer=given_answers[-1], step_types=[], gold_correct=[])
+
+        # Read the prefix's claims back; a step that cannot be read is replaced by a fresh, correct reading.
+        obs = family.parse(state, prefix[0]) if prefix else None
+        if prefix and obs is None:
+            obs = family.observe(state)
+        value = parse_value(prefix[1]) if len(prefix) > 1 else None
+        if len(prefix) > 1 and value is None:
+            value = family.solve(state, obs)
+        correct_so_far = len(prefix) <= len(gold) and all(s == g for s, g in zip(prefix, gold))
+
+        steps: list[str] = []
+        types: list[str] = []
+        position = len(prefix)
+        while len(steps) < max_steps:
+            if position == 0:
+                obs = family.observe(state)
+                if self._rng.random() < self.perception_error_rate:
+                    obs = family.misread(state, obs, self._rng)
+                step, kind = family.describe(state, obs), PERCEPTION
+            elif position == 1:
+                value = family.solve(state, obs)
+                if self._rng.random() < self.reasoning_error_rate:
+                    value = family.slip(state, obs, value, self._rng)
+                step, kind = family.explain(state, obs, value), REASONING
+            else:
+                step, kind = answer_step(value), REASONING
+            steps.append(step)
+            types.append(kind)
+            position += 1
+            if position >= len(gold):
+                break
+        gold_correct = []
+        for offset, step in enumerate(steps):
+            index = len(prefix) + offset
+            correct_so_far = correct_so_far and index < len(gold) and step == gold[index]
+            gold_correct.append(correct_so_far)
+        finished = parse_answer_step(steps[-1]) is not None
+        return Continuation(
+            steps=steps,
+            finished=finished,
+            answer=parse_answer_step(steps[-1]) if finished else None,
+            step_types=types,
+            gold_correct=gold_correct,
+            num_tokens=sum(len(s.split()) for s in steps),
+        )
+
+
+class GoldOracleScorer:
+    """`StepScorer` that knows the truth: each step scores 1.0 if its gold correctness is True, else 0.0.
+
+    The upper bound a perfect PRM reaches on the testbed; needs candidates from a policy that reports `gold_correct`.
+    """
+
+    def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
+        scores = []
+        for i, candidate in enumerate(candidates):
+            if candidate.gold_correct is None or len(candidate.gold_correct) != len(candidate.steps):
+                raise ValueError(
+                    f"question {question.get('id', '?')}: candidate {i} has no gold_correct for each of its "
+                    f"{len(candidate.steps)} step(s); GoldOracleScorer needs a testbed policy"
+                )
+            scores.append([1.0 if g else 0.0 for g in candidate.gold_correct])
+        return scores
