@@ -8,11 +8,12 @@ Three answer kinds come built in; each is a `AnswerKind` in the `ANSWER_KINDS` r
 | kind              | extracted form                      | matches when                                       |
 |-------------------|-------------------------------------|----------------------------------------------------|
 | `multiple_choice` | the option letter ("B")             | same letter as the gold (gold: letter or option text) |
-| `numeric`         | a canonical number ("0.75")         | equal within `tol` (relative and absolute); a "75%" also matches 0.75 |
+| `numeric`         | a canonical number ("0.75")         | equal within `tol` (relative and absolute)         |
 | `free_form`       | normalized text ("blue whale")      | equal after normalization                          |
 
 `kind="auto"` picks `multiple_choice` when options are given, else `numeric` when the gold answer (or, in
-`extract_answer`, the answer span) reads as a number, else `free_form`.
+`extract_answer`, the answer span) reads as a number, else `free_form`. A prediction written as a percent ("75%")
+also matches the gold 0.75.
 
 Finding the answer span: the last `\\boxed{...}`, else the text after the last "answer is" / "Answer:" /
 "final answer", else the last non-empty line.
