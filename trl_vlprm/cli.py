@@ -1,0 +1,81 @@
+"""`trl-vlprm` / `python -m trl_vlprm` command line: `puzzles` writes a testbed dataset, `label` builds step labels."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def write_dataset(dataset, out: str | Path) -> Path:
+    """Write atomically: a `.parquet` path gets one Parquet file, any other path a `save_to_disk` folder.
+
+    The data is written next to `out` under a temporary name and renamed into place, so a crash never leaves a
+    half-written dataset at `out`; an existing `out` is replaced.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            dataset.to_parquet(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp makes the file private; a dataset is meant to be shared
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return out
+    tmp_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    old = None
+    try:
+        dataset.save_to_disk(str(tmp_dir / "data"))
+        if out.exists():  # a folder cannot be replaced in one rename: move the old one aside first
+            old = tmp_dir / "old"
+            os.replace(out, old)
+        os.replace(tmp_dir / "data", out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
+
+
+def _puzzles(args: argparse.Namespace) -> int:
+    from trl_vlprm.data.puzzles import FAMILIES, generate_puzzles
+
+    families = args.families.split(",") if args.families else None
+    dataset = generate_puzzles(args.n, seed=args.seed, families=families, image_size=args.image_size)
+    out = write_dataset(dataset, args.out)
+    counts = {name: dataset["category"].count(name) for name in (families or FAMILIES)}
+    print(f"wrote {len(dataset)} puzzles ({counts}) to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trl-vlprm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    puzzles = sub.add_parser("puzzles", help="write procedural testbed puzzles in the stepwise-supervision schema")
+    puzzles.add_argument("--n", type=int, default=200, help="number of puzzles (families dealt round-robin)")
+    puzzles.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    puzzles.add_argument("--out", required=True, help="a .parquet file, or a folder for datasets.save_to_disk")
+    puzzles.add_argument("--families", default=None, help="comma-separated family names (default: all)")
+    puzzles.add_argument("--image-size", type=int, default=168, help="image side in pixels")
+    puzzles.set_defaults(func=_puzzles)
+    sub.add_parser("label", help="build step labels (arguments go to trl_vlprm.labeling.builder.main)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "label":  # forwarded untouched: the builder parses its own config and flags
+        from trl_vlprm.labeling.builder import main as label_main
+
+        label_main(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
+    return args.func(args)
