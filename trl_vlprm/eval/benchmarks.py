@@ -1,0 +1,256 @@
+"""The paper's evaluation benchmarks as question records (schema of `trl_vlprm.data.schema`).
+
+Every loader returns a `datasets.Dataset` with columns `id`, `prompt` (one "<image>" per image, in order), `images`,
+`answer`, `options`, `category` and `answer_kind` (the kind `trl_vlprm.data.answers.grade` should use). Hub
+benchmarks go through `datasets.load_dataset(source, split=...)`, so `source` is a hub name on a connected machine
+or a local copy in the same layout (a folder of parquet files, or a `save_to_disk` folder).
+
+| name            | default source        | split       | layout read                                                      |
+|-----------------|-----------------------|-------------|------------------------------------------------------------------|
+| `mmmu`          | `MMMU/MMMU`           | validation  | one config a subject; question/options cite `<image k>`; image_1..image_7; options a list repr |
+| `mathvista`     | `AI4Math/MathVista`   | testmini    | decoded_image, query, choices, question_type, answer_type        |
+| `mathvision`    | `MathLLMs/MathVision` | test        | question cites `<imageN>`; image/decoded_image, options, answer, level, subject |
+| `puzzlevqa`     | `../shared/benchmarks`| -           | upstream JSON layout, via `trl_vlprm.data.puzzlevqa`             |
+| `algopuzzlevqa` | `../shared/benchmarks`| -           | same                                                             |
+| `testbed`       | generated             | -           | `trl_vlprm.data.puzzles.generate_puzzles` (CPU testbed)          |
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trl_vlprm.data.puzzles.generator import OPTION_LETTERS
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError
+
+MMMU_SUBJECTS = (
+    "Accounting", "Agriculture", "Architecture_and_Engineering", "Art", "Art_Theory", "Basic_Medical_Science",
+    "Biology", "Chemistry", "Clinical_Medicine", "Computer_Science", "Design", "Diagnostics_and_Laboratory_Medicine",
+    "Economics", "Electronics", "Energy_and_Power", "Finance", "Geography", "History", "Literature", "Manage",
+    "Marketing", "Materials", "Math", "Mechanical_Engineering", "Music", "Pharmacy", "Physics", "Psychology",
+    "Public_Health", "Sociology",
+)  # fmt: skip
+MMMU_IMAGE_COLUMNS = tuple(f"image_{k}" for k in range(1, 8))
+
+
+def question_features():
+    """Features of an evaluation question record."""
+    from datasets import Features, Image, List, Value
+
+    return Features(
+        {
+            "id": Value("string"),
+            "prompt": Value("string"),
+            "images": List(Image()),
+            "answer": Value("string"),
+            "options": List(Value("string")),
+            "category": Value("string"),
+            "answer_kind": Value("string"),
+        }
+    )
+
+
+def lettered_options(options: Sequence[str]) -> str:
+    return "\n".join(f"({OPTION_LETTERS[i]}) {option}" for i, option in enumerate(options))
+
+
+def _to_dataset(records: list[dict[str, Any]]):
+    from datasets import Dataset
+
+    return Dataset.from_list(records, features=question_features())
+
+
+def _load_split(source: str, split: str, **kwargs):
+    from datasets import load_dataset, load_from_disk
+
+    if Path(source, "dataset_info.json").is_file() or Path(source, "dataset_dict.json").is_file():
+        loaded = load_from_disk(source)  # a save_to_disk copy
+        return loaded[split] if hasattr(loaded, "keys") else loaded
+    return load_dataset(source, split=split, **kwargs)
+
+
+def _cited_images(text: str, pattern: re.Pattern, images: Mapping[int, Any], row: str) -> tuple[str, list[Any]]:
+    """Replace every image citation in `text` by "<image>" and list the cited images in order of citation."""
+    cited = []
+
+    def replace(match: re.Match) -> str:
+        k = int(match.group(1))
+        if images.get(k) is None:
+            raise RecordError(row, f"image_{k}", f"cited as {match.group(0)!r} but missing")
+        cited.append(images[k])
+        return IMAGE_PLACEHOLDER
+
+    return pattern.sub(replace, text), cited
+
+
+# ---------------------------------------------------------------- MMMU
+
+_MMMU_CITATION = re.compile(r"<image (\d+)>")
+
+
+def mmmu_record(row: Mapping[str, Any], subject: str = "") -> dict[str, Any]:
+    """One MMMU row as a question record (citations become "<image>"; uncited images go first)."""
+    rid = str(row.get("id", "?"))
+    try:
+        options = ast.literal_eval(row["options"]) if isinstance(row["options"], str) else list(row["options"])
+    except (ValueError, SyntaxError) as err:
+        raise RecordError(rid, "options", f"not a list literal: {row['options']!r}") from err
+    images = {k: row.get(f"image_{k}") for k in range(1, 8)}
+    text = row["question"] + ("\n" + lettered_options(options) if options else "")
+    prompt, cited = _cited_images(text, _MMMU_CITATION, images, rid)
+    cited_numbers = {int(k) for k in _MMMU_CITATION.findall(text)}
+    uncited = [images[k] for k in sorted(images) if images[k] is not None and k not in cited_numbers]
+    multiple_choice = row.get("question_type", "multiple-choice") == "multiple-choice" and bool(options)
+    return {
+        "id": rid,
+        "prompt": IMAGE_PLACEHOLDER * len(uncited) + ("\n" if uncited else "") + prompt,
+        "images": uncited + cited,
+        "answer": str(row["answer"]),
+        "options": [str(o) for o in options],
+        "category": row.get("subfield") or subject or rid.split("_")[1] if "_" in rid else subject,
+        "answer_kind": "multiple_choice" if multiple_choice else "auto",
+    }
+
+
+def load_mmmu(source: str = "MMMU/MMMU", split: str = "validation", subjects: Sequence[str] | None = None):
+    """MMMU questions: one `load_dataset(source, subject, split=split)` per subject (all 30 by default).
+
+    A local folder whose subjects are sub-folders (the hub layout `<Subject>/validation-*.parquet`) is read with
+    `data_dir=<Subject>`; a folder without sub-folders is read as one split.
+    """
+    records = []
+    local = Path(source).is_dir()
+    if local and subjects is None:
+        subjects = sorted(p.name for p in Path(source).iterdir() if p.is_dir() and p.name in MMMU_SUBJECTS) or [""]
+    for subject in subjects or MMMU_SUBJECTS:
+        if local:
+            rows = _load_split(source, split, **({"data_dir": subject} if subject else {}))
+        else:
+            rows = _load_split(source, split, name=subject)
+        records.extend(mmmu_record(row, subject) for row in rows)
+    return _to_dataset(records)
+
+
+# ---------------------------------------------------------------- MathVista
+
+_MATHVISTA_KINDS = {"integer": "numeric", "float": "numeric", "text": "free_form", "list": "free_form"}
+
+
+def mathvista_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One MathVista row: the image and the official `query` (hint + question + choices)."""
+    rid = str(row.get("pid", "?"))
+    if row.get("decoded_image") is None:
+        raise RecordError(rid, "decoded_image", "missing")
+    choices = [str(c) for c in (row.get("choices") or [])]
+    if row.get("question_type") == "multi_choice":
+        kind = "multiple_choice"
+    else:
+        kind = _MATHVISTA_KINDS.get(row.get("answer_type"), "auto")
+    metadata = row.get("metadata") or {}
+    return {
+        "id": rid,
+        "prompt": IMAGE_PLACEHOLDER + "\n" + (row.get("query") or row["question"]),
+        "images": [row["decoded_image"]],
+        "answer": str(row["answer"]),
+        "options": choices,
+        "category": metadata.get("task") or metadata.get("category") or "",
+        "answer_kind": kind,
+    }
+
+
+def load_mathvista(source: str = "AI4Math/MathVista", split: str = "testmini"):
+    return _to_dataset([mathvista_record(row) for row in _load_split(source, split)])
+
+
+# ---------------------------------------------------------------- MathVision
+
+_MATHVISION_CITATION = re.compile(r"<image(\d+)>")
+
+
+def mathvision_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One MathVision row: options lettered A-E when present (gold is then a letter), else a numeric/text answer."""
+    rid = str(row.get("id", "?"))
+    image = row.get("decoded_image") if row.get("decoded_image") is not None else row.get("image")
+    if image is None or isinstance(image, str):
+        raise RecordError(rid, "decoded_image", "no decoded image (the `image` column holds only a path)")
+    options = [str(o) for o in (row.get("options") or [])]
+    text = row["question"] + ("\n" + lettered_options(options) if options else "")
+    prompt, cited = _cited_images(text, _MATHVISION_CITATION, {k: image for k in range(1, 10)}, rid)
+    if not cited:
+        prompt, cited = IMAGE_PLACEHOLDER + "\n" + prompt, [image]
+    return {
+        "id": rid,
+        "prompt": prompt,
+        "images": cited,
+        "answer": str(row["answer"]),
+        "options": options,
+        "category": f"{row.get('subject', '')}/level{row.get('level', '')}",
+        "answer_kind": "multiple_choice" if options else "auto",
+    }
+
+
+def load_mathvision(source: str = "MathLLMs/MathVision", split: str = "test"):
+    return _to_dataset([mathvision_record(row) for row in _load_split(source, split)])
+
+
+# ---------------------------------------------------------------- puzzles
+
+
+def load_puzzle_benchmark(source: str | None = None, benchmark: str = "PuzzleVQA", limit_per_category=None):
+    """PuzzleVQA / AlgoPuzzleVQA questions (multiple choice) from the upstream layout under `source`."""
+    from trl_vlprm.data.puzzlevqa import default_benchmarks_root, load_puzzlevqa
+
+    dataset = load_puzzlevqa(source or default_benchmarks_root(), benchmark, limit_per_category=limit_per_category)
+    keep = [c for c in dataset.column_names if c in question_features()]
+    return dataset.select_columns(keep).map(lambda _: {"answer_kind": "multiple_choice"})
+
+
+def load_testbed(n: int = 60, seed: int = 0):
+    """`n` generated testbed puzzles (the scripted policy and the oracle scorer know their truth)."""
+    from trl_vlprm.data.puzzles import generate_puzzles
+
+    dataset = generate_puzzles(n, seed=seed)
+    return dataset.map(lambda _: {"answer_kind": "multiple_choice"})
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """A benchmark of the registry: `loader(source, split, limit) -> Dataset` and its defaults."""
+
+    loader: Callable[..., Any]
+    default_source: str | None
+    default_split: str | None
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "mmmu": BenchmarkSpec(lambda src, split, limit: load_mmmu(src, split), "MMMU/MMMU", "validation"),
+    "mathvista": BenchmarkSpec(lambda src, split, limit: load_mathvista(src, split), "AI4Math/MathVista", "testmini"),
+    "mathvision": BenchmarkSpec(lambda src, split, limit: load_mathvision(src, split), "MathLLMs/MathVision", "test"),
+    "puzzlevqa": BenchmarkSpec(lambda src, split, limit: load_puzzle_benchmark(src, "PuzzleVQA", limit), None, None),
+    "algopuzzlevqa": BenchmarkSpec(
+        lambda src, split, limit: load_puzzle_benchmark(src, "AlgoPuzzleVQA", limit), None, None
+    ),
+    "testbed": BenchmarkSpec(lambda src, split, limit: load_testbed(limit or 60, int(src or 0)), None, None),
+}
+
+
+def load_benchmark(name: str, source: str | None = None, split: str | None = None, limit: int | None = None):
+    """Question records of a registered benchmark.
+
+    Args:
+        name: a key of `BENCHMARKS`.
+        source: hub name or local path (default: the benchmark's own); for `testbed`, the generator seed.
+        split: split to read (default: the one the paper evaluates).
+        limit: keep the first `limit` questions (puzzle benchmarks: per category; testbed: how many to generate).
+    """
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
+    spec = BENCHMARKS[name]
+    dataset = spec.loader(source or spec.default_source, split or spec.default_split, limit)
+    if limit is not None and name not in ("puzzlevqa", "algopuzzlevqa", "testbed"):
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    return dataset

@@ -1,0 +1,105 @@
+"""Tables (CSV + Markdown) and plots (accuracy vs N) of sweep results.
+
+A result row is a mapping with at least `benchmark`, `policy`, `scorer`, `strategy`, `n`, `accuracy`; tables put
+one line per (benchmark, policy, scorer, strategy) and one column per N. All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROW_KEY = ("benchmark", "policy", "scorer", "strategy")
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    os.replace(temp, path)
+
+
+def _pivot(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], dict[tuple, dict[int, float]]]:
+    n_values = sorted({int(row["n"]) for row in rows})
+    table: dict[tuple, dict[int, float]] = {}
+    for row in rows:
+        table.setdefault(tuple(row[k] for k in ROW_KEY), {})[int(row["n"])] = float(row["accuracy"])
+    return n_values, table
+
+
+def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Long format: one line per result row, columns in the order of the first row."""
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def rows_to_markdown(rows: Sequence[Mapping[str, Any]], digits: int = 1) -> str:
+    """Wide Markdown table: accuracy in percent, one column per N."""
+    n_values, table = _pivot(rows)
+    header = "| " + " | ".join([*ROW_KEY, *(f"N={n}" for n in n_values)]) + " |"
+    lines = [header, "|" + "---|" * (len(ROW_KEY) + len(n_values))]
+    for key, by_n in table.items():
+        cells = [f"{100 * by_n[n]:.{digits}f}" if n in by_n else "" for n in n_values]
+        lines.append("| " + " | ".join([*map(str, key), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: Sequence[Mapping[str, Any]], output_dir: str | Path, stem: str = "results") -> list[Path]:
+    """`<stem>.csv` (long) and `<stem>.md` (wide) in `output_dir`; returns their paths."""
+    output_dir = Path(output_dir)
+    csv_path, md_path = output_dir / f"{stem}.csv", output_dir / f"{stem}.md"
+    _write_atomic(csv_path, rows_to_csv(rows))
+    _write_atomic(md_path, rows_to_markdown(rows))
+    return [csv_path, md_path]
+
+
+def plot_accuracy_vs_n(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """PNG: one panel per benchmark, accuracy (%) against N on a log2 axis, one line per (policy, scorer, strategy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    benchmarks = sorted({row["benchmark"] for row in rows})
+    if not benchmarks:
+        raise ValueError("plot_accuracy_vs_n: no result rows")
+    n_values, table = _pivot(rows)
+    policies = {key[1] for key in table}
+    figure, axes = plt.subplots(1, len(benchmarks), figsize=(5.2 * len(benchmarks), 4.2), squeeze=False)
+    for axis, benchmark in zip(axes[0], benchmarks):
+        for (bench, policy, scorer, strategy), by_n in table.items():
+            if bench != benchmark:
+                continue
+            label = strategy if scorer == "-" else f"{strategy} [{scorer}]"
+            if len(policies) > 1:
+                label = f"{policy}: {label}"
+            xs = [n for n in n_values if n in by_n]
+            style = "--" if strategy == "pass@n" else "-"
+            axis.plot(xs, [100 * by_n[n] for n in xs], style, marker="o", markersize=3, label=label)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(n_values, [str(n) for n in n_values])
+        axis.set_xlabel("N (solutions sampled)")
+        axis.set_ylabel("accuracy (%)")
+        axis.set_title(benchmark)
+        axis.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    path = Path(path)
+    _write_atomic(path, buffer.getvalue())
+    return path

@@ -1,0 +1,420 @@
+"""Test-time-scaling sweep: benchmarks x policies x outcome-level strategies x N, at the cost of one generation.
+
+Per question, `n_max` solutions are sampled once (`policy.sample_solutions`), graded once, and scored once by every
+scorer (`scorer.score`). Every N <= n_max and every outcome-level strategy is then derived from those samples by
+drawing `num_subsamples` random subsets of size N (as search-and-learn does), so majority vote, best-of-N under each
+aggregation and the PRM-weighted vote are compared on the very same solutions.
+
+Strategies (names in `SweepConfig.strategies`):
+
+| name                 | picks                                                                        |
+|----------------------|------------------------------------------------------------------------------|
+| `majority`           | the most frequent answer (`guidance.strategies.majority_vote`)              |
+| `best_of_n:<agg>`    | the solution with the best aggregated score (`select_best_of_n`)            |
+| `weighted_vote:<agg>`| the answer with the highest summed score (`weighted_vote`)                  |
+| `pass@n`             | correct if any of the N solutions is (the oracle upper bound)               |
+| `first`              | the first solution of the subset (the single-sample baseline)               |
+
+`<agg>` is an aggregation of `guidance.aggregation` (last, min, mean, prod).
+
+Samples go to `<output_dir>/samples/<benchmark>__<policy>.jsonl`, one line per question, appended as they finish:
+a rerun skips the questions already there. A sidecar `.meta.json` refuses a rerun whose n_max or scorers differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from trl_vlprm.data.answers import extract_answer, grade
+from trl_vlprm.data.schema import RecordError
+from trl_vlprm.guidance.aggregation import AGGREGATIONS
+from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
+from trl_vlprm.guidance.strategies import majority_vote, score_candidates, select_best_of_n, weighted_vote
+from trl_vlprm.guidance.tts import read_results
+
+NO_SCORER = "-"
+
+
+# ---------------------------------------------------------------- strategies over pre-scored samples
+
+
+def _choose(strategy: str, candidates: Sequence[Candidate]) -> int | None:
+    """Index of the candidate a strategy picks among already-scored candidates (a call into guidance.strategies)."""
+    name, _, aggregation = strategy.partition(":")
+    if name == "majority":
+        return majority_vote(candidates)
+    if name == "first":
+        return 0 if candidates else None
+    if name == "best_of_n":
+        return select_best_of_n(candidates, aggregation) if candidates else None
+    if name == "weighted_vote":
+        return weighted_vote(candidates, aggregation)
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def check_strategy(strategy: str) -> None:
+    """Raise a `ValueError` naming the strategy when it is not one of the table in the module docstring."""
+    name, _, aggregation = strategy.partition(":")
+    if name in ("majority", "pass@n", "first") and not aggregation:
+        return
+    if name in ("best_of_n", "weighted_vote") and aggregation in AGGREGATIONS:
+        return
+    raise ValueError(
+        f"unknown strategy {strategy!r}; expected majority, first, pass@n, best_of_n:<agg> or weighted_vote:<agg> "
+        f"with <agg> in {AGGREGATIONS}"
+    )
+
+
+def uses_scorer(strategy: str) -> bool:
+    return strategy.split(":")[0] in ("best_of_n", "weighted_vote")
+
+
+def strategy_correct(strategy: str, samples: Sequence[Mapping[str, Any]], scorer: str | None) -> bool:
+    """Whether `strategy` answers correctly from these graded samples (step scores read under `scorer`)."""
+    if strategy == "pass@n":
+        return any(sample["correct"] for sample in samples)
+    candidates = [
+        Candidate(
+            steps=sample["steps"],
+            finished=True,
+            answer=sample["vote_answer"],
+            step_scores=sample["step_scores"][scorer] if scorer not in (None, NO_SCORER) else [],
+        )
+        for sample in samples
+    ]
+    chosen = _choose(strategy, candidates)
+    return chosen is not None and bool(samples[chosen]["correct"])
+
+
+def subsample_indices(n_max: int, n: int, num_subsamples: int, seed: int) -> list[list[int]]:
+    """`num_subsamples` random subsets of size n of range(n_max) (in random order); one draw per seed offset."""
+    if not 1 <= n <= n_max:
+        raise ValueError(f"N={n} must be between 1 and n_max={n_max}")
+    return [random.Random(f"{seed}:{n}:{k}").sample(range(n_max), n) for k in range(num_subsamples)]
+
+
+def derive_accuracies(
+    records: Sequence[Mapping[str, Any]],
+    strategies: Sequence[str],
+    scorers: Sequence[str],
+    n_values: Sequence[int],
+    num_subsamples: int,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Accuracy of every (scorer, strategy, N) on sampled records: mean over subsamples of the mean over questions.
+
+    Returns rows {scorer, strategy, n, accuracy, std (over subsamples), num_questions}; strategies that need no
+    scorer come once, with scorer "-".
+    """
+    cache: dict[tuple[int, int], list[list[int]]] = {}
+
+    def subsets(n_max: int, n: int) -> list[list[int]]:
+        if (n_max, n) not in cache:
+            cache[n_max, n] = subsample_indices(n_max, n, num_subsamples, seed)
+        return cache[n_max, n]
+
+    rows = []
+    for strategy in strategies:
+        check_strategy(strategy)
+        for scorer in scorers if uses_scorer(strategy) else [NO_SCORER]:
+            for n in n_values:
+                per_draw = []
+                for draw in range(num_subsamples):
+                    hits = 0
+                    for record in records:
+                        samples = record["samples"]
+                        indices = subsets(len(samples), n)[draw]
+                        hits += strategy_correct(strategy, [samples[i] for i in indices], scorer)
+                    per_draw.append(hits / len(records) if records else 0.0)
+                mean = sum(per_draw) / len(per_draw)
+                std = (sum((a - mean) ** 2 for a in per_draw) / len(per_draw)) ** 0.5
+                rows.append(
+                    {
+                        "scorer": scorer,
+                        "strategy": strategy,
+                        "n": n,
+                        "accuracy": mean,
+                        "std": std,
+                        "num_questions": len(records),
+                    }
+                )
+    return rows
+
+
+# ---------------------------------------------------------------- sampling (the one expensive pass)
+
+
+def sample_question(
+    question: Question,
+    policy: Policy,
+    scorers: Mapping[str, StepScorer],
+    n_max: int,
+    answer_kind: str = "auto",
+) -> dict[str, Any]:
+    """Sample, grade and score `n_max` solutions of one question; the JSONL record of that question."""
+    qid = str(question.get("id", "?"))
+    if question.get("answer") is None:
+        raise RecordError(qid, "answer", "missing; needed to grade the samples")
+    gold, options = str(question["answer"]), list(question.get("options") or []) or None
+    kind = question.get("answer_kind") or answer_kind
+    continuations = policy.sample_solutions(question, n_max)
+    if len(continuations) != n_max:
+        raise RuntimeError(f"question {qid}: policy returned {len(continuations)} solutions, asked for {n_max}")
+    candidates = [Candidate(steps=[], gold_correct=[]).extend(c) for c in continuations]
+    scores: dict[str, list[list[float]]] = {}
+    for name, scorer in scorers.items():
+        score_candidates(scorer, question, candidates)
+        scores[name] = [list(c.step_scores) for c in candidates]
+    samples = []
+    for index, candidate in enumerate(candidates):
+        stated = candidate.answer if candidate.answer is not None else "\n".join(candidate.steps)
+        samples.append(
+            {
+                "steps": candidate.steps,
+                "step_types": candidate.step_types,
+                "gold_correct": candidate.gold_correct,
+                "answer": candidate.answer,
+                # Votes count canonical answers, so "(B)", "B. 12" and "12" are one vote.
+                "vote_answer": extract_answer(stated, options, kind),
+                "correct": grade(stated, gold, options, kind),
+                "step_scores": {name: scores[name][index] for name in scores},
+            }
+        )
+    return {"id": qid, "answer": gold, "category": question.get("category"), "samples": samples}
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
+
+
+def samples_path(output_dir: str | Path, benchmark: str, policy: str) -> Path:
+    return Path(output_dir) / "samples" / f"{_safe_name(benchmark)}__{_safe_name(policy)}.jsonl"
+
+
+def _check_meta(path: Path, meta: Mapping[str, Any]) -> None:
+    meta_path = path.with_suffix(".meta.json")
+    if meta_path.exists():
+        previous = json.loads(meta_path.read_text())
+        if previous != dict(meta):
+            raise ValueError(
+                f"{path} was sampled with {previous}, this run asks for {dict(meta)}; use another output_dir"
+            )
+        return
+    temp = meta_path.with_suffix(".tmp")
+    temp.write_text(json.dumps(meta, sort_keys=True))
+    os.replace(temp, meta_path)
+
+
+def sample_benchmark(
+    questions: Sequence[Question],
+    policy: Policy,
+    scorers: Mapping[str, StepScorer],
+    n_max: int,
+    path: str | Path,
+    answer_kind: str = "auto",
+    description: str = "sampling",
+) -> list[dict[str, Any]]:
+    """Sample every question not yet in `path` (appending one line each); return the records of `questions`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_meta(path, {"n_max": n_max, "scorers": sorted(scorers)})
+    done = {record["id"]: record for record in read_results(path)}
+    with path.open("a") as handle:
+        for question in tqdm(questions, desc=description):
+            qid = str(question.get("id", "?"))
+            if qid in done:
+                continue
+            record = sample_question(question, policy, scorers, n_max, answer_kind)
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            done[qid] = record
+    return [done[str(q.get("id", "?"))] for q in questions]
+
+
+def run_sweep(
+    benchmarks: Mapping[str, Sequence[Question]],
+    policies: Mapping[str, Policy | Callable[[], Policy]],
+    scorers: Mapping[str, StepScorer],
+    strategies: Sequence[str],
+    n_values: Sequence[int],
+    output_dir: str | Path,
+    num_subsamples: int = 4,
+    seed: int = 0,
+    answer_kind: str = "auto",
+) -> list[dict[str, Any]]:
+    """Sample each (benchmark, policy) once at max(n_values), derive all strategies and N; return the result rows.
+
+    `policies` may map to a zero-argument factory, called only when some question still needs sampling (so a
+    finished run reloads no model). Rows: {benchmark, policy, scorer, strategy, n, accuracy, std, num_questions}.
+    """
+    for strategy in strategies:
+        check_strategy(strategy)
+    n_max = max(n_values)
+    rows = []
+    for policy_name, policy in policies.items():
+        for benchmark, questions in benchmarks.items():
+            path = samples_path(output_dir, benchmark, policy_name)
+            done = {r["id"] for r in read_results(path)}
+            if callable(policy) and not isinstance(policy, Policy):
+                if any(str(q.get("id", "?")) not in done for q in questions):
+                    policy = policy()
+            records = sample_benchmark(
+                questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}"
+            )
+            for row in derive_accuracies(records, strategies, list(scorers), n_values, num_subsamples, seed):
+                rows.append({"benchmark": benchmark, "policy": policy_name, **row})
+    return rows
+
+
+# ---------------------------------------------------------------- config, builders, entry point
+
+
+def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
+    """ "kind:arg,key=value,..." -> (kind, positional args, keyword args); numbers are converted."""
+    kind, _, rest = spec.partition(":")
+    args, kwargs = [], {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            args.append(part)
+            continue
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        kwargs[key.strip()] = value
+    return kind.strip(), args, kwargs
+
+
+def _scripted_policy(args, kwargs, seed):
+    from trl_vlprm.data.puzzles import ScriptedPolicy
+
+    return ScriptedPolicy(**{"seed": seed, **kwargs})
+
+
+def _hf_policy(args, kwargs, seed):
+    from transformers import set_seed
+
+    from trl_vlprm.guidance.hf_policy import HFPolicy
+
+    if len(args) != 1:
+        raise ValueError(f"an hf policy needs one model path or hub name, got {args}")
+    set_seed(seed)
+    return HFPolicy.from_pretrained(args[0], **kwargs)
+
+
+def _oracle_scorer(args, kwargs, seed):
+    from trl_vlprm.data.puzzles import GoldOracleScorer
+
+    return GoldOracleScorer()
+
+
+def _random_scorer(args, kwargs, seed):
+    from trl_vlprm.guidance.tts import RandomScorer
+
+    return RandomScorer(**{"seed": seed, **kwargs})
+
+
+# Builders take (positional args, keyword args, run seed); register more (e.g. a trained VL-PRM) by name.
+POLICY_BUILDERS: dict[str, Callable[..., Policy]] = {"scripted": _scripted_policy, "hf": _hf_policy}
+SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {"oracle": _oracle_scorer, "random": _random_scorer}
+
+
+def build_from_spec(spec: str, builders: Mapping[str, Callable[..., Any]], seed: int, what: str):
+    kind, args, kwargs = parse_spec(spec)
+    if kind not in builders:
+        raise ValueError(f"{what} spec {spec!r}: unknown kind {kind!r}; expected one of {sorted(builders)}")
+    return builders[kind](args, kwargs, seed)
+
+
+@dataclass
+class EvalTTSConfig:
+    """Settings of `recipes/eval_tts.py` (readable by `trl.TrlParser` from YAML).
+
+    Args:
+        benchmarks: benchmark specs "name" or "name:source,split=...,limit=..." with name a key of
+            `trl_vlprm.eval.benchmarks.BENCHMARKS` (source: hub name or local path; testbed: generator seed).
+        policies: policy specs: "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed) or
+            "hf:<model path or hub name>,temperature=0.7" (any `HFPolicy` keyword).
+        scorers: step-scorer specs: "oracle" (testbed truth), "random:seed=1", or any kind in `SCORER_BUILDERS`.
+        strategies: outcome-level strategies (see the module docstring), e.g. "majority", "best_of_n:min".
+        n_values: the N to report; `max(n_values)` solutions are sampled per question.
+        num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
+        answer_kind: grading kind when a question has no `answer_kind` column ("auto" reads it from the answer).
+        output_dir: where samples/, results.csv, results.md and accuracy_vs_n.png go. Rerunning resumes.
+        seed: seed of the policies, scorers and subsampling.
+    """
+
+    benchmarks: list[str] = field(default_factory=lambda: ["testbed:0,limit=60"])
+    policies: list[str] = field(
+        default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"]
+    )
+    scorers: list[str] = field(default_factory=lambda: ["oracle", "random"])
+    strategies: list[str] = field(
+        default_factory=lambda: ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
+    )
+    n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    num_subsamples: int = 4
+    answer_kind: str = "auto"
+    output_dir: str = "outputs/eval_tts"
+    seed: int = 0
+
+    def __post_init__(self):
+        for strategy in self.strategies:
+            check_strategy(strategy)
+        if not self.n_values or min(self.n_values) < 1:
+            raise ValueError(f"EvalTTSConfig.n_values={self.n_values}; need at least one N >= 1")
+        if self.num_subsamples < 1:
+            raise ValueError(f"EvalTTSConfig.num_subsamples={self.num_subsamples}; must be >= 1")
+
+
+def load_benchmark_spec(spec: str):
+    """(label, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..]"."""
+    from trl_vlprm.eval.benchmarks import load_benchmark
+
+    name, args, kwargs = parse_spec(spec)
+    unknown = set(kwargs) - {"split", "limit"}
+    if unknown or len(args) > 1:
+        raise ValueError(f"benchmark spec {spec!r}: expected 'name[:source][,split=...][,limit=...]'")
+    return name, load_benchmark(name, args[0] if args else None, kwargs.get("split"), kwargs.get("limit"))
+
+
+def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
+    """Load, sample (resuming), derive, and write samples/, results.csv, results.md and accuracy_vs_n.png."""
+    from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
+
+    benchmarks = dict(load_benchmark_spec(spec) for spec in config.benchmarks)
+    policies = {
+        spec: (lambda spec=spec: build_from_spec(spec, POLICY_BUILDERS, config.seed, "policy"))
+        for spec in config.policies
+    }
+    scorers = {spec: build_from_spec(spec, SCORER_BUILDERS, config.seed, "scorer") for spec in config.scorers}
+    rows = run_sweep(
+        benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
+        config.num_subsamples, config.seed, config.answer_kind,
+    )  # fmt: skip
+    write_tables(rows, config.output_dir)
+    plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: `python recipes/eval_tts.py --config recipes/configs/eval_tts_testbed.yaml [--field value ...]`."""
+    from trl import TrlParser
+
+    from trl_vlprm.eval.report import rows_to_markdown
+
+    (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(args=argv)
+    print(rows_to_markdown(run(config)))
