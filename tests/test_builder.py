@@ -7,6 +7,7 @@ kill test interrupts.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -162,8 +163,33 @@ def test_recipe_configs_parse_into_label_config(name):
 
     path = Path(__file__).parents[1] / "recipes" / "configs" / name
     (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=["--config", str(path), "--shard_size", "5"])
-    assert isinstance(config, LabelConfig) and config.shard_size == 5 and config.rule == "vlprm"
+    assert isinstance(config, LabelConfig) and config.shard_size == 5 and config.rule == "consensus"
     assert config.mc_mode == "binary_search" and config.judge in ("testbed", "server")
+
+
+def test_main_labels_testbed_puzzles_from_the_yaml_config(tmp_path, capsys):
+    from trl_vlprm.labeling.builder import main
+
+    config = Path(__file__).parents[1] / "recipes" / "configs" / "label_testbed.yaml"
+    argv = ["--config", str(config), "--num_questions", "6", "--shard_size", "4", "--output_dir", str(tmp_path)]
+    main([*argv, "--show_progress", "false"])
+    records, solutions, dropped = map(
+        int, re.search(r"(\d+) records from (\d+) solutions \((\d+) dropped", capsys.readouterr().out).groups()
+    )
+    dataset = load_labelled(tmp_path)
+    assert solutions == 6 * 4 and records + dropped == solutions and records == len(dataset) > 0
+    assert len(dataset["id"]) == len(set(dataset["id"]))
+    for row in dataset:
+        verdicts = json.loads(row["judge"])["verdicts"]
+        mc_labels = json.loads(row["mc"])["labels"]
+        for label, verdict, mc in zip(row["labels"], verdicts, mc_labels):  # consensus: both sources agree
+            assert label == mc == (verdict == "correct")
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == [
+        "shard-00000.json",
+        "shard-00000.parquet",
+        "shard-00001.json",
+        "shard-00001.parquet",
+    ]
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class LabelConfig:
     num_questions: int | None = None
     output_dir: str = "outputs/labels"
     shard_size: int = 64
-    rule: str = "vlprm"
+    rule: str = "consensus"
     disagreement: str = "drop"
     disagreement_weight: float = 0.5
     num_rollouts: int = 4
@@ -168,6 +168,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def write_shard(output_dir: Path, index: int, rows: list[dict[str, Any]], stats: BatchStats) -> Path:
     """Write one shard's stats sidecar, then its Parquet file (its presence marks the shard done)."""
+    import pyarrow.parquet as pq
     from datasets import Dataset
 
     features = output_features()
@@ -175,7 +176,8 @@ def write_shard(output_dir: Path, index: int, rows: list[dict[str, Any]], stats:
     dataset = Dataset.from_dict(columns, features=features)
     base = output_dir / f"shard-{index:05d}"
     _atomic_write(base.with_suffix(".json"), lambda t: Path(t).write_text(json.dumps(stats.as_dict(), indent=1)))
-    _atomic_write(base.with_suffix(".parquet"), lambda t: dataset.to_parquet(t))
+    # pyarrow directly: the table carries the features in its schema metadata, and no progress bar per shard
+    _atomic_write(base.with_suffix(".parquet"), lambda t: pq.write_table(dataset.data.table, t))
     return base.with_suffix(".parquet")
 
 
