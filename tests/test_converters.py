@@ -150,12 +150,15 @@ def test_vlprm300k_all_correct(vlprm_root):
 
 
 def test_vlprm300k_dataset(vlprm_root):
-    converted = convert_dataset([vlprm_row(), vlprm_row()], "vlprm300k", image_root=str(vlprm_root))
+    # Through Arrow, as load_dataset gives it: struct columns, a string first_incorrect_step.
+    source = Dataset.from_list([vlprm_row(), vlprm_row(verdicts=("+", "+", "+"), first_incorrect="")])
+    converted = convert_dataset(source, "vlprm300k", image_root=str(vlprm_root))
     assert converted.num_rows == 2
     assert converted.features["images"].feature.__class__.__name__ == "Image"
     image = converted[0]["images"][0]
     assert image.size == (12, 8)
     assert converted[1]["step_types"] == ["perception", "perception", "reasoning"]
+    assert [row["labels"] for row in converted] == [[True, True, False], [True, True, True]]
     assert validate_dataset(converted) == 2
 
 

@@ -135,8 +135,9 @@ def _message_role_and_text(message: Any, index: int, row: int | str) -> tuple[st
     """(role, text) of a chat turn in either the ShareGPT (`from`/`value`) or the OpenAI (`role`/`content`) form."""
     if not isinstance(message, Mapping):
         raise RecordError(row, "conversations", f"turn {index} is {type(message).__name__}, not a dict")
-    role = message.get("role", message.get("from"))
-    content = message.get("content", message.get("value"))
+    # Arrow gives every turn all keys of the column, so a missing key reads as None rather than being absent.
+    role = message.get("role") or message.get("from")
+    content = message.get("content") if message.get("content") is not None else message.get("value")
     if isinstance(content, list):
         content = "".join(part.get("text") or "" for part in content if isinstance(part, Mapping))
     if not isinstance(role, str) or not isinstance(content, str):
