@@ -5,14 +5,14 @@ Every loader returns a `datasets.Dataset` with columns `id`, `prompt` (one "<ima
 benchmarks go through `datasets.load_dataset(source, split=...)`, so `source` is a hub name on a connected machine
 or a local copy in the same layout (a folder of parquet files, or a `save_to_disk` folder).
 
-| name            | default source        | split       | layout read                                                      |
-|-----------------|-----------------------|-------------|------------------------------------------------------------------|
-| `mmmu`          | `MMMU/MMMU`           | validation  | one config a subject; question/options cite `<image k>`; image_1..image_7; options a list repr |
-| `mathvista`     | `AI4Math/MathVista`   | testmini    | decoded_image, query, choices, question_type, answer_type        |
-| `mathvision`    | `MathLLMs/MathVision` | test        | question cites `<imageN>`; image/decoded_image, options, answer, level, subject |
-| `puzzlevqa`     | `../shared/benchmarks`| -           | upstream JSON layout, via `trl_vlprm.data.puzzlevqa`             |
-| `algopuzzlevqa` | `../shared/benchmarks`| -           | same                                                             |
-| `testbed`       | generated             | -           | `trl_vlprm.data.puzzles.generate_puzzles` (CPU testbed)          |
+| name            | default source        | split      | layout read                                              |
+|-----------------|-----------------------|------------|----------------------------------------------------------|
+| `mmmu`          | `MMMU/MMMU`           | validation | a config a subject; image_1..image_7 cited as `<image k>` |
+| `mathvista`     | `AI4Math/MathVista`   | testmini   | decoded_image, query, choices, question/answer_type      |
+| `mathvision`    | `MathLLMs/MathVision` | test       | (decoded_)image cited as `<imageN>`, options, level      |
+| `puzzlevqa`     | `../shared/benchmarks`| -          | upstream JSON layout, via `trl_vlprm.data.puzzlevqa`     |
+| `algopuzzlevqa` | `../shared/benchmarks`| -          | same                                                     |
+| `testbed`       | generated             | -          | `trl_vlprm.data.puzzles.generate_puzzles` (CPU testbed)  |
 """
 
 from __future__ import annotations

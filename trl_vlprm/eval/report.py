@@ -76,7 +76,12 @@ def plot_accuracy_vs_n(rows: Sequence[Mapping[str, Any]], path: str | Path, titl
         raise ValueError("plot_accuracy_vs_n: no result rows")
     n_values, table = _pivot(rows)
     policies = {key[1] for key in table}
-    figure, axes = plt.subplots(1, len(benchmarks), figsize=(5.2 * len(benchmarks), 4.2), squeeze=False)
+    # Colour says the strategy, line style the scorer, so "best_of_n:min [oracle]" and "[random]" pair up visually.
+    strategies = list(dict.fromkeys(key[3] for key in table))
+    scorers = list(dict.fromkeys(key[2] for key in table if key[2] != "-"))
+    palette = plt.get_cmap("tab10" if len(strategies) <= 10 else "tab20").colors
+    styles = ["-", ":", "-.", (0, (5, 1)), (0, (1, 3))]
+    figure, axes = plt.subplots(1, len(benchmarks), figsize=(6.0 * len(benchmarks), 4.5), squeeze=False)
     for axis, benchmark in zip(axes[0], benchmarks):
         for (bench, policy, scorer, strategy), by_n in table.items():
             if bench != benchmark:
@@ -85,8 +90,13 @@ def plot_accuracy_vs_n(rows: Sequence[Mapping[str, Any]], path: str | Path, titl
             if len(policies) > 1:
                 label = f"{policy}: {label}"
             xs = [n for n in n_values if n in by_n]
-            style = "--" if strategy == "pass@n" else "-"
-            axis.plot(xs, [100 * by_n[n] for n in xs], style, marker="o", markersize=3, label=label)
+            if strategy == "pass@n":
+                color, style = "black", "--"
+            else:
+                color = palette[strategies.index(strategy) % len(palette)]
+                style = "-" if scorer == "-" else styles[scorers.index(scorer) % len(styles)]
+            axis.plot(xs, [100 * by_n[n] for n in xs], linestyle=style, color=color, marker="o", markersize=3,
+                      label=label)  # fmt: skip
         axis.set_xscale("log", base=2)
         axis.set_xticks(n_values, [str(n) for n in n_values])
         axis.set_xlabel("N (solutions sampled)")

@@ -1,0 +1,172 @@
+import itertools
+import json
+
+import pytest
+from PIL import Image
+
+from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy, generate_puzzles
+from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
+from trl_vlprm.eval.tts_sweep import (
+    EvalTTSConfig,
+    check_strategy,
+    derive_accuracies,
+    main,
+    parse_spec,
+    run_sweep,
+    sample_benchmark,
+    samples_path,
+    strategy_correct,
+    subsample_indices,
+)
+from trl_vlprm.guidance.tts import RandomScorer
+
+STRATEGIES = ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
+
+
+def sample(answer, correct, scores):
+    return {"steps": ["s"] * len(scores), "vote_answer": answer, "correct": correct, "step_scores": {"prm": scores}}
+
+
+# Question 1: two wrong "A" votes outnumber one right "B", but the PRM likes "B".
+# Question 2: right "C" is the majority and the best under min, not under last.
+RECORDS = [
+    {"id": "q1", "samples": [sample("a", False, [0.9, 0.2]), sample("a", False, [0.8, 0.3]),
+                             sample("b", True, [0.7, 0.6])]},
+    {"id": "q2", "samples": [sample("c", True, [0.5, 0.5]), sample("d", False, [0.4, 0.9]),
+                             sample("c", True, [0.6, 0.4])]},
+]  # fmt: skip
+
+
+def test_strategies_on_hand_built_samples():
+    q1, q2 = (r["samples"] for r in RECORDS)
+    assert not strategy_correct("majority", q1, None) and strategy_correct("majority", q2, None)
+    assert strategy_correct("best_of_n:min", q1, "prm") and strategy_correct("best_of_n:min", q2, "prm")
+    # last: q1 picks b (0.6 > 0.3 > 0.2); q2 picks d (0.9).
+    assert strategy_correct("best_of_n:last", q1, "prm") and not strategy_correct("best_of_n:last", q2, "prm")
+    # weighted by min: q1 a = 0.2 + 0.3 = 0.5 < b = 0.6; q2 c = 0.5 + 0.4 = 0.9 > d = 0.4.
+    assert strategy_correct("weighted_vote:min", q1, "prm") and strategy_correct("weighted_vote:min", q2, "prm")
+    assert strategy_correct("pass@n", q1, None)
+
+
+def test_derive_accuracies_full_set_and_single_samples():
+    rows = derive_accuracies(RECORDS, STRATEGIES, ["prm"], [1, 3], num_subsamples=3)
+    table = {(r["strategy"], r["scorer"], r["n"]): r["accuracy"] for r in rows}
+    assert table["majority", "-", 3] == 0.5
+    assert table["best_of_n:min", "prm", 3] == 1.0
+    assert table["best_of_n:last", "prm", 3] == 0.5
+    assert table["weighted_vote:min", "prm", 3] == 1.0
+    assert table["pass@n", "-", 3] == 1.0
+    # N = 1: every strategy answers with the one sample it gets, so all agree with "first".
+    subsets = subsample_indices(3, 1, 3, seed=0)
+    expected = sum(RECORDS[q]["samples"][s[0]]["correct"] for s in subsets for q in (0, 1)) / 6
+    for strategy in STRATEGIES:
+        scorer = "prm" if ":" in strategy else "-"
+        assert table[strategy, scorer, 1] == pytest.approx(expected)
+    assert {r["num_questions"] for r in rows} == {2}
+
+
+def test_subsample_indices():
+    subsets = subsample_indices(8, 3, 5, seed=1)
+    assert len(subsets) == 5 and all(len(set(s)) == 3 and max(s) < 8 for s in subsets)
+    assert subsets == subsample_indices(8, 3, 5, seed=1)
+    with pytest.raises(ValueError, match="N=9"):
+        subsample_indices(8, 9, 1, seed=0)
+
+
+def test_check_strategy_and_parse_spec():
+    check_strategy("weighted_vote:prod")
+    with pytest.raises(ValueError, match="'best_of_n:max'"):
+        check_strategy("best_of_n:max")
+    with pytest.raises(ValueError, match="'beam_search'"):
+        EvalTTSConfig(strategies=["beam_search"])
+    assert parse_spec("scripted:perception_error_rate=0.3,seed=2") == (
+        "scripted",
+        [],
+        {"perception_error_rate": 0.3, "seed": 2},
+    )
+    assert parse_spec("hf:/models/qwen,temperature=0.7") == ("hf", ["/models/qwen"], {"temperature": 0.7})
+
+
+@pytest.fixture(scope="module")
+def puzzles():
+    return generate_puzzles(24, seed=3, image_size=112)
+
+
+def test_oracle_best_of_n_equals_pass_at_n_of_error_free_solutions(tmp_path, puzzles):
+    policy = ScriptedPolicy(perception_error_rate=0.4, reasoning_error_rate=0.3, seed=0)
+    scorers = {"oracle": GoldOracleScorer(), "random": RandomScorer(seed=0)}
+    rows = run_sweep({"testbed": puzzles}, {"scripted": policy}, scorers, STRATEGIES, [1, 2, 4], tmp_path, 4)
+    assert policy.stats.calls == len(puzzles)  # one generation per question serves every strategy and N
+    records = [json.loads(line) for line in samples_path(tmp_path, "testbed", "scripted").read_text().splitlines()]
+    assert len(records) == 24 and {len(r["samples"]) for r in records} == {4}
+    table = {(r["strategy"], r["scorer"], r["n"]): r["accuracy"] for r in rows}
+    for n in (1, 2, 4):
+        subsets = subsample_indices(4, n, 4, seed=0)
+
+        # A perfect PRM (min of 0/1 scores) finds a solution without any wrong step whenever the subset has one;
+        # otherwise all tie at 0 and the subset's first solution is taken (right only by luck).
+        def oracle_pick_correct(samples, subset):
+            if any(all(samples[i]["gold_correct"]) for i in subset):
+                return True
+            return samples[subset[0]]["correct"]
+
+        error_free = sum(oracle_pick_correct(r["samples"], s) for r in records for s in subsets) / (24 * 4)
+        any_correct = sum(any(r["samples"][i]["correct"] for i in s) for r in records for s in subsets) / (24 * 4)
+        assert table["best_of_n:min", "oracle", n] == pytest.approx(error_free)
+        assert table["pass@n", "-", n] == pytest.approx(any_correct)
+    assert table["best_of_n:min", "oracle", 4] > table["first", "-", 4] + 0.1
+    # Every error-free solution is graded correct (the grader and the testbed agree).
+    assert all(s["correct"] for r in records for s in r["samples"] if all(s["gold_correct"]))
+
+
+class CountingPolicy(ScriptedPolicy):
+    def sample_solutions(self, question, n):
+        self.asked = getattr(self, "asked", []) + [question["id"]]
+        return super().sample_solutions(question, n)
+
+
+def test_sampling_resumes_and_refuses_a_different_run(tmp_path, puzzles):
+    path = tmp_path / "s.jsonl"
+    questions = list(puzzles.select(range(6)))
+    sample_benchmark(questions[:4], CountingPolicy(seed=0), {"oracle": GoldOracleScorer()}, 3, path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # a crash cut the 4th line short
+    policy = CountingPolicy(seed=0)
+    records = sample_benchmark(questions, policy, {"oracle": GoldOracleScorer()}, 3, path)
+    assert policy.asked == [q["id"] for q in questions[3:]]
+    assert [r["id"] for r in records] == [q["id"] for q in questions]
+    assert len(path.read_text().splitlines()) == 6
+    with pytest.raises(ValueError, match="n_max"):
+        sample_benchmark(questions, policy, {"oracle": GoldOracleScorer()}, 5, path)
+
+
+def test_report_tables_and_plot(tmp_path):
+    rows = [
+        {"benchmark": b, "policy": "p", "scorer": s, "strategy": st, "n": n, "accuracy": acc}
+        for b in ("mmmu", "testbed")
+        for (s, st), (n, acc) in itertools.product(
+            [("-", "majority"), ("prm", "best_of_n:min")], [(1, 0.5), (4, 0.75)]
+        )
+    ]
+    markdown = rows_to_markdown(rows)
+    assert markdown.splitlines()[0] == "| benchmark | policy | scorer | strategy | N=1 | N=4 |"
+    assert "| testbed | p | prm | best_of_n:min | 50.0 | 75.0 |" in markdown
+    csv_path, md_path = write_tables(rows, tmp_path)
+    assert csv_path.read_text().splitlines()[0] == "benchmark,policy,scorer,strategy,n,accuracy"
+    assert len(csv_path.read_text().splitlines()) == 9
+    png = plot_accuracy_vs_n(rows, tmp_path / "plot.png")
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 1.5 * image.height  # two panels side by side
+
+
+def test_recipe_main_writes_table_plot_and_resumes(tmp_path, capsys):
+    args = ["--benchmarks", "testbed:5,limit=12", "--policies", "scripted:perception_error_rate=0.5",
+            "--scorers", "oracle", "--strategies", "majority", "best_of_n:min", "pass@n",
+            "--n_values", "1", "4", "--num_subsamples", "2", "--output_dir", str(tmp_path)]  # fmt: skip
+    main(args)
+    first = (tmp_path / "results.csv").read_text()
+    assert len(first.splitlines()) == 1 + 3 * 2
+    assert (tmp_path / "accuracy_vs_n.png").stat().st_size > 0
+    assert "| testbed | scripted:perception_error_rate=0.5 | oracle | best_of_n:min |" in capsys.readouterr().out
+    main(args)  # everything sampled: the rerun only re-derives, with the same numbers
+    assert (tmp_path / "results.csv").read_text() == first
