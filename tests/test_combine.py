@@ -23,6 +23,9 @@ def test_consensus_drops_or_down_weights_disagreements():
     mc, verdicts = [True, True, False, False], [C, I, I, U]
     dropped = combine("consensus", 4, mc, verdicts)
     assert dropped.labels == [True, None, False, None] and dropped.kept_length() == 1
+    assert dropped.case == "disagree"
+    assert combine("consensus", 2, [True, False], [C, I]).case == "agree"
+    assert combine("consensus", 2, [True, False], [C, U]).case == "judge_unknown"
     weighted = combine("consensus", 4, mc, verdicts, disagreement="weight", disagreement_weight=0.3)
     assert weighted.labels == [True, False, False, False]  # the judge wins a disagreement; MC fills an unknown
     assert weighted.weights == [1.0, 0.3, 1.0, 0.3]

@@ -108,7 +108,12 @@ def combine(
             else:
                 labels.append(mc if judged is None else judged)
                 weights.append(disagreement_weight)
-        return Combined(labels, weights, "consensus")
+        first_gap = next((i for i, w in enumerate(weights) if w < 1.0), None)
+        if first_gap is None:
+            case = "agree"
+        else:
+            case = "judge_unknown" if verdicts[first_gap] == UNKNOWN else "disagree"
+        return Combined(labels, weights, case)
 
     error, unknown = _judge_first_error(verdicts)
     mc_error = next((i for i, good in enumerate(mc_labels) if not good), None)
