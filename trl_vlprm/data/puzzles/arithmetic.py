@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from . import render
-from .families import PuzzleFamily, _other, _split_rows, numeric_options
+from .families import PuzzleFamily, numeric_options, other_choice, split_rows
 from .render import PALETTE, SHAPE_SIDES
 
 COUNT_KINDS = ("circle", "square", "triangle")
@@ -109,7 +109,7 @@ class NumberGrid(PuzzleFamily):
 
     def parse(self, state, text):
         match = re.fullmatch(r"The rows are: (.*)\.", text.strip())
-        rows = _split_rows(match.group(1)) if match else []
+        rows = split_rows(match.group(1)) if match else []
         if len(rows) != 3 or any(len(row) != 3 or not all(x == "?" or x.isdigit() for x in row) for row in rows):
             return None
         if sum(row.count("?") for row in rows) != 1:
@@ -131,7 +131,7 @@ class NumberGrid(PuzzleFamily):
             other = next(i for i in range(3) if i not in (missing, reference))
             cells = [(other, j) for j in range(3)]
         r, c = rng.choice(cells)
-        obs[r][c] = _other(rng, [d for d in range(1, 10) if abs(d - obs[r][c]) <= 2], obs[r][c])
+        obs[r][c] = other_choice(rng, [d for d in range(1, 10) if abs(d - obs[r][c]) <= 2], obs[r][c])
         return obs
 
     def solve(self, state, obs):

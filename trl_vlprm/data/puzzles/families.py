@@ -39,11 +39,11 @@ def parse_value(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _split_rows(body: str) -> list[list[str]]:
+def split_rows(body: str) -> list[list[str]]:
     return [[cell.strip() for cell in row.split(",")] for row in body.split(";")]
 
 
-def _other(rng: random.Random, choices: list[Any] | tuple[Any, ...], current: Any) -> Any:
+def other_choice(rng: random.Random, choices: list[Any] | tuple[Any, ...], current: Any) -> Any:
     return rng.choice([c for c in choices if c != current])
 
 
@@ -83,7 +83,7 @@ class PuzzleFamily:
 
     def slip(self, state: State, obs: Any, value: str, rng: random.Random) -> str:
         """A wrong conclusion from `obs` (a wrong rule or an arithmetic slip); always differs from `value`."""
-        return _other(rng, state["options"], value)
+        return other_choice(rng, state["options"], value)
 
 
 class ColorGrid(PuzzleFamily):
@@ -123,7 +123,7 @@ class ColorGrid(PuzzleFamily):
 
     def parse(self, state, text):
         match = re.fullmatch(r"The grid rows are: (.*)\.", text.strip())
-        rows = _split_rows(match.group(1)) if match else []
+        rows = split_rows(match.group(1)) if match else []
         ok = len(rows) == 3 and all(len(row) == 3 and all(x in PALETTE or x == "?" for x in row) for row in rows)
         return rows if ok and sum(row.count("?") for row in rows) == 1 else None
 
@@ -135,7 +135,7 @@ class ColorGrid(PuzzleFamily):
             obs[r][cc] = state["answer"]
         else:
             rr, cc = rng.choice([i for i in range(3) if i != r]), rng.randrange(3)
-            obs[rr][cc] = _other(rng, sorted(PALETTE), obs[rr][cc])
+            obs[rr][cc] = other_choice(rng, sorted(PALETTE), obs[rr][cc])
         return obs
 
     def _parts(self, obs):
@@ -208,7 +208,7 @@ class SizeCycle(PuzzleFamily):
         m = state["missing"]
         partner = self._partner(m)
         i = partner if rng.random() < 0.8 else rng.choice([j for j in range(6) if j not in (m, partner)])
-        obs[i] = _other(rng, SIZES, obs[i])
+        obs[i] = other_choice(rng, SIZES, obs[i])
         return obs
 
     def solve(self, state, obs):
