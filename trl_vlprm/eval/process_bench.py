@@ -1,0 +1,257 @@
+"""Process-error benchmarks: how well a step scorer tells correct steps from erroneous ones.
+
+A *process-bench record* is a question record plus the steps of one solution and their human (or gold) verdicts:
+`completions` (list of step strings), `process_correctness` (per step 1 = correct, -1 = erroneous, 0 = neutral,
+VisualProcessBench's coding) and optionally `step_types` ("perception"/"reasoning").
+
+Metrics (VisualProcessBench, following ProcessBench's F1 spirit at step level): a step is predicted correct when its
+score is >= `threshold`. `f1_correct` is the F1 of the class "correct", `f1_error` the F1 of the class "erroneous",
+and `macro_f1` their mean. Neutral steps are left out. The same numbers are reported on perception steps and on
+reasoning steps alone (the PerceptionProcessBench view: can the PRM catch misreadings of the image?).
+
+Built-in benches: `load_visual_process_bench` (VisualProcessBench's layout: `image` paths, `question`,
+`response.steps`, `response.process_correctness`), `testbed_process_bench` (scripted-policy solutions of the
+puzzle testbed, labelled by their hidden gold correctness) and `puzzlevqa_process_bench` (PuzzleVQA gold traces and
+their perception/reasoning perturbations).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, STEP_TYPES, RecordError
+from trl_vlprm.guidance.policy import Candidate, StepScorer
+
+VERDICTS = (1, -1, 0)
+
+
+def process_bench_features():
+    from datasets import Features, Image, List, Value
+
+    return Features(
+        {
+            "id": Value("string"),
+            "prompt": Value("string"),
+            "images": List(Image()),
+            "answer": Value("string"),
+            "options": List(Value("string")),
+            "completions": List(Value("string")),
+            "process_correctness": List(Value("int8")),
+            "step_types": List(Value("string")),
+            "category": Value("string"),
+        }
+    )
+
+
+def check_process_record(record: Mapping[str, Any], row: int | str) -> None:
+    """Raise `RecordError` naming the row and field when steps, verdicts and step types disagree."""
+    steps, verdicts = record.get("completions"), record.get("process_correctness")
+    if not steps:
+        raise RecordError(row, "completions", "no steps")
+    if verdicts is None or len(verdicts) != len(steps):
+        raise RecordError(row, "process_correctness", f"{0 if verdicts is None else len(verdicts)} verdict(s) for "
+                          f"{len(steps)} step(s)")  # fmt: skip
+    for i, verdict in enumerate(verdicts):
+        if verdict not in VERDICTS:
+            raise RecordError(row, "process_correctness", f"step {i} has verdict {verdict!r}; expected 1, -1 or 0")
+    types = record.get("step_types") or []
+    if types and (len(types) != len(steps) or any(t not in STEP_TYPES for t in types)):
+        raise RecordError(row, "step_types", f"{types!r}: expected one of {STEP_TYPES} per step")
+
+
+def _to_dataset(records: list[dict[str, Any]]):
+    from datasets import Dataset
+
+    for index, record in enumerate(records):
+        check_process_record(record, record.get("id", index))
+    return Dataset.from_list(records, features=process_bench_features())
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def visual_process_bench_record(raw: Mapping[str, Any], row: str, image_root: Path | None) -> dict[str, Any]:
+    """One VisualProcessBench line as a process-bench record (images read relative to `image_root`)."""
+    for name in ("question", "response"):
+        if name not in raw:
+            raise RecordError(row, name, "missing")
+    response = raw["response"]
+    if not isinstance(response, Mapping) or "steps" not in response or "process_correctness" not in response:
+        raise RecordError(row, "response", "needs 'steps' and 'process_correctness'")
+    images = raw.get("image") or raw.get("images") or []
+    images = [images] if isinstance(images, (str, Mapping)) or hasattr(images, "size") else list(images)
+    if image_root is not None:
+        images = [str(image_root / image) if isinstance(image, str) else image for image in images]
+    for image in images:
+        if isinstance(image, str) and not Path(image).is_file():
+            raise RecordError(row, "image", f"image file not found: {image}")
+    question = str(raw["question"])
+    prompt = question if question.count(IMAGE_PLACEHOLDER) == len(images) else (
+        IMAGE_PLACEHOLDER * len(images) + "\n" + question.replace(IMAGE_PLACEHOLDER, "")
+    )  # fmt: skip
+    return {
+        "id": str(raw.get("id", row)),
+        "prompt": prompt,
+        "images": images,
+        "answer": str(raw.get("answer", "")),
+        "options": [str(o) for o in raw.get("options") or []],
+        "completions": [str(s) for s in response["steps"]],
+        "process_correctness": [int(v) for v in response["process_correctness"]],
+        "step_types": list(raw.get("step_types") or response.get("step_types") or []),
+        "category": str(raw.get("data_source") or raw.get("category") or ""),
+    }
+
+
+def load_visual_process_bench(source: str, split: str = "test", image_root: str | None = None):
+    """VisualProcessBench-style data from a JSONL file (image paths relative to `image_root`, by default the file's
+    folder) or from `datasets.load_dataset(source, split=split)` (hub name or local folder)."""
+    path = Path(source)
+    if path.is_file():
+        root = Path(image_root) if image_root else path.parent
+        records = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path.name}:{number}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RecordError(where, "<line>", f"not JSON ({err.msg})") from err
+            records.append(visual_process_bench_record(raw, where, root))
+        return _to_dataset(records)
+    from datasets import load_dataset
+
+    rows = load_dataset(source, split=split)
+    root = Path(image_root) if image_root else None
+    return _to_dataset([visual_process_bench_record(r, f"{split}[{i}]", root) for i, r in enumerate(rows)])
+
+
+def from_stepwise(records) -> list[dict[str, Any]]:
+    """Stepwise-supervision records (bool labels) as process-bench records (True -> 1, False -> -1)."""
+    return [
+        {
+            "id": r["id"], "prompt": r["prompt"], "images": r["images"], "answer": r.get("answer") or "",
+            "options": r.get("options") or [], "completions": r["completions"],
+            "process_correctness": [1 if label else -1 for label in r["labels"]],
+            "step_types": r.get("step_types") or [], "category": r.get("category") or "",
+        }
+        for r in records
+    ]  # fmt: skip
+
+
+def puzzlevqa_process_bench(root: str | None = None, limit_per_category: int | None = None, seed: int = 0):
+    """PuzzleVQA gold traces (all correct) and their perception / reasoning perturbations (`data.puzzlevqa`)."""
+    from trl_vlprm.data.puzzlevqa import build_puzzlevqa_supervision, default_benchmarks_root
+
+    supervision = build_puzzlevqa_supervision(root or default_benchmarks_root(), None, limit_per_category, seed)
+    return _to_dataset(from_stepwise(supervision))
+
+
+def testbed_process_bench(
+    num_questions: int = 60,
+    solutions_per_question: int = 4,
+    perception_error_rate: float = 0.3,
+    reasoning_error_rate: float = 0.3,
+    seed: int = 0,
+):
+    """Scripted-policy solutions of testbed puzzles, each step labelled by its hidden gold correctness."""
+    from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
+
+    policy = ScriptedPolicy(perception_error_rate, reasoning_error_rate, seed=seed)
+    records = []
+    for question in generate_puzzles(num_questions, seed=seed):
+        for k, solution in enumerate(policy.sample_solutions(question, solutions_per_question)):
+            records.append({
+                "id": f"{question['id']}#{k}", "prompt": question["prompt"], "images": question["images"],
+                "answer": question["answer"], "options": question["options"], "completions": solution.steps,
+                "process_correctness": [1 if g else -1 for g in solution.gold_correct],
+                "step_types": list(solution.step_types or []), "category": question["category"],
+            })  # fmt: skip
+    return _to_dataset(records)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def f1_score(true_positive: int, false_positive: int, false_negative: int) -> float:
+    """F1 = 2TP / (2TP + FP + FN); 0.0 when the class never occurs nor is predicted."""
+    denominator = 2 * true_positive + false_positive + false_negative
+    return 2 * true_positive / denominator if denominator else 0.0
+
+
+def step_metrics(scores: Sequence[float], verdicts: Sequence[int], threshold: float = 0.5) -> dict[str, float]:
+    """F1 of correct steps, F1 of erroneous steps and their mean over flat lists (neutral verdicts skipped)."""
+    pairs = [(score >= threshold, verdict == 1) for score, verdict in zip(scores, verdicts, strict=True) if verdict]
+    tp_correct = sum(p and g for p, g in pairs)
+    tp_error = sum(not p and not g for p, g in pairs)
+    predicted_correct_wrongly = sum(p and not g for p, g in pairs)  # an error the scorer let through
+    predicted_error_wrongly = sum(not p and g for p, g in pairs)  # a correct step flagged
+    f1_correct = f1_score(tp_correct, predicted_correct_wrongly, predicted_error_wrongly)
+    f1_error = f1_score(tp_error, predicted_error_wrongly, predicted_correct_wrongly)
+    return {
+        "f1_correct": f1_correct,
+        "f1_error": f1_error,
+        "macro_f1": (f1_correct + f1_error) / 2,
+        "num_steps": len(pairs),
+        "num_error_steps": sum(not g for _, g in pairs),
+    }
+
+
+def process_bench_metrics(
+    step_scores: Sequence[Sequence[float]], records: Sequence[Mapping[str, Any]], threshold: float = 0.5
+) -> dict[str, dict[str, float]]:
+    """Metrics over all steps and per step type: {"all": ..., "perception": ..., "reasoning": ...}.
+
+    Args:
+        step_scores: per record, P(step is correct) per step.
+        records: process-bench records (their `process_correctness` and `step_types`).
+        threshold: scores >= threshold count as "correct".
+    """
+    if len(step_scores) != len(records):
+        raise ValueError(f"{len(step_scores)} score lists for {len(records)} records")
+    flat: dict[str, tuple[list[float], list[int]]] = {"all": ([], []), PERCEPTION: ([], []), REASONING: ([], [])}
+    for index, (scores, record) in enumerate(zip(step_scores, records)):
+        verdicts = record["process_correctness"]
+        if len(scores) != len(verdicts):
+            raise RecordError(record.get("id", index), "process_correctness",
+                              f"{len(scores)} score(s) for {len(verdicts)} step(s)")  # fmt: skip
+        types = record.get("step_types") or [None] * len(verdicts)
+        for score, verdict, kind in zip(scores, verdicts, types):
+            for key in ("all", kind):
+                if key in flat:
+                    flat[key][0].append(float(score))
+                    flat[key][1].append(int(verdict))
+    return {key: step_metrics(s, v, threshold) for key, (s, v) in flat.items() if v or key == "all"}
+
+
+def score_process_bench(scorer: StepScorer, records, threshold: float = 0.5) -> dict[str, dict[str, float]]:
+    """Score every record's steps with `scorer` (one call per record) and compute `process_bench_metrics`."""
+    all_scores = []
+    for record in records:
+        candidate = Candidate(
+            steps=list(record["completions"]),
+            finished=True,
+            step_types=list(record.get("step_types") or [None] * len(record["completions"])),
+            gold_correct=[v == 1 for v in record["process_correctness"]],  # read by testbed oracles only
+        )
+        (scores,) = scorer.score(record, [candidate])
+        all_scores.append(scores)
+    return process_bench_metrics(all_scores, records, threshold)
+
+
+def metrics_to_markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """Table of {scorer: process_bench_metrics(...)}: one line per scorer and step type, F1 in percent."""
+    lines = [
+        "| scorer | steps | F1 correct | F1 error | macro F1 | # steps | # errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scorer, by_type in results.items():
+        for kind, m in by_type.items():
+            lines.append(
+                f"| {scorer} | {kind} | {100 * m['f1_correct']:.1f} | {100 * m['f1_error']:.1f} | "
+                f"{100 * m['macro_f1']:.1f} | {m['num_steps']} | {m['num_error_steps']} |"
+            )
+    return "\n".join(lines) + "\n"
