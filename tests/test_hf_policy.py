@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trl_vlprm.guidance.hf_policy import HFPolicy, _SeparatorStop, extract_final_answer, question_messages
+from trl_vlprm.guidance.hf_policy import HFPolicy, _SeparatorStop, question_messages, read_answer
 from trl_vlprm.guidance.policy import Policy
 from trl_vlprm.modeling.tiny import build_tiny_vlm
 
@@ -107,7 +107,8 @@ def test_question_messages_place_images():
     assert chat[0]["content"][0] == {"type": "image"}
 
 
-def test_extract_final_answer():
-    assert extract_final_answer("Step 1.\n\nSo the answer is (B).") == "B"
-    assert extract_final_answer("Answer: 8. Wait, the answer is 9") == "9"
-    assert extract_final_answer("no conclusion") is None
+def test_read_answer_uses_question_options():
+    question = {"options": ["red", "blue", "green"]}
+    assert read_answer("The row lacks blue.\n\nSo the answer is (B).", question) == "B"
+    assert read_answer("The answer is green", question) == "C"
+    assert read_answer("The answer is 12.", {}) == "12"

@@ -9,7 +9,6 @@ repeated (greedy decoding cannot differ between samples).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -17,16 +16,14 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from trl_vlprm.data.answers import extract_answer
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, load_image
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
 
-_ANSWER_PATTERN = re.compile(r"answer\s*(?:is|:)\s*\(?([^\s().,;]+)", re.IGNORECASE)
 
-
-def extract_final_answer(solution: str) -> str | None:
-    """The answer a solution states ("... the answer is (B)." -> "B"), taking the last statement; None if absent."""
-    matches = _ANSWER_PATTERN.findall(solution)
-    return matches[-1] if matches else None
+def read_answer(solution: str, question: Question) -> str | None:
+    """The final answer a solution states, in the project's canonical form (`trl_vlprm.data.answers`)."""
+    return extract_answer(solution, question.get("options") or None)
 
 
 def _content_parts(text: str) -> list[dict[str, str]]:
@@ -80,7 +77,7 @@ class HFPolicy:
         max_step_tokens: token budget of one step in `sample_next_steps`.
         seed: when set, call i samples under seed `seed + i`, so two policies built alike give the same outputs.
         system_prompt: optional system message put before every question.
-        answer_extractor: reads the final answer from a finished solution's text.
+        answer_extractor: `(solution_text, question) -> answer` for finished solutions.
     """
 
     def __init__(
@@ -94,7 +91,7 @@ class HFPolicy:
         max_step_tokens: int = 128,
         seed: int | None = None,
         system_prompt: str | None = None,
-        answer_extractor: Callable[[str], str | None] = extract_final_answer,
+        answer_extractor: Callable[[str, Question], str | None] = read_answer,
     ):
         if not step_separator:
             raise ValueError("HFPolicy: step_separator must be a non-empty string")
@@ -134,7 +131,7 @@ class HFPolicy:
             cut = text.find(self.step_separator)
             step = (text if cut < 0 else text[:cut]).strip()
             finished = ended and cut < 0
-            answer = self.answer_extractor(self._solution(prefix, [step])) if finished else None
+            answer = self.answer_extractor(self._solution(prefix, [step]), question) if finished else None
             results.append(
                 Continuation(steps=[step] if step else [], finished=finished, answer=answer, num_tokens=tokens)
             )
@@ -146,7 +143,7 @@ class HFPolicy:
         for text, tokens, _ in self._generate(question, prefix, n, self.max_new_tokens, stop_at_separator=False):
             steps = [s.strip() for s in text.split(self.step_separator) if s.strip()]
             # The policy stopped (end of text or budget): the solution is over either way; the answer may be missing.
-            answer = self.answer_extractor(self._solution(prefix, steps))
+            answer = self.answer_extractor(self._solution(prefix, steps), question)
             results.append(Continuation(steps=steps, finished=True, answer=answer, num_tokens=tokens))
         self.stats.record(results)
         return results

@@ -211,6 +211,8 @@ class TTSArguments:
         max_new_tokens: token budget of a full solution.
         max_step_tokens: token budget of one step.
         system_prompt: optional system message for the policy.
+        perception_error_rate: scripted policy: chance a perception step misreads the image.
+        reasoning_error_rate: scripted policy: chance a reasoning step slips.
         seed: seed of the puzzles, the policy's sampling and the random scorer.
         output_file: JSONL results file (resumable: a rerun skips question ids already in it).
     """
@@ -229,6 +231,8 @@ class TTSArguments:
     max_new_tokens: int = 512
     max_step_tokens: int = 128
     system_prompt: str | None = None
+    perception_error_rate: float = 0.3
+    reasoning_error_rate: float = 0.2
     seed: int = 0
     output_file: str = field(default="outputs/tts/results.jsonl")
 
@@ -244,3 +248,57 @@ class TTSArguments:
             raise ValueError(f"TTSArguments.policy_model_path is needed for policy {self.policy!r}")
         if self.scorer == "prm" and not self.prm_model_path:
             raise ValueError("TTSArguments.prm_model_path is needed for scorer 'prm'")
+
+
+def build_questions(args: TTSArguments):
+    """The question records `args` names (generated puzzles or a dataset file/folder)."""
+    if args.dataset == "puzzles":
+        from trl_vlprm.data.puzzles import generate_puzzles
+
+        return list(generate_puzzles(args.num_questions or 64, seed=args.seed))
+    return load_questions(args.dataset, args.dataset_split, args.num_questions)
+
+
+def build_policy(args: TTSArguments) -> Policy:
+    """The policy backend `args.policy` names."""
+    if args.policy == "scripted":
+        if args.dataset != "puzzles":
+            raise ValueError("TTSArguments.policy='scripted' only solves dataset='puzzles'")
+        from trl_vlprm.data.puzzles import ScriptedPolicy
+
+        return ScriptedPolicy(
+            perception_error_rate=args.perception_error_rate,
+            reasoning_error_rate=args.reasoning_error_rate,
+            seed=args.seed,
+        )
+    sampling = {
+        "step_separator": args.step_separator,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+        "max_step_tokens": args.max_step_tokens,
+        "seed": args.seed,
+        "system_prompt": args.system_prompt,
+    }
+    if args.policy == "hf":
+        from trl_vlprm.guidance.hf_policy import HFPolicy
+
+        return HFPolicy.from_pretrained(args.policy_model_path, **sampling)
+    from trl_vlprm.guidance.vllm_policy import VLLMPolicy
+
+    return VLLMPolicy(args.policy_model_path, **sampling)
+
+
+def build_scorer(args: TTSArguments) -> StepScorer | None:
+    """The step scorer `args.scorer` names (None for "none")."""
+    if args.scorer == "none":
+        return None
+    if args.scorer == "random":
+        return RandomScorer(seed=args.seed)
+    if args.scorer == "oracle":
+        from trl_vlprm.data.puzzles import GoldOracleScorer
+
+        return GoldOracleScorer()
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    return PRMScorer.from_pretrained(args.prm_model_path, step_separator=args.step_separator)

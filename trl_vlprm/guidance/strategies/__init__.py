@@ -10,7 +10,13 @@ from trl_vlprm.guidance.strategies.beam_search import run_beam_search
 from trl_vlprm.guidance.strategies.best_of_n import run_best_of_n, select_best_of_n
 from trl_vlprm.guidance.strategies.dvts import run_dvts
 from trl_vlprm.guidance.strategies.greedy import run_greedy
-from trl_vlprm.guidance.strategies.majority import answer_key, majority_vote, run_majority, vote_tally
+from trl_vlprm.guidance.strategies.majority import (
+    answer_key,
+    majority_vote,
+    question_answer_key,
+    run_majority,
+    vote_tally,
+)
 from trl_vlprm.guidance.strategies.step_selection import prm_guided_walk, run_step_selection
 from trl_vlprm.guidance.strategies.weighted_vote import run_weighted_vote, weighted_vote
 
@@ -40,6 +46,7 @@ __all__ = [
     "get_strategy",
     "majority_vote",
     "prm_guided_walk",
+    "question_answer_key",
     "run_beam_search",
     "run_best_of_n",
     "run_dvts",

@@ -16,21 +16,22 @@ from trl_vlprm.guidance.strategies.base import (
     root_candidate,
     score_candidates,
 )
-from trl_vlprm.guidance.strategies.majority import answer_key, vote_tally
+from trl_vlprm.guidance.strategies.majority import AnswerKey, answer_key, question_answer_key, vote_tally
 
 
-def weighted_vote(candidates: Sequence[Candidate], aggregation: str) -> int | None:
+def weighted_vote(candidates: Sequence[Candidate], aggregation: str, key: AnswerKey = answer_key) -> int | None:
     """Index of the best-scored candidate carrying the answer with the highest total aggregated score.
 
     Ties between answers go to the answer seen first. Candidates without an answer do not vote; None when no
-    candidate has one. Reads `candidate.step_scores`, so it also works on candidates scored beforehand.
+    candidate has one. Reads `candidate.step_scores`, so it also works on candidates scored beforehand. `key` maps
+    an answer to its vote, as in `majority_vote`.
     """
     scores = [aggregate(c.step_scores, aggregation) for c in candidates]
-    tally = vote_tally(candidates, scores)
+    tally = vote_tally(candidates, scores, key)
     if not tally:
         return None
     winner = max(tally, key=tally.get)
-    holders = [i for i, c in enumerate(candidates) if answer_key(c.answer) == winner]
+    holders = [i for i, c in enumerate(candidates) if key(c.answer) == winner]
     return max(holders, key=scores.__getitem__)
 
 
@@ -43,7 +44,8 @@ def run_weighted_vote(
         candidates = [root_candidate().extend(c) for c in policy.sample_solutions(question, config.n)]
     score_candidates(scorer, question, candidates)
     scores = aggregated_scores(candidates, config.aggregation)
-    chosen = weighted_vote(candidates, config.aggregation)
+    key = question_answer_key(question)
+    chosen = weighted_vote(candidates, config.aggregation, key)
     return SearchResult(
         question_id=question_id(question),
         strategy="weighted_vote",
@@ -51,6 +53,6 @@ def run_weighted_vote(
         chosen=chosen,
         answer=None if chosen is None else candidates[chosen].answer,
         candidate_scores=scores,
-        details={"aggregation": config.aggregation, "votes": vote_tally(candidates, scores)},
+        details={"aggregation": config.aggregation, "votes": vote_tally(candidates, scores, key)},
         policy_stats=cost.spent,
     )

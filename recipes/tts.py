@@ -1,0 +1,32 @@
+"""Test-time scaling: run one search strategy over a dataset with a policy and a step scorer.
+
+    python recipes/tts.py --config recipes/configs/tts_testbed.yaml
+    python recipes/tts.py --config recipes/configs/tts_qwen2_5_vl.yaml --strategy dvts --n 16
+
+Arguments: `trl_vlprm.guidance.tts.TTSArguments` and `trl_vlprm.guidance.strategies.SearchConfig`. Results go to
+`output_file` (JSONL, one line per question); a rerun resumes, skipping question ids already there.
+"""
+
+from trl import TrlParser
+
+from trl_vlprm.guidance.strategies import SearchConfig
+from trl_vlprm.guidance.tts import (
+    TTSArguments,
+    build_policy,
+    build_questions,
+    build_scorer,
+    run_tts,
+    summary_line,
+)
+
+
+def main(args: TTSArguments, search: SearchConfig):
+    summary = run_tts(
+        build_questions(args), args.strategy, build_policy(args), build_scorer(args), search, args.output_file
+    )
+    print(summary_line(summary, args.strategy))
+    return summary
+
+
+if __name__ == "__main__":
+    main(*TrlParser((TTSArguments, SearchConfig)).parse_args_and_config())
