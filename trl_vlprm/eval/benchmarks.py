@@ -111,7 +111,7 @@ def mmmu_record(row: Mapping[str, Any], subject: str = "") -> dict[str, Any]:
         "images": uncited + cited,
         "answer": str(row["answer"]),
         "options": [str(o) for o in options],
-        "category": row.get("subfield") or subject or rid.split("_")[1] if "_" in rid else subject,
+        "category": row.get("subfield") or subject,
         "answer_kind": "multiple_choice" if multiple_choice else "auto",
     }
 
