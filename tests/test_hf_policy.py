@@ -112,3 +112,17 @@ def test_read_answer_uses_question_options():
     assert read_answer("The row lacks blue.\n\nSo the answer is (B).", question) == "B"
     assert read_answer("The answer is green", question) == "C"
     assert read_answer("The answer is 12.", {}) == "12"
+
+
+@pytest.mark.parametrize("strategy", ["best_of_n", "beam_search", "dvts"])
+def test_strategies_run_on_hf_policy(model_dir, question, strategy):
+    from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
+    from trl_vlprm.guidance.tts import RandomScorer
+
+    policy = make_policy(model_dir, step_separator=" ", max_step_tokens=6, max_new_tokens=12)
+    config = SearchConfig(n=4, beam_width=2, expansions_per_beam=2, max_steps=2)
+    result = get_strategy(strategy)(question, policy, RandomScorer(seed=0), config)
+    assert len(result.candidates) == {"best_of_n": 4, "beam_search": 2, "dvts": 2}[strategy]
+    assert all(len(c.step_scores) == len(c.steps) and " " not in "".join(c.steps) for c in result.candidates)
+    assert result.candidate_scores[result.chosen] == max(result.candidate_scores)
+    assert result.policy_stats == policy.stats.as_dict() and result.policy_stats["tokens"] > 0
