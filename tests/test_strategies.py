@@ -14,6 +14,7 @@ from trl_vlprm.guidance.strategies import (
     SearchConfig,
     get_strategy,
     majority_vote,
+    question_answer_key,
     select_best_of_n,
     vote_tally,
     weighted_vote,
@@ -242,3 +243,22 @@ def test_scorer_shape_is_checked(puzzles):
 
     with pytest.raises(ValueError, match=f"question {puzzles[0]['id']}: candidate 0: scorer returned 1 scores for 3"):
         get_strategy("best_of_n")(puzzles[0], scripted(), ShortScorer(), SearchConfig(n=2))
+
+
+def test_question_answer_key_merges_letters_and_option_text():
+    key = question_answer_key({"options": ["red", "blue", "green"]})
+    candidates = [scored([1], a) for a in ["blue", "(B)", "green", "Blue."]]
+    assert [key(c.answer) for c in candidates] == ["b", "b", "c", "b"]
+    assert vote_tally(candidates, key=key) == {"b": 3.0, "c": 1.0}
+    assert majority_vote([scored([1], "green"), scored([1], "B"), scored([1], "blue")], key) == 1
+    assert key(None) is None
+
+
+def test_search_stops_at_max_steps_and_completes_open_solutions(puzzles):
+    config = SearchConfig(n=4, beam_width=2, expansions_per_beam=2, max_steps=1)
+    beam = get_strategy("beam_search")(puzzles[0], scripted(), GoldOracleScorer(), config)
+    assert len(beam.details["iterations"]) == 1 and beam.details["completed_at_max_steps"] == 2
+    assert [len(c.steps) for c in beam.candidates] == [3, 3] and all(c.finished for c in beam.candidates)
+    walk = get_strategy("step_selection")(puzzles[0], scripted(), GoldOracleScorer(), config)
+    assert len(walk.details["steps"]) == 1 and len(walk.candidates[0].steps) == 3
+    assert walk.policy_stats["calls"] == 2  # one step sampled, then one completion
