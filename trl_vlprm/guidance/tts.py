@@ -286,7 +286,7 @@ def build_policy(args: TTSArguments) -> Policy:
         return HFPolicy.from_pretrained(args.policy_model_path, **sampling)
     from trl_vlprm.guidance.vllm_policy import VLLMPolicy
 
-    return VLLMPolicy(args.policy_model_path, **sampling)
+    return VLLMPolicy.from_pretrained(args.policy_model_path, **sampling)
 
 
 def build_scorer(args: TTSArguments) -> StepScorer | None:
