@@ -7,6 +7,7 @@ from trl_vlprm.data.puzzles import GoldOracleScorer
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.process_bench import (
     f1_score,
+    load_process_bench_spec,
     load_visual_process_bench,
     metrics_to_markdown,
     process_bench_metrics,
@@ -118,3 +119,12 @@ def test_puzzlevqa_bench_gold_and_perturbed_traces():
     oracle = score_process_bench(GoldOracleScorer(), bench)
     assert oracle[P]["num_steps"] == 60 and oracle[P]["num_error_steps"] == 20
     assert oracle["all"]["num_error_steps"] == 20 * 4
+
+
+def test_process_bench_specs(tmp_path):
+    path = write_bench(tmp_path, [vpb_line()])
+    assert load_process_bench_spec(f"visualprocessbench:{path}")[0]["process_correctness"] == [1, -1]
+    testbed = load_process_bench_spec("testbed:num_questions=6,solutions_per_question=2", seed=2)
+    assert len(testbed) == 12 and testbed[0]["id"].startswith("color_grid-s2-")
+    with pytest.raises(ValueError, match="unknown bench 'processbench'"):
+        load_process_bench_spec("processbench")

@@ -162,11 +162,16 @@ def test_report_tables_and_plot(tmp_path):
 def test_recipe_main_writes_table_plot_and_resumes(tmp_path, capsys):
     args = ["--benchmarks", "testbed:5,limit=12", "--policies", "scripted:perception_error_rate=0.5",
             "--scorers", "oracle", "--strategies", "majority", "best_of_n:min", "pass@n",
-            "--n_values", "1", "4", "--num_subsamples", "2", "--output_dir", str(tmp_path)]  # fmt: skip
+            "--n_values", "1", "4", "--num_subsamples", "2", "--output_dir", str(tmp_path),
+            "--process_benches", "testbed:num_questions=6,solutions_per_question=2"]  # fmt: skip
     main(args)
     first = (tmp_path / "results.csv").read_text()
     assert len(first.splitlines()) == 1 + 3 * 2
     assert (tmp_path / "accuracy_vs_n.png").stat().st_size > 0
     assert "| testbed | scripted:perception_error_rate=0.5 | oracle | best_of_n:min |" in capsys.readouterr().out
+    process = (tmp_path / "process_bench.md").read_text()
+    assert (
+        "| testbed:num_questions=6,solutions_per_question=2 | oracle | all | 100.0 | 100.0 | 100.0 | 36 |" in process
+    )
     main(args)  # everything sampled: the rerun only re-derives, with the same numbers
     assert (tmp_path / "results.csv").read_text() == first

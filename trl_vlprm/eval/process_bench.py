@@ -173,6 +173,33 @@ def testbed_process_bench(
     return _to_dataset(records)
 
 
+def _visual_process_bench(args, kwargs, seed):
+    if len(args) != 1:
+        raise ValueError(f"visualprocessbench needs one source (JSONL file, folder or hub name), got {args}")
+    return load_visual_process_bench(args[0], **kwargs)
+
+
+# Spec builders: (positional args, keyword args, seed) -> Dataset of process-bench records.
+PROCESS_BENCHES = {
+    "visualprocessbench": _visual_process_bench,
+    "testbed": lambda args, kwargs, seed: testbed_process_bench(**{"seed": seed, **kwargs}),
+    "puzzlevqa": lambda args, kwargs, seed: puzzlevqa_process_bench(*args, **{"seed": seed, **kwargs}),
+}
+
+
+def load_process_bench_spec(spec: str, seed: int = 0):
+    """A process bench from a spec "name[:arg][,key=value...]", e.g. "testbed:num_questions=60",
+    "puzzlevqa:limit_per_category=5", "visualprocessbench:data/VisualProcessBench/test.jsonl"."""
+    from trl_vlprm.eval.tts_sweep import parse_spec
+
+    name, args, kwargs = parse_spec(spec)
+    if name not in PROCESS_BENCHES:
+        raise ValueError(
+            f"process bench spec {spec!r}: unknown bench {name!r}; expected one of {sorted(PROCESS_BENCHES)}"
+        )
+    return PROCESS_BENCHES[name](args, kwargs, seed)
+
+
 # ---------------------------------------------------------------- metrics
 
 

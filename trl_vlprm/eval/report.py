@@ -55,12 +55,29 @@ def rows_to_markdown(rows: Sequence[Mapping[str, Any]], digits: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(rows: Sequence[Mapping[str, Any]], output_dir: str | Path, stem: str = "results") -> list[Path]:
-    """`<stem>.csv` (long) and `<stem>.md` (wide) in `output_dir`; returns their paths."""
+def rows_to_long_markdown(rows: Sequence[Mapping[str, Any]], digits: int = 1) -> str:
+    """Markdown with one line per row and the row's own columns; floats (rates) shown in percent."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [f"{100 * row[k]:.{digits}f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    rows: Sequence[Mapping[str, Any]], output_dir: str | Path, stem: str = "results", wide: bool = True
+) -> list[Path]:
+    """`<stem>.csv` (one line per row) and `<stem>.md` in `output_dir`; returns their paths.
+
+    `wide=True` pivots the Markdown to one column per N (sweep rows); `wide=False` keeps one line per row.
+    """
     output_dir = Path(output_dir)
     csv_path, md_path = output_dir / f"{stem}.csv", output_dir / f"{stem}.md"
     _write_atomic(csv_path, rows_to_csv(rows))
-    _write_atomic(md_path, rows_to_markdown(rows))
+    _write_atomic(md_path, rows_to_markdown(rows) if wide else rows_to_long_markdown(rows))
     return [csv_path, md_path]
 
 

@@ -304,15 +304,19 @@ def _scripted_policy(args, kwargs, seed):
     return ScriptedPolicy(**{"seed": seed, **kwargs})
 
 
-def _hf_policy(args, kwargs, seed):
-    from transformers import set_seed
+def _model_policy(backend: str):
+    def build(args, kwargs, seed):
+        if len(args) != 1:
+            raise ValueError(f"a {backend} policy needs one model folder, got {args}")
+        if backend == "hf":
+            from trl_vlprm.guidance.hf_policy import HFPolicy
 
-    from trl_vlprm.guidance.hf_policy import HFPolicy
+            return HFPolicy.from_pretrained(args[0], **{"seed": seed, **kwargs})
+        from trl_vlprm.guidance.vllm_policy import VLLMPolicy
 
-    if len(args) != 1:
-        raise ValueError(f"an hf policy needs one model path or hub name, got {args}")
-    set_seed(seed)
-    return HFPolicy.from_pretrained(args[0], **kwargs)
+        return VLLMPolicy(args[0], **{"seed": seed, **kwargs})
+
+    return build
 
 
 def _oracle_scorer(args, kwargs, seed):
@@ -327,9 +331,25 @@ def _random_scorer(args, kwargs, seed):
     return RandomScorer(**{"seed": seed, **kwargs})
 
 
+def _prm_scorer(args, kwargs, seed):
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    if len(args) != 1:
+        raise ValueError(f"a prm scorer needs one model folder, got {args}")
+    return PRMScorer.from_pretrained(args[0], **kwargs)
+
+
 # Builders take (positional args, keyword args, run seed); register more (e.g. a trained VL-PRM) by name.
-POLICY_BUILDERS: dict[str, Callable[..., Policy]] = {"scripted": _scripted_policy, "hf": _hf_policy}
-SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {"oracle": _oracle_scorer, "random": _random_scorer}
+POLICY_BUILDERS: dict[str, Callable[..., Policy]] = {
+    "scripted": _scripted_policy,
+    "hf": _model_policy("hf"),
+    "vllm": _model_policy("vllm"),
+}
+SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {
+    "oracle": _oracle_scorer,
+    "random": _random_scorer,
+    "prm": _prm_scorer,
+}
 
 
 def build_from_spec(spec: str, builders: Mapping[str, Callable[..., Any]], seed: int, what: str):
@@ -346,9 +366,13 @@ class EvalTTSConfig:
     Args:
         benchmarks: benchmark specs "name" or "name:source,split=...,limit=..." with name a key of
             `trl_vlprm.eval.benchmarks.BENCHMARKS` (source: hub name or local path; testbed: generator seed).
-        policies: policy specs: "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed) or
-            "hf:<model path or hub name>,temperature=0.7" (any `HFPolicy` keyword).
-        scorers: step-scorer specs: "oracle" (testbed truth), "random:seed=1", or any kind in `SCORER_BUILDERS`.
+        policies: policy specs: "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed), or
+            "vllm:<model folder>,temperature=0.7,..." / "hf:<model folder>,..." (keywords of `VLLMPolicy`/`HFPolicy`).
+        scorers: step-scorer specs: "prm:<PRM folder>,step_separator=..." (a trained VL-PRM), "oracle" (testbed
+            truth), "random:seed=1" (no-information control), or any kind registered in `SCORER_BUILDERS`.
+        process_benches: process-error benchmarks every scorer is also judged on (step F1, see
+            `trl_vlprm.eval.process_bench.PROCESS_BENCHES`), e.g. "testbed:num_questions=60" or
+            "visualprocessbench:<test.jsonl>"; results go to process_bench.csv/.md. Empty: none.
         strategies: outcome-level strategies (see the module docstring), e.g. "majority", "best_of_n:min".
         n_values: the N to report; `max(n_values)` solutions are sampled per question.
         num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
@@ -365,6 +389,7 @@ class EvalTTSConfig:
     strategies: list[str] = field(
         default_factory=lambda: ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
     )
+    process_benches: list[str] = field(default_factory=list)
     n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     num_subsamples: int = 4
     answer_kind: str = "auto"
@@ -392,7 +417,9 @@ def load_benchmark_spec(spec: str):
 
 
 def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
-    """Load, sample (resuming), derive, and write samples/, results.csv, results.md and accuracy_vs_n.png."""
+    """Load, sample (resuming), derive, and write samples/, results.csv/.md, accuracy_vs_n.png (and the
+    process-bench tables when `config.process_benches` is set)."""
+    from trl_vlprm.eval.process_bench import load_process_bench_spec, score_process_bench
     from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
 
     benchmarks = dict(load_benchmark_spec(spec) for spec in config.benchmarks)
@@ -407,6 +434,14 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     )  # fmt: skip
     write_tables(rows, config.output_dir)
     plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
+    process_rows = []
+    for bench_spec in config.process_benches:
+        bench = load_process_bench_spec(bench_spec, config.seed)
+        for name, scorer in scorers.items():
+            for step_type, metrics in score_process_bench(scorer, bench).items():
+                process_rows.append({"bench": bench_spec, "scorer": name, "steps": step_type, **metrics})
+    if process_rows:
+        write_tables(process_rows, config.output_dir, "process_bench", wide=False)
     return rows
 
 
