@@ -15,15 +15,15 @@ from trl_vlprm.guidance.tts import (
     build_policy,
     build_questions,
     build_scorer,
+    run_tags,
     run_tts,
     summary_line,
 )
 
 
 def main(args: TTSArguments, search: SearchConfig):
-    summary = run_tts(
-        build_questions(args), args.strategy, build_policy(args), build_scorer(args), search, args.output_file
-    )
+    questions, policy, scorer = build_questions(args), build_policy(args), build_scorer(args)
+    summary = run_tts(questions, args.strategy, policy, scorer, search, args.output_file, run_tags=run_tags(args))
     print(summary_line(summary, args.strategy))
     return summary
 

@@ -165,4 +165,8 @@ def test_recipe_runs_the_testbed_config_and_resumes(tmp_path, capsys):
     assert f"beam_search: accuracy {correct / 6:.4f} ({correct}/6); ran 6, skipped 0" in capsys.readouterr().out
     recipe.main(args, search)
     assert "ran 0, skipped 6" in capsys.readouterr().out
+    assert lines(out)[0]["settings"]["scorer"] == "oracle"
+    args.scorer = "random"  # another scorer must not resume into the same file
+    with pytest.raises(ValueError, match="field 'settings'"):
+        recipe.main(args, search)
     assert len(lines(out)) == 6 and summary.num_correct == correct

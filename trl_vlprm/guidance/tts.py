@@ -72,8 +72,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     for number, line in enumerate(lines, start=1):
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or "id" not in record:
-                raise ValueError("not an object with an 'id' field")
+            if not isinstance(record, dict) or "id" not in record or "correct" not in record:
+                raise ValueError("not an object with 'id' and 'correct' fields")
         except ValueError as err:
             if number == len(lines):
                 _write_atomic(path, lines[:-1])
@@ -112,6 +112,7 @@ def run_tts(
     output_file: str | Path,
     grader: Grader | None = None,
     show_progress: bool = True,
+    run_tags: Mapping[str, Any] | None = None,
 ) -> TTSSummary:
     """Run `strategy` on every question not yet in `output_file`; append one graded JSONL line per question.
 
@@ -124,13 +125,14 @@ def run_tts(
         output_file: JSONL file, created with its folder if needed.
         grader: `grade(prediction, gold, options) -> bool`; defaults to `trl_vlprm.data.answers.grade`.
         show_progress: show a tqdm bar.
+        run_tags: more settings that must match on resume (the recipe passes the policy and scorer it used).
     """
     runner = get_strategy(strategy)
     grader = grader or default_grader()
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     ids = _question_ids(questions)
-    settings = {"strategy": strategy, **asdict(config)}
+    settings = {"strategy": strategy, **asdict(config), **dict(run_tags or {})}
     done: dict[str, bool] = {}
     for number, record in enumerate(read_results(output_file), start=1):
         if record.get("settings") != settings:
@@ -168,7 +170,7 @@ def summary_line(summary: TTSSummary, strategy: str) -> str:
     )
 
 
-def load_questions(source: str | Mapping[str, Any], split: str = "test", max_questions: int | None = None):
+def load_questions(source: str | Path, split: str = "test", max_questions: int | None = None):
     """Question records from a `datasets` folder (`save_to_disk`) or a .jsonl/.json/.parquet file."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
@@ -302,3 +304,9 @@ def build_scorer(args: TTSArguments) -> StepScorer | None:
     from trl_vlprm.guidance.scorer import PRMScorer
 
     return PRMScorer.from_pretrained(args.prm_model_path, step_separator=args.step_separator)
+
+
+def run_tags(args: TTSArguments) -> dict[str, Any]:
+    """The parts of `args` that change results, so a resumed run into the same file must use the same ones."""
+    keys = ("dataset", "policy", "policy_model_path", "scorer", "prm_model_path", "step_separator", "temperature")
+    return {key: getattr(args, key) for key in keys}
