@@ -72,8 +72,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     for number, line in enumerate(lines, start=1):
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or "id" not in record or "correct" not in record:
-                raise ValueError("not an object with 'id' and 'correct' fields")
+            if not isinstance(record, dict) or "id" not in record:
+                raise ValueError("not an object with an 'id' field")
         except ValueError as err:
             if number == len(lines):
                 _write_atomic(path, lines[:-1])
@@ -140,6 +140,8 @@ def run_tts(
                 f"{output_file}:{number}: field 'settings' is {record.get('settings')} but this run uses {settings}; "
                 "write to another file"
             )
+        if "correct" not in record:
+            raise ValueError(f"{output_file}:{number}: field 'correct' missing; not a run_tts results file")
         done[str(record["id"])] = bool(record["correct"])
     todo = [(qid, q) for qid, q in zip(ids, questions) if qid not in done]
     with output_file.open("a") as sink:
