@@ -8,6 +8,7 @@ from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy, generate_pu
 from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
 from trl_vlprm.eval.tts_sweep import (
     EvalTTSConfig,
+    build_from_spec,
     check_strategy,
     derive_accuracies,
     main,
@@ -175,3 +176,18 @@ def test_recipe_main_writes_table_plot_and_resumes(tmp_path, capsys):
     )
     main(args)  # everything sampled: the rerun only re-derives, with the same numbers
     assert (tmp_path / "results.csv").read_text() == first
+
+
+def test_build_from_spec_gives_config_defaults_to_model_backends_only():
+    seen = {}
+    builders = {
+        "vllm": lambda args, kwargs, seed: seen.setdefault("vllm", (args, kwargs, seed)),
+        "scripted": lambda args, kwargs, seed: seen.setdefault("scripted", (args, kwargs, seed)),
+    }
+    defaults = {"step_separator": "\n\n", "temperature": 1.0}
+    build_from_spec("vllm:/models/q,temperature=0.5", builders, 3, "policy", defaults)
+    build_from_spec("scripted:perception_error_rate=0.1", builders, 3, "policy", defaults)
+    assert seen["vllm"] == (["/models/q"], {"step_separator": "\n\n", "temperature": 0.5}, 3)
+    assert seen["scripted"] == ([], {"perception_error_rate": 0.1}, 3)
+    with pytest.raises(ValueError, match="policy spec 'sglang:x': unknown kind 'sglang'"):
+        build_from_spec("sglang:x", builders, 0, "policy")

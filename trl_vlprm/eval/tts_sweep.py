@@ -314,7 +314,7 @@ def _model_policy(backend: str):
             return HFPolicy.from_pretrained(args[0], **{"seed": seed, **kwargs})
         from trl_vlprm.guidance.vllm_policy import VLLMPolicy
 
-        return VLLMPolicy(args[0], **{"seed": seed, **kwargs})
+        return VLLMPolicy.from_pretrained(args[0], **{"seed": seed, **kwargs})
 
     return build
 
@@ -352,10 +352,23 @@ SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {
 }
 
 
-def build_from_spec(spec: str, builders: Mapping[str, Callable[..., Any]], seed: int, what: str):
+# Keyword arguments the config gives every model-backed policy / PRM (a spec's own keywords win).
+MODEL_KINDS = ("hf", "vllm", "prm")
+
+
+def build_from_spec(
+    spec: str,
+    builders: Mapping[str, Callable[..., Any]],
+    seed: int,
+    what: str,
+    defaults: Mapping[str, Any] | None = None,
+):
+    """Build the policy or scorer a spec names; `defaults` go to model-backed kinds only (hf, vllm, prm)."""
     kind, args, kwargs = parse_spec(spec)
     if kind not in builders:
         raise ValueError(f"{what} spec {spec!r}: unknown kind {kind!r}; expected one of {sorted(builders)}")
+    if kind in MODEL_KINDS and defaults:
+        kwargs = {**defaults, **kwargs}
     return builders[kind](args, kwargs, seed)
 
 
@@ -376,6 +389,8 @@ class EvalTTSConfig:
         strategies: outcome-level strategies (see the module docstring), e.g. "majority", "best_of_n:min".
         n_values: the N to report; `max(n_values)` solutions are sampled per question.
         num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
+        step_separator: text that ends a step, for model policies and PRMs (specs cannot hold it: it is a newline).
+        system_prompt: system prompt of model policies (vllm/hf); None for none.
         answer_kind: grading kind when a question has no `answer_kind` column ("auto" reads it from the answer).
         output_dir: where samples/, results.csv, results.md and accuracy_vs_n.png go. Rerunning resumes.
         seed: seed of the policies, scorers and subsampling.
@@ -392,6 +407,8 @@ class EvalTTSConfig:
     process_benches: list[str] = field(default_factory=list)
     n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     num_subsamples: int = 4
+    step_separator: str = "\n\n"
+    system_prompt: str | None = None
     answer_kind: str = "auto"
     output_dir: str = "outputs/eval_tts"
     seed: int = 0
@@ -423,11 +440,15 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
 
     benchmarks = dict(load_benchmark_spec(spec) for spec in config.benchmarks)
+    policy_defaults = {"step_separator": config.step_separator, "system_prompt": config.system_prompt}
     policies = {
-        spec: (lambda spec=spec: build_from_spec(spec, POLICY_BUILDERS, config.seed, "policy"))
+        spec: (lambda spec=spec: build_from_spec(spec, POLICY_BUILDERS, config.seed, "policy", policy_defaults))
         for spec in config.policies
     }
-    scorers = {spec: build_from_spec(spec, SCORER_BUILDERS, config.seed, "scorer") for spec in config.scorers}
+    scorer_defaults = {"step_separator": config.step_separator}
+    scorers = {
+        spec: build_from_spec(spec, SCORER_BUILDERS, config.seed, "scorer", scorer_defaults) for spec in config.scorers
+    }
     rows = run_sweep(
         benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
         config.num_subsamples, config.seed, config.answer_kind,
