@@ -94,6 +94,10 @@ def test_bad_files_and_records_are_named(tmp_path, puzzles):
     with pytest.raises(ValueError, match=r"r\.jsonl:2: malformed result line"):
         read_results(out)
     assert read_results(tmp_path / "missing.jsonl") == []
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text('{"id": "x", "samples": []}\n')
+    with pytest.raises(ValueError, match=r"foreign\.jsonl:1: field 'correct' missing"):
+        run_tts(puzzles[:1], "greedy", policy(), None, SearchConfig(), foreign, show_progress=False)
 
     out = tmp_path / "mixed.jsonl"
     run_tts(puzzles[:2], "greedy", policy(), None, SearchConfig(), out, show_progress=False)
