@@ -135,13 +135,13 @@ def run_tts(
     settings = {"strategy": strategy, **asdict(config), **dict(run_tags or {})}
     done: dict[str, bool] = {}
     for number, record in enumerate(read_results(output_file), start=1):
+        if "correct" not in record:
+            raise ValueError(f"{output_file}:{number}: field 'correct' missing; not a run_tts results file")
         if record.get("settings") != settings:
             raise ValueError(
                 f"{output_file}:{number}: field 'settings' is {record.get('settings')} but this run uses {settings}; "
                 "write to another file"
             )
-        if "correct" not in record:
-            raise ValueError(f"{output_file}:{number}: field 'correct' missing; not a run_tts results file")
         done[str(record["id"])] = bool(record["correct"])
     todo = [(qid, q) for qid, q in zip(ids, questions) if qid not in done]
     with output_file.open("a") as sink:
