@@ -6,13 +6,10 @@ from PIL import Image
 
 from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
+from trl_vlprm.eval.sweep_config import EvalTTSConfig, build_from_spec, main, parse_spec, split_label
 from trl_vlprm.eval.tts_sweep import (
-    EvalTTSConfig,
-    build_from_spec,
     check_strategy,
     derive_accuracies,
-    main,
-    parse_spec,
     run_sweep,
     sample_benchmark,
     samples_path,
@@ -85,6 +82,8 @@ def test_check_strategy_and_parse_spec():
         [],
         {"perception_error_rate": 0.3, "seed": 2},
     )
+    assert split_label("qwen-7b@vllm:/m/a@b") == ("qwen-7b", "vllm:/m/a@b")
+    assert split_label("vllm:/m/a@b") == ("vllm:/m/a@b", "vllm:/m/a@b")
     assert parse_spec("hf:/models/qwen,temperature=0.7") == ("hf", ["/models/qwen"], {"temperature": 0.7})
 
 
@@ -161,7 +160,7 @@ def test_report_tables_and_plot(tmp_path):
 
 
 def test_recipe_main_writes_table_plot_and_resumes(tmp_path, capsys):
-    args = ["--benchmarks", "testbed:5,limit=12", "--policies", "scripted:perception_error_rate=0.5",
+    args = ["--benchmarks", "testbed:5,limit=12", "--policies", "noisy@scripted:perception_error_rate=0.5",
             "--scorers", "oracle", "--strategies", "majority", "best_of_n:min", "pass@n",
             "--n_values", "1", "4", "--num_subsamples", "2", "--output_dir", str(tmp_path),
             "--process_benches", "testbed:num_questions=6,solutions_per_question=2"]  # fmt: skip
@@ -169,7 +168,7 @@ def test_recipe_main_writes_table_plot_and_resumes(tmp_path, capsys):
     first = (tmp_path / "results.csv").read_text()
     assert len(first.splitlines()) == 1 + 3 * 2
     assert (tmp_path / "accuracy_vs_n.png").stat().st_size > 0
-    assert "| testbed | scripted:perception_error_rate=0.5 | oracle | best_of_n:min |" in capsys.readouterr().out
+    assert "| testbed | noisy | oracle | best_of_n:min |" in capsys.readouterr().out
     process = (tmp_path / "process_bench.md").read_text()
     assert (
         "| testbed:num_questions=6,solutions_per_question=2 | oracle | all | 100.0 | 100.0 | 100.0 | 36 |" in process

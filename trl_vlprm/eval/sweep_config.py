@@ -1,0 +1,223 @@
+"""The `recipes/eval_tts.py` entry point: its config, the policy/scorer/benchmark specs it reads, and `run`.
+
+A spec is "kind:positional,key=value,..." (numbers converted), optionally labelled "label@kind:...": e.g.
+"qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trl_vlprm.eval.tts_sweep import check_strategy, run_sweep
+from trl_vlprm.guidance.policy import Policy, StepScorer
+
+
+def split_label(spec: str) -> tuple[str, str]:
+    """ "label@kind:..." -> (label, "kind:..."); a spec without a label is its own label."""
+    head, sep, rest = spec.partition(":")
+    if "@" in head:
+        label, _, kind = head.partition("@")
+        return label.strip(), kind + sep + rest
+    return spec, spec
+
+
+def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
+    """ "kind:arg,key=value,..." -> (kind, positional args, keyword args); numbers are converted."""
+    kind, _, rest = spec.partition(":")
+    args, kwargs = [], {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            args.append(part)
+            continue
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        kwargs[key.strip()] = value
+    return kind.strip(), args, kwargs
+
+
+def _scripted_policy(args, kwargs, seed):
+    from trl_vlprm.data.puzzles import ScriptedPolicy
+
+    return ScriptedPolicy(**{"seed": seed, **kwargs})
+
+
+def _model_policy(backend: str):
+    def build(args, kwargs, seed):
+        if len(args) != 1:
+            raise ValueError(f"a {backend} policy needs one model folder, got {args}")
+        if backend == "hf":
+            from trl_vlprm.guidance.hf_policy import HFPolicy
+
+            return HFPolicy.from_pretrained(args[0], **{"seed": seed, **kwargs})
+        from trl_vlprm.guidance.vllm_policy import VLLMPolicy
+
+        return VLLMPolicy.from_pretrained(args[0], **{"seed": seed, **kwargs})
+
+    return build
+
+
+def _oracle_scorer(args, kwargs, seed):
+    from trl_vlprm.data.puzzles import GoldOracleScorer
+
+    return GoldOracleScorer()
+
+
+def _random_scorer(args, kwargs, seed):
+    from trl_vlprm.guidance.tts import RandomScorer
+
+    return RandomScorer(**{"seed": seed, **kwargs})
+
+
+def _prm_scorer(args, kwargs, seed):
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    if len(args) != 1:
+        raise ValueError(f"a prm scorer needs one model folder, got {args}")
+    return PRMScorer.from_pretrained(args[0], **kwargs)
+
+
+# Builders take (positional args, keyword args, run seed); register more (e.g. a trained VL-PRM) by name.
+POLICY_BUILDERS: dict[str, Callable[..., Policy]] = {
+    "scripted": _scripted_policy,
+    "hf": _model_policy("hf"),
+    "vllm": _model_policy("vllm"),
+}
+SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {
+    "oracle": _oracle_scorer,
+    "random": _random_scorer,
+    "prm": _prm_scorer,
+}
+
+
+# Keyword arguments the config gives every model-backed policy / PRM (a spec's own keywords win).
+MODEL_KINDS = ("hf", "vllm", "prm")
+
+
+def build_from_spec(
+    spec: str,
+    builders: Mapping[str, Callable[..., Any]],
+    seed: int,
+    what: str,
+    defaults: Mapping[str, Any] | None = None,
+):
+    """Build the policy or scorer a spec names; `defaults` go to model-backed kinds only (hf, vllm, prm)."""
+    kind, args, kwargs = parse_spec(spec)
+    if kind not in builders:
+        raise ValueError(f"{what} spec {spec!r}: unknown kind {kind!r}; expected one of {sorted(builders)}")
+    if kind in MODEL_KINDS and defaults:
+        kwargs = {**defaults, **kwargs}
+    return builders[kind](args, kwargs, seed)
+
+
+@dataclass
+class EvalTTSConfig:
+    """Settings of `recipes/eval_tts.py` (readable by `trl.TrlParser` from YAML).
+
+    Args:
+        benchmarks: benchmark specs "name" or "name:source,split=...,limit=..." with name a key of
+            `trl_vlprm.eval.benchmarks.BENCHMARKS` (source: hub name or local path; testbed: generator seed).
+        policies: policy specs, optionally labelled "label@spec" (the label names the policy in tables and files):
+            "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed), or
+            "vllm:<model folder>,temperature=0.7,..." / "hf:<model folder>,..." (keywords of `VLLMPolicy`/`HFPolicy`).
+        scorers: step-scorer specs (optionally "label@spec"): "prm:<PRM folder>" (a trained VL-PRM), "oracle"
+            (testbed truth), "random:seed=1" (no-information control), or any kind registered in `SCORER_BUILDERS`.
+        process_benches: process-error benchmarks every scorer is also judged on (step F1, see
+            `trl_vlprm.eval.process_bench.PROCESS_BENCHES`), e.g. "testbed:num_questions=60" or
+            "visualprocessbench:<test.jsonl>"; results go to process_bench.csv/.md. Empty: none.
+        strategies: outcome-level strategies (see the module docstring), e.g. "majority", "best_of_n:min".
+        n_values: the N to report; `max(n_values)` solutions are sampled per question.
+        num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
+        step_separator: text that ends a step, for model policies and PRMs (specs cannot hold it: it is a newline).
+        system_prompt: system prompt of model policies (vllm/hf); None for none.
+        answer_kind: grading kind when a question has no `answer_kind` column ("auto" reads it from the answer).
+        output_dir: where samples/, results.csv, results.md and accuracy_vs_n.png go. Rerunning resumes.
+        seed: seed of the policies, scorers and subsampling.
+    """
+
+    benchmarks: list[str] = field(default_factory=lambda: ["testbed:0,limit=60"])
+    policies: list[str] = field(
+        default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"]
+    )
+    scorers: list[str] = field(default_factory=lambda: ["oracle", "random"])
+    strategies: list[str] = field(
+        default_factory=lambda: ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
+    )
+    process_benches: list[str] = field(default_factory=list)
+    n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    num_subsamples: int = 4
+    step_separator: str = "\n\n"
+    system_prompt: str | None = None
+    answer_kind: str = "auto"
+    output_dir: str = "outputs/eval_tts"
+    seed: int = 0
+
+    def __post_init__(self):
+        for strategy in self.strategies:
+            check_strategy(strategy)
+        if not self.n_values or min(self.n_values) < 1:
+            raise ValueError(f"EvalTTSConfig.n_values={self.n_values}; need at least one N >= 1")
+        if self.num_subsamples < 1:
+            raise ValueError(f"EvalTTSConfig.num_subsamples={self.num_subsamples}; must be >= 1")
+
+
+def load_benchmark_spec(spec: str):
+    """(label, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..]"."""
+    from trl_vlprm.eval.benchmarks import load_benchmark
+
+    name, args, kwargs = parse_spec(spec)
+    unknown = set(kwargs) - {"split", "limit"}
+    if unknown or len(args) > 1:
+        raise ValueError(f"benchmark spec {spec!r}: expected 'name[:source][,split=...][,limit=...]'")
+    return name, load_benchmark(name, args[0] if args else None, kwargs.get("split"), kwargs.get("limit"))
+
+
+def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
+    """Load, sample (resuming), derive, and write samples/, results.csv/.md, accuracy_vs_n.png (and the
+    process-bench tables when `config.process_benches` is set)."""
+    from trl_vlprm.eval.process_bench import load_process_bench_spec, score_process_bench
+    from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
+
+    benchmarks = dict(load_benchmark_spec(spec) for spec in config.benchmarks)
+    policy_defaults = {"step_separator": config.step_separator, "system_prompt": config.system_prompt}
+    policies = {
+        label: (lambda spec=spec: build_from_spec(spec, POLICY_BUILDERS, config.seed, "policy", policy_defaults))
+        for label, spec in map(split_label, config.policies)
+    }
+    scorer_defaults = {"step_separator": config.step_separator}
+    scorers = {
+        label: build_from_spec(spec, SCORER_BUILDERS, config.seed, "scorer", scorer_defaults)
+        for label, spec in map(split_label, config.scorers)
+    }
+    rows = run_sweep(
+        benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
+        config.num_subsamples, config.seed, config.answer_kind,
+    )  # fmt: skip
+    write_tables(rows, config.output_dir)
+    plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
+    process_rows = []
+    for bench_spec in config.process_benches:
+        bench = load_process_bench_spec(bench_spec, config.seed)
+        for name, scorer in scorers.items():
+            for step_type, metrics in score_process_bench(scorer, bench).items():
+                process_rows.append({"bench": bench_spec, "scorer": name, "steps": step_type, **metrics})
+    if process_rows:
+        write_tables(process_rows, config.output_dir, "process_bench", wide=False)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: `python recipes/eval_tts.py --config recipes/configs/eval_tts_testbed.yaml [--field value ...]`."""
+    from trl import TrlParser
+
+    from trl_vlprm.eval.report import rows_to_markdown
+
+    (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(args=argv)
+    print(rows_to_markdown(run(config)))
