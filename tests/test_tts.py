@@ -10,7 +10,7 @@ from trl_vlprm.data.answers import grade
 from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Candidate
-from trl_vlprm.guidance.strategies import SearchConfig
+from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig
 from trl_vlprm.guidance.tts import (
     RandomScorer,
     TTSArguments,
@@ -174,3 +174,12 @@ def test_recipe_runs_the_testbed_config_and_resumes(tmp_path, capsys):
     with pytest.raises(ValueError, match="field 'settings'"):
         recipe.main(args, search)
     assert len(lines(out)) == 6 and summary.num_correct == correct
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "recipes" / "configs").glob("tts_*.yaml")), ids=lambda p: p.name)
+def test_configs_parse(config):
+    from trl import TrlParser
+
+    args, search = TrlParser((TTSArguments, SearchConfig)).parse_args_and_config(["--config", str(config)])
+    assert args.strategy in STRATEGIES and args.output_file.endswith(".jsonl")
+    assert args.step_separator.strip() == "" and search.n >= search.beam_width
