@@ -146,6 +146,8 @@ def test_helpers():
     assert last_boxed("\\boxed{cut off") is None
     assert answer_span("Step 1: look.\nThe answer is: **7**.") == "7"
     assert answer_span("first line\n\nlast line.\n") == "last line"
+    assert answer_span("So \\boxed{x = 12}") == "12" and answer_span("Answer: y = 2x + 1") == "y = 2x + 1"
+    assert extract_answer("The answer is x = 3/4") == extract_answer("The answer is 0.75") == "0.75"
     assert parse_number("\\frac{-1}{4}") == (-0.25, False)
     assert parse_number("50\\%") == (50.0, True)
     assert format_number(3.0) == "3" and format_number(0.1 + 0.2) == "0.3"

@@ -60,7 +60,7 @@ def answer_span(text: str) -> str:
     """The part of a solution that states the final answer (see the module docstring for the order tried)."""
     boxed = last_boxed(text)
     if boxed is not None:
-        return boxed.strip()
+        return _strip_decoration(boxed)
     matches = list(_MARKER.finditer(text))
     for match in reversed(matches):
         rest = text[match.end() :].split("\n", 1)[0].strip()
@@ -75,6 +75,10 @@ def _strip_decoration(span: str) -> str:
     while span != previous:  # "**7**." -> "7": markdown, dollars and the full stop come in any order
         previous = span
         span = re.sub(r"^\$+|\$+$", "", span.strip().strip("*").strip()).strip().rstrip(".")
+    # "x = 12" states the number 12: keep the value so it votes with a bare "12" (equations with unknowns stay).
+    assignment = re.fullmatch(r"[A-Za-z]\w{0,10}\s*=\s*(.+)", span.strip())
+    if assignment and _reads_as_number(assignment.group(1)):
+        return assignment.group(1).strip()
     return span.strip()
 
 
