@@ -190,3 +190,17 @@ def test_build_from_spec_gives_config_defaults_to_model_backends_only():
     assert seen["scripted"] == ([], {"perception_error_rate": 0.1}, 3)
     with pytest.raises(ValueError, match="policy spec 'sglang:x': unknown kind 'sglang'"):
         build_from_spec("sglang:x", builders, 0, "policy")
+
+
+def test_run_sweep_builds_a_policy_only_when_something_is_left_to_sample(tmp_path, puzzles):
+    built = []
+
+    def factory():
+        built.append(1)
+        return ScriptedPolicy(seed=0)
+
+    scorers = {"oracle": GoldOracleScorer()}
+    first = run_sweep({"testbed": puzzles}, {"p": factory}, scorers, ["majority"], [1, 2], tmp_path, 2)
+    again = run_sweep({"testbed": puzzles}, {"p": factory}, scorers, ["majority"], [1, 2], tmp_path, 2)
+    assert len(built) == 1 and first == again
+    assert [row["n"] for row in first] == [1, 2] and {row["num_questions"] for row in first} == {24}
