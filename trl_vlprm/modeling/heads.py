@@ -1,0 +1,154 @@
+"""PRM heads on vision-language (and text) backbones.
+
+Two heads, chosen by `VLPRMConfig.head`:
+
+- **value**: a linear classifier on every token's last hidden state (`num_labels=2` for hard labels, 1 for soft
+  labels); the step score is read at each step's last token. transformers has no token-classification class for
+  Qwen2-VL/Qwen2.5-VL, so this module defines them on transformers' generic token-classification mixin and
+  registers them with `AutoModelForTokenClassification`.
+- **generative**: the backbone's own LM head; the step score is P("+") / (P("+") + P("-")) of the next token at each
+  step's last token. No new weights, so it keeps the VLM's language prior (the paper's VL-PRMs are generative).
+
+Both save with `save_pretrained`; `load_prm` loads either and *checks the load report*: a head class without a
+checkpoint-key conversion would otherwise leave the backbone randomly initialised without a word.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoModelForTokenClassification,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2VLConfig,
+)
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+from transformers.modeling_layers import GenericForTokenClassification
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
+
+HEADS = ("value", "generative")
+POSITIVE_TOKEN = "+"
+NEGATIVE_TOKEN = "-"
+VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+class Qwen2VLForTokenClassification(GenericForTokenClassification, Qwen2VLPreTrainedModel):
+    """Qwen2-VL backbone + per-token classifier (`score`): the value-head VL-PRM."""
+
+    config_class = Qwen2VLConfig
+
+
+class Qwen2_5_VLForTokenClassification(GenericForTokenClassification, Qwen2_5_VLPreTrainedModel):
+    """Qwen2.5-VL backbone + per-token classifier (`score`): the value-head VL-PRM."""
+
+    config_class = Qwen2_5_VLConfig
+
+
+VALUE_HEAD_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "qwen2_vl": Qwen2VLForTokenClassification,
+    "qwen2_5_vl": Qwen2_5_VLForTokenClassification,
+}
+
+# Hub Qwen-VL checkpoints store `visual.*` and `model.layers.*`; transformers 5 modules live under
+# `model.visual` / `model.language_model`. Same renaming transformers registers for the generation class.
+_LEGACY_QWEN_VL_KEYS = [
+    (r"^visual", "model.visual"),
+    (r"^model(?!\.(language_model|visual))", "model.language_model"),
+]
+for _cls in VALUE_HEAD_CLASSES.values():
+    register_checkpoint_conversion_mapping(
+        _cls.__name__, [WeightRenaming(source, target) for source, target in _LEGACY_QWEN_VL_KEYS], overwrite=True
+    )
+AutoModelForTokenClassification.register(Qwen2VLConfig, Qwen2VLForTokenClassification, exist_ok=True)
+AutoModelForTokenClassification.register(Qwen2_5_VLConfig, Qwen2_5_VLForTokenClassification, exist_ok=True)
+
+
+class BackboneNotLoadedError(RuntimeError):
+    """Raised when `from_pretrained` left backbone weights at random initialisation."""
+
+
+def _model_class(model_type: str, head: str):
+    if head == "value":
+        return VALUE_HEAD_CLASSES.get(model_type, AutoModelForTokenClassification)
+    return AutoModelForImageTextToText if model_type in VL_MODEL_TYPES else AutoModelForCausalLM
+
+
+def _head_keys(head: str) -> tuple[str, ...]:
+    # Weights a freshly added head legitimately lacks; anything else missing means the backbone did not load.
+    return ("score.",) if head == "value" else ()
+
+
+def load_prm(
+    path: str | Path,
+    head: str | None = None,
+    num_labels: int = 2,
+    dtype: torch.dtype | str | None = None,
+    **kwargs,
+) -> PreTrainedModel:
+    """Load a PRM (or a base VLM to turn into one) from a local folder.
+
+    Args:
+        path: a checkpoint folder: a trained PRM (its config records `prm_head`) or a base model.
+        head: "value" or "generative"; defaults to the head recorded in the checkpoint, else "value".
+        num_labels: classes of a new value head (2 for hard labels, 1 for soft labels); ignored when the
+            checkpoint already is a value-head PRM.
+        dtype: parameter dtype (e.g. "bfloat16" on GPUs); default float32.
+        **kwargs: passed to `from_pretrained` (e.g. `attn_implementation`).
+
+    Raises:
+        BackboneNotLoadedError: a backbone tensor was missing from the checkpoint (it would stay random).
+    """
+    config = AutoConfig.from_pretrained(path)
+    head = head or getattr(config, "prm_head", None) or "value"
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if head == "value" and getattr(config, "prm_head", None) != "value":
+        config.num_labels = num_labels
+    model_class = _model_class(config.model_type, head)
+    model, info = model_class.from_pretrained(
+        path, config=config, dtype=dtype, output_loading_info=True, **kwargs
+    )
+    missing = [k for k in info["missing_keys"] if not k.startswith(_head_keys(head))]
+    if missing:
+        raise BackboneNotLoadedError(
+            f"{len(missing)} backbone tensor(s) were not found in {path} and would stay random, e.g. {missing[:3]}"
+        )
+    model.config.prm_head = head
+    return model
+
+
+def prm_token_ids(tokenizer) -> tuple[int, int]:
+    """Ids of the single tokens "+" (step correct) and "-" (step wrong) the generative head reads."""
+    ids = []
+    for token in (POSITIVE_TOKEN, NEGATIVE_TOKEN):
+        encoded = tokenizer.encode(token, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(f"the generative head needs {token!r} to be one token; the tokenizer gives {encoded}")
+        ids.append(encoded[0])
+    return ids[0], ids[1]
+
+
+def step_logits(logits: torch.Tensor, head: str, token_ids: tuple[int, int] | None = None) -> torch.Tensor:
+    """Per-token logits of the PRM's classes: [..., 2] (wrong, correct) or [..., 1] (soft value head).
+
+    For the generative head, class logits are the LM logits of "-" and "+": a 2-way softmax over them is
+    P(correct) among the two verdict tokens.
+    """
+    if head == "generative":
+        positive, negative = token_ids
+        return torch.stack([logits[..., negative], logits[..., positive]], dim=-1)
+    return logits
+
+
+def correct_probability(class_logits: torch.Tensor) -> torch.Tensor:
+    """P(step correct) from class logits: sigmoid for one class, softmax's class 1 for two."""
+    if class_logits.shape[-1] == 1:
+        return torch.sigmoid(class_logits[..., 0].float())
+    return torch.softmax(class_logits.float(), dim=-1)[..., 1]
