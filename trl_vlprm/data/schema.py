@@ -26,9 +26,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -76,7 +78,10 @@ def load_image(image: Any, row: int | str = "?", field: str = "images") -> Image
             else:
                 raise ValueError("image has neither bytes nor path")
         if isinstance(image, (bytes, bytearray)):
-            pil = Image.open(io.BytesIO(image))
+            try:
+                pil = Image.open(io.BytesIO(image))
+            except Image.UnidentifiedImageError:  # PIL's message names the BytesIO object's memory address
+                raise ValueError(f"{len(image)} bytes in no known image format") from None
         elif isinstance(image, str):
             pil = Image.open(image)
         else:
@@ -143,9 +148,9 @@ def validate_record(record: Mapping[str, Any], row: int | str = "?", check_image
     if len(labels) != len(completions):
         raise RecordError(row, "labels", f"{len(labels)} label(s) for {len(completions)} step(s)")
     for i, label in enumerate(labels):
-        if isinstance(label, bool):
+        if isinstance(label, (bool, np.bool_)):
             continue
-        if not isinstance(label, (int, float)) or math.isnan(label) or not 0.0 <= float(label) <= 1.0:
+        if not isinstance(label, numbers.Real) or math.isnan(label) or not 0.0 <= float(label) <= 1.0:
             raise RecordError(row, "labels", f"label {i} is {label!r}; expected a bool or a float in [0, 1]")
 
     step_types = record.get("step_types")
@@ -173,7 +178,8 @@ def is_soft(labels: Sequence[Any]) -> bool:
 
 def stepwise_features(with_types: bool = True, soft_labels: bool = False):
     """`datasets.Features` of a stepwise-supervision record with a string prompt and an Image feature."""
-    from datasets import Features, Image as ImageFeature, List, Value
+    from datasets import Features, List, Value
+    from datasets import Image as ImageFeature
 
     features = {
         "id": Value("string"),
