@@ -112,9 +112,7 @@ def load_prm(
     if head == "value" and getattr(config, "prm_head", None) != "value":
         config.num_labels = num_labels
     model_class = _model_class(config.model_type, head)
-    model, info = model_class.from_pretrained(
-        path, config=config, dtype=dtype, output_loading_info=True, **kwargs
-    )
+    model, info = model_class.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True, **kwargs)
     missing = [k for k in info["missing_keys"] if not k.startswith(_head_keys(head))]
     if missing:
         raise BackboneNotLoadedError(

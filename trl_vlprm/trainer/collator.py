@@ -1,0 +1,70 @@
+"""Batch tokenized PRM rows: pad the text side, compute and concatenate the pixels of every image."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trl_vlprm.data.schema import load_image
+from trl_vlprm.modeling.processor import get_tokenizer
+from trl_vlprm.trainer.tokenization import IGNORE_INDEX, is_vision_processor
+
+
+def pad_right(sequences: Sequence[Sequence[Any]], value: float, dtype: torch.dtype) -> torch.Tensor:
+    """Right-pad lists to one tensor [batch, longest]."""
+    longest = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), longest), value, dtype=dtype)
+    for i, s in enumerate(sequences):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=dtype)
+    return out
+
+
+@dataclass
+class DataCollatorForVLPRM:
+    """Collate rows made by `tokenize_row`.
+
+    Pads `input_ids` (pad token), `attention_mask`, `labels` and `step_type_ids` (-100) and `mm_token_type_ids` (0);
+    runs the image processor on the rows' images and concatenates `pixel_values` and `image_grid_thw` in row order
+    (the layout Qwen-VL models expect). `mm_token_type_ids` must reach the model: without it Qwen-VL silently falls
+    back to 1-D positions.
+
+    Args:
+        processing_class: the tokenizer or image-only processor used for tokenization.
+    """
+
+    processing_class: Any
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        tokenizer = get_tokenizer(self.processing_class)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        input_ids = [row["input_ids"] for row in rows]
+        batch = {
+            "input_ids": pad_right(input_ids, pad_id, torch.long),
+            "attention_mask": pad_right([[1] * len(ids) for ids in input_ids], 0, torch.long),
+            "labels": pad_right([row["labels"] for row in rows], IGNORE_INDEX, torch.float),
+            "step_type_ids": pad_right([row["step_type_ids"] for row in rows], IGNORE_INDEX, torch.long),
+        }
+        if not is_vision_processor(self.processing_class):
+            return batch
+        batch["mm_token_type_ids"] = pad_right(
+            [row.get("mm_token_type_ids") or [0] * len(row["input_ids"]) for row in rows], 0, torch.long
+        )
+        images = [
+            load_image(image, row.get("id", i)) for i, row in enumerate(rows) for image in row.get("images") or []
+        ]
+        if images:
+            pixels = self.processing_class.image_processor(images=images, return_tensors="pt")
+            batch["pixel_values"] = pixels["pixel_values"]
+            batch["image_grid_thw"] = pixels["image_grid_thw"]
+            merge = self.processing_class.image_processor.merge_size
+            expected = int((pixels["image_grid_thw"].prod(dim=-1) // (merge * merge)).sum())
+            found = int(batch["mm_token_type_ids"].sum())
+            if expected != found:  # only if the image processor changed between tokenization and collation
+                raise ValueError(
+                    f"the batch has {found} image tokens but its images give {expected}: re-tokenize the dataset "
+                    "with the current image processor settings (min_pixels/max_pixels)"
+                )
+        return batch
