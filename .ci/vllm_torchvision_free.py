@@ -53,11 +53,14 @@ def _drop_video_slot(processor_class) -> None:
 
 
 class _AliasLoader(importlib.abc.Loader):
+    """Fills the torchvision module's name with the public names of its PIL twin."""
+
     def create_module(self, spec):
-        return importlib.import_module(_PIL_MODULE)
+        return None  # a plain new module
 
     def exec_module(self, module):
-        pass
+        twin = importlib.import_module(_PIL_MODULE)
+        module.__dict__.update({k: v for k, v in vars(twin).items() if not k.startswith("__")})
 
 
 class _PatchAfterLoad(importlib.abc.Loader):
@@ -77,18 +80,21 @@ class _TorchvisionFreeFinder(importlib.abc.MetaPathFinder):
         if name == _TORCHVISION_MODULE:
             return importlib.util.spec_from_loader(name, _AliasLoader())
         if name in _PROCESSOR_MODULES:
-            spec = next(
-                (s for f in sys.meta_path if f is not self for s in [_find(f, name, path, target)] if s), None
-            )
+            spec = _find_elsewhere(self, name, path, target)
             if spec is not None and spec.loader is not None:
                 spec.loader = _PatchAfterLoad(spec.loader, _PROCESSOR_MODULES[name])
             return spec
         return None
 
 
-def _find(finder, name, path, target):
-    find_spec = getattr(finder, "find_spec", None)
-    return find_spec(name, path, target) if find_spec else None
+def _find_elsewhere(this_finder, name, path, target):
+    """The spec the other finders give `name` (the module as transformers ships it)."""
+    for finder in sys.meta_path:
+        if finder is not this_finder and hasattr(finder, "find_spec"):
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                return spec
+    return None
 
 
 if importlib.util.find_spec("torchvision") is None and not any(

@@ -84,6 +84,7 @@ ENGINE_KWARGS = {
     "kv_cache_memory_bytes": 32 << 20,
     "max_num_seqs": 8,
     "seed": 0,
+    "disable_log_stats": False,  # keeps the prefix-cache counters
 }
 
 
@@ -178,3 +179,30 @@ def test_greedy_samples_are_identical(policy, question):
     assert [s.steps for s in solutions] == [solutions[0].steps] * 3
     assert solutions[0].num_tokens > 0 and solutions[1].num_tokens == 0  # generated once, counted once
     assert greedy.complete(question, [], 1)[0].steps == solutions[0].steps
+
+
+def prefix_cache_counters(llm) -> tuple[int, int]:
+    values = {m.name: m.value for m in llm.get_metrics() if m.name.startswith("vllm:prefix_cache_")}
+    return values["vllm:prefix_cache_queries"], values["vllm:prefix_cache_hits"]
+
+
+@needs_vllm
+def test_next_call_on_the_question_reuses_its_cached_blocks(policy):
+    long_question = {
+        "id": "q9",
+        "prompt": "<image>" + "How many circles are there in the grid? " * 30,
+        "images": [Image.new("RGB", (64, 48), "blue")],
+    }
+    block_size = policy.llm.llm_engine.vllm_config.cache_config.block_size
+    first = with_settings(policy)
+    first.sample_next_steps(long_question, [], 4)
+    queries, hits = prefix_cache_counters(policy.llm)
+    first.sample_next_steps(long_question, ["Count the circles."], 4)
+    new_queries, new_hits = prefix_cache_counters(policy.llm)
+    # The prompt of the first call, image expanded: its full blocks (all but the last token) are cached.
+    (output,) = policy.llm.generate([first.build_request(long_question, [])], first.sampling_params(1, 1, True))
+    shared_blocks = (len(output.prompt_token_ids) - 1) // block_size
+    assert shared_blocks >= 2
+    second_prompt = first.processor.tokenizer(first.build_request(long_question, ["Count the circles."])["prompt"])
+    assert new_queries - queries == 4 * (len(second_prompt["input_ids"]) + 3)  # every sample looks its prompt up
+    assert new_hits - hits == 4 * shared_blocks * block_size  # and finds the question's blocks already there
