@@ -288,4 +288,3 @@ class PRMScorer:
     def clear_cache(self) -> None:
         """Drop the kept prefix cache (frees its memory)."""
         self._cached_prefix = None
-
