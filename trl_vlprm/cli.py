@@ -46,7 +46,13 @@ def _puzzles(args: argparse.Namespace) -> int:
     from trl_vlprm.data.puzzles import FAMILIES, generate_puzzles
 
     families = args.families.split(",") if args.families else None
-    dataset = generate_puzzles(args.n, seed=args.seed, families=families, image_size=args.image_size)
+    if args.solutions > 0:
+        from trl_vlprm.data.puzzles import sample_supervision
+
+        dataset = sample_supervision(args.n, args.solutions, args.perception_error_rate, args.reasoning_error_rate,
+                                     args.seed, families, args.image_size)
+    else:
+        dataset = generate_puzzles(args.n, seed=args.seed, families=families, image_size=args.image_size)
     out = write_dataset(dataset, args.out)
     counts = {name: dataset["category"].count(name) for name in (families or FAMILIES)}
     print(f"wrote {len(dataset)} puzzles ({counts}) to {out}")
@@ -62,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     puzzles.add_argument("--out", required=True, help="a .parquet file, or a folder for datasets.save_to_disk")
     puzzles.add_argument("--families", default=None, help="comma-separated family names (default: all)")
     puzzles.add_argument("--image-size", type=int, default=168, help="image side in pixels")
+    puzzles.add_argument("--solutions", type=int, default=0,
+                         help="sample this many scripted-policy solutions per puzzle, labelled by their gold step "
+                              "correctness (0: write the gold solutions)")
+    puzzles.add_argument("--perception-error-rate", type=float, default=0.3, help="with --solutions")
+    puzzles.add_argument("--reasoning-error-rate", type=float, default=0.3, help="with --solutions")
     puzzles.set_defaults(func=_puzzles)
     sub.add_parser("label", help="build step labels (arguments go to trl_vlprm.labeling.builder.main)",
                    add_help=False)

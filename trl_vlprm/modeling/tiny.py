@@ -192,3 +192,19 @@ def build_tiny_text_prm(output_dir: str | Path, seed: int = 0, hidden_size: int 
     Qwen2ForTokenClassification(config).save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m trl_vlprm.modeling.tiny OUT [--arch qwen2_vl|qwen2_5_vl] [--seed 0]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a tiny random Qwen-VL checkpoint (offline).")
+    parser.add_argument("output_dir")
+    parser.add_argument("--arch", default="qwen2_vl", choices=["qwen2_vl", "qwen2_5_vl"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(build_tiny_vlm(args.output_dir, arch=args.arch, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()

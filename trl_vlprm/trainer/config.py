@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -49,6 +51,13 @@ class VLPRMConfig(TrainingArguments):
         max_pixels (`int` or `None`, *optional*, defaults to `None`):
             Override the image processor's maximum image area; bounds image tokens per image and so memory.
 
+    Model loading (when `VLPRMTrainer` gets a path):
+
+    Args:
+        model_init_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            Keyword arguments for `load_prm` / `from_pretrained` (e.g. `{"dtype": "bfloat16",
+            "attn_implementation": "flash_attention_2"}`).
+
     Defaults that differ from `TrainingArguments`: `remove_unused_columns=False` (the Trainer would drop
     `pixel_values`), `logging_steps=10`, `report_to="none"`, and `bf16=False` (TRL's `PRMConfig` defaulted to bf16,
     which fails on CPUs; set it on GPUs).
@@ -65,11 +74,14 @@ class VLPRMConfig(TrainingArguments):
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Freeze the vision encoder."})
     min_pixels: int | None = field(default=None, metadata={"help": "Image processor minimum area."})
     max_pixels: int | None = field(default=None, metadata={"help": "Image processor maximum area."})
+    model_init_kwargs: dict[str, Any] | str | None = field(default=None, metadata={"help": "Kwargs for load_prm."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep image columns (must stay False)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Integrations to report to."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     def __post_init__(self):
+        if isinstance(self.model_init_kwargs, str):  # from the command line
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.perception_loss_weight < 0:

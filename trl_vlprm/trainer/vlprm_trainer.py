@@ -81,7 +81,8 @@ class VLPRMTrainer(Trainer):
             raise ValueError("`train_dataset` is required")
         if isinstance(model, str):
             processing_class = processing_class or load_processor(model, args.min_pixels, args.max_pixels)
-            model = load_prm(model, head=args.head, num_labels=1 if _has_soft_labels(train_dataset) else 2)
+            num_labels = 1 if _has_soft_labels(train_dataset) else 2
+            model = load_prm(model, head=args.head, num_labels=num_labels, **(args.model_init_kwargs or {}))
         if processing_class is None:
             raise ValueError("`processing_class` is required when `model` is not a path")
         self.head = args.head

@@ -11,6 +11,7 @@ from .generator import (
     read_metadata,
 )
 from .scripted_policy import GoldOracleScorer, ScriptedPolicy
+from .supervision import sample_supervision
 
 __all__ = [
     "FAMILIES",
@@ -23,4 +24,5 @@ __all__ = [
     "parse_answer_step",
     "puzzle_features",
     "read_metadata",
+    "sample_supervision",
 ]
