@@ -9,8 +9,12 @@ would. `PRMScorer.score` runs the vision tower and the prefix once and the candi
 timed from a cold prefix cache on the same model in the same run; both score lists must agree to 1e-5.
 
 Columns: `bound` is the ideal speedup if cost were proportional to unique tokens, `N (P + S) / (P + N S)` with P the
-prefix tokens and S the mean suffix tokens (the unique-token fraction is its inverse); `ratio` is measured. The tiny
-model's vision tower is far cheaper per image token than a real one, so real VL-PRMs sit closer to the bound.
+prefix tokens and S the mean suffix tokens (the unique-token fraction is its inverse); `ratio` is measured against
+the plain baseline and against batched full forwards without prefix sharing (image and prefix repeated in every
+row), which separates the gain of sharing from the gain of batching. The measured ratio can exceed the bound: the
+bound counts language-model tokens, but the vision tower runs on `merge_size^2` (4) patches per image token and
+attention is quadratic in length, so the prefix costs more than its share of tokens, and fewer, larger calls also
+amortise per-call overhead, which dominates a tiny model.
 """
 
 from __future__ import annotations
