@@ -183,3 +183,22 @@ def test_configs_parse(config):
     args, search = TrlParser((TTSArguments, SearchConfig)).parse_args_and_config(["--config", str(config)])
     assert args.strategy in STRATEGIES and args.output_file.endswith(".jsonl")
     assert args.step_separator.strip() == "" and search.n >= search.beam_width
+
+
+def test_prm_scorer_guides_a_run(tmp_path, puzzles):
+    from trl_vlprm.guidance.scorer import PRMScorer
+    from trl_vlprm.modeling.tiny import build_tiny_vlm
+
+    prm_dir = build_tiny_vlm(tmp_path / "prm", arch="qwen2_vl", seed=0)  # a random value-head PRM: wiring, not skill
+    args = TTSArguments(scorer="prm", prm_model_path=str(prm_dir), prm_batch_size=4)
+    scorer = build_scorer(args)
+    assert isinstance(scorer, PRMScorer) and scorer.batch_size == 4
+    out = tmp_path / "prm.jsonl"
+    config = SearchConfig(n=4, aggregation="min")
+    summary = run_tts(puzzles[:3], "best_of_n", policy(), scorer, config, out, show_progress=False)
+    assert summary.num_run == 3
+    for record in lines(out):
+        scores = [c["step_scores"] for c in record["candidates"]]
+        assert [len(s) for s in scores] == [3] * 4 and all(0.0 <= x <= 1.0 for s in scores for x in s)
+        assert record["candidate_scores"] == [min(s) for s in scores]
+        assert record["chosen"] == record["candidate_scores"].index(max(record["candidate_scores"]))

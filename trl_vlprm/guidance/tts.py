@@ -209,7 +209,10 @@ class TTSArguments:
         scorer: "prm" (a trained PRM), "oracle" (testbed gold step correctness), "random" (no-information control) or
             "none" (greedy and majority only).
         prm_model_path: local folder of the PRM (scorer "prm").
-        step_separator: text ending a step, shared by the policy and the PRM.
+        prm_step_separator: separator the PRM puts after each step; None: the one it was trained with. Independent of
+            the policy's `step_separator` (steps reach the PRM as a list).
+        prm_batch_size: candidates per PRM forward pass.
+        step_separator: text ending a step in the policy's output.
         temperature: policy sampling temperature (0 = greedy decoding).
         top_p: policy nucleus sampling threshold.
         max_new_tokens: token budget of a full solution.
@@ -229,6 +232,8 @@ class TTSArguments:
     policy_model_path: str | None = None
     scorer: str = "oracle"
     prm_model_path: str | None = None
+    prm_step_separator: str | None = None
+    prm_batch_size: int = 16
     step_separator: str = "\n\n"
     temperature: float = 0.7
     top_p: float = 1.0
@@ -305,10 +310,14 @@ def build_scorer(args: TTSArguments) -> StepScorer | None:
         return GoldOracleScorer()
     from trl_vlprm.guidance.scorer import PRMScorer
 
-    return PRMScorer.from_pretrained(args.prm_model_path, step_separator=args.step_separator)
+    # prm_step_separator None: the PRM scores with the separator it was trained on, whatever the policy's is.
+    return PRMScorer.from_pretrained(
+        args.prm_model_path, step_separator=args.prm_step_separator, batch_size=args.prm_batch_size
+    )
 
 
 def run_tags(args: TTSArguments) -> dict[str, Any]:
     """The parts of `args` that change results, so a resumed run into the same file must use the same ones."""
-    keys = ("dataset", "policy", "policy_model_path", "scorer", "prm_model_path", "step_separator", "temperature")
+    keys = ("dataset", "policy", "policy_model_path", "scorer", "prm_model_path", "prm_step_separator")
+    keys += ("step_separator", "temperature")
     return {key: getattr(args, key) for key in keys}
