@@ -1,0 +1,25 @@
+"""Session-wide fixtures: a tiny Qwen2-VL checkpoint and a small stepwise-supervision dataset, built once, offline."""
+
+from pathlib import Path
+
+import pytest
+
+from trl_vlprm.data.puzzles.supervision import sample_supervision
+from trl_vlprm.modeling.tiny import build_tiny_vlm
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl_path(tmp_path_factory) -> Path:
+    """A tiny random Qwen2-VL checkpoint folder (model, tokenizer, image processor), seed 0."""
+    return build_tiny_vlm(tmp_path_factory.mktemp("session_tiny") / "qwen2_vl", arch="qwen2_vl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_supervision_path(tmp_path_factory) -> Path:
+    """32 puzzle-testbed rows (8 puzzles x 4 scripted solutions, gold step labels), saved with `save_to_disk`.
+
+    Images are 112 px, the tiny processor's maximum, so each row holds 16 image tokens.
+    """
+    path = tmp_path_factory.mktemp("session_data") / "supervision32"
+    sample_supervision(num_puzzles=8, solutions_per_puzzle=4, seed=0, image_size=112).save_to_disk(str(path))
+    return path
