@@ -191,7 +191,7 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         label: (lambda spec=spec: build_from_spec(spec, POLICY_BUILDERS, config.seed, "policy", policy_defaults))
         for label, spec in map(split_label, config.policies)
     }
-    scorer_defaults = {"step_separator": config.step_separator}
+    scorer_defaults = {}  # a PRM scores with the separator it was trained on (a spec may override it)
     scorers = {
         label: build_from_spec(spec, SCORER_BUILDERS, config.seed, "scorer", scorer_defaults)
         for label, spec in map(split_label, config.scorers)
