@@ -73,6 +73,9 @@ def main(script_args: PRMScriptArguments, training_args: VLPRMConfig, model_args
     if eval_dataset is not None:
         trainer.log_metrics("eval", trainer.evaluate())
     trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        print(f"world_size={trainer.accelerator.num_processes}")
+    trainer.accelerator.wait_for_everyone()  # ranks leave together: a rank exiting mid-save can abort its peers
     return trainer
 
 
