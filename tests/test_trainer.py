@@ -310,3 +310,14 @@ def test_text_rows_match_trl_113_prm_tokenization(tiny_text, bos):
                 ours = tokenize_row(row, tokenizer, separator, max_length=1024, train_on_last_step_only=last_only)
                 assert ours["input_ids"] == theirs["input_ids"]
                 assert ours["labels"] == [float(x) for x in theirs["labels"]]
+
+
+def test_rows_truncated_to_no_step_are_removed_and_logged(tiny_vlm, tmp_path, caplog):
+    rows = colour_rows(3).to_list()
+    rows[1]["completions"] = ["word " * 200, "The square is red."]
+    data = Dataset.from_list(rows, features=stepwise_features())
+    with caplog.at_level("WARNING", logger="trl_vlprm.trainer.vlprm_trainer"):
+        trainer = VLPRMTrainer(str(tiny_vlm), make_args(tmp_path, max_length=80), train_dataset=data)
+    assert trainer.train_dataset["id"] == ["c0", "c2"]
+    assert "2 trailing step(s) did not fit max_length=80" in caplog.text
+    assert "1 row(s) kept no labelled step after truncation and are removed" in caplog.text

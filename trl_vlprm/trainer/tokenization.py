@@ -132,7 +132,8 @@ def tokenize_row(
 
     Returns:
         `input_ids`, `labels` (float: 0/1 or soft, -100 off step ends), `step_type_ids` (per token, -100 off step
-        ends), `mm_token_type_ids` (vision rows), `num_steps_dropped` (trailing steps cut by truncation).
+        ends), `mm_token_type_ids` (vision rows), `num_steps_dropped` (trailing steps cut by truncation),
+        `num_labels` (labelled positions left).
 
     Raises:
         RecordError: the prompt alone (with its image tokens) exceeds `max_length`.
@@ -174,6 +175,7 @@ def tokenize_row(
         "labels": token_labels,
         "step_type_ids": [IGNORE_INDEX] * len(prompt_ids) + token_types,
         "num_steps_dropped": len(labels) - kept,
+        "num_labels": sum(label != IGNORE_INDEX for label in token_labels),
     }
     if prompt.mm_token_type_ids is not None:
         out["mm_token_type_ids"] = prompt.mm_token_type_ids + [0] * used

@@ -131,6 +131,7 @@ class VLPRMTrainer(Trainer):
             labels=List(Value("float32")),
             step_type_ids=List(Value("int64")),
             num_steps_dropped=Value("int64"),
+            num_labels=Value("int64"),
         )
         if is_vision_processor(processing_class):
             features["mm_token_type_ids"] = List(Value("int64"))
@@ -154,17 +155,14 @@ class VLPRMTrainer(Trainer):
                 args.max_length,
                 args.max_completion_length,
             )
-        empty = [i for i, labels in enumerate(tokenized["labels"]) if all(x == IGNORE_INDEX for x in labels)]
-        if empty:
+        labelled = tokenized.filter(lambda n: n > 0, input_columns="num_labels", num_proc=args.dataset_num_proc)
+        if len(labelled) < len(tokenized):
             logger.warning(
-                "%s dataset: %d row(s) kept no labelled step after truncation and are removed: %s",
+                "%s dataset: %d row(s) kept no labelled step after truncation and are removed",
                 name,
-                len(empty),
-                empty[:10],
+                len(tokenized) - len(labelled),
             )
-            keep = sorted(set(range(len(tokenized))) - set(empty))
-            tokenized = tokenized.select(keep)
-        return tokenized.remove_columns("num_steps_dropped")
+        return labelled.remove_columns(["num_steps_dropped", "num_labels"])
 
     def _class_logits(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         outputs = model(**inputs, use_cache=False)
