@@ -17,11 +17,11 @@ their perception/reasoning perturbations).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trl_vlprm.data.puzzlevqa import read_jsonl
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, STEP_TYPES, RecordError
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 
@@ -111,16 +111,10 @@ def load_visual_process_bench(source: str, split: str = "test", image_root: str 
     path = Path(source)
     if path.is_file():
         root = Path(image_root) if image_root else path.parent
-        records = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{number}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(where, "<line>", f"not JSON ({err.msg})") from err
-            records.append(visual_process_bench_record(raw, where, root))
+        records = [
+            visual_process_bench_record(raw, f"{path.name}:{number}", root)
+            for number, raw in read_jsonl(path, required=())
+        ]
         return _to_dataset(records)
     from datasets import load_dataset
 
