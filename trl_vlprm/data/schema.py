@@ -125,9 +125,7 @@ def validate_record(record: Mapping[str, Any], row: int | str = "?", check_image
             load_image(image, row, f"images[{i}]")
     slots = count_image_placeholders(record["prompt"])
     if slots != len(images):
-        raise RecordError(
-            row, "images", f"{len(images)} image(s) but {slots} image placeholder(s) in the prompt"
-        )
+        raise RecordError(row, "images", f"{len(images)} image(s) but {slots} image placeholder(s) in the prompt")
 
     completions = record.get("completions")
     if completions is None or len(completions) == 0:
@@ -176,21 +174,28 @@ def is_soft(labels: Sequence[Any]) -> bool:
     return any(not isinstance(x, bool) and float(x) not in (0.0, 1.0) for x in labels)
 
 
-def stepwise_features(with_types: bool = True, soft_labels: bool = False):
-    """`datasets.Features` of a stepwise-supervision record with a string prompt and an Image feature."""
-    from datasets import Features, List, Value
+def question_columns() -> dict[str, Any]:
+    """Feature of each column every record has, question or stepwise: id, prompt, images, answer, options, category."""
     from datasets import Image as ImageFeature
+    from datasets import List, Value
 
-    features = {
+    return {
         "id": Value("string"),
         "prompt": Value("string"),
         "images": List(ImageFeature()),
-        "completions": List(Value("string")),
-        "labels": List(Value("float32") if soft_labels else Value("bool")),
         "answer": Value("string"),
         "options": List(Value("string")),
         "category": Value("string"),
     }
+
+
+def stepwise_features(with_types: bool = True, soft_labels: bool = False):
+    """`datasets.Features` of a stepwise-supervision record with a string prompt and an Image feature."""
+    from datasets import Features, List, Value
+
+    features = question_columns()
+    features["completions"] = List(Value("string"))
+    features["labels"] = List(Value("float32") if soft_labels else Value("bool"))
     if with_types:
         features["step_types"] = List(Value("string"))
     return Features(features)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from trl_vlprm.data.puzzles.generator import OPTION_LETTERS
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, question_columns
 
 MMMU_SUBJECTS = (
     "Accounting", "Agriculture", "Architecture_and_Engineering", "Art", "Art_Theory", "Basic_Medical_Science",
@@ -38,20 +38,10 @@ MMMU_IMAGE_COLUMNS = tuple(f"image_{k}" for k in range(1, 8))
 
 
 def question_features():
-    """Features of an evaluation question record."""
-    from datasets import Features, Image, List, Value
+    """Features of an evaluation question record: the shared question columns plus its `answer_kind`."""
+    from datasets import Features, Value
 
-    return Features(
-        {
-            "id": Value("string"),
-            "prompt": Value("string"),
-            "images": List(Image()),
-            "answer": Value("string"),
-            "options": List(Value("string")),
-            "category": Value("string"),
-            "answer_kind": Value("string"),
-        }
-    )
+    return Features({**question_columns(), "answer_kind": Value("string")})
 
 
 def lettered_options(options: Sequence[str]) -> str:

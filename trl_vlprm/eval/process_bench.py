@@ -22,26 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from trl_vlprm.data.puzzlevqa import read_jsonl
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, STEP_TYPES, RecordError
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, STEP_TYPES, RecordError, question_columns
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 
 VERDICTS = (1, -1, 0)
 
 
 def process_bench_features():
-    from datasets import Features, Image, List, Value
+    """The shared question columns plus steps, per-step verdicts (1 / -1 / 0) and step types."""
+    from datasets import Features, List, Value
 
     return Features(
         {
-            "id": Value("string"),
-            "prompt": Value("string"),
-            "images": List(Image()),
-            "answer": Value("string"),
-            "options": List(Value("string")),
+            **question_columns(),
             "completions": List(Value("string")),
             "process_correctness": List(Value("int8")),
             "step_types": List(Value("string")),
-            "category": Value("string"),
         }
     )
 
