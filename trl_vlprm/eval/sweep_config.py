@@ -1,7 +1,10 @@
 """The `recipes/eval_tts.py` entry point: its config, the policy/scorer/benchmark specs it reads, and `run`.
 
 A spec is "kind:positional,key=value,..." (numbers converted), optionally labelled "label@kind:...": e.g.
-"qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120".
+"qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120". Labels name rows and sample
+files, so two benchmarks, policies or scorers with one label are refused. What a label stands for is pinned
+(`spec_pin`: the spec, the seed, the defaults it received, and the fingerprint of every model folder it names), so a
+rerun never reuses samples or scores made by something else under the same label.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from trl_vlprm.eval.tts_sweep import check_strategy, run_sweep
 from trl_vlprm.guidance.policy import Policy, StepScorer
+from trl_vlprm.utils.resume import path_fingerprint
 
 
 def split_label(spec: str) -> tuple[str, str]:
@@ -168,8 +172,36 @@ class EvalTTSConfig:
             raise ValueError(f"EvalTTSConfig.num_subsamples={self.num_subsamples}; must be >= 1")
 
 
+def spec_pin(spec: str, seed: int, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a spec builds, for resume checks: the spec, the seed, the defaults a model-backed kind receives, and the
+    `path_fingerprint` of every positional argument that is a file or folder (a model retrained in place differs)."""
+    kind, args, _ = parse_spec(spec)
+    return {
+        "spec": spec,
+        "seed": seed,
+        "defaults": dict(defaults or {}) if kind in MODEL_KINDS else {},
+        "files": {arg: path_fingerprint(arg) for arg in args if Path(arg).exists()},
+    }
+
+
+def labelled_specs(specs: list[str], what: str, name_of: Callable[[str], str] = lambda spec: spec) -> dict[str, str]:
+    """{label: spec} of "label@spec" entries (an unlabelled spec's label is `name_of(spec)`); one label per spec."""
+    labelled: dict[str, str] = {}
+    for entry in specs:
+        label, spec = split_label(entry)
+        if "@" not in entry.partition(":")[0]:
+            label = name_of(spec)
+        if label in labelled:
+            raise ValueError(
+                f"{what} specs {labelled[label]!r} and {spec!r} share the label {label!r}, so their rows and sample "
+                f"files would be one; label them, e.g. '{label}-a@{labelled[label]}'"
+            )
+        labelled[label] = spec
+    return labelled
+
+
 def load_benchmark_spec(spec: str):
-    """(label, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..]"."""
+    """(name, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..]"."""
     from trl_vlprm.eval.benchmarks import load_benchmark
 
     name, args, kwargs = parse_spec(spec)
@@ -185,20 +217,28 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     from trl_vlprm.eval.process_bench import load_process_bench_spec, score_process_bench
     from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
 
-    benchmarks = dict(load_benchmark_spec(spec) for spec in config.benchmarks)
+    benchmark_specs = labelled_specs(config.benchmarks, "benchmark", lambda spec: parse_spec(spec)[0])
+    benchmarks = {label: load_benchmark_spec(spec)[1] for label, spec in benchmark_specs.items()}
     policy_defaults = {"step_separator": config.step_separator, "system_prompt": config.system_prompt}
+    policy_specs = labelled_specs(config.policies, "policy")
     policies = {
         label: (lambda spec=spec: build_from_spec(spec, POLICY_BUILDERS, config.seed, "policy", policy_defaults))
-        for label, spec in map(split_label, config.policies)
+        for label, spec in policy_specs.items()
     }
     scorer_defaults = {}  # a PRM scores with the separator it was trained on (a spec may override it)
+    scorer_specs = labelled_specs(config.scorers, "scorer")
     scorers = {
         label: build_from_spec(spec, SCORER_BUILDERS, config.seed, "scorer", scorer_defaults)
-        for label, spec in map(split_label, config.scorers)
+        for label, spec in scorer_specs.items()
+    }
+    pins = {
+        "benchmarks": {label: {"spec": spec} for label, spec in benchmark_specs.items()},
+        "policies": {label: spec_pin(spec, config.seed, policy_defaults) for label, spec in policy_specs.items()},
+        "scorers": {label: spec_pin(spec, config.seed, scorer_defaults) for label, spec in scorer_specs.items()},
     }
     rows = run_sweep(
         benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
-        config.num_subsamples, config.seed, config.answer_kind,
+        config.num_subsamples, config.seed, config.answer_kind, pins,
     )  # fmt: skip
     write_tables(rows, config.output_dir)
     plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
