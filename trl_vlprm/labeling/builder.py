@@ -32,6 +32,7 @@ from trl_vlprm.labeling.labeler import BatchStats, label_batch
 from trl_vlprm.labeling.mc import MC_MODES, Grader, MCConfig
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
+    LegacyShardError,
     ShardError,
     ShardInfo,
     load_labelled,
@@ -209,6 +210,8 @@ def _trusted_shards(output_dir: Path) -> tuple[list[ShardInfo], int]:
         next_index = max(next_index, index + 1)
         try:
             trusted.append(verify_shard(path))
+        except LegacyShardError:
+            raise  # readable work of an older version: refuse rather than move it aside and pay for it again
         except ShardError as err:
             for bad in (path, path.with_suffix(".json")):
                 if bad.exists():
