@@ -146,22 +146,49 @@ class EvalTTSConfig:
         seed: seed of the policies, scorers and subsampling.
     """
 
-    benchmarks: list[str] = field(default_factory=lambda: ["testbed:0,limit=60"])
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["testbed:0,limit=60"],
+        metadata={
+            "help": "Benchmark specs 'name' or '[label@]name:source,split=...,limit=...'; labels must be unique."
+        },
+    )
     policies: list[str] = field(
-        default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"]
+        default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"],
+        metadata={"help": "Policy specs, optionally 'label@spec': scripted, vllm:<folder>,... or hf:<folder>,..."},
     )
-    scorers: list[str] = field(default_factory=lambda: ["oracle", "random"])
+    scorers: list[str] = field(
+        default_factory=lambda: ["oracle", "random"],
+        metadata={"help": "Step-scorer specs, optionally 'label@spec': prm:<folder>, oracle, random:seed=1, ..."},
+    )
     strategies: list[str] = field(
-        default_factory=lambda: ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
+        default_factory=lambda: [
+            "first",
+            "majority",
+            "best_of_n:min",
+            "best_of_n:last",
+            "weighted_vote:min",
+            "pass@n",
+        ],
+        metadata={"help": "Outcome-level strategies derived from the samples, e.g. majority, best_of_n:min, pass@n."},
     )
-    process_benches: list[str] = field(default_factory=list)
-    n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    num_subsamples: int = 4
-    step_separator: str = "\n\n"
-    system_prompt: str | None = None
-    answer_kind: str = "auto"
-    output_dir: str = "outputs/eval_tts"
-    seed: int = 0
+    process_benches: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Process-error benchmarks every scorer is also judged on (step F1); empty for none."},
+    )
+    n_values: list[int] = field(
+        default_factory=lambda: [1, 2, 4, 8, 16],
+        metadata={"help": "The N to report; max(n_values) solutions are sampled per question."},
+    )
+    num_subsamples: int = field(default=4, metadata={"help": "Random subsets of size N drawn per N."})
+    step_separator: str = field(default="\n\n", metadata={"help": "Text that ends a step, for model policies."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt of model policies, if any."})
+    answer_kind: str = field(
+        default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
+    )
+    output_dir: str = field(
+        default="outputs/eval_tts", metadata={"help": "Where samples, tables and plots go; rerunning resumes."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the policies, scorers and subsampling."})
 
     def __post_init__(self):
         for strategy in self.strategies:
