@@ -10,7 +10,7 @@ import pytest
 from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.sweep_config import SCORER_BUILDERS, EvalTTSConfig, run, spec_pin
-from trl_vlprm.eval.tts_sweep import sample_benchmark
+from trl_vlprm.eval.tts_sweep import run_sweep, sample_benchmark, samples_path
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, output_lock
 
 STRATEGIES = ["first", "best_of_n:min", "weighted_vote:min", "pass@n"]
@@ -102,3 +102,17 @@ def test_changed_questions_and_concurrent_writers_are_refused(tmp_path):
     with output_lock(path):
         with pytest.raises(OutputLockedError, match="another process"):
             sample_benchmark(questions[:2], ScriptedPolicy(seed=0), scorers, 2, path)
+
+
+def test_a_sweep_never_rewrites_a_samples_file_another_process_is_writing(tmp_path):
+    questions = list(generate_puzzles(4, seed=0, image_size=112))
+    scorers = {"s": SCORER_BUILDERS["oracle"]([], {}, 0)}
+    path = samples_path(tmp_path, "b", "p")
+    sample_benchmark(questions[:2], ScriptedPolicy(seed=0), scorers, 2, path)
+    with path.open("a") as f:
+        f.write('{"id": "half a line')  # the other process is mid-write
+    before = path.read_bytes()
+    with output_lock(path):
+        with pytest.raises(OutputLockedError):
+            run_sweep({"b": questions}, {"p": ScriptedPolicy(seed=0)}, scorers, ["majority"], [1], tmp_path)
+    assert path.read_bytes() == before

@@ -299,7 +299,7 @@ def run_sweep(
     for policy_name, policy in policies.items():
         for benchmark, questions in benchmarks.items():
             path = samples_path(output_dir, benchmark, policy_name)
-            done = {r["id"] for r in read_results(path)}
+            done = {r["id"] for r in read_results(path, repair=False)}  # a peek: the lock is taken to write
             if callable(policy) and not isinstance(policy, Policy):
                 if any(str(q.get("id", "?")) not in done for q in questions):
                     policy = policy()

@@ -61,10 +61,11 @@ class TTSSummary:
         return self.num_correct / self.num_questions if self.num_questions else 0.0
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
+def read_results(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
     """The results already in a JSONL file (none if it does not exist).
 
-    A malformed last line is the trace of an interrupted write: it is dropped and the file rewritten atomically. A
+    A malformed last line is the trace of an interrupted write: it is dropped and, with `repair` (only by the holder
+    of the file's `output_lock`: another process may be appending), the file rewritten atomically without it. A
     malformed line anywhere else raises a `ValueError` naming the file and line.
     """
     path = Path(path)
@@ -79,7 +80,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError("not an object with an 'id' field")
         except ValueError as err:
             if number == len(lines):
-                atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
+                if repair:
+                    atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
                 break
             raise ValueError(f"{path}:{number}: malformed result line ({err})") from err
         results.append(record)
