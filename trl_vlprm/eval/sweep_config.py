@@ -9,14 +9,16 @@ rerun never reuses samples or scores made by something else under the same label
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.tts_sweep import check_strategy, run_sweep
 from trl_vlprm.guidance.policy import Policy, StepScorer
-from trl_vlprm.utils.resume import path_fingerprint
+from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, path_fingerprint
 
 
 def split_label(spec: str) -> tuple[str, str]:
@@ -287,4 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     from trl_vlprm.eval.report import rows_to_markdown
 
     (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(args=argv)
-    print(rows_to_markdown(run(config)))
+    try:
+        rows = run(config)
+    except (SettingsMismatchError, OutputLockedError, RecordError) as err:
+        # a one-line reason and exit code 1; the samples already written stay for a rerun with the old settings
+        print(f"eval_tts: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
+    print(rows_to_markdown(rows))
