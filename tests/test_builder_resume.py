@@ -120,7 +120,9 @@ def test_failing_judge_writes_nothing_and_a_fixed_judge_labels_everything(tmp_pa
             build_dataset(toy_questions(4), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader)
         assert reply in str(error.value)
         assert not list(tmp_path.glob("shard-*.parquet"))  # nothing marked done
-        server.failures = {}  # the judge is fixed (same address)
+    # the judge is fixed and comes back at another address, reached with other transport settings
+    config = judge_config(tmp_path, judge_max_retries=3, judge_timeout=5.0, judge_base_url="http://127.0.0.1:1/v1")
+    with JudgeServer({}) as server:
         stats = build_dataset(toy_questions(4), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader)
     assert stats.judge["failed_solutions"] == 0 and stats.records == 4 * NUM_ROLLOUTS
     assert sorted(load_labelled(tmp_path)["id"]) == sorted(expected_ids(4))

@@ -189,14 +189,15 @@ class LabelConfig:
     def pinned(self) -> dict[str, Any]:
         """Settings a resumed run must share (everything that changes what a record holds).
 
-        Left out: where and how the work is done (output folder, progress bar) and how the judge is reached (timeout,
-        retries, backoff, concurrency, key variable, failure share), which a user changes to get past a failing
-        judge; and `num_questions`, since which questions are covered is recorded per shard.
+        Left out: where and how the work is done (output folder, progress bar) and how the judge is reached (URL,
+        timeout, retries, backoff, concurrency, key variable, failure share), which a user changes to get past a
+        failing judge (the judge *model* stays pinned); and `num_questions`, since which questions are covered is
+        recorded per shard.
         """
         return dataclass_settings(self, exclude=_NOT_PINNED)
 
 
 _NOT_PINNED = (
-    "output_dir", "show_progress", "num_questions", "judge_timeout", "judge_max_retries", "judge_backoff",
-    "judge_max_concurrency", "judge_api_key_env", "judge_max_failed_share",
+    "output_dir", "show_progress", "num_questions", "judge_base_url", "judge_timeout", "judge_max_retries",
+    "judge_backoff", "judge_max_concurrency", "judge_api_key_env", "judge_max_failed_share",
 )  # fmt: skip
