@@ -103,9 +103,12 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     prm_reward.scorer.model.to(trainer.accelerator.device)  # each rank scores its own completions
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        print(f"world_size={trainer.accelerator.num_processes} prm_reward={prm_reward.stats.as_dict()}")
-    trainer.accelerator.wait_for_everyone()  # ranks leave together: a rank exiting mid-save can abort its peers
+    accelerator = trainer.accelerator
+    if accelerator.is_main_process:
+        print(f"world_size={accelerator.num_processes}")
+    # Per rank: each scores only its own share of the completions (and counts its own degenerate inputs).
+    print(f"rank={accelerator.process_index} prm_reward={prm_reward.stats.as_dict()}", flush=True)
+    accelerator.wait_for_everyone()  # ranks leave together: a rank exiting mid-save can abort its peers
     return trainer
 
 

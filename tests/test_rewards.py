@@ -169,6 +169,9 @@ def test_text_and_plain_string_completions(scorer):
     # Without an `images` column the images are read from the prompt's filled image parts (TRL fills them).
     filled = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}]
     assert reward([filled], [TEXTS[0]]) == as_string
+    assert reward([chat(prompt)], [TEXTS[0]], image=[image]) == as_string  # TRL's single-image column
+    with pytest.raises(ValueError, match="prompt_column 'prm_prompt' is not a dataset column"):
+        VLPRMReward(scorer, prompt_column="prm_prompt")([chat(prompt)], [TEXTS[0]], images=[[image]], answer=["B"])
 
 
 def unreadable_png():

@@ -2,6 +2,10 @@
 reward is the PRM's (recomputed independently from what the trainer generated), and recipes/grpo.py runs its tiny
 CPU config."""
 
+import os
+import re
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -143,7 +147,8 @@ def test_recipe_runs_the_tiny_cpu_config(models, tmp_path, capsys):
     )  # fmt: skip
     trainer = main(script_args, training_args, model_args)
 
-    assert "world_size=1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "world_size=1" in out and "rank=0 prm_reward={'calls': 2, 'completions': 8, 'groups': 2" in out
     logged = [e for e in trainer.state.log_history if "rewards/vlprm_min/mean" in e]
     assert len(logged) == training_args.max_steps == 2
     assert all("rewards/outcome_reward/mean" in e and "vlprm_min/no_steps" in e for e in logged)
@@ -166,3 +171,38 @@ def test_gpu_config_names_only_real_fields():
         config = yaml.safe_load((RECIPES / "configs" / name).read_text())
         assert set(config) <= known, f"{name}: unknown keys {set(config) - known}"
         assert len(config["reward_weights"]) == 1 + bool(config.get("outcome_reward"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_recipe_under_a_two_process_ddp_launch(models, tmp_path):
+    """Each rank holds its PRM and scores its own group; TRL gathers the rewards (world size checked from both)."""
+    policy_path, prm_path = models
+    generate_puzzles(8, seed=4, image_size=112).save_to_disk(str(tmp_path / "questions"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(RECIPES / "accelerate" / "ddp.yaml"),
+        "--num_processes", "2", "--main_process_port", str(free_port()),
+        str(RECIPES / "grpo.py"),
+        "--config", str(RECIPES / "configs" / "grpo_tiny_cpu.yaml"),
+        "--model_name_or_path", str(policy_path), "--prm_model_path", str(prm_path),
+        "--dataset_name", str(tmp_path / "questions"), "--output_dir", str(tmp_path / "grpo"),
+        "--max_steps", "2", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "world_size=2" in output
+    # 4 completions a rank a step (per_device_train_batch_size 4 = one question's group), 2 steps, on both ranks.
+    ranks = dict(re.findall(r"rank=(\d) prm_reward=(\{[^}]*\})", output))
+    assert set(ranks) == {"0", "1"}
+    for stats in ranks.values():
+        assert "'calls': 2, 'completions': 8, 'groups': 2, 'scorer_calls': 2" in stats
+    assert (tmp_path / "grpo" / "model.safetensors").exists()

@@ -280,9 +280,16 @@ class VLPRMReward:
         """One reward per completion (see the class docstring); `images` and other columns come from the dataset."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        if self.prompt_column is not None and self.prompt_column not in kwargs:
+            raise ValueError(
+                f"{self.__name__}: prompt_column {self.prompt_column!r} is not a dataset column; columns passed: "
+                f"{sorted(k for k in kwargs if k not in ('trainer_state', 'log_extra', 'log_metric'))}"
+            )
         questions = []
         for i, prompt in enumerate(prompts):
             row_images = images[i] if images is not None else None
+            if row_images is None and kwargs.get("image") is not None:  # TRL's single-image column
+                row_images = [kwargs["image"][i]] if kwargs["image"][i] is not None else []
             if row_images is None:
                 row_images = prompt_images(prompt)
             prm_prompt = kwargs[self.prompt_column][i] if self.prompt_column else prompt
