@@ -149,7 +149,7 @@ def test_steps_are_split_at_the_prms_trained_separator(scorer):
     assert reward.split_steps(f" a{SEPARATOR}b{SEPARATOR}{SEPARATOR} ") == ["a", "b"]
     assert VLPRMReward(scorer, step_separator="\n").split_steps(f"a{SEPARATOR}b\nc") == [f"a{SEPARATOR}b", "c"]
     custom = VLPRMReward(scorer, split_steps=lambda text: text.split("|"))
-    assert custom.split_steps("a|b|c") == ["a", "b", "c"]
+    assert custom.split_steps("a| b||c ") == ["a", "b", "c"]  # a custom splitter's blank pieces are dropped too
     # Splitting elsewhere changes the reward: the PRM sees other steps.
     prompt, image = QUESTIONS[0]
     batch = ([chat(prompt)], [assistant(TEXTS[0])])

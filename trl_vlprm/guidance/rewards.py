@@ -195,7 +195,9 @@ class VLPRMReward:
 
     def split_steps(self, text: str) -> list[str]:
         """The steps of a completion (non-blank, stripped)."""
-        return self._split(text) if self._split is not None else split_steps(text, self.step_separator)
+        if self._split is None:
+            return split_steps(text, self.step_separator)
+        return [step.strip() for step in self._split(text) if step.strip()]
 
     # ---- one group (the completions of one prompt) ---------------------------------------------------------
 
