@@ -1,0 +1,269 @@
+"""Generate docs/reference.md: one table per config dataclass, every field with its type, default and help sentence.
+
+    python docs/gen_reference.py           # rewrite docs/reference.md
+    python docs/gen_reference.py --check   # exit 1 when docs/reference.md is out of date
+
+The classes are listed once, in `CONFIG_CLASSES` below, in pipeline order. An entry names a class by
+`"package.module:Class"` (library code) or `"recipes/file.py:Class"` (a recipe script, loaded from its file, since
+recipes are not a package). `tests/test_docs_reference.py` fails when a config dataclass of the library or the
+recipes is missing from this list, when a field lacks a help sentence, and when docs/reference.md is stale.
+
+A class that extends a dataclass from outside the project (`transformers.TrainingArguments`,
+`trl.ScriptArguments`) gets the fields it adds, then the inherited fields whose default it changes; the rest of
+the inherited fields are documented upstream and only linked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUT = REPO / "docs" / "reference.md"
+REGENERATE = "python docs/gen_reference.py"
+
+
+class ConfigEntry(NamedTuple):
+    """One documented config class: where it lives, the pipeline stage it belongs to and who parses it."""
+
+    target: str  # "package.module:Class" or "recipes/file.py:Class"
+    stage: str
+    used_by: str
+
+
+# The one place config classes are registered. Add a line here when a config dataclass is added or moved.
+CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
+    ConfigEntry(
+        "trl_vlprm.labeling.config:LabelConfig",
+        "Labelling",
+        "`trl-vlprm label` / `recipes/build_dataset.py` (YAML via `--config`, or flags)",
+    ),
+    ConfigEntry(
+        "trl_vlprm.labeling.judge:JudgeConfig",
+        "Labelling",
+        "`JudgeClient(config)`; `LabelConfig`'s `judge_*` fields fill it",
+    ),
+    ConfigEntry(
+        "trl_vlprm.labeling.mc:MCConfig",
+        "Labelling",
+        "`label_batch(..., mc_config=...)`; `LabelConfig`'s `mc_*` fields",
+    ),
+    ConfigEntry("trl_vlprm.trainer.config:VLPRMConfig", "Training", "`VLPRMTrainer(args=...)`, `recipes/train.py`"),
+    ConfigEntry(
+        "recipes/train.py:PRMScriptArguments", "Training", "`recipes/train.py` (with `VLPRMConfig`, `trl.ModelConfig`)"
+    ),
+    ConfigEntry(
+        "recipes/grpo.py:GRPOScriptArguments",
+        "Training",
+        "`recipes/grpo.py` (with `trl.GRPOConfig`, `trl.ModelConfig`)",
+    ),
+    ConfigEntry(
+        "trl_vlprm.guidance.strategies.base:SearchConfig",
+        "Guidance",
+        "every strategy runner; `recipes/tts.py` (with `TTSArguments`)",
+    ),
+    ConfigEntry("trl_vlprm.guidance.tts:TTSArguments", "Guidance", "`recipes/tts.py` (with `SearchConfig`)"),
+    ConfigEntry("trl_vlprm.eval.sweep_config:EvalTTSConfig", "Evaluation", "`recipes/eval_tts.py`"),
+)
+
+# Upstream pages of the external bases a project config extends.
+UPSTREAM_DOCS = {
+    "TrainingArguments": "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments",
+    "ScriptArguments": "https://huggingface.co/docs/trl/script_utils#trl.ScriptArguments",
+}
+
+
+def load_class(target: str) -> type:
+    """The class an entry names; a recipe file is loaded as module `recipes.<stem>` without running its main."""
+    location, _, name = target.partition(":")
+    if location.endswith(".py"):
+        path = REPO / location
+        module_name = "recipes." + path.stem if path.parent.name == "recipes" else path.stem
+        module = sys.modules.get(module_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"{target}: cannot load {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module  # dataclasses look their module up while the class is made
+            spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(location)
+    try:
+        cls = getattr(module, name)
+    except AttributeError:
+        raise AttributeError(
+            f"{target}: {location} has no {name!r}; update CONFIG_CLASSES in docs/gen_reference.py"
+        ) from None
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{target} is not a dataclass")
+    return cls
+
+
+def is_project_class(cls: type) -> bool:
+    return cls.__module__.split(".")[0] in ("trl_vlprm", "recipes")
+
+
+def external_base(cls: type) -> type | None:
+    """The nearest dataclass base defined outside the project (e.g. `TrainingArguments`), if any."""
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base) and not is_project_class(base):
+            return base
+    return None
+
+
+MISSING = object()
+
+
+def field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return MISSING
+
+
+def field_help(field: dataclasses.Field) -> str:
+    return " ".join(str(field.metadata.get("help", "")).split())
+
+
+def format_type(annotation: Any) -> str:
+    if isinstance(annotation, str):  # `from __future__ import annotations` keeps the source text
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def format_default(value: Any) -> str:
+    return "*required*" if value is MISSING else f"`{value!r}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _help_cell(field: dataclasses.Field) -> str:
+    """The help sentence as table text: `<folder>` would read as an HTML tag, a missing help shows as a dash."""
+    text = _cell(field_help(field)).replace("<", "&lt;").replace(">", "&gt;")
+    return text or "—"
+
+
+def documented_fields(cls: type) -> tuple[list[dataclasses.Field], list[tuple[dataclasses.Field, Any]]]:
+    """(fields the class adds, [(inherited field whose default it changes, the upstream default)])."""
+    base = external_base(cls)
+    upstream = {f.name: f for f in dataclasses.fields(base)} if base else {}
+    added, changed = [], []
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        if field.name not in upstream:
+            added.append(field)
+        elif field_default(field) != field_default(upstream[field.name]):
+            changed.append((field, field_default(upstream[field.name])))
+    return added, changed
+
+
+def help_problem(text: str) -> str | None:
+    """Why `text` is not a help sentence (None when it is one): it must start with a capital letter (or a quoted
+    literal such as `'puzzles'`) and end with a period."""
+    if not text:
+        return "no help"
+    if not (text[0].isupper() or text[0] in "'\"`"):
+        return "does not start with a capital letter"
+    if not text.endswith("."):
+        return "does not end with a period"
+    return None
+
+
+def class_summary(cls: type) -> str:
+    doc = (cls.__doc__ or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()) if doc else ""
+
+
+def render_class(entry: ConfigEntry) -> str:
+    cls = load_class(entry.target)
+    added, changed = documented_fields(cls)
+    base = external_base(cls)
+    lines = [f"### `{cls.__name__}`", ""]
+    lines.append(f"`{entry.target}` — used by {entry.used_by}.")
+    summary = class_summary(cls)
+    if summary:
+        lines += ["", summary]
+    if base is not None:
+        link = UPSTREAM_DOCS.get(base.__name__)
+        name = f"[`{base.__module__.split('.')[0]}.{base.__name__}`]({link})" if link else f"`{base.__name__}`"
+        lines += ["", f"Extends {name}: every field of it applies too. The fields it adds:"]
+    lines += ["", "| field | type | default | help |", "|---|---|---|---|"]
+    for field in added:
+        lines.append(
+            f"| `{field.name}` | `{_cell(format_type(field.type))}` | {_cell(format_default(field_default(field)))} "
+            f"| {_help_cell(field)}{_choices(field)} |"
+        )
+    if changed:
+        lines += ["", f"Defaults it changes from `{base.__name__}`:", ""]
+        lines += [f"| field | `{base.__name__}` default | `{cls.__name__}` default | help |", "|---|---|---|---|"]
+        for field, upstream_default in changed:
+            lines.append(
+                f"| `{field.name}` | {_cell(format_default(upstream_default))} "
+                f"| {_cell(format_default(field_default(field)))} | {_help_cell(field)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _choices(field: dataclasses.Field) -> str:
+    choices = field.metadata.get("choices")
+    return f" Choices: {', '.join(f'`{c}`' for c in choices)}." if choices else ""
+
+
+def render() -> str:
+    """The whole of docs/reference.md."""
+    parts = [
+        "# Configuration reference",
+        "",
+        f"<!-- Generated by `{REGENERATE}` from the dataclasses' `help` metadata; do not edit by hand. -->",
+        "",
+        "Every field of every config class, grouped by pipeline stage. Each field can be set in a recipe's YAML "
+        "file (`--config`) or as a `--field value` flag on the command line (`trl.TrlParser`); in Python, pass it "
+        "to the class. Flags of `trl-vlprm puzzles` are listed by `trl-vlprm puzzles --help`.",
+        "",
+    ]
+    stage = None
+    for entry in CONFIG_CLASSES:
+        if entry.stage != stage:
+            stage = entry.stage
+            parts += [f"## {stage}", ""]
+        parts.append(render_class(entry))
+    return "\n".join(parts).rstrip("\n") + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="Exit 1 when docs/reference.md is out of date.")
+    args = parser.parse_args(argv)
+    text = render()
+    current = OUTPUT.read_text() if OUTPUT.exists() else ""
+    if args.check:
+        if text == current:
+            return 0
+        diff = difflib.unified_diff(
+            current.splitlines(), text.splitlines(), "docs/reference.md", "generated", lineterm=""
+        )
+        print("\n".join(list(diff)[:40]))
+        print(f"docs/reference.md is out of date; run `{REGENERATE}`", file=sys.stderr)
+        return 1
+    tmp = OUTPUT.with_name(f".{OUTPUT.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(OUTPUT)  # never a half-written reference
+    print(f"wrote {OUTPUT} ({len(CONFIG_CLASSES)} classes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
