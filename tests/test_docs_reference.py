@@ -41,10 +41,10 @@ KNOWN_WITHOUT_HELP = {
 }
 
 
-def _config_classes_in_source() -> set[str]:
-    """Names of the dataclasses in the library and the recipes that are settings: named *Config / *Arguments, or
+def _config_classes_in_source() -> dict[str, str]:
+    """{name: file} of the dataclasses in the library and the recipes that are settings: named *Config / *Arguments, or
     with any field carrying `metadata={"help": ...}`. Result records (SearchResult, Rollout...) are neither."""
-    found = set()
+    found = {}
     for path in [*(REPO / "trl_vlprm").rglob("*.py"), *(REPO / "recipes").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if not isinstance(node, ast.ClassDef):
@@ -54,7 +54,7 @@ def _config_classes_in_source() -> set[str]:
                 continue
             has_help = '"help"' in ast.unparse(node) or "'help'" in ast.unparse(node)
             if node.name.endswith(("Config", "Arguments")) or has_help:
-                found.add(node.name)
+                found[node.name] = str(path.relative_to(REPO))
     return found
 
 
@@ -62,9 +62,12 @@ def test_every_config_dataclass_is_registered():
     registered = {entry.target.rpartition(":")[2] for entry in gen.CONFIG_CLASSES}
     in_source = _config_classes_in_source()
     assert len(in_source) >= 9  # guard: the scan itself finds the classes known today
-    missing = sorted(in_source - registered)
-    assert not missing, f"config dataclasses not in CONFIG_CLASSES of docs/gen_reference.py: {missing}"
-    gone = sorted(registered - in_source)
+    missing = {name: path for name, path in sorted(in_source.items()) if name not in registered}
+    assert not missing, (
+        f"config dataclasses missing from CONFIG_CLASSES in docs/gen_reference.py: {missing}; add a ConfigEntry "
+        f"for each, then run `{gen.REGENERATE}`"
+    )
+    gone = sorted(registered - set(in_source))
     assert not gone, f"CONFIG_CLASSES names classes no longer defined: {gone}"
 
 
