@@ -2,6 +2,7 @@
 
     python docs/gen_reference.py           # rewrite docs/reference.md
     python docs/gen_reference.py --check   # exit 1 when docs/reference.md is out of date
+    python docs/gen_reference.py --audit   # fields whose help says less than the class docstring's sentence
 
 The classes are listed once, in `CONFIG_CLASSES` below, in pipeline order. An entry names a class by
 `"package.module:Class"` (library code) or `"recipes/file.py:Class"` (a recipe script, loaded from its file, since
@@ -20,6 +21,7 @@ import dataclasses
 import difflib
 import importlib
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -187,6 +189,68 @@ def class_summary(cls: type) -> str:
     return " ".join(doc.split("\n\n")[0].split()) if doc else ""
 
 
+def docstring_args(cls: type) -> dict[str, str]:
+    """{field: sentence} of the `Args:` blocks of a class docstring (Google style, TRL's layout included:
+    "name (`type`, *optional*, defaults to ...):" then the text on the next lines). "a / b: text" documents both."""
+    entries: dict[str, list[str]] = {}
+    current: list[str] = []
+    pending: list[str] = []  # names of an entry whose "a / b /" list wraps onto the next line
+    in_args, entry_indent = False, None
+    for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
+        stripped, indent = line.strip(), len(line) - len(line.lstrip())
+        if stripped == "Args:":
+            in_args, entry_indent = True, None
+            continue
+        if not in_args or not stripped:
+            continue
+        if indent == 0:  # prose after the block
+            in_args = False
+            continue
+        entry_indent = indent if entry_indent is None else entry_indent
+        if indent == entry_indent or pending:
+            head, text = _entry_head(stripped)
+            names = pending + [name.strip().split(" ")[0] for name in head.split("/") if name.strip()]
+            if head.rstrip().endswith("/") and not text:
+                pending = names
+                continue
+            current, pending = ([text] if text else []), []
+            for name in names:
+                entries[name] = current
+        else:
+            current.append(stripped)
+    return {name: " ".join(words) for name, words in entries.items()}
+
+
+def _entry_head(line: str) -> tuple[str, str]:
+    # "name (`int` or `None`, *optional*, defaults to `1024`):" -> ("name", text after "):"); "a / b: text" as is
+    if " (" in line.split(":")[0]:
+        name, _, rest = line.partition(" (")
+        return name, rest.partition("):")[2].strip()
+    head, _, text = line.partition(":")
+    return head, text.strip()
+
+
+def _plain(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
+def help_audit() -> list[str]:
+    """Fields whose help sentence says less than their docstring's (TRL keeps the two equal), and fields the class
+    docstring does not document. Differences of case and quoting alone are not reported."""
+    report = []
+    for entry in CONFIG_CLASSES:
+        cls = load_class(entry.target)
+        documented = docstring_args(cls)
+        added, changed = documented_fields(cls)
+        for field in [*added, *(f for f, _ in changed)]:
+            doc, text = documented.get(field.name), field_help(field)
+            if doc is None:
+                report.append(f"{cls.__name__}.{field.name}: not in the class docstring's Args")
+            elif not doc.startswith("see ") and len(_plain(text)) < 0.8 * len(_plain(doc)):
+                report.append(f"{cls.__name__}.{field.name}: help {text!r} is shorter than the docstring's {doc!r}")
+    return report
+
+
 def render_class(entry: ConfigEntry) -> str:
     cls = load_class(entry.target)
     added, changed = documented_fields(cls)
@@ -246,7 +310,13 @@ def render() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="Exit 1 when docs/reference.md is out of date.")
+    parser.add_argument(
+        "--audit", action="store_true", help="List fields whose help is not their docstring sentence, and exit."
+    )
     args = parser.parse_args(argv)
+    if args.audit:
+        print("\n".join(help_audit()))
+        return 0
     text = render()
     current = OUTPUT.read_text() if OUTPUT.exists() else ""
     if args.check:

@@ -96,6 +96,35 @@ def test_help_sentence_rule():
     assert gen.help_problem("PRM head") == "does not end with a period"
 
 
+def test_docstring_args_reads_both_layouts():
+    @dataclasses.dataclass
+    class Example:
+        """Settings.
+
+        Args:
+            max_length (`int` or `None`, *optional*, defaults to `1024`):
+                Maximum tokens of a row.
+                Whole steps are dropped.
+            seed: seed of the sampler.
+            low / high: bounds of the
+                range.
+            first / second /
+                third: names wrapped onto a second line.
+
+        Prose after the block.
+        """
+
+    assert gen.docstring_args(Example) == {
+        "max_length": "Maximum tokens of a row. Whole steps are dropped.",
+        "seed": "seed of the sampler.",
+        "low": "bounds of the range.",
+        "high": "bounds of the range.",
+        "first": "names wrapped onto a second line.",
+        "second": "names wrapped onto a second line.",
+        "third": "names wrapped onto a second line.",
+    }
+
+
 def test_only_added_fields_and_changed_defaults_of_an_upstream_base():
     @dataclasses.dataclass
     class ExampleConfig(TrainingArguments):
