@@ -151,10 +151,13 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _help_cell(field: dataclasses.Field) -> str:
-    """The help sentence as table text: `<folder>` would read as an HTML tag, a missing help shows as a dash."""
-    text = _cell(field_help(field)).replace("<", "&lt;").replace(">", "&gt;")
-    return text or "—"
+def _help_cell(field: dataclasses.Field, docstring: dict[str, str]) -> str:
+    """The help sentence as table text (`<folder>` would read as an HTML tag). A field without help shows its class
+    docstring's sentence, marked as such, until it gets one."""
+    text = field_help(field)
+    if not text and field.name in docstring:
+        text = f"{docstring[field.name]} *(from the docstring; no help yet)*"
+    return _cell(text).replace("<", "&lt;").replace(">", "&gt;") or "—"
 
 
 def documented_fields(cls: type) -> tuple[list[dataclasses.Field], list[tuple[dataclasses.Field, Any]]]:
@@ -255,6 +258,7 @@ def render_class(entry: ConfigEntry) -> str:
     cls = load_class(entry.target)
     added, changed = documented_fields(cls)
     base = external_base(cls)
+    docstring = docstring_args(cls)
     lines = [f"### `{cls.__name__}`", ""]
     lines.append(f"`{entry.target}` — used by {entry.used_by}.")
     summary = class_summary(cls)
@@ -268,7 +272,7 @@ def render_class(entry: ConfigEntry) -> str:
     for field in added:
         lines.append(
             f"| `{field.name}` | `{_cell(format_type(field.type))}` | {_cell(format_default(field_default(field)))} "
-            f"| {_help_cell(field)}{_choices(field)} |"
+            f"| {_help_cell(field, docstring)}{_choices(field)} |"
         )
     if changed:
         lines += ["", f"Defaults it changes from `{base.__name__}`:", ""]
@@ -276,7 +280,7 @@ def render_class(entry: ConfigEntry) -> str:
         for field, upstream_default in changed:
             lines.append(
                 f"| `{field.name}` | {_cell(format_default(upstream_default))} "
-                f"| {_cell(format_default(field_default(field)))} | {_help_cell(field)} |"
+                f"| {_cell(format_default(field_default(field)))} | {_help_cell(field, docstring)} |"
             )
     return "\n".join(lines) + "\n"
 
