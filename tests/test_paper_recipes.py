@@ -84,3 +84,41 @@ def test_model_revision_flag_trains_that_revision(tiny_hub, tmp_path, small_supe
     expected = AutoModelForImageTextToText.from_pretrained(build_tiny_vlm(tmp_path / "ref", "qwen2_5_vl", 123))
     key = "model.visual.blocks.0.mlp.up_proj.weight"  # frozen: equals the revision's own weights
     assert torch.equal(trained[key], expected.state_dict()[key])
+
+
+@pytest.mark.slow
+def test_paper_eval_recipe_runs_as_written(tiny_hub, tmp_path):
+    """eval_tts_paper.yaml by its own ids (3 Qwen2.5-VL policies, 2 published PRM ids), its VisualProcessBench path,
+    with CPU overrides: transformers instead of vLLM, short generations, a local benchmark, small N."""
+    import csv
+
+    from PIL import Image
+
+    config_file = CONFIGS / "eval_tts_paper.yaml"
+    recipe = yaml.safe_load(config_file.read_text())
+    bench_path = Path("data/VisualProcessBench/test.jsonl")  # the recipe's relative path, under the working dir
+    assert f"visualprocessbench:{bench_path}" in recipe["process_benches"]
+    (tmp_path / bench_path.parent).mkdir(parents=True)
+    Image.new("RGB", (64, 64), "green").save(tmp_path / bench_path.parent / "square.png")
+    lines = [
+        {"id": "vpb-1", "image": "square.png", "question": "<image>What colour is the square?", "answer": "green",
+         "response": {"steps": ["The square is green.", "Answer: green"], "process_correctness": [1, 1]}},
+        {"id": "vpb-2", "image": "square.png", "question": "<image>What colour is the square?", "answer": "green",
+         "response": {"steps": ["The square is red.", "Answer: red"], "process_correctness": [-1, -1]}},
+    ]  # fmt: skip
+    (tmp_path / bench_path).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cpu = ["--policy_backend", "hf", "--max_new_tokens_cap", "24", "--benchmarks", "testbed:0,limit=2"]
+    cpu += ["--n_values", "1", "2"]
+    cpu += ["--process_benches", f"visualprocessbench:{bench_path}"]
+    _run([str(ROOT / "recipes/eval_tts.py"), "--config", str(config_file), *cpu], tmp_path, timeout=1200)
+
+    output = tmp_path / recipe["output_dir"]
+    results = list(csv.DictReader((output / "results.csv").open()))
+    policies = {spec.partition("@")[0] for spec in recipe["policies"]}
+    scorers = {spec.partition("@")[0] for spec in recipe["scorers"]}
+    assert {row["policy"] for row in results} == policies
+    assert {row["scorer"] for row in results} == scorers | {"-"}  # "-": strategies that read no scorer
+    assert {row["n"] for row in results} == {"1", "2"}
+    process = list(csv.DictReader((output / "process_bench.csv").open()))
+    assert {row["scorer"] for row in process} == scorers
+    assert (output / "accuracy_vs_n.png").stat().st_size > 0
