@@ -226,10 +226,10 @@ class TTSArguments:
             pinned: a rerun with more questions answers the new ones.
         strategy: search strategy, a name in `trl_vlprm.guidance.strategies.STRATEGIES`.
         policy: "scripted" (the testbed policy, "puzzles" only), "hf" (transformers) or "vllm".
-        policy_model_path: local folder of the policy model ("hf"/"vllm").
+        policy_model_path: the policy model ("hf"/"vllm"): a folder or a Hub repo id.
         scorer: "prm" (a trained PRM), "oracle" (testbed gold step correctness), "random" (no-information control) or
             "none" (greedy and majority only).
-        prm_model_path: local folder of the PRM (scorer "prm").
+        prm_model_path: the PRM (scorer "prm"): a folder or a Hub repo id of a PRM saved by trl_vlprm.
         prm_step_separator: separator the PRM puts after each step; None: the one it was trained with. Independent of
             the policy's `step_separator` (steps reach the PRM as a list).
         prm_batch_size: candidates per PRM forward pass.

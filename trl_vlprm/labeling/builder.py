@@ -74,7 +74,7 @@ class LabelConfig:
         mc_num_completions: K, completions per MC estimate.
         mc_threshold: a step is good when its MC score is above this.
         policy: "scripted" (testbed policy; "puzzles" only) or "hf" (transformers model at `policy_model_path`).
-        policy_model_path: local folder of the policy model ("hf").
+        policy_model_path: the policy model ("hf"): a folder or a Hub repo id.
         perception_error_rate / reasoning_error_rate: error rates of the scripted policy.
         temperature: sampling temperature of the "hf" policy.
         max_new_tokens: token budget of a solution ("hf").
