@@ -240,3 +240,18 @@ def test_trust_remote_code_is_refused():
 
 def test_env_points_at_the_tiny_cache(tiny_hub):
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_HOME"] == str(tiny_hub)
+
+
+def test_tts_run_pins_a_repo_id_by_its_commit(tiny_hub):
+    """A resumed `recipes/tts.py` run is pinned to the commit each repo id resolved to (not to a missing path)."""
+    from trl_vlprm.guidance.tts import TTSArguments, run_tags
+
+    args = TTSArguments(policy="hf", policy_model_path=QWEN2, scorer="prm", prm_model_path="ob11/Qwen-VL-PRM-7B")
+    tags = run_tags(args)
+    commits = {repo: (tiny_hub / "hub" / f"models--{repo.replace('/', '--')}" / "refs" / "main").read_text()
+               for repo in (QWEN2, "ob11/Qwen-VL-PRM-7B")}  # fmt: skip
+    assert tags["policy_model_fingerprint"] == {"repo_id": QWEN2, "commit": commits[QWEN2]}
+    prm = "ob11/Qwen-VL-PRM-7B"
+    assert tags["prm_model_fingerprint"] == {"repo_id": prm, "commit": commits[prm]}
+    with pytest.raises(OSError, match=r"revision v7"):
+        run_tags(TTSArguments(policy="hf", policy_model_path=QWEN2, policy_model_revision="v7"))

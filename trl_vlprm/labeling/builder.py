@@ -75,6 +75,7 @@ class LabelConfig:
         mc_threshold: a step is good when its MC score is above this.
         policy: "scripted" (testbed policy; "puzzles" only) or "hf" (transformers model at `policy_model_path`).
         policy_model_path: the policy model ("hf"): a folder or a Hub repo id.
+        policy_model_revision: branch, tag or commit of a `policy_model_path` repo id (None: "main").
         perception_error_rate / reasoning_error_rate: error rates of the scripted policy.
         temperature: sampling temperature of the "hf" policy.
         max_new_tokens: token budget of a solution ("hf").
@@ -104,6 +105,7 @@ class LabelConfig:
     mc_threshold: float = 0.0
     policy: str = "scripted"
     policy_model_path: str | None = None
+    policy_model_revision: str | None = None
     perception_error_rate: float = 0.15
     reasoning_error_rate: float = 0.1
     temperature: float = 0.7
@@ -361,6 +363,7 @@ def _make_policy_and_questions(config: LabelConfig):
 
         policy = HFPolicy.from_pretrained(
             config.policy_model_path,
+            revision=config.policy_model_revision,
             step_separator=config.step_separator,
             temperature=config.temperature,
             max_new_tokens=config.max_new_tokens,

@@ -53,6 +53,15 @@ def require_model(name_or_path: ModelName, revision: str | None = None) -> Path:
     return config
 
 
+def model_fingerprint(name_or_path: ModelName, revision: str | None = None) -> Any:
+    """What pins a model's weights: a folder's files (name, size, mtime); a repo id's resolved commit."""
+    if os.path.isdir(str(name_or_path)):  # transformers' own rule: a folder is read in place
+        from trl_vlprm.utils.resume import path_fingerprint
+
+        return path_fingerprint(name_or_path)
+    return {"repo_id": str(name_or_path), "commit": require_model(name_or_path, revision).parent.name}
+
+
 def read_model_json(name_or_path: ModelName, filename: str, revision: str | None = None) -> dict[str, Any] | None:
     """The parsed JSON file `filename` of a model, or None when the model has no such file."""
     path = model_file(name_or_path, filename, revision)
