@@ -255,3 +255,17 @@ def test_tts_run_pins_a_repo_id_by_its_commit(tiny_hub):
     assert tags["prm_model_fingerprint"] == {"repo_id": prm, "commit": commits[prm]}
     with pytest.raises(OSError, match=r"revision v7"):
         run_tags(TTSArguments(policy="hf", policy_model_path=QWEN2, policy_model_revision="v7"))
+
+
+def test_eval_spec_takes_a_repo_id_and_revision(tiny_hub, tmp_path):
+    """`prm:<repo id>,revision=2024`: the revision stays text (a tag, not the number 2024) and selects the snapshot."""
+    from trl_vlprm.eval.sweep_config import SCORER_BUILDERS, build_from_spec, parse_spec
+    from trl_vlprm.modeling.tiny_hub import build_tiny_prm
+
+    assert parse_spec("prm:Org/RevisedPRM,revision=2024,batch_size=4")[2] == {"revision": "2024", "batch_size": 4}
+    tagged = build_tiny_prm(tmp_path / "tagged", arch="qwen2_vl", seed=5, step_separator="\n\n")
+    save_to_hub_cache(tagged, "Org/RevisedPRM", tiny_hub / "hub", revision="2024")
+    save_to_hub_cache(build_tiny_prm(tmp_path / "main", arch="qwen2_vl", seed=6), "Org/RevisedPRM", tiny_hub / "hub")
+    at_tag = build_from_spec("prm:Org/RevisedPRM,revision=2024", SCORER_BUILDERS, 0, "scorer")
+    at_main = build_from_spec("prm:Org/RevisedPRM", SCORER_BUILDERS, 0, "scorer")
+    assert (at_tag.step_separator, at_main.step_separator) == ("\n\n", "\n")  # each snapshot's own metadata

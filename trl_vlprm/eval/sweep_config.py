@@ -24,6 +24,10 @@ def split_label(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
+# Keywords whose values stay text even when they look like numbers (a revision "2024" is a tag, not an int).
+_TEXT_KEYWORDS = frozenset({"revision"})
+
+
 def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
     """ "kind:arg,key=value,..." -> (kind, positional args, keyword args); numbers are converted."""
     kind, _, rest = spec.partition(":")
@@ -33,7 +37,7 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
         if not eq:
             args.append(part)
             continue
-        for cast in (int, float):
+        for cast in () if key.strip() in _TEXT_KEYWORDS else (int, float):
             try:
                 value = cast(value)
                 break
