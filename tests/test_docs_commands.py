@@ -36,6 +36,11 @@ RUN: dict[str, tuple[str, dict[str, str], str]] = {
         "outputs/Qwen2.5-VL-7B-VL-PRM/model.safetensors",
     ),
     "trl-vlprm puzzles --n 600 --solutions 4 --out data/testbed": ("--n 6", {}, "data/testbed/*.arrow"),
+    "python -m trl_vlprm puzzles --n 20000 --image-size 448 --out data/testbed-rl": (
+        "--n 6",
+        {},
+        "data/testbed-rl/*.arrow",
+    ),
     "trl-vlprm label --config recipes/configs/label_testbed.yaml": (
         "--num_questions 4",
         {},
@@ -71,6 +76,12 @@ RUN: dict[str, tuple[str, dict[str, str], str]] = {
 }
 COVERED: dict[str, str] = {
     "make demo": "tests/test_loading_and_demo.py::test_demo_runs_every_stage_and_resumes",
+    # GRPO needs a policy, a trained PRM and (as written) colocated vLLM on 8 GPUs; its recipe's 2-process launch
+    # with the tiny CPU config is run there.
+    "accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 recipes/grpo.py --config "
+    "recipes/configs/grpo_qwen2_5_vl_3b.yaml": (
+        "tests/test_rewards_grpo.py::test_recipe_under_a_two_process_ddp_launch"
+    ),
     "python recipes/eval_tts.py --config recipes/configs/eval_tts_paper.yaml": (
         "tests/test_paper_recipes.py::test_paper_eval_recipe_runs_as_written"
     ),
