@@ -107,10 +107,12 @@ def tiny_vlm_config(
     vision_width: int = 32,
     vision_depth: int = 2,
     initializer_range: float = 0.02,
+    intermediate_size: int | None = None,
 ):
     """Config of a tiny Qwen-VL: `num_layers` text layers of width `hidden_size` with `num_heads` heads (half as
     many key/value heads), and a vision tower of `vision_depth` blocks of width `vision_width`; weights are drawn
-    with standard deviation `initializer_range`."""
+    with standard deviation `initializer_range`; the text MLP is `intermediate_size` wide (default
+    `2 * hidden_size`)."""
     heads = num_heads
     if hidden_size % heads or (hidden_size // heads) % 2:
         raise ValueError(f"hidden_size={hidden_size} must split into {heads} heads of an even width")
@@ -120,7 +122,7 @@ def tiny_vlm_config(
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
+        "intermediate_size": intermediate_size or 2 * hidden_size,
         "num_hidden_layers": num_layers,
         "num_attention_heads": heads,
         "num_key_value_heads": max(1, heads // 2),
@@ -172,6 +174,7 @@ def build_tiny_vlm(
     vocab_size: int = 640,
     extra_corpus: Sequence[str] = (),
     initializer_range: float = 0.02,
+    intermediate_size: int | None = None,
 ) -> Path:
     """Write a tiny random Qwen-VL checkpoint (model, tokenizer, image-only processor) to `output_dir`.
 
@@ -190,6 +193,7 @@ def build_tiny_vlm(
         extra_corpus: more tokenizer training text (`trl_vlprm.data.puzzles.testbed_corpus()` gives the testbed's
             words whole tokens).
         initializer_range: standard deviation of the random weights.
+        intermediate_size: width of the text MLP (default `2 * hidden_size`).
 
     Returns:
         The folder, loadable with `Qwen2VLForConditionalGeneration.from_pretrained`, `load_prm` and `load_processor`.
@@ -198,7 +202,7 @@ def build_tiny_vlm(
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer(vocab_size, extra_corpus)
     config = tiny_vlm_config(arch, tokenizer, hidden_size, num_layers, num_heads, vision_width, vision_depth,
-                             initializer_range)
+                             initializer_range, intermediate_size)
     model_class = Qwen2VLForConditionalGeneration if arch == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(seed)
     model = model_class(config)
