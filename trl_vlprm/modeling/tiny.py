@@ -9,6 +9,7 @@ Hugging Face cache under real repo ids, so everything also loads by id, offline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -58,10 +59,12 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 640) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(vocab_size: int = 640, extra_corpus: Sequence[str] = ()) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with the Qwen-VL special tokens and chat template, trained on a built-in corpus.
 
     Byte-level, so every string encodes (no unknown tokens); deterministic, so two builds are identical.
+    `extra_corpus` (e.g. `trl_vlprm.data.puzzles.testbed_corpus()`) is added to the training text, so its frequent
+    words become whole tokens given a large enough `vocab_size`.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -72,7 +75,7 @@ def build_tiny_tokenizer(vocab_size: int = 640) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tokenizer.train_from_iterator(_CORPUS * 4 + list(extra_corpus), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
@@ -95,44 +98,63 @@ def _vision_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     }
 
 
-def tiny_vlm_config(arch: str, tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64):
-    """Config of a tiny Qwen-VL: 2 text layers of width `hidden_size`, 2 vision blocks."""
-    heads = 4
+def tiny_vlm_config(
+    arch: str,
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vision_width: int = 32,
+    vision_depth: int = 2,
+    initializer_range: float = 0.02,
+    intermediate_size: int | None = None,
+):
+    """Config of a tiny Qwen-VL: `num_layers` text layers of width `hidden_size` with `num_heads` heads (half as
+    many key/value heads), and a vision tower of `vision_depth` blocks of width `vision_width`; weights are drawn
+    with standard deviation `initializer_range`; the text MLP is `intermediate_size` wide (default
+    `2 * hidden_size`)."""
+    heads = num_heads
+    if hidden_size % heads or (hidden_size // heads) % 2:
+        raise ValueError(f"hidden_size={hidden_size} must split into {heads} heads of an even width")
     head_dim = hidden_size // heads
     half = head_dim // 2
     mrope_section = [half - 2 * (half // 3), half // 3, half // 3]  # must sum to head_dim / 2
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
-        "num_hidden_layers": 2,
+        "intermediate_size": intermediate_size or 2 * hidden_size,
+        "num_hidden_layers": num_layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": 2,
+        "num_key_value_heads": max(1, heads // 2),
         "max_position_embeddings": 2048,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": None,
+        "initializer_range": initializer_range,
     }
     if arch == "qwen2_vl":
-        vision_config = {"depth": 2, "embed_dim": 32, "hidden_size": hidden_size, "num_heads": 2, "mlp_ratio": 2}
+        vision_config = {"depth": vision_depth, "embed_dim": vision_width, "hidden_size": hidden_size, "num_heads": 2,
+                         "mlp_ratio": 2}  # fmt: skip
         config_class = Qwen2VLConfig
     elif arch == "qwen2_5_vl":
         vision_config = {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "depth": vision_depth,
+            "hidden_size": vision_width,
+            "intermediate_size": 2 * vision_width,
             "num_heads": 2,
             "out_hidden_size": hidden_size,
-            "fullatt_block_indexes": [1],
+            "fullatt_block_indexes": [vision_depth - 1],
             "window_size": 56,
         }
         config_class = Qwen2_5_VLConfig
     else:
         raise ValueError(f"unknown arch {arch!r}; expected 'qwen2_vl' or 'qwen2_5_vl'")
+    vision_config["initializer_range"] = initializer_range
     return config_class(
         text_config=text_config,
         vision_config=vision_config,
+        initializer_range=initializer_range,
         tie_word_embeddings=False,
         **_vision_token_ids(tokenizer),
     )
@@ -145,6 +167,14 @@ def build_tiny_vlm(
     hidden_size: int = 64,
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vision_width: int = 32,
+    vision_depth: int = 2,
+    vocab_size: int = 640,
+    extra_corpus: Sequence[str] = (),
+    initializer_range: float = 0.02,
+    intermediate_size: int | None = None,
 ) -> Path:
     """Write a tiny random Qwen-VL checkpoint (model, tokenizer, image-only processor) to `output_dir`.
 
@@ -155,14 +185,24 @@ def build_tiny_vlm(
         hidden_size: text width; the vision tower projects to it.
         min_pixels: image processor's minimum area; with `max_pixels` it bounds image tokens (112x112 -> 16 tokens).
         max_pixels: image processor's maximum area.
+        num_layers: text transformer layers.
+        num_heads: text attention heads (key/value heads: half as many).
+        vision_width: width of the vision blocks (the merger projects to `hidden_size`).
+        vision_depth: vision blocks.
+        vocab_size: tokenizer vocabulary size (byte alphabet and special tokens included).
+        extra_corpus: more tokenizer training text (`trl_vlprm.data.puzzles.testbed_corpus()` gives the testbed's
+            words whole tokens).
+        initializer_range: standard deviation of the random weights.
+        intermediate_size: width of the text MLP (default `2 * hidden_size`).
 
     Returns:
         The folder, loadable with `Qwen2VLForConditionalGeneration.from_pretrained`, `load_prm` and `load_processor`.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer()
-    config = tiny_vlm_config(arch, tokenizer, hidden_size)
+    tokenizer = build_tiny_tokenizer(vocab_size, extra_corpus)
+    config = tiny_vlm_config(arch, tokenizer, hidden_size, num_layers, num_heads, vision_width, vision_depth,
+                             initializer_range, intermediate_size)
     model_class = Qwen2VLForConditionalGeneration if arch == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(seed)
     model = model_class(config)
