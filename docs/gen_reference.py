@@ -58,6 +58,11 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
     ),
     ConfigEntry("trl_vlprm.trainer.config:VLPRMConfig", "Training", "`VLPRMTrainer(args=...)`, `recipes/train.py`"),
     ConfigEntry(
+        "trl_vlprm.cpu_recipe:CPURecipe",
+        "Training",
+        "`make demo` and the learning test: a tiny VL-PRM trained on the testbed (`CPURecipe().train(output_dir)`)",
+    ),
+    ConfigEntry(
         "recipes/train.py:PRMScriptArguments", "Training", "`recipes/train.py` (with `VLPRMConfig`, `trl.ModelConfig`)"
     ),
     ConfigEntry(
