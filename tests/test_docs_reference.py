@@ -1,11 +1,13 @@
 """docs/reference.md is generated from the config dataclasses, covers every one of them, and every field explains
-itself in a help sentence (`python docs/gen_reference.py` regenerates the page)."""
+itself in a help sentence (`python docs/gen_reference.py` regenerates the page). The index links every page, and
+the hand-written pages name only files that exist."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +174,33 @@ def test_check_flag_reports_a_stale_page(tmp_path, monkeypatch):
     assert gen.main(["--check"]) == 1
     assert gen.main([]) == 0 and gen.main(["--check"]) == 0
     assert (tmp_path / "reference.md").read_text() == gen.render()
+
+
+# Pages whose file references must stay true as the code moves (the reference is generated, the rest written).
+HAND_WRITTEN = ("docs/index.md", "docs/extending.md", "CONTRIBUTING.md")
+
+
+def test_index_links_every_docs_page():
+    index = (REPO / "docs" / "index.md").read_text()
+    pages = sorted(path.name for path in (REPO / "docs").glob("*.md") if path.name != "index.md")
+    assert len(pages) >= 10
+    unlinked = [page for page in pages if f"]({page})" not in index]
+    assert not unlinked, f"docs/index.md links no entry for {unlinked}: add one line per page to 'Every page'"
+
+
+def test_hand_written_docs_name_only_files_that_exist():
+    """Every repository path and markdown link in the index, extending page and CONTRIBUTING exists (a path with a
+    `<name>` placeholder is a file to create and is skipped)."""
+    checked, missing = 0, []
+    for page in HAND_WRITTEN:
+        text = (REPO / page).read_text()
+        links = re.findall(r"\]\(([^)#:]+)\)", text)
+        paths = re.findall(r"`((?:trl_vlprm|tests|recipes|benchmarks|docs|\.ci)/[^`\s]*)`", text)
+        for target in [*(str((REPO / page).parent.relative_to(REPO) / link) for link in links), *paths]:
+            if "<" in target:
+                continue
+            checked += 1
+            if not (REPO / target).exists():
+                missing.append(f"{page}: {target}")
+    assert checked > 40  # guard: the pages name many files
+    assert not missing, f"docs name files that do not exist (moved or renamed?): {missing}"
