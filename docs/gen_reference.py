@@ -140,6 +140,16 @@ def field_help(field: dataclasses.Field) -> str:
     return " ".join(str(field.metadata.get("help", "")).split())
 
 
+def declared_type(cls: type, field: dataclasses.Field) -> Any:
+    """The annotation as the class declares it. Not `field.type`: `HfArgumentParser` (so `TrlParser`) rewrites that
+    in place (`int | None` becomes `int`), so a parser built earlier in the process would change the page."""
+    for klass in cls.__mro__:
+        annotations = klass.__dict__.get("__annotations__", {})
+        if field.name in annotations:
+            return annotations[field.name]
+    return field.type
+
+
 def format_type(annotation: Any) -> str:
     if isinstance(annotation, str):  # `from __future__ import annotations` keeps the source text
         return annotation
@@ -275,8 +285,9 @@ def render_class(entry: ConfigEntry) -> str:
         lines += ["", f"Extends {name}: every field of it applies too. The fields it adds:"]
     lines += ["", "| field | type | default | help |", "|---|---|---|---|"]
     for field in added:
+        annotation = _cell(format_type(declared_type(cls, field)))
         lines.append(
-            f"| `{field.name}` | `{_cell(format_type(field.type))}` | {_cell(format_default(field_default(field)))} "
+            f"| `{field.name}` | `{annotation}` | {_cell(format_default(field_default(field)))} "
             f"| {_help_cell(field, docstring)}{_choices(field)} |"
         )
     if changed:
