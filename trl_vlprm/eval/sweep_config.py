@@ -245,15 +245,40 @@ class EvalTTSConfig:
 
 
 def spec_pin(spec: str, seed: int, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a spec builds, for resume checks: the spec, the seed, the defaults a model-backed kind receives, and the
-    `path_fingerprint` of every positional argument that is a file or folder (a model retrained in place differs)."""
-    kind, args, _ = parse_spec(spec)
+    """What a spec builds, for resume checks: the spec, the seed, the defaults a model-backed kind receives, and a
+    fingerprint of the model it names: every file's size and mtime for a folder (a model retrained in place
+    differs), the resolved commit for a Hub repo id (`modeling.hub.model_fingerprint`)."""
+    kind, args, kwargs = parse_spec(spec)
+    files = {arg: path_fingerprint(arg) for arg in args if Path(arg).exists()}
+    if kind in MODEL_KINDS and len(args) == 1 and args[0] not in files:
+        files[args[0]] = _repo_fingerprint(args[0], kwargs.get("revision"))
     return {
         "spec": spec,
         "seed": seed,
         "defaults": dict(defaults or {}) if kind in MODEL_KINDS else {},
-        "files": {arg: path_fingerprint(arg) for arg in args if Path(arg).exists()},
+        "files": files,
     }
+
+
+def _repo_fingerprint(repo_id: str, revision: str | None) -> Any:
+    from trl_vlprm.modeling.hub import model_fingerprint
+
+    try:
+        return model_fingerprint(repo_id, revision)
+    except Exception:  # not resolvable here (offline, not cached): building it fails later with the real reason
+        return {"repo_id": repo_id, "revision": revision}
+
+
+def policy_pins(config: EvalTTSConfig, policy_specs: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The pin of each labelled policy spec under `config`: what a model policy is also given (step separator,
+    system prompt, backend override, token cap) changes its samples, so it is part of the pin."""
+    given = {
+        "step_separator": config.step_separator,
+        "system_prompt": config.system_prompt,
+        "policy_backend": config.policy_backend,
+        "max_new_tokens_cap": config.max_new_tokens_cap,
+    }
+    return {label: spec_pin(spec, config.seed, given) for label, spec in policy_specs.items()}
 
 
 def labelled_specs(specs: list[str], what: str, name_of: Callable[[str], str] = lambda spec: spec) -> dict[str, str]:
@@ -310,7 +335,7 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     }
     pins = {
         "benchmarks": {label: {"spec": spec} for label, spec in benchmark_specs.items()},
-        "policies": {label: spec_pin(spec, config.seed, policy_defaults) for label, spec in policy_specs.items()},
+        "policies": policy_pins(config, policy_specs),
         "scorers": {label: spec_pin(spec, config.seed, scorer_defaults) for label, spec in scorer_specs.items()},
     }
     rows = run_sweep(
