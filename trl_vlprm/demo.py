@@ -63,7 +63,7 @@ def train(out: Path, model_path: Path, train_rows, eval_rows, epochs: float):
     args = VLPRMConfig(output_dir=str(prm_path), head="value", perception_loss_weight=2.0, max_length=512,
                        per_device_train_batch_size=8, per_device_eval_batch_size=32, num_train_epochs=epochs,
                        learning_rate=2e-3, lr_scheduler_type="cosine", warmup_steps=0.05, save_strategy="no",
-                       logging_steps=25, use_cpu=True, seed=0)  # fmt: skip
+                       logging_steps=25, use_cpu=True, seed=0, activation_checkpointing=False)  # fmt: skip
     trainer = VLPRMTrainer(str(model_path), args, train_dataset=train_rows, eval_dataset=eval_rows)
     before = trainer.evaluate()
     if not (prm_path / "model.safetensors").exists():
