@@ -140,6 +140,14 @@ def _log_truncation(tokenized: Dataset, name: str, args: VLPRMConfig) -> None:
         )
 
 
+def has_images(dataset: Dataset) -> bool:
+    """True when the dataset's first rows hold images: enough to tell an image dataset from a text one without
+    decoding them all."""
+    if "images" not in (dataset.column_names or []):
+        return False
+    return any(dataset.select_columns("images")[: min(len(dataset), 16)]["images"])
+
+
 def has_soft_labels(dataset) -> bool:
     if "labels" not in dataset.column_names:
         return False

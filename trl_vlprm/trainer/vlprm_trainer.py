@@ -17,11 +17,17 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.trainer.utils import disable_dropout_in_model
 
 from trl_vlprm.modeling.heads import load_prm, prm_token_ids, step_logits
-from trl_vlprm.modeling.processor import get_tokenizer, load_processor
+from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
 from trl_vlprm.trainer import tokenization
 from trl_vlprm.trainer.collator import DataCollatorForVLPRM
 from trl_vlprm.trainer.config import VLPRMConfig
-from trl_vlprm.trainer.data_preparation import check_dataset, has_soft_labels, named_datasets, prepare_dataset
+from trl_vlprm.trainer.data_preparation import (
+    check_dataset,
+    has_images,
+    has_soft_labels,
+    named_datasets,
+    prepare_dataset,
+)
 from trl_vlprm.trainer.metrics import compute_step_metrics
 from trl_vlprm.trainer.model_card import PAPER, generate_model_card
 from trl_vlprm.trainer.tokenization import IGNORE_INDEX, PERCEPTION, STEP_TYPE_IDS
@@ -35,8 +41,9 @@ class VLPRMTrainer(Trainer):
 
     Args:
         model (`PreTrainedModel` or `str`, *optional*):
-            The PRM, or a path loaded with `load_prm(path, head=args.head)` (value head: 2 classes, or 1 when the
-            training labels are soft), after seeding with `args.seed` so a new head starts the same every run.
+            The PRM, or a local folder or Hub repo id loaded with `load_prm(name, head=args.head)` (value head: 2
+            classes, or 1 when the training labels are soft; `model_init_kwargs` may hold its `revision`), after
+            seeding with `args.seed` so a new head starts the same every run.
         args (`VLPRMConfig`, *optional*): training configuration (default: `VLPRMConfig("<model name>-VLPRM")`).
         data_collator (*optional*): defaults to `DataCollatorForVLPRM(processing_class)`. Another collator (e.g.
             TRL's `DataCollatorForTokenClassification` for text PRMs) gets the rows without this project's
@@ -90,13 +97,18 @@ class VLPRMTrainer(Trainer):
                     "`peft_config` must be a `peft.PeftConfig` instance (e.g. `peft.LoraConfig`), "
                     f"got {type(peft_config).__name__}."
                 )
-        if isinstance(model, str):
-            processing_class = processing_class or load_processor(model, args.min_pixels, args.max_pixels)
+        if isinstance(model, str):  # a folder or a Hub repo id (revision in `model_init_kwargs`)
+            init_kwargs = args.model_init_kwargs or {}
+            processing_class = processing_class or load_processor(
+                model, args.min_pixels, args.max_pixels, revision=init_kwargs.get("revision")
+            )
             num_labels = 1 if has_soft_labels(train_dataset) else 2
             set_seed(args.seed)  # a new value head is drawn from the RNG: same seed, same start
-            model = load_prm(model, head=args.head, num_labels=num_labels, **(args.model_init_kwargs or {}))
+            model = load_prm(model, head=args.head, num_labels=num_labels, **init_kwargs)
         if model is None and model_init is None:
             raise ValueError("`VLPRMTrainer` requires either a `model` or a `model_init` argument")
+        if model is not None and processing_class is not None and has_images(train_dataset):
+            require_image_support(processing_class, model.config.model_type, "VLPRMTrainer")
         needs_tokenizing = any(
             "input_ids" not in d.column_names for _, d in named_datasets(eval_dataset) + [("train", train_dataset)]
         )
