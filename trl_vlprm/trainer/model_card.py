@@ -31,16 +31,17 @@ _TEMPLATE = """---
 
 This model is a process reward model (PRM){% if base_model %} fine-tuned from [{{ base_model }}](https://huggingface.co/{{ base_model }}){% endif %}{% if dataset_name %} on the [{{ dataset_name }}](https://huggingface.co/datasets/{{ dataset_name }}) dataset{% endif %}.
 It scores every step of a solution (head: `{{ head }}`, step separator: `{{ step_separator }}`) and has been trained with
-[trl_vlprm](https://github.com/huggingface/trl) on top of [TRL](https://github.com/huggingface/trl).
+`trl_vlprm`, on top of [TRL](https://github.com/huggingface/trl).
 
 ## Quick start
 
 ```python
-from trl_vlprm.guidance import PRMScorer
+from trl_vlprm.guidance.policy import Candidate
+from trl_vlprm.guidance.scorer import PRMScorer
 
 scorer = PRMScorer.from_pretrained("{{ hub_model_id or model_name }}")
-scores = scorer.score(["<image>What is the missing number?"], [[["The circles read 4, 1, 6, ?.", "Answer: 4"]]],
-                      images=[[image]])
+question = {"prompt": "<image>What is the missing number?", "images": [image]}
+scores = scorer.score(question, [Candidate(steps=["The circles read 4, 1, 6, ?.", "Answer: 4"])])  # P(step correct)
 ```
 
 ## Training procedure
