@@ -1,18 +1,24 @@
 """The `recipes/eval_tts.py` entry point: its config, the policy/scorer/benchmark specs it reads, and `run`.
 
 A spec is "kind:positional,key=value,..." (numbers converted), optionally labelled "label@kind:...": e.g.
-"qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120".
+"qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120". Labels name rows and sample
+files, so two benchmarks, policies or scorers with one label are refused. What a label stands for is pinned
+(`spec_pin`: the spec, the seed, the defaults it received, and the fingerprint of every model folder it names), so a
+rerun never reuses samples or scores made by something else under the same label.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.tts_sweep import check_strategy, run_sweep
 from trl_vlprm.guidance.policy import Policy, StepScorer
+from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, path_fingerprint
 
 
 def split_label(spec: str) -> tuple[str, str]:
@@ -24,6 +30,10 @@ def split_label(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
+# Keywords whose values stay text even when they look like numbers (a revision "2024" is a tag, not an int).
+_TEXT_KEYWORDS = frozenset({"revision"})
+
+
 def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
     """ "kind:arg,key=value,..." -> (kind, positional args, keyword args); numbers are converted."""
     kind, _, rest = spec.partition(":")
@@ -33,7 +43,7 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
         if not eq:
             args.append(part)
             continue
-        for cast in (int, float):
+        for cast in () if key.strip() in _TEXT_KEYWORDS else (int, float):
             try:
                 value = cast(value)
                 break
@@ -49,10 +59,16 @@ def _scripted_policy(args, kwargs, seed):
     return ScriptedPolicy(**{"seed": seed, **kwargs})
 
 
+# Keywords that configure a vLLM engine, not the policy: dropped when a vllm spec runs on the hf backend.
+VLLM_ENGINE_KEYWORDS = ("max_model_len", "max_images_per_prompt", "llm_kwargs")
+
+
 def _model_policy(backend: str):
     def build(args, kwargs, seed):
         if len(args) != 1:
-            raise ValueError(f"a {backend} policy needs one model folder, got {args}")
+            raise ValueError(f"a {backend} policy needs one model (a folder or a Hub repo id), got {args}")
+        if backend == "hf":
+            kwargs = {k: v for k, v in kwargs.items() if k not in VLLM_ENGINE_KEYWORDS}
         if backend == "hf":
             from trl_vlprm.guidance.hf_policy import HFPolicy
 
@@ -62,6 +78,13 @@ def _model_policy(backend: str):
         return VLLMPolicy.from_pretrained(args[0], **{"seed": seed, **kwargs})
 
     return build
+
+
+def _capped(build, cap: int):
+    def capped(args, kwargs, seed):
+        return build(args, {**kwargs, "max_new_tokens": min(int(kwargs.get("max_new_tokens", cap)), cap)}, seed)
+
+    return capped
 
 
 def _oracle_scorer(args, kwargs, seed):
@@ -126,9 +149,16 @@ class EvalTTSConfig:
             `trl_vlprm.eval.benchmarks.BENCHMARKS` (source: hub name or local path; testbed: generator seed).
         policies: policy specs, optionally labelled "label@spec" (the label names the policy in tables and files):
             "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed), or
-            "vllm:<model folder>,temperature=0.7,..." / "hf:<model folder>,..." (keywords of `VLLMPolicy`/`HFPolicy`).
-        scorers: step-scorer specs (optionally "label@spec"): "prm:<PRM folder>" (a trained VL-PRM), "oracle"
-            (testbed truth), "random:seed=1" (no-information control), or any kind registered in `SCORER_BUILDERS`.
+            "vllm:<model>,temperature=0.7,..." / "hf:<model>,..." (keywords of `VLLMPolicy`/`HFPolicy`), with
+            <model> a folder or a Hub repo id (`revision=...` picks a branch, tag or commit).
+        policy_backend: run every model policy (hf and vllm specs) on this backend instead, e.g. "hf" on a machine
+            without vLLM; vLLM engine keywords (max_model_len, max_images_per_prompt) are then dropped. None: as
+            each spec says.
+        max_new_tokens_cap: upper bound on every model policy's `max_new_tokens` (a quick run of a GPU config on a
+            small machine); None: as each spec says.
+        scorers: step-scorer specs (optionally "label@spec"): "prm:<PRM folder or repo id>" (a trained VL-PRM),
+            "oracle" (testbed truth), "random:seed=1" (no-information control), or any kind registered in
+            `SCORER_BUILDERS`.
         process_benches: process-error benchmarks every scorer is also judged on (step F1, see
             `trl_vlprm.eval.process_bench.PROCESS_BENCHES`), e.g. "testbed:num_questions=60" or
             "visualprocessbench:<test.jsonl>"; results go to process_bench.csv/.md. Empty: none.
@@ -142,22 +172,66 @@ class EvalTTSConfig:
         seed: seed of the policies, scorers and subsampling.
     """
 
-    benchmarks: list[str] = field(default_factory=lambda: ["testbed:0,limit=60"])
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["testbed:0,limit=60"],
+        metadata={
+            "help": "Benchmark specs 'name' or '[label@]name:source,split=...,limit=...'; labels must be unique."
+        },
+    )
     policies: list[str] = field(
-        default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"]
+        default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"],
+        metadata={
+            "help": "Policy specs, optionally 'label@spec': scripted, vllm:<model>,... or hf:<model>,... (a model "
+            "folder or Hub repo id)."
+        },
     )
-    scorers: list[str] = field(default_factory=lambda: ["oracle", "random"])
+    scorers: list[str] = field(
+        default_factory=lambda: ["oracle", "random"],
+        metadata={"help": "Step-scorer specs, optionally 'label@spec': prm:<folder or repo id>, oracle, random, ..."},
+    )
     strategies: list[str] = field(
-        default_factory=lambda: ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
+        default_factory=lambda: [
+            "first",
+            "majority",
+            "best_of_n:min",
+            "best_of_n:last",
+            "weighted_vote:min",
+            "pass@n",
+        ],
+        metadata={"help": "Outcome-level strategies derived from the samples, e.g. majority, best_of_n:min, pass@n."},
     )
-    process_benches: list[str] = field(default_factory=list)
-    n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    num_subsamples: int = 4
-    step_separator: str = "\n\n"
-    system_prompt: str | None = None
-    answer_kind: str = "auto"
-    output_dir: str = "outputs/eval_tts"
-    seed: int = 0
+    policy_backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run every model policy (hf and vllm specs) on this backend instead (hf or vllm), e.g. hf on a "
+            "machine without vLLM; None keeps each spec's own backend."
+        },
+    )
+    max_new_tokens_cap: int | None = field(
+        default=None,
+        metadata={
+            "help": "Upper bound on every model policy's max_new_tokens (a quick run of a GPU config on a small "
+            "machine); None keeps each spec's own budget."
+        },
+    )
+    process_benches: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Process-error benchmarks every scorer is also judged on (step F1); empty for none."},
+    )
+    n_values: list[int] = field(
+        default_factory=lambda: [1, 2, 4, 8, 16],
+        metadata={"help": "The N to report; max(n_values) solutions are sampled per question."},
+    )
+    num_subsamples: int = field(default=4, metadata={"help": "Random subsets of size N drawn per N."})
+    step_separator: str = field(default="\n\n", metadata={"help": "Text that ends a step, for model policies."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt of model policies, if any."})
+    answer_kind: str = field(
+        default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
+    )
+    output_dir: str = field(
+        default="outputs/eval_tts", metadata={"help": "Where samples, tables and plots go; rerunning resumes."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the policies, scorers and subsampling."})
 
     def __post_init__(self):
         for strategy in self.strategies:
@@ -166,10 +240,40 @@ class EvalTTSConfig:
             raise ValueError(f"EvalTTSConfig.n_values={self.n_values}; need at least one N >= 1")
         if self.num_subsamples < 1:
             raise ValueError(f"EvalTTSConfig.num_subsamples={self.num_subsamples}; must be >= 1")
+        if self.policy_backend not in (None, "hf", "vllm"):
+            raise ValueError(f"EvalTTSConfig.policy_backend={self.policy_backend!r}; expected 'hf', 'vllm' or None")
+
+
+def spec_pin(spec: str, seed: int, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a spec builds, for resume checks: the spec, the seed, the defaults a model-backed kind receives, and the
+    `path_fingerprint` of every positional argument that is a file or folder (a model retrained in place differs)."""
+    kind, args, _ = parse_spec(spec)
+    return {
+        "spec": spec,
+        "seed": seed,
+        "defaults": dict(defaults or {}) if kind in MODEL_KINDS else {},
+        "files": {arg: path_fingerprint(arg) for arg in args if Path(arg).exists()},
+    }
+
+
+def labelled_specs(specs: list[str], what: str, name_of: Callable[[str], str] = lambda spec: spec) -> dict[str, str]:
+    """{label: spec} of "label@spec" entries (an unlabelled spec's label is `name_of(spec)`); one label per spec."""
+    labelled: dict[str, str] = {}
+    for entry in specs:
+        label, spec = split_label(entry)
+        if "@" not in entry.partition(":")[0]:
+            label = name_of(spec)
+        if label in labelled:
+            raise ValueError(
+                f"{what} specs {labelled[label]!r} and {spec!r} share the label {label!r}, so their rows and sample "
+                f"files would be one; label them, e.g. '{label}-a@{labelled[label]}'"
+            )
+        labelled[label] = spec
+    return labelled
 
 
 def load_benchmark_spec(spec: str):
-    """(label, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..]"."""
+    """(name, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..]"."""
     from trl_vlprm.eval.benchmarks import load_benchmark
 
     name, args, kwargs = parse_spec(spec)
@@ -185,20 +289,33 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     from trl_vlprm.eval.process_bench import load_process_bench_spec, score_process_bench
     from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
 
-    benchmarks = dict(load_benchmark_spec(spec) for spec in config.benchmarks)
+    benchmark_specs = labelled_specs(config.benchmarks, "benchmark", lambda spec: parse_spec(spec)[0])
+    benchmarks = {label: load_benchmark_spec(spec)[1] for label, spec in benchmark_specs.items()}
     policy_defaults = {"step_separator": config.step_separator, "system_prompt": config.system_prompt}
+    builders = dict(POLICY_BUILDERS)
+    if config.policy_backend is not None:
+        builders["hf"] = builders["vllm"] = POLICY_BUILDERS[config.policy_backend]
+    if config.max_new_tokens_cap is not None:
+        builders["hf"], builders["vllm"] = (_capped(builders[k], config.max_new_tokens_cap) for k in ("hf", "vllm"))
+    policy_specs = labelled_specs(config.policies, "policy")
     policies = {
-        label: (lambda spec=spec: build_from_spec(spec, POLICY_BUILDERS, config.seed, "policy", policy_defaults))
-        for label, spec in map(split_label, config.policies)
+        label: (lambda spec=spec: build_from_spec(spec, builders, config.seed, "policy", policy_defaults))
+        for label, spec in policy_specs.items()
     }
     scorer_defaults = {}  # a PRM scores with the separator it was trained on (a spec may override it)
+    scorer_specs = labelled_specs(config.scorers, "scorer")
     scorers = {
         label: build_from_spec(spec, SCORER_BUILDERS, config.seed, "scorer", scorer_defaults)
-        for label, spec in map(split_label, config.scorers)
+        for label, spec in scorer_specs.items()
+    }
+    pins = {
+        "benchmarks": {label: {"spec": spec} for label, spec in benchmark_specs.items()},
+        "policies": {label: spec_pin(spec, config.seed, policy_defaults) for label, spec in policy_specs.items()},
+        "scorers": {label: spec_pin(spec, config.seed, scorer_defaults) for label, spec in scorer_specs.items()},
     }
     rows = run_sweep(
         benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
-        config.num_subsamples, config.seed, config.answer_kind,
+        config.num_subsamples, config.seed, config.answer_kind, pins,
     )  # fmt: skip
     write_tables(rows, config.output_dir)
     plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
@@ -220,4 +337,10 @@ def main(argv: list[str] | None = None) -> None:
     from trl_vlprm.eval.report import rows_to_markdown
 
     (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(args=argv)
-    print(rows_to_markdown(run(config)))
+    try:
+        rows = run(config)
+    except (SettingsMismatchError, OutputLockedError, RecordError) as err:
+        # a one-line reason and exit code 1; the samples already written stay for a rerun with the old settings
+        print(f"eval_tts: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
+    print(rows_to_markdown(rows))

@@ -29,7 +29,6 @@ from trl_vlprm.utils.resume import (
     check_settings,
     dataclass_settings,
     output_lock,
-    path_fingerprint,
     question_digest,
 )
 
@@ -61,10 +60,11 @@ class TTSSummary:
         return self.num_correct / self.num_questions if self.num_questions else 0.0
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
+def read_results(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
     """The results already in a JSONL file (none if it does not exist).
 
-    A malformed last line is the trace of an interrupted write: it is dropped and the file rewritten atomically. A
+    A malformed last line is the trace of an interrupted write: it is dropped and, with `repair` (only by the holder
+    of the file's `output_lock`: another process may be appending), the file rewritten atomically without it. A
     malformed line anywhere else raises a `ValueError` naming the file and line.
     """
     path = Path(path)
@@ -79,7 +79,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError("not an object with an 'id' field")
         except ValueError as err:
             if number == len(lines):
-                atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
+                if repair:
+                    atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
                 break
             raise ValueError(f"{path}:{number}: malformed result line ({err})") from err
         results.append(record)
@@ -226,10 +227,12 @@ class TTSArguments:
             pinned: a rerun with more questions answers the new ones.
         strategy: search strategy, a name in `trl_vlprm.guidance.strategies.STRATEGIES`.
         policy: "scripted" (the testbed policy, "puzzles" only), "hf" (transformers) or "vllm".
-        policy_model_path: local folder of the policy model ("hf"/"vllm").
+        policy_model_path: the policy model ("hf"/"vllm"): a folder or a Hub repo id.
+        policy_model_revision: branch, tag or commit of a `policy_model_path` repo id (None: "main").
         scorer: "prm" (a trained PRM), "oracle" (testbed gold step correctness), "random" (no-information control) or
             "none" (greedy and majority only).
-        prm_model_path: local folder of the PRM (scorer "prm").
+        prm_model_path: the PRM (scorer "prm"): a folder or a Hub repo id of a PRM saved by trl_vlprm.
+        prm_model_revision: branch, tag or commit of a `prm_model_path` repo id (None: "main").
         prm_step_separator: separator the PRM puts after each step; None: the one it was trained with. Independent of
             the policy's `step_separator` (steps reach the PRM as a list).
         prm_batch_size: candidates per PRM forward pass.
@@ -245,26 +248,75 @@ class TTSArguments:
         output_file: JSONL results file (resumable: a rerun skips question ids already in it; locked while written).
     """
 
-    dataset: str = "puzzles"
-    dataset_split: str = "test"
-    num_questions: int | None = None
-    strategy: str = "best_of_n"
-    policy: str = "scripted"
-    policy_model_path: str | None = None
-    scorer: str = "oracle"
-    prm_model_path: str | None = None
-    prm_step_separator: str | None = None
-    prm_batch_size: int = 16
-    step_separator: str = "\n\n"
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    max_step_tokens: int = 128
-    system_prompt: str | None = None
-    perception_error_rate: float = 0.3
-    reasoning_error_rate: float = 0.2
-    seed: int = 0
-    output_file: str = field(default="outputs/tts/results.jsonl")
+    dataset: str = field(
+        default="puzzles",
+        metadata={
+            "help": "'puzzles' for freshly generated testbed puzzles, or a datasets folder / .jsonl / .json / "
+            ".parquet file of question records."
+        },
+    )
+    dataset_split: str = field(
+        default="test", metadata={"help": "Split to read when dataset is a DatasetDict folder."}
+    )
+    num_questions: int | None = field(
+        default=None,
+        metadata={
+            "help": "Use only the first questions (all when None, 64 generated for 'puzzles'); must be >= 1 and is "
+            "not pinned, so a rerun with more answers the new ones."
+        },
+    )
+    strategy: str = field(
+        default="best_of_n", metadata={"help": "Search strategy, a name in trl_vlprm.guidance.strategies.STRATEGIES."}
+    )
+    policy: str = field(
+        default="scripted",
+        metadata={"help": "'scripted' (the testbed policy, 'puzzles' only), 'hf' (transformers) or 'vllm'."},
+    )
+    policy_model_path: str | None = field(
+        default=None, metadata={"help": "The policy model (policy 'hf' or 'vllm'): a local folder or a Hub repo id."}
+    )
+    policy_model_revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of a policy_model_path repo id (None: main)."}
+    )
+    scorer: str = field(
+        default="oracle",
+        metadata={
+            "help": "'prm' (a trained PRM), 'oracle' (testbed gold step correctness), 'random' (no-information "
+            "control) or 'none' (greedy and majority only)."
+        },
+    )
+    prm_model_path: str | None = field(
+        default=None, metadata={"help": "The PRM (scorer 'prm'): a local folder or a Hub repo id of a trl_vlprm PRM."}
+    )
+    prm_model_revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of a prm_model_path repo id (None: main)."}
+    )
+    prm_step_separator: str | None = field(
+        default=None,
+        metadata={"help": "Separator the PRM puts after each step; None uses the one it was trained with."},
+    )
+    prm_batch_size: int = field(default=16, metadata={"help": "Candidates per PRM forward pass."})
+    step_separator: str = field(default="\n\n", metadata={"help": "Text ending a step in the policy's output."})
+    temperature: float = field(default=0.7, metadata={"help": "Policy sampling temperature (0 is greedy decoding)."})
+    top_p: float = field(default=1.0, metadata={"help": "Policy nucleus sampling threshold."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a full solution."})
+    max_step_tokens: int = field(default=128, metadata={"help": "Token budget of one step."})
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message for the policy."})
+    perception_error_rate: float = field(
+        default=0.3, metadata={"help": "Scripted policy: chance a perception step misreads the image."}
+    )
+    reasoning_error_rate: float = field(
+        default=0.2, metadata={"help": "Scripted policy: chance a reasoning step slips."}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the puzzles, the policy's sampling and the random scorer."}
+    )
+    output_file: str = field(
+        default="outputs/tts/results.jsonl",
+        metadata={
+            "help": "JSONL results file; a rerun skips question ids already in it, and it is locked while written."
+        },
+    )
 
     def __post_init__(self):
         checks = {
@@ -315,10 +367,10 @@ def build_policy(args: TTSArguments) -> Policy:
     if args.policy == "hf":
         from trl_vlprm.guidance.hf_policy import HFPolicy
 
-        return HFPolicy.from_pretrained(args.policy_model_path, **sampling)
+        return HFPolicy.from_pretrained(args.policy_model_path, revision=args.policy_model_revision, **sampling)
     from trl_vlprm.guidance.vllm_policy import VLLMPolicy
 
-    return VLLMPolicy.from_pretrained(args.policy_model_path, **sampling)
+    return VLLMPolicy.from_pretrained(args.policy_model_path, revision=args.policy_model_revision, **sampling)
 
 
 def build_scorer(args: TTSArguments) -> StepScorer | None:
@@ -335,7 +387,10 @@ def build_scorer(args: TTSArguments) -> StepScorer | None:
 
     # prm_step_separator None: the PRM scores with the separator it was trained on, whatever the policy's is.
     return PRMScorer.from_pretrained(
-        args.prm_model_path, step_separator=args.prm_step_separator, batch_size=args.prm_batch_size
+        args.prm_model_path,
+        revision=args.prm_model_revision,
+        step_separator=args.prm_step_separator,
+        batch_size=args.prm_batch_size,
     )
 
 
@@ -346,9 +401,15 @@ NOT_PINNED = ("output_file", "num_questions", "prm_batch_size")
 def run_tags(args: TTSArguments) -> dict[str, Any]:
     """Every argument that changes results, so a resumed run into the same file must use the same ones.
 
-    Model folders are pinned by path and by `path_fingerprint` (retraining into the same folder is another model).
+    Model folders are pinned by path and by `path_fingerprint` (retraining into the same folder is another model),
+    repo ids by the commit they resolve to (`model_fingerprint`).
     """
+    from trl_vlprm.modeling.hub import model_fingerprint
+
     tags = dataclass_settings(args, exclude=NOT_PINNED)
-    tags["policy_model_fingerprint"] = path_fingerprint(args.policy_model_path) if args.policy != "scripted" else None
-    tags["prm_model_fingerprint"] = path_fingerprint(args.prm_model_path) if args.scorer == "prm" else None
+    policy, prm = args.policy != "scripted", args.scorer == "prm"
+    tags["policy_model_fingerprint"] = (
+        model_fingerprint(args.policy_model_path, args.policy_model_revision) if policy else None
+    )
+    tags["prm_model_fingerprint"] = model_fingerprint(args.prm_model_path, args.prm_model_revision) if prm else None
     return tags
