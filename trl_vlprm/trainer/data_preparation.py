@@ -129,9 +129,11 @@ def _log_truncation(tokenized: Dataset, name: str, args: VLPRMConfig) -> None:
             args.max_length,
         )
     if dropped:
-        how = "cut at the token budget" if args.step_truncation == "tokens" else "dropped whole"
+        how = (
+            "cut at the token budget (their labels with them)" if args.step_truncation == "tokens" else "dropped whole"
+        )
         logger.warning(
-            "%s dataset: %d labelled step(s) did not fit max_length=%s / max_completion_length=%s and were %s",
+            "%s dataset: %d trailing step(s) did not fit max_length=%s / max_completion_length=%s and were %s",
             name,
             dropped,
             args.max_length,
