@@ -106,6 +106,7 @@ class CPURecipe:
             max_steps=self.max_steps, learning_rate=self.learning_rate, lr_scheduler_type="cosine",
             warmup_steps=self.warmup_ratio, save_strategy="no", logging_steps=max(1, self.max_steps // 10),
             use_cpu=True, seed=self.seed, disable_tqdm=False,
+            activation_checkpointing=False,  # VLPRMConfig defaults it on (as TRL); a tiny model only loses time to it
         )  # fmt: skip
         settings.update(overrides)
         return VLPRMConfig(**settings)
