@@ -31,6 +31,7 @@ from trl_vlprm.trainer.tokenization import encode_prompt, encode_steps, is_visio
 logger = logging.getLogger(__name__)
 
 DEFAULT_STEP_SEPARATOR = "\n"  # the trainer's default (`VLPRMConfig.step_separator`)
+VLLM_SPEC_PREFIX = "vllm:"  # `from_pretrained("vllm:<folder>")` picks the vLLM backend
 
 
 @dataclass
@@ -121,7 +122,18 @@ class PRMScorer:
         max_pixels: int | None = None,
         **kwargs,
     ) -> PRMScorer:
-        """Load a PRM folder (`load_prm` + `load_processor`); `kwargs` go to `PRMScorer` (step_separator, ...)."""
+        """Load a PRM folder (`load_prm` + `load_processor`); `kwargs` go to `PRMScorer` (step_separator, ...).
+
+        A path "vllm:<folder>" runs the PRM on a vLLM pooling engine instead (`VLLMScorer`, same scores; `kwargs`
+        then go to `VLLMScorer.from_pretrained`: `llm_kwargs`, `max_model_len`, ...).
+        """
+        if str(path).startswith(VLLM_SPEC_PREFIX):
+            from trl_vlprm.guidance.vllm_scorer import VLLMScorer
+
+            return VLLMScorer.from_pretrained(
+                str(path)[len(VLLM_SPEC_PREFIX) :], head=head, dtype=dtype, min_pixels=min_pixels,
+                max_pixels=max_pixels, **kwargs,
+            )  # fmt: skip
         model = load_prm(path, head=head, dtype=dtype)
         processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
         return cls(model, processor, head=head, **kwargs)

@@ -34,7 +34,7 @@ from typing import Any
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.guidance.scorer import DEFAULT_STEP_SEPARATOR
 from trl_vlprm.guidance.vllm_policy import import_vllm
-from trl_vlprm.modeling.heads import HEADS, prm_token_ids
+from trl_vlprm.modeling.heads import HEADS, correct_probability, prm_token_ids
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
 from trl_vlprm.trainer.tokenization import EncodedPrompt, encode_prompt, encode_steps
 
@@ -141,6 +141,7 @@ class VLLMScorer:
         head: "value" or "generative"; default: the checkpoint's `prm_head`, else "value" (only used to name the
             classes: the engine was built for one head).
         reuse_cache: read vLLM's prefix cache (the point of this scorer); False computes every token of every prompt.
+        batch_size: candidates per `encode` call (vLLM schedules them itself; this bounds the returned rows held).
     """
 
     def __init__(
@@ -150,8 +151,12 @@ class VLLMScorer:
         step_separator: str | None = None,
         head: str | None = None,
         reuse_cache: bool = True,
+        batch_size: int = 256,
     ):
         self._vllm = import_vllm()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
         hf_config = llm.llm_engine.vllm_config.model_config.hf_config
         self.llm, self.processing_class = llm, processing_class
         self.tokenizer = get_tokenizer(processing_class)
@@ -175,7 +180,7 @@ class VLLMScorer:
         head: str | None = None,
         max_model_len: int = 4096,
         max_images_per_prompt: int = 1,
-        dtype: str = "auto",
+        dtype: Any = "auto",
         llm_kwargs: Mapping[str, Any] | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
@@ -196,6 +201,7 @@ class VLLMScorer:
             kwargs: `VLLMScorer` arguments (`step_separator`, `reuse_cache`).
         """
         vllm = import_vllm()
+        dtype = str(dtype).removeprefix("torch.") if dtype is not None else "auto"  # torch.float32 -> "float32"
         config = json.loads((Path(path) / "config.json").read_text())
         head = head or config.get("prm_head") or "value"
         if head not in HEADS:
@@ -241,13 +247,20 @@ class VLLMScorer:
 
     def _encode(self, prompts: list[dict[str, Any]], use_cache: bool) -> list[list[float]]:
         """P(correct) for the *computed* tokens of each prompt (the last rows; cached tokens give none)."""
-        params = self._vllm.PoolingParams(task="token_classify", skip_reading_prefix_cache=not use_cache)
-        outputs = self.llm.encode(prompts, pooling_params=params, pooling_task="token_classify", use_tqdm=False)
+        # Raw class logits, turned into P(correct) by the formula PRMScorer uses (vLLM's own activation depends on
+        # the config's problem_type: a soft-label head saved as regression would get none).
+        params = self._vllm.PoolingParams(
+            task="token_classify", use_activation=False, skip_reading_prefix_cache=not use_cache
+        )
         rows = []
-        for output in outputs:
-            data = output.outputs.data
-            probabilities = data[:, -1] if data.shape[-1] > 1 else data[:, 0]  # 2 classes: P(correct); 1: sigmoid
-            rows.append(probabilities.float().tolist())
+        for start in range(0, len(prompts), self.batch_size):
+            outputs = self.llm.encode(
+                prompts[start : start + self.batch_size],
+                pooling_params=params,
+                pooling_task="token_classify",
+                use_tqdm=False,
+            )
+            rows += [correct_probability(output.outputs.data).tolist() for output in outputs]
         return rows
 
     def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
