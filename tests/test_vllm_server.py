@@ -249,9 +249,13 @@ def test_search_runs_on_the_served_policy(server, puzzles, prm, tmp_path):
 
 
 def test_evaluation_sweep_runs_on_the_served_policy(server, puzzles, prm, tmp_path):
+    from trl_vlprm.eval.sweep_config import POLICY_BUILDERS, build_from_spec
     from trl_vlprm.eval.tts_sweep import run_sweep
 
-    policy = make_policy(server, step_separator="\n", max_new_tokens=24)
+    # The spec recipes/eval_tts.py reads: two base URLs (here two names of one server), keywords after them.
+    spec = f"server:{server.url},http://localhost:{server.port}/v1,model=tiny,max_new_tokens=24,temperature=1.0"
+    policy = build_from_spec(spec, POLICY_BUILDERS, 0, "policy", {"step_separator": "\n", "system_prompt": None})
+    assert isinstance(policy, ServerPolicy) and policy.base_urls[1].startswith("http://localhost")
     rows = run_sweep(
         {"testbed": puzzles}, {"served": policy}, {"prm": prm}, ["majority", "best_of_n:min"], [1, 2], tmp_path
     )
@@ -259,3 +263,4 @@ def test_evaluation_sweep_runs_on_the_served_policy(server, puzzles, prm, tmp_pa
     assert {(r["strategy"], r["n"]) for r in rows} == {(s, n) for s in ("majority", "best_of_n:min") for n in (1, 2)}
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["num_questions"] == 2 for r in rows)
     assert policy.stats.calls == 2 and policy.stats.sequences == 4  # sampled once at max N, every N derived
+    assert policy.requests_per_server == [1, 1]

@@ -64,6 +64,14 @@ def _model_policy(backend: str):
     return build
 
 
+def _server_policy(args, kwargs, seed):
+    from trl_vlprm.guidance.server_policy import ServerPolicy
+
+    if not args:
+        raise ValueError("a server policy needs at least one base URL, e.g. server:http://host:8000/v1,model=name")
+    return ServerPolicy(args, **{"seed": seed, **kwargs})
+
+
 def _oracle_scorer(args, kwargs, seed):
     from trl_vlprm.data.puzzles import GoldOracleScorer
 
@@ -89,6 +97,7 @@ POLICY_BUILDERS: dict[str, Callable[..., Policy]] = {
     "scripted": _scripted_policy,
     "hf": _model_policy("hf"),
     "vllm": _model_policy("vllm"),
+    "server": _server_policy,
 }
 SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {
     "oracle": _oracle_scorer,
@@ -98,7 +107,7 @@ SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {
 
 
 # Keyword arguments the config gives every model-backed policy / PRM (a spec's own keywords win).
-MODEL_KINDS = ("hf", "vllm", "prm")
+MODEL_KINDS = ("hf", "vllm", "server", "prm")
 
 
 def build_from_spec(
@@ -108,7 +117,7 @@ def build_from_spec(
     what: str,
     defaults: Mapping[str, Any] | None = None,
 ):
-    """Build the policy or scorer a spec names; `defaults` go to model-backed kinds only (hf, vllm, prm)."""
+    """Build the policy or scorer a spec names; `defaults` go to model-backed kinds only (hf, vllm, server, prm)."""
     kind, args, kwargs = parse_spec(spec)
     if kind not in builders:
         raise ValueError(f"{what} spec {spec!r}: unknown kind {kind!r}; expected one of {sorted(builders)}")
@@ -126,7 +135,9 @@ class EvalTTSConfig:
             `trl_vlprm.eval.benchmarks.BENCHMARKS` (source: hub name or local path; testbed: generator seed).
         policies: policy specs, optionally labelled "label@spec" (the label names the policy in tables and files):
             "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed), or
-            "vllm:<model folder>,temperature=0.7,..." / "hf:<model folder>,..." (keywords of `VLLMPolicy`/`HFPolicy`).
+            "vllm:<model folder>,temperature=0.7,..." / "hf:<model folder>,..." (keywords of `VLLMPolicy`/`HFPolicy`),
+            or "server:<base URL>,<base URL>,...,model=<name>,max_concurrency=16" (`ServerPolicy`: one or several
+            OpenAI-compatible servers, e.g. `vllm serve` replicas).
         scorers: step-scorer specs (optionally "label@spec"): "prm:<PRM folder>" (a trained VL-PRM), "oracle"
             (testbed truth), "random:seed=1" (no-information control), or any kind registered in `SCORER_BUILDERS`.
         process_benches: process-error benchmarks every scorer is also judged on (step F1, see
