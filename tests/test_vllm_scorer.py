@@ -102,7 +102,7 @@ def assert_close(got, expected):
 def test_spec_picks_vllm_and_scores_equal_transformers(pair, question):
     reference, scorer = pair
     assert isinstance(scorer, VLLMScorer) and isinstance(scorer, StepScorer)
-    assert scorer.step_separator == "\n" and scorer.head == reference.head
+    assert scorer.step_separator == reference.step_separator == "\n" and scorer.head == reference.head
     group = candidates(0, 12) + [Candidate(steps=[STEPS[0], STEPS[4]])] * 2  # twins are scored once
     expected = reference.score_plain(question, group)
     got = scorer.score(question, group)

@@ -32,13 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from trl_vlprm.guidance.policy import Candidate, Question
-from trl_vlprm.guidance.scorer import DEFAULT_STEP_SEPARATOR
 from trl_vlprm.guidance.vllm_policy import import_vllm
 from trl_vlprm.modeling.heads import HEADS, correct_probability, prm_token_ids
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
 from trl_vlprm.trainer.tokenization import EncodedPrompt, encode_prompt, encode_steps
 
 logger = logging.getLogger(__name__)
+
+# The trainer's default (`VLPRMConfig.step_separator`), as `scorer.DEFAULT_STEP_SEPARATOR`; not imported from there
+# because `PRMScorer.from_pretrained("vllm:...")` imports this module.
+DEFAULT_STEP_SEPARATOR = "\n"
 
 _VALUE_HEAD_RENAMES = {"score.weight": "language_model.score.weight", "score.bias": "language_model.score.bias"}
 
