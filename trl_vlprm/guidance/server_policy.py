@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.hf_policy import question_messages, read_answer
@@ -80,6 +80,77 @@ def chat_messages(
     if prefix:
         messages.append({"role": "assistant", "content": "".join(step + step_separator for step in prefix)})
     return messages
+
+
+T = TypeVar("T")
+
+
+def _status(err: BaseException) -> int | None:
+    """The HTTP status of a failed request (openai and httpx errors), if the server answered."""
+    status = getattr(err, "status_code", None)
+    return status if status is not None else getattr(getattr(err, "response", None), "status_code", None)
+
+
+class ServerFleet:
+    """Round-robin over base URLs with at most `max_concurrency` requests in flight (over all threads), each request
+    retried on the next server until it succeeds, `max_retries` retries are spent, or `deadline` seconds passed.
+
+    `request(send, label)` calls `send(server_index, timeout)`; an exception of a type in `retry_on` is an attempt's
+    failure (a 4xx answer other than 408/409/429 is final: the request itself is wrong).
+    """
+
+    def __init__(
+        self,
+        base_urls: Sequence[str],
+        max_concurrency: int = 8,
+        request_timeout: float = 120.0,
+        max_retries: int = 3,
+        deadline: float = 600.0,
+        backoff: float = 0.5,
+        retry_on: tuple[type[BaseException], ...] = (OSError,),
+        seed: int | None = None,
+        name: str = "ServerFleet",
+    ):
+        if not base_urls:
+            raise ValueError(f"{name}: base_urls is empty")
+        if max_concurrency < 1:
+            raise ValueError(f"{name}: max_concurrency must be >= 1")
+        self.base_urls = [url.rstrip("/") for url in base_urls]
+        self.request_timeout, self.max_retries, self.deadline, self.backoff = (
+            request_timeout, max_retries, deadline, backoff
+        )  # fmt: skip
+        self.retry_on, self.name = retry_on, name
+        self.requests_per_server = [0] * len(self.base_urls)  # attempts sent to each base URL (for load checks)
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._lock = threading.Lock()
+        self._next_server = itertools.count()
+        self._rng = random.Random(seed)
+
+    def request(self, send: Callable[[int, float], T], label: str) -> T:
+        """`send(server_index, timeout)` until it succeeds; raises RuntimeError listing every attempt's error."""
+        start, errors = time.monotonic(), []
+        for attempt in range(self.max_retries + 1):
+            index = next(self._next_server) % len(self.base_urls)
+            remaining = self.deadline - (time.monotonic() - start)
+            if remaining <= 0:
+                break
+            try:
+                with self._slots:
+                    with self._lock:
+                        self.requests_per_server[index] += 1
+                    return send(index, min(remaining, self.request_timeout))
+            except self.retry_on as err:
+                status = _status(err)
+                errors.append(f"{self.base_urls[index]}: {type(err).__name__}{f' {status}' if status else ''}: {err}")
+                if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
+                    break
+            if attempt < self.max_retries:
+                pause = self.backoff * 2**attempt * (0.5 + self._rng.random())
+                time.sleep(max(0.0, min(pause, self.deadline - (time.monotonic() - start))))
+        raise RuntimeError(
+            f"{self.name}: {label}: no answer after {len(errors)} attempt(s) in {time.monotonic() - start:.1f} s "
+            f"(deadline {self.deadline} s): " + " | ".join(errors)
+        )
 
 
 @dataclass
@@ -146,35 +217,32 @@ class ServerPolicy:
         except ImportError as err:
             raise ImportError(MISSING_OPENAI_MESSAGE) from err
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
-        if not urls:
-            raise ValueError("ServerPolicy: base_urls is empty")
         if not step_separator:
             raise ValueError("ServerPolicy: step_separator must be a non-empty string")
-        if max_concurrency < 1 or (max_samples_per_request is not None and max_samples_per_request < 1):
-            raise ValueError("ServerPolicy: max_concurrency and max_samples_per_request must be >= 1")
-        self._openai = openai
-        # The client's own retries are off: ours spread attempts over the servers and respect the deadline.
+        if max_samples_per_request is not None and max_samples_per_request < 1:
+            raise ValueError("ServerPolicy: max_samples_per_request must be >= 1")
+        retry_on = (openai.APIError, ValueError, KeyError, IndexError)
+        self.fleet = ServerFleet(
+            urls, max_concurrency, request_timeout, max_retries, deadline, backoff, retry_on, seed, "ServerPolicy"
+        )
+        self.base_urls = self.fleet.base_urls
+        self.requests_per_server = self.fleet.requests_per_server
+        # The client's own retries are off: the fleet spreads attempts over the servers and respects the deadline.
         self.clients = [
-            openai.OpenAI(base_url=url.rstrip("/"), api_key=api_key, max_retries=0, timeout=request_timeout)
-            for url in urls
+            openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=request_timeout)
+            for url in self.base_urls
         ]
-        self.base_urls = urls
         self.model = model or self.clients[0].models.list().data[0].id
         self.step_separator = step_separator
         self.temperature, self.top_p = temperature, top_p
         self.max_new_tokens, self.max_step_tokens = max_new_tokens, max_step_tokens
         self.seed, self.system_prompt, self.answer_extractor = seed, system_prompt, answer_extractor
-        self.max_concurrency, self.max_samples_per_request = max_concurrency, max_samples_per_request
-        self.max_retries, self.deadline, self.backoff = max_retries, deadline, backoff
+        self.max_samples_per_request = max_samples_per_request
         self.continue_prefix = continue_prefix
         self.extra_body = dict(extra_body or {})
         self.stats = PolicyStats()
-        self.requests_per_server = [0] * len(urls)  # attempts sent to each base URL (for load checks)
-        self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()
-        self._next_server = itertools.count()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="server-policy")
-        self._rng = random.Random(seed)
 
     # -- Policy protocol ---------------------------------------------------------------------------------------
 
@@ -264,33 +332,10 @@ class ServerPolicy:
         return samples
 
     def _send(self, request: dict[str, Any], label: str) -> list[_Sample]:
-        """One request, retried over the servers until `deadline`; raises RuntimeError with every attempt's error."""
-        start, errors = time.monotonic(), []
-        for attempt in range(self.max_retries + 1):
-            index = next(self._next_server) % len(self.clients)
-            remaining = self.deadline - (time.monotonic() - start)
-            if remaining <= 0:
-                break
-            try:
-                with self._slots:
-                    with self._lock:
-                        self.requests_per_server[index] += 1
-                    response = self.clients[index].chat.completions.create(
-                        **request, timeout=min(remaining, self.clients[index].timeout)
-                    )
-                return _samples(response)
-            except (self._openai.APIError, ValueError, KeyError, IndexError) as err:
-                status = getattr(err, "status_code", None)
-                errors.append(f"{self.base_urls[index]}: {type(err).__name__}{f' {status}' if status else ''}: {err}")
-                if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
-                    break  # the request itself is wrong: another attempt would fail alike
-            if attempt < self.max_retries:
-                pause = self.backoff * 2**attempt * (0.5 + self._rng.random())
-                time.sleep(max(0.0, min(pause, self.deadline - (time.monotonic() - start))))
-        raise RuntimeError(
-            f"ServerPolicy: {label}: no answer after {len(errors)} attempt(s) in {time.monotonic() - start:.1f} s "
-            f"(deadline {self.deadline} s): " + " | ".join(errors)
-        )
+        def send(index: int, timeout: float) -> list[_Sample]:
+            return _samples(self.clients[index].chat.completions.create(**request, timeout=timeout))
+
+        return self.fleet.request(send, label)
 
 
 def _samples(response) -> list[_Sample]:
