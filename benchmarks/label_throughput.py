@@ -5,7 +5,8 @@ the server-backed policy (a real vLLM server on loopback), on the same questions
     .cache/vllm-venv/bin/python benchmarks/label_throughput.py --questions 8 --rollouts 4 --completions 4
 
 One tiny random Qwen2-VL (width 128, as the CPU attention kernels need) serves all three backends; its samples are
-gibberish, so every rollout fails and MC labelling estimates every step (`every_step` mode), the costliest case.
+gibberish, so every rollout fails and MC labelling estimates every step (`every_step` mode), the costliest case. The
+step separator is a space, so the gibberish splits into many steps and MC has prefixes to complete.
 A *rollout* here is one sampled sequence (a solution or an MC completion): the figure is sequences per second over a
 whole `label_batch` call, generation, parsing and bookkeeping included. `tokens/s` counts generated tokens.
 """
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--questions", type=int, default=4, help="testbed puzzles labelled")
     parser.add_argument("--rollouts", type=int, default=4, help="solutions sampled per question")
     parser.add_argument("--completions", type=int, default=4, help="K: MC completions per step prefix")
-    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the transformers policy")
     args = parser.parse_args(argv)
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     questions = [dict(row) for row in generate_puzzles(args.questions, seed=0, image_size=112)]
-    sampling = {"step_separator": "\n", "temperature": 1.0, "max_new_tokens": args.max_new_tokens, "seed": 0}
+    sampling = {"step_separator": " ", "temperature": 1.0, "max_new_tokens": args.max_new_tokens, "seed": 0}
     rows = {}
     with tempfile.TemporaryDirectory() as folder:
         path = str(build_tiny_vlm(f"{folder}/policy", arch="qwen2_vl", hidden_size=128, seed=0))
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     base = rows["transformers (HFPolicy)"]["rollouts/s"]
     print(
         f"{args.questions} puzzles x {args.rollouts} rollouts, MC every step with K={args.completions}, "
-        f"max_new_tokens {args.max_new_tokens}, tiny Qwen2-VL width 128"
+        f"max_new_tokens {args.max_new_tokens}, step separator ' ', tiny Qwen2-VL width 128"
     )
     print("| policy | rollouts | seconds | rollouts/s | tokens/s | vs transformers |")
     print("|---|---|---|---|---|---|")

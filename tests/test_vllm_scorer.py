@@ -140,6 +140,12 @@ def test_beam_rounds_reuse_earlier_steps(pair, question):
         # Round r re-sends the r steps scored before: each is known (same tokens up to it), none recomputed.
         assert scorer.counters["known_steps"] - before == len(beams) * round_index
         beams = [Candidate(steps=b.steps + [STEPS[(i + round_index) % len(STEPS)]]) for i, b in enumerate(beams)]
+    # Kept scores belong to one question at a time (memory stays bounded over a dataset): after another question,
+    # the first one's steps are computed again, not looked up.
+    scorer.score({**question, "id": "q2", "prompt": question["prompt"] + " Be brief."}, beams)
+    before = scorer.counters["known_steps"]
+    assert_close(scorer.score(question, beams), reference.score_plain(question, beams))
+    assert scorer.counters["known_steps"] == before
 
 
 def test_step_end_inside_cached_blocks_is_rescored(pair, question):

@@ -172,7 +172,7 @@ class VLLMScorer:
         self.step_separator = step_separator if step_separator is not None else trained or DEFAULT_STEP_SEPARATOR
         self.reuse_cache = reuse_cache
         self.image_token_id = getattr(processing_class, "image_token_id", None)
-        self._question_key: str | None = None
+        self._current_question: str | None = None
         self._known: dict[bytes, float] = {}  # token-prefix digest -> score, for the current question
         self.counters = {"prompts": 0, "computed_tokens": 0, "prompt_tokens": 0, "rescored": 0, "known_steps": 0}
 
@@ -271,9 +271,9 @@ class VLLMScorer:
         if not candidates:
             return []
         prompt, suffixes = prm_token_layout(self.processing_class, question, candidates, self.step_separator)
-        key = self._image_key(prompt)
-        if key != self._question_key:
-            self._question_key, self._known = key, {}
+        key = self._question_key(prompt)
+        if key != self._current_question:
+            self._current_question, self._known = key, {}
         prefix = prompt.input_ids
         scores: list[list[float | None]] = []
         todo: list[int] = []  # candidates with a step score still unknown
@@ -323,18 +323,19 @@ class VLLMScorer:
                     break
         return incomplete
 
-    def _image_key(self, prompt: EncodedPrompt) -> str:
-        digest = hashlib.sha256()
+    def _question_key(self, prompt: EncodedPrompt) -> str:
+        """Identifies the question (prompt tokens and image pixels): kept scores are dropped when it changes."""
+        digest = hashlib.sha256(json.dumps(prompt.input_ids).encode())
         for image in prompt.images:
             digest.update(repr((image.size, image.mode)).encode())
             digest.update(image.tobytes())
         return digest.hexdigest()
 
     def _digest(self, prefix: list[int], ids: list[int], end: int) -> bytes:
-        # The score at a token depends on the images (fixed per question key) and the tokens up to it.
+        # The score at a token depends on the images (fixed for the current question) and the tokens up to it.
         return hashlib.sha256(json.dumps([prefix, ids[: end + 1]]).encode()).digest()
 
     def clear_cache(self) -> None:
         """Forget the kept scores and reset vLLM's prefix cache."""
-        self._question_key, self._known = None, {}
+        self._current_question, self._known = None, {}
         self.llm.reset_prefix_cache()
