@@ -167,7 +167,10 @@ class EvalTTSConfig:
     )
     policies: list[str] = field(
         default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"],
-        metadata={"help": "Policy specs, optionally 'label@spec': scripted, vllm:<folder>,... or hf:<folder>,..."},
+        metadata={
+            "help": "Policy specs, optionally 'label@spec': scripted, vllm:<folder>,..., hf:<folder>,... or "
+            "server:<base URL>,...,model=<name>."
+        },
     )
     scorers: list[str] = field(
         default_factory=lambda: ["oracle", "random"],
