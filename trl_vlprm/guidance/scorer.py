@@ -25,7 +25,8 @@ from transformers import DynamicCache, PreTrainedModel
 
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, step_logits
-from trl_vlprm.modeling.processor import get_tokenizer, load_processor
+from trl_vlprm.modeling.hub import read_model_json
+from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
 from trl_vlprm.trainer.tokenization import encode_prompt, encode_steps, is_vision_processor
 
 logger = logging.getLogger(__name__)
@@ -115,27 +116,41 @@ class PRMScorer:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | Path,
+        name_or_path: str | Path,
         head: str | None = None,
         dtype: torch.dtype | str | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        revision: str | None = None,
         **kwargs,
     ) -> PRMScorer:
-        """Load a PRM folder (`load_prm` + `load_processor`); `kwargs` go to `PRMScorer` (step_separator, ...).
+        """Load a trained PRM from a folder or Hub repo id (`load_prm` + `load_processor`).
 
-        A path "vllm:<folder>" runs the PRM on a vLLM pooling engine instead (`VLLMScorer`, same scores; `kwargs`
-        then go to `VLLMScorer.from_pretrained`: `llm_kwargs`, `max_model_len`, ...).
+        A PRM needs its head: a checkpoint without the metadata this project saves (`prm_head` in its config) is
+        refused unless `head` is given, so a base model is never scored through a randomly initialised head.
+        `revision` picks a branch, tag or commit of a repo id; `kwargs` go to `PRMScorer` (step_separator, ...).
+
+        "vllm:<folder>" runs the PRM on a vLLM pooling engine instead (`VLLMScorer`, same scores; `kwargs` then go
+        to `VLLMScorer.from_pretrained`: `llm_kwargs`, `max_model_len`, ...).
         """
-        if str(path).startswith(VLLM_SPEC_PREFIX):
+        if str(name_or_path).startswith(VLLM_SPEC_PREFIX):
             from trl_vlprm.guidance.vllm_scorer import VLLMScorer
 
+            if revision is not None:
+                raise ValueError(f"{name_or_path}: a vLLM-backed PRM is read from a local folder; revision is unused")
             return VLLMScorer.from_pretrained(
-                str(path)[len(VLLM_SPEC_PREFIX) :], head=head, dtype=dtype, min_pixels=min_pixels,
+                str(name_or_path)[len(VLLM_SPEC_PREFIX) :], head=head, dtype=dtype, min_pixels=min_pixels,
                 max_pixels=max_pixels, **kwargs,
             )  # fmt: skip
-        model = load_prm(path, head=head, dtype=dtype)
-        processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
+        if head is None:
+            config = read_model_json(name_or_path, "config.json", revision) or {}
+            if config.get("prm_head") not in HEADS:
+                raise ValueError(
+                    f"{name_or_path} is not a PRM saved by trl_vlprm (its config.json has no prm_head): scoring it "
+                    f"would read an untrained head. Pass head='generative' to score with its LM's '+'/'-' tokens"
+                )
+        model = load_prm(name_or_path, head=head, dtype=dtype, revision=revision)
+        processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels, revision=revision)
         return cls(model, processor, head=head, **kwargs)
 
     @property
@@ -146,6 +161,8 @@ class PRMScorer:
 
     def _encode_prefix(self, question: Question) -> _Prefix:
         row = question.get("id", "?")
+        if question.get("images") and not self.is_vision:
+            require_image_support(self.processing_class, self.model.config.model_type, f"question {row}")
         encoded = encode_prompt(self.processing_class, question["prompt"], question.get("images") or [], row)
         device = self.device
         prefix = _Prefix(torch.tensor([encoded.input_ids], device=device), None, None, None)
