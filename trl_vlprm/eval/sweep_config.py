@@ -80,6 +80,14 @@ def _model_policy(backend: str):
     return build
 
 
+def _server_policy(args, kwargs, seed):
+    from trl_vlprm.guidance.server_policy import ServerPolicy
+
+    if not args:
+        raise ValueError("a server policy needs at least one base URL, e.g. server:http://host:8000/v1,model=name")
+    return ServerPolicy(args, **{"seed": seed, **kwargs})
+
+
 def _capped(build, cap: int):
     def capped(args, kwargs, seed):
         return build(args, {**kwargs, "max_new_tokens": min(int(kwargs.get("max_new_tokens", cap)), cap)}, seed)
@@ -112,6 +120,7 @@ POLICY_BUILDERS: dict[str, Callable[..., Policy]] = {
     "scripted": _scripted_policy,
     "hf": _model_policy("hf"),
     "vllm": _model_policy("vllm"),
+    "server": _server_policy,
 }
 SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {
     "oracle": _oracle_scorer,
@@ -121,7 +130,7 @@ SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {
 
 
 # Keyword arguments the config gives every model-backed policy / PRM (a spec's own keywords win).
-MODEL_KINDS = ("hf", "vllm", "prm")
+MODEL_KINDS = ("hf", "vllm", "server", "prm")
 
 
 def build_from_spec(
@@ -131,7 +140,7 @@ def build_from_spec(
     what: str,
     defaults: Mapping[str, Any] | None = None,
 ):
-    """Build the policy or scorer a spec names; `defaults` go to model-backed kinds only (hf, vllm, prm)."""
+    """Build the policy or scorer a spec names; `defaults` go to model-backed kinds only (hf, vllm, server, prm)."""
     kind, args, kwargs = parse_spec(spec)
     if kind not in builders:
         raise ValueError(f"{what} spec {spec!r}: unknown kind {kind!r}; expected one of {sorted(builders)}")
@@ -150,7 +159,9 @@ class EvalTTSConfig:
         policies: policy specs, optionally labelled "label@spec" (the label names the policy in tables and files):
             "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed), or
             "vllm:<model>,temperature=0.7,..." / "hf:<model>,..." (keywords of `VLLMPolicy`/`HFPolicy`), with
-            <model> a folder or a Hub repo id (`revision=...` picks a branch, tag or commit).
+            <model> a folder or a Hub repo id (`revision=...` picks a branch, tag or commit), or
+            "server:<base URL>,<base URL>,...,model=<name>,max_concurrency=16" (`ServerPolicy`: one or several
+            OpenAI-compatible servers, e.g. `vllm serve` replicas).
         policy_backend: run every model policy (hf and vllm specs) on this backend instead, e.g. "hf" on a machine
             without vLLM; vLLM engine keywords (max_model_len, max_images_per_prompt) are then dropped. None: as
             each spec says.
@@ -181,8 +192,8 @@ class EvalTTSConfig:
     policies: list[str] = field(
         default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"],
         metadata={
-            "help": "Policy specs, optionally 'label@spec': scripted, vllm:<model>,... or hf:<model>,... (a model "
-            "folder or Hub repo id)."
+            "help": "Policy specs, optionally 'label@spec': scripted, vllm:<model>,..., hf:<model>,... (a model "
+            "folder or Hub repo id) or server:<base URL>,...,model=<name>."
         },
     )
     scorers: list[str] = field(
