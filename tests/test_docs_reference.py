@@ -34,7 +34,6 @@ KNOWN_WITHOUT_HELP = {
     ("MCConfig", "num_completions"),
     ("MCConfig", "threshold"),
     ("MCConfig", "mode"),
-    ("PRMScriptArguments", "dataset_format"),
     ("SearchConfig", "n"),
     ("SearchConfig", "aggregation"),
     ("SearchConfig", "beam_width"),
@@ -144,9 +143,12 @@ def test_only_added_fields_and_changed_defaults_of_an_upstream_base():
 def test_rendered_reference_holds_every_field_with_its_default():
     text = gen.render()
     vlprm = text.split("### `VLPRMConfig`")[1].split("### ")[0]
-    assert "| `perception_loss_weight` | `float` | `1.0` | Loss weight of perception steps. |" in vlprm
+    head_row = next(line for line in vlprm.splitlines() if line.startswith("| `head` |"))
+    assert head_row.startswith("| `head` | `str` | `'value'` | ") and head_row.endswith(
+        "Choices: `value`, `generative`. |"
+    )
     assert "| `remove_unused_columns` | `True` | `False` |" in vlprm  # a TrainingArguments default it changes
-    assert "| `learning_rate` |" not in vlprm  # unchanged TrainingArguments fields are only linked
+    assert "| `adam_beta1` |" not in vlprm  # unchanged TrainingArguments fields are only linked
     eval_tts = text.split("### `EvalTTSConfig`")[1].split("### ")[0]
     assert "| `n_values` | `list[int]` | `[1, 2, 4, 8, 16]` |" in eval_tts  # default_factory evaluated
     for entry in gen.CONFIG_CLASSES:
