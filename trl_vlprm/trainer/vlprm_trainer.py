@@ -37,6 +37,7 @@ def _tokenize(example: dict[str, Any], index: int, processing_class: Any, args: 
         train_on_last_step_only=args.train_on_last_step_only,
         is_eval=is_eval,
         row=example.get("id") or index,
+        layout=args.layout,
     )
 
 
@@ -86,7 +87,11 @@ class VLPRMTrainer(Trainer):
         if processing_class is None:
             raise ValueError("`processing_class` is required when `model` is not a path")
         self.head = args.head
-        self.prm_token_ids = prm_token_ids(get_tokenizer(processing_class)) if args.head == "generative" else None
+        layout = args.layout
+        self.prm_token_ids = None
+        if args.head == "generative":
+            tokenizer = get_tokenizer(processing_class)
+            self.prm_token_ids = prm_token_ids(tokenizer, layout.positive_token, layout.negative_token)
         _record_prm_metadata(model, args, self.prm_token_ids)
 
         if args.freeze_vision_tower:
@@ -223,7 +228,7 @@ def _has_soft_labels(dataset) -> bool:
 def _record_prm_metadata(model: PreTrainedModel, args: VLPRMConfig, token_ids: tuple[int, int] | None) -> None:
     # Saved with the checkpoint so scoring reads steps exactly as training labelled them.
     model.config.prm_head = args.head
-    model.config.prm_step_separator = args.step_separator
+    args.layout.save_to_config(model.config)  # prm_layout, prm_step_separator, prm_system_prompt, verdict tokens
     if token_ids is not None:
         model.config.prm_positive_token_id, model.config.prm_negative_token_id = token_ids
 

@@ -1,0 +1,253 @@
+"""The paper's PRM input layout and the published PRMs' presets, against reference implementations of their authors'
+scoring code (written here from that code) on tiny random models.
+
+References: theogbrand/vlprm `eval/tts_eval/reward_guided_search/VisualPRMv2.py` (`VisualPRM.get_reward` and
+`inference_single`) for ob11/Qwen-VL-PRM-*; the Qwen/Qwen2.5-Math-PRM-7B model card (`make_step_rewards`).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Config, Qwen2Model
+
+from trl_vlprm.guidance.policy import Candidate
+from trl_vlprm.guidance.scorer import PRMScorer
+from trl_vlprm.modeling.encoding import PAPER_PRM_SYSTEM_PROMPT, PRMEncoder, PRMLayout
+from trl_vlprm.modeling.heads import MissingPRMMetadataError, Qwen2ForProcessRewardModel, load_prm
+from trl_vlprm.modeling.presets import get_preset
+from trl_vlprm.modeling.processor import load_processor
+from trl_vlprm.modeling.tiny import build_tiny_tokenizer, build_tiny_vlm
+
+ATOL = 1e-5
+PAPER_MIN_PIXELS, PAPER_MAX_PIXELS = 256 * 28 * 28, 1280 * 28 * 28
+STEPS = [
+    ["There are 3 circles.", "So 3 + 4 = 7.", "Answer: 7"],
+    ["Count."],
+    ["The clock shows 3 o'clock; add 4 hours to get 7 o'clock", "Therefore the answer is B"],
+    ["The polygon has 6 sides.", "A hexagon.", "6 - 1 = 5", "Answer: (C)"],
+]
+
+
+def random_image(height, width, seed):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+# ---- reference: the paper's VisualPRM.get_reward, from VisualPRMv2.py ----------------------------------------------
+# Kept as in their code: system turn with PRM_SYSTEM_PROMPT_NORMAL_TOK_V2, first user turn = image + "### Question:\n
+# {question}\n\n### Solution Process:\n{step 1}" (non-interleaved questions: the image first), then ("+" assistant
+# turn, user step) pairs; the chat template with the generation prompt; the processor on the text and the images;
+# a full forward; softmax over the logits of "+" and "-" at the last position. Only the base64 round trip is
+# skipped: images go in as PIL images whose sides are multiples of 28 within qwen_vl_utils' bounds, which its
+# `fetch_image` leaves untouched.
+
+
+class ReferenceVisualPRM:
+    def __init__(self, model_path):
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.processor = load_processor(model_path, min_pixels=PAPER_MIN_PIXELS, max_pixels=PAPER_MAX_PIXELS)
+        self.tokenizer = self.processor.tokenizer
+        self.pos_token_id = self.tokenizer.encode("+")[0]
+        self.neg_token_id = self.tokenizer.encode("-")[0]
+        self.system_prompt = PAPER_PRM_SYSTEM_PROMPT
+
+    def inference_single(self, messages, images):
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = self.processor(text=[text], images=images, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = self.model(**inputs).logits
+        masked = logits[:, -1, [self.pos_token_id, self.neg_token_id]]
+        probs = F.softmax(masked, dim=-1)
+        return {"positive_prob": probs[0][0].item(), "negative_prob": probs[0][1].item()}
+
+    def get_reward(self, question, previous_steps, now_step, images):
+        messages = [{"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}]
+        first_user = lambda step: [  # noqa: E731
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": images[0]},
+                    {"type": "text", "text": f"### Question:\n{question}\n\n### Solution Process:\n{step}"},
+                ],
+            }
+        ]
+        if previous_steps:
+            for i, step in enumerate(previous_steps):
+                if i == 0:
+                    messages += first_user(step)
+                else:
+                    messages.append({"role": "user", "content": [{"type": "text", "text": step}]})
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": "+"}]})
+            messages.append({"role": "user", "content": [{"type": "text", "text": now_step}]})
+        else:
+            messages += first_user(now_step)
+        return self.inference_single(messages, images)
+
+
+@pytest.fixture(scope="module")
+def paper_prm_dir(tmp_path_factory):
+    """A tiny Qwen2.5-VL saved as the paper's PRMs are published: a plain VLM checkpoint, no PRM metadata."""
+    return build_tiny_vlm(tmp_path_factory.mktemp("paper") / "Qwen-VL-PRM-7B", arch="qwen2_5_vl", seed=3)
+
+
+@pytest.fixture(scope="module")
+def paper_question():
+    # 476 x 448: sides are multiples of 28 and the area lies within the paper's pixel bounds (272 image tokens).
+    question = "Which number is missing?\nOptions:\nA. 4\nB. 7"
+    return {"id": "p1", "prompt": "<image>" + question, "images": [random_image(448, 476, 0)]}, question
+
+
+@pytest.fixture(scope="module")
+def paper_scorer(paper_prm_dir):
+    return PRMScorer.from_pretrained(paper_prm_dir, preset="ob11/Qwen-VL-PRM-7B", batch_size=2)
+
+
+def test_preset_picks_head_layout_prompt_and_pixels(paper_scorer):
+    assert paper_scorer.head == "generative"
+    assert paper_scorer.layout == PRMLayout(name="multi_turn", system_prompt=PAPER_PRM_SYSTEM_PROMPT)
+    image_processor = paper_scorer.processing_class.image_processor
+    assert (image_processor.min_pixels, image_processor.max_pixels) == (PAPER_MIN_PIXELS, PAPER_MAX_PIXELS)
+    assert get_preset("ob11/Qwen-VL-PRM-3B").layout == paper_scorer.layout
+
+
+def test_scores_equal_the_papers_get_reward(paper_prm_dir, paper_scorer, paper_question):
+    question, text = paper_question
+    candidates = [Candidate(steps=list(steps)) for steps in STEPS]
+    scores = paper_scorer.score(question, candidates)
+    reference = ReferenceVisualPRM(paper_prm_dir)
+    expected = [
+        [reference.get_reward(text, steps[:k], steps[k], question["images"])["positive_prob"] for k in range(len(steps))]
+        for steps in STEPS
+    ]
+    assert [len(s) for s in scores] == [len(s) for s in STEPS]
+    np.testing.assert_allclose(np.concatenate(scores), np.concatenate(expected), atol=ATOL, rtol=0)
+    assert np.ptp(np.concatenate(scores)) > 1e-4  # not one constant (a dead model would match trivially)
+    # The prefix really carries the image: 272 image tokens at the paper's bounds.
+    prefix = paper_scorer._encode_prefix(question)
+    assert int(prefix.mm_token_type_ids.sum()) == 476 * 448 // (28 * 28)
+
+
+@pytest.mark.parametrize("head,num_labels", [("generative", 2), ("value", 2)])
+def test_multi_turn_prefix_sharing_equals_plain_forward(paper_prm_dir, paper_question, head, num_labels, monkeypatch):
+    question, _ = paper_question
+    model = load_prm(paper_prm_dir, head=head, num_labels=num_labels)
+    layout = PRMLayout.named("multi_turn")
+    scorer = PRMScorer(model, load_processor(paper_prm_dir), batch_size=3, layout=layout)
+    candidates = [Candidate(steps=list(steps)) for steps in STEPS]
+    runs = []
+    run_prefix = PRMScorer._run_prefix
+    monkeypatch.setattr(PRMScorer, "_run_prefix", lambda self, prefix: runs.append(1) or run_prefix(self, prefix))
+    batched = scorer.score(question, candidates)
+    assert len(runs) == 1  # the image and question ran once for all candidates
+    encoded = [scorer._suffixes(scorer._encode_prefix(question), candidates)]
+    assert all(suffix.shares_prefix for suffix in encoded[0])
+    np.testing.assert_allclose(
+        np.concatenate(batched), np.concatenate(scorer.score_plain(question, candidates)), atol=ATOL, rtol=0
+    )
+    assert np.ptp(np.concatenate(batched)) > 1e-4
+
+
+def test_multi_turn_token_layout(paper_prm_dir, paper_question):
+    # Step k is read at the last token of the generation prompt after its user turn; the next token of the
+    # conversation there is the "+" turn the scorer assumes (or the label when training).
+    question, text = paper_question
+    processor = load_processor(paper_prm_dir)
+    encoder = PRMEncoder(processor, PRMLayout.named("multi_turn"))
+    prompt, ids, ends = encoder.encode_row(question["prompt"], question["images"], STEPS[3], [True, False, True], "p1")
+    tokenizer = processor.tokenizer
+    plus, minus = tokenizer.encode("+")[0], tokenizer.encode("-")[0]
+    assert [ids[end + 1] for end in ends[:-1]] == [plus, minus, plus]
+    assert ends[-1] == len(ids) - 1
+    rendered = tokenizer.decode(ids)
+    assert rendered.startswith("<|im_start|>system\n" + PAPER_PRM_SYSTEM_PROMPT + "<|im_end|>")
+    first_turn = f"<|vision_end|>### Question:\n{text}\n\n### Solution Process:\n{STEPS[3][0]}<|im_end|>"
+    assert first_turn in rendered
+    assert rendered.endswith(f"<|im_start|>user\n{STEPS[3][3]}<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(ids[: ends[0] + 1]).endswith(f"{STEPS[3][0]}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_published_checkpoint_without_preset_is_an_error(paper_prm_dir):
+    # A plain VLM checkpoint (no prm_head) that names no known published PRM: no silently random value head.
+    with pytest.raises(MissingPRMMetadataError, match="head='generative'.*head='value'.*preset="):
+        load_prm(paper_prm_dir)
+    with pytest.raises(MissingPRMMetadataError, match="ob11/Qwen-VL-PRM-7B"):
+        PRMScorer.from_pretrained(paper_prm_dir)
+    with pytest.raises(KeyError, match="Unknown PRM preset 'ob11/none'. Available: "):
+        PRMScorer.from_pretrained(paper_prm_dir, preset="ob11/none")
+
+
+def test_hub_cache_folder_names_its_preset(paper_prm_dir, tmp_path, paper_question):
+    # A snapshot folder of the hub cache (models--owner--name/snapshots/<commit>) is matched by its id.
+    import shutil
+
+    snapshot = tmp_path / "hub" / "models--ob11--Qwen-VL-PRM-3B" / "snapshots" / ("0" * 40)
+    shutil.copytree(paper_prm_dir, snapshot)
+    scorer = PRMScorer.from_pretrained(snapshot)
+    assert scorer.head == "generative" and scorer.layout.name == "multi_turn"
+    assert scorer.processing_class.image_processor.max_pixels == PAPER_MAX_PIXELS
+
+
+# ---- Qwen2.5-Math-PRM: model card's make_step_rewards ---------------------------------------------------------------
+
+MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def build_tiny_math_prm(path, seed=0):
+    """A tiny Qwen2ForProcessRewardModel (Qwen2.5-Math-PRM's class) with "<extra_0>" as a special token."""
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<extra_0>"]})
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    Qwen2ForProcessRewardModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def reference_math_prm_rewards(path, query, steps):
+    """The model card's code; its remote head class replaced by the same modules built from the saved weights."""
+    tokenizer = load_processor(path)
+    backbone = Qwen2Model.from_pretrained(path, dtype=torch.float32).eval()
+    weights = load_file(str(path / "model.safetensors"))
+    hidden = backbone.config.hidden_size
+    score = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
+    score.load_state_dict({k[len("score.") :]: v for k, v in weights.items() if k.startswith("score.")})
+    messages = [
+        {"role": "system", "content": MATH_SYSTEM},
+        {"role": "user", "content": query},
+        {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"},
+    ]
+    conversation = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    input_ids = tokenizer.encode(conversation, return_tensors="pt")
+    with torch.no_grad():
+        logits = score(backbone(input_ids=input_ids).last_hidden_state)
+    token_masks = input_ids == tokenizer.encode("<extra_0>")[0]
+    probabilities = F.softmax(logits, dim=-1) * token_masks.unsqueeze(-1)
+    sample = probabilities[0]
+    return sample[sample != 0].view(-1, 2)[:, 1].tolist()
+
+
+def test_qwen_math_prm_preset_equals_model_card(tmp_path):
+    path = build_tiny_math_prm(tmp_path / "Qwen2.5-Math-PRM-7B")
+    assert json.loads((path / "config.json").read_text())["architectures"] == ["Qwen2ForProcessRewardModel"]
+    scorer = PRMScorer.from_pretrained(path, preset="Qwen/Qwen2.5-Math-PRM-7B", batch_size=2)
+    assert isinstance(scorer.model, Qwen2ForProcessRewardModel) and scorer.head == "value"
+    query = "How many sides has a hexagon? Count them."
+    candidates = [Candidate(steps=list(steps)) for steps in STEPS]
+    scores = scorer.score({"id": "m1", "prompt": query, "images": []}, candidates)
+    expected = [reference_math_prm_rewards(path, query, steps) for steps in STEPS]
+    np.testing.assert_allclose(np.concatenate(scores), np.concatenate(expected), atol=ATOL, rtol=0)
+    assert np.ptp(np.concatenate(scores)) > 1e-4
