@@ -120,8 +120,9 @@ def test_scores_equal_the_papers_get_reward(paper_prm_dir, paper_scorer, paper_q
     candidates = [Candidate(steps=list(steps)) for steps in STEPS]
     scores = paper_scorer.score(question, candidates)
     reference = ReferenceVisualPRM(paper_prm_dir)
+    images = question["images"]
     expected = [
-        [reference.get_reward(text, steps[:k], steps[k], question["images"])["positive_prob"] for k in range(len(steps))]
+        [reference.get_reward(text, steps[:k], steps[k], images)["positive_prob"] for k in range(len(steps))]
         for steps in STEPS
     ]
     assert [len(s) for s in scores] == [len(s) for s in STEPS]
