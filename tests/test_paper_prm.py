@@ -128,6 +128,9 @@ def test_scores_equal_the_papers_get_reward(paper_prm_dir, paper_scorer, paper_q
     assert [len(s) for s in scores] == [len(s) for s in STEPS]
     np.testing.assert_allclose(np.concatenate(scores), np.concatenate(expected), atol=ATOL, rtol=0)
     assert np.ptp(np.concatenate(scores)) > 1e-4  # not one constant (a dead model would match trivially)
+    # Guard: the same model read through the library's default "steps" layout does not match the reference.
+    default = PRMScorer(paper_scorer.model, paper_scorer.processing_class, layout=PRMLayout())
+    assert np.abs(np.concatenate(default.score(question, candidates)) - np.concatenate(expected)).min() > 1e-6
     # The prefix really carries the image: 272 image tokens at the paper's bounds.
     prefix = paper_scorer._encode_prefix(question)
     assert int(prefix.mm_token_type_ids.sum()) == 476 * 448 // (28 * 28)
@@ -178,8 +181,49 @@ def test_published_checkpoint_without_preset_is_an_error(paper_prm_dir):
         load_prm(paper_prm_dir)
     with pytest.raises(MissingPRMMetadataError, match="ob11/Qwen-VL-PRM-7B"):
         PRMScorer.from_pretrained(paper_prm_dir)
-    with pytest.raises(KeyError, match="Unknown PRM preset 'ob11/none'. Available: "):
+    with pytest.raises(KeyError, match="unknown PRM preset 'ob11/none'; available: .*ob11/Qwen-VL-PRM-7B"):
         PRMScorer.from_pretrained(paper_prm_dir, preset="ob11/none")
+
+
+@pytest.fixture(scope="module")
+def paper_hub(paper_prm_dir, tmp_path_factory):
+    """A hub cache holding the tiny paper PRM as "ob11/Qwen-VL-PRM-7B" in the published file layout (flat config,
+    `model.*`/`visual.*` tensors, upstream pixel bounds), this process pointed at it, offline."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    try:
+        from trl_vlprm.modeling.tiny_hub import save_to_hub_cache, write_upstream_layout
+    except ImportError:  # the hub-cache helpers before they moved out of `tiny`
+        from trl_vlprm.modeling.tiny import save_to_hub_cache, write_upstream_layout
+
+    home = tmp_path_factory.mktemp("hf_home")
+    upstream = shutil.copytree(paper_prm_dir, home / "upstream")
+    write_upstream_layout(upstream)
+    snapshot = save_to_hub_cache(upstream, "ob11/Qwen-VL-PRM-7B", home / "hub")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {"HF_HOME": home, "HF_HUB_CACHE": home / "hub", "HF_HUB_OFFLINE": 1}.items():
+            patch.setenv(name, str(value))
+        patch.setattr(constants, "HF_HOME", str(home))
+        patch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+        patch.setattr(constants, "HF_HUB_OFFLINE", True)
+        yield snapshot
+
+
+def test_repo_id_alone_scores_as_the_paper(paper_hub, paper_question):
+    question, text = paper_question
+    scorer = PRMScorer.from_pretrained("ob11/Qwen-VL-PRM-7B")  # nothing else: head, layout, pixels from the preset
+    image_processor = scorer.processing_class.image_processor
+    assert (image_processor.min_pixels, image_processor.max_pixels) == (PAPER_MIN_PIXELS, PAPER_MAX_PIXELS)
+    assert scorer.head == "generative" and scorer.layout.system_prompt == PAPER_PRM_SYSTEM_PROMPT
+    steps = STEPS[3]
+    scores = scorer.score(question, [Candidate(steps=list(steps))])[0]
+    reference = ReferenceVisualPRM(paper_hub)
+    expected = [reference.get_reward(text, steps[:k], steps[k], question["images"])["positive_prob"] for k in range(4)]
+    np.testing.assert_allclose(scores, expected, atol=ATOL, rtol=0)
+    # The upstream processor's own bounds would give the image another token count: the preset's bounds are used.
+    assert json.loads((paper_hub / "preprocessor_config.json").read_text())["max_pixels"] != PAPER_MAX_PIXELS
 
 
 def test_hub_cache_folder_names_its_preset(paper_prm_dir, tmp_path, paper_question):

@@ -29,7 +29,7 @@ from transformers import DynamicCache, PreTrainedModel
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.modeling.encoding import EncodedSteps, PRMEncoder, PRMLayout, is_vision_processor
 from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, resolve_preset, step_logits
-from trl_vlprm.modeling.presets import PRMPreset, repo_id_of
+from trl_vlprm.modeling.presets import PRMPreset
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
 
 logger = logging.getLogger(__name__)
@@ -132,32 +132,38 @@ class PRMScorer:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | Path,
+        name_or_path: str | Path,
         head: str | None = None,
         dtype: torch.dtype | str | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        revision: str | None = None,
         preset: str | PRMPreset | None = None,
         **kwargs,
     ) -> PRMScorer:
-        """Load a PRM (`load_prm` + `load_processor`); `kwargs` go to `PRMScorer` (step_separator, ...).
+        """Load a PRM from a folder or Hub repo id (`load_prm` + `load_processor`); `kwargs` go to `PRMScorer`.
+
+        A published PRM needs nothing but its id: `PRMScorer.from_pretrained("ob11/Qwen-VL-PRM-7B")` takes the head,
+        input layout, system prompt and pixel bounds from its preset (`trl_vlprm.modeling.presets`). A checkpoint
+        trained here reads its own saved settings (they win over a preset). Anything else is refused unless `head`
+        is given (`MissingPRMMetadataError`), so a base model is never scored through a randomly initialised head.
 
         Args:
-            path: a local folder, or the hub id of a model in the local hub cache (nothing is downloaded).
-            head: default: the head saved with the checkpoint, else the published PRM's preset.
+            name_or_path: a local folder or a Hub repo id (resolved as transformers does; offline: from the cache).
+            head: default: the head saved with the checkpoint, else the preset's.
             dtype: parameter dtype; default float32.
             min_pixels: image processor minimum area; default: the preset's, else the saved processor's.
             max_pixels: image processor maximum area; default: the preset's, else the saved processor's.
-            preset: read `path` as this published PRM (an id from `trl_vlprm.modeling.presets`); default: the preset
-                `path` names, if any. A checkpoint's own saved PRM settings win over a preset.
+            revision: branch, tag or commit of a repo id.
+            preset: read the model as this published PRM (an id from `trl_vlprm.modeling.presets`), e.g. for a
+                local copy; default: the preset `name_or_path` names (repo id or hub cache folder), if any.
         """
-        folder = _local_folder(path)
-        chosen = resolve_preset(path, preset)
+        chosen = resolve_preset(name_or_path, preset)
         if chosen is not None:
             min_pixels = min_pixels if min_pixels is not None else chosen.min_pixels
             max_pixels = max_pixels if max_pixels is not None else chosen.max_pixels
-        model = load_prm(folder, head=head, dtype=dtype, preset=chosen)
-        processor = load_processor(folder, min_pixels=min_pixels, max_pixels=max_pixels)
+        model = load_prm(name_or_path, head=head, dtype=dtype, revision=revision, preset=chosen)
+        processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels, revision=revision)
         return cls(model, processor, head=head, **kwargs)
 
     @property
@@ -332,13 +338,3 @@ class PRMScorer:
     def clear_cache(self) -> None:
         """Drop the kept prefix cache (frees its memory)."""
         self._cached_prefix = None
-
-
-def _local_folder(path: str | Path) -> Path:
-    """A local folder as is; a hub id (`owner/name`) as its snapshot in the local hub cache (never downloaded)."""
-    repo_id = None if Path(path).exists() else repo_id_of(path)
-    if repo_id is None:
-        return Path(path)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(repo_id, local_files_only=True))

@@ -19,6 +19,7 @@ with a randomly initialised value head. Published text PRMs with their own head 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -141,37 +142,41 @@ def resolve_preset(path: str | Path, preset: str | PRMPreset | None = None) -> P
 
 
 def load_prm(
-    path: str | Path,
+    name_or_path: str | os.PathLike,
     head: str | None = None,
     num_labels: int = 2,
     dtype: torch.dtype | str | None = None,
+    revision: str | None = None,
     preset: str | PRMPreset | None = None,
     **kwargs,
 ) -> PreTrainedModel:
-    """Load a PRM (or a base VLM to turn into one) from a local folder.
+    """Load a PRM (or a base VLM to turn into one) from a local folder or a Hub repo id.
 
     Args:
-        path: a checkpoint folder: a trained PRM (its config records `prm_head`), a published PRM (found in
-            `trl_vlprm.modeling.presets` by its hub id or hub cache folder), or a base model (then pass `head`).
+        name_or_path: a checkpoint folder or repo id (resolved as transformers does: cache, `HF_HOME`,
+            `HF_HUB_OFFLINE`): a trained PRM (its config records `prm_head`), a published PRM (found in
+            `trl_vlprm.modeling.presets` by its repo id or hub cache folder), or a base model (then pass `head`).
         head: "value" or "generative"; defaults to the head recorded in the checkpoint, else the preset's. A base
             model with `head="value"` gets a new, randomly initialised value head (to train).
         num_labels: classes of a new value head (2 for hard labels, 1 for soft labels); ignored when the
             checkpoint already is a value-head PRM.
         dtype: parameter dtype (e.g. "bfloat16" on GPUs); default float32.
-        preset: a published PRM's id (or `PRMPreset`) to read `path` as, e.g. a local copy of "ob11/Qwen-VL-PRM-7B".
-            Its layout is recorded on the loaded config unless the checkpoint records one.
+        revision: branch, tag or commit of a repo id (default "main").
+        preset: a published PRM's id (or `PRMPreset`) to read `name_or_path` as, e.g. a local copy of
+            "ob11/Qwen-VL-PRM-7B". Its layout is recorded on the loaded config unless the checkpoint records one.
         **kwargs: passed to `from_pretrained` (e.g. `attn_implementation`).
 
     Raises:
         MissingPRMMetadataError: no head given, none recorded, no preset: nothing says how to score the checkpoint.
         BackboneNotLoadedError: a backbone tensor was missing from the checkpoint (it would stay random).
     """
-    config = AutoConfig.from_pretrained(path)
+    path = name_or_path
+    config = AutoConfig.from_pretrained(path, revision=revision)
     saved_head = getattr(config, "prm_head", None)
     preset = resolve_preset(path, preset)
     head = head or saved_head or (preset.head if preset is not None else None)
     if head is None:
-        known = sorted(p.repo_id for p in PRESETS.values())
+        known = PRESETS.names()
         raise MissingPRMMetadataError(
             f"{path} records no PRM head (config.prm_head) and is no known published PRM ({', '.join(known)}). "
             "Pass head='generative' (scores from the LM's '+'/'-' logits) or head='value' (adds a new, randomly "
@@ -185,7 +190,9 @@ def load_prm(
         config.num_labels = num_labels
         logger.info("load_prm: %s gets a new, randomly initialised value head (%d labels)", path, num_labels)
     model_class = _model_class(config.model_type, head, getattr(config, "architectures", None))
-    model, info = model_class.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True, **kwargs)
+    model, info = model_class.from_pretrained(
+        path, config=config, dtype=dtype, revision=revision, output_loading_info=True, **kwargs
+    )
     missing = [k for k in info["missing_keys"] if not k.startswith(_head_keys(head))]
     if missing:
         raise BackboneNotLoadedError(

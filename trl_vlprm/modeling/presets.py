@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trl_vlprm.modeling.encoding import PAPER_PRM_SYSTEM_PROMPT, PRMLayout
+from trl_vlprm.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,12 @@ class PRMPreset:
     source: str = ""
 
 
-PRESETS: dict[str, PRMPreset] = {}
+PRESETS: Registry[PRMPreset] = Registry("PRM preset")
 
 
 def register_preset(preset: PRMPreset) -> PRMPreset:
-    """Add (or replace) a preset under its repo id."""
-    PRESETS[preset.repo_id.lower()] = preset
+    """Add a preset under its repo id."""
+    PRESETS.register(preset.repo_id)(preset)
     return preset
 
 
@@ -102,20 +103,16 @@ def repo_id_of(name_or_path: str | Path) -> str | None:
 
 def find_preset(name_or_path: str | Path) -> PRMPreset | None:
     """The preset of a hub id or of a folder in the hub cache; None when it is no known published PRM."""
-    key = str(name_or_path).lower()
-    if key in PRESETS:
-        return PRESETS[key]
-    repo_id = repo_id_of(name_or_path)
-    return PRESETS.get(repo_id.lower()) if repo_id else None
+    for key in (str(name_or_path), repo_id_of(name_or_path)):
+        if key in PRESETS:
+            return PRESETS.get(key)
+    return None
 
 
 def get_preset(repo_id: str) -> PRMPreset:
-    """The preset registered under `repo_id`.
+    """The preset registered under `repo_id` (or the hub cache folder of one).
 
     Raises:
         KeyError: no such preset (the message lists the known ones).
     """
-    preset = find_preset(repo_id)
-    if preset is None:
-        raise KeyError(f"Unknown PRM preset {repo_id!r}. Available: {sorted(p.repo_id for p in PRESETS.values())}")
-    return preset
+    return find_preset(repo_id) or PRESETS.get(repo_id)
