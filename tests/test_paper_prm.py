@@ -296,3 +296,78 @@ def test_qwen_math_prm_preset_equals_model_card(tmp_path):
     expected = [reference_math_prm_rewards(path, query, steps) for steps in STEPS]
     np.testing.assert_allclose(np.concatenate(scores), np.concatenate(expected), atol=ATOL, rtol=0)
     assert np.ptp(np.concatenate(scores)) > 1e-4
+
+
+# ---- training in the multi-turn layout: the checkpoint scores the layout it was trained on ------------------------
+
+
+@pytest.mark.slow
+def test_trainer_multi_turn_layout_is_saved_and_scored_alike(tmp_path):
+    from datasets import Dataset
+
+    from trl_vlprm import VLPRMConfig, VLPRMTrainer
+    from trl_vlprm.data.schema import stepwise_features
+    from trl_vlprm.modeling.heads import correct_probability, step_logits
+
+    base = build_tiny_vlm(tmp_path / "base", arch="qwen2_vl", seed=0)
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    rows = [
+        {
+            "id": f"c{i}",
+            "prompt": "<image>What colour is the square?",
+            "images": [Image.new("RGB", (112, 112), colours[truth])],
+            "completions": ["Let me look.", f"The square is {claim}.", f"Answer: {claim}"],
+            "labels": [True, claim == truth, claim == truth],
+            "step_types": ["reasoning", "perception", "reasoning"],
+            "answer": truth,
+            "options": ["red", "blue"],
+            "category": "colour",
+        }
+        for i, (truth, claim) in enumerate([("red", "red"), ("red", "blue"), ("blue", "blue"), ("blue", "red")] * 4)
+    ]
+    data = Dataset.from_list(rows, features=stepwise_features())
+    args = VLPRMConfig(
+        output_dir=str(tmp_path / "out"),
+        head="generative",
+        prm_layout="multi_turn",
+        prm_system_prompt="Judge each step: + or -.",
+        per_device_train_batch_size=8,
+        num_train_epochs=2,
+        learning_rate=3e-3,
+        use_cpu=True,
+        save_strategy="no",
+        max_length=512,
+        disable_tqdm=True,
+    )
+    trainer = VLPRMTrainer(str(base), args, train_dataset=data)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    # Labels sit where the multi-turn encoder reads scores, and the token after each (but the last) is the label.
+    tokenizer = trainer.processing_class.tokenizer
+    plus, minus = trainer.prm_token_ids
+    for row in range(4):
+        ids, labels = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
+        ends = [i for i, label in enumerate(labels) if label != -100]
+        assert [labels[end] for end in ends] == [float(x) for x in rows[row]["labels"]]
+        assert [ids[end + 1] for end in ends[:-1]] == [plus if x else minus for x in rows[row]["labels"][:-1]]
+        assert tokenizer.decode(ids[: ends[0] + 1]).endswith("Let me look.<|im_end|>\n<|im_start|>assistant\n")
+    with torch.no_grad():
+        start = trainer.compute_loss(trainer.model, dict(batch)).item()
+    trainer.train()
+    with torch.no_grad():
+        end = trainer.compute_loss(trainer.model, dict(batch)).item()
+    assert end < start  # it trains on these positions (a few steps: the point here is the layout, not learning)
+    trainer.save_model(str(tmp_path / "prm"))
+
+    scorer = PRMScorer.from_pretrained(tmp_path / "prm")
+    assert scorer.layout == PRMLayout(name="multi_turn", step_separator="\n", system_prompt="Judge each step: + or -.")
+    # Row 0 is all correct, so its "+" assistant turns are exactly what the scorer assumes: same probabilities.
+    trainer.model.eval()
+    with torch.no_grad():
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "step_type_ids")}
+        logits = trainer.model(**inputs).logits
+    probabilities = correct_probability(step_logits(logits, "generative", trainer.prm_token_ids))
+    labelled = batch["labels"][0] != -100
+    expected = probabilities[0][labelled].tolist()
+    question = {"id": "c0", "prompt": rows[0]["prompt"], "images": rows[0]["images"]}
+    scores = scorer.score(question, [Candidate(steps=rows[0]["completions"])])[0]
+    np.testing.assert_allclose(scores, expected, atol=ATOL, rtol=0)
