@@ -156,6 +156,33 @@ def test_multi_turn_prefix_sharing_equals_plain_forward(paper_prm_dir, paper_que
     assert np.ptp(np.concatenate(batched)) > 1e-4
 
 
+def test_candidate_not_sharing_the_prefix_runs_whole(paper_prm_dir, paper_question, monkeypatch):
+    # A one-string tokenization that merges the question's last token with step 1's cannot use the prefix cache;
+    # such a candidate is scored by a whole forward (forced here for one candidate) and mixes with batched ones.
+    from trl_vlprm.modeling.encoding import EncodedSteps
+
+    question, _ = paper_question
+    model, processor = load_prm(paper_prm_dir, head="generative"), load_processor(paper_prm_dir)
+    scorer = PRMScorer(model, processor, layout=PRMLayout.named("multi_turn"), batch_size=2)
+    candidates = [Candidate(steps=list(steps)) for steps in STEPS]
+    plain = scorer.score_plain(question, candidates)
+    encode_candidate = PRMEncoder.encode_candidate
+
+    def unshared(self, prompt, encoded_prompt, steps, verdicts=None, row="?"):
+        out = encode_candidate(self, prompt, encoded_prompt, steps, verdicts, row)
+        if list(steps) != STEPS[3]:
+            return out
+        offset = len(encoded_prompt.input_ids)
+        ids = encoded_prompt.input_ids + out.input_ids
+        mm_types = encoded_prompt.mm_token_type_ids + [0] * len(out.input_ids)
+        return EncodedSteps(ids, [offset + end for end in out.ends], False, mm_types)
+
+    monkeypatch.setattr(PRMEncoder, "encode_candidate", unshared)
+    np.testing.assert_allclose(
+        np.concatenate(scorer.score(question, candidates)), np.concatenate(plain), atol=ATOL, rtol=0
+    )
+
+
 def test_multi_turn_token_layout(paper_prm_dir, paper_question):
     # Step k is read at the last token of the generation prompt after its user turn; the next token of the
     # conversation there is the "+" turn the scorer assumes (or the label when training).
@@ -371,3 +398,87 @@ def test_trainer_multi_turn_layout_is_saved_and_scored_alike(tmp_path):
     question = {"id": "c0", "prompt": rows[0]["prompt"], "images": rows[0]["images"]}
     scores = scorer.score(question, [Candidate(steps=rows[0]["completions"])])[0]
     np.testing.assert_allclose(scores, expected, atol=ATOL, rtol=0)
+
+
+# ---- Math-Shepherd: the model card's step-tag scoring --------------------------------------------------------------
+
+SHEPHERD_CORPUS = [
+    "Janet has 3 apples and buys 4 more. How many apples does she have?",
+    "Step 1: 3 + 4 = 7 ки\nStep 2: The answer is 7 ки",
+    "Step 1: She sells 16 - 3 - 4 = 9 eggs ки\nStep 2: 9 * 2 = 18 dollars ки\nStep 3: The answer is: 18 ки",
+    "A robe takes 2 bolts of blue fiber and half that much white fiber. + - + - Step 1: 2 / 2 = 1 ки",
+]
+
+
+def build_llama_like_tokenizer():
+    """A sentencepiece-like BPE tokenizer as Mistral's: "▁" marks spaces, BOS prepended, newlines their own token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split("\n", "isolated"), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")]
+    )
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    alphabet = sorted(set("".join(SHEPHERD_CORPUS)) | {"▁"})
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator(SHEPHERD_CORPUS * 4, trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def reference_math_shepherd(path, question, steps):
+    """peiyi9979/math-shepherd-mistral-7b-prm model card code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    good_token, bad_token, step_tag = "+", "-", "ки"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    candidate_tokens = tokenizer.encode(f"{good_token} {bad_token}")[1:]
+    step_tag_id = tokenizer.encode(f"{step_tag}")[-1]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    output = "\n".join(f"{step} {step_tag}" for step in steps)
+    input_id = torch.tensor([tokenizer.encode(f"{question} {output}")])
+    with torch.no_grad():
+        logits = model(input_id).logits[:, :, candidate_tokens]
+        scores = logits.softmax(dim=-1)[:, :, 0]
+    return scores[input_id == step_tag_id].tolist()
+
+
+def test_math_shepherd_preset_equals_model_card(tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tokenizer = build_llama_like_tokenizer()
+    assert tokenizer.convert_ids_to_tokens(tokenizer.encode("+ -")) == ["<s>", "▁+", "▁-"]
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    path = tmp_path / "math-shepherd-mistral-7b-prm"
+    MistralForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+    scorer = PRMScorer.from_pretrained(path, preset="peiyi9979/math-shepherd-mistral-7b-prm", batch_size=2)
+    assert scorer.head == "generative" and scorer.layout.name == "text"
+    question = "Janet has 3 apples and buys 4 more. How many apples does she have?"
+    solutions = [
+        ["Step 1: 3 + 4 = 7", "Step 2: The answer is 7"],
+        ["Step 1: She sells 16 - 3 - 4 = 9 eggs", "Step 2: 9 * 2 = 18 dollars", "Step 3: The answer is: 18"],
+        ["Step 1: 2 / 2 = 1"],
+    ]
+    candidates = [Candidate(steps=s) for s in solutions]
+    scores = scorer.score({"id": "s1", "prompt": question, "images": []}, candidates)
+    prefix = scorer._encode_prefix({"id": "s1", "prompt": question})
+    assert all(suffix.shares_prefix for suffix in scorer._suffixes(prefix, candidates))  # the cached-prefix path
+    expected = [reference_math_shepherd(path, question, steps) for steps in solutions]
+    assert [len(s) for s in expected] == [len(s) for s in solutions]  # the reference found every step tag
+    np.testing.assert_allclose(np.concatenate(scores), np.concatenate(expected), atol=ATOL, rtol=0)
+    assert np.ptp(np.concatenate(scores)) > 1e-4
