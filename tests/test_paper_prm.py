@@ -482,3 +482,26 @@ def test_math_shepherd_preset_equals_model_card(tmp_path):
     assert [len(s) for s in expected] == [len(s) for s in solutions]  # the reference found every step tag
     np.testing.assert_allclose(np.concatenate(scores), np.concatenate(expected), atol=ATOL, rtol=0)
     assert np.ptp(np.concatenate(scores)) > 1e-4
+
+
+def test_layout_round_trips_through_the_config(tmp_path):
+    from transformers import PretrainedConfig
+
+    from trl_vlprm import VLPRMConfig
+
+    layout = PRMLayout(name="text", step_separator=" ки", prompt_suffix=" ", step_joiner="\n")
+    config = PretrainedConfig()
+    layout.save_to_config(config)
+    config.save_pretrained(tmp_path)
+    assert PRMLayout.from_config(PretrainedConfig.from_pretrained(tmp_path)) == layout
+    # A checkpoint from before layouts existed records only its separator: the "steps" layout with it.
+    assert PRMLayout.from_config(PretrainedConfig(prm_step_separator=" ;")) == PRMLayout(step_separator=" ;")
+    assert PRMLayout.from_config(PretrainedConfig()) is None
+    args = VLPRMConfig(output_dir=str(tmp_path), prm_layout="multi_turn", use_cpu=True)
+    assert args.layout.system_prompt == PAPER_PRM_SYSTEM_PROMPT
+    assert (
+        VLPRMConfig(output_dir=str(tmp_path), prm_layout="multi_turn", prm_system_prompt="").layout.system_prompt
+        is None
+    )
+    with pytest.raises(ValueError, match="prm_layout must be one of"):
+        VLPRMConfig(output_dir=str(tmp_path), prm_layout="chat")

@@ -227,7 +227,10 @@ def encode_prompt(
         else:
             messages = prompt_to_messages(prompt, system_prompt)
             if isinstance(prompt, str):  # a text tokenizer's template may not read content parts
-                messages = [{"role": m["role"], "content": m["content"][0]["text"]} for m in messages]
+                messages = [
+                    {"role": m["role"], "content": "".join(part.get("text", "") for part in m["content"])}
+                    for m in messages
+                ]
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             ids = list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
         return EncodedPrompt(list(ids), None, [])
