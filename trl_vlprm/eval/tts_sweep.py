@@ -18,7 +18,11 @@ Strategies (names in `SweepConfig.strategies`):
 `<agg>` is an aggregation of `guidance.aggregation` (last, min, mean, prod).
 
 Samples go to `<output_dir>/samples/<benchmark>__<policy>.jsonl`, one line per question, appended as they finish:
-a rerun skips the questions already there. A sidecar `.meta.json` refuses a rerun whose n_max or scorers differ.
+a rerun skips the questions already there. What produced them is pinned (`trl_vlprm.utils.resume`): a sidecar
+`.meta.json` holds n_max, the answer kind and the pins of the policy and the benchmark (their specs, seeds and model
+folder fingerprints), and a rerun with others is refused; each line holds a content digest of its question (a
+changed question is refused) and the pin digest of every scorer that scored it: a line scored by another scorer
+under the same name (another spec, or a PRM retrained into the same folder) is scored again, never reused.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from trl_vlprm.guidance.aggregation import AGGREGATIONS
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import majority_vote, score_candidates, select_best_of_n, weighted_vote
 from trl_vlprm.guidance.tts import read_results
+from trl_vlprm.utils.resume import atomic_write_text, output_lock, pin_settings, question_digest, stable_digest
 
 NO_SCORER = "-"
 
@@ -199,18 +204,16 @@ def samples_path(output_dir: str | Path, benchmark: str, policy: str) -> Path:
     return Path(output_dir) / "samples" / f"{_safe_name(benchmark)}__{_safe_name(policy)}.jsonl"
 
 
-def _check_meta(path: Path, meta: Mapping[str, Any]) -> None:
-    meta_path = path.with_suffix(".meta.json")
-    if meta_path.exists():
-        previous = json.loads(meta_path.read_text())
-        if previous != dict(meta):
-            raise ValueError(
-                f"{path} was sampled with {previous}, this run asks for {dict(meta)}; use another output_dir"
-            )
-        return
-    temp = meta_path.with_suffix(".tmp")
-    temp.write_text(json.dumps(meta, sort_keys=True))
-    os.replace(temp, meta_path)
+def _rescore(record: dict[str, Any], question: Question, scorers: Mapping[str, StepScorer], names) -> None:
+    """Score a sampled record again with the scorers `names` (in place)."""
+    samples = record["samples"]
+    candidates = [
+        Candidate(s["steps"], True, s["answer"], list(s["step_types"]), s.get("gold_correct")) for s in samples
+    ]
+    for name in names:
+        score_candidates(scorers[name], question, candidates)
+        for sample, candidate in zip(samples, candidates):
+            sample["step_scores"][name] = list(candidate.step_scores)
 
 
 def sample_benchmark(
@@ -221,22 +224,52 @@ def sample_benchmark(
     path: str | Path,
     answer_kind: str = "auto",
     description: str = "sampling",
+    pins: Mapping[str, Any] | None = None,
+    scorer_pins: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Sample every question not yet in `path` (appending one line each); return the records of `questions`."""
+    """Sample every question not yet in `path` (appending one line each); return the records of `questions`.
+
+    `pins` (e.g. the policy's and the benchmark's spec and fingerprints) must match the ones the file was sampled
+    with; `scorer_pins[name]` identifies what scorer `name` is (default: its name), and lines scored under another
+    pin are scored again. Raises a `RecordError` for a question whose content changed since it was sampled.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _check_meta(path, {"n_max": n_max, "scorers": sorted(scorers)})
-    done = {record["id"]: record for record in read_results(path)}
-    with path.open("a") as handle:
-        for question in tqdm(questions, desc=description):
-            qid = str(question.get("id", "?"))
-            if qid in done:
-                continue
-            record = sample_question(question, policy, scorers, n_max, answer_kind)
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-            done[qid] = record
+    with output_lock(path):
+        meta = {"n_max": n_max, "answer_kind": answer_kind, **dict(pins or {})}
+        pin_settings(path.with_suffix(".meta.json"), meta, where=str(path))
+        scorer_digests = {name: stable_digest((scorer_pins or {}).get(name, name)) for name in scorers}
+        by_id = {str(q.get("id", "?")): q for q in questions}
+        done, records, rescored = {}, read_results(path), 0
+        for number, record in enumerate(records, start=1):
+            question = by_id.get(str(record["id"]))
+            if question is not None:
+                if record.get("question_digest") != question_digest(question):
+                    raise RecordError(
+                        record["id"], "question_digest", f"{path}:{number} sampled another version of this question "
+                        "(its content changed since); restore the old inputs or use another output_dir",
+                    )  # fmt: skip
+                pinned = record.get("scorer_pins") or {}
+                stale = [name for name, digest in scorer_digests.items() if pinned.get(name) != digest]
+                if stale:
+                    _rescore(record, question, scorers, stale)
+                    record["scorer_pins"] = {**pinned, **{name: scorer_digests[name] for name in stale}}
+                    rescored += 1
+            done[str(record["id"])] = record
+        if rescored:  # one atomic rewrite: a crash leaves the old lines, which are simply rescored again
+            atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+        with path.open("a") as handle:
+            for question in tqdm(questions, desc=description):
+                qid = str(question.get("id", "?"))
+                if qid in done:
+                    continue
+                record = sample_question(question, policy, scorers, n_max, answer_kind)
+                record["question_digest"] = question_digest(question)
+                record["scorer_pins"] = dict(scorer_digests)
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+                done[qid] = record
     return [done[str(q.get("id", "?"))] for q in questions]
 
 
@@ -250,11 +283,14 @@ def run_sweep(
     num_subsamples: int = 4,
     seed: int = 0,
     answer_kind: str = "auto",
+    pins: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample each (benchmark, policy) once at max(n_values), derive all strategies and N; return the result rows.
 
     `policies` may map to a zero-argument factory, called only when some question still needs sampling (so a
-    finished run reloads no model). Rows: {benchmark, policy, scorer, strategy, n, accuracy, std, num_questions}.
+    finished run reloads no model). `pins` = {"benchmarks": {name: pin}, "policies": {...}, "scorers": {...}}
+    says what produced each sample and score (see `sample_benchmark`); names stand for themselves when absent.
+    Rows: {benchmark, policy, scorer, strategy, n, accuracy, std, num_questions}.
     """
     for strategy in strategies:
         check_strategy(strategy)
@@ -263,13 +299,18 @@ def run_sweep(
     for policy_name, policy in policies.items():
         for benchmark, questions in benchmarks.items():
             path = samples_path(output_dir, benchmark, policy_name)
-            done = {r["id"] for r in read_results(path)}
+            done = {r["id"] for r in read_results(path, repair=False)}  # a peek: the lock is taken to write
             if callable(policy) and not isinstance(policy, Policy):
                 if any(str(q.get("id", "?")) not in done for q in questions):
                     policy = policy()
+            file_pins = {
+                "benchmark": (pins or {}).get("benchmarks", {}).get(benchmark, benchmark),
+                "policy": (pins or {}).get("policies", {}).get(policy_name, policy_name),
+            }
             records = sample_benchmark(
-                questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}"
-            )
+                questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}",
+                file_pins, (pins or {}).get("scorers"),
+            )  # fmt: skip
             for row in derive_accuracies(records, strategies, list(scorers), n_values, num_subsamples, seed):
                 rows.append({"benchmark": benchmark, "policy": policy_name, **row})
     return rows
