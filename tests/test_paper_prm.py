@@ -202,6 +202,23 @@ def test_multi_turn_token_layout(paper_prm_dir, paper_question):
     assert tokenizer.decode(ids[: ends[0] + 1]).endswith(f"{STEPS[3][0]}<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_reward_counts_tokens_in_the_prms_layout(paper_scorer, paper_question):
+    # VLPRMReward's token budget is the PRM's own input: the multi-turn conversation, not steps + separators.
+    from collections import Counter
+
+    from trl_vlprm.guidance.rewards import VLPRMReward
+
+    question, _ = paper_question
+    steps = STEPS[3]
+    prefix = paper_scorer._encode_prefix(question)
+    total = prefix.input_ids.shape[1] + len(paper_scorer._suffixes(prefix, [Candidate(steps=steps)])[0].input_ids)
+    for max_length, overlong in ((total, 0), (total - 1, 1)):
+        counts = Counter()
+        reward = VLPRMReward(paper_scorer, step_separator="\n\n", max_length=max_length)
+        rewards, _ = reward.score_group(question, ["\n\n".join(steps)], counts)
+        assert counts["overlong"] == overlong and counts["scored"] == 1 - overlong
+
+
 def test_published_checkpoint_without_preset_is_an_error(paper_prm_dir):
     # A plain VLM checkpoint (no prm_head) that names no known published PRM: no silently random value head.
     with pytest.raises(MissingPRMMetadataError, match="head='generative'.*head='value'.*preset="):
