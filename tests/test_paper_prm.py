@@ -237,10 +237,7 @@ def paper_hub(paper_prm_dir, tmp_path_factory):
 
     from huggingface_hub import constants
 
-    try:
-        from trl_vlprm.modeling.tiny_hub import save_to_hub_cache, write_upstream_layout
-    except ImportError:  # the hub-cache helpers before they moved out of `tiny`
-        from trl_vlprm.modeling.tiny import save_to_hub_cache, write_upstream_layout
+    from trl_vlprm.modeling.tiny_hub import save_to_hub_cache, write_upstream_layout
 
     home = tmp_path_factory.mktemp("hf_home")
     upstream = shutil.copytree(paper_prm_dir, home / "upstream")

@@ -187,15 +187,9 @@ def test_configs_parse(config):
 
 def test_prm_scorer_guides_a_run(tmp_path, puzzles):
     from trl_vlprm.guidance.scorer import PRMScorer
-    from trl_vlprm.modeling.heads import load_prm
-    from trl_vlprm.modeling.processor import load_processor
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
+    from trl_vlprm.modeling.tiny_hub import build_tiny_prm
 
-    # A random value-head PRM (wiring, not skill), saved with its PRM metadata: a bare VLM folder is refused.
-    base = build_tiny_vlm(tmp_path / "base", arch="qwen2_vl", seed=0)
-    prm_dir = tmp_path / "prm"
-    load_prm(base, head="value").save_pretrained(prm_dir)
-    load_processor(base).save_pretrained(prm_dir)
+    prm_dir = build_tiny_prm(tmp_path / "prm", arch="qwen2_vl", seed=0)  # a random generative PRM: wiring, not skill
     args = TTSArguments(scorer="prm", prm_model_path=str(prm_dir), prm_batch_size=4)
     scorer = build_scorer(args)
     assert isinstance(scorer, PRMScorer) and scorer.batch_size == 4

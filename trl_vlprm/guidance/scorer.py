@@ -30,7 +30,7 @@ from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.modeling.encoding import EncodedSteps, PRMEncoder, PRMLayout, is_vision_processor
 from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, resolve_preset, step_logits
 from trl_vlprm.modeling.presets import PRMPreset
-from trl_vlprm.modeling.processor import get_tokenizer, load_processor
+from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +174,8 @@ class PRMScorer:
 
     def _encode_prefix(self, question: Question) -> _Prefix:
         row = question.get("id", "?")
+        if question.get("images") and not self.is_vision:
+            require_image_support(self.processing_class, self.model.config.model_type, f"question {row}")
         encoded = self.encoder.encode_prompt(question["prompt"], question.get("images") or [], row)
         device = self.device
         input_ids = torch.tensor([encoded.input_ids], device=device)

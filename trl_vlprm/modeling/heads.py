@@ -42,6 +42,7 @@ from transformers.modeling_outputs import TokenClassifierOutput
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
 
+from trl_vlprm.modeling.hub import require_model
 from trl_vlprm.modeling.presets import PRESETS, PRMPreset, find_preset, get_preset
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def load_prm(
         BackboneNotLoadedError: a backbone tensor was missing from the checkpoint (it would stay random).
     """
     path = name_or_path
+    require_model(path, revision)  # resolves (or fails naming the model) the way from_pretrained will
     config = AutoConfig.from_pretrained(path, revision=revision)
     saved_head = getattr(config, "prm_head", None)
     preset = resolve_preset(path, preset)
@@ -178,7 +180,8 @@ def load_prm(
     if head is None:
         known = PRESETS.names()
         raise MissingPRMMetadataError(
-            f"{path} records no PRM head (config.prm_head) and is no known published PRM ({', '.join(known)}). "
+            f"{path} is not a PRM saved by trl_vlprm (its config has no prm_head) nor a known published PRM "
+            f"({', '.join(known)}). "
             "Pass head='generative' (scores from the LM's '+'/'-' logits) or head='value' (adds a new, randomly "
             "initialised value head: only to train it), or preset='<hub id>' when the folder is a copy of a "
             "published PRM."
