@@ -63,7 +63,8 @@ class ReferenceVisualPRM:
             logits = self.model(**inputs).logits
         masked = logits[:, -1, [self.pos_token_id, self.neg_token_id]]
         probs = F.softmax(masked, dim=-1)
-        return {"positive_prob": probs[0][0].item(), "negative_prob": probs[0][1].item()}
+        input_length = inputs["input_ids"].shape[1]  # every input token, image tokens included
+        return {"positive_prob": probs[0][0].item(), "negative_prob": probs[0][1].item(), "input_length": input_length}
 
     def get_reward(self, question, previous_steps, now_step, images):
         messages = [{"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}]
@@ -121,10 +122,11 @@ def test_scores_equal_the_papers_get_reward(paper_prm_dir, paper_scorer, paper_q
     scores = paper_scorer.score(question, candidates)
     reference = ReferenceVisualPRM(paper_prm_dir)
     images = question["images"]
-    expected = [
-        [reference.get_reward(text, steps[:k], steps[k], images)["positive_prob"] for k in range(len(steps))]
-        for steps in STEPS
-    ]
+    results = [[reference.get_reward(text, steps[:k], steps[k], images) for k in range(len(steps))] for steps in STEPS]
+    expected = [[result["positive_prob"] for result in row] for row in results]
+    # The input length the paper's reward divides by, per step, as its code measures it.
+    _, lengths = paper_scorer.score_with_input_lengths(question, candidates)
+    assert lengths == [[result["input_length"] for result in row] for row in results]
     assert [len(s) for s in scores] == [len(s) for s in STEPS]
     np.testing.assert_allclose(np.concatenate(scores), np.concatenate(expected), atol=ATOL, rtol=0)
     assert np.ptp(np.concatenate(scores)) > 1e-4  # not one constant (a dead model would match trivially)

@@ -263,8 +263,20 @@ class PRMScorer:
     @torch.inference_mode()
     def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
         """P(step correct) for every step of every candidate (one list per candidate, one score per step)."""
+        return self.score_with_input_lengths(question, candidates)[0]
+
+    @torch.inference_mode()
+    def score_with_input_lengths(
+        self, question: Question, candidates: Sequence[Candidate]
+    ) -> tuple[list[list[float]], list[list[int]]]:
+        """`score`, plus for every step the number of tokens the PRM read to score it.
+
+        A step's input length is the length of the sequence a plain forward would need to produce its score: the
+        prefix (image tokens included) and the candidate's tokens up to the score position (in the multi-turn
+        layout, the paper's `input_ids.shape[1]` for that step).
+        """
         if not candidates:
-            return []
+            return [], []
         prefix = self._encode_prefix(question)
         if self.reuse_prefix and self._cached_prefix is not None and self._cached_prefix.same_as(prefix):
             prefix = self._cached_prefix
@@ -275,6 +287,9 @@ class PRMScorer:
         suffixes = self._suffixes(prefix, candidates)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         scores: list[list[float]] = [[] for _ in candidates]
+        input_lengths = [
+            [(prefix_length if suffix.shares_prefix else 0) + end + 1 for end in suffix.ends] for suffix in suffixes
+        ]
         # A one-string layout whose first step's tokens merged with the question's cannot reuse the prefix cache:
         # such candidates run whole (rare: a step starting with characters that join the question's last token).
         for i, suffix in enumerate(suffixes):
@@ -305,7 +320,7 @@ class PRMScorer:
             }
             for i, probabilities in zip(chunk, self._step_probabilities(inputs, [suffixes[i].ends for i in chunk])):
                 scores[i] = probabilities
-        return scores
+        return scores, input_lengths
 
     def _score_whole(self, prefix: _Prefix, suffix: EncodedSteps) -> list[float]:
         """One plain forward of a whole sequence (`suffix.input_ids` with the prompt, or prefix + suffix)."""
