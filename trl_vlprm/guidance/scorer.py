@@ -35,6 +35,7 @@ from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_
 logger = logging.getLogger(__name__)
 
 DEFAULT_STEP_SEPARATOR = "\n"  # the trainer's default (`VLPRMConfig.step_separator`)
+VLLM_SPEC_PREFIX = "vllm:"  # `from_pretrained("vllm:<folder>")` picks the vLLM backend
 
 
 @dataclass
@@ -157,7 +158,19 @@ class PRMScorer:
             revision: branch, tag or commit of a repo id.
             preset: read the model as this published PRM (an id from `trl_vlprm.modeling.presets`), e.g. for a
                 local copy; default: the preset `name_or_path` names (repo id or hub cache folder), if any.
+
+        "vllm:<folder>" runs the PRM on a vLLM pooling engine instead (`VLLMScorer`, same scores; `kwargs` then go
+        to `VLLMScorer.from_pretrained`: `llm_kwargs`, `max_model_len`, ...).
         """
+        if str(name_or_path).startswith(VLLM_SPEC_PREFIX):
+            from trl_vlprm.guidance.vllm_scorer import VLLMScorer
+
+            if revision is not None:
+                raise ValueError(f"{name_or_path}: a vLLM-backed PRM is read from a local folder; revision is unused")
+            return VLLMScorer.from_pretrained(
+                str(name_or_path)[len(VLLM_SPEC_PREFIX) :], head=head, dtype=dtype, min_pixels=min_pixels,
+                max_pixels=max_pixels, **kwargs,
+            )  # fmt: skip
         chosen = resolve_preset(name_or_path, preset)
         if chosen is not None:
             min_pixels = min_pixels if min_pixels is not None else chosen.min_pixels

@@ -140,13 +140,26 @@ def prompt_to_messages(
     return messages
 
 
-def image_token_counts(processing_class: Any, images: Sequence[Any]) -> list[int]:
-    """Image tokens each image will occupy after the image processor resizes it (no pixels are computed)."""
+MAX_ASPECT_RATIO = 200  # the Qwen-VL image processors refuse images more elongated than this
+
+
+def image_token_counts(processing_class: Any, images: Sequence[Any], row: Any = "?") -> list[int]:
+    """Image tokens each image will occupy after the image processor resizes it (no pixels are computed).
+
+    Raises:
+        RecordError: an image more elongated than `MAX_ASPECT_RATIO` (the image processor would refuse it
+            without naming the row).
+    """
     image_processor = processing_class.image_processor
     merge = image_processor.merge_size
     counts = []
-    for image in images:
+    for i, image in enumerate(images):
         width, height = image.size
+        if max(width, height) / max(min(width, height), 1) > MAX_ASPECT_RATIO:
+            raise RecordError(
+                row, f"images[{i}]", f"{width}x{height} image: aspect ratio above {MAX_ASPECT_RATIO}, which Qwen-VL "
+                "image processors refuse; crop or pad it"
+            )  # fmt: skip
         patches = image_processor.get_number_of_image_patches(height, width, {})
         counts.append(patches // (merge * merge))
     return counts
@@ -192,7 +205,7 @@ def _expand_images(processing_class: Any, text: str, images: Sequence[Any], row:
         raise RecordError(
             row, "images", f"{len(images)} image(s) but {len(pieces) - 1} image slot(s) after the chat template"
         )
-    counts = image_token_counts(processing_class, images)
+    counts = image_token_counts(processing_class, images, row)
     return pieces[0] + "".join(image_token * n + piece for n, piece in zip(counts, pieces[1:]))
 
 

@@ -6,19 +6,21 @@ give identical ids and label positions). For a vision-language processor the pro
 with one image part per image, and each image placeholder is expanded to the number of image tokens the image
 processor will produce; the pixels themselves are computed in the collator, so the Arrow cache stays small.
 
-The encoding itself lives in `trl_vlprm.modeling.encoding` (one component for training and every scoring backend,
-so a PRM scores exactly the token layout it was trained on); `layout` picks the PRM input layout ("steps" above, the
-paper's "multi_turn", or the one-string "text").
+The same functions serve training (`tokenize_row`) and scoring (`encode_prompt`, `encode_steps`), so a PRM scores
+exactly the token layout it was trained on.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from trl_vlprm.data.schema import PERCEPTION, RecordError
 from trl_vlprm.modeling.encoding import (  # noqa: F401  (re-exported: the trainer's row tokenizer's building blocks)
+    MAX_ASPECT_RATIO,
     EncodedPrompt,
     PRMEncoder,
     PRMLayout,
@@ -36,6 +38,26 @@ STEP_TYPE_IDS = {"reasoning": 0, PERCEPTION: 1, None: 2}
 STEP_TYPE_NAMES = {0: "reasoning", 1: PERCEPTION, 2: "untyped"}
 
 
+def label_value(label: Any) -> int | float:
+    """A label as TRL stored it: bools (and 0/1 integers) as int, soft labels as float."""
+    if isinstance(label, (bool, np.bool_, int, np.integer)):
+        return int(label)
+    return float(label)
+
+
+def _check_steps_free_of_vision_tokens(processing_class: Any, steps: Sequence[Sequence[int]], row: Any) -> None:
+    # A literal image token in a step would be read as an image slot by the model: name the row instead.
+    tokenizer = get_tokenizer(processing_class)
+    special = {getattr(processing_class, name, None) for name in ("image_token_id", "video_token_id")}
+    special |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>")}
+    special -= {None, tokenizer.unk_token_id}  # a token the vocabulary lacks maps to unk (or None)
+    for i, step_ids in enumerate(steps):
+        found = special.intersection(step_ids)
+        if found:
+            names = ", ".join(sorted(tokenizer.convert_ids_to_tokens(sorted(found))))
+            raise RecordError(row, "completions", f"step {i} contains the vision token(s) {names}; remove them")
+
+
 def tokenize_row(
     features: Mapping[str, Any],
     processing_class: Any,
@@ -45,67 +67,91 @@ def tokenize_row(
     train_on_last_step_only: bool = False,
     is_eval: bool = False,
     row: Any = "?",
+    step_truncation: str = "tokens",
+    long_prompt: str = "truncate",
     layout: PRMLayout | None = None,
 ) -> dict[str, Any]:
     """Tokenize one record.
 
-    `layout` (default: the "steps" layout with `step_separator`) picks the PRM input layout; in the multi-turn layout
-    the assistant turn after each step shows that step's own label (`+` when >= 0.5), as the paper's training data
-    does, and the label sits on the last token of the generation prompt before it.
+    Args:
+        features: the record (`prompt`, `completions`, `labels`, optional `images`, `step_types`, `label_weights`).
+        processing_class: a tokenizer (text rows) or an image-only processor.
+        step_separator, max_length, max_completion_length, train_on_last_step_only, is_eval: as TRL's former
+            `PRMTrainer.tokenize_row`.
+        row: the row's index or id, named in errors.
+        step_truncation: `"tokens"` cuts at the token budget exactly as TRL did; `"whole_steps"` drops trailing
+            steps that do not fit whole.
+        long_prompt: a prompt longer than `max_length`: `"truncate"` (as TRL; the row keeps no label) or
+            `"error"`.
+        layout: the PRM input layout (default: the "steps" layout with `step_separator`). In the one-string layouts
+            ("multi_turn", "text") steps are always kept or dropped whole, and in the multi-turn layout the
+            assistant turn after each step shows that step's own label (`+` when >= 0.5), as the paper's training
+            data does; the label sits on the last token of the generation prompt before it.
 
     Returns:
-        `input_ids`, `labels` (float: 0/1 or soft, -100 off step ends), `step_type_ids` (per token, -100 off step
-        ends), `mm_token_type_ids` (vision rows), `num_steps_dropped` (trailing steps cut by truncation),
+        `input_ids`, `labels` (int 0/1 for bool labels, float for soft ones, -100 off step ends), `step_type_ids`
+        (per token, -100 off step ends), `mm_token_type_ids` (vision rows), `label_weights` (per token, when the
+        record has them), `num_steps_dropped` (labelled steps lost to truncation), `prompt_too_long` (0/1) and
         `num_labels` (labelled positions left).
 
     Raises:
-        RecordError: the prompt alone (with its image tokens) exceeds `max_length`.
+        RecordError: the prompt alone exceeds `max_length` and `long_prompt="error"`; a step holds a vision token.
     """
     if layout is not None and layout.name != "steps":
-        limits = (max_length, max_completion_length, train_on_last_step_only, is_eval)
+        limits = (max_length, max_completion_length, train_on_last_step_only, is_eval, long_prompt)
         return _tokenize_one_string(features, processing_class, layout, *limits, row)
     tokenizer = get_tokenizer(processing_class)
     system_prompt = layout.system_prompt if layout is not None else None
     prompt = encode_prompt(processing_class, features["prompt"], features.get("images") or [], row, system_prompt)
     prompt_ids = prompt.input_ids
-    if max_length is not None and len(prompt_ids) > max_length:
-        raise RecordError(
-            row,
-            "prompt",
-            f"{len(prompt_ids)} prompt tokens (images included) exceed max_length "
-            f"{max_length}; raise max_length or lower max_pixels",
-        )
-    labels = [float(label) for label in features["labels"]]
+    labels = [label_value(label) for label in features["labels"]]
     if train_on_last_step_only and not is_eval:
         labels = [IGNORE_INDEX] * (len(labels) - 1) + labels[-1:]
     step_types = features.get("step_types") or [None] * len(labels)
+    weights = features.get("label_weights")
+    steps = encode_steps(tokenizer, features["completions"], step_separator)
+    if is_vision_processor(processing_class):
+        _check_steps_free_of_vision_tokens(processing_class, steps, row)
+
+    prompt_too_long = max_length is not None and len(prompt_ids) > max_length
+    if prompt_too_long:
+        if long_prompt == "error":
+            raise RecordError(
+                row, "prompt", f"{len(prompt_ids)} prompt tokens (images included) exceed max_length "
+                f"{max_length}; raise max_length or lower max_pixels"
+            )  # fmt: skip
+        steps = []  # as TRL: nothing of the steps is left, so the row keeps no label
 
     budget = None if max_length is None else max_length - len(prompt_ids)
     if max_completion_length is not None:
         budget = max_completion_length if budget is None else min(budget, max_completion_length)
-    input_ids, token_labels, token_types = list(prompt_ids), [IGNORE_INDEX] * len(prompt_ids), []
-    used, kept = 0, 0
-    for step_ids, label, kind in zip(
-        encode_steps(tokenizer, features["completions"], step_separator), labels, step_types
-    ):
-        if budget is not None and used + len(step_ids) > budget:
-            break  # whole steps only: a cut step would carry a label for text the model never saw
-        input_ids += step_ids
-        token_labels += [IGNORE_INDEX] * (len(step_ids) - 1) + [label]
-        token_types += [IGNORE_INDEX] * (len(step_ids) - 1) + [
-            STEP_TYPE_IDS[kind] if label != IGNORE_INDEX else IGNORE_INDEX
-        ]
-        used += len(step_ids)
-        kept += 1
+    completion_ids, token_labels, token_types, token_weights = [], [], [], []
+    for i, (step_ids, label, kind) in enumerate(zip(steps, labels, step_types)):
+        if step_truncation == "whole_steps" and budget is not None and len(completion_ids) + len(step_ids) > budget:
+            break  # no partial step is left as context without its label
+        off = [IGNORE_INDEX] * (len(step_ids) - 1)
+        completion_ids += step_ids
+        token_labels += off + [label]
+        token_types += off + [STEP_TYPE_IDS[kind] if label != IGNORE_INDEX else IGNORE_INDEX]
+        token_weights += [0.0] * (len(step_ids) - 1) + [float(weights[i]) if weights is not None else 1.0]
+    if budget is not None:  # token truncation exactly as TRL: a step cut before its end loses its label
+        completion_ids, token_labels = completion_ids[:budget], token_labels[:budget]
+        token_types, token_weights = token_types[:budget], token_weights[:budget]
+    num_labels = sum(label != IGNORE_INDEX for label in token_labels)
+    if prompt_too_long:
+        prompt_ids = prompt_ids[:max_length]
     out = {
-        "input_ids": input_ids,
-        "labels": token_labels,
+        "input_ids": prompt_ids + completion_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + token_labels,
         "step_type_ids": [IGNORE_INDEX] * len(prompt_ids) + token_types,
-        "num_steps_dropped": len(labels) - kept,
-        "num_labels": sum(label != IGNORE_INDEX for label in token_labels),
+        "num_steps_dropped": sum(label != IGNORE_INDEX for label in labels) - num_labels,
+        "prompt_too_long": int(prompt_too_long),
+        "num_labels": num_labels,
     }
+    if weights is not None:
+        out["label_weights"] = [0.0] * len(prompt_ids) + token_weights
     if prompt.mm_token_type_ids is not None:
-        out["mm_token_type_ids"] = prompt.mm_token_type_ids + [0] * used
+        out["mm_token_type_ids"] = prompt.mm_token_type_ids[: len(prompt_ids)] + [0] * len(completion_ids)
     return out
 
 
@@ -117,45 +163,56 @@ def _tokenize_one_string(
     max_completion_length: int | None,
     train_on_last_step_only: bool,
     is_eval: bool,
+    long_prompt: str,
     row: Any,
 ) -> dict[str, Any]:
-    """`tokenize_row` for the one-string layouts ("multi_turn", "text"): same outputs, same whole-step truncation."""
+    """`tokenize_row` for the one-string layouts ("multi_turn", "text"): same outputs; steps kept or dropped whole
+    (a step is kept when its score token fits)."""
     encoder = PRMEncoder(processing_class, layout)
-    labels = [float(label) for label in features["labels"]]
+    labels = [label_value(label) for label in features["labels"]]
     verdicts = [label >= 0.5 for label in labels]
     prompt, ids, ends = encoder.encode_row(
         features["prompt"], features.get("images") or [], features["completions"], verdicts, row
     )
     prompt_length = len(prompt.input_ids)
-    if max_length is not None and prompt_length > max_length:
+    prompt_too_long = max_length is not None and prompt_length > max_length
+    if prompt_too_long and long_prompt == "error":
         raise RecordError(
-            row,
-            "prompt",
-            f"{prompt_length} prompt tokens (images included) exceed max_length "
-            f"{max_length}; raise max_length or lower max_pixels",
-        )
+            row, "prompt", f"{prompt_length} prompt tokens (images included) exceed max_length "
+            f"{max_length}; raise max_length or lower max_pixels"
+        )  # fmt: skip
     if train_on_last_step_only and not is_eval:
         labels = [IGNORE_INDEX] * (len(labels) - 1) + labels[-1:]
     step_types = features.get("step_types") or [None] * len(labels)
-    kept = 0  # whole steps only: a step is kept when its score token fits
-    for end in ends:
+    weights = features.get("label_weights")
+    kept = 0
+    for end in [] if prompt_too_long else ends:
         if max_length is not None and end >= max_length:
             break
         if max_completion_length is not None and end - prompt_length >= max_completion_length:
             break
         kept += 1
-    ids = ids[: ends[kept - 1] + 1] if kept else ids[:prompt_length]
+    if prompt_too_long:
+        ids = ids[:max_length]
+    else:
+        ids = ids[: ends[kept - 1] + 1] if kept else ids[:prompt_length]
     token_labels, token_types = [IGNORE_INDEX] * len(ids), [IGNORE_INDEX] * len(ids)
-    for end, label, kind in zip(ends[:kept], labels, step_types):
+    token_weights = [0.0] * len(ids)
+    for i, (end, label, kind) in enumerate(zip(ends[:kept], labels, step_types)):
         token_labels[end] = label
         token_types[end] = STEP_TYPE_IDS[kind] if label != IGNORE_INDEX else IGNORE_INDEX
+        token_weights[end] = float(weights[i]) if weights is not None else 1.0
+    num_labels = sum(label != IGNORE_INDEX for label in token_labels)
     out = {
         "input_ids": ids,
         "labels": token_labels,
         "step_type_ids": token_types,
-        "num_steps_dropped": len(labels) - kept,
-        "num_labels": sum(label != IGNORE_INDEX for label in token_labels),
+        "num_steps_dropped": sum(label != IGNORE_INDEX for label in labels) - num_labels,
+        "prompt_too_long": int(prompt_too_long),
+        "num_labels": num_labels,
     }
+    if weights is not None:
+        out["label_weights"] = token_weights
     if encoder.is_vision:
         image_token_id = processing_class.image_token_id
         out["mm_token_type_ids"] = [1 if token == image_token_id else 0 for token in ids]
