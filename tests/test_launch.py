@@ -135,7 +135,7 @@ def test_two_process_launch(accelerate_config, tiny_qwen2_vl_path, small_supervi
     logits, labelled = score_batch(model, load_processor(output_dir), small_supervision_path)
     assert logits.shape[-1] == 2 and int(labelled.sum()) >= 4
     assert torch.isfinite(logits).all()
-    initial = load_prm(tiny_qwen2_vl_path).state_dict()
+    initial = load_prm(tiny_qwen2_vl_path, head="value").state_dict()
     trained = model.state_dict()
     assert set(trained) == set(initial)
     moved = {name: (trained[name] - initial[name]).abs().max().item() for name in BACKBONE_TENSORS}

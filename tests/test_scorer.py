@@ -128,7 +128,7 @@ def test_prefix_cache_is_reused_only_for_the_same_question(vlm_dir, question, ca
 
 def test_text_only_prm(tmp_path, candidates):
     path = build_tiny_text_prm(tmp_path / "text_prm", seed=0)
-    scorer = PRMScorer(load_prm(path), load_processor(path), batch_size=2)
+    scorer = PRMScorer(load_prm(path, head="value"), load_processor(path), batch_size=2)
     question = {"id": "t1", "prompt": "How many sides has a hexagon?", "images": []}
     batched = scorer.score(question, candidates)
     assert_same_scores(batched, scorer.score_plain(question, candidates))

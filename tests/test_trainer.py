@@ -138,7 +138,7 @@ def test_train_on_last_step_only(tiny_text):
 
 
 def test_perception_weight_scales_loss_by_factor(tiny_vlm, tmp_path):
-    data, model, processor = colour_rows(8), load_prm(tiny_vlm), load_processor(tiny_vlm)
+    data, model, processor = colour_rows(8), load_prm(tiny_vlm, head="value"), load_processor(tiny_vlm)
     losses = {}
     for weight in (1.0, 3.0):
         trainer = VLPRMTrainer(
@@ -217,7 +217,7 @@ def test_generative_head_trains_plus_minus_tokens(tiny_vlm, tmp_path):
 def test_lora_trains_adapters_and_value_head_only(tiny_vlm, tmp_path):
     from peft import LoraConfig
 
-    base = load_prm(tiny_vlm)
+    base = load_prm(tiny_vlm, head="value")
     reference = {k: v.clone() for k, v in base.state_dict().items()}
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     trainer = VLPRMTrainer(

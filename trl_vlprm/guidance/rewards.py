@@ -40,8 +40,7 @@ from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate
 from trl_vlprm.guidance.hf_policy import question_messages
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.guidance.vllm_policy import split_steps
-from trl_vlprm.modeling.processor import get_tokenizer
-from trl_vlprm.trainer.tokenization import encode_prompt, encode_steps
+from trl_vlprm.modeling.encoding import EncodedPrompt, PRMEncoder, PRMLayout
 
 logger = logging.getLogger(__name__)
 
@@ -201,26 +200,33 @@ class VLPRMReward:
 
     # ---- one group (the completions of one prompt) ---------------------------------------------------------
 
-    def _prompt_tokens(self, question: Mapping[str, Any], row: Any) -> int | None:
-        """Tokens of the question in the PRM's layout (None without a processing class); raises RecordError for
+    def _encoder(self) -> PRMEncoder:
+        """The PRM's input layout: the scorer's own encoder (`PRMScorer.encoder`), else the "steps" layout with the
+        PRM's separator (it may differ from the one the policy's text is split at)."""
+        encoder = getattr(self.scorer, "encoder", None)
+        if encoder is None:
+            separator = getattr(self.scorer, "step_separator", self.step_separator)
+            encoder = PRMEncoder(self.scorer.processing_class, PRMLayout(step_separator=separator))
+        return encoder
+
+    def _prompt_tokens(self, question: Mapping[str, Any], row: Any) -> EncodedPrompt | None:
+        """The question encoded in the PRM's layout (None without a processing class); raises RecordError for
         unreadable images or images that do not match the prompt's slots."""
         processing_class = getattr(self.scorer, "processing_class", None)
         if processing_class is None:
             for i, image in enumerate(question["images"]):
                 load_image(image, row, f"images[{i}]")
             return None
-        return len(encode_prompt(processing_class, question["prompt"], question["images"], row).input_ids)
+        return self._encoder().encode_prompt(question["prompt"], question["images"], row)
 
-    def _too_long(self, prompt_tokens: int | None, steps: Sequence[str]) -> bool:
+    def _too_long(self, prompt: EncodedPrompt | None, question: Mapping[str, Any], steps: Sequence[str]) -> bool:
         if self.max_steps is not None and len(steps) > self.max_steps:
             return True
-        if self.max_length is None or prompt_tokens is None:
+        if self.max_length is None or prompt is None:
             return False
-        tokenizer = get_tokenizer(self.scorer.processing_class)
-        # The PRM's own separator ends each step it reads (it may differ from the one the policy's text is split at).
-        separator = getattr(self.scorer, "step_separator", self.step_separator)
-        step_tokens = sum(len(ids) for ids in encode_steps(tokenizer, steps, separator))
-        return prompt_tokens + step_tokens > self.max_length
+        encoded = self._encoder().encode_candidate(question["prompt"], prompt, steps)
+        total = len(encoded.input_ids) + (len(prompt.input_ids) if encoded.shares_prefix else 0)
+        return total > self.max_length
 
     def score_group(
         self, question: Mapping[str, Any], texts: Sequence[str], counts: dict[str, int]
@@ -244,7 +250,7 @@ class VLPRMReward:
             if not steps:
                 counts["no_steps"] += 1
                 rewards[i] = self.no_steps_reward
-            elif self._too_long(prompt_tokens, steps):
+            elif self._too_long(prompt_tokens, question, steps):
                 counts["overlong"] += 1
                 rewards[i] = self.overlong_reward
             else:

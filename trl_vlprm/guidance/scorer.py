@@ -8,15 +8,18 @@ prefix + suffix), with positions continuing after the prefix. For Qwen-VL's 3-D 
 after the image continues at `max(prefix positions) + 1` on all three axes, exactly as `get_rope_index` places it in
 a full forward, so the scores equal those of a plain full forward of each candidate (checked to 1e-5 in the tests).
 
-Token layout and score positions are the trainer's (`trl_vlprm.trainer.tokenization`): `prompt_ids + (step_i +
-separator)...`, the score of step i read at the last token of `step_i + separator`.
+Token layout and score positions come from `trl_vlprm.modeling.encoding` (the trainer's): the "steps" layout
+(`prompt_ids + (step_i + separator)...`, the score of step i read at the last token of `step_i + separator`), the
+paper's "multi_turn" layout (each later step in its own user turn after a `+` assistant turn; every step of a
+candidate is still scored in one forward pass, since the `+` turns are known), or the one-string "text" layout. The
+layout is the one saved with the checkpoint, else the published PRM's preset (`trl_vlprm.modeling.presets`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,10 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from trl_vlprm.guidance.policy import Candidate, Question
-from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, step_logits
-from trl_vlprm.modeling.hub import read_model_json
+from trl_vlprm.modeling.encoding import EncodedSteps, PRMEncoder, PRMLayout, is_vision_processor
+from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, resolve_preset, step_logits
+from trl_vlprm.modeling.presets import PRMPreset
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
-from trl_vlprm.trainer.tokenization import encode_prompt, encode_steps, is_vision_processor
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,9 @@ VLLM_SPEC_PREFIX = "vllm:"  # `from_pretrained("vllm:<folder>")` picks the vLLM 
 class _Prefix:
     """The encoded question and, once run, its key/value cache and the next text position."""
 
+    row: Any  # the question's id, for error messages
+    prompt: Any  # the question's prompt (one-string layouts render candidates with it)
+    encoded: Any  # its `EncodedPrompt`
     input_ids: torch.Tensor  # [1, P]
     mm_token_type_ids: torch.Tensor | None  # [1, P] (vision processors)
     pixel_values: torch.Tensor | None
@@ -69,6 +75,8 @@ class PRMScorer:
         step_separator: text appended to each step; default: the separator the PRM was trained with
             (`config.prm_step_separator`), else "\\n". Passing a different one than the trained one logs a warning:
             the PRM would score a layout it never saw.
+        layout: the PRM input layout; default: the one saved in the config (`PRMLayout.from_config`), else the
+            "steps" layout. `step_separator`, when given, replaces its separator.
         batch_size: candidates per forward pass.
         head: "value" or "generative"; default: `config.prm_head`, else "value".
         reuse_prefix: keep the last question's prefix cache, so repeated calls on one question (beam search, step
@@ -83,6 +91,7 @@ class PRMScorer:
         batch_size: int = 16,
         head: str | None = None,
         reuse_prefix: bool = True,
+        layout: PRMLayout | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -101,7 +110,11 @@ class PRMScorer:
                 step_separator,
                 trained,
             )
-        self.step_separator = step_separator if step_separator is not None else trained or DEFAULT_STEP_SEPARATOR
+        self.layout = layout or PRMLayout.from_config(config) or PRMLayout(step_separator=DEFAULT_STEP_SEPARATOR)
+        if step_separator is not None:
+            self.layout = replace(self.layout, step_separator=step_separator)
+        self.step_separator = self.layout.step_separator
+        self.encoder = PRMEncoder(processing_class, self.layout)
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
         self.token_ids: tuple[int, int] | None = None
@@ -109,7 +122,11 @@ class PRMScorer:
             positive = getattr(config, "prm_positive_token_id", None)
             negative = getattr(config, "prm_negative_token_id", None)
             has_ids = positive is not None and negative is not None
-            self.token_ids = (positive, negative) if has_ids else prm_token_ids(self.tokenizer)
+            self.token_ids = (
+                (positive, negative)
+                if has_ids
+                else prm_token_ids(self.tokenizer, self.layout.positive_token, self.layout.negative_token)
+            )
         self.is_vision = is_vision_processor(processing_class)
         self._cached_prefix: _Prefix | None = None
 
@@ -122,13 +139,25 @@ class PRMScorer:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         revision: str | None = None,
+        preset: str | PRMPreset | None = None,
         **kwargs,
     ) -> PRMScorer:
-        """Load a trained PRM from a folder or Hub repo id (`load_prm` + `load_processor`).
+        """Load a PRM from a folder or Hub repo id (`load_prm` + `load_processor`); `kwargs` go to `PRMScorer`.
 
-        A PRM needs its head: a checkpoint without the metadata this project saves (`prm_head` in its config) is
-        refused unless `head` is given, so a base model is never scored through a randomly initialised head.
-        `revision` picks a branch, tag or commit of a repo id; `kwargs` go to `PRMScorer` (step_separator, ...).
+        A published PRM needs nothing but its id: `PRMScorer.from_pretrained("ob11/Qwen-VL-PRM-7B")` takes the head,
+        input layout, system prompt and pixel bounds from its preset (`trl_vlprm.modeling.presets`). A checkpoint
+        trained here reads its own saved settings (they win over a preset). Anything else is refused unless `head`
+        is given (`MissingPRMMetadataError`), so a base model is never scored through a randomly initialised head.
+
+        Args:
+            name_or_path: a local folder or a Hub repo id (resolved as transformers does; offline: from the cache).
+            head: default: the head saved with the checkpoint, else the preset's.
+            dtype: parameter dtype; default float32.
+            min_pixels: image processor minimum area; default: the preset's, else the saved processor's.
+            max_pixels: image processor maximum area; default: the preset's, else the saved processor's.
+            revision: branch, tag or commit of a repo id.
+            preset: read the model as this published PRM (an id from `trl_vlprm.modeling.presets`), e.g. for a
+                local copy; default: the preset `name_or_path` names (repo id or hub cache folder), if any.
 
         "vllm:<folder>" runs the PRM on a vLLM pooling engine instead (`VLLMScorer`, same scores; `kwargs` then go
         to `VLLMScorer.from_pretrained`: `llm_kwargs`, `max_model_len`, ...).
@@ -142,14 +171,11 @@ class PRMScorer:
                 str(name_or_path)[len(VLLM_SPEC_PREFIX) :], head=head, dtype=dtype, min_pixels=min_pixels,
                 max_pixels=max_pixels, **kwargs,
             )  # fmt: skip
-        if head is None:
-            config = read_model_json(name_or_path, "config.json", revision) or {}
-            if config.get("prm_head") not in HEADS:
-                raise ValueError(
-                    f"{name_or_path} is not a PRM saved by trl_vlprm (its config.json has no prm_head): scoring it "
-                    f"would read an untrained head. Pass head='generative' to score with its LM's '+'/'-' tokens"
-                )
-        model = load_prm(name_or_path, head=head, dtype=dtype, revision=revision)
+        chosen = resolve_preset(name_or_path, preset)
+        if chosen is not None:
+            min_pixels = min_pixels if min_pixels is not None else chosen.min_pixels
+            max_pixels = max_pixels if max_pixels is not None else chosen.max_pixels
+        model = load_prm(name_or_path, head=head, dtype=dtype, revision=revision, preset=chosen)
         processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels, revision=revision)
         return cls(model, processor, head=head, **kwargs)
 
@@ -163,9 +189,10 @@ class PRMScorer:
         row = question.get("id", "?")
         if question.get("images") and not self.is_vision:
             require_image_support(self.processing_class, self.model.config.model_type, f"question {row}")
-        encoded = encode_prompt(self.processing_class, question["prompt"], question.get("images") or [], row)
+        encoded = self.encoder.encode_prompt(question["prompt"], question.get("images") or [], row)
         device = self.device
-        prefix = _Prefix(torch.tensor([encoded.input_ids], device=device), None, None, None)
+        input_ids = torch.tensor([encoded.input_ids], device=device)
+        prefix = _Prefix(row, question["prompt"], encoded, input_ids, None, None, None)
         if encoded.mm_token_type_ids is not None:
             prefix.mm_token_type_ids = torch.tensor([encoded.mm_token_type_ids], device=device)
         if encoded.images:
@@ -174,16 +201,12 @@ class PRMScorer:
             prefix.image_grid_thw = pixels["image_grid_thw"].to(device)
         return prefix
 
-    def _suffixes(self, candidates: Sequence[Candidate]) -> list[tuple[list[int], list[int]]]:
-        """Per candidate: its step tokens (each step + separator) and the index of each step's last token."""
-        out = []
-        for candidate in candidates:
-            ids, ends = [], []
-            for step_ids in encode_steps(self.tokenizer, candidate.steps, self.step_separator):
-                ids += step_ids
-                ends.append(len(ids) - 1)
-            out.append((ids, ends))
-        return out
+    def _suffixes(self, prefix: _Prefix, candidates: Sequence[Candidate]) -> list[EncodedSteps]:
+        """Per candidate: its tokens after the prefix and the index of each step's score token."""
+        return [
+            self.encoder.encode_candidate(prefix.prompt, prefix.encoded, candidate.steps, row=prefix.row)
+            for candidate in candidates
+        ]
 
     def _vision_inputs(self, prefix: _Prefix) -> dict[str, torch.Tensor]:
         inputs = {}
@@ -253,8 +276,20 @@ class PRMScorer:
     @torch.inference_mode()
     def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
         """P(step correct) for every step of every candidate (one list per candidate, one score per step)."""
+        return self.score_with_input_lengths(question, candidates)[0]
+
+    @torch.inference_mode()
+    def score_with_input_lengths(
+        self, question: Question, candidates: Sequence[Candidate]
+    ) -> tuple[list[list[float]], list[list[int]]]:
+        """`score`, plus for every step the number of tokens the PRM read to score it.
+
+        A step's input length is the length of the sequence a plain forward would need to produce its score: the
+        prefix (image tokens included) and the candidate's tokens up to the score position (in the multi-turn
+        layout, the paper's `input_ids.shape[1]` for that step).
+        """
         if not candidates:
-            return []
+            return [], []
         prefix = self._encode_prefix(question)
         if self.reuse_prefix and self._cached_prefix is not None and self._cached_prefix.same_as(prefix):
             prefix = self._cached_prefix
@@ -262,19 +297,28 @@ class PRMScorer:
             self._run_prefix(prefix)
             self._cached_prefix = prefix if self.reuse_prefix else None
         prefix_length = prefix.input_ids.shape[1]
-        suffixes = self._suffixes(candidates)
+        suffixes = self._suffixes(prefix, candidates)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         scores: list[list[float]] = [[] for _ in candidates]
+        input_lengths = [
+            [(prefix_length if suffix.shares_prefix else 0) + end + 1 for end in suffix.ends] for suffix in suffixes
+        ]
+        # A one-string layout whose first step's tokens merged with the question's cannot reuse the prefix cache:
+        # such candidates run whole (rare: a step starting with characters that join the question's last token).
+        for i, suffix in enumerate(suffixes):
+            if suffix.input_ids and not suffix.shares_prefix:
+                scores[i] = self._score_whole(prefix, suffix)
         # Longest first, so each batch pads little and the first batch shows the peak memory.
-        order = sorted((i for i, (ids, _) in enumerate(suffixes) if ids), key=lambda i: -len(suffixes[i][0]))
+        shared = [i for i, suffix in enumerate(suffixes) if suffix.input_ids and suffix.shares_prefix]
+        order = sorted(shared, key=lambda i: -len(suffixes[i].input_ids))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            longest = len(suffixes[chunk[0]][0])
+            longest = len(suffixes[chunk[0]].input_ids)
             input_ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(chunk), prefix_length + longest), dtype=torch.long)
             attention_mask[:, :prefix_length] = 1
             for row, i in enumerate(chunk):
-                ids = suffixes[i][0]
+                ids = suffixes[i].input_ids
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 attention_mask[row, prefix_length : prefix_length + len(ids)] = 1
             positions = torch.arange(prefix.next_position, prefix.next_position + longest)[None].expand(len(chunk), -1)
@@ -287,9 +331,29 @@ class PRMScorer:
                 "past_key_values": self._expanded_cache(prefix, len(chunk)),
                 "use_cache": True,
             }
-            for i, probabilities in zip(chunk, self._step_probabilities(inputs, [suffixes[i][1] for i in chunk])):
+            for i, probabilities in zip(chunk, self._step_probabilities(inputs, [suffixes[i].ends for i in chunk])):
                 scores[i] = probabilities
-        return scores
+        return scores, input_lengths
+
+    def _score_whole(self, prefix: _Prefix, suffix: EncodedSteps) -> list[float]:
+        """One plain forward of a whole sequence (`suffix.input_ids` with the prompt, or prefix + suffix)."""
+        if suffix.shares_prefix:
+            prefix_length = prefix.input_ids.shape[1]
+            ids = torch.cat([prefix.input_ids, torch.tensor([suffix.input_ids], device=self.device)], dim=1)
+            ends = [prefix_length + end for end in suffix.ends]
+            mm_types = None
+            if prefix.mm_token_type_ids is not None:
+                suffix_types = torch.zeros((1, len(suffix.input_ids)), dtype=torch.long, device=self.device)
+                mm_types = torch.cat([prefix.mm_token_type_ids, suffix_types], dim=1)
+        else:
+            ids, ends = torch.tensor([suffix.input_ids], device=self.device), suffix.ends
+            mm_types = None
+            if suffix.mm_token_type_ids is not None:
+                mm_types = torch.tensor([suffix.mm_token_type_ids], device=self.device)
+        inputs: dict[str, Any] = {"input_ids": ids, **self._vision_inputs(prefix)}
+        if mm_types is not None:
+            inputs["mm_token_type_ids"] = mm_types
+        return self._step_probabilities(inputs, [ends])[0]
 
     @torch.inference_mode()
     def score_plain(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
@@ -298,21 +362,8 @@ class PRMScorer:
         The model computes its own positions here, so this also checks the positions `score` builds.
         """
         prefix = self._encode_prefix(question)
-        prefix_length = prefix.input_ids.shape[1]
-        scores = []
-        for ids, ends in self._suffixes(candidates):
-            if not ids:
-                scores.append([])
-                continue
-            inputs: dict[str, Any] = {
-                "input_ids": torch.cat([prefix.input_ids, torch.tensor([ids], device=self.device)], dim=1),
-                **self._vision_inputs(prefix),
-            }
-            if prefix.mm_token_type_ids is not None:
-                suffix_types = torch.zeros((1, len(ids)), dtype=torch.long, device=self.device)
-                inputs["mm_token_type_ids"] = torch.cat([prefix.mm_token_type_ids, suffix_types], dim=1)
-            scores.append(self._step_probabilities(inputs, [[prefix_length + end for end in ends]])[0])
-        return scores
+        suffixes = self._suffixes(prefix, candidates)
+        return [self._score_whole(prefix, suffix) if suffix.input_ids else [] for suffix in suffixes]
 
     def clear_cache(self) -> None:
         """Drop the kept prefix cache (frees its memory)."""

@@ -10,14 +10,20 @@ Two heads, chosen by `VLPRMConfig.head`:
   step's last token. No new weights, so it keeps the VLM's language prior (the paper's VL-PRMs are generative).
 
 Both save with `save_pretrained`; `load_prm` loads either and *checks the load report*: a head class without a
-checkpoint-key conversion would otherwise leave the backbone randomly initialised without a word.
+checkpoint-key conversion would otherwise leave the backbone randomly initialised without a word. It also refuses a
+checkpoint that records no PRM head and is no known published PRM (`trl_vlprm.modeling.presets`), rather than score
+with a randomly initialised value head. Published text PRMs with their own head class (Qwen2.5-Math-PRM's
+`Qwen2ForProcessRewardModel`) load through a local implementation of that class, no remote code.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -25,15 +31,21 @@ from transformers import (
     AutoModelForTokenClassification,
     PreTrainedModel,
     Qwen2_5_VLConfig,
+    Qwen2Model,
+    Qwen2PreTrainedModel,
     Qwen2VLConfig,
 )
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GenericForTokenClassification
+from transformers.modeling_outputs import TokenClassifierOutput
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
 
 from trl_vlprm.modeling.hub import require_model
+from trl_vlprm.modeling.presets import PRESETS, PRMPreset, find_preset, get_preset
+
+logger = logging.getLogger(__name__)
 
 HEADS = ("value", "generative")
 POSITIVE_TOKEN = "+"
@@ -72,11 +84,46 @@ AutoModelForTokenClassification.register(Qwen2VLConfig, Qwen2VLForTokenClassific
 AutoModelForTokenClassification.register(Qwen2_5_VLConfig, Qwen2_5_VLForTokenClassification, exist_ok=True)
 
 
+class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
+    """Qwen2.5-Math-PRM's head class (its `modeling_qwen2_rm.py`, same module names, so its weights load as saved):
+    the Qwen2 backbone and a 2-layer MLP (`score.0`, ReLU, `score.2`) giving per-token class logits."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = Qwen2Model(config)
+        hidden = config.hidden_size
+        self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, config.num_labels))
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
+        kwargs.pop("logits_to_keep", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        return TokenClassifierOutput(logits=self.score(outputs.last_hidden_state))
+
+
+# Value-head classes of published PRMs, picked by the architecture their config names.
+ARCHITECTURE_CLASSES: dict[str, type[PreTrainedModel]] = {"Qwen2ForProcessRewardModel": Qwen2ForProcessRewardModel}
+
+
 class BackboneNotLoadedError(RuntimeError):
     """Raised when `from_pretrained` left backbone weights at random initialisation."""
 
 
-def _model_class(model_type: str, head: str):
+class MissingPRMMetadataError(ValueError):
+    """Raised when a checkpoint records no PRM head and is no known published PRM: nothing says how to score it."""
+
+
+def _model_class(model_type: str, head: str, architectures: list[str] | None = None):
+    for architecture in architectures or ():
+        if head == "value" and architecture in ARCHITECTURE_CLASSES:
+            return ARCHITECTURE_CLASSES[architecture]
     if head == "value":
         return VALUE_HEAD_CLASSES.get(model_type, AutoModelForTokenClassification)
     return AutoModelForImageTextToText if model_type in VL_MODEL_TYPES else AutoModelForCausalLM
@@ -87,38 +134,65 @@ def _head_keys(head: str) -> tuple[str, ...]:
     return ("score.",) if head == "value" else ()
 
 
+def resolve_preset(path: str | Path, preset: str | PRMPreset | None = None) -> PRMPreset | None:
+    """The preset to read `path` with: `preset` (an id or a preset), else the one `path` names (hub id or hub cache
+    folder), else None."""
+    if isinstance(preset, PRMPreset):
+        return preset
+    return get_preset(preset) if preset is not None else find_preset(path)
+
+
 def load_prm(
     name_or_path: str | os.PathLike,
     head: str | None = None,
     num_labels: int = 2,
     dtype: torch.dtype | str | None = None,
     revision: str | None = None,
+    preset: str | PRMPreset | None = None,
     **kwargs,
 ) -> PreTrainedModel:
     """Load a PRM (or a base VLM to turn into one) from a local folder or a Hub repo id.
 
     Args:
         name_or_path: a checkpoint folder or repo id (resolved as transformers does: cache, `HF_HOME`,
-            `HF_HUB_OFFLINE`): a trained PRM (its config records `prm_head`) or a base model.
-        head: "value" or "generative"; defaults to the head recorded in the checkpoint, else "value".
+            `HF_HUB_OFFLINE`): a trained PRM (its config records `prm_head`), a published PRM (found in
+            `trl_vlprm.modeling.presets` by its repo id or hub cache folder), or a base model (then pass `head`).
+        head: "value" or "generative"; defaults to the head recorded in the checkpoint, else the preset's. A base
+            model with `head="value"` gets a new, randomly initialised value head (to train).
         num_labels: classes of a new value head (2 for hard labels, 1 for soft labels); ignored when the
             checkpoint already is a value-head PRM.
         dtype: parameter dtype (e.g. "bfloat16" on GPUs); default float32.
         revision: branch, tag or commit of a repo id (default "main").
+        preset: a published PRM's id (or `PRMPreset`) to read `name_or_path` as, e.g. a local copy of
+            "ob11/Qwen-VL-PRM-7B". Its layout is recorded on the loaded config unless the checkpoint records one.
         **kwargs: passed to `from_pretrained` (e.g. `attn_implementation`).
 
     Raises:
+        MissingPRMMetadataError: no head given, none recorded, no preset: nothing says how to score the checkpoint.
         BackboneNotLoadedError: a backbone tensor was missing from the checkpoint (it would stay random).
     """
     path = name_or_path
     require_model(path, revision)  # resolves (or fails naming the model) the way from_pretrained will
     config = AutoConfig.from_pretrained(path, revision=revision)
-    head = head or getattr(config, "prm_head", None) or "value"
+    saved_head = getattr(config, "prm_head", None)
+    preset = resolve_preset(path, preset)
+    head = head or saved_head or (preset.head if preset is not None else None)
+    if head is None:
+        known = PRESETS.names()
+        raise MissingPRMMetadataError(
+            f"{path} is not a PRM saved by trl_vlprm (its config has no prm_head) nor a known published PRM "
+            f"({', '.join(known)}). "
+            "Pass head='generative' (scores from the LM's '+'/'-' logits) or head='value' (adds a new, randomly "
+            "initialised value head: only to train it), or preset='<hub id>' when the folder is a copy of a "
+            "published PRM."
+        )
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    if head == "value" and getattr(config, "prm_head", None) != "value":
+    is_value_prm = saved_head == "value" or (preset is not None and preset.head == "value")
+    if head == "value" and not is_value_prm:
         config.num_labels = num_labels
-    model_class = _model_class(config.model_type, head)
+        logger.info("load_prm: %s gets a new, randomly initialised value head (%d labels)", path, num_labels)
+    model_class = _model_class(config.model_type, head, getattr(config, "architectures", None))
     model, info = model_class.from_pretrained(
         path, config=config, dtype=dtype, revision=revision, output_loading_info=True, **kwargs
     )
@@ -128,13 +202,15 @@ def load_prm(
             f"{len(missing)} backbone tensor(s) were not found in {path} and would stay random, e.g. {missing[:3]}"
         )
     model.config.prm_head = head
+    if preset is not None and getattr(model.config, "prm_layout", None) is None:
+        preset.layout.save_to_config(model.config)
     return model
 
 
-def prm_token_ids(tokenizer) -> tuple[int, int]:
-    """Ids of the single tokens "+" (step correct) and "-" (step wrong) the generative head reads."""
+def prm_token_ids(tokenizer, positive: str = POSITIVE_TOKEN, negative: str = NEGATIVE_TOKEN) -> tuple[int, int]:
+    """Ids of the single tokens `positive` (step correct) and `negative` (step wrong) the generative head reads."""
     ids = []
-    for token in (POSITIVE_TOKEN, NEGATIVE_TOKEN):
+    for token in (positive, negative):
         encoded = tokenizer.encode(token, add_special_tokens=False)
         if len(encoded) != 1:
             raise ValueError(f"the generative head needs {token!r} to be one token; the tokenizer gives {encoded}")

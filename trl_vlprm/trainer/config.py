@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from trl_vlprm.modeling.encoding import LAYOUTS, PRMLayout
 from trl_vlprm.modeling.heads import HEADS
 
 STEP_TRUNCATIONS = ("tokens", "whole_steps")
@@ -74,6 +75,15 @@ class VLPRMConfig(TrainingArguments):
             Override the image processor's minimum image area.
         max_pixels (`int` or `None`, *optional*, defaults to `None`):
             Override the image processor's maximum image area; bounds image tokens per image and so memory.
+        prm_layout (`str`, *optional*, defaults to `"steps"`):
+            PRM input layout, saved with the checkpoint so scoring reads the same one. `"steps"`: the question through
+            the chat template, then every step + `step_separator` in one assistant turn. `"multi_turn"`: the paper's
+            layout (a system turn, the question and step 1 in the first user turn, each later step in its own user
+            turn after an assistant turn holding the previous step's label `+`/`-`). `"text"`: prompt and steps as one
+            raw string (text PRMs).
+        prm_system_prompt (`str` or `None`, *optional*, defaults to `None`):
+            System turn of the `"steps"` and `"multi_turn"` layouts. `None`: none for `"steps"`, the paper's
+            `PRM_SYSTEM_PROMPT_NORMAL_TOK_V2` for `"multi_turn"`; `""`: no system turn.
 
     Model loading (when `VLPRMTrainer` gets a path):
 
@@ -169,6 +179,23 @@ class VLPRMConfig(TrainingArguments):
     max_pixels: int | None = field(
         default=None, metadata={"help": "Maximum image area in pixels, overriding the image processor's."}
     )
+    prm_layout: str = field(
+        default="steps",
+        metadata={
+            "help": "PRM input layout, saved with the checkpoint so scoring reads the same one: 'steps' (question "
+            "through the chat template, then every step + step_separator in one assistant turn), 'multi_turn' (the "
+            "paper's layout: system turn, question + step 1 in the first user turn, each later step in its own user "
+            "turn after an assistant turn holding the previous step's label) or 'text' (one raw string, text PRMs).",
+            "choices": list(LAYOUTS),
+        },
+    )
+    prm_system_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "System turn of the 'steps' and 'multi_turn' layouts. None: none for 'steps', the paper's "
+            "PRM_SYSTEM_PROMPT_NORMAL_TOK_V2 for 'multi_turn'; an empty string: no system turn."
+        },
+    )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={
@@ -188,6 +215,8 @@ class VLPRMConfig(TrainingArguments):
             self.model_init_kwargs = json.loads(self.model_init_kwargs)
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.prm_layout not in LAYOUTS:
+            raise ValueError(f"prm_layout must be one of {LAYOUTS}, got {self.prm_layout!r}")
         if self.perception_loss_weight < 0:
             raise ValueError(f"perception_loss_weight must be >= 0, got {self.perception_loss_weight}")
         if self.step_truncation not in STEP_TRUNCATIONS:
@@ -203,3 +232,8 @@ class VLPRMConfig(TrainingArguments):
         if getattr(self, new_name) is None and getattr(self, "gradient_checkpointing", None) is None:
             setattr(self, new_name, True)
         super().__post_init__()
+
+    @property
+    def layout(self) -> PRMLayout:
+        """The PRM input layout these arguments describe (saved in the checkpoint config by the trainer)."""
+        return PRMLayout.named(self.prm_layout, self.step_separator, self.prm_system_prompt)

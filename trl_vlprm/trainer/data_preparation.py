@@ -39,6 +39,7 @@ def _tokenize(example: dict[str, Any], index: int, processing_class: Any, args: 
         row=example.get("id") or index,
         step_truncation=args.step_truncation,
         long_prompt=args.long_prompt,
+        layout=args.layout,
     )
 
 

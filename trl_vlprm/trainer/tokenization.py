@@ -14,123 +14,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, RecordError, load_image
+from trl_vlprm.data.schema import PERCEPTION, RecordError
+from trl_vlprm.modeling.encoding import (  # noqa: F401  (re-exported: the trainer's row tokenizer's building blocks)
+    MAX_ASPECT_RATIO,
+    EncodedPrompt,
+    PRMEncoder,
+    PRMLayout,
+    encode_prompt,
+    encode_steps,
+    image_token_counts,
+    is_vision_processor,
+    prompt_to_messages,
+)
 from trl_vlprm.modeling.processor import get_tokenizer
 
 IGNORE_INDEX = -100
 # Per-token step type, kept beside the labels for loss weighting and per-type metrics.
 STEP_TYPE_IDS = {"reasoning": 0, PERCEPTION: 1, None: 2}
 STEP_TYPE_NAMES = {0: "reasoning", 1: PERCEPTION, 2: "untyped"}
-
-
-def is_vision_processor(processing_class: Any) -> bool:
-    return hasattr(processing_class, "image_processor")
-
-
-def prompt_to_messages(prompt: str | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Chat messages for a prompt: a string becomes one user turn; "<image>" placeholders become image parts."""
-
-    def parts(text: str) -> list[dict[str, str]]:
-        out: list[dict[str, str]] = []
-        for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
-            if i > 0:
-                out.append({"type": "image"})
-            if chunk:
-                out.append({"type": "text", "text": chunk})
-        return out
-
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": parts(prompt)}]
-    messages = []
-    for message in prompt:
-        content = message["content"]
-        if isinstance(content, str):
-            content = parts(content)
-        messages.append({"role": message["role"], "content": list(content)})
-    return messages
-
-
-MAX_ASPECT_RATIO = 200  # the Qwen-VL image processors refuse images more elongated than this
-
-
-def image_token_counts(processing_class: Any, images: Sequence[Any], row: Any = "?") -> list[int]:
-    """Image tokens each image will occupy after the image processor resizes it (no pixels are computed).
-
-    Raises:
-        RecordError: an image more elongated than `MAX_ASPECT_RATIO` (the image processor would refuse it
-            without naming the row).
-    """
-    image_processor = processing_class.image_processor
-    merge = image_processor.merge_size
-    counts = []
-    for i, image in enumerate(images):
-        width, height = image.size
-        if max(width, height) / max(min(width, height), 1) > MAX_ASPECT_RATIO:
-            raise RecordError(
-                row, f"images[{i}]", f"{width}x{height} image: aspect ratio above {MAX_ASPECT_RATIO}, which Qwen-VL "
-                "image processors refuse; crop or pad it"
-            )  # fmt: skip
-        patches = image_processor.get_number_of_image_patches(height, width, {})
-        counts.append(patches // (merge * merge))
-    return counts
-
-
-@dataclass
-class EncodedPrompt:
-    """Token ids of a prompt (image placeholders already expanded) and the images it references."""
-
-    input_ids: list[int]
-    mm_token_type_ids: list[int] | None
-    images: list[Any]
-
-
-def encode_prompt(
-    processing_class: Any, prompt: str | Sequence[Mapping[str, Any]], images: Sequence[Any] = (), row: Any = "?"
-) -> EncodedPrompt:
-    """Token ids of the prompt part of a row.
-
-    With a plain tokenizer and a string prompt this is TRL's former layout (optional BOS + the raw prompt); chat
-    prompts go through the tokenizer's chat template. With a vision processor the chat template is always used and
-    each image becomes `<|vision_start|>` + n image tokens + `<|vision_end|>`.
-    """
-    tokenizer = get_tokenizer(processing_class)
-    if not is_vision_processor(processing_class):
-        if images:
-            raise RecordError(row, "images", "the row has images but the processing class is a text tokenizer")
-        if isinstance(prompt, str):
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            if tokenizer.bos_token_id is not None:
-                ids = [tokenizer.bos_token_id] + ids
-        else:
-            ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True)
-            ids = list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
-        return EncodedPrompt(list(ids), None, [])
-
-    pil_images = [load_image(image, row, f"images[{i}]") for i, image in enumerate(images)]
-    text = processing_class.apply_chat_template(prompt_to_messages(prompt), add_generation_prompt=True, tokenize=False)
-    image_token = processing_class.image_token
-    counts = image_token_counts(processing_class, pil_images, row)
-    pieces = text.split(image_token)
-    if len(pieces) - 1 != len(pil_images):
-        raise RecordError(
-            row, "images", f"{len(pil_images)} image(s) but {len(pieces) - 1} image slot(s) after the chat template"
-        )
-    expanded = pieces[0] + "".join(image_token * n + piece for n, piece in zip(counts, pieces[1:]))
-    ids = tokenizer(expanded, add_special_tokens=False)["input_ids"]
-    image_token_id = processing_class.image_token_id
-    mm_types = [1 if token == image_token_id else 0 for token in ids]
-    return EncodedPrompt(list(ids), mm_types, pil_images)
-
-
-def encode_steps(tokenizer: Any, steps: Sequence[str], step_separator: str) -> list[list[int]]:
-    """Token ids of each step followed by the separator (tokenized apart, as TRL did: step ends stay aligned)."""
-    separator_ids = tokenizer.encode(step_separator, add_special_tokens=False)
-    return [tokenizer(step, add_special_tokens=False)["input_ids"] + separator_ids for step in steps]
 
 
 def label_value(label: Any) -> int | float:
@@ -164,6 +69,7 @@ def tokenize_row(
     row: Any = "?",
     step_truncation: str = "tokens",
     long_prompt: str = "truncate",
+    layout: PRMLayout | None = None,
 ) -> dict[str, Any]:
     """Tokenize one record.
 
@@ -177,6 +83,10 @@ def tokenize_row(
             steps that do not fit whole.
         long_prompt: a prompt longer than `max_length`: `"truncate"` (as TRL; the row keeps no label) or
             `"error"`.
+        layout: the PRM input layout (default: the "steps" layout with `step_separator`). In the one-string layouts
+            ("multi_turn", "text") steps are always kept or dropped whole, and in the multi-turn layout the
+            assistant turn after each step shows that step's own label (`+` when >= 0.5), as the paper's training
+            data does; the label sits on the last token of the generation prompt before it.
 
     Returns:
         `input_ids`, `labels` (int 0/1 for bool labels, float for soft ones, -100 off step ends), `step_type_ids`
@@ -187,8 +97,12 @@ def tokenize_row(
     Raises:
         RecordError: the prompt alone exceeds `max_length` and `long_prompt="error"`; a step holds a vision token.
     """
+    if layout is not None and layout.name != "steps":
+        limits = (max_length, max_completion_length, train_on_last_step_only, is_eval, long_prompt)
+        return _tokenize_one_string(features, processing_class, layout, *limits, row)
     tokenizer = get_tokenizer(processing_class)
-    prompt = encode_prompt(processing_class, features["prompt"], features.get("images") or [], row)
+    system_prompt = layout.system_prompt if layout is not None else None
+    prompt = encode_prompt(processing_class, features["prompt"], features.get("images") or [], row, system_prompt)
     prompt_ids = prompt.input_ids
     labels = [label_value(label) for label in features["labels"]]
     if train_on_last_step_only and not is_eval:
@@ -238,6 +152,70 @@ def tokenize_row(
         out["label_weights"] = [0.0] * len(prompt_ids) + token_weights
     if prompt.mm_token_type_ids is not None:
         out["mm_token_type_ids"] = prompt.mm_token_type_ids[: len(prompt_ids)] + [0] * len(completion_ids)
+    return out
+
+
+def _tokenize_one_string(
+    features: Mapping[str, Any],
+    processing_class: Any,
+    layout: PRMLayout,
+    max_length: int | None,
+    max_completion_length: int | None,
+    train_on_last_step_only: bool,
+    is_eval: bool,
+    long_prompt: str,
+    row: Any,
+) -> dict[str, Any]:
+    """`tokenize_row` for the one-string layouts ("multi_turn", "text"): same outputs; steps kept or dropped whole
+    (a step is kept when its score token fits)."""
+    encoder = PRMEncoder(processing_class, layout)
+    labels = [label_value(label) for label in features["labels"]]
+    verdicts = [label >= 0.5 for label in labels]
+    prompt, ids, ends = encoder.encode_row(
+        features["prompt"], features.get("images") or [], features["completions"], verdicts, row
+    )
+    prompt_length = len(prompt.input_ids)
+    prompt_too_long = max_length is not None and prompt_length > max_length
+    if prompt_too_long and long_prompt == "error":
+        raise RecordError(
+            row, "prompt", f"{prompt_length} prompt tokens (images included) exceed max_length "
+            f"{max_length}; raise max_length or lower max_pixels"
+        )  # fmt: skip
+    if train_on_last_step_only and not is_eval:
+        labels = [IGNORE_INDEX] * (len(labels) - 1) + labels[-1:]
+    step_types = features.get("step_types") or [None] * len(labels)
+    weights = features.get("label_weights")
+    kept = 0
+    for end in [] if prompt_too_long else ends:
+        if max_length is not None and end >= max_length:
+            break
+        if max_completion_length is not None and end - prompt_length >= max_completion_length:
+            break
+        kept += 1
+    if prompt_too_long:
+        ids = ids[:max_length]
+    else:
+        ids = ids[: ends[kept - 1] + 1] if kept else ids[:prompt_length]
+    token_labels, token_types = [IGNORE_INDEX] * len(ids), [IGNORE_INDEX] * len(ids)
+    token_weights = [0.0] * len(ids)
+    for i, (end, label, kind) in enumerate(zip(ends[:kept], labels, step_types)):
+        token_labels[end] = label
+        token_types[end] = STEP_TYPE_IDS[kind] if label != IGNORE_INDEX else IGNORE_INDEX
+        token_weights[end] = float(weights[i]) if weights is not None else 1.0
+    num_labels = sum(label != IGNORE_INDEX for label in token_labels)
+    out = {
+        "input_ids": ids,
+        "labels": token_labels,
+        "step_type_ids": token_types,
+        "num_steps_dropped": sum(label != IGNORE_INDEX for label in labels) - num_labels,
+        "prompt_too_long": int(prompt_too_long),
+        "num_labels": num_labels,
+    }
+    if weights is not None:
+        out["label_weights"] = token_weights
+    if encoder.is_vision:
+        image_token_id = processing_class.image_token_id
+        out["mm_token_type_ids"] = [1 if token == image_token_id else 0 for token in ids]
     return out
 
 

@@ -329,7 +329,7 @@ def _generative_token_ids(model, processing_class) -> tuple[int, int]:
 def _record_prm_metadata(model: PreTrainedModel, args: VLPRMConfig, token_ids: tuple[int, int] | None) -> None:
     # Saved with the checkpoint so scoring reads steps exactly as training labelled them.
     model.config.prm_head = args.head
-    model.config.prm_step_separator = args.step_separator
+    args.layout.save_to_config(model.config)  # prm_layout, prm_step_separator, prm_system_prompt, verdict tokens
     if token_ids is not None:
         model.config.prm_positive_token_id, model.config.prm_negative_token_id = token_ids
 
