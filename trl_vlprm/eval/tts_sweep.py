@@ -11,11 +11,14 @@ Strategies (names in `SweepConfig.strategies`):
 |----------------------|------------------------------------------------------------------------------|
 | `majority`           | the most frequent answer (`guidance.strategies.majority_vote`)              |
 | `best_of_n:<agg>`    | the solution with the best aggregated score (`select_best_of_n`)            |
+| `best_of_n:paper`    | the paper's protocol: each solution scored whole, best `paper_reward`       |
 | `weighted_vote:<agg>`| the answer with the highest summed score (`weighted_vote`)                  |
 | `pass@n`             | correct if any of the N solutions is (the oracle upper bound)               |
 | `first`              | the first solution of the subset (the single-sample baseline)               |
 
-`<agg>` is an aggregation of `guidance.aggregation` (last, min, mean, prod).
+`<agg>` is an aggregation of `guidance.aggregation` (last, min, mean, prod). `best_of_n:paper` needs one more PRM
+read per solution (the solution as a single step, as the paper scores it), done in the sampling pass only when the
+strategy is asked for; its P(+) and input length are stored per sample under `whole_score`.
 
 Samples go to `<output_dir>/samples/<benchmark>__<policy>.jsonl`, one line per question, appended as they finish:
 a rerun skips the questions already there. A sidecar `.meta.json` refuses a rerun whose n_max or scorers differ.
@@ -35,12 +38,14 @@ from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import extract_answer, grade
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.guidance.aggregation import AGGREGATIONS
+from trl_vlprm.guidance.aggregation import AGGREGATIONS, STEP_AGGREGATIONS
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import majority_vote, score_candidates, select_best_of_n, weighted_vote
+from trl_vlprm.guidance.strategies.base import whole_solutions
 from trl_vlprm.guidance.tts import read_results
 
 NO_SCORER = "-"
+PAPER_STRATEGY = "best_of_n:paper"
 
 
 # ---------------------------------------------------------------- strategies over pre-scored samples
@@ -65,12 +70,19 @@ def check_strategy(strategy: str) -> None:
     name, _, aggregation = strategy.partition(":")
     if name in ("majority", "pass@n", "first") and not aggregation:
         return
-    if name in ("best_of_n", "weighted_vote") and aggregation in AGGREGATIONS:
+    if (name == "best_of_n" and aggregation in AGGREGATIONS) or (
+        name == "weighted_vote" and aggregation in STEP_AGGREGATIONS
+    ):
         return
     raise ValueError(
-        f"unknown strategy {strategy!r}; expected majority, first, pass@n, best_of_n:<agg> or weighted_vote:<agg> "
-        f"with <agg> in {AGGREGATIONS}"
+        f"unknown strategy {strategy!r}; expected majority, first, pass@n, best_of_n:<agg> with <agg> in "
+        f"{AGGREGATIONS}, or weighted_vote:<agg> with <agg> in {STEP_AGGREGATIONS}"
     )
+
+
+def needs_whole_solution(strategies: Sequence[str]) -> bool:
+    """Whether the sampling pass must also score every solution whole (for `best_of_n:paper`)."""
+    return PAPER_STRATEGY in strategies
 
 
 def uses_scorer(strategy: str) -> bool:
@@ -81,17 +93,32 @@ def strategy_correct(strategy: str, samples: Sequence[Mapping[str, Any]], scorer
     """Whether `strategy` answers correctly from these graded samples (step scores read under `scorer`)."""
     if strategy == "pass@n":
         return any(sample["correct"] for sample in samples)
-    candidates = [
-        Candidate(
-            steps=sample["steps"],
-            finished=True,
-            answer=sample["vote_answer"],
-            step_scores=sample["step_scores"][scorer] if scorer not in (None, NO_SCORER) else [],
-        )
-        for sample in samples
-    ]
+    if strategy == PAPER_STRATEGY:
+        candidates = [_whole_candidate(sample, scorer) for sample in samples]
+    else:
+        candidates = [
+            Candidate(
+                steps=sample["steps"],
+                finished=True,
+                answer=sample["vote_answer"],
+                step_scores=sample["step_scores"][scorer] if scorer not in (None, NO_SCORER) else [],
+            )
+            for sample in samples
+        ]
     chosen = _choose(strategy, candidates)
     return chosen is not None and bool(samples[chosen]["correct"])
+
+
+def _whole_candidate(sample: Mapping[str, Any], scorer: str) -> Candidate:
+    whole = (sample.get("whole_score") or {}).get(scorer)
+    if whole is None:
+        raise ValueError(
+            f"a sample has no whole-solution score under scorer {scorer!r}: it was sampled without "
+            f"{PAPER_STRATEGY!r} among the strategies; sample again into another output_dir"
+        )
+    steps = ["\n\n".join(sample["steps"])] if sample["steps"] else []
+    scores, lengths = ([whole["p"]], [whole["input_length"]]) if steps else ([], [])
+    return Candidate(steps, True, sample["vote_answer"], step_scores=scores, step_input_lengths=lengths)
 
 
 def subsample_indices(n_max: int, n: int, num_subsamples: int, seed: int) -> list[list[int]]:
@@ -158,8 +185,12 @@ def sample_question(
     scorers: Mapping[str, StepScorer],
     n_max: int,
     answer_kind: str = "auto",
+    whole_solution: bool = False,
 ) -> dict[str, Any]:
-    """Sample, grade and score `n_max` solutions of one question; the JSONL record of that question."""
+    """Sample, grade and score `n_max` solutions of one question; the JSONL record of that question.
+
+    With `whole_solution`, every scorer also reads each solution as one step (the paper's best-of-N scoring).
+    """
     qid = str(question.get("id", "?"))
     if question.get("answer") is None:
         raise RecordError(qid, "answer", "missing; needed to grade the samples")
@@ -170,9 +201,21 @@ def sample_question(
         raise RuntimeError(f"question {qid}: policy returned {len(continuations)} solutions, asked for {n_max}")
     candidates = [Candidate(steps=[], gold_correct=[]).extend(c) for c in continuations]
     scores: dict[str, list[list[float]]] = {}
+    lengths: dict[str, list[list[int]]] = {}
+    whole_scores: dict[str, list[dict[str, float] | None]] = {}
+    wholes = whole_solutions(candidates, policy.step_separator) if whole_solution else []
     for name, scorer in scorers.items():
         score_candidates(scorer, question, candidates)
         scores[name] = [list(c.step_scores) for c in candidates]
+        lengths[name] = [list(c.step_input_lengths) for c in candidates]
+        if whole_solution:
+            score_candidates(scorer, question, wholes)
+            whole_scores[name] = [
+                {"p": w.step_scores[0], "input_length": w.step_input_lengths[0]} if w.step_input_lengths else None
+                for w in wholes
+            ]
+            if any(w.steps and not w.step_input_lengths for w in wholes):
+                raise ValueError(f"{PAPER_STRATEGY}: scorer {name!r} reports no PRM input lengths (use a PRM scorer)")
     samples = []
     for index, candidate in enumerate(candidates):
         stated = candidate.answer if candidate.answer is not None else "\n".join(candidate.steps)
@@ -186,6 +229,8 @@ def sample_question(
                 "vote_answer": extract_answer(stated, options, kind),
                 "correct": grade(stated, gold, options, kind),
                 "step_scores": {name: scores[name][index] for name in scores},
+                **({"step_input_lengths": {n: lengths[n][index] for n in lengths if lengths[n][index]}}),
+                **({"whole_score": {n: whole_scores[n][index] for n in whole_scores}} if whole_solution else {}),
             }
         )
     return {"id": qid, "answer": gold, "category": question.get("category"), "samples": samples}
@@ -221,18 +266,22 @@ def sample_benchmark(
     path: str | Path,
     answer_kind: str = "auto",
     description: str = "sampling",
+    whole_solution: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample every question not yet in `path` (appending one line each); return the records of `questions`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _check_meta(path, {"n_max": n_max, "scorers": sorted(scorers)})
+    meta = {"n_max": n_max, "scorers": sorted(scorers)}
+    if whole_solution:  # absent when off, so runs sampled before this option existed still resume
+        meta["whole_solution"] = True
+    _check_meta(path, meta)
     done = {record["id"]: record for record in read_results(path)}
     with path.open("a") as handle:
         for question in tqdm(questions, desc=description):
             qid = str(question.get("id", "?"))
             if qid in done:
                 continue
-            record = sample_question(question, policy, scorers, n_max, answer_kind)
+            record = sample_question(question, policy, scorers, n_max, answer_kind, whole_solution)
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -268,8 +317,9 @@ def run_sweep(
                 if any(str(q.get("id", "?")) not in done for q in questions):
                     policy = policy()
             records = sample_benchmark(
-                questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}"
-            )
+                questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}",
+                needs_whole_solution(strategies),
+            )  # fmt: skip
             for row in derive_accuracies(records, strategies, list(scorers), n_values, num_subsamples, seed):
                 rows.append({"benchmark": benchmark, "policy": policy_name, **row})
     return rows

@@ -224,8 +224,20 @@ class PRMScorer:
     @torch.inference_mode()
     def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
         """P(step correct) for every step of every candidate (one list per candidate, one score per step)."""
+        return self.score_with_input_lengths(question, candidates)[0]
+
+    @torch.inference_mode()
+    def score_with_input_lengths(
+        self, question: Question, candidates: Sequence[Candidate]
+    ) -> tuple[list[list[float]], list[list[int]]]:
+        """`score`, plus for every step the number of tokens the PRM read to score it.
+
+        A step's input length is the length of the sequence a plain forward would need to produce its score: the
+        prefix (image tokens included) and the candidate's tokens up to the score position. The paper's reward
+        (`aggregation.paper_reward`) divides by it.
+        """
         if not candidates:
-            return []
+            return [], []
         prefix = self._encode_prefix(question)
         if self.reuse_prefix and self._cached_prefix is not None and self._cached_prefix.same_as(prefix):
             prefix = self._cached_prefix
@@ -236,6 +248,7 @@ class PRMScorer:
         suffixes = self._suffixes(candidates)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         scores: list[list[float]] = [[] for _ in candidates]
+        input_lengths = [[prefix_length + end + 1 for end in ends] for _, ends in suffixes]
         # Longest first, so each batch pads little and the first batch shows the peak memory.
         order = sorted((i for i, (ids, _) in enumerate(suffixes) if ids), key=lambda i: -len(suffixes[i][0]))
         for start in range(0, len(order), self.batch_size):
@@ -260,7 +273,7 @@ class PRMScorer:
             }
             for i, probabilities in zip(chunk, self._step_probabilities(inputs, [suffixes[i][1] for i in chunk])):
                 scores[i] = probabilities
-        return scores
+        return scores, input_lengths
 
     @torch.inference_mode()
     def score_plain(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
