@@ -122,8 +122,9 @@ class EvalTTSConfig:
     """Settings of `recipes/eval_tts.py` (readable by `trl.TrlParser` from YAML).
 
     Args:
-        benchmarks: benchmark specs "name" or "name:source,split=...,limit=..." with name a key of
-            `trl_vlprm.eval.benchmarks.BENCHMARKS` (source: hub name or local path; testbed: generator seed).
+        benchmarks: benchmark specs "name" or "name:source,split=...,limit=...,prompt=paper" with name a key of
+            `trl_vlprm.eval.benchmarks.BENCHMARKS` (source: hub name or local path; testbed: generator seed;
+            prompt=paper: the paper's policy prompts).
         policies: policy specs, optionally labelled "label@spec" (the label names the policy in tables and files):
             "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed), or
             "vllm:<model folder>,temperature=0.7,..." / "hf:<model folder>,..." (keywords of `VLLMPolicy`/`HFPolicy`).
@@ -169,14 +170,15 @@ class EvalTTSConfig:
 
 
 def load_benchmark_spec(spec: str):
-    """(label, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..]"."""
+    """(label, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..][,prompt=paper]"."""
     from trl_vlprm.eval.benchmarks import load_benchmark
 
     name, args, kwargs = parse_spec(spec)
-    unknown = set(kwargs) - {"split", "limit"}
+    unknown = set(kwargs) - {"split", "limit", "prompt"}
     if unknown or len(args) > 1:
-        raise ValueError(f"benchmark spec {spec!r}: expected 'name[:source][,split=...][,limit=...]'")
-    return name, load_benchmark(name, args[0] if args else None, kwargs.get("split"), kwargs.get("limit"))
+        raise ValueError(f"benchmark spec {spec!r}: expected 'name[:source][,split=...][,limit=...][,prompt=paper]'")
+    source, split, limit = args[0] if args else None, kwargs.get("split"), kwargs.get("limit")
+    return name, load_benchmark(name, source, split, limit, kwargs.get("prompt", "default"))
 
 
 def run(config: EvalTTSConfig) -> list[dict[str, Any]]:

@@ -200,7 +200,8 @@ class TTSArguments:
 
     Args:
         dataset: "puzzles" for freshly generated testbed puzzles, or a `datasets` folder / .jsonl / .json / .parquet
-            file of question records.
+            file of question records; `recipes/tts.py` also reads "benchmark:<spec>", an evaluation benchmark spec
+            (`trl_vlprm.eval.sweep_config.load_benchmark_spec`, e.g. "benchmark:puzzlevqa:limit=50,prompt=paper").
         dataset_split: split to read when `dataset` is a `DatasetDict` folder.
         num_questions: use only the first questions (all when None; the number generated for "puzzles").
         strategy: search strategy, a name in `trl_vlprm.guidance.strategies.STRATEGIES`.
@@ -215,6 +216,8 @@ class TTSArguments:
         step_separator: text ending a step in the policy's output.
         temperature: policy sampling temperature (0 = greedy decoding).
         top_p: policy nucleus sampling threshold.
+        top_k: policy top-k filter (None: off; the paper's protocol uses 20).
+        repetition_penalty: policy repetition penalty (1.0: off; the paper's protocol uses 1.05).
         max_new_tokens: token budget of a full solution.
         max_step_tokens: token budget of one step.
         system_prompt: optional system message for the policy.
@@ -237,6 +240,8 @@ class TTSArguments:
     step_separator: str = "\n\n"
     temperature: float = 0.7
     top_p: float = 1.0
+    top_k: int | None = None
+    repetition_penalty: float = 1.0
     max_new_tokens: int = 512
     max_step_tokens: int = 128
     system_prompt: str | None = None
@@ -284,6 +289,8 @@ def build_policy(args: TTSArguments) -> Policy:
         "step_separator": args.step_separator,
         "temperature": args.temperature,
         "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
         "max_new_tokens": args.max_new_tokens,
         "max_step_tokens": args.max_step_tokens,
         "seed": args.seed,
@@ -320,4 +327,9 @@ def run_tags(args: TTSArguments) -> dict[str, Any]:
     """The parts of `args` that change results, so a resumed run into the same file must use the same ones."""
     keys = ("dataset", "policy", "policy_model_path", "scorer", "prm_model_path", "prm_step_separator")
     keys += ("step_separator", "temperature")
-    return {key: getattr(args, key) for key in keys}
+    tags = {key: getattr(args, key) for key in keys}
+    # Tagged only when set, so results files written before these settings existed still resume.
+    tags.update(
+        {key: getattr(args, key) for key in ("top_k", "repetition_penalty") if getattr(args, key) not in (None, 1.0)}
+    )
+    return tags
