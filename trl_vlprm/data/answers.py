@@ -222,8 +222,25 @@ class AnswerKind:
     match: Callable[[str, str, Sequence[str] | None, float], bool]
 
 
+def reads_as_number_list(span: str) -> bool:
+    """The span lists several numbers ("[1, 2]", "(3; 4)", "1, 2, 3"): an answer that is not one number.
+
+    A thousands separator is not a list: "1,234" is one number.
+    """
+    text = _FRAC.sub(lambda m: f"{m.group(1).strip()}/{m.group(2).strip()}", span).strip()
+    item = r"[-+]?\s*(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:/\d+)?"
+    if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
+        return False
+    return re.fullmatch(rf"[\[(\{{]?\s*{item}(?:\s*[,;]\s*{item})+\s*[\])\}}]?", text) is not None and bool(
+        re.search(r"\d", text)
+    )
+
+
 def _extract_numeric(text: str, options: Sequence[str] | None) -> str | None:
-    parsed = parse_number(answer_span(text))
+    span = answer_span(text)
+    if reads_as_number_list(span):  # "\boxed{[1, 2]}" answers with a list; reading its last item would say "2"
+        return None
+    parsed = parse_number(span)
     if parsed is None:
         return None
     value, percent = parsed
