@@ -157,6 +157,18 @@ def test_config_rejects_inconsistent_settings():
         LabelConfig(policy="hf", judge="none", rule="mc_only")
 
 
+def test_paper_preset_parses_with_the_papers_settings():
+    from trl import TrlParser
+
+    path = Path(__file__).parents[1] / "recipes" / "configs" / "label_paper.yaml"
+    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=["--config", str(path)])
+    assert (config.rule, config.judge_unknown, config.mc_mode) == ("vlprm", "drop", "every_step_until_zero")
+    assert (config.mc_num_completions, config.mc_threshold) == (16, 0.0)
+    assert config.mc_config().mode == "every_step_until_zero"
+    with pytest.raises(ValueError, match="judge_unknown"):
+        LabelConfig(judge_unknown="ignore")
+
+
 @pytest.mark.parametrize("name", ["label_testbed.yaml", "label_server.yaml"])
 def test_recipe_configs_parse_into_label_config(name):
     from trl import TrlParser

@@ -21,7 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from trl_vlprm.data.schema import RecordError, stepwise_features
-from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, RULES
+from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
 from trl_vlprm.labeling.judge_server import JudgeServer
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
@@ -44,8 +44,11 @@ class LabelConfig:
         rule: combination rule, one of `trl_vlprm.labeling.combine.RULES`.
         disagreement: consensus rule only: "drop" or "weight" the steps where MC and the judge disagree.
         disagreement_weight: weight of a disagreeing step under `disagreement="weight"`.
+        judge_unknown: a solution with an "unknown" judge verdict: "keep_prefix" (the steps judged before it keep
+            their labels) or "drop" (left out, as the paper does).
         num_rollouts: solutions sampled per question.
-        mc_mode: "every_step" or "binary_search" (OmegaPRM first-error search).
+        mc_mode: "every_step", "every_step_until_zero" (the paper's: stop at the first prefix scoring 0) or
+            "binary_search" (OmegaPRM first-error search).
         mc_num_completions: K, completions per MC estimate.
         mc_threshold: a step is good when its MC score is above this.
         policy: "scripted" (testbed policy; "puzzles" only) or "hf" (transformers model at `policy_model_path`).
@@ -71,6 +74,7 @@ class LabelConfig:
     rule: str = "consensus"
     disagreement: str = "drop"
     disagreement_weight: float = 0.5
+    judge_unknown: str = "keep_prefix"
     num_rollouts: int = 4
     mc_mode: str = "binary_search"
     mc_num_completions: int = 8
@@ -102,6 +106,7 @@ class LabelConfig:
             "policy": ("scripted", "hf"),
             "judge": ("server", "testbed", "none"),
             "disagreement": ("drop", "weight"),
+            "judge_unknown": UNKNOWN_POLICIES,
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -261,6 +266,7 @@ def build_dataset(
                 grader=grader,
                 disagreement=config.disagreement,
                 disagreement_weight=config.disagreement_weight,
+                judge_unknown=config.judge_unknown,
             )
             write_shard(output_dir, i, rows, stats)
             total.add(stats)
