@@ -4,11 +4,15 @@
     python recipes/tts.py --config recipes/configs/tts_qwen2_5_vl.yaml --strategy dvts --n 16
 
 Arguments: `trl_vlprm.guidance.tts.TTSArguments` and `trl_vlprm.guidance.strategies.SearchConfig`. Results go to
-`output_file` (JSONL, one line per question); a rerun resumes, skipping question ids already there.
+`output_file` (JSONL, one line per question); a rerun resumes, skipping question ids already there. A rerun with
+other settings, or a second process writing the same file, stops with a one-line reason and exit code 1.
 """
+
+import sys
 
 from trl import TrlParser
 
+from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.strategies import SearchConfig
 from trl_vlprm.guidance.tts import (
     TTSArguments,
@@ -19,6 +23,7 @@ from trl_vlprm.guidance.tts import (
     run_tts,
     summary_line,
 )
+from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
 
 
 def questions_of(args: TTSArguments):
@@ -39,4 +44,8 @@ def main(args: TTSArguments, search: SearchConfig):
 
 
 if __name__ == "__main__":
-    main(*TrlParser((TTSArguments, SearchConfig)).parse_args_and_config())
+    try:
+        main(*TrlParser((TTSArguments, SearchConfig)).parse_args_and_config())
+    except (OutputLockedError, SettingsMismatchError, RecordError) as err:
+        print(f"tts: {err}", file=sys.stderr)
+        raise SystemExit(1) from err

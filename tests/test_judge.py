@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import email.utils
 import io
 import json
+import time
 
 import pytest
 from PIL import Image
@@ -19,6 +21,7 @@ from trl_vlprm.labeling.judge import (
     build_messages,
     parse_verdicts,
     read_steps_block,
+    retry_after_seconds,
 )
 from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup, step_key
 
@@ -186,3 +189,76 @@ def test_unknown_steps_are_never_guessed():
 def test_server_refuses_bad_failure_modes():
     with pytest.raises(ValueError, match="q9"):
         JudgeServer({}, failures={"q9": "explode"})
+
+
+# ---------------------------------------------------------------- transport failures (issue 9, item 9)
+
+
+def one_solution(qid="q0"):
+    steps, truth = solution(qid, [True, False, True, True])
+    return steps, gold_lookup(qid, steps, truth), [CORRECT, INCORRECT, CORRECT, CORRECT]
+
+
+def test_rejected_key_fails_at_once_naming_the_status_and_the_reply():
+    steps, gold, _ = one_solution()
+    with JudgeServer(gold, failures={"*": "401"}) as server:
+        client = JudgeClient(fast_config(server, max_retries=3))
+        result = client.judge(question(), steps, TYPES)
+        assert server.counts["requests"] == 1  # a bad key does not heal by asking again
+    assert result.failed and result.attempts == 1
+    assert result.errors[0].startswith("http 401") and "Incorrect API key provided" in result.errors[0]
+    assert "Incorrect API key provided" in client.error_samples["http 401"]
+
+
+def test_rate_limit_waits_for_retry_after_then_succeeds():
+    steps, gold, expected = one_solution()
+    with JudgeServer(gold, failures={"q0": "429"}, failure_count=2, retry_after=0.6) as server:
+        result = JudgeClient(fast_config(server, max_retries=3, backoff=0.01)).judge(question(), steps, TYPES)
+        assert server.counts["429"] == 2 and server.counts["ok"] == 1
+    assert result.verdicts == expected and result.attempts == 3
+    assert result.errors == [result.errors[0]] * 2 and result.errors[0].startswith("http 429")
+    # two waits of the server's 0.6 s, not the client's 0.01-0.03 s backoff
+    assert 1.2 <= result.seconds < 3.0
+
+
+def test_retry_after_is_read_in_every_form():
+    assert retry_after_seconds({"retry-after": "2"}) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    in_ten = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert 8.0 <= retry_after_seconds({"retry-after": in_ten}) <= 10.5
+    assert retry_after_seconds({}) is None and retry_after_seconds({"retry-after": "soon"}) is None
+
+
+def test_connection_closed_mid_body_is_retried_not_fatal():
+    steps, gold, expected = one_solution()
+    with JudgeServer(gold, failures={"q0": "truncate"}, failure_count=1) as server:
+        result = JudgeClient(fast_config(server, max_retries=2)).judge(question(), steps, TYPES)
+        assert server.counts["truncate"] == 1
+    assert result.verdicts == expected and result.attempts == 2
+    assert result.errors[0].startswith("network")
+    # and when it never stops, the solution ends unknown instead of killing the run
+    with JudgeServer(gold, failures={"q0": "truncate"}) as server:
+        result = JudgeClient(fast_config(server, max_retries=1)).judge(question(), steps, TYPES)
+    assert result.failed and [e.split(":")[0] for e in result.errors] == ["network", "network"]
+
+
+def test_slow_drip_body_is_cut_by_the_total_deadline():
+    steps, gold, expected = one_solution()
+    with JudgeServer(gold, failures={"q0": "drip"}, hang_seconds=6.0) as server:
+        start = time.monotonic()
+        result = JudgeClient(fast_config(server, timeout=0.5, max_retries=1)).judge(question(), steps, TYPES)
+        elapsed = time.monotonic() - start
+    # the body arrives a byte every few ms, so a per-read timeout never fires; the deadline is per request
+    assert result.failed and result.errors == [result.errors[0]] * 2 and result.errors[0].startswith("timeout")
+    assert elapsed < 2.5
+    with JudgeServer(gold, failures={"q0": "drip"}, hang_seconds=0.2) as server:  # a slow but timely reply is kept
+        result = JudgeClient(fast_config(server, timeout=3.0)).judge(question(), steps, TYPES)
+    assert result.verdicts == expected and result.attempts == 1
+
+
+@pytest.mark.parametrize(
+    "field, value", [("timeout", 0), ("timeout", -1.0), ("max_retries", -1), ("backoff", -0.5), ("max_concurrency", 0)]
+)
+def test_config_refuses_settings_that_would_fail_every_call(field, value):
+    with pytest.raises(ValueError, match=f"JudgeConfig.{field}"):
+        JudgeConfig(**{field: value})

@@ -146,3 +146,10 @@ def test_supervision_dataset(tmp_path):
 def test_default_root_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("TRL_VLPRM_SHARED", str(tmp_path))
     assert default_benchmarks_root() == tmp_path / "benchmarks"
+
+
+def test_no_default_root_from_the_package_location(monkeypatch):
+    # An installed wheel has no ../shared: the library must ask for the folder instead of guessing from __file__.
+    monkeypatch.delenv("TRL_VLPRM_SHARED", raising=False)
+    with pytest.raises(FileNotFoundError, match="TRL_VLPRM_SHARED is not set"):
+        default_benchmarks_root()

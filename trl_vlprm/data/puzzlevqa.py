@@ -40,8 +40,17 @@ PromptBuilder = Callable[[str, list[str]], str]
 
 
 def default_benchmarks_root() -> Path:
-    """`$TRL_VLPRM_SHARED/benchmarks`, by default `<repo>/../shared/benchmarks` (read in place, never copied)."""
-    shared = os.environ.get("TRL_VLPRM_SHARED") or Path(__file__).resolve().parents[2].parent / "shared"
+    """`$TRL_VLPRM_SHARED/benchmarks` (read in place, never copied).
+
+    There is deliberately no fallback next to the package: an installed wheel has no `../shared`, so a default
+    computed from `__file__` would only work from a source checkout. Pass the folder, or set the variable.
+    """
+    shared = os.environ.get("TRL_VLPRM_SHARED")
+    if not shared:
+        raise FileNotFoundError(
+            "no benchmark folder given and TRL_VLPRM_SHARED is not set: pass the folder that holds "
+            "PuzzleVQA/ and AlgoPuzzleVQA/ (e.g. --source), or set TRL_VLPRM_SHARED to its parent"
+        )
     return Path(shared) / "benchmarks"
 
 

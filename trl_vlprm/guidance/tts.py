@@ -2,8 +2,11 @@
 
 Each finished question is appended to the output file as one line (flushed and fsynced), so an interrupted run loses
 at most the question in flight. A rerun reads the file first and skips every question id already there; a line cut
-short by a crash (the last one) is dropped by rewriting the file atomically. A rerun with a different strategy or
-search config into the same file is refused, so one file never mixes runs.
+short by a crash (the last one) is dropped by rewriting the file atomically. Every line carries the settings that
+produced it (strategy, search config and every recipe argument that changes a result, model folders by fingerprint)
+and a content digest of its question: a rerun with other settings, or over a question whose content changed, is
+refused, so one file never mixes runs. While a run writes, it holds `<output_file>.lock`; a second process on the
+same file stops at once with a clear message (`trl_vlprm.utils.resume`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +24,14 @@ from tqdm.auto import tqdm
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
+from trl_vlprm.utils.resume import (
+    atomic_write_text,
+    check_settings,
+    dataclass_settings,
+    output_lock,
+    path_fingerprint,
+    question_digest,
+)
 
 Grader = Callable[[str | None, str, Sequence[str] | None], bool]
 
@@ -51,13 +61,6 @@ class TTSSummary:
         return self.num_correct / self.num_questions if self.num_questions else 0.0
 
 
-def _write_atomic(path: Path, lines: Sequence[str]) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(temp, path)
-
-
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """The results already in a JSONL file (none if it does not exist).
 
@@ -76,7 +79,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError("not an object with an 'id' field")
         except ValueError as err:
             if number == len(lines):
-                _write_atomic(path, lines[:-1])
+                atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
                 break
             raise ValueError(f"{path}:{number}: malformed result line ({err})") from err
         results.append(record)
@@ -95,6 +98,25 @@ def _question_ids(questions: Sequence[Question]) -> list[str]:
         seen.add(qid)
         ids.append(qid)
     return ids
+
+
+def _finished(output_file: Path, settings: Mapping[str, Any], questions: Mapping[str, Question]) -> dict[str, bool]:
+    """`{id: correct}` of the lines already in `output_file`; refuses lines made with other settings or over a
+    question whose content has changed since."""
+    done: dict[str, bool] = {}
+    for number, record in enumerate(read_results(output_file), start=1):
+        if "correct" not in record:
+            raise ValueError(f"{output_file}:{number}: field 'correct' missing; not a run_tts results file")
+        where = f"{output_file}:{number}: field 'settings' (question {record['id']})"
+        check_settings(record.get("settings") or {}, settings, where)
+        qid = str(record["id"])
+        if qid in questions and record.get("question_digest") != question_digest(questions[qid]):
+            raise RecordError(
+                qid, "question_digest", f"{output_file}:{number} answered another version of this question (its "
+                "content changed since); restore the old inputs or write to another file",
+            )  # fmt: skip
+        done[qid] = bool(record["correct"])
+    return done
 
 
 def default_grader() -> Grader:
@@ -133,28 +155,26 @@ def run_tts(
     output_file.parent.mkdir(parents=True, exist_ok=True)
     ids = _question_ids(questions)
     settings = {"strategy": strategy, **asdict(config), **dict(run_tags or {})}
-    done: dict[str, bool] = {}
-    for number, record in enumerate(read_results(output_file), start=1):
-        if "correct" not in record:
-            raise ValueError(f"{output_file}:{number}: field 'correct' missing; not a run_tts results file")
-        if record.get("settings") != settings:
-            raise ValueError(
-                f"{output_file}:{number}: field 'settings' is {record.get('settings')} but this run uses {settings}; "
-                "write to another file"
-            )
-        done[str(record["id"])] = bool(record["correct"])
-    todo = [(qid, q) for qid, q in zip(ids, questions) if qid not in done]
-    with output_file.open("a") as sink:
-        for qid, question in tqdm(todo, desc=f"tts {strategy}", disable=not show_progress):
-            if "answer" not in question:
-                raise RecordError(qid, "answer", "missing; needed to grade the result")
-            result = runner(question, policy, scorer, config)
-            correct = bool(grader(result.answer, str(question["answer"]), question.get("options") or None))
-            line = {**result.to_dict(), "gold": question["answer"], "correct": correct, "settings": settings}
-            sink.write(json.dumps(line) + "\n")
-            sink.flush()
-            os.fsync(sink.fileno())
-            done[qid] = correct
+    with output_lock(output_file):
+        done = _finished(output_file, settings, dict(zip(ids, questions)))
+        todo = [(qid, q) for qid, q in zip(ids, questions) if qid not in done]
+        with output_file.open("a") as sink:
+            for qid, question in tqdm(todo, desc=f"tts {strategy}", disable=not show_progress):
+                if "answer" not in question:
+                    raise RecordError(qid, "answer", "missing; needed to grade the result")
+                result = runner(question, policy, scorer, config)
+                correct = bool(grader(result.answer, str(question["answer"]), question.get("options") or None))
+                line = {
+                    **result.to_dict(),
+                    "gold": question["answer"],
+                    "correct": correct,
+                    "question_digest": question_digest(question),
+                    "settings": settings,
+                }
+                sink.write(json.dumps(line) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+                done[qid] = correct
     in_dataset = [done[qid] for qid in ids if qid in done]
     return TTSSummary(
         output_file=str(output_file),
@@ -203,7 +223,8 @@ class TTSArguments:
             file of question records; `recipes/tts.py` also reads "benchmark:<spec>", an evaluation benchmark spec
             (`trl_vlprm.eval.sweep_config.load_benchmark_spec`, e.g. "benchmark:puzzlevqa:limit=50,prompt=paper").
         dataset_split: split to read when `dataset` is a `DatasetDict` folder.
-        num_questions: use only the first questions (all when None; the number generated for "puzzles").
+        num_questions: use only the first questions (all when None, 64 generated for "puzzles"); must be >= 1. Not
+            pinned: a rerun with more questions answers the new ones.
         strategy: search strategy, a name in `trl_vlprm.guidance.strategies.STRATEGIES`.
         policy: "scripted" (the testbed policy, "puzzles" only), "hf" (transformers) or "vllm".
         policy_model_path: local folder of the policy model ("hf"/"vllm").
@@ -224,7 +245,7 @@ class TTSArguments:
         perception_error_rate: scripted policy: chance a perception step misreads the image.
         reasoning_error_rate: scripted policy: chance a reasoning step slips.
         seed: seed of the puzzles, the policy's sampling and the random scorer.
-        output_file: JSONL results file (resumable: a rerun skips question ids already in it).
+        output_file: JSONL results file (resumable: a rerun skips question ids already in it; locked while written).
     """
 
     dataset: str = "puzzles"
@@ -262,6 +283,8 @@ class TTSArguments:
             raise ValueError(f"TTSArguments.policy_model_path is needed for policy {self.policy!r}")
         if self.scorer == "prm" and not self.prm_model_path:
             raise ValueError("TTSArguments.prm_model_path is needed for scorer 'prm'")
+        if self.num_questions is not None and self.num_questions < 1:
+            raise ValueError(f"TTSArguments.num_questions={self.num_questions}; must be >= 1 (or None for all)")
 
 
 def build_questions(args: TTSArguments):
@@ -269,7 +292,7 @@ def build_questions(args: TTSArguments):
     if args.dataset == "puzzles":
         from trl_vlprm.data.puzzles import generate_puzzles
 
-        return list(generate_puzzles(args.num_questions or 64, seed=args.seed))
+        return list(generate_puzzles(64 if args.num_questions is None else args.num_questions, seed=args.seed))
     return load_questions(args.dataset, args.dataset_split, args.num_questions)
 
 
@@ -323,13 +346,16 @@ def build_scorer(args: TTSArguments) -> StepScorer | None:
     )
 
 
+# Arguments that cannot change a result: where it goes, how many questions (coverage is per line), batching.
+NOT_PINNED = ("output_file", "num_questions", "prm_batch_size")
+
+
 def run_tags(args: TTSArguments) -> dict[str, Any]:
-    """The parts of `args` that change results, so a resumed run into the same file must use the same ones."""
-    keys = ("dataset", "policy", "policy_model_path", "scorer", "prm_model_path", "prm_step_separator")
-    keys += ("step_separator", "temperature")
-    tags = {key: getattr(args, key) for key in keys}
-    # Tagged only when set, so results files written before these settings existed still resume.
-    tags.update(
-        {key: getattr(args, key) for key in ("top_k", "repetition_penalty") if getattr(args, key) not in (None, 1.0)}
-    )
+    """Every argument that changes results, so a resumed run into the same file must use the same ones.
+
+    Model folders are pinned by path and by `path_fingerprint` (retraining into the same folder is another model).
+    """
+    tags = dataclass_settings(args, exclude=NOT_PINNED)
+    tags["policy_model_fingerprint"] = path_fingerprint(args.policy_model_path) if args.policy != "scripted" else None
+    tags["prm_model_fingerprint"] = path_fingerprint(args.prm_model_path) if args.scorer == "prm" else None
     return tags

@@ -1,9 +1,13 @@
 """Build a stepwise-supervision dataset (Parquet shards with an Image feature) from question records.
 
-Questions are cut into fixed chunks of `shard_size`; chunk i becomes `shard-{i:05d}.parquet` plus a stats sidecar
-`shard-{i:05d}.json`, each written to a temporary file then moved into place with `os.replace`. A shard is done when
-its Parquet file exists, so a rerun after any interruption (even SIGKILL) labels exactly the missing chunks: no record
-is lost or written twice. `labelling_config.json` pins the settings; a rerun with other settings is refused.
+Questions not yet labelled are cut into chunks of `shard_size`; each chunk becomes a shard (`labeling.shards`):
+`shard-{i:05d}.json`, a sidecar recording exactly which question ids it covers and a content digest of each, then
+`shard-{i:05d}.parquet`, both written atomically. A rerun verifies every shard (footer readable, row count equal to
+its sidecar's; a failing shard is moved aside and its questions labelled again), refuses questions whose content
+changed, and labels every id not yet covered: growing `num_questions` or appending to the questions file labels the
+new questions, and an interruption (even SIGKILL) loses nothing and writes nothing twice. `labelling_config.json`
+pins the settings that change a record; a rerun with other settings is refused. A shard on which the judge failed
+(all solutions, or more than `judge_max_failed_share` of them) is not written and the run stops with the reason.
 
 Entry points: `build_dataset(questions, policy, config)` and `main(argv)` (`trl-vlprm label ...`,
 `recipes/build_dataset.py`).
@@ -11,21 +15,41 @@ Entry points: `build_dataset(questions, policy, config)` and `main(argv)` (`trl-
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from trl_vlprm.data.schema import RecordError, stepwise_features
+from trl_vlprm.data.schema import RecordError
 from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
 from trl_vlprm.labeling.judge_server import JudgeServer
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
 from trl_vlprm.labeling.mc import MC_MODES, Grader, MCConfig
+from trl_vlprm.labeling.shards import (
+    SHARD_PATTERN,
+    ShardError,
+    ShardInfo,
+    load_labelled,
+    output_features,
+    shard_files,
+    verify_shard,
+    write_shard,
+)
+from trl_vlprm.utils.resume import (
+    OutputLockedError,
+    SettingsMismatchError,
+    dataclass_settings,
+    output_lock,
+    pin_settings,
+    question_digest,
+)
+
+__all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "main", "output_features", "run"]
 
 CONFIG_FILE = "labelling_config.json"
 
@@ -38,7 +62,8 @@ class LabelConfig:
         dataset: "puzzles" (generated testbed puzzles) or a `datasets` folder / .jsonl / .json / .parquet file of
             question records (`id`, `prompt`, `images`, `answer`, optional `options`, `category`).
         dataset_split: split to read from a `DatasetDict` folder.
-        num_questions: label only the first questions (all when None; how many to generate for "puzzles").
+        num_questions: label only the first questions (all when None, 64 generated for "puzzles"); must be >= 1.
+            Not pinned: a rerun with more questions labels the new ones.
         output_dir: folder of the Parquet shards (resumable).
         shard_size: questions per shard.
         rule: combination rule, one of `trl_vlprm.labeling.combine.RULES`.
@@ -60,7 +85,9 @@ class LabelConfig:
         judge: "server" (an OpenAI-compatible endpoint at `judge_base_url`), "testbed" (an in-process
             `JudgeServer` answering from the scripted policy's gold with the noise below) or "none".
         judge_base_url / judge_model / judge_api_key_env / judge_timeout / judge_max_retries / judge_backoff /
-            judge_max_concurrency: see `trl_vlprm.labeling.judge.JudgeConfig`.
+            judge_max_concurrency: see `trl_vlprm.labeling.judge.JudgeConfig` (validated there).
+        judge_max_failed_share: a shard on whose solutions the judge failed for more than this share (or for all of
+            them) is not written and the run stops naming the errors; 1.0 stops only when every call failed.
         judge_flip_rate_perception / judge_flip_rate_reasoning: noise of the "testbed" judge.
         seed: seed of the puzzles, the scripted policy and the testbed judge.
         show_progress: show a tqdm bar with the running costs.
@@ -94,6 +121,7 @@ class LabelConfig:
     judge_max_retries: int = 3
     judge_backoff: float = 1.0
     judge_max_concurrency: int = 8
+    judge_max_failed_share: float = 0.5
     judge_flip_rate_perception: float = 0.15
     judge_flip_rate_reasoning: float = 0.1
     seed: int = 0
@@ -119,6 +147,11 @@ class LabelConfig:
             raise ValueError("LabelConfig.policy_model_path is needed for policy 'hf'")
         if self.shard_size < 1 or self.num_rollouts < 1:
             raise ValueError("LabelConfig.shard_size and num_rollouts must be >= 1")
+        if self.num_questions is not None and self.num_questions < 1:
+            raise ValueError(f"LabelConfig.num_questions={self.num_questions}; must be >= 1 (or None for all)")
+        if not 0.0 <= self.judge_max_failed_share <= 1.0:
+            raise ValueError(f"LabelConfig.judge_max_failed_share={self.judge_max_failed_share}; must be in [0, 1]")
+        self.judge_config()  # JudgeConfig validates timeout, retries, backoff and concurrency
 
     def mc_config(self) -> MCConfig | None:
         if self.rule not in NEEDS_MC:
@@ -137,53 +170,23 @@ class LabelConfig:
         )
 
     def pinned(self) -> dict[str, Any]:
-        """Settings a resumed run must share (everything that changes what a record holds)."""
-        settings = asdict(self)
-        for name in ("output_dir", "show_progress", "num_questions", "judge_max_concurrency", "judge_timeout"):
-            settings.pop(name)
-        return settings
+        """Settings a resumed run must share (everything that changes what a record holds).
+
+        Left out: where and how the work is done (output folder, progress bar) and how the judge is reached (timeout,
+        retries, backoff, concurrency, key variable, failure share), which a user changes to get past a failing
+        judge; and `num_questions`, since which questions are covered is recorded per shard.
+        """
+        return dataclass_settings(self, exclude=_NOT_PINNED)
 
 
-def output_features():
-    """Stepwise-supervision features plus the labelling provenance columns."""
-    from datasets import List, Value
-
-    features = stepwise_features(with_types=True, soft_labels=False)
-    features["question_id"] = Value("string")
-    features["label_weights"] = List(Value("float32"))
-    for name in ("rule", "rule_case", "rollout_answer", "mc", "judge", "gold_step_correct", "costs"):
-        features[name] = Value("string")
-    features["num_steps"] = Value("int32")
-    features["rollout_correct"] = Value("bool")
-    return features
+_NOT_PINNED = (
+    "output_dir", "show_progress", "num_questions", "judge_timeout", "judge_max_retries", "judge_backoff",
+    "judge_max_concurrency", "judge_api_key_env", "judge_max_failed_share",
+)  # fmt: skip
 
 
-def _atomic_write(path: Path, write) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        with open(temp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-
-
-def write_shard(output_dir: Path, index: int, rows: list[dict[str, Any]], stats: BatchStats) -> Path:
-    """Write one shard's stats sidecar, then its Parquet file (its presence marks the shard done)."""
-    import pyarrow.parquet as pq
-    from datasets import Dataset
-
-    features = output_features()
-    columns = {name: [row[name] for row in rows] for name in features}
-    dataset = Dataset.from_dict(columns, features=features)
-    base = output_dir / f"shard-{index:05d}"
-    _atomic_write(base.with_suffix(".json"), lambda t: Path(t).write_text(json.dumps(stats.as_dict(), indent=1)))
-    # pyarrow directly: the table carries the features in its schema metadata, and no progress bar per shard
-    _atomic_write(base.with_suffix(".parquet"), lambda t: pq.write_table(dataset.data.table, t))
-    return base.with_suffix(".parquet")
+class JudgeFailureError(RuntimeError):
+    """The judge failed on too many solutions of a shard; the shard was not written (see `LabelConfig`)."""
 
 
 def _check_ids(questions) -> list[str]:
@@ -199,42 +202,98 @@ def _check_ids(questions) -> list[str]:
     return ids
 
 
-def _pin_config(output_dir: Path, config: LabelConfig) -> None:
-    path = output_dir / CONFIG_FILE
-    settings = config.pinned()
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
-        if changed:
-            raise ValueError(f"{path}: this run changes {changed} (old, new); use another output_dir")
+def _trusted_shards(output_dir: Path) -> tuple[list[ShardInfo], int]:
+    """Every finished shard that passes `verify_shard`, and the first free shard index.
+
+    A shard that fails (a truncated or replaced Parquet file, a sidecar that disagrees) is moved aside as
+    `*.rejected` with a warning naming it; its questions are then simply not covered and get labelled again.
+    """
+    trusted, next_index = [], 0
+    for path in shard_files(output_dir):
+        index = int(SHARD_PATTERN.fullmatch(path.name).group(1))
+        next_index = max(next_index, index + 1)
+        try:
+            trusted.append(verify_shard(path))
+        except ShardError as err:
+            for bad in (path, path.with_suffix(".json")):
+                if bad.exists():
+                    os.replace(bad, bad.with_name(bad.name + ".rejected"))
+            warnings.warn(
+                f"{err}; moved aside as {path.name}.rejected, its questions are labelled again", stacklevel=3
+            )
+    for rejected in output_dir.glob("shard-*.parquet.rejected"):  # never reuse the index of a rejected shard
+        next_index = max(next_index, int(rejected.name.split("-")[1].split(".")[0]) + 1)
+    return trusted, next_index
+
+
+def _covered_questions(shards: list[ShardInfo], ids: list[str], digests: list[str]) -> set[str]:
+    """Ids already labelled; refuses a question whose content changed since (or that two shards both cover)."""
+    covered: dict[str, tuple[str, Path]] = {}
+    for shard in shards:
+        for qid, digest in zip(shard.question_ids, shard.question_digests):
+            if qid in covered:
+                raise ShardError(f"question {qid!r} is covered by both {covered[qid][1]} and {shard.path}")
+            covered[qid] = (digest, shard.path)
+    for row, (qid, digest) in enumerate(zip(ids, digests)):
+        if qid in covered and covered[qid][0] != digest:
+            raise RecordError(
+                row,
+                qid,
+                f"this question's content changed since {covered[qid][1].name} labelled it (digest "
+                f"{covered[qid][0][:12]} -> {digest[:12]}); restore the old inputs or label into another output_dir",
+            )
+    return set(covered)
+
+
+def _check_judge(config: LabelConfig, judge: JudgeClient, stats: BatchStats, batch_ids: list[str]) -> None:
+    """Raise `JudgeFailureError` when the judge failed on all, or more than the allowed share, of a batch's
+    solutions: such a shard would hold no (or few) labels for reasons that have nothing to do with the data."""
+    judged, failed = stats.judge["judged_solutions"], stats.judge["failed_solutions"]
+    if not failed or (failed < judged and failed / judged <= config.judge_max_failed_share):
         return
-    _atomic_write(path, lambda t: Path(t).write_text(json.dumps(settings, indent=1)))
+    errors = {k[len("error ") :]: v for k, v in stats.judge.items() if k.startswith("error ")}
+    samples = "; ".join(f"{kind!r}: {text}" for kind, text in judge.error_samples.items())
+    raise JudgeFailureError(
+        f"the judge at {judge.config.base_url} failed on {failed} of {judged} solutions of questions "
+        f"{batch_ids[0]}..{batch_ids[-1]} (allowed share {config.judge_max_failed_share}); errors {errors}; "
+        f"first reply of each kind: {samples or 'none'}. Nothing of these questions was written: fix the judge "
+        "and rerun (finished shards are kept)."
+    )
 
 
 def build_dataset(
     questions, policy, config: LabelConfig, judge_server: JudgeServer | None = None, grader: Grader | None = None
 ) -> BatchStats:
-    """Label every question chunk not yet written to `config.output_dir`; return the stats of all shards there.
+    """Label every question not yet covered by a shard of `config.output_dir`; return the stats of all shards there.
+
+    Questions are matched to shards by id, and each covered question's content digest must equal the one its shard
+    recorded (otherwise a `RecordError` names it). New questions (a grown `num_questions`, an appended questions
+    file) and the questions of shards rejected by `verify_shard` go into new shards. Raises `JudgeFailureError`
+    (before writing that shard) when the judge fails on too many solutions.
 
     `judge_server` replaces the "testbed" judge by a started `JudgeServer` of the caller's (e.g. one that fails);
     `grader` the default answer grader `trl_vlprm.data.answers.grade`.
     """
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _pin_config(output_dir, config)
-    _check_ids(questions)
-    for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
-        stale.unlink()
-    num_shards = (len(questions) + config.shard_size - 1) // config.shard_size
+    with output_lock(output_dir / CONFIG_FILE):
+        pin_settings(output_dir / CONFIG_FILE, config.pinned())
+        ids = _check_ids(questions)
+        digests = [question_digest(question) for question in questions]
+        for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
+            stale.unlink()
+        shards, next_index = _trusted_shards(output_dir)
+        covered = _covered_questions(shards, ids, digests)
+        todo = [j for j, qid in enumerate(ids) if qid not in covered]
+        total = BatchStats()
+        for shard in shards:
+            total.add(shard.stats)
+        _label_missing(questions, ids, digests, todo, next_index, policy, config, total, judge_server, grader)
+    return total
 
-    def chunk(i: int) -> range:
-        return range(i * config.shard_size, min(len(questions), (i + 1) * config.shard_size))
 
-    todo = [i for i in range(num_shards) if not (output_dir / f"shard-{i:05d}.parquet").exists()]
-    total = BatchStats()
-    for i in sorted(set(range(num_shards)) - set(todo)):
-        total.add(BatchStats.from_dict(json.loads((output_dir / f"shard-{i:05d}.json").read_text())))
-
+def _label_missing(questions, ids, digests, todo, next_index, policy, config, total, judge_server, grader) -> None:
+    output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
     if config.rule in NEEDS_JUDGE:
         if server is None and config.judge == "testbed":
@@ -246,15 +305,13 @@ def build_dataset(
             )
         judge = JudgeClient(config.judge_config(server.base_url if server else None), seed=config.seed)
     bar = tqdm(
-        total=len(questions),
-        initial=len(questions) - sum(len(chunk(i)) for i in todo),
-        desc=f"label {config.rule}",
-        unit="q",
+        total=len(ids), initial=len(ids) - len(todo), desc=f"label {config.rule}", unit="q",
         disable=not config.show_progress,
-    )
+    )  # fmt: skip
     try:
-        for i in todo:
-            batch = [questions[j] for j in chunk(i)]
+        for k, start in enumerate(range(0, len(todo), config.shard_size)):
+            chunk = todo[start : start + config.shard_size]
+            batch = [questions[j] for j in chunk]
             rows, stats = label_batch(
                 batch,
                 policy,
@@ -268,7 +325,9 @@ def build_dataset(
                 disagreement_weight=config.disagreement_weight,
                 judge_unknown=config.judge_unknown,
             )
-            write_shard(output_dir, i, rows, stats)
+            if judge is not None:
+                _check_judge(config, judge, stats, [ids[j] for j in chunk])
+            write_shard(output_dir, next_index + k, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
             total.add(stats)
             bar.update(len(batch))
             bar.set_postfix(
@@ -282,24 +341,13 @@ def build_dataset(
         bar.close()
         if own_server:
             server.stop()
-    return total
-
-
-def load_labelled(output_dir: str | Path):
-    """The labelled dataset of all shards in `output_dir`, in shard order."""
-    from datasets import load_dataset
-
-    files = sorted(str(p) for p in Path(output_dir).glob("shard-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no shard-*.parquet in {output_dir}")
-    return load_dataset("parquet", data_files=files, split="train", features=output_features())
 
 
 def _make_policy_and_questions(config: LabelConfig):
     if config.dataset == "puzzles":
         from trl_vlprm.data.puzzles import generate_puzzles
 
-        questions = generate_puzzles(config.num_questions or 64, seed=config.seed)
+        questions = generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
     else:
         from trl_vlprm.guidance.tts import load_questions
 
@@ -350,4 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     from trl import TrlParser
 
     (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=argv)
-    run(config)
+    try:
+        run(config)
+    except (JudgeFailureError, SettingsMismatchError, OutputLockedError, ShardError, RecordError) as err:
+        # a clear one-line reason and a non-zero exit; the finished shards stay for the rerun
+        print(f"trl-vlprm label: {err}", file=sys.stderr)
+        raise SystemExit(1) from err

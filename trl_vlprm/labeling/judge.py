@@ -8,26 +8,33 @@ answer with one JSON object::
 `matches_image` is asked for perception steps only (does the step describe the image faithfully); a perception step
 is correct only when both are true. Parsing is strict: any other shape (a missing or repeated index, a non-boolean,
 no JSON) is a failure, retried like a server error. After the last retry every step of that solution gets the
-verdict "unknown": the judge never guesses. Only the standard library is used (urllib + a thread pool).
+verdict "unknown": the judge never guesses.
+
+Transport is the official `openai` client (`AsyncOpenAI`, its own retries off so every attempt is counted and
+parse failures are retried alike): each attempt has a total deadline of `timeout` seconds (a server dripping its
+body byte by byte cannot hold a request longer), connection errors and HTTP 408/409/429/5xx are retried after the
+server's `Retry-After` when it sends one (else an exponential backoff with jitter), other HTTP errors (401, 403,
+404, 400...) are not retried, and at most `max_concurrency` requests are in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import email.utils
 import io
 import json
 import os
 import random
 import re
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import openai
 
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, load_image
 from trl_vlprm.guidance.policy import Question
@@ -51,11 +58,14 @@ class JudgeConfig:
     Args:
         base_url: server root, e.g. "http://127.0.0.1:8000/v1" (the client posts to `{base_url}/chat/completions`).
         model: model name sent in the request.
-        api_key_env: name of the environment variable holding the bearer token (none sent when unset or empty).
-        timeout: seconds to wait for one HTTP response.
-        max_retries: retries after the first attempt (on HTTP errors, timeouts and unparseable answers).
-        backoff: base of the exponential backoff in seconds (attempt a waits backoff * 2**a, with jitter).
-        max_concurrency: requests in flight at once.
+        api_key_env: name of the environment variable holding the bearer token ("EMPTY" is sent when it is unset).
+        timeout: total deadline in seconds of one HTTP request, body included (> 0).
+        max_retries: retries after the first attempt (on retryable HTTP errors, network errors, timeouts and
+            unparseable answers; >= 0).
+        backoff: base of the exponential backoff in seconds (attempt a waits backoff * 2**a, with jitter) when the
+            server sends no `Retry-After`.
+        max_retry_wait: longest wait a `Retry-After` header may impose, in seconds.
+        max_concurrency: requests in flight at once (>= 1).
         temperature: sampling temperature of the judge.
         max_tokens: answer token budget.
     """
@@ -69,6 +79,22 @@ class JudgeConfig:
     max_concurrency: int = 8
     temperature: float = 0.0
     max_tokens: int = 2048
+    max_retry_wait: float = 60.0
+
+    def __post_init__(self):
+        checks = {
+            "timeout": self.timeout > 0,
+            "max_retries": isinstance(self.max_retries, int) and self.max_retries >= 0,
+            "backoff": self.backoff >= 0,
+            "max_retry_wait": self.max_retry_wait >= 0,
+            "max_concurrency": isinstance(self.max_concurrency, int) and self.max_concurrency >= 1,
+        }
+        rules = {"timeout": "> 0", "max_retries": "an integer >= 0", "backoff": ">= 0", "max_retry_wait": ">= 0"}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"JudgeConfig.{name}={getattr(self, name)!r}; must be {rules.get(name, 'an integer >= 1')}"
+                )
 
 
 @dataclass
@@ -198,71 +224,145 @@ def parse_verdicts(text: str, step_types: Sequence[str | None]) -> list[str]:
     return [verdicts[i] for i in range(len(step_types))]
 
 
+RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx, as the openai client itself retries
+REPLY_SAMPLE_CHARS = 300
+
+
+def _sample(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= REPLY_SAMPLE_CHARS else text[:REPLY_SAMPLE_CHARS] + "..."
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds a 429/503 reply asks to wait (`retry-after-ms`, `retry-after` in seconds or as an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _run(coroutine_function):
+    """Run a coroutine from synchronous code, also when the caller already runs an event loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine_function())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine_function()).result()
+
+
 class JudgeClient:
-    """Asks an OpenAI-compatible chat-completions server to grade solution steps (see the module docstring)."""
+    """Asks an OpenAI-compatible chat-completions server to grade solution steps (see the module docstring).
+
+    Attributes:
+        counts: requests, solutions, failed solutions, errors by kind and verdicts, over the client's life.
+        error_samples: the first full error text of each kind (status code and a sample of the server's reply), so
+            a caller can say why the judge failed.
+    """
 
     def __init__(self, config: JudgeConfig, seed: int = 0):
         self.config = config
         self.url = config.base_url.rstrip("/") + "/chat/completions"
         self._rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self.error_samples: dict[str, str] = {}
 
-    def _post(self, body: bytes) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.config.api_key_env or "", "")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
-            return json.loads(response.read().decode("utf-8"))
+    def _client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.config.base_url,
+            api_key=os.environ.get(self.config.api_key_env or "", "") or "EMPTY",
+            max_retries=0,  # retried here, with parse failures, so every attempt is counted
+            timeout=self.config.timeout,
+        )
 
-    def judge(
-        self, question: Question, steps: Sequence[str], step_types: Sequence[str | None] | None = None
+    async def _judge(
+        self,
+        client: openai.AsyncOpenAI,
+        slots: asyncio.Semaphore,
+        question: Question,
+        steps: Sequence[str],
+        step_types: Sequence[str | None] | None,
     ) -> JudgeResult:
-        """Verdicts on every step of one solution; "unknown" for all of them when every attempt failed."""
         step_types = list(step_types) if step_types is not None else [None] * len(steps)
         result = JudgeResult(verdicts=[UNKNOWN] * len(steps))
         if not steps:
             return result
         start = time.monotonic()
-        body = json.dumps(
-            {
-                "model": self.config.model,
-                "messages": build_messages(question, steps, step_types),
-                "temperature": self.config.temperature,
-                "max_tokens": self.config.max_tokens,
-            }
-        ).encode("utf-8")
+        request = {
+            "model": self.config.model,
+            "messages": build_messages(question, steps, step_types),
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+        }
+        wait = 0.0
         for attempt in range(self.config.max_retries + 1):
             if attempt:
-                time.sleep(self.config.backoff * 2 ** (attempt - 1) * (0.5 + self._rng.random()))
+                await asyncio.sleep(wait)
+            wait = self.config.backoff * 2**attempt * (0.5 + self._rng.random())
             result.attempts += 1
             try:
-                response = self._post(body)
-                usage = response.get("usage") or {}
-                result.prompt_tokens += int(usage.get("prompt_tokens", 0))
-                result.completion_tokens += int(usage.get("completion_tokens", 0))
-                content = response["choices"][0]["message"]["content"]
+                async with slots:  # a slot only while the request is in flight, not while backing off
+                    response = await asyncio.wait_for(
+                        client.chat.completions.create(**request), timeout=self.config.timeout
+                    )
+                usage = response.usage
+                result.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
+                result.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+                content = response.choices[0].message.content
                 if not isinstance(content, str):
                     raise JudgeParseError("message content is not a string")
                 result.verdicts = parse_verdicts(content, step_types)
                 break
-            except urllib.error.HTTPError as err:
-                result.errors.append(f"http {err.code}")
-            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as err:
-                reason = getattr(err, "reason", err)
-                result.errors.append("timeout" if isinstance(reason, TimeoutError) else f"network: {reason}")
-            except (JudgeParseError, json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as err:
-                result.errors.append(f"parse: {err}")
+            except (asyncio.TimeoutError, openai.APITimeoutError):
+                self._error(result, "timeout", f"timeout: no complete reply within {self.config.timeout} s")
+            except openai.APIStatusError as err:
+                self._error(result, f"http {err.status_code}", f"http {err.status_code}: {_sample(err.response.text)}")
+                if err.status_code not in RETRYABLE_STATUS and err.status_code < 500:
+                    break  # a bad key or a wrong URL does not heal by asking again
+                server_wait = retry_after_seconds(err.response.headers)
+                if server_wait is not None:
+                    wait = min(server_wait, self.config.max_retry_wait)
+            except openai.APIConnectionError as err:
+                cause = err.__cause__ or err
+                self._error(result, "network", f"network: {type(cause).__name__}: {_sample(str(cause))}")
+            except (JudgeParseError, openai.APIResponseValidationError, AttributeError, KeyError, IndexError,
+                    TypeError, ValueError) as err:  # fmt: skip
+                self._error(result, "parse", f"parse: {_sample(str(err))}")
         result.seconds = time.monotonic() - start
-        with self._lock:
-            self.counts["requests"] += result.attempts
-            self.counts["solutions"] += 1
-            self.counts["failed_solutions"] += int(result.failed)
-            self.counts.update("error " + error.split(":")[0] for error in result.errors)
-            self.counts.update("steps " + verdict for verdict in result.verdicts)
+        self.counts["requests"] += result.attempts
+        self.counts["solutions"] += 1
+        self.counts["failed_solutions"] += int(result.failed)
+        self.counts.update("error " + error.split(":")[0] for error in result.errors)
+        self.counts.update("steps " + verdict for verdict in result.verdicts)
         return result
+
+    def _error(self, result: JudgeResult, kind: str, text: str) -> None:
+        result.errors.append(text)
+        self.error_samples.setdefault(kind, text)
+
+    async def _judge_all(self, items) -> list[JudgeResult]:
+        slots = asyncio.Semaphore(max(1, self.config.max_concurrency))
+        async with self._client() as client:
+            return list(await asyncio.gather(*(self._judge(client, slots, *item) for item in items)))
+
+    def judge(
+        self, question: Question, steps: Sequence[str], step_types: Sequence[str | None] | None = None
+    ) -> JudgeResult:
+        """Verdicts on every step of one solution; "unknown" for all of them when every attempt failed."""
+        return self.judge_many([(question, steps, step_types)])[0]
 
     def judge_many(
         self, items: Sequence[tuple[Question, Sequence[str], Sequence[str | None] | None]]
@@ -270,5 +370,4 @@ class JudgeClient:
         """`judge` on many solutions with at most `max_concurrency` requests in flight; results in input order."""
         if not items:
             return []
-        with ThreadPoolExecutor(max_workers=max(1, self.config.max_concurrency)) as pool:
-            return list(pool.map(lambda item: self.judge(*item), items))
+        return _run(lambda: self._judge_all(items))

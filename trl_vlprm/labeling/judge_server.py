@@ -9,7 +9,10 @@ reads the steps block the judge client embeds in its prompt, and answers the str
 * slowness: every answer waits `delay` seconds;
 * failures: with probabilities `error_rate` (HTTP 500), `hang_rate` (sleeps `hang_seconds`, longer than the client
   timeout), `malformed_rate` (answers text that is not the JSON object), drawn per request; and `failures`, a
-  per-question-id mode ("500", "hang", "malformed") applied to every request about that question.
+  per-question-id mode (key "*": every question) applied to the first `failure_count` requests about that question
+  (all of them when None). Modes: "500", "hang", "malformed", "401" (a rejected key), "429" (rate limited, with a
+  `Retry-After: retry_after` header), "truncate" (the connection closes half-way through the body) and "drip" (a
+  valid answer sent a byte at a time over `hang_seconds`, so no single socket read ever times out).
 
 Steps missing from the lookup are answered without a verdict, which the strict client parser rejects. Used by the
 tests, the label-quality benchmark and the testbed recipe; never a stand-in for a judge on real data.
@@ -30,7 +33,7 @@ from typing import Any
 from trl_vlprm.data.schema import PERCEPTION
 from trl_vlprm.labeling.judge import read_steps_block
 
-FAILURE_MODES = ("500", "hang", "malformed")
+FAILURE_MODES = ("500", "hang", "malformed", "401", "429", "truncate", "drip")
 
 
 def step_key(question_id: str, prefix: Sequence[str]) -> str:
@@ -51,7 +54,10 @@ class JudgeServer:
         delay: seconds every answer waits.
         error_rate / hang_rate / malformed_rate: per-request probabilities of an HTTP 500, a hang, a malformed answer.
         hang_seconds: how long a hang lasts.
-        failures: `{question_id: mode}`, a failure mode from `FAILURE_MODES` forced on every request about it.
+        failures: `{question_id: mode}` ("*" for every question), a mode from `FAILURE_MODES` forced on the
+            requests about it.
+        failure_count: how many requests about a question `failures` applies to (the first ones); None: all.
+        retry_after: seconds the "429" mode asks the client to wait (its `Retry-After` header).
         seed: seed of the noise and failure draws.
     """
 
@@ -67,6 +73,8 @@ class JudgeServer:
         hang_seconds: float = 5.0,
         failures: Mapping[str, str] | None = None,
         seed: int = 0,
+        failure_count: int | None = None,
+        retry_after: float = 1.0,
     ):
         for qid, mode in (failures or {}).items():
             if mode not in FAILURE_MODES:
@@ -77,6 +85,8 @@ class JudgeServer:
         self.delay, self.hang_seconds = delay, hang_seconds
         self.rates = {"500": error_rate, "hang": hang_rate, "malformed": malformed_rate}
         self.failures = dict(failures or {})
+        self.failure_count, self.retry_after = failure_count, retry_after
+        self._requests_about: Counter[str] = Counter()
         self.seed = seed
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -148,10 +158,13 @@ class JudgeServer:
         return entries
 
     def _draw_failure(self, question_id: str) -> str | None:
-        if question_id in self.failures:
-            return self.failures[question_id]
         with self._lock:
+            self._requests_about[question_id] += 1
+            seen = self._requests_about[question_id]
             draw = self._rng.random()
+        forced = self.failures.get(question_id, self.failures.get("*"))
+        if forced is not None and (self.failure_count is None or seen <= self.failure_count):
+            return forced
         for mode, rate in self.rates.items():
             if draw < rate:
                 return mode
@@ -189,6 +202,13 @@ class JudgeServer:
         if failure == "hang":
             self._stopping.wait(self.hang_seconds)
             return  # the client has given up; closing without an answer
+        if failure == "401":
+            self._send(handler, 401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
+            return
+        if failure == "429":
+            headers = {"Retry-After": f"{self.retry_after:g}"}
+            self._send(handler, 429, {"error": {"message": "Rate limit reached, retry later"}}, headers)
+            return
         if failure == "malformed":
             content = '{"steps": [{"index": 0, "correct": tru'
         else:
@@ -206,16 +226,38 @@ class JudgeServer:
                 ],
                 "usage": {"prompt_tokens": length // 4, "completion_tokens": len(content) // 4},
             },
+            body_mode=failure if failure in ("truncate", "drip") else None,
         )
 
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, body: Mapping[str, Any]) -> None:
+    def _send(
+        self,
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+        body_mode: str | None = None,
+    ) -> None:
         data = json.dumps(body).encode("utf-8")
         try:
             handler.send_response(status)
             handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                handler.send_header(name, value)
             handler.end_headers()
+            if body_mode == "truncate":  # half the promised bytes, then the connection goes away
+                handler.wfile.write(data[: len(data) // 2])
+                handler.wfile.flush()
+                handler.close_connection = True
+                return
+            if body_mode == "drip":
+                pause = self.hang_seconds / len(data)
+                for i in range(len(data)):
+                    if self._stopping.wait(pause):
+                        return
+                    handler.wfile.write(data[i : i + 1])
+                    handler.wfile.flush()
+                return
             handler.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client timed out and left

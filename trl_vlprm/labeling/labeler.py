@@ -123,6 +123,7 @@ def label_batch(
         verdicts = judge.judge_many([(q, r.steps, r.step_types) for q, _, r, _ in solutions])
         for result in verdicts:
             stats.judge["requests"] += result.attempts
+            stats.judge["judged_solutions"] += int(bool(result.verdicts))
             stats.judge["failed_solutions"] += int(result.failed)
             stats.judge.update("error " + e.split(":")[0] for e in result.errors)
             stats.judge.update("steps " + v for v in result.verdicts)

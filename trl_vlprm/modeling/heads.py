@@ -15,7 +15,7 @@ checkpoint-key conversion would otherwise leave the backbone randomly initialise
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import torch
 from transformers import (
@@ -86,33 +86,39 @@ def _head_keys(head: str) -> tuple[str, ...]:
 
 
 def load_prm(
-    path: str | Path,
+    name_or_path: str | os.PathLike,
     head: str | None = None,
     num_labels: int = 2,
     dtype: torch.dtype | str | None = None,
+    revision: str | None = None,
     **kwargs,
 ) -> PreTrainedModel:
-    """Load a PRM (or a base VLM to turn into one) from a local folder.
+    """Load a PRM (or a base VLM to turn into one) from a local folder or a Hub repo id.
 
     Args:
-        path: a checkpoint folder: a trained PRM (its config records `prm_head`) or a base model.
+        name_or_path: a checkpoint folder or repo id (resolved as transformers does: cache, `HF_HOME`,
+            `HF_HUB_OFFLINE`): a trained PRM (its config records `prm_head`) or a base model.
         head: "value" or "generative"; defaults to the head recorded in the checkpoint, else "value".
         num_labels: classes of a new value head (2 for hard labels, 1 for soft labels); ignored when the
             checkpoint already is a value-head PRM.
         dtype: parameter dtype (e.g. "bfloat16" on GPUs); default float32.
+        revision: branch, tag or commit of a repo id (default "main").
         **kwargs: passed to `from_pretrained` (e.g. `attn_implementation`).
 
     Raises:
         BackboneNotLoadedError: a backbone tensor was missing from the checkpoint (it would stay random).
     """
-    config = AutoConfig.from_pretrained(path)
+    path = name_or_path
+    config = AutoConfig.from_pretrained(path, revision=revision)
     head = head or getattr(config, "prm_head", None) or "value"
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if head == "value" and getattr(config, "prm_head", None) != "value":
         config.num_labels = num_labels
     model_class = _model_class(config.model_type, head)
-    model, info = model_class.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True, **kwargs)
+    model, info = model_class.from_pretrained(
+        path, config=config, dtype=dtype, revision=revision, output_loading_info=True, **kwargs
+    )
     missing = [k for k in info["missing_keys"] if not k.startswith(_head_keys(head))]
     if missing:
         raise BackboneNotLoadedError(

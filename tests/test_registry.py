@@ -1,0 +1,53 @@
+"""The one registry: decorator and lazy registration, errors that list what is available."""
+
+import doctest
+import sys
+
+import pytest
+
+import trl_vlprm.registry
+from trl_vlprm.registry import Registry
+
+
+def test_decorator_registers_under_name_and_aliases_and_returns_the_object():
+    registry = Registry("strategy")
+
+    @registry.register("best_of_n", "bon")
+    def best_of_n():
+        return 7
+
+    assert best_of_n() == 7
+    assert registry.get("best_of_n") is best_of_n and registry.get("bon") is best_of_n
+    assert registry.names() == ["best_of_n", "bon"] and "bon" in registry and len(registry) == 2
+
+
+def test_unknown_name_lists_the_available_ones():
+    registry = Registry("benchmark")
+    registry.register("mmmu")(object())
+    registry.register("mathvista")(object())
+    with pytest.raises(KeyError, match=r"unknown benchmark 'mmu'; available: mathvista, mmmu"):
+        registry.get("mmu")
+
+
+def test_lazy_entry_imports_only_when_asked(monkeypatch):
+    monkeypatch.delitem(sys.modules, "json.tool", raising=False)
+    registry = Registry("tool")
+    registry.register_lazy("json_tool", "json.tool:main")
+    assert "json.tool" not in sys.modules
+    loaded = registry.get("json_tool")
+    assert "json.tool" in sys.modules and loaded is sys.modules["json.tool"].main
+    with pytest.raises(ValueError, match="must be 'module:attribute'"):
+        registry.register_lazy("bad", "json.tool.main")
+
+
+def test_a_name_cannot_be_taken_twice_by_different_objects():
+    registry = Registry("aggregation")
+    first = registry.register("min")(min)
+    assert registry.register("min")(first) is min  # re-registering the same object is harmless (module reloads)
+    with pytest.raises(ValueError, match="aggregation 'min' is already registered"):
+        registry.register("min")(max)
+
+
+def test_module_docstring_example_runs():
+    result = doctest.testmod(trl_vlprm.registry)
+    assert result.attempted >= 3 and result.failed == 0

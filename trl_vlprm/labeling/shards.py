@@ -1,0 +1,167 @@
+"""The labelled dataset on disk: Parquet shards, each with a JSON sidecar saying exactly what it holds.
+
+A shard is `shard-{i:05d}.parquet` plus `shard-{i:05d}.json`. The sidecar is written first and records the ids of
+the questions the shard covers, a content digest of each of those questions, the number of rows and the labelling
+stats; the Parquet file is written second, and its presence marks the shard done. Both go through
+`trl_vlprm.utils.resume.atomic_write`, so a crash leaves either a whole shard or none.
+
+`verify_shard` is what a resumed run trusts a shard by: a readable Parquet footer whose row count equals the
+sidecar's. `load_labelled` reads every shard, skips empty ones (a shard whose questions produced no record is
+legitimate) and names the file in every error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trl_vlprm.data.schema import stepwise_features
+from trl_vlprm.labeling.labeler import BatchStats
+from trl_vlprm.utils.resume import atomic_write, atomic_write_text
+
+SIDECAR_FORMAT = 2
+SHARD_PATTERN = re.compile(r"shard-(\d{5,})\.parquet")
+
+
+class ShardError(ValueError):
+    """A shard on disk cannot be trusted (unreadable footer, row count unlike its sidecar, missing sidecar)."""
+
+
+@dataclass
+class ShardInfo:
+    """What a verified shard covers."""
+
+    path: Path
+    index: int
+    question_ids: list[str]
+    question_digests: list[str]
+    num_rows: int
+    stats: BatchStats
+
+
+def output_features():
+    """Stepwise-supervision features plus the labelling provenance columns."""
+    from datasets import List, Value
+
+    features = stepwise_features(with_types=True, soft_labels=False)
+    features["question_id"] = Value("string")
+    features["label_weights"] = List(Value("float32"))
+    for name in ("rule", "rule_case", "rollout_answer", "mc", "judge", "gold_step_correct", "costs"):
+        features[name] = Value("string")
+    features["num_steps"] = Value("int32")
+    features["rollout_correct"] = Value("bool")
+    return features
+
+
+def shard_path(output_dir: Path, index: int) -> Path:
+    return output_dir / f"shard-{index:05d}.parquet"
+
+
+def write_shard(
+    output_dir: Path,
+    index: int,
+    rows: list[dict[str, Any]],
+    stats: BatchStats,
+    question_ids: Sequence[str],
+    question_digests: Sequence[str],
+) -> Path:
+    """Write one shard's sidecar, then its Parquet file (its presence marks the shard done)."""
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    features = output_features()
+    columns = {name: [row[name] for row in rows] for name in features}
+    dataset = Dataset.from_dict(columns, features=features)
+    path = shard_path(output_dir, index)
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "question_ids": list(question_ids),
+        "question_digests": list(question_digests),
+        "num_rows": len(rows),
+        "stats": stats.as_dict(),
+    }
+    atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=1))
+    # pyarrow directly: the table carries the features in its schema metadata, and no progress bar per shard
+    atomic_write(path, lambda temp: pq.write_table(dataset.data.table, temp))
+    return path
+
+
+def parquet_rows(path: Path) -> int:
+    """Rows in a Parquet file by its footer; a `ShardError` naming the file when the footer cannot be read."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError... for truncated or foreign files
+        raise ShardError(f"{path}: unreadable Parquet shard ({type(err).__name__}: {err})") from err
+
+
+def verify_shard(path: Path) -> ShardInfo:
+    """The sidecar of a finished shard, checked against the Parquet footer; `ShardError` naming the file if not."""
+    sidecar_path = path.with_suffix(".json")
+    if not sidecar_path.exists():
+        raise ShardError(f"{path}: no sidecar {sidecar_path.name}; cannot tell which questions it covers")
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except ValueError as err:
+        raise ShardError(f"{sidecar_path}: unreadable sidecar ({err})") from err
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        raise ShardError(
+            f"{sidecar_path}: written by an older trl_vlprm (no question ids); relabel into a new output_dir"
+        )
+    rows = parquet_rows(path)
+    if rows != sidecar["num_rows"]:
+        raise ShardError(f"{path}: {rows} rows but its sidecar records {sidecar['num_rows']} (truncated or replaced)")
+    if len(sidecar["question_ids"]) != len(sidecar["question_digests"]):
+        raise ShardError(f"{sidecar_path}: question_ids and question_digests differ in length")
+    index = int(SHARD_PATTERN.fullmatch(path.name).group(1))
+    return ShardInfo(
+        path,
+        index,
+        [str(q) for q in sidecar["question_ids"]],
+        list(sidecar["question_digests"]),
+        rows,
+        BatchStats.from_dict(sidecar["stats"]),
+    )
+
+
+def shard_files(output_dir: str | Path) -> list[Path]:
+    """The finished shards of a folder in index order."""
+    files = [p for p in Path(output_dir).glob("shard-*.parquet") if SHARD_PATTERN.fullmatch(p.name)]
+    return sorted(files, key=lambda p: int(SHARD_PATTERN.fullmatch(p.name).group(1)))
+
+
+def load_labelled(output_dir: str | Path):
+    """The labelled dataset of all shards in `output_dir`, in shard order.
+
+    Empty shards (questions that produced no record) are skipped; an unreadable shard, or one whose row count
+    differs from its sidecar, raises a `ShardError` naming the file.
+    """
+    from datasets import Dataset, load_dataset
+
+    files = shard_files(output_dir)
+    if not files:
+        raise FileNotFoundError(f"no shard-*.parquet in {output_dir}")
+    non_empty = []
+    for path in files:
+        rows = verify_shard(path).num_rows if path.with_suffix(".json").exists() else parquet_rows(path)
+        if rows:
+            non_empty.append(path)
+    features = output_features()
+    if not non_empty:
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+    try:
+        return load_dataset("parquet", data_files=[str(p) for p in non_empty], split="train", features=features)
+    except Exception as err:
+        import pyarrow.parquet as pq
+
+        for path in non_empty:  # find the shard to blame: the footer was fine, a row group is not
+            try:
+                pq.read_table(path)
+            except Exception as shard_err:
+                raise ShardError(f"{path}: unreadable Parquet shard ({shard_err})") from err
+        raise

@@ -1,0 +1,191 @@
+"""Resumable outputs that never mix, drop or trust bad work: the one place every stage takes them from.
+
+* `atomic_write` / `atomic_write_text`: a file is written under a temporary name beside it, fsynced, then renamed
+  into place, so a reader (or a resumed run) sees the old file or the new one, never half of one.
+* `stable_digest` / `question_digest`: a content digest of any JSON-like value, images included (PIL images, image
+  dicts with `bytes`/`path`), so a rerun can tell whether a question it already answered has changed.
+* `path_fingerprint`: what a checkpoint folder or file looks like on disk (every file's size and mtime), so
+  retraining a model into the same folder is seen as a different model.
+* `pin_settings` / `check_settings`: the settings a finished piece of work was produced with; a resume with other
+  values is refused with the names of the fields that differ.
+* `output_lock`: an exclusive lock on an output, so two processes never append to the same file.
+
+The labelling builder, `recipes/tts.py` and the evaluation sweep all resume through these (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], mode: int = 0o644) -> Path:
+    """Call `write(temp_path)` on a temporary file beside `path`, fsync it, then rename it to `path`.
+
+    The temporary file is removed when `write` fails; `mode` replaces mkstemp's private 0o600 (outputs are shared).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temp)
+        with open(temp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    return path
+
+
+def atomic_write_text(path: str | Path, data: str | bytes) -> Path:
+    """Write a string or bytes to `path` atomically (see `atomic_write`)."""
+
+    def write(temp: str) -> None:
+        with open(temp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+
+    return atomic_write(path, write)
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-encodable stand-in for `value` that differs whenever the content differs (images by pixels)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return repr(value)  # exact: 0.1 and 0.1000000001 must differ
+    if isinstance(value, (bytes, bytearray)):
+        return {"__bytes__": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, Mapping):
+        if set(value) <= {"bytes", "path"} and (value.get("bytes") is not None or value.get("path")):
+            # a `datasets` Image cell: the bytes are the image; a path-only cell is read from disk
+            data = value.get("bytes")
+            if data is None:
+                data = Path(value["path"]).read_bytes()
+            return {"__bytes__": hashlib.sha256(data).hexdigest()}
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return _canonical(asdict(value))
+    if hasattr(value, "tobytes") and hasattr(value, "size") and hasattr(value, "mode"):  # a PIL image
+        digest = hashlib.sha256(value.tobytes()).hexdigest()
+        return {"__image__": [value.mode, list(value.size), digest]}
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _canonical(value.tolist())
+    raise TypeError(f"cannot digest a value of type {type(value).__name__}")
+
+
+def stable_digest(value: Any) -> str:
+    """sha256 (hex) of a canonical encoding of a JSON-like value; equal content gives equal digests."""
+    return hashlib.sha256(json.dumps(_canonical(value), sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def question_digest(question: Mapping[str, Any]) -> str:
+    """Digest of everything a question record holds (prompt, images by pixels, answer, options, ...)."""
+    return stable_digest(dict(question))
+
+
+def path_fingerprint(path: str | Path | None) -> Any:
+    """What `path` looks like on disk: None for None, "missing" when absent, else every file's (name, size, mtime).
+
+    A folder (a checkpoint) is walked; hidden files and `.cache` entries are left out. Retraining into the same
+    folder rewrites its weights, which changes their mtime, so the fingerprint changes.
+    """
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    entries = []
+    for file in files:
+        relative = file.relative_to(path) if file != path else Path(file.name)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        stat = file.stat()
+        entries.append([str(relative), stat.st_size, stat.st_mtime_ns])
+    return {"path": str(path.resolve()), "digest": stable_digest(entries), "files": len(entries)}
+
+
+class SettingsMismatchError(ValueError):
+    """A resumed run asks for other settings than the ones its output was produced with."""
+
+
+def check_settings(pinned: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
+    """Raise `SettingsMismatchError` naming every field whose pinned and current values differ (missing included)."""
+    pinned, current = json.loads(json.dumps(pinned)), json.loads(json.dumps(current))  # tuples == lists
+    changed = {k: (pinned.get(k), current.get(k)) for k in sorted(set(pinned) | set(current))}
+    changed = {k: v for k, v in changed.items() if v[0] != v[1]}
+    if changed:
+        described = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise SettingsMismatchError(
+            f"{where} was produced with other settings ({described}); rerun with the old values or write to "
+            "another output"
+        )
+
+
+def pin_settings(path: str | Path, settings: Mapping[str, Any]) -> None:
+    """Write `settings` to `path` (JSON) the first time; afterwards refuse any other settings (`check_settings`)."""
+    path = Path(path)
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path}: unreadable settings pin ({err}); remove it only if the outputs beside it "
+                             "are to be thrown away") from err  # fmt: skip
+        check_settings(previous, settings, str(path.parent))
+        return
+    atomic_write_text(path, json.dumps(dict(settings), indent=1, sort_keys=True))
+
+
+def dataclass_settings(config: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """The fields of a config dataclass minus `exclude` (those that cannot change a result: paths, progress...)."""
+    settings = asdict(config)
+    for name in exclude:
+        settings.pop(name)
+    return settings
+
+
+class OutputLockedError(RuntimeError):
+    """Another process is writing the same output."""
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on `<path>.lock` (created beside `path`) or raise `OutputLockedError` at once.
+
+    The lock is an advisory `flock`: the kernel drops it when its holder exits, even on SIGKILL, so a crash leaves
+    no stale lock behind. The file keeps the pid of the last holder for the error message.
+    """
+    path = Path(path)
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise OutputLockedError(
+                f"{path} is being written by another process (pid {holder}, lock {lock_path}); wait for it to "
+                "finish or write to another output"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield lock_path
+    finally:
+        handle.close()  # closing the descriptor releases the flock
