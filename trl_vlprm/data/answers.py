@@ -341,3 +341,33 @@ def grade(
     if extracted is None:
         return False
     return answer_kind.match(extracted, gold, options, tol)
+
+
+def grade_with_fallback(
+    prediction: str | None,
+    gold: str,
+    options: Sequence[str] | None = None,
+    kind: str = "auto",
+    tol: float = 1e-6,
+    extractor: Callable[[str], str | None] | None = None,
+) -> tuple[bool, str]:
+    """`grade`, with an answer extractor (e.g. an LLM judge) asked only when the rules read no answer.
+
+    The extractor's answer is graded by the same rules, so a judge can find the answer but never decide what is
+    correct. Returns (correct, how): how is "rule", "fallback" (the extractor's answer was graded) or "none" (no
+    answer could be read either way).
+    """
+    if prediction is None or not str(prediction).strip():
+        return False, "none"
+    resolved = resolve_kind(kind, options, gold)
+    answer_kind = ANSWER_KINDS[resolved]
+    extracted = answer_kind.extract(str(prediction), options)
+    if extracted is not None:
+        return answer_kind.match(extracted, gold, options, tol), "rule"
+    if extractor is None:
+        return False, "none"
+    stated = extractor(str(prediction))
+    if stated is None:
+        return False, "none"
+    extracted = answer_kind.extract(stated, options)
+    return (extracted is not None and answer_kind.match(extracted, gold, options, tol)), "fallback"

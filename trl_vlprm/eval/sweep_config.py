@@ -139,6 +139,10 @@ class EvalTTSConfig:
         step_separator: text that ends a step, for model policies and PRMs (specs cannot hold it: it is a newline).
         system_prompt: system prompt of model policies (vllm/hf); None for none.
         answer_kind: grading kind when a question has no `answer_kind` column ("auto" reads it from the answer).
+        answer_judge_base_url: an OpenAI-compatible endpoint whose model reads the final answer of the solutions
+            the rule-based grader cannot read (the paper's LLM-judge fallback); None: rules only.
+        answer_judge_model: the model name sent to that endpoint (the paper used gpt-4.1).
+        answer_judge_api_key_env: environment variable holding its bearer token.
         output_dir: where samples/, results.csv, results.md and accuracy_vs_n.png go. Rerunning resumes.
         seed: seed of the policies, scorers and subsampling.
     """
@@ -157,6 +161,9 @@ class EvalTTSConfig:
     step_separator: str = "\n\n"
     system_prompt: str | None = None
     answer_kind: str = "auto"
+    answer_judge_base_url: str | None = None
+    answer_judge_model: str = "gpt-4.1"
+    answer_judge_api_key_env: str = "OPENAI_API_KEY"
     output_dir: str = "outputs/eval_tts"
     seed: int = 0
 
@@ -198,9 +205,17 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         label: build_from_spec(spec, SCORER_BUILDERS, config.seed, "scorer", scorer_defaults)
         for label, spec in map(split_label, config.scorers)
     }
+    answer_judge = None
+    if config.answer_judge_base_url:
+        from trl_vlprm.eval.answer_judge import AnswerJudge
+        from trl_vlprm.labeling.judge import JudgeConfig
+
+        answer_judge = AnswerJudge(
+            JudgeConfig(config.answer_judge_base_url, config.answer_judge_model, config.answer_judge_api_key_env)
+        )
     rows = run_sweep(
         benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
-        config.num_subsamples, config.seed, config.answer_kind,
+        config.num_subsamples, config.seed, config.answer_kind, answer_judge,
     )  # fmt: skip
     write_tables(rows, config.output_dir)
     plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")

@@ -36,7 +36,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from trl_vlprm.data.answers import extract_answer, grade
+from trl_vlprm.data.answers import extract_answer, grade_with_fallback
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.aggregation import AGGREGATIONS, STEP_AGGREGATIONS
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
@@ -186,10 +186,13 @@ def sample_question(
     n_max: int,
     answer_kind: str = "auto",
     whole_solution: bool = False,
+    answer_judge: Any | None = None,
 ) -> dict[str, Any]:
     """Sample, grade and score `n_max` solutions of one question; the JSONL record of that question.
 
-    With `whole_solution`, every scorer also reads each solution as one step (the paper's best-of-N scoring).
+    With `whole_solution`, every scorer also reads each solution as one step (the paper's best-of-N scoring). With
+    an `answer_judge` (`trl_vlprm.eval.answer_judge.AnswerJudge`), a solution whose answer the rules cannot read is
+    given to the judge, and the answer it reads is graded by the rules; each sample records `graded_by`.
     """
     qid = str(question.get("id", "?"))
     if question.get("answer") is None:
@@ -216,9 +219,22 @@ def sample_question(
             ]
             if any(w.steps and not w.step_input_lengths for w in wholes):
                 raise ValueError(f"{PAPER_STRATEGY}: scorer {name!r} reports no PRM input lengths (use a PRM scorer)")
+    read: dict[str, str | None] = {}
+
+    def judge_reads(solution: str) -> str | None:  # memoised: grading and voting ask about the same solution
+        if solution not in read:
+            question_text = str(question.get("prompt", "")).replace("<image>", "").strip()
+            read[solution] = answer_judge.extract(question_text, solution, options)
+        return read[solution]
+
     samples = []
     for index, candidate in enumerate(candidates):
         stated = candidate.answer if candidate.answer is not None else "\n".join(candidate.steps)
+        extractor = judge_reads if answer_judge is not None else None
+        correct, graded_by = grade_with_fallback(stated, gold, options, kind, extractor=extractor)
+        vote = extract_answer(stated, options, kind)
+        if vote is None and graded_by == "fallback":
+            vote = extract_answer(read[stated], options, kind)
         samples.append(
             {
                 "steps": candidate.steps,
@@ -226,8 +242,9 @@ def sample_question(
                 "gold_correct": candidate.gold_correct,
                 "answer": candidate.answer,
                 # Votes count canonical answers, so "(B)", "B. 12" and "12" are one vote.
-                "vote_answer": extract_answer(stated, options, kind),
-                "correct": grade(stated, gold, options, kind),
+                "vote_answer": vote,
+                "correct": correct,
+                "graded_by": graded_by,
                 "step_scores": {name: scores[name][index] for name in scores},
                 **({"step_input_lengths": {n: lengths[n][index] for n in lengths if lengths[n][index]}}),
                 **({"whole_score": {n: whole_scores[n][index] for n in whole_scores}} if whole_solution else {}),
@@ -267,6 +284,7 @@ def sample_benchmark(
     answer_kind: str = "auto",
     description: str = "sampling",
     whole_solution: bool = False,
+    answer_judge: Any | None = None,
 ) -> list[dict[str, Any]]:
     """Sample every question not yet in `path` (appending one line each); return the records of `questions`."""
     path = Path(path)
@@ -274,6 +292,8 @@ def sample_benchmark(
     meta = {"n_max": n_max, "scorers": sorted(scorers)}
     if whole_solution:  # absent when off, so runs sampled before this option existed still resume
         meta["whole_solution"] = True
+    if answer_judge is not None:
+        meta["answer_judge"] = answer_judge.config.model
     _check_meta(path, meta)
     done = {record["id"]: record for record in read_results(path)}
     with path.open("a") as handle:
@@ -281,7 +301,7 @@ def sample_benchmark(
             qid = str(question.get("id", "?"))
             if qid in done:
                 continue
-            record = sample_question(question, policy, scorers, n_max, answer_kind, whole_solution)
+            record = sample_question(question, policy, scorers, n_max, answer_kind, whole_solution, answer_judge)
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -299,6 +319,7 @@ def run_sweep(
     num_subsamples: int = 4,
     seed: int = 0,
     answer_kind: str = "auto",
+    answer_judge: Any | None = None,
 ) -> list[dict[str, Any]]:
     """Sample each (benchmark, policy) once at max(n_values), derive all strategies and N; return the result rows.
 
@@ -318,7 +339,7 @@ def run_sweep(
                     policy = policy()
             records = sample_benchmark(
                 questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}",
-                needs_whole_solution(strategies),
+                needs_whole_solution(strategies), answer_judge,
             )  # fmt: skip
             for row in derive_accuracies(records, strategies, list(scorers), n_values, num_subsamples, seed):
                 rows.append({"benchmark": benchmark, "policy": policy_name, **row})
