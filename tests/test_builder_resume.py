@@ -76,6 +76,16 @@ def test_truncated_shard_is_named_on_load_and_labelled_again(tmp_path):
         load_labelled(tmp_path)
 
 
+def test_a_folder_of_an_older_version_loads_but_is_not_resumed_into(tmp_path):
+    build(toy_questions(4), tmp_path)
+    for sidecar in tmp_path.glob("shard-*.json"):  # the sidecar of older versions: the stats alone
+        sidecar.write_text(json.dumps(json.loads(sidecar.read_text())["stats"]))
+    assert sorted(load_labelled(tmp_path)["id"]) == sorted(expected_ids(4))
+    with pytest.raises(ShardError, match="older trl_vlprm"):
+        build(toy_questions(4), tmp_path)
+    assert not list(tmp_path.glob("*.rejected"))
+
+
 def test_empty_shards_load_and_count_as_done(tmp_path):
     # a judge that contradicts every (exact) MC label: consensus drops every step, so no question yields a record
     contrary = dict(rule="consensus", judge="testbed", judge_flip_rate_perception=1.0, judge_flip_rate_reasoning=1.0)
@@ -95,16 +105,24 @@ def judge_config(output_dir, **overrides):
     return toy_config(output_dir, **{**settings, **overrides})
 
 
-@pytest.mark.parametrize("mode, status", [("401", "http 401"), ("429", "http 429")])
-def test_failing_judge_writes_nothing_and_a_fixed_judge_labels_everything(tmp_path, mode, status):
+@pytest.mark.parametrize(
+    "mode, status, reply",
+    [
+        ("401", "http 401", "Incorrect API key provided"),
+        ("429", "http 429", "Rate limit reached"),
+        ("malformed", "parse", "not JSON"),  # replies that never parse
+    ],
+)
+def test_failing_judge_writes_nothing_and_a_fixed_judge_labels_everything(tmp_path, mode, status, reply):
     config = judge_config(tmp_path, judge_max_retries=1)
     with JudgeServer({}, failures={"*": mode}, retry_after=0.01) as server:
         with pytest.raises(JudgeFailureError, match=f"failed on 4 of 4 solutions.*{status}") as error:
             build_dataset(toy_questions(4), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader)
-        reply = "Incorrect API key provided" if mode == "401" else "Rate limit reached"
         assert reply in str(error.value)
         assert not list(tmp_path.glob("shard-*.parquet"))  # nothing marked done
-        server.failures = {}  # the judge is fixed (same address)
+    # the judge is fixed and comes back at another address, reached with other transport settings
+    config = judge_config(tmp_path, judge_max_retries=3, judge_timeout=5.0, judge_base_url="http://127.0.0.1:1/v1")
+    with JudgeServer({}) as server:
         stats = build_dataset(toy_questions(4), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader)
     assert stats.judge["failed_solutions"] == 0 and stats.records == 4 * NUM_ROLLOUTS
     assert sorted(load_labelled(tmp_path)["id"]) == sorted(expected_ids(4))

@@ -250,3 +250,27 @@ def test_best_of_n_paper_reads_whole_solution_scores(tmp_path, puzzles):
         strategy_correct("best_of_n:paper", RECORDS[0]["samples"], "prm")
     with pytest.raises(ValueError, match="'weighted_vote:paper'"):
         check_strategy("weighted_vote:paper")
+
+
+class ShiftedLengthOracle(LengthReportingOracle):
+    """Another scorer under the same name: its input lengths are 1,000 tokens longer."""
+
+    def score_with_input_lengths(self, question, candidates):
+        scores, lengths = super().score_with_input_lengths(question, candidates)
+        return scores, [[n + 1000 for n in row] for row in lengths]
+
+
+def test_a_rescored_sample_gets_new_whole_solution_scores(tmp_path, puzzles):
+    questions = list(puzzles.select(range(4)))
+    path = tmp_path / "s.jsonl"
+    policy = ScriptedPolicy(perception_error_rate=0.4, reasoning_error_rate=0.3, seed=0)
+    first = sample_benchmark(questions, policy, {"prm": LengthReportingOracle()}, 3, path, whole_solution=True)
+    second = sample_benchmark(
+        questions, policy, {"prm": ShiftedLengthOracle()}, 3, path, scorer_pins={"prm": "shifted"}, whole_solution=True
+    )
+    for old, new in zip(first, second):
+        for a, b in zip(old["samples"], new["samples"]):
+            assert b["whole_score"]["prm"]["input_length"] == a["whole_score"]["prm"]["input_length"] + 1000
+            assert b["step_input_lengths"]["prm"] == [n + 1000 for n in a["step_input_lengths"]["prm"]]
+    with pytest.raises(Exception, match="whole_solution"):  # the file was sampled with whole-solution scores
+        sample_benchmark(questions, policy, {"prm": LengthReportingOracle()}, 3, path)

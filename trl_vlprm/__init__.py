@@ -13,10 +13,12 @@ _LAZY = {
     "VLPRMConfig": "trl_vlprm.trainer.config",
     "VLPRMTrainer": "trl_vlprm.trainer.vlprm_trainer",
     "PRMScorer": "trl_vlprm.guidance.scorer",
+    "VLPRMReward": "trl_vlprm.guidance.rewards",
     "load_prm": "trl_vlprm.modeling.heads",
 }
 
 if TYPE_CHECKING:
+    from trl_vlprm.guidance.rewards import VLPRMReward
     from trl_vlprm.guidance.scorer import PRMScorer
     from trl_vlprm.modeling.heads import load_prm
     from trl_vlprm.trainer.config import VLPRMConfig
@@ -29,4 +31,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'trl_vlprm' has no attribute {name!r}")
 
 
-__all__ = ["VLPRMConfig", "VLPRMTrainer", "PRMScorer", "load_prm", "__version__"]
+__all__ = ["VLPRMConfig", "VLPRMTrainer", "PRMScorer", "VLPRMReward", "load_prm", "__version__"]

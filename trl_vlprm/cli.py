@@ -19,16 +19,9 @@ def write_dataset(dataset, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            dataset.to_parquet(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes the file private; a dataset is meant to be shared
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return out
+        from trl_vlprm.utils.resume import atomic_write
+
+        return atomic_write(out, dataset.to_parquet)
     tmp_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     old = None
     try:

@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trl_vlprm.utils.resume import atomic_write_text
+
 ROW_KEY = ("benchmark", "policy", "scorer", "strategy")
-
-
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(temp, path)
 
 
 def _pivot(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], dict[tuple, dict[int, float]]]:
@@ -76,8 +68,8 @@ def write_tables(
     """
     output_dir = Path(output_dir)
     csv_path, md_path = output_dir / f"{stem}.csv", output_dir / f"{stem}.md"
-    _write_atomic(csv_path, rows_to_csv(rows))
-    _write_atomic(md_path, rows_to_markdown(rows) if wide else rows_to_long_markdown(rows))
+    atomic_write_text(csv_path, rows_to_csv(rows))
+    atomic_write_text(md_path, rows_to_markdown(rows) if wide else rows_to_long_markdown(rows))
     return [csv_path, md_path]
 
 
@@ -128,5 +120,5 @@ def plot_accuracy_vs_n(rows: Sequence[Mapping[str, Any]], path: str | Path, titl
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
     path = Path(path)
-    _write_atomic(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
     return path

@@ -1,18 +1,24 @@
 """The `recipes/eval_tts.py` entry point: its config, the policy/scorer/benchmark specs it reads, and `run`.
 
 A spec is "kind:positional,key=value,..." (numbers converted), optionally labelled "label@kind:...": e.g.
-"qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120".
+"qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120". Labels name rows and sample
+files, so two benchmarks, policies or scorers with one label are refused. What a label stands for is pinned
+(`spec_pin`: the spec, the seed, the defaults it received, and the fingerprint of every model folder it names), so a
+rerun never reuses samples or scores made by something else under the same label.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.tts_sweep import check_strategy, run_sweep
 from trl_vlprm.guidance.policy import Policy, StepScorer
+from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, path_fingerprint
 
 
 def split_label(spec: str) -> tuple[str, str]:
@@ -147,25 +153,62 @@ class EvalTTSConfig:
         seed: seed of the policies, scorers and subsampling.
     """
 
-    benchmarks: list[str] = field(default_factory=lambda: ["testbed:0,limit=60"])
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["testbed:0,limit=60"],
+        metadata={
+            "help": "Benchmark specs 'name' or '[label@]name:source,split=...,limit=...'; labels must be unique."
+        },
+    )
     policies: list[str] = field(
-        default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"]
+        default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"],
+        metadata={"help": "Policy specs, optionally 'label@spec': scripted, vllm:<folder>,... or hf:<folder>,..."},
     )
-    scorers: list[str] = field(default_factory=lambda: ["oracle", "random"])
+    scorers: list[str] = field(
+        default_factory=lambda: ["oracle", "random"],
+        metadata={"help": "Step-scorer specs, optionally 'label@spec': prm:<folder>, oracle, random:seed=1, ..."},
+    )
     strategies: list[str] = field(
-        default_factory=lambda: ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
+        default_factory=lambda: [
+            "first",
+            "majority",
+            "best_of_n:min",
+            "best_of_n:last",
+            "weighted_vote:min",
+            "pass@n",
+        ],
+        metadata={"help": "Outcome-level strategies derived from the samples, e.g. majority, best_of_n:min, pass@n."},
     )
-    process_benches: list[str] = field(default_factory=list)
-    n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    num_subsamples: int = 4
-    step_separator: str = "\n\n"
-    system_prompt: str | None = None
-    answer_kind: str = "auto"
-    answer_judge_base_url: str | None = None
-    answer_judge_model: str = "gpt-4.1"
-    answer_judge_api_key_env: str = "OPENAI_API_KEY"
-    output_dir: str = "outputs/eval_tts"
-    seed: int = 0
+    process_benches: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Process-error benchmarks every scorer is also judged on (step F1); empty for none."},
+    )
+    n_values: list[int] = field(
+        default_factory=lambda: [1, 2, 4, 8, 16],
+        metadata={"help": "The N to report; max(n_values) solutions are sampled per question."},
+    )
+    num_subsamples: int = field(default=4, metadata={"help": "Random subsets of size N drawn per N."})
+    step_separator: str = field(default="\n\n", metadata={"help": "Text that ends a step, for model policies."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt of model policies, if any."})
+    answer_kind: str = field(
+        default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
+    )
+    answer_judge_base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-compatible endpoint whose model reads the final answer of solutions the rule-based "
+            "grader cannot read (the paper's LLM-judge fallback); None grades with the rules only."
+        },
+    )
+    answer_judge_model: str = field(
+        default="gpt-4.1", metadata={"help": "Model name sent to the answer judge (the paper used gpt-4.1)."}
+    )
+    answer_judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the answer judge's bearer token."}
+    )
+    output_dir: str = field(
+        default="outputs/eval_tts", metadata={"help": "Where samples, tables and plots go; rerunning resumes."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the policies, scorers and subsampling."})
 
     def __post_init__(self):
         for strategy in self.strategies:
@@ -176,8 +219,36 @@ class EvalTTSConfig:
             raise ValueError(f"EvalTTSConfig.num_subsamples={self.num_subsamples}; must be >= 1")
 
 
+def spec_pin(spec: str, seed: int, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a spec builds, for resume checks: the spec, the seed, the defaults a model-backed kind receives, and the
+    `path_fingerprint` of every positional argument that is a file or folder (a model retrained in place differs)."""
+    kind, args, _ = parse_spec(spec)
+    return {
+        "spec": spec,
+        "seed": seed,
+        "defaults": dict(defaults or {}) if kind in MODEL_KINDS else {},
+        "files": {arg: path_fingerprint(arg) for arg in args if Path(arg).exists()},
+    }
+
+
+def labelled_specs(specs: list[str], what: str, name_of: Callable[[str], str] = lambda spec: spec) -> dict[str, str]:
+    """{label: spec} of "label@spec" entries (an unlabelled spec's label is `name_of(spec)`); one label per spec."""
+    labelled: dict[str, str] = {}
+    for entry in specs:
+        label, spec = split_label(entry)
+        if "@" not in entry.partition(":")[0]:
+            label = name_of(spec)
+        if label in labelled:
+            raise ValueError(
+                f"{what} specs {labelled[label]!r} and {spec!r} share the label {label!r}, so their rows and sample "
+                f"files would be one; label them, e.g. '{label}-a@{labelled[label]}'"
+            )
+        labelled[label] = spec
+    return labelled
+
+
 def load_benchmark_spec(spec: str):
-    """(label, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..][,prompt=paper]"."""
+    """(name, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..][,prompt=paper]"."""
     from trl_vlprm.eval.benchmarks import load_benchmark
 
     name, args, kwargs = parse_spec(spec)
@@ -194,16 +265,24 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     from trl_vlprm.eval.process_bench import load_process_bench_spec, score_process_bench
     from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
 
-    benchmarks = dict(load_benchmark_spec(spec) for spec in config.benchmarks)
+    benchmark_specs = labelled_specs(config.benchmarks, "benchmark", lambda spec: parse_spec(spec)[0])
+    benchmarks = {label: load_benchmark_spec(spec)[1] for label, spec in benchmark_specs.items()}
     policy_defaults = {"step_separator": config.step_separator, "system_prompt": config.system_prompt}
+    policy_specs = labelled_specs(config.policies, "policy")
     policies = {
         label: (lambda spec=spec: build_from_spec(spec, POLICY_BUILDERS, config.seed, "policy", policy_defaults))
-        for label, spec in map(split_label, config.policies)
+        for label, spec in policy_specs.items()
     }
     scorer_defaults = {}  # a PRM scores with the separator it was trained on (a spec may override it)
+    scorer_specs = labelled_specs(config.scorers, "scorer")
     scorers = {
         label: build_from_spec(spec, SCORER_BUILDERS, config.seed, "scorer", scorer_defaults)
-        for label, spec in map(split_label, config.scorers)
+        for label, spec in scorer_specs.items()
+    }
+    pins = {
+        "benchmarks": {label: {"spec": spec} for label, spec in benchmark_specs.items()},
+        "policies": {label: spec_pin(spec, config.seed, policy_defaults) for label, spec in policy_specs.items()},
+        "scorers": {label: spec_pin(spec, config.seed, scorer_defaults) for label, spec in scorer_specs.items()},
     }
     answer_judge = None
     if config.answer_judge_base_url:
@@ -215,7 +294,7 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         )
     rows = run_sweep(
         benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
-        config.num_subsamples, config.seed, config.answer_kind, answer_judge,
+        config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge,
     )  # fmt: skip
     write_tables(rows, config.output_dir)
     plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
@@ -237,4 +316,10 @@ def main(argv: list[str] | None = None) -> None:
     from trl_vlprm.eval.report import rows_to_markdown
 
     (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(args=argv)
-    print(rows_to_markdown(run(config)))
+    try:
+        rows = run(config)
+    except (SettingsMismatchError, OutputLockedError, RecordError) as err:
+        # a one-line reason and exit code 1; the samples already written stay for a rerun with the old settings
+        print(f"eval_tts: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
+    print(rows_to_markdown(rows))

@@ -18,10 +18,16 @@ Strategies (names in `SweepConfig.strategies`):
 
 `<agg>` is an aggregation of `guidance.aggregation` (last, min, mean, prod). `best_of_n:paper` needs one more PRM
 read per solution (the solution as a single step, as the paper scores it), done in the sampling pass only when the
-strategy is asked for; its P(+) and input length are stored per sample under `whole_score`.
+strategy is asked for; its P(+) and input length are stored per sample under `whole_score`. With an answer judge
+(`trl_vlprm.eval.answer_judge`), solutions the rules cannot read are graded from the answer the judge reads; each
+sample records `graded_by`.
 
 Samples go to `<output_dir>/samples/<benchmark>__<policy>.jsonl`, one line per question, appended as they finish:
-a rerun skips the questions already there. A sidecar `.meta.json` refuses a rerun whose n_max or scorers differ.
+a rerun skips the questions already there. What produced them is pinned (`trl_vlprm.utils.resume`): a sidecar
+`.meta.json` holds n_max, the answer kind and the pins of the policy and the benchmark (their specs, seeds and model
+folder fingerprints), and a rerun with others is refused; each line holds a content digest of its question (a
+changed question is refused) and the pin digest of every scorer that scored it: a line scored by another scorer
+under the same name (another spec, or a PRM retrained into the same folder) is scored again, never reused.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import majority_vote, score_candidates, select_best_of_n, weighted_vote
 from trl_vlprm.guidance.strategies.base import whole_solutions
 from trl_vlprm.guidance.tts import read_results
+from trl_vlprm.utils.resume import atomic_write_text, output_lock, pin_settings, question_digest, stable_digest
 
 NO_SCORER = "-"
 PAPER_STRATEGY = "best_of_n:paper"
@@ -110,15 +117,16 @@ def strategy_correct(strategy: str, samples: Sequence[Mapping[str, Any]], scorer
 
 
 def _whole_candidate(sample: Mapping[str, Any], scorer: str) -> Candidate:
-    whole = (sample.get("whole_score") or {}).get(scorer)
-    if whole is None:
+    if scorer not in (sample.get("whole_score") or {}):
         raise ValueError(
             f"a sample has no whole-solution score under scorer {scorer!r}: it was sampled without "
             f"{PAPER_STRATEGY!r} among the strategies; sample again into another output_dir"
         )
-    steps = ["\n\n".join(sample["steps"])] if sample["steps"] else []
-    scores, lengths = ([whole["p"]], [whole["input_length"]]) if steps else ([], [])
-    return Candidate(steps, True, sample["vote_answer"], step_scores=scores, step_input_lengths=lengths)
+    whole = sample["whole_score"][scorer]
+    if whole is None:  # an empty solution: nothing was scored, it ranks last
+        return Candidate([], True, sample["vote_answer"])
+    return Candidate(["<whole solution>"], True, sample["vote_answer"], step_scores=[whole["p"]],
+                     step_input_lengths=[whole["input_length"]])  # fmt: skip
 
 
 def subsample_indices(n_max: int, n: int, num_subsamples: int, seed: int) -> list[list[int]]:
@@ -203,22 +211,6 @@ def sample_question(
     if len(continuations) != n_max:
         raise RuntimeError(f"question {qid}: policy returned {len(continuations)} solutions, asked for {n_max}")
     candidates = [Candidate(steps=[], gold_correct=[]).extend(c) for c in continuations]
-    scores: dict[str, list[list[float]]] = {}
-    lengths: dict[str, list[list[int]]] = {}
-    whole_scores: dict[str, list[dict[str, float] | None]] = {}
-    wholes = whole_solutions(candidates, policy.step_separator) if whole_solution else []
-    for name, scorer in scorers.items():
-        score_candidates(scorer, question, candidates)
-        scores[name] = [list(c.step_scores) for c in candidates]
-        lengths[name] = [list(c.step_input_lengths) for c in candidates]
-        if whole_solution:
-            score_candidates(scorer, question, wholes)
-            whole_scores[name] = [
-                {"p": w.step_scores[0], "input_length": w.step_input_lengths[0]} if w.step_input_lengths else None
-                for w in wholes
-            ]
-            if any(w.steps and not w.step_input_lengths for w in wholes):
-                raise ValueError(f"{PAPER_STRATEGY}: scorer {name!r} reports no PRM input lengths (use a PRM scorer)")
     read: dict[str, str | None] = {}
 
     def judge_reads(solution: str) -> str | None:  # memoised: grading and voting ask about the same solution
@@ -228,10 +220,11 @@ def sample_question(
         return read[solution]
 
     samples = []
-    for index, candidate in enumerate(candidates):
+    for candidate in candidates:
         stated = candidate.answer if candidate.answer is not None else "\n".join(candidate.steps)
         extractor = judge_reads if answer_judge is not None else None
         correct, graded_by = grade_with_fallback(stated, gold, options, kind, extractor=extractor)
+        # Votes count canonical answers, so "(B)", "B. 12" and "12" are one vote.
         vote = extract_answer(stated, options, kind)
         if vote is None and graded_by == "fallback":
             vote = extract_answer(read[stated], options, kind)
@@ -241,16 +234,43 @@ def sample_question(
                 "step_types": candidate.step_types,
                 "gold_correct": candidate.gold_correct,
                 "answer": candidate.answer,
-                # Votes count canonical answers, so "(B)", "B. 12" and "12" are one vote.
                 "vote_answer": vote,
                 "correct": correct,
                 "graded_by": graded_by,
-                "step_scores": {name: scores[name][index] for name in scores},
-                **({"step_input_lengths": {n: lengths[n][index] for n in lengths if lengths[n][index]}}),
-                **({"whole_score": {n: whole_scores[n][index] for n in whole_scores}} if whole_solution else {}),
+                "step_scores": {},
             }
         )
-    return {"id": qid, "answer": gold, "category": question.get("category"), "samples": samples}
+    record = {"id": qid, "answer": gold, "category": question.get("category"), "samples": samples}
+    if whole_solution:  # the separator the whole solutions are joined with, so a rescoring reads the same text
+        record["whole_separator"] = policy.step_separator
+    _score_samples(record, question, scorers, list(scorers), candidates)
+    return record
+
+
+def _score_samples(record: dict[str, Any], question: Question, scorers, names, candidates=None) -> None:
+    """Fill the samples' step scores (and input lengths, and whole-solution scores when the record asks for them)
+    under the scorers `names`, in place."""
+    samples = record["samples"]
+    if candidates is None:
+        candidates = [
+            Candidate(s["steps"], True, s["answer"], list(s["step_types"]), s.get("gold_correct")) for s in samples
+        ]
+    separator = record.get("whole_separator")
+    wholes = whole_solutions(candidates, separator) if separator is not None else []
+    for name in names:
+        score_candidates(scorers[name], question, candidates)
+        for sample, candidate in zip(samples, candidates):
+            sample["step_scores"][name] = list(candidate.step_scores)
+            if candidate.step_input_lengths:
+                sample.setdefault("step_input_lengths", {})[name] = list(candidate.step_input_lengths)
+        if separator is None:
+            continue
+        score_candidates(scorers[name], question, wholes)
+        if any(w.steps and not w.step_input_lengths for w in wholes):
+            raise ValueError(f"{PAPER_STRATEGY}: scorer {name!r} reports no PRM input lengths (use a PRM scorer)")
+        for sample, whole in zip(samples, wholes):
+            score = {"p": whole.step_scores[0], "input_length": whole.step_input_lengths[0]} if whole.steps else None
+            sample.setdefault("whole_score", {})[name] = score
 
 
 def _safe_name(text: str) -> str:
@@ -261,18 +281,9 @@ def samples_path(output_dir: str | Path, benchmark: str, policy: str) -> Path:
     return Path(output_dir) / "samples" / f"{_safe_name(benchmark)}__{_safe_name(policy)}.jsonl"
 
 
-def _check_meta(path: Path, meta: Mapping[str, Any]) -> None:
-    meta_path = path.with_suffix(".meta.json")
-    if meta_path.exists():
-        previous = json.loads(meta_path.read_text())
-        if previous != dict(meta):
-            raise ValueError(
-                f"{path} was sampled with {previous}, this run asks for {dict(meta)}; use another output_dir"
-            )
-        return
-    temp = meta_path.with_suffix(".tmp")
-    temp.write_text(json.dumps(meta, sort_keys=True))
-    os.replace(temp, meta_path)
+def _rescore(record: dict[str, Any], question: Question, scorers: Mapping[str, StepScorer], names) -> None:
+    """Score a sampled record again with the scorers `names` (in place)."""
+    _score_samples(record, question, scorers, names)
 
 
 def sample_benchmark(
@@ -283,29 +294,59 @@ def sample_benchmark(
     path: str | Path,
     answer_kind: str = "auto",
     description: str = "sampling",
+    pins: Mapping[str, Any] | None = None,
+    scorer_pins: Mapping[str, Any] | None = None,
     whole_solution: bool = False,
     answer_judge: Any | None = None,
 ) -> list[dict[str, Any]]:
-    """Sample every question not yet in `path` (appending one line each); return the records of `questions`."""
+    """Sample every question not yet in `path` (appending one line each); return the records of `questions`.
+
+    `pins` (e.g. the policy's and the benchmark's spec and fingerprints) must match the ones the file was sampled
+    with; `scorer_pins[name]` identifies what scorer `name` is (default: its name), and lines scored under another
+    pin are scored again. Raises a `RecordError` for a question whose content changed since it was sampled.
+    `whole_solution` and `answer_judge`: see `sample_question` (both are pinned when set).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"n_max": n_max, "scorers": sorted(scorers)}
-    if whole_solution:  # absent when off, so runs sampled before this option existed still resume
-        meta["whole_solution"] = True
-    if answer_judge is not None:
-        meta["answer_judge"] = answer_judge.config.model
-    _check_meta(path, meta)
-    done = {record["id"]: record for record in read_results(path)}
-    with path.open("a") as handle:
-        for question in tqdm(questions, desc=description):
-            qid = str(question.get("id", "?"))
-            if qid in done:
-                continue
-            record = sample_question(question, policy, scorers, n_max, answer_kind, whole_solution, answer_judge)
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-            done[qid] = record
+    with output_lock(path):
+        meta = {"n_max": n_max, "answer_kind": answer_kind, **dict(pins or {})}
+        if whole_solution:  # absent when off, so runs sampled before these options existed still resume
+            meta["whole_solution"] = True
+        if answer_judge is not None:
+            meta["answer_judge"] = answer_judge.config.model
+        pin_settings(path.with_suffix(".meta.json"), meta, where=str(path))
+        scorer_digests = {name: stable_digest((scorer_pins or {}).get(name, name)) for name in scorers}
+        by_id = {str(q.get("id", "?")): q for q in questions}
+        done, records, rescored = {}, read_results(path), 0
+        for number, record in enumerate(records, start=1):
+            question = by_id.get(str(record["id"]))
+            if question is not None:
+                if record.get("question_digest") != question_digest(question):
+                    raise RecordError(
+                        record["id"], "question_digest", f"{path}:{number} sampled another version of this question "
+                        "(its content changed since); restore the old inputs or use another output_dir",
+                    )  # fmt: skip
+                pinned = record.get("scorer_pins") or {}
+                stale = [name for name, digest in scorer_digests.items() if pinned.get(name) != digest]
+                if stale:
+                    _rescore(record, question, scorers, stale)
+                    record["scorer_pins"] = {**pinned, **{name: scorer_digests[name] for name in stale}}
+                    rescored += 1
+            done[str(record["id"])] = record
+        if rescored:  # one atomic rewrite: a crash leaves the old lines, which are simply rescored again
+            atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+        with path.open("a") as handle:
+            for question in tqdm(questions, desc=description):
+                qid = str(question.get("id", "?"))
+                if qid in done:
+                    continue
+                record = sample_question(question, policy, scorers, n_max, answer_kind, whole_solution, answer_judge)
+                record["question_digest"] = question_digest(question)
+                record["scorer_pins"] = dict(scorer_digests)
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+                done[qid] = record
     return [done[str(q.get("id", "?"))] for q in questions]
 
 
@@ -319,12 +360,15 @@ def run_sweep(
     num_subsamples: int = 4,
     seed: int = 0,
     answer_kind: str = "auto",
+    pins: Mapping[str, Mapping[str, Any]] | None = None,
     answer_judge: Any | None = None,
 ) -> list[dict[str, Any]]:
     """Sample each (benchmark, policy) once at max(n_values), derive all strategies and N; return the result rows.
 
     `policies` may map to a zero-argument factory, called only when some question still needs sampling (so a
-    finished run reloads no model). Rows: {benchmark, policy, scorer, strategy, n, accuracy, std, num_questions}.
+    finished run reloads no model). `pins` = {"benchmarks": {name: pin}, "policies": {...}, "scorers": {...}}
+    says what produced each sample and score (see `sample_benchmark`); names stand for themselves when absent.
+    Rows: {benchmark, policy, scorer, strategy, n, accuracy, std, num_questions}.
     """
     for strategy in strategies:
         check_strategy(strategy)
@@ -333,13 +377,17 @@ def run_sweep(
     for policy_name, policy in policies.items():
         for benchmark, questions in benchmarks.items():
             path = samples_path(output_dir, benchmark, policy_name)
-            done = {r["id"] for r in read_results(path)}
+            done = {r["id"] for r in read_results(path, repair=False)}  # a peek: the lock is taken to write
             if callable(policy) and not isinstance(policy, Policy):
                 if any(str(q.get("id", "?")) not in done for q in questions):
                     policy = policy()
+            file_pins = {
+                "benchmark": (pins or {}).get("benchmarks", {}).get(benchmark, benchmark),
+                "policy": (pins or {}).get("policies", {}).get(policy_name, policy_name),
+            }
             records = sample_benchmark(
                 questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}",
-                needs_whole_solution(strategies), answer_judge,
+                file_pins, (pins or {}).get("scorers"), needs_whole_solution(strategies), answer_judge,
             )  # fmt: skip
             for row in derive_accuracies(records, strategies, list(scorers), n_values, num_subsamples, seed):
                 rows.append({"benchmark": benchmark, "policy": policy_name, **row})

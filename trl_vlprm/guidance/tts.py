@@ -61,10 +61,11 @@ class TTSSummary:
         return self.num_correct / self.num_questions if self.num_questions else 0.0
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
+def read_results(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
     """The results already in a JSONL file (none if it does not exist).
 
-    A malformed last line is the trace of an interrupted write: it is dropped and the file rewritten atomically. A
+    A malformed last line is the trace of an interrupted write: it is dropped and, with `repair` (only by the holder
+    of the file's `output_lock`: another process may be appending), the file rewritten atomically without it. A
     malformed line anywhere else raises a `ValueError` naming the file and line.
     """
     path = Path(path)
@@ -79,7 +80,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError("not an object with an 'id' field")
         except ValueError as err:
             if number == len(lines):
-                atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
+                if repair:
+                    atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
                 break
             raise ValueError(f"{path}:{number}: malformed result line ({err})") from err
         results.append(record)
@@ -248,28 +250,74 @@ class TTSArguments:
         output_file: JSONL results file (resumable: a rerun skips question ids already in it; locked while written).
     """
 
-    dataset: str = "puzzles"
-    dataset_split: str = "test"
-    num_questions: int | None = None
-    strategy: str = "best_of_n"
-    policy: str = "scripted"
-    policy_model_path: str | None = None
-    scorer: str = "oracle"
-    prm_model_path: str | None = None
-    prm_step_separator: str | None = None
-    prm_batch_size: int = 16
-    step_separator: str = "\n\n"
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int | None = None
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 512
-    max_step_tokens: int = 128
-    system_prompt: str | None = None
-    perception_error_rate: float = 0.3
-    reasoning_error_rate: float = 0.2
-    seed: int = 0
-    output_file: str = field(default="outputs/tts/results.jsonl")
+    dataset: str = field(
+        default="puzzles",
+        metadata={
+            "help": "'puzzles' for freshly generated testbed puzzles, or a datasets folder / .jsonl / .json / "
+            ".parquet file of question records; recipes/tts.py also reads 'benchmark:<spec>', an evaluation "
+            "benchmark spec such as 'benchmark:puzzlevqa:limit=50,prompt=paper'."
+        },
+    )
+    dataset_split: str = field(
+        default="test", metadata={"help": "Split to read when dataset is a DatasetDict folder."}
+    )
+    num_questions: int | None = field(
+        default=None,
+        metadata={
+            "help": "Use only the first questions (all when None, 64 generated for 'puzzles'); must be >= 1 and is "
+            "not pinned, so a rerun with more answers the new ones."
+        },
+    )
+    strategy: str = field(
+        default="best_of_n", metadata={"help": "Search strategy, a name in trl_vlprm.guidance.strategies.STRATEGIES."}
+    )
+    policy: str = field(
+        default="scripted",
+        metadata={"help": "'scripted' (the testbed policy, 'puzzles' only), 'hf' (transformers) or 'vllm'."},
+    )
+    policy_model_path: str | None = field(
+        default=None, metadata={"help": "Local folder of the policy model (policy 'hf' or 'vllm')."}
+    )
+    scorer: str = field(
+        default="oracle",
+        metadata={
+            "help": "'prm' (a trained PRM), 'oracle' (testbed gold step correctness), 'random' (no-information "
+            "control) or 'none' (greedy and majority only)."
+        },
+    )
+    prm_model_path: str | None = field(default=None, metadata={"help": "Local folder of the PRM (scorer 'prm')."})
+    prm_step_separator: str | None = field(
+        default=None,
+        metadata={"help": "Separator the PRM puts after each step; None uses the one it was trained with."},
+    )
+    prm_batch_size: int = field(default=16, metadata={"help": "Candidates per PRM forward pass."})
+    step_separator: str = field(default="\n\n", metadata={"help": "Text ending a step in the policy's output."})
+    temperature: float = field(default=0.7, metadata={"help": "Policy sampling temperature (0 is greedy decoding)."})
+    top_p: float = field(default=1.0, metadata={"help": "Policy nucleus sampling threshold."})
+    top_k: int | None = field(
+        default=None, metadata={"help": "Policy top-k filter; None keeps every token (the paper's protocol uses 20)."}
+    )
+    repetition_penalty: float = field(
+        default=1.0, metadata={"help": "Policy repetition penalty; 1.0 is off (the paper's protocol uses 1.05)."}
+    )
+    max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a full solution."})
+    max_step_tokens: int = field(default=128, metadata={"help": "Token budget of one step."})
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message for the policy."})
+    perception_error_rate: float = field(
+        default=0.3, metadata={"help": "Scripted policy: chance a perception step misreads the image."}
+    )
+    reasoning_error_rate: float = field(
+        default=0.2, metadata={"help": "Scripted policy: chance a reasoning step slips."}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the puzzles, the policy's sampling and the random scorer."}
+    )
+    output_file: str = field(
+        default="outputs/tts/results.jsonl",
+        metadata={
+            "help": "JSONL results file; a rerun skips question ids already in it, and it is locked while written."
+        },
+    )
 
     def __post_init__(self):
         checks = {

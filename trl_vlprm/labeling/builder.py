@@ -18,20 +18,20 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, RULES, UNKNOWN_POLICIES
-from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
+from trl_vlprm.labeling.combine import NEEDS_JUDGE
+from trl_vlprm.labeling.config import LabelConfig
+from trl_vlprm.labeling.judge import JudgeClient
 from trl_vlprm.labeling.judge_server import JudgeServer
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
-from trl_vlprm.labeling.mc import MC_MODES, Grader, MCConfig
+from trl_vlprm.labeling.mc import Grader
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
+    LegacyShardError,
     ShardError,
     ShardInfo,
     load_labelled,
@@ -43,7 +43,6 @@ from trl_vlprm.labeling.shards import (
 from trl_vlprm.utils.resume import (
     OutputLockedError,
     SettingsMismatchError,
-    dataclass_settings,
     output_lock,
     pin_settings,
     question_digest,
@@ -52,137 +51,6 @@ from trl_vlprm.utils.resume import (
 __all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "main", "output_features", "run"]
 
 CONFIG_FILE = "labelling_config.json"
-
-
-@dataclass
-class LabelConfig:
-    """Arguments of `trl-vlprm label` / `recipes/build_dataset.py`.
-
-    Args:
-        dataset: "puzzles" (generated testbed puzzles) or a `datasets` folder / .jsonl / .json / .parquet file of
-            question records (`id`, `prompt`, `images`, `answer`, optional `options`, `category`).
-        dataset_split: split to read from a `DatasetDict` folder.
-        num_questions: label only the first questions (all when None, 64 generated for "puzzles"); must be >= 1.
-            Not pinned: a rerun with more questions labels the new ones.
-        output_dir: folder of the Parquet shards (resumable).
-        shard_size: questions per shard.
-        rule: combination rule, one of `trl_vlprm.labeling.combine.RULES`.
-        disagreement: consensus rule only: "drop" or "weight" the steps where MC and the judge disagree.
-        disagreement_weight: weight of a disagreeing step under `disagreement="weight"`.
-        judge_unknown: a solution with an "unknown" judge verdict: "keep_prefix" (the steps judged before it keep
-            their labels) or "drop" (left out, as the paper does).
-        num_rollouts: solutions sampled per question.
-        mc_mode: "every_step", "every_step_until_zero" (the paper's: stop at the first prefix scoring 0) or
-            "binary_search" (OmegaPRM first-error search).
-        mc_num_completions: K, completions per MC estimate.
-        mc_threshold: a step is good when its MC score is above this.
-        policy: "scripted" (testbed policy; "puzzles" only) or "hf" (transformers model at `policy_model_path`).
-        policy_model_path: local folder of the policy model ("hf").
-        perception_error_rate / reasoning_error_rate: error rates of the scripted policy.
-        temperature: sampling temperature of the "hf" policy.
-        max_new_tokens: token budget of a solution ("hf").
-        step_separator: text ending a step ("hf").
-        judge: "server" (an OpenAI-compatible endpoint at `judge_base_url`), "testbed" (an in-process
-            `JudgeServer` answering from the scripted policy's gold with the noise below) or "none".
-        judge_base_url / judge_model / judge_api_key_env / judge_timeout / judge_max_retries / judge_backoff /
-            judge_max_concurrency: see `trl_vlprm.labeling.judge.JudgeConfig` (validated there).
-        judge_max_failed_share: a shard on whose solutions the judge failed for more than this share (or for all of
-            them) is not written and the run stops naming the errors; 1.0 stops only when every call failed.
-        judge_flip_rate_perception / judge_flip_rate_reasoning: noise of the "testbed" judge.
-        seed: seed of the puzzles, the scripted policy and the testbed judge.
-        show_progress: show a tqdm bar with the running costs.
-    """
-
-    dataset: str = "puzzles"
-    dataset_split: str = "train"
-    num_questions: int | None = None
-    output_dir: str = "outputs/labels"
-    shard_size: int = 64
-    rule: str = "consensus"
-    disagreement: str = "drop"
-    disagreement_weight: float = 0.5
-    judge_unknown: str = "keep_prefix"
-    num_rollouts: int = 4
-    mc_mode: str = "binary_search"
-    mc_num_completions: int = 8
-    mc_threshold: float = 0.0
-    policy: str = "scripted"
-    policy_model_path: str | None = None
-    perception_error_rate: float = 0.15
-    reasoning_error_rate: float = 0.1
-    temperature: float = 0.7
-    max_new_tokens: int = 512
-    step_separator: str = "\n\n"
-    judge: str = "testbed"
-    judge_base_url: str = "http://127.0.0.1:8000/v1"
-    judge_model: str = "judge"
-    judge_api_key_env: str = "JUDGE_API_KEY"
-    judge_timeout: float = 60.0
-    judge_max_retries: int = 3
-    judge_backoff: float = 1.0
-    judge_max_concurrency: int = 8
-    judge_max_failed_share: float = 0.5
-    judge_flip_rate_perception: float = 0.15
-    judge_flip_rate_reasoning: float = 0.1
-    seed: int = 0
-    show_progress: bool = field(default=True)
-
-    def __post_init__(self):
-        checks = {
-            "rule": RULES,
-            "mc_mode": MC_MODES,
-            "policy": ("scripted", "hf"),
-            "judge": ("server", "testbed", "none"),
-            "disagreement": ("drop", "weight"),
-            "judge_unknown": UNKNOWN_POLICIES,
-        }
-        for name, allowed in checks.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"LabelConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
-        if self.rule in NEEDS_JUDGE and self.judge == "none":
-            raise ValueError(f"LabelConfig.rule={self.rule!r} needs a judge but judge='none'")
-        if self.judge == "testbed" and self.policy != "scripted":
-            raise ValueError("LabelConfig.judge='testbed' answers from gold only the scripted policy knows")
-        if self.policy == "hf" and not self.policy_model_path:
-            raise ValueError("LabelConfig.policy_model_path is needed for policy 'hf'")
-        if self.shard_size < 1 or self.num_rollouts < 1:
-            raise ValueError("LabelConfig.shard_size and num_rollouts must be >= 1")
-        if self.num_questions is not None and self.num_questions < 1:
-            raise ValueError(f"LabelConfig.num_questions={self.num_questions}; must be >= 1 (or None for all)")
-        if not 0.0 <= self.judge_max_failed_share <= 1.0:
-            raise ValueError(f"LabelConfig.judge_max_failed_share={self.judge_max_failed_share}; must be in [0, 1]")
-        self.judge_config()  # JudgeConfig validates timeout, retries, backoff and concurrency
-
-    def mc_config(self) -> MCConfig | None:
-        if self.rule not in NEEDS_MC:
-            return None
-        return MCConfig(self.mc_num_completions, self.mc_threshold, self.mc_mode)
-
-    def judge_config(self, base_url: str | None = None) -> JudgeConfig:
-        return JudgeConfig(
-            base_url=base_url or self.judge_base_url,
-            model=self.judge_model,
-            api_key_env=self.judge_api_key_env,
-            timeout=self.judge_timeout,
-            max_retries=self.judge_max_retries,
-            backoff=self.judge_backoff,
-            max_concurrency=self.judge_max_concurrency,
-        )
-
-    def pinned(self) -> dict[str, Any]:
-        """Settings a resumed run must share (everything that changes what a record holds).
-
-        Left out: where and how the work is done (output folder, progress bar) and how the judge is reached (timeout,
-        retries, backoff, concurrency, key variable, failure share), which a user changes to get past a failing
-        judge; and `num_questions`, since which questions are covered is recorded per shard.
-        """
-        return dataclass_settings(self, exclude=_NOT_PINNED)
-
-
-_NOT_PINNED = (
-    "output_dir", "show_progress", "num_questions", "judge_timeout", "judge_max_retries", "judge_backoff",
-    "judge_max_concurrency", "judge_api_key_env", "judge_max_failed_share",
-)  # fmt: skip
 
 
 class JudgeFailureError(RuntimeError):
@@ -214,6 +82,8 @@ def _trusted_shards(output_dir: Path) -> tuple[list[ShardInfo], int]:
         next_index = max(next_index, index + 1)
         try:
             trusted.append(verify_shard(path))
+        except LegacyShardError:
+            raise  # readable work of an older version: refuse rather than move it aside and pay for it again
         except ShardError as err:
             for bad in (path, path.with_suffix(".json")):
                 if bad.exists():

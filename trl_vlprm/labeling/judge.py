@@ -70,16 +70,38 @@ class JudgeConfig:
         max_tokens: answer token budget.
     """
 
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "judge"
-    api_key_env: str = "JUDGE_API_KEY"
-    timeout: float = 60.0
-    max_retries: int = 3
-    backoff: float = 1.0
-    max_concurrency: int = 8
-    temperature: float = 0.0
-    max_tokens: int = 2048
-    max_retry_wait: float = 60.0
+    base_url: str = field(
+        default="http://127.0.0.1:8000/v1",
+        metadata={"help": "Server root, e.g. http://127.0.0.1:8000/v1 (requests go to {base_url}/chat/completions)."},
+    )
+    model: str = field(default="judge", metadata={"help": "Model name sent in the request."})
+    api_key_env: str = field(
+        default="JUDGE_API_KEY",
+        metadata={"help": "Environment variable holding the bearer token ('EMPTY' is sent when it is unset)."},
+    )
+    timeout: float = field(
+        default=60.0, metadata={"help": "Total deadline in seconds of one HTTP request, body included (> 0)."}
+    )
+    max_retries: int = field(
+        default=3,
+        metadata={
+            "help": "Retries after the first attempt, on retryable HTTP errors, network errors, timeouts and "
+            "unparseable answers (>= 0)."
+        },
+    )
+    backoff: float = field(
+        default=1.0,
+        metadata={
+            "help": "Base in seconds of the exponential backoff (attempt a waits backoff * 2**a, with jitter) when "
+            "the server sends no Retry-After."
+        },
+    )
+    max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (>= 1)."})
+    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the judge."})
+    max_tokens: int = field(default=2048, metadata={"help": "Answer token budget of the judge."})
+    max_retry_wait: float = field(
+        default=60.0, metadata={"help": "Longest wait in seconds a Retry-After header may impose."}
+    )
 
     def __post_init__(self):
         checks = {

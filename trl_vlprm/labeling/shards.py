@@ -31,6 +31,10 @@ class ShardError(ValueError):
     """A shard on disk cannot be trusted (unreadable footer, row count unlike its sidecar, missing sidecar)."""
 
 
+class LegacyShardError(ShardError):
+    """A shard written before sidecars recorded question ids: readable, but a resumed run cannot tell its coverage."""
+
+
 @dataclass
 class ShardInfo:
     """What a verified shard covers."""
@@ -110,7 +114,7 @@ def verify_shard(path: Path) -> ShardInfo:
     except ValueError as err:
         raise ShardError(f"{sidecar_path}: unreadable sidecar ({err})") from err
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
-        raise ShardError(
+        raise LegacyShardError(
             f"{sidecar_path}: written by an older trl_vlprm (no question ids); relabel into a new output_dir"
         )
     rows = parquet_rows(path)
@@ -148,7 +152,10 @@ def load_labelled(output_dir: str | Path):
         raise FileNotFoundError(f"no shard-*.parquet in {output_dir}")
     non_empty = []
     for path in files:
-        rows = verify_shard(path).num_rows if path.with_suffix(".json").exists() else parquet_rows(path)
+        try:
+            rows = verify_shard(path).num_rows if path.with_suffix(".json").exists() else parquet_rows(path)
+        except LegacyShardError:  # an older folder still loads; only resuming into it needs the ids
+            rows = parquet_rows(path)
         if rows:
             non_empty.append(path)
     features = output_features()

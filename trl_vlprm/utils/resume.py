@@ -122,9 +122,21 @@ class SettingsMismatchError(ValueError):
     """A resumed run asks for other settings than the ones its output was produced with."""
 
 
+def _flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def check_settings(pinned: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
-    """Raise `SettingsMismatchError` naming every field whose pinned and current values differ (missing included)."""
+    """Raise `SettingsMismatchError` naming every field whose pinned and current values differ (missing included);
+    nested settings are compared field by field ("policy.seed: 0 -> 1")."""
     pinned, current = json.loads(json.dumps(pinned)), json.loads(json.dumps(current))  # tuples == lists
+    pinned, current = _flatten(pinned), _flatten(current)
     changed = {k: (pinned.get(k), current.get(k)) for k in sorted(set(pinned) | set(current))}
     changed = {k: v for k, v in changed.items() if v[0] != v[1]}
     if changed:
@@ -135,8 +147,11 @@ def check_settings(pinned: Mapping[str, Any], current: Mapping[str, Any], where:
         )
 
 
-def pin_settings(path: str | Path, settings: Mapping[str, Any]) -> None:
-    """Write `settings` to `path` (JSON) the first time; afterwards refuse any other settings (`check_settings`)."""
+def pin_settings(path: str | Path, settings: Mapping[str, Any], where: str | None = None) -> None:
+    """Write `settings` to `path` (JSON) the first time; afterwards refuse any other settings (`check_settings`).
+
+    `where` names the pinned output in the error (default: the folder holding `path`).
+    """
     path = Path(path)
     if path.exists():
         try:
@@ -144,7 +159,7 @@ def pin_settings(path: str | Path, settings: Mapping[str, Any]) -> None:
         except ValueError as err:
             raise ValueError(f"{path}: unreadable settings pin ({err}); remove it only if the outputs beside it "
                              "are to be thrown away") from err  # fmt: skip
-        check_settings(previous, settings, str(path.parent))
+        check_settings(previous, settings, where or str(path.parent))
         return
     atomic_write_text(path, json.dumps(dict(settings), indent=1, sort_keys=True))
 

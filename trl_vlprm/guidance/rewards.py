@@ -1,0 +1,365 @@
+"""A trained VL-PRM as a reward for online RL: `VLPRMReward` plugs into TRL's `GRPOTrainer(reward_funcs=...)`.
+
+TRL calls a custom reward with `prompts`, `completions`, `completion_ids`, every other dataset column (`images`,
+`answer`, ...) as a list with one entry per completion, and `trainer_state`, `log_extra`, `log_metric`; it expects
+one float (or None, "not applicable") per completion. The `num_generations` completions of one prompt sit in the
+same call, so `VLPRMReward` groups the rows by prompt and images and scores each group with ONE `StepScorer.score`
+call: a `PRMScorer` then runs the image and the question once per group, not once per completion.
+
+Per completion: split the text into steps (by default at the PRM's own trained separator), score every step, reduce
+the step scores with `trl_vlprm.guidance.aggregation.aggregate` (last/min/mean/prod). Inputs the PRM cannot score
+get a fixed, documented reward and are counted in the logs (`log_metric`), never an exception mid-training:
+
+| case                                                       | reward (default)              | log metric             |
+|------------------------------------------------------------|-------------------------------|------------------------|
+| no step (empty or blank completion)                        | `no_steps_reward` (0.0)       | `<name>/no_steps`      |
+| over `max_steps` steps, or over `max_length` PRM tokens    | `overlong_reward` (0.0)       | `<name>/overlong`      |
+| unreadable image or images not matching the prompt's slots | `invalid_input_reward` (None) | `<name>/invalid_input` |
+
+None is TRL's "not applicable": the completion is left out of that reward's mean and of the group baseline, and gets
+no advantage when no other reward scores it.
+
+`outcome_reward` grades the final answer against the dataset's `answer` column (`trl_vlprm.data.answers.grade`);
+pass both to the trainer and weight them with `GRPOConfig.reward_weights`, each logged under its own name
+(`rewards/<name>/mean`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from trl_vlprm.data.answers import grade
+from trl_vlprm.data.schema import RecordError, load_image
+from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate
+from trl_vlprm.guidance.hf_policy import question_messages
+from trl_vlprm.guidance.policy import Candidate, StepScorer
+from trl_vlprm.guidance.vllm_policy import split_steps
+from trl_vlprm.modeling.processor import get_tokenizer
+from trl_vlprm.trainer.tokenization import encode_prompt, encode_steps
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEPARATOR = "\n"  # when neither the caller nor the scorer names one
+
+
+@dataclass
+class RewardStats:
+    """Running totals over every call of one `VLPRMReward` (the logs show them per call)."""
+
+    calls: int = 0
+    completions: int = 0
+    groups: int = 0
+    scorer_calls: int = 0
+    scored: int = 0
+    no_steps: int = 0
+    overlong: int = 0
+    invalid_input: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def completion_text(completion: str | Sequence[Mapping[str, Any]]) -> str:
+    """The generated text of a TRL completion: a string (standard format) or assistant messages (conversational)."""
+    if isinstance(completion, str):
+        return completion
+    pieces = []
+    for message in completion:
+        content = message.get("content")
+        if isinstance(content, str):
+            pieces.append(content)
+        elif content:  # structured parts: keep the text ones
+            pieces.extend(part.get("text") or "" for part in content if part.get("type") == "text")
+    return "".join(pieces)
+
+
+def _fingerprint(value: Any) -> str:
+    # Rows of one group hold equal but distinct image objects (the dataset decodes each repeat anew): compare pixels.
+    if hasattr(value, "tobytes") and hasattr(value, "size"):
+        digest = hashlib.sha1(value.tobytes()).hexdigest()
+        return f"image:{getattr(value, 'mode', '')}:{value.size}:{digest}"
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes:" + hashlib.sha1(value).hexdigest()
+    return repr(value)
+
+
+def group_key(prompt: Any, images: Any) -> str:
+    """A string equal for two rows exactly when their prompts and images are equal (pixels compared by hash)."""
+    return json.dumps([prompt, images], sort_keys=True, default=_fingerprint)
+
+
+def prompt_images(prompt: Any) -> list[Any]:
+    """Images carried inside chat messages (`{"type": "image", "image": ...}` parts), in order."""
+    if isinstance(prompt, str):
+        return []
+    return [
+        part["image"]
+        for message in prompt
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if part.get("type") == "image" and part.get("image") is not None
+    ]
+
+
+class VLPRMReward:
+    """A process reward model as a GRPO reward: the aggregated step scores of each completion.
+
+    Args:
+        scorer: any `StepScorer` (`PRMScorer`, a vLLM-served scorer, a testbed oracle).
+        aggregation: how step scores become one reward, one of `AGGREGATIONS`: "min" (every step must be right;
+            the default, least open to padding a solution with easy steps), "prod", "mean" or "last".
+        step_separator: text the policy's steps are split at; default: the scorer's `step_separator` (a
+            `PRMScorer` reads the separator the PRM was trained with), else "\\n". Ignored with `split_steps`.
+        split_steps: a custom `text -> list[str]` splitter (e.g. for "Step 1: ..." layouts).
+        max_length: PRM token budget for the question (image tokens included) plus all steps and separators; a
+            completion over it gets `overlong_reward`. Needs a scorer with a `processing_class` (as `PRMScorer`
+            has) to count tokens. None: no limit.
+        max_steps: a completion split into more steps gets `overlong_reward` (a guard against step padding).
+        no_steps_reward: reward of a completion with no step (blank text).
+        overlong_reward: reward of a completion over `max_steps` or `max_length`.
+        invalid_input_reward: reward of every completion of a prompt whose images cannot be read (None: TRL's "not
+            applicable").
+        prompt_column: dataset column holding the question as the PRM was trained to read it (e.g. the record's
+            "<image>Which number ...?"); default: the policy's prompt as TRL passes it.
+        name: the name TRL logs the reward under (`rewards/<name>/mean`); default `vlprm_<aggregation>`.
+    """
+
+    def __init__(
+        self,
+        scorer: StepScorer,
+        aggregation: str = "min",
+        step_separator: str | None = None,
+        split_steps: Callable[[str], list[str]] | None = None,
+        max_length: int | None = None,
+        max_steps: int | None = None,
+        no_steps_reward: float | None = 0.0,
+        overlong_reward: float | None = 0.0,
+        invalid_input_reward: float | None = None,
+        prompt_column: str | None = None,
+        name: str | None = None,
+    ):
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
+        if max_length is not None and getattr(scorer, "processing_class", None) is None:
+            raise ValueError(
+                f"max_length={max_length} needs a scorer with a `processing_class` to count PRM tokens; "
+                f"{type(scorer).__name__} has none (use max_steps to bound completions instead)"
+            )
+        for field_name, value in (("max_length", max_length), ("max_steps", max_steps)):
+            if value is not None and value < 1:
+                raise ValueError(f"{field_name} must be >= 1 or None, got {value}")
+        self.scorer = scorer
+        self.aggregation = aggregation
+        self.step_separator = (
+            step_separator if step_separator is not None else getattr(scorer, "step_separator", DEFAULT_SEPARATOR)
+        )
+        self._split = split_steps
+        self.max_length = max_length
+        self.max_steps = max_steps
+        self.no_steps_reward = no_steps_reward
+        self.overlong_reward = overlong_reward
+        self.invalid_input_reward = invalid_input_reward
+        self.prompt_column = prompt_column
+        self.__name__ = name or f"vlprm_{aggregation}"
+        self.stats = RewardStats()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        aggregation: str = "min",
+        batch_size: int = 16,
+        head: str | None = None,
+        dtype: Any = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> VLPRMReward:
+        """A reward around `PRMScorer.from_pretrained(path)` (its trained separator and head); `kwargs` go to
+        `VLPRMReward`."""
+        from trl_vlprm.guidance.scorer import PRMScorer  # torch-heavy: only when a PRM folder is loaded
+
+        scorer = PRMScorer.from_pretrained(
+            path, head=head, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels, batch_size=batch_size
+        )
+        if device is not None:
+            scorer.model.to(device)
+        return cls(scorer, aggregation=aggregation, **kwargs)
+
+    def split_steps(self, text: str) -> list[str]:
+        """The steps of a completion (non-blank, stripped)."""
+        if self._split is None:
+            return split_steps(text, self.step_separator)
+        return [step.strip() for step in self._split(text) if step.strip()]
+
+    # ---- one group (the completions of one prompt) ---------------------------------------------------------
+
+    def _prompt_tokens(self, question: Mapping[str, Any], row: Any) -> int | None:
+        """Tokens of the question in the PRM's layout (None without a processing class); raises RecordError for
+        unreadable images or images that do not match the prompt's slots."""
+        processing_class = getattr(self.scorer, "processing_class", None)
+        if processing_class is None:
+            for i, image in enumerate(question["images"]):
+                load_image(image, row, f"images[{i}]")
+            return None
+        return len(encode_prompt(processing_class, question["prompt"], question["images"], row).input_ids)
+
+    def _too_long(self, prompt_tokens: int | None, steps: Sequence[str]) -> bool:
+        if self.max_steps is not None and len(steps) > self.max_steps:
+            return True
+        if self.max_length is None or prompt_tokens is None:
+            return False
+        tokenizer = get_tokenizer(self.scorer.processing_class)
+        # The PRM's own separator ends each step it reads (it may differ from the one the policy's text is split at).
+        separator = getattr(self.scorer, "step_separator", self.step_separator)
+        step_tokens = sum(len(ids) for ids in encode_steps(tokenizer, steps, separator))
+        return prompt_tokens + step_tokens > self.max_length
+
+    def score_group(
+        self, question: Mapping[str, Any], texts: Sequence[str], counts: dict[str, int]
+    ) -> tuple[list[float | None], list[list[float] | None]]:
+        """Rewards and step scores of the completions of one question, in one scorer call."""
+        row = question.get("id", "?")
+        try:
+            prompt_tokens = self._prompt_tokens(question, row)
+        except RecordError as err:
+            reward = self.invalid_input_reward
+            logger.warning("%s: %s; its %d completion(s) get reward %r", self.__name__, err, len(texts), reward)
+            counts["invalid_input"] += len(texts)
+            return [self.invalid_input_reward] * len(texts), [None] * len(texts)
+
+        rewards: list[float | None] = [None] * len(texts)
+        step_scores: list[list[float] | None] = [None] * len(texts)
+        to_score: list[int] = []
+        candidates: list[Candidate] = []
+        for i, text in enumerate(texts):
+            steps = self.split_steps(text)
+            if not steps:
+                counts["no_steps"] += 1
+                rewards[i] = self.no_steps_reward
+            elif self._too_long(prompt_tokens, steps):
+                counts["overlong"] += 1
+                rewards[i] = self.overlong_reward
+            else:
+                to_score.append(i)
+                candidates.append(Candidate(steps=steps))
+        if candidates:
+            scores = self.scorer.score(question, candidates)
+            counts["scorer_calls"] += 1
+            if len(scores) != len(candidates):
+                raise ValueError(
+                    f"{type(self.scorer).__name__} returned {len(scores)} score lists for {len(candidates)} candidates"
+                )
+            for i, candidate, candidate_scores in zip(to_score, candidates, scores):
+                if len(candidate_scores) != len(candidate.steps):
+                    raise ValueError(
+                        f"{type(self.scorer).__name__} returned {len(candidate_scores)} scores for a candidate of "
+                        f"{len(candidate.steps)} steps (question {row})"
+                    )
+                step_scores[i] = [float(s) for s in candidate_scores]
+                rewards[i] = aggregate(candidate_scores, self.aggregation)
+            counts["scored"] += len(candidates)
+        return rewards, step_scores
+
+    # ---- TRL's reward-function call ------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        images: Sequence[Any] | None = None,
+        log_metric: Callable[[str, float], None] | None = None,
+        log_extra: Callable[[str, list], None] | None = None,
+        **kwargs: Any,
+    ) -> list[float | None]:
+        """One reward per completion (see the class docstring); `images` and other columns come from the dataset."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        if self.prompt_column is not None and self.prompt_column not in kwargs:
+            raise ValueError(
+                f"{self.__name__}: prompt_column {self.prompt_column!r} is not a dataset column; columns passed: "
+                f"{sorted(k for k in kwargs if k not in ('trainer_state', 'log_extra', 'log_metric'))}"
+            )
+        questions = []
+        for i, prompt in enumerate(prompts):
+            row_images = images[i] if images is not None else None
+            if row_images is None and kwargs.get("image") is not None:  # TRL's single-image column
+                row_images = [kwargs["image"][i]] if kwargs["image"][i] is not None else []
+            if row_images is None:
+                row_images = prompt_images(prompt)
+            prm_prompt = kwargs[self.prompt_column][i] if self.prompt_column else prompt
+            row_id = kwargs["id"][i] if "id" in kwargs else i
+            questions.append({"id": row_id, "prompt": prm_prompt, "images": list(row_images or [])})
+
+        groups: dict[str, list[int]] = {}
+        for i, question in enumerate(questions):
+            groups.setdefault(group_key(question["prompt"], question["images"]), []).append(i)
+
+        counts = dict.fromkeys(("scorer_calls", "scored", "no_steps", "overlong", "invalid_input"), 0)
+        rewards: list[float | None] = [None] * len(completions)
+        step_scores: list[list[float] | None] = [None] * len(completions)
+        for indices in groups.values():
+            texts = [completion_text(completions[i]) for i in indices]
+            group_rewards, group_scores = self.score_group(questions[indices[0]], texts, counts)
+            for i, reward, scores in zip(indices, group_rewards, group_scores):
+                rewards[i], step_scores[i] = reward, scores
+
+        self.stats.calls += 1
+        self.stats.completions += len(completions)
+        self.stats.groups += len(groups)
+        for key, value in counts.items():
+            setattr(self.stats, key, getattr(self.stats, key) + value)
+        if log_metric is not None:
+            for key in ("no_steps", "overlong", "invalid_input"):
+                log_metric(f"{self.__name__}/{key}", float(counts[key]))
+            log_metric(f"{self.__name__}/scorer_calls", float(counts["scorer_calls"]))
+        if log_extra is not None:
+            log_extra(f"{self.__name__}_step_scores", step_scores)
+        return rewards
+
+    def __repr__(self) -> str:
+        scorer = type(self.scorer).__name__
+        return f"VLPRMReward(name={self.__name__!r}, scorer={scorer}, aggregation={self.aggregation!r})"
+
+
+def outcome_reward(
+    completions: Sequence[Any],
+    answer: Sequence[str | None],
+    options: Sequence[Sequence[str] | None] | None = None,
+    **kwargs: Any,
+) -> list[float | None]:
+    """1.0 when a completion states the gold `answer` (`trl_vlprm.data.answers.grade`, kind "auto"), else 0.0;
+    None (not applicable) for rows without a gold answer. Reads the dataset's `answer` and `options` columns."""
+    rewards: list[float | None] = []
+    for i, completion in enumerate(completions):
+        gold = answer[i]
+        if gold is None or not str(gold).strip():
+            rewards.append(None)
+            continue
+        row_options = (options[i] or None) if options is not None else None
+        rewards.append(1.0 if grade(completion_text(completion), str(gold), row_options) else 0.0)
+    return rewards
+
+
+def grpo_dataset(records: Any, system_prompt: str | None = None, num_proc: int | None = None) -> Any:
+    """Question records (`trl_vlprm.data.schema`) as a GRPO dataset.
+
+    `prompt` becomes chat messages with one `{"type": "image"}` part per "<image>" placeholder, in place (TRL fills
+    them from the `images` column), after an optional system turn; the record's own prompt is kept as `prm_prompt`
+    (give it to `VLPRMReward(prompt_column="prm_prompt")` so the PRM reads the question as it was trained, without the
+    policy's system prompt). `images`, `answer`, `options`, `id` stay; step columns (`completions`, `labels`, ...) go.
+    """
+    drop = [c for c in ("completions", "labels", "step_types", "metadata") if c in records.column_names]
+
+    def convert(record: Mapping[str, Any]) -> dict[str, Any]:
+        messages = question_messages(record, system_prompt)
+        return {"prm_prompt": record["prompt"], "prompt": messages}
+
+    return records.map(convert, remove_columns=drop, num_proc=num_proc)

@@ -1,0 +1,218 @@
+"""`LabelConfig`: the arguments of `trl-vlprm label` (`recipes/build_dataset.py`), validated, and what is pinned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, RULES, UNKNOWN_POLICIES
+from trl_vlprm.labeling.judge import JudgeConfig
+from trl_vlprm.labeling.mc import MC_MODES, MCConfig
+from trl_vlprm.utils.resume import dataclass_settings
+
+
+@dataclass
+class LabelConfig:
+    """Arguments of `trl-vlprm label` / `recipes/build_dataset.py`.
+
+    Args:
+        dataset: "puzzles" (generated testbed puzzles) or a `datasets` folder / .jsonl / .json / .parquet file of
+            question records (`id`, `prompt`, `images`, `answer`, optional `options`, `category`).
+        dataset_split: split to read from a `DatasetDict` folder.
+        num_questions: label only the first questions (all when None, 64 generated for "puzzles"); must be >= 1.
+            Not pinned: a rerun with more questions labels the new ones.
+        output_dir: folder of the Parquet shards (resumable).
+        shard_size: questions per shard.
+        rule: combination rule, one of `trl_vlprm.labeling.combine.RULES`.
+        disagreement: consensus rule only: "drop" or "weight" the steps where MC and the judge disagree.
+        disagreement_weight: weight of a disagreeing step under `disagreement="weight"`.
+        judge_unknown: a solution with an "unknown" judge verdict: "keep_prefix" (the steps judged before it keep
+            their labels) or "drop" (left out, as the paper does).
+        num_rollouts: solutions sampled per question.
+        mc_mode: "every_step", "every_step_until_zero" (the paper's: stop at the first prefix scoring 0) or
+            "binary_search" (OmegaPRM first-error search).
+        mc_num_completions: K, completions per MC estimate.
+        mc_threshold: a step is good when its MC score is above this.
+        policy: "scripted" (testbed policy; "puzzles" only) or "hf" (transformers model at `policy_model_path`).
+        policy_model_path: local folder of the policy model ("hf").
+        perception_error_rate / reasoning_error_rate: error rates of the scripted policy.
+        temperature: sampling temperature of the "hf" policy.
+        max_new_tokens: token budget of a solution ("hf").
+        step_separator: text ending a step ("hf").
+        judge: "server" (an OpenAI-compatible endpoint at `judge_base_url`), "testbed" (an in-process
+            `JudgeServer` answering from the scripted policy's gold with the noise below) or "none".
+        judge_base_url / judge_model / judge_api_key_env / judge_timeout / judge_max_retries / judge_backoff /
+            judge_max_concurrency: see `trl_vlprm.labeling.judge.JudgeConfig` (validated there).
+        judge_max_failed_share: a shard on whose solutions the judge failed for more than this share (or for all of
+            them) is not written and the run stops naming the errors; 1.0 stops only when every call failed.
+        judge_flip_rate_perception / judge_flip_rate_reasoning: noise of the "testbed" judge.
+        seed: seed of the puzzles, the scripted policy and the testbed judge.
+        show_progress: show a tqdm bar with the running costs.
+    """
+
+    dataset: str = field(
+        default="puzzles",
+        metadata={
+            "help": "'puzzles' (generated testbed puzzles) or a datasets folder / .jsonl / .json / .parquet file of"
+            " question records."
+        },
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split to read from a DatasetDict folder."})
+    num_questions: int | None = field(
+        default=None,
+        metadata={
+            "help": "Label only the first questions (all when None, 64 generated for 'puzzles'); must be >= 1 and "
+            "is not pinned, so a rerun with more labels the new ones."
+        },
+    )
+    output_dir: str = field(
+        default="outputs/labels", metadata={"help": "Folder of the Parquet shards; rerunning into it resumes."}
+    )
+    shard_size: int = field(default=64, metadata={"help": "Questions per shard."})
+    rule: str = field(
+        default="consensus", metadata={"help": "Combination rule, one of trl_vlprm.labeling.combine.RULES."}
+    )
+    disagreement: str = field(
+        default="drop",
+        metadata={"help": "Consensus rule only: 'drop' or 'weight' the steps where MC and the judge disagree."},
+    )
+    disagreement_weight: float = field(
+        default=0.5, metadata={"help": "Weight of a disagreeing step under disagreement='weight'."}
+    )
+    judge_unknown: str = field(
+        default="keep_prefix",
+        metadata={
+            "help": "A solution with an 'unknown' judge verdict: 'keep_prefix' (the steps judged before it keep their "
+            "labels) or 'drop' (left out, as the paper does)."
+        },
+    )
+    num_rollouts: int = field(default=4, metadata={"help": "Solutions sampled per question."})
+    mc_mode: str = field(
+        default="binary_search",
+        metadata={
+            "help": "'every_step', 'every_step_until_zero' (the paper's: stop at the first prefix scoring 0) or "
+            "'binary_search' (OmegaPRM first-error search)."
+        },
+    )
+    mc_num_completions: int = field(default=8, metadata={"help": "Completions per Monte-Carlo estimate (K)."})
+    mc_threshold: float = field(default=0.0, metadata={"help": "A step is good when its MC score is above this."})
+    policy: str = field(
+        default="scripted",
+        metadata={
+            "help": "'scripted' (testbed policy, 'puzzles' only) or 'hf' (a transformers model at policy_model_path)."
+        },
+    )
+    policy_model_path: str | None = field(
+        default=None, metadata={"help": "Local folder of the policy model (policy 'hf')."}
+    )
+    perception_error_rate: float = field(
+        default=0.15, metadata={"help": "Chance a perception step of the scripted policy misreads the image."}
+    )
+    reasoning_error_rate: float = field(
+        default=0.1, metadata={"help": "Chance a reasoning step of the scripted policy slips."}
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the 'hf' policy."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a solution of the 'hf' policy."})
+    step_separator: str = field(default="\n\n", metadata={"help": "Text ending a step of the 'hf' policy."})
+    judge: str = field(
+        default="testbed",
+        metadata={
+            "help": "'server' (an OpenAI-compatible endpoint at judge_base_url), 'testbed' (an in-process server "
+            "answering from the scripted policy's gold with noise) or 'none'."
+        },
+    )
+    judge_base_url: str = field(
+        default="http://127.0.0.1:8000/v1",
+        metadata={"help": "Root of the judge server, e.g. http://127.0.0.1:8000/v1."},
+    )
+    judge_model: str = field(default="judge", metadata={"help": "Model name sent to the judge server."})
+    judge_api_key_env: str = field(
+        default="JUDGE_API_KEY", metadata={"help": "Environment variable holding the judge's bearer token."}
+    )
+    judge_timeout: float = field(
+        default=60.0, metadata={"help": "Total deadline in seconds of one judge request, body included (> 0)."}
+    )
+    judge_max_retries: int = field(
+        default=3, metadata={"help": "Retries of a judge request after the first attempt (>= 0)."}
+    )
+    judge_backoff: float = field(
+        default=1.0,
+        metadata={
+            "help": "Base in seconds of the exponential backoff between judge attempts when the server sends no "
+            "Retry-After."
+        },
+    )
+    judge_max_concurrency: int = field(default=8, metadata={"help": "Judge requests in flight at once (>= 1)."})
+    judge_max_failed_share: float = field(
+        default=0.5,
+        metadata={
+            "help": "A shard on whose solutions the judge failed for more than this share (or for all) is not "
+            "written and the run stops naming the errors; 1.0 stops only when every call failed."
+        },
+    )
+    judge_flip_rate_perception: float = field(
+        default=0.15, metadata={"help": "Chance the 'testbed' judge flips its verdict on a perception step."}
+    )
+    judge_flip_rate_reasoning: float = field(
+        default=0.1, metadata={"help": "Chance the 'testbed' judge flips its verdict on a reasoning step."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the puzzles, the scripted policy and the testbed judge."})
+    show_progress: bool = field(default=True, metadata={"help": "Show a tqdm bar with the running costs."})
+
+    def __post_init__(self):
+        checks = {
+            "rule": RULES,
+            "mc_mode": MC_MODES,
+            "policy": ("scripted", "hf"),
+            "judge": ("server", "testbed", "none"),
+            "disagreement": ("drop", "weight"),
+            "judge_unknown": UNKNOWN_POLICIES,
+        }
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LabelConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        if self.rule in NEEDS_JUDGE and self.judge == "none":
+            raise ValueError(f"LabelConfig.rule={self.rule!r} needs a judge but judge='none'")
+        if self.judge == "testbed" and self.policy != "scripted":
+            raise ValueError("LabelConfig.judge='testbed' answers from gold only the scripted policy knows")
+        if self.policy == "hf" and not self.policy_model_path:
+            raise ValueError("LabelConfig.policy_model_path is needed for policy 'hf'")
+        if self.shard_size < 1 or self.num_rollouts < 1:
+            raise ValueError("LabelConfig.shard_size and num_rollouts must be >= 1")
+        if self.num_questions is not None and self.num_questions < 1:
+            raise ValueError(f"LabelConfig.num_questions={self.num_questions}; must be >= 1 (or None for all)")
+        if not 0.0 <= self.judge_max_failed_share <= 1.0:
+            raise ValueError(f"LabelConfig.judge_max_failed_share={self.judge_max_failed_share}; must be in [0, 1]")
+        self.judge_config()  # JudgeConfig validates timeout, retries, backoff and concurrency
+
+    def mc_config(self) -> MCConfig | None:
+        if self.rule not in NEEDS_MC:
+            return None
+        return MCConfig(self.mc_num_completions, self.mc_threshold, self.mc_mode)
+
+    def judge_config(self, base_url: str | None = None) -> JudgeConfig:
+        return JudgeConfig(
+            base_url=base_url or self.judge_base_url,
+            model=self.judge_model,
+            api_key_env=self.judge_api_key_env,
+            timeout=self.judge_timeout,
+            max_retries=self.judge_max_retries,
+            backoff=self.judge_backoff,
+            max_concurrency=self.judge_max_concurrency,
+        )
+
+    def pinned(self) -> dict[str, Any]:
+        """Settings a resumed run must share (everything that changes what a record holds).
+
+        Left out: where and how the work is done (output folder, progress bar) and how the judge is reached (URL,
+        timeout, retries, backoff, concurrency, key variable, failure share), which a user changes to get past a
+        failing judge (the judge *model* stays pinned); and `num_questions`, since which questions are covered is
+        recorded per shard.
+        """
+        return dataclass_settings(self, exclude=_NOT_PINNED)
+
+
+_NOT_PINNED = (
+    "output_dir", "show_progress", "num_questions", "judge_base_url", "judge_timeout", "judge_max_retries",
+    "judge_backoff", "judge_max_concurrency", "judge_api_key_env", "judge_max_failed_share",
+)  # fmt: skip
