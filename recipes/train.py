@@ -14,6 +14,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
 from trl_vlprm.data.converters import convert_dataset
 from trl_vlprm.data.loading import load_records
+from trl_vlprm.modeling.hub import model_init_kwargs_from
 from trl_vlprm.modeling.processor import load_processor
 
 
@@ -54,18 +55,18 @@ def main(script_args: PRMScriptArguments, training_args: VLPRMConfig, model_args
         split = train_dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
 
-    model_kwargs = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation}
-    training_args.model_init_kwargs = {
-        **{k: v for k, v in model_kwargs.items() if v is not None},
-        **(training_args.model_init_kwargs or {}),
-    }
+    # Every ModelConfig flag is honoured (revision, dtype, attention, 4/8-bit) or refused (trust_remote_code).
+    training_args.model_init_kwargs = {**model_init_kwargs_from(model_args), **(training_args.model_init_kwargs or {})}
     trainer = VLPRMTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=load_processor(
-            model_args.model_name_or_path, training_args.min_pixels, training_args.max_pixels
+            model_args.model_name_or_path,
+            training_args.min_pixels,
+            training_args.max_pixels,
+            revision=training_args.model_init_kwargs.get("revision"),
         ),
         peft_config=get_peft_config(model_args),
     )

@@ -33,3 +33,40 @@ def small_supervision_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("session_data") / "supervision32"
     sample_supervision(num_puzzles=8, solutions_per_puzzle=4, seed=0, image_size=112).save_to_disk(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_home(tmp_path_factory) -> Path:
+    """A Hugging Face home whose hub cache holds tiny models under the ids the recipes name (built once).
+
+    `trl_vlprm.modeling.tiny_hub.TINY_HUB_BASE_MODELS` (Qwen/Qwen2.5-VL-3B-Instruct, ... in the upstream file layout)
+    and `TINY_HUB_PRMS` (ob11/Qwen-VL-PRM-7B, ... with this project's PRM metadata). Use it through `tiny_hub`.
+    """
+    from trl_vlprm.modeling.tiny_hub import build_tiny_hub
+
+    home = tmp_path_factory.mktemp("hf_home")
+    build_tiny_hub(home / "hub")
+    return home
+
+
+@pytest.fixture
+def tiny_hub(tiny_hub_home, monkeypatch) -> Path:
+    """Points this process and its subprocesses at `tiny_hub_home`, offline: models load by repo id, from the cache.
+
+    huggingface_hub reads its cache path and offline flag from module constants at call time, so they are patched
+    as well as the environment (which subprocesses, e.g. recipe runs, read at start-up).
+    """
+    from huggingface_hub import constants
+
+    hub = tiny_hub_home / "hub"
+    for name, value in {
+        "HF_HOME": tiny_hub_home,
+        "HF_HUB_CACHE": hub,
+        "HF_HUB_OFFLINE": 1,
+        "TRANSFORMERS_OFFLINE": 1,
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(constants, "HF_HOME", str(tiny_hub_home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tiny_hub_home

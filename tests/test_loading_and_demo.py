@@ -61,8 +61,8 @@ def test_load_records_errors_name_the_path(tmp_path):
 def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     from trl_vlprm.demo import main
 
-    args = ["--output_dir", str(tmp_path), "--label_questions", "24", "--eval_questions", "6", "--epochs", "1",
-            "--n", "4"]  # fmt: skip
+    args = ["--output_dir", str(tmp_path), "--label_questions", "12", "--eval_questions", "6", "--train_puzzles",
+            "24", "--max_steps", "20", "--n", "4"]  # fmt: skip
     main(args)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["label_quality"]["labelled"] > 0
@@ -71,8 +71,10 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
                                         "best_of_n:prod", "weighted_vote:min", "beam_search:min"}  # fmt: skip
     assert (tmp_path / "eval_tts" / "accuracy_vs_n.png").stat().st_size > 10_000
     table = (tmp_path / "eval_tts" / "results.md").read_text()
-    assert "| testbed | scripted | vlprm | best_of_n:min |" in table
-    first = capsys.readouterr().out
+    assert "| testbed-learnable | scripted-systematic | vlprm | best_of_n:min |" in table
+    out = capsys.readouterr().out
+    assert "mean |delta P(correct)|" in out and "random pick" in out and "| perception |" in out
+    first = out
     main(args)  # every stage's output exists: the rerun reads it back and prints the same figures
     second = capsys.readouterr().out
     assert [line for line in first.splitlines() if "|" in line] == [

@@ -226,3 +226,29 @@ def test_next_call_on_the_question_reuses_its_cached_blocks(policy):
     second_prompt = first.processor.tokenizer(first.build_request(long_question, ["Count the circles."])["prompt"])
     assert new_queries - queries == 4 * (len(second_prompt["input_ids"]) + 3)  # every sample looks its prompt up
     assert new_hits - hits == 4 * shared_blocks * block_size  # and finds the question's blocks already there
+
+
+@needs_vllm
+def test_engine_by_repo_id_reads_the_cached_snapshot(tmp_path, question):
+    """`VLLMPolicy.from_pretrained(repo_id)` offline: the engine and the processor read the Hub cache's snapshot of
+    an upstream-layout checkpoint (flat config.json, `visual.*` tensors, preprocessor_config.json) and sample."""
+    from huggingface_hub import constants
+
+    from trl_vlprm.modeling.tiny_hub import save_to_hub_cache, write_upstream_layout
+
+    upstream = write_upstream_layout(build_tiny_vlm(tmp_path / "upstream", arch="qwen2_vl", hidden_size=128))
+    snapshot = save_to_hub_cache(upstream, "Qwen/Qwen2-VL-2B-Instruct", tmp_path / "hub")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+        patch.setattr(constants, "HF_HUB_OFFLINE", True)
+        by_id = VLLMPolicy.from_pretrained(
+            "Qwen/Qwen2-VL-2B-Instruct", max_model_len=512, dtype="float32", llm_kwargs=ENGINE_KWARGS, seed=0,
+            temperature=0, max_new_tokens=8,
+        )  # fmt: skip
+        assert by_id.llm.model_config.model == str(snapshot)
+        assert type(by_id.processor).__name__ == "ImageOnlyQwen2VLProcessor"
+        (completion,) = by_id.sample_solutions(question, 1)
+        del by_id.llm
+        gc.collect()
+    assert 0 < completion.num_tokens <= 8

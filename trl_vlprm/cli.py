@@ -1,4 +1,5 @@
-"""`trl-vlprm` / `python -m trl_vlprm` command line: `puzzles` writes a testbed dataset, `label` builds step labels."""
+"""`trl-vlprm` / `python -m trl_vlprm` command line: `puzzles` writes a testbed dataset, `label` builds step labels,
+`check` runs the guard-rails on a trained PRM (does it look at the image? does its best-of-N beat a random pick?)."""
 
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ def write_dataset(dataset, out: str | Path) -> Path:
 
 
 def _puzzles(args: argparse.Namespace) -> int:
-    from trl_vlprm.data.puzzles import FAMILIES, generate_puzzles
+    from trl_vlprm.data.puzzles import generate_puzzles, resolve_families
 
-    families = args.families.split(",") if args.families else None
+    families = resolve_families(args.families or None)
     if args.solutions > 0:
         from trl_vlprm.data.puzzles import sample_supervision
 
@@ -47,9 +48,37 @@ def _puzzles(args: argparse.Namespace) -> int:
     else:
         dataset = generate_puzzles(args.n, seed=args.seed, families=families, image_size=args.image_size)
     out = write_dataset(dataset, args.out)
-    counts = {name: dataset["category"].count(name) for name in (families or FAMILIES)}
+    counts = {name: dataset["category"].count(name) for name in families}
     print(f"wrote {len(dataset)} puzzles ({counts}) to {out}")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from trl_vlprm.eval.guardrails import best_of_n_vs_random, image_swap_sensitivity
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    if args.data:
+        from trl_vlprm.data.loading import load_records
+
+        records = load_records(args.data)
+        records = records.select(range(min(len(records), args.limit))) if args.limit else records
+        source = args.data
+    else:
+        from trl_vlprm.data.puzzles import sample_supervision
+
+        records = sample_supervision(args.n, args.solutions, args.perception_error_rate, args.reasoning_error_rate,
+                                     seed=args.seed, families=args.families, image_size=args.image_size)
+        source = f"{args.n} testbed puzzles ({args.families}) x {args.solutions} scripted solutions"
+    rows = list(records)
+    scorer = PRMScorer.from_pretrained(args.prm)
+    print(f"PRM {args.prm} on {source}")
+    print("P(correct) moved by swapping each question's image for another question's:")
+    swap = image_swap_sensitivity(scorer, rows)
+    print("\n".join(swap.lines()))
+    print("best-of-N vs a random pick on the same labelled solutions:")
+    selection = best_of_n_vs_random(scorer, rows, args.aggregation)
+    print("\n".join(selection.lines()))
+    return 1 if args.strict and (swap.blind or selection.below_random) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     puzzles.add_argument("--n", type=int, default=200, help="number of puzzles (families dealt round-robin)")
     puzzles.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     puzzles.add_argument("--out", required=True, help="a .parquet file, or a folder for datasets.save_to_disk")
-    puzzles.add_argument("--families", default=None, help="comma-separated family names (default: all)")
+    puzzles.add_argument("--families", default=None,
+                         help="comma-separated family names or a tier (hard, learnable); default: the hard tier")
     puzzles.add_argument("--image-size", type=int, default=168, help="image side in pixels")
     puzzles.add_argument("--solutions", type=int, default=0,
                          help="sample this many scripted-policy solutions per puzzle, labelled by their gold step "
@@ -67,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     puzzles.add_argument("--perception-error-rate", type=float, default=0.3, help="with --solutions")
     puzzles.add_argument("--reasoning-error-rate", type=float, default=0.3, help="with --solutions")
     puzzles.set_defaults(func=_puzzles)
+    check = sub.add_parser("check", help="guard-rails for a trained PRM: image-swap sensitivity and best-of-N vs "
+                           "a random pick")  # fmt: skip
+    check.add_argument("--prm", required=True, help="trained PRM folder (load_prm + load_processor)")
+    check.add_argument("--data", default=None,
+                       help="stepwise dataset with labels (folder, .jsonl, .parquet; rows of one question share the "
+                            "id before '#'); default: scripted testbed solutions")  # fmt: skip
+    check.add_argument("--limit", type=int, default=0, help="with --data: use the first this many rows (0: all)")
+    check.add_argument("--families", default="learnable", help="testbed tier or families (without --data)")
+    check.add_argument("--n", type=int, default=60, help="testbed puzzles (without --data)")
+    check.add_argument("--solutions", type=int, default=8, help="scripted solutions per puzzle (without --data)")
+    check.add_argument("--perception-error-rate", type=float, default=0.3, help="testbed policy (without --data)")
+    check.add_argument("--reasoning-error-rate", type=float, default=0.3, help="testbed policy (without --data)")
+    check.add_argument("--image-size", type=int, default=84, help="testbed image side (without --data)")
+    check.add_argument("--seed", type=int, default=12345, help="testbed seed (without --data)")
+    check.add_argument("--aggregation", default="min", help="step-score aggregation of best-of-N")
+    check.add_argument("--strict", action="store_true", help="exit 1 when a guard-rail warns")
+    check.set_defaults(func=_check)
     sub.add_parser("label", help="build step labels (arguments go to trl_vlprm.labeling.builder.main)",
                    add_help=False)
     return parser

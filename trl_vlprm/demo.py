@@ -1,8 +1,15 @@
 """The whole pipeline end to end on the CPU testbed, offline, in a few minutes: `make demo`.
 
-data (procedural puzzles) -> labelling (hybrid: Monte-Carlo rollouts + a noisy judge, consensus rule) ->
-training (a tiny Qwen2-VL value-head VL-PRM with VLPRMTrainer) -> guidance (greedy, majority, best-of-N with each
-aggregation, weighted vote, beam search with the trained PRM) -> evaluation (accuracy-vs-N sweep, table and plot).
+data (the learnable tier of the procedural puzzles: one large shape per image) -> labelling (hybrid: Monte-Carlo
+rollouts + a noisy judge, consensus rule; its quality against the gold is shown) -> training (`CPURecipe`: a tiny
+Qwen2-VL value-head VL-PRM trained with VLPRMTrainer on gold-labelled scripted solutions) -> guard-rails (does the
+PRM look at the image? does its best-of-N beat a random pick?) -> guidance (greedy, majority, best-of-N with each
+aggregation, weighted vote, beam search) -> evaluation (accuracy vs N for the PRM, the oracle and a random scorer,
+table and plot).
+
+Guidance and evaluation run a scripted policy with *systematic* errors: a share of the questions is misread the same
+way in most samples, as real VLMs misread an image, so majority vote converges on the wrong answer there while a
+PRM that checks the perception step against the image can reject it.
 
 Every stage writes under `--output_dir` and is skipped when its output is already there, so an interrupted demo
 resumes where it stopped.
@@ -16,8 +23,8 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from trl_vlprm.data.puzzles import sample_supervision
-from trl_vlprm.data.schema import PERCEPTION
+from trl_vlprm.cpu_recipe import CPURecipe
+from trl_vlprm.data.schema import PERCEPTION, REASONING
 
 STRATEGY_ROWS = [
     ("greedy", None),
@@ -29,18 +36,13 @@ STRATEGY_ROWS = [
     ("weighted_vote", "min"),
     ("beam_search", "min"),
 ]
+# The policy of guidance and evaluation: independent errors plus a per-question misreading bias.
+SYSTEMATIC_POLICY = {"perception_error_rate": 0.2, "reasoning_error_rate": 0.2, "systematic_share": 0.4,
+                     "systematic_rate": 0.6}  # fmt: skip
+SWEEP_STRATEGIES = ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
 
 
-def build_model(out: Path) -> Path:
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
-
-    path = out / "tiny-qwen2-vl"
-    if not (path / "model.safetensors").exists():
-        build_tiny_vlm(path, arch="qwen2_vl", seed=0)
-    return path
-
-
-def label(out: Path, num_questions: int, seed: int):
+def label(out: Path, recipe: CPURecipe, num_questions: int, seed: int):
     """Hybrid labels for scripted-policy solutions; returns the dataset and the label quality against the gold."""
     from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
     from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled
@@ -50,42 +52,53 @@ def label(out: Path, num_questions: int, seed: int):
                          rule="consensus", num_rollouts=4, mc_mode="binary_search", perception_error_rate=0.3,
                          reasoning_error_rate=0.3, step_separator="\n", judge="testbed", seed=seed)  # fmt: skip
     policy = ScriptedPolicy(config.perception_error_rate, config.reasoning_error_rate, seed=seed)
-    build_dataset(generate_puzzles(num_questions, seed=seed), policy, config)
+    questions = generate_puzzles(num_questions, seed=seed, families=recipe.families, image_size=recipe.image_size)
+    build_dataset(questions, policy, config)
     labelled = load_labelled(config.output_dir)
     pairs = [(row["labels"], json.loads(row["gold_step_correct"])) for row in labelled]
     return labelled, step_label_quality(pairs)
 
 
-def train(out: Path, model_path: Path, train_rows, eval_rows, epochs: float):
-    from trl_vlprm import VLPRMConfig, VLPRMTrainer
+def step_table(before: dict[str, float], after: dict[str, float], held_out) -> list[str]:
+    """Held-out step verdicts by type: the majority-class baseline, accuracy and bad-step F1 before -> after."""
+    lines = ["   | steps | count | majority class | accuracy before -> after | bad-step F1 before -> after |",
+             "   |---|---|---|---|---|"]  # fmt: skip
+    for kind in ("", f"{PERCEPTION}_", f"{REASONING}_"):
+        labels = [bool(label) for row in held_out for label, t in zip(row["labels"], row["step_types"])
+                  if not kind or t == kind.rstrip("_")]  # fmt: skip
+        majority = max(sum(labels), len(labels) - sum(labels)) / max(len(labels), 1)
+        name = kind.rstrip("_") or "all"
+        lines.append(
+            f"   | {name} | {len(labels)} | {majority:.3f} | {before[f'eval_{kind}accuracy']:.3f} -> "
+            f"{after[f'eval_{kind}accuracy']:.3f} | {before[f'eval_{kind}bad_f1']:.3f} -> "
+            f"{after[f'eval_{kind}bad_f1']:.3f} |"
+        )
+    return lines
 
-    prm_path = out / "vlprm"
-    args = VLPRMConfig(output_dir=str(prm_path), head="value", perception_loss_weight=2.0, max_length=512,
-                       per_device_train_batch_size=8, per_device_eval_batch_size=32, num_train_epochs=epochs,
-                       learning_rate=2e-3, lr_scheduler_type="cosine", warmup_steps=0.05, save_strategy="no",
-                       logging_steps=25, use_cpu=True, seed=0)  # fmt: skip
-    trainer = VLPRMTrainer(str(model_path), args, train_dataset=train_rows, eval_dataset=eval_rows)
-    before = trainer.evaluate()
-    if not (prm_path / "model.safetensors").exists():
-        trainer.train()
-        trainer.save_model(str(prm_path))
-    else:
-        trainer = VLPRMTrainer(str(prm_path), args, train_dataset=train_rows, eval_dataset=eval_rows)
-    return prm_path, before, trainer.evaluate()
+
+def guard_rails(prm_path: Path, held_out, selection_rows) -> list[str]:
+    from trl_vlprm.eval.guardrails import best_of_n_vs_random, image_swap_sensitivity
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    scorer = PRMScorer.from_pretrained(prm_path)
+    lines = ["   P(correct) moved by swapping each question's image for another question's:"]
+    lines += image_swap_sensitivity(scorer, held_out, max_questions=60).lines()
+    lines.append("   best-of-N on the held-out solutions (same candidates for every selector):")
+    lines += best_of_n_vs_random(scorer, selection_rows).lines()
+    return lines
 
 
-def guidance_table(out: Path, prm_path: Path, num_questions: int, n: int, seed: int) -> list[tuple[str, float]]:
-    from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
+def guidance_table(out: Path, prm_path: Path, questions, n: int, seed: int) -> list[tuple[str, float]]:
+    from trl_vlprm.data.puzzles import ScriptedPolicy
     from trl_vlprm.guidance.scorer import PRMScorer
     from trl_vlprm.guidance.strategies import SearchConfig
     from trl_vlprm.guidance.tts import run_tts
 
-    questions = generate_puzzles(num_questions, seed=seed)
     scorer = PRMScorer.from_pretrained(prm_path)
     rows = []
     for strategy, aggregation in STRATEGY_ROWS:
         config = SearchConfig(n=n, aggregation=aggregation or "min", beam_width=4, expansions_per_beam=2, max_steps=4)
-        policy = ScriptedPolicy(perception_error_rate=0.3, reasoning_error_rate=0.2, seed=seed)
+        policy = ScriptedPolicy(**SYSTEMATIC_POLICY, seed=seed)
         name = strategy if aggregation is None else f"{strategy}:{aggregation}"
         summary = run_tts(questions, strategy, policy, scorer, config, out / "tts" / f"{name.replace(':', '_')}.jsonl",
                           show_progress=False)  # fmt: skip
@@ -93,63 +106,92 @@ def guidance_table(out: Path, prm_path: Path, num_questions: int, n: int, seed: 
     return rows
 
 
-def sweep(out: Path, prm_path: Path, num_questions: int, seed: int):
-    from trl_vlprm.eval.sweep_config import EvalTTSConfig, run
+def sweep(out: Path, prm_path: Path, questions, seed: int, n_values=(1, 2, 4, 8, 16)):
+    """Accuracy vs N from one generation per question; results.md, results.csv and accuracy_vs_n.png."""
+    from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy
+    from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
+    from trl_vlprm.eval.tts_sweep import run_sweep
+    from trl_vlprm.guidance.scorer import PRMScorer
+    from trl_vlprm.guidance.tts import RandomScorer
 
-    config = EvalTTSConfig(
-        benchmarks=[f"testbed:{seed},limit={num_questions}"],
-        policies=["scripted@scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"],
-        scorers=[f"vlprm@prm:{prm_path}", "oracle", "random"],
-        strategies=["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"],
-        n_values=[1, 2, 4, 8], num_subsamples=4, step_separator="\n", output_dir=str(out / "eval_tts"), seed=seed,
-    )  # fmt: skip
-    run(config)
-    return Path(config.output_dir)
+    eval_dir = out / "eval_tts"
+    scorers = {
+        "vlprm": PRMScorer.from_pretrained(prm_path),
+        "oracle": GoldOracleScorer(),
+        "random": RandomScorer(seed),
+    }
+    policies = {"scripted-systematic": lambda: ScriptedPolicy(**SYSTEMATIC_POLICY, seed=seed)}
+    rows = run_sweep({"testbed-learnable": questions}, policies, scorers, SWEEP_STRATEGIES, list(n_values), eval_dir,
+                     num_subsamples=8, seed=seed)  # fmt: skip
+    write_tables(rows, eval_dir)
+    plot_accuracy_vs_n(rows, eval_dir / "accuracy_vs_n.png", title="learnable testbed, systematic misreadings")
+    return eval_dir, rows, rows_to_markdown(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
-    parser.add_argument("--label_questions", type=int, default=240, help="puzzles labelled for training")
-    parser.add_argument("--eval_questions", type=int, default=60, help="held-out puzzles for guidance/evaluation")
-    parser.add_argument("--epochs", type=float, default=4)
+    parser.add_argument("--label_questions", type=int, default=120, help="puzzles labelled by the hybrid builder")
+    parser.add_argument("--train_puzzles", type=int, default=CPURecipe.num_puzzles, help="training puzzles")
+    parser.add_argument("--max_steps", type=int, default=CPURecipe.max_steps, help="PRM training steps")
+    parser.add_argument("--eval_questions", type=int, default=80, help="held-out puzzles for guidance/evaluation")
     parser.add_argument("--n", type=int, default=8, help="sampling budget of the search strategies")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the recipe (weights, data, trainer)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    recipe = CPURecipe(seed=args.seed, num_puzzles=args.train_puzzles, max_steps=args.max_steps)
 
-    print("== 1. data + model: procedural puzzles, tiny random Qwen2-VL built offline")
-    model_path = build_model(out)
+    print("== 1. data + model: learnable-tier puzzles (one shape, 84 px, 9 image tokens), tiny random Qwen2-VL")
+    recipe.build_model(out / "tiny-qwen2-vl")
 
     print(f"== 2. labelling: {args.label_questions} puzzles x 4 rollouts, MC (binary search) + noisy judge, consensus")
-    labelled, quality = label(out, args.label_questions, seed=0)
+    labelled, quality = label(out, recipe, args.label_questions, seed=0)
     print(f"   {len(labelled)} labelled solutions; label accuracy vs gold {quality.accuracy:.3f}, bad-step F1 "
           f"{quality.bad_f1:.3f}, {quality.labelled}/{quality.total} steps kept")  # fmt: skip
 
-    print("== 3. training: VLPRMTrainer, value head, perception steps weigh 2x")
-    held_out = sample_supervision(args.eval_questions, 4, 0.3, 0.3, seed=1)
-    prm_path, before, after = train(out, model_path, labelled, held_out, args.epochs)
-    print("   step accuracy on held-out gold labels (before -> after training):")
-    for kind in ("", f"{PERCEPTION}_", "reasoning_"):
-        name = kind.rstrip("_") or "all"
-        print(
-            f"   {name:>10}: accuracy {before[f'eval_{kind}accuracy']:.3f} -> {after[f'eval_{kind}accuracy']:.3f}"
-            f"   bad-step F1 {after[f'eval_{kind}bad_f1']:.3f}   ({int(after[f'eval_{kind}num_steps'])} steps)"
-        )
+    print(
+        f"== 3. training: CPURecipe, {recipe.num_puzzles} puzzles x {recipe.solutions_per_puzzle} gold-labelled "
+        f"solutions, {recipe.max_steps} steps, value head, perception steps weigh {recipe.perception_loss_weight}x"
+    )
+    held_out = recipe.supervision(args.eval_questions, seed=1, perception_error_rate=0.3, reasoning_error_rate=0.3)
+    trained = recipe.train(out, eval_dataset=held_out)
+    summary_path = out / "summary.json"
+    if not trained.metrics_before and summary_path.exists():  # a resumed run: the untrained figures were saved
+        trained.metrics_before = json.loads(summary_path.read_text())["eval_before"]
+    before, after = trained.metrics_before or trained.metrics_after, trained.metrics_after
+    if trained.train_seconds:
+        print(f"   trained in {trained.train_seconds:.0f} s ({recipe.max_steps / trained.train_seconds:.1f} steps/s)")
+    print("   held-out step verdicts (gold labels):")
+    print("\n".join(step_table(before, after, held_out)))
 
-    print(f"== 4. guidance: strategies with the trained PRM, N={args.n}, {args.eval_questions} held-out puzzles")
-    table = guidance_table(out, prm_path, args.eval_questions, args.n, seed=2)
+    print("== 4. guard-rails")
+    print("\n".join(guard_rails(trained.path, held_out, held_out)))
+
+    from trl_vlprm.data.puzzles import generate_puzzles
+
+    questions = generate_puzzles(args.eval_questions, seed=2, families=recipe.families, image_size=recipe.image_size)
+    print(
+        f"== 5. guidance: strategies with the trained PRM, N={args.n}, {args.eval_questions} held-out puzzles, "
+        f"policy with systematic misreadings {SYSTEMATIC_POLICY}"
+    )
+    table = guidance_table(out, trained.path, questions, args.n, seed=2)
     print("   | strategy | accuracy |\n   |---|---|")
     for name, accuracy in table:
         print(f"   | {name} | {accuracy:.3f} |")
 
-    print("== 5. evaluation: accuracy vs N from one generation (trained PRM, oracle, random)")
-    eval_dir = sweep(out, prm_path, args.eval_questions, seed=2)
-    print((eval_dir / "results.md").read_text())
+    print("== 6. evaluation: accuracy vs N from one generation (trained PRM, oracle, random)")
+    from trl_vlprm.eval.guardrails import sweep_below_random
+
+    eval_dir, rows, markdown = sweep(out, trained.path, questions, seed=2)
+    print(markdown)
+    for warning in sweep_below_random(rows, "vlprm"):
+        print("   " + warning)
     print(f"   plot: {eval_dir / 'accuracy_vs_n.png'}")
-    summary = {"label_quality": asdict(quality), "eval_before": before, "eval_after": after, "guidance": dict(table)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = {"label_quality": asdict(quality), "eval_before": before, "eval_after": after, "guidance": dict(table),
+               "sweep": rows, "train_seconds": trained.train_seconds}  # fmt: skip
+    summary_path.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

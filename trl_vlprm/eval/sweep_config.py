@@ -30,6 +30,10 @@ def split_label(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
+# Keywords whose values stay text even when they look like numbers (a revision "2024" is a tag, not an int).
+_TEXT_KEYWORDS = frozenset({"revision"})
+
+
 def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
     """ "kind:arg,key=value,..." -> (kind, positional args, keyword args); numbers are converted."""
     kind, _, rest = spec.partition(":")
@@ -39,7 +43,7 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
         if not eq:
             args.append(part)
             continue
-        for cast in (int, float):
+        for cast in () if key.strip() in _TEXT_KEYWORDS else (int, float):
             try:
                 value = cast(value)
                 break
@@ -55,10 +59,16 @@ def _scripted_policy(args, kwargs, seed):
     return ScriptedPolicy(**{"seed": seed, **kwargs})
 
 
+# Keywords that configure a vLLM engine, not the policy: dropped when a vllm spec runs on the hf backend.
+VLLM_ENGINE_KEYWORDS = ("max_model_len", "max_images_per_prompt", "llm_kwargs")
+
+
 def _model_policy(backend: str):
     def build(args, kwargs, seed):
         if len(args) != 1:
-            raise ValueError(f"a {backend} policy needs one model folder, got {args}")
+            raise ValueError(f"a {backend} policy needs one model (a folder or a Hub repo id), got {args}")
+        if backend == "hf":
+            kwargs = {k: v for k, v in kwargs.items() if k not in VLLM_ENGINE_KEYWORDS}
         if backend == "hf":
             from trl_vlprm.guidance.hf_policy import HFPolicy
 
@@ -68,6 +78,13 @@ def _model_policy(backend: str):
         return VLLMPolicy.from_pretrained(args[0], **{"seed": seed, **kwargs})
 
     return build
+
+
+def _capped(build, cap: int):
+    def capped(args, kwargs, seed):
+        return build(args, {**kwargs, "max_new_tokens": min(int(kwargs.get("max_new_tokens", cap)), cap)}, seed)
+
+    return capped
 
 
 def _oracle_scorer(args, kwargs, seed):
@@ -133,9 +150,16 @@ class EvalTTSConfig:
             prompt=paper: the paper's policy prompts).
         policies: policy specs, optionally labelled "label@spec" (the label names the policy in tables and files):
             "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed), or
-            "vllm:<model folder>,temperature=0.7,..." / "hf:<model folder>,..." (keywords of `VLLMPolicy`/`HFPolicy`).
-        scorers: step-scorer specs (optionally "label@spec"): "prm:<PRM folder>" (a trained VL-PRM), "oracle"
-            (testbed truth), "random:seed=1" (no-information control), or any kind registered in `SCORER_BUILDERS`.
+            "vllm:<model>,temperature=0.7,..." / "hf:<model>,..." (keywords of `VLLMPolicy`/`HFPolicy`), with
+            <model> a folder or a Hub repo id (`revision=...` picks a branch, tag or commit).
+        policy_backend: run every model policy (hf and vllm specs) on this backend instead, e.g. "hf" on a machine
+            without vLLM; vLLM engine keywords (max_model_len, max_images_per_prompt) are then dropped. None: as
+            each spec says.
+        max_new_tokens_cap: upper bound on every model policy's `max_new_tokens` (a quick run of a GPU config on a
+            small machine); None: as each spec says.
+        scorers: step-scorer specs (optionally "label@spec"): "prm:<PRM folder or repo id>" (a trained VL-PRM),
+            "oracle" (testbed truth), "random:seed=1" (no-information control), or any kind registered in
+            `SCORER_BUILDERS`.
         process_benches: process-error benchmarks every scorer is also judged on (step F1, see
             `trl_vlprm.eval.process_bench.PROCESS_BENCHES`), e.g. "testbed:num_questions=60" or
             "visualprocessbench:<test.jsonl>"; results go to process_bench.csv/.md. Empty: none.
@@ -161,11 +185,14 @@ class EvalTTSConfig:
     )
     policies: list[str] = field(
         default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"],
-        metadata={"help": "Policy specs, optionally 'label@spec': scripted, vllm:<folder>,... or hf:<folder>,..."},
+        metadata={
+            "help": "Policy specs, optionally 'label@spec': scripted, vllm:<model>,... or hf:<model>,... (a model "
+            "folder or Hub repo id)."
+        },
     )
     scorers: list[str] = field(
         default_factory=lambda: ["oracle", "random"],
-        metadata={"help": "Step-scorer specs, optionally 'label@spec': prm:<folder>, oracle, random:seed=1, ..."},
+        metadata={"help": "Step-scorer specs, optionally 'label@spec': prm:<folder or repo id>, oracle, random, ..."},
     )
     strategies: list[str] = field(
         default_factory=lambda: [
@@ -177,6 +204,20 @@ class EvalTTSConfig:
             "pass@n",
         ],
         metadata={"help": "Outcome-level strategies derived from the samples, e.g. majority, best_of_n:min, pass@n."},
+    )
+    policy_backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run every model policy (hf and vllm specs) on this backend instead (hf or vllm), e.g. hf on a "
+            "machine without vLLM; None keeps each spec's own backend."
+        },
+    )
+    max_new_tokens_cap: int | None = field(
+        default=None,
+        metadata={
+            "help": "Upper bound on every model policy's max_new_tokens (a quick run of a GPU config on a small "
+            "machine); None keeps each spec's own budget."
+        },
     )
     process_benches: list[str] = field(
         default_factory=list,
@@ -217,6 +258,8 @@ class EvalTTSConfig:
             raise ValueError(f"EvalTTSConfig.n_values={self.n_values}; need at least one N >= 1")
         if self.num_subsamples < 1:
             raise ValueError(f"EvalTTSConfig.num_subsamples={self.num_subsamples}; must be >= 1")
+        if self.policy_backend not in (None, "hf", "vllm"):
+            raise ValueError(f"EvalTTSConfig.policy_backend={self.policy_backend!r}; expected 'hf', 'vllm' or None")
 
 
 def spec_pin(spec: str, seed: int, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -268,9 +311,14 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     benchmark_specs = labelled_specs(config.benchmarks, "benchmark", lambda spec: parse_spec(spec)[0])
     benchmarks = {label: load_benchmark_spec(spec)[1] for label, spec in benchmark_specs.items()}
     policy_defaults = {"step_separator": config.step_separator, "system_prompt": config.system_prompt}
+    builders = dict(POLICY_BUILDERS)
+    if config.policy_backend is not None:
+        builders["hf"] = builders["vllm"] = POLICY_BUILDERS[config.policy_backend]
+    if config.max_new_tokens_cap is not None:
+        builders["hf"], builders["vllm"] = (_capped(builders[k], config.max_new_tokens_cap) for k in ("hf", "vllm"))
     policy_specs = labelled_specs(config.policies, "policy")
     policies = {
-        label: (lambda spec=spec: build_from_spec(spec, POLICY_BUILDERS, config.seed, "policy", policy_defaults))
+        label: (lambda spec=spec: build_from_spec(spec, builders, config.seed, "policy", policy_defaults))
         for label, spec in policy_specs.items()
     }
     scorer_defaults = {}  # a PRM scores with the separator it was trained on (a spec may override it)

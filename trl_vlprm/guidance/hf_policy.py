@@ -118,15 +118,20 @@ class HFPolicy:
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos_ids)
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: str | torch.dtype = "auto", **kwargs) -> HFPolicy:
-        """Load model and processor from a local folder (vision-language if the folder has an image processor)."""
+    def from_pretrained(
+        cls, name_or_path: str, dtype: str | torch.dtype = "auto", revision: str | None = None, **kwargs
+    ) -> HFPolicy:
+        """Load model and processor from a folder or Hub repo id (at `revision`), resolved as transformers does.
+
+        A model with an image processor loads as a vision-language model; one without as a causal LM (text only).
+        """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
         from trl_vlprm.modeling.processor import load_processor
 
-        processor = load_processor(path)
+        processor = load_processor(name_or_path, revision=revision)
         model_class = AutoModelForImageTextToText if hasattr(processor, "image_processor") else AutoModelForCausalLM
-        return cls(model_class.from_pretrained(path, dtype=dtype), processor, **kwargs)
+        return cls(model_class.from_pretrained(name_or_path, dtype=dtype, revision=revision), processor, **kwargs)
 
     # -- Policy protocol ---------------------------------------------------------------------------------------
 

@@ -25,7 +25,8 @@ from transformers import DynamicCache, PreTrainedModel
 
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, step_logits
-from trl_vlprm.modeling.processor import get_tokenizer, load_processor
+from trl_vlprm.modeling.hub import read_model_json
+from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
 from trl_vlprm.trainer.tokenization import encode_prompt, encode_steps, is_vision_processor
 
 logger = logging.getLogger(__name__)
@@ -114,16 +115,29 @@ class PRMScorer:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | Path,
+        name_or_path: str | Path,
         head: str | None = None,
         dtype: torch.dtype | str | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        revision: str | None = None,
         **kwargs,
     ) -> PRMScorer:
-        """Load a PRM folder (`load_prm` + `load_processor`); `kwargs` go to `PRMScorer` (step_separator, ...)."""
-        model = load_prm(path, head=head, dtype=dtype)
-        processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
+        """Load a trained PRM from a folder or Hub repo id (`load_prm` + `load_processor`).
+
+        A PRM needs its head: a checkpoint without the metadata this project saves (`prm_head` in its config) is
+        refused unless `head` is given, so a base model is never scored through a randomly initialised head.
+        `revision` picks a branch, tag or commit of a repo id; `kwargs` go to `PRMScorer` (step_separator, ...).
+        """
+        if head is None:
+            config = read_model_json(name_or_path, "config.json", revision) or {}
+            if config.get("prm_head") not in HEADS:
+                raise ValueError(
+                    f"{name_or_path} is not a PRM saved by trl_vlprm (its config.json has no prm_head): scoring it "
+                    f"would read an untrained head. Pass head='generative' to score with its LM's '+'/'-' tokens"
+                )
+        model = load_prm(name_or_path, head=head, dtype=dtype, revision=revision)
+        processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels, revision=revision)
         return cls(model, processor, head=head, **kwargs)
 
     @property
@@ -134,6 +148,8 @@ class PRMScorer:
 
     def _encode_prefix(self, question: Question) -> _Prefix:
         row = question.get("id", "?")
+        if question.get("images") and not self.is_vision:
+            require_image_support(self.processing_class, self.model.config.model_type, f"question {row}")
         encoded = encode_prompt(self.processing_class, question["prompt"], question.get("images") or [], row)
         device = self.device
         prefix = _Prefix(torch.tensor([encoded.input_ids], device=device), None, None, None)

@@ -29,7 +29,6 @@ from trl_vlprm.utils.resume import (
     check_settings,
     dataclass_settings,
     output_lock,
-    path_fingerprint,
     question_digest,
 )
 
@@ -229,10 +228,12 @@ class TTSArguments:
             pinned: a rerun with more questions answers the new ones.
         strategy: search strategy, a name in `trl_vlprm.guidance.strategies.STRATEGIES`.
         policy: "scripted" (the testbed policy, "puzzles" only), "hf" (transformers) or "vllm".
-        policy_model_path: local folder of the policy model ("hf"/"vllm").
+        policy_model_path: the policy model ("hf"/"vllm"): a folder or a Hub repo id.
+        policy_model_revision: branch, tag or commit of a `policy_model_path` repo id (None: "main").
         scorer: "prm" (a trained PRM), "oracle" (testbed gold step correctness), "random" (no-information control) or
             "none" (greedy and majority only).
-        prm_model_path: local folder of the PRM (scorer "prm").
+        prm_model_path: the PRM (scorer "prm"): a folder or a Hub repo id of a PRM saved by trl_vlprm.
+        prm_model_revision: branch, tag or commit of a `prm_model_path` repo id (None: "main").
         prm_step_separator: separator the PRM puts after each step; None: the one it was trained with. Independent of
             the policy's `step_separator` (steps reach the PRM as a list).
         prm_batch_size: candidates per PRM forward pass.
@@ -276,7 +277,10 @@ class TTSArguments:
         metadata={"help": "'scripted' (the testbed policy, 'puzzles' only), 'hf' (transformers) or 'vllm'."},
     )
     policy_model_path: str | None = field(
-        default=None, metadata={"help": "Local folder of the policy model (policy 'hf' or 'vllm')."}
+        default=None, metadata={"help": "The policy model (policy 'hf' or 'vllm'): a local folder or a Hub repo id."}
+    )
+    policy_model_revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of a policy_model_path repo id (None: main)."}
     )
     scorer: str = field(
         default="oracle",
@@ -285,7 +289,12 @@ class TTSArguments:
             "control) or 'none' (greedy and majority only)."
         },
     )
-    prm_model_path: str | None = field(default=None, metadata={"help": "Local folder of the PRM (scorer 'prm')."})
+    prm_model_path: str | None = field(
+        default=None, metadata={"help": "The PRM (scorer 'prm'): a local folder or a Hub repo id of a trl_vlprm PRM."}
+    )
+    prm_model_revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of a prm_model_path repo id (None: main)."}
+    )
     prm_step_separator: str | None = field(
         default=None,
         metadata={"help": "Separator the PRM puts after each step; None uses the one it was trained with."},
@@ -370,10 +379,10 @@ def build_policy(args: TTSArguments) -> Policy:
     if args.policy == "hf":
         from trl_vlprm.guidance.hf_policy import HFPolicy
 
-        return HFPolicy.from_pretrained(args.policy_model_path, **sampling)
+        return HFPolicy.from_pretrained(args.policy_model_path, revision=args.policy_model_revision, **sampling)
     from trl_vlprm.guidance.vllm_policy import VLLMPolicy
 
-    return VLLMPolicy.from_pretrained(args.policy_model_path, **sampling)
+    return VLLMPolicy.from_pretrained(args.policy_model_path, revision=args.policy_model_revision, **sampling)
 
 
 def build_scorer(args: TTSArguments) -> StepScorer | None:
@@ -390,7 +399,10 @@ def build_scorer(args: TTSArguments) -> StepScorer | None:
 
     # prm_step_separator None: the PRM scores with the separator it was trained on, whatever the policy's is.
     return PRMScorer.from_pretrained(
-        args.prm_model_path, step_separator=args.prm_step_separator, batch_size=args.prm_batch_size
+        args.prm_model_path,
+        revision=args.prm_model_revision,
+        step_separator=args.prm_step_separator,
+        batch_size=args.prm_batch_size,
     )
 
 
@@ -401,9 +413,15 @@ NOT_PINNED = ("output_file", "num_questions", "prm_batch_size")
 def run_tags(args: TTSArguments) -> dict[str, Any]:
     """Every argument that changes results, so a resumed run into the same file must use the same ones.
 
-    Model folders are pinned by path and by `path_fingerprint` (retraining into the same folder is another model).
+    Model folders are pinned by path and by `path_fingerprint` (retraining into the same folder is another model),
+    repo ids by the commit they resolve to (`model_fingerprint`).
     """
+    from trl_vlprm.modeling.hub import model_fingerprint
+
     tags = dataclass_settings(args, exclude=NOT_PINNED)
-    tags["policy_model_fingerprint"] = path_fingerprint(args.policy_model_path) if args.policy != "scripted" else None
-    tags["prm_model_fingerprint"] = path_fingerprint(args.prm_model_path) if args.scorer == "prm" else None
+    policy, prm = args.policy != "scripted", args.scorer == "prm"
+    tags["policy_model_fingerprint"] = (
+        model_fingerprint(args.policy_model_path, args.policy_model_revision) if policy else None
+    )
+    tags["prm_model_fingerprint"] = model_fingerprint(args.prm_model_path, args.prm_model_revision) if prm else None
     return tags

@@ -148,21 +148,25 @@ class VLLMPolicy:
     @classmethod
     def from_pretrained(
         cls,
-        path: str,
+        name_or_path: str,
         max_model_len: int = 4096,
         max_images_per_prompt: int = 1,
         dtype: str = "auto",
+        revision: str | None = None,
         llm_kwargs: Mapping[str, Any] | None = None,
         **policy_kwargs,
     ) -> VLLMPolicy:
-        """Start a vLLM engine on a local model folder, prefix caching on, and wrap it.
+        """Start a vLLM engine on a model folder or Hub repo id, prefix caching on, and wrap it.
 
         Args:
-            path: model folder (the project never downloads: pass a path).
+            name_or_path: a model folder or a Hub repo id; a repo id is resolved to its snapshot folder in the
+                Hugging Face cache (downloaded when the Hub is reachable, read from the cache under
+                `HF_HUB_OFFLINE=1`), so the engine and the processor read the very same files.
             max_model_len: longest prompt + generation in tokens (bounds the KV cache per sequence).
             max_images_per_prompt: vLLM's `limit_mm_per_prompt["image"]`; videos are off (the PRM pipeline reads
                 images only, and videos need torchvision).
             dtype: engine dtype ("auto", "bfloat16", "float32", ...).
+            revision: branch, tag or commit of a repo id.
             llm_kwargs: more `vllm.LLM` arguments (`gpu_memory_utilization`, `tensor_parallel_size`, ...).
             policy_kwargs: `VLLMPolicy` arguments (`step_separator`, `temperature`, ...).
         """
@@ -171,8 +175,11 @@ class VLLMPolicy:
         if llm_kwargs.pop("enable_prefix_caching", True) is not True:
             raise ValueError("VLLMPolicy.from_pretrained: llm_kwargs['enable_prefix_caching'] must stay True")
         llm_kwargs.setdefault("limit_mm_per_prompt", {"image": max_images_per_prompt, "video": 0})
+        from trl_vlprm.modeling.hub import model_snapshot_dir
+
+        folder = model_snapshot_dir(name_or_path, revision)
         llm = vllm.LLM(
-            model=str(path), max_model_len=max_model_len, dtype=dtype, enable_prefix_caching=True, **llm_kwargs
+            model=str(folder), max_model_len=max_model_len, dtype=dtype, enable_prefix_caching=True, **llm_kwargs
         )
         return cls(llm, **policy_kwargs)
 

@@ -237,6 +237,7 @@ def _make_policy_and_questions(config: LabelConfig):
 
         policy = HFPolicy.from_pretrained(
             config.policy_model_path,
+            revision=config.policy_model_revision,
             step_separator=config.step_separator,
             temperature=config.temperature,
             max_new_tokens=config.max_new_tokens,

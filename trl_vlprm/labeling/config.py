@@ -34,7 +34,8 @@ class LabelConfig:
         mc_num_completions: K, completions per MC estimate.
         mc_threshold: a step is good when its MC score is above this.
         policy: "scripted" (testbed policy; "puzzles" only) or "hf" (transformers model at `policy_model_path`).
-        policy_model_path: local folder of the policy model ("hf").
+        policy_model_path: the policy model ("hf"): a folder or a Hub repo id.
+        policy_model_revision: branch, tag or commit of a `policy_model_path` repo id (None: "main").
         perception_error_rate / reasoning_error_rate: error rates of the scripted policy.
         temperature: sampling temperature of the "hf" policy.
         max_new_tokens: token budget of a solution ("hf").
@@ -103,7 +104,10 @@ class LabelConfig:
         },
     )
     policy_model_path: str | None = field(
-        default=None, metadata={"help": "Local folder of the policy model (policy 'hf')."}
+        default=None, metadata={"help": "The policy model (policy 'hf'): a local folder or a Hub repo id."}
+    )
+    policy_model_revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of a policy_model_path repo id (None: main)."}
     )
     perception_error_rate: float = field(
         default=0.15, metadata={"help": "Chance a perception step of the scripted policy misreads the image."}

@@ -33,6 +33,8 @@ from transformers.modeling_layers import GenericForTokenClassification
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
 
+from trl_vlprm.modeling.hub import require_model
+
 HEADS = ("value", "generative")
 POSITIVE_TOKEN = "+"
 NEGATIVE_TOKEN = "-"
@@ -109,6 +111,7 @@ def load_prm(
         BackboneNotLoadedError: a backbone tensor was missing from the checkpoint (it would stay random).
     """
     path = name_or_path
+    require_model(path, revision)  # resolves (or fails naming the model) the way from_pretrained will
     config = AutoConfig.from_pretrained(path, revision=revision)
     head = head or getattr(config, "prm_head", None) or "value"
     if head not in HEADS:

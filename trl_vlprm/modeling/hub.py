@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub.constants import is_offline_mode
+from huggingface_hub import constants
 from transformers.utils.hub import cached_file
 
 ModelName = str | os.PathLike
@@ -32,14 +32,34 @@ def model_file(name_or_path: ModelName, filename: str, revision: str | None = No
     Raises:
         OSError: the repo id is unknown (or, offline, absent from the cache) - transformers' own message.
     """
-    resolved = cached_file(
-        str(name_or_path),
-        filename,
-        revision=revision,
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_gated_repo=True,
-    )
+    resolved = cached_file(str(name_or_path), filename, revision=revision, _raise_exceptions_for_missing_entries=False)
     return Path(resolved) if resolved is not None else None
+
+
+def require_model(name_or_path: ModelName, revision: str | None = None) -> Path:
+    """The model's `config.json`, or an `OSError` naming the model and where it was looked for.
+
+    (Offline, transformers answers an absent repo with a message that names neither the repo nor the cache.)
+    """
+    config = model_file(name_or_path, "config.json", revision)
+    if config is None:
+        if os.path.isdir(str(name_or_path)):
+            where = "that folder"
+        elif constants.HF_HUB_OFFLINE:
+            where = f"the Hub cache {constants.HF_HUB_CACHE} (HF_HUB_OFFLINE=1)"
+        else:
+            where = "the Hub"
+        raise OSError(f"model {str(name_or_path)!r} (revision {revision or 'main'}): no config.json in {where}")
+    return config
+
+
+def model_fingerprint(name_or_path: ModelName, revision: str | None = None) -> Any:
+    """What pins a model's weights: a folder's files (name, size, mtime); a repo id's resolved commit."""
+    if os.path.isdir(str(name_or_path)):  # transformers' own rule: a folder is read in place
+        from trl_vlprm.utils.resume import path_fingerprint
+
+        return path_fingerprint(name_or_path)
+    return {"repo_id": str(name_or_path), "commit": require_model(name_or_path, revision).parent.name}
 
 
 def read_model_json(name_or_path: ModelName, filename: str, revision: str | None = None) -> dict[str, Any] | None:
@@ -59,11 +79,49 @@ def model_snapshot_dir(name_or_path: ModelName, revision: str | None = None) -> 
     For engines that want a folder rather than an id (the snapshot is downloaded when the Hub is reachable, read
     from the cache alone when offline).
     """
-    config = model_file(name_or_path, "config.json", revision)
-    if config is None:
-        raise OSError(f"{name_or_path} (revision {revision or 'main'}) has no config.json: not a model")
+    require_model(name_or_path, revision)
     if os.path.isdir(str(name_or_path)):  # transformers' own rule: a folder is read in place
         return Path(name_or_path)
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(str(name_or_path), revision=revision, local_files_only=is_offline_mode()))
+    return Path(snapshot_download(str(name_or_path), revision=revision, local_files_only=constants.HF_HUB_OFFLINE))
+
+
+def model_init_kwargs_from(model_args: Any) -> dict[str, Any]:
+    """`from_pretrained` arguments of a `trl.ModelConfig`, each flag honoured or refused, never ignored.
+
+    - `model_revision` -> `revision` (of the weights, config and processor alike);
+    - `dtype`, `attn_implementation` -> passed as they are;
+    - `load_in_4bit` / `load_in_8bit` -> a bitsandbytes `quantization_config` (TRL's `get_quantization_config`)
+      and, on GPUs, each process's own device (TRL's k-bit device map): the run needs bitsandbytes and a GPU;
+    - `trust_remote_code` -> refused: the PRM heads are defined on the architectures transformers ships
+      (Qwen2-VL, Qwen2.5-VL, text LMs), so a model's own modelling code would not get them.
+
+    Raises:
+        ValueError: `trust_remote_code` was set.
+    """
+    if getattr(model_args, "trust_remote_code", False):
+        raise ValueError(
+            "trust_remote_code=True is not supported: trl_vlprm builds its PRM heads on the architectures "
+            "transformers ships (qwen2_vl, qwen2_5_vl and text LMs) and never runs a model's own code; drop "
+            "--trust_remote_code"
+        )
+    from trl.trainer.utils import get_quantization_config
+
+    kwargs: dict[str, Any] = {
+        "revision": getattr(model_args, "model_revision", None),
+        "dtype": getattr(model_args, "dtype", None),
+        "attn_implementation": getattr(model_args, "attn_implementation", None),
+    }
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = _kbit_device_map()
+    return {key: value for key, value in kwargs.items() if value is not None}
+
+
+def _kbit_device_map() -> dict[str, int] | None:
+    import torch
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index} if torch.cuda.is_available() else None

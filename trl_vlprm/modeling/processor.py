@@ -17,7 +17,7 @@ from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProce
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 
-from trl_vlprm.modeling.hub import ModelName, model_file, read_model_json
+from trl_vlprm.modeling.hub import ModelName, model_file, read_model_json, require_model
 
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 
@@ -149,8 +149,9 @@ def load_processor(
     Raises:
         UnsupportedModelError: the model has an image processor but its type is not one this library supports.
     """
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    require_model(name_or_path, revision)  # first: names the model if it cannot be found
     model_type = read_model_type(name_or_path, revision)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
     image_config = _image_processor_config(name_or_path, revision)
     if model_type not in IMAGE_ONLY_PROCESSORS:
         if image_config is not None:

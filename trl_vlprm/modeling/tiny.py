@@ -3,17 +3,18 @@
 Tests and the demo never touch a model hub: they build a folder with a byte-level BPE tokenizer trained on a little
 text, the Qwen-VL special tokens and chat template, an image-only processor, and a ~0.3 M-parameter model. The
 folder has the same layout as a real checkpoint, so everything downstream (`load_prm`, `load_processor`,
-`recipes/train.py --model_name_or_path`) treats it like one.
+`recipes/train.py --model_name_or_path`) treats it like one. `trl_vlprm.modeling.tiny_hub` puts such folders into a
+Hugging Face cache under real repo ids, so everything also loads by id, offline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    AutoTokenizer,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -58,10 +59,12 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 640) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(vocab_size: int = 640, extra_corpus: Sequence[str] = ()) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with the Qwen-VL special tokens and chat template, trained on a built-in corpus.
 
     Byte-level, so every string encodes (no unknown tokens); deterministic, so two builds are identical.
+    `extra_corpus` (e.g. `trl_vlprm.data.puzzles.testbed_corpus()`) is added to the training text, so its frequent
+    words become whole tokens given a large enough `vocab_size`.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -72,7 +75,7 @@ def build_tiny_tokenizer(vocab_size: int = 640) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tokenizer.train_from_iterator(_CORPUS * 4 + list(extra_corpus), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
@@ -95,44 +98,63 @@ def _vision_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     }
 
 
-def tiny_vlm_config(arch: str, tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64):
-    """Config of a tiny Qwen-VL: 2 text layers of width `hidden_size`, 2 vision blocks."""
-    heads = 4
+def tiny_vlm_config(
+    arch: str,
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vision_width: int = 32,
+    vision_depth: int = 2,
+    initializer_range: float = 0.02,
+    intermediate_size: int | None = None,
+):
+    """Config of a tiny Qwen-VL: `num_layers` text layers of width `hidden_size` with `num_heads` heads (half as
+    many key/value heads), and a vision tower of `vision_depth` blocks of width `vision_width`; weights are drawn
+    with standard deviation `initializer_range`; the text MLP is `intermediate_size` wide (default
+    `2 * hidden_size`)."""
+    heads = num_heads
+    if hidden_size % heads or (hidden_size // heads) % 2:
+        raise ValueError(f"hidden_size={hidden_size} must split into {heads} heads of an even width")
     head_dim = hidden_size // heads
     half = head_dim // 2
     mrope_section = [half - 2 * (half // 3), half // 3, half // 3]  # must sum to head_dim / 2
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
-        "num_hidden_layers": 2,
+        "intermediate_size": intermediate_size or 2 * hidden_size,
+        "num_hidden_layers": num_layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": 2,
+        "num_key_value_heads": max(1, heads // 2),
         "max_position_embeddings": 2048,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": None,
+        "initializer_range": initializer_range,
     }
     if arch == "qwen2_vl":
-        vision_config = {"depth": 2, "embed_dim": 32, "hidden_size": hidden_size, "num_heads": 2, "mlp_ratio": 2}
+        vision_config = {"depth": vision_depth, "embed_dim": vision_width, "hidden_size": hidden_size, "num_heads": 2,
+                         "mlp_ratio": 2}  # fmt: skip
         config_class = Qwen2VLConfig
     elif arch == "qwen2_5_vl":
         vision_config = {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "depth": vision_depth,
+            "hidden_size": vision_width,
+            "intermediate_size": 2 * vision_width,
             "num_heads": 2,
             "out_hidden_size": hidden_size,
-            "fullatt_block_indexes": [1],
+            "fullatt_block_indexes": [vision_depth - 1],
             "window_size": 56,
         }
         config_class = Qwen2_5_VLConfig
     else:
         raise ValueError(f"unknown arch {arch!r}; expected 'qwen2_vl' or 'qwen2_5_vl'")
+    vision_config["initializer_range"] = initializer_range
     return config_class(
         text_config=text_config,
         vision_config=vision_config,
+        initializer_range=initializer_range,
         tie_word_embeddings=False,
         **_vision_token_ids(tokenizer),
     )
@@ -145,6 +167,14 @@ def build_tiny_vlm(
     hidden_size: int = 64,
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vision_width: int = 32,
+    vision_depth: int = 2,
+    vocab_size: int = 640,
+    extra_corpus: Sequence[str] = (),
+    initializer_range: float = 0.02,
+    intermediate_size: int | None = None,
 ) -> Path:
     """Write a tiny random Qwen-VL checkpoint (model, tokenizer, image-only processor) to `output_dir`.
 
@@ -155,14 +185,24 @@ def build_tiny_vlm(
         hidden_size: text width; the vision tower projects to it.
         min_pixels: image processor's minimum area; with `max_pixels` it bounds image tokens (112x112 -> 16 tokens).
         max_pixels: image processor's maximum area.
+        num_layers: text transformer layers.
+        num_heads: text attention heads (key/value heads: half as many).
+        vision_width: width of the vision blocks (the merger projects to `hidden_size`).
+        vision_depth: vision blocks.
+        vocab_size: tokenizer vocabulary size (byte alphabet and special tokens included).
+        extra_corpus: more tokenizer training text (`trl_vlprm.data.puzzles.testbed_corpus()` gives the testbed's
+            words whole tokens).
+        initializer_range: standard deviation of the random weights.
+        intermediate_size: width of the text MLP (default `2 * hidden_size`).
 
     Returns:
         The folder, loadable with `Qwen2VLForConditionalGeneration.from_pretrained`, `load_prm` and `load_processor`.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer()
-    config = tiny_vlm_config(arch, tokenizer, hidden_size)
+    tokenizer = build_tiny_tokenizer(vocab_size, extra_corpus)
+    config = tiny_vlm_config(arch, tokenizer, hidden_size, num_layers, num_heads, vision_width, vision_depth,
+                             initializer_range, intermediate_size)
     model_class = Qwen2VLForConditionalGeneration if arch == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(seed)
     model = model_class(config)
@@ -193,162 +233,6 @@ def build_tiny_text_prm(output_dir: str | Path, seed: int = 0, hidden_size: int 
     Qwen2ForTokenClassification(config).save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
-
-
-# -- the Hugging Face cache, as a download from the Hub leaves it ------------------------------------------------
-
-# Upstream Qwen-VL checkpoints (written by transformers 4.4x) keep the text settings at the top level of
-# config.json and store `visual.*` / `model.layers.*` tensors; transformers 5 reads both forms.
-_UPSTREAM_KEYS = [(r"^model\.visual\.", "visual."), (r"^model\.language_model\.", "model.")]
-_UPSTREAM_PROCESSORS = {
-    "qwen2_vl": ("Qwen2VLImageProcessor", "Qwen2VLProcessor"),
-    "qwen2_5_vl": ("Qwen2_5_VLImageProcessor", "Qwen2_5_VLProcessor"),
-}
-
-
-def write_upstream_layout(folder: str | Path) -> Path:
-    """Rewrite a `build_tiny_vlm` folder in place into the file shapes of the published Qwen-VL checkpoints.
-
-    `config.json` flat (text fields at the top, `rope_scaling: {type: mrope}`), tensors under `visual.*` and
-    `model.*`, `preprocessor_config.json` with `min_pixels` / `max_pixels` and the upstream image processor type,
-    `chat_template.json`, and a tokenizer saved as `Qwen2Tokenizer` with `vocab.json` / `merges.txt` beside
-    `tokenizer.json`: what `huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct` gives, at a tiny size.
-    """
-    import json
-    import re
-
-    from safetensors.torch import load_file, save_file
-
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    model_type = config["model_type"]
-    text = config.pop("text_config")
-    rope = text.pop("rope_parameters", None) or {}
-    for key in ("model_type", "architectures", "dtype", "output_attentions", "output_hidden_states", "return_dict"):
-        text.pop(key, None)
-    upstream_config = {**text, **config}
-    upstream_config["rope_theta"] = rope.get("rope_theta", 10000.0)
-    upstream_config["rope_scaling"] = {"type": "mrope", "mrope_section": rope["mrope_section"]}
-    upstream_config["torch_dtype"] = upstream_config.pop("dtype", "float32")
-    upstream_config["transformers_version"] = "4.49.0"
-    _write_json(folder / "config.json", upstream_config)
-
-    tensors = load_file(str(folder / "model.safetensors"))
-    renamed = {}
-    for key, tensor in tensors.items():
-        for pattern, target in _UPSTREAM_KEYS:
-            key = re.sub(pattern, target, key)
-        renamed[key] = tensor.contiguous()
-    save_file(renamed, str(folder / "model.safetensors"), {"format": "pt"})
-
-    image_type, processor_type = _UPSTREAM_PROCESSORS[model_type]
-    saved = json.loads((folder / "processor_config.json").read_text())["image_processor"]  # transformers 5 nests it
-    _write_json(
-        folder / "preprocessor_config.json",
-        {
-            "min_pixels": saved["size"]["shortest_edge"],
-            "max_pixels": saved["size"]["longest_edge"],
-            "patch_size": saved["patch_size"],
-            "temporal_patch_size": saved["temporal_patch_size"],
-            "merge_size": saved["merge_size"],
-            "image_mean": saved["image_mean"],
-            "image_std": saved["image_std"],
-            "image_processor_type": image_type,
-            "processor_class": processor_type,
-        },
-    )
-    template_file = folder / "chat_template.jinja"
-    template = template_file.read_text() if template_file.exists() else CHAT_TEMPLATE
-    _write_json(folder / "chat_template.json", {"chat_template": template})
-    for name in ("chat_template.jinja", "processor_config.json"):
-        (folder / name).unlink(missing_ok=True)
-
-    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
-    tokenizer_config.update(tokenizer_class="Qwen2Tokenizer", chat_template=template, processor_class=processor_type)
-    _write_json(folder / "tokenizer_config.json", tokenizer_config)
-    # Qwen2Tokenizer imposes Qwen's normaliser and pre-tokeniser; tokenizer.json is re-saved with them, as upstream's
-    # holds them, so readers of tokenizer.json alone (vLLM, older transformers) tokenize the same way.
-    AutoTokenizer.from_pretrained(folder).backend_tokenizer.save(str(folder / "tokenizer.json"))
-    bpe = json.loads((folder / "tokenizer.json").read_text())["model"]
-    _write_json(folder / "vocab.json", bpe["vocab"])
-    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return folder
-
-
-def _write_json(path: Path, data: dict) -> None:
-    import json
-
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def save_to_hub_cache(
-    folder: str | Path,
-    repo_id: str,
-    cache_dir: str | Path | None = None,
-    revision: str = "main",
-) -> Path:
-    """Place a model folder in a Hugging Face cache exactly as a download of `repo_id` at `revision` would.
-
-    Layout (huggingface_hub's): `<cache_dir>/models--Org--Name/blobs/<sha256>` holding the file contents,
-    `snapshots/<commit>/<file>` symlinks to them, and `refs/<revision>` holding the commit. The commit hash is
-    derived from the contents, so the same folder gives the same commit and a changed one a new commit (two
-    revisions of one repo live side by side). With `HF_HUB_OFFLINE=1` and this cache, transformers, huggingface_hub
-    and every `trl_vlprm` entry point load the model by `repo_id`.
-
-    Args:
-        folder: the model folder (e.g. from `build_tiny_vlm`, then `write_upstream_layout`, or a trained PRM).
-        repo_id: "Org/Name", e.g. "Qwen/Qwen2.5-VL-3B-Instruct".
-        cache_dir: the hub cache (`HF_HUB_CACHE`, i.e. `$HF_HOME/hub`); default: huggingface_hub's current one.
-        revision: the branch or tag name that points at the new commit ("main" by default).
-
-    Returns:
-        The snapshot folder.
-    """
-    import hashlib
-    import os
-    import shutil
-    import tempfile
-
-    from huggingface_hub import constants
-
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo_id must look like 'Org/Name', got {repo_id!r}")
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    if not any(p.name == "config.json" for p in files):
-        raise ValueError(f"{folder} has no config.json: not a model folder")
-    repo_dir = Path(cache_dir or constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
-    commit = hashlib.sha1()
-    blobs = {}
-    for path in files:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        relative = path.relative_to(folder).as_posix()
-        blobs[relative] = digest
-        commit.update(f"{relative}\0{digest}\n".encode())
-    commit_hash = commit.hexdigest()
-    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
-    for path in files:
-        blob = repo_dir / "blobs" / blobs[path.relative_to(folder).as_posix()]
-        if not blob.exists():
-            shutil.copyfile(path, blob.with_suffix(".incomplete"))  # huggingface_hub's own temporary name
-            os.replace(blob.with_suffix(".incomplete"), blob)
-    snapshot = repo_dir / "snapshots" / commit_hash
-    if not snapshot.exists():
-        (repo_dir / "snapshots").mkdir(exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=repo_dir / "snapshots", prefix=".tmp-"))
-        for relative, digest in blobs.items():
-            link = staging / relative
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(repo_dir / "blobs" / digest, (snapshot / relative).parent))
-        os.replace(staging, snapshot)
-    (repo_dir / "refs").mkdir(exist_ok=True)
-    ref = repo_dir / "refs" / revision
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    pending = ref.parent / f".{ref.name}.tmp"
-    pending.write_text(commit_hash)
-    os.replace(pending, ref)
-    return snapshot
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from trl_vlprm.data.schema import RecordError, validate_record
 from trl_vlprm.modeling.heads import correct_probability, load_prm, prm_token_ids, step_logits
-from trl_vlprm.modeling.processor import get_tokenizer, load_processor
+from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
 from trl_vlprm.trainer.collator import DataCollatorForVLPRM
 from trl_vlprm.trainer.config import VLPRMConfig
 from trl_vlprm.trainer.metrics import compute_step_metrics
@@ -45,8 +45,8 @@ class VLPRMTrainer(Trainer):
 
     Args:
         model (`PreTrainedModel` or `str`):
-            The PRM, or a local path loaded with `load_prm(path, head=args.head)` (value head: 2 classes, or 1 when
-            the training labels are soft).
+            The PRM, or a local folder or Hub repo id loaded with `load_prm(name, head=args.head)` (value head: 2
+            classes, or 1 when the training labels are soft; `model_init_kwargs` may hold its `revision`).
         args (`VLPRMConfig`): training configuration.
         data_collator (*optional*): defaults to `DataCollatorForVLPRM(processing_class)`.
         train_dataset (`datasets.Dataset`): stepwise-supervision records (`prompt`, `images`, `completions`,
@@ -79,12 +79,17 @@ class VLPRMTrainer(Trainer):
     ):
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
-        if isinstance(model, str):
-            processing_class = processing_class or load_processor(model, args.min_pixels, args.max_pixels)
+        if isinstance(model, str):  # a folder or a Hub repo id (revision in `model_init_kwargs`)
+            init_kwargs = args.model_init_kwargs or {}
+            processing_class = processing_class or load_processor(
+                model, args.min_pixels, args.max_pixels, revision=init_kwargs.get("revision")
+            )
             num_labels = 1 if _has_soft_labels(train_dataset) else 2
-            model = load_prm(model, head=args.head, num_labels=num_labels, **(args.model_init_kwargs or {}))
+            model = load_prm(model, head=args.head, num_labels=num_labels, **init_kwargs)
         if processing_class is None:
             raise ValueError("`processing_class` is required when `model` is not a path")
+        if _has_images(train_dataset):
+            require_image_support(processing_class, model.config.model_type, "VLPRMTrainer")
         self.head = args.head
         self.prm_token_ids = prm_token_ids(get_tokenizer(processing_class)) if args.head == "generative" else None
         _record_prm_metadata(model, args, self.prm_token_ids)
@@ -208,6 +213,13 @@ class VLPRMTrainer(Trainer):
             return loss.detach(), None, None
         probabilities = correct_probability(outputs["class_logits"])
         return loss.detach(), (probabilities, step_type_ids), labels
+
+
+def _has_images(dataset) -> bool:
+    # Only the first rows are read: enough to tell an image dataset from a text one without decoding them all.
+    if "images" not in (dataset.column_names or []) or isinstance(dataset, IterableDataset):
+        return False
+    return any(dataset.select_columns("images")[: min(len(dataset), 16)]["images"])
 
 
 def _has_soft_labels(dataset) -> bool:

@@ -2,6 +2,7 @@
 
 from .generator import (
     FAMILIES,
+    TIERS,
     format_prompt,
     generate_puzzles,
     gold_steps,
@@ -9,6 +10,8 @@ from .generator import (
     parse_answer_step,
     puzzle_features,
     read_metadata,
+    resolve_families,
+    testbed_corpus,
 )
 from .scripted_policy import GoldOracleScorer, ScriptedPolicy
 from .supervision import sample_supervision
@@ -17,6 +20,7 @@ __all__ = [
     "FAMILIES",
     "GoldOracleScorer",
     "ScriptedPolicy",
+    "TIERS",
     "format_prompt",
     "generate_puzzles",
     "gold_steps",
@@ -24,5 +28,7 @@ __all__ = [
     "parse_answer_step",
     "puzzle_features",
     "read_metadata",
+    "resolve_families",
     "sample_supervision",
+    "testbed_corpus",
 ]

@@ -14,11 +14,20 @@ from typing import Any
 from ..schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, RecordError, stepwise_features, to_json_string
 from .arithmetic import Clock, Counting, NumberGrid, PolygonSides
 from .families import ColorGrid, PuzzleFamily, SizeCycle, State
+from .learnable import ShapeColour, ShapeSides
 
+# Two tiers (docs/testbed.md): "hard" puzzles a tiny CPU model cannot learn to check in minutes (grids, counting,
+# arithmetic, clocks: the default, as before), "learnable" ones it can (one large shape, one-sentence steps).
+TIERS: dict[str, tuple[str, ...]] = {
+    "hard": ("color_grid", "size_cycle", "counting", "number_grid", "polygon_sides", "clock"),
+    "learnable": ("shape_sides", "shape_colour"),
+}
+DEFAULT_TIER = "hard"
 FAMILIES: dict[str, PuzzleFamily] = {
     family.name: family
-    for family in (ColorGrid(), SizeCycle(), Counting(), NumberGrid(), PolygonSides(), Clock())
-}
+    for family in (ColorGrid(), SizeCycle(), Counting(), NumberGrid(), PolygonSides(), Clock(), ShapeSides(),
+                   ShapeColour())
+}  # fmt: skip
 STEP_TYPES = [PERCEPTION, REASONING, REASONING]
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ANSWER_PREFIX = "Answer: "
@@ -61,6 +70,21 @@ def gold_steps(family: PuzzleFamily, state: State) -> list[str]:
     return [family.describe(state, obs), family.explain(state, obs, value), answer_step(value)]
 
 
+def resolve_families(families: str | Sequence[str] | None) -> list[str]:
+    """Family names from a tier name ("hard", "learnable"), a comma-separated string or a list; None: the hard tier."""
+    if families is None:
+        return list(TIERS[DEFAULT_TIER])
+    if isinstance(families, str):
+        families = TIERS.get(families) or [name.strip() for name in families.split(",") if name.strip()]
+    names = list(families)
+    for name in names:
+        if name not in FAMILIES:
+            raise ValueError(
+                f"unknown puzzle family {name!r}; expected one of {sorted(FAMILIES)} or a tier {sorted(TIERS)}"
+            )
+    return names
+
+
 def make_puzzle(family: str, seed: int, index: int, image_size: int = 168) -> dict[str, Any]:
     """One puzzle record of `family`, determined by `(seed, index)` alone."""
     if family not in FAMILIES:
@@ -95,13 +119,15 @@ def puzzle_features():
     return features
 
 
-def generate_puzzles(n: int, seed: int = 0, families: Sequence[str] | None = None, image_size: int = 168):
+def generate_puzzles(
+    n: int, seed: int = 0, families: str | Sequence[str] | None = None, image_size: int = 168
+):
     """`n` testbed puzzles as a `datasets.Dataset` in the stepwise-supervision schema.
 
     Args:
         n: number of puzzles; families are dealt round-robin so each gets `n / len(families)`.
         seed: the same seed gives the same records, image bytes included.
-        families: names in `FAMILIES` (all when None).
+        families: names in `FAMILIES`, or a tier name of `TIERS` ("hard", "learnable"); None: the hard tier.
         image_size: side of the square images in pixels (112-224 suits tiny models).
 
     Returns:
@@ -112,9 +138,33 @@ def generate_puzzles(n: int, seed: int = 0, families: Sequence[str] | None = Non
 
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    names = list(families) if families else list(FAMILIES)
-    for name in names:
-        if name not in FAMILIES:
-            raise ValueError(f"unknown puzzle family {name!r}; expected one of {sorted(FAMILIES)}")
+    names = resolve_families(families or None)
     records = [make_puzzle(names[i % len(names)], seed, i, image_size) for i in range(n)]
     return Dataset.from_list(records, features=puzzle_features())
+
+
+def testbed_corpus(per_family: int = 40, seed: int = 0) -> list[str]:
+    """Text of the testbed (questions, options, gold, misread and slipped steps of every family), no images.
+
+    A tokenizer trained on it encodes the testbed's words whole ("hexagon", "purple"), so a tiny PRM checks a
+    step by looking at one token per word instead of assembling words from byte pieces.
+    """
+    texts = []
+    for name, family in FAMILIES.items():
+        rng = random.Random(f"corpus:{seed}:{name}")
+        for _ in range(per_family):
+            state = family.sample(rng)
+            obs = family.observe(state)
+            value = family.solve(state, obs)
+            misread = family.misread(state, obs, rng)
+            slipped = family.slip(state, obs, value, rng)
+            texts += [
+                format_prompt(family.question(state), state["options"]),
+                family.describe(state, obs),
+                family.describe(state, misread),
+                family.explain(state, obs, value),
+                family.explain(state, misread, family.solve(state, misread)),
+                family.explain(state, obs, slipped),
+                answer_step(value),
+            ]
+    return texts

@@ -9,6 +9,12 @@ Gold correctness follows the PRM800K *first-error* convention: a step is correct
 every earlier step is correct. A step that reasons soundly from a misread is therefore incorrect, and so is the
 final answer after any error, even when it happens to be right. Because the gold solution of a puzzle is unique,
 this is "the step and every step before it equal the gold steps".
+
+Systematic errors: real VLMs misread the same image the same way in most samples, so their wrong answers agree
+and majority vote converges on them. With `systematic_share > 0`, that share of questions (chosen by a hash of the
+question id and `systematic_seed`, the same in every run) carries one fixed misreading; each sample of such a
+question uses it with probability `systematic_rate` (else it errs at the ordinary rates). This is the regime where a
+PRM that checks the perception step against the image earns its keep and majority vote fails.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ class ScriptedPolicy:
             arithmetic slip or a wrong rule); the answer step then states that wrong value.
         seed: seed of the policy's random generator (sampling order matters, as for any sampler).
         step_separator: text that ends a step; steps never contain it.
+        systematic_share: share of questions misread the same way in most samples (a per-question bias).
+        systematic_rate: probability that a sample of a biased question uses its fixed misreading.
+        systematic_seed: picks the biased questions and their misreadings (independent of `seed`, so every policy
+            built with the same value sees the same biases).
     """
 
     def __init__(
@@ -40,14 +50,21 @@ class ScriptedPolicy:
         reasoning_error_rate: float = 0.2,
         seed: int = 0,
         step_separator: str = "\n",
+        systematic_share: float = 0.0,
+        systematic_rate: float = 0.8,
+        systematic_seed: int = 0,
     ):
         for name, rate in (("perception_error_rate", perception_error_rate),
-                           ("reasoning_error_rate", reasoning_error_rate)):
+                           ("reasoning_error_rate", reasoning_error_rate), ("systematic_share", systematic_share),
+                           ("systematic_rate", systematic_rate)):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"ScriptedPolicy.{name}={rate}; expected a probability in [0, 1]")
         self.perception_error_rate = perception_error_rate
         self.reasoning_error_rate = reasoning_error_rate
         self.step_separator = step_separator
+        self.systematic_share = systematic_share
+        self.systematic_rate = systematic_rate
+        self.systematic_seed = systematic_seed
         self.stats = PolicyStats()
         self._rng = random.Random(seed)
 
@@ -87,7 +104,10 @@ class ScriptedPolicy:
         while len(steps) < max_steps:
             if position == 0:
                 obs = family.observe(state)
-                if self._rng.random() < self.perception_error_rate:
+                bias = self.systematic_misreading(question)
+                if bias is not None and self._rng.random() < self.systematic_rate:
+                    obs = bias
+                elif self._rng.random() < self.perception_error_rate:
                     obs = family.misread(state, obs, self._rng)
                 step, kind = family.describe(state, obs), PERCEPTION
             elif position == 1:
@@ -116,6 +136,16 @@ class ScriptedPolicy:
             gold_correct=gold_correct,
             num_tokens=sum(len(s.split()) for s in steps),
         )
+
+    def systematic_misreading(self, question: Question):
+        """The fixed misreading of a biased question (an observation), or None when the question is unbiased."""
+        if self.systematic_share <= 0.0:
+            return None
+        family, state = read_metadata(question)
+        rng = random.Random(f"systematic:{self.systematic_seed}:{question.get('id', '?')}")
+        if rng.random() >= self.systematic_share:
+            return None
+        return family.misread(state, family.observe(state), rng)
 
 
 class GoldOracleScorer:

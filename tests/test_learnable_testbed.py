@@ -1,0 +1,245 @@
+"""Learnable testbed tier, systematic misreadings of the scripted policy, the tiny factory's options, guard-rails."""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import pytest
+
+from trl_vlprm.data.puzzles import (
+    FAMILIES,
+    TIERS,
+    GoldOracleScorer,
+    ScriptedPolicy,
+    generate_puzzles,
+    gold_steps,
+    read_metadata,
+)
+from trl_vlprm.data.puzzles import testbed_corpus as corpus_text  # aliased: pytest would collect "test*" names
+from trl_vlprm.data.puzzles.render import PALETTE
+from trl_vlprm.eval.guardrails import BLIND_SHIFT, best_of_n_vs_random, image_swap_sensitivity, sweep_below_random
+from trl_vlprm.guidance.policy import Candidate
+from trl_vlprm.guidance.strategies import majority_vote
+
+
+@pytest.fixture(scope="module")
+def learnable():
+    return list(generate_puzzles(120, seed=0, families="learnable", image_size=84))
+
+
+def within(count: int, n: int, rate: float, sigmas: float = 4.0) -> bool:
+    return abs(count / n - rate) <= sigmas * math.sqrt(rate * (1 - rate) / n)
+
+
+def test_tiers_partition_the_families_and_default_to_hard():
+    assert set(TIERS["hard"]) | set(TIERS["learnable"]) == set(FAMILIES)
+    assert not set(TIERS["hard"]) & set(TIERS["learnable"])
+    assert set(generate_puzzles(12, seed=0)["category"]) == set(TIERS["hard"])
+    by_tier = generate_puzzles(4, seed=0, families="learnable")["category"]
+    assert by_tier == ["shape_sides", "shape_colour"] * 2
+    assert generate_puzzles(2, seed=0, families="shape_colour,clock")["category"] == ["shape_colour", "clock"]
+    with pytest.raises(ValueError, match="or a tier"):
+        generate_puzzles(2, seed=0, families="easy")
+
+
+def test_learnable_gold_steps_are_one_sentence_of_the_image(learnable):
+    for row in learnable:
+        family, state = read_metadata(row)
+        perception, reasoning, final = row["completions"]
+        assert perception == f"The shape is a {state['colour']} {state['kind']}."
+        assert family.parse(state, perception) == family.observe(state)
+        assert row["answer"] in row["options"] and final == f"Answer: {row['answer']}"
+        assert row["completions"] == gold_steps(family, state)
+        assert perception not in row["prompt"] and state["colour"] not in row["prompt"].split("\n")[1]
+        assert row["images"][0].size == (84, 84)
+    # the image is one large shape in the puzzle's colour: its most frequent non-white pixel is that colour
+    for row in learnable[:20]:
+        _, state = read_metadata(row)
+        pixels = collections.Counter(row["images"][0].get_flattened_data())
+        pixels.pop((255, 255, 255), None)
+        assert pixels.most_common(1)[0][0] == PALETTE[state["colour"]]
+        assert sum(pixels.values()) > 0.2 * 84 * 84  # a triangle, the smallest, covers ~27%
+
+
+def test_learnable_images_give_nine_image_tokens(tiny_qwen2_vl_path, learnable):
+    from trl_vlprm.modeling.processor import load_processor
+    from trl_vlprm.trainer.tokenization import image_token_counts
+
+    assert image_token_counts(load_processor(tiny_qwen2_vl_path), [learnable[0]["images"][0]]) == [9]
+
+
+def test_misreads_mostly_change_the_answer_detail(learnable):
+    import random
+
+    rng = random.Random(0)
+    changed = {"shape_sides": [], "shape_colour": []}
+    for row in learnable:
+        family, state = read_metadata(row)
+        for _ in range(20):
+            misread = family.misread(state, family.observe(state), rng)
+            assert misread != family.observe(state)
+            changed[family.name].append(family.solve(state, misread) != row["answer"])
+    for name, flags in changed.items():
+        assert within(sum(flags), len(flags), 0.75), (name, sum(flags) / len(flags))
+
+
+def test_testbed_words_are_whole_tokens():
+    from trl_vlprm.modeling.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(extra_corpus=corpus_text())
+    for word in [*PALETTE, "triangle", "square", "pentagon", "hexagon", "sides", "shape", "answer"]:
+        assert len(tokenizer.encode(" " + word)) == 1, word
+    plain = build_tiny_tokenizer()
+    assert len(plain.encode(" shape")) > 1  # the built-in corpus alone splits it: the testbed corpus matters
+
+
+def test_tiny_factory_exposes_layers_heads_and_vision_width(tmp_path):
+    from transformers import AutoConfig
+
+    from trl_vlprm.modeling.tiny import build_tiny_vlm, tiny_vlm_config
+
+    path = build_tiny_vlm(tmp_path / "m", num_layers=3, num_heads=2, vision_width=48, initializer_range=0.05)
+    config = AutoConfig.from_pretrained(path)
+    assert config.text_config.num_hidden_layers == 3 and config.text_config.num_attention_heads == 2
+    assert config.text_config.num_key_value_heads == 1 and config.vision_config.embed_dim == 48
+    assert config.text_config.initializer_range == 0.05
+    q25 = tiny_vlm_config("qwen2_5_vl", build_tiny_tokenizer_cached(), vision_width=48, vision_depth=3)
+    assert q25.vision_config.hidden_size == 48 and q25.vision_config.fullatt_block_indexes == [2]
+    with pytest.raises(ValueError, match="even width"):
+        tiny_vlm_config("qwen2_vl", build_tiny_tokenizer_cached(), hidden_size=64, num_heads=3)
+
+
+def build_tiny_tokenizer_cached():
+    from trl_vlprm.modeling.tiny import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+# ---------------------------------------------------------------- systematic misreadings
+
+
+def test_no_systematic_share_keeps_the_old_samples(learnable):
+    old, new = ScriptedPolicy(0.3, 0.2, seed=4), ScriptedPolicy(0.3, 0.2, seed=4, systematic_share=0.0)
+    for question in learnable[:30]:
+        assert [c.steps for c in old.sample_solutions(question, 4)] == [
+            c.steps for c in new.sample_solutions(question, 4)
+        ]
+
+
+def test_systematic_share_biases_that_share_of_questions(learnable):
+    policy = ScriptedPolicy(0.0, 0.0, seed=0, systematic_share=0.4, systematic_rate=1.0)
+    biased = [q for q in learnable if policy.systematic_misreading(q) is not None]
+    assert within(len(biased), len(learnable), 0.4)
+    # the same questions are biased the same way whatever the sampling seed
+    other = ScriptedPolicy(0.0, 0.0, seed=9, systematic_share=0.4, systematic_rate=1.0)
+    assert [other.systematic_misreading(q) for q in learnable] == [policy.systematic_misreading(q) for q in learnable]
+    for question in learnable:
+        solutions = policy.sample_solutions(question, 5)
+        texts = {c.steps[0] for c in solutions}
+        assert len(texts) == 1  # rate 1.0: every sample repeats the question's one reading
+        assert all(c.gold_correct[0] == (question not in biased) for c in solutions)
+
+
+def test_systematic_errors_defeat_majority_vote_but_not_the_oracle(learnable):
+    policy = ScriptedPolicy(0.1, 0.1, seed=1, systematic_share=0.5, systematic_rate=0.7)
+    oracle = GoldOracleScorer()
+    majority_right = oracle_right = 0
+    biased_wrong_majority = 0
+    for question in learnable:
+        candidates = [Candidate(steps=[], gold_correct=[]).extend(c) for c in policy.sample_solutions(question, 8)]
+        chosen = majority_vote(candidates)
+        majority_right += candidates[chosen].answer == question["answer"]
+        scores = oracle.score(question, candidates)
+        best = max(range(8), key=lambda i: min(scores[i]))
+        oracle_right += candidates[best].answer == question["answer"]
+        bias = policy.systematic_misreading(question)
+        if bias is not None:
+            family, state = read_metadata(question)
+            biased_wrong_majority += family.solve(state, bias) != question["answer"] and (
+                candidates[chosen].answer != question["answer"]
+            )
+    n = len(learnable)
+    # half the questions biased, 3/4 of the biases change the answer, 70% of their samples repeat it
+    assert biased_wrong_majority >= 0.2 * n
+    assert majority_right <= 0.8 * n < oracle_right
+
+
+# ---------------------------------------------------------------- guard-rails
+
+
+class ColourReader:
+    """A step scorer that reads the image: P(correct) of a perception step is 1 when it names the shape's colour."""
+
+    def score(self, question, candidates):
+        image = question["images"][0]
+        pixels = collections.Counter(image.get_flattened_data())
+        pixels.pop((255, 255, 255), None)
+        colour = next(name for name, rgb in PALETTE.items() if rgb == pixels.most_common(1)[0][0])
+        return [[1.0 if colour in c.steps[0] else 0.0] + [0.5] * (len(c.steps) - 1) for c in candidates]
+
+
+def supervision_rows(learnable, n: int = 4):
+    policy = ScriptedPolicy(0.4, 0.2, seed=3)
+    rows = []
+    for question in learnable[:40]:
+        for k, c in enumerate(policy.sample_solutions(question, n)):
+            rows.append({**question, "id": f"{question['id']}#{k}", "completions": c.steps,
+                         "labels": c.gold_correct, "step_types": c.step_types})  # fmt: skip
+    return rows
+
+
+def test_image_swap_sensitivity_separates_a_reader_from_a_blind_scorer(learnable):
+    rows = supervision_rows(learnable)
+    reader = image_swap_sensitivity(ColourReader(), rows)
+    assert reader.num_steps["perception"] == len(rows) and reader.num_steps["all"] == 3 * len(rows)
+    assert reader.mean_abs_shift["reasoning"] == 0.0
+    # consecutive puzzles have the same colour 1/6 of the time: the shift is the share of colour changes
+    assert reader.mean_abs_shift["perception"] > 0.5 and not reader.blind
+    blind = image_swap_sensitivity(LabelScorer(rows), rows)  # reads the text only
+    assert blind.mean_abs_shift["all"] == 0.0 and blind.blind
+    assert any("ignores its image" in line for line in blind.lines())
+    assert BLIND_SHIFT > 0
+
+
+class LabelScorer:
+    """Scores each step with its label, or the opposite (`invert`): the best and the worst informative PRMs.
+
+    Reads the text and the question id only, never the image.
+    """
+
+    def __init__(self, rows, invert: bool = False):
+        self.labels = {(r["id"].split("#")[0], tuple(r["completions"])): r["labels"] for r in rows}
+        self.invert = invert
+
+    def score(self, question, candidates):
+        key = question["id"].split("#")[0]
+        return [[float(bool(x) != self.invert) for x in self.labels[key, tuple(c.steps)]] for c in candidates]
+
+
+def test_best_of_n_vs_random_is_exact_and_warns_below_random(learnable):
+    rows = supervision_rows(learnable)
+    groups = collections.defaultdict(list)
+    for row in rows:
+        groups[row["id"].split("#")[0]].append(all(row["labels"]))
+    expected_random = sum(sum(g) / len(g) for g in groups.values()) / len(groups)
+    expected_oracle = sum(any(g) for g in groups.values()) / len(groups)
+    good = best_of_n_vs_random(LabelScorer(rows), rows)
+    assert good.num_questions == len(groups) == 40
+    assert good.random_accuracy == pytest.approx(expected_random)
+    assert good.prm_accuracy == good.oracle_accuracy == pytest.approx(expected_oracle)
+    assert good.margin_sigma > 2 and not good.below_random
+    bad = best_of_n_vs_random(LabelScorer(rows, invert=True), rows)
+    assert bad.prm_accuracy < bad.random_accuracy and bad.below_random
+    assert any("below a random scorer" in line for line in bad.lines())
+
+
+def test_sweep_below_random_names_the_cells():
+    def row(scorer, n, accuracy):
+        return {"benchmark": "b", "policy": "p", "scorer": scorer, "strategy": "best_of_n:min", "n": n,
+                "accuracy": accuracy}  # fmt: skip
+
+    rows = [row("vlprm", 1, 0.5), row("random", 1, 0.6), row("vlprm", 4, 0.4), row("random", 4, 0.6),
+            row("vlprm", 8, 0.7), row("random", 8, 0.6)]  # fmt: skip
+    warnings = sweep_below_random(rows, "vlprm")
+    assert len(warnings) == 1 and "N=4" in warnings[0]

@@ -1,0 +1,148 @@
+"""A VL-PRM that learns on a CPU in minutes: the tiny model, the data and the training settings, in one place.
+
+`CPURecipe` trains a ~0.3 M-parameter Qwen2-VL value-head PRM with `VLPRMTrainer` on the learnable tier of the
+puzzle testbed (one large shape per 84 px image, 9 image tokens; one-sentence perception and reasoning steps), with
+the scripted policy's gold step labels. The demo and the test that guards "training produces a PRM that helps"
+both use it, so the figures in docs/testbed.md are the ones `make test` holds.
+
+What the defaults fix, and why (measured on 2 shared cores, see docs/testbed.md):
+
+- the tokenizer is trained on the testbed's own text, so colours and shapes are whole tokens;
+- perception errors are sampled at 0.5 so the perception labels are balanced: at 0.3 the majority class ("correct")
+  is a deep basin that some seeds never leave within budget;
+- a linear warm-up before the cosine decay keeps the first large-learning-rate steps from saturating the head.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+LEARNABLE_TIER = "learnable"
+
+
+@dataclass
+class CPURecipe:
+    """Settings of a tiny VL-PRM trained on the learnable testbed tier.
+
+    Args:
+        seed: seeds the model weights, the training puzzles and solutions, and the trainer.
+        hidden_size: text width of the tiny Qwen2-VL.
+        num_layers: text transformer layers.
+        num_heads: text attention heads.
+        vision_width: width of the vision blocks.
+        vocab_size: tokenizer vocabulary, trained on the testbed text.
+        families: puzzle families or a tier name of `trl_vlprm.data.puzzles.TIERS`.
+        num_puzzles: training puzzles.
+        solutions_per_puzzle: scripted-policy solutions sampled per training puzzle.
+        perception_error_rate: misreading rate of the policy that writes the training solutions.
+        reasoning_error_rate: slip rate of the policy that writes the training solutions.
+        image_size: image side in pixels (84 gives 9 image tokens).
+        max_steps: optimizer steps.
+        learning_rate: peak learning rate (AdamW).
+        warmup_ratio: share of the steps spent warming the learning rate up linearly.
+        batch_size: rows per step.
+        perception_loss_weight: loss multiplier of perception steps.
+    """
+
+    seed: int = field(default=0, metadata={"help": "Seed of the weights, the training data and the trainer."})
+    hidden_size: int = field(default=64, metadata={"help": "Text width of the tiny Qwen2-VL."})
+    num_layers: int = field(default=2, metadata={"help": "Text transformer layers."})
+    num_heads: int = field(default=4, metadata={"help": "Text attention heads."})
+    vision_width: int = field(default=32, metadata={"help": "Width of the vision blocks."})
+    vocab_size: int = field(default=640, metadata={"help": "Tokenizer vocabulary, trained on the testbed text."})
+    families: str = field(default=LEARNABLE_TIER, metadata={"help": "Puzzle families or a tier name."})
+    num_puzzles: int = field(default=1200, metadata={"help": "Training puzzles."})
+    solutions_per_puzzle: int = field(default=4, metadata={"help": "Scripted solutions sampled per training puzzle."})
+    perception_error_rate: float = field(default=0.5, metadata={"help": "Misreading rate of the training policy."})
+    reasoning_error_rate: float = field(default=0.3, metadata={"help": "Slip rate of the training policy."})
+    image_size: int = field(default=84, metadata={"help": "Image side in pixels (84 gives 9 image tokens)."})
+    max_steps: int = field(default=2000, metadata={"help": "Optimizer steps."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate of AdamW."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps of linear learning-rate warm-up."})
+    batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step."})
+    perception_loss_weight: float = field(default=2.0, metadata={"help": "Loss multiplier of perception steps."})
+
+    def with_seed(self, seed: int) -> CPURecipe:
+        return replace(self, seed=seed)
+
+    def build_model(self, path: str | Path) -> Path:
+        """The tiny random Qwen2-VL (tokenizer trained on the testbed text), written to `path` unless present."""
+        from trl_vlprm.data.puzzles import testbed_corpus
+        from trl_vlprm.modeling.tiny import build_tiny_vlm
+
+        path = Path(path)
+        if not (path / "model.safetensors").exists():
+            build_tiny_vlm(path, arch="qwen2_vl", seed=self.seed, hidden_size=self.hidden_size,
+                           num_layers=self.num_layers, num_heads=self.num_heads, vision_width=self.vision_width,
+                           vocab_size=self.vocab_size, extra_corpus=testbed_corpus())  # fmt: skip
+        return path
+
+    def supervision(self, num_puzzles: int, seed: int, **policy: Any):
+        """Scripted solutions of `num_puzzles` puzzles of the recipe's families, labelled by their gold."""
+        from trl_vlprm.data.puzzles import sample_supervision
+
+        rates = {
+            "perception_error_rate": self.perception_error_rate,
+            "reasoning_error_rate": self.reasoning_error_rate,
+        }
+        rates.update(policy)
+        return sample_supervision(num_puzzles, self.solutions_per_puzzle, rates["perception_error_rate"],
+                                  rates["reasoning_error_rate"], seed=seed, families=self.families,
+                                  image_size=self.image_size)  # fmt: skip
+
+    def training_data(self):
+        # Offset so the training puzzles never coincide with held-out ones drawn with small seeds.
+        return self.supervision(self.num_puzzles, seed=1000 + self.seed)
+
+    def training_args(self, output_dir: str | Path, **overrides: Any):
+        from trl_vlprm import VLPRMConfig
+
+        settings = dict(
+            output_dir=str(output_dir), head="value", perception_loss_weight=self.perception_loss_weight,
+            max_length=256, per_device_train_batch_size=self.batch_size, per_device_eval_batch_size=64,
+            max_steps=self.max_steps, learning_rate=self.learning_rate, lr_scheduler_type="cosine",
+            warmup_steps=self.warmup_ratio, save_strategy="no", logging_steps=max(1, self.max_steps // 10),
+            use_cpu=True, seed=self.seed, disable_tqdm=False,
+        )  # fmt: skip
+        settings.update(overrides)
+        return VLPRMConfig(**settings)
+
+    def train(self, output_dir: str | Path, eval_dataset=None, **overrides: Any) -> TrainedPRM:
+        """Build the model, sample the data, train, save to `<output_dir>/vlprm`; reuse a finished run.
+
+        Returns the PRM folder, held-out metrics before and after training (when `eval_dataset` is given) and the
+        training wall time (0 when reused).
+        """
+        from trl_vlprm import VLPRMTrainer
+
+        output_dir = Path(output_dir)
+        prm_path = output_dir / "vlprm"
+        model_path = self.build_model(output_dir / "tiny-qwen2-vl")
+        args = self.training_args(prm_path, **overrides)
+        done = (prm_path / "model.safetensors").exists()
+        trainer = VLPRMTrainer(str(prm_path if done else model_path), args,
+                               train_dataset=self.training_data(), eval_dataset=eval_dataset)  # fmt: skip
+        before = {}
+        if eval_dataset is not None and not done:
+            before = trainer.evaluate()
+        seconds = 0.0
+        if not done:
+            start = time.perf_counter()
+            trainer.train()
+            seconds = time.perf_counter() - start
+            trainer.save_model(str(prm_path))  # save_model writes in place; a crash leaves no model.safetensors
+        after = trainer.evaluate() if eval_dataset is not None else {}
+        return TrainedPRM(prm_path, before, after, seconds)
+
+
+@dataclass
+class TrainedPRM:
+    """Outcome of `CPURecipe.train`."""
+
+    path: Path
+    metrics_before: dict[str, float]
+    metrics_after: dict[str, float]
+    train_seconds: float

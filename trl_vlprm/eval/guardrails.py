@@ -1,0 +1,181 @@
+"""Guard-rails for any trained PRM: does it look at the image, and does its best-of-N beat a random pick?
+
+Two failure modes pass every loss curve unnoticed:
+
+- **A VL-PRM that ignores its image.** It can still reach the majority-class accuracy on perception steps, but it
+  cannot catch a misreading. `image_swap_sensitivity` scores each row with its own image and with another
+  question's image: a PRM that reads the image moves P(correct) of perception steps; one that ignores it shows ~0.
+- **An uninformative but deterministic PRM.** Its best-of-N can fall *below* a random pick: correct solutions of a
+  question tend to share one text while wrong ones are diverse, so a fixed scoring quirk favours wrong answers more
+  often than chance would. `best_of_n_vs_random` compares the PRM's pick with the exact expectation of a uniformly
+  random pick on the very same candidates (the share of correct ones), so no sampling noise blurs the comparison.
+
+`trl-vlprm check --prm <folder>` runs both on testbed solutions or on any stepwise dataset with labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl_vlprm.guidance.aggregation import aggregate
+from trl_vlprm.guidance.policy import Candidate, StepScorer
+
+# Below this mean |shift| of perception-step P(correct), a VL-PRM is treated as blind to its image.
+BLIND_SHIFT = 0.01
+
+
+def question_key(record: Mapping[str, Any]) -> str:
+    """Rows of one question share this key: the id before "#" (`<puzzle id>#<k>`), else the prompt text."""
+    row_id = str(record.get("id") or "")
+    return row_id.split("#")[0] if "#" in row_id else f"{row_id}|{record.get('prompt')}"
+
+
+def group_by_question(records: Iterable[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[question_key(record)].append(record)
+    return list(groups.values())
+
+
+@dataclass
+class ImageSwapReport:
+    """Mean |P(correct | own image) - P(correct | another question's image)| per step type and over all steps."""
+
+    mean_abs_shift: dict[str, float] = field(default_factory=dict)
+    num_steps: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def blind(self) -> bool:
+        """True when perception steps (or all steps, for untyped data) barely move: the PRM ignores its image."""
+        key = "perception" if self.num_steps.get("perception") else "all"
+        return self.mean_abs_shift.get(key, 0.0) < BLIND_SHIFT
+
+    def lines(self) -> list[str]:
+        out = [
+            f"   {kind:>10}: mean |delta P(correct)| {self.mean_abs_shift[kind]:.4f} over {self.num_steps[kind]} steps"
+            for kind in self.mean_abs_shift
+        ]
+        if self.blind:
+            out.append(
+                f"   WARNING: swapping images moves P(correct) by < {BLIND_SHIFT}: this PRM ignores its image and "
+                "cannot catch misreadings"
+            )
+        return out
+
+
+def image_swap_sensitivity(
+    scorer: StepScorer, records: Sequence[Mapping[str, Any]], max_questions: int | None = None
+) -> ImageSwapReport:
+    """Score each question's solutions with its own images and with the next question's images.
+
+    Args:
+        scorer: any `StepScorer` (e.g. `PRMScorer`).
+        records: stepwise rows (`prompt`, `images`, `completions`, optional `step_types`); rows of one question
+            (see `question_key`) are scored together.
+        max_questions: use the first this many questions.
+    """
+    groups = group_by_question(records)[:max_questions]
+    if len(groups) < 2:
+        raise ValueError(f"image_swap_sensitivity needs rows of at least 2 questions, got {len(groups)}")
+    shifts: dict[str, list[float]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        question = dict(group[0])
+        donor = groups[(index + 1) % len(groups)][0]
+        if not question.get("images"):
+            raise ValueError(f"row {question.get('id', index)}: no image to swap")
+        candidates = [Candidate(steps=list(row["completions"])) for row in group]
+        own = scorer.score(question, candidates)
+        swapped = scorer.score({**question, "images": donor["images"]}, candidates)
+        for row, own_scores, swapped_scores in zip(group, own, swapped):
+            types = row.get("step_types") or [None] * len(own_scores)
+            for kind, a, b in zip(types, own_scores, swapped_scores):
+                shifts["all"].append(abs(a - b))
+                if kind:
+                    shifts[kind].append(abs(a - b))
+    return ImageSwapReport(
+        {kind: sum(values) / len(values) for kind, values in shifts.items()},
+        {kind: len(values) for kind, values in shifts.items()},
+    )
+
+
+@dataclass
+class SelectionReport:
+    """Best-of-N with the PRM vs a uniformly random pick vs the oracle, on the same candidates."""
+
+    prm_accuracy: float
+    random_accuracy: float
+    oracle_accuracy: float
+    num_questions: int
+    aggregation: str
+
+    @property
+    def margin_sigma(self) -> float:
+        """(PRM - random) in standard errors of the PRM's accuracy (a binomial over questions)."""
+        p = min(max(self.random_accuracy, 1e-6), 1 - 1e-6)
+        return (self.prm_accuracy - self.random_accuracy) / math.sqrt(p * (1 - p) / max(self.num_questions, 1))
+
+    @property
+    def below_random(self) -> bool:
+        return self.prm_accuracy < self.random_accuracy
+
+    def lines(self) -> list[str]:
+        out = [
+            f"   best-of-N ({self.aggregation}) with the PRM {self.prm_accuracy:.3f} | random pick "
+            f"{self.random_accuracy:.3f} | oracle {self.oracle_accuracy:.3f}  ({self.num_questions} questions, "
+            f"PRM - random = {self.margin_sigma:+.1f} sigma)"
+        ]
+        if self.below_random:
+            out.append(
+                "   WARNING: PRM best-of-N falls below a random scorer on the same samples: the PRM is uninformative "
+                "(a deterministic quirk favours the diverse wrong answers) or anti-correlated with correctness"
+            )
+        return out
+
+
+def best_of_n_vs_random(
+    scorer: StepScorer, records: Sequence[Mapping[str, Any]], aggregation: str = "min"
+) -> SelectionReport:
+    """Best-of-N accuracy of `scorer` on labelled solutions grouped by question, against a random pick.
+
+    A solution is correct when all its step labels are true (labels >= 0.5 for soft labels). Questions whose
+    solutions are all right or all wrong are kept: every selector scores the same on them. The random pick's
+    accuracy is its exact expectation, the share of correct solutions of each question.
+    """
+    groups = [g for g in group_by_question(records) if len(g) >= 2]
+    if not groups:
+        raise ValueError("best_of_n_vs_random needs questions with at least 2 labelled solutions each")
+    picked = expected = any_right = 0.0
+    for group in groups:
+        correct = [all(float(label) >= 0.5 for label in row["labels"]) for row in group]
+        candidates = [Candidate(steps=list(row["completions"])) for row in group]
+        scores = scorer.score(dict(group[0]), candidates)
+        aggregated = [aggregate(s, aggregation) for s in scores]
+        best = max(range(len(group)), key=aggregated.__getitem__)
+        picked += correct[best]
+        expected += sum(correct) / len(correct)
+        any_right += any(correct)
+    n = len(groups)
+    return SelectionReport(picked / n, expected / n, any_right / n, n, aggregation)
+
+
+def sweep_below_random(
+    rows: Sequence[Mapping[str, Any]], prm: str, random_label: str = "random", strategy: str = "best_of_n:min"
+) -> list[str]:
+    """Warnings for every (benchmark, policy, N > 1) of a sweep where the PRM's best-of-N is below the random
+    scorer's on the same samples (`trl_vlprm.eval.tts_sweep.run_sweep` rows)."""
+    table = {
+        (r["benchmark"], r["policy"], r["scorer"], r["n"]): r["accuracy"] for r in rows if r["strategy"] == strategy
+    }
+    warnings = []
+    for (benchmark, policy, scorer, n), accuracy in sorted(table.items()):
+        baseline = table.get((benchmark, policy, random_label, n))
+        if scorer == prm and n > 1 and baseline is not None and accuracy < baseline:
+            warnings.append(
+                f"WARNING: {benchmark}/{policy} N={n}: {strategy} with {prm} ({accuracy:.3f}) is below a random "
+                f"scorer on the same samples ({baseline:.3f}); the PRM is not informative here"
+            )
+    return warnings
