@@ -274,3 +274,12 @@ def test_a_rescored_sample_gets_new_whole_solution_scores(tmp_path, puzzles):
             assert b["step_input_lengths"]["prm"] == [n + 1000 for n in a["step_input_lengths"]["prm"]]
     with pytest.raises(Exception, match="whole_solution"):  # the file was sampled with whole-solution scores
         sample_benchmark(questions, policy, {"prm": LengthReportingOracle()}, 3, path)
+
+
+def test_best_of_n_paper_leaves_out_scorers_without_input_lengths(tmp_path, puzzles):
+    policy = ScriptedPolicy(perception_error_rate=0.4, reasoning_error_rate=0.3, seed=0)
+    scorers = {"prm": LengthReportingOracle(), "random": RandomScorer(seed=0)}
+    rows = run_sweep({"testbed": puzzles.select(range(6))}, {"scripted": policy}, scorers,
+                     ["best_of_n:paper", "best_of_n:min"], [2], tmp_path, 2)  # fmt: skip
+    pairs = {(r["strategy"], r["scorer"]) for r in rows}
+    assert pairs == {("best_of_n:paper", "prm"), ("best_of_n:min", "prm"), ("best_of_n:min", "random")}

@@ -159,7 +159,10 @@ def derive_accuracies(
     rows = []
     for strategy in strategies:
         check_strategy(strategy)
-        for scorer in scorers if uses_scorer(strategy) else [NO_SCORER]:
+        names = list(scorers) if uses_scorer(strategy) else [NO_SCORER]
+        if strategy == PAPER_STRATEGY:  # only scorers that report PRM input lengths have the paper's reward
+            names = [s for s in names if not any(s in r.get("no_input_lengths", []) for r in records)]
+        for scorer in names:
             for n in n_values:
                 per_draw = []
                 for draw in range(num_subsamples):
@@ -267,7 +270,13 @@ def _score_samples(record: dict[str, Any], question: Question, scorers, names, c
             continue
         score_candidates(scorers[name], question, wholes)
         if any(w.steps and not w.step_input_lengths for w in wholes):
-            raise ValueError(f"{PAPER_STRATEGY}: scorer {name!r} reports no PRM input lengths (use a PRM scorer)")
+            # A scorer without input lengths (oracle, random) has no paper reward: best_of_n:paper leaves it out.
+            record.setdefault("no_input_lengths", []).append(name)
+            for sample in samples:
+                sample.get("whole_score", {}).pop(name, None)
+            continue
+        if name in record.get("no_input_lengths", []):
+            record["no_input_lengths"].remove(name)
         for sample, whole in zip(samples, wholes):
             score = {"p": whole.step_scores[0], "input_length": whole.step_input_lengths[0]} if whole.steps else None
             sample.setdefault("whole_score", {})[name] = score
