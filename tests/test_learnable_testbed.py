@@ -243,3 +243,25 @@ def test_sweep_below_random_names_the_cells():
             row("vlprm", 8, 0.7), row("random", 8, 0.6)]  # fmt: skip
     warnings = sweep_below_random(rows, "vlprm")
     assert len(warnings) == 1 and "N=4" in warnings[0]
+
+
+def test_check_command_prints_both_guard_rails(tmp_path, capsys):
+    from trl_vlprm import cli
+    from trl_vlprm.cpu_recipe import CPURecipe
+    from trl_vlprm.data.puzzles import sample_supervision
+    from trl_vlprm.eval.guardrails import best_of_n_vs_random
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    # a PRM saved by the recipe (two steps: the check needs a trained-PRM folder, not a good PRM)
+    prm = CPURecipe(num_puzzles=6, max_steps=2).train(tmp_path, report_to="none").path
+    assert (prm / "model.safetensors").exists()
+    args = ["check", "--prm", str(prm), "--n", "6", "--solutions", "4", "--seed", "3"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "mean |delta P(correct)|" in out and "perception" in out and "random pick" in out
+    # the printed selection figures are those of the library functions on the same solutions
+    rows = list(sample_supervision(6, 4, 0.3, 0.3, seed=3, families="learnable", image_size=84))
+    report = best_of_n_vs_random(PRMScorer.from_pretrained(prm), rows)
+    assert report.lines()[0] in out
+    strict = cli.main([*args, "--strict"])
+    assert strict == (1 if "WARNING" in out else 0)

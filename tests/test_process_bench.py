@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -128,3 +129,24 @@ def test_process_bench_specs(tmp_path):
     assert len(testbed) == 12 and testbed[0]["id"].startswith("color_grid-s2-")
     with pytest.raises(ValueError, match="unknown bench 'processbench'"):
         load_process_bench_spec("processbench")
+
+
+@pytest.mark.parametrize(
+    "verdicts, expected",
+    [([1, -1, 0], [1, -1, 0]), ([1.0, -1.0, 0.0], [1, -1, 0]), (["+", "-", "0"], [1, -1, 0]),
+     (["1", "-1", "+1"], [1, -1, 1])],
+)  # fmt: skip
+def test_verdicts_accept_only_the_three_values_and_their_aliases(tmp_path, verdicts, expected):
+    path = write_bench(tmp_path, [vpb_line(response={"steps": ["a", "b", "c"], "process_correctness": verdicts})])
+    assert load_visual_process_bench(str(path))[0]["process_correctness"] == expected
+
+
+@pytest.mark.parametrize("bad", [0.9, -0.9, True, False, None, "yes", 2.5])
+def test_verdict_outside_the_three_values_names_line_and_field(tmp_path, bad):
+    # Before: int() made 0.9/-0.9 neutral (silently out of the F1) and True a correct verdict.
+    good = vpb_line()
+    wrong = vpb_line(response={"steps": ["a", "b"], "process_correctness": [1, bad]})
+    path = write_bench(tmp_path, [good, wrong])
+    with pytest.raises(RecordError, match=re.escape(f"row test.jsonl:2: field 'response.process_correctness': step 1 "
+                                                    f"has verdict {bad!r}; expected 1, -1 or 0")):  # fmt: skip
+        load_visual_process_bench(str(path))

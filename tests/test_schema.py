@@ -241,3 +241,59 @@ def test_stepwise_features_build_datasets():
     dataset = Dataset.from_dict(columns, features=soft)
     assert dataset[0]["labels"] == [0.25]
     assert validate_dataset(dataset) == 1
+
+
+def _reload(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_16_bit_png_is_scaled_not_saturated():
+    import numpy as np
+
+    values = (np.arange(16 * 64).reshape(16, 64) * 64).astype(np.uint16)  # 0 .. 65472
+    loaded = np.asarray(load_image(_reload(Image.fromarray(values))))
+    assert loaded.shape == (16, 64, 3)
+    np.testing.assert_array_equal(loaded[..., 0], np.rint(values / 257.0).astype(np.uint8))
+    assert (loaded == 255).mean() < 0.01  # before: convert("RGB") made 99.6% of the pixels 255
+
+
+def test_transparent_background_composites_on_white():
+    drawing = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # transparent black background
+    drawing.putpixel((2, 3), (0, 0, 0, 255))  # one opaque black pixel
+    drawing.putpixel((5, 5), (200, 0, 0, 128))  # half-transparent red
+    loaded = load_image(_reload(drawing))
+    assert loaded.getpixel((0, 0)) == (255, 255, 255)  # before: (0, 0, 0), the drawing vanished
+    assert loaded.getpixel((2, 3)) == (0, 0, 0)
+    assert loaded.getpixel((5, 5)) == (227, 127, 127)  # 200*128/255 + 255*127/255 rounded
+
+
+@pytest.mark.parametrize(
+    "mode, value, expected",
+    [
+        ("1", 1, (255, 255, 255)), ("L", 77, (77, 77, 77)), ("LA", (77, 0), (255, 255, 255)),
+        ("LA", (77, 255), (77, 77, 77)), ("P", 0, None), ("RGB", (1, 2, 3), (1, 2, 3)),
+        ("RGBA", (1, 2, 3, 255), (1, 2, 3)), ("RGBA", (1, 2, 3, 0), (255, 255, 255)),
+        ("CMYK", (0, 0, 0, 0), (255, 255, 255)), ("YCbCr", (128, 128, 128), (128, 128, 128)),
+        ("I;16", 65535, (255, 255, 255)), ("I;16", 257 * 100, (100, 100, 100)), ("I;16B", 257 * 40, (40, 40, 40)),
+        ("I", 257 * 9, (9, 9, 9)), ("F", 0.5, (128, 128, 128)), ("F", 200.0, (200, 200, 200)),
+    ],
+)  # fmt: skip
+def test_every_pil_mode_converts_to_what_it_shows(mode, value, expected):
+    image = Image.new(mode, (3, 2), value)
+    if mode == "P":
+        image.putpalette([10, 20, 30] * 256)
+        expected = (10, 20, 30)
+    loaded = load_image(image)
+    assert loaded.mode == "RGB" and loaded.size == (3, 2)
+    assert loaded.getpixel((1, 1)) == expected
+
+
+def test_palette_with_transparency_key_composites_on_white():
+    image = Image.new("P", (2, 1), 0)
+    image.putpalette([0, 0, 0, 250, 0, 0] + [0, 0, 0] * 254)
+    image.putpixel((1, 0), 1)
+    image.info["transparency"] = 0  # palette entry 0 is transparent
+    loaded = load_image(Image.open(io.BytesIO(_reload(image))))
+    assert loaded.getpixel((0, 0)) == (255, 255, 255) and loaded.getpixel((1, 0)) == (250, 0, 0)

@@ -9,7 +9,7 @@ import pytest
 
 from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.eval.sweep_config import SCORER_BUILDERS, EvalTTSConfig, run, spec_pin
+from trl_vlprm.eval.sweep_config import SCORER_BUILDERS, EvalTTSConfig, policy_pins, run, spec_pin
 from trl_vlprm.eval.tts_sweep import run_sweep, sample_benchmark, samples_path
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, output_lock
 
@@ -128,3 +128,14 @@ def test_recipe_exits_non_zero_with_the_reason(tmp_path, capsys):
         main([*argv, "--policies", "p@scripted:perception_error_rate=0.2"])
     assert exit_info.value.code == 1
     assert "perception_error_rate=0.1' -> 'scripted:perception_error_rate=0.2'" in capsys.readouterr().err
+
+
+def test_what_a_model_policy_is_given_is_part_of_its_pin(tmp_path):
+    specs = {"m": f"hf:{tmp_path}", "s": "scripted:perception_error_rate=0.1"}
+    base = policy_pins(config(tmp_path), specs)
+    for change in ({"max_new_tokens_cap": 8}, {"policy_backend": "vllm"}, {"system_prompt": "Be brief."}):
+        changed = policy_pins(config(tmp_path, **change), specs)
+        assert changed["m"] != base["m"] and changed["s"] == base["s"]  # a scripted policy is given none of them
+    assert spec_pin("prm:org/not-cached-prm,revision=v2", 0)["files"] == {
+        "org/not-cached-prm": {"repo_id": "org/not-cached-prm", "revision": "v2"}
+    }

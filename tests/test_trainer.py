@@ -44,9 +44,20 @@ def colour_rows(n: int, seed: int = 0) -> Dataset:
 
 
 def make_args(tmp_path, **kwargs) -> VLPRMConfig:
-    defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, per_device_eval_batch_size=16,
-                    num_train_epochs=1, learning_rate=3e-3, use_cpu=True, save_strategy="no", max_length=256,
-                    seed=0, logging_steps=50, disable_tqdm=True)  # fmt: skip
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        num_train_epochs=1,
+        learning_rate=3e-3,
+        use_cpu=True,
+        save_strategy="no",
+        max_length=256,
+        seed=0,
+        logging_steps=50,
+        disable_tqdm=True,
+        activation_checkpointing=False,
+    )  # fmt: skip  (a tiny model: checkpointing would only cost time)
     return VLPRMConfig(**{**defaults, **kwargs})
 
 
@@ -103,7 +114,7 @@ def test_truncation_drops_whole_steps_and_long_prompt_errors(tiny_text):
            "labels": [True, False]}  # fmt: skip
     full = tokenize_row(row, tokenizer)
     first_len = full["labels"].index(1.0) + 1
-    cut = tokenize_row(row, tokenizer, max_length=first_len + 2)
+    cut = tokenize_row(row, tokenizer, max_length=first_len + 2, step_truncation="whole_steps")
     assert cut["input_ids"] == full["input_ids"][:first_len]
     assert cut["num_steps_dropped"] == 1
     assert [x for x in cut["labels"] if x != IGNORE_INDEX] == [1.0]
@@ -114,7 +125,7 @@ def test_truncation_drops_whole_steps_and_long_prompt_errors(tiny_text):
             "max_length 1; raise max_length or lower max_pixels"
         ),
     ):
-        tokenize_row(row, tokenizer, max_length=1, row=7)
+        tokenize_row(row, tokenizer, max_length=1, row=7, long_prompt="error")
 
 
 def test_train_on_last_step_only(tiny_text):
@@ -310,6 +321,17 @@ def test_text_rows_match_trl_113_prm_tokenization(tiny_text, bos):
                 ours = tokenize_row(row, tokenizer, separator, max_length=1024, train_on_last_step_only=last_only)
                 assert ours["input_ids"] == theirs["input_ids"]
                 assert ours["labels"] == [float(x) for x in theirs["labels"]]
+    # Token-level truncation (TRL's, the default) and the static method with TRL's signature: identical output,
+    # labels included as ints, for budgets that cut inside a step, inside the prompt, and in the completion only.
+    for max_length, max_completion_length in [(None, None), (12, None), (5, None), (None, 4), (14, 6), (3, 2)]:
+        for row in rows:
+            for is_eval in (False, True):
+                args = (row, tokenizer, "\n", max_length, max_completion_length, True, is_eval)
+                theirs = reference(*args)
+                assert VLPRMTrainer.tokenize_row(*args) == theirs
+                assert all(type(x) is int for x in VLPRMTrainer.tokenize_row(*args)["labels"])
+                ours = tokenize_row(*args[:7])
+                assert ours["input_ids"] == theirs["input_ids"] and ours["labels"] == theirs["labels"]
 
 
 def test_rows_truncated_to_no_step_are_removed_and_logged(tiny_vlm, tmp_path, caplog):
@@ -317,7 +339,9 @@ def test_rows_truncated_to_no_step_are_removed_and_logged(tiny_vlm, tmp_path, ca
     rows[1]["completions"] = ["word " * 200, "The square is red."]
     data = Dataset.from_list(rows, features=stepwise_features())
     with caplog.at_level("WARNING", logger="trl_vlprm.trainer.vlprm_trainer"):
-        trainer = VLPRMTrainer(str(tiny_vlm), make_args(tmp_path, max_length=80), train_dataset=data)
+        trainer = VLPRMTrainer(
+            str(tiny_vlm), make_args(tmp_path, max_length=80, step_truncation="whole_steps"), train_dataset=data
+        )
     assert trainer.train_dataset["id"] == ["c0", "c2"]
     assert "2 trailing step(s) did not fit max_length=80" in caplog.text
     assert "1 row(s) kept no labelled step after truncation and are removed" in caplog.text

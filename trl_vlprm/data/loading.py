@@ -7,20 +7,51 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 
-def load_records(name_or_path: str, split: str = "train", config_name: str | None = None) -> Dataset:
+def _named_splits(path: Path) -> bool:
+    """True for a folder whose splits have names: a saved `DatasetDict` or the hub layout."""
+    return (path / "dataset_dict.json").exists() or _has_split_layout(path)
+
+
+def _has_split_layout(path: Path) -> bool:
+    """True when a folder names its splits as a hub dataset does (`data/train-00000-of-00001.parquet`, `test.jsonl`,
+    `validation/`...), read with the patterns `datasets` itself uses; a folder of plain shards has none."""
+    from datasets.data_files import get_data_patterns
+
+    try:
+        patterns = get_data_patterns(str(path))
+    except Exception:  # no data file at all: the shard branch reports it
+        return False
+    return dict(patterns) != {"train": ["**"]}
+
+
+def load_records(
+    name_or_path: str, split: str = "train", config_name: str | None = None, strict_split: bool = False
+) -> Dataset:
     """Load one split of a record dataset.
 
     Args:
-        name_or_path: a `save_to_disk` folder, a Parquet file, a folder of Parquet shards (searched recursively, as
+        name_or_path: a `save_to_disk` folder, a Parquet file, a folder in the hub layout (`data/train-*.parquet`,
+            `data/test-*.parquet`: each split read apart), a folder of Parquet shards (searched recursively, as
             the labelling builder writes them), a JSON/JSONL file, or a hub dataset name (GPU machines with a hub).
         split: split to return (for saved `DatasetDict`s and hub datasets; single files are one split).
         config_name: hub dataset configuration.
+        strict_split: a source with one unnamed split (a shard folder, a single file) raises `ValueError` for any
+            `split` but "train" instead of returning its only split (no train rows taken for evaluation rows).
     """
     path = Path(name_or_path)
+    single_split = path.exists() and not (path.is_dir() and _named_splits(path))
+    if strict_split and single_split and split != "train":
+        raise ValueError(f"{path} holds a single unnamed split, not {split!r}")
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         loaded = load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, DatasetDict) else loaded
+        if isinstance(loaded, DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{path} has no split {split!r}; it has {sorted(loaded)}")
+            return loaded[split]
+        return loaded
     if path.is_dir():
+        if _has_split_layout(path):  # data/train-*.parquet, data/test-*.parquet...: keep the splits apart
+            return load_dataset(str(path), split=split)
         shards = sorted(str(p) for p in path.rglob("*.parquet"))
         if not shards:
             raise FileNotFoundError(f"{path} holds neither a saved dataset nor Parquet shards")

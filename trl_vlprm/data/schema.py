@@ -10,6 +10,7 @@ A record is a row of a `datasets.Dataset`. It is a superset of TRL's former *ste
 | `completions`| `list[str]`, one string a step         | training, labelling output |
 | `labels`     | `list[bool]` or `list[float]` in [0,1] | training                   |
 | `step_types` | `list[str]`: "perception"/"reasoning"  | optional                   |
+| `label_weights` | `list[float]` >= 0, one a step      | optional: per-step loss weights in training |
 | `id`         | `str`                                  | guidance, evaluation       |
 | `answer`     | `str`: the gold final answer           | labelling, evaluation      |
 | `options`    | `list[str]`: multiple-choice options   | optional                   |
@@ -61,15 +62,47 @@ def count_image_placeholders(prompt: str | Sequence[Mapping[str, Any]]) -> int:
     return count
 
 
+_WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit PNGs open as "I;16" (or "I" in places)
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An RGB copy of a PIL image in any mode, keeping what the image shows.
+
+    - alpha (`RGBA`, `LA`, `PA`, premultiplied, or `P`/`L`/`RGB` with a transparency key): composited on white,
+      so a dark drawing on a transparent background stays visible (a plain `convert("RGB")` paints it on black);
+    - 16-bit and 32-bit integer grey (`I;16*`, `I`): scaled from 0-65535 to 0-255 (`convert` clips it at 255, so
+      a 16-bit PNG turns almost white);
+    - float grey (`F`): read as 0-1 when its maximum is at most 1, else as 0-255, and clipped;
+    - every other mode (`1`, `L`, `P`, `CMYK`, `YCbCr`, `LAB`, `HSV`, `RGBX`): PIL's own conversion.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_INTEGER_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(image: Any, row: int | str = "?", field: str = "images") -> Image.Image:
-    """Turn any image form a dataset may hold (PIL, Arrow `{"bytes", "path"}`, path, bytes) into an RGB PIL image.
+    """Turn any image form a dataset may hold (PIL, Arrow `{"bytes", "path"}`, path, bytes) into an RGB PIL image
+    (any PIL mode, converted by `to_rgb`: transparency on white, 16-bit grey scaled).
 
     Raises `RecordError` naming the row and field when the image is missing or cannot be decoded.
     """
     try:
         if isinstance(image, Image.Image):
             image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")
+            return to_rgb(image)
         if isinstance(image, Mapping):
             if image.get("bytes"):
                 image = image["bytes"]
@@ -87,7 +120,7 @@ def load_image(image: Any, row: int | str = "?", field: str = "images") -> Image
         else:
             raise ValueError(f"unsupported image type {type(image).__name__}")
         pil.load()
-        return pil.convert("RGB")
+        return to_rgb(pil)
     except FileNotFoundError as err:
         raise RecordError(row, field, f"image file not found: {err.filename}") from err
     except RecordError:
@@ -150,6 +183,14 @@ def validate_record(record: Mapping[str, Any], row: int | str = "?", check_image
             continue
         if not isinstance(label, numbers.Real) or math.isnan(label) or not 0.0 <= float(label) <= 1.0:
             raise RecordError(row, "labels", f"label {i} is {label!r}; expected a bool or a float in [0, 1]")
+
+    label_weights = record.get("label_weights")
+    if label_weights is not None:
+        if len(label_weights) != len(completions):
+            raise RecordError(row, "label_weights", f"{len(label_weights)} weight(s) for {len(completions)} step(s)")
+        for i, weight in enumerate(label_weights):
+            if not isinstance(weight, numbers.Real) or isinstance(weight, bool) or not 0.0 <= float(weight) < math.inf:
+                raise RecordError(row, "label_weights", f"weight {i} is {weight!r}; expected a finite number >= 0")
 
     step_types = record.get("step_types")
     if step_types is not None and len(step_types) > 0:

@@ -26,6 +26,28 @@ from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, STEP
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 
 VERDICTS = (1, -1, 0)
+# Spellings of a verdict accepted on load, besides the integers themselves: whole floats as JSON writers emit them,
+# and the strings some dumps use. Anything else (0.9, True, "yes") is an error: int() would turn 0.9 into a neutral
+# verdict that silently leaves the F1, and True into a correct one.
+VERDICT_ALIASES = {1.0: 1, -1.0: -1, 0.0: 0, "1": 1, "-1": -1, "0": 0, "+": 1, "-": -1, "+1": 1}
+
+
+def parse_verdict(value: Any, row: int | str, step: int, field: str = "response.process_correctness") -> int:
+    """A VisualProcessBench step verdict as 1 (correct), -1 (wrong) or 0 (neutral), or `RecordError` naming the row
+    (file and line), the field and the step. Accepted: the integers 1, -1, 0 and `VERDICT_ALIASES`."""
+    if isinstance(value, bool) or value is None:
+        raise RecordError(row, field, f"step {step} has verdict {value!r}; expected 1, -1 or 0")
+    if isinstance(value, int) and value in VERDICTS:
+        return int(value)
+    key = value.strip() if isinstance(value, str) else value
+    try:
+        return VERDICT_ALIASES[key]
+    except (KeyError, TypeError):
+        raise RecordError(
+            row,
+            field,
+            f"step {step} has verdict {value!r}; expected 1, -1 or 0 (or {sorted(map(str, VERDICT_ALIASES))})",
+        ) from None
 
 
 def process_bench_features():
@@ -95,7 +117,7 @@ def visual_process_bench_record(raw: Mapping[str, Any], row: str, image_root: Pa
         "answer": str(raw.get("answer", "")),
         "options": [str(o) for o in raw.get("options") or []],
         "completions": [str(s) for s in response["steps"]],
-        "process_correctness": [int(v) for v in response["process_correctness"]],
+        "process_correctness": [parse_verdict(v, row, i) for i, v in enumerate(response["process_correctness"])],
         "step_types": list(raw.get("step_types") or response.get("step_types") or []),
         "category": str(raw.get("data_source") or raw.get("category") or ""),
     }

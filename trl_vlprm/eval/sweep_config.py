@@ -80,6 +80,14 @@ def _model_policy(backend: str):
     return build
 
 
+def _server_policy(args, kwargs, seed):
+    from trl_vlprm.guidance.server_policy import ServerPolicy
+
+    if not args:
+        raise ValueError("a server policy needs at least one base URL, e.g. server:http://host:8000/v1,model=name")
+    return ServerPolicy(args, **{"seed": seed, **kwargs})
+
+
 def _capped(build, cap: int):
     def capped(args, kwargs, seed):
         return build(args, {**kwargs, "max_new_tokens": min(int(kwargs.get("max_new_tokens", cap)), cap)}, seed)
@@ -112,6 +120,7 @@ POLICY_BUILDERS: dict[str, Callable[..., Policy]] = {
     "scripted": _scripted_policy,
     "hf": _model_policy("hf"),
     "vllm": _model_policy("vllm"),
+    "server": _server_policy,
 }
 SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {
     "oracle": _oracle_scorer,
@@ -121,7 +130,7 @@ SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {
 
 
 # Keyword arguments the config gives every model-backed policy / PRM (a spec's own keywords win).
-MODEL_KINDS = ("hf", "vllm", "prm")
+MODEL_KINDS = ("hf", "vllm", "server", "prm")
 
 
 def build_from_spec(
@@ -131,7 +140,7 @@ def build_from_spec(
     what: str,
     defaults: Mapping[str, Any] | None = None,
 ):
-    """Build the policy or scorer a spec names; `defaults` go to model-backed kinds only (hf, vllm, prm)."""
+    """Build the policy or scorer a spec names; `defaults` go to model-backed kinds only (hf, vllm, server, prm)."""
     kind, args, kwargs = parse_spec(spec)
     if kind not in builders:
         raise ValueError(f"{what} spec {spec!r}: unknown kind {kind!r}; expected one of {sorted(builders)}")
@@ -151,7 +160,9 @@ class EvalTTSConfig:
         policies: policy specs, optionally labelled "label@spec" (the label names the policy in tables and files):
             "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed), or
             "vllm:<model>,temperature=0.7,..." / "hf:<model>,..." (keywords of `VLLMPolicy`/`HFPolicy`), with
-            <model> a folder or a Hub repo id (`revision=...` picks a branch, tag or commit).
+            <model> a folder or a Hub repo id (`revision=...` picks a branch, tag or commit), or
+            "server:<base URL>,<base URL>,...,model=<name>,max_concurrency=16" (`ServerPolicy`: one or several
+            OpenAI-compatible servers, e.g. `vllm serve` replicas).
         policy_backend: run every model policy (hf and vllm specs) on this backend instead, e.g. "hf" on a machine
             without vLLM; vLLM engine keywords (max_model_len, max_images_per_prompt) are then dropped. None: as
             each spec says.
@@ -186,8 +197,8 @@ class EvalTTSConfig:
     policies: list[str] = field(
         default_factory=lambda: ["scripted:perception_error_rate=0.3,reasoning_error_rate=0.2"],
         metadata={
-            "help": "Policy specs, optionally 'label@spec': scripted, vllm:<model>,... or hf:<model>,... (a model "
-            "folder or Hub repo id)."
+            "help": "Policy specs, optionally 'label@spec': scripted, vllm:<model>,..., hf:<model>,... (a model "
+            "folder or Hub repo id) or server:<base URL>,...,model=<name>."
         },
     )
     scorers: list[str] = field(
@@ -263,15 +274,40 @@ class EvalTTSConfig:
 
 
 def spec_pin(spec: str, seed: int, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a spec builds, for resume checks: the spec, the seed, the defaults a model-backed kind receives, and the
-    `path_fingerprint` of every positional argument that is a file or folder (a model retrained in place differs)."""
-    kind, args, _ = parse_spec(spec)
+    """What a spec builds, for resume checks: the spec, the seed, the defaults a model-backed kind receives, and a
+    fingerprint of the model it names: every file's size and mtime for a folder (a model retrained in place
+    differs), the resolved commit for a Hub repo id (`modeling.hub.model_fingerprint`)."""
+    kind, args, kwargs = parse_spec(spec)
+    files = {arg: path_fingerprint(arg) for arg in args if Path(arg).exists()}
+    if kind in MODEL_KINDS and len(args) == 1 and args[0] not in files:
+        files[args[0]] = _repo_fingerprint(args[0], kwargs.get("revision"))
     return {
         "spec": spec,
         "seed": seed,
         "defaults": dict(defaults or {}) if kind in MODEL_KINDS else {},
-        "files": {arg: path_fingerprint(arg) for arg in args if Path(arg).exists()},
+        "files": files,
     }
+
+
+def _repo_fingerprint(repo_id: str, revision: str | None) -> Any:
+    from trl_vlprm.modeling.hub import model_fingerprint
+
+    try:
+        return model_fingerprint(repo_id, revision)
+    except Exception:  # not resolvable here (offline, not cached): building it fails later with the real reason
+        return {"repo_id": repo_id, "revision": revision}
+
+
+def policy_pins(config: EvalTTSConfig, policy_specs: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The pin of each labelled policy spec under `config`: what a model policy is also given (step separator,
+    system prompt, backend override, token cap) changes its samples, so it is part of the pin."""
+    given = {
+        "step_separator": config.step_separator,
+        "system_prompt": config.system_prompt,
+        "policy_backend": config.policy_backend,
+        "max_new_tokens_cap": config.max_new_tokens_cap,
+    }
+    return {label: spec_pin(spec, config.seed, given) for label, spec in policy_specs.items()}
 
 
 def labelled_specs(specs: list[str], what: str, name_of: Callable[[str], str] = lambda spec: spec) -> dict[str, str]:
@@ -329,7 +365,7 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     }
     pins = {
         "benchmarks": {label: {"spec": spec} for label, spec in benchmark_specs.items()},
-        "policies": {label: spec_pin(spec, config.seed, policy_defaults) for label, spec in policy_specs.items()},
+        "policies": policy_pins(config, policy_specs),
         "scorers": {label: spec_pin(spec, config.seed, scorer_defaults) for label, spec in scorer_specs.items()},
     }
     answer_judge = None

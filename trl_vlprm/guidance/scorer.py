@@ -32,6 +32,7 @@ from trl_vlprm.trainer.tokenization import encode_prompt, encode_steps, is_visio
 logger = logging.getLogger(__name__)
 
 DEFAULT_STEP_SEPARATOR = "\n"  # the trainer's default (`VLPRMConfig.step_separator`)
+VLLM_SPEC_PREFIX = "vllm:"  # `from_pretrained("vllm:<folder>")` picks the vLLM backend
 
 
 @dataclass
@@ -128,7 +129,19 @@ class PRMScorer:
         A PRM needs its head: a checkpoint without the metadata this project saves (`prm_head` in its config) is
         refused unless `head` is given, so a base model is never scored through a randomly initialised head.
         `revision` picks a branch, tag or commit of a repo id; `kwargs` go to `PRMScorer` (step_separator, ...).
+
+        "vllm:<folder>" runs the PRM on a vLLM pooling engine instead (`VLLMScorer`, same scores; `kwargs` then go
+        to `VLLMScorer.from_pretrained`: `llm_kwargs`, `max_model_len`, ...).
         """
+        if str(name_or_path).startswith(VLLM_SPEC_PREFIX):
+            from trl_vlprm.guidance.vllm_scorer import VLLMScorer
+
+            if revision is not None:
+                raise ValueError(f"{name_or_path}: a vLLM-backed PRM is read from a local folder; revision is unused")
+            return VLLMScorer.from_pretrained(
+                str(name_or_path)[len(VLLM_SPEC_PREFIX) :], head=head, dtype=dtype, min_pixels=min_pixels,
+                max_pixels=max_pixels, **kwargs,
+            )  # fmt: skip
         if head is None:
             config = read_model_json(name_or_path, "config.json", revision) or {}
             if config.get("prm_head") not in HEADS:

@@ -10,7 +10,9 @@ import torch
 
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.modeling.processor import get_tokenizer
-from trl_vlprm.trainer.tokenization import IGNORE_INDEX, is_vision_processor
+from trl_vlprm.trainer.tokenization import IGNORE_INDEX, STEP_TYPE_IDS, is_vision_processor
+
+UNTYPED = STEP_TYPE_IDS[None]
 
 
 def pad_right(sequences: Sequence[Sequence[Any]], value: float, dtype: torch.dtype) -> torch.Tensor:
@@ -22,14 +24,21 @@ def pad_right(sequences: Sequence[Sequence[Any]], value: float, dtype: torch.dty
     return out
 
 
+def _step_type_ids(row: Mapping[str, Any]) -> list[int]:
+    if row.get("step_type_ids") is not None:
+        return row["step_type_ids"]
+    return [IGNORE_INDEX if label == IGNORE_INDEX else UNTYPED for label in row["labels"]]
+
+
 @dataclass
 class DataCollatorForVLPRM:
     """Collate rows made by `tokenize_row`.
 
-    Pads `input_ids` (pad token), `attention_mask`, `labels` and `step_type_ids` (-100) and `mm_token_type_ids` (0);
-    runs the image processor on the rows' images and concatenates `pixel_values` and `image_grid_thw` in row order
-    (the layout Qwen-VL models expect). `mm_token_type_ids` must reach the model: without it Qwen-VL silently falls
-    back to 1-D positions.
+    Pads `input_ids` (pad token), `attention_mask`, `labels` and `step_type_ids` (-100), `label_weights` and
+    `mm_token_type_ids` (0); runs the image processor on the rows' images and concatenates `pixel_values` and
+    `image_grid_thw` in row order (the layout Qwen-VL models expect). `mm_token_type_ids` must reach the model:
+    without it Qwen-VL silently falls back to 1-D positions. Rows tokenized elsewhere (TRL's pretokenized
+    `input_ids` + `labels` only) are untyped: their labelled positions get step type "untyped".
 
     Args:
         processing_class: the tokenizer or image-only processor used for tokenization.
@@ -45,8 +54,10 @@ class DataCollatorForVLPRM:
             "input_ids": pad_right(input_ids, pad_id, torch.long),
             "attention_mask": pad_right([[1] * len(ids) for ids in input_ids], 0, torch.long),
             "labels": pad_right([row["labels"] for row in rows], IGNORE_INDEX, torch.float),
-            "step_type_ids": pad_right([row["step_type_ids"] for row in rows], IGNORE_INDEX, torch.long),
+            "step_type_ids": pad_right([_step_type_ids(row) for row in rows], IGNORE_INDEX, torch.long),
         }
+        if "label_weights" in rows[0]:
+            batch["label_weights"] = pad_right([row["label_weights"] for row in rows], 0.0, torch.float)
         if not is_vision_processor(self.processing_class):
             return batch
         batch["mm_token_type_ids"] = pad_right(

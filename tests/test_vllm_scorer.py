@@ -1,0 +1,182 @@
+"""VLLMScorer against PRMScorer: a real CPU vLLM pooling engine and transformers score the same tiny PRMs (value head
+with 2 labels and with 1 soft label, generative head) to float tolerance, with vLLM's prefix cache read across
+candidates and beam-search rounds. Runs in the CPU vLLM venv (`bash .ci/vllm_test.sh`); the checkpoint view runs
+there too (the file needs vLLM to be collected, see tests/conftest.py).
+"""
+
+import gc
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from trl_vlprm.guidance.policy import Candidate, StepScorer
+from trl_vlprm.guidance.scorer import PRMScorer
+from trl_vlprm.guidance.vllm_scorer import VLLMScorer, vllm_checkpoint
+from trl_vlprm.modeling.heads import load_prm
+from trl_vlprm.modeling.processor import load_processor
+from trl_vlprm.modeling.tiny import build_tiny_vlm
+
+# Head sizes of the CPU attention kernels are multiples of 32 (width 128, 4 heads); see tests/test_vllm_policy.py.
+ENGINE_KWARGS = {
+    "enforce_eager": True,
+    "gpu_memory_utilization": 0.05,
+    "kv_cache_memory_bytes": 32 << 20,
+    "max_num_seqs": 16,
+    "disable_log_stats": False,  # keeps the prefix-cache counters
+}
+TOLERANCE = 1e-5
+STEPS = [
+    "The image shows a grid of coloured squares.",
+    "There are 3 circles, 4 triangles and 5 squares.",
+    "Count the objects in every row.",
+    "So 2 * 3 = 6 and 9 - 4 = 5.",
+    "Therefore the answer is B.",
+]
+
+
+def save_prm(base, folder, head, num_labels=2, separator="\n"):
+    """A trained-PRM folder as the trainer leaves it (head and separator recorded in the config)."""
+    model = load_prm(base, head=head, num_labels=num_labels)
+    model.config.prm_step_separator = separator
+    if head == "value":
+        # Logit std ~1 over unit-RMS hidden states of width 128: scores spread over (0, 1) without saturating.
+        torch.manual_seed(1)
+        model.score.weight.data.normal_(0, 0.06)
+        model.score.bias.data.normal_(0, 1.0)  # a bias vLLM failed to load would shift every score
+    model.save_pretrained(folder)
+    load_processor(base).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def question():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8))
+    # Over 128 tokens (one CPU KV block), so the question prefix is shareable; varied text keeps scores apart.
+    grid = " ".join(f"Cell {i} holds {i * 7 % 13}." for i in range(24))
+    return {"id": "q1", "prompt": f"<image>Which number is missing in the grid? {grid}", "images": [image]}
+
+
+def candidates(seed, n):
+    rng = np.random.default_rng(seed)
+    return [Candidate(steps=[STEPS[j] for j in rng.integers(0, len(STEPS), rng.integers(1, 5))]) for _ in range(n)]
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("qwen2_vl", "value", 2), ("qwen2_5_vl", "generative", 2), ("qwen2_vl", "value", 1)],
+    ids=["qwen2_vl-value", "qwen2_5_vl-generative", "qwen2_vl-soft-value"],
+)
+def pair(request, tmp_path_factory):
+    """(PRMScorer, VLLMScorer) on the same PRM folder; the vLLM one built through the `vllm:` spec."""
+    arch, head, num_labels = request.param
+    root = tmp_path_factory.mktemp(f"{arch}-{head}-{num_labels}")
+    base = build_tiny_vlm(root / "base", arch=arch, hidden_size=128, seed=0)
+    folder = save_prm(base, root / "prm", head, num_labels)
+    reference = PRMScorer.from_pretrained(folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: starts in seconds
+        scorer = PRMScorer.from_pretrained(
+            f"vllm:{folder}", max_model_len=1024, dtype=torch.float32, llm_kwargs=ENGINE_KWARGS,
+            cache_dir=root / "views",
+        )  # fmt: skip
+    yield reference, scorer
+    del scorer.llm
+    gc.collect()
+
+
+def prefix_cache_hits(llm) -> int:
+    (hits,) = [m.value for m in llm.get_metrics() if m.name == "vllm:prefix_cache_hits"]
+    return hits
+
+
+def assert_close(got, expected):
+    assert [len(row) for row in got] == [len(row) for row in expected]
+    difference = max(abs(a - b) for g, e in zip(got, expected) for a, b in zip(g, e))
+    assert difference < TOLERANCE, difference
+
+
+def test_spec_picks_vllm_and_scores_equal_transformers(pair, question):
+    reference, scorer = pair
+    assert isinstance(scorer, VLLMScorer) and isinstance(scorer, StepScorer)
+    assert scorer.step_separator == reference.step_separator == "\n" and scorer.head == reference.head
+    group = candidates(0, 12) + [Candidate(steps=[STEPS[0], STEPS[4]])] * 2  # twins are scored once
+    expected = reference.score_plain(question, group)
+    got = scorer.score(question, group)
+    assert_close(got, expected)
+    spread = np.ptp(np.concatenate(expected))
+    assert spread > 1e-3  # the scores differ between steps: equality is not a constant matching a constant
+    assert got[-1] == got[-2]
+    assert scorer.score(question, []) == []
+
+
+def test_prefix_is_read_from_vllm_cache(pair, question):
+    _, scorer = pair
+    scorer.clear_cache()
+    hits = prefix_cache_hits(scorer.llm)
+    before = dict(scorer.counters)
+    scorer.score(question, candidates(1, 8))
+    prompts = scorer.counters["prompts"] - before["prompts"]
+    computed = scorer.counters["computed_tokens"] - before["computed_tokens"]
+    total = scorer.counters["prompt_tokens"] - before["prompt_tokens"]
+    block = scorer.llm.llm_engine.vllm_config.cache_config.block_size
+    prefix_tokens = len(scorer.processing_class.tokenizer(question["prompt"])["input_ids"])  # lower bound
+    assert prefix_tokens >= block
+    # Every prompt after the first finds at least the question's first full block cached, and computes no row for it.
+    assert prefix_cache_hits(scorer.llm) - hits >= (prompts - 1) * block
+    assert total - computed >= (prompts - 1) * block
+
+
+def test_beam_rounds_reuse_earlier_steps(pair, question):
+    reference, scorer = pair
+    scorer.clear_cache()
+    beams = [Candidate(steps=[STEPS[i]]) for i in range(4)]
+    for round_index in range(3):
+        before = scorer.counters["known_steps"]
+        assert_close(scorer.score(question, beams), reference.score_plain(question, beams))
+        # Round r re-sends the r steps scored before: each is known (same tokens up to it), none recomputed.
+        assert scorer.counters["known_steps"] - before == len(beams) * round_index
+        beams = [Candidate(steps=b.steps + [STEPS[(i + round_index) % len(STEPS)]]) for i, b in enumerate(beams)]
+    # Kept scores belong to one question at a time (memory stays bounded over a dataset): after another question,
+    # the first one's steps are computed again, not looked up.
+    scorer.score({**question, "id": "q2", "prompt": question["prompt"] + " Be brief."}, beams)
+    before = scorer.counters["known_steps"]
+    assert_close(scorer.score(question, beams), reference.score_plain(question, beams))
+    assert scorer.counters["known_steps"] == before
+
+
+def test_step_end_inside_cached_blocks_is_rescored(pair, question):
+    """A fresh scorer on a warm engine: the cache holds a long candidate's blocks, so a shorter candidate that is its
+    prefix has step ends in cached blocks with no kept score; they are rescored without the cache, never guessed."""
+    reference, scorer = pair
+    long = Candidate(steps=STEPS * 3)
+    scorer.score(question, [long])
+    fresh = VLLMScorer(scorer.llm, scorer.processing_class)
+    short = Candidate(steps=STEPS * 2)
+    assert_close(fresh.score(question, [short]), reference.score_plain(question, [short]))
+    assert fresh.counters["rescored"] == 1
+
+
+def test_value_view_renames_only_the_head(tmp_path):
+    base = build_tiny_vlm(tmp_path / "base", arch="qwen2_vl", hidden_size=128, seed=0)
+    folder = save_prm(base, tmp_path / "prm", "value")
+    view = vllm_checkpoint(folder, tmp_path / "cache")
+    assert vllm_checkpoint(folder, tmp_path / "cache") == view  # reused, not rewritten
+    with (
+        safe_open(str(view / "model.safetensors"), "pt") as renamed,
+        safe_open(str(folder / "model.safetensors"), "pt") as original,
+    ):
+        head = {"score.weight", "score.bias"}
+        assert set(renamed.keys()) == (set(original.keys()) - head) | {f"language_model.{k}" for k in head}
+        for key in head:
+            assert torch.equal(renamed.get_tensor(f"language_model.{key}"), original.get_tensor(key))
+        backbone = "model.layers.0.mlp.up_proj.weight"
+        assert torch.equal(renamed.get_tensor(backbone), original.get_tensor(backbone))
+    assert (view / "config.json").resolve() == (folder / "config.json").resolve()  # a symlink, not a copy
+    assert json.loads((view / "config.json").read_text())["prm_head"] == "value"
+    generative = save_prm(base, tmp_path / "gen", "generative")
+    assert vllm_checkpoint(generative, tmp_path / "cache") == generative.resolve()  # nothing to convert
+    assert not list((tmp_path / "cache" / "vllm").glob("*.partial-*"))

@@ -1,0 +1,365 @@
+"""A `Policy` on any OpenAI-compatible chat-completions server: `vllm serve`, SGLang, hosted APIs.
+
+Semantics match `VLLMPolicy`: the question goes as chat messages (images as PNG `data:` URLs, in placeholder order),
+the steps of a prefix are the start of the assistant turn (each followed by the separator) which the server continues
+(`continue_final_message`, a vLLM/SGLang chat option: the rendered prompt equals `VLLMPolicy`'s text exactly),
+`sample_next_steps` stops each sample at the separator (an OpenAI `stop` string), and `complete` runs to the end of
+the solution. The n samples of a call are one request with `n` (hosted APIs that cap n: `max_samples_per_request`).
+
+Scale-out: `base_urls` may list several servers (a fleet of `vllm serve` replicas behind no load balancer); requests
+go round-robin over them, a failed attempt retries on the next one. At most `max_concurrency` requests are in flight
+over all threads that share the policy (the policy is thread-safe), every attempt is bounded by `request_timeout`
+and one call's retries by `deadline` seconds in all, so a dead fleet fails a call instead of hanging it.
+
+End of a step vs end of the solution: vLLM reports which stop string ended a sample (`stop_reason`, SGLang
+`matched_stop`); a server that reports neither gives `finish_reason == "stop"` for both, and then a sample counts as
+finished when it stated an answer (`answer_extractor` finds one). Token counts per sample come from vLLM's
+`token_ids` (requested with `return_token_ids`); otherwise the request's `usage.completion_tokens` is split over its
+samples (the total, hence `PolicyStats.tokens`, stays exact).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from trl_vlprm.data.schema import load_image
+from trl_vlprm.guidance.hf_policy import question_messages, read_answer
+from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
+from trl_vlprm.guidance.vllm_policy import split_steps
+
+MISSING_OPENAI_MESSAGE = "ServerPolicy needs the `openai` client: `pip install openai` (a trl_vlprm dependency)."
+
+# Call i samples under seed `seed + i * _SEED_STRIDE` (as `VLLMPolicy`); a request of a split call adds its first
+# sample's index, so the samples of one call keep distinct seeds however the call is split.
+_SEED_STRIDE = 1 << 20
+
+
+def image_data_url(image: Any, row: Any = "?", field: str = "images") -> str:
+    """A PNG `data:` URL of any image form a record may hold (errors name the row and field)."""
+    buffer = io.BytesIO()
+    load_image(image, row, field).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def chat_messages(
+    question: Question, prefix: Sequence[str], step_separator: str, system_prompt: str | None = None
+) -> list[dict[str, Any]]:
+    """OpenAI chat messages of a question and a prefix of steps.
+
+    Image placeholders become `image_url` parts (data URLs, in order); a non-empty prefix becomes a final assistant
+    message holding the steps, each followed by the separator, for the server to continue.
+
+    Raises ValueError naming the question and field when images and placeholders differ in number.
+    """
+    qid = question.get("id", "?")
+    images = list(question.get("images") or [])
+    messages = question_messages(question, system_prompt)
+    placeholders = sum(
+        1 for m in messages if not isinstance(m["content"], str) for p in m["content"] if p.get("type") == "image"
+    )
+    if placeholders != len(images):
+        raise ValueError(
+            f"question {qid}: field 'images': {len(images)} image(s) but {placeholders} placeholder(s) in 'prompt'"
+        )
+    urls = iter([image_data_url(image, qid, f"images[{i}]") for i, image in enumerate(images)])
+    for message in messages:
+        if not isinstance(message["content"], str):
+            message["content"] = [
+                {"type": "image_url", "image_url": {"url": next(urls)}} if part.get("type") == "image" else part
+                for part in message["content"]
+            ]
+    if prefix:
+        messages.append({"role": "assistant", "content": "".join(step + step_separator for step in prefix)})
+    return messages
+
+
+T = TypeVar("T")
+
+
+def _status(err: BaseException) -> int | None:
+    """The HTTP status of a failed request (openai and httpx errors), if the server answered."""
+    status = getattr(err, "status_code", None)
+    return status if status is not None else getattr(getattr(err, "response", None), "status_code", None)
+
+
+class ServerFleet:
+    """Round-robin over base URLs with at most `max_concurrency` requests in flight (over all threads), each request
+    retried on the next server until it succeeds, `max_retries` retries are spent, or `deadline` seconds passed.
+
+    `request(send, label)` calls `send(server_index, timeout)`; an exception of a type in `retry_on` is an attempt's
+    failure (a 4xx answer other than 408/409/429 is final: the request itself is wrong).
+    """
+
+    def __init__(
+        self,
+        base_urls: Sequence[str],
+        max_concurrency: int = 8,
+        request_timeout: float = 120.0,
+        max_retries: int = 3,
+        deadline: float = 600.0,
+        backoff: float = 0.5,
+        retry_on: tuple[type[BaseException], ...] = (OSError,),
+        seed: int | None = None,
+        name: str = "ServerFleet",
+    ):
+        if not base_urls:
+            raise ValueError(f"{name}: base_urls is empty")
+        if max_concurrency < 1:
+            raise ValueError(f"{name}: max_concurrency must be >= 1")
+        self.base_urls = [url.rstrip("/") for url in base_urls]
+        self.request_timeout, self.max_retries, self.deadline, self.backoff = (
+            request_timeout, max_retries, deadline, backoff
+        )  # fmt: skip
+        self.retry_on, self.name = retry_on, name
+        self.requests_per_server = [0] * len(self.base_urls)  # attempts sent to each base URL (for load checks)
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._lock = threading.Lock()
+        self._next_server = itertools.count()
+        self._rng = random.Random(seed)
+
+    def request(self, send: Callable[[int, float], T], label: str) -> T:
+        """`send(server_index, timeout)` until it succeeds; raises RuntimeError listing every attempt's error."""
+        start, errors = time.monotonic(), []
+        for attempt in range(self.max_retries + 1):
+            index = next(self._next_server) % len(self.base_urls)
+            remaining = self.deadline - (time.monotonic() - start)
+            if remaining <= 0:
+                break
+            try:
+                with self._slots:
+                    with self._lock:
+                        self.requests_per_server[index] += 1
+                    return send(index, min(remaining, self.request_timeout))
+            except self.retry_on as err:
+                status = _status(err)
+                errors.append(f"{self.base_urls[index]}: {type(err).__name__}{f' {status}' if status else ''}: {err}")
+                if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
+                    break
+            if attempt < self.max_retries:
+                pause = self.backoff * 2**attempt * (0.5 + self._rng.random())
+                time.sleep(max(0.0, min(pause, self.deadline - (time.monotonic() - start))))
+        raise RuntimeError(
+            f"{self.name}: {label}: no answer after {len(errors)} attempt(s) in {time.monotonic() - start:.1f} s "
+            f"(deadline {self.deadline} s): " + " | ".join(errors)
+        )
+
+
+@dataclass
+class _Sample:
+    """What the policy reads of one returned choice."""
+
+    text: str
+    finish_reason: str | None
+    stop_string: str | None  # the stop string that ended the sample, when the server says so
+    reported_stop: bool  # the server reports stop strings (vLLM `stop_reason`, SGLang `matched_stop`)
+    tokens: int
+
+
+class ServerPolicy:
+    """Policy on OpenAI-compatible servers (see the module docstring).
+
+    Args:
+        base_urls: one base URL ("http://host:8000/v1") or several; requests go round-robin over them.
+        model: the served model name; default: the first model the first server lists (`/v1/models`).
+        api_key: the key sent as bearer token ("EMPTY" for a local `vllm serve`).
+        step_separator: text that ends a step.
+        temperature: sampling temperature; 0 means greedy decoding (one sample, repeated n times).
+        top_p: nucleus sampling threshold.
+        max_new_tokens: token budget of `complete` / `sample_solutions`.
+        max_step_tokens: token budget of one step in `sample_next_steps`.
+        seed: when set, call i samples under seed `seed + i * 2**20` (vLLM gives sample j of a request seed + j).
+        system_prompt: optional system message put before every question.
+        answer_extractor: `(solution_text, question) -> answer` for finished solutions.
+        max_concurrency: requests in flight at most, over every thread using this policy.
+        max_samples_per_request: split a call's n over requests of at most this many samples (None: one request).
+        request_timeout: seconds one HTTP attempt may take.
+        max_retries: attempts after the first, per request.
+        deadline: seconds one request may take over all its attempts and back-offs.
+        backoff: first back-off in seconds (doubled each retry, jittered).
+        continue_prefix: send `continue_final_message` (vLLM, SGLang) so the server continues the prefix steps;
+            False for servers without it (they then answer after the prefix as a new assistant turn).
+        extra_body: more request fields (e.g. `{"top_k": 20}`).
+    """
+
+    def __init__(
+        self,
+        base_urls: str | Sequence[str],
+        model: str | None = None,
+        api_key: str = "EMPTY",
+        step_separator: str = "\n\n",
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_new_tokens: int = 512,
+        max_step_tokens: int = 128,
+        seed: int | None = None,
+        system_prompt: str | None = None,
+        answer_extractor: Callable[[str, Question], str | None] = read_answer,
+        max_concurrency: int = 8,
+        max_samples_per_request: int | None = None,
+        request_timeout: float = 120.0,
+        max_retries: int = 3,
+        deadline: float = 600.0,
+        backoff: float = 0.5,
+        continue_prefix: bool = True,
+        extra_body: Mapping[str, Any] | None = None,
+    ):
+        try:
+            import openai
+        except ImportError as err:
+            raise ImportError(MISSING_OPENAI_MESSAGE) from err
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not step_separator:
+            raise ValueError("ServerPolicy: step_separator must be a non-empty string")
+        if max_samples_per_request is not None and max_samples_per_request < 1:
+            raise ValueError("ServerPolicy: max_samples_per_request must be >= 1")
+        retry_on = (openai.APIError, ValueError, KeyError, IndexError)
+        self.fleet = ServerFleet(
+            urls, max_concurrency, request_timeout, max_retries, deadline, backoff, retry_on, seed, "ServerPolicy"
+        )
+        self.base_urls = self.fleet.base_urls
+        self.requests_per_server = self.fleet.requests_per_server
+        # The client's own retries are off: the fleet spreads attempts over the servers and respects the deadline.
+        self.clients = [
+            openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=request_timeout)
+            for url in self.base_urls
+        ]
+        self.model = model or self.clients[0].models.list().data[0].id
+        self.step_separator = step_separator
+        self.temperature, self.top_p = temperature, top_p
+        self.max_new_tokens, self.max_step_tokens = max_new_tokens, max_step_tokens
+        self.seed, self.system_prompt, self.answer_extractor = seed, system_prompt, answer_extractor
+        self.max_samples_per_request = max_samples_per_request
+        self.continue_prefix = continue_prefix
+        self.extra_body = dict(extra_body or {})
+        self.stats = PolicyStats()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="server-policy")
+
+    # -- Policy protocol ---------------------------------------------------------------------------------------
+
+    def sample_solutions(self, question: Question, n: int) -> list[Continuation]:
+        return self.complete(question, [], n)
+
+    def sample_next_steps(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
+        results = []
+        for sample in self._generate(question, prefix, n, self.max_step_tokens, stop_at_separator=True):
+            step = sample.text.strip()
+            steps = [step] if step else []
+            if sample.reported_stop:
+                finished = sample.finish_reason == "stop" and sample.stop_string is None
+                answer = self.answer_extractor(self._solution(prefix, steps), question) if finished else None
+            else:  # the server does not say which stop ended the sample: a stated answer ends the solution
+                answer = self.answer_extractor(self._solution(prefix, steps), question)
+                finished = sample.finish_reason == "stop" and answer is not None
+                answer = answer if finished else None
+            results.append(Continuation(steps=steps, finished=finished, answer=answer, num_tokens=sample.tokens))
+        self._record(results)
+        return results
+
+    def complete(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
+        results = []
+        for sample in self._generate(question, prefix, n, self.max_new_tokens, stop_at_separator=False):
+            steps = split_steps(sample.text, self.step_separator)
+            # The policy stopped (end of text or budget): the solution is over either way; the answer may be missing.
+            answer = self.answer_extractor(self._solution(prefix, steps), question)
+            results.append(Continuation(steps=steps, finished=True, answer=answer, num_tokens=sample.tokens))
+        self._record(results)
+        return results
+
+    def close(self) -> None:
+        """Stop the request threads and close the HTTP clients."""
+        self._pool.shutdown(wait=True)
+        for client in self.clients:
+            client.close()
+
+    # -- requests ----------------------------------------------------------------------------------------------
+
+    def build_request(self, question: Question, prefix: Sequence[str], n: int, max_tokens: int, stop: bool):
+        """The chat-completions request body of one call (before splitting n and seeding)."""
+        greedy = self.temperature == 0
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": chat_messages(question, prefix, self.step_separator, self.system_prompt),
+            "n": 1 if greedy else n,
+            "temperature": 0.0 if greedy else self.temperature,
+            "top_p": 1.0 if greedy else self.top_p,
+            "max_tokens": max_tokens,
+        }
+        if stop:
+            body["stop"] = [self.step_separator]
+        extra = {"return_token_ids": True, **self.extra_body}  # vLLM: per-sample token ids; others ignore it
+        if prefix and self.continue_prefix:
+            extra.update(continue_final_message=True, add_generation_prompt=False)
+        body["extra_body"] = extra
+        return body
+
+    def _solution(self, prefix: Sequence[str], steps: Sequence[str]) -> str:
+        return self.step_separator.join([*prefix, *steps])
+
+    def _record(self, results: Sequence[Continuation]) -> None:
+        with self._lock:
+            self.stats.record(results)
+
+    def _generate(self, question: Question, prefix: Sequence[str], n: int, max_tokens: int, stop_at_separator: bool):
+        if n < 1:
+            raise ValueError(f"question {question.get('id', '?')}: n={n}; must be >= 1")
+        body = self.build_request(question, prefix, n, max_tokens, stop_at_separator)
+        with self._lock:  # the call counter picks the seed, as in VLLMPolicy
+            call_seed = None if self.seed is None else self.seed + self.stats.calls * _SEED_STRIDE
+        chunk = self.max_samples_per_request or body["n"]
+        requests = []
+        for first in range(0, body["n"], chunk):
+            request = {**body, "n": min(chunk, body["n"] - first)}
+            if call_seed is not None:
+                request["seed"] = call_seed + first
+            requests.append(request)
+        label = f"question {question.get('id', '?')}"
+        if len(requests) == 1:
+            samples = self._send(requests[0], label)
+        else:
+            samples = [s for part in self._pool.map(lambda r: self._send(r, label), requests) for s in part]
+        if body["n"] < n:  # greedy: n identical samples; their tokens were generated once
+            samples += [_Sample(**{**samples[0].__dict__, "tokens": 0})] * (n - body["n"])
+        return samples
+
+    def _send(self, request: dict[str, Any], label: str) -> list[_Sample]:
+        def send(index: int, timeout: float) -> list[_Sample]:
+            return _samples(self.clients[index].chat.completions.create(**request, timeout=timeout))
+
+        return self.fleet.request(send, label)
+
+
+def _samples(response) -> list[_Sample]:
+    """The samples of a chat-completions response, in choice order, with per-sample token counts."""
+    choices = sorted(response.choices, key=lambda c: c.index)
+    if not choices:
+        raise ValueError("the response has no choices")
+    extra = [choice.model_extra or {} for choice in choices]
+    counts = [len(e["token_ids"]) if isinstance(e.get("token_ids"), list) else None for e in extra]
+    if None in counts:  # no per-sample ids: split the request's total so the sum stays exact
+        total = getattr(response.usage, "completion_tokens", 0) or 0
+        share, rest = divmod(total, len(choices))
+        counts = [share + (i < rest) for i in range(len(choices))]
+    samples = []
+    for choice, more, tokens in zip(choices, extra, counts):
+        reported = "stop_reason" in more or "matched_stop" in more
+        stop = more.get("stop_reason", more.get("matched_stop"))
+        samples.append(
+            _Sample(
+                text=choice.message.content or "",
+                finish_reason=choice.finish_reason,
+                stop_string=stop if isinstance(stop, str) else None,
+                reported_stop=reported,
+                tokens=tokens,
+            )
+        )
+    return samples

@@ -1,0 +1,190 @@
+"""`ServerPRMScorer`: a PRM served by `vllm serve` (pooling runner, `token_classify`), scored over HTTP.
+
+Start the server with `prm_server_args(folder)` (value head: the renamed view `vllm_checkpoint` writes; generative
+head: the LM head's `-`/`+` rows as a two-class classifier), then each candidate is one `/pooling` request: the
+question as chat messages (images as data URLs) and its steps, each followed by the separator, as the start of the
+assistant turn (`continue_final_message`); the server returns every token's class logits and the score of a step is
+read at its last token, through the formula `PRMScorer` uses.
+
+Token layout: an HTTP chat request is tokenized by the server as one text, while the trainer tokenizes every step and
+separator apart. The two agree unless a token of the tokenizer spans a step boundary (with Qwen's BPE, e.g. `".\\n"`
+when a step ends in a full stop and the separator is a newline). The scorer tokenizes the same text locally, reads
+the step ends there, and counts candidates whose layout differs from the trainer's (`counters["layout_mismatches"]`,
+with a warning once): their scores are then those of a layout the PRM never saw. Prefix caching: vLLM skips it for
+token-wise pooling requests (a cached token would yield no row) and the HTTP API cannot turn that off, so a served
+PRM computes every prompt in full; the in-process `VLLMScorer` reads the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trl_vlprm.data.schema import load_image
+from trl_vlprm.guidance.policy import Candidate, Question
+from trl_vlprm.guidance.server_policy import ServerFleet, chat_messages
+from trl_vlprm.guidance.vllm_policy import render_prompt
+from trl_vlprm.guidance.vllm_scorer import DEFAULT_STEP_SEPARATOR, engine_kwargs, vllm_checkpoint
+from trl_vlprm.modeling.heads import correct_probability, prm_token_ids
+from trl_vlprm.modeling.processor import get_tokenizer, load_processor
+from trl_vlprm.trainer.tokenization import encode_steps, image_token_counts, is_vision_processor
+
+logger = logging.getLogger(__name__)
+
+
+def prm_server_args(path: str | Path, head: str | None = None, cache_dir: str | Path | None = None) -> list[str]:
+    """`vllm serve` arguments (model folder first) that serve a PRM folder for `ServerPRMScorer`."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    head = head or config.get("prm_head") or "value"
+    tokenizer = get_tokenizer(load_processor(path))
+    token_ids = None
+    if head == "generative":
+        positive, negative = config.get("prm_positive_token_id"), config.get("prm_negative_token_id")
+        token_ids = (positive, negative) if positive is not None and negative is not None else prm_token_ids(tokenizer)
+    folder = vllm_checkpoint(path, cache_dir) if head == "value" else Path(path)
+    kwargs = engine_kwargs(folder, head, tokenizer, token_ids)
+    args = [str(folder), "--runner", kwargs["runner"], "--pooler-config", json.dumps(kwargs["pooler_config"])]
+    if "convert" in kwargs:
+        args += ["--convert", kwargs["convert"], "--hf-overrides", json.dumps(kwargs["hf_overrides"])]
+    return args
+
+
+class ServerPRMScorer:
+    """Scores every step of many candidates with a PRM served by vLLM (see the module docstring).
+
+    Args:
+        base_urls: the server root(s), e.g. "http://host:8000" (a `/v1` suffix is dropped: `/pooling` is at the root).
+        processing_class: the PRM's tokenizer or image-only processor (for the local layout check and step ends).
+        model: the served model name; default: the first the first server lists.
+        step_separator: text appended to each step; default: the PRM's trained one (`from_pretrained`), else "\\n".
+        api_key: bearer token sent to the servers ("EMPTY": none).
+        max_concurrency, request_timeout, max_retries, deadline, backoff: as `ServerPolicy` (`ServerFleet`).
+    """
+
+    def __init__(
+        self,
+        base_urls: str | Sequence[str],
+        processing_class: Any,
+        model: str | None = None,
+        step_separator: str | None = None,
+        api_key: str = "EMPTY",
+        max_concurrency: int = 8,
+        request_timeout: float = 120.0,
+        max_retries: int = 3,
+        deadline: float = 600.0,
+        backoff: float = 0.5,
+    ):
+        import httpx
+
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        urls = [url.rstrip("/").removesuffix("/v1") for url in urls]
+        retry_on = (httpx.HTTPError, ValueError, KeyError, IndexError)
+        self.fleet = ServerFleet(
+            urls, max_concurrency, request_timeout, max_retries, deadline, backoff, retry_on, None, "ServerPRMScorer"
+        )
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key and api_key != "EMPTY" else {}
+        self._http = httpx.Client(headers=headers)
+        self.processing_class = processing_class
+        self.tokenizer = get_tokenizer(processing_class)
+        self.step_separator = step_separator or DEFAULT_STEP_SEPARATOR
+        self.model = model or self._get(0, "/v1/models")["data"][0]["id"]
+        self.counters = {"requests": 0, "prompt_tokens": 0, "layout_mismatches": 0}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="server-prm")
+
+    @classmethod
+    def from_pretrained(cls, base_urls: str | Sequence[str], path: str | Path, **kwargs) -> ServerPRMScorer:
+        """A scorer for the PRM folder `path` served at `base_urls` (the folder gives processor and separator)."""
+        config = json.loads((Path(path) / "config.json").read_text())
+        kwargs.setdefault("step_separator", config.get("prm_step_separator"))
+        return cls(base_urls, load_processor(path), **kwargs)
+
+    def _get(self, index: int, route: str) -> dict[str, Any]:
+        response = self._http.get(self.fleet.base_urls[index] + route, timeout=self.fleet.request_timeout)
+        response.raise_for_status()
+        return response.json()
+
+    # ---- layout ---------------------------------------------------------------------------------------------
+
+    def step_end_tokens(self, question: Question, steps: Sequence[str]) -> tuple[list[int], int, bool]:
+        """Indices of each step's last token in the server's tokenization of the request, its token count, and
+        whether that tokenization of the steps equals the trainer's (steps and separators tokenized apart)."""
+        text, images = render_prompt(self.processing_class, question, steps, self.step_separator)
+        if images:  # the server expands each image placeholder to its image tokens
+            token = self.processing_class.image_token
+            pieces = text.split(token)
+            counts = image_token_counts(self.processing_class, images)
+            text = pieces[0] + "".join(token * n + piece for n, piece in zip(counts, pieces[1:]))
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = encoded["offset_mapping"]
+        position = len(text) - sum(len(step) + len(self.step_separator) for step in steps)
+        start, ends, aligned = position, [], True
+        for step in steps:
+            position += len(step) + len(self.step_separator)
+            index = next(i for i, (a, b) in enumerate(offsets) if a < position <= b)
+            aligned &= offsets[index][1] == position
+            ends.append(index)
+        first = next(i for i, (a, b) in enumerate(offsets) if b > start)
+        trainer_ids = [t for ids in encode_steps(self.tokenizer, steps, self.step_separator) for t in ids]
+        aligned &= encoded["input_ids"][first:] == trainer_ids
+        return ends, len(encoded["input_ids"]), aligned
+
+    # ---- scoring --------------------------------------------------------------------------------------------
+
+    def _score_one(self, question: Question, candidate: Candidate) -> list[float]:
+        if not candidate.steps:
+            return []
+        ends, length, aligned = self.step_end_tokens(question, candidate.steps)
+        body = {
+            "model": self.model,
+            "messages": chat_messages(question, candidate.steps, self.step_separator),
+            "task": "token_classify",
+            "continue_final_message": True,
+            "add_generation_prompt": False,
+            "use_activation": False,  # raw class logits, turned into P(correct) as PRMScorer does
+        }
+        qid = question.get("id", "?")
+
+        def send(index: int, timeout: float) -> list[list[float]]:
+            response = self._http.post(self.fleet.base_urls[index] + "/pooling", json=body, timeout=timeout)
+            response.raise_for_status()
+            return response.json()["data"][0]["data"]
+
+        rows = self.fleet.request(send, f"question {qid}")
+        if len(rows) != length:
+            raise ValueError(
+                f"question {qid}: the server returned {len(rows)} token rows, the local tokenization has {length}: "
+                "the served model's chat template or tokenizer differs from the processing class given"
+            )
+        with self._lock:
+            self.counters["requests"] += 1
+            self.counters["prompt_tokens"] += length
+            if not aligned:
+                if not self.counters["layout_mismatches"]:
+                    logger.warning(
+                        "ServerPRMScorer: question %s: the server tokenizes a step boundary differently from the "
+                        "trainer (a token spans it); such scores read a layout the PRM never saw",
+                        qid,
+                    )
+                self.counters["layout_mismatches"] += 1
+        logits = torch.tensor([rows[i] for i in ends], dtype=torch.float32)
+        return correct_probability(logits).tolist()
+
+    def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
+        """P(step correct) for every step of every candidate, one request per candidate, concurrently."""
+        if is_vision_processor(self.processing_class):  # decode the images once, not in every request thread
+            qid = question.get("id", "?")
+            images = [load_image(im, qid, f"images[{i}]") for i, im in enumerate(question.get("images") or [])]
+            question = {**question, "images": images}
+        return list(self._pool.map(lambda candidate: self._score_one(question, candidate), candidates))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._http.close()

@@ -1,0 +1,341 @@
+"""`VLLMScorer`: the `StepScorer` of a trained PRM on a vLLM pooling engine, scores equal to `PRMScorer`'s.
+
+vLLM runs both PRM heads as a *pooling* model with the `token_classify` task: for every prompt token it returns the
+label probabilities, and a step's score is read at its last token (the separator), where the trainer put its label.
+
+- **value head** (`Qwen2VLForTokenClassification`...): vLLM converts the architecture to its classifier model, whose
+  weight mapper expects the head under `language_model.score`; `vllm_checkpoint` writes a view of the folder with
+  that one key renamed (other shards are symlinked), once per checkpoint.
+- **generative head** (the VLM's LM head): converted online, no new checkpoint: vLLM takes the LM-head rows of `-`
+  and `+` as a two-class classifier (`classifier_from_token`, `no_post_processing`), so its softmax is
+  P(+) / (P(+) + P(-)), the generative PRM's score.
+
+Token ids come from the trainer's encoding (`prm_token_layout`, the one function a new input layout replaces), sent
+as token prompts with the images as `multi_modal_data`, so vLLM scores exactly the layout the PRM was trained on.
+
+Prefix caching: vLLM skips the prefix cache for token-wise pooling by default, because a cached token yields no
+output row. This scorer reads the cache anyway (`skip_reading_prefix_cache=False`) and aligns the returned rows with
+the *end* of the prompt: the image and question blocks, and across beam-search rounds the earlier steps, are computed
+once. A step end that falls inside the cached part is either known already (scores are kept per token prefix for the
+current question: a causal PRM's score at a token depends only on the tokens up to it) or rescored without the
+cache, so every score is a computed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trl_vlprm.guidance.policy import Candidate, Question
+from trl_vlprm.guidance.vllm_policy import import_vllm
+from trl_vlprm.modeling.heads import HEADS, correct_probability, prm_token_ids
+from trl_vlprm.modeling.processor import get_tokenizer, load_processor
+from trl_vlprm.trainer.tokenization import EncodedPrompt, encode_prompt, encode_steps
+
+logger = logging.getLogger(__name__)
+
+# The trainer's default (`VLPRMConfig.step_separator`), as `scorer.DEFAULT_STEP_SEPARATOR`; not imported from there
+# because `PRMScorer.from_pretrained("vllm:...")` imports this module.
+DEFAULT_STEP_SEPARATOR = "\n"
+
+_VALUE_HEAD_RENAMES = {"score.weight": "language_model.score.weight", "score.bias": "language_model.score.bias"}
+
+
+def prm_token_layout(
+    processing_class: Any, question: Question, candidates: Sequence[Candidate], step_separator: str
+) -> tuple[EncodedPrompt, list[tuple[list[int], list[int]]]]:
+    """The PRM's token layout of a question and its candidates: the encoded prompt (image tokens expanded) and, per
+    candidate, its step tokens (each step + separator) with the index of each step's last token in them."""
+    prompt = encode_prompt(processing_class, question["prompt"], question.get("images") or [], question.get("id", "?"))
+    tokenizer = get_tokenizer(processing_class)
+    suffixes = []
+    for candidate in candidates:
+        ids, ends = [], []
+        for step_ids in encode_steps(tokenizer, candidate.steps, step_separator):
+            ids += step_ids
+            ends.append(len(ids) - 1)
+        suffixes.append((ids, ends))
+    return prompt, suffixes
+
+
+def vllm_checkpoint(path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A folder vLLM loads as this PRM: the folder itself for a generative head; for a value head a view with the
+    classifier saved under `language_model.score.*` (the name vLLM's Qwen-VL classifier loads).
+
+    The view lives in `cache_dir` (default `$TRL_VLPRM_CACHE` or `~/.cache/trl_vlprm`) under a name derived from the
+    folder's path and weight files (size, mtime), is written to a temporary name and renamed, and is reused.
+    """
+    path = Path(path).resolve()
+    config = json.loads((path / "config.json").read_text())
+    if config.get("prm_head") != "value":
+        return path
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"{path}: a value-head PRM for vLLM needs safetensors weights, found none")
+    fingerprint = hashlib.sha256(
+        json.dumps([str(path)] + [(s.name, s.stat().st_size, s.stat().st_mtime_ns) for s in shards]).encode()
+    ).hexdigest()[:16]
+    root = Path(cache_dir or os.environ.get("TRL_VLPRM_CACHE") or Path.home() / ".cache" / "trl_vlprm")
+    target = root / "vllm" / f"{path.name}-{fingerprint}"
+    if target.is_dir():
+        return target
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    partial.mkdir(parents=True, exist_ok=True)
+    renamed = False
+    for item in path.iterdir():
+        if item.suffix != ".safetensors" and item.name != "model.safetensors.index.json":
+            (partial / item.name).symlink_to(item)
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as weights:
+            keys = list(weights.keys())
+            if not set(keys) & set(_VALUE_HEAD_RENAMES):
+                (partial / shard.name).symlink_to(shard)
+                continue
+            tensors = {_VALUE_HEAD_RENAMES.get(key, key): weights.get_tensor(key) for key in keys}
+            save_file(tensors, str(partial / shard.name), metadata=weights.metadata())
+            renamed = True
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {_VALUE_HEAD_RENAMES.get(k, k): v for k, v in data["weight_map"].items()}
+        (partial / index.name).write_text(json.dumps(data, indent=2))
+    if not renamed:
+        raise ValueError(f"{path}: config says prm_head='value' but no shard holds 'score.weight'")
+    try:
+        partial.rename(target)
+    except OSError:  # another process finished the same view first
+        if not target.is_dir():
+            raise
+    return target
+
+
+def engine_kwargs(path: str | Path, head: str, tokenizer: Any, token_ids: tuple[int, int] | None) -> dict[str, Any]:
+    """`vllm.LLM` arguments that run a PRM folder as a token-classification pooling model."""
+    kwargs: dict[str, Any] = {"runner": "pooling", "pooler_config": {"task": "token_classify"}}
+    if head == "generative":
+        positive, negative = token_ids
+        tokens = tokenizer.convert_ids_to_tokens([negative, positive])  # class 0 wrong, class 1 correct
+        config = json.loads((Path(path) / "config.json").read_text())
+        tied = bool(config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings")))
+        overrides = {"classifier_from_token": tokens, "method": "no_post_processing"}
+        # vLLM reads the overrides from the text config of a VLM; transformers 5.19's Qwen2-VL text config lacks
+        # `tie_word_embeddings`, which vLLM's conversion reads.
+        kwargs["convert"] = "classify"
+        kwargs["hf_overrides"] = {**overrides, "text_config": {**overrides, "tie_word_embeddings": tied}}
+    return kwargs
+
+
+class VLLMScorer:
+    """Scores every step of many candidates to one question with a PRM on a vLLM pooling engine.
+
+    Args:
+        llm: a `vllm.LLM` running the PRM with `runner="pooling"` and the `token_classify` task, prefix caching on
+            (`from_pretrained` builds it).
+        processing_class: the PRM's tokenizer or image-only processor (`load_processor`).
+        step_separator: text appended to each step; default: the separator the PRM was trained with, else "\\n".
+        head: "value" or "generative"; default: the checkpoint's `prm_head`, else "value" (only used to name the
+            classes: the engine was built for one head).
+        reuse_cache: read vLLM's prefix cache (the point of this scorer); False computes every token of every prompt.
+        batch_size: candidates per `encode` call (vLLM schedules them itself; this bounds the returned rows held).
+    """
+
+    def __init__(
+        self,
+        llm,
+        processing_class: Any,
+        step_separator: str | None = None,
+        head: str | None = None,
+        reuse_cache: bool = True,
+        batch_size: int = 256,
+    ):
+        self._vllm = import_vllm()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        hf_config = llm.llm_engine.vllm_config.model_config.hf_config
+        self.llm, self.processing_class = llm, processing_class
+        self.tokenizer = get_tokenizer(processing_class)
+        self.head = head or getattr(hf_config, "prm_head", None) or "value"
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        trained = getattr(hf_config, "prm_step_separator", None)
+        if step_separator is not None and trained is not None and step_separator != trained:
+            logger.warning("VLLMScorer: step_separator %r differs from the trained one (%r)", step_separator, trained)
+        self.step_separator = step_separator if step_separator is not None else trained or DEFAULT_STEP_SEPARATOR
+        self.reuse_cache = reuse_cache
+        self.image_token_id = getattr(processing_class, "image_token_id", None)
+        self._current_question: str | None = None
+        self._known: dict[bytes, float] = {}  # token-prefix digest -> score, for the current question
+        self.counters = {"prompts": 0, "computed_tokens": 0, "prompt_tokens": 0, "rescored": 0, "known_steps": 0}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        head: str | None = None,
+        max_model_len: int = 4096,
+        max_images_per_prompt: int = 1,
+        dtype: Any = "auto",
+        llm_kwargs: Mapping[str, Any] | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        cache_dir: str | Path | None = None,
+        **kwargs,
+    ) -> VLLMScorer:
+        """Start a vLLM pooling engine on a PRM folder (value or generative head) and wrap it.
+
+        Args:
+            path: a trained PRM folder (its config records `prm_head`), or a base VLM with `head="generative"`.
+            head: overrides the checkpoint's head.
+            max_model_len: longest prompt (image tokens included) in tokens.
+            max_images_per_prompt: vLLM's `limit_mm_per_prompt["image"]`; videos are off.
+            dtype: engine dtype ("auto", "bfloat16", "float32", ...).
+            llm_kwargs: more `vllm.LLM` arguments (`gpu_memory_utilization`, `tensor_parallel_size`, ...).
+            min_pixels, max_pixels: image resizing bounds, for the local encoding and vLLM's processor alike.
+            cache_dir: where a value head's vLLM view of the checkpoint is written (see `vllm_checkpoint`).
+            kwargs: `VLLMScorer` arguments (`step_separator`, `reuse_cache`).
+        """
+        vllm = import_vllm()
+        dtype = str(dtype).removeprefix("torch.") if dtype is not None else "auto"  # torch.float32 -> "float32"
+        config = json.loads((Path(path) / "config.json").read_text())
+        head = head or config.get("prm_head") or "value"
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
+        token_ids = None
+        if head == "generative":
+            positive, negative = config.get("prm_positive_token_id"), config.get("prm_negative_token_id")
+            has_ids = positive is not None and negative is not None
+            token_ids = (positive, negative) if has_ids else prm_token_ids(get_tokenizer(processor))
+        folder = vllm_checkpoint(path, cache_dir) if head == "value" else Path(path)
+        llm_kwargs = dict(llm_kwargs or {})
+        if llm_kwargs.pop("enable_prefix_caching", True) is not True:
+            raise ValueError("VLLMScorer.from_pretrained: llm_kwargs['enable_prefix_caching'] must stay True")
+        llm_kwargs.setdefault("limit_mm_per_prompt", {"image": max_images_per_prompt, "video": 0})
+        pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+        if pixels:
+            llm_kwargs.setdefault("mm_processor_kwargs", pixels)
+        llm = vllm.LLM(
+            model=str(folder),
+            max_model_len=max_model_len,
+            dtype=dtype,
+            enable_prefix_caching=True,
+            **engine_kwargs(folder, head, get_tokenizer(processor), token_ids),
+            **llm_kwargs,
+        )
+        return cls(llm, processor, head=head, **kwargs)
+
+    # ---- scoring --------------------------------------------------------------------------------------------
+
+    def _prompt(self, prompt: EncodedPrompt, suffix: list[int]) -> dict[str, Any]:
+        """A vLLM token prompt. vLLM expands every image token it is given, so each image's run of image tokens
+        goes as one token; vLLM's expansion gives back exactly `prompt.input_ids` (the image processor is the same).
+        """
+        if not prompt.images:
+            return {"prompt_token_ids": prompt.input_ids + suffix}
+        ids = [
+            token
+            for i, token in enumerate(prompt.input_ids)
+            if token != self.image_token_id or i == 0 or prompt.input_ids[i - 1] != self.image_token_id
+        ]
+        return {"prompt_token_ids": ids + suffix, "multi_modal_data": {"image": prompt.images}}
+
+    def _encode(self, prompts: list[dict[str, Any]], use_cache: bool) -> list[list[float]]:
+        """P(correct) for the *computed* tokens of each prompt (the last rows; cached tokens give none)."""
+        # Raw class logits, turned into P(correct) by the formula PRMScorer uses (vLLM's own activation depends on
+        # the config's problem_type: a soft-label head saved as regression would get none).
+        params = self._vllm.PoolingParams(
+            task="token_classify", use_activation=False, skip_reading_prefix_cache=not use_cache
+        )
+        rows = []
+        for start in range(0, len(prompts), self.batch_size):
+            outputs = self.llm.encode(
+                prompts[start : start + self.batch_size],
+                pooling_params=params,
+                pooling_task="token_classify",
+                use_tqdm=False,
+            )
+            rows += [correct_probability(output.outputs.data).tolist() for output in outputs]
+        return rows
+
+    def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
+        """P(step correct) for every step of every candidate (one list per candidate, one score per step)."""
+        if not candidates:
+            return []
+        prompt, suffixes = prm_token_layout(self.processing_class, question, candidates, self.step_separator)
+        key = self._question_key(prompt)
+        if key != self._current_question:
+            self._current_question, self._known = key, {}
+        prefix = prompt.input_ids
+        scores: list[list[float | None]] = []
+        todo: list[int] = []  # candidates with a step score still unknown
+        for i, (ids, ends) in enumerate(suffixes):
+            known = [self._known.get(self._digest(prefix, ids, end)) for end in ends]
+            scores.append(known)
+            self.counters["known_steps"] += sum(s is not None for s in known)
+            if any(s is None for s in known):
+                todo.append(i)
+        # Identical candidates are scored once: vLLM would compute their shared blocks only once anyway, and a
+        # twin scored in the same batch would find its step ends cached and need a rescore.
+        unique: dict[tuple[int, ...], int] = {}
+        for i in todo:
+            unique.setdefault(tuple(suffixes[i][0]), i)
+        order = list(unique.values())
+        rescore = self._fill(prompt, suffixes, scores, order, use_cache=self.reuse_cache)
+        if rescore:
+            self.counters["rescored"] += len(rescore)
+            missing = self._fill(prompt, suffixes, scores, rescore, use_cache=False)
+            assert not missing, "a prompt computed without the cache returned too few rows"
+        for i in todo:
+            twin = unique[tuple(suffixes[i][0])]
+            scores[i] = list(scores[twin])
+        return [[float(s) for s in row] for row in scores]
+
+    def _fill(self, prompt, suffixes, scores, indices: list[int], use_cache: bool) -> list[int]:
+        """Score candidates `indices` in one engine call; returns those with a needed step end left uncomputed."""
+        if not indices:
+            return []
+        rows = self._encode([self._prompt(prompt, suffixes[i][0]) for i in indices], use_cache)
+        prefix, incomplete = prompt.input_ids, []
+        for i, probabilities in zip(indices, rows):
+            ids, ends = suffixes[i]
+            total = len(prefix) + len(ids)
+            first_computed = total - len(probabilities)  # rows are the last tokens of the prompt
+            self.counters["prompts"] += 1
+            self.counters["prompt_tokens"] += total
+            self.counters["computed_tokens"] += len(probabilities)
+            for step, end in enumerate(ends):
+                position = len(prefix) + end
+                if position >= first_computed:
+                    value = probabilities[position - first_computed]
+                    scores[i][step] = value
+                    self._known[self._digest(prefix, ids, end)] = value
+                elif scores[i][step] is None:
+                    incomplete.append(i)
+                    break
+        return incomplete
+
+    def _question_key(self, prompt: EncodedPrompt) -> str:
+        """Identifies the question (prompt tokens and image pixels): kept scores are dropped when it changes."""
+        digest = hashlib.sha256(json.dumps(prompt.input_ids).encode())
+        for image in prompt.images:
+            digest.update(repr((image.size, image.mode)).encode())
+            digest.update(image.tobytes())
+        return digest.hexdigest()
+
+    def _digest(self, prefix: list[int], ids: list[int], end: int) -> bytes:
+        # The score at a token depends on the images (fixed for the current question) and the tokens up to it.
+        return hashlib.sha256(json.dumps([prefix, ids[: end + 1]]).encode()).digest()
+
+    def clear_cache(self) -> None:
+        """Forget the kept scores and reset vLLM's prefix cache."""
+        self._current_question, self._known = None, {}
+        self.llm.reset_prefix_cache()
