@@ -154,13 +154,15 @@ def test_step_search_preset_runs_on_tiny_models(tmp_path):
     from trl_vlprm.guidance.strategies import SearchConfig
     from trl_vlprm.guidance.tts import TTSArguments
     from trl_vlprm.modeling.tiny import build_tiny_vlm
+    from trl_vlprm.modeling.tiny_hub import build_tiny_prm
 
     spec = importlib.util.spec_from_file_location("tts_recipe", Path(__file__).parent.parent / "recipes" / "tts.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     model = build_tiny_vlm(tmp_path / "vlm", arch="qwen2_5_vl", seed=0)
+    prm = build_tiny_prm(tmp_path / "prm", arch="qwen2_5_vl", seed=0)  # a random generative PRM with its metadata
     out = tmp_path / "steps.jsonl"
-    overrides = ["--policy", "hf", "--policy_model_path", str(model), "--prm_model_path", str(model)]
+    overrides = ["--policy", "hf", "--policy_model_path", str(model), "--prm_model_path", str(prm)]
     overrides += ["--num_questions", "2", "--n", "3", "--max_steps", "2", "--max_step_tokens", "6"]
     overrides += ["--max_new_tokens", "8", "--output_file", str(out)]
     config = CONFIG.parent / "tts_paper_step_search.yaml"
