@@ -17,6 +17,7 @@ from trl_vlprm.data.puzzles import (
     read_metadata,
 )
 from trl_vlprm.data.puzzles import testbed_corpus as corpus_text  # aliased: pytest would collect "test*" names
+from trl_vlprm.data.puzzles.families import parse_value
 from trl_vlprm.data.puzzles.render import PALETTE
 from trl_vlprm.eval.guardrails import BLIND_SHIFT, best_of_n_vs_random, image_swap_sensitivity, sweep_below_random
 from trl_vlprm.guidance.policy import Candidate
@@ -47,7 +48,11 @@ def test_learnable_gold_steps_are_one_sentence_of_the_image(learnable):
     for row in learnable:
         family, state = read_metadata(row)
         perception, reasoning, final = row["completions"]
-        assert perception == f"The shape is a {state['colour']} {state['kind']}."
+        # the checked detail (the one the answer depends on) is the last word, where the PRM reads its verdict
+        expected = {"shape_sides": f"The shape is a {state['colour']} {state['kind']}",
+                    "shape_colour": f"The {state['kind']} is {state['colour']}"}[family.name]  # fmt: skip
+        assert perception == expected
+        assert parse_value(reasoning) == row["answer"]  # read back without the full stop the tier leaves out
         assert family.parse(state, perception) == family.observe(state)
         assert row["answer"] in row["options"] and final == f"Answer: {row['answer']}"
         assert row["completions"] == gold_steps(family, state)

@@ -15,6 +15,9 @@ What the defaults fix, and why (measured on 2 shared cores, see docs/testbed.md)
   with it. A wide text MLP (1,024 units, 16x the width) and a larger initial scale (0.1) give many more and larger
   random product features at the start: measured on the colour check alone, the default tiny model (128 units,
   0.02) stays at chance for 600 steps, this one leaves chance after ~250;
+- no step separator: the learnable tier ends each step with the detail it checks, so the verdict is read at that word,
+  where one attention layer compares it with the image tokens; read at a separator after it, the comparison needs a
+  second hop and the plateau lasts hundreds of steps longer;
 - a linear warm-up before the cosine decay keeps the first large-learning-rate steps from saturating the head.
 """
 
@@ -125,6 +128,8 @@ class CPURecipe:
             max_steps=self.max_steps, learning_rate=self.learning_rate, lr_scheduler_type="cosine",
             warmup_steps=self.warmup_ratio, save_strategy="no", logging_steps=max(1, self.max_steps // 10),
             use_cpu=True, seed=self.seed, disable_tqdm=False,
+            # No separator: each verdict is read at its step's last word, the checked detail (see learnable.py).
+            step_separator="",
             activation_checkpointing=False,  # VLPRMConfig defaults it on (as TRL); a tiny model only loses time to it
         )  # fmt: skip
         settings.update(overrides)

@@ -5,7 +5,8 @@ an *observation* (what a solver claims to see in the image). The true observatio
 one is a perturbed copy. Every solution has the same three steps:
 
 1. perception: `describe(state, obs)` lists what the image shows; `parse(state, text)` reads the claim back;
-2. reasoning: `explain(state, obs, value)` applies the rule to `obs` and ends with "so the answer is <value>.";
+2. reasoning: `explain(state, obs, value)` applies the rule to `obs` and ends with "so the answer is <value>."
+   (the learnable tier leaves the full stop out: see learnable.py);
 3. reasoning: "Answer: <value>".
 
 The question text never contains the observation: a misread can only be caught by looking at the image.
@@ -24,7 +25,7 @@ from .render import PALETTE
 
 State = dict[str, Any]
 SIZES = ("small", "medium", "large")
-_REASONING_VALUE = re.compile(r"so the answer is (.+)\.$")
+_REASONING_VALUE = re.compile(r"so the answer is (.+?)\.?$")
 
 
 def numeric_options(answer: int, rng: random.Random, low: int = 0) -> list[str]:

@@ -6,8 +6,9 @@ up ignoring the image. These families keep only what it can learn:
 
 - one large shape fills the image, so every image token (84 px -> 9 tokens with the tiny processor) sees it and no
   word-to-token alignment is needed;
-- the perception step is one short sentence of whole words ("The shape is a red hexagon.");
-- the reasoning step is a small lookup or a copy ("A hexagon has 6 sides, so the answer is 6.").
+- the perception step is one short sentence of whole words ending with the detail the answer depends on ("The shape is
+  a red hexagon", "The hexagon is red");
+- the reasoning step is a small lookup or a copy ("A hexagon has 6 sides, so the answer is 6"), the answer last.
 
 A misread changes the shape's kind (mostly: that reaches the answer) or its colour; a slip changes the value.
 """
@@ -44,13 +45,22 @@ class _OneShape(PuzzleFamily):
         return [state["colour"], state["kind"]]
 
     def describe(self, state, obs):
-        return f"The shape is a {obs[0]} {obs[1]}."
+        # The detail the answer depends on is the step's last word, with no full stop after it: the PRM's verdict is
+        # read at a step's last token (CPURecipe uses no step separator), so at that very token the attention of the
+        # word (query) over the image tokens (keys) can compare the two in one layer. Read two tokens later, the same
+        # comparison must hop through a second layer, and a tiny model sits at chance for hundreds of steps.
+        colour, kind = obs
+        return f"The {kind} is {colour}" if self.answer_detail == "colour" else f"The shape is a {colour} {kind}"
 
     def parse(self, state, text):
-        match = re.fullmatch(r"The shape is an? (\w+) (\w+)\.", text.strip())
-        if not match or match.group(1) not in PALETTE or match.group(2) not in SHAPE_SIDES:
+        text = text.strip()
+        if match := re.fullmatch(r"The shape is an? (\w+) (\w+)", text):
+            colour, kind = match.groups()
+        elif match := re.fullmatch(r"The (\w+) is (\w+)", text):
+            kind, colour = match.groups()
+        else:
             return None
-        return [match.group(1), match.group(2)]
+        return [colour, kind] if colour in PALETTE and kind in SHAPE_SIDES else None
 
     def misread(self, state, obs, rng):
         colour, kind = obs
@@ -79,7 +89,7 @@ class ShapeSides(_OneShape):
 
     def explain(self, state, obs, value):
         article = "An" if obs[1][0] in "aeiou" else "A"
-        return f"{article} {obs[1]} has {SHAPE_SIDES[obs[1]]} sides, so the answer is {value}."
+        return f"{article} {obs[1]} has {SHAPE_SIDES[obs[1]]} sides, so the answer is {value}"
 
     def slip(self, state, obs, value, rng):
         return _numeric_slip(value, rng) if rng.random() < 0.5 else other_choice(rng, state["options"], value)
@@ -102,7 +112,7 @@ class ShapeColour(_OneShape):
         return obs[0]
 
     def explain(self, state, obs, value):
-        return f"The {obs[1]} is {obs[0]}, so the answer is {value}."
+        return f"The {obs[1]} is {obs[0]}, so the answer is {value}"
 
     def slip(self, state, obs, value, rng):
         return other_choice(rng, state["options"], value)
