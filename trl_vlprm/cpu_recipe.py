@@ -71,7 +71,7 @@ class CPURecipe:
     perception_error_rate: float = field(default=0.5, metadata={"help": "Misreading rate of the training policy."})
     reasoning_error_rate: float = field(default=0.3, metadata={"help": "Slip rate of the training policy."})
     image_size: int = field(default=84, metadata={"help": "Image side in pixels (84 gives 9 image tokens)."})
-    max_steps: int = field(default=2000, metadata={"help": "Optimizer steps."})
+    max_steps: int = field(default=1200, metadata={"help": "Optimizer steps."})
     learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate of AdamW."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps of linear learning-rate warm-up."})
     batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step."})
