@@ -26,8 +26,18 @@ from trl_vlprm.guidance.tts import (
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
 
 
+def questions_of(args: TTSArguments):
+    """`build_questions`, plus "benchmark:<spec>": an evaluation benchmark (the paper's subsets and prompts)."""
+    if args.dataset.startswith("benchmark:"):
+        from trl_vlprm.eval.sweep_config import load_benchmark_spec
+
+        questions = load_benchmark_spec(args.dataset.removeprefix("benchmark:"))[1]
+        return questions.select(range(min(args.num_questions, len(questions)))) if args.num_questions else questions
+    return build_questions(args)
+
+
 def main(args: TTSArguments, search: SearchConfig):
-    questions, policy, scorer = build_questions(args), build_policy(args), build_scorer(args)
+    questions, policy, scorer = questions_of(args), build_policy(args), build_scorer(args)
     summary = run_tts(questions, args.strategy, policy, scorer, search, args.output_file, run_tags=run_tags(args))
     print(summary_line(summary, args.strategy))
     return summary

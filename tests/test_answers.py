@@ -12,6 +12,7 @@ from trl_vlprm.data.answers import (
     normalize_text,
     numbers_match,
     parse_number,
+    reads_as_number_list,
     register_answer_kind,
     resolve_kind,
 )
@@ -167,3 +168,16 @@ def test_register_answer_kind_is_used_by_grade():
             register_answer_kind("nospace", ANSWER_KINDS["nospace"])
     finally:
         ANSWER_KINDS.pop("nospace")
+
+
+@pytest.mark.parametrize("solution", ["So \\boxed{[1, 2]}", "The answer is (1, 2)", "Answer: 1, 2", "\\boxed{3; 2}"])
+def test_numeric_does_not_read_a_list_as_its_last_number(solution):
+    # A list answer names several numbers: reading only the last one would grade "[1, 2]" right against gold 2.
+    assert extract_answer(solution, kind="numeric") is None
+    assert not grade(solution, "2", kind="numeric")
+    assert not grade(solution, "1", kind="numeric")
+
+
+def test_thousands_separators_still_read_as_one_number():
+    assert reads_as_number_list("[3, 4]") and not reads_as_number_list("1,234") and not reads_as_number_list("1,234.5")
+    assert grade("\\boxed{1,234}", "1234", kind="numeric") and grade("Answer: 12 cm", "12", kind="numeric")

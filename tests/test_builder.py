@@ -158,6 +158,18 @@ def test_config_rejects_inconsistent_settings():
         LabelConfig(policy="hf", judge="none", rule="mc_only")
 
 
+def test_paper_preset_parses_with_the_papers_settings():
+    from trl import TrlParser
+
+    path = Path(__file__).parents[1] / "recipes" / "configs" / "label_paper.yaml"
+    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=["--config", str(path)])
+    assert (config.rule, config.judge_unknown, config.mc_mode) == ("vlprm", "drop", "every_step_until_zero")
+    assert (config.mc_num_completions, config.mc_threshold) == (16, 0.0)
+    assert config.mc_config().mode == "every_step_until_zero"
+    with pytest.raises(ValueError, match="judge_unknown"):
+        LabelConfig(judge_unknown="ignore")
+
+
 @pytest.mark.parametrize("name", ["label_testbed.yaml", "label_server.yaml"])
 def test_recipe_configs_parse_into_label_config(name):
     from trl import TrlParser
@@ -198,3 +210,21 @@ if __name__ == "__main__":
     build_dataset(
         toy_questions(NUM_QUESTIONS), ToyPolicy(seed=0, sleep=sleep), toy_config(output_dir), grader=exact_grader
     )
+
+
+def test_paper_label_recipe_runs_with_cpu_overrides(tmp_path, capsys):
+    """label_paper.yaml as written, with the testbed's scripted policy and judge in place of the GPU ones."""
+    from trl_vlprm.labeling.builder import main
+
+    config = Path(__file__).parents[1] / "recipes" / "configs" / "label_paper.yaml"
+    argv = ["--config", str(config), "--dataset", "puzzles", "--num_questions", "6", "--policy", "scripted"]
+    argv += ["--judge", "testbed", "--mc_num_completions", "4", "--output_dir", str(tmp_path)]
+    main([*argv, "--show_progress", "false"])
+    dataset = load_labelled(tmp_path)
+    assert len(dataset) > 0 and set(dataset["rule"]) == {"vlprm"}
+    for row in dataset:
+        mc = json.loads(row["mc"])
+        # every_step_until_zero: prefixes scored in order, none after the first zero.
+        measured = [s for s in mc["scores"] if s is not None]
+        assert mc["scores"][: len(measured)] == measured and 0.0 not in measured[:-1]
+        assert "unknown" not in json.loads(row["judge"])["verdicts"]

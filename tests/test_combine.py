@@ -84,3 +84,15 @@ def test_step_label_quality_scores_the_bad_class():
     assert quality.accuracy == pytest.approx(3 / 5)
     assert quality.bad_precision == pytest.approx(1 / 2) and quality.bad_recall == pytest.approx(1 / 2)
     assert quality.bad_f1 == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("rule", ["vlprm", "judge_only", "consensus", "judge_first_error_confirmed_by_mc"])
+def test_unknown_drop_leaves_the_whole_solution_out(rule):
+    dropped = combine(rule, 4, [True] * 4, [C, C, U, C], unknown="drop")
+    assert dropped.labels == [None] * 4 and dropped.kept_length() == 0 and dropped.case == "judge_unknown_dropped"
+    # A solution without unknown verdicts is labelled exactly as with the default.
+    assert combine(rule, 3, [True, False, False], [C, I, C], unknown="drop") == combine(
+        rule, 3, [True, False, False], [C, I, C]
+    )
+    with pytest.raises(ValueError, match="unknown='skip'"):
+        combine(rule, 1, [True], [C], unknown="skip")

@@ -7,6 +7,8 @@ from datasets import Dataset
 from PIL import Image
 
 from trl_vlprm.data.converters import (
+    ConversionReport,
+    SkippedRecord,
     convert_dataset,
     from_trl_stepwise,
     from_visualprm400k,
@@ -180,11 +182,6 @@ def test_vlprm300k_dataset(vlprm_root):
             "row 3: field 'conversations': assistant turn 0 is 'maybe'; expected '+' or '-'",
         ),
         (
-            lambda r: r.update(first_incorrect_step="['Visual Elements', 1]"),
-            "row 3: field 'first_incorrect_step': is ('Visual Elements', 1) but the first '-' turn of conversations "
-            "is ('reasoning', 0)",
-        ),
-        (
             lambda r: r["steps_with_score"][0].update(step="A different step."),
             "row 3: field 'conversations': user turn 0 does not hold step 0 of steps_with_score",
         ),
@@ -195,6 +192,49 @@ def test_vlprm300k_bad_record_names_row_and_field(vlprm_root, edit, message):
     edit(rows[3])
     with pytest.raises(RecordError, match=re.escape(message)):
         convert_dataset(rows, "vlprm300k", image_root=str(vlprm_root))
+
+
+def test_vlprm300k_row_with_inconsistent_first_incorrect_step_is_skipped_and_reported(vlprm_root, caplog):
+    rows = [vlprm_row() for _ in range(5)]
+    for index in (1, 3):
+        rows[index]["id"] = f"bad-{index}"
+        rows[index]["first_incorrect_step"] = "['Visual Elements', 1]"  # the first '-' turn is reasoning step 0
+    with pytest.raises(SkippedRecord, match=re.escape("is ('reasoning', 0)")):  # alone, the row is still an error
+        from_vlprm300k(rows[1], image_root=str(vlprm_root))
+    report = ConversionReport()
+    converted = convert_dataset(rows, "vlprm300k", image_root=str(vlprm_root), report=report)
+    assert converted.num_rows == 3 and report.converted == 3
+    assert report.skipped_ids == ["bad-1", "bad-3"] and [e["row"] for e in report.skipped] == [1, 3]
+    assert all("first_incorrect_step" in e["reason"] for e in report.skipped)
+    assert "skipped 2: bad-1, bad-3" in caplog.text
+
+
+def test_vlprm300k_paper_text_keeps_the_papers_turns(vlprm_root):
+    row = vlprm_row()
+    row["conversations"][-2]["content"] = _text(
+        f"[Reasoning]\n<step_1>\n{STEPS[2]}\n</step_1>\n<correct_answer>\nsquare\n</correct_answer>"
+    )
+    row["question"] = "a shorter question than the one the PRM read"
+    record = from_vlprm300k(row, image_root=str(vlprm_root), paper_text=True)
+    # The question as written in the wrapper of the first turn, image first, as in the paper's messages.
+    assert record["prompt"] == "<image>" + QUESTION
+    assert record["completions"] == [
+        f"[Visual Elements]\n<step_1>\n{STEPS[0]}\n</step_1>",
+        f"<step_2>\n{STEPS[1]}\n</step_2>",
+        f"[Reasoning]\n<step_1>\n{STEPS[2]}\n</step_1>\n<correct_answer>\nsquare\n</correct_answer>",
+    ]
+    # Rebuilding the paper's first user turn from the record gives the upstream turn back, character for character.
+    first_turn = row["conversations"][1]["content"][0]["text"]
+    question = record["prompt"].removeprefix("<image>")
+    assert f"### Question:\n{question}\n\n### Solution Process:\n{record['completions'][0]}" == first_turn
+    assert record["labels"] == [True, True, False] and record["step_types"] == [
+        "perception",
+        "perception",
+        "reasoning",
+    ]
+    validate_record(record, 0)
+    plain = from_vlprm300k(row, image_root=str(vlprm_root))
+    assert plain["completions"] == STEPS[:3] and plain["prompt"] == "<image>\n" + row["question"]
 
 
 def test_vlprm300k_missing_image_file(vlprm_root):

@@ -85,6 +85,12 @@ COVERED: dict[str, str] = {
     "python recipes/eval_tts.py --config recipes/configs/eval_tts_paper.yaml": (
         "tests/test_paper_recipes.py::test_paper_eval_recipe_runs_as_written"
     ),
+    "python recipes/tts.py --config recipes/configs/tts_paper_step_search.yaml": (
+        "tests/test_paper_prompts.py::test_step_search_preset_runs_on_tiny_models"
+    ),
+    "trl-vlprm label --config recipes/configs/label_paper.yaml": (
+        "tests/test_builder.py::test_paper_label_recipe_runs_with_cpu_overrides"
+    ),
     # <cfg> stands for any recipe: the launch test runs each launcher with the tiny CPU config and checks world size 2.
     "accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/train.py --config "
     "recipes/configs/<cfg>.yaml": "tests/test_launch.py::test_two_process_launch",

@@ -126,3 +126,45 @@ def test_strategies_run_on_hf_policy(model_dir, question, strategy):
     assert all(len(c.step_scores) == len(c.steps) and " " not in "".join(c.steps) for c in result.candidates)
     assert result.candidate_scores[result.chosen] == max(result.candidate_scores)
     assert result.policy_stats == policy.stats.as_dict() and result.policy_stats["tokens"] > 0
+
+
+def _generated_ids(policy, question, n):
+    inputs = policy._inputs(question, [])
+    captured = []
+    generate = policy.model.generate
+
+    def spy(**kwargs):
+        output = generate(**kwargs)
+        captured.append(output[:, inputs["input_ids"].shape[1] :])
+        return output
+
+    policy.model.generate = spy
+    try:
+        policy.complete(question, [], n)
+    finally:
+        policy.model.generate = generate
+    return captured[0]
+
+
+def test_top_k_one_samples_the_greedy_path(model_dir, question):
+    # top_k=1 leaves one token to sample from at every position: each hot sample is the greedy solution.
+    greedy = make_policy(model_dir, temperature=0).complete(question, [], 1)[0]
+    hot = make_policy(model_dir, temperature=5.0, top_p=1.0, top_k=1).complete(question, [], 4)
+    assert all(c.steps == greedy.steps for c in hot)
+    # Without the filter, temperature 5 on a random model leaves the greedy path (the test is not vacuous).
+    free = make_policy(model_dir, temperature=5.0, top_p=1.0).complete(question, [], 4)
+    assert any(c.steps != greedy.steps for c in free)
+
+
+def test_repetition_penalty_reaches_generate(model_dir, question):
+    # A huge penalty makes every token already in the sequence (prompt included) unpickable: no generated token
+    # repeats, where plain greedy decoding of a random model loops.
+    plain = _generated_ids(make_policy(model_dir, temperature=0, max_new_tokens=30), question, 1)[0].tolist()
+    assert len(set(plain)) < len(plain)
+    policy = make_policy(model_dir, temperature=0, max_new_tokens=30, repetition_penalty=1e6)
+    penalised = _generated_ids(policy, question, 1)[0].tolist()
+    prompt_ids = set(policy._inputs(question, [])["input_ids"][0].tolist())
+    assert len(set(penalised)) == len(penalised) == 30
+    assert not prompt_ids & set(penalised[:-1])
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        make_policy(model_dir, repetition_penalty=0)

@@ -152,3 +152,35 @@ def test_mc_config_rejects_bad_values():
         MCConfig(num_completions=0)
     with pytest.raises(ValueError, match="threshold"):
         MCConfig(threshold=1.0)
+
+
+@pytest.mark.parametrize("first_slip", [0, 2, 4])
+def test_every_step_until_zero_stops_at_the_first_zero(first_slip):
+    # The paper's MC: prefixes in order, estimation ends at the first prefix no completion rescues.
+    policy = ToyPolicy(error_rate=0.0, num_steps=6)
+    rollout = slipped_rollout(6, first_slip)
+    config = MCConfig(4, 0.0, "every_step_until_zero")
+    result = label_rollout(policy, toy_questions(1)[0], rollout, config, exact_grader)
+    assert result.labels == [i < first_slip for i in range(6)] and result.first_error == first_slip
+    assert result.scores == [1.0] * first_slip + [0.0] + [None] * (5 - first_slip)
+    assert result.num_estimates == first_slip + 1 == policy.stats.calls  # every_step would spend 5
+    every = label_rollout(
+        ToyPolicy(error_rate=0.0, num_steps=6),
+        toy_questions(1)[0],
+        rollout,
+        MCConfig(4, 0.0, "every_step"),
+        exact_grader,
+    )
+    assert every.labels == result.labels and every.num_estimates == 5
+
+
+def test_every_step_until_zero_keeps_a_low_but_nonzero_step_and_goes_on():
+    # Lucky completions give a slipped prefix a score above 0: it is not where the estimation stops.
+    policy = ToyPolicy(error_rate=0.0, lucky_rate=0.5, num_steps=6, seed=3)
+    rollout = slipped_rollout(6, first_slip=1)
+    result = label_rollout(
+        policy, toy_questions(1)[0], rollout, MCConfig(16, 0.0, "every_step_until_zero"), exact_grader
+    )
+    measured = [s for s in result.scores if s is not None]
+    assert 0.0 < result.scores[1] < 1.0 and len(measured) == 6  # never 0 before the rollout's own wrong answer
+    assert result.labels == [True] * 5 + [False]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from trl_vlprm.data.puzzles.generator import generate_puzzles
-from trl_vlprm.guidance.aggregation import AGGREGATIONS
+from trl_vlprm.guidance.aggregation import STEP_AGGREGATIONS
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset, outcome_reward
 from trl_vlprm.guidance.scorer import PRMScorer
@@ -114,7 +114,7 @@ def interleaved_reference(scorer):
     return plain_step_scores(scorer, prompts, images, completions)
 
 
-@pytest.mark.parametrize("how", AGGREGATIONS)
+@pytest.mark.parametrize("how", STEP_AGGREGATIONS)
 def test_reward_equals_the_aggregated_step_scores_one_scorer_call_per_group(scorer, interleaved_reference, how):
     prompts, images, completions, owners = interleaved_batch()
     counting = CountingScorer(scorer)
@@ -134,13 +134,15 @@ def test_reward_equals_the_aggregated_step_scores_one_scorer_call_per_group(scor
 
 def test_aggregations_differ_as_defined(scorer):
     prompts, images, completions, _ = interleaved_batch()
-    by_how = {how: VLPRMReward(scorer, aggregation=how)(prompts, completions, images=images) for how in AGGREGATIONS}
+    by_how = {
+        how: VLPRMReward(scorer, aggregation=how)(prompts, completions, images=images) for how in STEP_AGGREGATIONS
+    }
     multi_step = [i for i, c in enumerate(completions) if len(c[0]["content"].split(SEPARATOR)) > 1]
     for i in multi_step:  # probabilities in (0, 1): prod < min <= mean, and min <= last
         assert by_how["prod"][i] < by_how["min"][i] <= by_how["mean"][i]
         assert by_how["min"][i] <= by_how["last"][i]
     one_step = [i for i in range(len(completions)) if i not in multi_step]
-    assert one_step and all(len({by_how[h][i] for h in AGGREGATIONS}) == 1 for i in one_step)
+    assert one_step and all(len({by_how[h][i] for h in STEP_AGGREGATIONS}) == 1 for i in one_step)
 
 
 def test_steps_are_split_at_the_prms_trained_separator(scorer):

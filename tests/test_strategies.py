@@ -7,7 +7,7 @@ import pytest
 
 from trl_vlprm.data.answers import grade
 from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy, generate_puzzles
-from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate
+from trl_vlprm.guidance.aggregation import STEP_AGGREGATIONS, aggregate
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.strategies import (
     STRATEGIES,
@@ -37,14 +37,14 @@ def test_aggregate_values():
     assert aggregate(scores, "min") == 0.5
     assert math.isclose(aggregate(scores, "mean"), 2.2 / 3)
     assert math.isclose(aggregate(scores, "prod"), 0.36)
-    assert [aggregate([], how) for how in AGGREGATIONS] == [0.0] * 4
+    assert [aggregate([], how) for how in STEP_AGGREGATIONS] == [0.0] * 4
     with pytest.raises(ValueError, match="'median'"):
         aggregate(scores, "median")
 
 
 def test_select_best_of_n_depends_on_aggregation():
     candidates = [scored([0.9, 0.2, 0.95]), scored([0.8, 0.8, 0.8]), scored([0.99, 0.99, 0.5])]
-    picks = {how: select_best_of_n(candidates, how) for how in AGGREGATIONS}
+    picks = {how: select_best_of_n(candidates, how) for how in STEP_AGGREGATIONS}
     assert picks == {"last": 0, "min": 1, "mean": 2, "prod": 1}
     assert select_best_of_n([scored([0.5]), scored([0.5])], "min") == 0  # ties: lowest index
     with pytest.raises(ValueError, match="no candidates"):

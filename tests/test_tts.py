@@ -56,6 +56,7 @@ def test_run_writes_graded_lines_and_resumes(tmp_path, puzzles):
             "beam_width": 2,
             "expansions_per_beam": 2,
             "max_steps": 10,
+            "whole_solution": False,
         }
     assert first.num_correct == sum(r["correct"] for r in written)
 

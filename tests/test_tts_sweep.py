@@ -204,3 +204,82 @@ def test_run_sweep_builds_a_policy_only_when_something_is_left_to_sample(tmp_pat
     again = run_sweep({"testbed": puzzles}, {"p": factory}, scorers, ["majority"], [1, 2], tmp_path, 2)
     assert len(built) == 1 and first == again
     assert [row["n"] for row in first] == [1, 2] and {row["num_questions"] for row in first} == {24}
+
+
+class LengthReportingOracle(GoldOracleScorer):
+    """The testbed oracle, reporting an input length per step as a PRM does (100 tokens of prompt + 1 per char).
+
+    Its P(+) is 0.9 for a step without error and 0.2 otherwise, so the paper's reward sees both branches.
+    """
+
+    def score_with_input_lengths(self, question, candidates):
+        scores = [[0.9 if s > 0.5 else 0.2 for s in row] for row in self.score(question, candidates)]
+        lengths = [[100 + len("".join(c.steps[: i + 1])) for i in range(len(c.steps))] for c in candidates]
+        return scores, lengths
+
+
+def test_best_of_n_paper_reads_whole_solution_scores(tmp_path, puzzles):
+    policy = ScriptedPolicy(perception_error_rate=0.4, reasoning_error_rate=0.3, seed=0)
+    strategies = ["first", "best_of_n:paper", "best_of_n:min"]
+    rows = run_sweep(
+        {"testbed": puzzles}, {"scripted": policy}, {"prm": LengthReportingOracle()}, strategies, [4], tmp_path, 2
+    )
+    records = [json.loads(line) for line in samples_path(tmp_path, "testbed", "scripted").read_text().splitlines()]
+    for record in records:
+        for sample in record["samples"]:
+            whole = sample["whole_score"]["prm"]
+            # One read of the whole solution: P(+) 0.9 only when every step is right, length of all its text.
+            assert whole["p"] == (0.9 if all(sample["gold_correct"]) else 0.2)
+            assert whole["input_length"] == 100 + len(policy.step_separator.join(sample["steps"]))
+            assert len(sample["step_input_lengths"]["prm"]) == len(sample["steps"])
+
+    def paper_pick(samples):  # the paper's rule: shortest among error-free ones, else the first
+        rewards = [s["whole_score"]["prm"] for s in samples]
+        positive = [i for i, w in enumerate(rewards) if w["p"] >= 0.5]
+        if positive:
+            return max(positive, key=lambda i: (rewards[i]["p"] ** 0.3 / rewards[i]["input_length"] ** 0.6, -i))
+        return 0
+
+    subsets = subsample_indices(4, 4, 2, seed=0)
+    expected = sum(
+        r["samples"][s[paper_pick([r["samples"][i] for i in s])]]["correct"] for r in records for s in subsets
+    )
+    table = {(r["strategy"], r["scorer"]): r["accuracy"] for r in rows}
+    assert table["best_of_n:paper", "prm"] == pytest.approx(expected / (len(records) * 2))
+    with pytest.raises(ValueError, match="no whole-solution score under scorer 'prm'"):
+        strategy_correct("best_of_n:paper", RECORDS[0]["samples"], "prm")
+    with pytest.raises(ValueError, match="'weighted_vote:paper'"):
+        check_strategy("weighted_vote:paper")
+
+
+class ShiftedLengthOracle(LengthReportingOracle):
+    """Another scorer under the same name: its input lengths are 1,000 tokens longer."""
+
+    def score_with_input_lengths(self, question, candidates):
+        scores, lengths = super().score_with_input_lengths(question, candidates)
+        return scores, [[n + 1000 for n in row] for row in lengths]
+
+
+def test_a_rescored_sample_gets_new_whole_solution_scores(tmp_path, puzzles):
+    questions = list(puzzles.select(range(4)))
+    path = tmp_path / "s.jsonl"
+    policy = ScriptedPolicy(perception_error_rate=0.4, reasoning_error_rate=0.3, seed=0)
+    first = sample_benchmark(questions, policy, {"prm": LengthReportingOracle()}, 3, path, whole_solution=True)
+    second = sample_benchmark(
+        questions, policy, {"prm": ShiftedLengthOracle()}, 3, path, scorer_pins={"prm": "shifted"}, whole_solution=True
+    )
+    for old, new in zip(first, second):
+        for a, b in zip(old["samples"], new["samples"]):
+            assert b["whole_score"]["prm"]["input_length"] == a["whole_score"]["prm"]["input_length"] + 1000
+            assert b["step_input_lengths"]["prm"] == [n + 1000 for n in a["step_input_lengths"]["prm"]]
+    with pytest.raises(Exception, match="whole_solution"):  # the file was sampled with whole-solution scores
+        sample_benchmark(questions, policy, {"prm": LengthReportingOracle()}, 3, path)
+
+
+def test_best_of_n_paper_leaves_out_scorers_without_input_lengths(tmp_path, puzzles):
+    policy = ScriptedPolicy(perception_error_rate=0.4, reasoning_error_rate=0.3, seed=0)
+    scorers = {"prm": LengthReportingOracle(), "random": RandomScorer(seed=0)}
+    rows = run_sweep({"testbed": puzzles.select(range(6))}, {"scripted": policy}, scorers,
+                     ["best_of_n:paper", "best_of_n:min"], [2], tmp_path, 2)  # fmt: skip
+    pairs = {(r["strategy"], r["scorer"]) for r in rows}
+    assert pairs == {("best_of_n:paper", "prm"), ("best_of_n:min", "prm"), ("best_of_n:min", "random")}

@@ -73,6 +73,29 @@ def test_render_prompt_text_only():
         render_prompt(tokenizer, {"id": "q7", "prompt": "<image>?", "images": [Image.new("RGB", (8, 8))]}, [], "\n")
 
 
+def test_sampling_params_carry_the_paper_settings(monkeypatch):
+    # vLLM is absent from the main venv: a stand-in module records the SamplingParams arguments (the real engine
+    # tests below run in the CPU vLLM venv).
+    monkeypatch.setitem(
+        sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kwargs: SimpleNamespace(**kwargs))
+    )
+    paper = VLLMPolicy(llm=object(), processor=build_tiny_tokenizer(), temperature=0.7, top_p=0.8, top_k=20,
+                       repetition_penalty=1.05, seed=3)  # fmt: skip
+    params = paper.sampling_params(16, 2048, stop_at_separator=False)
+    assert (params.n, params.temperature, params.top_p, params.top_k) == (16, 0.7, 0.8, 20)
+    assert (params.repetition_penalty, params.max_tokens, params.stop, params.seed) == (1.05, 2048, None, 3)
+    # Defaults leave the filters off (top_k -1: vLLM's "no top-k"); greedy keeps the penalty, as vLLM applies it.
+    params = VLLMPolicy(llm=object(), processor=build_tiny_tokenizer()).sampling_params(2, 10, stop_at_separator=True)
+    assert (params.top_k, params.repetition_penalty, params.stop) == (-1, 1.0, ["\n\n"])
+    greedy = VLLMPolicy(
+        llm=object(), processor=build_tiny_tokenizer(), temperature=0, top_k=20, repetition_penalty=1.1
+    )
+    params = greedy.sampling_params(4, 10, stop_at_separator=False)
+    assert (params.n, params.temperature, params.top_k, params.repetition_penalty) == (1, 0.0, -1, 1.1)
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        VLLMPolicy(llm=object(), processor=build_tiny_tokenizer(), repetition_penalty=0)
+
+
 # -- on a real engine -----------------------------------------------------------------------------------------------
 
 # The CPU attention kernels take head sizes that are multiples of 32: width 128 with 4 heads. Tiny limits keep the

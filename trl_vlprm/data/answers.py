@@ -222,8 +222,25 @@ class AnswerKind:
     match: Callable[[str, str, Sequence[str] | None, float], bool]
 
 
+def reads_as_number_list(span: str) -> bool:
+    """The span lists several numbers ("[1, 2]", "(3; 4)", "1, 2, 3"): an answer that is not one number.
+
+    A thousands separator is not a list: "1,234" is one number.
+    """
+    text = _FRAC.sub(lambda m: f"{m.group(1).strip()}/{m.group(2).strip()}", span).strip()
+    item = r"[-+]?\s*(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:/\d+)?"
+    if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
+        return False
+    return re.fullmatch(rf"[\[(\{{]?\s*{item}(?:\s*[,;]\s*{item})+\s*[\])\}}]?", text) is not None and bool(
+        re.search(r"\d", text)
+    )
+
+
 def _extract_numeric(text: str, options: Sequence[str] | None) -> str | None:
-    parsed = parse_number(answer_span(text))
+    span = answer_span(text)
+    if reads_as_number_list(span):  # "\boxed{[1, 2]}" answers with a list; reading its last item would say "2"
+        return None
+    parsed = parse_number(span)
     if parsed is None:
         return None
     value, percent = parsed
@@ -324,3 +341,33 @@ def grade(
     if extracted is None:
         return False
     return answer_kind.match(extracted, gold, options, tol)
+
+
+def grade_with_fallback(
+    prediction: str | None,
+    gold: str,
+    options: Sequence[str] | None = None,
+    kind: str = "auto",
+    tol: float = 1e-6,
+    extractor: Callable[[str], str | None] | None = None,
+) -> tuple[bool, str]:
+    """`grade`, with an answer extractor (e.g. an LLM judge) asked only when the rules read no answer.
+
+    The extractor's answer is graded by the same rules, so a judge can find the answer but never decide what is
+    correct. Returns (correct, how): how is "rule", "fallback" (the extractor's answer was graded) or "none" (no
+    answer could be read either way).
+    """
+    if prediction is None or not str(prediction).strip():
+        return False, "none"
+    resolved = resolve_kind(kind, options, gold)
+    answer_kind = ANSWER_KINDS[resolved]
+    extracted = answer_kind.extract(str(prediction), options)
+    if extracted is not None:
+        return answer_kind.match(extracted, gold, options, tol), "rule"
+    if extractor is None:
+        return False, "none"
+    stated = extractor(str(prediction))
+    if stated is None:
+        return False, "none"
+    extracted = answer_kind.extract(stated, options)
+    return (extracted is not None and answer_kind.match(extracted, gold, options, tol)), "fallback"

@@ -12,16 +12,20 @@ Three source layouts are supported (see `docs/data_format.md` for each one field
   expected accuracy `score` of every step prefix.
 
 Each `from_*` function turns one source record into one schema record and raises `RecordError` naming the row and
-the source field when something is missing or malformed. `convert_dataset` maps one of them over a whole dataset.
+the source field when something is missing or malformed. `convert_dataset` maps one of them over a whole dataset;
+a row the source itself got inconsistent (`SkippedRecord`: a VL-PRM300K `first_incorrect_step` that names no `-`
+turn) is left out and listed in a `ConversionReport` instead of stopping the conversion.
 """
 
 from __future__ import annotations
 
 import ast
+import logging
 import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -36,7 +40,35 @@ from .schema import (
     validate_record,
 )
 
+logger = logging.getLogger(__name__)
+
 OPTIONAL_FIELDS = ("id", "answer", "options", "category")
+
+
+class SkippedRecord(RecordError):
+    """A source row that is well-formed but self-contradictory upstream: conversion leaves it out and reports it."""
+
+
+@dataclass
+class ConversionReport:
+    """What `convert_dataset` / `convert_records` kept and left out.
+
+    Attributes:
+        converted: rows converted.
+        skipped: one entry per row left out: {"row": index, "id": source id or None, "reason": message}.
+    """
+
+    converted: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def skipped_ids(self) -> list[str]:
+        return [str(entry["id"] if entry["id"] is not None else entry["row"]) for entry in self.skipped]
+
+    def summary(self) -> str:
+        shown = ", ".join(self.skipped_ids[:10]) + (", ..." if len(self.skipped) > 10 else "")
+        return f"converted {self.converted} row(s), skipped {len(self.skipped)}" + (f": {shown}" if shown else "")
+
 
 # VL-PRM300K marks the two parts of a solution with these headers in the user turns of `conversations`;
 # the judge's analyses call the first part "[Perception]", so both spellings are accepted.
@@ -165,6 +197,7 @@ def from_vlprm300k(
     soft_labels: bool = False,
     image_field: str = "image",
     row: int | str = "?",
+    paper_text: bool = False,
 ) -> dict[str, Any]:
     """A VL-PRM300K record (Ong et al. 2025, `ob11/VL-PRM300K`) as a schema record.
 
@@ -181,6 +214,16 @@ def from_vlprm300k(
         soft_labels: use the Monte Carlo scores in [0, 1] as labels instead of the consensus booleans.
         image_field: the column holding the image path (`"image_qwen_smart_resize"` for the resized copies).
         row: the row index, used in error messages.
+        paper_text: keep the text exactly as the paper's PRM read it, for the multi-turn layout: the question as
+            written inside the first turn's "### Question:" wrapper (its instructions included) and each step as its
+            user turn holds it, with the `[Visual Elements]`/`[Reasoning]` headers, the `<step_k>` tags and anything
+            else in the turn (such as `<correct_answer>`); the first step is the first turn's text after
+            "### Solution Process:\n". The layout adds the wrapper and the system prompt back
+            (`PRMLayout.named("multi_turn")`, whose system prompt is the paper's). The image goes before the
+            question, as in the paper's messages.
+
+    Raises:
+        SkippedRecord: `first_incorrect_step` names no `-` turn (`convert_dataset` skips and reports the row).
     """
     conversations = _require(record, "conversations", row)
     steps = _require(record, "steps_with_score", row)
@@ -205,7 +248,10 @@ def from_vlprm300k(
         section = _SECTION_TYPES[header.group(1)] if header else section
         if verdict not in _GOOD + _BAD:
             raise RecordError(row, "conversations", f"assistant turn {i} is {verdict!r}; expected '+' or '-'")
-        completions.append(text)
+        if paper_text:
+            completions.append(turn.split(_SOLUTION_HEADER, 1)[1].lstrip("\n") if i == 0 else turn)
+        else:
+            completions.append(text)
         labels.append(score if soft_labels else verdict in _GOOD)
         step_types.append(section)
 
@@ -213,13 +259,16 @@ def from_vlprm300k(
     _check_first_incorrect_step(record, [verdict in _GOOD for verdict in verdicts], types, row)
 
     question = record.get("question")
-    if question is None:  # older jsonl exports keep the question only inside the first user turn
+    if question is None or paper_text:  # older jsonl exports keep the question only inside the first user turn
         first = user_turns[0]
         if _QUESTION_HEADER not in first or _SOLUTION_HEADER not in first:
             raise RecordError(row, "question", "missing, and not found in the first user turn of conversations")
         question = first.split(_QUESTION_HEADER, 1)[1].split(_SOLUTION_HEADER, 1)[0].strip()
     images = _resolve_images(_require(record, image_field, row), image_root, row, image_field)
-    prompt = with_image_placeholders(str(question), len(images), row)
+    if paper_text and IMAGE_PLACEHOLDER not in str(question):
+        prompt = IMAGE_PLACEHOLDER * len(images) + str(question)
+    else:
+        prompt = with_image_placeholders(str(question), len(images), row)
     return _record(
         prompt,
         images,
@@ -247,7 +296,7 @@ def _check_first_incorrect_step(
         kind = step_types[first_bad]
         found = (kind, step_types[:first_bad].count(kind))
     if found != expected:
-        raise RecordError(
+        raise SkippedRecord(
             row,
             "first_incorrect_step",
             f"is {published!r} but the first '-' turn of conversations is {'none' if found is None else found}",
@@ -300,21 +349,43 @@ CONVERTERS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def convert_records(records: Iterable[Mapping[str, Any]], fmt: str, validate: bool = True, **kwargs: Any):
-    """Yield the schema record of every source record, each validated (images are not decoded here)."""
+def convert_records(
+    records: Iterable[Mapping[str, Any]],
+    fmt: str,
+    validate: bool = True,
+    report: ConversionReport | None = None,
+    **kwargs: Any,
+):
+    """Yield the schema record of every source record, each validated (images are not decoded here).
+
+    A `SkippedRecord` row is left out and added to `report` (when given); any other `RecordError` stops the run.
+    """
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown source format {fmt!r}; expected one of {sorted(CONVERTERS)}")
     converter = CONVERTERS[fmt]
     for index, source in enumerate(records):
         if not isinstance(source, Mapping):
             raise RecordError(index, "<row>", f"expected a dict, got {type(source).__name__}")
-        record = converter(source, row=index, **kwargs)
+        try:
+            record = converter(source, row=index, **kwargs)
+        except SkippedRecord as skipped:
+            if report is not None:
+                report.skipped.append({"row": index, "id": _string(source.get("id")), "reason": str(skipped)})
+            continue
         if validate:
             validate_record(record, index, check_images=False)
+        if report is not None:
+            report.converted += 1
         yield record
 
 
-def convert_dataset(dataset: Iterable[Mapping[str, Any]], fmt: str, validate: bool = True, **kwargs: Any):
+def convert_dataset(
+    dataset: Iterable[Mapping[str, Any]],
+    fmt: str,
+    validate: bool = True,
+    report: ConversionReport | None = None,
+    **kwargs: Any,
+):
     """Convert a whole dataset (a `datasets.Dataset` or any iterable of dicts) to a schema `datasets.Dataset`.
 
     Images are stored as an `Image` feature referencing the resolved files. Labels are booleans unless some row has
@@ -324,12 +395,18 @@ def convert_dataset(dataset: Iterable[Mapping[str, Any]], fmt: str, validate: bo
         dataset: the source rows.
         fmt: `"trl_stepwise"`, `"vlprm300k"` or `"visualprm400k"`.
         validate: check each converted record against the schema (a bad row raises `RecordError` naming it).
-        **kwargs: passed to the converter (`image_root`, `threshold`, `soft_labels`, ...).
+        report: filled with the rows converted and the rows skipped (`SkippedRecord`, with their ids and reasons);
+            the skipped ones are also logged as a warning.
+        **kwargs: passed to the converter (`image_root`, `threshold`, `soft_labels`, `paper_text`, ...).
     """
     from datasets import Dataset
 
+    report = report if report is not None else ConversionReport()
     total = len(dataset) if hasattr(dataset, "__len__") else None
-    rows = list(tqdm(convert_records(dataset, fmt, validate, **kwargs), total=total, desc=f"converting {fmt}"))
+    records = convert_records(dataset, fmt, validate, report, **kwargs)
+    rows = list(tqdm(records, total=total, desc=f"converting {fmt}"))
+    if report.skipped:
+        logger.warning("convert_dataset(%s): %s", fmt, report.summary())
     soft = any(is_soft(row["labels"]) for row in rows)
     if soft:
         for row in rows:

@@ -13,7 +13,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,9 @@ _DETAIL_WORDS = {
 _WORD_KIND = {w: k for k, words in _DETAIL_WORDS.items() for w in words if w != "medium"}
 _DETAIL = re.compile(r"\b(\d+|" + "|".join(sorted(_WORD_KIND, key=len, reverse=True)) + r")\b")
 _BRACKETS = re.compile(r"\[[^\]]*\]")
+
+
+PromptBuilder = Callable[[str, list[str]], str]
 
 
 def default_benchmarks_root() -> Path:
@@ -74,7 +77,7 @@ def read_jsonl(path: str | Path, required: Sequence[str] = QUESTION_FIELDS) -> l
 
 
 def _question_record(raw: Mapping[str, Any], data_dir: Path, where: str, benchmark: str, category: str,
-                     index: int, with_gold: bool) -> dict[str, Any]:
+                     index: int, with_gold: bool, prompt_builder: PromptBuilder | None = None) -> dict[str, Any]:
     options = raw["options"]
     if not isinstance(options, list) or not options:
         raise RecordError(where, "options", f"expected a non-empty list, got {options!r}")
@@ -87,7 +90,7 @@ def _question_record(raw: Mapping[str, Any], data_dir: Path, where: str, benchma
         raise RecordError(where, "image", f"image file not found: {image_path}")
     record = {
         "id": f"{benchmark}/{category}/{index:04d}",
-        "prompt": format_prompt(str(raw["question"]), options),
+        "prompt": (prompt_builder or format_prompt)(str(raw["question"]), options),
         "images": [str(image_path)],
         "answer": answer,
         "options": options,
@@ -103,6 +106,7 @@ def load_puzzlevqa(
     benchmark: str = "PuzzleVQA",
     categories: list[str] | None = None,
     limit_per_category: int | None = None,
+    prompt_builder: PromptBuilder | None = None,
 ):
     """Question records of a benchmark in the upstream layout, as a `datasets.Dataset`.
 
@@ -111,6 +115,7 @@ def load_puzzlevqa(
         benchmark: "PuzzleVQA" or "AlgoPuzzleVQA" (any folder in the same layout works).
         categories: category names (file stems); all files in `data/`, sorted, when None.
         limit_per_category: keep the first records of each category (all when None).
+        prompt_builder: `(question, options) -> prompt` (with its "<image>"); default `format_prompt`.
 
     Returns:
         Columns id ("<benchmark>/<category>/<line index>"), prompt ("<image>", question, lettered options),
@@ -135,7 +140,9 @@ def load_puzzlevqa(
             rows = rows[:limit_per_category]
         for line_number, raw in rows:
             where = f"{path} line {line_number}"
-            records.append(_question_record(raw, data_dir, where, benchmark, category, line_number - 1, with_gold))
+            records.append(
+                _question_record(raw, data_dir, where, benchmark, category, line_number - 1, with_gold, prompt_builder)
+            )
     features = stepwise_features(with_types=False)
     features = {name: features[name] for name in ("id", "prompt", "images", "answer", "options", "category")}
     if with_gold:

@@ -1,7 +1,10 @@
 """The paper's evaluation benchmarks as question records (schema of `trl_vlprm.data.schema`).
 
 Every loader returns a `datasets.Dataset` with columns `id`, `prompt` (one "<image>" per image, in order), `images`,
-`answer`, `options`, `category` and `answer_kind` (the kind `trl_vlprm.data.answers.grade` should use). Hub
+`answer`, `options`, `category` and `answer_kind` (the kind `trl_vlprm.data.answers.grade` should use).
+`prompt_style="paper"` writes each prompt as the paper's policy saw it (`trl_vlprm.eval.paper_prompts`: its
+instructions, option layout, image first; MathVision options left out when they are just A-E); the default style
+is the plain question with lettered options. Hub
 benchmarks go through `datasets.load_dataset(source, split=...)`, so `source` is a hub name on a connected machine
 or a local copy in the same layout (a folder of parquet files, or a `save_to_disk` folder).
 
@@ -26,6 +29,23 @@ from typing import Any
 
 from trl_vlprm.data.puzzles.generator import OPTION_LETTERS
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, question_columns
+from trl_vlprm.eval import paper_prompts
+
+PROMPT_STYLES = ("default", "paper")
+# The paper's puzzle subsets: the first 50 questions of every puzzle type (PuzzleVQA 20 types = 1,000 questions,
+# AlgoPuzzleVQA 18 types = 900), in the paper's type order (puzzleTest_helpers.PUZZLE_DATASET_TYPES).
+PAPER_PUZZLES_PER_TYPE = 50
+PAPER_PUZZLEVQA_TYPES = (
+    "triangle", "color_grid", "color_hexagon", "color_number_hexagon", "color_overlap_squares", "color_size_circle",
+    "grid_number_color", "grid_number", "polygon_sides_color", "polygon_sides_number", "rectangle_height_color",
+    "rectangle_height_number", "shape_morph", "shape_reflect", "shape_size_grid", "shape_size_hexagon", "size_cycle",
+    "size_grid", "circle_size_number", "venn",
+)  # fmt: skip
+PAPER_ALGOPUZZLEVQA_TYPES = (
+    "board_tile", "calendar", "chain_link", "checker_move", "clock", "colour_hue", "map", "maze", "move_box",
+    "n_queens", "number_slide", "rotting_kiwi", "rubiks_cube", "think_dot", "tower_of_hanoi", "water_jugs",
+    "wheel_of_fortune", "wood_slide",
+)  # fmt: skip
 
 MMMU_SUBJECTS = (
     "Accounting", "Agriculture", "Architecture_and_Engineering", "Art", "Art_Theory", "Basic_Medical_Science",
@@ -82,15 +102,24 @@ def _cited_images(text: str, pattern: re.Pattern, images: Mapping[int, Any], row
 _MMMU_CITATION = re.compile(r"<image (\d+)>")
 
 
-def mmmu_record(row: Mapping[str, Any], subject: str = "") -> dict[str, Any]:
+def _check_style(prompt_style: str) -> None:
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt_style {prompt_style!r}; expected one of {PROMPT_STYLES}")
+
+
+def mmmu_record(row: Mapping[str, Any], subject: str = "", prompt_style: str = "default") -> dict[str, Any]:
     """One MMMU row as a question record (citations become "<image>"; uncited images go first)."""
+    _check_style(prompt_style)
     rid = str(row.get("id", "?"))
     try:
         options = ast.literal_eval(row["options"]) if isinstance(row["options"], str) else list(row["options"])
     except (ValueError, SyntaxError) as err:
         raise RecordError(rid, "options", f"not a list literal: {row['options']!r}") from err
     images = {k: row.get(f"image_{k}") for k in range(1, 8)}
-    text = row["question"] + ("\n" + lettered_options(options) if options else "")
+    if prompt_style == "paper":
+        text = paper_prompts.mmmu_prompt(row["question"], [str(o) for o in options])
+    else:
+        text = row["question"] + ("\n" + lettered_options(options) if options else "")
     prompt, cited = _cited_images(text, _MMMU_CITATION, images, rid)
     cited_numbers = {int(k) for k in _MMMU_CITATION.findall(text)}
     uncited = [images[k] for k in sorted(images) if images[k] is not None and k not in cited_numbers]
@@ -106,7 +135,12 @@ def mmmu_record(row: Mapping[str, Any], subject: str = "") -> dict[str, Any]:
     }
 
 
-def load_mmmu(source: str = "MMMU/MMMU", split: str = "validation", subjects: Sequence[str] | None = None):
+def load_mmmu(
+    source: str = "MMMU/MMMU",
+    split: str = "validation",
+    subjects: Sequence[str] | None = None,
+    prompt_style: str = "default",
+):
     """MMMU questions: one `load_dataset(source, subject, split=split)` per subject (all 30 by default).
 
     A local folder whose subjects are sub-folders (the hub layout `<Subject>/validation-*.parquet`) is read with
@@ -121,7 +155,7 @@ def load_mmmu(source: str = "MMMU/MMMU", split: str = "validation", subjects: Se
             rows = _load_split(source, split, **({"data_dir": subject} if subject else {}))
         else:
             rows = _load_split(source, split, name=subject)
-        records.extend(mmmu_record(row, subject) for row in rows)
+        records.extend(mmmu_record(row, subject, prompt_style) for row in rows)
     return _to_dataset(records)
 
 
@@ -130,8 +164,9 @@ def load_mmmu(source: str = "MMMU/MMMU", split: str = "validation", subjects: Se
 _MATHVISTA_KINDS = {"integer": "numeric", "float": "numeric", "text": "free_form", "list": "free_form"}
 
 
-def mathvista_record(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One MathVista row: the image and the official `query` (hint + question + choices)."""
+def mathvista_record(row: Mapping[str, Any], prompt_style: str = "default") -> dict[str, Any]:
+    """One MathVista row: the image and the official `query` (hint + question + choices), or the paper's prompt."""
+    _check_style(prompt_style)
     rid = str(row.get("pid", "?"))
     if row.get("decoded_image") is None:
         raise RecordError(rid, "decoded_image", "missing")
@@ -141,9 +176,17 @@ def mathvista_record(row: Mapping[str, Any]) -> dict[str, Any]:
     else:
         kind = _MATHVISTA_KINDS.get(row.get("answer_type"), "auto")
     metadata = row.get("metadata") or {}
+    if prompt_style == "paper":
+        text = paper_prompts.mathvista_prompt(
+            row["question"], choices, row.get("question_type") or "", row.get("answer_type") or "",
+            row.get("precision"), row.get("unit"),
+        )  # fmt: skip
+        prompt = IMAGE_PLACEHOLDER + text
+    else:
+        prompt = IMAGE_PLACEHOLDER + "\n" + (row.get("query") or row["question"])
     return {
         "id": rid,
-        "prompt": IMAGE_PLACEHOLDER + "\n" + (row.get("query") or row["question"]),
+        "prompt": prompt,
         "images": [row["decoded_image"]],
         "answer": str(row["answer"]),
         "options": choices,
@@ -152,8 +195,8 @@ def mathvista_record(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_mathvista(source: str = "AI4Math/MathVista", split: str = "testmini"):
-    return _to_dataset([mathvista_record(row) for row in _load_split(source, split)])
+def load_mathvista(source: str = "AI4Math/MathVista", split: str = "testmini", prompt_style: str = "default"):
+    return _to_dataset([mathvista_record(row, prompt_style) for row in _load_split(source, split)])
 
 
 # ---------------------------------------------------------------- MathVision
@@ -161,17 +204,25 @@ def load_mathvista(source: str = "AI4Math/MathVista", split: str = "testmini"):
 _MATHVISION_CITATION = re.compile(r"<image(\d+)>")
 
 
-def mathvision_record(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One MathVision row: options lettered A-E when present (gold is then a letter), else a numeric/text answer."""
+def mathvision_record(row: Mapping[str, Any], prompt_style: str = "default") -> dict[str, Any]:
+    """One MathVision row: options lettered A-E when present (gold is then a letter), else a numeric/text answer.
+
+    The paper's style puts the image first and keeps the question's "<imageN>" citation as text, as its policy saw
+    it, and lists the options only when they say more than "A".."E".
+    """
+    _check_style(prompt_style)
     rid = str(row.get("id", "?"))
     image = row.get("decoded_image") if row.get("decoded_image") is not None else row.get("image")
     if image is None or isinstance(image, str):
         raise RecordError(rid, "decoded_image", "no decoded image (the `image` column holds only a path)")
     options = [str(o) for o in (row.get("options") or [])]
-    text = row["question"] + ("\n" + lettered_options(options) if options else "")
-    prompt, cited = _cited_images(text, _MATHVISION_CITATION, {k: image for k in range(1, 10)}, rid)
-    if not cited:
-        prompt, cited = IMAGE_PLACEHOLDER + "\n" + prompt, [image]
+    if prompt_style == "paper":
+        prompt, cited = IMAGE_PLACEHOLDER + paper_prompts.mathvision_prompt(row["question"], options).strip(), [image]
+    else:
+        text = row["question"] + ("\n" + lettered_options(options) if options else "")
+        prompt, cited = _cited_images(text, _MATHVISION_CITATION, {k: image for k in range(1, 10)}, rid)
+        if not cited:
+            prompt, cited = IMAGE_PLACEHOLDER + "\n" + prompt, [image]
     return {
         "id": rid,
         "prompt": prompt,
@@ -183,18 +234,36 @@ def mathvision_record(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_mathvision(source: str = "MathLLMs/MathVision", split: str = "test"):
-    return _to_dataset([mathvision_record(row) for row in _load_split(source, split)])
+def load_mathvision(source: str = "MathLLMs/MathVision", split: str = "test", prompt_style: str = "default"):
+    return _to_dataset([mathvision_record(row, prompt_style) for row in _load_split(source, split)])
 
 
 # ---------------------------------------------------------------- puzzles
 
 
-def load_puzzle_benchmark(source: str | None = None, benchmark: str = "PuzzleVQA", limit_per_category=None):
-    """PuzzleVQA / AlgoPuzzleVQA questions (multiple choice) from the upstream layout under `source`."""
+def load_puzzle_benchmark(
+    source: str | None = None, benchmark: str = "PuzzleVQA", limit_per_category=None, prompt_style: str = "default"
+):
+    """PuzzleVQA / AlgoPuzzleVQA questions (multiple choice) from the upstream layout under `source`.
+
+    The paper's style reads the paper's puzzle types in its order (a missing type is an error) with its prompts; its
+    subset is `limit_per_category=PAPER_PUZZLES_PER_TYPE`.
+    """
     from trl_vlprm.data.puzzlevqa import default_benchmarks_root, load_puzzlevqa
 
-    dataset = load_puzzlevqa(source or default_benchmarks_root(), benchmark, limit_per_category=limit_per_category)
+    _check_style(prompt_style)
+    categories, builder = None, None
+    if prompt_style == "paper":
+        algo = benchmark == "AlgoPuzzleVQA"
+        categories = list(PAPER_ALGOPUZZLEVQA_TYPES if algo else PAPER_PUZZLEVQA_TYPES)
+        text = paper_prompts.algopuzzlevqa_prompt if algo else paper_prompts.puzzlevqa_prompt
+
+        def builder(question, options):
+            return IMAGE_PLACEHOLDER + text(question, options)
+
+    dataset = load_puzzlevqa(
+        source or default_benchmarks_root(), benchmark, categories, limit_per_category, prompt_builder=builder
+    )
     keep = [c for c in dataset.column_names if c in question_features()]
     return dataset.select_columns(keep).map(lambda _: {"answer_kind": "multiple_choice"})
 
@@ -209,7 +278,7 @@ def load_testbed(n: int = 60, seed: int = 0):
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """A benchmark of the registry: `loader(source, split, limit) -> Dataset` and its defaults."""
+    """A benchmark of the registry: `loader(source, split, limit, prompt_style) -> Dataset` and its defaults."""
 
     loader: Callable[..., Any]
     default_source: str | None
@@ -217,18 +286,32 @@ class BenchmarkSpec:
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
-    "mmmu": BenchmarkSpec(lambda src, split, limit: load_mmmu(src, split), "MMMU/MMMU", "validation"),
-    "mathvista": BenchmarkSpec(lambda src, split, limit: load_mathvista(src, split), "AI4Math/MathVista", "testmini"),
-    "mathvision": BenchmarkSpec(lambda src, split, limit: load_mathvision(src, split), "MathLLMs/MathVision", "test"),
-    "puzzlevqa": BenchmarkSpec(lambda src, split, limit: load_puzzle_benchmark(src, "PuzzleVQA", limit), None, None),
-    "algopuzzlevqa": BenchmarkSpec(
-        lambda src, split, limit: load_puzzle_benchmark(src, "AlgoPuzzleVQA", limit), None, None
+    "mmmu": BenchmarkSpec(
+        lambda src, split, limit, style: load_mmmu(src, split, None, style), "MMMU/MMMU", "validation"
     ),
-    "testbed": BenchmarkSpec(lambda src, split, limit: load_testbed(limit or 60, int(src or 0)), None, None),
+    "mathvista": BenchmarkSpec(
+        lambda src, split, limit, style: load_mathvista(src, split, style), "AI4Math/MathVista", "testmini"
+    ),
+    "mathvision": BenchmarkSpec(
+        lambda src, split, limit, style: load_mathvision(src, split, style), "MathLLMs/MathVision", "test"
+    ),
+    "puzzlevqa": BenchmarkSpec(
+        lambda src, split, limit, style: load_puzzle_benchmark(src, "PuzzleVQA", limit, style), None, None
+    ),
+    "algopuzzlevqa": BenchmarkSpec(
+        lambda src, split, limit, style: load_puzzle_benchmark(src, "AlgoPuzzleVQA", limit, style), None, None
+    ),
+    "testbed": BenchmarkSpec(lambda src, split, limit, style: load_testbed(limit or 60, int(src or 0)), None, None),
 }
 
 
-def load_benchmark(name: str, source: str | None = None, split: str | None = None, limit: int | None = None):
+def load_benchmark(
+    name: str,
+    source: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    prompt_style: str = "default",
+):
     """Question records of a registered benchmark.
 
     Args:
@@ -236,11 +319,13 @@ def load_benchmark(name: str, source: str | None = None, split: str | None = Non
         source: hub name or local path (default: the benchmark's own); for `testbed`, the generator seed.
         split: split to read (default: the one the paper evaluates).
         limit: keep the first `limit` questions (puzzle benchmarks: per category; testbed: how many to generate).
+        prompt_style: "default" or "paper" (the paper's policy prompts; see the module docstring).
     """
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
     spec = BENCHMARKS[name]
-    dataset = spec.loader(source or spec.default_source, split or spec.default_split, limit)
+    _check_style(prompt_style)
+    dataset = spec.loader(source or spec.default_source, split or spec.default_split, limit, prompt_style)
     if limit is not None and name not in ("puzzlevqa", "algopuzzlevqa", "testbed"):
         dataset = dataset.select(range(min(limit, len(dataset))))
     return dataset

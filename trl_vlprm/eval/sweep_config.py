@@ -154,8 +154,9 @@ class EvalTTSConfig:
     """Settings of `recipes/eval_tts.py` (readable by `trl.TrlParser` from YAML).
 
     Args:
-        benchmarks: benchmark specs "name" or "name:source,split=...,limit=..." with name a key of
-            `trl_vlprm.eval.benchmarks.BENCHMARKS` (source: hub name or local path; testbed: generator seed).
+        benchmarks: benchmark specs "name" or "name:source,split=...,limit=...,prompt=paper" with name a key of
+            `trl_vlprm.eval.benchmarks.BENCHMARKS` (source: hub name or local path; testbed: generator seed;
+            prompt=paper: the paper's policy prompts).
         policies: policy specs, optionally labelled "label@spec" (the label names the policy in tables and files):
             "scripted:perception_error_rate=0.3,reasoning_error_rate=0.1" (testbed), or
             "vllm:<model>,temperature=0.7,..." / "hf:<model>,..." (keywords of `VLLMPolicy`/`HFPolicy`), with
@@ -179,6 +180,10 @@ class EvalTTSConfig:
         step_separator: text that ends a step, for model policies and PRMs (specs cannot hold it: it is a newline).
         system_prompt: system prompt of model policies (vllm/hf); None for none.
         answer_kind: grading kind when a question has no `answer_kind` column ("auto" reads it from the answer).
+        answer_judge_base_url: an OpenAI-compatible endpoint whose model reads the final answer of the solutions
+            the rule-based grader cannot read (the paper's LLM-judge fallback); None: rules only.
+        answer_judge_model: the model name sent to that endpoint (the paper used gpt-4.1).
+        answer_judge_api_key_env: environment variable holding its bearer token.
         output_dir: where samples/, results.csv, results.md and accuracy_vs_n.png go. Rerunning resumes.
         seed: seed of the policies, scorers and subsampling.
     """
@@ -238,6 +243,19 @@ class EvalTTSConfig:
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt of model policies, if any."})
     answer_kind: str = field(
         default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
+    )
+    answer_judge_base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-compatible endpoint whose model reads the final answer of solutions the rule-based "
+            "grader cannot read (the paper's LLM-judge fallback); None grades with the rules only."
+        },
+    )
+    answer_judge_model: str = field(
+        default="gpt-4.1", metadata={"help": "Model name sent to the answer judge (the paper used gpt-4.1)."}
+    )
+    answer_judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the answer judge's bearer token."}
     )
     output_dir: str = field(
         default="outputs/eval_tts", metadata={"help": "Where samples, tables and plots go; rerunning resumes."}
@@ -309,14 +327,15 @@ def labelled_specs(specs: list[str], what: str, name_of: Callable[[str], str] = 
 
 
 def load_benchmark_spec(spec: str):
-    """(name, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..]"."""
+    """(name, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..][,prompt=paper]"."""
     from trl_vlprm.eval.benchmarks import load_benchmark
 
     name, args, kwargs = parse_spec(spec)
-    unknown = set(kwargs) - {"split", "limit"}
+    unknown = set(kwargs) - {"split", "limit", "prompt"}
     if unknown or len(args) > 1:
-        raise ValueError(f"benchmark spec {spec!r}: expected 'name[:source][,split=...][,limit=...]'")
-    return name, load_benchmark(name, args[0] if args else None, kwargs.get("split"), kwargs.get("limit"))
+        raise ValueError(f"benchmark spec {spec!r}: expected 'name[:source][,split=...][,limit=...][,prompt=paper]'")
+    source, split, limit = args[0] if args else None, kwargs.get("split"), kwargs.get("limit")
+    return name, load_benchmark(name, source, split, limit, kwargs.get("prompt", "default"))
 
 
 def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
@@ -349,9 +368,17 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         "policies": policy_pins(config, policy_specs),
         "scorers": {label: spec_pin(spec, config.seed, scorer_defaults) for label, spec in scorer_specs.items()},
     }
+    answer_judge = None
+    if config.answer_judge_base_url:
+        from trl_vlprm.eval.answer_judge import AnswerJudge
+        from trl_vlprm.labeling.judge import JudgeConfig
+
+        answer_judge = AnswerJudge(
+            JudgeConfig(config.answer_judge_base_url, config.answer_judge_model, config.answer_judge_api_key_env)
+        )
     rows = run_sweep(
         benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
-        config.num_subsamples, config.seed, config.answer_kind, pins,
+        config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge,
     )  # fmt: skip
     write_tables(rows, config.output_dir)
     plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")

@@ -11,11 +11,16 @@ Strategies (names in `SweepConfig.strategies`):
 |----------------------|------------------------------------------------------------------------------|
 | `majority`           | the most frequent answer (`guidance.strategies.majority_vote`)              |
 | `best_of_n:<agg>`    | the solution with the best aggregated score (`select_best_of_n`)            |
+| `best_of_n:paper`    | the paper's protocol: each solution scored whole, best `paper_reward`       |
 | `weighted_vote:<agg>`| the answer with the highest summed score (`weighted_vote`)                  |
 | `pass@n`             | correct if any of the N solutions is (the oracle upper bound)               |
 | `first`              | the first solution of the subset (the single-sample baseline)               |
 
-`<agg>` is an aggregation of `guidance.aggregation` (last, min, mean, prod).
+`<agg>` is an aggregation of `guidance.aggregation` (last, min, mean, prod). `best_of_n:paper` needs one more PRM
+read per solution (the solution as a single step, as the paper scores it), done in the sampling pass only when the
+strategy is asked for; its P(+) and input length are stored per sample under `whole_score`. With an answer judge
+(`trl_vlprm.eval.answer_judge`), solutions the rules cannot read are graded from the answer the judge reads; each
+sample records `graded_by`.
 
 Samples go to `<output_dir>/samples/<benchmark>__<policy>.jsonl`, one line per question, appended as they finish:
 a rerun skips the questions already there. What produced them is pinned (`trl_vlprm.utils.resume`): a sidecar
@@ -37,15 +42,17 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from trl_vlprm.data.answers import extract_answer, grade
+from trl_vlprm.data.answers import extract_answer, grade_with_fallback
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.guidance.aggregation import AGGREGATIONS
+from trl_vlprm.guidance.aggregation import AGGREGATIONS, STEP_AGGREGATIONS
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import majority_vote, score_candidates, select_best_of_n, weighted_vote
+from trl_vlprm.guidance.strategies.base import whole_solutions
 from trl_vlprm.guidance.tts import read_results
 from trl_vlprm.utils.resume import atomic_write_text, output_lock, pin_settings, question_digest, stable_digest
 
 NO_SCORER = "-"
+PAPER_STRATEGY = "best_of_n:paper"
 
 
 # ---------------------------------------------------------------- strategies over pre-scored samples
@@ -70,12 +77,19 @@ def check_strategy(strategy: str) -> None:
     name, _, aggregation = strategy.partition(":")
     if name in ("majority", "pass@n", "first") and not aggregation:
         return
-    if name in ("best_of_n", "weighted_vote") and aggregation in AGGREGATIONS:
+    if (name == "best_of_n" and aggregation in AGGREGATIONS) or (
+        name == "weighted_vote" and aggregation in STEP_AGGREGATIONS
+    ):
         return
     raise ValueError(
-        f"unknown strategy {strategy!r}; expected majority, first, pass@n, best_of_n:<agg> or weighted_vote:<agg> "
-        f"with <agg> in {AGGREGATIONS}"
+        f"unknown strategy {strategy!r}; expected majority, first, pass@n, best_of_n:<agg> with <agg> in "
+        f"{AGGREGATIONS}, or weighted_vote:<agg> with <agg> in {STEP_AGGREGATIONS}"
     )
+
+
+def needs_whole_solution(strategies: Sequence[str]) -> bool:
+    """Whether the sampling pass must also score every solution whole (for `best_of_n:paper`)."""
+    return PAPER_STRATEGY in strategies
 
 
 def uses_scorer(strategy: str) -> bool:
@@ -86,17 +100,33 @@ def strategy_correct(strategy: str, samples: Sequence[Mapping[str, Any]], scorer
     """Whether `strategy` answers correctly from these graded samples (step scores read under `scorer`)."""
     if strategy == "pass@n":
         return any(sample["correct"] for sample in samples)
-    candidates = [
-        Candidate(
-            steps=sample["steps"],
-            finished=True,
-            answer=sample["vote_answer"],
-            step_scores=sample["step_scores"][scorer] if scorer not in (None, NO_SCORER) else [],
-        )
-        for sample in samples
-    ]
+    if strategy == PAPER_STRATEGY:
+        candidates = [_whole_candidate(sample, scorer) for sample in samples]
+    else:
+        candidates = [
+            Candidate(
+                steps=sample["steps"],
+                finished=True,
+                answer=sample["vote_answer"],
+                step_scores=sample["step_scores"][scorer] if scorer not in (None, NO_SCORER) else [],
+            )
+            for sample in samples
+        ]
     chosen = _choose(strategy, candidates)
     return chosen is not None and bool(samples[chosen]["correct"])
+
+
+def _whole_candidate(sample: Mapping[str, Any], scorer: str) -> Candidate:
+    if scorer not in (sample.get("whole_score") or {}):
+        raise ValueError(
+            f"a sample has no whole-solution score under scorer {scorer!r}: it was sampled without "
+            f"{PAPER_STRATEGY!r} among the strategies; sample again into another output_dir"
+        )
+    whole = sample["whole_score"][scorer]
+    if whole is None:  # an empty solution: nothing was scored, it ranks last
+        return Candidate([], True, sample["vote_answer"])
+    return Candidate(["<whole solution>"], True, sample["vote_answer"], step_scores=[whole["p"]],
+                     step_input_lengths=[whole["input_length"]])  # fmt: skip
 
 
 def subsample_indices(n_max: int, n: int, num_subsamples: int, seed: int) -> list[list[int]]:
@@ -129,7 +159,10 @@ def derive_accuracies(
     rows = []
     for strategy in strategies:
         check_strategy(strategy)
-        for scorer in scorers if uses_scorer(strategy) else [NO_SCORER]:
+        names = list(scorers) if uses_scorer(strategy) else [NO_SCORER]
+        if strategy == PAPER_STRATEGY:  # only scorers that report PRM input lengths have the paper's reward
+            names = [s for s in names if not any(s in r.get("no_input_lengths", []) for r in records)]
+        for scorer in names:
             for n in n_values:
                 per_draw = []
                 for draw in range(num_subsamples):
@@ -163,8 +196,15 @@ def sample_question(
     scorers: Mapping[str, StepScorer],
     n_max: int,
     answer_kind: str = "auto",
+    whole_solution: bool = False,
+    answer_judge: Any | None = None,
 ) -> dict[str, Any]:
-    """Sample, grade and score `n_max` solutions of one question; the JSONL record of that question."""
+    """Sample, grade and score `n_max` solutions of one question; the JSONL record of that question.
+
+    With `whole_solution`, every scorer also reads each solution as one step (the paper's best-of-N scoring). With
+    an `answer_judge` (`trl_vlprm.eval.answer_judge.AnswerJudge`), a solution whose answer the rules cannot read is
+    given to the judge, and the answer it reads is graded by the rules; each sample records `graded_by`.
+    """
     qid = str(question.get("id", "?"))
     if question.get("answer") is None:
         raise RecordError(qid, "answer", "missing; needed to grade the samples")
@@ -174,26 +214,72 @@ def sample_question(
     if len(continuations) != n_max:
         raise RuntimeError(f"question {qid}: policy returned {len(continuations)} solutions, asked for {n_max}")
     candidates = [Candidate(steps=[], gold_correct=[]).extend(c) for c in continuations]
-    scores: dict[str, list[list[float]]] = {}
-    for name, scorer in scorers.items():
-        score_candidates(scorer, question, candidates)
-        scores[name] = [list(c.step_scores) for c in candidates]
+    read: dict[str, str | None] = {}
+
+    def judge_reads(solution: str) -> str | None:  # memoised: grading and voting ask about the same solution
+        if solution not in read:
+            question_text = str(question.get("prompt", "")).replace("<image>", "").strip()
+            read[solution] = answer_judge.extract(question_text, solution, options)
+        return read[solution]
+
     samples = []
-    for index, candidate in enumerate(candidates):
+    for candidate in candidates:
         stated = candidate.answer if candidate.answer is not None else "\n".join(candidate.steps)
+        extractor = judge_reads if answer_judge is not None else None
+        correct, graded_by = grade_with_fallback(stated, gold, options, kind, extractor=extractor)
+        # Votes count canonical answers, so "(B)", "B. 12" and "12" are one vote.
+        vote = extract_answer(stated, options, kind)
+        if vote is None and graded_by == "fallback":
+            vote = extract_answer(read[stated], options, kind)
         samples.append(
             {
                 "steps": candidate.steps,
                 "step_types": candidate.step_types,
                 "gold_correct": candidate.gold_correct,
                 "answer": candidate.answer,
-                # Votes count canonical answers, so "(B)", "B. 12" and "12" are one vote.
-                "vote_answer": extract_answer(stated, options, kind),
-                "correct": grade(stated, gold, options, kind),
-                "step_scores": {name: scores[name][index] for name in scores},
+                "vote_answer": vote,
+                "correct": correct,
+                "graded_by": graded_by,
+                "step_scores": {},
             }
         )
-    return {"id": qid, "answer": gold, "category": question.get("category"), "samples": samples}
+    record = {"id": qid, "answer": gold, "category": question.get("category"), "samples": samples}
+    if whole_solution:  # the separator the whole solutions are joined with, so a rescoring reads the same text
+        record["whole_separator"] = policy.step_separator
+    _score_samples(record, question, scorers, list(scorers), candidates)
+    return record
+
+
+def _score_samples(record: dict[str, Any], question: Question, scorers, names, candidates=None) -> None:
+    """Fill the samples' step scores (and input lengths, and whole-solution scores when the record asks for them)
+    under the scorers `names`, in place."""
+    samples = record["samples"]
+    if candidates is None:
+        candidates = [
+            Candidate(s["steps"], True, s["answer"], list(s["step_types"]), s.get("gold_correct")) for s in samples
+        ]
+    separator = record.get("whole_separator")
+    wholes = whole_solutions(candidates, separator) if separator is not None else []
+    for name in names:
+        score_candidates(scorers[name], question, candidates)
+        for sample, candidate in zip(samples, candidates):
+            sample["step_scores"][name] = list(candidate.step_scores)
+            if candidate.step_input_lengths:
+                sample.setdefault("step_input_lengths", {})[name] = list(candidate.step_input_lengths)
+        if separator is None:
+            continue
+        score_candidates(scorers[name], question, wholes)
+        if any(w.steps and not w.step_input_lengths for w in wholes):
+            # A scorer without input lengths (oracle, random) has no paper reward: best_of_n:paper leaves it out.
+            record.setdefault("no_input_lengths", []).append(name)
+            for sample in samples:
+                sample.get("whole_score", {}).pop(name, None)
+            continue
+        if name in record.get("no_input_lengths", []):
+            record["no_input_lengths"].remove(name)
+        for sample, whole in zip(samples, wholes):
+            score = {"p": whole.step_scores[0], "input_length": whole.step_input_lengths[0]} if whole.steps else None
+            sample.setdefault("whole_score", {})[name] = score
 
 
 def _safe_name(text: str) -> str:
@@ -206,14 +292,7 @@ def samples_path(output_dir: str | Path, benchmark: str, policy: str) -> Path:
 
 def _rescore(record: dict[str, Any], question: Question, scorers: Mapping[str, StepScorer], names) -> None:
     """Score a sampled record again with the scorers `names` (in place)."""
-    samples = record["samples"]
-    candidates = [
-        Candidate(s["steps"], True, s["answer"], list(s["step_types"]), s.get("gold_correct")) for s in samples
-    ]
-    for name in names:
-        score_candidates(scorers[name], question, candidates)
-        for sample, candidate in zip(samples, candidates):
-            sample["step_scores"][name] = list(candidate.step_scores)
+    _score_samples(record, question, scorers, names)
 
 
 def sample_benchmark(
@@ -226,17 +305,24 @@ def sample_benchmark(
     description: str = "sampling",
     pins: Mapping[str, Any] | None = None,
     scorer_pins: Mapping[str, Any] | None = None,
+    whole_solution: bool = False,
+    answer_judge: Any | None = None,
 ) -> list[dict[str, Any]]:
     """Sample every question not yet in `path` (appending one line each); return the records of `questions`.
 
     `pins` (e.g. the policy's and the benchmark's spec and fingerprints) must match the ones the file was sampled
     with; `scorer_pins[name]` identifies what scorer `name` is (default: its name), and lines scored under another
     pin are scored again. Raises a `RecordError` for a question whose content changed since it was sampled.
+    `whole_solution` and `answer_judge`: see `sample_question` (both are pinned when set).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(path):
         meta = {"n_max": n_max, "answer_kind": answer_kind, **dict(pins or {})}
+        if whole_solution:  # absent when off, so runs sampled before these options existed still resume
+            meta["whole_solution"] = True
+        if answer_judge is not None:
+            meta["answer_judge"] = answer_judge.config.model
         pin_settings(path.with_suffix(".meta.json"), meta, where=str(path))
         scorer_digests = {name: stable_digest((scorer_pins or {}).get(name, name)) for name in scorers}
         by_id = {str(q.get("id", "?")): q for q in questions}
@@ -263,7 +349,7 @@ def sample_benchmark(
                 qid = str(question.get("id", "?"))
                 if qid in done:
                     continue
-                record = sample_question(question, policy, scorers, n_max, answer_kind)
+                record = sample_question(question, policy, scorers, n_max, answer_kind, whole_solution, answer_judge)
                 record["question_digest"] = question_digest(question)
                 record["scorer_pins"] = dict(scorer_digests)
                 handle.write(json.dumps(record) + "\n")
@@ -284,6 +370,7 @@ def run_sweep(
     seed: int = 0,
     answer_kind: str = "auto",
     pins: Mapping[str, Mapping[str, Any]] | None = None,
+    answer_judge: Any | None = None,
 ) -> list[dict[str, Any]]:
     """Sample each (benchmark, policy) once at max(n_values), derive all strategies and N; return the result rows.
 
@@ -309,7 +396,7 @@ def run_sweep(
             }
             records = sample_benchmark(
                 questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}",
-                file_pins, (pins or {}).get("scorers"),
+                file_pins, (pins or {}).get("scorers"), needs_whole_solution(strategies), answer_judge,
             )  # fmt: skip
             for row in derive_accuracies(records, strategies, list(scorers), n_values, num_subsamples, seed):
                 rows.append({"benchmark": benchmark, "policy": policy_name, **row})

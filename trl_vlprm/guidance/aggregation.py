@@ -1,14 +1,20 @@
 """Reduce a candidate's per-step PRM scores to one number.
 
-| how    | value                          | reads as                                              |
-|--------|--------------------------------|-------------------------------------------------------|
-| `last` | score of the last step         | the PRM's view of the whole solution (outcome-like)   |
-| `min`  | lowest step score              | "every step is right" (a chain is as good as its weakest step) |
-| `mean` | average step score             | fraction of good steps; forgiving of one slip         |
-| `prod` | product of step scores         | P(all steps right) if step errors were independent    |
+| how     | value                          | reads as                                              |
+|---------|--------------------------------|-------------------------------------------------------|
+| `last`  | score of the last step         | the PRM's view of the whole solution (outcome-like)   |
+| `min`   | lowest step score              | "every step is right" (a chain is as good as its weakest step) |
+| `mean`  | average step score             | fraction of good steps; forgiving of one slip         |
+| `prod`  | product of step scores         | P(all steps right) if step errors were independent    |
+| `paper` | `paper_reward` of the last step | Ong et al. (2025): -1 if `-` wins, else P(+)^0.3 / input_len^0.6 |
 
-A candidate with no steps (the policy produced nothing) scores 0.0 under every aggregation: it carries no evidence of
-being right, and `prod`'s empty product (1.0) would otherwise rank it above every real solution.
+A candidate with no steps (the policy produced nothing) scores 0.0 under every aggregation but `paper`, where it
+scores -1 and ranks below every scored candidate: it carries no evidence of being right, and `prod`'s empty product
+(1.0) would otherwise rank it above every real solution.
+
+`paper` needs, beside P(+), the number of tokens the PRM read to produce that score (`input_lengths`, image tokens
+included; `PRMScorer.score_with_input_lengths` gives them). Rank candidates with `rank_key`, not the bare value: the
+paper breaks the tie between candidates that all score -1 by the lowest P(-).
 """
 
 from __future__ import annotations
@@ -16,27 +22,71 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-AGGREGATIONS = ("last", "min", "mean", "prod")
+# Aggregations that read step scores alone, and all of them (`paper` also reads the PRM input lengths).
+STEP_AGGREGATIONS = ("last", "min", "mean", "prod")
+AGGREGATIONS = (*STEP_AGGREGATIONS, "paper")
+
+# Exponents of the paper's length-normalised reward (theogbrand/vlprm, VisualPRMv2.inference_single).
+PAPER_PROB_EXPONENT = 0.3
+PAPER_LENGTH_EXPONENT = 0.6
 
 
-def aggregate(step_scores: Sequence[float], how: str) -> float:
+def paper_reward(p_correct: float, input_length: int) -> float:
+    """The paper's reward of one PRM call: -1 when `-` wins, else `P(+)^0.3 / input_length^0.6`.
+
+    `-` wins when its logit is strictly higher than `+`'s (the paper takes the argmax over the two logits, which
+    picks `+` on a tie), i.e. when P(+) < 0.5. The length term divides by the number of tokens of the whole PRM
+    input, so of two confident solutions the shorter one wins.
+    """
+    if input_length < 1:
+        raise ValueError(f"paper_reward: input_length must be >= 1, got {input_length}")
+    if p_correct < 0.5:
+        return -1.0
+    return p_correct**PAPER_PROB_EXPONENT / input_length**PAPER_LENGTH_EXPONENT
+
+
+def aggregate(step_scores: Sequence[float], how: str, input_lengths: Sequence[int] | None = None) -> float:
     """One score for a solution from its step scores.
 
     Args:
         step_scores: P(step is correct) per step, in [0, 1].
-        how: one of `AGGREGATIONS` ("last", "min", "mean", "prod").
+        how: one of `AGGREGATIONS` ("last", "min", "mean", "prod", "paper").
+        input_lengths: per step, the tokens the PRM read to score it (only "paper" reads them).
 
     Returns:
-        The aggregated score; 0.0 when `step_scores` is empty.
+        The aggregated score; 0.0 when `step_scores` is empty (-1.0 under "paper").
     """
     if how not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {how!r}; expected one of {AGGREGATIONS}")
     if len(step_scores) == 0:
-        return 0.0
+        return -1.0 if how == "paper" else 0.0
     if how == "last":
         return float(step_scores[-1])
     if how == "min":
         return float(min(step_scores))
     if how == "mean":
         return float(sum(step_scores) / len(step_scores))
+    if how == "paper":
+        if input_lengths is None or len(input_lengths) != len(step_scores):
+            got = "none" if input_lengths is None else f"{len(input_lengths)}"
+            raise ValueError(
+                f"aggregation 'paper' needs the PRM input length of every step: {len(step_scores)} scores, {got} "
+                "input lengths (score with a scorer that reports them, e.g. PRMScorer)"
+            )
+        return paper_reward(float(step_scores[-1]), int(input_lengths[-1]))
     return float(math.prod(step_scores))
+
+
+def rank_key(
+    step_scores: Sequence[float], how: str, input_lengths: Sequence[int] | None = None
+) -> tuple[float, float]:
+    """Sort key of a candidate: its aggregated score, then a tie-break (larger is better).
+
+    Under "paper", candidates whose reward is -1 are ordered by their last step's P(+), i.e. the lowest P(-) first,
+    as the paper's selection does when every candidate is judged wrong; an empty candidate comes last. Every other
+    aggregation has no tie-break (0.0): ties go to the first candidate, as `max` keeps the first of equal keys.
+    """
+    value = aggregate(step_scores, how, input_lengths)
+    if how == "paper" and value == -1.0:
+        return value, float(step_scores[-1]) if len(step_scores) else -1.0
+    return value, 0.0

@@ -73,6 +73,10 @@ class HFPolicy:
         step_separator: text that ends a step.
         temperature: sampling temperature; 0 means greedy decoding.
         top_p: nucleus sampling threshold.
+        top_k: keep only the k likeliest tokens before sampling; 0 or None keeps all (the paper's Qwen2.5-VL protocol
+            uses 20).
+        repetition_penalty: divides the logits of tokens already in the sequence (1.0: off; the paper uses 1.05, the
+            Qwen2.5-VL generation default).
         max_new_tokens: token budget of `complete` / `sample_solutions`.
         max_step_tokens: token budget of one step in `sample_next_steps`.
         seed: when set, call i samples under seed `seed + i`, so two policies built alike give the same outputs.
@@ -87,6 +91,8 @@ class HFPolicy:
         step_separator: str = "\n\n",
         temperature: float = 0.7,
         top_p: float = 1.0,
+        top_k: int | None = None,
+        repetition_penalty: float = 1.0,
         max_new_tokens: int = 512,
         max_step_tokens: int = 128,
         seed: int | None = None,
@@ -99,7 +105,10 @@ class HFPolicy:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.step_separator = step_separator
+        if repetition_penalty <= 0:
+            raise ValueError(f"HFPolicy: repetition_penalty must be > 0, got {repetition_penalty}")
         self.temperature, self.top_p = temperature, top_p
+        self.top_k, self.repetition_penalty = top_k or 0, repetition_penalty
         self.max_new_tokens, self.max_step_tokens = max_new_tokens, max_step_tokens
         self.seed, self.system_prompt, self.answer_extractor = seed, system_prompt, answer_extractor
         self.stats = PolicyStats()
@@ -187,7 +196,9 @@ class HFPolicy:
         inputs = self._inputs(question, prefix)
         prompt_length = inputs["input_ids"].shape[1]
         greedy = self.temperature == 0
-        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p}
+        # top_k=0 disables the filter in transformers; the penalty applies to greedy decoding too, as in vLLM.
+        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        sampling["repetition_penalty"] = self.repetition_penalty
         stopping = StoppingCriteriaList()
         if stop_at_separator:
             stopping.append(_SeparatorStop(self.tokenizer, prompt_length, self.step_separator))

@@ -56,7 +56,11 @@ class PolicyStats:
 
 @dataclass
 class Candidate:
-    """A full or partial solution under consideration by a search strategy, with its PRM step scores."""
+    """A full or partial solution under consideration by a search strategy, with its PRM step scores.
+
+    `step_input_lengths` (per scored step, the tokens the PRM read to score it, image tokens included) is filled
+    only by scorers that report it (`PRMScorer`); the paper's length-normalised reward needs it.
+    """
 
     steps: list[str]
     finished: bool = False
@@ -64,6 +68,7 @@ class Candidate:
     step_types: list[str | None] = field(default_factory=list)
     gold_correct: list[bool] | None = None
     step_scores: list[float] = field(default_factory=list)
+    step_input_lengths: list[int] = field(default_factory=list)
 
     def extend(self, continuation: Continuation) -> Candidate:
         """A new candidate: this one followed by `continuation` (scores of the new steps not yet known)."""
@@ -78,6 +83,7 @@ class Candidate:
             step_types=self.step_types + list(types),
             gold_correct=gold,
             step_scores=list(self.step_scores),
+            step_input_lengths=list(self.step_input_lengths),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +94,7 @@ class Candidate:
             "step_types": self.step_types,
             "gold_correct": self.gold_correct,
             "step_scores": self.step_scores,
+            "step_input_lengths": self.step_input_lengths,
         }
 
 

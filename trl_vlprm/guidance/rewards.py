@@ -36,7 +36,7 @@ from typing import Any
 
 from trl_vlprm.data.answers import grade
 from trl_vlprm.data.schema import RecordError, load_image
-from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate
+from trl_vlprm.guidance.aggregation import STEP_AGGREGATIONS, aggregate
 from trl_vlprm.guidance.hf_policy import question_messages
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.guidance.vllm_policy import split_steps
@@ -111,7 +111,7 @@ class VLPRMReward:
 
     Args:
         scorer: any `StepScorer` (`PRMScorer`, a vLLM-served scorer, a testbed oracle).
-        aggregation: how step scores become one reward, one of `AGGREGATIONS`: "min" (every step must be right;
+        aggregation: how step scores become one reward, one of `STEP_AGGREGATIONS`: "min" (every step must be right;
             the default, least open to padding a solution with easy steps), "prod", "mean" or "last".
         step_separator: text the policy's steps are split at; default: the scorer's `step_separator` (a
             `PRMScorer` reads the separator the PRM was trained with), else "\\n". Ignored with `split_steps`.
@@ -143,8 +143,10 @@ class VLPRMReward:
         prompt_column: str | None = None,
         name: str | None = None,
     ):
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
+        # The paper's reward ("paper") ranks candidates by a length-scaled score with -1 for "judged wrong"; it is a
+        # selection rule, not a dense reward, and needs input lengths a reward call does not carry.
+        if aggregation not in STEP_AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {STEP_AGGREGATIONS}")
         if max_length is not None and getattr(scorer, "processing_class", None) is None:
             raise ValueError(
                 f"max_length={max_length} needs a scorer with a `processing_class` to count PRM tokens; "

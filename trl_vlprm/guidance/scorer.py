@@ -286,7 +286,8 @@ class PRMScorer:
 
         A step's input length is the length of the sequence a plain forward would need to produce its score: the
         prefix (image tokens included) and the candidate's tokens up to the score position (in the multi-turn
-        layout, the paper's `input_ids.shape[1]` for that step).
+        layout, the paper's `input_ids.shape[1]` for that step). The paper's reward (`aggregation.paper_reward`)
+        divides by it.
         """
         if not candidates:
             return [], []

@@ -221,7 +221,8 @@ class TTSArguments:
 
     Args:
         dataset: "puzzles" for freshly generated testbed puzzles, or a `datasets` folder / .jsonl / .json / .parquet
-            file of question records.
+            file of question records; `recipes/tts.py` also reads "benchmark:<spec>", an evaluation benchmark spec
+            (`trl_vlprm.eval.sweep_config.load_benchmark_spec`, e.g. "benchmark:puzzlevqa:limit=50,prompt=paper").
         dataset_split: split to read when `dataset` is a `DatasetDict` folder.
         num_questions: use only the first questions (all when None, 64 generated for "puzzles"); must be >= 1. Not
             pinned: a rerun with more questions answers the new ones.
@@ -239,6 +240,8 @@ class TTSArguments:
         step_separator: text ending a step in the policy's output.
         temperature: policy sampling temperature (0 = greedy decoding).
         top_p: policy nucleus sampling threshold.
+        top_k: policy top-k filter (None: off; the paper's protocol uses 20).
+        repetition_penalty: policy repetition penalty (1.0: off; the paper's protocol uses 1.05).
         max_new_tokens: token budget of a full solution.
         max_step_tokens: token budget of one step.
         system_prompt: optional system message for the policy.
@@ -252,7 +255,8 @@ class TTSArguments:
         default="puzzles",
         metadata={
             "help": "'puzzles' for freshly generated testbed puzzles, or a datasets folder / .jsonl / .json / "
-            ".parquet file of question records."
+            ".parquet file of question records; recipes/tts.py also reads 'benchmark:<spec>', an evaluation "
+            "benchmark spec such as 'benchmark:puzzlevqa:limit=50,prompt=paper'."
         },
     )
     dataset_split: str = field(
@@ -299,6 +303,12 @@ class TTSArguments:
     step_separator: str = field(default="\n\n", metadata={"help": "Text ending a step in the policy's output."})
     temperature: float = field(default=0.7, metadata={"help": "Policy sampling temperature (0 is greedy decoding)."})
     top_p: float = field(default=1.0, metadata={"help": "Policy nucleus sampling threshold."})
+    top_k: int | None = field(
+        default=None, metadata={"help": "Policy top-k filter; None keeps every token (the paper's protocol uses 20)."}
+    )
+    repetition_penalty: float = field(
+        default=1.0, metadata={"help": "Policy repetition penalty; 1.0 is off (the paper's protocol uses 1.05)."}
+    )
     max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a full solution."})
     max_step_tokens: int = field(default=128, metadata={"help": "Token budget of one step."})
     system_prompt: str | None = field(default=None, metadata={"help": "Optional system message for the policy."})
@@ -359,6 +369,8 @@ def build_policy(args: TTSArguments) -> Policy:
         "step_separator": args.step_separator,
         "temperature": args.temperature,
         "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
         "max_new_tokens": args.max_new_tokens,
         "max_step_tokens": args.max_step_tokens,
         "seed": args.seed,

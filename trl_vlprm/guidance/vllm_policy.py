@@ -101,6 +101,10 @@ class VLLMPolicy:
         step_separator: text that ends a step.
         temperature: sampling temperature; 0 means greedy decoding (the n samples are one sample repeated).
         top_p: nucleus sampling threshold.
+        top_k: keep only the k likeliest tokens before sampling; 0 or None keeps all (the paper's Qwen2.5-VL protocol
+            uses 20).
+        repetition_penalty: vLLM's repetition penalty (1.0: off; the paper uses 1.05, the Qwen2.5-VL generation
+            default).
         max_new_tokens: token budget of `complete` / `sample_solutions`.
         max_step_tokens: token budget of one step in `sample_next_steps`.
         seed: when set, call i samples under seed `seed + i * 2**20` (sample j of the call: that plus j), so two
@@ -116,6 +120,8 @@ class VLLMPolicy:
         step_separator: str = "\n\n",
         temperature: float = 0.7,
         top_p: float = 1.0,
+        top_k: int | None = None,
+        repetition_penalty: float = 1.0,
         max_new_tokens: int = 512,
         max_step_tokens: int = 128,
         seed: int | None = None,
@@ -131,7 +137,10 @@ class VLLMPolicy:
             processor = load_processor(llm.model_config.model)
         self.llm, self.processor = llm, processor
         self.step_separator = step_separator
+        if repetition_penalty <= 0:
+            raise ValueError(f"VLLMPolicy: repetition_penalty must be > 0, got {repetition_penalty}")
         self.temperature, self.top_p = temperature, top_p
+        self.top_k, self.repetition_penalty = top_k or 0, repetition_penalty
         self.max_new_tokens, self.max_step_tokens = max_new_tokens, max_step_tokens
         self.seed, self.system_prompt, self.answer_extractor = seed, system_prompt, answer_extractor
         self.stats = PolicyStats()
@@ -212,6 +221,9 @@ class VLLMPolicy:
             n=1 if greedy else n,
             temperature=0.0 if greedy else self.temperature,
             top_p=1.0 if greedy else self.top_p,
+            # vLLM reads top_k <= 0 as "no filter" (-1 in older releases, 0 in newer ones).
+            top_k=(self.top_k or -1) if not greedy else -1,
+            repetition_penalty=self.repetition_penalty,
             max_tokens=max_tokens,
             stop=[self.step_separator] if stop_at_separator else None,
             seed=None if self.seed is None else self.seed + self.stats.calls * _SEED_STRIDE,

@@ -193,6 +193,7 @@ def _label_missing(questions, ids, digests, todo, next_index, policy, config, to
                 grader=grader,
                 disagreement=config.disagreement,
                 disagreement_weight=config.disagreement_weight,
+                judge_unknown=config.judge_unknown,
             )
             if judge is not None:
                 _check_judge(config, judge, stats, [ids[j] for j in chunk])

@@ -16,6 +16,9 @@ solution (the steps after it depend on it), so the solution is cut before it. Ru
   locates the first error and is trusted whether MC agrees or not (good before, bad at it, cut after); a solution
   the judge finds flawless is kept only when MC agrees (no MC-bad step, i.e. the rollout's answer is right and no
   prefix lost all its successes). The case is recorded (`judge_incorrect_mc_agrees`, ...).
+
+A judge that cannot grade a step answers "unknown". By default (`unknown="keep_prefix"`) the steps it graded before
+keep their labels; `unknown="drop"` gives the whole solution no label, as the paper drops such rows.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from trl_vlprm.labeling.judge import CORRECT, INCORRECT, UNKNOWN
 
 RULES = ("mc_only", "judge_only", "consensus", "judge_first_error_confirmed_by_mc", "vlprm")
 NEEDS_MC = {"mc_only", "consensus", "judge_first_error_confirmed_by_mc", "vlprm"}
+UNKNOWN_POLICIES = ("keep_prefix", "drop")
 NEEDS_JUDGE = {"judge_only", "consensus", "judge_first_error_confirmed_by_mc", "vlprm"}
 
 
@@ -82,9 +86,14 @@ def combine(
     verdicts: Sequence[str] | None = None,
     disagreement: str = "drop",
     disagreement_weight: float = 0.5,
+    unknown: str = "keep_prefix",
 ) -> Combined:
     """Step labels of one solution under `rule` (see the module docstring)."""
     _check(rule, num_steps, mc_labels, verdicts)
+    if unknown not in UNKNOWN_POLICIES:
+        raise ValueError(f"unknown={unknown!r}; expected one of {UNKNOWN_POLICIES}")
+    if unknown == "drop" and verdicts is not None and UNKNOWN in verdicts:
+        return _with_weights([None] * num_steps, "judge_unknown_dropped")
     n = num_steps
     if rule == "mc_only":
         return Combined(list(mc_labels), [1.0] * n, "mc")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, RULES
+from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
 from trl_vlprm.utils.resume import dataclass_settings
@@ -26,8 +26,11 @@ class LabelConfig:
         rule: combination rule, one of `trl_vlprm.labeling.combine.RULES`.
         disagreement: consensus rule only: "drop" or "weight" the steps where MC and the judge disagree.
         disagreement_weight: weight of a disagreeing step under `disagreement="weight"`.
+        judge_unknown: a solution with an "unknown" judge verdict: "keep_prefix" (the steps judged before it keep
+            their labels) or "drop" (left out, as the paper does).
         num_rollouts: solutions sampled per question.
-        mc_mode: "every_step" or "binary_search" (OmegaPRM first-error search).
+        mc_mode: "every_step", "every_step_until_zero" (the paper's: stop at the first prefix scoring 0) or
+            "binary_search" (OmegaPRM first-error search).
         mc_num_completions: K, completions per MC estimate.
         mc_threshold: a step is good when its MC score is above this.
         policy: "scripted" (testbed policy; "puzzles" only) or "hf" (transformers model at `policy_model_path`).
@@ -77,9 +80,20 @@ class LabelConfig:
     disagreement_weight: float = field(
         default=0.5, metadata={"help": "Weight of a disagreeing step under disagreement='weight'."}
     )
+    judge_unknown: str = field(
+        default="keep_prefix",
+        metadata={
+            "help": "A solution with an 'unknown' judge verdict: 'keep_prefix' (the steps judged before it keep their "
+            "labels) or 'drop' (left out, as the paper does)."
+        },
+    )
     num_rollouts: int = field(default=4, metadata={"help": "Solutions sampled per question."})
     mc_mode: str = field(
-        default="binary_search", metadata={"help": "'every_step' or 'binary_search' (OmegaPRM first-error search)."}
+        default="binary_search",
+        metadata={
+            "help": "'every_step', 'every_step_until_zero' (the paper's: stop at the first prefix scoring 0) or "
+            "'binary_search' (OmegaPRM first-error search)."
+        },
     )
     mc_num_completions: int = field(default=8, metadata={"help": "Completions per Monte-Carlo estimate (K)."})
     mc_threshold: float = field(default=0.0, metadata={"help": "A step is good when its MC score is above this."})
@@ -156,6 +170,7 @@ class LabelConfig:
             "policy": ("scripted", "hf"),
             "judge": ("server", "testbed", "none"),
             "disagreement": ("drop", "weight"),
+            "judge_unknown": UNKNOWN_POLICIES,
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:

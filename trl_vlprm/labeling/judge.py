@@ -286,6 +286,18 @@ def _run(coroutine_function):
         return pool.submit(asyncio.run, coroutine_function()).result()
 
 
+def openai_client(config: JudgeConfig, asynchronous: bool = True, max_retries: int | None = None):
+    """The `openai` client every judge of the project uses: `config`'s endpoint, bearer token from
+    `config.api_key_env` ("EMPTY" when unset, as local servers expect), `config.timeout` per request."""
+    client_class = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+    return client_class(
+        base_url=config.base_url,
+        api_key=os.environ.get(config.api_key_env or "", "") or "EMPTY",
+        max_retries=config.max_retries if max_retries is None else max_retries,
+        timeout=config.timeout,
+    )
+
+
 class JudgeClient:
     """Asks an OpenAI-compatible chat-completions server to grade solution steps (see the module docstring).
 
@@ -303,12 +315,8 @@ class JudgeClient:
         self.error_samples: dict[str, str] = {}
 
     def _client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=self.config.base_url,
-            api_key=os.environ.get(self.config.api_key_env or "", "") or "EMPTY",
-            max_retries=0,  # retried here, with parse failures, so every attempt is counted
-            timeout=self.config.timeout,
-        )
+        # Retried here, with parse failures, so every attempt is counted.
+        return openai_client(self.config, asynchronous=True, max_retries=0)
 
     async def _judge(
         self,

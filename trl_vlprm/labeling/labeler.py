@@ -90,8 +90,11 @@ def label_batch(
     grader: Grader | None = None,
     disagreement: str = "drop",
     disagreement_weight: float = 0.5,
+    judge_unknown: str = "keep_prefix",
 ) -> tuple[list[dict[str, Any]], BatchStats]:
     """Rows for every solution of `questions` whose labelled prefix is not empty, and the batch's statistics.
+
+    `judge_unknown` is `combine`'s `unknown`: "drop" leaves out a solution with any "unknown" verdict.
 
     `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
     """
@@ -134,6 +137,7 @@ def label_batch(
             verdict.verdicts if verdict else None,
             disagreement=disagreement,
             disagreement_weight=disagreement_weight,
+            unknown=judge_unknown,
         )
         kept = combined.kept_length()
         stats.solutions += 1

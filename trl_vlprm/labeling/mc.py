@@ -5,6 +5,8 @@ A step's MC score is the share of K completions of the prefix ending with that s
 one completion still succeeds, OmegaPRM's convention). Two modes:
 
 * `every_step`: one MC estimate per step prefix (n prefixes for n steps).
+* `every_step_until_zero`: the paper's variant (Ong et al. 2025): prefixes are estimated in order and the estimation
+  stops at the first one scoring 0; that step and every later one are bad, unestimated.
 * `binary_search`: OmegaPRM's first-error search. MC scores fall once a wrong step is taken and stay low, so the first
   bad prefix is found by bisection in about log2(n) estimates; steps before it are good, it and the ones after are bad.
   A rollout whose own final answer is right is all good with no estimate at all (as in OmegaPRM).
@@ -22,7 +24,7 @@ from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Policy, Question
 
 Grader = Callable[..., bool]
-MC_MODES = ("every_step", "binary_search")
+MC_MODES = ("every_step", "binary_search", "every_step_until_zero")
 
 
 def default_grader() -> Grader:
@@ -125,7 +127,8 @@ class MCConfig:
     Args:
         num_completions: K, completions sampled per step prefix.
         threshold: a step is good when its MC score is strictly above this (0: one success is enough).
-        mode: "every_step" (estimate every prefix) or "binary_search" (OmegaPRM first-error search).
+        mode: "every_step" (estimate every prefix), "every_step_until_zero" (in order, stop at the first score of
+            0) or "binary_search" (OmegaPRM first-error search).
     """
 
     num_completions: int = 8
@@ -217,6 +220,13 @@ def label_rollout(
             labels: list[bool] = []
         elif config.mode == "every_step":
             labels = [estimator.good(i) for i in range(n)]
+        elif config.mode == "every_step_until_zero":
+            labels = []
+            for i in range(n):
+                if estimator.score(i) == 0.0:  # no completion succeeds from here: the rest is not estimated
+                    labels += [False] * (n - i)
+                    break
+                labels.append(estimator.good(i))
         elif rollout.correct:
             labels = [True] * n
         else:

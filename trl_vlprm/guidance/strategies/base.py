@@ -18,12 +18,16 @@ class SearchConfig:
         n: the sampling budget. majority / best_of_n / weighted_vote: full solutions sampled. dvts: leaves, split into
             `n // beam_width` independent subtrees. step_selection: next steps sampled at every step. greedy and
             beam_search ignore it.
-        aggregation: how step scores become a solution score ("last", "min", "mean", "prod"); used to pick the final
-            answer and to rank partial solutions in beam search.
+        aggregation: how step scores become a solution score ("last", "min", "mean", "prod", "paper"); used to pick
+            the final answer, to rank partial solutions in beam search, and ("paper" only) to pick each step in
+            step_selection.
         beam_width: beam_search: beams kept after each step. dvts: next steps sampled per subtree per step.
         expansions_per_beam: beam_search: next steps sampled from every beam at every step.
         max_steps: step-level strategies stop expanding after this many steps and complete what is still open to the
             end in one call.
+        whole_solution: best_of_n and weighted_vote score each sampled solution as one step (its steps joined by the
+            policy's step separator), one PRM read per solution, as the paper's best-of-N does; the candidates kept
+            are those one-step solutions.
     """
 
     n: int = 8
@@ -31,6 +35,7 @@ class SearchConfig:
     beam_width: int = 4
     expansions_per_beam: int = 2
     max_steps: int = 10
+    whole_solution: bool = False
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
@@ -83,10 +88,18 @@ def question_id(question: Question) -> str:
 
 
 def score_candidates(scorer: StepScorer, question: Question, candidates: Sequence[Candidate]) -> None:
-    """Fill `step_scores` of every candidate in place with one scorer call; check the scorer's output shape."""
+    """Fill `step_scores` of every candidate in place with one scorer call; check the scorer's output shape.
+
+    A scorer that reports input lengths (`score_with_input_lengths`, as `PRMScorer` does) also fills
+    `step_input_lengths`, which the "paper" aggregation needs; other scorers leave it empty.
+    """
     if not candidates:
         return
-    scores = scorer.score(question, candidates)
+    lengths = None
+    if hasattr(scorer, "score_with_input_lengths"):
+        scores, lengths = scorer.score_with_input_lengths(question, candidates)
+    else:
+        scores = scorer.score(question, candidates)
     if len(scores) != len(candidates):
         raise ValueError(
             f"question {question_id(question)}: scorer returned {len(scores)} score lists for {len(candidates)} "
@@ -99,6 +112,7 @@ def score_candidates(scorer: StepScorer, question: Question, candidates: Sequenc
                 f"for {len(candidate.steps)} steps"
             )
         candidate.step_scores = [float(s) for s in step_scores]
+        candidate.step_input_lengths = [int(n) for n in lengths[index]] if lengths is not None else []
 
 
 def require_scorer(scorer: StepScorer | None, strategy: str) -> StepScorer:
@@ -108,7 +122,25 @@ def require_scorer(scorer: StepScorer | None, strategy: str) -> StepScorer:
 
 
 def aggregated_scores(candidates: Sequence[Candidate], aggregation: str) -> list[float]:
-    return [aggregate(c.step_scores, aggregation) for c in candidates]
+    return [aggregate(c.step_scores, aggregation, c.step_input_lengths) for c in candidates]
+
+
+def whole_solutions(candidates: Sequence[Candidate], step_separator: str) -> list[Candidate]:
+    """Each candidate as a one-step solution (its steps joined by `step_separator`), for scoring it in one PRM call.
+
+    The paper's best-of-N scores a sampled solution whole: the PRM reads it as a single step and answers once.
+    """
+    whole = []
+    for candidate in candidates:
+        text = step_separator.join(candidate.steps)
+        gold = None if candidate.gold_correct is None else [all(candidate.gold_correct)]
+        whole.append(
+            Candidate(
+                steps=[text] if text else [], finished=candidate.finished, answer=candidate.answer,
+                step_types=[None] if text else [], gold_correct=gold if text else ([] if gold is not None else None),
+            )
+        )  # fmt: skip
+    return whole
 
 
 def root_candidate() -> Candidate:

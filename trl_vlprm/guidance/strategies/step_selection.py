@@ -6,7 +6,7 @@ with one walk per subtree.
 
 from __future__ import annotations
 
-from trl_vlprm.guidance.aggregation import aggregate
+from trl_vlprm.guidance.aggregation import aggregate, rank_key
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
     SearchConfig,
@@ -22,13 +22,21 @@ from trl_vlprm.guidance.strategies.base import (
 
 
 def prm_guided_walk(
-    question: Question, policy: Policy, scorer: StepScorer, num_walks: int, k: int, max_steps: int
+    question: Question,
+    policy: Policy,
+    scorer: StepScorer,
+    num_walks: int,
+    k: int,
+    max_steps: int,
+    step_rule: str = "min",
 ) -> tuple[list[Candidate], list[dict]]:
     """Grow `num_walks` independent solutions one step at a time, each keeping the best of `k` sampled next steps.
 
     Siblings share their prefix, so they are compared on the score of the new step alone (an aggregate over the
-    whole path would tie them whenever the prefix holds the lowest score). Walks still open after `max_steps` steps
-    are completed to the end. Returns the walks (scored) and a per-step trace.
+    whole path would tie them whenever the prefix holds the lowest score). `step_rule` "paper" compares them as the
+    paper's step search does: by `paper_reward` of the new step (its P(+) and the PRM input length up to it), the
+    lowest P(-) first when all are judged wrong. Walks still open after `max_steps` steps are completed to the end.
+    Returns the walks (scored) and a per-step trace.
     """
     walks = [root_candidate() for _ in range(num_walks)]
     trace = []
@@ -45,8 +53,16 @@ def prm_guided_walk(
             if not siblings[i]:
                 raise RuntimeError(f"question {question_id(question)}: policy.sample_next_steps returned nothing")
             prefix_len = len(walks[i].steps)
-            new_step_scores = [aggregate(c.step_scores[prefix_len:], "min") for c in siblings[i]]
-            best = max(range(len(siblings[i])), key=new_step_scores.__getitem__)
+            if step_rule == "paper":
+                keys = [
+                    rank_key(c.step_scores[prefix_len:], "paper", c.step_input_lengths[prefix_len:])
+                    for c in siblings[i]
+                ]
+                new_step_scores = [key[0] for key in keys]
+                best = max(range(len(keys)), key=keys.__getitem__)
+            else:
+                new_step_scores = [aggregate(c.step_scores[prefix_len:], "min") for c in siblings[i]]
+                best = max(range(len(siblings[i])), key=new_step_scores.__getitem__)
             step["walks"].append(
                 {
                     "walk": i,
@@ -68,10 +84,14 @@ def prm_guided_walk(
 def run_step_selection(
     question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig
 ) -> SearchResult:
-    """One solution built step by step, each step the PRM's favourite of `config.n` samples."""
+    """One solution built step by step, each step the PRM's favourite of `config.n` samples.
+
+    With `config.aggregation="paper"` each step is picked by the paper's reward (the paper's second protocol).
+    """
     scorer = require_scorer(scorer, "step_selection")
+    step_rule = "paper" if config.aggregation == "paper" else "min"
     with StatsDelta(policy) as cost:
-        walks, trace = prm_guided_walk(question, policy, scorer, 1, config.n, config.max_steps)
+        walks, trace = prm_guided_walk(question, policy, scorer, 1, config.n, config.max_steps, step_rule)
     return SearchResult(
         question_id=question_id(question),
         strategy="step_selection",

@@ -15,6 +15,7 @@ from trl_vlprm.guidance.strategies.base import (
     require_scorer,
     root_candidate,
     score_candidates,
+    whole_solutions,
 )
 from trl_vlprm.guidance.strategies.majority import AnswerKey, answer_key, question_answer_key, vote_tally
 
@@ -26,6 +27,9 @@ def weighted_vote(candidates: Sequence[Candidate], aggregation: str, key: Answer
     candidate has one. Reads `candidate.step_scores`, so it also works on candidates scored beforehand. `key` maps
     an answer to its vote, as in `majority_vote`.
     """
+    if aggregation == "paper":
+        # Its -1 for "judged wrong" and its length-scaled positives are ranks, not weights: summed they mean nothing.
+        raise ValueError("weighted_vote: the 'paper' reward ranks candidates, it cannot weight votes; use best_of_n")
     scores = [aggregate(c.step_scores, aggregation) for c in candidates]
     tally = vote_tally(candidates, scores, key)
     if not tally:
@@ -42,6 +46,8 @@ def run_weighted_vote(
     scorer = require_scorer(scorer, "weighted_vote")
     with StatsDelta(policy) as cost:
         candidates = [root_candidate().extend(c) for c in policy.sample_solutions(question, config.n)]
+    if config.whole_solution:
+        candidates = whole_solutions(candidates, policy.step_separator)
     score_candidates(scorer, question, candidates)
     scores = aggregated_scores(candidates, config.aggregation)
     key = question_answer_key(question)
