@@ -131,9 +131,18 @@ class MCConfig:
             0) or "binary_search" (OmegaPRM first-error search).
     """
 
-    num_completions: int = 8
-    threshold: float = 0.0
-    mode: str = "binary_search"
+    num_completions: int = field(default=8, metadata={"help": "K, the completions sampled per step prefix."})
+    threshold: float = field(
+        default=0.0,
+        metadata={"help": "A step is good when its MC score is strictly above this (0: one success is enough)."},
+    )
+    mode: str = field(
+        default="binary_search",
+        metadata={
+            "help": "Which prefixes are estimated: every_step, every_step_until_zero (the paper's: stop at the first "
+            "score of 0) or binary_search (OmegaPRM first-error search)."
+        },
+    )
 
     def __post_init__(self):
         if self.mode not in MC_MODES:

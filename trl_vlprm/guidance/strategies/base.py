@@ -30,12 +30,41 @@ class SearchConfig:
             are those one-step solutions.
     """
 
-    n: int = 8
-    aggregation: str = "min"
-    beam_width: int = 4
-    expansions_per_beam: int = 2
-    max_steps: int = 10
-    whole_solution: bool = False
+    n: int = field(
+        default=8,
+        metadata={
+            "help": "The sampling budget: full solutions for majority, best_of_n and weighted_vote; leaves (split "
+            "into n // beam_width subtrees) for dvts; next steps per step for step_selection. Greedy and "
+            "beam_search ignore it."
+        },
+    )
+    aggregation: str = field(
+        default="min",
+        metadata={
+            "help": "How step scores become a solution score (last, min, mean, prod or paper), used to pick the final "
+            "answer and to rank partial solutions in beam search."
+        },
+    )
+    beam_width: int = field(
+        default=4,
+        metadata={"help": "Beams kept after each step (beam_search), or next steps sampled per subtree (dvts)."},
+    )
+    expansions_per_beam: int = field(
+        default=2, metadata={"help": "Next steps sampled from every beam at every step (beam_search)."}
+    )
+    max_steps: int = field(
+        default=10,
+        metadata={
+            "help": "Step-level strategies stop expanding after this many steps and complete what is open in one call."
+        },
+    )
+    whole_solution: bool = field(
+        default=False,
+        metadata={
+            "help": "Whether best_of_n and weighted_vote score each sampled solution as one step, one PRM read per "
+            "solution, as the paper's best-of-N does."
+        },
+    )
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
