@@ -17,8 +17,9 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from trl_vlprm.data.answers import extract_answer
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, load_image
+from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
+from trl_vlprm.modeling.encoding import prompt_to_messages
 
 
 def read_answer(solution: str, question: Question) -> str | None:
@@ -26,29 +27,15 @@ def read_answer(solution: str, question: Question) -> str | None:
     return extract_answer(solution, question.get("options") or None)
 
 
-def _content_parts(text: str) -> list[dict[str, str]]:
-    parts: list[dict[str, str]] = []
-    for index, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
-        if index > 0:
-            parts.append({"type": "image"})
-        if piece:
-            parts.append({"type": "text", "text": piece})
-    return parts
-
-
 def question_messages(question: Question, system_prompt: str | None = None) -> list[dict[str, Any]]:
-    """Chat messages of a question record: `<image>` placeholders in strings become image content parts."""
+    """Chat messages of a question record: `<image>` placeholders in strings become image content parts.
+
+    The one encoding of prompts (`modeling.encoding.prompt_to_messages`), so a policy sees the question exactly as
+    the PRM does; `system_prompt` is added only when the prompt has no system turn of its own.
+    """
     prompt = question["prompt"]
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": _content_parts(prompt)}]
-    else:
-        messages = [
-            {**m, "content": _content_parts(m["content"])} if isinstance(m.get("content"), str) else dict(m)
-            for m in prompt
-        ]
-    if system_prompt and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    return messages
+    has_system = not isinstance(prompt, str) and bool(prompt) and prompt[0].get("role") == "system"
+    return prompt_to_messages(prompt, None if has_system else (system_prompt or None))
 
 
 class _SeparatorStop(StoppingCriteria):

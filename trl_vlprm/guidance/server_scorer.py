@@ -31,7 +31,7 @@ from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.guidance.server_policy import ServerFleet, chat_messages
 from trl_vlprm.guidance.vllm_policy import render_prompt
-from trl_vlprm.guidance.vllm_scorer import DEFAULT_STEP_SEPARATOR, engine_kwargs, vllm_checkpoint
+from trl_vlprm.guidance.vllm_scorer import DEFAULT_STEP_SEPARATOR, engine_kwargs, vllm_checkpoint, vllm_prm_config
 from trl_vlprm.modeling.heads import correct_probability, prm_token_ids
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
 from trl_vlprm.trainer.tokenization import encode_steps, image_token_counts, is_vision_processor
@@ -41,8 +41,7 @@ logger = logging.getLogger(__name__)
 
 def prm_server_args(path: str | Path, head: str | None = None, cache_dir: str | Path | None = None) -> list[str]:
     """`vllm serve` arguments (model folder first) that serve a PRM folder for `ServerPRMScorer`."""
-    config = json.loads((Path(path) / "config.json").read_text())
-    head = head or config.get("prm_head") or "value"
+    path, config, head = vllm_prm_config(path, head)
     tokenizer = get_tokenizer(load_processor(path))
     token_ids = None
     if head == "generative":
@@ -102,7 +101,7 @@ class ServerPRMScorer:
     @classmethod
     def from_pretrained(cls, base_urls: str | Sequence[str], path: str | Path, **kwargs) -> ServerPRMScorer:
         """A scorer for the PRM folder `path` served at `base_urls` (the folder gives processor and separator)."""
-        config = json.loads((Path(path) / "config.json").read_text())
+        path, config, _ = vllm_prm_config(path, kwargs.pop("head", None))
         kwargs.setdefault("step_separator", config.get("prm_step_separator"))
         return cls(base_urls, load_processor(path), **kwargs)
 

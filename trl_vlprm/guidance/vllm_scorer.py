@@ -33,7 +33,8 @@ from typing import Any
 
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.guidance.vllm_policy import import_vllm
-from trl_vlprm.modeling.heads import HEADS, correct_probability, prm_token_ids
+from trl_vlprm.modeling.heads import HEADS, MissingPRMMetadataError, correct_probability, prm_token_ids
+from trl_vlprm.modeling.hub import model_snapshot_dir, read_model_json
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
 from trl_vlprm.trainer.tokenization import EncodedPrompt, encode_prompt, encode_steps
 
@@ -61,6 +62,35 @@ def prm_token_layout(
             ends.append(len(ids) - 1)
         suffixes.append((ids, ends))
     return prompt, suffixes
+
+
+# The vLLM backends build their token ids with the default layout only; other layouts are scored by PRMScorer.
+VLLM_LAYOUTS = ("steps",)
+
+
+def vllm_prm_config(path: str | Path, head: str | None = None) -> tuple[Path, dict[str, Any], str]:
+    """(local folder, config, head) of a PRM given by folder or Hub repo id, checked for the vLLM backends.
+
+    A checkpoint that records no head (and no `head=` given) is refused rather than scored through a value head
+    vLLM would initialise at random, and a layout these backends cannot encode is refused rather than misread.
+    """
+    folder = model_snapshot_dir(path)
+    config = read_model_json(folder, "config.json") or {}
+    head = head or config.get("prm_head")
+    if head is None:
+        raise MissingPRMMetadataError(
+            f"{path}: its config records no prm_head, so nothing says how to score it; pass head='value' or "
+            "head='generative' (or score a known published PRM with PRMScorer.from_pretrained, which has presets)"
+        )
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    layout = config.get("prm_layout", "steps")
+    if layout not in VLLM_LAYOUTS:
+        raise NotImplementedError(
+            f"{path}: PRM input layout {layout!r} is not supported by the vLLM scorers (supported: "
+            f"{', '.join(VLLM_LAYOUTS)}); score it with PRMScorer.from_pretrained"
+        )
+    return folder, config, head
 
 
 def vllm_checkpoint(path: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -205,10 +235,7 @@ class VLLMScorer:
         """
         vllm = import_vllm()
         dtype = str(dtype).removeprefix("torch.") if dtype is not None else "auto"  # torch.float32 -> "float32"
-        config = json.loads((Path(path) / "config.json").read_text())
-        head = head or config.get("prm_head") or "value"
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        path, config, head = vllm_prm_config(path, head)
         processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
         token_ids = None
         if head == "generative":
