@@ -139,3 +139,14 @@ def test_what_a_model_policy_is_given_is_part_of_its_pin(tmp_path):
     assert spec_pin("prm:org/not-cached-prm,revision=v2", 0)["files"] == {
         "org/not-cached-prm": {"repo_id": "org/not-cached-prm", "revision": "v2"}
     }
+
+
+def test_a_vllm_served_prm_is_fingerprinted_by_its_folder(tmp_path):
+    checkpoint = tmp_path / "prm"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_text("v1")
+    before = spec_pin(f"prm:vllm:{checkpoint}", 0)
+    same_model = spec_pin(f"prm:{checkpoint}", 0)["files"][str(checkpoint)]
+    assert before["files"] == {f"vllm:{checkpoint}": same_model}
+    (checkpoint / "model.safetensors").write_text("retrained")  # a PRM retrained in place is scored again
+    assert spec_pin(f"prm:vllm:{checkpoint}", 0) != before

@@ -278,9 +278,11 @@ def spec_pin(spec: str, seed: int, defaults: Mapping[str, Any] | None = None) ->
     fingerprint of the model it names: every file's size and mtime for a folder (a model retrained in place
     differs), the resolved commit for a Hub repo id (`modeling.hub.model_fingerprint`)."""
     kind, args, kwargs = parse_spec(spec)
-    files = {arg: path_fingerprint(arg) for arg in args if Path(arg).exists()}
+    # "prm:vllm:<folder>" names the same model as "prm:<folder>", served by another backend: fingerprint the model.
+    models = {arg: arg.removeprefix("vllm:") for arg in args}
+    files = {arg: path_fingerprint(model) for arg, model in models.items() if Path(model).exists()}
     if kind in MODEL_KINDS and len(args) == 1 and args[0] not in files:
-        files[args[0]] = _repo_fingerprint(args[0], kwargs.get("revision"))
+        files[args[0]] = _repo_fingerprint(models[args[0]], kwargs.get("revision"))
     return {
         "spec": spec,
         "seed": seed,
