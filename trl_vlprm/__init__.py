@@ -13,6 +13,7 @@ _LAZY = {
     "VLPRMConfig": "trl_vlprm.trainer.config",
     "VLPRMTrainer": "trl_vlprm.trainer.vlprm_trainer",
     "PRMScorer": "trl_vlprm.guidance.scorer",
+    "Candidate": "trl_vlprm.types",
     "VLPRMReward": "trl_vlprm.guidance.rewards",
     "load_prm": "trl_vlprm.modeling.heads",
 }
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from trl_vlprm.modeling.heads import load_prm
     from trl_vlprm.trainer.config import VLPRMConfig
     from trl_vlprm.trainer.vlprm_trainer import VLPRMTrainer
+    from trl_vlprm.types import Candidate
 
 
 def __getattr__(name: str):
@@ -31,4 +33,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'trl_vlprm' has no attribute {name!r}")
 
 
-__all__ = ["VLPRMConfig", "VLPRMTrainer", "PRMScorer", "VLPRMReward", "load_prm", "__version__"]
+__all__ = ["VLPRMConfig", "VLPRMTrainer", "PRMScorer", "Candidate", "VLPRMReward", "load_prm", "__version__"]

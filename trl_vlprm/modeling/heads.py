@@ -164,7 +164,7 @@ def load_prm(
         dtype: parameter dtype (e.g. "bfloat16" on GPUs); default float32.
         revision: branch, tag or commit of a repo id (default "main").
         preset: a published PRM's id (or `PRMPreset`) to read `name_or_path` as, e.g. a local copy of
-            "ob11/Qwen-VL-PRM-7B". Its layout is recorded on the loaded config unless the checkpoint records one.
+            the paper's ob11 7B PRM. Its layout is recorded on the loaded config unless the checkpoint records one.
         **kwargs: passed to `from_pretrained` (e.g. `attn_implementation`).
 
     Raises:

@@ -36,8 +36,7 @@ It scores every step of a solution (head: `{{ head }}`, step separator: `{{ step
 ## Quick start
 
 ```python
-from trl_vlprm.guidance.policy import Candidate
-from trl_vlprm.guidance.scorer import PRMScorer
+from trl_vlprm import Candidate, PRMScorer
 
 scorer = PRMScorer.from_pretrained("{{ hub_model_id or model_name }}")
 question = {"prompt": "<image>What is the missing number?", "images": [image]}

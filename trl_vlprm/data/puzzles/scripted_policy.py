@@ -1,6 +1,6 @@
 """A scripted solver of the testbed puzzles with controllable perception and reasoning error rates.
 
-It implements `trl_vlprm.guidance.policy.Policy`, so labelling and search run on it unchanged, and every step it
+It implements `trl_vlprm.types.Policy`, so labelling and search run on it unchanged, and every step it
 writes carries its hidden gold correctness. It is stateless: everything comes from the question record (its
 `metadata` hidden state) and the prefix, whose claims are read back from the step strings, so a prefix with a
 misread keeps propagating that misread, whoever wrote it.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ...guidance.policy import Candidate, Continuation, PolicyStats, Question
+from ...types import Candidate, Continuation, PolicyStats, Question
 from ..schema import PERCEPTION, REASONING
 from .families import parse_value
 from .generator import STEP_TYPES, answer_step, gold_steps, parse_answer_step, read_metadata
