@@ -147,7 +147,8 @@ class PRMScorer:
         A published PRM needs nothing but its repo id (e.g. the paper's ob11 7B PRM): `from_pretrained(repo_id)`
         takes the head, input layout, system prompt and pixel bounds from its preset (`trl_vlprm.modeling.presets`).
         A checkpoint trained here reads its own saved settings (they win over a preset). Anything else is refused
-        unless `head` is given (`MissingPRMMetadataError`), so a base model is never scored through a randomly initialised head.
+        unless `head` is given (`MissingPRMMetadataError`), so a base model is never scored through a randomly
+        initialised head.
 
         Args:
             name_or_path: a local folder or a Hub repo id (resolved as transformers does; offline: from the cache).
