@@ -25,7 +25,7 @@ def model_file(name_or_path: ModelName, filename: str, revision: str | None = No
     """Local path of `filename` in a model folder or Hub repo (from the cache, or downloaded); None if it has none.
 
     Args:
-        name_or_path: a local model folder or a Hub repo id such as "Qwen/Qwen2.5-VL-3B-Instruct".
+        name_or_path: a local model folder or a Hub repo id ("org/name").
         filename: a file of the model, e.g. "preprocessor_config.json".
         revision: branch, tag or commit of a repo id (default "main"); ignored for a folder, as in transformers.
 
