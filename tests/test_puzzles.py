@@ -107,8 +107,9 @@ def test_question_text_alone_does_not_reveal_what_the_image_shows(puzzles):
 
 
 def test_answer_position_among_options_is_uniform():
-    dataset = generate_puzzles(1200, seed=5, families=["color_grid", "counting", "number_grid", "polygon_sides",
-                                                       "clock"])
+    dataset = generate_puzzles(
+        1200, seed=5, families=["color_grid", "counting", "number_grid", "polygon_sides", "clock"]
+    )
     positions = collections.Counter(row["options"].index(row["answer"]) for row in dataset.remove_columns("images"))
     n, expected = len(dataset), len(dataset) / 4
     sigma = math.sqrt(n * 0.25 * 0.75)

@@ -43,8 +43,15 @@ def _puzzles(args: argparse.Namespace) -> int:
     if args.solutions > 0:
         from trl_vlprm.data.puzzles import sample_supervision
 
-        dataset = sample_supervision(args.n, args.solutions, args.perception_error_rate, args.reasoning_error_rate,
-                                     args.seed, families, args.image_size)
+        dataset = sample_supervision(
+            args.n,
+            args.solutions,
+            args.perception_error_rate,
+            args.reasoning_error_rate,
+            args.seed,
+            families,
+            args.image_size,
+        )
     else:
         dataset = generate_puzzles(args.n, seed=args.seed, families=families, image_size=args.image_size)
     out = write_dataset(dataset, args.out)
@@ -66,8 +73,15 @@ def _check(args: argparse.Namespace) -> int:
     else:
         from trl_vlprm.data.puzzles import sample_supervision
 
-        records = sample_supervision(args.n, args.solutions, args.perception_error_rate, args.reasoning_error_rate,
-                                     seed=args.seed, families=args.families, image_size=args.image_size)
+        records = sample_supervision(
+            args.n,
+            args.solutions,
+            args.perception_error_rate,
+            args.reasoning_error_rate,
+            seed=args.seed,
+            families=args.families,
+            image_size=args.image_size,
+        )
         source = f"{args.n} testbed puzzles ({args.families}) x {args.solutions} scripted solutions"
     rows = list(records)
     scorer = PRMScorer.from_pretrained(args.prm)
@@ -88,12 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     puzzles.add_argument("--n", type=int, default=200, help="number of puzzles (families dealt round-robin)")
     puzzles.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     puzzles.add_argument("--out", required=True, help="a .parquet file, or a folder for datasets.save_to_disk")
-    puzzles.add_argument("--families", default=None,
-                         help="comma-separated family names or a tier (hard, learnable); default: the hard tier")
+    puzzles.add_argument(
+        "--families",
+        default=None,
+        help="comma-separated family names or a tier (hard, learnable); default: the hard tier",
+    )
     puzzles.add_argument("--image-size", type=int, default=168, help="image side in pixels")
-    puzzles.add_argument("--solutions", type=int, default=0,
-                         help="sample this many scripted-policy solutions per puzzle, labelled by their gold step "
-                              "correctness (0: write the gold solutions)")
+    puzzles.add_argument(
+        "--solutions",
+        type=int,
+        default=0,
+        help="sample this many scripted-policy solutions per puzzle, labelled by their gold step "
+        "correctness (0: write the gold solutions)",
+    )
     puzzles.add_argument("--perception-error-rate", type=float, default=0.3, help="with --solutions")
     puzzles.add_argument("--reasoning-error-rate", type=float, default=0.3, help="with --solutions")
     puzzles.set_defaults(func=_puzzles)
@@ -114,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--aggregation", default="min", help="step-score aggregation of best-of-N")
     check.add_argument("--strict", action="store_true", help="exit 1 when a guard-rail warns")
     check.set_defaults(func=_check)
-    sub.add_parser("label", help="build step labels (arguments go to trl_vlprm.labeling.builder.main)",
-                   add_help=False)
+    sub.add_parser("label", help="build step labels (arguments go to trl_vlprm.labeling.builder.main)", add_help=False)
     return parser
 
 

@@ -76,8 +76,16 @@ def read_jsonl(path: str | Path, required: Sequence[str] = QUESTION_FIELDS) -> l
     return records
 
 
-def _question_record(raw: Mapping[str, Any], data_dir: Path, where: str, benchmark: str, category: str,
-                     index: int, with_gold: bool, prompt_builder: PromptBuilder | None = None) -> dict[str, Any]:
+def _question_record(
+    raw: Mapping[str, Any],
+    data_dir: Path,
+    where: str,
+    benchmark: str,
+    category: str,
+    index: int,
+    with_gold: bool,
+    prompt_builder: PromptBuilder | None = None,
+) -> dict[str, Any]:
     options = raw["options"]
     if not isinstance(options, list) or not options:
         raise RecordError(where, "options", f"expected a non-empty list, got {options!r}")
@@ -173,7 +181,7 @@ def _swap_detail(caption: str, rng: random.Random) -> str | None:
         new = new if new != word else str(int(word) + 1)
     else:
         new = rng.choice([w for w in _DETAIL_WORDS[_WORD_KIND[word]] if w != word])
-    return caption[: match.start()] + new + caption[match.end():]
+    return caption[: match.start()] + new + caption[match.end() :]
 
 
 def perturb_solution(
@@ -204,7 +212,7 @@ def perturb_solution(
     if not occurrences or not wrong:
         raise RecordError(row, "deduction", f"does not state the answer {answer!r}, or no wrong option exists")
     last = occurrences[-1]
-    deduction = steps[2][: last.start()] + rng.choice(wrong) + steps[2][last.end():]
+    deduction = steps[2][: last.start()] + rng.choice(wrong) + steps[2][last.end() :]
     return steps[:2] + [deduction], [True, True, False], types
 
 
@@ -228,11 +236,19 @@ def build_puzzlevqa_supervision(
     for question in questions:
         base = {k: question[k] for k in ("prompt", "images", "answer", "options", "category")}
         steps, types = gold_solution(question)
-        records.append({**base, "id": f"{question['id']}#gold", "completions": steps,
-                        "labels": [True] * len(steps), "step_types": types})
+        records.append(
+            {
+                **base,
+                "id": f"{question['id']}#gold",
+                "completions": steps,
+                "labels": [True] * len(steps),
+                "step_types": types,
+            }
+        )
         for kind in kinds:
             rng = random.Random(f"{seed}:{question['id']}:{kind}")
             steps, labels, types = perturb_solution(question, kind, rng)
-            records.append({**base, "id": f"{question['id']}#{kind}", "completions": steps, "labels": labels,
-                            "step_types": types})
+            records.append(
+                {**base, "id": f"{question['id']}#{kind}", "completions": steps, "labels": labels, "step_types": types}
+            )
     return Dataset.from_list(records, features=stepwise_features(with_types=True))

@@ -201,8 +201,17 @@ def build_tiny_vlm(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer(vocab_size, extra_corpus)
-    config = tiny_vlm_config(arch, tokenizer, hidden_size, num_layers, num_heads, vision_width, vision_depth,
-                             initializer_range, intermediate_size)
+    config = tiny_vlm_config(
+        arch,
+        tokenizer,
+        hidden_size,
+        num_layers,
+        num_heads,
+        vision_width,
+        vision_depth,
+        initializer_range,
+        intermediate_size,
+    )
     model_class = Qwen2VLForConditionalGeneration if arch == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(seed)
     model = model_class(config)

@@ -31,9 +31,13 @@ class Counting(PuzzleFamily):
         kinds = [k for k, n in zip(COUNT_KINDS, counts) for _ in range(n)]
         slots = rng.sample(range(16), len(kinds))
         total = sum(counts)
-        return {"counts": counts, "shapes": [[k, s] for k, s in zip(kinds, slots)],
-                "colour": rng.choice(sorted(PALETTE)), "options": numeric_options(total, rng, low=1),
-                "answer": str(total)}
+        return {
+            "counts": counts,
+            "shapes": [[k, s] for k, s in zip(kinds, slots)],
+            "colour": rng.choice(sorted(PALETTE)),
+            "options": numeric_options(total, rng, low=1),
+            "answer": str(total),
+        }
 
     def render(self, state, size):
         image, draw = render.canvas(size)
@@ -87,8 +91,7 @@ class NumberGrid(PuzzleFamily):
         r, c = rng.randrange(3), rng.randrange(3)
         answer = rows[r][c]
         rows[r][c] = "?"
-        return {"grid": rows, "missing": [r, c], "options": numeric_options(answer, rng, low=1),
-                "answer": str(answer)}
+        return {"grid": rows, "missing": [r, c], "options": numeric_options(answer, rng, low=1), "answer": str(answer)}
 
     def render(self, state, size):
         image, draw = render.canvas(size)
@@ -161,8 +164,12 @@ class PolygonSides(PuzzleFamily):
     def sample(self, rng):
         kinds = [rng.choice(self._kinds) for _ in range(3)]
         total = sum(SHAPE_SIDES[k] for k in kinds)
-        return {"kinds": kinds, "colours": [rng.choice(sorted(PALETTE)) for _ in kinds],
-                "options": numeric_options(total, rng, low=9), "answer": str(total)}
+        return {
+            "kinds": kinds,
+            "colours": [rng.choice(sorted(PALETTE)) for _ in kinds],
+            "options": numeric_options(total, rng, low=9),
+            "answer": str(total),
+        }
 
     def render(self, state, size):
         image, draw = render.canvas(size)

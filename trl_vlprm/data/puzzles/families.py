@@ -174,8 +174,14 @@ class SizeCycle(PuzzleFamily):
         answer = sizes[missing]
         sizes[missing] = "?"
         kind = rng.choice(["circle", "square", "hexagon"])
-        return {"kind": kind, "colour": rng.choice(sorted(PALETTE)), "sizes": sizes, "missing": missing,
-                "options": list(SIZES), "answer": answer}
+        return {
+            "kind": kind,
+            "colour": rng.choice(sorted(PALETTE)),
+            "sizes": sizes,
+            "missing": missing,
+            "options": list(SIZES),
+            "answer": answer,
+        }
 
     def render(self, state, size):
         image, draw = render.canvas(size)

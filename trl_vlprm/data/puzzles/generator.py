@@ -47,7 +47,7 @@ def answer_step(value: str) -> str:
 
 def parse_answer_step(text: str) -> str | None:
     text = text.strip()
-    return text[len(ANSWER_PREFIX):].strip() if text.startswith(ANSWER_PREFIX) else None
+    return text[len(ANSWER_PREFIX) :].strip() if text.startswith(ANSWER_PREFIX) else None
 
 
 def read_metadata(record: Mapping[str, Any]) -> tuple[PuzzleFamily, State]:
@@ -119,9 +119,7 @@ def puzzle_features():
     return features
 
 
-def generate_puzzles(
-    n: int, seed: int = 0, families: str | Sequence[str] | None = None, image_size: int = 168
-):
+def generate_puzzles(n: int, seed: int = 0, families: str | Sequence[str] | None = None, image_size: int = 168):
     """`n` testbed puzzles as a `datasets.Dataset` in the stepwise-supervision schema.
 
     Args:

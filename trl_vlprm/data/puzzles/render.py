@@ -42,8 +42,10 @@ def regular_polygon_points(center: tuple[float, float], radius: float, sides: in
     # Start at the top so a square stands on its side like the word "square" suggests.
     offset = -math.pi / 2 + (math.pi / sides if sides % 2 == 0 else 0.0)
     return [
-        (center[0] + radius * math.cos(offset + 2 * math.pi * k / sides),
-         center[1] + radius * math.sin(offset + 2 * math.pi * k / sides))
+        (
+            center[0] + radius * math.cos(offset + 2 * math.pi * k / sides),
+            center[1] + radius * math.sin(offset + 2 * math.pi * k / sides),
+        )
         for k in range(sides)
     ]
 
@@ -79,9 +81,15 @@ def clock(size: int, hour: int, minute: int) -> Image.Image:
         text_centered(draw, (c + r * 0.62 * math.sin(angle), c - r * 0.62 * math.cos(angle)), str(k), size // 10)
     minute_angle = 2 * math.pi * minute / 60
     hour_angle = 2 * math.pi * ((hour % 12) + minute / 60) / 12
-    draw.line((c, c, c + r * 0.85 * math.sin(minute_angle), c - r * 0.85 * math.cos(minute_angle)),
-              fill=PALETTE["blue"], width=max(2, size // 60))
-    draw.line((c, c, c + r * 0.5 * math.sin(hour_angle), c - r * 0.5 * math.cos(hour_angle)),
-              fill=INK, width=max(3, size // 28))
+    draw.line(
+        (c, c, c + r * 0.85 * math.sin(minute_angle), c - r * 0.85 * math.cos(minute_angle)),
+        fill=PALETTE["blue"],
+        width=max(2, size // 60),
+    )
+    draw.line(
+        (c, c, c + r * 0.5 * math.sin(hour_angle), c - r * 0.5 * math.cos(hour_angle)),
+        fill=INK,
+        width=max(3, size // 28),
+    )
     draw.ellipse((c - 3, c - 3, c + 3, c + 3), fill=INK)
     return image

@@ -54,9 +54,12 @@ class ScriptedPolicy:
         systematic_rate: float = 0.8,
         systematic_seed: int = 0,
     ):
-        for name, rate in (("perception_error_rate", perception_error_rate),
-                           ("reasoning_error_rate", reasoning_error_rate), ("systematic_share", systematic_share),
-                           ("systematic_rate", systematic_rate)):
+        for name, rate in (
+            ("perception_error_rate", perception_error_rate),
+            ("reasoning_error_rate", reasoning_error_rate),
+            ("systematic_share", systematic_share),
+            ("systematic_rate", systematic_rate),
+        ):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"ScriptedPolicy.{name}={rate}; expected a probability in [0, 1]")
         self.perception_error_rate = perception_error_rate

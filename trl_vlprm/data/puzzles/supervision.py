@@ -37,7 +37,14 @@ def sample_supervision(
     rows = []
     for puzzle in tqdm(generate_puzzles(num_puzzles, seed, families, image_size), desc="sampling solutions"):
         for k, solution in enumerate(policy.sample_solutions(puzzle, solutions_per_puzzle)):
-            rows.append({**puzzle, "id": f"{puzzle['id']}#{k}", "completions": solution.steps,
-                         "labels": list(solution.gold_correct), "step_types": list(solution.step_types)})
+            rows.append(
+                {
+                    **puzzle,
+                    "id": f"{puzzle['id']}#{k}",
+                    "completions": solution.steps,
+                    "labels": list(solution.gold_correct),
+                    "step_types": list(solution.step_types),
+                }
+            )
     features = puzzle_features()
     return Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
