@@ -2,8 +2,8 @@
 
 Used by labelling (Monte-Carlo rollouts), guidance (votes) and evaluation, so all three agree on what "correct" means.
 
-Three answer kinds come built in; each is a `AnswerKind` in the `ANSWER_KINDS` registry and more can be added with
-`register_answer_kind`:
+Three answer kinds come built in; each is an `AnswerKind` in the `ANSWER_KINDS` registry and more can be added with
+`register_answer_kind` (or `ANSWER_KINDS.register(name)(kind)`):
 
 | kind              | extracted form                      | matches when                                       |
 |-------------------|-------------------------------------|----------------------------------------------------|
@@ -25,6 +25,8 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from trl_vlprm.registry import Registry, UnknownNameError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -262,23 +264,27 @@ def _match_choice(prediction: str, gold: str, options: Sequence[str] | None, tol
     return predicted == expected
 
 
-ANSWER_KINDS: dict[str, AnswerKind] = {
-    "multiple_choice": AnswerKind(
-        extract=lambda text, options: extract_choice(text, options or []),
-        match=_match_choice,
-    ),
-    "numeric": AnswerKind(extract=_extract_numeric, match=lambda p, g, o, tol: numbers_match(p, g, tol)),
-    "free_form": AnswerKind(
-        extract=_extract_free_form, match=lambda p, g, o, tol: normalize_text(p) == normalize_text(g) != ""
-    ),
-}
+ANSWER_KINDS: Registry[AnswerKind] = Registry("answer kind")
+ANSWER_KINDS.register("multiple_choice")(
+    AnswerKind(extract=lambda text, options: extract_choice(text, options or []), match=_match_choice)
+)
+ANSWER_KINDS.register("numeric")(
+    AnswerKind(extract=_extract_numeric, match=lambda p, g, o, tol: numbers_match(p, g, tol))
+)
+ANSWER_KINDS.register("free_form")(
+    AnswerKind(extract=_extract_free_form, match=lambda p, g, o, tol: normalize_text(p) == normalize_text(g) != "")
+)
 
 
 def register_answer_kind(name: str, kind: AnswerKind, overwrite: bool = False) -> None:
-    """Add an answer kind (e.g. a symbolic-math checker) usable as `kind=name` everywhere."""
+    """Add an answer kind (e.g. a symbolic-math checker) usable as `kind=name` everywhere.
+
+    Unlike `ANSWER_KINDS.register`, which lets a module re-register the very object it registered, a name already
+    taken is an error unless `overwrite` is set: a caller registering a kind twice is confused about which one holds.
+    """
     if name in ANSWER_KINDS and not overwrite:
         raise ValueError(f"answer kind {name!r} is already registered; pass overwrite=True to replace it")
-    ANSWER_KINDS[name] = kind
+    ANSWER_KINDS.register(name, overwrite=True)(kind)
 
 
 def resolve_kind(kind: str, options: Sequence[str] | None, reference: str | None) -> str:
@@ -290,7 +296,7 @@ def resolve_kind(kind: str, options: Sequence[str] | None, reference: str | None
             return "numeric"
         return "free_form"
     if kind not in ANSWER_KINDS:
-        raise ValueError(f"unknown answer kind {kind!r}; expected 'auto' or one of {sorted(ANSWER_KINDS)}")
+        raise UnknownNameError(f"{ANSWER_KINDS.unknown(kind)} (or 'auto')")
     return kind
 
 

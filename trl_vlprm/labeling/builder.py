@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.labeling.combine import NEEDS_JUDGE
+from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeClient
 from trl_vlprm.labeling.judge_server import JudgeServer
@@ -165,7 +165,7 @@ def build_dataset(
 def _label_missing(questions, ids, digests, todo, next_index, policy, config, total, judge_server, grader) -> None:
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
-    if config.rule in NEEDS_JUDGE:
+    if RULES.get(config.rule).needs_judge:
         if server is None and config.judge == "testbed":
             server, own_server = (
                 JudgeServer(

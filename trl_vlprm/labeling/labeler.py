@@ -13,7 +13,7 @@ from typing import Any
 
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, to_json_string
 from trl_vlprm.guidance.policy import Policy, Question
-from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, combine
+from trl_vlprm.labeling.combine import RULES, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
 from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup
 from trl_vlprm.labeling.mc import Cost, Grader, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
@@ -98,9 +98,10 @@ def label_batch(
 
     `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
     """
-    if rule in NEEDS_MC and mc_config is None:
+    needs = RULES.get(rule)
+    if needs.needs_mc and mc_config is None:
         raise ValueError(f"rule {rule!r} needs MC labels: give an MCConfig")
-    if rule in NEEDS_JUDGE and judge is None:
+    if needs.needs_judge and judge is None:
         raise ValueError(f"rule {rule!r} needs a judge: give a JudgeClient")
     stats = BatchStats()
     solutions: list[tuple[Question, int, Rollout, MCResult | None]] = []
@@ -109,7 +110,7 @@ def label_batch(
         rollouts, cost = sample_rollouts(policy, question, num_rollouts, grader)
         stats.rollout_cost.add(cost)
         for j, rollout in enumerate(rollouts):
-            mc = label_rollout(policy, question, rollout, mc_config, grader) if rule in NEEDS_MC else None
+            mc = label_rollout(policy, question, rollout, mc_config, grader) if needs.needs_mc else None
             if mc is not None:
                 stats.mc_cost.add(mc.cost)
             if judge_server is not None:
@@ -119,7 +120,7 @@ def label_batch(
             solutions.append((question, j, rollout, mc))
 
     verdicts: list[JudgeResult | None] = [None] * len(solutions)
-    if rule in NEEDS_JUDGE:
+    if needs.needs_judge:
         verdicts = judge.judge_many([(q, r.steps, r.step_types) for q, _, r, _ in solutions])
         for result in verdicts:
             stats.judge["requests"] += result.attempts

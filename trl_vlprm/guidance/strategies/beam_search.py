@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
     StatsDelta,
@@ -32,6 +33,7 @@ def _gold_ok(candidate: Candidate) -> bool | None:
     return None if candidate.gold_correct is None else all(candidate.gold_correct)
 
 
+@STRATEGIES.register("beam_search")
 def run_beam_search(
     question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig
 ) -> SearchResult:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from trl_vlprm.guidance.aggregation import rank_key
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
     StatsDelta,
@@ -32,6 +33,7 @@ def select_best_of_n(candidates: Sequence[Candidate], aggregation: str) -> int:
     return max(range(len(keys)), key=keys.__getitem__)
 
 
+@STRATEGIES.register("best_of_n")
 def run_best_of_n(question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig) -> SearchResult:
     """Sample `config.n` solutions, score all their steps in one scorer call, keep the best by `config.aggregation`.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from trl_vlprm.guidance.policy import Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
     StatsDelta,
@@ -20,6 +21,7 @@ from trl_vlprm.guidance.strategies.best_of_n import select_best_of_n
 from trl_vlprm.guidance.strategies.step_selection import prm_guided_walk
 
 
+@STRATEGIES.register("dvts")
 def run_dvts(question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig) -> SearchResult:
     """`n // beam_width` PRM-guided walks of fan-out `beam_width`; the answer is the best walk's."""
     scorer = require_scorer(scorer, "dvts")

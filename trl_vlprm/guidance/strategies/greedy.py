@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from trl_vlprm.guidance.policy import Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
     StatsDelta,
@@ -18,6 +19,7 @@ from trl_vlprm.guidance.strategies.base import (
 )
 
 
+@STRATEGIES.register("greedy")
 def run_greedy(question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig) -> SearchResult:
     """Sample one solution; score it when a scorer is given (for the record, it does not change the choice)."""
     with StatsDelta(policy) as cost:

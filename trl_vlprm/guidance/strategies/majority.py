@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from trl_vlprm.data.answers import extract_answer
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
     StatsDelta,
@@ -69,6 +70,7 @@ def majority_vote(candidates: Sequence[Candidate], key: AnswerKey = answer_key) 
     return next(i for i, c in enumerate(candidates) if key(c.answer) == winner)
 
 
+@STRATEGIES.register("majority")
 def run_majority(question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig) -> SearchResult:
     """Sample `config.n` solutions and vote. A scorer, when given, only annotates the candidates."""
     with StatsDelta(policy) as cost:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from trl_vlprm.guidance.aggregation import aggregate, rank_key
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
     StatsDelta,
@@ -81,6 +82,7 @@ def prm_guided_walk(
     return walks, trace
 
 
+@STRATEGIES.register("step_selection")
 def run_step_selection(
     question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig
 ) -> SearchResult:

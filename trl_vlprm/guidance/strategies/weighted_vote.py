@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from trl_vlprm.guidance.aggregation import aggregate
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
     StatsDelta,
@@ -39,6 +40,7 @@ def weighted_vote(candidates: Sequence[Candidate], aggregation: str, key: Answer
     return max(holders, key=scores.__getitem__)
 
 
+@STRATEGIES.register("weighted_vote")
 def run_weighted_vote(
     question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig
 ) -> SearchResult:
