@@ -364,6 +364,7 @@ def convert_records(
     A `SkippedRecord` row is left out and added to `report` (when given); any other `RecordError` stops the run.
     """
     converter = CONVERTERS.get(fmt)
+    fields = list(stepwise_features(with_types=True))
     for index, source in enumerate(records):
         if not isinstance(source, Mapping):
             raise RecordError(index, "<row>", f"expected a dict, got {type(source).__name__}")
@@ -373,6 +374,9 @@ def convert_records(
             if report is not None:
                 report.skipped.append({"row": index, "id": _string(source.get("id")), "reason": str(skipped)})
             continue
+        missing = [name for name in fields if name not in record]
+        if missing:  # a registered converter must give every column (None where the source has no value)
+            raise RecordError(index, missing[0], f"the {fmt!r} converter returned no such field")
         if validate:
             validate_record(record, index, check_images=False)
         if report is not None:
