@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from trl_vlprm.registry import Registry, UnknownNameError
 
@@ -347,6 +348,19 @@ def grade(
     if extracted is None:
         return False
     return answer_kind.match(extracted, gold, options, tol)
+
+
+# `grader(prediction, gold, options) -> bool`: how labelling rollouts and test-time-scaling runs decide that an answer
+# is right; `grade` is the default one.
+Grader = Callable[[str | None, str, Sequence[str] | None], bool]
+
+
+def grade_question(prediction: str | None, question: Mapping[str, Any], grader: Grader | None = None) -> bool:
+    """Whether `prediction` gives the answer of a question record (its `answer` and `options`), by `grader`
+    (default: `grade`). No answer (None) is wrong without asking the grader."""
+    if prediction is None:
+        return False
+    return bool((grader or grade)(prediction, str(question["answer"]), question.get("options") or None))
 
 
 def grade_with_fallback(

@@ -25,6 +25,7 @@ from trl_vlprm.data.puzzlevqa import read_jsonl
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, STEP_TYPES, RecordError, question_columns
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.registry import Registry
+from trl_vlprm.trainer.metrics import precision_recall_f1
 
 VERDICTS = (1, -1, 0)
 # Spellings of a verdict accepted on load, besides the integers themselves: whole floats as JSON writers emit them,
@@ -221,9 +222,8 @@ def load_process_bench_spec(spec: str, seed: int = 0):
 
 
 def f1_score(true_positive: int, false_positive: int, false_negative: int) -> float:
-    """F1 = 2TP / (2TP + FP + FN); 0.0 when the class never occurs nor is predicted."""
-    denominator = 2 * true_positive + false_positive + false_negative
-    return 2 * true_positive / denominator if denominator else 0.0
+    """F1 = 2TP / (2TP + FP + FN); 0.0 when the class never occurs nor is predicted (`precision_recall_f1`)."""
+    return precision_recall_f1(true_positive, false_positive, false_negative)[2]
 
 
 def step_metrics(scores: Sequence[float], verdicts: Sequence[int], threshold: float = 0.5) -> dict[str, float]:

@@ -45,7 +45,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import extract_answer, grade_with_fallback
-from trl_vlprm.data.schema import RecordError
+from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.guidance.aggregation import AGGREGATIONS, reads_input_lengths
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import majority_vote, score_candidates, select_best_of_n, weighted_vote
@@ -369,6 +369,7 @@ def sample_benchmark(
     pin are scored again. Raises a `RecordError` for a question whose content changed since it was sampled.
     `whole_solution` and `answer_judge`: see `sample_question` (both are pinned when set).
     """
+    ids = question_ids(questions, "the evaluation sweep")  # a repeated id would reuse another question's samples
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(path):
@@ -379,7 +380,7 @@ def sample_benchmark(
             meta["answer_judge"] = answer_judge.config.model
         pin_settings(path.with_suffix(".meta.json"), meta, where=str(path))
         scorer_digests = {name: stable_digest((scorer_pins or {}).get(name, name)) for name in scorers}
-        by_id = {str(q.get("id", "?")): q for q in questions}
+        by_id = dict(zip(ids, questions))
         done, records, rescored = {}, read_results(path), 0
         for number, record in enumerate(records, start=1):
             question = by_id.get(str(record["id"]))
@@ -399,8 +400,7 @@ def sample_benchmark(
         if rescored:  # one atomic rewrite: a crash leaves the old lines, which are simply rescored again
             atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
         with path.open("a") as handle:
-            for question in tqdm(questions, desc=description):
-                qid = str(question.get("id", "?"))
+            for qid, question in tqdm(zip(ids, questions), total=len(ids), desc=description):
                 if qid in done:
                     continue
                 record = sample_question(question, policy, scorers, n_max, answer_kind, whole_solution, answer_judge)
@@ -410,7 +410,7 @@ def sample_benchmark(
                 handle.flush()
                 os.fsync(handle.fileno())
                 done[qid] = record
-    return [done[str(q.get("id", "?"))] for q in questions]
+    return [done[qid] for qid in ids]
 
 
 def run_sweep(

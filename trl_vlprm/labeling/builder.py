@@ -22,13 +22,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from trl_vlprm.data.schema import RecordError
+from trl_vlprm.data.answers import Grader
+from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeClient
 from trl_vlprm.labeling.judge_server import JudgeServer
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
-from trl_vlprm.labeling.mc import Grader
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
     LegacyShardError,
@@ -55,19 +55,6 @@ CONFIG_FILE = "labelling_config.json"
 
 class JudgeFailureError(RuntimeError):
     """The judge failed on too many solutions of a shard; the shard was not written (see `LabelConfig`)."""
-
-
-def _check_ids(questions) -> list[str]:
-    ids, seen = [], set()
-    for row, question in enumerate(questions):
-        qid = question.get("id")
-        if qid is None or str(qid) == "":
-            raise RecordError(row, "id", "missing; labelling needs an id per question")
-        if str(qid) in seen:
-            raise RecordError(row, "id", f"duplicate id {qid!r}")
-        seen.add(str(qid))
-        ids.append(str(qid))
-    return ids
 
 
 def _trusted_shards(output_dir: Path) -> tuple[list[ShardInfo], int]:
@@ -148,7 +135,7 @@ def build_dataset(
     output_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(output_dir / CONFIG_FILE):
         pin_settings(output_dir / CONFIG_FILE, config.pinned())
-        ids = _check_ids(questions)
+        ids = question_ids(questions, "labelling")
         digests = [question_digest(question) for question in questions]
         for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
             stale.unlink()

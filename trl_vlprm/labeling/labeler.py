@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, to_json_string
 from trl_vlprm.guidance.policy import Policy, Question
 from trl_vlprm.labeling.combine import RULES, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
 from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup
-from trl_vlprm.labeling.mc import Cost, Grader, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
+from trl_vlprm.labeling.mc import Cost, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
+from trl_vlprm.trainer.metrics import precision_recall_f1
 
 
 @dataclass
@@ -214,7 +216,5 @@ def step_label_quality(pairs: Sequence[tuple[Sequence[bool | None], Sequence[boo
             predicted_bad += not label
             gold_bad += not truth
             true_bad += (not label) and (not truth)
-    precision = true_bad / predicted_bad if predicted_bad else 0.0
-    recall = true_bad / gold_bad if gold_bad else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    precision, recall, f1 = precision_recall_f1(true_bad, predicted_bad - true_bad, gold_bad - true_bad)
     return LabelQuality(hits / labelled if labelled else 0.0, precision, recall, f1, labelled, total)

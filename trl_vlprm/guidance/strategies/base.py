@@ -192,20 +192,3 @@ def complete_open(question: Question, policy: Policy, open_candidates: list[Cand
             raise RuntimeError(f"question {question_id(question)}: policy.complete returned no continuation")
         completed.append(candidate.extend(continuations[0]))
     return completed
-
-
-class StatsDelta:
-    """Cost of one search on a policy's running `PolicyStats` (context manager)."""
-
-    def __init__(self, policy):
-        self.policy = policy
-        self.before: dict[str, int] = {}
-        self.spent: dict[str, int] = {}
-
-    def __enter__(self) -> StatsDelta:
-        self.before = self.policy.stats.as_dict()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        after = self.policy.stats.as_dict()
-        self.spent = {key: after[key] - self.before.get(key, 0) for key in after}

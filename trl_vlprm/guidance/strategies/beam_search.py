@@ -18,7 +18,6 @@ from trl_vlprm.guidance.strategies.base import (
     STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     complete_open,
     question_id,
@@ -27,6 +26,7 @@ from trl_vlprm.guidance.strategies.base import (
     score_candidates,
 )
 from trl_vlprm.guidance.strategies.best_of_n import select_best_of_n
+from trl_vlprm.types import StatsDelta
 
 
 def _gold_ok(candidate: Candidate) -> bool | None:
@@ -82,5 +82,5 @@ def run_beam_search(
         answer=None if chosen is None else completed[chosen].answer,
         candidate_scores=aggregated_scores(completed, config.aggregation),
         details={"aggregation": config.aggregation, "iterations": iterations, "completed_at_max_steps": len(tail)},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

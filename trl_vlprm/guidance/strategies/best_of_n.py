@@ -10,7 +10,6 @@ from trl_vlprm.guidance.strategies.base import (
     STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     question_id,
     require_scorer,
@@ -18,6 +17,7 @@ from trl_vlprm.guidance.strategies.base import (
     score_candidates,
     whole_solutions,
 )
+from trl_vlprm.types import StatsDelta
 
 
 def select_best_of_n(candidates: Sequence[Candidate], aggregation: str) -> int:
@@ -55,5 +55,5 @@ def run_best_of_n(question: Question, policy: Policy, scorer: StepScorer | None,
         answer=None if chosen is None else candidates[chosen].answer,
         candidate_scores=aggregated_scores(candidates, config.aggregation),
         details={"aggregation": config.aggregation, "whole_solution": config.whole_solution},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

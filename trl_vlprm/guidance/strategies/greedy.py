@@ -11,12 +11,12 @@ from trl_vlprm.guidance.strategies.base import (
     STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     question_id,
     root_candidate,
     score_candidates,
 )
+from trl_vlprm.types import StatsDelta
 
 
 @STRATEGIES.register("greedy")
@@ -36,5 +36,5 @@ def run_greedy(question: Question, policy: Policy, scorer: StepScorer | None, co
         chosen=chosen,
         answer=candidates[0].answer if candidates else None,
         candidate_scores=scores,
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

@@ -10,12 +10,12 @@ from trl_vlprm.guidance.strategies.base import (
     STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     question_id,
     root_candidate,
     score_candidates,
 )
+from trl_vlprm.types import StatsDelta
 
 
 def answer_key(answer: str | None) -> str | None:
@@ -89,5 +89,5 @@ def run_majority(question: Question, policy: Policy, scorer: StepScorer | None, 
         answer=None if chosen is None else candidates[chosen].answer,
         candidate_scores=scores,
         details={"votes": vote_tally(candidates, key=key)},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

@@ -12,7 +12,6 @@ from trl_vlprm.guidance.strategies.base import (
     STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     complete_open,
     question_id,
@@ -20,6 +19,7 @@ from trl_vlprm.guidance.strategies.base import (
     root_candidate,
     score_candidates,
 )
+from trl_vlprm.types import StatsDelta
 
 
 def prm_guided_walk(
@@ -102,5 +102,5 @@ def run_step_selection(
         answer=walks[0].answer,
         candidate_scores=aggregated_scores(walks, config.aggregation),
         details={"steps": trace},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

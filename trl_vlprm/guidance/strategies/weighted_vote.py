@@ -10,7 +10,6 @@ from trl_vlprm.guidance.strategies.base import (
     STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     question_id,
     require_scorer,
@@ -19,6 +18,7 @@ from trl_vlprm.guidance.strategies.base import (
     whole_solutions,
 )
 from trl_vlprm.guidance.strategies.majority import AnswerKey, answer_key, question_answer_key, vote_tally
+from trl_vlprm.types import StatsDelta
 
 
 def weighted_vote(candidates: Sequence[Candidate], aggregation: str, key: AnswerKey = answer_key) -> int | None:
@@ -62,5 +62,5 @@ def run_weighted_vote(
         answer=None if chosen is None else candidates[chosen].answer,
         candidate_scores=scores,
         details={"aggregation": config.aggregation, "votes": vote_tally(candidates, scores, key)},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )
