@@ -340,14 +340,7 @@ def grade(
         kind: "auto" (options -> multiple_choice; numeric gold -> numeric; else free_form) or a registered kind.
         tol: relative and absolute tolerance of numeric comparisons.
     """
-    if prediction is None or not str(prediction).strip():
-        return False
-    resolved = resolve_kind(kind, options, gold)
-    answer_kind = ANSWER_KINDS[resolved]
-    extracted = answer_kind.extract(str(prediction), options)
-    if extracted is None:
-        return False
-    return answer_kind.match(extracted, gold, options, tol)
+    return grade_with_fallback(prediction, gold, options, kind, tol)[0]
 
 
 # `grader(prediction, gold, options) -> bool`: how labelling rollouts and test-time-scaling runs decide that an answer
