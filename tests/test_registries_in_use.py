@@ -24,6 +24,7 @@ from trl_vlprm.eval.tts_sweep import (
 from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate, reads_input_lengths
 from trl_vlprm.guidance.rewards import VLPRMReward
 from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig, SearchResult, get_strategy, select_best_of_n
+from trl_vlprm.guidance.tts import TTSArguments
 from trl_vlprm.labeling.combine import RULES, Combined, combination_rule, combine
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.registry import Registry, UnknownNameError
@@ -40,6 +41,11 @@ UNKNOWN_NAMES = {
         lambda: get_strategy("mcts"),
         "unknown strategy 'mcts'; available: beam_search, best_of_n, dvts, greedy, majority, step_selection, "
         "weighted_vote",
+    ),
+    "tts strategy": (
+        lambda: TTSArguments(strategy="mcts"),
+        "TTSArguments.strategy='mcts': unknown strategy 'mcts'; available: beam_search, best_of_n, dvts, greedy, "
+        "majority, step_selection, weighted_vote",
     ),
     "aggregation": (
         lambda: aggregate([0.5], "max"),

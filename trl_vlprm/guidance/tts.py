@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from trl_vlprm.data.answers import Grader, grade_question
 from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
-from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
+from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig, get_strategy
 from trl_vlprm.utils.resume import (
     atomic_write_text,
     check_settings,
@@ -307,6 +307,7 @@ class TTSArguments:
     )
 
     def __post_init__(self):
+        STRATEGIES.check(self.strategy, "TTSArguments.strategy")  # before any model is loaded
         checks = {
             "policy": ("scripted", "hf", "vllm"),
             "scorer": ("prm", "oracle", "random", "none"),
