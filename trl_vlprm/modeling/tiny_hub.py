@@ -18,7 +18,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from trl_vlprm.modeling.tiny import CHAT_TEMPLATE, build_tiny_vlm
+from trl_vlprm.modeling.families import get_family
+from trl_vlprm.modeling.tiny import build_tiny_vlm
 
 # Upstream Qwen-VL checkpoints (written by transformers 4.4x) keep the text settings at the top level of
 # config.json and store `visual.*` / `model.layers.*` tensors; transformers 5 reads both forms.
@@ -78,7 +79,7 @@ def write_upstream_layout(folder: str | Path) -> Path:
         },
     )
     template_file = folder / "chat_template.jinja"
-    template = template_file.read_text() if template_file.exists() else CHAT_TEMPLATE
+    template = template_file.read_text() if template_file.exists() else get_family(model_type).tiny_chat_template
     _write_json(folder / "chat_template.json", {"chat_template": template})
     for name in ("chat_template.jinja", "processor_config.json"):
         (folder / name).unlink(missing_ok=True)
