@@ -215,7 +215,7 @@ def _label_missing(questions, ids, digests, todo, next_index, policy, config, to
 
 def _make_policy_and_questions(config: LabelConfig):
     if config.dataset == "puzzles":
-        from trl_vlprm.data.puzzles import generate_puzzles
+        from trl_vlprm.testbed import generate_puzzles
 
         questions = generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
     else:
@@ -225,7 +225,7 @@ def _make_policy_and_questions(config: LabelConfig):
     if config.policy == "scripted":
         if config.dataset != "puzzles":
             raise ValueError("LabelConfig.policy='scripted' only solves dataset='puzzles'")
-        from trl_vlprm.data.puzzles import ScriptedPolicy
+        from trl_vlprm.testbed import ScriptedPolicy
 
         policy = ScriptedPolicy(
             perception_error_rate=config.perception_error_rate,
