@@ -201,8 +201,8 @@ def test_family_base_class_lists_what_a_new_family_implements():
 
 # ---- the adapter is the only place ---------------------------------------------------------------------------------
 
-# Files allowed to name the Qwen-VL specifics: the adapter itself, the published PRMs by hub id, and the tiny models
-# written in the upstream Qwen-VL hub layout.
+# Files allowed to name the Qwen-VL specifics: the adapter itself, and the two files that hold hub ids (published PRMs
+# by id; the tiny model type standing in for each repo id of the tiny hub cache).
 ALLOWED_FILES = {"modeling/families/qwen_vl.py", "modeling/presets.py", "modeling/tiny_hub.py"}
 QWEN_VL_SPECIFICS = re.compile(
     r"qwen2(_5)?_?vl"  # class names, model types, transformers module names
