@@ -6,7 +6,7 @@
 Rerunning into the same `output_dir` resumes (finished questions are not sampled again); see docs/evaluation.md.
 """
 
-from trl_vlprm.eval.sweep_config import main
+from trl_vlprm.eval.eval_tts import main
 
 if __name__ == "__main__":
     main()

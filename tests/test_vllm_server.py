@@ -234,13 +234,13 @@ def test_search_runs_on_the_served_policy(server, puzzles, prm, tmp_path):
 
 def test_evaluation_sweep_runs_on_the_served_policy_and_prm(server, prm_server, prm_folder, puzzles, prm, tmp_path):
     """Policy and PRM both served: the served PRM's step scores equal the in-process PRMScorer's on every sample."""
-    from trl_vlprm.eval.sweep_config import POLICY_BUILDERS, build_from_spec
     from trl_vlprm.eval.tts_sweep import read_results, run_sweep, samples_path
+    from trl_vlprm.guidance.backends import build_policy
     from trl_vlprm.guidance.server_scorer import ServerPRMScorer
 
     # The spec recipes/eval_tts.py reads: two base URLs (here two names of one server), keywords after them.
     spec = f"server:{server.url},http://localhost:{server.port}/v1,model=tiny,max_new_tokens=24,temperature=1.0"
-    policy = build_from_spec(spec, POLICY_BUILDERS, 0, "policy", {"step_separator": "\n", "system_prompt": None})
+    policy = build_policy(spec, 0, {"step_separator": "\n", "system_prompt": None})
     assert isinstance(policy, ServerPolicy) and policy.base_urls[1].startswith("http://localhost")
     served_prm = ServerPRMScorer.from_pretrained(prm_server, prm_folder)
     scorers = {"prm": prm, "served_prm": served_prm}

@@ -18,14 +18,17 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from trl_vlprm.data.loading import load_questions
 from trl_vlprm.data.schema import RecordError
+from trl_vlprm.guidance.backends import build_policy, parse_spec
 from trl_vlprm.labeling.combine import NEEDS_JUDGE
 from trl_vlprm.labeling.config import LabelConfig
-from trl_vlprm.labeling.judge import JudgeClient
+from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
 from trl_vlprm.labeling.judge_server import JudgeServer
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
 from trl_vlprm.labeling.mc import Grader
@@ -124,7 +127,7 @@ def _check_judge(config: LabelConfig, judge: JudgeClient, stats: BatchStats, bat
     errors = {k[len("error ") :]: v for k, v in stats.judge.items() if k.startswith("error ")}
     samples = "; ".join(f"{kind!r}: {text}" for kind, text in judge.error_samples.items())
     raise JudgeFailureError(
-        f"the judge at {judge.config.base_url} failed on {failed} of {judged} solutions of questions "
+        f"the judge at {judge.config.judge_base_url} failed on {failed} of {judged} solutions of questions "
         f"{batch_ids[0]}..{batch_ids[-1]} (allowed share {config.judge_max_failed_share}); errors {errors}; "
         f"first reply of each kind: {samples or 'none'}. Nothing of these questions was written: fix the judge "
         "and rerun (finished shards are kept)."
@@ -132,7 +135,12 @@ def _check_judge(config: LabelConfig, judge: JudgeClient, stats: BatchStats, bat
 
 
 def build_dataset(
-    questions, policy, config: LabelConfig, judge_server: JudgeServer | None = None, grader: Grader | None = None
+    questions,
+    policy,
+    config: LabelConfig,
+    judge_server: JudgeServer | None = None,
+    grader: Grader | None = None,
+    judge_config: JudgeConfig | None = None,
 ) -> BatchStats:
     """Label every question not yet covered by a shard of `config.output_dir`; return the stats of all shards there.
 
@@ -142,12 +150,14 @@ def build_dataset(
     (before writing that shard) when the judge fails on too many solutions.
 
     `judge_server` replaces the "testbed" judge by a started `JudgeServer` of the caller's (e.g. one that fails);
-    `grader` the default answer grader `trl_vlprm.data.answers.grade`.
+    `grader` the default answer grader `trl_vlprm.data.answers.grade`; `judge_config` says how the judge is reached
+    (default `JudgeConfig()`; the URL of a testbed or given `judge_server` replaces its `judge_base_url`).
     """
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(output_dir / CONFIG_FILE):
-        pin_settings(output_dir / CONFIG_FILE, config.pinned())
+        judge_config = judge_config or JudgeConfig()
+        pin_settings(output_dir / CONFIG_FILE, config.pinned(judge_config))
         ids = _check_ids(questions)
         digests = [question_digest(question) for question in questions]
         for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
@@ -158,11 +168,15 @@ def build_dataset(
         total = BatchStats()
         for shard in shards:
             total.add(shard.stats)
-        _label_missing(questions, ids, digests, todo, next_index, policy, config, total, judge_server, grader)
+        _label_missing(
+            questions, ids, digests, todo, next_index, policy, config, judge_config, total, judge_server, grader
+        )
     return total
 
 
-def _label_missing(questions, ids, digests, todo, next_index, policy, config, total, judge_server, grader) -> None:
+def _label_missing(
+    questions, ids, digests, todo, next_index, policy, config, judge_config, total, judge_server, grader
+) -> None:
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
     if config.rule in NEEDS_JUDGE:
@@ -173,7 +187,9 @@ def _label_missing(questions, ids, digests, todo, next_index, policy, config, to
                 ).start(),
                 True,
             )
-        judge = JudgeClient(config.judge_config(server.base_url if server else None), seed=config.seed)
+        if server is not None:
+            judge_config = replace(judge_config, judge_base_url=server.base_url)
+        judge = JudgeClient(judge_config, seed=config.seed)
     bar = tqdm(
         total=len(ids), initial=len(ids) - len(todo), desc=f"label {config.rule}", unit="q",
         disable=not config.show_progress,
@@ -219,31 +235,11 @@ def _make_policy_and_questions(config: LabelConfig):
 
         questions = generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
     else:
-        from trl_vlprm.guidance.tts import load_questions
-
         questions = load_questions(config.dataset, config.dataset_split, config.num_questions)
-    if config.policy == "scripted":
-        if config.dataset != "puzzles":
-            raise ValueError("LabelConfig.policy='scripted' only solves dataset='puzzles'")
-        from trl_vlprm.data.puzzles import ScriptedPolicy
-
-        policy = ScriptedPolicy(
-            perception_error_rate=config.perception_error_rate,
-            reasoning_error_rate=config.reasoning_error_rate,
-            seed=config.seed,
-        )
-    else:
-        from trl_vlprm.guidance.hf_policy import HFPolicy
-
-        policy = HFPolicy.from_pretrained(
-            config.policy_model_path,
-            revision=config.policy_model_revision,
-            step_separator=config.step_separator,
-            temperature=config.temperature,
-            max_new_tokens=config.max_new_tokens,
-            seed=config.seed,
-        )
-    return policy, questions
+    spec = config.policy_spec()
+    if parse_spec(spec)[0] == "scripted" and config.dataset != "puzzles":
+        raise ValueError("LabelConfig.policy='scripted' only solves dataset='puzzles'")
+    return build_policy(spec, config.seed, config.sampling_defaults()), questions
 
 
 def summary_line(stats: BatchStats) -> str:
@@ -256,10 +252,10 @@ def summary_line(stats: BatchStats) -> str:
     )
 
 
-def run(config: LabelConfig) -> BatchStats:
+def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchStats:
     """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats."""
     policy, questions = _make_policy_and_questions(config)
-    stats = build_dataset(questions, policy, config)
+    stats = build_dataset(questions, policy, config, judge_config=judge_config)
     print(summary_line(stats))
     return stats
 
@@ -268,9 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: `trl-vlprm label --config recipes/configs/label_testbed.yaml [--field value ...]`."""
     from trl import TrlParser
 
-    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=argv)
+    # The judge's settings are their own dataclass, parsed beside the labelling config (flags and YAML keys alike).
+    config, judge_config = TrlParser((LabelConfig, JudgeConfig)).parse_args_and_config(args=argv)
     try:
-        run(config)
+        run(config, judge_config)
     except (JudgeFailureError, SettingsMismatchError, OutputLockedError, ShardError, RecordError) as err:
         # a clear one-line reason and a non-zero exit; the finished shards stay for the rerun
         print(f"trl-vlprm label: {err}", file=sys.stderr)
