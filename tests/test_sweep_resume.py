@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.eval_tts import EvalTTSConfig, policy_pins, run, spec_pin
 from trl_vlprm.eval.tts_sweep import run_sweep, sample_benchmark, samples_path
 from trl_vlprm.guidance.backends import SCORER_BACKENDS, Backend, build_scorer
+from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, output_lock
 
 STRATEGIES = ["first", "best_of_n:min", "weighted_vote:min", "pass@n"]

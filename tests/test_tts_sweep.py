@@ -4,7 +4,6 @@ import json
 import pytest
 from PIL import Image
 
-from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 from trl_vlprm.eval.eval_tts import EvalTTSConfig, main
 from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
 from trl_vlprm.eval.tts_sweep import (
@@ -18,6 +17,7 @@ from trl_vlprm.eval.tts_sweep import (
 )
 from trl_vlprm.guidance.backends import Backend, build_from_spec, parse_spec, split_label
 from trl_vlprm.guidance.tts import RandomScorer
+from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 
 STRATEGIES = ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
 

@@ -382,7 +382,7 @@ class TTSArguments:
 def build_questions(args: TTSArguments):
     """The question records `args` names (generated puzzles or a dataset file/folder)."""
     if args.dataset == "puzzles":
-        from trl_vlprm.data.puzzles import generate_puzzles
+        from trl_vlprm.testbed import generate_puzzles
 
         return list(generate_puzzles(64 if args.num_questions is None else args.num_questions, seed=args.seed))
     return load_questions(args.dataset, args.dataset_split, args.num_questions)

@@ -231,7 +231,7 @@ def _label_missing(
 
 def _make_policy_and_questions(config: LabelConfig):
     if config.dataset == "puzzles":
-        from trl_vlprm.data.puzzles import generate_puzzles
+        from trl_vlprm.testbed import generate_puzzles
 
         questions = generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
     else:

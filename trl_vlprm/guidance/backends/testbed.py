@@ -17,7 +17,7 @@ def _no_positional(args: list[str], what: str) -> None:
 def scripted_policy(args: list[str], kwargs: dict[str, Any], seed: int | None):
     """ "scripted:perception_error_rate=0.3,reasoning_error_rate=0.2": the testbed's `ScriptedPolicy` (it solves
     testbed puzzles only)."""
-    from trl_vlprm.data.puzzles import ScriptedPolicy
+    from trl_vlprm.testbed import ScriptedPolicy
 
     _no_positional(args, "scripted policy")
     return ScriptedPolicy(**{"seed": seed, **kwargs})
@@ -26,7 +26,7 @@ def scripted_policy(args: list[str], kwargs: dict[str, Any], seed: int | None):
 @scorer_backend("oracle")
 def oracle_scorer(args: list[str], kwargs: dict[str, Any], seed: int | None):
     """ "oracle": the testbed's `GoldOracleScorer` (each step's gold correctness)."""
-    from trl_vlprm.data.puzzles import GoldOracleScorer
+    from trl_vlprm.testbed import GoldOracleScorer
 
     _no_positional(args, "oracle scorer")
     return GoldOracleScorer(**kwargs)
