@@ -15,8 +15,8 @@ from test_mc import ToyPolicy, exact_grader, toy_questions  # noqa: E402
 
 from trl_vlprm.data.schema import RecordError  # noqa: E402
 from trl_vlprm.labeling.builder import CONFIG_FILE, JudgeFailureError, LabelConfig, build_dataset  # noqa: E402
-from trl_vlprm.labeling.judge_server import JudgeServer  # noqa: E402
 from trl_vlprm.labeling.shards import ShardError, load_labelled  # noqa: E402
+from trl_vlprm.testbed.judge_server import JudgeServer  # noqa: E402
 from trl_vlprm.utils.resume import OutputLockedError, output_lock  # noqa: E402
 
 

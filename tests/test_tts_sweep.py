@@ -15,8 +15,7 @@ from trl_vlprm.eval.tts_sweep import (
     strategy_correct,
     subsample_indices,
 )
-from trl_vlprm.guidance.tts import RandomScorer
-from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
+from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
 
 STRATEGIES = ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
 

@@ -102,7 +102,7 @@ def _oracle_scorer(args, kwargs, seed):
 
 
 def _random_scorer(args, kwargs, seed):
-    from trl_vlprm.guidance.tts import RandomScorer
+    from trl_vlprm.testbed import RandomScorer
 
     return RandomScorer(**{"seed": seed, **kwargs})
 
