@@ -21,7 +21,7 @@ from test_mc import ToyPolicy, exact_grader, toy_questions  # noqa: E402
 
 from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled, summary_line  # noqa: E402
 from trl_vlprm.labeling.judge import JudgeConfig  # noqa: E402
-from trl_vlprm.labeling.judge_server import JudgeServer  # noqa: E402
+from trl_vlprm.testbed.judge_server import JudgeServer  # noqa: E402
 
 NUM_QUESTIONS, NUM_ROLLOUTS = 12, 2
 

@@ -19,8 +19,8 @@ from trl_vlprm.labeling.builder import CONFIG_FILE, JudgeFailureError, LabelConf
 from trl_vlprm.labeling.judge import JudgeConfig  # noqa: E402
 
 JUDGE_FIELDS = {f.name for f in fields(JudgeConfig)}
-from trl_vlprm.labeling.judge_server import JudgeServer  # noqa: E402
 from trl_vlprm.labeling.shards import ShardError, load_labelled  # noqa: E402
+from trl_vlprm.testbed.judge_server import JudgeServer  # noqa: E402
 from trl_vlprm.utils.resume import OutputLockedError, output_lock  # noqa: E402
 
 

@@ -194,7 +194,7 @@ def test_documented_command_runs(command, tiny_hub, tmp_path, small_supervision_
         _write_visual_process_bench(tmp_path)
     server = None
     if "{judge_url}" in substitutions.values():
-        from trl_vlprm.labeling.judge_server import JudgeServer
+        from trl_vlprm.testbed.judge_server import JudgeServer
 
         server = JudgeServer({}).start()  # a real chat-completions server on loopback
         server.gold = _EveryStepJudged()  # the tiny policy's steps are not known in advance: judge each of them

@@ -18,8 +18,7 @@ from trl_vlprm.guidance.strategies import (
     vote_tally,
     weighted_vote,
 )
-from trl_vlprm.guidance.tts import RandomScorer
-from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
+from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
 
 
 def scored(step_scores, answer=None):

@@ -16,8 +16,7 @@ from trl_vlprm.eval.tts_sweep import (
     subsample_indices,
 )
 from trl_vlprm.guidance.backends import Backend, build_from_spec, parse_spec, split_label
-from trl_vlprm.guidance.tts import RandomScorer
-from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
+from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
 
 STRATEGIES = ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
 

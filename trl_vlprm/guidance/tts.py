@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from trl_vlprm.guidance.backends import (
     parse_spec,
     spec_of,
 )
-from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
+from trl_vlprm.guidance.policy import Policy, Question, StepScorer
 from trl_vlprm.guidance.sampling import SamplingConfig
 from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
 from trl_vlprm.utils.resume import (
@@ -45,16 +44,6 @@ from trl_vlprm.utils.resume import (
 )
 
 Grader = Callable[[str | None, str, Sequence[str] | None], bool]
-
-
-class RandomScorer:
-    """A scorer with no information: independent uniform scores per step. The control for any PRM."""
-
-    def __init__(self, seed: int = 0):
-        self.rng = random.Random(seed)
-
-    def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
-        return [[self.rng.random() for _ in candidate.steps] for candidate in candidates]
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled, main
 from trl_vlprm.labeling.combine import RULES, Combined, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig, JudgeResult, parse_verdicts
-from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup, step_key
 from trl_vlprm.labeling.labeler import BatchStats, LabelQuality, label_batch, step_label_quality
 from trl_vlprm.labeling.mc import MCConfig, MCResult, Rollout, label_rollout, mc_score, sample_rollouts
 
@@ -14,7 +13,6 @@ __all__ = [
     "JudgeClient",
     "JudgeConfig",
     "JudgeResult",
-    "JudgeServer",
     "LabelConfig",
     "LabelQuality",
     "MCConfig",
@@ -22,7 +20,6 @@ __all__ = [
     "Rollout",
     "build_dataset",
     "combine",
-    "gold_lookup",
     "label_batch",
     "label_rollout",
     "load_labelled",
@@ -30,6 +27,5 @@ __all__ = [
     "mc_score",
     "parse_verdicts",
     "sample_rollouts",
-    "step_key",
     "step_label_quality",
 ]

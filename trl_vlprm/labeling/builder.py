@@ -29,7 +29,6 @@ from trl_vlprm.guidance.backends import build_policy, parse_spec
 from trl_vlprm.labeling.combine import NEEDS_JUDGE
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
-from trl_vlprm.labeling.judge_server import JudgeServer
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
 from trl_vlprm.labeling.mc import Grader
 from trl_vlprm.labeling.shards import (
@@ -43,6 +42,7 @@ from trl_vlprm.labeling.shards import (
     verify_shard,
     write_shard,
 )
+from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.utils.resume import (
     OutputLockedError,
     SettingsMismatchError,

@@ -35,7 +35,7 @@ def oracle_scorer(args: list[str], kwargs: dict[str, Any], seed: int | None):
 @scorer_backend("random")
 def random_scorer(args: list[str], kwargs: dict[str, Any], seed: int | None):
     """ "random:seed=1": independent uniform step scores, the control any PRM must beat."""
-    from trl_vlprm.guidance.tts import RandomScorer
+    from trl_vlprm.testbed import RandomScorer
 
     _no_positional(args, "random scorer")
     return RandomScorer(**{"seed": seed if seed is not None else 0, **kwargs})
