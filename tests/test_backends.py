@@ -161,3 +161,17 @@ def test_labelling_builds_every_policy_backend(tiny_vlm):
         LabelConfig(policy="sglang", judge="none", rule="mc_only")
     with pytest.raises(ValueError, match="judge='testbed' answers from gold"):
         LabelConfig(policy=f"server:{DEAD_URL},model=tiny", judge="testbed")
+
+
+def test_a_vllm_spec_can_set_any_engine_argument():
+    from trl_vlprm.guidance.backends.vllm import _engine_keywords, _parameters
+    from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
+    from trl_vlprm.guidance.vllm_policy import VLLMPolicy
+
+    kind, _, kwargs = parse_spec("vllm:m,temperature=0.5,max_model_len=8192,enforce_eager=true,tensor_parallel_size=2")
+    known = _parameters(VLLMPolicy.from_pretrained) | _parameters(VLLMPolicy.__init__) | set(SAMPLING_FIELDS)
+    assert _engine_keywords(kwargs, known) == {
+        "temperature": 0.5,
+        "max_model_len": 8192,
+        "llm_kwargs": {"enforce_eager": True, "tensor_parallel_size": 2},
+    }

@@ -10,6 +10,7 @@ rerun never reuses samples or scores made by something else under the same label
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,10 @@ from trl_vlprm.guidance.backends import (
     parse_spec,
     split_label,
 )
+from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, path_fingerprint
+
+logger = logging.getLogger(__name__)
 
 
 def _capped(backend: Backend, cap: int) -> Backend:
@@ -42,12 +46,28 @@ def _capped(backend: Backend, cap: int) -> Backend:
     return replace(backend, build=build)
 
 
+def _transformers_only(backend: Backend) -> Backend:
+    """`backend` (hf) reading a spec written for vLLM: the keywords that configure a vLLM engine are dropped, with a
+    warning naming them (`HFPolicy` takes the sampling settings, `revision` and `dtype`)."""
+    known = set(SAMPLING_FIELDS) | {"revision", "dtype"}
+
+    def build(args, kwargs, seed):
+        dropped = sorted(set(kwargs) - known)
+        if dropped:
+            logger.warning("policy_backend 'hf': engine keywords %s of %s are dropped", dropped, args)
+        return backend.build(args, {k: v for k, v in kwargs.items() if k in known}, seed)
+
+    return replace(backend, build=build)
+
+
 def policy_backends(config: EvalTTSConfig) -> dict[str, Backend]:
     """The policy backends of a run: the registered ones, with `policy_backend` and `max_new_tokens_cap` applied to
     the in-process model backends (hf, vllm)."""
     discover_backends()
     backends = {name: POLICY_BACKENDS.get(name) for name in POLICY_BACKENDS}
-    if config.policy_backend is not None:
+    if config.policy_backend == "hf":
+        backends["hf"] = backends["vllm"] = _transformers_only(POLICY_BACKENDS.get("hf"))
+    elif config.policy_backend is not None:
         backends["hf"] = backends["vllm"] = POLICY_BACKENDS.get(config.policy_backend)
     if config.max_new_tokens_cap is not None:
         for name in ("hf", "vllm"):

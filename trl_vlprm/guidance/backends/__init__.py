@@ -1,6 +1,7 @@
 """One factory for policies and step scorers: a spec names a backend, the backend builds the object.
 
-A spec is `"kind:positional,...,key=value,..."` (numbers converted, `revision` kept as text), e.g.
+A spec is `"kind:positional,...,key=value,..."` (numbers and true/false converted, `revision` and `model` kept as
+text), e.g.
 `"vllm:Qwen/Qwen2.5-VL-7B-Instruct,temperature=0.7,max_model_len=8192"`, `"server:http://a:8000/v1,http://b:8000/v1,
 model=qwen"`, `"scripted:perception_error_rate=0.3"`, `"prm:outputs/prm,batch_size=8"` or `"oracle"`. TTS
 (`recipes/tts.py`), the evaluation sweep (`recipes/eval_tts.py`) and labelling (`trl-vlprm label`) all build their
@@ -105,14 +106,20 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
         if not eq:
             args.append(part)
             continue
-        for cast in () if key.strip() in TEXT_KEYWORDS else (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                pass
-        kwargs[key.strip()] = value
+        kwargs[key.strip()] = value if key.strip() in TEXT_KEYWORDS else _scalar(value)
     return kind.strip(), args, kwargs
+
+
+def _scalar(value: str) -> Any:
+    """ "3" -> 3, "0.5" -> 0.5, "true"/"false" -> True/False, anything else stays text."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
 
 
 def make_spec(kind: str, args: list[str] | tuple[str, ...] = (), **kwargs: Any) -> str:
