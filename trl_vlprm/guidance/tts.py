@@ -26,6 +26,7 @@ from trl_vlprm.guidance import backends
 from trl_vlprm.guidance.backends import (
     POLICY_BACKENDS,
     SCORER_BACKENDS,
+    MissingModelError,
     check_spec,
     get_backend,
     make_spec,
@@ -317,6 +318,7 @@ class TTSArguments:
     )
 
     def __post_init__(self):
+        models = {"policy": "policy_model_path", "scorer": "prm_model_path"}
         for name, spec, registry in (
             ("policy", self.policy_spec, POLICY_BACKENDS),
             ("scorer", self.scorer_spec, SCORER_BACKENDS),
@@ -324,14 +326,11 @@ class TTSArguments:
             try:
                 if (resolved := spec()) is not None:
                     check_spec(resolved, registry, name)
+            except MissingModelError as err:
+                hint = f"TTSArguments.{models[name]} is needed for {name} {getattr(self, name)!r}"
+                raise ValueError(f"{hint} ({err})") from None
             except ValueError as err:
-                model = "policy_model_path" if name == "policy" else "prm_model_path"
-                hint = (
-                    f"; TTSArguments.{model} is needed for {name} {getattr(self, name)!r}"
-                    if "needs a model" in str(err)
-                    else ""
-                )
-                raise ValueError(f"TTSArguments.{name}={getattr(self, name)!r}: {err}{hint}") from None
+                raise ValueError(f"TTSArguments.{name}={getattr(self, name)!r}: {err}") from None
         if self.num_questions is not None and self.num_questions < 1:
             raise ValueError(f"TTSArguments.num_questions={self.num_questions}; must be >= 1 (or None for all)")
 
@@ -344,12 +343,12 @@ class TTSArguments:
         return spec_of(self.policy, self.policy_model_path, revision=self.policy_model_revision)
 
     def scorer_spec(self) -> str | None:
-        """The scorer as one backend spec (None for "none"): `scorer` when it is a spec already, else the kind with
-        `prm_model_path`, `prm_model_revision` and `prm_batch_size`."""
+        """The scorer as one backend spec (None for "none"): `scorer` when it is a spec already or names no model,
+        else the kind with `prm_model_path`, `prm_model_revision` and `prm_batch_size`."""
         if self.scorer == "none":
             return None
-        if self.scorer in ("oracle", "random"):
-            return self.scorer
+        if not self.prm_model_path:  # a control ("oracle", "random") or a full spec
+            return spec_of(self.scorer)
         keywords = {"revision": self.prm_model_revision, "batch_size": self.prm_batch_size}
         return spec_of(self.scorer, self.prm_model_path, **keywords)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl_vlprm.guidance.backends import POLICY_BACKENDS, check_spec, make_spec, parse_spec, spec_of
+from trl_vlprm.guidance.backends import (
+    POLICY_BACKENDS,
+    MissingModelError,
+    check_spec,
+    make_spec,
+    parse_spec,
+    spec_of,
+)
 from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
@@ -163,13 +170,10 @@ class LabelConfig:
             raise ValueError(f"LabelConfig.rule={self.rule!r} needs a judge but judge='none'")
         try:
             check_spec(self.policy_spec(), POLICY_BACKENDS, "policy")
+        except MissingModelError as err:
+            raise ValueError(f"LabelConfig.policy_model_path is needed for policy {self.policy!r} ({err})") from None
         except ValueError as err:
-            hint = (
-                f"; LabelConfig.policy_model_path is needed for policy {self.policy!r}"
-                if "needs a model" in str(err)
-                else ""
-            )
-            raise ValueError(f"LabelConfig.policy={self.policy!r}: {err}{hint}") from None
+            raise ValueError(f"LabelConfig.policy={self.policy!r}: {err}") from None
         if self.judge == "testbed" and parse_spec(self.policy_spec())[0] != "scripted":
             raise ValueError("LabelConfig.judge='testbed' answers from gold only the scripted policy knows")
         if self.shard_size < 1 or self.num_rollouts < 1:

@@ -144,12 +144,17 @@ def spec_of(kind_or_spec: str, model: str | None = None, **keywords: Any) -> str
     return make_spec(kind_or_spec, [model] if model else [], **keywords)
 
 
+class MissingModelError(ValueError):
+    """A spec of a model-backed kind names no model."""
+
+
 def check_spec(spec: str, backends: Backends, what: str) -> Backend:
-    """The backend of `spec`, after checking its kind is known and that a model-backed kind names its model."""
+    """The backend of `spec`, after checking its kind is known (ValueError) and that a model-backed kind names its
+    model (`MissingModelError`)."""
     kind, args, _ = parse_spec(spec)
     backend = get_backend(backends, kind, what, spec)
     if backend.argument == "model" and not args:
-        raise ValueError(f"{what} spec {spec!r}: a {kind} {what} needs a model (a folder or a Hub repo id)")
+        raise MissingModelError(f"{what} spec {spec!r}: a {kind} {what} needs a model (a folder or a Hub repo id)")
     return backend
 
 
@@ -212,6 +217,7 @@ __all__ = [
     "POLICY_BACKENDS",
     "SCORER_BACKENDS",
     "Backend",
+    "MissingModelError",
     "build_from_spec",
     "build_policy",
     "build_scorer",
