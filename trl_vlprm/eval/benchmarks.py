@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, question_columns
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, OPTION_LETTERS, RecordError, question_columns
 from trl_vlprm.eval import paper_prompts
-from trl_vlprm.testbed.generator import OPTION_LETTERS
 
 PROMPT_STYLES = ("default", "paper")
 # The paper's puzzle subsets: the first 50 questions of every puzzle type (PuzzleVQA 20 types = 1,000 questions,
