@@ -29,6 +29,7 @@ STAGES = {
     "trl_vlprm.labeling": 6,
     "trl_vlprm.eval": 7,
     "trl_vlprm.cli": 8,
+    "trl_vlprm.scripts": 8,
     "trl_vlprm.demo": 8,
     "trl_vlprm.__main__": 8,
     "trl_vlprm": 8,  # the lazy top-level exports

@@ -16,7 +16,6 @@ Entry points: `build_dataset(questions, policy, config)` and `main(argv)` (`trl-
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -41,14 +40,12 @@ from trl_vlprm.labeling.shards import (
 )
 from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.utils.resume import (
-    OutputLockedError,
-    SettingsMismatchError,
     output_lock,
     pin_settings,
     question_digest,
 )
 
-__all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "main", "output_features", "run"]
+__all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "output_features", "run"]
 
 CONFIG_FILE = "labelling_config.json"
 
@@ -262,16 +259,3 @@ def run(config: LabelConfig) -> BatchStats:
     stats = build_dataset(questions, policy, config)
     print(summary_line(stats))
     return stats
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: `trl-vlprm label --config recipes/configs/label_testbed.yaml [--field value ...]`."""
-    from trl import TrlParser
-
-    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=argv)
-    try:
-        run(config)
-    except (JudgeFailureError, SettingsMismatchError, OutputLockedError, ShardError, RecordError) as err:
-        # a clear one-line reason and a non-zero exit; the finished shards stay for the rerun
-        print(f"trl-vlprm label: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
