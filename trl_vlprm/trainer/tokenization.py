@@ -12,7 +12,6 @@ exactly the token layout it was trained on.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -217,11 +216,3 @@ def _tokenize_one_string(
         image_token_id = processing_class.image_token_id
         out["mm_token_type_ids"] = [1 if token == image_token_id else 0 for token in ids]
     return out
-
-
-_SPACE = re.compile(r"\s+")
-
-
-def describe_row(features: Mapping[str, Any]) -> str:
-    """A short human-readable id of a row for error messages."""
-    return str(features.get("id") or _SPACE.sub(" ", str(features.get("prompt", "")))[:40])
