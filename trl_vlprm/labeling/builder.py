@@ -21,12 +21,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from trl_vlprm.data.schema import RecordError
-from trl_vlprm.labeling.combine import NEEDS_JUDGE
+from trl_vlprm.data.answers import Grader
+from trl_vlprm.data.schema import RecordError, question_ids
+from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeClient
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
-from trl_vlprm.labeling.mc import Grader
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
     LegacyShardError,
@@ -52,19 +52,6 @@ CONFIG_FILE = "labelling_config.json"
 
 class JudgeFailureError(RuntimeError):
     """The judge failed on too many solutions of a shard; the shard was not written (see `LabelConfig`)."""
-
-
-def _check_ids(questions) -> list[str]:
-    ids, seen = [], set()
-    for row, question in enumerate(questions):
-        qid = question.get("id")
-        if qid is None or str(qid) == "":
-            raise RecordError(row, "id", "missing; labelling needs an id per question")
-        if str(qid) in seen:
-            raise RecordError(row, "id", f"duplicate id {qid!r}")
-        seen.add(str(qid))
-        ids.append(str(qid))
-    return ids
 
 
 def _trusted_shards(output_dir: Path) -> tuple[list[ShardInfo], int]:
@@ -145,7 +132,7 @@ def build_dataset(
     output_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(output_dir / CONFIG_FILE):
         pin_settings(output_dir / CONFIG_FILE, config.pinned())
-        ids = _check_ids(questions)
+        ids = question_ids(questions, "labelling")
         digests = [question_digest(question) for question in questions]
         for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
             stale.unlink()
@@ -162,7 +149,7 @@ def build_dataset(
 def _label_missing(questions, ids, digests, todo, next_index, policy, config, total, judge_server, grader) -> None:
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
-    if config.rule in NEEDS_JUDGE:
+    if RULES.get(config.rule).needs_judge:
         if server is None and config.judge == "testbed":
             server, own_server = (
                 JudgeServer(
