@@ -11,13 +11,11 @@ rerun never reuses samples or scores made by something else under the same label
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.tts_sweep import check_strategy, run_sweep
 from trl_vlprm.guidance.backends import (
     POLICY_BACKENDS,
@@ -30,7 +28,7 @@ from trl_vlprm.guidance.backends import (
     split_label,
 )
 from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
-from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, path_fingerprint
+from trl_vlprm.utils.resume import path_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -324,19 +322,3 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     if process_rows:
         write_tables(process_rows, config.output_dir, "process_bench", wide=False)
     return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: `python recipes/eval_tts.py --config recipes/configs/eval_tts_testbed.yaml [--field value ...]`."""
-    from trl import TrlParser
-
-    from trl_vlprm.eval.report import rows_to_markdown
-
-    (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(args=argv)
-    try:
-        rows = run(config)
-    except (SettingsMismatchError, OutputLockedError, RecordError) as err:
-        # a one-line reason and exit code 1; the samples already written stay for a rerun with the old settings
-        print(f"eval_tts: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
-    print(rows_to_markdown(rows))

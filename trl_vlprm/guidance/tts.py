@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from trl_vlprm.data.answers import Grader, grade_question
 from trl_vlprm.data.loading import load_questions
-from trl_vlprm.data.schema import RecordError
+from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.guidance import backends
 from trl_vlprm.guidance.backends import (
     POLICY_BACKENDS,
@@ -35,7 +36,7 @@ from trl_vlprm.guidance.backends import (
 )
 from trl_vlprm.guidance.policy import Policy, Question, StepScorer
 from trl_vlprm.guidance.sampling import SamplingConfig
-from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
+from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig, get_strategy
 from trl_vlprm.utils.resume import (
     atomic_write_text,
     check_settings,
@@ -43,8 +44,6 @@ from trl_vlprm.utils.resume import (
     output_lock,
     question_digest,
 )
-
-Grader = Callable[[str | None, str, Sequence[str] | None], bool]
 
 
 @dataclass
@@ -89,20 +88,6 @@ def read_results(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
     return results
 
 
-def _question_ids(questions: Sequence[Question]) -> list[str]:
-    ids, seen = [], set()
-    for row, question in enumerate(questions):
-        qid = question.get("id")
-        if qid is None or str(qid) == "":
-            raise RecordError(row, "id", "missing; guidance needs an id per question to resume")
-        qid = str(qid)
-        if qid in seen:
-            raise RecordError(row, "id", f"duplicate id {qid!r}")
-        seen.add(qid)
-        ids.append(qid)
-    return ids
-
-
 def _finished(output_file: Path, settings: Mapping[str, Any], questions: Mapping[str, Question]) -> dict[str, bool]:
     """`{id: correct}` of the lines already in `output_file`; refuses lines made with other settings or over a
     question whose content has changed since."""
@@ -120,12 +105,6 @@ def _finished(output_file: Path, settings: Mapping[str, Any], questions: Mapping
             )  # fmt: skip
         done[qid] = bool(record["correct"])
     return done
-
-
-def default_grader() -> Grader:
-    from trl_vlprm.data.answers import grade
-
-    return grade
 
 
 def run_tts(
@@ -153,10 +132,9 @@ def run_tts(
         run_tags: more settings that must match on resume (the recipe passes the policy and scorer it used).
     """
     runner = get_strategy(strategy)
-    grader = grader or default_grader()
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    ids = _question_ids(questions)
+    ids = question_ids(questions, "guidance")
     settings = {"strategy": strategy, **asdict(config), **dict(run_tags or {})}
     with output_lock(output_file):
         done = _finished(output_file, settings, dict(zip(ids, questions)))
@@ -166,7 +144,7 @@ def run_tts(
                 if "answer" not in question:
                     raise RecordError(qid, "answer", "missing; needed to grade the result")
                 result = runner(question, policy, scorer, config)
-                correct = bool(grader(result.answer, str(question["answer"]), question.get("options") or None))
+                correct = grade_question(result.answer, question, grader)
                 line = {
                     **result.to_dict(),
                     "gold": question["answer"],
@@ -318,6 +296,7 @@ class TTSArguments:
     )
 
     def __post_init__(self):
+        STRATEGIES.check(self.strategy, "TTSArguments.strategy")  # before any model is loaded
         models = {"policy": "policy_model_path", "scorer": "prm_model_path"}
         for name, spec, registry in (
             ("policy", self.policy_spec, POLICY_BACKENDS),

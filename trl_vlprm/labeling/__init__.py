@@ -1,6 +1,6 @@
 """Hybrid step labelling: Monte-Carlo rollout labels, a VLM judge, and rules that combine them (docs/labelling.md)."""
 
-from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled, main
+from trl_vlprm.labeling.builder import JudgeFailureError, LabelConfig, build_dataset, load_labelled, run
 from trl_vlprm.labeling.combine import RULES, Combined, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig, JudgeResult, parse_verdicts
 from trl_vlprm.labeling.labeler import BatchStats, LabelQuality, label_batch, step_label_quality
@@ -12,6 +12,7 @@ __all__ = [
     "Combined",
     "JudgeClient",
     "JudgeConfig",
+    "JudgeFailureError",
     "JudgeResult",
     "LabelConfig",
     "LabelQuality",
@@ -23,7 +24,7 @@ __all__ = [
     "label_batch",
     "label_rollout",
     "load_labelled",
-    "main",
+    "run",
     "mc_score",
     "parse_verdicts",
     "sample_rollouts",

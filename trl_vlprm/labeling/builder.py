@@ -16,21 +16,20 @@ Entry points: `build_dataset(questions, policy, config)` and `main(argv)` (`trl-
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.loading import load_questions
-from trl_vlprm.data.schema import RecordError
+from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.guidance.backends import build_policy, parse_spec
-from trl_vlprm.labeling.combine import NEEDS_JUDGE
+from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
-from trl_vlprm.labeling.mc import Grader
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
     LegacyShardError,
@@ -44,33 +43,18 @@ from trl_vlprm.labeling.shards import (
 )
 from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.utils.resume import (
-    OutputLockedError,
-    SettingsMismatchError,
     output_lock,
     pin_settings,
     question_digest,
 )
 
-__all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "main", "output_features", "run"]
+__all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "output_features", "run"]
 
 CONFIG_FILE = "labelling_config.json"
 
 
 class JudgeFailureError(RuntimeError):
     """The judge failed on too many solutions of a shard; the shard was not written (see `LabelConfig`)."""
-
-
-def _check_ids(questions) -> list[str]:
-    ids, seen = [], set()
-    for row, question in enumerate(questions):
-        qid = question.get("id")
-        if qid is None or str(qid) == "":
-            raise RecordError(row, "id", "missing; labelling needs an id per question")
-        if str(qid) in seen:
-            raise RecordError(row, "id", f"duplicate id {qid!r}")
-        seen.add(str(qid))
-        ids.append(str(qid))
-    return ids
 
 
 def _trusted_shards(output_dir: Path) -> tuple[list[ShardInfo], int]:
@@ -158,7 +142,7 @@ def build_dataset(
     with output_lock(output_dir / CONFIG_FILE):
         judge_config = judge_config or JudgeConfig()
         pin_settings(output_dir / CONFIG_FILE, config.pinned(judge_config))
-        ids = _check_ids(questions)
+        ids = question_ids(questions, "labelling")
         digests = [question_digest(question) for question in questions]
         for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
             stale.unlink()
@@ -179,7 +163,7 @@ def _label_missing(
 ) -> None:
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
-    if config.rule in NEEDS_JUDGE:
+    if RULES.get(config.rule).needs_judge:
         if server is None and config.judge == "testbed":
             server, own_server = (
                 JudgeServer(
@@ -258,17 +242,3 @@ def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchSt
     stats = build_dataset(questions, policy, config, judge_config=judge_config)
     print(summary_line(stats))
     return stats
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: `trl-vlprm label --config recipes/configs/label_testbed.yaml [--field value ...]`."""
-    from trl import TrlParser
-
-    # The judge's settings are their own dataclass, parsed beside the labelling config (flags and YAML keys alike).
-    config, judge_config = TrlParser((LabelConfig, JudgeConfig)).parse_args_and_config(args=argv)
-    try:
-        run(config, judge_config)
-    except (JudgeFailureError, SettingsMismatchError, OutputLockedError, ShardError, RecordError) as err:
-        # a clear one-line reason and a non-zero exit; the finished shards stay for the rerun
-        print(f"trl-vlprm label: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
