@@ -260,7 +260,8 @@ def test_labelling_runs_on_a_vllm_engine(tmp_path, capsys):
     every engine setting a test needs travels in the spec."""
     import re
 
-    from trl_vlprm.labeling.builder import load_labelled, main
+    from trl_vlprm.cli import run
+    from trl_vlprm.labeling import load_labelled
 
     path = build_tiny_vlm(tmp_path / "policy", arch="qwen2_vl", hidden_size=128)
     engine = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ENGINE_KWARGS.items())
@@ -281,7 +282,7 @@ def test_labelling_runs_on_a_vllm_engine(tmp_path, capsys):
     argv += ["--max_new_tokens", "12", "--step_separator", " ", "--output_dir", str(tmp_path / "labels")]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        main([*argv, "--show_progress", "false"])
+        run("label", [*argv, "--show_progress", "false"])
     gc.collect()
     out = capsys.readouterr().out
     records, solutions = map(int, re.search(r"(\d+) records from (\d+) solutions", out).groups())

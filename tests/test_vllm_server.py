@@ -219,9 +219,10 @@ def test_label_cli_and_tts_arguments_take_a_served_policy_spec(server, puzzles, 
     through the one factory (labelling knew only the scripted and transformers policies before)."""
     import re
 
+    from trl_vlprm.cli import run
     from trl_vlprm.guidance.strategies.base import SearchConfig
     from trl_vlprm.guidance.tts import TTSArguments, build_policy, build_scorer, run_tts
-    from trl_vlprm.labeling.builder import load_labelled, main
+    from trl_vlprm.labeling import load_labelled
 
     spec = f"server:{server.url},model=tiny,max_step_tokens=8"
     argv = [
@@ -238,7 +239,7 @@ def test_label_cli_and_tts_arguments_take_a_served_policy_spec(server, puzzles, 
     ]
     argv += ["--policy", spec, "--num_rollouts", "2", "--mc_mode", "every_step", "--mc_num_completions", "2"]
     argv += ["--max_new_tokens", "24", "--step_separator", "\n", "--output_dir", str(tmp_path / "labels")]
-    main([*argv, "--show_progress", "false"])
+    run("label", [*argv, "--show_progress", "false"])
     records, solutions = map(int, re.search(r"(\d+) records from (\d+) solutions", capsys.readouterr().out).groups())
     assert solutions == 2 * 2 and records == len(load_labelled(tmp_path / "labels"))
     args = TTSArguments(policy=spec, scorer="random", max_new_tokens=24, step_separator="\n", num_questions=2)
