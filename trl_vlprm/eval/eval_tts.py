@@ -88,7 +88,7 @@ class EvalTTSConfig:
             "server:<base URL>,<base URL>,...,model=<name>,max_concurrency=16" (`ServerPolicy`: one or several
             OpenAI-compatible servers, e.g. `vllm serve` replicas).
         policy_backend: run every model policy (hf and vllm specs) on this backend instead, e.g. "hf" on a machine
-            without vLLM; vLLM engine keywords (max_model_len, max_images_per_prompt) are then dropped. None: as
+            without vLLM; the spec keywords that configure a vLLM engine are then dropped (with a warning). None: as
             each spec says.
         max_new_tokens_cap: upper bound on every model policy's `max_new_tokens` (a quick run of a GPU config on a
             small machine); None: as each spec says.

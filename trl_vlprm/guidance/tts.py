@@ -29,8 +29,8 @@ from trl_vlprm.guidance.backends import (
     SCORER_BACKENDS,
     MissingModelError,
     check_spec,
+    config_policy_spec,
     get_backend,
-    make_spec,
     parse_spec,
     spec_of,
 )
@@ -314,12 +314,8 @@ class TTSArguments:
             raise ValueError(f"TTSArguments.num_questions={self.num_questions}; must be >= 1 (or None for all)")
 
     def policy_spec(self) -> str:
-        """The policy as one backend spec: `policy` when it is a spec already ("vllm:<model>,top_k=20"), else the
-        kind with `policy_model_path`/`policy_model_revision` (or the scripted policy's error rates)."""
-        if self.policy == "scripted":
-            rates = {"perception_error_rate": self.perception_error_rate}
-            return make_spec("scripted", **rates, reasoning_error_rate=self.reasoning_error_rate)
-        return spec_of(self.policy, self.policy_model_path, revision=self.policy_model_revision)
+        """The policy as one backend spec (`trl_vlprm.guidance.backends.config_policy_spec`)."""
+        return config_policy_spec(self)
 
     def scorer_spec(self) -> str | None:
         """The scorer as one backend spec (None for "none"): `scorer` when it is a spec already or names no model,

@@ -9,9 +9,8 @@ from trl_vlprm.guidance.backends import (
     POLICY_BACKENDS,
     MissingModelError,
     check_spec,
-    make_spec,
+    config_policy_spec,
     parse_spec,
-    spec_of,
 )
 from trl_vlprm.labeling.combine import RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeConfig
@@ -184,12 +183,8 @@ class LabelConfig:
             raise ValueError(f"LabelConfig.judge_max_failed_share={self.judge_max_failed_share}; must be in [0, 1]")
 
     def policy_spec(self) -> str:
-        """The policy as one backend spec (`trl_vlprm.guidance.backends`): `policy` when it is a spec already, else
-        the kind with `policy_model_path`/`policy_model_revision` (or the scripted policy's error rates)."""
-        if self.policy == "scripted":
-            rates = {"perception_error_rate": self.perception_error_rate}
-            return make_spec("scripted", **rates, reasoning_error_rate=self.reasoning_error_rate)
-        return spec_of(self.policy, self.policy_model_path, revision=self.policy_model_revision)
+        """The policy as one backend spec (`trl_vlprm.guidance.backends.config_policy_spec`)."""
+        return config_policy_spec(self)
 
     def sampling_defaults(self) -> dict[str, Any]:
         """The sampling settings a model-backed policy gets (a policy spec's own keywords win over them)."""

@@ -144,6 +144,16 @@ def spec_of(kind_or_spec: str, model: str | None = None, **keywords: Any) -> str
     return make_spec(kind_or_spec, [model] if model else [], **keywords)
 
 
+def config_policy_spec(config: Any) -> str:
+    """The policy spec of a run config (`TTSArguments`, `LabelConfig`): its `policy`, a kind or a full spec, with
+    `policy_model_path`/`policy_model_revision` for a model-backed kind, or the testbed policy's error rates for
+    "scripted"."""
+    if config.policy == "scripted":
+        rates = {"perception_error_rate": config.perception_error_rate}
+        return make_spec("scripted", **rates, reasoning_error_rate=config.reasoning_error_rate)
+    return spec_of(config.policy, config.policy_model_path, revision=config.policy_model_revision)
+
+
 class MissingModelError(ValueError):
     """A spec of a model-backed kind names no model."""
 
@@ -222,6 +232,7 @@ __all__ = [
     "build_policy",
     "build_scorer",
     "check_spec",
+    "config_policy_spec",
     "discover_backends",
     "get_backend",
     "make_spec",
