@@ -1,4 +1,4 @@
-"""Step-label quality of MC-only, judge-only and hybrid rules on the puzzle testbed, where gold step labels are known.
+"""Step-label quality of MC-only, judge-only and hybrid rules on the testbed, where gold step labels are known.
 
     python benchmarks/label_quality.py                       # the table in docs/labelling.md
     python benchmarks/label_quality.py --num_questions 100 --mc_num_completions 4

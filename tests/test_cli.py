@@ -55,6 +55,12 @@ def test_make_parser_composes_under_one_top_level_parser(command):
     assert isinstance(sub, TrlParser) and sub.dataclass_types
 
 
+def test_puzzles_with_solutions_says_what_it_wrote(tmp_path, capsys):
+    out = tmp_path / "s.parquet"
+    assert cli.main(["puzzles", "--n", "4", "--solutions", "3", "--families", "learnable", "--out", str(out)]) == 0
+    assert "wrote 12 solutions of 4 puzzles ({'shape_sides': 6, 'shape_colour': 6})" in capsys.readouterr().out
+
+
 def test_help_of_a_command_lists_its_fields_in_snake_case():
     result = subprocess.run(
         [sys.executable, "-m", "trl_vlprm", "puzzles", "--help"], capture_output=True, text=True, check=True

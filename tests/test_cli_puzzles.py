@@ -34,7 +34,7 @@ def test_parquet_output_round_trips_with_image_feature(tmp_path, capsys):
 def test_folder_output_is_replaced_atomically(tmp_path):
     out = tmp_path / "puzzles"
     cli.main(["puzzles", "--n", "6", "--seed", "0", "--out", str(out), "--families", "clock,counting"])
-    cli.main(["puzzles", "--n", "8", "--seed", "2", "--out", str(out), "--image-size", "112"])
+    cli.main(["puzzles", "--n", "8", "--seed", "2", "--out", str(out), "--image_size", "112"])
     loaded = load_from_disk(str(out))
     assert loaded.features["images"] == List(Image())
     same_rows(loaded, generate_puzzles(8, seed=2, image_size=112))

@@ -1,4 +1,4 @@
-"""Search strategies: pure selection rules with hand-set scores, runners on the puzzle testbed with known errors."""
+"""Search strategies: pure selection rules with hand-set scores, runners on the testbed with known errors."""
 
 import json
 import math
@@ -87,7 +87,7 @@ def test_search_config_validation_and_registry():
         get_strategy("mcts")
 
 
-# ---------------------------------------------------------------- runners on the puzzle testbed
+# ---------------------------------------------------------------- runners on the testbed
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,7 @@ def main(args: PuzzlesArguments):
     else:
         dataset = generate_puzzles(args.n, seed=args.seed, families=families, image_size=args.image_size)
     out = write_dataset(dataset, args.out)
-    counts = {name: dataset["category"].count(name) for name in families}
-    print(f"wrote {len(dataset)} puzzles ({counts}) to {out}")
+    counts = {name: dataset["category"].count(name) for name in families}  # rows per family
+    what = f"{len(dataset)} puzzles" if args.solutions <= 0 else f"{len(dataset)} solutions of {args.n} puzzles"
+    print(f"wrote {what} ({counts}) to {out}")
     return dataset
