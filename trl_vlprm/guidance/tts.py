@@ -25,11 +25,11 @@ from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
 from trl_vlprm.utils.resume import (
-    atomic_write_text,
     check_settings,
     dataclass_settings,
     output_lock,
     question_digest,
+    read_results,
 )
 
 Grader = Callable[[str | None, str, Sequence[str] | None], bool]
@@ -58,33 +58,6 @@ class TTSSummary:
     @property
     def accuracy(self) -> float:
         return self.num_correct / self.num_questions if self.num_questions else 0.0
-
-
-def read_results(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
-    """The results already in a JSONL file (none if it does not exist).
-
-    A malformed last line is the trace of an interrupted write: it is dropped and, with `repair` (only by the holder
-    of the file's `output_lock`: another process may be appending), the file rewritten atomically without it. A
-    malformed line anywhere else raises a `ValueError` naming the file and line.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    results = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "id" not in record:
-                raise ValueError("not an object with an 'id' field")
-        except ValueError as err:
-            if number == len(lines):
-                if repair:
-                    atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
-                break
-            raise ValueError(f"{path}:{number}: malformed result line ({err})") from err
-        results.append(record)
-    return results
 
 
 def _question_ids(questions: Sequence[Question]) -> list[str]:
