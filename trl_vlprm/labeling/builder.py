@@ -40,13 +40,8 @@ from trl_vlprm.labeling.shards import (
     verify_shard,
     write_shard,
 )
-from trl_vlprm.utils.resume import (
-    OutputLockedError,
-    SettingsMismatchError,
-    output_lock,
-    pin_settings,
-    question_digest,
-)
+from trl_vlprm.utils.ranks import SINGLE, RankFailedError, Ranks
+from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, pin_settings, question_digest
 
 __all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "main", "output_features", "run"]
 
@@ -132,7 +127,12 @@ def _check_judge(config: LabelConfig, judge: JudgeClient, stats: BatchStats, bat
 
 
 def build_dataset(
-    questions, policy, config: LabelConfig, judge_server: JudgeServer | None = None, grader: Grader | None = None
+    questions,
+    policy,
+    config: LabelConfig,
+    judge_server: JudgeServer | None = None,
+    grader: Grader | None = None,
+    ranks: Ranks | None = None,
 ) -> BatchStats:
     """Label every question not yet covered by a shard of `config.output_dir`; return the stats of all shards there.
 
@@ -142,27 +142,44 @@ def build_dataset(
     (before writing that shard) when the judge fails on too many solutions.
 
     `judge_server` replaces the "testbed" judge by a started `JudgeServer` of the caller's (e.g. one that fails);
-    `grader` the default answer grader `trl_vlprm.data.answers.grade`.
+    `grader` the default answer grader `trl_vlprm.data.answers.grade`. `ranks` shares the work among the processes
+    of a launch (`trl_vlprm.utils.ranks`): rank 0 plans the new shards under the folder's lock, each rank labels
+    every K-th of them, and rank 0 returns the stats of the whole folder once all are done (the others, their own).
     """
+    ranks = ranks or SINGLE
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with output_lock(output_dir / CONFIG_FILE):
-        pin_settings(output_dir / CONFIG_FILE, config.pinned())
-        ids = _check_ids(questions)
-        digests = [question_digest(question) for question in questions]
-        for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
-            stale.unlink()
-        shards, next_index = _trusted_shards(output_dir)
-        covered = _covered_questions(shards, ids, digests)
-        todo = [j for j, qid in enumerate(ids) if qid not in covered]
+    ids = _check_ids(questions)
+    digests = [question_digest(question) for question in questions]
+    with ranks.locked_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, ids, digests)) as plan:
+        mine = ranks.share(plan)
+        ranks.log(f"labelling {sum(len(chunk) for _, chunk in mine)} questions in {len(mine)} shards")
+        own = _label_shards(questions, ids, digests, mine, policy, config, judge_server, grader, ranks)
+        ranks.wait_for_all("labelling")
+        if not ranks.is_main:
+            return own
         total = BatchStats()
-        for shard in shards:
+        for shard in _trusted_shards(output_dir)[0]:  # every shard: earlier runs' and every rank's
             total.add(shard.stats)
-        _label_missing(questions, ids, digests, todo, next_index, policy, config, total, judge_server, grader)
     return total
 
 
-def _label_missing(questions, ids, digests, todo, next_index, policy, config, total, judge_server, grader) -> None:
+def _plan_shards(config: LabelConfig, ids: list[str], digests: list[str]) -> list[tuple[int, list[int]]]:
+    """Rank 0, under the folder's lock: pin the settings, drop what a killed run left half-written, verify the
+    shards, and cut the questions not yet covered into new shards `(index, question positions)`."""
+    output_dir = Path(config.output_dir)
+    pin_settings(output_dir / CONFIG_FILE, config.pinned())
+    for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
+        stale.unlink()
+    shards, next_index = _trusted_shards(output_dir)
+    covered = _covered_questions(shards, ids, digests)
+    todo = [j for j, qid in enumerate(ids) if qid not in covered]
+    chunks = [todo[start : start + config.shard_size] for start in range(0, len(todo), config.shard_size)]
+    return [(next_index + k, chunk) for k, chunk in enumerate(chunks)]
+
+
+def _label_shards(questions, ids, digests, plan, policy, config, judge_server, grader, ranks) -> BatchStats:
+    """Label and write the shards of `plan` (this rank's share); the stats of what was written."""
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
     if config.rule in NEEDS_JUDGE:
@@ -174,13 +191,14 @@ def _label_missing(questions, ids, digests, todo, next_index, policy, config, to
                 True,
             )
         judge = JudgeClient(config.judge_config(server.base_url if server else None), seed=config.seed)
+    total = BatchStats()
+    rank = f" (rank {ranks.rank}/{ranks.world_size})" if ranks.world_size > 1 else ""
     bar = tqdm(
-        total=len(ids), initial=len(ids) - len(todo), desc=f"label {config.rule}", unit="q",
+        total=sum(len(chunk) for _, chunk in plan), desc=f"label {config.rule}{rank}", unit="q",
         disable=not config.show_progress,
     )  # fmt: skip
     try:
-        for k, start in enumerate(range(0, len(todo), config.shard_size)):
-            chunk = todo[start : start + config.shard_size]
+        for index, chunk in plan:
             batch = [questions[j] for j in chunk]
             rows, stats = label_batch(
                 batch,
@@ -197,7 +215,7 @@ def _label_missing(questions, ids, digests, todo, next_index, policy, config, to
             )
             if judge is not None:
                 _check_judge(config, judge, stats, [ids[j] for j in chunk])
-            write_shard(output_dir, next_index + k, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
+            write_shard(output_dir, index, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
             total.add(stats)
             bar.update(len(batch))
             bar.set_postfix(
@@ -211,6 +229,7 @@ def _label_missing(questions, ids, digests, todo, next_index, policy, config, to
         bar.close()
         if own_server:
             server.stop()
+    return total
 
 
 def _make_policy_and_questions(config: LabelConfig):
@@ -257,10 +276,16 @@ def summary_line(stats: BatchStats) -> str:
 
 
 def run(config: LabelConfig) -> BatchStats:
-    """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats."""
+    """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats.
+
+    Under `accelerate launch --num_processes K` the K processes share the new shards (`trl_vlprm.utils.ranks`) and
+    rank 0 prints the summary of the whole folder once every rank is done.
+    """
+    ranks = Ranks.from_environment()
     policy, questions = _make_policy_and_questions(config)
-    stats = build_dataset(questions, policy, config)
-    print(summary_line(stats))
+    stats = build_dataset(questions, policy, config, ranks=ranks)
+    if ranks.is_main:
+        print(summary_line(stats))
     return stats
 
 
@@ -271,7 +296,14 @@ def main(argv: list[str] | None = None) -> None:
     (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=argv)
     try:
         run(config)
-    except (JudgeFailureError, SettingsMismatchError, OutputLockedError, ShardError, RecordError) as err:
+    except (
+        JudgeFailureError,
+        SettingsMismatchError,
+        OutputLockedError,
+        ShardError,
+        RecordError,
+        RankFailedError,
+    ) as err:
         # a clear one-line reason and a non-zero exit; the finished shards stay for the rerun
         print(f"trl-vlprm label: {err}", file=sys.stderr)
         raise SystemExit(1) from err

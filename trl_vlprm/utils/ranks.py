@@ -95,9 +95,9 @@ class Ranks:
         return list(plan[self.rank :: self.world_size])
 
     def log(self, message: str) -> None:
-        """One line on stderr, prefixed with the rank when there are several."""
-        prefix = f"[rank {self.rank}/{self.world_size}] " if self.world_size > 1 else ""
-        print(prefix + message, file=sys.stderr, flush=True)
+        """One line on stderr prefixed with the rank, when the run has several processes (a single one is quiet)."""
+        if self.world_size > 1:
+            print(f"[rank {self.rank}/{self.world_size}] {message}", file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def locked_plan(self, lock_path: str | Path, plan: Callable[[], T]) -> Iterator[T]:
