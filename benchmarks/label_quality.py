@@ -35,7 +35,7 @@ METHODS = [
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
+    from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 
     questions = list(generate_puzzles(args.num_questions, seed=args.seed))
     policy = ScriptedPolicy(

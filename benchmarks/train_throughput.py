@@ -30,10 +30,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from trl.trainer.utils import disable_dropout_in_model
 
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
-from trl_vlprm.data.puzzles.supervision import sample_supervision
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testbed.supervision import sample_supervision
 from trl_vlprm.trainer.collator import DataCollatorForVLPRM
 from trl_vlprm.trainer.tokenization import IGNORE_INDEX
 

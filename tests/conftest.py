@@ -30,7 +30,7 @@ def small_supervision_path(tmp_path_factory) -> Path:
 
     Images are 112 px, the tiny processor's maximum, so each row holds 16 image tokens.
     """
-    from trl_vlprm.data.puzzles.supervision import sample_supervision
+    from trl_vlprm.testbed.supervision import sample_supervision
 
     path = tmp_path_factory.mktemp("session_data") / "supervision32"
     sample_supervision(num_puzzles=8, solutions_per_puzzle=4, seed=0, image_size=112).save_to_disk(str(path))

@@ -9,7 +9,7 @@ import pytest
 from datasets import Image, List, load_dataset, load_from_disk
 
 from trl_vlprm import cli
-from trl_vlprm.data.puzzles import generate_puzzles
+from trl_vlprm.testbed import generate_puzzles
 
 
 def as_bytes(dataset):

@@ -7,7 +7,10 @@ import math
 
 import pytest
 
-from trl_vlprm.data.puzzles import (
+from trl_vlprm.eval.guardrails import BLIND_SHIFT, best_of_n_vs_random, image_swap_sensitivity, sweep_below_random
+from trl_vlprm.guidance.policy import Candidate
+from trl_vlprm.guidance.strategies import majority_vote
+from trl_vlprm.testbed import (
     FAMILIES,
     TIERS,
     GoldOracleScorer,
@@ -16,12 +19,9 @@ from trl_vlprm.data.puzzles import (
     gold_steps,
     read_metadata,
 )
-from trl_vlprm.data.puzzles import testbed_corpus as corpus_text  # aliased: pytest would collect "test*" names
-from trl_vlprm.data.puzzles.families import parse_value
-from trl_vlprm.data.puzzles.render import PALETTE
-from trl_vlprm.eval.guardrails import BLIND_SHIFT, best_of_n_vs_random, image_swap_sensitivity, sweep_below_random
-from trl_vlprm.guidance.policy import Candidate
-from trl_vlprm.guidance.strategies import majority_vote
+from trl_vlprm.testbed import testbed_corpus as corpus_text  # aliased: pytest would collect "test*" names
+from trl_vlprm.testbed.families import parse_value
+from trl_vlprm.testbed.render import PALETTE
 
 
 @pytest.fixture(scope="module")
@@ -253,9 +253,9 @@ def test_sweep_below_random_names_the_cells():
 def test_check_command_prints_both_guard_rails(tmp_path, capsys):
     from trl_vlprm import cli
     from trl_vlprm.cpu_recipe import CPURecipe
-    from trl_vlprm.data.puzzles import sample_supervision
     from trl_vlprm.eval.guardrails import best_of_n_vs_random
     from trl_vlprm.guidance.scorer import PRMScorer
+    from trl_vlprm.testbed import sample_supervision
 
     # a PRM saved by the recipe (two steps: the check needs a trained-PRM folder, not a good PRM)
     prm = CPURecipe(num_puzzles=6, max_steps=2).train(tmp_path, report_to="none").path

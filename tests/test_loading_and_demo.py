@@ -5,8 +5,8 @@ import json
 import pytest
 
 from trl_vlprm.data.loading import load_records
-from trl_vlprm.data.puzzles import sample_supervision
 from trl_vlprm.data.schema import validate_dataset
+from trl_vlprm.testbed import sample_supervision
 
 
 @pytest.fixture(scope="module")

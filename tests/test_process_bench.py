@@ -4,7 +4,6 @@ import re
 import pytest
 from PIL import Image
 
-from trl_vlprm.data.puzzles import GoldOracleScorer
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.process_bench import (
     f1_score,
@@ -20,6 +19,7 @@ from trl_vlprm.eval.process_bench import (
     testbed_process_bench as make_testbed_bench,
 )
 from trl_vlprm.guidance.tts import RandomScorer
+from trl_vlprm.testbed import GoldOracleScorer
 
 P, R = "perception", "reasoning"
 RECORDS = [

@@ -9,7 +9,8 @@ import math
 import pytest
 from datasets import Image, List
 
-from trl_vlprm.data.puzzles import (
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, validate_dataset
+from trl_vlprm.testbed import (
     FAMILIES,
     TIERS,
     format_prompt,
@@ -18,9 +19,8 @@ from trl_vlprm.data.puzzles import (
     make_puzzle,
     read_metadata,
 )
-from trl_vlprm.data.puzzles.families import numeric_options, parse_value
-from trl_vlprm.data.puzzles.generator import parse_answer_step, puzzle_features
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, validate_dataset
+from trl_vlprm.testbed.families import numeric_options, parse_value
+from trl_vlprm.testbed.generator import parse_answer_step, puzzle_features
 
 PER_FAMILY = 40
 HARD = TIERS["hard"]  # the default tier; the learnable tier has its own tests (test_learnable_testbed.py)

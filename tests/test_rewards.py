@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trl_vlprm.data.puzzles.generator import generate_puzzles
 from trl_vlprm.guidance.aggregation import STEP_AGGREGATIONS
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset, outcome_reward
@@ -16,6 +15,7 @@ from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testbed.generator import generate_puzzles
 
 SEPARATOR = " ;"  # the tiny PRM's "trained" separator: not the "\n" default, so a reward ignoring it is caught
 

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy, generate_puzzles, gold_steps, read_metadata
-from trl_vlprm.data.puzzles.families import parse_value
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Candidate, Policy, StepScorer
+from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles, gold_steps, read_metadata
+from trl_vlprm.testbed.families import parse_value
 
 SAMPLES = 2000
 

@@ -6,7 +6,6 @@ import math
 import pytest
 
 from trl_vlprm.data.answers import grade
-from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 from trl_vlprm.guidance.aggregation import STEP_AGGREGATIONS, aggregate
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.strategies import (
@@ -20,6 +19,7 @@ from trl_vlprm.guidance.strategies import (
     weighted_vote,
 )
 from trl_vlprm.guidance.tts import RandomScorer
+from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 
 
 def scored(step_scores, answer=None):

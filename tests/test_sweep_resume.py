@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.sweep_config import SCORER_BUILDERS, EvalTTSConfig, policy_pins, run, spec_pin
 from trl_vlprm.eval.tts_sweep import run_sweep, sample_benchmark, samples_path
+from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, output_lock
 
 STRATEGIES = ["first", "best_of_n:min", "weighted_vote:min", "pass@n"]

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from trl_vlprm.data.answers import grade
-from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig
@@ -21,6 +20,7 @@ from trl_vlprm.guidance.tts import (
     read_results,
     run_tts,
 )
+from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 
 REPO = Path(__file__).resolve().parents[1]
 

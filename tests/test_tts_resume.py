@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.strategies import SearchConfig
 from trl_vlprm.guidance.tts import TTSArguments, run_tags, run_tts
+from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 from trl_vlprm.utils.resume import SettingsMismatchError, output_lock
 
 REPO = Path(__file__).parents[1]

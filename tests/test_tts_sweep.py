@@ -4,7 +4,6 @@ import json
 import pytest
 from PIL import Image
 
-from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
 from trl_vlprm.eval.sweep_config import EvalTTSConfig, build_from_spec, main, parse_spec, split_label
 from trl_vlprm.eval.tts_sweep import (
@@ -17,6 +16,7 @@ from trl_vlprm.eval.tts_sweep import (
     subsample_indices,
 )
 from trl_vlprm.guidance.tts import RandomScorer
+from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 
 STRATEGIES = ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
 

@@ -187,7 +187,7 @@ def test_concurrency_is_bounded_across_threads(server, question):
 
 @pytest.fixture(scope="module")
 def puzzles():
-    from trl_vlprm.data.puzzles import generate_puzzles
+    from trl_vlprm.testbed import generate_puzzles
 
     return [dict(row) for row in generate_puzzles(2, seed=0, image_size=112)]
 

@@ -37,11 +37,11 @@ def write_dataset(dataset, out: str | Path) -> Path:
 
 
 def _puzzles(args: argparse.Namespace) -> int:
-    from trl_vlprm.data.puzzles import generate_puzzles, resolve_families
+    from trl_vlprm.testbed import generate_puzzles, resolve_families
 
     families = resolve_families(args.families or None)
     if args.solutions > 0:
-        from trl_vlprm.data.puzzles import sample_supervision
+        from trl_vlprm.testbed import sample_supervision
 
         dataset = sample_supervision(
             args.n,
@@ -71,7 +71,7 @@ def _check(args: argparse.Namespace) -> int:
         records = records.select(range(min(len(records), args.limit))) if args.limit else records
         source = args.data
     else:
-        from trl_vlprm.data.puzzles import sample_supervision
+        from trl_vlprm.testbed import sample_supervision
 
         records = sample_supervision(
             args.n,

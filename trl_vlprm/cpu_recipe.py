@@ -44,7 +44,7 @@ class CPURecipe:
         intermediate_size: width of the text MLP.
         initializer_range: standard deviation of the random initial weights.
         vocab_size: tokenizer vocabulary, trained on the testbed text.
-        families: puzzle families or a tier name of `trl_vlprm.data.puzzles.TIERS`.
+        families: puzzle families or a tier name of `trl_vlprm.testbed.TIERS`.
         num_puzzles: training puzzles.
         solutions_per_puzzle: scripted-policy solutions sampled per training puzzle.
         perception_error_rate: misreading rate of the policy that writes the training solutions.
@@ -82,8 +82,8 @@ class CPURecipe:
 
     def build_model(self, path: str | Path) -> Path:
         """The tiny random Qwen2-VL (tokenizer trained on the testbed text), written to `path` unless present."""
-        from trl_vlprm.data.puzzles import testbed_corpus
         from trl_vlprm.modeling.tiny import build_tiny_vlm
+        from trl_vlprm.testbed import testbed_corpus
 
         path = Path(path)
         if not (path / "model.safetensors").exists():
@@ -104,7 +104,7 @@ class CPURecipe:
 
     def supervision(self, num_puzzles: int, seed: int, **policy: Any):
         """Scripted solutions of `num_puzzles` puzzles of the recipe's families, labelled by their gold."""
-        from trl_vlprm.data.puzzles import sample_supervision
+        from trl_vlprm.testbed import sample_supervision
 
         rates = {
             "perception_error_rate": self.perception_error_rate,

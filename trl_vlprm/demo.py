@@ -44,9 +44,9 @@ SWEEP_STRATEGIES = ["first", "majority", "best_of_n:min", "best_of_n:last", "wei
 
 def label(out: Path, recipe: CPURecipe, num_questions: int, seed: int):
     """Hybrid labels for scripted-policy solutions; returns the dataset and the label quality against the gold."""
-    from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
     from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled
     from trl_vlprm.labeling.labeler import step_label_quality
+    from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 
     config = LabelConfig(dataset="puzzles", num_questions=num_questions, output_dir=str(out / "labels"),
                          rule="consensus", num_rollouts=4, mc_mode="binary_search", perception_error_rate=0.3,
@@ -89,10 +89,10 @@ def guard_rails(prm_path: Path, held_out, selection_rows) -> list[str]:
 
 
 def guidance_table(out: Path, prm_path: Path, questions, n: int, seed: int) -> list[tuple[str, float]]:
-    from trl_vlprm.data.puzzles import ScriptedPolicy
     from trl_vlprm.guidance.scorer import PRMScorer
     from trl_vlprm.guidance.strategies import SearchConfig
     from trl_vlprm.guidance.tts import run_tts
+    from trl_vlprm.testbed import ScriptedPolicy
 
     scorer = PRMScorer.from_pretrained(prm_path)
     rows = []
@@ -108,11 +108,11 @@ def guidance_table(out: Path, prm_path: Path, questions, n: int, seed: int) -> l
 
 def sweep(out: Path, prm_path: Path, questions, seed: int, n_values=(1, 2, 4, 8, 16)):
     """Accuracy vs N from one generation per question; results.md, results.csv and accuracy_vs_n.png."""
-    from trl_vlprm.data.puzzles import GoldOracleScorer, ScriptedPolicy
     from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
     from trl_vlprm.eval.tts_sweep import run_sweep
     from trl_vlprm.guidance.scorer import PRMScorer
     from trl_vlprm.guidance.tts import RandomScorer
+    from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy
 
     eval_dir = out / "eval_tts"
     scorers = {
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     print("== 4. guard-rails")
     print("\n".join(guard_rails(trained.path, held_out, held_out)))
 
-    from trl_vlprm.data.puzzles import generate_puzzles
+    from trl_vlprm.testbed import generate_puzzles
 
     questions = generate_puzzles(args.eval_questions, seed=2, families=recipe.families, image_size=recipe.image_size)
     print(

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .puzzles.generator import format_prompt
+from ..testbed.generator import format_prompt
 from .schema import PERCEPTION, REASONING, RecordError, stepwise_features
 
 QUESTION_FIELDS = ("image", "question", "options", "answer")

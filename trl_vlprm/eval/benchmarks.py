@@ -15,7 +15,7 @@ or a local copy in the same layout (a folder of parquet files, or a `save_to_dis
 | `mathvision`    | `MathLLMs/MathVision` | test       | (decoded_)image cited as `<imageN>`, options, level      |
 | `puzzlevqa`     | `../shared/benchmarks`| -          | upstream JSON layout, via `trl_vlprm.data.puzzlevqa`     |
 | `algopuzzlevqa` | `../shared/benchmarks`| -          | same                                                     |
-| `testbed`       | generated             | -          | `trl_vlprm.data.puzzles.generate_puzzles` (CPU testbed)  |
+| `testbed`       | generated             | -          | `trl_vlprm.testbed.generate_puzzles` (CPU testbed)  |
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.data.puzzles.generator import OPTION_LETTERS
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, question_columns
 from trl_vlprm.eval import paper_prompts
+from trl_vlprm.testbed.generator import OPTION_LETTERS
 
 PROMPT_STYLES = ("default", "paper")
 # The paper's puzzle subsets: the first 50 questions of every puzzle type (PuzzleVQA 20 types = 1,000 questions,
@@ -270,7 +270,7 @@ def load_puzzle_benchmark(
 
 def load_testbed(n: int = 60, seed: int = 0):
     """`n` generated testbed puzzles (the scripted policy and the oracle scorer know their truth)."""
-    from trl_vlprm.data.puzzles import generate_puzzles
+    from trl_vlprm.testbed import generate_puzzles
 
     dataset = generate_puzzles(n, seed=seed)
     return dataset.map(lambda _: {"answer_kind": "multiple_choice"})

@@ -170,7 +170,7 @@ def testbed_process_bench(
     seed: int = 0,
 ):
     """Scripted-policy solutions of testbed puzzles, each step labelled by its hidden gold correctness."""
-    from trl_vlprm.data.puzzles import ScriptedPolicy, generate_puzzles
+    from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 
     policy = ScriptedPolicy(perception_error_rate, reasoning_error_rate, seed=seed)
     records = []

@@ -54,7 +54,7 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
 
 
 def _scripted_policy(args, kwargs, seed):
-    from trl_vlprm.data.puzzles import ScriptedPolicy
+    from trl_vlprm.testbed import ScriptedPolicy
 
     return ScriptedPolicy(**{"seed": seed, **kwargs})
 
@@ -96,7 +96,7 @@ def _capped(build, cap: int):
 
 
 def _oracle_scorer(args, kwargs, seed):
-    from trl_vlprm.data.puzzles import GoldOracleScorer
+    from trl_vlprm.testbed import GoldOracleScorer
 
     return GoldOracleScorer()
 

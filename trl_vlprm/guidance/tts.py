@@ -320,7 +320,7 @@ class TTSArguments:
 def build_questions(args: TTSArguments):
     """The question records `args` names (generated puzzles or a dataset file/folder)."""
     if args.dataset == "puzzles":
-        from trl_vlprm.data.puzzles import generate_puzzles
+        from trl_vlprm.testbed import generate_puzzles
 
         return list(generate_puzzles(64 if args.num_questions is None else args.num_questions, seed=args.seed))
     return load_questions(args.dataset, args.dataset_split, args.num_questions)
@@ -331,7 +331,7 @@ def build_policy(args: TTSArguments) -> Policy:
     if args.policy == "scripted":
         if args.dataset != "puzzles":
             raise ValueError("TTSArguments.policy='scripted' only solves dataset='puzzles'")
-        from trl_vlprm.data.puzzles import ScriptedPolicy
+        from trl_vlprm.testbed import ScriptedPolicy
 
         return ScriptedPolicy(
             perception_error_rate=args.perception_error_rate,
@@ -365,7 +365,7 @@ def build_scorer(args: TTSArguments) -> StepScorer | None:
     if args.scorer == "random":
         return RandomScorer(seed=args.seed)
     if args.scorer == "oracle":
-        from trl_vlprm.data.puzzles import GoldOracleScorer
+        from trl_vlprm.testbed import GoldOracleScorer
 
         return GoldOracleScorer()
     from trl_vlprm.guidance.scorer import PRMScorer

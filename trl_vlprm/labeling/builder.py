@@ -234,7 +234,7 @@ def _label_shards(questions, ids, digests, plan, policy, config, judge_server, g
 
 def _make_policy_and_questions(config: LabelConfig):
     if config.dataset == "puzzles":
-        from trl_vlprm.data.puzzles import generate_puzzles
+        from trl_vlprm.testbed import generate_puzzles
 
         questions = generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
     else:
@@ -244,7 +244,7 @@ def _make_policy_and_questions(config: LabelConfig):
     if config.policy == "scripted":
         if config.dataset != "puzzles":
             raise ValueError("LabelConfig.policy='scripted' only solves dataset='puzzles'")
-        from trl_vlprm.data.puzzles import ScriptedPolicy
+        from trl_vlprm.testbed import ScriptedPolicy
 
         policy = ScriptedPolicy(
             perception_error_rate=config.perception_error_rate,

@@ -63,7 +63,7 @@ def build_tiny_tokenizer(vocab_size: int = 640, extra_corpus: Sequence[str] = ()
     """A byte-level BPE tokenizer with the Qwen-VL special tokens and chat template, trained on a built-in corpus.
 
     Byte-level, so every string encodes (no unknown tokens); deterministic, so two builds are identical.
-    `extra_corpus` (e.g. `trl_vlprm.data.puzzles.testbed_corpus()`) is added to the training text, so its frequent
+    `extra_corpus` (e.g. `trl_vlprm.testbed.testbed_corpus()`) is added to the training text, so its frequent
     words become whole tokens given a large enough `vocab_size`.
     """
     tokenizer = Tokenizer(models.BPE())
@@ -190,7 +190,7 @@ def build_tiny_vlm(
         vision_width: width of the vision blocks (the merger projects to `hidden_size`).
         vision_depth: vision blocks.
         vocab_size: tokenizer vocabulary size (byte alphabet and special tokens included).
-        extra_corpus: more tokenizer training text (`trl_vlprm.data.puzzles.testbed_corpus()` gives the testbed's
+        extra_corpus: more tokenizer training text (`trl_vlprm.testbed.testbed_corpus()` gives the testbed's
             words whole tokens).
         initializer_range: standard deviation of the random weights.
         intermediate_size: width of the text MLP (default `2 * hidden_size`).

@@ -22,8 +22,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ...types import Candidate, Continuation, PolicyStats, Question
-from ..schema import PERCEPTION, REASONING
+from ..data.schema import PERCEPTION, REASONING
+from ..types import Candidate, Continuation, PolicyStats, Question
 from .families import parse_value
 from .generator import STEP_TYPES, answer_step, gold_steps, parse_answer_step, read_metadata
 

@@ -11,7 +11,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, RecordError, stepwise_features, to_json_string
+from ..data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, RecordError, stepwise_features, to_json_string
 from .arithmetic import Clock, Counting, NumberGrid, PolygonSides
 from .families import ColorGrid, PuzzleFamily, SizeCycle, State
 from .learnable import ShapeColour, ShapeSides
