@@ -6,6 +6,7 @@
 Arguments: `trl_vlprm.guidance.tts.TTSArguments` and `trl_vlprm.guidance.strategies.SearchConfig`. Results go to
 `output_file` (JSONL, one line per question); a rerun resumes, skipping question ids already there. A rerun with
 other settings, or a second process writing the same file, stops with a one-line reason and exit code 1.
+`accelerate launch --multi_gpu --num_processes K recipes/tts.py ...` shares the questions among K processes.
 """
 
 import sys
@@ -23,6 +24,7 @@ from trl_vlprm.guidance.tts import (
     run_tts,
     summary_line,
 )
+from trl_vlprm.utils.ranks import RankFailedError, Ranks
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
 
 
@@ -37,15 +39,18 @@ def questions_of(args: TTSArguments):
 
 
 def main(args: TTSArguments, search: SearchConfig):
+    ranks = Ranks.from_environment()  # `accelerate launch --num_processes K`: the K processes share the questions
     questions, policy, scorer = questions_of(args), build_policy(args), build_scorer(args)
-    summary = run_tts(questions, args.strategy, policy, scorer, search, args.output_file, run_tags=run_tags(args))
-    print(summary_line(summary, args.strategy))
+    tags = run_tags(args)
+    summary = run_tts(questions, args.strategy, policy, scorer, search, args.output_file, run_tags=tags, ranks=ranks)
+    if ranks.is_main:
+        print(summary_line(summary, args.strategy))
     return summary
 
 
 if __name__ == "__main__":
     try:
         main(*TrlParser((TTSArguments, SearchConfig)).parse_args_and_config())
-    except (OutputLockedError, SettingsMismatchError, RecordError) as err:
+    except (OutputLockedError, SettingsMismatchError, RecordError, RankFailedError) as err:
         print(f"tts: {err}", file=sys.stderr)
         raise SystemExit(1) from err

@@ -6,11 +6,14 @@ short by a crash (the last one) is dropped by rewriting the file atomically. Eve
 produced it (strategy, search config and every recipe argument that changes a result, model folders by fingerprint)
 and a content digest of its question: a rerun with other settings, or over a question whose content changed, is
 refused, so one file never mixes runs. While a run writes, it holds `<output_file>.lock`; a second process on the
-same file stops at once with a clear message (`trl_vlprm.utils.resume`).
+same file stops at once with a clear message (`trl_vlprm.utils.resume`). Under `accelerate launch` the processes share
+the questions left: rank 0 holds the lock and appends its share, the others append to part files it merges at the end
+(`trl_vlprm.utils.ranks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,6 +27,7 @@ from tqdm.auto import tqdm
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
+from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_path
 from trl_vlprm.utils.resume import (
     check_settings,
     dataclass_settings,
@@ -109,6 +113,7 @@ def run_tts(
     grader: Grader | None = None,
     show_progress: bool = True,
     run_tags: Mapping[str, Any] | None = None,
+    ranks: Ranks | None = None,
 ) -> TTSSummary:
     """Run `strategy` on every question not yet in `output_file`; append one graded JSONL line per question.
 
@@ -122,18 +127,35 @@ def run_tts(
         grader: `grade(prediction, gold, options) -> bool`; defaults to `trl_vlprm.data.answers.grade`.
         show_progress: show a tqdm bar.
         run_tags: more settings that must match on resume (the recipe passes the policy and scorer it used).
+        ranks: the processes of a launch sharing the questions (`trl_vlprm.utils.ranks`); rank 0 returns the summary
+            of the whole file, written once all are done (the others, of their own share).
     """
     runner = get_strategy(strategy)
     grader = grader or default_grader()
+    ranks = ranks or SINGLE
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     ids = _question_ids(questions)
+    by_id = dict(zip(ids, questions))
     settings = {"strategy": strategy, **asdict(config), **dict(run_tags or {})}
-    with output_lock(output_file):
-        done = _finished(output_file, settings, dict(zip(ids, questions)))
-        todo = [(qid, q) for qid, q in zip(ids, questions) if qid not in done]
-        with output_file.open("a") as sink:
-            for qid, question in tqdm(todo, desc=f"tts {strategy}", disable=not show_progress):
+    done: dict[str, bool] = {}
+
+    def plan() -> list[str]:  # rank 0, holding the file's lock
+        merge_parts(output_file)  # what the other ranks of an interrupted run had written
+        done.update(_finished(output_file, settings, by_id))
+        return [qid for qid in ids if qid not in done]
+
+    with ranks.locked_plan(output_file, plan) as todo:
+        mine = ranks.share(todo)
+        ranks.log(f"tts {strategy}: {len(mine)} of the {len(todo)} questions left")
+        # Rank 0 appends to the file itself, every other rank to its own part file, merged once all are done.
+        sink_path = output_file if ranks.is_main else part_path(output_file, ranks.rank)
+        with contextlib.ExitStack() as stack:
+            if not ranks.is_main:
+                stack.enter_context(output_lock(sink_path))
+            sink = stack.enter_context(sink_path.open("a"))
+            for qid in tqdm(mine, desc=f"tts {strategy}", disable=not show_progress):
+                question = by_id[qid]
                 if "answer" not in question:
                     raise RecordError(qid, "answer", "missing; needed to grade the result")
                 result = runner(question, policy, scorer, config)
@@ -149,6 +171,12 @@ def run_tts(
                 sink.flush()
                 os.fsync(sink.fileno())
                 done[qid] = correct
+        ranks.wait_for_all(f"tts {strategy}")
+        if ranks.is_main and ranks.world_size > 1:
+            merge_parts(output_file)
+            done = _finished(output_file, settings, by_id)
+    if not ranks.is_main:  # a follower reports its own share only
+        return TTSSummary(str(output_file), len(mine), len(mine), 0, sum(done[qid] for qid in mine))
     in_dataset = [done[qid] for qid in ids if qid in done]
     return TTSSummary(
         output_file=str(output_file),
