@@ -18,6 +18,7 @@ from typing import Any
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.tts_sweep import check_strategy, run_sweep
 from trl_vlprm.guidance.policy import Policy, StepScorer
+from trl_vlprm.utils.ranks import RankFailedError, Ranks
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, path_fingerprint
 
 
@@ -342,9 +343,15 @@ def load_benchmark_spec(spec: str):
 
 def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     """Load, sample (resuming), derive, and write samples/, results.csv/.md, accuracy_vs_n.png (and the
-    process-bench tables when `config.process_benches` is set)."""
+    process-bench tables when `config.process_benches` is set).
+
+    Under `accelerate launch --num_processes K` the K processes share each benchmark's questions
+    (`trl_vlprm.utils.ranks`); rank 0 derives and writes the results once all are sampled (the others return no row).
+    """
     from trl_vlprm.eval.process_bench import load_process_bench_spec, score_process_bench
     from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
+
+    ranks = Ranks.from_environment()
 
     benchmark_specs = labelled_specs(config.benchmarks, "benchmark", lambda spec: parse_spec(spec)[0])
     benchmarks = {label: load_benchmark_spec(spec)[1] for label, spec in benchmark_specs.items()}
@@ -380,8 +387,10 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         )
     rows = run_sweep(
         benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
-        config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge,
+        config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge, ranks,
     )  # fmt: skip
+    if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
+        return rows
     write_tables(rows, config.output_dir)
     plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
     process_rows = []
@@ -404,8 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(args=argv)
     try:
         rows = run(config)
-    except (SettingsMismatchError, OutputLockedError, RecordError) as err:
+    except (SettingsMismatchError, OutputLockedError, RecordError, RankFailedError) as err:
         # a one-line reason and exit code 1; the samples already written stay for a rerun with the old settings
         print(f"eval_tts: {err}", file=sys.stderr)
         raise SystemExit(1) from err
-    print(rows_to_markdown(rows))
+    if rows:  # rank 0 (the others of a launch return none)
+        print(rows_to_markdown(rows))
