@@ -51,3 +51,34 @@ def test_a_name_cannot_be_taken_twice_by_different_objects():
 def test_module_docstring_example_runs():
     result = doctest.testmod(trl_vlprm.registry)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_unknown_name_error_is_a_key_error_and_a_value_error_with_a_plain_message():
+    registry = Registry("converter")
+    registry.register("trl_stepwise")(object())
+    with pytest.raises(ValueError) as caught:
+        registry["prm800k"]
+    assert isinstance(caught.value, KeyError)
+    assert str(caught.value) == "unknown converter 'prm800k'; available: trl_stepwise"  # not quoted as KeyError's
+    with pytest.raises(KeyError, match=r"^spec 'prm800k:x': unknown converter 'prm800k'; available: trl_stepwise$"):
+        registry.get("prm800k", "spec 'prm800k:x'")
+    with pytest.raises(ValueError, match=r"^Config.fmt='x': unknown converter 'x'; available: trl_stepwise$"):
+        registry.check("x", "Config.fmt")
+    assert registry.check("trl_stepwise", "Config.fmt") == "trl_stepwise"
+    assert ["a"] not in registry  # an unhashable name (a list read from YAML) is unknown, not a TypeError
+    with pytest.raises(KeyError, match=r"unknown converter \['a'\]"):
+        registry.get(["a"])
+
+
+def test_overwrite_and_unregister():
+    registry = Registry("aggregation")
+    registry.register("min")(min)
+    with pytest.raises(ValueError, match="pass overwrite=True to replace it"):
+        registry.register("min")(max)
+    registry.register("min", overwrite=True)(max)
+    assert registry.get("min") is max
+    assert registry.unregister("min") is max and "min" not in registry and len(registry) == 0
+    with pytest.raises(KeyError, match="unknown aggregation 'min'; available: $"):
+        registry.unregister("min")
+    registry.register_lazy("tool", "json.tool:main")
+    assert registry.pop("tool") == "json.tool:main"  # a lazy entry never imported comes back as its target

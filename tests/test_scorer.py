@@ -9,6 +9,7 @@ from PIL import Image
 
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.guidance.scorer import PRMScorer
+from trl_vlprm.modeling.families import supported_model_types
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_vlm
@@ -38,7 +39,7 @@ def question():
     return {"id": "q1", "prompt": "<image>Which number is missing?", "images": [random_image(100, 90, 0)]}
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+@pytest.fixture(scope="module", params=supported_model_types())  # every model family: qwen2_vl, qwen2_5_vl
 def vlm_dir(request, tmp_path_factory):
     return build_tiny_vlm(tmp_path_factory.mktemp(request.param), arch=request.param, seed=0)
 

@@ -53,6 +53,37 @@ class PolicyStats:
     def as_dict(self) -> dict[str, int]:
         return {"calls": self.calls, "sequences": self.sequences, "tokens": self.tokens}
 
+    def add(self, other: PolicyStats) -> None:
+        """Adds `other`'s counts (a total over several measured blocks)."""
+        self.calls += other.calls
+        self.sequences += other.sequences
+        self.tokens += other.tokens
+
+
+class StatsDelta:
+    """What a block of code cost on a policy's running `PolicyStats` (context manager), so every backend and every
+    caller (search strategies, Monte-Carlo labelling) counts cost the same way.
+
+        with StatsDelta(policy) as cost:
+            policy.sample_solutions(question, 8)
+        cost.spent  # PolicyStats(calls=1, sequences=8, tokens=...)
+    """
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.spent = PolicyStats()
+        self._before = PolicyStats()
+
+    def __enter__(self) -> StatsDelta:
+        self._before = PolicyStats(**self.policy.stats.as_dict())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        after = self.policy.stats
+        self.spent.calls = after.calls - self._before.calls
+        self.spent.sequences = after.sequences - self._before.sequences
+        self.spent.tokens = after.tokens - self._before.tokens
+
 
 @dataclass
 class Candidate:

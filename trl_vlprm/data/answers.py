@@ -2,8 +2,8 @@
 
 Used by labelling (Monte-Carlo rollouts), guidance (votes) and evaluation, so all three agree on what "correct" means.
 
-Three answer kinds come built in; each is a `AnswerKind` in the `ANSWER_KINDS` registry and more can be added with
-`register_answer_kind`:
+Three answer kinds come built in; each is an `AnswerKind` in the `ANSWER_KINDS` registry and more can be added with
+`register_answer_kind` (or `ANSWER_KINDS.register(name)(kind)`):
 
 | kind              | extracted form                      | matches when                                       |
 |-------------------|-------------------------------------|----------------------------------------------------|
@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from trl_vlprm.registry import Registry, UnknownNameError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -262,23 +265,27 @@ def _match_choice(prediction: str, gold: str, options: Sequence[str] | None, tol
     return predicted == expected
 
 
-ANSWER_KINDS: dict[str, AnswerKind] = {
-    "multiple_choice": AnswerKind(
-        extract=lambda text, options: extract_choice(text, options or []),
-        match=_match_choice,
-    ),
-    "numeric": AnswerKind(extract=_extract_numeric, match=lambda p, g, o, tol: numbers_match(p, g, tol)),
-    "free_form": AnswerKind(
-        extract=_extract_free_form, match=lambda p, g, o, tol: normalize_text(p) == normalize_text(g) != ""
-    ),
-}
+ANSWER_KINDS: Registry[AnswerKind] = Registry("answer kind")
+ANSWER_KINDS.register("multiple_choice")(
+    AnswerKind(extract=lambda text, options: extract_choice(text, options or []), match=_match_choice)
+)
+ANSWER_KINDS.register("numeric")(
+    AnswerKind(extract=_extract_numeric, match=lambda p, g, o, tol: numbers_match(p, g, tol))
+)
+ANSWER_KINDS.register("free_form")(
+    AnswerKind(extract=_extract_free_form, match=lambda p, g, o, tol: normalize_text(p) == normalize_text(g) != "")
+)
 
 
 def register_answer_kind(name: str, kind: AnswerKind, overwrite: bool = False) -> None:
-    """Add an answer kind (e.g. a symbolic-math checker) usable as `kind=name` everywhere."""
+    """Add an answer kind (e.g. a symbolic-math checker) usable as `kind=name` everywhere.
+
+    Unlike `ANSWER_KINDS.register`, which lets a module re-register the very object it registered, a name already
+    taken is an error unless `overwrite` is set: a caller registering a kind twice is confused about which one holds.
+    """
     if name in ANSWER_KINDS and not overwrite:
         raise ValueError(f"answer kind {name!r} is already registered; pass overwrite=True to replace it")
-    ANSWER_KINDS[name] = kind
+    ANSWER_KINDS.register(name, overwrite=True)(kind)
 
 
 def resolve_kind(kind: str, options: Sequence[str] | None, reference: str | None) -> str:
@@ -290,7 +297,7 @@ def resolve_kind(kind: str, options: Sequence[str] | None, reference: str | None
             return "numeric"
         return "free_form"
     if kind not in ANSWER_KINDS:
-        raise ValueError(f"unknown answer kind {kind!r}; expected 'auto' or one of {sorted(ANSWER_KINDS)}")
+        raise UnknownNameError(f"{ANSWER_KINDS.unknown(kind)} (or 'auto')")
     return kind
 
 
@@ -333,14 +340,20 @@ def grade(
         kind: "auto" (options -> multiple_choice; numeric gold -> numeric; else free_form) or a registered kind.
         tol: relative and absolute tolerance of numeric comparisons.
     """
-    if prediction is None or not str(prediction).strip():
+    return grade_with_fallback(prediction, gold, options, kind, tol)[0]
+
+
+# `grader(prediction, gold, options) -> bool`: how labelling rollouts and test-time-scaling runs decide that an answer
+# is right; `grade` is the default one.
+Grader = Callable[[str | None, str, Sequence[str] | None], bool]
+
+
+def grade_question(prediction: str | None, question: Mapping[str, Any], grader: Grader | None = None) -> bool:
+    """Whether `prediction` gives the answer of a question record (its `answer` and `options`), by `grader`
+    (default: `grade`). No answer (None) is wrong without asking the grader."""
+    if prediction is None:
         return False
-    resolved = resolve_kind(kind, options, gold)
-    answer_kind = ANSWER_KINDS[resolved]
-    extracted = answer_kind.extract(str(prediction), options)
-    if extracted is None:
-        return False
-    return answer_kind.match(extracted, gold, options, tol)
+    return bool((grader or grade)(prediction, str(question["answer"]), question.get("options") or None))
 
 
 def grade_with_fallback(

@@ -1,6 +1,7 @@
 """Converters from the process-supervision formats people already have to the record schema (`schema.py`).
 
-Three source layouts are supported (see `docs/data_format.md` for each one field by field):
+Three source layouts are supported, each a converter in the `CONVERTERS` registry (see `docs/data_format.md` for each
+one field by field):
 
 - `"trl_stepwise"`: TRL's former stepwise-supervision format, `{"prompt", "completions", "labels"}`
   (e.g. `trl-lib/math_shepherd`, `trl-lib/prm800k`). Text only.
@@ -30,6 +31,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from trl_vlprm.registry import Registry
+
 from .schema import (
     IMAGE_PLACEHOLDER,
     PERCEPTION,
@@ -43,6 +46,10 @@ from .schema import (
 logger = logging.getLogger(__name__)
 
 OPTIONAL_FIELDS = ("id", "answer", "options", "category")
+
+# Source formats by name: `converter(record, row=..., **kwargs) -> schema record`, each registered at its definition
+# with `@CONVERTERS.register(name)`.
+CONVERTERS: Registry[Callable[..., dict[str, Any]]] = Registry("source format")
 
 
 class SkippedRecord(RecordError):
@@ -148,6 +155,7 @@ def _step_text(step: Mapping[str, Any], index: int, row: int | str, field: str) 
     return text.strip()
 
 
+@CONVERTERS.register("trl_stepwise")
 def from_trl_stepwise(record: Mapping[str, Any], row: int | str = "?") -> dict[str, Any]:
     """A record of TRL's former stepwise-supervision format (text only) as a schema record.
 
@@ -191,6 +199,7 @@ def _parse_first_incorrect_step(value: Any, row: int | str) -> tuple[str, int] |
     return str(value[0]), int(value[1])
 
 
+@CONVERTERS.register("vlprm300k")
 def from_vlprm300k(
     record: Mapping[str, Any],
     image_root: str | None = None,
@@ -303,6 +312,7 @@ def _check_first_incorrect_step(
         )
 
 
+@CONVERTERS.register("visualprm400k")
 def from_visualprm400k(
     record: Mapping[str, Any],
     image_root: str | None = None,
@@ -342,13 +352,6 @@ def from_visualprm400k(
     )
 
 
-CONVERTERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "trl_stepwise": from_trl_stepwise,
-    "vlprm300k": from_vlprm300k,
-    "visualprm400k": from_visualprm400k,
-}
-
-
 def convert_records(
     records: Iterable[Mapping[str, Any]],
     fmt: str,
@@ -360,9 +363,8 @@ def convert_records(
 
     A `SkippedRecord` row is left out and added to `report` (when given); any other `RecordError` stops the run.
     """
-    if fmt not in CONVERTERS:
-        raise ValueError(f"unknown source format {fmt!r}; expected one of {sorted(CONVERTERS)}")
-    converter = CONVERTERS[fmt]
+    converter = CONVERTERS.get(fmt)
+    fields = list(stepwise_features(with_types=True))
     for index, source in enumerate(records):
         if not isinstance(source, Mapping):
             raise RecordError(index, "<row>", f"expected a dict, got {type(source).__name__}")
@@ -372,6 +374,9 @@ def convert_records(
             if report is not None:
                 report.skipped.append({"row": index, "id": _string(source.get("id")), "reason": str(skipped)})
             continue
+        missing = [name for name in fields if name not in record]
+        if missing:  # a registered converter must give every column (None where the source has no value)
+            raise RecordError(index, missing[0], f"the {fmt!r} converter returned no such field")
         if validate:
             validate_record(record, index, check_images=False)
         if report is not None:
@@ -393,7 +398,7 @@ def convert_dataset(
 
     Args:
         dataset: the source rows.
-        fmt: `"trl_stepwise"`, `"vlprm300k"` or `"visualprm400k"`.
+        fmt: a name in `CONVERTERS`: `"trl_stepwise"`, `"vlprm300k"`, `"visualprm400k"` or one registered since.
         validate: check each converted record against the schema (a bad row raises `RecordError` naming it).
         report: filled with the rows converted and the rows skipped (`SkippedRecord`, with their ids and reasons);
             the skipped ones are also logged as a warning.

@@ -48,6 +48,23 @@ class RecordError(ValueError):
         super().__init__(f"row {row}: field '{field}': {problem}")
 
 
+def question_ids(questions: Iterable[Mapping[str, Any]], purpose: str) -> list[str]:
+    """The `id` of every question as a string, in order. A run that resumes by id (labelling, test-time scaling, the
+    evaluation sweep) would silently skip a question whose id repeats, so a missing or repeated id is a
+    `RecordError` naming the row; `purpose` says who needs the ids ("labelling", ...)."""
+    ids, seen = [], set()
+    for row, question in enumerate(questions):
+        qid = question.get("id")
+        if qid is None or str(qid) == "":
+            raise RecordError(row, "id", f"missing; {purpose} needs an id per question to resume")
+        qid = str(qid)
+        if qid in seen:
+            raise RecordError(row, "id", f"duplicate id {qid!r}")
+        seen.add(qid)
+        ids.append(qid)
+    return ids
+
+
 def count_image_placeholders(prompt: str | Sequence[Mapping[str, Any]]) -> int:
     """Number of image slots in a prompt (placeholders in a string, image parts in chat messages)."""
     if isinstance(prompt, str):

@@ -29,6 +29,7 @@ from typing import Any
 
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, question_columns
 from trl_vlprm.eval import paper_prompts
+from trl_vlprm.registry import Registry
 from trl_vlprm.testbed.generator import OPTION_LETTERS
 
 PROMPT_STYLES = ("default", "paper")
@@ -55,6 +56,35 @@ MMMU_SUBJECTS = (
     "Public_Health", "Sociology",
 )  # fmt: skip
 MMMU_IMAGE_COLUMNS = tuple(f"image_{k}" for k in range(1, 8))
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """A benchmark of the registry: `loader(source, split, limit, prompt_style) -> Dataset` and its defaults.
+
+    `limits_itself`: the loader reads `limit` itself (per category, or how many to generate); otherwise
+    `load_benchmark` keeps the first `limit` questions of what it returns.
+    """
+
+    loader: Callable[..., Any]
+    default_source: str | None
+    default_split: str | None
+    limits_itself: bool = False
+
+
+BENCHMARKS: Registry[BenchmarkSpec] = Registry("benchmark")
+
+
+def benchmark(
+    name: str, default_source: str | None = None, default_split: str | None = None, limits_itself: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: registers `loader(source, split, limit, prompt_style) -> Dataset` as benchmark `name`."""
+
+    def decorator(loader: Callable[..., Any]) -> Callable[..., Any]:
+        BENCHMARKS.register(name)(BenchmarkSpec(loader, default_source, default_split, limits_itself))
+        return loader
+
+    return decorator
 
 
 def question_features():
@@ -159,6 +189,11 @@ def load_mmmu(
     return _to_dataset(records)
 
 
+@benchmark("mmmu", "MMMU/MMMU", "validation")
+def _mmmu_benchmark(source, split, limit, prompt_style):
+    return load_mmmu(source, split, None, prompt_style)
+
+
 # ---------------------------------------------------------------- MathVista
 
 _MATHVISTA_KINDS = {"integer": "numeric", "float": "numeric", "text": "free_form", "list": "free_form"}
@@ -197,6 +232,11 @@ def mathvista_record(row: Mapping[str, Any], prompt_style: str = "default") -> d
 
 def load_mathvista(source: str = "AI4Math/MathVista", split: str = "testmini", prompt_style: str = "default"):
     return _to_dataset([mathvista_record(row, prompt_style) for row in _load_split(source, split)])
+
+
+@benchmark("mathvista", "AI4Math/MathVista", "testmini")
+def _mathvista_benchmark(source, split, limit, prompt_style):
+    return load_mathvista(source, split, prompt_style)
 
 
 # ---------------------------------------------------------------- MathVision
@@ -238,6 +278,11 @@ def load_mathvision(source: str = "MathLLMs/MathVision", split: str = "test", pr
     return _to_dataset([mathvision_record(row, prompt_style) for row in _load_split(source, split)])
 
 
+@benchmark("mathvision", "MathLLMs/MathVision", "test")
+def _mathvision_benchmark(source, split, limit, prompt_style):
+    return load_mathvision(source, split, prompt_style)
+
+
 # ---------------------------------------------------------------- puzzles
 
 
@@ -268,6 +313,16 @@ def load_puzzle_benchmark(
     return dataset.select_columns(keep).map(lambda _: {"answer_kind": "multiple_choice"})
 
 
+@benchmark("puzzlevqa", limits_itself=True)
+def _puzzlevqa_benchmark(source, split, limit, prompt_style):
+    return load_puzzle_benchmark(source, "PuzzleVQA", limit, prompt_style)
+
+
+@benchmark("algopuzzlevqa", limits_itself=True)
+def _algopuzzlevqa_benchmark(source, split, limit, prompt_style):
+    return load_puzzle_benchmark(source, "AlgoPuzzleVQA", limit, prompt_style)
+
+
 def load_testbed(n: int = 60, seed: int = 0):
     """`n` generated testbed puzzles (the scripted policy and the oracle scorer know their truth)."""
     from trl_vlprm.testbed import generate_puzzles
@@ -276,33 +331,9 @@ def load_testbed(n: int = 60, seed: int = 0):
     return dataset.map(lambda _: {"answer_kind": "multiple_choice"})
 
 
-@dataclass(frozen=True)
-class BenchmarkSpec:
-    """A benchmark of the registry: `loader(source, split, limit, prompt_style) -> Dataset` and its defaults."""
-
-    loader: Callable[..., Any]
-    default_source: str | None
-    default_split: str | None
-
-
-BENCHMARKS: dict[str, BenchmarkSpec] = {
-    "mmmu": BenchmarkSpec(
-        lambda src, split, limit, style: load_mmmu(src, split, None, style), "MMMU/MMMU", "validation"
-    ),
-    "mathvista": BenchmarkSpec(
-        lambda src, split, limit, style: load_mathvista(src, split, style), "AI4Math/MathVista", "testmini"
-    ),
-    "mathvision": BenchmarkSpec(
-        lambda src, split, limit, style: load_mathvision(src, split, style), "MathLLMs/MathVision", "test"
-    ),
-    "puzzlevqa": BenchmarkSpec(
-        lambda src, split, limit, style: load_puzzle_benchmark(src, "PuzzleVQA", limit, style), None, None
-    ),
-    "algopuzzlevqa": BenchmarkSpec(
-        lambda src, split, limit, style: load_puzzle_benchmark(src, "AlgoPuzzleVQA", limit, style), None, None
-    ),
-    "testbed": BenchmarkSpec(lambda src, split, limit, style: load_testbed(limit or 60, int(src or 0)), None, None),
-}
+@benchmark("testbed", limits_itself=True)
+def _testbed_benchmark(source, split, limit, prompt_style):  # `source` is the generator seed
+    return load_testbed(limit or 60, int(source or 0))
 
 
 def load_benchmark(
@@ -315,17 +346,15 @@ def load_benchmark(
     """Question records of a registered benchmark.
 
     Args:
-        name: a key of `BENCHMARKS`.
+        name: a name in the `BENCHMARKS` registry.
         source: hub name or local path (default: the benchmark's own); for `testbed`, the generator seed.
         split: split to read (default: the one the paper evaluates).
         limit: keep the first `limit` questions (puzzle benchmarks: per category; testbed: how many to generate).
         prompt_style: "default" or "paper" (the paper's policy prompts; see the module docstring).
     """
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
-    spec = BENCHMARKS[name]
+    spec = BENCHMARKS.get(name)
     _check_style(prompt_style)
     dataset = spec.loader(source or spec.default_source, split or spec.default_split, limit, prompt_style)
-    if limit is not None and name not in ("puzzlevqa", "algopuzzlevqa", "testbed"):
+    if limit is not None and not spec.limits_itself:
         dataset = dataset.select(range(min(limit, len(dataset))))
     return dataset

@@ -17,19 +17,26 @@ their perception/reasoning perturbations).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from trl_vlprm.data.puzzlevqa import read_jsonl
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, STEP_TYPES, RecordError, question_columns
 from trl_vlprm.guidance.policy import Candidate, StepScorer
+from trl_vlprm.registry import Registry
+from trl_vlprm.trainer.metrics import precision_recall_f1
 
 VERDICTS = (1, -1, 0)
 # Spellings of a verdict accepted on load, besides the integers themselves: whole floats as JSON writers emit them,
 # and the strings some dumps use. Anything else (0.9, True, "yes") is an error: int() would turn 0.9 into a neutral
 # verdict that silently leaves the F1, and True into a correct one.
 VERDICT_ALIASES = {1.0: 1, -1.0: -1, 0.0: 0, "1": 1, "-1": -1, "0": 0, "+": 1, "-": -1, "+1": 1}
+
+
+# Process benches by name, for specs "name[:arg][,key=value...]": builders `(args, kwargs, seed) -> Dataset` of
+# process-bench records, registered below each loader with `@PROCESS_BENCHES.register(name)`.
+PROCESS_BENCHES: Registry[Callable[[list[str], dict[str, Any], int], Any]] = Registry("bench")
 
 
 def parse_verdict(value: Any, row: int | str, step: int, field: str = "response.process_correctness") -> int:
@@ -141,6 +148,13 @@ def load_visual_process_bench(source: str, split: str = "test", image_root: str 
     return _to_dataset([visual_process_bench_record(r, f"{split}[{i}]", root) for i, r in enumerate(rows)])
 
 
+@PROCESS_BENCHES.register("visualprocessbench")
+def _visual_process_bench(args, kwargs, seed):
+    if len(args) != 1:
+        raise ValueError(f"visualprocessbench needs one source (JSONL file, folder or hub name), got {args}")
+    return load_visual_process_bench(args[0], **kwargs)
+
+
 def from_stepwise(records) -> list[dict[str, Any]]:
     """Stepwise-supervision records (bool labels) as process-bench records (True -> 1, False -> -1)."""
     return [
@@ -160,6 +174,11 @@ def puzzlevqa_process_bench(root: str | None = None, limit_per_category: int | N
 
     supervision = build_puzzlevqa_supervision(root or default_benchmarks_root(), None, limit_per_category, seed)
     return _to_dataset(from_stepwise(supervision))
+
+
+@PROCESS_BENCHES.register("puzzlevqa")
+def _puzzlevqa_process_bench(args, kwargs, seed):
+    return puzzlevqa_process_bench(*args, **{"seed": seed, **kwargs})
 
 
 def testbed_process_bench(
@@ -185,18 +204,9 @@ def testbed_process_bench(
     return _to_dataset(records)
 
 
-def _visual_process_bench(args, kwargs, seed):
-    if len(args) != 1:
-        raise ValueError(f"visualprocessbench needs one source (JSONL file, folder or hub name), got {args}")
-    return load_visual_process_bench(args[0], **kwargs)
-
-
-# Spec builders: (positional args, keyword args, seed) -> Dataset of process-bench records.
-PROCESS_BENCHES = {
-    "visualprocessbench": _visual_process_bench,
-    "testbed": lambda args, kwargs, seed: testbed_process_bench(**{"seed": seed, **kwargs}),
-    "puzzlevqa": lambda args, kwargs, seed: puzzlevqa_process_bench(*args, **{"seed": seed, **kwargs}),
-}
+@PROCESS_BENCHES.register("testbed")
+def _testbed_process_bench(args, kwargs, seed):
+    return testbed_process_bench(**{"seed": seed, **kwargs})
 
 
 def load_process_bench_spec(spec: str, seed: int = 0):
@@ -205,20 +215,15 @@ def load_process_bench_spec(spec: str, seed: int = 0):
     from trl_vlprm.eval.sweep_config import parse_spec
 
     name, args, kwargs = parse_spec(spec)
-    if name not in PROCESS_BENCHES:
-        raise ValueError(
-            f"process bench spec {spec!r}: unknown bench {name!r}; expected one of {sorted(PROCESS_BENCHES)}"
-        )
-    return PROCESS_BENCHES[name](args, kwargs, seed)
+    return PROCESS_BENCHES.get(name, f"process bench spec {spec!r}")(args, kwargs, seed)
 
 
 # ---------------------------------------------------------------- metrics
 
 
 def f1_score(true_positive: int, false_positive: int, false_negative: int) -> float:
-    """F1 = 2TP / (2TP + FP + FN); 0.0 when the class never occurs nor is predicted."""
-    denominator = 2 * true_positive + false_positive + false_negative
-    return 2 * true_positive / denominator if denominator else 0.0
+    """F1 = 2TP / (2TP + FP + FN); 0.0 when the class never occurs nor is predicted (`precision_recall_f1`)."""
+    return precision_recall_f1(true_positive, false_positive, false_negative)[2]
 
 
 def step_metrics(scores: Sequence[float], verdicts: Sequence[int], threshold: float = 0.5) -> dict[str, float]:

@@ -16,6 +16,7 @@ Strategies (names in `SweepConfig.strategies`):
 | `pass@n`             | correct if any of the N solutions is (the oracle upper bound)               |
 | `first`              | the first solution of the subset (the single-sample baseline)               |
 
+Each is an `OutcomeSelection` in the `OUTCOME_SELECTIONS` registry; `@outcome_selection(name)` adds one.
 `<agg>` is an aggregation of `guidance.aggregation` (last, min, mean, prod). `best_of_n:paper` needs one more PRM
 read per solution (the solution as a single step, as the paper scores it), done in the sampling pass only when the
 strategy is asked for; its P(+) and input length are stored per sample under `whole_score`. With an answer judge
@@ -38,17 +39,19 @@ import os
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import extract_answer, grade_with_fallback
-from trl_vlprm.data.schema import RecordError
-from trl_vlprm.guidance.aggregation import AGGREGATIONS, STEP_AGGREGATIONS
+from trl_vlprm.data.schema import RecordError, question_ids
+from trl_vlprm.guidance.aggregation import AGGREGATIONS, reads_input_lengths
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import majority_vote, score_candidates, select_best_of_n, weighted_vote
 from trl_vlprm.guidance.strategies.base import whole_solutions
+from trl_vlprm.registry import Registry
 from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_files, part_path
 from trl_vlprm.utils.resume import (
     atomic_write_text,
@@ -66,33 +69,85 @@ PAPER_STRATEGY = "best_of_n:paper"
 # ---------------------------------------------------------------- strategies over pre-scored samples
 
 
-def _choose(strategy: str, candidates: Sequence[Candidate]) -> int | None:
-    """Index of the candidate a strategy picks among already-scored candidates (a call into guidance.strategies)."""
+@dataclass(frozen=True)
+class OutcomeSelection:
+    """An outcome-level strategy of the sweep: how one of N finished, scored solutions is picked.
+
+    Attributes:
+        choose: `(candidates, aggregation, correct) -> index | None`: the candidate picked (None: no pick) given the
+            aggregation named after the colon ("" when none) and, for oracles only, whether each one is correct.
+        takes_aggregation: which aggregation names the strategy accepts after a colon (`best_of_n:<agg>`); None
+            when it takes none. A strategy that takes one reads the scorers' step scores.
+    """
+
+    choose: Callable[[Sequence[Candidate], str, Sequence[bool]], int | None]
+    takes_aggregation: Callable[[str], bool] | None = None
+
+
+OUTCOME_SELECTIONS: Registry[OutcomeSelection] = Registry("outcome selection")
+
+
+def outcome_selection(name: str, takes_aggregation: Callable[[str], bool] | None = None):
+    """Decorator: registers `choose(candidates, aggregation, correct) -> index | None` as the sweep strategy `name`."""
+
+    def decorator(choose):
+        OUTCOME_SELECTIONS.register(name)(OutcomeSelection(choose, takes_aggregation))
+        return choose
+
+    return decorator
+
+
+def _any_aggregation(how: str) -> bool:
+    return how in AGGREGATIONS
+
+
+def _step_aggregation(how: str) -> bool:  # the weighted vote sums scores, which the paper's -1 would not mean
+    return how in AGGREGATIONS and not reads_input_lengths(how)
+
+
+@outcome_selection("majority")
+def _majority(candidates, aggregation, correct):
+    return majority_vote(candidates)
+
+
+@outcome_selection("first")
+def _first(candidates, aggregation, correct):
+    return 0 if candidates else None
+
+
+@outcome_selection("pass@n")
+def _pass_at_n(candidates, aggregation, correct):  # the oracle upper bound: a correct solution whenever there is one
+    return next((i for i, ok in enumerate(correct) if ok), 0 if candidates else None)
+
+
+@outcome_selection("best_of_n", takes_aggregation=_any_aggregation)
+def _best_of_n(candidates, aggregation, correct):
+    return select_best_of_n(candidates, aggregation) if candidates else None
+
+
+@outcome_selection("weighted_vote", takes_aggregation=_step_aggregation)
+def _weighted_vote(candidates, aggregation, correct):
+    return weighted_vote(candidates, aggregation)
+
+
+def parse_strategy(strategy: str) -> tuple[OutcomeSelection, str]:
+    """The outcome selection and the aggregation a sweep strategy name ("best_of_n:min") stands for; an error naming
+    the strategy when it is unknown or takes no such aggregation."""
     name, _, aggregation = strategy.partition(":")
-    if name == "majority":
-        return majority_vote(candidates)
-    if name == "first":
-        return 0 if candidates else None
-    if name == "best_of_n":
-        return select_best_of_n(candidates, aggregation) if candidates else None
-    if name == "weighted_vote":
-        return weighted_vote(candidates, aggregation)
-    raise ValueError(f"unknown strategy {strategy!r}")
+    selection = OUTCOME_SELECTIONS.get(name, f"strategy {strategy!r}")
+    takes = selection.takes_aggregation
+    if takes is None and aggregation:
+        raise ValueError(f"strategy {strategy!r}: {name!r} takes no aggregation")
+    if takes is not None and not takes(aggregation):
+        accepted = [how for how in AGGREGATIONS if takes(how)]
+        raise ValueError(f"strategy {strategy!r}: {name}:<agg> takes <agg> in {accepted}, got {aggregation!r}")
+    return selection, aggregation
 
 
 def check_strategy(strategy: str) -> None:
-    """Raise a `ValueError` naming the strategy when it is not one of the table in the module docstring."""
-    name, _, aggregation = strategy.partition(":")
-    if name in ("majority", "pass@n", "first") and not aggregation:
-        return
-    if (name == "best_of_n" and aggregation in AGGREGATIONS) or (
-        name == "weighted_vote" and aggregation in STEP_AGGREGATIONS
-    ):
-        return
-    raise ValueError(
-        f"unknown strategy {strategy!r}; expected majority, first, pass@n, best_of_n:<agg> with <agg> in "
-        f"{AGGREGATIONS}, or weighted_vote:<agg> with <agg> in {STEP_AGGREGATIONS}"
-    )
+    """Raise a `ValueError` naming the strategy when it is not one `OUTCOME_SELECTIONS` can run (see the table in the
+    module docstring)."""
+    parse_strategy(strategy)
 
 
 def needs_whole_solution(strategies: Sequence[str]) -> bool:
@@ -101,13 +156,12 @@ def needs_whole_solution(strategies: Sequence[str]) -> bool:
 
 
 def uses_scorer(strategy: str) -> bool:
-    return strategy.split(":")[0] in ("best_of_n", "weighted_vote")
+    return parse_strategy(strategy)[0].takes_aggregation is not None
 
 
 def strategy_correct(strategy: str, samples: Sequence[Mapping[str, Any]], scorer: str | None) -> bool:
     """Whether `strategy` answers correctly from these graded samples (step scores read under `scorer`)."""
-    if strategy == "pass@n":
-        return any(sample["correct"] for sample in samples)
+    selection, aggregation = parse_strategy(strategy)
     if strategy == PAPER_STRATEGY:
         candidates = [_whole_candidate(sample, scorer) for sample in samples]
     else:
@@ -120,7 +174,7 @@ def strategy_correct(strategy: str, samples: Sequence[Mapping[str, Any]], scorer
             )
             for sample in samples
         ]
-    chosen = _choose(strategy, candidates)
+    chosen = selection.choose(candidates, aggregation, [bool(sample["correct"]) for sample in samples])
     return chosen is not None and bool(samples[chosen]["correct"])
 
 
@@ -326,6 +380,7 @@ def sample_benchmark(
     of a launch sharing the questions (`trl_vlprm.utils.ranks`); the others than rank 0 return their share only.
     """
     ranks = ranks or SINGLE
+    ids = question_ids(questions, "the evaluation sweep")  # a repeated id would reuse another question's samples
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"n_max": n_max, "answer_kind": answer_kind, **dict(pins or {})}
@@ -334,14 +389,14 @@ def sample_benchmark(
     if answer_judge is not None:
         meta["answer_judge"] = answer_judge.config.model
     scorer_digests = {name: stable_digest((scorer_pins or {}).get(name, name)) for name in scorers}
-    by_id = {str(q.get("id", "?")): q for q in questions}
+    by_id = dict(zip(ids, questions))
     done: dict[str, dict[str, Any]] = {}
 
     def plan() -> list[str]:  # rank 0, holding the file's lock
         pin_settings(path.with_suffix(".meta.json"), meta, where=str(path))
         merge_parts(path)  # what the other ranks of an interrupted run had sampled
         done.update(_resumed_records(path, by_id, scorers, scorer_digests))
-        return [qid for qid in by_id if qid not in done]
+        return [qid for qid in ids if qid not in done]
 
     with ranks.locked_plan(path, plan) as todo:
         mine = ranks.share(todo)
@@ -368,7 +423,7 @@ def sample_benchmark(
                 done.setdefault(str(record["id"]), record)
     if not ranks.is_main:  # a follower returns its own share only
         return [done[qid] for qid in mine]
-    return [done[str(q.get("id", "?"))] for q in questions]
+    return [done[qid] for qid in ids]
 
 
 def _resumed_records(path: Path, by_id, scorers, scorer_digests) -> dict[str, dict[str, Any]]:

@@ -15,20 +15,46 @@ scores -1 and ranks below every scored candidate: it carries no evidence of bein
 `paper` needs, beside P(+), the number of tokens the PRM read to produce that score (`input_lengths`, image tokens
 included; `PRMScorer.score_with_input_lengths` gives them). Rank candidates with `rank_key`, not the bare value: the
 paper breaks the tie between candidates that all score -1 by the lowest P(-).
+
+Every aggregation is a function in the `AGGREGATIONS` registry; `@AGGREGATIONS.register("name")` adds one, usable by
+name in `SearchConfig.aggregation`, the sweep's `best_of_n:<name>` and the GRPO reward.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-# Aggregations that read step scores alone, and all of them (`paper` also reads the PRM input lengths).
-STEP_AGGREGATIONS = ("last", "min", "mean", "prod")
-AGGREGATIONS = (*STEP_AGGREGATIONS, "paper")
+from trl_vlprm.registry import Registry
+
+# `(step_scores, input_lengths) -> score`, called with at least one step score. Add one with
+# `@AGGREGATIONS.register("name")`; mark it `reads_input_lengths` (see `paper`) when it needs the PRM input lengths.
+Aggregation = Callable[[Sequence[float], Sequence[int] | None], float]
+AGGREGATIONS: Registry[Aggregation] = Registry("aggregation")
 
 # Exponents of the paper's length-normalised reward (theogbrand/vlprm, VisualPRMv2.inference_single).
 PAPER_PROB_EXPONENT = 0.3
 PAPER_LENGTH_EXPONENT = 0.6
+
+
+@AGGREGATIONS.register("last")
+def last_step(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
+    return float(step_scores[-1])
+
+
+@AGGREGATIONS.register("min")
+def weakest_step(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
+    return float(min(step_scores))
+
+
+@AGGREGATIONS.register("mean")
+def mean_step(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
+    return float(sum(step_scores) / len(step_scores))
+
+
+@AGGREGATIONS.register("prod")
+def all_steps(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
+    return float(math.prod(step_scores))
 
 
 def paper_reward(p_correct: float, input_length: int) -> float:
@@ -45,36 +71,43 @@ def paper_reward(p_correct: float, input_length: int) -> float:
     return p_correct**PAPER_PROB_EXPONENT / input_length**PAPER_LENGTH_EXPONENT
 
 
+@AGGREGATIONS.register("paper")
+def paper_aggregation(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
+    if input_lengths is None or len(input_lengths) != len(step_scores):
+        got = "none" if input_lengths is None else f"{len(input_lengths)}"
+        raise ValueError(
+            f"aggregation 'paper' needs the PRM input length of every step: {len(step_scores)} scores, {got} "
+            "input lengths (score with a scorer that reports them, e.g. PRMScorer)"
+        )
+    return paper_reward(float(step_scores[-1]), int(input_lengths[-1]))
+
+
+paper_aggregation.reads_input_lengths = True
+# The built-in aggregations that read step scores alone (what the GRPO reward, which has no input lengths, accepts).
+STEP_AGGREGATIONS = ("last", "min", "mean", "prod")
+
+
+def reads_input_lengths(how: str) -> bool:
+    """Whether aggregation `how` needs, beside the step scores, the PRM input length of every step."""
+    return bool(getattr(AGGREGATIONS.get(how), "reads_input_lengths", False))
+
+
 def aggregate(step_scores: Sequence[float], how: str, input_lengths: Sequence[int] | None = None) -> float:
     """One score for a solution from its step scores.
 
     Args:
         step_scores: P(step is correct) per step, in [0, 1].
-        how: one of `AGGREGATIONS` ("last", "min", "mean", "prod", "paper").
+        how: a name in `AGGREGATIONS` ("last", "min", "mean", "prod", "paper", or one registered since).
         input_lengths: per step, the tokens the PRM read to score it (only "paper" reads them).
 
     Returns:
-        The aggregated score; 0.0 when `step_scores` is empty (-1.0 under "paper").
+        The aggregated score; 0.0 when `step_scores` is empty (-1.0 under an aggregation that reads input lengths,
+        such as "paper").
     """
-    if how not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {how!r}; expected one of {AGGREGATIONS}")
+    reduce = AGGREGATIONS.get(how)
     if len(step_scores) == 0:
-        return -1.0 if how == "paper" else 0.0
-    if how == "last":
-        return float(step_scores[-1])
-    if how == "min":
-        return float(min(step_scores))
-    if how == "mean":
-        return float(sum(step_scores) / len(step_scores))
-    if how == "paper":
-        if input_lengths is None or len(input_lengths) != len(step_scores):
-            got = "none" if input_lengths is None else f"{len(input_lengths)}"
-            raise ValueError(
-                f"aggregation 'paper' needs the PRM input length of every step: {len(step_scores)} scores, {got} "
-                "input lengths (score with a scorer that reports them, e.g. PRMScorer)"
-            )
-        return paper_reward(float(step_scores[-1]), int(input_lengths[-1]))
-    return float(math.prod(step_scores))
+        return -1.0 if reads_input_lengths(how) else 0.0
+    return reduce(step_scores, input_lengths)
 
 
 def rank_key(

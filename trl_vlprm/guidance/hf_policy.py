@@ -110,14 +110,17 @@ class HFPolicy:
     ) -> HFPolicy:
         """Load model and processor from a folder or Hub repo id (at `revision`), resolved as transformers does.
 
-        A model with an image processor loads as a vision-language model; one without as a causal LM (text only).
+        A model of a vision-language family loads with the family's generation class; a model without an image
+        processor as a causal LM (text only).
         """
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+        from transformers import AutoModelForCausalLM
 
+        from trl_vlprm.modeling.families import family_of_processor
         from trl_vlprm.modeling.processor import load_processor
 
         processor = load_processor(name_or_path, revision=revision)
-        model_class = AutoModelForImageTextToText if hasattr(processor, "image_processor") else AutoModelForCausalLM
+        family = family_of_processor(processor)
+        model_class = family.generative_class() if family is not None else AutoModelForCausalLM
         return cls(model_class.from_pretrained(name_or_path, dtype=dtype, revision=revision), processor, **kwargs)
 
     # -- Policy protocol ---------------------------------------------------------------------------------------

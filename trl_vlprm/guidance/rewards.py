@@ -36,7 +36,7 @@ from typing import Any
 
 from trl_vlprm.data.answers import grade
 from trl_vlprm.data.schema import RecordError, load_image
-from trl_vlprm.guidance.aggregation import STEP_AGGREGATIONS, aggregate
+from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate, reads_input_lengths
 from trl_vlprm.guidance.hf_policy import question_messages
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.guidance.vllm_policy import split_steps
@@ -111,8 +111,9 @@ class VLPRMReward:
 
     Args:
         scorer: any `StepScorer` (`PRMScorer`, a vLLM-served scorer, a testbed oracle).
-        aggregation: how step scores become one reward, one of `STEP_AGGREGATIONS`: "min" (every step must be right;
-            the default, least open to padding a solution with easy steps), "prod", "mean" or "last".
+        aggregation: how step scores become one reward, a name in `AGGREGATIONS` that reads step scores alone:
+            "min" (every step must be right; the default, least open to padding a solution with easy steps), "prod",
+            "mean" or "last".
         step_separator: text the policy's steps are split at; default: the scorer's `step_separator` (a
             `PRMScorer` reads the separator the PRM was trained with), else "\\n". Ignored with `split_steps`.
         split_steps: a custom `text -> list[str]` splitter (e.g. for "Step 1: ..." layouts).
@@ -145,8 +146,12 @@ class VLPRMReward:
     ):
         # The paper's reward ("paper") ranks candidates by a length-scaled score with -1 for "judged wrong"; it is a
         # selection rule, not a dense reward, and needs input lengths a reward call does not carry.
-        if aggregation not in STEP_AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {STEP_AGGREGATIONS}")
+        if reads_input_lengths(aggregation):  # an unknown name fails here, listing the registered ones
+            step_only = [how for how in AGGREGATIONS if not reads_input_lengths(how)]
+            raise ValueError(
+                f"aggregation {aggregation!r} needs the PRM input lengths, which a reward call does not carry; "
+                f"expected one of {step_only}"
+            )
         if max_length is not None and getattr(scorer, "processing_class", None) is None:
             raise ValueError(
                 f"max_length={max_length} needs a scorer with a `processing_class` to count PRM tokens; "

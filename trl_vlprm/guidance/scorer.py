@@ -4,9 +4,10 @@ Candidates of one question share the image(s) and the question: in a vision-lang
 thousands of image tokens) dominates the cost. The scorer runs the prefix once (vision tower + one transformer pass
 with `use_cache=True`), then scores candidates in batches: each batch gets a copy of the prefix key/value cache
 expanded along the batch dimension and feeds only the candidates' step tokens (right-padded, attention mask over
-prefix + suffix), with positions continuing after the prefix. For Qwen-VL's 3-D rope (temporal, height, width) text
-after the image continues at `max(prefix positions) + 1` on all three axes, exactly as `get_rope_index` places it in
-a full forward, so the scores equal those of a plain full forward of each candidate (checked to 1e-5 in the tests).
+prefix + suffix), with positions continuing after the prefix. The model family (`trl_vlprm.modeling.families`) gives
+the positions: the prefix's as its forward would compute them (for Qwen-VL's 3-D rope, from the image sizes), and
+the text after it exactly where a full forward places it, so the scores equal those of a plain full forward of each
+candidate (checked to 1e-5 in the tests).
 
 Token layout and score positions come from `trl_vlprm.modeling.encoding` (the trainer's): the "steps" layout
 (`prompt_ids + (step_i + separator)...`, the score of step i read at the last token of `step_i + separator`), the
@@ -28,6 +29,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.modeling.encoding import EncodedSteps, PRMEncoder, PRMLayout, is_vision_processor
+from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, resolve_preset, step_logits
 from trl_vlprm.modeling.presets import PRMPreset
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
@@ -47,16 +49,16 @@ class _Prefix:
     encoded: Any  # its `EncodedPrompt`
     input_ids: torch.Tensor  # [1, P]
     mm_token_type_ids: torch.Tensor | None  # [1, P] (vision processors)
-    pixel_values: torch.Tensor | None
-    image_grid_thw: torch.Tensor | None
+    image_inputs: dict[str, torch.Tensor]  # the model family's image tensors (empty without images)
     key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, [1, heads, P, head_dim]
     next_position: int = 0  # position of the first token after the prefix (on every rope axis)
 
     def same_as(self, other: _Prefix) -> bool:
-        def equal(a, b):
-            return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
-
-        return equal(self.input_ids, other.input_ids) and equal(self.pixel_values, other.pixel_values)
+        if self.image_inputs.keys() != other.image_inputs.keys():
+            return False
+        return torch.equal(self.input_ids, other.input_ids) and all(
+            torch.equal(tensor, other.image_inputs[key]) for key, tensor in self.image_inputs.items()
+        )
 
 
 class PRMScorer:
@@ -128,6 +130,7 @@ class PRMScorer:
                 else prm_token_ids(self.tokenizer, self.layout.positive_token, self.layout.negative_token)
             )
         self.is_vision = is_vision_processor(processing_class)
+        self.family = family_of_processor(processing_class)  # None: a text tokenizer (1-D positions)
         self._cached_prefix: _Prefix | None = None
 
     @classmethod
@@ -193,13 +196,15 @@ class PRMScorer:
         encoded = self.encoder.encode_prompt(question["prompt"], question.get("images") or [], row)
         device = self.device
         input_ids = torch.tensor([encoded.input_ids], device=device)
-        prefix = _Prefix(row, question["prompt"], encoded, input_ids, None, None, None)
+        prefix = _Prefix(row, question["prompt"], encoded, input_ids, None, {})
         if encoded.mm_token_type_ids is not None:
             prefix.mm_token_type_ids = torch.tensor([encoded.mm_token_type_ids], device=device)
         if encoded.images:
-            pixels = self.processing_class.image_processor(images=encoded.images, return_tensors="pt")
-            prefix.pixel_values = pixels["pixel_values"].to(device, self.model.dtype)
-            prefix.image_grid_thw = pixels["image_grid_thw"].to(device)
+            image_inputs = self.family.image_inputs(self.processing_class, encoded.images)
+            prefix.image_inputs = {
+                key: tensor.to(device, self.model.dtype) if tensor.is_floating_point() else tensor.to(device)
+                for key, tensor in image_inputs.items()
+            }
         return prefix
 
     def _suffixes(self, prefix: _Prefix, candidates: Sequence[Candidate]) -> list[EncodedSteps]:
@@ -213,24 +218,24 @@ class PRMScorer:
         inputs = {}
         if prefix.mm_token_type_ids is not None:
             inputs["mm_token_type_ids"] = prefix.mm_token_type_ids
-        if prefix.pixel_values is not None:
-            inputs["pixel_values"] = prefix.pixel_values
-            inputs["image_grid_thw"] = prefix.image_grid_thw
-        return inputs
+        return {**inputs, **prefix.image_inputs}
 
     def _prefix_positions(self, prefix: _Prefix) -> torch.Tensor:
-        """Rope positions of the prefix ([3, 1, P] for Qwen-VL with images, [1, P] otherwise)."""
-        length = prefix.input_ids.shape[1]
-        if prefix.image_grid_thw is None:
-            positions = torch.arange(length, device=self.device)[None]
-            return positions[None].expand(3, 1, -1) if self.is_vision else positions
-        positions, _ = self._backbone().get_rope_index(
-            prefix.input_ids, mm_token_type_ids=prefix.mm_token_type_ids, image_grid_thw=prefix.image_grid_thw
+        """Rope positions of the prefix, in the shape the model's `position_ids` takes ([1, P] for a text model)."""
+        if self.family is None:
+            return torch.arange(prefix.input_ids.shape[1], device=self.device)[None]
+        return self.family.prefix_positions(
+            self._backbone(), prefix.input_ids, prefix.mm_token_type_ids, prefix.image_inputs
         )
-        return positions
+
+    def _text_positions(self, start: int, length: int, batch: int) -> torch.Tensor:
+        """Positions of `batch` rows of `length` tokens continuing the prefix at position `start`."""
+        if self.family is None:
+            return torch.arange(start, start + length)[None].expand(batch, -1)
+        return self.family.text_positions(start, length, batch)
 
     def _backbone(self) -> torch.nn.Module:
-        # The transformer under the head (Qwen2VLModel, Qwen2_5_VLModel, Qwen2Model): runs the prefix without
+        # The transformer under the head (the VLM's base model, or a text LM's): runs the prefix without
         # computing head outputs nobody reads (for a generative PRM, P x vocab logits).
         return getattr(self.model, self.model.base_model_prefix)
 
@@ -323,9 +328,7 @@ class PRMScorer:
                 ids = suffixes[i].input_ids
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 attention_mask[row, prefix_length : prefix_length + len(ids)] = 1
-            positions = torch.arange(prefix.next_position, prefix.next_position + longest)[None].expand(len(chunk), -1)
-            if self.is_vision:
-                positions = positions[None].expand(3, -1, -1)  # text continues on all three rope axes
+            positions = self._text_positions(prefix.next_position, longest, len(chunk))
             inputs = {
                 "input_ids": input_ids.to(self.device),
                 "attention_mask": attention_mask.to(self.device),

@@ -17,16 +17,17 @@ import contextlib
 import json
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from trl_vlprm.data.schema import RecordError
+from trl_vlprm.data.answers import Grader, grade_question
+from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
-from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
+from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig, get_strategy
 from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_path
 from trl_vlprm.utils.resume import (
     check_settings,
@@ -35,8 +36,6 @@ from trl_vlprm.utils.resume import (
     question_digest,
     read_results,
 )
-
-Grader = Callable[[str | None, str, Sequence[str] | None], bool]
 
 
 class RandomScorer:
@@ -64,20 +63,6 @@ class TTSSummary:
         return self.num_correct / self.num_questions if self.num_questions else 0.0
 
 
-def _question_ids(questions: Sequence[Question]) -> list[str]:
-    ids, seen = [], set()
-    for row, question in enumerate(questions):
-        qid = question.get("id")
-        if qid is None or str(qid) == "":
-            raise RecordError(row, "id", "missing; guidance needs an id per question to resume")
-        qid = str(qid)
-        if qid in seen:
-            raise RecordError(row, "id", f"duplicate id {qid!r}")
-        seen.add(qid)
-        ids.append(qid)
-    return ids
-
-
 def _finished(output_file: Path, settings: Mapping[str, Any], questions: Mapping[str, Question]) -> dict[str, bool]:
     """`{id: correct}` of the lines already in `output_file`; refuses lines made with other settings or over a
     question whose content has changed since."""
@@ -95,12 +80,6 @@ def _finished(output_file: Path, settings: Mapping[str, Any], questions: Mapping
             )  # fmt: skip
         done[qid] = bool(record["correct"])
     return done
-
-
-def default_grader() -> Grader:
-    from trl_vlprm.data.answers import grade
-
-    return grade
 
 
 def run_tts(
@@ -131,11 +110,10 @@ def run_tts(
             of the whole file, written once all are done (the others, of their own share).
     """
     runner = get_strategy(strategy)
-    grader = grader or default_grader()
     ranks = ranks or SINGLE
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    ids = _question_ids(questions)
+    ids = question_ids(questions, "guidance")
     by_id = dict(zip(ids, questions))
     settings = {"strategy": strategy, **asdict(config), **dict(run_tags or {})}
     done: dict[str, bool] = {}
@@ -159,7 +137,7 @@ def run_tts(
                 if "answer" not in question:
                     raise RecordError(qid, "answer", "missing; needed to grade the result")
                 result = runner(question, policy, scorer, config)
-                correct = bool(grader(result.answer, str(question["answer"]), question.get("options") or None))
+                correct = grade_question(result.answer, question, grader)
                 line = {
                     **result.to_dict(),
                     "gold": question["answer"],
@@ -330,6 +308,7 @@ class TTSArguments:
     )
 
     def __post_init__(self):
+        STRATEGIES.check(self.strategy, "TTSArguments.strategy")  # before any model is loaded
         checks = {
             "policy": ("scripted", "hf", "vllm"),
             "scorer": ("prm", "oracle", "random", "none"),

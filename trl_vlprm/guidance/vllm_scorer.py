@@ -3,9 +3,10 @@
 vLLM runs both PRM heads as a *pooling* model with the `token_classify` task: for every prompt token it returns the
 label probabilities, and a step's score is read at its last token (the separator), where the trainer put its label.
 
-- **value head** (`Qwen2VLForTokenClassification`...): vLLM converts the architecture to its classifier model, whose
-  weight mapper expects the head under `language_model.score`; `vllm_checkpoint` writes a view of the folder with
-  that one key renamed (other shards are symlinked), once per checkpoint.
+- **value head** (the model family's token-classification class): vLLM converts the architecture to its classifier
+  model, whose weight mapper may expect the head under another name (the family's `vllm_value_head_renames`);
+  `vllm_checkpoint` writes a view of the folder with those keys renamed (other shards are symlinked), once per
+  checkpoint.
 - **generative head** (the VLM's LM head): converted online, no new checkpoint: vLLM takes the LM-head rows of `-`
   and `+` as a two-class classifier (`classifier_from_token`, `no_post_processing`), so its softmax is
   P(+) / (P(+) + P(-)), the generative PRM's score.
@@ -33,6 +34,7 @@ from typing import Any
 
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.guidance.vllm_policy import import_vllm
+from trl_vlprm.modeling.families import find_family
 from trl_vlprm.modeling.heads import HEADS, MissingPRMMetadataError, correct_probability, prm_token_ids
 from trl_vlprm.modeling.hub import model_snapshot_dir, read_model_json
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
@@ -43,8 +45,6 @@ logger = logging.getLogger(__name__)
 # The trainer's default (`VLPRMConfig.step_separator`), as `scorer.DEFAULT_STEP_SEPARATOR`; not imported from there
 # because `PRMScorer.from_pretrained("vllm:...")` imports this module.
 DEFAULT_STEP_SEPARATOR = "\n"
-
-_VALUE_HEAD_RENAMES = {"score.weight": "language_model.score.weight", "score.bias": "language_model.score.bias"}
 
 
 def prm_token_layout(
@@ -94,15 +94,18 @@ def vllm_prm_config(path: str | Path, head: str | None = None) -> tuple[Path, di
 
 
 def vllm_checkpoint(path: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """A folder vLLM loads as this PRM: the folder itself for a generative head; for a value head a view with the
-    classifier saved under `language_model.score.*` (the name vLLM's Qwen-VL classifier loads).
+    """A folder vLLM loads as this PRM: the folder itself for a generative head (or a value head whose names vLLM
+    reads as saved); for a value head a view with the classifier saved under the names vLLM's classifier of the
+    model family loads (`ModelFamily.vllm_value_head_renames`).
 
     The view lives in `cache_dir` (default `$TRL_VLPRM_CACHE` or `~/.cache/trl_vlprm`) under a name derived from the
     folder's path and weight files (size, mtime), is written to a temporary name and renamed, and is reused.
     """
     path = Path(path).resolve()
     config = json.loads((path / "config.json").read_text())
-    if config.get("prm_head") != "value":
+    family = find_family(config.get("model_type"))
+    renames = dict(family.vllm_value_head_renames) if family is not None else {}
+    if config.get("prm_head") != "value" or not renames:
         return path
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -126,16 +129,16 @@ def vllm_checkpoint(path: str | Path, cache_dir: str | Path | None = None) -> Pa
     for shard in shards:
         with safe_open(str(shard), framework="pt") as weights:
             keys = list(weights.keys())
-            if not set(keys) & set(_VALUE_HEAD_RENAMES):
+            if not set(keys) & set(renames):
                 (partial / shard.name).symlink_to(shard)
                 continue
-            tensors = {_VALUE_HEAD_RENAMES.get(key, key): weights.get_tensor(key) for key in keys}
+            tensors = {renames.get(key, key): weights.get_tensor(key) for key in keys}
             save_file(tensors, str(partial / shard.name), metadata=weights.metadata())
             renamed = True
     index = path / "model.safetensors.index.json"
     if index.exists():
         data = json.loads(index.read_text())
-        data["weight_map"] = {_VALUE_HEAD_RENAMES.get(k, k): v for k, v in data["weight_map"].items()}
+        data["weight_map"] = {renames.get(k, k): v for k, v in data["weight_map"].items()}
         (partial / index.name).write_text(json.dumps(data, indent=2))
     if not renamed:
         raise ValueError(f"{path}: config says prm_head='value' but no shard holds 'score.weight'")

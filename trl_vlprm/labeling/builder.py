@@ -22,13 +22,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from trl_vlprm.data.schema import RecordError
-from trl_vlprm.labeling.combine import NEEDS_JUDGE
+from trl_vlprm.data.answers import Grader
+from trl_vlprm.data.schema import RecordError, question_ids
+from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeClient
 from trl_vlprm.labeling.judge_server import JudgeServer
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
-from trl_vlprm.labeling.mc import Grader
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
     LegacyShardError,
@@ -50,19 +50,6 @@ CONFIG_FILE = "labelling_config.json"
 
 class JudgeFailureError(RuntimeError):
     """The judge failed on too many solutions of a shard; the shard was not written (see `LabelConfig`)."""
-
-
-def _check_ids(questions) -> list[str]:
-    ids, seen = [], set()
-    for row, question in enumerate(questions):
-        qid = question.get("id")
-        if qid is None or str(qid) == "":
-            raise RecordError(row, "id", "missing; labelling needs an id per question")
-        if str(qid) in seen:
-            raise RecordError(row, "id", f"duplicate id {qid!r}")
-        seen.add(str(qid))
-        ids.append(str(qid))
-    return ids
 
 
 def _trusted_shards(output_dir: Path) -> tuple[list[ShardInfo], int]:
@@ -149,7 +136,7 @@ def build_dataset(
     ranks = ranks or SINGLE
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    ids = _check_ids(questions)
+    ids = question_ids(questions, "labelling")
     digests = [question_digest(question) for question in questions]
     with ranks.locked_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, ids, digests)) as plan:
         mine = ranks.share(plan)
@@ -182,7 +169,7 @@ def _label_shards(questions, ids, digests, plan, policy, config, judge_server, g
     """Label and write the shards of `plan` (this rank's share); the stats of what was written."""
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
-    if config.rule in NEEDS_JUDGE:
+    if RULES.get(config.rule).needs_judge:
         if server is None and config.judge == "testbed":
             server, own_server = (
                 JudgeServer(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, RULES, UNKNOWN_POLICIES
+from trl_vlprm.labeling.combine import RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
 from trl_vlprm.utils.resume import dataclass_settings
@@ -164,8 +164,8 @@ class LabelConfig:
     show_progress: bool = field(default=True, metadata={"help": "Show a tqdm bar with the running costs."})
 
     def __post_init__(self):
+        RULES.check(self.rule, "LabelConfig.rule")
         checks = {
-            "rule": RULES,
             "mc_mode": MC_MODES,
             "policy": ("scripted", "hf"),
             "judge": ("server", "testbed", "none"),
@@ -175,7 +175,7 @@ class LabelConfig:
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LabelConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
-        if self.rule in NEEDS_JUDGE and self.judge == "none":
+        if RULES.get(self.rule).needs_judge and self.judge == "none":
             raise ValueError(f"LabelConfig.rule={self.rule!r} needs a judge but judge='none'")
         if self.judge == "testbed" and self.policy != "scripted":
             raise ValueError("LabelConfig.judge='testbed' answers from gold only the scripted policy knows")
@@ -190,7 +190,7 @@ class LabelConfig:
         self.judge_config()  # JudgeConfig validates timeout, retries, backoff and concurrency
 
     def mc_config(self) -> MCConfig | None:
-        if self.rule not in NEEDS_MC:
+        if not RULES.get(self.rule).needs_mc:
             return None
         return MCConfig(self.mc_num_completions, self.mc_threshold, self.mc_mode)
 

@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, to_json_string
 from trl_vlprm.guidance.policy import Policy, Question
-from trl_vlprm.labeling.combine import NEEDS_JUDGE, NEEDS_MC, combine
+from trl_vlprm.labeling.combine import RULES, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
 from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup
-from trl_vlprm.labeling.mc import Cost, Grader, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
+from trl_vlprm.labeling.mc import Cost, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
+from trl_vlprm.trainer.metrics import precision_recall_f1
 
 
 @dataclass
@@ -98,9 +100,10 @@ def label_batch(
 
     `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
     """
-    if rule in NEEDS_MC and mc_config is None:
+    needs = RULES.get(rule)
+    if needs.needs_mc and mc_config is None:
         raise ValueError(f"rule {rule!r} needs MC labels: give an MCConfig")
-    if rule in NEEDS_JUDGE and judge is None:
+    if needs.needs_judge and judge is None:
         raise ValueError(f"rule {rule!r} needs a judge: give a JudgeClient")
     stats = BatchStats()
     solutions: list[tuple[Question, int, Rollout, MCResult | None]] = []
@@ -109,7 +112,7 @@ def label_batch(
         rollouts, cost = sample_rollouts(policy, question, num_rollouts, grader)
         stats.rollout_cost.add(cost)
         for j, rollout in enumerate(rollouts):
-            mc = label_rollout(policy, question, rollout, mc_config, grader) if rule in NEEDS_MC else None
+            mc = label_rollout(policy, question, rollout, mc_config, grader) if needs.needs_mc else None
             if mc is not None:
                 stats.mc_cost.add(mc.cost)
             if judge_server is not None:
@@ -119,7 +122,7 @@ def label_batch(
             solutions.append((question, j, rollout, mc))
 
     verdicts: list[JudgeResult | None] = [None] * len(solutions)
-    if rule in NEEDS_JUDGE:
+    if needs.needs_judge:
         verdicts = judge.judge_many([(q, r.steps, r.step_types) for q, _, r, _ in solutions])
         for result in verdicts:
             stats.judge["requests"] += result.attempts
@@ -213,7 +216,5 @@ def step_label_quality(pairs: Sequence[tuple[Sequence[bool | None], Sequence[boo
             predicted_bad += not label
             gold_bad += not truth
             true_bad += (not label) and (not truth)
-    precision = true_bad / predicted_bad if predicted_bad else 0.0
-    recall = true_bad / gold_bad if gold_bad else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    precision, recall, f1 = precision_recall_f1(true_bad, predicted_bad - true_bad, gold_bad - true_bad)
     return LabelQuality(hits / labelled if labelled else 0.0, precision, recall, f1, labelled, total)

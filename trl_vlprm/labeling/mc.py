@@ -16,22 +16,16 @@ The prefix that holds every step is never sampled: its outcome is the rollout's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trl_vlprm.data.answers import Grader, grade_question
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Policy, Question
+from trl_vlprm.types import PolicyStats, StatsDelta
 
-Grader = Callable[..., bool]
 MC_MODES = ("every_step", "binary_search", "every_step_until_zero")
-
-
-def default_grader() -> Grader:
-    """`trl_vlprm.data.answers.grade` (imported late so a custom grader needs no answers module)."""
-    from trl_vlprm.data.answers import grade
-
-    return grade
 
 
 @dataclass
@@ -55,45 +49,9 @@ class Rollout:
     num_tokens: int = 0
 
 
-@dataclass
-class Cost:
-    """Policy work spent: calls (one batched request), sequences sampled, tokens generated."""
-
-    calls: int = 0
-    sequences: int = 0
-    tokens: int = 0
-
-    def add(self, other: Cost) -> None:
-        self.calls += other.calls
-        self.sequences += other.sequences
-        self.tokens += other.tokens
-
-    def as_dict(self) -> dict[str, int]:
-        return {"calls": self.calls, "sequences": self.sequences, "tokens": self.tokens}
-
-
-class _StatsDelta:
-    """Measures what a block of code cost on `policy.stats`, so every backend is counted the same way."""
-
-    def __init__(self, policy: Policy):
-        self.policy, self.cost = policy, Cost()
-
-    def __enter__(self) -> Cost:
-        s = self.policy.stats
-        self._start = (s.calls, s.sequences, s.tokens)
-        return self.cost
-
-    def __exit__(self, *exc: Any) -> None:
-        s = self.policy.stats
-        self.cost.calls = s.calls - self._start[0]
-        self.cost.sequences = s.sequences - self._start[1]
-        self.cost.tokens = s.tokens - self._start[2]
-
-
-def _grade(grader: Grader, answer: str | None, question: Question) -> bool:
-    if answer is None:
-        return False
-    return bool(grader(answer, str(question["answer"]), question.get("options") or None))
+# Policy work spent: calls (one batched request), sequences sampled, tokens generated. The name labelling's
+# statistics use for the one cost counter every policy keeps.
+Cost = PolicyStats
 
 
 def sample_rollouts(
@@ -102,8 +60,7 @@ def sample_rollouts(
     """`num_rollouts` full solutions of `question`, graded against `question["answer"]`; returns them and the cost."""
     if "answer" not in question:
         raise RecordError(question.get("id", "?"), "answer", "missing; rollouts cannot be graded without it")
-    grader = grader or default_grader()
-    with _StatsDelta(policy) as cost:
+    with StatsDelta(policy) as delta:
         continuations = policy.sample_solutions(question, num_rollouts)
     rollouts = []
     for c in continuations:
@@ -113,11 +70,11 @@ def sample_rollouts(
                 step_types=list(c.step_types) if c.step_types else [None] * len(c.steps),
                 gold_correct=list(c.gold_correct) if c.gold_correct is not None else None,
                 answer=c.answer,
-                correct=_grade(grader, c.answer, question),
+                correct=grade_question(c.answer, question, grader),
                 num_tokens=c.num_tokens,
             )
         )
-    return rollouts, cost
+    return rollouts, delta.spent
 
 
 @dataclass
@@ -185,11 +142,10 @@ def mc_score(
     policy: Policy, question: Question, prefix: Sequence[str], num_completions: int, grader: Grader | None = None
 ) -> float:
     """Share of `num_completions` completions of `prefix` whose final answer is right."""
-    grader = grader or default_grader()
     completions = policy.complete(question, list(prefix), num_completions)
     if not completions:
         return 0.0
-    return sum(_grade(grader, c.answer, question) for c in completions) / len(completions)
+    return sum(grade_question(c.answer, question, grader) for c in completions) / len(completions)
 
 
 class _Estimator:
@@ -221,10 +177,9 @@ def label_rollout(
     policy: Policy, question: Question, rollout: Rollout, config: MCConfig, grader: Grader | None = None
 ) -> MCResult:
     """MC scores and hard labels for every step of `rollout` (see the module docstring for the two modes)."""
-    grader = grader or default_grader()
     n = len(rollout.steps)
     estimator = _Estimator(policy, question, rollout, config, grader)
-    with _StatsDelta(policy) as cost:
+    with StatsDelta(policy) as delta:
         if n == 0:
             labels: list[bool] = []
         elif config.mode == "every_step":
@@ -250,4 +205,4 @@ def label_rollout(
                     high = middle
             labels = [i < high for i in range(n)]
     first_error = next((i for i, good in enumerate(labels) if not good), None)
-    return MCResult(estimator.scores, labels, first_error, estimator.num_estimates, cost)
+    return MCResult(estimator.scores, labels, first_error, estimator.num_estimates, delta.spent)

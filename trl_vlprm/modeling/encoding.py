@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, load_image
+from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.processor import get_tokenizer
 
 LAYOUTS = ("steps", "multi_turn", "text")
@@ -140,29 +141,13 @@ def prompt_to_messages(
     return messages
 
 
-MAX_ASPECT_RATIO = 200  # the Qwen-VL image processors refuse images more elongated than this
-
-
 def image_token_counts(processing_class: Any, images: Sequence[Any], row: Any = "?") -> list[int]:
     """Image tokens each image will occupy after the image processor resizes it (no pixels are computed).
 
     Raises:
-        RecordError: an image more elongated than `MAX_ASPECT_RATIO` (the image processor would refuse it
-            without naming the row).
+        RecordError: an image the model family's image processor would refuse (it would not name the row).
     """
-    image_processor = processing_class.image_processor
-    merge = image_processor.merge_size
-    counts = []
-    for i, image in enumerate(images):
-        width, height = image.size
-        if max(width, height) / max(min(width, height), 1) > MAX_ASPECT_RATIO:
-            raise RecordError(
-                row, f"images[{i}]", f"{width}x{height} image: aspect ratio above {MAX_ASPECT_RATIO}, which Qwen-VL "
-                "image processors refuse; crop or pad it"
-            )  # fmt: skip
-        patches = image_processor.get_number_of_image_patches(height, width, {})
-        counts.append(patches // (merge * merge))
-    return counts
+    return family_of_processor(processing_class).image_token_counts(processing_class, images, row)
 
 
 @dataclass
@@ -209,11 +194,10 @@ def _expand_images(processing_class: Any, text: str, images: Sequence[Any], row:
     return pieces[0] + "".join(image_token * n + piece for n, piece in zip(counts, pieces[1:]))
 
 
-def _mm_types(processing_class: Any, ids: Sequence[int]) -> list[int] | None:
-    if not is_vision_processor(processing_class):
-        return None
-    image_token_id = processing_class.image_token_id
-    return [1 if token == image_token_id else 0 for token in ids]
+def mm_token_type_ids(processing_class: Any, ids: Sequence[int]) -> list[int] | None:
+    """Per-token multimodal types of `ids` as the model family's forward reads them; None for a text tokenizer."""
+    family = family_of_processor(processing_class)
+    return family.mm_token_type_ids(processing_class, ids) if family is not None else None
 
 
 def encode_prompt(
@@ -227,7 +211,7 @@ def encode_prompt(
 
     With a plain tokenizer and a string prompt this is TRL's former layout (optional BOS + the raw prompt); chat
     prompts go through the tokenizer's chat template. With a vision processor the chat template is always used and
-    each image becomes `<|vision_start|>` + n image tokens + `<|vision_end|>`.
+    each image's placeholder becomes as many image tokens as the image processor will produce for it.
     """
     tokenizer = get_tokenizer(processing_class)
     if not is_vision_processor(processing_class):
@@ -251,7 +235,7 @@ def encode_prompt(
     pil_images = [load_image(image, row, f"images[{i}]") for i, image in enumerate(images)]
     text = _render(processing_class, prompt_to_messages(prompt, system_prompt), generation_prompt=True)
     ids = tokenizer(_expand_images(processing_class, text, pil_images, row), add_special_tokens=False)["input_ids"]
-    return EncodedPrompt(list(ids), _mm_types(processing_class, ids), pil_images)
+    return EncodedPrompt(list(ids), mm_token_type_ids(processing_class, ids), pil_images)
 
 
 def encode_steps(tokenizer: Any, steps: Sequence[str], step_separator: str) -> list[list[int]]:
@@ -294,7 +278,7 @@ class PRMEncoder:
             rendered = _render(self.processing_class, self._messages(prompt, [_SENTINEL], ()), True)
             text = rendered[: rendered.index(_SENTINEL)]
         ids, _ = self._tokenize(text, pil_images, row)
-        return EncodedPrompt(ids, _mm_types(self.processing_class, ids), pil_images, text)
+        return EncodedPrompt(ids, mm_token_type_ids(self.processing_class, ids), pil_images, text)
 
     # ---- a candidate ----------------------------------------------------------------------------------------
 
@@ -326,7 +310,7 @@ class PRMEncoder:
         prefix = encoded_prompt.input_ids
         if ids[: len(prefix)] == prefix and all(end >= len(prefix) for end in token_ends):
             return EncodedSteps(ids[len(prefix) :], [end - len(prefix) for end in token_ends])
-        mm_types = _mm_types(self.processing_class, ids)
+        mm_types = mm_token_type_ids(self.processing_class, ids)
         return EncodedSteps(ids, token_ends, shares_prefix=False, mm_token_type_ids=mm_types)
 
     def encode_row(

@@ -4,8 +4,8 @@ Two heads, chosen by `VLPRMConfig.head`:
 
 - **value**: a linear classifier on every token's last hidden state (`num_labels=2` for hard labels, 1 for soft
   labels); the step score is read at each step's last token. transformers has no token-classification class for
-  Qwen2-VL/Qwen2.5-VL, so this module defines them on transformers' generic token-classification mixin and
-  registers them with `AutoModelForTokenClassification`.
+  most vision-language models, so each model family (`trl_vlprm.modeling.families`) defines its own on transformers'
+  generic token-classification mixin and registers it with `AutoModelForTokenClassification`.
 - **generative**: the backbone's own LM head; the step score is P("+") / (P("+") + P("-")) of the next token at each
   step's last token. No new weights, so it keeps the VLM's language prior (the paper's VL-PRMs are generative).
 
@@ -27,21 +27,14 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoModelForImageTextToText,
     AutoModelForTokenClassification,
     PreTrainedModel,
-    Qwen2_5_VLConfig,
     Qwen2Model,
     Qwen2PreTrainedModel,
-    Qwen2VLConfig,
 )
-from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
-from transformers.modeling_layers import GenericForTokenClassification
 from transformers.modeling_outputs import TokenClassifierOutput
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
-from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
 
+from trl_vlprm.modeling.families import find_family
 from trl_vlprm.modeling.hub import require_model
 from trl_vlprm.modeling.presets import PRESETS, PRMPreset, find_preset, get_preset
 
@@ -50,38 +43,6 @@ logger = logging.getLogger(__name__)
 HEADS = ("value", "generative")
 POSITIVE_TOKEN = "+"
 NEGATIVE_TOKEN = "-"
-VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
-
-
-class Qwen2VLForTokenClassification(GenericForTokenClassification, Qwen2VLPreTrainedModel):
-    """Qwen2-VL backbone + per-token classifier (`score`): the value-head VL-PRM."""
-
-    config_class = Qwen2VLConfig
-
-
-class Qwen2_5_VLForTokenClassification(GenericForTokenClassification, Qwen2_5_VLPreTrainedModel):
-    """Qwen2.5-VL backbone + per-token classifier (`score`): the value-head VL-PRM."""
-
-    config_class = Qwen2_5_VLConfig
-
-
-VALUE_HEAD_CLASSES: dict[str, type[PreTrainedModel]] = {
-    "qwen2_vl": Qwen2VLForTokenClassification,
-    "qwen2_5_vl": Qwen2_5_VLForTokenClassification,
-}
-
-# Hub Qwen-VL checkpoints store `visual.*` and `model.layers.*`; transformers 5 modules live under
-# `model.visual` / `model.language_model`. Same renaming transformers registers for the generation class.
-_LEGACY_QWEN_VL_KEYS = [
-    (r"^visual", "model.visual"),
-    (r"^model(?!\.(language_model|visual))", "model.language_model"),
-]
-for _cls in VALUE_HEAD_CLASSES.values():
-    register_checkpoint_conversion_mapping(
-        _cls.__name__, [WeightRenaming(source, target) for source, target in _LEGACY_QWEN_VL_KEYS], overwrite=True
-    )
-AutoModelForTokenClassification.register(Qwen2VLConfig, Qwen2VLForTokenClassification, exist_ok=True)
-AutoModelForTokenClassification.register(Qwen2_5_VLConfig, Qwen2_5_VLForTokenClassification, exist_ok=True)
 
 
 class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
@@ -124,9 +85,10 @@ def _model_class(model_type: str, head: str, architectures: list[str] | None = N
     for architecture in architectures or ():
         if head == "value" and architecture in ARCHITECTURE_CLASSES:
             return ARCHITECTURE_CLASSES[architecture]
+    family = find_family(model_type)
     if head == "value":
-        return VALUE_HEAD_CLASSES.get(model_type, AutoModelForTokenClassification)
-    return AutoModelForImageTextToText if model_type in VL_MODEL_TYPES else AutoModelForCausalLM
+        return family.value_head_class() if family is not None else AutoModelForTokenClassification
+    return family.generative_class() if family is not None else AutoModelForCausalLM
 
 
 def _head_keys(head: str) -> tuple[str, ...]:

@@ -95,15 +95,18 @@ def model_init_kwargs_from(model_args: Any) -> dict[str, Any]:
     - `load_in_4bit` / `load_in_8bit` -> a bitsandbytes `quantization_config` (TRL's `get_quantization_config`)
       and, on GPUs, each process's own device (TRL's k-bit device map): the run needs bitsandbytes and a GPU;
     - `trust_remote_code` -> refused: the PRM heads are defined on the architectures transformers ships
-      (Qwen2-VL, Qwen2.5-VL, text LMs), so a model's own modelling code would not get them.
+      (the model families of `trl_vlprm.modeling.families`, text LMs), so a model's own modelling code would not
+      get them.
 
     Raises:
         ValueError: `trust_remote_code` was set.
     """
     if getattr(model_args, "trust_remote_code", False):
+        from trl_vlprm.modeling.families import supported_families_text
+
         raise ValueError(
             "trust_remote_code=True is not supported: trl_vlprm builds its PRM heads on the architectures "
-            "transformers ships (qwen2_vl, qwen2_5_vl and text LMs) and never runs a model's own code; drop "
+            f"transformers ships ({supported_families_text()}; text LMs) and never runs a model's own code; drop "
             "--trust_remote_code"
         )
     from trl.trainer.utils import get_quantization_config

@@ -1,7 +1,7 @@
 """Tiny models in a Hugging Face cache, exactly as a download from the Hub leaves them, for offline tests by repo id.
 
 `save_to_hub_cache` writes any model folder into the hub layout (`models--Org--Name/blobs`, `snapshots/<commit>`,
-`refs/<revision>`); `write_upstream_layout` gives a tiny Qwen-VL the file shapes of the published checkpoints;
+`refs/<revision>`); `write_upstream_layout` gives a tiny model its family's published checkpoint file shapes;
 `build_tiny_hub` fills a cache with the models the paper's recipes name (`Qwen/Qwen2.5-VL-3B-Instruct`, ...), so a
 test sets `HF_HOME` + `HF_HUB_OFFLINE=1` and runs the recipes as written.
 """
@@ -11,89 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
-from trl_vlprm.modeling.tiny import CHAT_TEMPLATE, build_tiny_vlm
-
-# Upstream Qwen-VL checkpoints (written by transformers 4.4x) keep the text settings at the top level of
-# config.json and store `visual.*` / `model.layers.*` tensors; transformers 5 reads both forms.
-_UPSTREAM_KEYS = [(r"^model\.visual\.", "visual."), (r"^model\.language_model\.", "model.")]
-_UPSTREAM_PROCESSORS = {
-    "qwen2_vl": ("Qwen2VLImageProcessor", "Qwen2VLProcessor"),
-    "qwen2_5_vl": ("Qwen2_5_VLImageProcessor", "Qwen2_5_VLProcessor"),
-}
+from trl_vlprm.modeling.families import get_family
+from trl_vlprm.modeling.tiny import build_tiny_vlm
 
 
 def write_upstream_layout(folder: str | Path) -> Path:
-    """Rewrite a `build_tiny_vlm` folder in place into the file shapes of the published Qwen-VL checkpoints.
-
-    `config.json` flat (text fields at the top, `rope_scaling: {type: mrope}`), tensors under `visual.*` and
-    `model.*`, `preprocessor_config.json` with `min_pixels` / `max_pixels` and the upstream image processor type,
-    `chat_template.json`, and a tokenizer saved as `Qwen2Tokenizer` with `vocab.json` / `merges.txt` beside
-    `tokenizer.json`: what `huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct` gives, at a tiny size.
-    """
-    from safetensors.torch import load_file, save_file
-
+    """Rewrite a `build_tiny_vlm` folder in place into the file shapes of its model family's published checkpoints
+    (`ModelFamily.write_upstream_layout`): what a download of such a checkpoint gives, at a tiny size."""
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    model_type = config["model_type"]
-    text = config.pop("text_config")
-    rope = text.pop("rope_parameters", None) or {}
-    for key in ("model_type", "architectures", "dtype", "output_attentions", "output_hidden_states", "return_dict"):
-        text.pop(key, None)
-    upstream_config = {**text, **config}
-    upstream_config["rope_theta"] = rope.get("rope_theta", 10000.0)
-    upstream_config["rope_scaling"] = {"type": "mrope", "mrope_section": rope["mrope_section"]}
-    upstream_config["torch_dtype"] = upstream_config.pop("dtype", "float32")
-    upstream_config["transformers_version"] = "4.49.0"
-    _write_json(folder / "config.json", upstream_config)
-
-    tensors = load_file(str(folder / "model.safetensors"))
-    renamed = {}
-    for key, tensor in tensors.items():
-        for pattern, target in _UPSTREAM_KEYS:
-            key = re.sub(pattern, target, key)
-        renamed[key] = tensor.contiguous()
-    save_file(renamed, str(folder / "model.safetensors"), {"format": "pt"})
-
-    image_type, processor_type = _UPSTREAM_PROCESSORS[model_type]
-    saved = json.loads((folder / "processor_config.json").read_text())["image_processor"]  # transformers 5 nests it
-    _write_json(
-        folder / "preprocessor_config.json",
-        {
-            "min_pixels": saved["size"]["shortest_edge"],
-            "max_pixels": saved["size"]["longest_edge"],
-            "patch_size": saved["patch_size"],
-            "temporal_patch_size": saved["temporal_patch_size"],
-            "merge_size": saved["merge_size"],
-            "image_mean": saved["image_mean"],
-            "image_std": saved["image_std"],
-            "image_processor_type": image_type,
-            "processor_class": processor_type,
-        },
-    )
-    template_file = folder / "chat_template.jinja"
-    template = template_file.read_text() if template_file.exists() else CHAT_TEMPLATE
-    _write_json(folder / "chat_template.json", {"chat_template": template})
-    for name in ("chat_template.jinja", "processor_config.json"):
-        (folder / name).unlink(missing_ok=True)
-
-    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
-    tokenizer_config.update(tokenizer_class="Qwen2Tokenizer", chat_template=template, processor_class=processor_type)
-    _write_json(folder / "tokenizer_config.json", tokenizer_config)
-    # Qwen2Tokenizer imposes Qwen's normaliser and pre-tokeniser; tokenizer.json is re-saved with them, as upstream's
-    # holds them, so readers of tokenizer.json alone (vLLM, older transformers) tokenize the same way.
-    AutoTokenizer.from_pretrained(folder).backend_tokenizer.save(str(folder / "tokenizer.json"))
-    bpe = json.loads((folder / "tokenizer.json").read_text())["model"]
-    _write_json(folder / "vocab.json", bpe["vocab"])
-    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return folder
+    model_type = json.loads((folder / "config.json").read_text())["model_type"]
+    return get_family(model_type).write_upstream_layout(folder)
 
 
 def _write_json(path: Path, data: dict) -> None:

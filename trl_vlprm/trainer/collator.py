@@ -9,8 +9,9 @@ from typing import Any
 import torch
 
 from trl_vlprm.data.schema import load_image
+from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.processor import get_tokenizer
-from trl_vlprm.trainer.tokenization import IGNORE_INDEX, STEP_TYPE_IDS, is_vision_processor
+from trl_vlprm.trainer.tokenization import IGNORE_INDEX, STEP_TYPE_IDS
 
 UNTYPED = STEP_TYPE_IDS[None]
 
@@ -35,10 +36,10 @@ class DataCollatorForVLPRM:
     """Collate rows made by `tokenize_row`.
 
     Pads `input_ids` (pad token), `attention_mask`, `labels` and `step_type_ids` (-100), `label_weights` and
-    `mm_token_type_ids` (0); runs the image processor on the rows' images and concatenates `pixel_values` and
-    `image_grid_thw` in row order (the layout Qwen-VL models expect). `mm_token_type_ids` must reach the model:
-    without it Qwen-VL silently falls back to 1-D positions. Rows tokenized elsewhere (TRL's pretokenized
-    `input_ids` + `labels` only) are untyped: their labelled positions get step type "untyped".
+    `mm_token_type_ids` (0); the model family (`trl_vlprm.modeling.families`) turns the rows' images, in row order,
+    into the model's image inputs. `mm_token_type_ids` must reach the model: without it a model with multimodal
+    rope positions silently falls back to 1-D positions. Rows tokenized elsewhere (TRL's pretokenized `input_ids` +
+    `labels` only) are untyped: their labelled positions get step type "untyped".
 
     Args:
         processing_class: the tokenizer or image-only processor used for tokenization.
@@ -58,7 +59,8 @@ class DataCollatorForVLPRM:
         }
         if "label_weights" in rows[0]:
             batch["label_weights"] = pad_right([row["label_weights"] for row in rows], 0.0, torch.float)
-        if not is_vision_processor(self.processing_class):
+        family = family_of_processor(self.processing_class)
+        if family is None:
             return batch
         batch["mm_token_type_ids"] = pad_right(
             [row.get("mm_token_type_ids") or [0] * len(row["input_ids"]) for row in rows], 0, torch.long
@@ -67,11 +69,9 @@ class DataCollatorForVLPRM:
             load_image(image, row.get("id", i)) for i, row in enumerate(rows) for image in row.get("images") or []
         ]
         if images:
-            pixels = self.processing_class.image_processor(images=images, return_tensors="pt")
-            batch["pixel_values"] = pixels["pixel_values"]
-            batch["image_grid_thw"] = pixels["image_grid_thw"]
-            merge = self.processing_class.image_processor.merge_size
-            expected = int((pixels["image_grid_thw"].prod(dim=-1) // (merge * merge)).sum())
+            image_inputs = family.image_inputs(self.processing_class, images)
+            batch.update(image_inputs)
+            expected = family.image_token_total(self.processing_class, image_inputs)
             found = int(batch["mm_token_type_ids"].sum())
             if expected != found:  # only if the image processor changed between tokenization and collation
                 raise ValueError(

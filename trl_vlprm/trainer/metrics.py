@@ -43,6 +43,19 @@ def compute_accuracy(eval_pred: EvalPrediction) -> dict[str, float]:
     return {"accuracy": np.array(predictions == labels, dtype=float).mean().item()}
 
 
+def precision_recall_f1(true_positive: int, false_positive: int, false_negative: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 of one class from its counts; each is 0.0 where undefined (nothing predicted, nothing
+    to find). The one copy used by the trainer's step metrics, labelling quality and the process benches.
+
+    F1 = 2TP / (2TP + FP + FN), which equals 2PR / (P + R) wherever both are defined.
+    """
+    predicted, actual = true_positive + false_positive, true_positive + false_negative
+    precision = true_positive / predicted if predicted else 0.0
+    recall = true_positive / actual if actual else 0.0
+    f1 = 2 * true_positive / (predicted + actual) if predicted + actual else 0.0
+    return precision, recall, f1
+
+
 def correct_probabilities(logits: np.ndarray) -> np.ndarray:
     """P(step correct) from class logits `[..., classes]`: sigmoid of one logit, softmax's class 1 of two."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -60,10 +73,10 @@ def bad_step_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: f
     """
     predicted_bad = probabilities < threshold
     actual_bad = labels < threshold
-    true_positive = float(np.sum(predicted_bad & actual_bad))
-    precision = true_positive / max(float(np.sum(predicted_bad)), 1.0)
-    recall = true_positive / max(float(np.sum(actual_bad)), 1.0)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    precision, recall, f1 = precision_recall_f1(
+        int(np.sum(predicted_bad & actual_bad)), int(np.sum(predicted_bad & ~actual_bad)),
+        int(np.sum(~predicted_bad & actual_bad)),
+    )  # fmt: skip
     return {
         "accuracy": float(np.mean(predicted_bad == actual_bad)) if len(labels) else 0.0,
         "bad_precision": precision,

@@ -20,7 +20,6 @@ import numpy as np
 
 from trl_vlprm.data.schema import PERCEPTION, RecordError
 from trl_vlprm.modeling.encoding import (  # noqa: F401  (re-exported: the trainer's row tokenizer's building blocks)
-    MAX_ASPECT_RATIO,
     EncodedPrompt,
     PRMEncoder,
     PRMLayout,
@@ -28,8 +27,10 @@ from trl_vlprm.modeling.encoding import (  # noqa: F401  (re-exported: the train
     encode_steps,
     image_token_counts,
     is_vision_processor,
+    mm_token_type_ids,
     prompt_to_messages,
 )
+from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.processor import get_tokenizer
 
 IGNORE_INDEX = -100
@@ -48,9 +49,7 @@ def label_value(label: Any) -> int | float:
 def _check_steps_free_of_vision_tokens(processing_class: Any, steps: Sequence[Sequence[int]], row: Any) -> None:
     # A literal image token in a step would be read as an image slot by the model: name the row instead.
     tokenizer = get_tokenizer(processing_class)
-    special = {getattr(processing_class, name, None) for name in ("image_token_id", "video_token_id")}
-    special |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>")}
-    special -= {None, tokenizer.unk_token_id}  # a token the vocabulary lacks maps to unk (or None)
+    special = family_of_processor(processing_class).vision_token_ids(processing_class)
     for i, step_ids in enumerate(steps):
         found = special.intersection(step_ids)
         if found:
@@ -213,9 +212,9 @@ def _tokenize_one_string(
     }
     if weights is not None:
         out["label_weights"] = token_weights
-    if encoder.is_vision:
-        image_token_id = processing_class.image_token_id
-        out["mm_token_type_ids"] = [1 if token == image_token_id else 0 for token in ids]
+    mm_types = mm_token_type_ids(processing_class, ids)
+    if mm_types is not None:
+        out["mm_token_type_ids"] = mm_types
     return out
 
 

@@ -16,6 +16,7 @@ from transformers import EvalPrediction, PreTrainedModel, Trainer, TrainerCallba
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.trainer.utils import disable_dropout_in_model
 
+from trl_vlprm.modeling.families import family_of_model
 from trl_vlprm.modeling.heads import load_prm, prm_token_ids, step_logits
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
 from trl_vlprm.trainer import tokenization
@@ -335,13 +336,17 @@ def _record_prm_metadata(model: PreTrainedModel, args: VLPRMConfig, token_ids: t
 
 
 def _freeze_vision_tower(model: PreTrainedModel) -> int:
+    family = family_of_model(model)
+    if family is None:
+        model_type = getattr(model.config, "model_type", None)
+        raise ValueError(f"freeze_vision_tower=True but model type {model_type!r} has no vision tower")
     frozen = 0
     for name, parameter in model.named_parameters():
-        if ".visual." in f".{name}" and ".merger." not in name:
+        if family.is_vision_tower_parameter(name):
             parameter.requires_grad_(False)
             frozen += parameter.numel()
     if frozen == 0:
-        raise ValueError("freeze_vision_tower=True but the model has no vision tower (`visual`) parameters")
+        raise ValueError(f"freeze_vision_tower=True but the model has no {family.vision_tower_description} parameters")
     return frozen
 
 

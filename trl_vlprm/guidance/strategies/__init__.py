@@ -1,11 +1,12 @@
 """Test-time search strategies. Each runner has the signature
-`run(question, policy, scorer, config: SearchConfig) -> SearchResult`; `STRATEGIES` maps registry names to runners.
+`run(question, policy, scorer, config: SearchConfig) -> SearchResult`; `STRATEGIES` is the registry of runners
+(each module registers its own with `@STRATEGIES.register(name)`).
 
 The pure selection functions (`majority_vote`, `select_best_of_n`, `weighted_vote`) work on already-scored
 candidates, so an evaluation sweep can reuse one set of samples for every strategy.
 """
 
-from trl_vlprm.guidance.strategies.base import SearchConfig, SearchResult, score_candidates
+from trl_vlprm.guidance.strategies.base import STRATEGIES, SearchConfig, SearchResult, Strategy, score_candidates
 from trl_vlprm.guidance.strategies.beam_search import run_beam_search
 from trl_vlprm.guidance.strategies.best_of_n import run_best_of_n, select_best_of_n
 from trl_vlprm.guidance.strategies.dvts import run_dvts
@@ -20,28 +21,17 @@ from trl_vlprm.guidance.strategies.majority import (
 from trl_vlprm.guidance.strategies.step_selection import prm_guided_walk, run_step_selection
 from trl_vlprm.guidance.strategies.weighted_vote import run_weighted_vote, weighted_vote
 
-STRATEGIES = {
-    "greedy": run_greedy,
-    "majority": run_majority,
-    "best_of_n": run_best_of_n,
-    "weighted_vote": run_weighted_vote,
-    "beam_search": run_beam_search,
-    "dvts": run_dvts,
-    "step_selection": run_step_selection,
-}
 
-
-def get_strategy(name: str):
-    """The runner registered under `name`."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; expected one of {sorted(STRATEGIES)}")
-    return STRATEGIES[name]
+def get_strategy(name: str) -> Strategy:
+    """The runner registered under `name`; an unknown name raises `UnknownNameError` listing the registered ones."""
+    return STRATEGIES.get(name)
 
 
 __all__ = [
     "STRATEGIES",
     "SearchConfig",
     "SearchResult",
+    "Strategy",
     "answer_key",
     "get_strategy",
     "majority_vote",

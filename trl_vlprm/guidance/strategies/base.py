@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
+from trl_vlprm.registry import Registry
 
 
 @dataclass
@@ -67,8 +68,7 @@ class SearchConfig:
     )
 
     def __post_init__(self):
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"SearchConfig.aggregation={self.aggregation!r}; expected one of {AGGREGATIONS}")
+        AGGREGATIONS.check(self.aggregation, "SearchConfig.aggregation")
         for name in ("n", "beam_width", "expansions_per_beam", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SearchConfig.{name}={getattr(self, name)}; must be >= 1")
@@ -110,6 +110,12 @@ class SearchResult:
             "details": self.details,
             "policy_stats": self.policy_stats,
         }
+
+
+# A search strategy: `run(question, policy, scorer, config) -> SearchResult`. Each strategy module registers its
+# runner at its definition with `@STRATEGIES.register("name")`; the package `__init__` imports them all.
+Strategy = Callable[[Question, Policy, "StepScorer | None", SearchConfig], SearchResult]
+STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 def question_id(question: Question) -> str:
@@ -186,20 +192,3 @@ def complete_open(question: Question, policy: Policy, open_candidates: list[Cand
             raise RuntimeError(f"question {question_id(question)}: policy.complete returned no continuation")
         completed.append(candidate.extend(continuations[0]))
     return completed
-
-
-class StatsDelta:
-    """Cost of one search on a policy's running `PolicyStats` (context manager)."""
-
-    def __init__(self, policy):
-        self.policy = policy
-        self.before: dict[str, int] = {}
-        self.spent: dict[str, int] = {}
-
-    def __enter__(self) -> StatsDelta:
-        self.before = self.policy.stats.as_dict()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        after = self.policy.stats.as_dict()
-        self.spent = {key: after[key] - self.before.get(key, 0) for key in after}

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     complete_open,
     question_id,
@@ -26,12 +26,14 @@ from trl_vlprm.guidance.strategies.base import (
     score_candidates,
 )
 from trl_vlprm.guidance.strategies.best_of_n import select_best_of_n
+from trl_vlprm.types import StatsDelta
 
 
 def _gold_ok(candidate: Candidate) -> bool | None:
     return None if candidate.gold_correct is None else all(candidate.gold_correct)
 
 
+@STRATEGIES.register("beam_search")
 def run_beam_search(
     question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig
 ) -> SearchResult:
@@ -80,5 +82,5 @@ def run_beam_search(
         answer=None if chosen is None else completed[chosen].answer,
         candidate_scores=aggregated_scores(completed, config.aggregation),
         details={"aggregation": config.aggregation, "iterations": iterations, "completed_at_max_steps": len(tail)},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

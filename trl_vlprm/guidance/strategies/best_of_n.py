@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from trl_vlprm.guidance.aggregation import rank_key
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     question_id,
     require_scorer,
@@ -17,6 +17,7 @@ from trl_vlprm.guidance.strategies.base import (
     score_candidates,
     whole_solutions,
 )
+from trl_vlprm.types import StatsDelta
 
 
 def select_best_of_n(candidates: Sequence[Candidate], aggregation: str) -> int:
@@ -32,6 +33,7 @@ def select_best_of_n(candidates: Sequence[Candidate], aggregation: str) -> int:
     return max(range(len(keys)), key=keys.__getitem__)
 
 
+@STRATEGIES.register("best_of_n")
 def run_best_of_n(question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig) -> SearchResult:
     """Sample `config.n` solutions, score all their steps in one scorer call, keep the best by `config.aggregation`.
 
@@ -53,5 +55,5 @@ def run_best_of_n(question: Question, policy: Policy, scorer: StepScorer | None,
         answer=None if chosen is None else candidates[chosen].answer,
         candidate_scores=aggregated_scores(candidates, config.aggregation),
         details={"aggregation": config.aggregation, "whole_solution": config.whole_solution},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from trl_vlprm.guidance.policy import Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     question_id,
     require_scorer,
 )
 from trl_vlprm.guidance.strategies.best_of_n import select_best_of_n
 from trl_vlprm.guidance.strategies.step_selection import prm_guided_walk
+from trl_vlprm.types import StatsDelta
 
 
+@STRATEGIES.register("dvts")
 def run_dvts(question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig) -> SearchResult:
     """`n // beam_width` PRM-guided walks of fan-out `beam_width`; the answer is the best walk's."""
     scorer = require_scorer(scorer, "dvts")
@@ -37,5 +39,5 @@ def run_dvts(question: Question, policy: Policy, scorer: StepScorer | None, conf
         answer=walks[chosen].answer,
         candidate_scores=aggregated_scores(walks, config.aggregation),
         details={"aggregation": config.aggregation, "num_subtrees": num_subtrees, "steps": trace},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from trl_vlprm.guidance.policy import Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     question_id,
     root_candidate,
     score_candidates,
 )
+from trl_vlprm.types import StatsDelta
 
 
+@STRATEGIES.register("greedy")
 def run_greedy(question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig) -> SearchResult:
     """Sample one solution; score it when a scorer is given (for the record, it does not change the choice)."""
     with StatsDelta(policy) as cost:
@@ -34,5 +36,5 @@ def run_greedy(question: Question, policy: Policy, scorer: StepScorer | None, co
         chosen=chosen,
         answer=candidates[0].answer if candidates else None,
         candidate_scores=scores,
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

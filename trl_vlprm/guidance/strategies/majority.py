@@ -7,14 +7,15 @@ from collections.abc import Callable, Sequence
 from trl_vlprm.data.answers import extract_answer
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     question_id,
     root_candidate,
     score_candidates,
 )
+from trl_vlprm.types import StatsDelta
 
 
 def answer_key(answer: str | None) -> str | None:
@@ -69,6 +70,7 @@ def majority_vote(candidates: Sequence[Candidate], key: AnswerKey = answer_key) 
     return next(i for i, c in enumerate(candidates) if key(c.answer) == winner)
 
 
+@STRATEGIES.register("majority")
 def run_majority(question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig) -> SearchResult:
     """Sample `config.n` solutions and vote. A scorer, when given, only annotates the candidates."""
     with StatsDelta(policy) as cost:
@@ -87,5 +89,5 @@ def run_majority(question: Question, policy: Policy, scorer: StepScorer | None, 
         answer=None if chosen is None else candidates[chosen].answer,
         candidate_scores=scores,
         details={"votes": vote_tally(candidates, key=key)},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

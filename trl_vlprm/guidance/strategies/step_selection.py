@@ -9,9 +9,9 @@ from __future__ import annotations
 from trl_vlprm.guidance.aggregation import aggregate, rank_key
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     complete_open,
     question_id,
@@ -19,6 +19,7 @@ from trl_vlprm.guidance.strategies.base import (
     root_candidate,
     score_candidates,
 )
+from trl_vlprm.types import StatsDelta
 
 
 def prm_guided_walk(
@@ -81,6 +82,7 @@ def prm_guided_walk(
     return walks, trace
 
 
+@STRATEGIES.register("step_selection")
 def run_step_selection(
     question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig
 ) -> SearchResult:
@@ -100,5 +102,5 @@ def run_step_selection(
         answer=walks[0].answer,
         candidate_scores=aggregated_scores(walks, config.aggregation),
         details={"steps": trace},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

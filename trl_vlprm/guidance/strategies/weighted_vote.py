@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from trl_vlprm.guidance.aggregation import aggregate
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies.base import (
+    STRATEGIES,
     SearchConfig,
     SearchResult,
-    StatsDelta,
     aggregated_scores,
     question_id,
     require_scorer,
@@ -18,6 +18,7 @@ from trl_vlprm.guidance.strategies.base import (
     whole_solutions,
 )
 from trl_vlprm.guidance.strategies.majority import AnswerKey, answer_key, question_answer_key, vote_tally
+from trl_vlprm.types import StatsDelta
 
 
 def weighted_vote(candidates: Sequence[Candidate], aggregation: str, key: AnswerKey = answer_key) -> int | None:
@@ -39,6 +40,7 @@ def weighted_vote(candidates: Sequence[Candidate], aggregation: str, key: Answer
     return max(holders, key=scores.__getitem__)
 
 
+@STRATEGIES.register("weighted_vote")
 def run_weighted_vote(
     question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig
 ) -> SearchResult:
@@ -60,5 +62,5 @@ def run_weighted_vote(
         answer=None if chosen is None else candidates[chosen].answer,
         candidate_scores=scores,
         details={"aggregation": config.aggregation, "votes": vote_tally(candidates, scores, key)},
-        policy_stats=cost.spent,
+        policy_stats=cost.spent.as_dict(),
     )

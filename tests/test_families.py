@@ -1,0 +1,293 @@
+"""Model-family adapters: every registered family keeps the contract the pipeline relies on, is found from a model's
+config or processor, and is the only place that knows its models' specifics.
+
+The contract tests are parametrized over every registered model type, so a new family file gets them for free.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoModelForTokenClassification
+
+import trl_vlprm
+from trl_vlprm.modeling import families
+from trl_vlprm.modeling.encoding import encode_prompt
+from trl_vlprm.modeling.families import (
+    FAMILIES,
+    ModelFamily,
+    UnsupportedModelError,
+    family_of_model,
+    family_of_processor,
+    get_family,
+    supported_model_types,
+)
+from trl_vlprm.modeling.heads import load_prm
+from trl_vlprm.modeling.processor import build_processor, load_processor, read_model_type
+from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_tokenizer, build_tiny_vlm
+
+PACKAGE = Path(trl_vlprm.__file__).parent
+MODEL_TYPES = supported_model_types()
+
+
+@pytest.fixture(scope="module", params=MODEL_TYPES)
+def tiny(request, tmp_path_factory):
+    return request.param, build_tiny_vlm(tmp_path_factory.mktemp(request.param) / "model", arch=request.param)
+
+
+def _image(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+# ---- registry and resolution ---------------------------------------------------------------------------------------
+
+
+def test_qwen_vl_covers_both_model_types():
+    assert {"qwen2_vl", "qwen2_5_vl"} <= set(MODEL_TYPES)
+    assert get_family("qwen2_vl").name == get_family("qwen2_5_vl").name == "qwen_vl"
+    assert get_family("qwen2_vl") is get_family("qwen2_vl")  # one adapter per model type
+    assert FAMILIES.names() == sorted(MODEL_TYPES)
+
+
+def test_unknown_model_type_names_it_and_lists_the_families():
+    with pytest.raises(UnsupportedModelError, match=r"model type 'llava'.*qwen2_vl, qwen2_5_vl \(family qwen_vl\)"):
+        get_family("llava")
+    with pytest.raises(UnsupportedModelError, match=r"model type 'llava'"):
+        build_processor("llava", build_tiny_tokenizer())
+
+
+def test_every_family_module_registers_itself():
+    """The package imports each of its modules, so a family file needs no other edit to be found."""
+    defined = {
+        node.name
+        for path in Path(families.__file__).parent.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and any(getattr(base, "id", None) == "ModelFamily" for base in node.bases)
+    }
+    registered = {FAMILIES.get(name).__name__ for name in FAMILIES.names()}
+    assert defined == registered and defined
+
+
+def test_family_found_from_config_processor_and_saved_folder(tiny):
+    model_type, path = tiny
+    family = get_family(model_type)
+    processor = load_processor(path)
+    assert family_of_processor(processor) is family
+    assert family_of_model(load_prm(path, head="generative")) is family
+    assert read_model_type(path) == model_type
+    # A text model has no family: callers fall back to text behaviour.
+    assert family_of_processor(processor.tokenizer) is None
+
+
+def test_a_vision_processor_of_no_family_is_refused():
+    class SomeProcessor:
+        image_processor = object()
+
+    with pytest.raises(UnsupportedModelError, match=r"processor SomeProcessor belongs to no model family"):
+        family_of_processor(SomeProcessor())
+
+
+def test_text_model_has_no_family_and_keeps_auto_classes(tmp_path):
+    path = build_tiny_text_prm(tmp_path / "text")
+    model = load_prm(path, head="value")
+    assert family_of_model(model) is None and type(model).__name__ == "Qwen2ForTokenClassification"
+
+
+# ---- the contract of every family ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(56, 56), (100, 90), (60, 300), (112, 112)])
+def test_image_token_counts_match_the_processor(tiny, size):
+    """The count the encoding expands each placeholder to equals what the family's own processor emits, and the
+    batch check (`image_token_total`) agrees."""
+    model_type, path = tiny
+    family, processor = get_family(model_type), load_processor(path)
+    image = _image(*size)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Count."}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    emitted = int(
+        (processor(text=[text], images=[image], return_tensors="pt")["input_ids"] == processor.image_token_id).sum()
+    )
+    (count,) = family.image_token_counts(processor, [image])
+    assert count == emitted > 0
+    assert family.image_token_total(processor, family.image_inputs(processor, [image])) == emitted
+    encoded = encode_prompt(processor, "<image>Count.", [image])
+    assert sum(encoded.mm_token_type_ids) == emitted
+
+
+def test_steps_may_not_hold_vision_tokens(tiny):
+    model_type, path = tiny
+    processor = load_processor(path)
+    ids = get_family(model_type).vision_token_ids(processor)
+    assert processor.image_token_id in ids and len(ids) >= 3  # placeholder + the markers framing an image
+    assert processor.tokenizer.convert_tokens_to_ids("Count") not in ids
+
+
+def test_prefix_positions_continue_as_a_full_forward_places_them(tiny):
+    """Prefix positions + text positions after it equal the positions the model computes for the whole sequence."""
+    model_type, path = tiny
+    family, processor = get_family(model_type), load_processor(path)
+    model = load_prm(path, head="generative")
+    backbone = getattr(model, model.base_model_prefix)
+    prompt = encode_prompt(processor, "<image>What is shown?", [_image(90, 120)])
+    suffix = processor.tokenizer("It is a square.\n", add_special_tokens=False)["input_ids"]
+    image_inputs = family.image_inputs(processor, prompt.images)
+    prefix_ids = torch.tensor([prompt.input_ids])
+    prefix = family.prefix_positions(backbone, prefix_ids, torch.tensor([prompt.mm_token_type_ids]), image_inputs)
+    after = family.text_positions(int(prefix.max()) + 1, len(suffix), 1)
+    full_ids = torch.tensor([prompt.input_ids + suffix])
+    full_types = torch.tensor([prompt.mm_token_type_ids + [0] * len(suffix)])
+    expected, _ = backbone.get_rope_index(full_ids, mm_token_type_ids=full_types, **{
+        k: v for k, v in image_inputs.items() if k != "pixel_values"
+    })  # fmt: skip
+    assert torch.equal(torch.cat([prefix, after], dim=-1), expected)
+    assert int(prefix.max()) + 1 < prefix_ids.shape[1]  # the image rows really compress positions
+
+
+def test_vision_tower_is_the_encoder_without_its_projector(tiny):
+    model_type, path = tiny
+    family = get_family(model_type)
+    names = [name for name, _ in load_prm(path, head="value").named_parameters()]
+    tower = [name for name in names if family.is_vision_tower_parameter(name)]
+    assert tower and len(tower) < len(names)
+    assert not any(family.is_vision_tower_parameter(n) for n in names if n.startswith("score") or ".merger." in n)
+    assert not any(family.is_vision_tower_parameter(n) for n in names if "language_model" in n)
+
+
+def test_value_head_class_is_registered_and_loads_the_backbone(tiny):
+    model_type, path = tiny
+    family = get_family(model_type)
+    head_class = family.value_head_class()
+    model = load_prm(path, head="value")
+    assert type(model) is head_class
+    assert AutoModelForTokenClassification._model_mapping[type(model.config)] is head_class
+    reference = AutoModelForImageTextToText.from_pretrained(path).state_dict()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], reference[k]) for k in reference if k in state)
+    assert len([k for k in reference if k in state]) == len(reference) - 1  # all but the LM head
+
+
+def test_tiny_model_of_each_family(tiny):
+    model_type, path = tiny
+    family = get_family(model_type)
+    config = family.tiny_config(build_tiny_tokenizer(arch=model_type))
+    assert config.model_type == model_type
+    assert isinstance(family.tiny_model_class()(config), AutoModelForImageTextToText._model_mapping[type(config)])
+
+
+def test_family_base_class_lists_what_a_new_family_implements():
+    """The abstract methods are the minimum a family file implements; the rest have working defaults."""
+    assert ModelFamily.__abstractmethods__ == {
+        "image_processor",
+        "processor",
+        "image_token_counts",
+        "image_token_total",
+        "is_vision_tower_parameter",
+        "value_head_class",
+        "tiny_config",
+        "tiny_model_class",
+    }
+
+
+# ---- the adapter is the only place ---------------------------------------------------------------------------------
+
+# Files allowed to name the Qwen-VL specifics: the adapter itself, and the two files that hold hub ids (published PRMs
+# by id; the tiny model type standing in for each repo id of the tiny hub cache).
+ALLOWED_FILES = {"modeling/families/qwen_vl.py", "modeling/presets.py", "modeling/tiny_hub.py"}
+QWEN_VL_SPECIFICS = re.compile(
+    r"qwen2(_5)?_?vl"  # class names, model types, transformers module names
+    r"|image_grid_thw|get_rope_index|mrope|merge_size|get_number_of_image_patches"  # image layout and 3-D rope
+    r"|<\|vision_(start|end)\|>|<\|(image|video)_pad\|>"  # chat template tokens
+    r"|(^|\.)visual(\.|$)|language_model\.score",  # parameter and checkpoint names
+    re.IGNORECASE,
+)
+MODEL_TYPE = re.compile(r"^qwen2(_5)?_vl$")
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def _choices(tree: ast.AST) -> set[int]:
+    """Model-type literals that *choose* a model (a parameter default, a keyword argument, a `DEFAULT_*` constant),
+    which is configuration, unlike a literal a caller compares a model type against."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword):
+            found.add(id(node.value))
+        elif isinstance(node, ast.arguments):
+            found.update(id(default) for default in node.defaults + node.kw_defaults if default is not None)
+        elif isinstance(node, ast.Assign) and all(
+            isinstance(t, ast.Name) and t.id.startswith("DEFAULT_") for t in node.targets
+        ):
+            found.add(id(node.value))
+    return found
+
+
+def _specifics(path: Path, root: Path = PACKAGE) -> list[str]:
+    """Qwen-VL specifics named in the code of `path` (identifiers, imports, strings; not docstrings or comments)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skip, choices = _docstrings(tree), _choices(tree)
+    out = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Name):
+            names = [node.id]
+        elif isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names = [node.name]
+        elif isinstance(node, ast.arg) or isinstance(node, ast.keyword) and node.arg:
+            names = [node.arg]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [getattr(node, "module", None) or ""] + [alias.name for alias in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            if not (MODEL_TYPE.match(node.value) and id(node) in choices):
+                names = [node.value]
+        where = f"{path.relative_to(root)}:{getattr(node, 'lineno', '?')}"
+        out += [f"{where}: {name!r}" for name in names if QWEN_VL_SPECIFICS.search(name)]
+    return out
+
+
+def test_only_the_adapter_names_qwen_vl_specifics():
+    found = [
+        hit
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if str(path.relative_to(PACKAGE)) not in ALLOWED_FILES
+        for hit in _specifics(path)
+    ]
+    assert found == [], "Qwen-VL specifics outside trl_vlprm/modeling/families/qwen_vl.py:\n" + "\n".join(found)
+
+
+def test_the_check_sees_what_it_must(tmp_path):
+    """The scanner flags each kind of specific (so an empty result above means something) and skips prose."""
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        '"""Docstrings may mention Qwen2-VL, image_grid_thw and <|vision_start|>."""\n'
+        "from transformers import Qwen2VLConfig\n"
+        "def f(model, model_type, name, arch='qwen2_vl'):\n"
+        "    build(arch='qwen2_5_vl')  # a choice, allowed; comments may say get_rope_index\n"
+        "    if model_type == 'qwen2_5_vl':\n"
+        "        return model.get_rope_index(image_grid_thw=None)\n"
+        "    return '.visual.' in name or '<|image_pad|>'\n"
+    )
+    hits = [hit.split(": ", 1)[1] for hit in _specifics(sample, tmp_path)]
+    assert hits.count("'Qwen2VLConfig'") == 1 and "'qwen2_5_vl'" in hits and "'get_rope_index'" in hits
+    assert "'image_grid_thw'" in hits and "'.visual.'" in hits and "'<|image_pad|>'" in hits
+    assert "'qwen2_vl'" not in hits and not any("Docstrings" in hit for hit in hits)

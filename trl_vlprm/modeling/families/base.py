@@ -1,0 +1,276 @@
+"""`ModelFamily`: every question the pipeline asks of a vision-language backbone, answered in one class per family.
+
+A family covers one or more transformers `model_type`s that share a processor, a position scheme and a weight layout
+(Qwen2-VL and Qwen2.5-VL are one family). The pipeline never tests for a model type; it asks the family:
+
+- **processing**: an image-only processor (transformers 5's VLM processors demand a video processor, which needs
+  torchvision) built around a tokenizer, and the image processor read back from a checkpoint's saved settings;
+- **encoding**: how many tokens each image becomes, which tokens are vision markers (never allowed inside a step),
+  and the per-token multimodal type ids the model's forward reads;
+- **batching**: the image tensors the model takes (`image_inputs`) and how many image tokens they stand for;
+- **positions**: the rope positions of a question prefix and of text continuing after it (the scorer's prefix cache
+  must place them exactly where a full forward would);
+- **training**: which parameters form the vision tower (`freeze_vision_tower`);
+- **heads**: the value-head class (registered with `AutoModelForTokenClassification`, with the checkpoint-key renames
+  of the published checkpoints) and the generative class;
+- **vLLM**: where vLLM's classifier looks for a value head's weights;
+- **tiny models**: a tiny random config, the special tokens and the chat template, so tests need no hub.
+
+A family registers itself with `@register_family` in its own module of `trl_vlprm.modeling.families` (every module
+of that package is imported when the package is), so adding a family is one file plus its tests.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
+
+from trl_vlprm.registry import Registry
+
+# Model type -> family class; each family registers under every model type it covers.
+FAMILIES: Registry[type[ModelFamily]] = Registry("model family")
+_REGISTERED: list[type[ModelFamily]] = []  # registration order, for error messages that list what is supported
+
+
+class UnsupportedModelError(ValueError):
+    """A model this library cannot read images with (its type belongs to no registered model family)."""
+
+
+PROCESSOR_FILES = (  # where a saved processor records its class
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+)
+
+
+class ImageOnlyProcessorMixin:
+    """For a processor subclass without the video processor (which would need torchvision): saves under the upstream
+    class name, so a saved folder still loads with `AutoProcessor` where torchvision exists."""
+
+    upstream_name: str
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        for name in PROCESSOR_FILES:
+            path = Path(save_directory) / name
+            if path.exists():
+                config = json.loads(path.read_text())
+                if config.get("processor_class") == type(self).__name__:
+                    config["processor_class"] = self.upstream_name
+                    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return saved
+
+
+class ModelFamily(abc.ABC):
+    """The adapter of one family of vision-language models, bound to one of its `model_types`.
+
+    Subclasses set the class attributes, implement the abstract methods and keep or override the rest (their defaults
+    suit a processor with `image_token` / `image_token_id` and a model reading 1-D positions).
+
+    Class attributes:
+        name: the family's name (e.g. "qwen_vl").
+        model_types: the transformers `model_type`s it covers, e.g. ("qwen2_vl", "qwen2_5_vl").
+        class_name_prefixes: processing-class name prefix -> model type, to recognise a saved or live processor
+            (`preprocessor_config.json`'s `processor_class`, the class of a processor passed in).
+        vision_marker_tokens: tokens framing an image in the chat template, rejected inside a step.
+        vllm_value_head_renames: value-head weight names as saved -> the names vLLM's classifier of the family loads.
+    """
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    class_name_prefixes: ClassVar[Mapping[str, str]] = {}
+    vision_marker_tokens: ClassVar[tuple[str, ...]] = ()
+    vllm_value_head_renames: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, model_type: str):
+        if model_type not in self.model_types:
+            raise ValueError(f"{type(self).__name__} covers {self.model_types}, not {model_type!r}")
+        self.model_type = model_type
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_type!r})"
+
+    # ---- processing -------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def image_processor(
+        self, saved: Mapping[str, Any] | None = None, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> Any:
+        """An image processor (no torchvision) from a checkpoint's saved settings (`preprocessor_config.json`, or
+        the `image_processor` entry of `processor_config.json`; None: the defaults), with pixel bounds overridden."""
+
+    @abc.abstractmethod
+    def processor(
+        self, tokenizer: PreTrainedTokenizerBase, image_processor: Any, chat_template: str | None
+    ) -> ProcessorMixin:
+        """The image-only processor of `model_type` around `tokenizer` and `image_processor`."""
+
+    # ---- encoding ---------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def image_token_counts(self, processing_class: Any, images: Sequence[Any], row: Any = "?") -> list[int]:
+        """Image tokens each (PIL) image will occupy after the image processor resizes it, computed without pixels.
+
+        Raises:
+            RecordError: an image the image processor would refuse (naming `row` and the image).
+        """
+
+    def vision_token_ids(self, processing_class: Any) -> set[int]:
+        """Ids of the tokens that mean "an image is here" (image/video placeholders and `vision_marker_tokens`)."""
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        found = {getattr(processing_class, name, None) for name in ("image_token_id", "video_token_id")}
+        found |= {tokenizer.convert_tokens_to_ids(token) for token in self.vision_marker_tokens}
+        return found - {None, tokenizer.unk_token_id}  # a token the vocabulary lacks maps to unk (or None)
+
+    def mm_token_type_ids(self, processing_class: Any, ids: Sequence[int]) -> list[int] | None:
+        """transformers 5's per-token multimodal types of a sequence (1: image token, 0: text), or None when the
+        family's models read none."""
+        image_token_id = processing_class.image_token_id
+        return [1 if token == image_token_id else 0 for token in ids]
+
+    # ---- batching ---------------------------------------------------------------------------------------------
+
+    def image_inputs(self, processing_class: Any, images: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """The model's image inputs of `images` (in order), as the processor would put them in a batch."""
+        return dict(processing_class.image_processor(images=list(images), return_tensors="pt"))
+
+    @abc.abstractmethod
+    def image_token_total(self, processing_class: Any, image_inputs: Mapping[str, torch.Tensor]) -> int:
+        """How many image tokens the batch's text must hold for `image_inputs` (checks the tokenization is current)."""
+
+    # ---- positions --------------------------------------------------------------------------------------------
+
+    def prefix_positions(
+        self,
+        backbone: torch.nn.Module,
+        input_ids: torch.Tensor,
+        mm_token_type_ids: torch.Tensor | None,
+        image_inputs: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Rope positions of a one-row prefix `input_ids` [1, P] (its images given by `image_inputs`), in the shape
+        the model's `position_ids` takes."""
+        return torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+
+    def text_positions(self, start: int, length: int, batch: int) -> torch.Tensor:
+        """Rope positions of `batch` rows of `length` text tokens continuing a prefix whose next position is `start`
+        (a full forward places text after the prefix exactly so)."""
+        return torch.arange(start, start + length)[None].expand(batch, -1)
+
+    # ---- training ---------------------------------------------------------------------------------------------
+
+    vision_tower_description: ClassVar[str] = "vision tower"
+
+    @abc.abstractmethod
+    def is_vision_tower_parameter(self, name: str) -> bool:
+        """Whether the parameter called `name` belongs to the vision encoder `freeze_vision_tower` keeps fixed (the
+        projector into the language model stays trainable)."""
+
+    # ---- heads ------------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def value_head_class(self) -> type[PreTrainedModel]:
+        """The token-classification class (value head on the backbone) of `model_type`, registered with
+        `AutoModelForTokenClassification` and able to load the published checkpoints' weight names."""
+
+    def generative_class(self) -> type:
+        """The class that loads the model with its LM head (the generative PRM head and the transformers policy)."""
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
+
+    # ---- tiny models (tests, demo) ----------------------------------------------------------------------------
+
+    tiny_special_tokens: ClassVar[tuple[str, ...]] = ()
+    tiny_eos_token: ClassVar[str]
+    tiny_pad_token: ClassVar[str]
+    tiny_chat_template: ClassVar[str]
+
+    @abc.abstractmethod
+    def tiny_config(self, tokenizer: PreTrainedTokenizerBase, **sizes: Any) -> Any:
+        """The config of a tiny random model of `model_type` for `tokenizer` (sizes: see `tiny.tiny_vlm_config`)."""
+
+    @abc.abstractmethod
+    def tiny_model_class(self) -> type[PreTrainedModel]:
+        """The concrete class a tiny model of `model_type` is built and saved with."""
+
+    def write_upstream_layout(self, folder: Path) -> Path:
+        """Rewrite a tiny model folder (saved by transformers 5) in place into the file shapes of the family's
+        published checkpoints, so tests load it by hub id as users load the real ones (`modeling.tiny_hub`)."""
+        raise NotImplementedError(f"model family {self.name} describes no upstream checkpoint layout")
+
+
+def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
+    """Class decorator: registers a family under each of its model types."""
+    FAMILIES.register(*cls.model_types)(cls)
+    _REGISTERED.append(cls)
+    return cls
+
+
+def supported_model_types() -> tuple[str, ...]:
+    """Every model type a registered family covers, in registration order."""
+    return tuple(model_type for cls in _REGISTERED for model_type in cls.model_types)
+
+
+def supported_families_text() -> str:
+    """ "qwen2_vl, qwen2_5_vl (family qwen_vl)"-style list of what is supported, for error messages."""
+    return "; ".join(f"{', '.join(cls.model_types)} (family {cls.name})" for cls in _REGISTERED)
+
+
+@cache
+def get_family(model_type: str | None) -> ModelFamily:
+    """The family adapter of `model_type`.
+
+    Raises:
+        UnsupportedModelError: no registered family covers it (the message lists the supported model types).
+    """
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} belongs to no model family of trl_vlprm; supported vision-language model "
+            f"types: {supported_families_text()}"
+        )
+    return FAMILIES.get(model_type)(model_type)
+
+
+def find_family(model_type: str | None) -> ModelFamily | None:
+    """The family adapter of `model_type`, or None (a text-only model, or a type no family covers)."""
+    return get_family(model_type) if model_type in FAMILIES else None
+
+
+def model_type_from_class_name(name: str | None) -> str | None:
+    """The model type a processing class name (e.g. a saved `processor_class`) belongs to, or None."""
+    for cls in _REGISTERED:
+        for prefix, model_type in cls.class_name_prefixes.items():
+            if name and name.startswith(prefix):
+                return model_type
+    return None
+
+
+def family_of_processor(processing_class: Any) -> ModelFamily | None:
+    """The family of a processor (recognised by its class or a base class), None for a text tokenizer.
+
+    Raises:
+        UnsupportedModelError: a processor with an image processor that no registered family recognises.
+    """
+    if not hasattr(processing_class, "image_processor"):
+        return None
+    for klass in type(processing_class).__mro__:
+        model_type = model_type_from_class_name(klass.__name__)
+        if model_type is not None:
+            return get_family(model_type)
+    raise UnsupportedModelError(
+        f"processor {type(processing_class).__name__} belongs to no model family of trl_vlprm; supported "
+        f"vision-language model types: {supported_families_text()}"
+    )
+
+
+def family_of_model(model: Any) -> ModelFamily | None:
+    """The family of a model (or config) by its `model_type`, None for a text-only model."""
+    config = getattr(model, "config", model)
+    return find_family(getattr(config, "model_type", None))
