@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from test_launch import free_port, launch_env
 
+from trl_vlprm.eval.sweep_config import main as eval_main
 from trl_vlprm.labeling.builder import main as label_main
 from trl_vlprm.labeling.shards import load_labelled, shard_files
 from trl_vlprm.testbed import generate_puzzles
@@ -33,6 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 LABEL_CONFIG, TTS_CONFIG = REPO / "recipes/configs/label_testbed.yaml", REPO / "recipes/configs/tts_testbed.yaml"
 LABEL_ARGS = ["--config", str(LABEL_CONFIG), "--shard_size", "2", "--show_progress", "false"]
 TTS_ARGS = ["--config", str(TTS_CONFIG), "--strategy", "best_of_n", "--n", "4"]
+EVAL_CONFIG = (
+    "benchmarks: ['testbed:0,limit=12']\npolicies: ['scripted@scripted']\nscorers: [oracle]\n"
+    "strategies: [first, majority, 'best_of_n:min', 'pass@n']\nn_values: [1, 4]\nnum_subsamples: 2\n"
+)
 
 # Rank 1 SIGKILLs itself when its policy meets question number FINISH + 1, its first FINISH questions written.
 DIE = textwrap.dedent(
@@ -177,10 +182,7 @@ def test_tts_ranks_answer_each_question_once_and_a_rerun_finishes_a_killed_run(t
 @pytest.mark.slow
 def test_two_ranks_evaluate_each_question_once(tmp_path):
     config = tmp_path / "eval.yaml"
-    config.write_text(
-        "benchmarks: ['testbed:0,limit=12']\npolicies: ['scripted@scripted']\nscorers: [oracle]\n"
-        "strategies: [first, majority, 'best_of_n:min', 'pass@n']\nn_values: [1, 4]\nnum_subsamples: 2\n"
-    )
+    config.write_text(EVAL_CONFIG)
     code, output = launch("eval_tts.py", ["--config", str(config), "--output_dir", str(tmp_path / "out")])
     assert code == 0, output[-4000:]
     assert shares(output, r"testbed / scripted: (\d+) of the 12 questions left") == {0: 6, 1: 6}
@@ -191,3 +193,25 @@ def test_two_ranks_evaluate_each_question_once(tmp_path):
     rows = (tmp_path / "out" / "results.csv").read_text().splitlines()[1:]
     assert len(rows) == 4 * 2 and all(row.endswith(",12") for row in rows)  # 4 strategies x 2 N, on all 12 questions
     assert output.count("| testbed | scripted |") == 4  # the table, printed once (by rank 0)
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_mid_run_keeps_every_sample_and_a_one_process_rerun_finishes_it(tmp_path):
+    config, out = tmp_path / "eval.yaml", tmp_path / "out"
+    config.write_text(EVAL_CONFIG)
+    code, output = launch("eval_tts.py", ["--config", str(config), "--output_dir", str(out)], die_after=1)
+    assert code != 0 and rank_1_was_killed(output), output[-4000:]
+    samples = out / "samples" / "testbed__scripted.jsonl"
+    parts = part_files(samples)
+    assert len(parts) == 1 and len(read_results(parts[0], repair=False)) == 1  # rank 1: one question, then killed
+    before = {r["id"]: json.dumps(r) for f in (samples, *parts) for r in read_results(f, repair=False)}
+    assert 1 < len(before) < 12
+
+    eval_main(["--config", str(config), "--output_dir", str(out)])  # the rerun, one process
+    after = {}
+    for record in read_results(samples):
+        assert record["id"] not in after, f"{record['id']} sampled twice"
+        after[record["id"]] = json.dumps(record)
+    assert len(after) == 12 and part_files(samples) == []
+    assert all(after[qid] == line for qid, line in before.items())  # finished samples kept as they were
+    assert (out / "results.csv").exists()
