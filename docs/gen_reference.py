@@ -41,6 +41,7 @@ class ConfigEntry(NamedTuple):
 
 # The one place config classes are registered. Add a line here when a config dataclass is added or moved.
 CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
+    ConfigEntry("trl_vlprm.scripts.puzzles:PuzzlesArguments", "Testbed", "`trl-vlprm puzzles`"),
     ConfigEntry(
         "trl_vlprm.labeling.config:LabelConfig",
         "Labelling",
@@ -63,7 +64,9 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
         "`make demo` and the learning test: a tiny VL-PRM trained on the testbed (`CPURecipe().train(output_dir)`)",
     ),
     ConfigEntry(
-        "recipes/train.py:PRMScriptArguments", "Training", "`recipes/train.py` (with `VLPRMConfig`, `trl.ModelConfig`)"
+        "trl_vlprm.scripts.train:PRMScriptArguments",
+        "Training",
+        "`trl-vlprm train` / `recipes/train.py` (with `VLPRMConfig`, `trl.ModelConfig`)",
     ),
     ConfigEntry(
         "recipes/grpo.py:GRPOScriptArguments",
@@ -73,10 +76,13 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
     ConfigEntry(
         "trl_vlprm.guidance.strategies.base:SearchConfig",
         "Guidance",
-        "every strategy runner; `recipes/tts.py` (with `TTSArguments`)",
+        "every strategy runner; `trl-vlprm tts` / `recipes/tts.py` (with `TTSArguments`)",
     ),
-    ConfigEntry("trl_vlprm.guidance.tts:TTSArguments", "Guidance", "`recipes/tts.py` (with `SearchConfig`)"),
-    ConfigEntry("trl_vlprm.eval.sweep_config:EvalTTSConfig", "Evaluation", "`recipes/eval_tts.py`"),
+    ConfigEntry(
+        "trl_vlprm.guidance.tts:TTSArguments", "Guidance", "`trl-vlprm tts` / `recipes/tts.py` (with `SearchConfig`)"
+    ),
+    ConfigEntry("trl_vlprm.eval.sweep_config:EvalTTSConfig", "Evaluation", "`trl-vlprm eval` / `recipes/eval_tts.py`"),
+    ConfigEntry("trl_vlprm.scripts.check:CheckArguments", "Evaluation", "`trl-vlprm check`"),
 )
 
 # Upstream pages of the external bases a project config extends.
@@ -315,7 +321,7 @@ def render() -> str:
         "",
         "Every field of every config class, grouped by pipeline stage. Each field can be set in a recipe's YAML "
         "file (`--config`) or as a `--field value` flag on the command line (`trl.TrlParser`); in Python, pass it "
-        "to the class. Flags of `trl-vlprm puzzles` are listed by `trl-vlprm puzzles --help`.",
+        "to the class. `trl-vlprm <command> --help` lists a command's flags.",
         "",
     ]
     stage = None

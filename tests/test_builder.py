@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_mc import ToyPolicy, exact_grader, toy_questions  # noqa: E402
 
 from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled, summary_line  # noqa: E402
-from trl_vlprm.labeling.judge_server import JudgeServer  # noqa: E402
+from trl_vlprm.testbed.judge_server import JudgeServer  # noqa: E402
 
 NUM_QUESTIONS, NUM_ROLLOUTS = 12, 2
 
@@ -181,11 +181,11 @@ def test_recipe_configs_parse_into_label_config(name):
 
 
 def test_main_labels_testbed_puzzles_from_the_yaml_config(tmp_path, capsys):
-    from trl_vlprm.labeling.builder import main
+    from trl_vlprm.cli import run
 
     config = Path(__file__).parents[1] / "recipes" / "configs" / "label_testbed.yaml"
     argv = ["--config", str(config), "--num_questions", "6", "--shard_size", "4", "--output_dir", str(tmp_path)]
-    main([*argv, "--show_progress", "false"])
+    run("label", [*argv, "--show_progress", "false"])
     records, solutions, dropped = map(
         int, re.search(r"(\d+) records from (\d+) solutions \((\d+) dropped", capsys.readouterr().out).groups()
     )
@@ -214,12 +214,12 @@ if __name__ == "__main__":
 
 def test_paper_label_recipe_runs_with_cpu_overrides(tmp_path, capsys):
     """label_paper.yaml as written, with the testbed's scripted policy and judge in place of the GPU ones."""
-    from trl_vlprm.labeling.builder import main
+    from trl_vlprm.cli import run
 
     config = Path(__file__).parents[1] / "recipes" / "configs" / "label_paper.yaml"
     argv = ["--config", str(config), "--dataset", "puzzles", "--num_questions", "6", "--policy", "scripted"]
     argv += ["--judge", "testbed", "--mc_num_completions", "4", "--output_dir", str(tmp_path)]
-    main([*argv, "--show_progress", "false"])
+    run("label", [*argv, "--show_progress", "false"])
     dataset = load_labelled(tmp_path)
     assert len(dataset) > 0 and set(dataset["rule"]) == {"vlprm"}
     for row in dataset:

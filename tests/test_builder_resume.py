@@ -15,8 +15,8 @@ from test_mc import ToyPolicy, exact_grader, toy_questions  # noqa: E402
 
 from trl_vlprm.data.schema import RecordError  # noqa: E402
 from trl_vlprm.labeling.builder import CONFIG_FILE, JudgeFailureError, LabelConfig, build_dataset  # noqa: E402
-from trl_vlprm.labeling.judge_server import JudgeServer  # noqa: E402
 from trl_vlprm.labeling.shards import ShardError, load_labelled  # noqa: E402
+from trl_vlprm.testbed.judge_server import JudgeServer  # noqa: E402
 from trl_vlprm.utils.resume import OutputLockedError, output_lock  # noqa: E402
 
 
@@ -138,14 +138,14 @@ def test_judge_failing_on_more_than_the_allowed_share_stops_the_run(tmp_path):
 
 
 def test_label_cli_exits_non_zero_naming_the_judge_error(tmp_path, capsys):
-    from trl_vlprm.labeling.builder import main
+    from trl_vlprm.cli import run
 
     recipe = Path(__file__).parents[1] / "recipes" / "configs" / "label_testbed.yaml"
     with JudgeServer({}, failures={"*": "401"}) as server:
         argv = ["--config", str(recipe), "--num_questions", "2", "--shard_size", "2", "--output_dir", str(tmp_path)]
         argv += ["--judge", "server", "--judge_base_url", server.base_url, "--show_progress", "false"]
         with pytest.raises(SystemExit) as exit_info:
-            main(argv)
+            run("label", argv)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "http 401" in err and "Incorrect API key provided" in err and "failed on 8 of 8 solutions" in err

@@ -11,6 +11,7 @@ import time
 import pytest
 from PIL import Image
 
+from trl_vlprm.data.steps_block import read_steps_block
 from trl_vlprm.labeling.judge import (
     CORRECT,
     INCORRECT,
@@ -20,10 +21,9 @@ from trl_vlprm.labeling.judge import (
     JudgeParseError,
     build_messages,
     parse_verdicts,
-    read_steps_block,
     retry_after_seconds,
 )
-from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup, step_key
+from trl_vlprm.testbed.judge_server import JudgeServer, gold_lookup, step_key
 
 TYPES = ["perception", "perception", "reasoning", "reasoning"]
 

@@ -1,4 +1,4 @@
-"""Procedural puzzle testbed: reproducibility, gold solutions that derive the answer, questions that hide the image."""
+"""Testbed puzzles: reproducibility, gold solutions that derive the answer, questions that hide the image."""
 
 from __future__ import annotations
 

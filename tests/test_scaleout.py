@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 from test_launch import free_port, launch_env
 
-from trl_vlprm.eval.sweep_config import main as eval_main
-from trl_vlprm.labeling.builder import main as label_main
+from trl_vlprm.cli import run as cli_run
 from trl_vlprm.labeling.shards import load_labelled, shard_files
 from trl_vlprm.testbed import generate_puzzles
 from trl_vlprm.utils.ranks import part_files
@@ -100,7 +99,7 @@ def covered(output_dir: Path) -> Counter:
 @pytest.mark.slow
 def test_two_ranks_label_the_same_questions_as_one_process(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
-    label_main([*LABEL_ARGS, "--num_questions", "10", "--output_dir", str(single)])
+    assert cli_run("label", [*LABEL_ARGS, "--num_questions", "10", "--output_dir", str(single)]) == 0
     code, output = launch("build_dataset.py", [*LABEL_ARGS, "--num_questions", "10", "--output_dir", str(double)])
     assert code == 0, output[-4000:]
     # 5 shards of 2: rank 0 takes shards 0, 2, 4 and rank 1 shards 1, 3.
@@ -139,7 +138,7 @@ def test_a_killed_rank_leaves_its_shards_and_the_rerun_labels_exactly_those(tmp_
     assert 1 in indices and 3 not in indices and 5 not in indices  # rank 1 wrote its first shard, then died
     assert not list(tmp_path.glob("shard-00003.*")) and not list(tmp_path.glob("shard-00005.*"))
 
-    label_main(args)  # the rerun, one process
+    assert cli_run("label", args) == 0  # the rerun, one process
     after = covered(tmp_path)
     assert set(after.values()) == {1} and len(after) == 12  # every question once
     new_shards = [p for p in shard_files(tmp_path) if int(p.name[6:11]) not in indices]
@@ -207,7 +206,7 @@ def test_an_evaluation_killed_mid_run_keeps_every_sample_and_a_one_process_rerun
     before = {r["id"]: json.dumps(r) for f in (samples, *parts) for r in read_results(f, repair=False)}
     assert 1 < len(before) < 12
 
-    eval_main(["--config", str(config), "--output_dir", str(out)])  # the rerun, one process
+    assert cli_run("eval", ["--config", str(config), "--output_dir", str(out)]) == 0  # the rerun, one process
     after = {}
     for record in read_results(samples):
         assert record["id"] not in after, f"{record['id']} sampled twice"

@@ -119,13 +119,13 @@ def test_a_sweep_never_rewrites_a_samples_file_another_process_is_writing(tmp_pa
 
 
 def test_recipe_exits_non_zero_with_the_reason(tmp_path, capsys):
-    from trl_vlprm.eval.sweep_config import main
+    from trl_vlprm.cli import run
 
     argv = ["--benchmarks", "testbed:0,limit=4", "--scorers", "s@oracle", "--strategies", "majority",
             "--n_values", "1", "2", "--num_subsamples", "1", "--output_dir", str(tmp_path)]  # fmt: skip
-    main([*argv, "--policies", "p@scripted:perception_error_rate=0.1"])
+    run("eval", [*argv, "--policies", "p@scripted:perception_error_rate=0.1"])
     with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--policies", "p@scripted:perception_error_rate=0.2"])
+        run("eval", [*argv, "--policies", "p@scripted:perception_error_rate=0.2"])
     assert exit_info.value.code == 1
     assert "perception_error_rate=0.1' -> 'scripted:perception_error_rate=0.2'" in capsys.readouterr().err
 

@@ -11,7 +11,6 @@ from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig
 from trl_vlprm.guidance.tts import (
-    RandomScorer,
     TTSArguments,
     build_policy,
     build_questions,
@@ -20,7 +19,7 @@ from trl_vlprm.guidance.tts import (
     read_results,
     run_tts,
 )
-from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
+from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
 
 REPO = Path(__file__).resolve().parents[1]
 

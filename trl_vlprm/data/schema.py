@@ -38,6 +38,7 @@ IMAGE_PLACEHOLDER = "<image>"
 PERCEPTION = "perception"
 REASONING = "reasoning"
 STEP_TYPES = (PERCEPTION, REASONING)
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 class RecordError(ValueError):
@@ -46,6 +47,18 @@ class RecordError(ValueError):
     def __init__(self, row: int | str, field: str, problem: str):
         self.row, self.field, self.problem = row, field, problem
         super().__init__(f"row {row}: field '{field}': {problem}")
+
+
+def format_prompt(question: str, options: Sequence[str]) -> str:
+    """The prompt of a multiple-choice visual question: image placeholder, question, lettered options.
+
+    Example: `format_prompt("Q?", ["a", "b"])` is `"<image>\nQ?\nOptions: (A) a (B) b"`. The testbed's puzzles and
+    the PuzzleVQA loaders both ask in this form.
+    """
+    lines = [IMAGE_PLACEHOLDER, question.strip()]
+    if options:
+        lines.append("Options: " + " ".join(f"({OPTION_LETTERS[i]}) {o}" for i, o in enumerate(options)))
+    return "\n".join(lines)
 
 
 def question_ids(questions: Iterable[Mapping[str, Any]], purpose: str) -> list[str]:

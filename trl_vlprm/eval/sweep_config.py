@@ -9,17 +9,15 @@ rerun never reuses samples or scores made by something else under the same label
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.tts_sweep import check_strategy, run_sweep
 from trl_vlprm.guidance.policy import Policy, StepScorer
-from trl_vlprm.utils.ranks import RankFailedError, Ranks
-from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, path_fingerprint
+from trl_vlprm.utils.ranks import Ranks
+from trl_vlprm.utils.resume import path_fingerprint
 
 
 def split_label(spec: str) -> tuple[str, str]:
@@ -103,7 +101,7 @@ def _oracle_scorer(args, kwargs, seed):
 
 
 def _random_scorer(args, kwargs, seed):
-    from trl_vlprm.guidance.tts import RandomScorer
+    from trl_vlprm.testbed import RandomScorer
 
     return RandomScorer(**{"seed": seed, **kwargs})
 
@@ -402,20 +400,3 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     if process_rows:
         write_tables(process_rows, config.output_dir, "process_bench", wide=False)
     return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: `python recipes/eval_tts.py --config recipes/configs/eval_tts_testbed.yaml [--field value ...]`."""
-    from trl import TrlParser
-
-    from trl_vlprm.eval.report import rows_to_markdown
-
-    (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(args=argv)
-    try:
-        rows = run(config)
-    except (SettingsMismatchError, OutputLockedError, RecordError, RankFailedError) as err:
-        # a one-line reason and exit code 1; the samples already written stay for a rerun with the old settings
-        print(f"eval_tts: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
-    if rows:  # rank 0 (the others of a launch return none)
-        print(rows_to_markdown(rows))

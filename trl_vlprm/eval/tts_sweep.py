@@ -5,7 +5,7 @@ scorer (`scorer.score`). Every N <= n_max and every outcome-level strategy is th
 drawing `num_subsamples` random subsets of size N (as search-and-learn does), so majority vote, best-of-N under each
 aggregation and the PRM-weighted vote are compared on the very same solutions.
 
-Strategies (names in `SweepConfig.strategies`):
+Strategies (names in `EvalTTSConfig.strategies`):
 
 | name                 | picks                                                                        |
 |----------------------|------------------------------------------------------------------------------|

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import Grader, grade_question
 from trl_vlprm.data.schema import RecordError, question_ids
-from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
+from trl_vlprm.guidance.policy import Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig, get_strategy
 from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_path
 from trl_vlprm.utils.resume import (
@@ -36,16 +35,6 @@ from trl_vlprm.utils.resume import (
     question_digest,
     read_results,
 )
-
-
-class RandomScorer:
-    """A scorer with no information: independent uniform scores per step. The control for any PRM."""
-
-    def __init__(self, seed: int = 0):
-        self.rng = random.Random(seed)
-
-    def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
-        return [[self.rng.random() for _ in candidate.steps] for candidate in candidates]
 
 
 @dataclass
@@ -369,12 +358,10 @@ def build_scorer(args: TTSArguments) -> StepScorer | None:
     """The step scorer `args.scorer` names (None for "none")."""
     if args.scorer == "none":
         return None
-    if args.scorer == "random":
-        return RandomScorer(seed=args.seed)
-    if args.scorer == "oracle":
-        from trl_vlprm.testbed import GoldOracleScorer
+    if args.scorer in ("random", "oracle"):
+        from trl_vlprm.testbed import GoldOracleScorer, RandomScorer
 
-        return GoldOracleScorer()
+        return RandomScorer(seed=args.seed) if args.scorer == "random" else GoldOracleScorer()
     from trl_vlprm.guidance.scorer import PRMScorer
 
     # prm_step_separator None: the PRM scores with the separator it was trained on, whatever the policy's is.

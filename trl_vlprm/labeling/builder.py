@@ -16,7 +16,6 @@ Entry points: `build_dataset(questions, policy, config)` and `main(argv)` (`trl-
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeClient
-from trl_vlprm.labeling.judge_server import JudgeServer
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
@@ -40,10 +38,11 @@ from trl_vlprm.labeling.shards import (
     verify_shard,
     write_shard,
 )
-from trl_vlprm.utils.ranks import SINGLE, RankFailedError, Ranks
-from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, pin_settings, question_digest
+from trl_vlprm.testbed.judge_server import JudgeServer
+from trl_vlprm.utils.ranks import SINGLE, Ranks
+from trl_vlprm.utils.resume import pin_settings, question_digest
 
-__all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "main", "output_features", "run"]
+__all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "output_features", "run"]
 
 CONFIG_FILE = "labelling_config.json"
 
@@ -274,23 +273,3 @@ def run(config: LabelConfig) -> BatchStats:
     if ranks.is_main:
         print(summary_line(stats))
     return stats
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: `trl-vlprm label --config recipes/configs/label_testbed.yaml [--field value ...]`."""
-    from trl import TrlParser
-
-    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=argv)
-    try:
-        run(config)
-    except (
-        JudgeFailureError,
-        SettingsMismatchError,
-        OutputLockedError,
-        ShardError,
-        RecordError,
-        RankFailedError,
-    ) as err:
-        # a clear one-line reason and a non-zero exit; the finished shards stay for the rerun
-        print(f"trl-vlprm label: {err}", file=sys.stderr)
-        raise SystemExit(1) from err

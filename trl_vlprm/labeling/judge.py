@@ -37,10 +37,10 @@ from typing import Any
 import openai
 
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, load_image
+from trl_vlprm.data.steps_block import write_steps_block
 from trl_vlprm.guidance.policy import Question
 
 CORRECT, INCORRECT, UNKNOWN = "correct", "incorrect", "unknown"
-STEPS_BEGIN, STEPS_END = "<steps_json>", "</steps_json>"
 
 SYSTEM_PROMPT = (
     "You are a meticulous grader of step-by-step solutions to visual questions. For every step decide whether it is "
@@ -180,14 +180,10 @@ def _question_text(question: Question) -> str:
 
 def build_messages(question: Question, steps: Sequence[str], step_types: Sequence[str | None]) -> list[dict]:
     """Chat messages asking the judge about every step; the steps travel as a JSON block a program can read back."""
-    listing = [
-        {"index": i, "type": kind or "unknown", "text": step} for i, (step, kind) in enumerate(zip(steps, step_types))
-    ]
-    payload = {"question_id": str(question.get("id", "")), "steps": listing}
     text = (
         f"Question:\n{_question_text(question)}\n\n"
         + (f"Options: {list(question['options'])}\n\n" if question.get("options") else "")
-        + f"Solution steps (JSON):\n{STEPS_BEGIN}{json.dumps(payload)}{STEPS_END}\n\n"
+        + f"Solution steps (JSON):\n{write_steps_block(question.get('id', ''), steps, step_types)}\n\n"
         "Grade every step."
     )
     content: list[dict] = [
@@ -195,18 +191,6 @@ def build_messages(question: Question, steps: Sequence[str], step_types: Sequenc
     ]
     content.append({"type": "text", "text": text})
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
-
-
-def read_steps_block(messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The `{"question_id", "steps"}` block `build_messages` embeds (used by servers that answer from a lookup)."""
-    for message in reversed(messages):
-        content = message.get("content")
-        texts = [content] if isinstance(content, str) else [p.get("text", "") for p in content or []]
-        for text in texts:
-            match = re.search(re.escape(STEPS_BEGIN) + r"(.*?)" + re.escape(STEPS_END), text or "", re.S)
-            if match:
-                return json.loads(match.group(1))
-    raise ValueError(f"no {STEPS_BEGIN}...{STEPS_END} block in the messages")
 
 
 def parse_verdicts(text: str, step_types: Sequence[str | None]) -> list[str]:

@@ -11,7 +11,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, RecordError, stepwise_features, to_json_string
+from ..data.schema import PERCEPTION, REASONING, RecordError, format_prompt, stepwise_features, to_json_string
 from .arithmetic import Clock, Counting, NumberGrid, PolygonSides
 from .families import ColorGrid, PuzzleFamily, SizeCycle, State
 from .learnable import ShapeColour, ShapeSides
@@ -29,16 +29,7 @@ FAMILIES: dict[str, PuzzleFamily] = {
                    ShapeColour())
 }  # fmt: skip
 STEP_TYPES = [PERCEPTION, REASONING, REASONING]
-OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ANSWER_PREFIX = "Answer: "
-
-
-def format_prompt(question: str, options: Sequence[str]) -> str:
-    """The prompt of a multiple-choice visual question: image placeholder, question, lettered options."""
-    lines = [IMAGE_PLACEHOLDER, question.strip()]
-    if options:
-        lines.append("Options: " + " ".join(f"({OPTION_LETTERS[i]}) {o}" for i, o in enumerate(options)))
-    return "\n".join(lines)
 
 
 def answer_step(value: str) -> str:

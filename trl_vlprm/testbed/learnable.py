@@ -24,7 +24,6 @@ from .render import PALETTE, SHAPE_SIDES
 
 # Share of misreads that change the kind rather than the colour (for `shape_colour`, the reverse).
 ANSWER_DETAIL_SHARE = 0.75
-LEARNABLE_IMAGE_SIZE = 84  # 6x6 patches of 14 px, merged 2x2: 9 image tokens per image
 
 
 class _OneShape(PuzzleFamily):
