@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         gold.update(gold_lookup(str(question["id"]), rollout.steps, rollout.gold_correct))
     server = JudgeServer(gold, args.judge_flip_rate_perception, args.judge_flip_rate_reasoning, seed=args.seed).start()
     try:
-        client = JudgeClient(JudgeConfig(base_url=server.base_url, timeout=30, max_concurrency=4))
+        client = JudgeClient(JudgeConfig(judge_base_url=server.base_url, judge_timeout=30, judge_max_concurrency=4))
         judged = client.judge_many([(q, r.steps, r.step_types) for q, r in solutions])
     finally:
         server.stop()

@@ -45,12 +45,12 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
     ConfigEntry(
         "trl_vlprm.labeling.config:LabelConfig",
         "Labelling",
-        "`trl-vlprm label` / `recipes/build_dataset.py` (YAML via `--config`, or flags)",
+        "`trl-vlprm label` / `recipes/build_dataset.py` (with `JudgeConfig`; YAML via `--config`, or flags)",
     ),
     ConfigEntry(
         "trl_vlprm.labeling.judge:JudgeConfig",
         "Labelling",
-        "`JudgeClient(config)`; `LabelConfig`'s `judge_*` fields fill it",
+        "`JudgeClient(config)`; `trl-vlprm label` parses it beside `LabelConfig` (the `judge_*` flags and YAML keys)",
     ),
     ConfigEntry(
         "trl_vlprm.labeling.mc:MCConfig",
@@ -79,9 +79,14 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
         "every strategy runner; `trl-vlprm tts` / `recipes/tts.py` (with `TTSArguments`)",
     ),
     ConfigEntry(
+        "trl_vlprm.guidance.sampling:SamplingConfig",
+        "Guidance",
+        "`HFPolicy`, `VLLMPolicy`, `ServerPolicy` (`sampling=` or its fields as keywords); `TTSArguments` fills it",
+    ),
+    ConfigEntry(
         "trl_vlprm.guidance.tts:TTSArguments", "Guidance", "`trl-vlprm tts` / `recipes/tts.py` (with `SearchConfig`)"
     ),
-    ConfigEntry("trl_vlprm.eval.sweep_config:EvalTTSConfig", "Evaluation", "`trl-vlprm eval` / `recipes/eval_tts.py`"),
+    ConfigEntry("trl_vlprm.eval.eval_tts:EvalTTSConfig", "Evaluation", "`trl-vlprm eval` / `recipes/eval_tts.py`"),
     ConfigEntry("trl_vlprm.scripts.check:CheckArguments", "Evaluation", "`trl-vlprm check`"),
 )
 

@@ -47,7 +47,7 @@ def test_label_forwards_its_arguments(monkeypatch, tmp_path):
     config = tmp_path / "x.yaml"
     config.write_text("num_questions: 2\nrule: consensus\n")
     seen = []
-    monkeypatch.setattr(label, "main", lambda config: seen.append(config))
+    monkeypatch.setattr(label, "main", lambda config, judge_config=None: seen.append(config))
     assert cli.main(["label", "--config", str(config), "--num_questions", "4"]) == 0
     # the YAML file sets the defaults, a flag overrides them
     assert [(c.num_questions, c.rule) for c in seen] == [(4, "consensus")]

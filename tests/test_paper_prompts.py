@@ -15,8 +15,8 @@ from trl_vlprm.eval.benchmarks import (
     mathvista_record,
     mmmu_record,
 )
+from trl_vlprm.eval.eval_tts import load_benchmark_spec
 from trl_vlprm.eval.paper_prompts import PAPER_COT_INSTRUCTION, PAPER_POLICY_SYSTEM_PROMPT, algopuzzlevqa_prompt
-from trl_vlprm.eval.sweep_config import load_benchmark_spec
 
 SELECT = "Please select the correct answer from the options above."
 CONFIG = Path(__file__).parent.parent / "recipes" / "configs" / "eval_tts_paper.yaml"
@@ -138,7 +138,7 @@ def test_paper_config_runs_the_paper_protocol():
 def test_paper_configs_parse():
     from trl import TrlParser
 
-    from trl_vlprm.eval.sweep_config import EvalTTSConfig
+    from trl_vlprm.eval.eval_tts import EvalTTSConfig
 
     (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(["--config", str(CONFIG)])
     assert config.system_prompt == PAPER_POLICY_SYSTEM_PROMPT and config.step_separator == "\n\n"

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from trl_vlprm.cli import run
+from trl_vlprm.eval.eval_tts import EvalTTSConfig
 from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
-from trl_vlprm.eval.sweep_config import EvalTTSConfig, build_from_spec, parse_spec, split_label
 from trl_vlprm.eval.tts_sweep import (
     check_strategy,
     derive_accuracies,
@@ -16,6 +16,7 @@ from trl_vlprm.eval.tts_sweep import (
     strategy_correct,
     subsample_indices,
 )
+from trl_vlprm.guidance.backends import Backend, build_from_spec, parse_spec, split_label
 from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
 
 STRATEGIES = ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
@@ -180,8 +181,8 @@ def test_recipe_main_writes_table_plot_and_resumes(tmp_path, capsys):
 def test_build_from_spec_gives_config_defaults_to_model_backends_only():
     seen = {}
     builders = {
-        "vllm": lambda args, kwargs, seed: seen.setdefault("vllm", (args, kwargs, seed)),
-        "scripted": lambda args, kwargs, seed: seen.setdefault("scripted", (args, kwargs, seed)),
+        "vllm": Backend(lambda args, kwargs, seed: seen.setdefault("vllm", (args, kwargs, seed)), takes_defaults=True),
+        "scripted": Backend(lambda args, kwargs, seed: seen.setdefault("scripted", (args, kwargs, seed))),
     }
     defaults = {"step_separator": "\n\n", "temperature": 1.0}
     build_from_spec("vllm:/models/q,temperature=0.5", builders, 3, "policy", defaults)

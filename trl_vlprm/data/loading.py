@@ -69,6 +69,22 @@ def load_records(
     return load_dataset(name_or_path, config_name, split=split)
 
 
+def load_questions(source: str | Path, split: str = "test", max_questions: int | None = None) -> Dataset:
+    """The question records of TTS and labelling (`id`, `prompt`, `images`, `answer`, optional `options`).
+
+    `source` is anything `load_records` reads (a `save_to_disk` folder, a Parquet/JSON/JSONL file, a folder of
+    shards, a hub dataset name); a path that looks like a file but does not exist raises FileNotFoundError instead of
+    being looked up on a hub. `max_questions` keeps only the first questions.
+    """
+    path = Path(str(source))
+    if not path.exists() and path.suffix:
+        raise FileNotFoundError(f"dataset {str(source)!r}: no such datasets folder nor .jsonl/.json/.parquet file")
+    dataset = load_records(str(source), split)
+    if max_questions is not None:
+        dataset = dataset.select(range(min(max_questions, len(dataset))))
+    return dataset
+
+
 def write_dataset(dataset, out: str | Path) -> Path:
     """Write atomically: a `.parquet` path gets one Parquet file, any other path a `save_to_disk` folder.
 

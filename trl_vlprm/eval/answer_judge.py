@@ -55,10 +55,10 @@ class AnswerJudge:
         self.counts["calls"] += 1
         try:
             response = self._client.chat.completions.create(
-                model=self.config.model,
+                model=self.config.judge_model,
                 messages=self.messages(question, solution, options),
-                temperature=self.config.temperature,
-                max_tokens=self.config.max_tokens,
+                temperature=self.config.judge_temperature,
+                max_tokens=self.config.judge_max_tokens,
             )
             text = (response.choices[0].message.content or "").strip()
         except (openai.OpenAIError, IndexError, AttributeError) as err:

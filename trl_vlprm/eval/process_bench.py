@@ -212,7 +212,7 @@ def _testbed_process_bench(args, kwargs, seed):
 def load_process_bench_spec(spec: str, seed: int = 0):
     """A process bench from a spec "name[:arg][,key=value...]", e.g. "testbed:num_questions=60",
     "puzzlevqa:limit_per_category=5", "visualprocessbench:data/VisualProcessBench/test.jsonl"."""
-    from trl_vlprm.eval.sweep_config import parse_spec
+    from trl_vlprm.guidance.backends import parse_spec
 
     name, args, kwargs = parse_spec(spec)
     return PROCESS_BENCHES.get(name, f"process bench spec {spec!r}")(args, kwargs, seed)

@@ -4,7 +4,7 @@ generation per question.
     trl-vlprm eval --config recipes/configs/eval_tts_testbed.yaml
     trl-vlprm eval --config recipes/configs/eval_tts_paper.yaml --output_dir outputs/eval_paper
 
-Arguments: `trl_vlprm.eval.sweep_config.EvalTTSConfig`. Rerunning into the same `output_dir` resumes (finished
+Arguments: `trl_vlprm.eval.eval_tts.EvalTTSConfig`. Rerunning into the same `output_dir` resumes (finished
 questions are not sampled again); see docs/evaluation.md.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from trl import TrlParser
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.eval.sweep_config import EvalTTSConfig, run
+from trl_vlprm.eval.eval_tts import EvalTTSConfig, run
 from trl_vlprm.utils.ranks import RankFailedError
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
 
