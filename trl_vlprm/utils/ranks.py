@@ -22,6 +22,7 @@ MASTER_ADDR, MASTER_PORT); a single process (no launcher) needs none of it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import json
@@ -79,6 +80,9 @@ class Ranks:
 
             if not dist.is_initialized():
                 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+                # Left to the interpreter's teardown, gloo can abort a rank that exits while a peer is exiting too
+                # ("terminate called without an active exception", exit -6), so its error exit is lost.
+                atexit.register(_destroy_process_group)
             if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
                 raise RuntimeError(
                     f"the process group says rank {dist.get_rank()} of {dist.get_world_size()}, the environment "
@@ -155,6 +159,13 @@ class Ranks:
 
 
 SINGLE = Ranks()
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def part_path(path: str | Path, rank: int) -> Path:
