@@ -254,9 +254,8 @@ def _match_choice(prediction: str, gold: str, options: Sequence[str] | None, tol
     expected = gold_letter(gold, options)
     if expected is None:
         raise ValueError(f"gold answer {gold!r} is neither an option letter nor one of the options {list(options)}")
-    predicted = (
-        prediction.strip() if prediction.strip() in OPTION_LETTERS[: len(options)] else extract_choice(prediction, options)
-    )
+    stripped = prediction.strip()
+    predicted = stripped if stripped in OPTION_LETTERS[: len(options)] else extract_choice(prediction, options)
     return predicted == expected
 
 

@@ -43,7 +43,8 @@ class AnswerJudge:
     def messages(self, question: str, solution: str, options: Sequence[str] | None) -> list[dict[str, Any]]:
         lines = [f"Question:\n{question}"]
         if options:
-            lines.append("Options:\n" + "\n".join(f"({option_letter(i)}) {option}" for i, option in enumerate(options)))
+            lettered = (f"({option_letter(i)}) {option}" for i, option in enumerate(options))
+            lines.append("Options:\n" + "\n".join(lettered))
         lines.append(f"Solution:\n{solution}")
         return [{"role": "system", "content": _INSTRUCTIONS}, {"role": "user", "content": "\n\n".join(lines)}]
 
