@@ -342,12 +342,24 @@ def grade(
 Grader = Callable[[str | None, str, Sequence[str] | None], bool]
 
 
-def grade_question(prediction: str | None, question: Mapping[str, Any], grader: Grader | None = None) -> bool:
-    """Whether `prediction` gives the answer of a question record (its `answer` and `options`), by `grader`
-    (default: `grade`). No answer (None) is wrong without asking the grader."""
+def question_kind(question: Mapping[str, Any], default: str = "auto") -> str:
+    """The answer kind a question record is graded by: its own `answer_kind` (evaluation benchmarks set it, e.g.
+    MathVista's free-form text answers), else `default`."""
+    return question.get("answer_kind") or default
+
+
+def grade_question(
+    prediction: str | None, question: Mapping[str, Any], grader: Grader | None = None, default_kind: str = "auto"
+) -> bool:
+    """Whether `prediction` gives the answer of a question record (its `answer`, `options` and `answer_kind`), by
+    `grader`; the default grader is `grade` with the question's kind (`question_kind`), as the evaluation sweep
+    grades. No answer (None) is wrong without asking the grader."""
     if prediction is None:
         return False
-    return bool((grader or grade)(prediction, str(question["answer"]), question.get("options") or None))
+    gold, options = str(question["answer"]), question.get("options") or None
+    if grader is not None:
+        return bool(grader(prediction, gold, options))
+    return grade(prediction, gold, options, kind=question_kind(question, default_kind))
 
 
 def grade_with_fallback(
