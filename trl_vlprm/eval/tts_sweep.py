@@ -33,7 +33,6 @@ under the same name (another spec, or a PRM retrained into the same folder) is s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -52,10 +51,9 @@ from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import majority_vote, score_candidates, select_best_of_n, weighted_vote
 from trl_vlprm.guidance.strategies.base import whole_solutions
 from trl_vlprm.registry import Registry
-from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_files, part_path
+from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_files
 from trl_vlprm.utils.resume import (
     atomic_write_text,
-    output_lock,
     pin_settings,
     question_digest,
     read_results,
@@ -401,12 +399,7 @@ def sample_benchmark(
     with ranks.locked_plan(path, plan) as todo:
         mine = ranks.share(todo)
         ranks.log(f"{description}: {len(mine)} of the {len(todo)} questions left")
-        # Rank 0 appends to the file itself, every other rank to its own part file, merged once all are done.
-        sink_path = path if ranks.is_main else part_path(path, ranks.rank)
-        with contextlib.ExitStack() as stack:
-            if not ranks.is_main:
-                stack.enter_context(output_lock(sink_path))
-            handle = stack.enter_context(sink_path.open("a"))
+        with ranks.append_records(path) as handle:
             for qid in tqdm(mine, desc=description):
                 question = by_id[qid]
                 record = sample_question(question, policy, scorers, n_max, answer_kind, whole_solution, answer_judge)
