@@ -38,7 +38,15 @@ IMAGE_PLACEHOLDER = "<image>"
 PERCEPTION = "perception"
 REASONING = "reasoning"
 STEP_TYPES = (PERCEPTION, REASONING)
+# The one copy of the option letters: prompts, graders, the answer judge and the paper layouts all letter with it.
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def option_letter(index: int) -> str:
+    """The letter of the option at `index` (0 -> "A"); more than 26 options is an error, not a wrong letter."""
+    if not 0 <= index < len(OPTION_LETTERS):
+        raise ValueError(f"option {index} has no letter: at most {len(OPTION_LETTERS)} options (A-Z) can be lettered")
+    return OPTION_LETTERS[index]
 
 
 class RecordError(ValueError):
@@ -57,7 +65,7 @@ def format_prompt(question: str, options: Sequence[str]) -> str:
     """
     lines = [IMAGE_PLACEHOLDER, question.strip()]
     if options:
-        lines.append("Options: " + " ".join(f"({OPTION_LETTERS[i]}) {o}" for i, o in enumerate(options)))
+        lines.append("Options: " + " ".join(f"({option_letter(i)}) {o}" for i, o in enumerate(options)))
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from trl_vlprm.data.schema import option_letter
 from trl_vlprm.labeling.judge import JudgeConfig, openai_client
 
 NO_ANSWER = "NONE"
@@ -42,7 +43,8 @@ class AnswerJudge:
     def messages(self, question: str, solution: str, options: Sequence[str] | None) -> list[dict[str, Any]]:
         lines = [f"Question:\n{question}"]
         if options:
-            lines.append("Options:\n" + "\n".join(f"({chr(65 + i)}) {option}" for i, option in enumerate(options)))
+            lettered = (f"({option_letter(i)}) {option}" for i, option in enumerate(options))
+            lines.append("Options:\n" + "\n".join(lettered))
         lines.append(f"Solution:\n{solution}")
         return [{"role": "system", "content": _INSTRUCTIONS}, {"role": "user", "content": "\n\n".join(lines)}]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, OPTION_LETTERS, RecordError, question_columns
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, option_letter, question_columns
 from trl_vlprm.eval import paper_prompts
 from trl_vlprm.registry import Registry
 
@@ -93,7 +93,7 @@ def question_features():
 
 
 def lettered_options(options: Sequence[str]) -> str:
-    return "\n".join(f"({OPTION_LETTERS[i]}) {option}" for i, option in enumerate(options))
+    return "\n".join(f"({option_letter(i)}) {option}" for i, option in enumerate(options))
 
 
 def _to_dataset(records: list[dict[str, Any]]):

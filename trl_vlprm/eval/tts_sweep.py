@@ -45,7 +45,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from trl_vlprm.data.answers import extract_answer, grade_with_fallback
+from trl_vlprm.data.answers import extract_answer, grade_with_fallback, question_kind
 from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.guidance.aggregation import AGGREGATIONS, reads_input_lengths
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
@@ -271,7 +271,7 @@ def sample_question(
     if question.get("answer") is None:
         raise RecordError(qid, "answer", "missing; needed to grade the samples")
     gold, options = str(question["answer"]), list(question.get("options") or []) or None
-    kind = question.get("answer_kind") or answer_kind
+    kind = question_kind(question, answer_kind)  # as `run_tts` grades (`data.answers.grade_question`)
     continuations = policy.sample_solutions(question, n_max)
     if len(continuations) != n_max:
         raise RuntimeError(f"question {qid}: policy returned {len(continuations)} solutions, asked for {n_max}")

@@ -105,7 +105,8 @@ def run_tts(
         scorer: the step scorer (PRM); None only for strategies that need none (greedy, majority).
         config: search settings, written into every line and checked on resume.
         output_file: JSONL file, created with its folder if needed.
-        grader: `grade(prediction, gold, options) -> bool`; defaults to `trl_vlprm.data.answers.grade`.
+        grader: `grade(prediction, gold, options) -> bool`; defaults to `trl_vlprm.data.answers.grade` with the
+            question's `answer_kind` (as the evaluation sweep grades).
         show_progress: show a tqdm bar.
         run_tags: more settings that must match on resume (the recipe passes the policy and scorer it used).
         ranks: the processes of a launch sharing the questions (`trl_vlprm.utils.ranks`); rank 0 returns the summary

@@ -12,7 +12,7 @@ from trl_vlprm.guidance.backends import (
     config_policy_spec,
     parse_spec,
 )
-from trl_vlprm.labeling.combine import RULES, UNKNOWN_POLICIES
+from trl_vlprm.labeling.combine import DISAGREEMENT_POLICIES, RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
 from trl_vlprm.utils.resume import dataclass_settings
@@ -156,10 +156,10 @@ class LabelConfig:
 
     def __post_init__(self):
         RULES.check(self.rule, "LabelConfig.rule")
+        MC_MODES.check(self.mc_mode, "LabelConfig.mc_mode")
         checks = {
-            "mc_mode": MC_MODES,
             "judge": ("server", "testbed", "none"),
-            "disagreement": ("drop", "weight"),
+            "disagreement": DISAGREEMENT_POLICIES,
             "judge_unknown": UNKNOWN_POLICIES,
         }
         for name, allowed in checks.items():

@@ -4,6 +4,7 @@ Procedural visual puzzles with gold step solutions, a scripted policy that errs 
 random scorers, and a loopback judge server that answers from the gold (docs/testbed.md).
 """
 
+from .families import PuzzleFamily, register_family
 from .generator import (
     FAMILIES,
     TIERS,
@@ -26,6 +27,7 @@ __all__ = [
     "FAMILIES",
     "GoldOracleScorer",
     "JudgeServer",
+    "PuzzleFamily",
     "RandomScorer",
     "ScriptedPolicy",
     "TIERS",
@@ -37,6 +39,7 @@ __all__ = [
     "parse_answer_step",
     "puzzle_features",
     "read_metadata",
+    "register_family",
     "resolve_families",
     "sample_supervision",
     "step_key",

@@ -19,7 +19,7 @@ import re
 
 from . import render
 from .arithmetic import _numeric_slip
-from .families import PuzzleFamily, other_choice
+from .families import PuzzleFamily, other_choice, register_family
 from .render import PALETTE, SHAPE_SIDES
 
 # Share of misreads that change the kind rather than the colour (for `shape_colour`, the reverse).
@@ -71,6 +71,7 @@ class _OneShape(PuzzleFamily):
         return [other_choice(rng, colours, colour), kind]
 
 
+@register_family
 class ShapeSides(_OneShape):
     """How many sides does the one shape have? Perception names it; reasoning looks its sides up."""
 
@@ -94,6 +95,7 @@ class ShapeSides(_OneShape):
         return _numeric_slip(value, rng) if rng.random() < 0.5 else other_choice(rng, state["options"], value)
 
 
+@register_family
 class ShapeColour(_OneShape):
     """What colour is the one shape? Perception names it; reasoning copies the colour it stated."""
 
