@@ -98,12 +98,26 @@ COVERED: dict[str, str] = {
     "recipes/configs/<cfg>.yaml": "tests/test_launch.py::test_two_process_launch",
     "accelerate launch --config_file recipes/accelerate/zero3.yaml recipes/train.py --config "
     "recipes/configs/<cfg>.yaml": "tests/test_launch.py::test_two_process_launch",
+    # The scale-out launches: each test launches the recipe with 2 processes and checks both ranks worked.
+    "accelerate launch --multi_gpu --num_processes 2 recipes/build_dataset.py --config "
+    "recipes/configs/label_testbed.yaml": (
+        "tests/test_scaleout.py::test_two_ranks_label_the_same_questions_as_one_process"
+    ),
+    "accelerate launch --multi_gpu --num_processes 2 recipes/tts.py --config recipes/configs/tts_testbed.yaml": (
+        "tests/test_scaleout.py::test_tts_ranks_answer_each_question_once_and_a_rerun_finishes_a_killed_run"
+    ),
+    "accelerate launch --multi_gpu --num_processes 2 recipes/eval_tts.py --config "
+    "recipes/configs/eval_tts_testbed.yaml": "tests/test_scaleout.py::test_two_ranks_evaluate_each_question_once",
 }
 EXCLUDED: dict[str, str] = {
     "make test": "the test suite itself (this file is part of it)",
     "MODEL=/models/Qwen2.5-VL-7B-Instruct sbatch recipes/slurm/serve_fleet_eval.sbatch": (
         "needs a SLURM cluster with GPUs; its parts run in tests/test_vllm_server.py (real vLLM servers on loopback, "
         "a fleet of base URLs through the server: policy spec of the evaluation sweep)"
+    ),
+    "MODEL=/models/Qwen2.5-VL-7B-Instruct sbatch recipes/slurm/label_multinode.sbatch": (
+        "needs a SLURM cluster with GPUs; the rank protocol runs in tests/test_scaleout.py (2-process launches, a "
+        "killed rank, reruns)"
     ),
 }
 

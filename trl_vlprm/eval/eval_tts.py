@@ -28,6 +28,7 @@ from trl_vlprm.guidance.backends import (
     split_label,
 )
 from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
+from trl_vlprm.utils.ranks import Ranks
 from trl_vlprm.utils.resume import path_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -275,9 +276,15 @@ def load_benchmark_spec(spec: str):
 
 def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     """Load, sample (resuming), derive, and write samples/, results.csv/.md, accuracy_vs_n.png (and the
-    process-bench tables when `config.process_benches` is set)."""
+    process-bench tables when `config.process_benches` is set).
+
+    Under `accelerate launch --num_processes K` the K processes share each benchmark's questions
+    (`trl_vlprm.utils.ranks`); rank 0 derives and writes the results once all are sampled (the others return no row).
+    """
     from trl_vlprm.eval.process_bench import load_process_bench_spec, score_process_bench
     from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
+
+    ranks = Ranks.from_environment()
 
     benchmark_specs = labelled_specs(config.benchmarks, "benchmark", lambda spec: parse_spec(spec)[0])
     benchmarks = {label: load_benchmark_spec(spec)[1] for label, spec in benchmark_specs.items()}
@@ -309,8 +316,10 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         )
     rows = run_sweep(
         benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
-        config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge,
+        config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge, ranks,
     )  # fmt: skip
+    if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
+        return rows
     write_tables(rows, config.output_dir)
     plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
     process_rows = []

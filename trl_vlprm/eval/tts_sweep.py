@@ -33,6 +33,7 @@ under the same name (another spec, or a PRM retrained into the same folder) is s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -50,9 +51,16 @@ from trl_vlprm.guidance.aggregation import AGGREGATIONS, reads_input_lengths
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import majority_vote, score_candidates, select_best_of_n, weighted_vote
 from trl_vlprm.guidance.strategies.base import whole_solutions
-from trl_vlprm.guidance.tts import read_results
 from trl_vlprm.registry import Registry
-from trl_vlprm.utils.resume import atomic_write_text, output_lock, pin_settings, question_digest, stable_digest
+from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_files, part_path
+from trl_vlprm.utils.resume import (
+    atomic_write_text,
+    output_lock,
+    pin_settings,
+    question_digest,
+    read_results,
+    stable_digest,
+)
 
 NO_SCORER = "-"
 PAPER_STRATEGY = "best_of_n:paper"
@@ -361,48 +369,46 @@ def sample_benchmark(
     scorer_pins: Mapping[str, Any] | None = None,
     whole_solution: bool = False,
     answer_judge: Any | None = None,
+    ranks: Ranks | None = None,
 ) -> list[dict[str, Any]]:
     """Sample every question not yet in `path` (appending one line each); return the records of `questions`.
 
     `pins` (e.g. the policy's and the benchmark's spec and fingerprints) must match the ones the file was sampled
     with; `scorer_pins[name]` identifies what scorer `name` is (default: its name), and lines scored under another
     pin are scored again. Raises a `RecordError` for a question whose content changed since it was sampled.
-    `whole_solution` and `answer_judge`: see `sample_question` (both are pinned when set).
+    `whole_solution` and `answer_judge`: see `sample_question` (both are pinned when set). `ranks`: the processes
+    of a launch sharing the questions (`trl_vlprm.utils.ranks`); the others than rank 0 return their share only.
     """
+    ranks = ranks or SINGLE
     ids = question_ids(questions, "the evaluation sweep")  # a repeated id would reuse another question's samples
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(path):
-        meta = {"n_max": n_max, "answer_kind": answer_kind, **dict(pins or {})}
-        if whole_solution:  # absent when off, so runs sampled before these options existed still resume
-            meta["whole_solution"] = True
-        if answer_judge is not None:
-            meta["answer_judge"] = answer_judge.config.model
+    meta = {"n_max": n_max, "answer_kind": answer_kind, **dict(pins or {})}
+    if whole_solution:  # absent when off, so runs sampled before these options existed still resume
+        meta["whole_solution"] = True
+    if answer_judge is not None:
+        meta["answer_judge"] = answer_judge.config.model
+    scorer_digests = {name: stable_digest((scorer_pins or {}).get(name, name)) for name in scorers}
+    by_id = dict(zip(ids, questions))
+    done: dict[str, dict[str, Any]] = {}
+
+    def plan() -> list[str]:  # rank 0, holding the file's lock
         pin_settings(path.with_suffix(".meta.json"), meta, where=str(path))
-        scorer_digests = {name: stable_digest((scorer_pins or {}).get(name, name)) for name in scorers}
-        by_id = dict(zip(ids, questions))
-        done, records, rescored = {}, read_results(path), 0
-        for number, record in enumerate(records, start=1):
-            question = by_id.get(str(record["id"]))
-            if question is not None:
-                if record.get("question_digest") != question_digest(question):
-                    raise RecordError(
-                        record["id"], "question_digest", f"{path}:{number} sampled another version of this question "
-                        "(its content changed since); restore the old inputs or use another output_dir",
-                    )  # fmt: skip
-                pinned = record.get("scorer_pins") or {}
-                stale = [name for name, digest in scorer_digests.items() if pinned.get(name) != digest]
-                if stale:
-                    _rescore(record, question, scorers, stale)
-                    record["scorer_pins"] = {**pinned, **{name: scorer_digests[name] for name in stale}}
-                    rescored += 1
-            done[str(record["id"])] = record
-        if rescored:  # one atomic rewrite: a crash leaves the old lines, which are simply rescored again
-            atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
-        with path.open("a") as handle:
-            for qid, question in tqdm(zip(ids, questions), total=len(ids), desc=description):
-                if qid in done:
-                    continue
+        merge_parts(path)  # what the other ranks of an interrupted run had sampled
+        done.update(_resumed_records(path, by_id, scorers, scorer_digests))
+        return [qid for qid in ids if qid not in done]
+
+    with ranks.locked_plan(path, plan) as todo:
+        mine = ranks.share(todo)
+        ranks.log(f"{description}: {len(mine)} of the {len(todo)} questions left")
+        # Rank 0 appends to the file itself, every other rank to its own part file, merged once all are done.
+        sink_path = path if ranks.is_main else part_path(path, ranks.rank)
+        with contextlib.ExitStack() as stack:
+            if not ranks.is_main:
+                stack.enter_context(output_lock(sink_path))
+            handle = stack.enter_context(sink_path.open("a"))
+            for qid in tqdm(mine, desc=description):
+                question = by_id[qid]
                 record = sample_question(question, policy, scorers, n_max, answer_kind, whole_solution, answer_judge)
                 record["question_digest"] = question_digest(question)
                 record["scorer_pins"] = dict(scorer_digests)
@@ -410,7 +416,37 @@ def sample_benchmark(
                 handle.flush()
                 os.fsync(handle.fileno())
                 done[qid] = record
+        ranks.wait_for_all(description)
+        if ranks.is_main and ranks.world_size > 1:
+            merge_parts(path)
+            for record in read_results(path):
+                done.setdefault(str(record["id"]), record)
+    if not ranks.is_main:  # a follower returns its own share only
+        return [done[qid] for qid in mine]
     return [done[qid] for qid in ids]
+
+
+def _resumed_records(path: Path, by_id, scorers, scorer_digests) -> dict[str, dict[str, Any]]:
+    """The records already in `path`, by id; refuses a changed question, rescores lines of a stale scorer pin."""
+    done, records, rescored = {}, read_results(path), 0
+    for number, record in enumerate(records, start=1):
+        question = by_id.get(str(record["id"]))
+        if question is not None:
+            if record.get("question_digest") != question_digest(question):
+                raise RecordError(
+                    record["id"], "question_digest", f"{path}:{number} sampled another version of this question "
+                    "(its content changed since); restore the old inputs or use another output_dir",
+                )  # fmt: skip
+            pinned = record.get("scorer_pins") or {}
+            stale = [name for name, digest in scorer_digests.items() if pinned.get(name) != digest]
+            if stale:
+                _rescore(record, question, scorers, stale)
+                record["scorer_pins"] = {**pinned, **{name: scorer_digests[name] for name in stale}}
+                rescored += 1
+        done[str(record["id"])] = record
+    if rescored:  # one atomic rewrite: a crash leaves the old lines, which are simply rescored again
+        atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+    return done
 
 
 def run_sweep(
@@ -425,14 +461,17 @@ def run_sweep(
     answer_kind: str = "auto",
     pins: Mapping[str, Mapping[str, Any]] | None = None,
     answer_judge: Any | None = None,
+    ranks: Ranks | None = None,
 ) -> list[dict[str, Any]]:
     """Sample each (benchmark, policy) once at max(n_values), derive all strategies and N; return the result rows.
 
     `policies` may map to a zero-argument factory, called only when some question still needs sampling (so a
     finished run reloads no model). `pins` = {"benchmarks": {name: pin}, "policies": {...}, "scorers": {...}}
     says what produced each sample and score (see `sample_benchmark`); names stand for themselves when absent.
-    Rows: {benchmark, policy, scorer, strategy, n, accuracy, std, num_questions}.
+    Rows: {benchmark, policy, scorer, strategy, n, accuracy, std, num_questions}. With `ranks` (the processes of a
+    launch) every rank samples its share of each file and rank 0 alone derives and returns the rows (others: none).
     """
+    ranks = ranks or SINGLE
     for strategy in strategies:
         check_strategy(strategy)
     n_max = max(n_values)
@@ -440,7 +479,8 @@ def run_sweep(
     for policy_name, policy in policies.items():
         for benchmark, questions in benchmarks.items():
             path = samples_path(output_dir, benchmark, policy_name)
-            done = {r["id"] for r in read_results(path, repair=False)}  # a peek: the lock is taken to write
+            # a peek (the lock is taken to write), counting what the ranks of an interrupted run left in part files
+            done = {str(r["id"]) for part in (path, *part_files(path)) for r in read_results(part, repair=False)}
             if callable(policy) and not isinstance(policy, Policy):
                 if any(str(q.get("id", "?")) not in done for q in questions):
                     policy = policy()
@@ -450,8 +490,10 @@ def run_sweep(
             }
             records = sample_benchmark(
                 questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}",
-                file_pins, (pins or {}).get("scorers"), needs_whole_solution(strategies), answer_judge,
+                file_pins, (pins or {}).get("scorers"), needs_whole_solution(strategies), answer_judge, ranks,
             )  # fmt: skip
+            if not ranks.is_main:
+                continue
             for row in derive_accuracies(records, strategies, list(scorers), n_values, num_subsamples, seed):
                 rows.append({"benchmark": benchmark, "policy": policy_name, **row})
     return rows

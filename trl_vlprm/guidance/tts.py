@@ -6,11 +6,14 @@ short by a crash (the last one) is dropped by rewriting the file atomically. Eve
 produced it (strategy, search config and every recipe argument that changes a result, model folders by fingerprint)
 and a content digest of its question: a rerun with other settings, or over a question whose content changed, is
 refused, so one file never mixes runs. While a run writes, it holds `<output_file>.lock`; a second process on the
-same file stops at once with a clear message (`trl_vlprm.utils.resume`).
+same file stops at once with a clear message (`trl_vlprm.utils.resume`). Under `accelerate launch` the processes share
+the questions left: rank 0 holds the lock and appends its share, the others append to part files it merges at the end
+(`trl_vlprm.utils.ranks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -37,12 +40,13 @@ from trl_vlprm.guidance.backends import (
 from trl_vlprm.guidance.policy import Policy, Question, StepScorer
 from trl_vlprm.guidance.sampling import SamplingConfig
 from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig, get_strategy
+from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_path
 from trl_vlprm.utils.resume import (
-    atomic_write_text,
     check_settings,
     dataclass_settings,
     output_lock,
     question_digest,
+    read_results,
 )
 
 
@@ -59,33 +63,6 @@ class TTSSummary:
     @property
     def accuracy(self) -> float:
         return self.num_correct / self.num_questions if self.num_questions else 0.0
-
-
-def read_results(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
-    """The results already in a JSONL file (none if it does not exist).
-
-    A malformed last line is the trace of an interrupted write: it is dropped and, with `repair` (only by the holder
-    of the file's `output_lock`: another process may be appending), the file rewritten atomically without it. A
-    malformed line anywhere else raises a `ValueError` naming the file and line.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    results = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "id" not in record:
-                raise ValueError("not an object with an 'id' field")
-        except ValueError as err:
-            if number == len(lines):
-                if repair:
-                    atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
-                break
-            raise ValueError(f"{path}:{number}: malformed result line ({err})") from err
-        results.append(record)
-    return results
 
 
 def _finished(output_file: Path, settings: Mapping[str, Any], questions: Mapping[str, Question]) -> dict[str, bool]:
@@ -117,6 +94,7 @@ def run_tts(
     grader: Grader | None = None,
     show_progress: bool = True,
     run_tags: Mapping[str, Any] | None = None,
+    ranks: Ranks | None = None,
 ) -> TTSSummary:
     """Run `strategy` on every question not yet in `output_file`; append one graded JSONL line per question.
 
@@ -131,17 +109,34 @@ def run_tts(
             question's `answer_kind` (as the evaluation sweep grades).
         show_progress: show a tqdm bar.
         run_tags: more settings that must match on resume (the recipe passes the policy and scorer it used).
+        ranks: the processes of a launch sharing the questions (`trl_vlprm.utils.ranks`); rank 0 returns the summary
+            of the whole file, written once all are done (the others, of their own share).
     """
     runner = get_strategy(strategy)
+    ranks = ranks or SINGLE
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     ids = question_ids(questions, "guidance")
+    by_id = dict(zip(ids, questions))
     settings = {"strategy": strategy, **asdict(config), **dict(run_tags or {})}
-    with output_lock(output_file):
-        done = _finished(output_file, settings, dict(zip(ids, questions)))
-        todo = [(qid, q) for qid, q in zip(ids, questions) if qid not in done]
-        with output_file.open("a") as sink:
-            for qid, question in tqdm(todo, desc=f"tts {strategy}", disable=not show_progress):
+    done: dict[str, bool] = {}
+
+    def plan() -> list[str]:  # rank 0, holding the file's lock
+        merge_parts(output_file)  # what the other ranks of an interrupted run had written
+        done.update(_finished(output_file, settings, by_id))
+        return [qid for qid in ids if qid not in done]
+
+    with ranks.locked_plan(output_file, plan) as todo:
+        mine = ranks.share(todo)
+        ranks.log(f"tts {strategy}: {len(mine)} of the {len(todo)} questions left")
+        # Rank 0 appends to the file itself, every other rank to its own part file, merged once all are done.
+        sink_path = output_file if ranks.is_main else part_path(output_file, ranks.rank)
+        with contextlib.ExitStack() as stack:
+            if not ranks.is_main:
+                stack.enter_context(output_lock(sink_path))
+            sink = stack.enter_context(sink_path.open("a"))
+            for qid in tqdm(mine, desc=f"tts {strategy}", disable=not show_progress):
+                question = by_id[qid]
                 if "answer" not in question:
                     raise RecordError(qid, "answer", "missing; needed to grade the result")
                 result = runner(question, policy, scorer, config)
@@ -157,6 +152,12 @@ def run_tts(
                 sink.flush()
                 os.fsync(sink.fileno())
                 done[qid] = correct
+        ranks.wait_for_all(f"tts {strategy}")
+        if ranks.is_main and ranks.world_size > 1:
+            merge_parts(output_file)
+            done = _finished(output_file, settings, by_id)
+    if not ranks.is_main:  # a follower reports its own share only
+        return TTSSummary(str(output_file), len(mine), len(mine), 0, sum(done[qid] for qid in mine))
     in_dataset = [done[qid] for qid in ids if qid in done]
     return TTSSummary(
         output_file=str(output_file),

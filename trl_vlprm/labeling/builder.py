@@ -42,11 +42,8 @@ from trl_vlprm.labeling.shards import (
     write_shard,
 )
 from trl_vlprm.testbed.judge_server import JudgeServer
-from trl_vlprm.utils.resume import (
-    output_lock,
-    pin_settings,
-    question_digest,
-)
+from trl_vlprm.utils.ranks import SINGLE, Ranks
+from trl_vlprm.utils.resume import pin_settings, question_digest
 
 __all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "output_features", "run"]
 
@@ -125,6 +122,7 @@ def build_dataset(
     judge_server: JudgeServer | None = None,
     grader: Grader | None = None,
     judge_config: JudgeConfig | None = None,
+    ranks: Ranks | None = None,
 ) -> BatchStats:
     """Label every question not yet covered by a shard of `config.output_dir`; return the stats of all shards there.
 
@@ -136,31 +134,49 @@ def build_dataset(
     `judge_server` replaces the "testbed" judge by a started `JudgeServer` of the caller's (e.g. one that fails);
     `grader` the default answer grader `trl_vlprm.data.answers.grade`; `judge_config` says how the judge is reached
     (default `JudgeConfig()`; the URL of a testbed or given `judge_server` replaces its `judge_base_url`).
+    `ranks` shares the work among the processes of a launch (`trl_vlprm.utils.ranks`): rank 0 plans the new shards
+    under the folder's lock, each rank labels every K-th of them, and rank 0 returns the stats of the whole folder
+    once all are done (the others, their own).
     """
+    ranks = ranks or SINGLE
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with output_lock(output_dir / CONFIG_FILE):
-        judge_config = judge_config or JudgeConfig()
-        pin_settings(output_dir / CONFIG_FILE, config.pinned(judge_config))
-        ids = question_ids(questions, "labelling")
-        digests = [question_digest(question) for question in questions]
-        for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
-            stale.unlink()
-        shards, next_index = _trusted_shards(output_dir)
-        covered = _covered_questions(shards, ids, digests)
-        todo = [j for j, qid in enumerate(ids) if qid not in covered]
+    judge_config = judge_config or JudgeConfig()
+    ids = question_ids(questions, "labelling")
+    digests = [question_digest(question) for question in questions]
+    with ranks.locked_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests)) as plan:
+        mine = ranks.share(plan)
+        ranks.log(f"labelling {sum(len(chunk) for _, chunk in mine)} questions in {len(mine)} shards")
+        own = _label_shards(questions, ids, digests, mine, policy, config, judge_config, judge_server, grader, ranks)
+        ranks.wait_for_all("labelling")
+        if not ranks.is_main:
+            return own
         total = BatchStats()
-        for shard in shards:
+        for shard in _trusted_shards(output_dir)[0]:  # every shard: earlier runs' and every rank's
             total.add(shard.stats)
-        _label_missing(
-            questions, ids, digests, todo, next_index, policy, config, judge_config, total, judge_server, grader
-        )
     return total
 
 
-def _label_missing(
-    questions, ids, digests, todo, next_index, policy, config, judge_config, total, judge_server, grader
-) -> None:
+def _plan_shards(
+    config: LabelConfig, judge_config: JudgeConfig, ids: list[str], digests: list[str]
+) -> list[tuple[int, list[int]]]:
+    """Rank 0, under the folder's lock: pin the settings, drop what a killed run left half-written, verify the
+    shards, and cut the questions not yet covered into new shards `(index, question positions)`."""
+    output_dir = Path(config.output_dir)
+    pin_settings(output_dir / CONFIG_FILE, config.pinned(judge_config))
+    for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
+        stale.unlink()
+    shards, next_index = _trusted_shards(output_dir)
+    covered = _covered_questions(shards, ids, digests)
+    todo = [j for j, qid in enumerate(ids) if qid not in covered]
+    chunks = [todo[start : start + config.shard_size] for start in range(0, len(todo), config.shard_size)]
+    return [(next_index + k, chunk) for k, chunk in enumerate(chunks)]
+
+
+def _label_shards(
+    questions, ids, digests, plan, policy, config, judge_config, judge_server, grader, ranks
+) -> BatchStats:
+    """Label and write the shards of `plan` (this rank's share); the stats of what was written."""
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
     if RULES.get(config.rule).needs_judge:
@@ -174,13 +190,14 @@ def _label_missing(
         if server is not None:
             judge_config = replace(judge_config, judge_base_url=server.base_url)
         judge = JudgeClient(judge_config, seed=config.seed)
+    total = BatchStats()
+    rank = f" (rank {ranks.rank}/{ranks.world_size})" if ranks.world_size > 1 else ""
     bar = tqdm(
-        total=len(ids), initial=len(ids) - len(todo), desc=f"label {config.rule}", unit="q",
+        total=sum(len(chunk) for _, chunk in plan), desc=f"label {config.rule}{rank}", unit="q",
         disable=not config.show_progress,
     )  # fmt: skip
     try:
-        for k, start in enumerate(range(0, len(todo), config.shard_size)):
-            chunk = todo[start : start + config.shard_size]
+        for index, chunk in plan:
             batch = [questions[j] for j in chunk]
             rows, stats = label_batch(
                 batch,
@@ -197,7 +214,7 @@ def _label_missing(
             )
             if judge is not None:
                 _check_judge(config, judge, stats, [ids[j] for j in chunk])
-            write_shard(output_dir, next_index + k, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
+            write_shard(output_dir, index, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
             total.add(stats)
             bar.update(len(batch))
             bar.set_postfix(
@@ -211,6 +228,7 @@ def _label_missing(
         bar.close()
         if own_server:
             server.stop()
+    return total
 
 
 def _make_policy_and_questions(config: LabelConfig):
@@ -237,8 +255,14 @@ def summary_line(stats: BatchStats) -> str:
 
 
 def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchStats:
-    """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats."""
+    """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats.
+
+    Under `accelerate launch --num_processes K` the K processes share the new shards (`trl_vlprm.utils.ranks`) and
+    rank 0 prints the summary of the whole folder once every rank is done.
+    """
+    ranks = Ranks.from_environment()
     policy, questions = _make_policy_and_questions(config)
-    stats = build_dataset(questions, policy, config, judge_config=judge_config)
-    print(summary_line(stats))
+    stats = build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
+    if ranks.is_main:
+        print(summary_line(stats))
     return stats

@@ -17,10 +17,11 @@ from trl import TrlParser
 
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.eval_tts import EvalTTSConfig, run
+from trl_vlprm.utils.ranks import RankFailedError
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
 
 # The samples already written stay for a rerun with the old settings.
-EXPECTED_ERRORS = (SettingsMismatchError, OutputLockedError, RecordError)
+EXPECTED_ERRORS = (SettingsMismatchError, OutputLockedError, RecordError, RankFailedError)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
@@ -34,5 +35,6 @@ def main(config: EvalTTSConfig) -> list[dict[str, Any]]:
     from trl_vlprm.eval.report import rows_to_markdown
 
     rows = run(config)
-    print(rows_to_markdown(rows))
+    if rows:  # rank 0 (the other processes of an `accelerate launch` return none)
+        print(rows_to_markdown(rows))
     return rows

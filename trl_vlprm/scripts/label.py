@@ -19,10 +19,13 @@ from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.labeler import BatchStats
 from trl_vlprm.labeling.shards import ShardError
+from trl_vlprm.utils.ranks import RankFailedError
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
 
 # The finished shards stay on disk for the rerun that follows the fix.
-EXPECTED_ERRORS = (JudgeFailureError, SettingsMismatchError, OutputLockedError, ShardError, RecordError)
+EXPECTED_ERRORS = (
+    JudgeFailureError, SettingsMismatchError, OutputLockedError, ShardError, RecordError, RankFailedError,
+)  # fmt: skip
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:

@@ -26,9 +26,10 @@ from trl_vlprm.guidance.tts import (
     run_tts,
     summary_line,
 )
+from trl_vlprm.utils.ranks import RankFailedError, Ranks
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
 
-EXPECTED_ERRORS = (OutputLockedError, SettingsMismatchError, RecordError)
+EXPECTED_ERRORS = (OutputLockedError, SettingsMismatchError, RecordError, RankFailedError)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
@@ -49,8 +50,15 @@ def questions_of(args: TTSArguments):
 
 
 def main(args: TTSArguments, search: SearchConfig) -> TTSSummary:
-    """Answer every question not yet in `args.output_file`; prints and returns the summary."""
+    """Answer every question not yet in `args.output_file`; prints and returns the summary.
+
+    Under `accelerate launch --num_processes K` the K processes share the questions (`trl_vlprm.utils.ranks`);
+    rank 0 prints the summary of the whole file once every rank is done.
+    """
+    ranks = Ranks.from_environment()
     questions, policy, scorer = questions_of(args), build_policy(args), build_scorer(args)
-    summary = run_tts(questions, args.strategy, policy, scorer, search, args.output_file, run_tags=run_tags(args))
-    print(summary_line(summary, args.strategy))
+    tags = run_tags(args)
+    summary = run_tts(questions, args.strategy, policy, scorer, search, args.output_file, run_tags=tags, ranks=ranks)
+    if ranks.is_main:
+        print(summary_line(summary, args.strategy))
     return summary

@@ -77,9 +77,9 @@ def discover_backends() -> None:
     """Import every module of this package once, so each registers its backends."""
     global _discovered
     if not _discovered:
-        _discovered = True
         for module in pkgutil.iter_modules(__path__):
             importlib.import_module(f"{__name__}.{module.name}")
+        _discovered = True  # only once every module registered: a failed import is raised again on the next lookup
 
 
 # ---- the spec grammar ------------------------------------------------------------------------------------------
