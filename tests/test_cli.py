@@ -20,6 +20,8 @@ CONFIGS = {
                                                                               (0, "rule", "consensus")]),
     "train": ("dataset_name: d\nlearning_rate: 0.5\noutput_dir: o\n", ["--lora_r", "4"],
               [(0, "dataset_name", "d"), (1, "learning_rate", 0.5), (2, "lora_r", 4)]),
+    "grpo": ("prm_model_path: p\nprm_aggregation: mean\nuse_cpu: true\n", ["--num_generations", "4"],
+             [(0, "prm_model_path", "p"), (0, "prm_aggregation", "mean"), (1, "num_generations", 4)]),
     "tts": ("strategy: best_of_n\nn: 3\n", ["--n", "5"], [(0, "strategy", "best_of_n"), (1, "n", 5)]),
     "eval": ("n_values: [1, 2]\nseed: 4\n", ["--seed", "6"], [(0, "n_values", [1, 2]), (0, "seed", 6)]),
     "check": ("prm: some/folder\nlimit: 3\n", ["--strict"], [(0, "prm", "some/folder"), (0, "limit", 3),
@@ -28,7 +30,7 @@ CONFIGS = {
 
 
 def test_every_command_is_tested_here():
-    assert set(CONFIGS) == set(COMMANDS) == {"puzzles", "label", "train", "tts", "eval", "check"}
+    assert set(CONFIGS) == set(COMMANDS) == {"puzzles", "label", "train", "grpo", "tts", "eval", "check"}
 
 
 @pytest.mark.parametrize("command", list(CONFIGS))
@@ -83,7 +85,7 @@ def test_a_users_mistake_is_one_line_and_exit_status_1(tmp_path, capsys):
 def test_recipes_are_thin_wrappers_around_the_same_main():
     root = Path(__file__).resolve().parents[1] / "recipes"
     for recipe, command in [("train.py", "train"), ("tts.py", "tts"), ("eval_tts.py", "eval"),
-                            ("build_dataset.py", "label")]:  # fmt: skip
+                            ("build_dataset.py", "label"), ("grpo.py", "grpo")]:  # fmt: skip
         text = (root / recipe).read_text()
         assert f"from trl_vlprm.scripts.{command} import" in text and f'run("{command}"' in text, recipe
         assert len(text.splitlines()) < 25, recipe

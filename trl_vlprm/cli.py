@@ -3,6 +3,7 @@
     trl-vlprm puzzles --n 200 --out data/puzzles.parquet     # testbed data
     trl-vlprm label --config recipes/configs/label_testbed.yaml
     trl-vlprm train --config recipes/configs/vlprm_tiny_cpu.yaml
+    trl-vlprm grpo --config recipes/configs/grpo_tiny_cpu.yaml --prm_model_path outputs/vlprm-tiny ...
     trl-vlprm tts --config recipes/configs/tts_testbed.yaml
     trl-vlprm eval --config recipes/configs/eval_tts_testbed.yaml
     trl-vlprm check --prm outputs/demo/vlprm
@@ -10,7 +11,7 @@
 Each command is a module of `trl_vlprm.scripts` with `make_parser` and `main` (see there); only the module of the
 command given is imported, so `trl-vlprm puzzles` does not pay for transformers. Every command reads
 `--config file.yaml` and `--field value` flags (`trl.TrlParser`); `accelerate launch -m trl_vlprm train ...` runs
-training on several processes.
+training (or `grpo`) on several processes.
 """
 
 from __future__ import annotations
