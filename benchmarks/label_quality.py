@@ -1,4 +1,4 @@
-"""Step-label quality of MC-only, judge-only and hybrid rules on the puzzle testbed, where gold step labels are known.
+"""Step-label quality of MC-only, judge-only and hybrid rules on the testbed, where gold step labels are known.
 
     python benchmarks/label_quality.py                       # the table in docs/labelling.md
     python benchmarks/label_quality.py --num_questions 100 --mc_num_completions 4
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 from trl_vlprm.labeling.combine import combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
-from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup
 from trl_vlprm.labeling.labeler import step_label_quality
 from trl_vlprm.labeling.mc import Cost, MCConfig, label_rollout, sample_rollouts
+from trl_vlprm.testbed.judge_server import JudgeServer, gold_lookup
 
 METHODS = [
     # (name, rule, MC mode or None)
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         gold.update(gold_lookup(str(question["id"]), rollout.steps, rollout.gold_correct))
     server = JudgeServer(gold, args.judge_flip_rate_perception, args.judge_flip_rate_reasoning, seed=args.seed).start()
     try:
-        client = JudgeClient(JudgeConfig(base_url=server.base_url, timeout=30, max_concurrency=4))
+        client = JudgeClient(JudgeConfig(judge_base_url=server.base_url, judge_timeout=30, judge_max_concurrency=4))
         judged = client.judge_many([(q, r.steps, r.step_types) for q, r in solutions])
     finally:
         server.stop()

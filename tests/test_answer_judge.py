@@ -60,7 +60,9 @@ class ChatServer:
 
 
 def judge(url, **kwargs):
-    return AnswerJudge(JudgeConfig(url, "gpt-4.1", api_key_env="ANSWER_JUDGE_TOKEN", max_retries=0, **kwargs))
+    return AnswerJudge(
+        JudgeConfig(url, "gpt-4.1", judge_api_key_env="ANSWER_JUDGE_TOKEN", judge_max_retries=0, **kwargs)
+    )
 
 
 def test_judge_is_asked_only_when_the_rules_read_nothing(monkeypatch):

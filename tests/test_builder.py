@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_mc import ToyPolicy, exact_grader, toy_questions  # noqa: E402
 
 from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled, summary_line  # noqa: E402
-from trl_vlprm.labeling.judge_server import JudgeServer  # noqa: E402
+from trl_vlprm.labeling.judge import JudgeConfig  # noqa: E402
+from trl_vlprm.testbed.judge_server import JudgeServer  # noqa: E402
+from trl_vlprm.utils.resume import SettingsMismatchError  # noqa: E402
 
 NUM_QUESTIONS, NUM_ROLLOUTS = 12, 2
 
@@ -106,14 +108,14 @@ def test_judge_failures_end_as_unknown_steps_and_the_run_completes(tmp_path):
         rule="vlprm",
         judge="server",
         mc_mode="binary_search",
-        judge_timeout=0.3,
-        judge_max_retries=1,
-        judge_backoff=0.01,
         shard_size=3,
         judge_max_failed_share=0.7,  # tolerated here: 4 of the first shard's 6 solutions fail
     )
     with JudgeServer({}, failures=failures, hang_seconds=2.0) as server:
-        stats = build_dataset(toy_questions(6), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader)
+        judge = JudgeConfig(judge_timeout=0.3, judge_max_retries=1, judge_backoff=0.01)
+        stats = build_dataset(
+            toy_questions(6), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader, judge_config=judge
+        )
     failed = 3 * NUM_ROLLOUTS
     assert stats.judge["failed_solutions"] == failed and stats.cases["judge_unknown"] == failed
     assert stats.judge["steps unknown"] == failed * 6
@@ -162,7 +164,7 @@ def test_paper_preset_parses_with_the_papers_settings():
     from trl import TrlParser
 
     path = Path(__file__).parents[1] / "recipes" / "configs" / "label_paper.yaml"
-    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=["--config", str(path)])
+    config, _ = TrlParser((LabelConfig, JudgeConfig)).parse_args_and_config(args=["--config", str(path)])
     assert (config.rule, config.judge_unknown, config.mc_mode) == ("vlprm", "drop", "every_step_until_zero")
     assert (config.mc_num_completions, config.mc_threshold) == (16, 0.0)
     assert config.mc_config().mode == "every_step_until_zero"
@@ -170,22 +172,50 @@ def test_paper_preset_parses_with_the_papers_settings():
         LabelConfig(judge_unknown="ignore")
 
 
+def test_judge_settings_are_one_dataclass_parsed_beside_the_label_config(tmp_path):
+    """The recipes' judge_* keys fill `JudgeConfig`; `LabelConfig` no longer declares them. The judge *model* stays
+    pinned for resume, how it is reached does not."""
+    from trl import TrlParser
+
+    path = Path(__file__).parents[1] / "recipes" / "configs" / "label_paper.yaml"
+    argv = ["--config", str(path), "--judge_timeout", "7.5"]
+    config, judge = TrlParser((LabelConfig, JudgeConfig)).parse_args_and_config(args=argv)
+    assert (judge.judge_model, judge.judge_max_concurrency, judge.judge_backoff) == ("o4-mini", 16, 2.0)
+    assert (judge.judge_timeout, judge.judge_max_retries, judge.judge_base_url) == (7.5, 4, "http://127.0.0.1:8000/v1")
+    assert not any(name.startswith("judge_") and name in JudgeConfig.__dataclass_fields__ for name in vars(config))
+    label = toy_config(tmp_path)
+    build_dataset(toy_questions(2), ToyPolicy(seed=1), label, grader=exact_grader, judge_config=JudgeConfig())
+    faster = JudgeConfig(judge_timeout=5.0, judge_max_retries=0, judge_base_url="http://elsewhere:1/v1")
+    stats = build_dataset(toy_questions(2), ToyPolicy(seed=1), label, grader=exact_grader, judge_config=faster)
+    assert stats.records > 0  # another transport: the finished shards are reused
+    with pytest.raises(SettingsMismatchError, match="judge_model: 'judge' -> 'other'"):
+        build_dataset(
+            toy_questions(2),
+            ToyPolicy(seed=1),
+            label,
+            grader=exact_grader,
+            judge_config=JudgeConfig(judge_model="other"),
+        )
+
+
 @pytest.mark.parametrize("name", ["label_testbed.yaml", "label_server.yaml"])
 def test_recipe_configs_parse_into_label_config(name):
     from trl import TrlParser
 
     path = Path(__file__).parents[1] / "recipes" / "configs" / name
-    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=["--config", str(path), "--shard_size", "5"])
+    config, _ = TrlParser((LabelConfig, JudgeConfig)).parse_args_and_config(
+        args=["--config", str(path), "--shard_size", "5"]
+    )
     assert isinstance(config, LabelConfig) and config.shard_size == 5 and config.rule == "consensus"
     assert config.mc_mode == "binary_search" and config.judge in ("testbed", "server")
 
 
 def test_main_labels_testbed_puzzles_from_the_yaml_config(tmp_path, capsys):
-    from trl_vlprm.labeling.builder import main
+    from trl_vlprm.cli import run
 
     config = Path(__file__).parents[1] / "recipes" / "configs" / "label_testbed.yaml"
     argv = ["--config", str(config), "--num_questions", "6", "--shard_size", "4", "--output_dir", str(tmp_path)]
-    main([*argv, "--show_progress", "false"])
+    run("label", [*argv, "--show_progress", "false"])
     records, solutions, dropped = map(
         int, re.search(r"(\d+) records from (\d+) solutions \((\d+) dropped", capsys.readouterr().out).groups()
     )
@@ -214,12 +244,12 @@ if __name__ == "__main__":
 
 def test_paper_label_recipe_runs_with_cpu_overrides(tmp_path, capsys):
     """label_paper.yaml as written, with the testbed's scripted policy and judge in place of the GPU ones."""
-    from trl_vlprm.labeling.builder import main
+    from trl_vlprm.cli import run
 
     config = Path(__file__).parents[1] / "recipes" / "configs" / "label_paper.yaml"
     argv = ["--config", str(config), "--dataset", "puzzles", "--num_questions", "6", "--policy", "scripted"]
     argv += ["--judge", "testbed", "--mc_num_completions", "4", "--output_dir", str(tmp_path)]
-    main([*argv, "--show_progress", "false"])
+    run("label", [*argv, "--show_progress", "false"])
     dataset = load_labelled(tmp_path)
     assert len(dataset) > 0 and set(dataset["rule"]) == {"vlprm"}
     for row in dataset:

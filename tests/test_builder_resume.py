@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,11 @@ from test_mc import ToyPolicy, exact_grader, toy_questions  # noqa: E402
 
 from trl_vlprm.data.schema import RecordError  # noqa: E402
 from trl_vlprm.labeling.builder import CONFIG_FILE, JudgeFailureError, LabelConfig, build_dataset  # noqa: E402
-from trl_vlprm.labeling.judge_server import JudgeServer  # noqa: E402
+from trl_vlprm.labeling.judge import JudgeConfig  # noqa: E402
+
+JUDGE_FIELDS = {f.name for f in fields(JudgeConfig)}
 from trl_vlprm.labeling.shards import ShardError, load_labelled  # noqa: E402
+from trl_vlprm.testbed.judge_server import JudgeServer  # noqa: E402
 from trl_vlprm.utils.resume import OutputLockedError, output_lock  # noqa: E402
 
 
@@ -101,8 +105,11 @@ def test_empty_shards_load_and_count_as_done(tmp_path):
 
 
 def judge_config(output_dir, **overrides):
+    """(LabelConfig, JudgeConfig) of a labelling run with a served judge; `overrides` go to the one holding them."""
     settings = dict(rule="vlprm", judge="server", mc_mode="binary_search", judge_timeout=2.0, judge_backoff=0.01)
-    return toy_config(output_dir, **{**settings, **overrides})
+    settings.update(overrides)
+    judge = {name: settings.pop(name) for name in list(settings) if name in JUDGE_FIELDS}
+    return toy_config(output_dir, **settings), JudgeConfig(**judge)
 
 
 @pytest.mark.parametrize(
@@ -114,38 +121,56 @@ def judge_config(output_dir, **overrides):
     ],
 )
 def test_failing_judge_writes_nothing_and_a_fixed_judge_labels_everything(tmp_path, mode, status, reply):
-    config = judge_config(tmp_path, judge_max_retries=1)
+    config, judge = judge_config(tmp_path, judge_max_retries=1)
     with JudgeServer({}, failures={"*": mode}, retry_after=0.01) as server:
         with pytest.raises(JudgeFailureError, match=f"failed on 4 of 4 solutions.*{status}") as error:
-            build_dataset(toy_questions(4), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader)
+            build_dataset(
+                toy_questions(4),
+                ToyPolicy(seed=4),
+                config,
+                judge_server=server,
+                grader=exact_grader,
+                judge_config=judge,
+            )
         assert reply in str(error.value)
         assert not list(tmp_path.glob("shard-*.parquet"))  # nothing marked done
     # the judge is fixed and comes back at another address, reached with other transport settings
-    config = judge_config(tmp_path, judge_max_retries=3, judge_timeout=5.0, judge_base_url="http://127.0.0.1:1/v1")
+    config, judge = judge_config(
+        tmp_path, judge_max_retries=3, judge_timeout=5.0, judge_base_url="http://127.0.0.1:1/v1"
+    )
     with JudgeServer({}) as server:
-        stats = build_dataset(toy_questions(4), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader)
+        stats = build_dataset(
+            toy_questions(4), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader, judge_config=judge
+        )
     assert stats.judge["failed_solutions"] == 0 and stats.records == 4 * NUM_ROLLOUTS
     assert sorted(load_labelled(tmp_path)["id"]) == sorted(expected_ids(4))
 
 
 def test_judge_failing_on_more_than_the_allowed_share_stops_the_run(tmp_path):
     failures = {"q2": "500", "q3": "500"}  # the second shard: 2 of its 2 questions fail
-    config = judge_config(tmp_path, judge_max_retries=0, judge_max_failed_share=0.5)
+    config, judge = judge_config(tmp_path, judge_max_retries=0, judge_max_failed_share=0.5)
     with JudgeServer({}, failures=failures) as server:
         with pytest.raises(JudgeFailureError, match=r"q2\.\.q3.*http 500"):
-            build_dataset(toy_questions(6), ToyPolicy(seed=4), config, judge_server=server, grader=exact_grader)
+            build_dataset(
+                toy_questions(6),
+                ToyPolicy(seed=4),
+                config,
+                judge_server=server,
+                grader=exact_grader,
+                judge_config=judge,
+            )
     assert [p.name for p in tmp_path.glob("shard-*.parquet")] == ["shard-00000.parquet"]  # finished shards stay
 
 
 def test_label_cli_exits_non_zero_naming_the_judge_error(tmp_path, capsys):
-    from trl_vlprm.labeling.builder import main
+    from trl_vlprm.cli import run
 
     recipe = Path(__file__).parents[1] / "recipes" / "configs" / "label_testbed.yaml"
     with JudgeServer({}, failures={"*": "401"}) as server:
         argv = ["--config", str(recipe), "--num_questions", "2", "--shard_size", "2", "--output_dir", str(tmp_path)]
         argv += ["--judge", "server", "--judge_base_url", server.base_url, "--show_progress", "false"]
         with pytest.raises(SystemExit) as exit_info:
-            main(argv)
+            run("label", argv)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "http 401" in err and "Incorrect API key provided" in err and "failed on 8 of 8 solutions" in err
@@ -164,7 +189,7 @@ def test_label_cli_exits_non_zero_naming_the_judge_error(tmp_path, capsys):
 )
 def test_config_refuses_settings_that_lose_work(field, value):
     with pytest.raises(ValueError, match=field.removeprefix("judge_")):
-        LabelConfig(**{field: value})
+        (JudgeConfig if field in JUDGE_FIELDS else LabelConfig)(**{field: value})
 
 
 def test_a_second_builder_on_the_same_folder_is_refused(tmp_path):

@@ -34,20 +34,23 @@ def test_parquet_output_round_trips_with_image_feature(tmp_path, capsys):
 def test_folder_output_is_replaced_atomically(tmp_path):
     out = tmp_path / "puzzles"
     cli.main(["puzzles", "--n", "6", "--seed", "0", "--out", str(out), "--families", "clock,counting"])
-    cli.main(["puzzles", "--n", "8", "--seed", "2", "--out", str(out), "--image-size", "112"])
+    cli.main(["puzzles", "--n", "8", "--seed", "2", "--out", str(out), "--image_size", "112"])
     loaded = load_from_disk(str(out))
     assert loaded.features["images"] == List(Image())
     same_rows(loaded, generate_puzzles(8, seed=2, image_size=112))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["puzzles"]
 
 
-def test_label_forwards_its_arguments(monkeypatch):
-    import trl_vlprm.labeling.builder as builder
+def test_label_forwards_its_arguments(monkeypatch, tmp_path):
+    import trl_vlprm.scripts.label as label
 
+    config = tmp_path / "x.yaml"
+    config.write_text("num_questions: 2\nrule: consensus\n")
     seen = []
-    monkeypatch.setattr(builder, "main", lambda argv: seen.append(argv))
-    assert cli.main(["label", "--config", "x.yaml", "--num_questions", "4"]) == 0
-    assert seen == [["--config", "x.yaml", "--num_questions", "4"]]
+    monkeypatch.setattr(label, "main", lambda config, judge_config=None: seen.append(config))
+    assert cli.main(["label", "--config", str(config), "--num_questions", "4"]) == 0
+    # the YAML file sets the defaults, a flag overrides them
+    assert [(c.num_questions, c.rule) for c in seen] == [(4, "consensus")]
 
 
 def test_bad_arguments_exit_with_usage():

@@ -36,7 +36,7 @@ RUN: dict[str, tuple[str, dict[str, str], str]] = {
         "outputs/Qwen2.5-VL-7B-VL-PRM/model.safetensors",
     ),
     "trl-vlprm puzzles --n 600 --solutions 4 --out data/testbed": ("--n 6", {}, "data/testbed/*.arrow"),
-    "python -m trl_vlprm puzzles --n 20000 --image-size 448 --out data/testbed-rl": (
+    "trl-vlprm puzzles --n 20000 --image_size 448 --out data/testbed-rl": (
         "--n 6",
         {},
         "data/testbed-rl/*.arrow",
@@ -46,24 +46,24 @@ RUN: dict[str, tuple[str, dict[str, str], str]] = {
         {},
         "outputs/labels/testbed/shard-*.parquet",
     ),
-    "python recipes/tts.py --config recipes/configs/tts_testbed.yaml": (
+    "trl-vlprm tts --config recipes/configs/tts_testbed.yaml": (
         "--num_questions 4",
         {},
         "outputs/tts/testbed_beam_search.jsonl",
     ),
-    "python recipes/eval_tts.py --config recipes/configs/eval_tts_testbed.yaml": (
+    "trl-vlprm eval --config recipes/configs/eval_tts_testbed.yaml": (
         "--benchmarks testbed:0,limit=8 --process_benches testbed:num_questions=8,solutions_per_question=2",
         {},
         "outputs/eval_tts_testbed/process_bench.csv",
     ),
-    "python recipes/eval_tts.py --config recipes/configs/eval_tts_paper.yaml --benchmarks "
+    "trl-vlprm eval --config recipes/configs/eval_tts_paper.yaml --benchmarks "
     "mathvista:/data/MathVista --policies qwen7b@vllm:Qwen/Qwen2.5-VL-7B-Instruct --num_subsamples 16 "
     "--output_dir outputs/eval_mathvista": (
         EVAL_CPU,
         {"/data/MathVista": "{mathvista}"},
         "outputs/eval_mathvista/results.csv",
     ),
-    "python recipes/tts.py --config recipes/configs/tts_qwen2_5_vl.yaml": (
+    "trl-vlprm tts --config recipes/configs/tts_qwen2_5_vl.yaml": (
         "--policy hf --dataset puzzles --num_questions 2 --n 2 --max_new_tokens 16 --max_step_tokens 8",
         {},
         "outputs/tts/qwen2_5_vl_weighted_vote.jsonl",
@@ -82,10 +82,10 @@ COVERED: dict[str, str] = {
     "recipes/configs/grpo_qwen2_5_vl_3b.yaml": (
         "tests/test_rewards_grpo.py::test_recipe_under_a_two_process_ddp_launch"
     ),
-    "python recipes/eval_tts.py --config recipes/configs/eval_tts_paper.yaml": (
+    "trl-vlprm eval --config recipes/configs/eval_tts_paper.yaml": (
         "tests/test_paper_recipes.py::test_paper_eval_recipe_runs_as_written"
     ),
-    "python recipes/tts.py --config recipes/configs/tts_paper_step_search.yaml": (
+    "trl-vlprm tts --config recipes/configs/tts_paper_step_search.yaml": (
         "tests/test_paper_prompts.py::test_step_search_preset_runs_on_tiny_models"
     ),
     "trl-vlprm label --config recipes/configs/label_paper.yaml": (
@@ -98,12 +98,26 @@ COVERED: dict[str, str] = {
     "recipes/configs/<cfg>.yaml": "tests/test_launch.py::test_two_process_launch",
     "accelerate launch --config_file recipes/accelerate/zero3.yaml recipes/train.py --config "
     "recipes/configs/<cfg>.yaml": "tests/test_launch.py::test_two_process_launch",
+    # The scale-out launches: each test launches the recipe with 2 processes and checks both ranks worked.
+    "accelerate launch --multi_gpu --num_processes 2 recipes/build_dataset.py --config "
+    "recipes/configs/label_testbed.yaml": (
+        "tests/test_scaleout.py::test_two_ranks_label_the_same_questions_as_one_process"
+    ),
+    "accelerate launch --multi_gpu --num_processes 2 recipes/tts.py --config recipes/configs/tts_testbed.yaml": (
+        "tests/test_scaleout.py::test_tts_ranks_answer_each_question_once_and_a_rerun_finishes_a_killed_run"
+    ),
+    "accelerate launch --multi_gpu --num_processes 2 recipes/eval_tts.py --config "
+    "recipes/configs/eval_tts_testbed.yaml": "tests/test_scaleout.py::test_two_ranks_evaluate_each_question_once",
 }
 EXCLUDED: dict[str, str] = {
     "make test": "the test suite itself (this file is part of it)",
     "MODEL=/models/Qwen2.5-VL-7B-Instruct sbatch recipes/slurm/serve_fleet_eval.sbatch": (
         "needs a SLURM cluster with GPUs; its parts run in tests/test_vllm_server.py (real vLLM servers on loopback, "
         "a fleet of base URLs through the server: policy spec of the evaluation sweep)"
+    ),
+    "MODEL=/models/Qwen2.5-VL-7B-Instruct sbatch recipes/slurm/label_multinode.sbatch": (
+        "needs a SLURM cluster with GPUs; the rank protocol runs in tests/test_scaleout.py (2-process launches, a "
+        "killed rank, reruns)"
     ),
 }
 
@@ -194,7 +208,7 @@ def test_documented_command_runs(command, tiny_hub, tmp_path, small_supervision_
         _write_visual_process_bench(tmp_path)
     server = None
     if "{judge_url}" in substitutions.values():
-        from trl_vlprm.labeling.judge_server import JudgeServer
+        from trl_vlprm.testbed.judge_server import JudgeServer
 
         server = JudgeServer({}).start()  # a real chat-completions server on loopback
         server.gold = _EveryStepJudged()  # the tiny policy's steps are not known in advance: judge each of them

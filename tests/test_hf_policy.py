@@ -117,7 +117,7 @@ def test_read_answer_uses_question_options():
 @pytest.mark.parametrize("strategy", ["best_of_n", "beam_search", "dvts"])
 def test_strategies_run_on_hf_policy(model_dir, question, strategy):
     from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
-    from trl_vlprm.guidance.tts import RandomScorer
+    from trl_vlprm.testbed import RandomScorer
 
     policy = make_policy(model_dir, step_separator=" ", max_step_tokens=6, max_new_tokens=12)
     config = SearchConfig(n=4, beam_width=2, expansions_per_beam=2, max_steps=2)

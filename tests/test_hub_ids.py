@@ -259,13 +259,13 @@ def test_tts_run_pins_a_repo_id_by_its_commit(tiny_hub):
 
 def test_eval_spec_takes_a_repo_id_and_revision(tiny_hub, tmp_path):
     """`prm:<repo id>,revision=2024`: the revision stays text (a tag, not the number 2024) and selects the snapshot."""
-    from trl_vlprm.eval.sweep_config import SCORER_BUILDERS, build_from_spec, parse_spec
+    from trl_vlprm.guidance.backends import build_scorer, parse_spec
     from trl_vlprm.modeling.tiny_hub import build_tiny_prm
 
     assert parse_spec("prm:Org/RevisedPRM,revision=2024,batch_size=4")[2] == {"revision": "2024", "batch_size": 4}
     tagged = build_tiny_prm(tmp_path / "tagged", arch="qwen2_vl", seed=5, step_separator="\n\n")
     save_to_hub_cache(tagged, "Org/RevisedPRM", tiny_hub / "hub", revision="2024")
     save_to_hub_cache(build_tiny_prm(tmp_path / "main", arch="qwen2_vl", seed=6), "Org/RevisedPRM", tiny_hub / "hub")
-    at_tag = build_from_spec("prm:Org/RevisedPRM,revision=2024", SCORER_BUILDERS, 0, "scorer")
-    at_main = build_from_spec("prm:Org/RevisedPRM", SCORER_BUILDERS, 0, "scorer")
+    at_tag = build_scorer("prm:Org/RevisedPRM,revision=2024", 0)
+    at_main = build_scorer("prm:Org/RevisedPRM", 0)
     assert (at_tag.step_separator, at_main.step_separator) == ("\n\n", "\n")  # each snapshot's own metadata

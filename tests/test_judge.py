@@ -11,6 +11,7 @@ import time
 import pytest
 from PIL import Image
 
+from trl_vlprm.data.steps_block import read_steps_block
 from trl_vlprm.labeling.judge import (
     CORRECT,
     INCORRECT,
@@ -20,10 +21,9 @@ from trl_vlprm.labeling.judge import (
     JudgeParseError,
     build_messages,
     parse_verdicts,
-    read_steps_block,
     retry_after_seconds,
 )
-from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup, step_key
+from trl_vlprm.testbed.judge_server import JudgeServer, gold_lookup, step_key
 
 TYPES = ["perception", "perception", "reasoning", "reasoning"]
 
@@ -46,7 +46,7 @@ def solution(qid, pattern):
 def fast_config(server, **overrides):
     settings = dict(base_url=server.base_url, timeout=0.5, max_retries=1, backoff=0.01, max_concurrency=4)
     settings.update(overrides)
-    return JudgeConfig(**settings)
+    return JudgeConfig(**{f"judge_{name}": value for name, value in settings.items()})
 
 
 def test_parse_verdicts_accepts_only_the_strict_object():
@@ -257,7 +257,14 @@ def test_slow_drip_body_is_cut_by_the_total_deadline():
 
 
 @pytest.mark.parametrize(
-    "field, value", [("timeout", 0), ("timeout", -1.0), ("max_retries", -1), ("backoff", -0.5), ("max_concurrency", 0)]
+    "field, value",
+    [
+        ("judge_timeout", 0),
+        ("judge_timeout", -1.0),
+        ("judge_max_retries", -1),
+        ("judge_backoff", -0.5),
+        ("judge_max_concurrency", 0),
+    ],
 )
 def test_config_refuses_settings_that_would_fail_every_call(field, value):
     with pytest.raises(ValueError, match=f"JudgeConfig.{field}"):

@@ -184,3 +184,29 @@ def test_every_step_until_zero_keeps_a_low_but_nonzero_step_and_goes_on():
     measured = [s for s in result.scores if s is not None]
     assert 0.0 < result.scores[1] < 1.0 and len(measured) == 6  # never 0 before the rollout's own wrong answer
     assert result.labels == [True] * 5 + [False]
+
+
+def test_a_registered_mc_mode_is_a_labelling_setting():
+    """MC modes are the project's Registry: a mode registered at its definition labels rollouts and is accepted by
+    `LabelConfig.mc_mode`; a typo lists the modes (it was an if-chain with a tuple of three names)."""
+    from trl_vlprm.labeling.config import LabelConfig
+    from trl_vlprm.labeling.mc import MC_MODES
+
+    @MC_MODES.register("last_prefix_only")
+    def last_prefix_only(estimator, n):  # one estimate, before the last step; every step takes its verdict
+        return [estimator.good(n - 2)] * n
+
+    try:
+        policy = ToyPolicy(error_rate=0.0, num_steps=5)
+        result = label_rollout(
+            policy, toy_questions(1)[0], slipped_rollout(5, 2), MCConfig(3, 0.0, "last_prefix_only"), exact_grader
+        )
+        assert result.labels == [False] * 5 and result.scores == [None, None, None, 0.0, None]
+        assert result.num_estimates == 1 and policy.stats.calls == 1
+        assert LabelConfig(mc_mode="last_prefix_only", show_progress=False).mc_config().mode == "last_prefix_only"
+    finally:
+        MC_MODES.unregister("last_prefix_only")
+    with pytest.raises(ValueError, match=r"LabelConfig.mc_mode='binary': .*available: binary_search, every_step,"):
+        LabelConfig(mc_mode="binary")
+    with pytest.raises(ValueError, match=r"LabelConfig.disagreement='keep'; expected one of \('drop', 'weight'\)"):
+        LabelConfig(disagreement="keep")

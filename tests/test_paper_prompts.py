@@ -15,8 +15,8 @@ from trl_vlprm.eval.benchmarks import (
     mathvista_record,
     mmmu_record,
 )
+from trl_vlprm.eval.eval_tts import load_benchmark_spec
 from trl_vlprm.eval.paper_prompts import PAPER_COT_INSTRUCTION, PAPER_POLICY_SYSTEM_PROMPT, algopuzzlevqa_prompt
-from trl_vlprm.eval.sweep_config import load_benchmark_spec
 
 SELECT = "Please select the correct answer from the options above."
 CONFIG = Path(__file__).parent.parent / "recipes" / "configs" / "eval_tts_paper.yaml"
@@ -138,7 +138,7 @@ def test_paper_config_runs_the_paper_protocol():
 def test_paper_configs_parse():
     from trl import TrlParser
 
-    from trl_vlprm.eval.sweep_config import EvalTTSConfig
+    from trl_vlprm.eval.eval_tts import EvalTTSConfig
 
     (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(["--config", str(CONFIG)])
     assert config.system_prompt == PAPER_POLICY_SYSTEM_PROMPT and config.step_separator == "\n\n"
@@ -176,3 +176,23 @@ def test_step_search_preset_runs_on_tiny_models(tmp_path):
             # Each kept step is the best by the paper's reward (-1 or a small positive length-scaled value).
             assert all(s == -1 or 0 < s < 1 for s in walk["scores"]) and len(walk["scores"]) == 3
             assert walk["scores"][walk["kept"]] == max(walk["scores"])
+
+
+def test_every_option_is_lettered_from_the_one_alphabet():
+    """Eleven or more options: the paper layouts once lettered only A-J (an IndexError at the 11th option), the answer
+    judge went past Z into punctuation; now every place letters with `data.schema.option_letter`."""
+    from trl_vlprm.data.answers import grade
+    from trl_vlprm.data.schema import option_letter
+    from trl_vlprm.eval.answer_judge import AnswerJudge
+    from trl_vlprm.eval.paper_prompts import mathvista_prompt, mmmu_prompt
+    from trl_vlprm.labeling.judge import JudgeConfig
+
+    options = [f"choice {i}" for i in range(12)]
+    assert "K. choice 10\nL. choice 11\n" in mmmu_prompt("Which?", options)
+    assert "(K) choice 10\n(L) choice 11" in mathvista_prompt("Which?", options, "multi_choice", "text")
+    assert grade("The answer is (L)", "choice 11", options=options)
+    with pytest.raises(ValueError, match="at most 26 options"):
+        option_letter(26)
+    judge = AnswerJudge(JudgeConfig())
+    with pytest.raises(ValueError, match="at most 26 options"):  # was "([) option 26"
+        judge.messages("Which?", "B", [f"option {i}" for i in range(27)])

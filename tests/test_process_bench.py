@@ -18,8 +18,7 @@ from trl_vlprm.eval.process_bench import (
 from trl_vlprm.eval.process_bench import (
     testbed_process_bench as make_testbed_bench,
 )
-from trl_vlprm.guidance.tts import RandomScorer
-from trl_vlprm.testbed import GoldOracleScorer
+from trl_vlprm.testbed import GoldOracleScorer, RandomScorer
 
 P, R = "perception", "reasoning"
 RECORDS = [

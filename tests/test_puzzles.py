@@ -1,4 +1,4 @@
-"""Procedural puzzle testbed: reproducibility, gold solutions that derive the answer, questions that hide the image."""
+"""Testbed puzzles: reproducibility, gold solutions that derive the answer, questions that hide the image."""
 
 from __future__ import annotations
 
@@ -138,3 +138,28 @@ def test_bad_family_and_metadata_are_named():
         read_metadata({"id": "q7", "prompt": "x"})
     with pytest.raises(RecordError, match="row q8: field 'metadata'"):
         read_metadata({"id": "q8", "metadata": json.dumps({"family": "mazes", "state": {}})})
+
+
+def test_a_family_registered_at_its_definition_is_generated_and_listed():
+    """`FAMILIES` is the project's Registry: `@register_family` on a subclass makes it a generator choice, and an
+    unknown name lists every family (and the tiers)."""
+    from trl_vlprm.testbed import FAMILIES, PuzzleFamily, register_family
+    from trl_vlprm.testbed.families import ColorGrid
+
+    @register_family
+    class Recoloured(ColorGrid):
+        name = "recoloured_grid"
+
+    try:
+        assert isinstance(FAMILIES.get("recoloured_grid"), Recoloured)
+        puzzles = generate_puzzles(4, seed=3, families="color_grid,recoloured_grid")
+        assert puzzles["category"] == ["color_grid", "recoloured_grid"] * 2
+        # same seed and index, another family name: another random stream, so another puzzle
+        assert puzzles[1]["id"] == "recoloured_grid-s3-00001"
+        assert read_metadata(puzzles[1])[0] is FAMILIES.get("recoloured_grid")
+        with pytest.raises(ValueError, match=r"available: .*recoloured_grid.* \(or a tier: hard, learnable\)"):
+            generate_puzzles(1, families="recolored_grid")
+    finally:
+        FAMILIES.unregister("recoloured_grid")
+    with pytest.raises(ValueError, match="has no `name`"):
+        register_family(type("Nameless", (PuzzleFamily,), {}))

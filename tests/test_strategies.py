@@ -1,4 +1,4 @@
-"""Search strategies: pure selection rules with hand-set scores, runners on the puzzle testbed with known errors."""
+"""Search strategies: pure selection rules with hand-set scores, runners on the testbed with known errors."""
 
 import json
 import math
@@ -18,8 +18,7 @@ from trl_vlprm.guidance.strategies import (
     vote_tally,
     weighted_vote,
 )
-from trl_vlprm.guidance.tts import RandomScorer
-from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
+from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
 
 
 def scored(step_scores, answer=None):
@@ -88,7 +87,7 @@ def test_search_config_validation_and_registry():
         get_strategy("mcts")
 
 
-# ---------------------------------------------------------------- runners on the puzzle testbed
+# ---------------------------------------------------------------- runners on the testbed
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.eval.sweep_config import SCORER_BUILDERS, EvalTTSConfig, policy_pins, run, spec_pin
+from trl_vlprm.eval.eval_tts import EvalTTSConfig, policy_pins, run, spec_pin
 from trl_vlprm.eval.tts_sweep import run_sweep, sample_benchmark, samples_path
+from trl_vlprm.guidance.backends import SCORER_BACKENDS, Backend, build_scorer
 from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, output_lock
 
@@ -55,7 +56,8 @@ class FolderScorer:
 
 
 def test_a_scorer_retrained_into_the_same_folder_is_scored_again(tmp_path, monkeypatch):
-    monkeypatch.setitem(SCORER_BUILDERS, "folder", lambda args, kwargs, seed: FolderScorer(args[0]))
+    folder = Backend(lambda args, kwargs, seed: FolderScorer(args[0]), argument="model")
+    monkeypatch.setitem(SCORER_BACKENDS._entries, "folder", folder)  # registered for this test only
     checkpoint = tmp_path / "prm"
     checkpoint.mkdir()
     (checkpoint / "weights.txt").write_text("inverse")
@@ -94,7 +96,7 @@ def test_two_benchmarks_with_one_name_stay_apart(tmp_path):
 def test_changed_questions_and_concurrent_writers_are_refused(tmp_path):
     questions = list(generate_puzzles(3, seed=0, image_size=112))
     path = tmp_path / "samples.jsonl"
-    scorers = {"s": SCORER_BUILDERS["oracle"]([], {}, 0)}
+    scorers = {"s": build_scorer("oracle", 0)}
     sample_benchmark(questions, ScriptedPolicy(seed=0), scorers, 2, path)
     questions[2] = {**questions[2], "prompt": questions[2]["prompt"] + " (edited)"}
     with pytest.raises(RecordError, match="content changed"):
@@ -106,7 +108,7 @@ def test_changed_questions_and_concurrent_writers_are_refused(tmp_path):
 
 def test_a_sweep_never_rewrites_a_samples_file_another_process_is_writing(tmp_path):
     questions = list(generate_puzzles(4, seed=0, image_size=112))
-    scorers = {"s": SCORER_BUILDERS["oracle"]([], {}, 0)}
+    scorers = {"s": build_scorer("oracle", 0)}
     path = samples_path(tmp_path, "b", "p")
     sample_benchmark(questions[:2], ScriptedPolicy(seed=0), scorers, 2, path)
     with path.open("a") as f:
@@ -119,13 +121,13 @@ def test_a_sweep_never_rewrites_a_samples_file_another_process_is_writing(tmp_pa
 
 
 def test_recipe_exits_non_zero_with_the_reason(tmp_path, capsys):
-    from trl_vlprm.eval.sweep_config import main
+    from trl_vlprm.cli import run
 
     argv = ["--benchmarks", "testbed:0,limit=4", "--scorers", "s@oracle", "--strategies", "majority",
             "--n_values", "1", "2", "--num_subsamples", "1", "--output_dir", str(tmp_path)]  # fmt: skip
-    main([*argv, "--policies", "p@scripted:perception_error_rate=0.1"])
+    run("eval", [*argv, "--policies", "p@scripted:perception_error_rate=0.1"])
     with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--policies", "p@scripted:perception_error_rate=0.2"])
+        run("eval", [*argv, "--policies", "p@scripted:perception_error_rate=0.2"])
     assert exit_info.value.code == 1
     assert "perception_error_rate=0.1' -> 'scripted:perception_error_rate=0.2'" in capsys.readouterr().err
 

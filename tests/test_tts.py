@@ -11,7 +11,6 @@ from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig
 from trl_vlprm.guidance.tts import (
-    RandomScorer,
     TTSArguments,
     build_policy,
     build_questions,
@@ -20,7 +19,7 @@ from trl_vlprm.guidance.tts import (
     read_results,
     run_tts,
 )
-from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
+from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,3 +202,48 @@ def test_prm_scorer_guides_a_run(tmp_path, puzzles):
         assert [len(s) for s in scores] == [3] * 4 and all(0.0 <= x <= 1.0 for s in scores for x in s)
         assert record["candidate_scores"] == [min(s) for s in scores]
         assert record["chosen"] == record["candidate_scores"].index(max(record["candidate_scores"]))
+
+
+class _AnswersHalf:
+    """A policy whose every solution states "0.5" (the question below is graded differently by kind)."""
+
+    step_separator = "\n"
+
+    def __init__(self):
+        from trl_vlprm.types import PolicyStats
+
+        self.stats = PolicyStats()
+
+    def _solutions(self, n):
+        from trl_vlprm.types import Continuation
+
+        found = [Continuation(steps=["The answer is 0.5"], finished=True, answer="0.5", num_tokens=4)] * n
+        self.stats.record(found)
+        return found
+
+    def sample_solutions(self, question, n):
+        return self._solutions(n)
+
+    def sample_next_steps(self, question, prefix, n):
+        return self._solutions(n)
+
+    def complete(self, question, prefix, n):
+        return self._solutions(n)
+
+
+@pytest.mark.parametrize(("answer_kind", "correct"), [("free_form", False), ("numeric", True), (None, True)])
+def test_tts_and_the_sweep_grade_by_the_questions_answer_kind(tmp_path, answer_kind, correct):
+    """Gold "1/2", answer "0.5": right as a number, wrong as free-form text. `run_tts` once graded with plain
+    `grade` ("auto" reads "1/2" as a number: right) while the sweep honoured the question's `answer_kind`."""
+    from trl_vlprm.eval.tts_sweep import sample_question
+
+    question = {"id": "q0", "prompt": "What fraction is shaded?", "images": [], "answer": "1/2", "options": []}
+    if answer_kind is not None:
+        question["answer_kind"] = answer_kind
+    out = tmp_path / "tts.jsonl"
+    summary = run_tts([question], "greedy", _AnswersHalf(), None, SearchConfig(), out, show_progress=False)
+    swept = sample_question(question, _AnswersHalf(), {}, n_max=1)
+    assert [line["correct"] for line in lines(out)] == [correct]
+    assert summary.accuracy == float(correct)
+    assert [sample["correct"] for sample in swept["samples"]] == [correct]
+    assert grade("0.5", "1/2", kind=answer_kind or "auto") is correct

@@ -4,19 +4,13 @@ import json
 import pytest
 from PIL import Image
 
+from trl_vlprm.cli import run
+from trl_vlprm.eval.eval_tts import EvalTTSConfig
 from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
-from trl_vlprm.eval.sweep_config import EvalTTSConfig, build_from_spec, main, parse_spec, split_label
-from trl_vlprm.eval.tts_sweep import (
-    check_strategy,
-    derive_accuracies,
-    run_sweep,
-    sample_benchmark,
-    samples_path,
-    strategy_correct,
-    subsample_indices,
-)
-from trl_vlprm.guidance.tts import RandomScorer
-from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
+from trl_vlprm.eval.selection import check_strategy, derive_accuracies, strategy_correct, subsample_indices
+from trl_vlprm.eval.tts_sweep import run_sweep, sample_benchmark, samples_path
+from trl_vlprm.guidance.backends import Backend, build_from_spec, parse_spec, split_label
+from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
 
 STRATEGIES = ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
 
@@ -164,7 +158,7 @@ def test_recipe_main_writes_table_plot_and_resumes(tmp_path, capsys):
             "--scorers", "oracle", "--strategies", "majority", "best_of_n:min", "pass@n",
             "--n_values", "1", "4", "--num_subsamples", "2", "--output_dir", str(tmp_path),
             "--process_benches", "testbed:num_questions=6,solutions_per_question=2"]  # fmt: skip
-    main(args)
+    run("eval", args)
     first = (tmp_path / "results.csv").read_text()
     assert len(first.splitlines()) == 1 + 3 * 2
     assert (tmp_path / "accuracy_vs_n.png").stat().st_size > 0
@@ -173,15 +167,15 @@ def test_recipe_main_writes_table_plot_and_resumes(tmp_path, capsys):
     assert (
         "| testbed:num_questions=6,solutions_per_question=2 | oracle | all | 100.0 | 100.0 | 100.0 | 36 |" in process
     )
-    main(args)  # everything sampled: the rerun only re-derives, with the same numbers
+    run("eval", args)  # everything sampled: the rerun only re-derives, with the same numbers
     assert (tmp_path / "results.csv").read_text() == first
 
 
 def test_build_from_spec_gives_config_defaults_to_model_backends_only():
     seen = {}
     builders = {
-        "vllm": lambda args, kwargs, seed: seen.setdefault("vllm", (args, kwargs, seed)),
-        "scripted": lambda args, kwargs, seed: seen.setdefault("scripted", (args, kwargs, seed)),
+        "vllm": Backend(lambda args, kwargs, seed: seen.setdefault("vllm", (args, kwargs, seed)), takes_defaults=True),
+        "scripted": Backend(lambda args, kwargs, seed: seen.setdefault("scripted", (args, kwargs, seed))),
     }
     defaults = {"step_separator": "\n\n", "temperature": 1.0}
     build_from_spec("vllm:/models/q,temperature=0.5", builders, 3, "policy", defaults)

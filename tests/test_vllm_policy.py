@@ -252,3 +252,40 @@ def test_engine_by_repo_id_reads_the_cached_snapshot(tmp_path, question):
         del by_id.llm
         gc.collect()
     assert 0 < completion.num_tokens <= 8
+
+
+@needs_vllm
+def test_labelling_runs_on_a_vllm_engine(tmp_path, capsys):
+    """`trl-vlprm label --policy vllm:<model>,...`: rollouts and Monte-Carlo completions come from a real engine, and
+    every engine setting a test needs travels in the spec."""
+    import re
+
+    from trl_vlprm.cli import run
+    from trl_vlprm.labeling import load_labelled
+
+    path = build_tiny_vlm(tmp_path / "policy", arch="qwen2_vl", hidden_size=128)
+    engine = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ENGINE_KWARGS.items())
+    spec = f"vllm:{path},max_model_len=512,dtype=float32,{engine}"
+    argv = [
+        "--dataset",
+        "puzzles",
+        "--num_questions",
+        "2",
+        "--shard_size",
+        "2",
+        "--rule",
+        "mc_only",
+        "--judge",
+        "none",
+    ]
+    argv += ["--policy", spec, "--num_rollouts", "2", "--mc_mode", "every_step", "--mc_num_completions", "2"]
+    argv += ["--max_new_tokens", "12", "--step_separator", " ", "--output_dir", str(tmp_path / "labels")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        run("label", [*argv, "--show_progress", "false"])
+    gc.collect()
+    out = capsys.readouterr().out
+    records, solutions = map(int, re.search(r"(\d+) records from (\d+) solutions", out).groups())
+    calls = int(re.search(r"policy calls (\d+)", out).group(1))
+    assert solutions == 2 * 2 and records == len(load_labelled(tmp_path / "labels"))
+    assert calls >= 2  # one rollout call per question, then the Monte-Carlo completions

@@ -214,6 +214,43 @@ def test_labelling_runs_on_the_served_policy(server, puzzles):
         assert len(row["completions"]) == len(row["labels"]) >= 1
 
 
+def test_label_cli_and_tts_arguments_take_a_served_policy_spec(server, puzzles, tmp_path, capsys):
+    """`trl-vlprm label --policy server:<url>,...` and `TTSArguments(policy="server:...")` build the served policy
+    through the one factory (labelling knew only the scripted and transformers policies before)."""
+    import re
+
+    from trl_vlprm.cli import run
+    from trl_vlprm.guidance.strategies.base import SearchConfig
+    from trl_vlprm.guidance.tts import TTSArguments, build_policy, build_scorer, run_tts
+    from trl_vlprm.labeling import load_labelled
+
+    spec = f"server:{server.url},model=tiny,max_step_tokens=8"
+    argv = [
+        "--dataset",
+        "puzzles",
+        "--num_questions",
+        "2",
+        "--shard_size",
+        "2",
+        "--rule",
+        "mc_only",
+        "--judge",
+        "none",
+    ]
+    argv += ["--policy", spec, "--num_rollouts", "2", "--mc_mode", "every_step", "--mc_num_completions", "2"]
+    argv += ["--max_new_tokens", "24", "--step_separator", "\n", "--output_dir", str(tmp_path / "labels")]
+    run("label", [*argv, "--show_progress", "false"])
+    records, solutions = map(int, re.search(r"(\d+) records from (\d+) solutions", capsys.readouterr().out).groups())
+    assert solutions == 2 * 2 and records == len(load_labelled(tmp_path / "labels"))
+    args = TTSArguments(policy=spec, scorer="random", max_new_tokens=24, step_separator="\n", num_questions=2)
+    policy = build_policy(args)
+    summary = run_tts(
+        puzzles, "best_of_n", policy, build_scorer(args), SearchConfig(n=2),
+        tmp_path / "tts.jsonl", show_progress=False,
+    )  # fmt: skip
+    assert summary.num_questions == summary.num_run == 2 and policy.stats.calls == 2 and policy.stats.sequences == 4
+
+
 def test_search_runs_on_the_served_policy(server, puzzles, prm, tmp_path):
     from trl_vlprm.guidance.strategies.base import SearchConfig
     from trl_vlprm.guidance.tts import read_results, run_tts
@@ -234,13 +271,13 @@ def test_search_runs_on_the_served_policy(server, puzzles, prm, tmp_path):
 
 def test_evaluation_sweep_runs_on_the_served_policy_and_prm(server, prm_server, prm_folder, puzzles, prm, tmp_path):
     """Policy and PRM both served: the served PRM's step scores equal the in-process PRMScorer's on every sample."""
-    from trl_vlprm.eval.sweep_config import POLICY_BUILDERS, build_from_spec
     from trl_vlprm.eval.tts_sweep import read_results, run_sweep, samples_path
+    from trl_vlprm.guidance.backends import build_policy
     from trl_vlprm.guidance.server_scorer import ServerPRMScorer
 
     # The spec recipes/eval_tts.py reads: two base URLs (here two names of one server), keywords after them.
     spec = f"server:{server.url},http://localhost:{server.port}/v1,model=tiny,max_new_tokens=24,temperature=1.0"
-    policy = build_from_spec(spec, POLICY_BUILDERS, 0, "policy", {"step_separator": "\n", "system_prompt": None})
+    policy = build_policy(spec, 0, {"step_separator": "\n", "system_prompt": None})
     assert isinstance(policy, ServerPolicy) and policy.base_urls[1].startswith("http://localhost")
     served_prm = ServerPRMScorer.from_pretrained(prm_server, prm_folder)
     scorers = {"prm": prm, "served_prm": served_prm}

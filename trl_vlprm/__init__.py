@@ -1,6 +1,7 @@
 """trl_vlprm: vision-language process reward models for the TRL ecosystem.
 
-Pipeline, one subpackage a stage: `data` -> `labeling` -> `trainer` (+ `modeling`) -> `guidance` -> `eval`.
+Pipeline, one subpackage a stage: `data` -> `labeling` -> `trainer` (+ `modeling`) -> `guidance` -> `eval`, with
+`testbed` (data whose step truth is known) under all of them and one command line, `trl-vlprm` (`trl_vlprm.cli`).
 """
 
 from importlib import import_module

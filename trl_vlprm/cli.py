@@ -1,152 +1,112 @@
-"""`trl-vlprm` / `python -m trl_vlprm` command line: `puzzles` writes a testbed dataset, `label` builds step labels,
-`check` runs the guard-rails on a trained PRM (does it look at the image? does its best-of-N beat a random pick?)."""
+"""`trl-vlprm` / `python -m trl_vlprm`: one command line for the whole pipeline, in TRL's pattern (`trl/cli`).
+
+    trl-vlprm puzzles --n 200 --out data/puzzles.parquet     # testbed data
+    trl-vlprm label --config recipes/configs/label_testbed.yaml
+    trl-vlprm train --config recipes/configs/vlprm_tiny_cpu.yaml
+    trl-vlprm grpo --config recipes/configs/grpo_tiny_cpu.yaml --prm_model_path outputs/vlprm-tiny ...
+    trl-vlprm tts --config recipes/configs/tts_testbed.yaml
+    trl-vlprm eval --config recipes/configs/eval_tts_testbed.yaml
+    trl-vlprm check --prm outputs/demo/vlprm
+
+Each command is a module of `trl_vlprm.scripts` with `make_parser` and `main` (see there); only the module of the
+command given is imported, so `trl-vlprm puzzles` does not pay for transformers. Every command reads
+`--config file.yaml` and `--field value` flags (`trl.TrlParser`); `accelerate launch -m trl_vlprm train ...` runs
+training (or `grpo`) on several processes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
 import os
-import shutil
-import tempfile
+import sys
 from collections.abc import Sequence
-from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
+
+from trl_vlprm.registry import UnknownNameError
+from trl_vlprm.scripts import COMMANDS
 
 
-def write_dataset(dataset, out: str | Path) -> Path:
-    """Write atomically: a `.parquet` path gets one Parquet file, any other path a `save_to_disk` folder.
-
-    The data is written next to `out` under a temporary name and renamed into place, so a crash never leaves a
-    half-written dataset at `out`; an existing `out` is replaced.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        from trl_vlprm.utils.resume import atomic_write
-
-        return atomic_write(out, dataset.to_parquet)
-    tmp_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    old = None
-    try:
-        dataset.save_to_disk(str(tmp_dir / "data"))
-        if out.exists():  # a folder cannot be replaced in one rename: move the old one aside first
-            old = tmp_dir / "old"
-            os.replace(out, old)
-        os.replace(tmp_dir / "data", out)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return out
-
-
-def _puzzles(args: argparse.Namespace) -> int:
-    from trl_vlprm.testbed import generate_puzzles, resolve_families
-
-    families = resolve_families(args.families or None)
-    if args.solutions > 0:
-        from trl_vlprm.testbed import sample_supervision
-
-        dataset = sample_supervision(
-            args.n,
-            args.solutions,
-            args.perception_error_rate,
-            args.reasoning_error_rate,
-            args.seed,
-            families,
-            args.image_size,
-        )
-    else:
-        dataset = generate_puzzles(args.n, seed=args.seed, families=families, image_size=args.image_size)
-    out = write_dataset(dataset, args.out)
-    counts = {name: dataset["category"].count(name) for name in families}
-    print(f"wrote {len(dataset)} puzzles ({counts}) to {out}")
-    return 0
-
-
-def _check(args: argparse.Namespace) -> int:
-    from trl_vlprm.eval.guardrails import best_of_n_vs_random, image_swap_sensitivity
-    from trl_vlprm.guidance.scorer import PRMScorer
-
-    if args.data:
-        from trl_vlprm.data.loading import load_records
-
-        records = load_records(args.data)
-        records = records.select(range(min(len(records), args.limit))) if args.limit else records
-        source = args.data
-    else:
-        from trl_vlprm.testbed import sample_supervision
-
-        records = sample_supervision(
-            args.n,
-            args.solutions,
-            args.perception_error_rate,
-            args.reasoning_error_rate,
-            seed=args.seed,
-            families=args.families,
-            image_size=args.image_size,
-        )
-        source = f"{args.n} testbed puzzles ({args.families}) x {args.solutions} scripted solutions"
-    rows = list(records)
-    scorer = PRMScorer.from_pretrained(args.prm)
-    print(f"PRM {args.prm} on {source}")
-    print("P(correct) moved by swapping each question's image for another question's:")
-    swap = image_swap_sensitivity(scorer, rows)
-    print("\n".join(swap.lines()))
-    print("best-of-N vs a random pick on the same labelled solutions:")
-    selection = best_of_n_vs_random(scorer, rows, args.aggregation)
-    print("\n".join(selection.lines()))
-    return 1 if args.strict and (swap.blind or selection.below_random) else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trl-vlprm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    puzzles = sub.add_parser("puzzles", help="write procedural testbed puzzles in the stepwise-supervision schema")
-    puzzles.add_argument("--n", type=int, default=200, help="number of puzzles (families dealt round-robin)")
-    puzzles.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
-    puzzles.add_argument("--out", required=True, help="a .parquet file, or a folder for datasets.save_to_disk")
-    puzzles.add_argument(
-        "--families",
-        default=None,
-        help="comma-separated family names or a tier (hard, learnable); default: the hard tier",
-    )
-    puzzles.add_argument("--image-size", type=int, default=168, help="image side in pixels")
-    puzzles.add_argument(
-        "--solutions",
-        type=int,
-        default=0,
-        help="sample this many scripted-policy solutions per puzzle, labelled by their gold step "
-        "correctness (0: write the gold solutions)",
-    )
-    puzzles.add_argument("--perception-error-rate", type=float, default=0.3, help="with --solutions")
-    puzzles.add_argument("--reasoning-error-rate", type=float, default=0.3, help="with --solutions")
-    puzzles.set_defaults(func=_puzzles)
-    check = sub.add_parser("check", help="guard-rails for a trained PRM: image-swap sensitivity and best-of-N vs "
-                           "a random pick")  # fmt: skip
-    check.add_argument("--prm", required=True, help="trained PRM folder (load_prm + load_processor)")
-    check.add_argument("--data", default=None,
-                       help="stepwise dataset with labels (folder, .jsonl, .parquet; rows of one question share the "
-                            "id before '#'); default: scripted testbed solutions")  # fmt: skip
-    check.add_argument("--limit", type=int, default=0, help="with --data: use the first this many rows (0: all)")
-    check.add_argument("--families", default="learnable", help="testbed tier or families (without --data)")
-    check.add_argument("--n", type=int, default=60, help="testbed puzzles (without --data)")
-    check.add_argument("--solutions", type=int, default=8, help="scripted solutions per puzzle (without --data)")
-    check.add_argument("--perception-error-rate", type=float, default=0.3, help="testbed policy (without --data)")
-    check.add_argument("--reasoning-error-rate", type=float, default=0.3, help="testbed policy (without --data)")
-    check.add_argument("--image-size", type=int, default=84, help="testbed image side (without --data)")
-    check.add_argument("--seed", type=int, default=12345, help="testbed seed (without --data)")
-    check.add_argument("--aggregation", default="min", help="step-score aggregation of best-of-N")
-    check.add_argument("--strict", action="store_true", help="exit 1 when a guard-rail warns")
-    check.set_defaults(func=_check)
-    sub.add_parser("label", help="build step labels (arguments go to trl_vlprm.labeling.builder.main)", add_help=False)
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trl-vlprm", description=__doc__.split("\n")[0].strip('"'))
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name, help_text in COMMANDS.items():
+        # the command's own parser reads the rest (and answers `trl-vlprm <command> --help`)
+        subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+# Failures a user causes in any command, besides the command module's own `EXPECTED_ERRORS`: a name no registry
+# has (a typo'd strategy, benchmark, backend, rule...) and a file that is not there (a dataset, a model folder).
+USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, FileNotFoundError)
+# While the arguments are parsed, every ValueError is a bad setting: an unknown field in the YAML file, or a config
+# dataclass' `__post_init__` refusing a value (each names the field).
+SETTING_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+# Set to 1 to see the traceback of a failure the CLI would print as one line.
+TRACEBACK_VARIABLE = "TRL_VLPRM_TRACEBACK"
+
+
+def _fail(command: str, err: Exception) -> NoReturn:
+    """Prints a user's mistake as one line and exits with status 1 (the traceback with TRL_VLPRM_TRACEBACK=1)."""
+    if os.environ.get(TRACEBACK_VARIABLE, "0") not in ("", "0"):
+        raise err
+    message = str(err).strip() or type(err).__name__
+    if isinstance(err, FileNotFoundError) and err.filename is not None:  # OSError's str() leads with "[Errno 2]"
+        message = f"no such file or folder: {err.filename}"
+    print(f"trl-vlprm {command}: {message.splitlines()[0] if message else message}", file=sys.stderr)
+    raise SystemExit(1) from err
+
+
+def check_config_fields(parser: argparse.ArgumentParser, argv: Sequence[str], command: str) -> None:
+    """A `--config` YAML key that is no field of the command is a `ValueError` naming the file, the key and the
+    fields it may have meant (TRL's own message names neither the file nor a remedy a user can apply)."""
+    argv = list(argv)
+    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
+        return
+    import yaml
+
+    path = argv[argv.index("--config") + 1]
+    with open(path) as file:
+        config = yaml.safe_load(file)
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{path}: a config file must hold a YAML mapping of field: value, got {type(config).__name__}"
+        )
+    fields = {action.dest for action in parser._actions} - {"help", "config"}
+    unknown = [key for key in config if key not in fields and key != "env"]  # `env:` sets environment variables
+    if unknown:
+        guesses = {key: difflib.get_close_matches(str(key), sorted(fields), n=3) for key in unknown}
+        described = "; ".join(
+            f"{key!r}" + (f" (did you mean {', '.join(guess)}?)" if guess else "") for key, guess in guesses.items()
+        )
+        raise ValueError(f"{path}: unknown field {described}; `trl-vlprm {command} --help` lists every field")
+
+
+def run(command: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse `argv` with the command's parser and run its `main`; returns the exit status.
+
+    A failure the user caused is printed as one line on stderr and exits with status 1 (`SystemExit`): a bad
+    setting while parsing (`SETTING_ERRORS`), and while running an unknown name or a missing file (`USER_ERRORS`)
+    or the command module's `EXPECTED_ERRORS`. Anything else is a bug and keeps its traceback.
+    """
+    module: ModuleType = importlib.import_module(f"trl_vlprm.scripts.{command}")
+    parser = module.make_parser(prog=prog or f"trl-vlprm {command}")
+    try:
+        check_config_fields(parser, argv or [], command)
+        parsed = parser.parse_args_and_config(list(argv or []))
+    except SETTING_ERRORS as err:
+        _fail(command, err)
+    try:
+        result = module.main(*parsed)
+    except (*USER_ERRORS, *module.EXPECTED_ERRORS) as err:
+        _fail(command, err)
+    # `check` returns its exit status; the other commands return what they made
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "label":  # forwarded untouched: the builder parses its own config and flags
-        from trl_vlprm.labeling.builder import main as label_main
-
-        label_main(argv[1:])
-        return 0
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    args, rest = _top_parser().parse_known_args(argv[:1])
+    return run(args.command, rest + argv[1:])

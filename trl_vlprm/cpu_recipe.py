@@ -1,7 +1,7 @@
 """A VL-PRM that learns on a CPU in minutes: the tiny model, the data and the training settings, in one place.
 
 `CPURecipe` trains a ~0.3 M-parameter Qwen2-VL value-head PRM with `VLPRMTrainer` on the learnable tier of the
-puzzle testbed (one large shape per 84 px image, 9 image tokens; one-sentence perception and reasoning steps), with
+testbed (one large shape per 84 px image, 9 image tokens; one-sentence perception and reasoning steps), with
 the scripted policy's gold step labels. The demo and the test that guards "training produces a PRM that helps"
 both use it, so the figures in docs/testbed.md are the ones `make test` holds.
 

@@ -111,8 +111,7 @@ def sweep(out: Path, prm_path: Path, questions, seed: int, n_values=(1, 2, 4, 8,
     from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
     from trl_vlprm.eval.tts_sweep import run_sweep
     from trl_vlprm.guidance.scorer import PRMScorer
-    from trl_vlprm.guidance.tts import RandomScorer
-    from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy
+    from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy
 
     eval_dir = out / "eval_tts"
     scorers = {

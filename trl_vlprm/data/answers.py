@@ -27,9 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trl_vlprm.data.schema import OPTION_LETTERS, option_letter
 from trl_vlprm.registry import Registry, UnknownNameError
-
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 _MARKER = re.compile(
     r"(?:final\s+answer|correct\s+(?:answer|option|choice)|answer|option|choice)\s*(?:is|would\s+be|should\s+be|=)?"
@@ -145,12 +144,8 @@ def normalize_text(text: str) -> str:
 # ---------------------------------------------------------------- multiple choice
 
 
-def option_letter(index: int) -> str:
-    return LETTERS[index]
-
-
 def _letter_in_span(span: str, num_options: int) -> str | None:
-    allowed = LETTERS[:num_options]
+    allowed = OPTION_LETTERS[:num_options]
     match = re.match(r"^\(?\s*([A-Za-z])\s*\)?(?:$|[.:)\s])", span.strip())
     if match and match.group(1).upper() in allowed:
         letter = match.group(1)
@@ -194,14 +189,14 @@ def extract_choice(text: str, options: Sequence[str]) -> str | None:
         return letter
     # No marker nor box: the last parenthesised letter anywhere ("... so (C) holds").
     found = re.findall(r"\(([A-Z])\)", text)
-    found = [x for x in found if x in LETTERS[: len(options)]]
+    found = [x for x in found if x in OPTION_LETTERS[: len(options)]]
     return found[-1] if found else None
 
 
 def gold_letter(gold: str, options: Sequence[str]) -> str | None:
     """The gold answer as an option letter (gold may be the letter, "(B)", or the option's text)."""
     stripped = gold.strip().strip("()").strip().rstrip(".")
-    if len(stripped) == 1 and stripped.upper() in LETTERS[: len(options)]:
+    if len(stripped) == 1 and stripped.upper() in OPTION_LETTERS[: len(options)]:
         return stripped.upper()
     for index, option in enumerate(options):
         if normalize_text(option) == normalize_text(gold):
@@ -259,9 +254,8 @@ def _match_choice(prediction: str, gold: str, options: Sequence[str] | None, tol
     expected = gold_letter(gold, options)
     if expected is None:
         raise ValueError(f"gold answer {gold!r} is neither an option letter nor one of the options {list(options)}")
-    predicted = (
-        prediction.strip() if prediction.strip() in LETTERS[: len(options)] else extract_choice(prediction, options)
-    )
+    stripped = prediction.strip()
+    predicted = stripped if stripped in OPTION_LETTERS[: len(options)] else extract_choice(prediction, options)
     return predicted == expected
 
 
@@ -348,12 +342,24 @@ def grade(
 Grader = Callable[[str | None, str, Sequence[str] | None], bool]
 
 
-def grade_question(prediction: str | None, question: Mapping[str, Any], grader: Grader | None = None) -> bool:
-    """Whether `prediction` gives the answer of a question record (its `answer` and `options`), by `grader`
-    (default: `grade`). No answer (None) is wrong without asking the grader."""
+def question_kind(question: Mapping[str, Any], default: str = "auto") -> str:
+    """The answer kind a question record is graded by: its own `answer_kind` (evaluation benchmarks set it, e.g.
+    MathVista's free-form text answers), else `default`."""
+    return question.get("answer_kind") or default
+
+
+def grade_question(
+    prediction: str | None, question: Mapping[str, Any], grader: Grader | None = None, default_kind: str = "auto"
+) -> bool:
+    """Whether `prediction` gives the answer of a question record (its `answer`, `options` and `answer_kind`), by
+    `grader`; the default grader is `grade` with the question's kind (`question_kind`), as the evaluation sweep
+    grades. No answer (None) is wrong without asking the grader."""
     if prediction is None:
         return False
-    return bool((grader or grade)(prediction, str(question["answer"]), question.get("options") or None))
+    gold, options = str(question["answer"]), question.get("options") or None
+    if grader is not None:
+        return bool(grader(prediction, gold, options))
+    return grade(prediction, gold, options, kind=question_kind(question, default_kind))
 
 
 def grade_with_fallback(

@@ -1,7 +1,11 @@
-"""Open a record dataset from wherever users keep it: a saved folder, Parquet/JSON files, or a hub name."""
+"""Open a record dataset from wherever users keep it (a saved folder, Parquet/JSON files, a hub name), and write one
+atomically."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
@@ -63,3 +67,44 @@ def load_records(
     if path.exists():
         raise ValueError(f"{path}: unsupported dataset file type {path.suffix!r} (use Parquet, JSON or a folder)")
     return load_dataset(name_or_path, config_name, split=split)
+
+
+def load_questions(source: str | Path, split: str = "test", max_questions: int | None = None) -> Dataset:
+    """The question records of TTS and labelling (`id`, `prompt`, `images`, `answer`, optional `options`).
+
+    `source` is anything `load_records` reads (a `save_to_disk` folder, a Parquet/JSON/JSONL file, a folder of
+    shards, a hub dataset name); a path that looks like a file but does not exist raises FileNotFoundError instead of
+    being looked up on a hub. `max_questions` keeps only the first questions.
+    """
+    path = Path(str(source))
+    if not path.exists() and path.suffix:
+        raise FileNotFoundError(f"dataset {str(source)!r}: no such datasets folder nor .jsonl/.json/.parquet file")
+    dataset = load_records(str(source), split)
+    if max_questions is not None:
+        dataset = dataset.select(range(min(max_questions, len(dataset))))
+    return dataset
+
+
+def write_dataset(dataset, out: str | Path) -> Path:
+    """Write atomically: a `.parquet` path gets one Parquet file, any other path a `save_to_disk` folder.
+
+    The data is written next to `out` under a temporary name and renamed into place, so a crash never leaves a
+    half-written dataset at `out`; an existing `out` is replaced.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        from trl_vlprm.utils.resume import atomic_write
+
+        return atomic_write(out, dataset.to_parquet)
+    tmp_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    old = None
+    try:
+        dataset.save_to_disk(str(tmp_dir / "data"))
+        if out.exists():  # a folder cannot be replaced in one rename: move the old one aside first
+            old = tmp_dir / "old"
+            os.replace(out, old)
+        os.replace(tmp_dir / "data", out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out

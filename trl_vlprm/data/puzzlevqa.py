@@ -17,8 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..testbed.generator import format_prompt
-from .schema import PERCEPTION, REASONING, RecordError, stepwise_features
+from .schema import PERCEPTION, REASONING, RecordError, format_prompt, stepwise_features
 
 QUESTION_FIELDS = ("image", "question", "options", "answer")
 GOLD_FIELDS = ("caption", "explanation", "deduction")

@@ -38,6 +38,15 @@ IMAGE_PLACEHOLDER = "<image>"
 PERCEPTION = "perception"
 REASONING = "reasoning"
 STEP_TYPES = (PERCEPTION, REASONING)
+# The one copy of the option letters: prompts, graders, the answer judge and the paper layouts all letter with it.
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def option_letter(index: int) -> str:
+    """The letter of the option at `index` (0 -> "A"); more than 26 options is an error, not a wrong letter."""
+    if not 0 <= index < len(OPTION_LETTERS):
+        raise ValueError(f"option {index} has no letter: at most {len(OPTION_LETTERS)} options (A-Z) can be lettered")
+    return OPTION_LETTERS[index]
 
 
 class RecordError(ValueError):
@@ -46,6 +55,18 @@ class RecordError(ValueError):
     def __init__(self, row: int | str, field: str, problem: str):
         self.row, self.field, self.problem = row, field, problem
         super().__init__(f"row {row}: field '{field}': {problem}")
+
+
+def format_prompt(question: str, options: Sequence[str]) -> str:
+    """The prompt of a multiple-choice visual question: image placeholder, question, lettered options.
+
+    Example: `format_prompt("Q?", ["a", "b"])` is `"<image>\nQ?\nOptions: (A) a (B) b"`. The testbed's puzzles and
+    the PuzzleVQA loaders both ask in this form.
+    """
+    lines = [IMAGE_PLACEHOLDER, question.strip()]
+    if options:
+        lines.append("Options: " + " ".join(f"({option_letter(i)}) {o}" for i, o in enumerate(options)))
+    return "\n".join(lines)
 
 
 def question_ids(questions: Iterable[Mapping[str, Any]], purpose: str) -> list[str]:

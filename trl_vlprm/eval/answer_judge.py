@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from trl_vlprm.data.schema import option_letter
 from trl_vlprm.labeling.judge import JudgeConfig, openai_client
 
 NO_ANSWER = "NONE"
@@ -42,7 +43,8 @@ class AnswerJudge:
     def messages(self, question: str, solution: str, options: Sequence[str] | None) -> list[dict[str, Any]]:
         lines = [f"Question:\n{question}"]
         if options:
-            lines.append("Options:\n" + "\n".join(f"({chr(65 + i)}) {option}" for i, option in enumerate(options)))
+            lettered = (f"({option_letter(i)}) {option}" for i, option in enumerate(options))
+            lines.append("Options:\n" + "\n".join(lettered))
         lines.append(f"Solution:\n{solution}")
         return [{"role": "system", "content": _INSTRUCTIONS}, {"role": "user", "content": "\n\n".join(lines)}]
 
@@ -55,10 +57,10 @@ class AnswerJudge:
         self.counts["calls"] += 1
         try:
             response = self._client.chat.completions.create(
-                model=self.config.model,
+                model=self.config.judge_model,
                 messages=self.messages(question, solution, options),
-                temperature=self.config.temperature,
-                max_tokens=self.config.max_tokens,
+                temperature=self.config.judge_temperature,
+                max_tokens=self.config.judge_max_tokens,
             )
             text = (response.choices[0].message.content or "").strip()
         except (openai.OpenAIError, IndexError, AttributeError) as err:

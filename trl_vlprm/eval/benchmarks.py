@@ -13,9 +13,9 @@ or a local copy in the same layout (a folder of parquet files, or a `save_to_dis
 | `mmmu`          | `MMMU/MMMU`           | validation | a config a subject; image_1..image_7 cited as `<image k>` |
 | `mathvista`     | `AI4Math/MathVista`   | testmini   | decoded_image, query, choices, question/answer_type      |
 | `mathvision`    | `MathLLMs/MathVision` | test       | (decoded_)image cited as `<imageN>`, options, level      |
-| `puzzlevqa`     | `../shared/benchmarks`| -          | upstream JSON layout, via `trl_vlprm.data.puzzlevqa`     |
-| `algopuzzlevqa` | `../shared/benchmarks`| -          | same                                                     |
-| `testbed`       | generated             | -          | `trl_vlprm.testbed.generate_puzzles` (CPU testbed)  |
+| `puzzlevqa`     | `$TRL_VLPRM_SHARED/benchmarks` | - | upstream JSON layout, via `trl_vlprm.data.puzzlevqa`   |
+| `algopuzzlevqa` | `$TRL_VLPRM_SHARED/benchmarks` | - | same                                                   |
+| `testbed`       | generated             | -          | `trl_vlprm.testbed.generate_puzzles` (CPU testbed)       |
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, question_columns
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, option_letter, question_columns
 from trl_vlprm.eval import paper_prompts
 from trl_vlprm.registry import Registry
-from trl_vlprm.testbed.generator import OPTION_LETTERS
 
 PROMPT_STYLES = ("default", "paper")
 # The paper's puzzle subsets: the first 50 questions of every puzzle type (PuzzleVQA 20 types = 1,000 questions,
@@ -55,7 +54,6 @@ MMMU_SUBJECTS = (
     "Marketing", "Materials", "Math", "Mechanical_Engineering", "Music", "Pharmacy", "Physics", "Psychology",
     "Public_Health", "Sociology",
 )  # fmt: skip
-MMMU_IMAGE_COLUMNS = tuple(f"image_{k}" for k in range(1, 8))
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,7 @@ def question_features():
 
 
 def lettered_options(options: Sequence[str]) -> str:
-    return "\n".join(f"({OPTION_LETTERS[i]}) {option}" for i, option in enumerate(options))
+    return "\n".join(f"({option_letter(i)}) {option}" for i, option in enumerate(options))
 
 
 def _to_dataset(records: list[dict[str, Any]]):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trl_vlprm.data.schema import option_letter
+
 # prompts.POLICY_VISUAL_ANALYST_SYS_PROMPT_V3
 PAPER_POLICY_SYSTEM_PROMPT = (
     "You are an expert visual analyst who solves complex visual reasoning problems by systematically connecting "
@@ -47,13 +49,16 @@ PAPER_COT_INSTRUCTION = (
 
 _SELECT = "Please select the correct answer from the options above."
 _SIZE_OPTIONS = {"small", "medium", "large"}
-_LETTERS = "ABCDEFGHIJ"
+
+
+def _lettered(options: Sequence[str]) -> list[str]:
+    return [f"({option_letter(i)}) {option}" for i, option in enumerate(options)]
 
 
 def puzzlevqa_prompt(question: str, options: Sequence[str]) -> str:
     """PuzzleVQA: question, options (A)-(D) one a line ((D) dropped for the 3-option size puzzles), instructions."""
     options = [str(o) for o in options]
-    parts = [f"Question: {question.rstrip()} Options:", *(f"({_LETTERS[i]}) {o}" for i, o in enumerate(options[:3]))]
+    parts = [f"Question: {question.rstrip()} Options:", *_lettered(options[:3])]
     if not (len(options) == 3 and set(options) == _SIZE_OPTIONS) and len(options) >= 4:
         parts.append(f"(D) {options[3]}")
     return "\n".join([*parts, _SELECT, PAPER_COT_INSTRUCTION])
@@ -62,7 +67,7 @@ def puzzlevqa_prompt(question: str, options: Sequence[str]) -> str:
 def algopuzzlevqa_prompt(question: str, options: Sequence[str]) -> str:
     """AlgoPuzzleVQA: as PuzzleVQA, for 2 (Yes/No), 3 (sizes) or 4 options."""
     options = [str(o) for o in options]
-    parts = [f"Question: {question.rstrip()} Options:", *(f"({_LETTERS[i]}) {o}" for i, o in enumerate(options[:4]))]
+    parts = [f"Question: {question.rstrip()} Options:", *_lettered(options[:4])]
     return "\n".join([*parts, _SELECT, PAPER_COT_INSTRUCTION])
 
 
@@ -76,7 +81,7 @@ def mathvista_prompt(
 ) -> str:
     """MathVista: question (with unit), lettered choices, the official hint for its answer type, instructions."""
     question_text = f"Question: {question}" + (f" (Unit: {unit})" if unit else "")
-    choices_text = "\n".join(["Choices:", *(f"({_LETTERS[i]}) {c}" for i, c in enumerate(choices))]) if choices else ""
+    choices_text = "\n".join(["Choices:", *_lettered(choices)]) if choices else ""
     if question_type == "multi_choice":
         hint = "Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end."
     elif answer_type == "integer":
@@ -113,7 +118,7 @@ def mathvision_prompt(question: str, options: Sequence[str]) -> str:
     """MathVision: question, options (A)-(E) unless they are just the letters, instructions."""
     text = f"Question: {question}\n"
     if mathvision_options_shown(options):
-        text += "Options:" + "".join(f"({_LETTERS[i]}) {o}\n" for i, o in enumerate(options))
+        text += "Options:" + "".join(f"({option_letter(i)}) {o}\n" for i, o in enumerate(options))
         text += _SELECT + "\n"
     return text + PAPER_COT_INSTRUCTION
 
@@ -123,6 +128,6 @@ def mmmu_prompt(question: str, options: Sequence[str], hint: str | None = None) 
     text = f"Hint: {hint}\n" if hint else ""
     text += f"Question: {question}\n"
     if options:
-        text += "Options:\n" + "".join(f"{_LETTERS[i]}. {o}\n" for i, o in enumerate(options))
+        text += "Options:\n" + "".join(f"{option_letter(i)}. {o}\n" for i, o in enumerate(options))
     text += _SELECT + "\n" + PAPER_COT_INSTRUCTION
     return text.rstrip()

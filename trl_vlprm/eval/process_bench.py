@@ -11,7 +11,7 @@ reasoning steps alone (the PerceptionProcessBench view: can the PRM catch misrea
 
 Built-in benches: `load_visual_process_bench` (VisualProcessBench's layout: `image` paths, `question`,
 `response.steps`, `response.process_correctness`), `testbed_process_bench` (scripted-policy solutions of the
-puzzle testbed, labelled by their hidden gold correctness) and `puzzlevqa_process_bench` (PuzzleVQA gold traces and
+testbed, labelled by their hidden gold correctness) and `puzzlevqa_process_bench` (PuzzleVQA gold traces and
 their perception/reasoning perturbations).
 """
 
@@ -212,7 +212,7 @@ def _testbed_process_bench(args, kwargs, seed):
 def load_process_bench_spec(spec: str, seed: int = 0):
     """A process bench from a spec "name[:arg][,key=value...]", e.g. "testbed:num_questions=60",
     "puzzlevqa:limit_per_category=5", "visualprocessbench:data/VisualProcessBench/test.jsonl"."""
-    from trl_vlprm.eval.sweep_config import parse_spec
+    from trl_vlprm.guidance.backends import parse_spec
 
     name, args, kwargs = parse_spec(spec)
     return PROCESS_BENCHES.get(name, f"process bench spec {spec!r}")(args, kwargs, seed)

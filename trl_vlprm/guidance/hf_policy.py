@@ -19,6 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from trl_vlprm.data.answers import extract_answer
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
+from trl_vlprm.guidance.sampling import SamplingConfig
 from trl_vlprm.modeling.encoding import prompt_to_messages
 
 
@@ -57,17 +58,8 @@ class HFPolicy:
         model: a generative model (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`, or any
             causal LM for text-only questions).
         processor: its processor (a tokenizer for text-only models), e.g. from `trl_vlprm.modeling.load_processor`.
-        step_separator: text that ends a step.
-        temperature: sampling temperature; 0 means greedy decoding.
-        top_p: nucleus sampling threshold.
-        top_k: keep only the k likeliest tokens before sampling; 0 or None keeps all (the paper's Qwen2.5-VL protocol
-            uses 20).
-        repetition_penalty: divides the logits of tokens already in the sequence (1.0: off; the paper uses 1.05, the
-            Qwen2.5-VL generation default).
-        max_new_tokens: token budget of `complete` / `sample_solutions`.
-        max_step_tokens: token budget of one step in `sample_next_steps`.
-        seed: when set, call i samples under seed `seed + i`, so two policies built alike give the same outputs.
-        system_prompt: optional system message put before every question.
+        sampling: the sampling settings (`SamplingConfig`); `settings` (its fields as keywords) replace some.
+            With `seed`, call i samples under seed `seed + i`.
         answer_extractor: `(solution_text, question) -> answer` for finished solutions.
     """
 
@@ -75,29 +67,15 @@ class HFPolicy:
         self,
         model,
         processor,
-        step_separator: str = "\n\n",
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        repetition_penalty: float = 1.0,
-        max_new_tokens: int = 512,
-        max_step_tokens: int = 128,
-        seed: int | None = None,
-        system_prompt: str | None = None,
+        sampling: SamplingConfig | None = None,
         answer_extractor: Callable[[str, Question], str | None] = read_answer,
+        **settings: Any,
     ):
-        if not step_separator:
-            raise ValueError("HFPolicy: step_separator must be a non-empty string")
+        self.sampling = SamplingConfig.of(sampling, "HFPolicy", **settings)
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.step_separator = step_separator
-        if repetition_penalty <= 0:
-            raise ValueError(f"HFPolicy: repetition_penalty must be > 0, got {repetition_penalty}")
-        self.temperature, self.top_p = temperature, top_p
-        self.top_k, self.repetition_penalty = top_k or 0, repetition_penalty
-        self.max_new_tokens, self.max_step_tokens = max_new_tokens, max_step_tokens
-        self.seed, self.system_prompt, self.answer_extractor = seed, system_prompt, answer_extractor
+        self.answer_extractor = answer_extractor
         self.stats = PolicyStats()
         end_ids = model.generation_config.eos_token_id
         end_ids = [end_ids] if isinstance(end_ids, int) else list(end_ids or [])
@@ -123,6 +101,11 @@ class HFPolicy:
         model_class = family.generative_class() if family is not None else AutoModelForCausalLM
         return cls(model_class.from_pretrained(name_or_path, dtype=dtype, revision=revision), processor, **kwargs)
 
+    @property
+    def step_separator(self) -> str:
+        """The text ending a step (strategies read it to join steps back into a solution)."""
+        return self.sampling.step_separator
+
     # -- Policy protocol ---------------------------------------------------------------------------------------
 
     def sample_solutions(self, question: Question, n: int) -> list[Continuation]:
@@ -130,9 +113,11 @@ class HFPolicy:
 
     def sample_next_steps(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
         results = []
-        for text, tokens, ended in self._generate(question, prefix, n, self.max_step_tokens, stop_at_separator=True):
+        for text, tokens, ended in self._generate(
+            question, prefix, n, self.sampling.max_step_tokens, stop_at_separator=True
+        ):
             text = text.lstrip()
-            cut = text.find(self.step_separator)
+            cut = text.find(self.sampling.step_separator)
             step = (text if cut < 0 else text[:cut]).strip()
             finished = ended and cut < 0
             answer = self.answer_extractor(self._solution(prefix, [step]), question) if finished else None
@@ -144,8 +129,10 @@ class HFPolicy:
 
     def complete(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
         results = []
-        for text, tokens, _ in self._generate(question, prefix, n, self.max_new_tokens, stop_at_separator=False):
-            steps = [s.strip() for s in text.split(self.step_separator) if s.strip()]
+        for text, tokens, _ in self._generate(
+            question, prefix, n, self.sampling.max_new_tokens, stop_at_separator=False
+        ):
+            steps = [s.strip() for s in text.split(self.sampling.step_separator) if s.strip()]
             # The policy stopped (end of text or budget): the solution is over either way; the answer may be missing.
             answer = self.answer_extractor(self._solution(prefix, steps), question)
             results.append(Continuation(steps=steps, finished=True, answer=answer, num_tokens=tokens))
@@ -155,24 +142,24 @@ class HFPolicy:
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _solution(self, prefix: Sequence[str], steps: Sequence[str]) -> str:
-        return self.step_separator.join([*prefix, *steps])
+        return self.sampling.step_separator.join([*prefix, *steps])
 
     def _inputs(self, question: Question, prefix: Sequence[str]) -> dict[str, torch.Tensor]:
-        messages = question_messages(question, self.system_prompt)
+        messages = question_messages(question, self.sampling.system_prompt)
         images = [
             load_image(im, question.get("id", "?"), f"images[{i}]")
             for i, im in enumerate(question.get("images") or [])
         ]
         if hasattr(self.processor, "image_processor"):
             text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            text += "".join(step + self.step_separator for step in prefix)
+            text += "".join(step + self.sampling.step_separator for step in prefix)
             inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
         else:
             if images:
                 raise ValueError(f"question {question.get('id', '?')}: field 'images': a text-only policy got images")
             flat = [{"role": m["role"], "content": "".join(p.get("text", "") for p in m["content"])} for m in messages]
             text = self.tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=True)
-            text += "".join(step + self.step_separator for step in prefix)
+            text += "".join(step + self.sampling.step_separator for step in prefix)
             inputs = self.tokenizer([text], return_tensors="pt", add_special_tokens=False)
         return {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
@@ -185,16 +172,19 @@ class HFPolicy:
             raise ValueError(f"question {question.get('id', '?')}: n={n}; must be >= 1")
         inputs = self._inputs(question, prefix)
         prompt_length = inputs["input_ids"].shape[1]
-        greedy = self.temperature == 0
+        greedy = self.sampling.temperature == 0
         # top_k=0 disables the filter in transformers; the penalty applies to greedy decoding too, as in vLLM.
-        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-        sampling["repetition_penalty"] = self.repetition_penalty
+        settings = self.sampling
+        sampling = {} if greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
+        if not greedy:
+            sampling["top_k"] = settings.top_k or 0
+        sampling["repetition_penalty"] = settings.repetition_penalty
         stopping = StoppingCriteriaList()
         if stop_at_separator:
-            stopping.append(_SeparatorStop(self.tokenizer, prompt_length, self.step_separator))
-        with torch.random.fork_rng(devices=[]) if self.seed is not None else nullcontext():
-            if self.seed is not None:
-                torch.manual_seed(self.seed + self.stats.calls)
+            stopping.append(_SeparatorStop(self.tokenizer, prompt_length, self.sampling.step_separator))
+        with torch.random.fork_rng(devices=[]) if self.sampling.seed is not None else nullcontext():
+            if self.sampling.seed is not None:
+                torch.manual_seed(self.sampling.seed + self.stats.calls)
             output = self.model.generate(
                 **inputs,
                 **sampling,

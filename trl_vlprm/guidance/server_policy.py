@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.hf_policy import question_messages, read_answer
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
+from trl_vlprm.guidance.sampling import SamplingConfig
 from trl_vlprm.guidance.vllm_policy import split_steps
 
 MISSING_OPENAI_MESSAGE = "ServerPolicy needs the `openai` client: `pip install openai` (a trl_vlprm dependency)."
@@ -171,13 +172,9 @@ class ServerPolicy:
         base_urls: one base URL ("http://host:8000/v1") or several; requests go round-robin over them.
         model: the served model name; default: the first model the first server lists (`/v1/models`).
         api_key: the key sent as bearer token ("EMPTY" for a local `vllm serve`).
-        step_separator: text that ends a step.
-        temperature: sampling temperature; 0 means greedy decoding (one sample, repeated n times).
-        top_p: nucleus sampling threshold.
-        max_new_tokens: token budget of `complete` / `sample_solutions`.
-        max_step_tokens: token budget of one step in `sample_next_steps`.
-        seed: when set, call i samples under seed `seed + i * 2**20` (vLLM gives sample j of a request seed + j).
-        system_prompt: optional system message put before every question.
+        sampling: the sampling settings (`SamplingConfig`); `settings` (its fields as keywords) replace some.
+            With `seed`, call i samples under seed `seed + i * 2**20` (vLLM gives sample j of a request seed + j);
+            `top_k` and `repetition_penalty` are sent only when they filter or penalise (vLLM and SGLang read them).
         answer_extractor: `(solution_text, question) -> answer` for finished solutions.
         max_concurrency: requests in flight at most, over every thread using this policy.
         max_samples_per_request: split a call's n over requests of at most this many samples (None: one request).
@@ -195,13 +192,7 @@ class ServerPolicy:
         base_urls: str | Sequence[str],
         model: str | None = None,
         api_key: str = "EMPTY",
-        step_separator: str = "\n\n",
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        max_new_tokens: int = 512,
-        max_step_tokens: int = 128,
-        seed: int | None = None,
-        system_prompt: str | None = None,
+        sampling: SamplingConfig | None = None,
         answer_extractor: Callable[[str, Question], str | None] = read_answer,
         max_concurrency: int = 8,
         max_samples_per_request: int | None = None,
@@ -211,19 +202,27 @@ class ServerPolicy:
         backoff: float = 0.5,
         continue_prefix: bool = True,
         extra_body: Mapping[str, Any] | None = None,
+        **settings: Any,
     ):
         try:
             import openai
         except ImportError as err:
             raise ImportError(MISSING_OPENAI_MESSAGE) from err
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
-        if not step_separator:
-            raise ValueError("ServerPolicy: step_separator must be a non-empty string")
+        self.sampling = SamplingConfig.of(sampling, "ServerPolicy", **settings)
         if max_samples_per_request is not None and max_samples_per_request < 1:
             raise ValueError("ServerPolicy: max_samples_per_request must be >= 1")
         retry_on = (openai.APIError, ValueError, KeyError, IndexError)
         self.fleet = ServerFleet(
-            urls, max_concurrency, request_timeout, max_retries, deadline, backoff, retry_on, seed, "ServerPolicy"
+            urls,
+            max_concurrency,
+            request_timeout,
+            max_retries,
+            deadline,
+            backoff,
+            retry_on,
+            self.sampling.seed,
+            "ServerPolicy",
         )
         self.base_urls = self.fleet.base_urls
         self.requests_per_server = self.fleet.requests_per_server
@@ -233,16 +232,18 @@ class ServerPolicy:
             for url in self.base_urls
         ]
         self.model = model or self.clients[0].models.list().data[0].id
-        self.step_separator = step_separator
-        self.temperature, self.top_p = temperature, top_p
-        self.max_new_tokens, self.max_step_tokens = max_new_tokens, max_step_tokens
-        self.seed, self.system_prompt, self.answer_extractor = seed, system_prompt, answer_extractor
+        self.answer_extractor = answer_extractor
         self.max_samples_per_request = max_samples_per_request
         self.continue_prefix = continue_prefix
         self.extra_body = dict(extra_body or {})
         self.stats = PolicyStats()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="server-policy")
+
+    @property
+    def step_separator(self) -> str:
+        """The text ending a step (strategies read it to join steps back into a solution)."""
+        return self.sampling.step_separator
 
     # -- Policy protocol ---------------------------------------------------------------------------------------
 
@@ -251,7 +252,7 @@ class ServerPolicy:
 
     def sample_next_steps(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
         results = []
-        for sample in self._generate(question, prefix, n, self.max_step_tokens, stop_at_separator=True):
+        for sample in self._generate(question, prefix, n, self.sampling.max_step_tokens, stop_at_separator=True):
             step = sample.text.strip()
             steps = [step] if step else []
             if sample.reported_stop:
@@ -267,8 +268,8 @@ class ServerPolicy:
 
     def complete(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
         results = []
-        for sample in self._generate(question, prefix, n, self.max_new_tokens, stop_at_separator=False):
-            steps = split_steps(sample.text, self.step_separator)
+        for sample in self._generate(question, prefix, n, self.sampling.max_new_tokens, stop_at_separator=False):
+            steps = split_steps(sample.text, self.sampling.step_separator)
             # The policy stopped (end of text or budget): the solution is over either way; the answer may be missing.
             answer = self.answer_extractor(self._solution(prefix, steps), question)
             results.append(Continuation(steps=steps, finished=True, answer=answer, num_tokens=sample.tokens))
@@ -285,25 +286,31 @@ class ServerPolicy:
 
     def build_request(self, question: Question, prefix: Sequence[str], n: int, max_tokens: int, stop: bool):
         """The chat-completions request body of one call (before splitting n and seeding)."""
-        greedy = self.temperature == 0
+        greedy = self.sampling.temperature == 0
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": chat_messages(question, prefix, self.step_separator, self.system_prompt),
+            "messages": chat_messages(question, prefix, self.sampling.step_separator, self.sampling.system_prompt),
             "n": 1 if greedy else n,
-            "temperature": 0.0 if greedy else self.temperature,
-            "top_p": 1.0 if greedy else self.top_p,
+            "temperature": 0.0 if greedy else self.sampling.temperature,
+            "top_p": 1.0 if greedy else self.sampling.top_p,
             "max_tokens": max_tokens,
         }
         if stop:
-            body["stop"] = [self.step_separator]
-        extra = {"return_token_ids": True, **self.extra_body}  # vLLM: per-sample token ids; others ignore it
+            body["stop"] = [self.sampling.step_separator]
+        extra: dict[str, Any] = {"return_token_ids": True}  # vLLM: per-sample token ids; others ignore it
+        # Sent only when they act, so a hosted API that knows neither field is not refused for a no-op.
+        if self.sampling.top_k and not greedy:
+            extra["top_k"] = self.sampling.top_k
+        if self.sampling.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = self.sampling.repetition_penalty
+        extra.update(self.extra_body)
         if prefix and self.continue_prefix:
             extra.update(continue_final_message=True, add_generation_prompt=False)
         body["extra_body"] = extra
         return body
 
     def _solution(self, prefix: Sequence[str], steps: Sequence[str]) -> str:
-        return self.step_separator.join([*prefix, *steps])
+        return self.sampling.step_separator.join([*prefix, *steps])
 
     def _record(self, results: Sequence[Continuation]) -> None:
         with self._lock:
@@ -314,7 +321,7 @@ class ServerPolicy:
             raise ValueError(f"question {question.get('id', '?')}: n={n}; must be >= 1")
         body = self.build_request(question, prefix, n, max_tokens, stop_at_separator)
         with self._lock:  # the call counter picks the seed, as in VLLMPolicy
-            call_seed = None if self.seed is None else self.seed + self.stats.calls * _SEED_STRIDE
+            call_seed = None if self.sampling.seed is None else self.sampling.seed + self.stats.calls * _SEED_STRIDE
         chunk = self.max_samples_per_request or body["n"]
         requests = []
         for first in range(0, body["n"], chunk):

@@ -6,14 +6,15 @@ short by a crash (the last one) is dropped by rewriting the file atomically. Eve
 produced it (strategy, search config and every recipe argument that changes a result, model folders by fingerprint)
 and a content digest of its question: a rerun with other settings, or over a question whose content changed, is
 refused, so one file never mixes runs. While a run writes, it holds `<output_file>.lock`; a second process on the
-same file stops at once with a clear message (`trl_vlprm.utils.resume`).
+same file stops at once with a clear message (`trl_vlprm.utils.resume`). Under `accelerate launch` the processes share
+the questions left: rank 0 holds the lock and appends its share, the others append to part files it merges at the end
+(`trl_vlprm.utils.ranks`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,26 +23,29 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import Grader, grade_question
+from trl_vlprm.data.loading import load_questions
 from trl_vlprm.data.schema import RecordError, question_ids
-from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
+from trl_vlprm.guidance import backends
+from trl_vlprm.guidance.backends import (
+    POLICY_BACKENDS,
+    SCORER_BACKENDS,
+    MissingModelError,
+    check_spec,
+    config_policy_spec,
+    get_backend,
+    parse_spec,
+    spec_of,
+)
+from trl_vlprm.guidance.policy import Policy, Question, StepScorer
+from trl_vlprm.guidance.sampling import SamplingConfig
 from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig, get_strategy
+from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts
 from trl_vlprm.utils.resume import (
-    atomic_write_text,
     check_settings,
     dataclass_settings,
-    output_lock,
     question_digest,
+    read_results,
 )
-
-
-class RandomScorer:
-    """A scorer with no information: independent uniform scores per step. The control for any PRM."""
-
-    def __init__(self, seed: int = 0):
-        self.rng = random.Random(seed)
-
-    def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
-        return [[self.rng.random() for _ in candidate.steps] for candidate in candidates]
 
 
 @dataclass
@@ -57,33 +61,6 @@ class TTSSummary:
     @property
     def accuracy(self) -> float:
         return self.num_correct / self.num_questions if self.num_questions else 0.0
-
-
-def read_results(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
-    """The results already in a JSONL file (none if it does not exist).
-
-    A malformed last line is the trace of an interrupted write: it is dropped and, with `repair` (only by the holder
-    of the file's `output_lock`: another process may be appending), the file rewritten atomically without it. A
-    malformed line anywhere else raises a `ValueError` naming the file and line.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    results = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "id" not in record:
-                raise ValueError("not an object with an 'id' field")
-        except ValueError as err:
-            if number == len(lines):
-                if repair:
-                    atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
-                break
-            raise ValueError(f"{path}:{number}: malformed result line ({err})") from err
-        results.append(record)
-    return results
 
 
 def _finished(output_file: Path, settings: Mapping[str, Any], questions: Mapping[str, Question]) -> dict[str, bool]:
@@ -115,6 +92,7 @@ def run_tts(
     grader: Grader | None = None,
     show_progress: bool = True,
     run_tags: Mapping[str, Any] | None = None,
+    ranks: Ranks | None = None,
 ) -> TTSSummary:
     """Run `strategy` on every question not yet in `output_file`; append one graded JSONL line per question.
 
@@ -125,20 +103,33 @@ def run_tts(
         scorer: the step scorer (PRM); None only for strategies that need none (greedy, majority).
         config: search settings, written into every line and checked on resume.
         output_file: JSONL file, created with its folder if needed.
-        grader: `grade(prediction, gold, options) -> bool`; defaults to `trl_vlprm.data.answers.grade`.
+        grader: `grade(prediction, gold, options) -> bool`; defaults to `trl_vlprm.data.answers.grade` with the
+            question's `answer_kind` (as the evaluation sweep grades).
         show_progress: show a tqdm bar.
         run_tags: more settings that must match on resume (the recipe passes the policy and scorer it used).
+        ranks: the processes of a launch sharing the questions (`trl_vlprm.utils.ranks`); rank 0 returns the summary
+            of the whole file, written once all are done (the others, of their own share).
     """
     runner = get_strategy(strategy)
+    ranks = ranks or SINGLE
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     ids = question_ids(questions, "guidance")
+    by_id = dict(zip(ids, questions))
     settings = {"strategy": strategy, **asdict(config), **dict(run_tags or {})}
-    with output_lock(output_file):
-        done = _finished(output_file, settings, dict(zip(ids, questions)))
-        todo = [(qid, q) for qid, q in zip(ids, questions) if qid not in done]
-        with output_file.open("a") as sink:
-            for qid, question in tqdm(todo, desc=f"tts {strategy}", disable=not show_progress):
+    done: dict[str, bool] = {}
+
+    def plan() -> list[str]:  # rank 0, holding the file's lock
+        merge_parts(output_file)  # what the other ranks of an interrupted run had written
+        done.update(_finished(output_file, settings, by_id))
+        return [qid for qid in ids if qid not in done]
+
+    with ranks.locked_plan(output_file, plan) as todo:
+        mine = ranks.share(todo)
+        ranks.log(f"tts {strategy}: {len(mine)} of the {len(todo)} questions left")
+        with ranks.append_records(output_file) as sink:
+            for qid in tqdm(mine, desc=f"tts {strategy}", disable=not show_progress):
+                question = by_id[qid]
                 if "answer" not in question:
                     raise RecordError(qid, "answer", "missing; needed to grade the result")
                 result = runner(question, policy, scorer, config)
@@ -154,6 +145,12 @@ def run_tts(
                 sink.flush()
                 os.fsync(sink.fileno())
                 done[qid] = correct
+        ranks.wait_for_all(f"tts {strategy}")
+        if ranks.is_main and ranks.world_size > 1:
+            merge_parts(output_file)
+            done = _finished(output_file, settings, by_id)
+    if not ranks.is_main:  # a follower reports its own share only
+        return TTSSummary(str(output_file), len(mine), len(mine), 0, sum(done[qid] for qid in mine))
     in_dataset = [done[qid] for qid in ids if qid in done]
     return TTSSummary(
         output_file=str(output_file),
@@ -171,28 +168,6 @@ def summary_line(summary: TTSSummary, strategy: str) -> str:
     )
 
 
-def load_questions(source: str | Path, split: str = "test", max_questions: int | None = None):
-    """Question records from a `datasets` folder (`save_to_disk`) or a .jsonl/.json/.parquet file."""
-    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-    path = Path(str(source))
-    if path.is_dir():
-        dataset = load_from_disk(str(path))
-    elif path.suffix in (".jsonl", ".json", ".parquet"):
-        dataset = load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path), split="train")
-    else:
-        raise FileNotFoundError(f"dataset {source!r}: not a datasets folder nor a .jsonl/.json/.parquet file")
-    if isinstance(dataset, DatasetDict):
-        if split not in dataset:
-            raise KeyError(f"dataset {source!r} has no split {split!r}; splits: {list(dataset)}")
-        dataset = dataset[split]
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"dataset {source!r}: expected a Dataset, got {type(dataset).__name__}")
-    if max_questions is not None:
-        dataset = dataset.select(range(min(max_questions, len(dataset))))
-    return dataset
-
-
 @dataclass
 class TTSArguments:
     """Arguments of `recipes/tts.py` besides the search settings (`SearchConfig`).
@@ -200,16 +175,20 @@ class TTSArguments:
     Args:
         dataset: "puzzles" for freshly generated testbed puzzles, or a `datasets` folder / .jsonl / .json / .parquet
             file of question records; `recipes/tts.py` also reads "benchmark:<spec>", an evaluation benchmark spec
-            (`trl_vlprm.eval.sweep_config.load_benchmark_spec`, e.g. "benchmark:puzzlevqa:limit=50,prompt=paper").
+            (`trl_vlprm.eval.eval_tts.load_benchmark_spec`, e.g. "benchmark:puzzlevqa:limit=50,prompt=paper").
         dataset_split: split to read when `dataset` is a `DatasetDict` folder.
         num_questions: use only the first questions (all when None, 64 generated for "puzzles"); must be >= 1. Not
             pinned: a rerun with more questions answers the new ones.
         strategy: search strategy, a name in `trl_vlprm.guidance.strategies.STRATEGIES`.
-        policy: "scripted" (the testbed policy, "puzzles" only), "hf" (transformers) or "vllm".
+        policy: a policy backend of `trl_vlprm.guidance.backends`: "scripted" (the testbed policy, "puzzles" only),
+            "hf" (transformers) or "vllm" on the model at `policy_model_path`, or a full spec such as
+            "vllm:<model>,max_model_len=8192" or "server:http://host:8000/v1,model=<name>" (OpenAI-compatible servers).
         policy_model_path: the policy model ("hf"/"vllm"): a folder or a Hub repo id.
         policy_model_revision: branch, tag or commit of a `policy_model_path` repo id (None: "main").
-        scorer: "prm" (a trained PRM), "oracle" (testbed gold step correctness), "random" (no-information control) or
-            "none" (greedy and majority only).
+        scorer: a scorer backend of `trl_vlprm.guidance.backends`: "prm" (a trained PRM at `prm_model_path`; in
+            transformers, or on a vLLM pooling engine with "vllm:<folder>"), "oracle" (testbed gold step
+            correctness), "random" (no-information control), "none" (greedy and majority only), or a full spec such
+            as "server:http://host:8001,prm=<PRM folder>" (a PRM served by `vllm serve`).
         prm_model_path: the PRM (scorer "prm"): a folder or a Hub repo id of a PRM saved by trl_vlprm.
         prm_model_revision: branch, tag or commit of a `prm_model_path` repo id (None: "main").
         prm_step_separator: separator the PRM puts after each step; None: the one it was trained with. Independent of
@@ -252,7 +231,11 @@ class TTSArguments:
     )
     policy: str = field(
         default="scripted",
-        metadata={"help": "'scripted' (the testbed policy, 'puzzles' only), 'hf' (transformers) or 'vllm'."},
+        metadata={
+            "help": "A policy backend of trl_vlprm.guidance.backends: 'scripted' (the testbed policy, 'puzzles' "
+            "only), 'hf' (transformers) or 'vllm' on the model at policy_model_path, or a full spec such as "
+            "'vllm:<model>,max_model_len=8192' or 'server:http://host:8000/v1,model=<name>'."
+        },
     )
     policy_model_path: str | None = field(
         default=None, metadata={"help": "The policy model (policy 'hf' or 'vllm'): a local folder or a Hub repo id."}
@@ -263,8 +246,9 @@ class TTSArguments:
     scorer: str = field(
         default="oracle",
         metadata={
-            "help": "'prm' (a trained PRM), 'oracle' (testbed gold step correctness), 'random' (no-information "
-            "control) or 'none' (greedy and majority only)."
+            "help": "A scorer backend of trl_vlprm.guidance.backends: 'prm' (a trained PRM at prm_model_path), "
+            "'oracle' (testbed gold step correctness), 'random' (no-information control), 'none' (greedy and "
+            "majority only), or a full spec such as 'server:http://host:8001,prm=<PRM folder>'."
         },
     )
     prm_model_path: str | None = field(
@@ -308,19 +292,49 @@ class TTSArguments:
 
     def __post_init__(self):
         STRATEGIES.check(self.strategy, "TTSArguments.strategy")  # before any model is loaded
-        checks = {
-            "policy": ("scripted", "hf", "vllm"),
-            "scorer": ("prm", "oracle", "random", "none"),
-        }
-        for name, allowed in checks.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"TTSArguments.{name}={getattr(self, name)!r}; expected one of {allowed}")
-        if self.policy in ("hf", "vllm") and not self.policy_model_path:
-            raise ValueError(f"TTSArguments.policy_model_path is needed for policy {self.policy!r}")
-        if self.scorer == "prm" and not self.prm_model_path:
-            raise ValueError("TTSArguments.prm_model_path is needed for scorer 'prm'")
+        models = {"policy": "policy_model_path", "scorer": "prm_model_path"}
+        for name, spec, registry in (
+            ("policy", self.policy_spec, POLICY_BACKENDS),
+            ("scorer", self.scorer_spec, SCORER_BACKENDS),
+        ):
+            try:
+                if (resolved := spec()) is not None:
+                    check_spec(resolved, registry, name)
+            except MissingModelError as err:
+                hint = f"TTSArguments.{models[name]} is needed for {name} {getattr(self, name)!r}"
+                raise ValueError(f"{hint} ({err})") from None
+            except ValueError as err:
+                raise ValueError(f"TTSArguments.{name}={getattr(self, name)!r}: {err}") from None
         if self.num_questions is not None and self.num_questions < 1:
             raise ValueError(f"TTSArguments.num_questions={self.num_questions}; must be >= 1 (or None for all)")
+
+    def policy_spec(self) -> str:
+        """The policy as one backend spec (`trl_vlprm.guidance.backends.config_policy_spec`)."""
+        return config_policy_spec(self)
+
+    def scorer_spec(self) -> str | None:
+        """The scorer as one backend spec (None for "none"): `scorer` when it is a spec already or names no model,
+        else the kind with `prm_model_path`, `prm_model_revision` and `prm_batch_size`."""
+        if self.scorer == "none":
+            return None
+        if not self.prm_model_path:  # a control ("oracle", "random") or a full spec
+            return spec_of(self.scorer)
+        keywords = {"revision": self.prm_model_revision, "batch_size": self.prm_batch_size}
+        return spec_of(self.scorer, self.prm_model_path, **keywords)
+
+    def sampling(self) -> SamplingConfig:
+        """The policy's sampling settings (a policy spec's own keywords win over them)."""
+        return SamplingConfig(
+            step_separator=self.step_separator,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            max_new_tokens=self.max_new_tokens,
+            max_step_tokens=self.max_step_tokens,
+            seed=self.seed,
+            system_prompt=self.system_prompt,
+        )
 
 
 def build_questions(args: TTSArguments):
@@ -333,56 +347,20 @@ def build_questions(args: TTSArguments):
 
 
 def build_policy(args: TTSArguments) -> Policy:
-    """The policy backend `args.policy` names."""
-    if args.policy == "scripted":
-        if args.dataset != "puzzles":
-            raise ValueError("TTSArguments.policy='scripted' only solves dataset='puzzles'")
-        from trl_vlprm.testbed import ScriptedPolicy
-
-        return ScriptedPolicy(
-            perception_error_rate=args.perception_error_rate,
-            reasoning_error_rate=args.reasoning_error_rate,
-            seed=args.seed,
-        )
-    sampling = {
-        "step_separator": args.step_separator,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "repetition_penalty": args.repetition_penalty,
-        "max_new_tokens": args.max_new_tokens,
-        "max_step_tokens": args.max_step_tokens,
-        "seed": args.seed,
-        "system_prompt": args.system_prompt,
-    }
-    if args.policy == "hf":
-        from trl_vlprm.guidance.hf_policy import HFPolicy
-
-        return HFPolicy.from_pretrained(args.policy_model_path, revision=args.policy_model_revision, **sampling)
-    from trl_vlprm.guidance.vllm_policy import VLLMPolicy
-
-    return VLLMPolicy.from_pretrained(args.policy_model_path, revision=args.policy_model_revision, **sampling)
+    """The policy `args.policy` names, built by the one factory (`trl_vlprm.guidance.backends`)."""
+    if parse_spec(args.policy_spec())[0] == "scripted" and args.dataset != "puzzles":
+        raise ValueError("TTSArguments.policy='scripted' only solves dataset='puzzles'")
+    return backends.build_policy(args.policy_spec(), args.seed, asdict(args.sampling()))
 
 
 def build_scorer(args: TTSArguments) -> StepScorer | None:
-    """The step scorer `args.scorer` names (None for "none")."""
-    if args.scorer == "none":
+    """The step scorer `args.scorer` names (None for "none"), built by the one factory."""
+    spec = args.scorer_spec()
+    if spec is None:
         return None
-    if args.scorer == "random":
-        return RandomScorer(seed=args.seed)
-    if args.scorer == "oracle":
-        from trl_vlprm.testbed import GoldOracleScorer
-
-        return GoldOracleScorer()
-    from trl_vlprm.guidance.scorer import PRMScorer
-
     # prm_step_separator None: the PRM scores with the separator it was trained on, whatever the policy's is.
-    return PRMScorer.from_pretrained(
-        args.prm_model_path,
-        revision=args.prm_model_revision,
-        step_separator=args.prm_step_separator,
-        batch_size=args.prm_batch_size,
-    )
+    defaults = {"step_separator": args.prm_step_separator} if args.prm_step_separator is not None else {}
+    return backends.build_scorer(spec, args.seed, defaults)
 
 
 # Arguments that cannot change a result: where it goes, how many questions (coverage is per line), batching.
@@ -397,10 +375,15 @@ def run_tags(args: TTSArguments) -> dict[str, Any]:
     """
     from trl_vlprm.modeling.hub import model_fingerprint
 
+    def fingerprint(spec: str | None, registry) -> Any:
+        if spec is None:
+            return None
+        kind, models, kwargs = parse_spec(spec)
+        if get_backend(registry, kind).argument != "model":
+            return None
+        return model_fingerprint(models[0], kwargs.get("revision"))
+
     tags = dataclass_settings(args, exclude=NOT_PINNED)
-    policy, prm = args.policy != "scripted", args.scorer == "prm"
-    tags["policy_model_fingerprint"] = (
-        model_fingerprint(args.policy_model_path, args.policy_model_revision) if policy else None
-    )
-    tags["prm_model_fingerprint"] = model_fingerprint(args.prm_model_path, args.prm_model_revision) if prm else None
+    tags["policy_model_fingerprint"] = fingerprint(args.policy_spec(), POLICY_BACKENDS)
+    tags["prm_model_fingerprint"] = fingerprint(args.scorer_spec(), SCORER_BACKENDS)
     return tags

@@ -20,6 +20,7 @@ from typing import Any
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.hf_policy import question_messages, read_answer
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
+from trl_vlprm.guidance.sampling import SamplingConfig
 
 MISSING_VLLM_MESSAGE = (
     "VLLMPolicy needs vLLM, which is not installed: `pip install 'trl_vlprm[vllm]'` on a GPU machine; on a CPU-only "
@@ -98,18 +99,8 @@ class VLLMPolicy:
         llm: a `vllm.LLM`, built with `enable_prefix_caching=True` (see `from_pretrained`).
         processor: the model's processor (a tokenizer for text-only models), used only to render prompts; default
             `trl_vlprm.modeling.processor.load_processor` on the engine's model folder.
-        step_separator: text that ends a step.
-        temperature: sampling temperature; 0 means greedy decoding (the n samples are one sample repeated).
-        top_p: nucleus sampling threshold.
-        top_k: keep only the k likeliest tokens before sampling; 0 or None keeps all (the paper's Qwen2.5-VL protocol
-            uses 20).
-        repetition_penalty: vLLM's repetition penalty (1.0: off; the paper uses 1.05, the Qwen2.5-VL generation
-            default).
-        max_new_tokens: token budget of `complete` / `sample_solutions`.
-        max_step_tokens: token budget of one step in `sample_next_steps`.
-        seed: when set, call i samples under seed `seed + i * 2**20` (sample j of the call: that plus j), so two
-            policies built alike give the same outputs.
-        system_prompt: optional system message put before every question.
+        sampling: the sampling settings (`SamplingConfig`); `settings` (its fields as keywords) replace some.
+            With `seed`, call i samples under seed `seed + i * 2**20` (sample j of the call: that plus j).
         answer_extractor: `(solution_text, question) -> answer` for finished solutions.
     """
 
@@ -117,32 +108,18 @@ class VLLMPolicy:
         self,
         llm,
         processor=None,
-        step_separator: str = "\n\n",
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        repetition_penalty: float = 1.0,
-        max_new_tokens: int = 512,
-        max_step_tokens: int = 128,
-        seed: int | None = None,
-        system_prompt: str | None = None,
+        sampling: SamplingConfig | None = None,
         answer_extractor: Callable[[str, Question], str | None] = read_answer,
+        **settings: Any,
     ):
         self._vllm = import_vllm()
-        if not step_separator:
-            raise ValueError("VLLMPolicy: step_separator must be a non-empty string")
+        self.sampling = SamplingConfig.of(sampling, "VLLMPolicy", **settings)
         if processor is None:
             from trl_vlprm.modeling.processor import load_processor
 
             processor = load_processor(llm.model_config.model)
         self.llm, self.processor = llm, processor
-        self.step_separator = step_separator
-        if repetition_penalty <= 0:
-            raise ValueError(f"VLLMPolicy: repetition_penalty must be > 0, got {repetition_penalty}")
-        self.temperature, self.top_p = temperature, top_p
-        self.top_k, self.repetition_penalty = top_k or 0, repetition_penalty
-        self.max_new_tokens, self.max_step_tokens = max_new_tokens, max_step_tokens
-        self.seed, self.system_prompt, self.answer_extractor = seed, system_prompt, answer_extractor
+        self.answer_extractor = answer_extractor
         self.stats = PolicyStats()
 
     @classmethod
@@ -168,7 +145,7 @@ class VLLMPolicy:
             dtype: engine dtype ("auto", "bfloat16", "float32", ...).
             revision: branch, tag or commit of a repo id.
             llm_kwargs: more `vllm.LLM` arguments (`gpu_memory_utilization`, `tensor_parallel_size`, ...).
-            policy_kwargs: `VLLMPolicy` arguments (`step_separator`, `temperature`, ...).
+            policy_kwargs: `VLLMPolicy` arguments (`sampling`, or `SamplingConfig` fields such as `temperature`).
         """
         vllm = import_vllm()
         llm_kwargs = dict(llm_kwargs or {})
@@ -183,6 +160,11 @@ class VLLMPolicy:
         )
         return cls(llm, **policy_kwargs)
 
+    @property
+    def step_separator(self) -> str:
+        """The text ending a step (strategies read it to join steps back into a solution)."""
+        return self.sampling.step_separator
+
     # -- Policy protocol ---------------------------------------------------------------------------------------
 
     def sample_solutions(self, question: Question, n: int) -> list[Continuation]:
@@ -190,7 +172,7 @@ class VLLMPolicy:
 
     def sample_next_steps(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
         results = []
-        for completion in self._generate(question, prefix, n, self.max_step_tokens, stop_at_separator=True):
+        for completion in self._generate(question, prefix, n, self.sampling.max_step_tokens, stop_at_separator=True):
             steps, finished = parse_next_step(completion)
             answer = self.answer_extractor(self._solution(prefix, steps), question) if finished else None
             results.append(Continuation(steps=steps, finished=finished, answer=answer, num_tokens=completion.tokens))
@@ -199,8 +181,8 @@ class VLLMPolicy:
 
     def complete(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
         results = []
-        for completion in self._generate(question, prefix, n, self.max_new_tokens, stop_at_separator=False):
-            steps = split_steps(completion.text, self.step_separator)
+        for completion in self._generate(question, prefix, n, self.sampling.max_new_tokens, stop_at_separator=False):
+            steps = split_steps(completion.text, self.sampling.step_separator)
             # The policy stopped (end of text or budget): the solution is over either way; the answer may be missing.
             answer = self.answer_extractor(self._solution(prefix, steps), question)
             results.append(Continuation(steps=steps, finished=True, answer=answer, num_tokens=completion.tokens))
@@ -211,26 +193,28 @@ class VLLMPolicy:
 
     def build_request(self, question: Question, prefix: Sequence[str]) -> dict[str, Any]:
         """The vLLM prompt of a question and prefix: `{"prompt": text, "multi_modal_data": {"image": [...]}}`."""
-        text, images = render_prompt(self.processor, question, prefix, self.step_separator, self.system_prompt)
+        text, images = render_prompt(
+            self.processor, question, prefix, self.sampling.step_separator, self.sampling.system_prompt
+        )
         return {"prompt": text, "multi_modal_data": {"image": images}} if images else {"prompt": text}
 
     def sampling_params(self, n: int, max_tokens: int, stop_at_separator: bool):
         """`vllm.SamplingParams` of one call (the call counter picks the seed)."""
-        greedy = self.temperature == 0
+        greedy = self.sampling.temperature == 0
         return self._vllm.SamplingParams(
             n=1 if greedy else n,
-            temperature=0.0 if greedy else self.temperature,
-            top_p=1.0 if greedy else self.top_p,
+            temperature=0.0 if greedy else self.sampling.temperature,
+            top_p=1.0 if greedy else self.sampling.top_p,
             # vLLM reads top_k <= 0 as "no filter" (-1 in older releases, 0 in newer ones).
-            top_k=(self.top_k or -1) if not greedy else -1,
-            repetition_penalty=self.repetition_penalty,
+            top_k=(self.sampling.top_k or -1) if not greedy else -1,
+            repetition_penalty=self.sampling.repetition_penalty,
             max_tokens=max_tokens,
-            stop=[self.step_separator] if stop_at_separator else None,
-            seed=None if self.seed is None else self.seed + self.stats.calls * _SEED_STRIDE,
+            stop=[self.sampling.step_separator] if stop_at_separator else None,
+            seed=None if self.sampling.seed is None else self.sampling.seed + self.stats.calls * _SEED_STRIDE,
         )
 
     def _solution(self, prefix: Sequence[str], steps: Sequence[str]) -> str:
-        return self.step_separator.join([*prefix, *steps])
+        return self.sampling.step_separator.join([*prefix, *steps])
 
     def _generate(self, question: Question, prefix: Sequence[str], n: int, max_tokens: int, stop_at_separator: bool):
         if n < 1:

@@ -1,9 +1,8 @@
 """Hybrid step labelling: Monte-Carlo rollout labels, a VLM judge, and rules that combine them (docs/labelling.md)."""
 
-from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled, main
+from trl_vlprm.labeling.builder import JudgeFailureError, LabelConfig, build_dataset, load_labelled, run
 from trl_vlprm.labeling.combine import RULES, Combined, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig, JudgeResult, parse_verdicts
-from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup, step_key
 from trl_vlprm.labeling.labeler import BatchStats, LabelQuality, label_batch, step_label_quality
 from trl_vlprm.labeling.mc import MCConfig, MCResult, Rollout, label_rollout, mc_score, sample_rollouts
 
@@ -13,8 +12,8 @@ __all__ = [
     "Combined",
     "JudgeClient",
     "JudgeConfig",
+    "JudgeFailureError",
     "JudgeResult",
-    "JudgeServer",
     "LabelConfig",
     "LabelQuality",
     "MCConfig",
@@ -22,14 +21,12 @@ __all__ = [
     "Rollout",
     "build_dataset",
     "combine",
-    "gold_lookup",
     "label_batch",
     "label_rollout",
     "load_labelled",
-    "main",
+    "run",
     "mc_score",
     "parse_verdicts",
     "sample_rollouts",
-    "step_key",
     "step_label_quality",
 ]

@@ -16,18 +16,19 @@ Entry points: `build_dataset(questions, policy, config)` and `main(argv)` (`trl-
 from __future__ import annotations
 
 import os
-import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import Grader
+from trl_vlprm.data.loading import load_questions
 from trl_vlprm.data.schema import RecordError, question_ids
+from trl_vlprm.guidance.backends import build_policy, parse_spec
 from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
-from trl_vlprm.labeling.judge import JudgeClient
-from trl_vlprm.labeling.judge_server import JudgeServer
+from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
 from trl_vlprm.labeling.labeler import BatchStats, label_batch
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
@@ -40,15 +41,11 @@ from trl_vlprm.labeling.shards import (
     verify_shard,
     write_shard,
 )
-from trl_vlprm.utils.resume import (
-    OutputLockedError,
-    SettingsMismatchError,
-    output_lock,
-    pin_settings,
-    question_digest,
-)
+from trl_vlprm.testbed.judge_server import JudgeServer
+from trl_vlprm.utils.ranks import SINGLE, Ranks
+from trl_vlprm.utils.resume import pin_settings, question_digest
 
-__all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "main", "output_features", "run"]
+__all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "output_features", "run"]
 
 CONFIG_FILE = "labelling_config.json"
 
@@ -111,7 +108,7 @@ def _check_judge(config: LabelConfig, judge: JudgeClient, stats: BatchStats, bat
     errors = {k[len("error ") :]: v for k, v in stats.judge.items() if k.startswith("error ")}
     samples = "; ".join(f"{kind!r}: {text}" for kind, text in judge.error_samples.items())
     raise JudgeFailureError(
-        f"the judge at {judge.config.base_url} failed on {failed} of {judged} solutions of questions "
+        f"the judge at {judge.config.judge_base_url} failed on {failed} of {judged} solutions of questions "
         f"{batch_ids[0]}..{batch_ids[-1]} (allowed share {config.judge_max_failed_share}); errors {errors}; "
         f"first reply of each kind: {samples or 'none'}. Nothing of these questions was written: fix the judge "
         "and rerun (finished shards are kept)."
@@ -119,7 +116,13 @@ def _check_judge(config: LabelConfig, judge: JudgeClient, stats: BatchStats, bat
 
 
 def build_dataset(
-    questions, policy, config: LabelConfig, judge_server: JudgeServer | None = None, grader: Grader | None = None
+    questions,
+    policy,
+    config: LabelConfig,
+    judge_server: JudgeServer | None = None,
+    grader: Grader | None = None,
+    judge_config: JudgeConfig | None = None,
+    ranks: Ranks | None = None,
 ) -> BatchStats:
     """Label every question not yet covered by a shard of `config.output_dir`; return the stats of all shards there.
 
@@ -129,27 +132,51 @@ def build_dataset(
     (before writing that shard) when the judge fails on too many solutions.
 
     `judge_server` replaces the "testbed" judge by a started `JudgeServer` of the caller's (e.g. one that fails);
-    `grader` the default answer grader `trl_vlprm.data.answers.grade`.
+    `grader` the default answer grader `trl_vlprm.data.answers.grade`; `judge_config` says how the judge is reached
+    (default `JudgeConfig()`; the URL of a testbed or given `judge_server` replaces its `judge_base_url`).
+    `ranks` shares the work among the processes of a launch (`trl_vlprm.utils.ranks`): rank 0 plans the new shards
+    under the folder's lock, each rank labels every K-th of them, and rank 0 returns the stats of the whole folder
+    once all are done (the others, their own).
     """
+    ranks = ranks or SINGLE
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with output_lock(output_dir / CONFIG_FILE):
-        pin_settings(output_dir / CONFIG_FILE, config.pinned())
-        ids = question_ids(questions, "labelling")
-        digests = [question_digest(question) for question in questions]
-        for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
-            stale.unlink()
-        shards, next_index = _trusted_shards(output_dir)
-        covered = _covered_questions(shards, ids, digests)
-        todo = [j for j, qid in enumerate(ids) if qid not in covered]
+    judge_config = judge_config or JudgeConfig()
+    ids = question_ids(questions, "labelling")
+    digests = [question_digest(question) for question in questions]
+    with ranks.locked_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests)) as plan:
+        mine = ranks.share(plan)
+        ranks.log(f"labelling {sum(len(chunk) for _, chunk in mine)} questions in {len(mine)} shards")
+        own = _label_shards(questions, ids, digests, mine, policy, config, judge_config, judge_server, grader, ranks)
+        ranks.wait_for_all("labelling")
+        if not ranks.is_main:
+            return own
         total = BatchStats()
-        for shard in shards:
+        for shard in _trusted_shards(output_dir)[0]:  # every shard: earlier runs' and every rank's
             total.add(shard.stats)
-        _label_missing(questions, ids, digests, todo, next_index, policy, config, total, judge_server, grader)
     return total
 
 
-def _label_missing(questions, ids, digests, todo, next_index, policy, config, total, judge_server, grader) -> None:
+def _plan_shards(
+    config: LabelConfig, judge_config: JudgeConfig, ids: list[str], digests: list[str]
+) -> list[tuple[int, list[int]]]:
+    """Rank 0, under the folder's lock: pin the settings, drop what a killed run left half-written, verify the
+    shards, and cut the questions not yet covered into new shards `(index, question positions)`."""
+    output_dir = Path(config.output_dir)
+    pin_settings(output_dir / CONFIG_FILE, config.pinned(judge_config))
+    for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
+        stale.unlink()
+    shards, next_index = _trusted_shards(output_dir)
+    covered = _covered_questions(shards, ids, digests)
+    todo = [j for j, qid in enumerate(ids) if qid not in covered]
+    chunks = [todo[start : start + config.shard_size] for start in range(0, len(todo), config.shard_size)]
+    return [(next_index + k, chunk) for k, chunk in enumerate(chunks)]
+
+
+def _label_shards(
+    questions, ids, digests, plan, policy, config, judge_config, judge_server, grader, ranks
+) -> BatchStats:
+    """Label and write the shards of `plan` (this rank's share); the stats of what was written."""
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
     if RULES.get(config.rule).needs_judge:
@@ -160,14 +187,17 @@ def _label_missing(questions, ids, digests, todo, next_index, policy, config, to
                 ).start(),
                 True,
             )
-        judge = JudgeClient(config.judge_config(server.base_url if server else None), seed=config.seed)
+        if server is not None:
+            judge_config = replace(judge_config, judge_base_url=server.base_url)
+        judge = JudgeClient(judge_config, seed=config.seed)
+    total = BatchStats()
+    rank = f" (rank {ranks.rank}/{ranks.world_size})" if ranks.world_size > 1 else ""
     bar = tqdm(
-        total=len(ids), initial=len(ids) - len(todo), desc=f"label {config.rule}", unit="q",
+        total=sum(len(chunk) for _, chunk in plan), desc=f"label {config.rule}{rank}", unit="q",
         disable=not config.show_progress,
     )  # fmt: skip
     try:
-        for k, start in enumerate(range(0, len(todo), config.shard_size)):
-            chunk = todo[start : start + config.shard_size]
+        for index, chunk in plan:
             batch = [questions[j] for j in chunk]
             rows, stats = label_batch(
                 batch,
@@ -184,7 +214,7 @@ def _label_missing(questions, ids, digests, todo, next_index, policy, config, to
             )
             if judge is not None:
                 _check_judge(config, judge, stats, [ids[j] for j in chunk])
-            write_shard(output_dir, next_index + k, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
+            write_shard(output_dir, index, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
             total.add(stats)
             bar.update(len(batch))
             bar.set_postfix(
@@ -198,6 +228,7 @@ def _label_missing(questions, ids, digests, todo, next_index, policy, config, to
         bar.close()
         if own_server:
             server.stop()
+    return total
 
 
 def _make_policy_and_questions(config: LabelConfig):
@@ -206,31 +237,11 @@ def _make_policy_and_questions(config: LabelConfig):
 
         questions = generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
     else:
-        from trl_vlprm.guidance.tts import load_questions
-
         questions = load_questions(config.dataset, config.dataset_split, config.num_questions)
-    if config.policy == "scripted":
-        if config.dataset != "puzzles":
-            raise ValueError("LabelConfig.policy='scripted' only solves dataset='puzzles'")
-        from trl_vlprm.testbed import ScriptedPolicy
-
-        policy = ScriptedPolicy(
-            perception_error_rate=config.perception_error_rate,
-            reasoning_error_rate=config.reasoning_error_rate,
-            seed=config.seed,
-        )
-    else:
-        from trl_vlprm.guidance.hf_policy import HFPolicy
-
-        policy = HFPolicy.from_pretrained(
-            config.policy_model_path,
-            revision=config.policy_model_revision,
-            step_separator=config.step_separator,
-            temperature=config.temperature,
-            max_new_tokens=config.max_new_tokens,
-            seed=config.seed,
-        )
-    return policy, questions
+    spec = config.policy_spec()
+    if parse_spec(spec)[0] == "scripted" and config.dataset != "puzzles":
+        raise ValueError("LabelConfig.policy='scripted' only solves dataset='puzzles'")
+    return build_policy(spec, config.seed, config.sampling_defaults()), questions
 
 
 def summary_line(stats: BatchStats) -> str:
@@ -243,22 +254,15 @@ def summary_line(stats: BatchStats) -> str:
     )
 
 
-def run(config: LabelConfig) -> BatchStats:
-    """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats."""
+def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchStats:
+    """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats.
+
+    Under `accelerate launch --num_processes K` the K processes share the new shards (`trl_vlprm.utils.ranks`) and
+    rank 0 prints the summary of the whole folder once every rank is done.
+    """
+    ranks = Ranks.from_environment()
     policy, questions = _make_policy_and_questions(config)
-    stats = build_dataset(questions, policy, config)
-    print(summary_line(stats))
+    stats = build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
+    if ranks.is_main:
+        print(summary_line(stats))
     return stats
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: `trl-vlprm label --config recipes/configs/label_testbed.yaml [--field value ...]`."""
-    from trl import TrlParser
-
-    (config,) = TrlParser((LabelConfig,)).parse_args_and_config(args=argv)
-    try:
-        run(config)
-    except (JudgeFailureError, SettingsMismatchError, OutputLockedError, ShardError, RecordError) as err:
-        # a clear one-line reason and a non-zero exit; the finished shards stay for the rerun
-        print(f"trl-vlprm label: {err}", file=sys.stderr)
-        raise SystemExit(1) from err

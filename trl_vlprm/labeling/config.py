@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl_vlprm.labeling.combine import RULES, UNKNOWN_POLICIES
+from trl_vlprm.guidance.backends import (
+    POLICY_BACKENDS,
+    MissingModelError,
+    check_spec,
+    config_policy_spec,
+    parse_spec,
+)
+from trl_vlprm.labeling.combine import DISAGREEMENT_POLICIES, RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
 from trl_vlprm.utils.resume import dataclass_settings
@@ -33,17 +40,19 @@ class LabelConfig:
             "binary_search" (OmegaPRM first-error search).
         mc_num_completions: K, completions per MC estimate.
         mc_threshold: a step is good when its MC score is above this.
-        policy: "scripted" (testbed policy; "puzzles" only) or "hf" (transformers model at `policy_model_path`).
-        policy_model_path: the policy model ("hf"): a folder or a Hub repo id.
+        policy: a policy backend of `trl_vlprm.guidance.backends`: "scripted" (testbed policy; "puzzles" only),
+            "hf" (transformers) or "vllm" (a vLLM engine) on the model at `policy_model_path`, or a full spec such as
+            "vllm:<model>,top_p=0.9" or "server:http://host:8000/v1,model=<name>" (OpenAI-compatible servers).
+        policy_model_path: the policy model ("hf", "vllm"): a folder or a Hub repo id.
         policy_model_revision: branch, tag or commit of a `policy_model_path` repo id (None: "main").
         perception_error_rate / reasoning_error_rate: error rates of the scripted policy.
-        temperature: sampling temperature of the "hf" policy.
-        max_new_tokens: token budget of a solution ("hf").
-        step_separator: text ending a step ("hf").
+        temperature: sampling temperature of a model-backed policy (hf, vllm, server).
+        max_new_tokens: token budget of a solution (model-backed policies).
+        step_separator: text ending a step (model-backed policies).
         judge: "server" (an OpenAI-compatible endpoint at `judge_base_url`), "testbed" (an in-process
-            `JudgeServer` answering from the scripted policy's gold with the noise below) or "none".
-        judge_base_url / judge_model / judge_api_key_env / judge_timeout / judge_max_retries / judge_backoff /
-            judge_max_concurrency: see `trl_vlprm.labeling.judge.JudgeConfig` (validated there).
+            `JudgeServer` answering from the scripted policy's gold with the noise below) or "none". How the judge
+            is reached (URL, model, timeout, retries, concurrency) is a `trl_vlprm.labeling.judge.JudgeConfig`, parsed
+            beside this config (`judge_base_url`, `judge_model`, ... in a recipe).
         judge_max_failed_share: a shard on whose solutions the judge failed for more than this share (or for all of
             them) is not written and the run stops naming the errors; 1.0 stops only when every call failed.
         judge_flip_rate_perception / judge_flip_rate_reasoning: noise of the "testbed" judge.
@@ -100,11 +109,15 @@ class LabelConfig:
     policy: str = field(
         default="scripted",
         metadata={
-            "help": "'scripted' (testbed policy, 'puzzles' only) or 'hf' (a transformers model at policy_model_path)."
+            "help": "The policy, a backend of trl_vlprm.guidance.backends: 'scripted' (testbed policy, 'puzzles' "
+            "only), 'hf' (transformers) or 'vllm' (a vLLM engine) on the model at policy_model_path, or a full spec "
+            "such as 'vllm:<model>,top_p=0.9' or 'server:http://host:8000/v1,model=<name>' (OpenAI-compatible "
+            "servers)."
         },
     )
     policy_model_path: str | None = field(
-        default=None, metadata={"help": "The policy model (policy 'hf'): a local folder or a Hub repo id."}
+        default=None,
+        metadata={"help": "The policy model (policy 'hf' or 'vllm'): a local folder or a Hub repo id."},
     )
     policy_model_revision: str | None = field(
         default=None, metadata={"help": "Branch, tag or commit of a policy_model_path repo id (None: main)."}
@@ -115,9 +128,9 @@ class LabelConfig:
     reasoning_error_rate: float = field(
         default=0.1, metadata={"help": "Chance a reasoning step of the scripted policy slips."}
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the 'hf' policy."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a solution of the 'hf' policy."})
-    step_separator: str = field(default="\n\n", metadata={"help": "Text ending a step of the 'hf' policy."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of a model-backed policy."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a solution of a model-backed policy."})
+    step_separator: str = field(default="\n\n", metadata={"help": "Text ending a step of a model-backed policy."})
     judge: str = field(
         default="testbed",
         metadata={
@@ -125,28 +138,6 @@ class LabelConfig:
             "answering from the scripted policy's gold with noise) or 'none'."
         },
     )
-    judge_base_url: str = field(
-        default="http://127.0.0.1:8000/v1",
-        metadata={"help": "Root of the judge server, e.g. http://127.0.0.1:8000/v1."},
-    )
-    judge_model: str = field(default="judge", metadata={"help": "Model name sent to the judge server."})
-    judge_api_key_env: str = field(
-        default="JUDGE_API_KEY", metadata={"help": "Environment variable holding the judge's bearer token."}
-    )
-    judge_timeout: float = field(
-        default=60.0, metadata={"help": "Total deadline in seconds of one judge request, body included (> 0)."}
-    )
-    judge_max_retries: int = field(
-        default=3, metadata={"help": "Retries of a judge request after the first attempt (>= 0)."}
-    )
-    judge_backoff: float = field(
-        default=1.0,
-        metadata={
-            "help": "Base in seconds of the exponential backoff between judge attempts when the server sends no "
-            "Retry-After."
-        },
-    )
-    judge_max_concurrency: int = field(default=8, metadata={"help": "Judge requests in flight at once (>= 1)."})
     judge_max_failed_share: float = field(
         default=0.5,
         metadata={
@@ -165,11 +156,10 @@ class LabelConfig:
 
     def __post_init__(self):
         RULES.check(self.rule, "LabelConfig.rule")
+        MC_MODES.check(self.mc_mode, "LabelConfig.mc_mode")
         checks = {
-            "mc_mode": MC_MODES,
-            "policy": ("scripted", "hf"),
             "judge": ("server", "testbed", "none"),
-            "disagreement": ("drop", "weight"),
+            "disagreement": DISAGREEMENT_POLICIES,
             "judge_unknown": UNKNOWN_POLICIES,
         }
         for name, allowed in checks.items():
@@ -177,46 +167,48 @@ class LabelConfig:
                 raise ValueError(f"LabelConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
         if RULES.get(self.rule).needs_judge and self.judge == "none":
             raise ValueError(f"LabelConfig.rule={self.rule!r} needs a judge but judge='none'")
-        if self.judge == "testbed" and self.policy != "scripted":
+        try:
+            check_spec(self.policy_spec(), POLICY_BACKENDS, "policy")
+        except MissingModelError as err:
+            raise ValueError(f"LabelConfig.policy_model_path is needed for policy {self.policy!r} ({err})") from None
+        except ValueError as err:
+            raise ValueError(f"LabelConfig.policy={self.policy!r}: {err}") from None
+        if self.judge == "testbed" and parse_spec(self.policy_spec())[0] != "scripted":
             raise ValueError("LabelConfig.judge='testbed' answers from gold only the scripted policy knows")
-        if self.policy == "hf" and not self.policy_model_path:
-            raise ValueError("LabelConfig.policy_model_path is needed for policy 'hf'")
         if self.shard_size < 1 or self.num_rollouts < 1:
             raise ValueError("LabelConfig.shard_size and num_rollouts must be >= 1")
         if self.num_questions is not None and self.num_questions < 1:
             raise ValueError(f"LabelConfig.num_questions={self.num_questions}; must be >= 1 (or None for all)")
         if not 0.0 <= self.judge_max_failed_share <= 1.0:
             raise ValueError(f"LabelConfig.judge_max_failed_share={self.judge_max_failed_share}; must be in [0, 1]")
-        self.judge_config()  # JudgeConfig validates timeout, retries, backoff and concurrency
+
+    def policy_spec(self) -> str:
+        """The policy as one backend spec (`trl_vlprm.guidance.backends.config_policy_spec`)."""
+        return config_policy_spec(self)
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The sampling settings a model-backed policy gets (a policy spec's own keywords win over them)."""
+        return {
+            "step_separator": self.step_separator,
+            "temperature": self.temperature,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     def mc_config(self) -> MCConfig | None:
         if not RULES.get(self.rule).needs_mc:
             return None
         return MCConfig(self.mc_num_completions, self.mc_threshold, self.mc_mode)
 
-    def judge_config(self, base_url: str | None = None) -> JudgeConfig:
-        return JudgeConfig(
-            base_url=base_url or self.judge_base_url,
-            model=self.judge_model,
-            api_key_env=self.judge_api_key_env,
-            timeout=self.judge_timeout,
-            max_retries=self.judge_max_retries,
-            backoff=self.judge_backoff,
-            max_concurrency=self.judge_max_concurrency,
-        )
-
-    def pinned(self) -> dict[str, Any]:
+    def pinned(self, judge: JudgeConfig | None = None) -> dict[str, Any]:
         """Settings a resumed run must share (everything that changes what a record holds).
 
-        Left out: where and how the work is done (output folder, progress bar) and how the judge is reached (URL,
-        timeout, retries, backoff, concurrency, key variable, failure share), which a user changes to get past a
-        failing judge (the judge *model* stays pinned); and `num_questions`, since which questions are covered is
-        recorded per shard.
+        Left out: where and how the work is done (output folder, progress bar), the judge's failure share, which a
+        user changes to get past a failing judge, and `num_questions`, since which questions are covered is recorded
+        per shard. Of the judge's settings (`judge`, default `JudgeConfig()`) only the *model* is pinned, not how it
+        is reached (URL, timeout, retries, backoff, concurrency, key variable).
         """
-        return dataclass_settings(self, exclude=_NOT_PINNED)
+        judge = judge or JudgeConfig()
+        return {**dataclass_settings(self, exclude=_NOT_PINNED), "judge_model": judge.judge_model}
 
 
-_NOT_PINNED = (
-    "output_dir", "show_progress", "num_questions", "judge_base_url", "judge_timeout", "judge_max_retries",
-    "judge_backoff", "judge_max_concurrency", "judge_api_key_env", "judge_max_failed_share",
-)  # fmt: skip
+_NOT_PINNED = ("output_dir", "show_progress", "num_questions", "judge_max_failed_share")

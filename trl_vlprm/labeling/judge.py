@@ -37,10 +37,10 @@ from typing import Any
 import openai
 
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, load_image
+from trl_vlprm.data.steps_block import write_steps_block
 from trl_vlprm.guidance.policy import Question
 
 CORRECT, INCORRECT, UNKNOWN = "correct", "incorrect", "unknown"
-STEPS_BEGIN, STEPS_END = "<steps_json>", "</steps_json>"
 
 SYSTEM_PROMPT = (
     "You are a meticulous grader of step-by-step solutions to visual questions. For every step decide whether it is "
@@ -53,65 +53,78 @@ SYSTEM_PROMPT = (
 
 @dataclass
 class JudgeConfig:
-    """Settings of the judge client.
+    """Settings of the judge client (`JudgeClient`, and the answer judge of the evaluation).
+
+    `trl-vlprm label` parses it beside `LabelConfig` (as TRL scripts parse their script arguments beside a training
+    config), so every field is a flag and a YAML key of a labelling recipe: `--judge_base_url`, `judge_model: ...`.
 
     Args:
-        base_url: server root, e.g. "http://127.0.0.1:8000/v1" (the client posts to `{base_url}/chat/completions`).
-        model: model name sent in the request.
-        api_key_env: name of the environment variable holding the bearer token ("EMPTY" is sent when it is unset).
-        timeout: total deadline in seconds of one HTTP request, body included (> 0).
-        max_retries: retries after the first attempt (on retryable HTTP errors, network errors, timeouts and
+        judge_base_url: server root, e.g. "http://127.0.0.1:8000/v1" (the client posts to
+            `{judge_base_url}/chat/completions`).
+        judge_model: model name sent in the request.
+        judge_api_key_env: name of the environment variable holding the bearer token ("EMPTY" is sent when it is
+            unset).
+        judge_timeout: total deadline in seconds of one HTTP request, body included (> 0).
+        judge_max_retries: retries after the first attempt (on retryable HTTP errors, network errors, timeouts and
             unparseable answers; >= 0).
-        backoff: base of the exponential backoff in seconds (attempt a waits backoff * 2**a, with jitter) when the
-            server sends no `Retry-After`.
-        max_retry_wait: longest wait a `Retry-After` header may impose, in seconds.
-        max_concurrency: requests in flight at once (>= 1).
-        temperature: sampling temperature of the judge.
-        max_tokens: answer token budget.
+        judge_backoff: base of the exponential backoff in seconds (attempt a waits backoff * 2**a, with jitter) when
+            the server sends no `Retry-After`.
+        judge_max_concurrency: requests in flight at once (>= 1).
+        judge_temperature: sampling temperature of the judge.
+        judge_max_tokens: answer token budget of the judge.
+        judge_max_retry_wait: longest wait a `Retry-After` header may impose, in seconds.
     """
 
-    base_url: str = field(
+    judge_base_url: str = field(
         default="http://127.0.0.1:8000/v1",
-        metadata={"help": "Server root, e.g. http://127.0.0.1:8000/v1 (requests go to {base_url}/chat/completions)."},
+        metadata={
+            "help": "Root of the judge server, e.g. http://127.0.0.1:8000/v1 (the client posts to "
+            "{judge_base_url}/chat/completions)."
+        },
     )
-    model: str = field(default="judge", metadata={"help": "Model name sent in the request."})
-    api_key_env: str = field(
+    judge_model: str = field(default="judge", metadata={"help": "Model name sent to the judge server."})
+    judge_api_key_env: str = field(
         default="JUDGE_API_KEY",
-        metadata={"help": "Environment variable holding the bearer token ('EMPTY' is sent when it is unset)."},
+        metadata={"help": "Environment variable holding the judge's bearer token ('EMPTY' is sent when it is unset)."},
     )
-    timeout: float = field(
-        default=60.0, metadata={"help": "Total deadline in seconds of one HTTP request, body included (> 0)."}
+    judge_timeout: float = field(
+        default=60.0, metadata={"help": "Total deadline in seconds of one judge request, body included (> 0)."}
     )
-    max_retries: int = field(
+    judge_max_retries: int = field(
         default=3,
         metadata={
-            "help": "Retries after the first attempt, on retryable HTTP errors, network errors, timeouts and "
-            "unparseable answers (>= 0)."
+            "help": "Retries of a judge request after the first attempt, on retryable HTTP errors, network errors, "
+            "timeouts and unparseable answers (>= 0)."
         },
     )
-    backoff: float = field(
+    judge_backoff: float = field(
         default=1.0,
         metadata={
-            "help": "Base in seconds of the exponential backoff (attempt a waits backoff * 2**a, with jitter) when "
-            "the server sends no Retry-After."
+            "help": "Base in seconds of the exponential backoff between judge attempts (attempt a waits "
+            "backoff * 2**a, with jitter) when the server sends no Retry-After."
         },
     )
-    max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (>= 1)."})
-    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the judge."})
-    max_tokens: int = field(default=2048, metadata={"help": "Answer token budget of the judge."})
-    max_retry_wait: float = field(
-        default=60.0, metadata={"help": "Longest wait in seconds a Retry-After header may impose."}
+    judge_max_concurrency: int = field(default=8, metadata={"help": "Judge requests in flight at once (>= 1)."})
+    judge_temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the judge."})
+    judge_max_tokens: int = field(default=2048, metadata={"help": "Answer token budget of the judge."})
+    judge_max_retry_wait: float = field(
+        default=60.0, metadata={"help": "Longest wait in seconds a Retry-After header from the judge may impose."}
     )
 
     def __post_init__(self):
         checks = {
-            "timeout": self.timeout > 0,
-            "max_retries": isinstance(self.max_retries, int) and self.max_retries >= 0,
-            "backoff": self.backoff >= 0,
-            "max_retry_wait": self.max_retry_wait >= 0,
-            "max_concurrency": isinstance(self.max_concurrency, int) and self.max_concurrency >= 1,
+            "judge_timeout": self.judge_timeout > 0,
+            "judge_max_retries": isinstance(self.judge_max_retries, int) and self.judge_max_retries >= 0,
+            "judge_backoff": self.judge_backoff >= 0,
+            "judge_max_retry_wait": self.judge_max_retry_wait >= 0,
+            "judge_max_concurrency": isinstance(self.judge_max_concurrency, int) and self.judge_max_concurrency >= 1,
         }
-        rules = {"timeout": "> 0", "max_retries": "an integer >= 0", "backoff": ">= 0", "max_retry_wait": ">= 0"}
+        rules = {
+            "judge_timeout": "> 0",
+            "judge_max_retries": "an integer >= 0",
+            "judge_backoff": ">= 0",
+            "judge_max_retry_wait": ">= 0",
+        }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(
@@ -180,14 +193,10 @@ def _question_text(question: Question) -> str:
 
 def build_messages(question: Question, steps: Sequence[str], step_types: Sequence[str | None]) -> list[dict]:
     """Chat messages asking the judge about every step; the steps travel as a JSON block a program can read back."""
-    listing = [
-        {"index": i, "type": kind or "unknown", "text": step} for i, (step, kind) in enumerate(zip(steps, step_types))
-    ]
-    payload = {"question_id": str(question.get("id", "")), "steps": listing}
     text = (
         f"Question:\n{_question_text(question)}\n\n"
         + (f"Options: {list(question['options'])}\n\n" if question.get("options") else "")
-        + f"Solution steps (JSON):\n{STEPS_BEGIN}{json.dumps(payload)}{STEPS_END}\n\n"
+        + f"Solution steps (JSON):\n{write_steps_block(question.get('id', ''), steps, step_types)}\n\n"
         "Grade every step."
     )
     content: list[dict] = [
@@ -195,18 +204,6 @@ def build_messages(question: Question, steps: Sequence[str], step_types: Sequenc
     ]
     content.append({"type": "text", "text": text})
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
-
-
-def read_steps_block(messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The `{"question_id", "steps"}` block `build_messages` embeds (used by servers that answer from a lookup)."""
-    for message in reversed(messages):
-        content = message.get("content")
-        texts = [content] if isinstance(content, str) else [p.get("text", "") for p in content or []]
-        for text in texts:
-            match = re.search(re.escape(STEPS_BEGIN) + r"(.*?)" + re.escape(STEPS_END), text or "", re.S)
-            if match:
-                return json.loads(match.group(1))
-    raise ValueError(f"no {STEPS_BEGIN}...{STEPS_END} block in the messages")
 
 
 def parse_verdicts(text: str, step_types: Sequence[str | None]) -> list[str]:
@@ -288,13 +285,13 @@ def _run(coroutine_function):
 
 def openai_client(config: JudgeConfig, asynchronous: bool = True, max_retries: int | None = None):
     """The `openai` client every judge of the project uses: `config`'s endpoint, bearer token from
-    `config.api_key_env` ("EMPTY" when unset, as local servers expect), `config.timeout` per request."""
+    `config.judge_api_key_env` ("EMPTY" when unset, as local servers expect), `config.judge_timeout` per request."""
     client_class = openai.AsyncOpenAI if asynchronous else openai.OpenAI
     return client_class(
-        base_url=config.base_url,
-        api_key=os.environ.get(config.api_key_env or "", "") or "EMPTY",
-        max_retries=config.max_retries if max_retries is None else max_retries,
-        timeout=config.timeout,
+        base_url=config.judge_base_url,
+        api_key=os.environ.get(config.judge_api_key_env or "", "") or "EMPTY",
+        max_retries=config.judge_max_retries if max_retries is None else max_retries,
+        timeout=config.judge_timeout,
     )
 
 
@@ -309,7 +306,7 @@ class JudgeClient:
 
     def __init__(self, config: JudgeConfig, seed: int = 0):
         self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.url = config.judge_base_url.rstrip("/") + "/chat/completions"
         self._rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.error_samples: dict[str, str] = {}
@@ -332,21 +329,21 @@ class JudgeClient:
             return result
         start = time.monotonic()
         request = {
-            "model": self.config.model,
+            "model": self.config.judge_model,
             "messages": build_messages(question, steps, step_types),
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
+            "temperature": self.config.judge_temperature,
+            "max_tokens": self.config.judge_max_tokens,
         }
         wait = 0.0
-        for attempt in range(self.config.max_retries + 1):
+        for attempt in range(self.config.judge_max_retries + 1):
             if attempt:
                 await asyncio.sleep(wait)
-            wait = self.config.backoff * 2**attempt * (0.5 + self._rng.random())
+            wait = self.config.judge_backoff * 2**attempt * (0.5 + self._rng.random())
             result.attempts += 1
             try:
                 async with slots:  # a slot only while the request is in flight, not while backing off
                     response = await asyncio.wait_for(
-                        client.chat.completions.create(**request), timeout=self.config.timeout
+                        client.chat.completions.create(**request), timeout=self.config.judge_timeout
                     )
                 usage = response.usage
                 result.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -357,14 +354,14 @@ class JudgeClient:
                 result.verdicts = parse_verdicts(content, step_types)
                 break
             except (asyncio.TimeoutError, openai.APITimeoutError):
-                self._error(result, "timeout", f"timeout: no complete reply within {self.config.timeout} s")
+                self._error(result, "timeout", f"timeout: no complete reply within {self.config.judge_timeout} s")
             except openai.APIStatusError as err:
                 self._error(result, f"http {err.status_code}", f"http {err.status_code}: {_sample(err.response.text)}")
                 if err.status_code not in RETRYABLE_STATUS and err.status_code < 500:
                     break  # a bad key or a wrong URL does not heal by asking again
                 server_wait = retry_after_seconds(err.response.headers)
                 if server_wait is not None:
-                    wait = min(server_wait, self.config.max_retry_wait)
+                    wait = min(server_wait, self.config.judge_max_retry_wait)
             except openai.APIConnectionError as err:
                 cause = err.__cause__ or err
                 self._error(result, "network", f"network: {type(cause).__name__}: {_sample(str(cause))}")
@@ -384,7 +381,7 @@ class JudgeClient:
         self.error_samples.setdefault(kind, text)
 
     async def _judge_all(self, items) -> list[JudgeResult]:
-        slots = asyncio.Semaphore(max(1, self.config.max_concurrency))
+        slots = asyncio.Semaphore(max(1, self.config.judge_max_concurrency))
         async with self._client() as client:
             return list(await asyncio.gather(*(self._judge(client, slots, *item) for item in items)))
 

@@ -16,8 +16,8 @@ from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, to_json_string
 from trl_vlprm.guidance.policy import Policy, Question
 from trl_vlprm.labeling.combine import RULES, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
-from trl_vlprm.labeling.judge_server import JudgeServer, gold_lookup
 from trl_vlprm.labeling.mc import Cost, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
+from trl_vlprm.testbed.judge_server import JudgeServer, gold_lookup
 from trl_vlprm.trainer.metrics import precision_recall_f1
 
 

@@ -16,16 +16,15 @@ The prefix that holds every step is never sampled: its outcome is the rollout's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl_vlprm.data.answers import Grader, grade_question
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Policy, Question
+from trl_vlprm.registry import Registry
 from trl_vlprm.types import PolicyStats, StatsDelta
-
-MC_MODES = ("every_step", "binary_search", "every_step_until_zero")
 
 
 @dataclass
@@ -102,8 +101,7 @@ class MCConfig:
     )
 
     def __post_init__(self):
-        if self.mode not in MC_MODES:
-            raise ValueError(f"MCConfig.mode={self.mode!r}; expected one of {MC_MODES}")
+        MC_MODES.check(self.mode, "MCConfig.mode")
         if self.num_completions < 1:
             raise ValueError(f"MCConfig.num_completions={self.num_completions}; must be >= 1")
         if not 0.0 <= self.threshold < 1.0:
@@ -173,36 +171,54 @@ class _Estimator:
         return self.score(index) > self.config.threshold
 
 
+# mode name -> `labels(estimator, num_steps)`: which prefixes a mode estimates and how it labels the steps from them.
+# `@MC_MODES.register(name)` on such a function adds a mode `LabelConfig.mc_mode` accepts.
+MCMode = Callable[[_Estimator, int], list[bool]]
+MC_MODES: Registry[MCMode] = Registry("Monte-Carlo mode")
+
+
+@MC_MODES.register("every_step")
+def every_step(estimator: _Estimator, n: int) -> list[bool]:
+    """One estimate per step prefix."""
+    return [estimator.good(i) for i in range(n)]
+
+
+@MC_MODES.register("every_step_until_zero")
+def every_step_until_zero(estimator: _Estimator, n: int) -> list[bool]:
+    """Prefixes in order until the first scoring 0; that step and every later one are bad, unestimated."""
+    labels: list[bool] = []
+    for i in range(n):
+        if estimator.score(i) == 0.0:  # no completion succeeds from here: the rest is not estimated
+            return labels + [False] * (n - i)
+        labels.append(estimator.good(i))
+    return labels
+
+
+@MC_MODES.register("binary_search")
+def binary_search(estimator: _Estimator, n: int) -> list[bool]:
+    """OmegaPRM's first-error search: a right rollout is all good unestimated, else bisect for the first bad prefix."""
+    if estimator.rollout.correct:
+        return [True] * n
+    # Invariant: every prefix ending before `low` is good, the prefix ending at `high` is bad.
+    low, high = 0, n - 1
+    estimator.score(high)
+    while low < high:
+        middle = (low + high) // 2
+        if estimator.good(middle):
+            low = middle + 1
+        else:
+            high = middle
+    return [i < high for i in range(n)]
+
+
 def label_rollout(
     policy: Policy, question: Question, rollout: Rollout, config: MCConfig, grader: Grader | None = None
 ) -> MCResult:
-    """MC scores and hard labels for every step of `rollout` (see the module docstring for the two modes)."""
+    """MC scores and hard labels for every step of `rollout`, by the mode `config.mode` names in `MC_MODES`."""
     n = len(rollout.steps)
     estimator = _Estimator(policy, question, rollout, config, grader)
+    mode = MC_MODES.get(config.mode, "MCConfig.mode")
     with StatsDelta(policy) as delta:
-        if n == 0:
-            labels: list[bool] = []
-        elif config.mode == "every_step":
-            labels = [estimator.good(i) for i in range(n)]
-        elif config.mode == "every_step_until_zero":
-            labels = []
-            for i in range(n):
-                if estimator.score(i) == 0.0:  # no completion succeeds from here: the rest is not estimated
-                    labels += [False] * (n - i)
-                    break
-                labels.append(estimator.good(i))
-        elif rollout.correct:
-            labels = [True] * n
-        else:
-            # Invariant: every prefix ending before `low` is good, the prefix ending at `high` is bad.
-            low, high = 0, n - 1
-            estimator.score(high)
-            while low < high:
-                middle = (low + high) // 2
-                if estimator.good(middle):
-                    low = middle + 1
-                else:
-                    high = middle
-            labels = [i < high for i in range(n)]
+        labels = mode(estimator, n) if n else []
     first_error = next((i for i, good in enumerate(labels) if not good), None)
     return MCResult(estimator.scores, labels, first_error, estimator.num_estimates, delta.spent)

@@ -1,5 +1,10 @@
-"""Procedural visual puzzles with known step-level truth, and a scripted policy with controllable errors."""
+"""The CPU testbed: everything whose step-level truth is known, so every stage can be checked against it.
 
+Procedural visual puzzles with gold step solutions, a scripted policy that errs at chosen rates, the gold-oracle and
+random scorers, and a loopback judge server that answers from the gold (docs/testbed.md).
+"""
+
+from .families import PuzzleFamily, register_family
 from .generator import (
     FAMILIES,
     TIERS,
@@ -13,22 +18,30 @@ from .generator import (
     resolve_families,
     testbed_corpus,
 )
-from .scripted_policy import GoldOracleScorer, ScriptedPolicy
+from .judge_server import JudgeServer, gold_lookup, step_key
+from .scorers import GoldOracleScorer, RandomScorer
+from .scripted_policy import ScriptedPolicy
 from .supervision import sample_supervision
 
 __all__ = [
     "FAMILIES",
     "GoldOracleScorer",
+    "JudgeServer",
+    "PuzzleFamily",
+    "RandomScorer",
     "ScriptedPolicy",
     "TIERS",
     "format_prompt",
     "generate_puzzles",
+    "gold_lookup",
     "gold_steps",
     "make_puzzle",
     "parse_answer_step",
     "puzzle_features",
     "read_metadata",
+    "register_family",
     "resolve_families",
     "sample_supervision",
+    "step_key",
     "testbed_corpus",
 ]

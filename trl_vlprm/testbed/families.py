@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..registry import Registry
 from . import render
 from .render import PALETTE
 
@@ -87,6 +88,19 @@ class PuzzleFamily:
         return other_choice(rng, state["options"], value)
 
 
+# name -> the family's one instance; `@register_family` on a subclass adds it (docs/testbed.md).
+FAMILIES: Registry[PuzzleFamily] = Registry("puzzle family")
+
+
+def register_family(cls: type[PuzzleFamily]) -> type[PuzzleFamily]:
+    """Class decorator: registers an instance of the `PuzzleFamily` subclass under its `name` in `FAMILIES`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no `name`; a puzzle family is registered (and generated) by its name")
+    FAMILIES.register(cls.name)(cls())
+    return cls
+
+
+@register_family
 class ColorGrid(PuzzleFamily):
     """3x3 Latin square of coloured circles (each row holds each colour once); one circle is a question mark."""
 
@@ -160,6 +174,7 @@ class ColorGrid(PuzzleFamily):
         )
 
 
+@register_family
 class SizeCycle(PuzzleFamily):
     """Six shapes in reading order whose sizes repeat a cycle of three; one shape is a question mark."""
 

@@ -11,10 +11,10 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, RecordError, stepwise_features, to_json_string
-from .arithmetic import Clock, Counting, NumberGrid, PolygonSides
-from .families import ColorGrid, PuzzleFamily, SizeCycle, State
-from .learnable import ShapeColour, ShapeSides
+from ..data.schema import PERCEPTION, REASONING, RecordError, format_prompt, stepwise_features, to_json_string
+from ..registry import UnknownNameError
+from . import arithmetic, learnable  # noqa: F401 (their families register themselves in FAMILIES)
+from .families import FAMILIES, PuzzleFamily, State
 
 # Two tiers (docs/testbed.md): "hard" puzzles a tiny CPU model cannot learn to check in minutes (grids, counting,
 # arithmetic, clocks: the default, as before), "learnable" ones it can (one large shape, one-sentence steps).
@@ -23,22 +23,8 @@ TIERS: dict[str, tuple[str, ...]] = {
     "learnable": ("shape_sides", "shape_colour"),
 }
 DEFAULT_TIER = "hard"
-FAMILIES: dict[str, PuzzleFamily] = {
-    family.name: family
-    for family in (ColorGrid(), SizeCycle(), Counting(), NumberGrid(), PolygonSides(), Clock(), ShapeSides(),
-                   ShapeColour())
-}  # fmt: skip
 STEP_TYPES = [PERCEPTION, REASONING, REASONING]
-OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ANSWER_PREFIX = "Answer: "
-
-
-def format_prompt(question: str, options: Sequence[str]) -> str:
-    """The prompt of a multiple-choice visual question: image placeholder, question, lettered options."""
-    lines = [IMAGE_PLACEHOLDER, question.strip()]
-    if options:
-        lines.append("Options: " + " ".join(f"({OPTION_LETTERS[i]}) {o}" for i, o in enumerate(options)))
-    return "\n".join(lines)
 
 
 def answer_step(value: str) -> str:
@@ -58,7 +44,7 @@ def read_metadata(record: Mapping[str, Any]) -> tuple[PuzzleFamily, State]:
         raise RecordError(row, "metadata", "missing; only generated testbed puzzles carry their hidden state")
     try:
         meta = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        return FAMILIES[meta["family"]], meta["state"]
+        return FAMILIES.get(meta["family"]), meta["state"]
     except (ValueError, KeyError, TypeError) as err:
         raise RecordError(row, "metadata", f"not a testbed puzzle state ({type(err).__name__}: {err})") from err
 
@@ -79,17 +65,13 @@ def resolve_families(families: str | Sequence[str] | None) -> list[str]:
     names = list(families)
     for name in names:
         if name not in FAMILIES:
-            raise ValueError(
-                f"unknown puzzle family {name!r}; expected one of {sorted(FAMILIES)} or a tier {sorted(TIERS)}"
-            )
+            raise UnknownNameError(f"{FAMILIES.unknown(name)} (or a tier: {', '.join(TIERS)})")
     return names
 
 
 def make_puzzle(family: str, seed: int, index: int, image_size: int = 168) -> dict[str, Any]:
     """One puzzle record of `family`, determined by `(seed, index)` alone."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown puzzle family {family!r}; expected one of {sorted(FAMILIES)}")
-    fam = FAMILIES[family]
+    fam = FAMILIES.get(family)
     rng = random.Random(f"{seed}:{index}:{family}")
     state = fam.sample(rng)
     steps = gold_steps(fam, state)
@@ -148,7 +130,8 @@ def testbed_corpus(per_family: int = 40, seed: int = 0) -> list[str]:
     step by looking at one token per word instead of assembling words from byte pieces.
     """
     texts = []
-    for name, family in FAMILIES.items():
+    for name in dict.fromkeys((*TIERS["hard"], *TIERS["learnable"], *FAMILIES)):  # tiers first: a stable order
+        family = FAMILIES.get(name)
         rng = random.Random(f"corpus:{seed}:{name}")
         for _ in range(per_family):
             state = family.sample(rng)

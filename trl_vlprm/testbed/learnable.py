@@ -19,12 +19,11 @@ import re
 
 from . import render
 from .arithmetic import _numeric_slip
-from .families import PuzzleFamily, other_choice
+from .families import PuzzleFamily, other_choice, register_family
 from .render import PALETTE, SHAPE_SIDES
 
 # Share of misreads that change the kind rather than the colour (for `shape_colour`, the reverse).
 ANSWER_DETAIL_SHARE = 0.75
-LEARNABLE_IMAGE_SIZE = 84  # 6x6 patches of 14 px, merged 2x2: 9 image tokens per image
 
 
 class _OneShape(PuzzleFamily):
@@ -72,6 +71,7 @@ class _OneShape(PuzzleFamily):
         return [other_choice(rng, colours, colour), kind]
 
 
+@register_family
 class ShapeSides(_OneShape):
     """How many sides does the one shape have? Perception names it; reasoning looks its sides up."""
 
@@ -95,6 +95,7 @@ class ShapeSides(_OneShape):
         return _numeric_slip(value, rng) if rng.random() < 0.5 else other_choice(rng, state["options"], value)
 
 
+@register_family
 class ShapeColour(_OneShape):
     """What colour is the one shape? Perception names it; reasoning copies the colour it stated."""
 

@@ -23,7 +23,7 @@ import random
 from collections.abc import Sequence
 
 from ..data.schema import PERCEPTION, REASONING
-from ..types import Candidate, Continuation, PolicyStats, Question
+from ..types import Continuation, PolicyStats, Question
 from .families import parse_value
 from .generator import STEP_TYPES, answer_step, gold_steps, parse_answer_step, read_metadata
 
@@ -149,21 +149,3 @@ class ScriptedPolicy:
         if rng.random() >= self.systematic_share:
             return None
         return family.misread(state, family.observe(state), rng)
-
-
-class GoldOracleScorer:
-    """`StepScorer` that knows the truth: each step scores 1.0 if its gold correctness is True, else 0.0.
-
-    The upper bound a perfect PRM reaches on the testbed; needs candidates from a policy that reports `gold_correct`.
-    """
-
-    def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
-        scores = []
-        for i, candidate in enumerate(candidates):
-            if candidate.gold_correct is None or len(candidate.gold_correct) != len(candidate.steps):
-                raise ValueError(
-                    f"question {question.get('id', '?')}: candidate {i} has no gold_correct for each of its "
-                    f"{len(candidate.steps)} step(s); GoldOracleScorer needs a testbed policy"
-                )
-            scores.append([1.0 if g else 0.0 for g in candidate.gold_correct])
-        return scores

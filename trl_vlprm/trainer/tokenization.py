@@ -12,7 +12,6 @@ exactly the token layout it was trained on.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -216,11 +215,3 @@ def _tokenize_one_string(
     if mm_types is not None:
         out["mm_token_type_ids"] = mm_types
     return out
-
-
-_SPACE = re.compile(r"\s+")
-
-
-def describe_row(features: Mapping[str, Any]) -> str:
-    """A short human-readable id of a row for error messages."""
-    return str(features.get("id") or _SPACE.sub(" ", str(features.get("prompt", "")))[:40])

@@ -9,6 +9,7 @@
 * `pin_settings` / `check_settings`: the settings a finished piece of work was produced with; a resume with other
   values is refused with the names of the fields that differ.
 * `output_lock`: an exclusive lock on an output, so two processes never append to the same file.
+* `read_results`: the records of a JSONL output (one object with an "id" a line), its cut-short last line dropped.
 
 The labelling builder, `recipes/tts.py` and the evaluation sweep all resume through these (docs/reliability.md).
 """
@@ -56,6 +57,33 @@ def atomic_write_text(path: str | Path, data: str | bytes) -> Path:
             f.write(data)
 
     return atomic_write(path, write)
+
+
+def read_results(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
+    """The results already in a JSONL file (none if it does not exist).
+
+    A malformed last line is the trace of an interrupted write: it is dropped and, with `repair` (only by the holder
+    of the file's `output_lock`: another process may be appending), the file rewritten atomically without it. A
+    malformed line anywhere else raises a `ValueError` naming the file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    results = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "id" not in record:
+                raise ValueError("not an object with an 'id' field")
+        except ValueError as err:
+            if number == len(lines):
+                if repair:
+                    atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
+                break
+            raise ValueError(f"{path}:{number}: malformed result line ({err})") from err
+        results.append(record)
+    return results
 
 
 def _canonical(value: Any) -> Any:

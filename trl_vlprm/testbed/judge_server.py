@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from trl_vlprm.data.schema import PERCEPTION
-from trl_vlprm.labeling.judge import read_steps_block
+from ..data.schema import PERCEPTION
+from ..data.steps_block import read_steps_block
 
 FAILURE_MODES = ("500", "hang", "malformed", "401", "429", "truncate", "drip")
 

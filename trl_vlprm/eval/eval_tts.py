@@ -1,6 +1,7 @@
-"""The `recipes/eval_tts.py` entry point: its config, the policy/scorer/benchmark specs it reads, and `run`.
+"""The evaluation TTS sweep (`recipes/eval_tts.py`, `trl-vlprm eval`): its config `EvalTTSConfig` and `run`.
 
-A spec is "kind:positional,key=value,..." (numbers converted), optionally labelled "label@kind:...": e.g.
+Policies and scorers are built by the one factory, `trl_vlprm.guidance.backends`, from specs "kind:positional,
+key=value,..." (numbers converted), here optionally labelled "label@kind:...": e.g.
 "qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120". Labels name rows and sample
 files, so two benchmarks, policies or scorers with one label are refused. What a label stands for is pinned
 (`spec_pin`: the spec, the seed, the defaults it received, and the fingerprint of every model folder it names), so a
@@ -9,144 +10,69 @@ rerun never reuses samples or scores made by something else under the same label
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.data.schema import RecordError
-from trl_vlprm.eval.tts_sweep import check_strategy, run_sweep
-from trl_vlprm.guidance.policy import Policy, StepScorer
-from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, path_fingerprint
+from trl_vlprm.eval.selection import check_strategy
+from trl_vlprm.eval.tts_sweep import run_sweep
+from trl_vlprm.guidance.backends import (
+    POLICY_BACKENDS,
+    SCORER_BACKENDS,
+    Backend,
+    build_from_spec,
+    discover_backends,
+    get_backend,
+    parse_spec,
+    split_label,
+)
+from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
+from trl_vlprm.utils.ranks import Ranks
+from trl_vlprm.utils.resume import path_fingerprint
+
+logger = logging.getLogger(__name__)
 
 
-def split_label(spec: str) -> tuple[str, str]:
-    """ "label@kind:..." -> (label, "kind:..."); a spec without a label is its own label."""
-    head, sep, rest = spec.partition(":")
-    if "@" in head:
-        label, _, kind = head.partition("@")
-        return label.strip(), kind + sep + rest
-    return spec, spec
+def _capped(backend: Backend, cap: int) -> Backend:
+    """`backend` with `max_new_tokens` bounded by `cap` (a quick run of a GPU config on a small machine)."""
 
-
-# Keywords whose values stay text even when they look like numbers (a revision "2024" is a tag, not an int).
-_TEXT_KEYWORDS = frozenset({"revision"})
-
-
-def parse_spec(spec: str) -> tuple[str, list[str], dict[str, Any]]:
-    """ "kind:arg,key=value,..." -> (kind, positional args, keyword args); numbers are converted."""
-    kind, _, rest = spec.partition(":")
-    args, kwargs = [], {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq:
-            args.append(part)
-            continue
-        for cast in () if key.strip() in _TEXT_KEYWORDS else (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                pass
-        kwargs[key.strip()] = value
-    return kind.strip(), args, kwargs
-
-
-def _scripted_policy(args, kwargs, seed):
-    from trl_vlprm.testbed import ScriptedPolicy
-
-    return ScriptedPolicy(**{"seed": seed, **kwargs})
-
-
-# Keywords that configure a vLLM engine, not the policy: dropped when a vllm spec runs on the hf backend.
-VLLM_ENGINE_KEYWORDS = ("max_model_len", "max_images_per_prompt", "llm_kwargs")
-
-
-def _model_policy(backend: str):
     def build(args, kwargs, seed):
-        if len(args) != 1:
-            raise ValueError(f"a {backend} policy needs one model (a folder or a Hub repo id), got {args}")
-        if backend == "hf":
-            kwargs = {k: v for k, v in kwargs.items() if k not in VLLM_ENGINE_KEYWORDS}
-        if backend == "hf":
-            from trl_vlprm.guidance.hf_policy import HFPolicy
+        return backend.build(
+            args, {**kwargs, "max_new_tokens": min(int(kwargs.get("max_new_tokens", cap)), cap)}, seed
+        )
 
-            return HFPolicy.from_pretrained(args[0], **{"seed": seed, **kwargs})
-        from trl_vlprm.guidance.vllm_policy import VLLMPolicy
-
-        return VLLMPolicy.from_pretrained(args[0], **{"seed": seed, **kwargs})
-
-    return build
+    return replace(backend, build=build)
 
 
-def _server_policy(args, kwargs, seed):
-    from trl_vlprm.guidance.server_policy import ServerPolicy
+def _transformers_only(backend: Backend) -> Backend:
+    """`backend` (hf) reading a spec written for vLLM: the keywords that configure a vLLM engine are dropped, with a
+    warning naming them (`HFPolicy` takes the sampling settings, `revision` and `dtype`)."""
+    known = set(SAMPLING_FIELDS) | {"revision", "dtype"}
 
-    if not args:
-        raise ValueError("a server policy needs at least one base URL, e.g. server:http://host:8000/v1,model=name")
-    return ServerPolicy(args, **{"seed": seed, **kwargs})
+    def build(args, kwargs, seed):
+        dropped = sorted(set(kwargs) - known)
+        if dropped:
+            logger.warning("policy_backend 'hf': engine keywords %s of %s are dropped", dropped, args)
+        return backend.build(args, {k: v for k, v in kwargs.items() if k in known}, seed)
 
-
-def _capped(build, cap: int):
-    def capped(args, kwargs, seed):
-        return build(args, {**kwargs, "max_new_tokens": min(int(kwargs.get("max_new_tokens", cap)), cap)}, seed)
-
-    return capped
-
-
-def _oracle_scorer(args, kwargs, seed):
-    from trl_vlprm.testbed import GoldOracleScorer
-
-    return GoldOracleScorer()
+    return replace(backend, build=build)
 
 
-def _random_scorer(args, kwargs, seed):
-    from trl_vlprm.guidance.tts import RandomScorer
-
-    return RandomScorer(**{"seed": seed, **kwargs})
-
-
-def _prm_scorer(args, kwargs, seed):
-    from trl_vlprm.guidance.scorer import PRMScorer
-
-    if len(args) != 1:
-        raise ValueError(f"a prm scorer needs one model folder, got {args}")
-    return PRMScorer.from_pretrained(args[0], **kwargs)
-
-
-# Builders take (positional args, keyword args, run seed); register more (e.g. a trained VL-PRM) by name.
-POLICY_BUILDERS: dict[str, Callable[..., Policy]] = {
-    "scripted": _scripted_policy,
-    "hf": _model_policy("hf"),
-    "vllm": _model_policy("vllm"),
-    "server": _server_policy,
-}
-SCORER_BUILDERS: dict[str, Callable[..., StepScorer]] = {
-    "oracle": _oracle_scorer,
-    "random": _random_scorer,
-    "prm": _prm_scorer,
-}
-
-
-# Keyword arguments the config gives every model-backed policy / PRM (a spec's own keywords win).
-MODEL_KINDS = ("hf", "vllm", "server", "prm")
-
-
-def build_from_spec(
-    spec: str,
-    builders: Mapping[str, Callable[..., Any]],
-    seed: int,
-    what: str,
-    defaults: Mapping[str, Any] | None = None,
-):
-    """Build the policy or scorer a spec names; `defaults` go to model-backed kinds only (hf, vllm, server, prm)."""
-    kind, args, kwargs = parse_spec(spec)
-    if kind not in builders:
-        raise ValueError(f"{what} spec {spec!r}: unknown kind {kind!r}; expected one of {sorted(builders)}")
-    if kind in MODEL_KINDS and defaults:
-        kwargs = {**defaults, **kwargs}
-    return builders[kind](args, kwargs, seed)
+def policy_backends(config: EvalTTSConfig) -> dict[str, Backend]:
+    """The policy backends of a run: the registered ones, with `policy_backend` and `max_new_tokens_cap` applied to
+    the in-process model backends (hf, vllm)."""
+    discover_backends()
+    backends = {name: POLICY_BACKENDS.get(name) for name in POLICY_BACKENDS}
+    if config.policy_backend == "hf":
+        backends["hf"] = backends["vllm"] = _transformers_only(POLICY_BACKENDS.get("hf"))
+    elif config.policy_backend is not None:
+        backends["hf"] = backends["vllm"] = POLICY_BACKENDS.get(config.policy_backend)
+    if config.max_new_tokens_cap is not None:
+        for name in ("hf", "vllm"):
+            backends[name] = _capped(backends[name], config.max_new_tokens_cap)
+    return backends
 
 
 @dataclass
@@ -164,13 +90,14 @@ class EvalTTSConfig:
             "server:<base URL>,<base URL>,...,model=<name>,max_concurrency=16" (`ServerPolicy`: one or several
             OpenAI-compatible servers, e.g. `vllm serve` replicas).
         policy_backend: run every model policy (hf and vllm specs) on this backend instead, e.g. "hf" on a machine
-            without vLLM; vLLM engine keywords (max_model_len, max_images_per_prompt) are then dropped. None: as
+            without vLLM; the spec keywords that configure a vLLM engine are then dropped (with a warning). None: as
             each spec says.
         max_new_tokens_cap: upper bound on every model policy's `max_new_tokens` (a quick run of a GPU config on a
             small machine); None: as each spec says.
         scorers: step-scorer specs (optionally "label@spec"): "prm:<PRM folder or repo id>" (a trained VL-PRM),
-            "oracle" (testbed truth), "random:seed=1" (no-information control), or any kind registered in
-            `SCORER_BUILDERS`.
+            "vllm:<PRM folder>" (the PRM on a vLLM pooling engine), "server:<base URL>,...,prm=<PRM folder>" (a PRM
+            served by `vllm serve`), "oracle" (testbed truth), "random:seed=1" (no-information control), or any kind
+            registered in `trl_vlprm.guidance.backends.SCORER_BACKENDS`.
         process_benches: process-error benchmarks every scorer is also judged on (step F1, see
             `trl_vlprm.eval.process_bench.PROCESS_BENCHES`), e.g. "testbed:num_questions=60" or
             "visualprocessbench:<test.jsonl>"; results go to process_bench.csv/.md. Empty: none.
@@ -273,20 +200,28 @@ class EvalTTSConfig:
             raise ValueError(f"EvalTTSConfig.policy_backend={self.policy_backend!r}; expected 'hf', 'vllm' or None")
 
 
-def spec_pin(spec: str, seed: int, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def spec_pin(
+    spec: str, seed: int, defaults: Mapping[str, Any] | None = None, backends: Mapping[str, Backend] | None = None
+) -> dict[str, Any]:
     """What a spec builds, for resume checks: the spec, the seed, the defaults a model-backed kind receives, and a
     fingerprint of the model it names: every file's size and mtime for a folder (a model retrained in place
-    differs), the resolved commit for a Hub repo id (`modeling.hub.model_fingerprint`)."""
+    differs), the resolved commit for a Hub repo id (`modeling.hub.model_fingerprint`). `backends` (default: every
+    registered policy and scorer backend) tells which kinds take defaults and name a model."""
+    if backends is None:
+        discover_backends()
+        backends = {name: SCORER_BACKENDS.get(name) for name in SCORER_BACKENDS}
+        backends.update({name: POLICY_BACKENDS.get(name) for name in POLICY_BACKENDS})
     kind, args, kwargs = parse_spec(spec)
+    takes_defaults = kind in backends and get_backend(backends, kind).takes_defaults
     # "prm:vllm:<folder>" names the same model as "prm:<folder>", served by another backend: fingerprint the model.
     models = {arg: arg.removeprefix("vllm:") for arg in args}
     files = {arg: path_fingerprint(model) for arg, model in models.items() if Path(model).exists()}
-    if kind in MODEL_KINDS and len(args) == 1 and args[0] not in files:
+    if takes_defaults and len(args) == 1 and args[0] not in files:
         files[args[0]] = _repo_fingerprint(models[args[0]], kwargs.get("revision"))
     return {
         "spec": spec,
         "seed": seed,
-        "defaults": dict(defaults or {}) if kind in MODEL_KINDS else {},
+        "defaults": dict(defaults or {}) if takes_defaults else {},
         "files": files,
     }
 
@@ -342,27 +277,29 @@ def load_benchmark_spec(spec: str):
 
 def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     """Load, sample (resuming), derive, and write samples/, results.csv/.md, accuracy_vs_n.png (and the
-    process-bench tables when `config.process_benches` is set)."""
+    process-bench tables when `config.process_benches` is set).
+
+    Under `accelerate launch --num_processes K` the K processes share each benchmark's questions
+    (`trl_vlprm.utils.ranks`); rank 0 derives and writes the results once all are sampled (the others return no row).
+    """
     from trl_vlprm.eval.process_bench import load_process_bench_spec, score_process_bench
     from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
+
+    ranks = Ranks.from_environment()
 
     benchmark_specs = labelled_specs(config.benchmarks, "benchmark", lambda spec: parse_spec(spec)[0])
     benchmarks = {label: load_benchmark_spec(spec)[1] for label, spec in benchmark_specs.items()}
     policy_defaults = {"step_separator": config.step_separator, "system_prompt": config.system_prompt}
-    builders = dict(POLICY_BUILDERS)
-    if config.policy_backend is not None:
-        builders["hf"] = builders["vllm"] = POLICY_BUILDERS[config.policy_backend]
-    if config.max_new_tokens_cap is not None:
-        builders["hf"], builders["vllm"] = (_capped(builders[k], config.max_new_tokens_cap) for k in ("hf", "vllm"))
+    backends = policy_backends(config)
     policy_specs = labelled_specs(config.policies, "policy")
     policies = {
-        label: (lambda spec=spec: build_from_spec(spec, builders, config.seed, "policy", policy_defaults))
+        label: (lambda spec=spec: build_from_spec(spec, backends, config.seed, "policy", policy_defaults))
         for label, spec in policy_specs.items()
     }
     scorer_defaults = {}  # a PRM scores with the separator it was trained on (a spec may override it)
     scorer_specs = labelled_specs(config.scorers, "scorer")
     scorers = {
-        label: build_from_spec(spec, SCORER_BUILDERS, config.seed, "scorer", scorer_defaults)
+        label: build_from_spec(spec, SCORER_BACKENDS, config.seed, "scorer", scorer_defaults)
         for label, spec in scorer_specs.items()
     }
     pins = {
@@ -380,8 +317,10 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         )
     rows = run_sweep(
         benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
-        config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge,
+        config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge, ranks,
     )  # fmt: skip
+    if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
+        return rows
     write_tables(rows, config.output_dir)
     plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
     process_rows = []
@@ -393,19 +332,3 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     if process_rows:
         write_tables(process_rows, config.output_dir, "process_bench", wide=False)
     return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: `python recipes/eval_tts.py --config recipes/configs/eval_tts_testbed.yaml [--field value ...]`."""
-    from trl import TrlParser
-
-    from trl_vlprm.eval.report import rows_to_markdown
-
-    (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(args=argv)
-    try:
-        rows = run(config)
-    except (SettingsMismatchError, OutputLockedError, RecordError) as err:
-        # a one-line reason and exit code 1; the samples already written stay for a rerun with the old settings
-        print(f"eval_tts: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
-    print(rows_to_markdown(rows))

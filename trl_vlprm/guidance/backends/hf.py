@@ -1,0 +1,32 @@
+"""transformers backends: the `hf` policy (`HFPolicy`) and the `prm` scorer (`PRMScorer`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trl_vlprm.guidance.backends import one_model, policy_backend, scorer_backend
+
+# Keywords that configure a vLLM engine, not the policy: dropped when a spec written for vLLM runs on transformers
+# (the evaluation sweep's `policy_backend: hf` on a machine without vLLM).
+VLLM_ENGINE_KEYWORDS = ("max_model_len", "max_images_per_prompt", "llm_kwargs")
+
+
+@policy_backend("hf", takes_defaults=True, argument="model")
+def hf_policy(args: list[str], kwargs: dict[str, Any], seed: int | None):
+    """ "hf:<model>,temperature=...,revision=...": `HFPolicy.from_pretrained` (keywords: `SamplingConfig` fields,
+    `revision`, `dtype`)."""
+    from trl_vlprm.guidance.hf_policy import HFPolicy
+
+    kwargs = {k: v for k, v in kwargs.items() if k not in VLLM_ENGINE_KEYWORDS}
+    return HFPolicy.from_pretrained(one_model(args, "hf policy"), **{"seed": seed, **kwargs})
+
+
+@scorer_backend("prm", takes_defaults=True, argument="model")
+def prm_scorer(args: list[str], kwargs: dict[str, Any], seed: int | None):
+    """ "prm:<PRM folder or repo id>,batch_size=...": `PRMScorer.from_pretrained` ("prm:vllm:<folder>" runs it on
+    a vLLM pooling engine, as the `vllm` scorer does)."""
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    if len(args) != 1:
+        raise ValueError(f"a prm scorer needs one model folder, got {args}")
+    return PRMScorer.from_pretrained(args[0], **kwargs)

@@ -1,0 +1,40 @@
+"""`trl-vlprm eval`: test-time-scaling evaluation, benchmarks x policies x scorers x strategies x N, from one
+generation per question.
+
+    trl-vlprm eval --config recipes/configs/eval_tts_testbed.yaml
+    trl-vlprm eval --config recipes/configs/eval_tts_paper.yaml --output_dir outputs/eval_paper
+
+Arguments: `trl_vlprm.eval.eval_tts.EvalTTSConfig`. Rerunning into the same `output_dir` resumes (finished
+questions are not sampled again); see docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from trl import TrlParser
+
+from trl_vlprm.data.schema import RecordError
+from trl_vlprm.eval.eval_tts import EvalTTSConfig, run
+from trl_vlprm.utils.ranks import RankFailedError
+from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
+
+# The samples already written stay for a rerun with the old settings.
+EXPECTED_ERRORS = (SettingsMismatchError, OutputLockedError, RecordError, RankFailedError)
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
+    if subparsers is not None:
+        return subparsers.add_parser("eval", help="test-time-scaling evaluation", dataclass_types=(EvalTTSConfig,))
+    return TrlParser((EvalTTSConfig,), prog=prog)
+
+
+def main(config: EvalTTSConfig) -> list[dict[str, Any]]:
+    """Run the sweep, write its tables and plot to `config.output_dir`, print the table; returns its rows."""
+    from trl_vlprm.eval.report import rows_to_markdown
+
+    rows = run(config)
+    if rows:  # rank 0 (the other processes of an `accelerate launch` return none)
+        print(rows_to_markdown(rows))
+    return rows

@@ -1,0 +1,64 @@
+"""`trl-vlprm tts`: test-time scaling, one search strategy over a dataset with a policy and a step scorer.
+
+    trl-vlprm tts --config recipes/configs/tts_testbed.yaml
+    trl-vlprm tts --config recipes/configs/tts_qwen2_5_vl.yaml --strategy dvts --n 16
+
+Arguments: `trl_vlprm.guidance.tts.TTSArguments` and `trl_vlprm.guidance.strategies.SearchConfig`. Results go to
+`output_file` (JSONL, one line per question); a rerun resumes, skipping question ids already there. A rerun with
+other settings, or a second process writing the same file, stops with a one-line reason and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from trl import TrlParser
+
+from trl_vlprm.data.schema import RecordError
+from trl_vlprm.guidance.strategies import SearchConfig
+from trl_vlprm.guidance.tts import (
+    TTSArguments,
+    TTSSummary,
+    build_policy,
+    build_questions,
+    build_scorer,
+    run_tags,
+    run_tts,
+    summary_line,
+)
+from trl_vlprm.utils.ranks import RankFailedError, Ranks
+from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
+
+EXPECTED_ERRORS = (OutputLockedError, SettingsMismatchError, RecordError, RankFailedError)
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
+    dataclass_types = (TTSArguments, SearchConfig)
+    if subparsers is not None:
+        return subparsers.add_parser("tts", help="test-time scaling", dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types, prog=prog)
+
+
+def questions_of(args: TTSArguments):
+    """`build_questions`, plus "benchmark:<spec>": an evaluation benchmark (the paper's subsets and prompts)."""
+    if args.dataset.startswith("benchmark:"):
+        from trl_vlprm.eval.eval_tts import load_benchmark_spec
+
+        questions = load_benchmark_spec(args.dataset.removeprefix("benchmark:"))[1]
+        return questions.select(range(min(args.num_questions, len(questions)))) if args.num_questions else questions
+    return build_questions(args)
+
+
+def main(args: TTSArguments, search: SearchConfig) -> TTSSummary:
+    """Answer every question not yet in `args.output_file`; prints and returns the summary.
+
+    Under `accelerate launch --num_processes K` the K processes share the questions (`trl_vlprm.utils.ranks`);
+    rank 0 prints the summary of the whole file once every rank is done.
+    """
+    ranks = Ranks.from_environment()
+    questions, policy, scorer = questions_of(args), build_policy(args), build_scorer(args)
+    tags = run_tags(args)
+    summary = run_tts(questions, args.strategy, policy, scorer, search, args.output_file, run_tags=tags, ranks=ranks)
+    if ranks.is_main:
+        print(summary_line(summary, args.strategy))
+    return summary

@@ -1,0 +1,222 @@
+"""Sharing one run's work among the processes of an `accelerate launch` (or `torchrun`), on one node or many.
+
+    accelerate launch --multi_gpu --num_processes 2 recipes/build_dataset.py --config ...
+
+The labelling builder, `recipes/tts.py` and the evaluation sweep all scale out through this one protocol:
+
+1. Rank 0 takes the output's `output_lock` for the whole run and works out what is left to do (the resume logic of
+   the runner: shards not yet written, questions not yet answered) — `Ranks.locked_plan`. The plan goes to every
+   rank; an error there (another run holds the output, other settings) reaches every rank, so all stop together.
+   The other ranks take no lock of their own on the folder: they are admitted by rank 0, so K processes of one run
+   share an output while a second, independent run is refused by the lock rank 0 holds.
+2. Rank r does `plan[r::K]` (`Ranks.share`), writing its own atomic outputs: shards with the indices the plan gave
+   it, or a part file `<output>.rank-<r>` (`part_path`) that only it appends to.
+3. `Ranks.wait_for_all` is a barrier; a rank that died is reported at once by name, a rank that hangs after
+   `TRL_VLPRM_RANK_TIMEOUT` seconds (default a day: a slow rank is legitimately waited for). Then rank 0 merges
+   the part files (`merge_parts`) and writes the summary, still holding the lock.
+
+A rank that dies leaves its share undone; the next run (any K, 1 included) merges what it did write and plans
+exactly the rest. The ranks talk over torch.distributed on gloo (the launcher's environment: RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT); a single process (no launcher) needs none of it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from trl_vlprm.utils.resume import atomic_write_text, output_lock, read_results
+
+T = TypeVar("T")
+
+TIMEOUT_ENV = "TRL_VLPRM_RANK_TIMEOUT"
+DEFAULT_TIMEOUT = 24 * 3600.0
+
+
+class RankFailedError(RuntimeError):
+    """Another rank of the run failed, died or hung; this rank stopped too (finished work stays for the rerun)."""
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the `world_size` processes of one run (rank 0 of 1 without a launcher).
+
+    Args:
+        rank: this process's index, 0 for the one that plans, merges and reports.
+        world_size: how many processes share the run.
+        timeout: seconds a rank waits for the others (for rank 0's plan, at the final barrier) before giving up.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    timeout: float = DEFAULT_TIMEOUT
+
+    def __post_init__(self):
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"Ranks: rank {self.rank} is not in a world of {self.world_size} processes")
+
+    @classmethod
+    def from_environment(cls) -> Ranks:
+        """The ranks a launcher set up (RANK / WORLD_SIZE, as `accelerate launch` and `torchrun` export them).
+
+        With more than one process, joins the gloo process group (unless the caller already made one) with
+        `TRL_VLPRM_RANK_TIMEOUT` (seconds) as its timeout.
+        """
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+        ranks = cls(rank, world_size, timeout)
+        if world_size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+                # Left to the interpreter's teardown, gloo can abort a rank that exits while a peer is exiting too
+                # ("terminate called without an active exception", exit -6), so its error exit is lost.
+                atexit.register(_destroy_process_group)
+            if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+                raise RuntimeError(
+                    f"the process group says rank {dist.get_rank()} of {dist.get_world_size()}, the environment "
+                    f"RANK={rank} WORLD_SIZE={world_size}"
+                )
+        return ranks
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, plan: Sequence[T]) -> list[T]:
+        """This rank's items of `plan`: every world_size-th, from its rank on (disjoint; their union is the plan)."""
+        return list(plan[self.rank :: self.world_size])
+
+    def log(self, message: str) -> None:
+        """One line on stderr prefixed with the rank, when the run has several processes (a single one is quiet)."""
+        if self.world_size > 1:
+            print(f"[rank {self.rank}/{self.world_size}] {message}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def locked_plan(self, lock_path: str | Path, plan: Callable[[], T]) -> Iterator[T]:
+        """Rank 0 holds `output_lock(lock_path)` for the whole block and computes `plan()`; every rank receives it.
+
+        An error on rank 0 (the output locked by another run, settings that differ, a changed question...) is
+        raised there as is, and on the other ranks as a `RankFailedError` carrying its message.
+        """
+        with contextlib.ExitStack() as stack:
+            if self.is_main:
+                try:
+                    stack.enter_context(output_lock(lock_path))
+                    value = plan()
+                except BaseException as err:
+                    self._send({"error": f"{type(err).__name__}: {err}"})
+                    raise
+                self._send({"plan": value})
+            else:
+                message = self._receive()
+                if "error" in message:
+                    raise RankFailedError(f"rank 0 stopped before any work was shared: {message['error']}")
+                value = message["plan"]
+            yield value
+
+    @contextlib.contextmanager
+    def append_records(self, path: str | Path) -> Iterator[TextIO]:
+        """The file this rank appends its records of `path` to, open for appending.
+
+        Rank 0 (which holds `path`'s lock through `locked_plan`) appends to `path` itself; every other rank to its own
+        part file, under that file's lock, which rank 0 merges (`merge_parts`) once all are done.
+        """
+        sink = Path(path) if self.is_main else part_path(path, self.rank)
+        with contextlib.ExitStack() as stack:
+            if not self.is_main:
+                stack.enter_context(output_lock(sink))
+            yield stack.enter_context(sink.open("a"))
+
+    def wait_for_all(self, what: str) -> None:
+        """A barrier: return when every rank got here; `RankFailedError` naming the ranks that died or timed out."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=self.timeout), wait_all_ranks=True)
+        except RuntimeError as err:
+            raise RankFailedError(
+                f"{what}: not every rank finished ({str(err).strip()}): a rank died, or did not arrive within "
+                f"{self.timeout:.0f} s ({TIMEOUT_ENV}). The work written so far is kept; rerun with any number of "
+                "processes to complete the rest."
+            ) from err
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list([message], src=0)
+
+    def _receive(self) -> dict[str, Any]:
+        import torch.distributed as dist
+
+        box: list[Any] = [None]
+        try:
+            dist.broadcast_object_list(box, src=0)
+        except RuntimeError as err:
+            raise RankFailedError(f"rank 0 did not send its plan ({err})") from err
+        return box[0]
+
+
+SINGLE = Ranks()
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def part_path(path: str | Path, rank: int) -> Path:
+    """The file rank `rank` (> 0) appends its share of `path`'s records to; rank 0 writes `path` itself."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.rank-{rank}")
+
+
+def part_files(path: str | Path) -> list[Path]:
+    """Every part file of `path` on disk (left by any earlier run, whatever its number of processes)."""
+    path = Path(path)
+    pattern = re.compile(re.escape(path.name) + r"\.rank-(\d+)")
+    found = [p for p in path.parent.glob(f"{path.name}.rank-*") if pattern.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(pattern.fullmatch(p.name).group(1)))
+
+
+def merge_parts(path: str | Path) -> int:
+    """Move the records of `path`'s part files into `path` (JSONL, one record with an "id" a line); return how many.
+
+    A record whose id `path` already holds is dropped (a merge cut short by a crash is simply done again); a part's
+    cut-short last line (a rank killed mid-write) is dropped, as `read_results` does. `path` is rewritten atomically
+    once, then the parts are deleted. Only the holder of `path`'s lock may call this.
+    """
+    path = Path(path)
+    parts = part_files(path)
+    if not parts:
+        return 0
+    kept = [json.dumps(record) for record in read_results(path)]
+    seen = {str(json.loads(line)["id"]) for line in kept}
+    moved = 0
+    for part in parts:
+        for record in read_results(part, repair=False):
+            if str(record["id"]) not in seen:
+                seen.add(str(record["id"]))
+                kept.append(json.dumps(record))
+                moved += 1
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    for part in parts:
+        part.unlink()
+        part.with_name(part.name + ".lock").unlink(missing_ok=True)  # its writer's `output_lock`, long released
+    return moved
