@@ -150,3 +150,17 @@ def test_a_bug_keeps_its_traceback_and_the_variable_shows_a_users_one(monkeypatc
     monkeypatch.setenv("TRL_VLPRM_TRACEBACK", "1")
     with pytest.raises(UnknownNameError):
         cli.run("fake", [])
+
+
+def test_missing_inputs_are_one_line_naming_them(tmp_path):
+    """A PRM folder and a dataset that are not there, and a record without its labels: named, exit 1 (each printed
+    a traceback before; the dataset's message named neither the setting's meaning nor the formats read)."""
+    from trl_vlprm.data.loading import load_records
+
+    result = _console("check", "--prm", "./no-such-prm", cwd=tmp_path)  # a path, not a repo id
+    assert result.returncode == 1 and result.stderr.startswith(
+        "trl-vlprm check: model './no-such-prm': no such model folder, nor a Hub repo of that name"
+    ), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # and no testbed was sampled before the PRM was looked for
+    with pytest.raises(FileNotFoundError, match=r"dataset '\S+no-such-data': no such local folder or file \(a saved"):
+        load_records(str(tmp_path / "no-such-data"))

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
+from trl_vlprm.data.schema import RecordError
 from trl_vlprm.registry import UnknownNameError
 from trl_vlprm.scripts import COMMANDS
 
@@ -39,8 +40,9 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 # Failures a user causes in any command, besides the command module's own `EXPECTED_ERRORS`: a name no registry
-# has (a typo'd strategy, benchmark, backend, rule...) and a file that is not there (a dataset, a model folder).
-USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, FileNotFoundError)
+# has (a typo'd strategy, benchmark, backend, rule...), a file that is not there (a dataset, a model folder) and a
+# record that breaks the schema (the message names its row and field).
+USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, FileNotFoundError, RecordError)
 # While the arguments are parsed, every ValueError is a bad setting: an unknown field in the YAML file, or a config
 # dataclass' `__post_init__` refusing a value (each names the field).
 SETTING_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
