@@ -32,9 +32,10 @@ WORKER = textwrap.dedent(
 
     def main():
         from trl_vlprm.guidance.strategies import SearchConfig
-        from trl_vlprm.guidance.tts import RandomScorer, run_tts, summary_line
+        from trl_vlprm.guidance.tts import run_tts, summary_line
         from trl_vlprm.guidance.vllm_policy import VLLMPolicy
         from trl_vlprm.testbed import generate_puzzles
+        from trl_vlprm.testbed.scorers import RandomScorer
         from trl_vlprm.utils.ranks import Ranks
 
         ranks = Ranks.from_environment()

@@ -13,7 +13,6 @@ the questions left: rank 0 holds the lock and appends its share, the others appe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -40,11 +39,10 @@ from trl_vlprm.guidance.backends import (
 from trl_vlprm.guidance.policy import Policy, Question, StepScorer
 from trl_vlprm.guidance.sampling import SamplingConfig
 from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig, get_strategy
-from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_path
+from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts
 from trl_vlprm.utils.resume import (
     check_settings,
     dataclass_settings,
-    output_lock,
     question_digest,
     read_results,
 )
@@ -129,12 +127,7 @@ def run_tts(
     with ranks.locked_plan(output_file, plan) as todo:
         mine = ranks.share(todo)
         ranks.log(f"tts {strategy}: {len(mine)} of the {len(todo)} questions left")
-        # Rank 0 appends to the file itself, every other rank to its own part file, merged once all are done.
-        sink_path = output_file if ranks.is_main else part_path(output_file, ranks.rank)
-        with contextlib.ExitStack() as stack:
-            if not ranks.is_main:
-                stack.enter_context(output_lock(sink_path))
-            sink = stack.enter_context(sink_path.open("a"))
+        with ranks.append_records(output_file) as sink:
             for qid in tqdm(mine, desc=f"tts {strategy}", disable=not show_progress):
                 question = by_id[qid]
                 if "answer" not in question:

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from trl_vlprm.utils.resume import atomic_write_text, output_lock, read_results
 
@@ -125,6 +125,19 @@ class Ranks:
                     raise RankFailedError(f"rank 0 stopped before any work was shared: {message['error']}")
                 value = message["plan"]
             yield value
+
+    @contextlib.contextmanager
+    def append_records(self, path: str | Path) -> Iterator[TextIO]:
+        """The file this rank appends its records of `path` to, open for appending.
+
+        Rank 0 (which holds `path`'s lock through `locked_plan`) appends to `path` itself; every other rank to its own
+        part file, under that file's lock, which rank 0 merges (`merge_parts`) once all are done.
+        """
+        sink = Path(path) if self.is_main else part_path(path, self.rank)
+        with contextlib.ExitStack() as stack:
+            if not self.is_main:
+                stack.enter_context(output_lock(sink))
+            yield stack.enter_context(sink.open("a"))
 
     def wait_for_all(self, what: str) -> None:
         """A barrier: return when every rank got here; `RankFailedError` naming the ranks that died or timed out."""
