@@ -150,3 +150,40 @@ def test_a_bug_keeps_its_traceback_and_the_variable_shows_a_users_one(monkeypatc
     monkeypatch.setenv("TRL_VLPRM_TRACEBACK", "1")
     with pytest.raises(UnknownNameError):
         cli.run("fake", [])
+
+
+def test_missing_inputs_are_one_line_naming_them(tmp_path):
+    """A PRM folder and a dataset that are not there, and a record without its labels: named, exit 1 (each printed
+    a traceback before; the dataset's message named neither the setting's meaning nor the formats read)."""
+    from trl_vlprm.data.loading import load_records
+
+    result = _console("check", "--prm", "./no-such-prm", cwd=tmp_path)  # a path, not a repo id
+    assert result.returncode == 1 and result.stderr.startswith(
+        "trl-vlprm check: model './no-such-prm': no such model folder, nor a Hub repo of that name"
+    ), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # and no testbed was sampled before the PRM was looked for
+    with pytest.raises(FileNotFoundError, match=r"dataset '\S+no-such-data': no such local folder or file \(a saved"):
+        load_records(str(tmp_path / "no-such-data"))
+
+
+def test_every_recipe_config_names_only_fields_of_its_command(tmp_path):
+    """Each YAML in recipes/configs passes the CLI's field check and parses (GPU ones with CPU overrides), so a
+    renamed field cannot leave a config that fails only when a user runs it."""
+    from trl_vlprm.cli import check_config_fields
+
+    commands = {"eval_tts_": "eval", "grpo_": "grpo", "label_": "label", "tts_": "tts", "vlprm_": "train"}
+    configs = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+    assert len(configs) >= 13
+    for config in configs:
+        command = next(c for prefix, c in commands.items() if config.name.startswith(prefix))
+        parser = importlib.import_module(f"trl_vlprm.scripts.{command}").make_parser(prog=command)
+        check_config_fields(parser, ["--config", str(config)], command)
+        cpu = ["--use_cpu", "true", "--bf16", "false"] if command in ("train", "grpo") else []
+        parsed = parser.parse_args_and_config(["--config", str(config), *cpu])
+        assert parsed and all(p is not None for p in parsed), config.name
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("n_value: [1, 2]\n")
+    with pytest.raises(ValueError, match=r"typo.yaml: unknown field 'n_value' \(did you mean n_values\?\)"):
+        check_config_fields(
+            importlib.import_module("trl_vlprm.scripts.eval").make_parser(), ["--config", str(typo)], "eval"
+        )

@@ -291,3 +291,29 @@ def test_the_check_sees_what_it_must(tmp_path):
     assert hits.count("'Qwen2VLConfig'") == 1 and "'qwen2_5_vl'" in hits and "'get_rope_index'" in hits
     assert "'image_grid_thw'" in hits and "'.visual.'" in hits and "'<|image_pad|>'" in hits
     assert "'qwen2_vl'" not in hits and not any("Docstrings" in hit for hit in hits)
+
+
+@pytest.mark.parametrize("model_type", ["llava", "foo_vlm"])
+def test_a_saved_model_of_no_family_is_named_before_its_tokenizer_is_read(tmp_path, model_type):
+    """A tiny Qwen2-VL folder relabelled as another model type: an uncovered one transformers knows ("llava") or one
+    nobody knows. `load_processor` failed inside transformers (AttributeError on the config, or "Couldn't
+    instantiate the backend tokenizer"), naming neither the model type nor what is supported."""
+    import json
+    import shutil
+
+    from trl_vlprm.modeling.processor import load_processor
+
+    source = build_tiny_vlm(tmp_path / "qwen", arch="qwen2_vl")
+    relabelled = tmp_path / model_type
+    shutil.copytree(source, relabelled)
+    config = json.loads((relabelled / "config.json").read_text())
+    (relabelled / "config.json").write_text(json.dumps({**config, "model_type": model_type}))
+    if model_type == "foo_vlm":
+        for name in ("preprocessor_config.json", "processor_config.json"):  # no image processor: a "text" model
+            (relabelled / name).unlink(missing_ok=True)
+    with pytest.raises(
+        UnsupportedModelError, match=rf"model type '{model_type}' belongs to no model family.*qwen2_vl"
+    ):
+        load_processor(relabelled)
+    # a text model transformers knows still loads as its tokenizer
+    assert not hasattr(load_processor(build_tiny_text_prm(tmp_path / "text")), "image_processor")

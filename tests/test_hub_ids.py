@@ -269,3 +269,16 @@ def test_eval_spec_takes_a_repo_id_and_revision(tiny_hub, tmp_path):
     at_tag = build_scorer("prm:Org/RevisedPRM,revision=2024", 0)
     at_main = build_scorer("prm:Org/RevisedPRM", 0)
     assert (at_tag.step_separator, at_main.step_separator) == ("\n\n", "\n")  # each snapshot's own metadata
+
+
+def test_a_folder_that_is_not_there_is_named_as_missing(tmp_path):
+    """A model path that does not exist was read by transformers as a malformed repo id ("Repo id must be in the
+    form 'repo_name'..."), an OSError the CLI printed with a traceback; now a FileNotFoundError naming the model."""
+    from trl_vlprm.modeling.hub import require_model
+
+    missing = tmp_path / "no-such-prm"
+    with pytest.raises(FileNotFoundError, match=rf"model '{missing}': no such model folder, nor a Hub repo"):
+        require_model(missing)
+    missing.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no-such-prm' \(revision main\): no config.json in that folder"):
+        require_model(missing)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
+from trl_vlprm.data.schema import RecordError
 from trl_vlprm.registry import UnknownNameError
 from trl_vlprm.scripts import COMMANDS
 
@@ -39,13 +40,21 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 # Failures a user causes in any command, besides the command module's own `EXPECTED_ERRORS`: a name no registry
-# has (a typo'd strategy, benchmark, backend, rule...) and a file that is not there (a dataset, a model folder).
-USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, FileNotFoundError)
+# has (a typo'd strategy, benchmark, backend, rule...), a file that is not there (a dataset, a model folder), a
+# record that breaks the schema (the message names its row and field) and a model no family covers (`user_errors`).
+USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, FileNotFoundError, RecordError)
 # While the arguments are parsed, every ValueError is a bad setting: an unknown field in the YAML file, or a config
 # dataclass' `__post_init__` refusing a value (each names the field).
 SETTING_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
 # Set to 1 to see the traceback of a failure the CLI would print as one line.
 TRACEBACK_VARIABLE = "TRL_VLPRM_TRACEBACK"
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """`USER_ERRORS`, plus `UnsupportedModelError` once the command has loaded the model families: importing them
+    here would make every command pay for torch, and until they are loaded that error cannot have been raised."""
+    families = sys.modules.get("trl_vlprm.modeling.families.base")
+    return USER_ERRORS + ((families.UnsupportedModelError,) if families is not None else ())
 
 
 def _fail(command: str, err: Exception) -> NoReturn:
@@ -88,8 +97,9 @@ def run(command: str, argv: Sequence[str] | None = None, prog: str | None = None
     """Parse `argv` with the command's parser and run its `main`; returns the exit status.
 
     A failure the user caused is printed as one line on stderr and exits with status 1 (`SystemExit`): a bad
-    setting while parsing (`SETTING_ERRORS`), and while running an unknown name or a missing file (`USER_ERRORS`)
-    or the command module's `EXPECTED_ERRORS`. Anything else is a bug and keeps its traceback.
+    setting while parsing (`SETTING_ERRORS`); while running, an unknown name, a missing file, a bad record or an
+    unsupported model (`user_errors`) or the command module's `EXPECTED_ERRORS`. Anything else is a bug and keeps
+    its traceback.
     """
     module: ModuleType = importlib.import_module(f"trl_vlprm.scripts.{command}")
     parser = module.make_parser(prog=prog or f"trl-vlprm {command}")
@@ -100,7 +110,7 @@ def run(command: str, argv: Sequence[str] | None = None, prog: str | None = None
         _fail(command, err)
     try:
         result = module.main(*parsed)
-    except (*USER_ERRORS, *module.EXPECTED_ERRORS) as err:
+    except (*user_errors(), *module.EXPECTED_ERRORS) as err:
         _fail(command, err)
     # `check` returns its exit status; the other commands return what they made
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -66,7 +66,13 @@ def load_records(
         return load_dataset("json", data_files=str(path), split="train")
     if path.exists():
         raise ValueError(f"{path}: unsupported dataset file type {path.suffix!r} (use Parquet, JSON or a folder)")
-    return load_dataset(name_or_path, config_name, split=split)
+    try:
+        return load_dataset(name_or_path, config_name, split=split)
+    except FileNotFoundError as err:  # datasets' own message names neither what was looked for nor where
+        raise FileNotFoundError(
+            f"dataset {name_or_path!r}: no such local folder or file (a saved dataset, Parquet shards, a .parquet, "
+            f".json or .jsonl file), nor a hub dataset ({err})"
+        ) from err
 
 
 def load_questions(source: str | Path, split: str = "test", max_questions: int | None = None) -> Dataset:

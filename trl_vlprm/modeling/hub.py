@@ -37,11 +37,17 @@ def model_file(name_or_path: ModelName, filename: str, revision: str | None = No
 
 
 def require_model(name_or_path: ModelName, revision: str | None = None) -> Path:
-    """The model's `config.json`, or an `OSError` naming the model and where it was looked for.
+    """The model's `config.json`, or a `FileNotFoundError` (an `OSError`) naming the model and where it was looked for.
 
-    (Offline, transformers answers an absent repo with a message that names neither the repo nor the cache.)
+    (Offline, transformers answers an absent repo with a message that names neither the repo nor the cache, and a
+    folder that does not exist with "Repo id must be in the form 'repo_name'...".)
     """
-    config = model_file(name_or_path, "config.json", revision)
+    try:
+        config = model_file(name_or_path, "config.json", revision)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"model {str(name_or_path)!r}: no such model folder, nor a Hub repo of that name ({error})"
+        ) from error
     if config is None:
         if os.path.isdir(str(name_or_path)):
             where = "that folder"
@@ -49,7 +55,8 @@ def require_model(name_or_path: ModelName, revision: str | None = None) -> Path:
             where = f"the Hub cache {constants.HF_HUB_CACHE} (HF_HUB_OFFLINE=1)"
         else:
             where = "the Hub"
-        raise OSError(f"model {str(name_or_path)!r} (revision {revision or 'main'}): no config.json in {where}")
+        revision_name = revision or "main"
+        raise FileNotFoundError(f"model {str(name_or_path)!r} (revision {revision_name}): no config.json in {where}")
     return config
 
 

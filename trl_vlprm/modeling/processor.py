@@ -39,7 +39,8 @@ def read_model_type(name_or_path: ModelName, revision: str | None = None) -> str
 def unsupported_model_message(model_type: str | None, source: Any) -> str:
     return (
         f"{source}: model type {model_type!r} belongs to no model family of trl_vlprm, so it cannot read images; "
-        f"supported vision-language model types: {supported_families_text()} (text-only models work with text rows)"
+        f"supported vision-language model types: {supported_families_text()} (text-only models of transformers work "
+        "with text rows)"
     )
 
 
@@ -91,18 +92,27 @@ def load_processor(
     """
     require_model(name_or_path, revision)  # first: names the model if it cannot be found
     model_type = read_model_type(name_or_path, revision)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
     image_config = _image_processor_config(name_or_path, revision)
     family = find_family(model_type)
+    # Before the tokenizer: transformers fails on an unknown or uncovered model with a message about tokenizers or
+    # configs that names neither the model type nor what is supported.
+    if family is None and (image_config is not None or not _known_to_transformers(model_type)):
+        raise UnsupportedModelError(unsupported_model_message(model_type, name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
     if family is None:
-        if image_config is not None:
-            raise UnsupportedModelError(unsupported_model_message(model_type, name_or_path))
         return tokenizer
     if image_config is None:
         raise OSError(f"{name_or_path}: a {model_type} model with no saved image processor")
     image_processor = family.image_processor(image_config, min_pixels, max_pixels)
     chat_template = _chat_template(name_or_path, revision) or tokenizer.chat_template
     return family.processor(tokenizer, image_processor, chat_template)
+
+
+def _known_to_transformers(model_type: str | None) -> bool:
+    """Whether transformers has a config class for `model_type` (a text-only PRM needs nothing more)."""
+    from transformers import CONFIG_MAPPING
+
+    return model_type is not None and model_type in CONFIG_MAPPING
 
 
 def _image_processor_config(name_or_path: ModelName, revision: str | None) -> dict[str, Any] | None:

@@ -73,6 +73,7 @@ def main(args: CheckArguments) -> int:
     from trl_vlprm.eval.guardrails import best_of_n_vs_random, image_swap_sensitivity
     from trl_vlprm.guidance.scorer import PRMScorer
 
+    scorer = PRMScorer.from_pretrained(args.prm)  # first: a wrong folder fails before any data is made
     if args.data:
         from trl_vlprm.data.loading import load_records
 
@@ -93,7 +94,6 @@ def main(args: CheckArguments) -> int:
         )
         source = f"{args.n} testbed puzzles ({args.families}) x {args.solutions} scripted solutions"
     rows = list(records)
-    scorer = PRMScorer.from_pretrained(args.prm)
     print(f"PRM {args.prm} on {source}")
     print("P(correct) moved by swapping each question's image for another question's:")
     swap = image_swap_sensitivity(scorer, rows)
