@@ -82,6 +82,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         max_length=script_args.prm_max_length,
         max_steps=script_args.prm_max_steps,
         prompt_column="prm_prompt",  # the question as the PRM was trained to read it (no system prompt)
+        device=training_args.device,  # TRL places only PreTrainedModel rewards on its device
     )
     reward_funcs = [prm_reward] + ([outcome_reward] if script_args.outcome_reward else [])
 
