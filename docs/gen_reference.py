@@ -69,9 +69,9 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
         "`trl-vlprm train` / `recipes/train.py` (with `VLPRMConfig`, `trl.ModelConfig`)",
     ),
     ConfigEntry(
-        "recipes/grpo.py:GRPOScriptArguments",
+        "trl_vlprm.scripts.grpo:GRPOScriptArguments",
         "Training",
-        "`recipes/grpo.py` (with `trl.GRPOConfig`, `trl.ModelConfig`)",
+        "`trl-vlprm grpo` / `recipes/grpo.py` (with `trl.GRPOConfig`, `trl.ModelConfig`)",
     ),
     ConfigEntry(
         "trl_vlprm.guidance.strategies.base:SearchConfig",

@@ -1,124 +1,16 @@
-"""Train a vision-language policy with GRPO, rewarded by a trained VL-PRM (and optionally the answer's correctness).
+"""Train a vision-language policy with GRPO, rewarded by a trained VL-PRM: `trl-vlprm grpo` as a script, so that
+`accelerate launch` can run it on several processes.
 
-    accelerate launch --config_file recipes/accelerate/zero2.yaml recipes/grpo.py \
+    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 recipes/grpo.py \
         --config recipes/configs/grpo_qwen2_5_vl_3b.yaml
 
-Arguments: `GRPOScriptArguments` (data, PRM reward), `trl.GRPOConfig` (training; `reward_weights` weighs the PRM
-reward, then the outcome reward) and `trl.ModelConfig` (policy, PEFT); any of them in the YAML or on the command line.
-Rewards are logged as `rewards/vlprm_<aggregation>/mean` and `rewards/outcome_reward/mean` (docs/rl.md).
+Arguments and what is written: `trl_vlprm.scripts.grpo`.
 """
 
-import argparse
-from dataclasses import dataclass, field
+import sys
 
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
-
-from trl_vlprm.data.loading import load_records
-from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset, outcome_reward
-from trl_vlprm.modeling.processor import load_processor
-
-
-@dataclass
-class GRPOScriptArguments(ScriptArguments):
-    """`trl.ScriptArguments` plus the PRM reward.
-
-    Args:
-        prm_model_path (`str`): folder of the trained PRM (`recipes/train.py` output).
-        prm_aggregation (`str`, defaults to `"min"`): how step scores become the reward: last, min, mean or prod.
-        prm_batch_size (`int`, defaults to `16`): completions per PRM forward pass.
-        prm_max_length (`int` or `None`): PRM token budget (question with image tokens + steps); longer completions
-            get the overlong reward (0).
-        prm_max_steps (`int` or `None`): completions with more steps get the overlong reward (0).
-        step_separator (`str` or `None`): text the policy's completions are split into steps at; default: the
-            separator the PRM was trained with (the PRM always reads each step followed by its own separator).
-        prm_dtype (`str` or `None`): PRM parameter dtype ("bfloat16" on GPUs); default float32.
-        prm_max_pixels (`int` or `None`): the PRM's image-area cap; default: the one saved with the PRM.
-        outcome_reward (`bool`, defaults to `False`): add `outcome_reward` (1 when the final answer matches the
-            dataset's `answer` column) as a second reward, weighted by `reward_weights[1]`.
-        system_prompt (`str` or `None`): system message of the policy's prompt (the PRM does not see it).
-        policy_max_pixels (`int` or `None`): the policy's image-area cap; default: the one saved with the policy.
-        max_train_samples (`int` or `None`): use only the first questions of the dataset.
-    """
-
-    prm_model_path: str | None = field(default=None, metadata={"help": "Folder of the trained PRM."})
-    prm_aggregation: str = field(
-        default="min", metadata={"help": "How step scores become the reward: last, min, mean or prod."}
-    )
-    prm_batch_size: int = field(default=16, metadata={"help": "Completions per PRM forward pass."})
-    prm_max_length: int | None = field(
-        default=None, metadata={"help": "PRM token budget; longer completions get the overlong reward (0)."}
-    )
-    prm_max_steps: int | None = field(
-        default=None, metadata={"help": "Completions with more steps than this get the overlong reward (0)."}
-    )
-    step_separator: str | None = field(
-        default=None, metadata={"help": "Text completions are split into steps at; default: the PRM's own."}
-    )
-    prm_dtype: str | None = field(default=None, metadata={"help": "PRM parameter dtype; default float32."})
-    prm_max_pixels: int | None = field(default=None, metadata={"help": "Image-area cap of the PRM's processor."})
-    outcome_reward: bool = field(
-        default=False, metadata={"help": "Add the answer-correctness reward, weighted by reward_weights[1]."}
-    )
-    system_prompt: str | None = field(default=None, metadata={"help": "System message of the policy's prompt."})
-    policy_max_pixels: int | None = field(default=None, metadata={"help": "Image-area cap of the policy."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first questions."})
-
-
-def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> GRPOTrainer:
-    if not script_args.prm_model_path:
-        raise ValueError("prm_model_path is required: the folder of a trained PRM (recipes/train.py output)")
-    questions = load_records(script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config)
-    if script_args.max_train_samples is not None:
-        questions = questions.select(range(min(script_args.max_train_samples, len(questions))))
-    train_dataset = grpo_dataset(questions, system_prompt=script_args.system_prompt)
-
-    prm_reward = VLPRMReward.from_pretrained(
-        script_args.prm_model_path,
-        aggregation=script_args.prm_aggregation,
-        batch_size=script_args.prm_batch_size,
-        dtype=script_args.prm_dtype,
-        max_pixels=script_args.prm_max_pixels,
-        step_separator=script_args.step_separator,
-        max_length=script_args.prm_max_length,
-        max_steps=script_args.prm_max_steps,
-        prompt_column="prm_prompt",  # the question as the PRM was trained to read it (no system prompt)
-        device=training_args.device,  # TRL places only PreTrainedModel rewards on its device
-    )
-    reward_funcs = [prm_reward] + ([outcome_reward] if script_args.outcome_reward else [])
-
-    model_kwargs = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation}
-    training_args.model_init_kwargs = {
-        **{k: v for k, v in model_kwargs.items() if v is not None},
-        **(training_args.model_init_kwargs or {}),
-    }
-    processor = load_processor(model_args.model_name_or_path, max_pixels=script_args.policy_max_pixels)
-    processor.tokenizer.padding_side = "left"  # generation pads prompts on the left
-    trainer = GRPOTrainer(
-        model=model_args.model_name_or_path,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset,
-        processing_class=processor,
-        peft_config=get_peft_config(model_args),
-    )
-    prm_reward.scorer.model.to(trainer.accelerator.device)  # each rank scores its own completions
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    accelerator = trainer.accelerator
-    if accelerator.is_main_process:
-        print(f"world_size={accelerator.num_processes}")
-    # Per rank: each scores only its own share of the completions (and counts its own degenerate inputs).
-    print(f"rank={accelerator.process_index} prm_reward={prm_reward.stats.as_dict()}", flush=True)
-    accelerator.wait_for_everyone()  # ranks leave together: a rank exiting mid-save can abort its peers
-    return trainer
-
-
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    dataclass_types = (GRPOScriptArguments, GRPOConfig, ModelConfig)
-    if subparsers is not None:
-        return subparsers.add_parser("grpo", help="GRPO with a VL-PRM reward", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
-
+from trl_vlprm.cli import run
+from trl_vlprm.scripts.grpo import GRPOScriptArguments, main, make_parser  # noqa: F401 (the recipe's API)
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    raise SystemExit(run("grpo", sys.argv[1:], prog="recipes/grpo.py"))

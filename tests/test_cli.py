@@ -20,6 +20,8 @@ CONFIGS = {
                                                                               (0, "rule", "consensus")]),
     "train": ("dataset_name: d\nlearning_rate: 0.5\noutput_dir: o\n", ["--lora_r", "4"],
               [(0, "dataset_name", "d"), (1, "learning_rate", 0.5), (2, "lora_r", 4)]),
+    "grpo": ("prm_model_path: p\nprm_aggregation: mean\nuse_cpu: true\n", ["--num_generations", "4"],
+             [(0, "prm_model_path", "p"), (0, "prm_aggregation", "mean"), (1, "num_generations", 4)]),
     "tts": ("strategy: best_of_n\nn: 3\n", ["--n", "5"], [(0, "strategy", "best_of_n"), (1, "n", 5)]),
     "eval": ("n_values: [1, 2]\nseed: 4\n", ["--seed", "6"], [(0, "n_values", [1, 2]), (0, "seed", 6)]),
     "check": ("prm: some/folder\nlimit: 3\n", ["--strict"], [(0, "prm", "some/folder"), (0, "limit", 3),
@@ -28,7 +30,7 @@ CONFIGS = {
 
 
 def test_every_command_is_tested_here():
-    assert set(CONFIGS) == set(COMMANDS) == {"puzzles", "label", "train", "tts", "eval", "check"}
+    assert set(CONFIGS) == set(COMMANDS) == {"puzzles", "label", "train", "grpo", "tts", "eval", "check"}
 
 
 @pytest.mark.parametrize("command", list(CONFIGS))
@@ -83,7 +85,68 @@ def test_a_users_mistake_is_one_line_and_exit_status_1(tmp_path, capsys):
 def test_recipes_are_thin_wrappers_around_the_same_main():
     root = Path(__file__).resolve().parents[1] / "recipes"
     for recipe, command in [("train.py", "train"), ("tts.py", "tts"), ("eval_tts.py", "eval"),
-                            ("build_dataset.py", "label")]:  # fmt: skip
+                            ("build_dataset.py", "label"), ("grpo.py", "grpo")]:  # fmt: skip
         text = (root / recipe).read_text()
         assert f"from trl_vlprm.scripts.{command} import" in text and f'run("{command}"' in text, recipe
         assert len(text.splitlines()) < 25, recipe
+
+
+def _console(*argv, cwd):
+    script = Path(sys.executable).with_name("trl-vlprm")  # the installed console script, as a user runs it
+    return subprocess.run([str(script), *argv], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_a_bad_setting_is_one_line_naming_it_through_the_console_script(tmp_path):
+    """A typo'd name (checked by a config's `__post_init__` while parsing, or by a registry while running), an
+    unknown YAML field and a missing config file: one line naming the field or file and what is available, exit 1.
+    These printed a traceback before (the parse ran outside the CLI's error handling)."""
+    (tmp_path / "typo.yaml").write_text("out: p.parquet\nn: 2\nfamilies: color_grid\nimage_sise: 64\n")
+    cases = [
+        (["tts", "--dataset", "puzzles", "--strategy", "beam_serch"],
+         "trl-vlprm tts: TTSArguments.strategy='beam_serch': unknown strategy 'beam_serch'; available: beam_search, "
+         "best_of_n, dvts, greedy, majority, step_selection, weighted_vote"),
+        (["puzzles", "--config", "typo.yaml"],
+         "trl-vlprm puzzles: typo.yaml: unknown field 'image_sise' (did you mean image_size?); "
+         "`trl-vlprm puzzles --help` lists every field"),
+        (["puzzles", "--out", "p.parquet", "--families", "color_grid,mazes"],
+         "trl-vlprm puzzles: unknown puzzle family 'mazes'; available: clock, color_grid, counting, number_grid, "
+         "polygon_sides, shape_colour, shape_sides, size_cycle (or a tier: hard, learnable)"),
+        (["puzzles", "--config", "missing.yaml"], "trl-vlprm puzzles: no such file or folder: missing.yaml"),
+    ]  # fmt: skip
+    for argv, expected in cases:
+        result = _console(*argv, cwd=tmp_path)
+        assert (result.returncode, result.stderr.strip()) == (1, expected), result.stderr
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_a_bug_keeps_its_traceback_and_the_variable_shows_a_users_one(monkeypatch, capsys):
+    """Only a user's mistakes are shortened: a ValueError raised by a command's code (a bug) propagates, and
+    TRL_VLPRM_TRACEBACK=1 re-raises a user's mistake too."""
+    import types
+
+    from trl import TrlParser
+
+    from trl_vlprm.registry import UnknownNameError
+
+    def make_parser(subparsers=None, prog=None):
+        return TrlParser((), prog=prog)
+
+    def main():
+        raise ValueError("an internal invariant broke")
+
+    fake = types.ModuleType("trl_vlprm.scripts.fake")
+    fake.make_parser, fake.main, fake.EXPECTED_ERRORS = make_parser, main, ()
+    monkeypatch.setitem(sys.modules, "trl_vlprm.scripts.fake", fake)
+    with pytest.raises(ValueError, match="an internal invariant broke"):
+        cli.run("fake", [])
+
+    def main():  # noqa: F811 (a second command body)
+        raise UnknownNameError("unknown thing 'x'; available: y")
+
+    fake.main = main
+    with pytest.raises(SystemExit):
+        cli.run("fake", [])
+    assert capsys.readouterr().err == "trl-vlprm fake: unknown thing 'x'; available: y\n"
+    monkeypatch.setenv("TRL_VLPRM_TRACEBACK", "1")
+    with pytest.raises(UnknownNameError):
+        cli.run("fake", [])

@@ -13,7 +13,7 @@ from trl_vlprm.data.converters import CONVERTERS, convert_dataset
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.benchmarks import BENCHMARKS, benchmark, load_benchmark
 from trl_vlprm.eval.process_bench import PROCESS_BENCHES, load_process_bench_spec
-from trl_vlprm.eval.tts_sweep import (
+from trl_vlprm.eval.selection import (
     OUTCOME_SELECTIONS,
     check_strategy,
     derive_accuracies,

@@ -7,15 +7,8 @@ from PIL import Image
 from trl_vlprm.cli import run
 from trl_vlprm.eval.eval_tts import EvalTTSConfig
 from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
-from trl_vlprm.eval.tts_sweep import (
-    check_strategy,
-    derive_accuracies,
-    run_sweep,
-    sample_benchmark,
-    samples_path,
-    strategy_correct,
-    subsample_indices,
-)
+from trl_vlprm.eval.selection import check_strategy, derive_accuracies, strategy_correct, subsample_indices
+from trl_vlprm.eval.tts_sweep import run_sweep, sample_benchmark, samples_path
 from trl_vlprm.guidance.backends import Backend, build_from_spec, parse_spec, split_label
 from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
 

@@ -3,6 +3,7 @@
     trl-vlprm puzzles --n 200 --out data/puzzles.parquet     # testbed data
     trl-vlprm label --config recipes/configs/label_testbed.yaml
     trl-vlprm train --config recipes/configs/vlprm_tiny_cpu.yaml
+    trl-vlprm grpo --config recipes/configs/grpo_tiny_cpu.yaml --prm_model_path outputs/vlprm-tiny ...
     trl-vlprm tts --config recipes/configs/tts_testbed.yaml
     trl-vlprm eval --config recipes/configs/eval_tts_testbed.yaml
     trl-vlprm check --prm outputs/demo/vlprm
@@ -10,17 +11,21 @@
 Each command is a module of `trl_vlprm.scripts` with `make_parser` and `main` (see there); only the module of the
 command given is imported, so `trl-vlprm puzzles` does not pay for transformers. Every command reads
 `--config file.yaml` and `--field value` flags (`trl.TrlParser`); `accelerate launch -m trl_vlprm train ...` runs
-training on several processes.
+training (or `grpo`) on several processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
+from trl_vlprm.registry import UnknownNameError
 from trl_vlprm.scripts import COMMANDS
 
 
@@ -33,19 +38,70 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Failures a user causes in any command, besides the command module's own `EXPECTED_ERRORS`: a name no registry
+# has (a typo'd strategy, benchmark, backend, rule...) and a file that is not there (a dataset, a model folder).
+USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, FileNotFoundError)
+# While the arguments are parsed, every ValueError is a bad setting: an unknown field in the YAML file, or a config
+# dataclass' `__post_init__` refusing a value (each names the field).
+SETTING_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+# Set to 1 to see the traceback of a failure the CLI would print as one line.
+TRACEBACK_VARIABLE = "TRL_VLPRM_TRACEBACK"
+
+
+def _fail(command: str, err: Exception) -> NoReturn:
+    """Prints a user's mistake as one line and exits with status 1 (the traceback with TRL_VLPRM_TRACEBACK=1)."""
+    if os.environ.get(TRACEBACK_VARIABLE, "0") not in ("", "0"):
+        raise err
+    message = str(err).strip() or type(err).__name__
+    if isinstance(err, FileNotFoundError) and err.filename is not None:  # OSError's str() leads with "[Errno 2]"
+        message = f"no such file or folder: {err.filename}"
+    print(f"trl-vlprm {command}: {message.splitlines()[0] if message else message}", file=sys.stderr)
+    raise SystemExit(1) from err
+
+
+def check_config_fields(parser: argparse.ArgumentParser, argv: Sequence[str], command: str) -> None:
+    """A `--config` YAML key that is no field of the command is a `ValueError` naming the file, the key and the
+    fields it may have meant (TRL's own message names neither the file nor a remedy a user can apply)."""
+    argv = list(argv)
+    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
+        return
+    import yaml
+
+    path = argv[argv.index("--config") + 1]
+    with open(path) as file:
+        config = yaml.safe_load(file)
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{path}: a config file must hold a YAML mapping of field: value, got {type(config).__name__}"
+        )
+    fields = {action.dest for action in parser._actions} - {"help", "config"}
+    unknown = [key for key in config if key not in fields and key != "env"]  # `env:` sets environment variables
+    if unknown:
+        guesses = {key: difflib.get_close_matches(str(key), sorted(fields), n=3) for key in unknown}
+        described = "; ".join(
+            f"{key!r}" + (f" (did you mean {', '.join(guess)}?)" if guess else "") for key, guess in guesses.items()
+        )
+        raise ValueError(f"{path}: unknown field {described}; `trl-vlprm {command} --help` lists every field")
+
+
 def run(command: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Parse `argv` with the command's parser and run its `main`; returns the exit status.
 
-    A failure the user caused (the command module's `EXPECTED_ERRORS`) is printed as one line on stderr and exits
-    with status 1 (`SystemExit`); anything else is a bug and keeps its traceback.
+    A failure the user caused is printed as one line on stderr and exits with status 1 (`SystemExit`): a bad
+    setting while parsing (`SETTING_ERRORS`), and while running an unknown name or a missing file (`USER_ERRORS`)
+    or the command module's `EXPECTED_ERRORS`. Anything else is a bug and keeps its traceback.
     """
     module: ModuleType = importlib.import_module(f"trl_vlprm.scripts.{command}")
-    parsed = module.make_parser(prog=prog or f"trl-vlprm {command}").parse_args_and_config(list(argv or []))
+    parser = module.make_parser(prog=prog or f"trl-vlprm {command}")
+    try:
+        check_config_fields(parser, argv or [], command)
+        parsed = parser.parse_args_and_config(list(argv or []))
+    except SETTING_ERRORS as err:
+        _fail(command, err)
     try:
         result = module.main(*parsed)
-    except module.EXPECTED_ERRORS as err:
-        print(f"trl-vlprm {command}: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
+    except (*USER_ERRORS, *module.EXPECTED_ERRORS) as err:
+        _fail(command, err)
     # `check` returns its exit status; the other commands return what they made
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 

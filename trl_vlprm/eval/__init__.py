@@ -10,7 +10,8 @@ from trl_vlprm.eval.process_bench import (
     score_process_bench,
 )
 from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
-from trl_vlprm.eval.tts_sweep import derive_accuracies, run_sweep, sample_benchmark
+from trl_vlprm.eval.selection import derive_accuracies
+from trl_vlprm.eval.tts_sweep import run_sweep, sample_benchmark
 
 __all__ = [
     "BENCHMARKS",

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.eval.tts_sweep import check_strategy, run_sweep
+from trl_vlprm.eval.selection import check_strategy
+from trl_vlprm.eval.tts_sweep import run_sweep
 from trl_vlprm.guidance.backends import (
     POLICY_BACKENDS,
     SCORER_BACKENDS,

@@ -12,6 +12,7 @@ COMMANDS = {
     "puzzles": "write procedural testbed puzzles in the stepwise-supervision schema",
     "label": "build a step-labelled dataset: rollouts, Monte-Carlo labels, a VLM judge, a combination rule",
     "train": "train a (vision-language) process reward model",
+    "grpo": "reinforcement learning: GRPO of a vision-language policy with a trained VL-PRM as its reward",
     "tts": "test-time scaling: run one search strategy over a dataset with a policy and a step scorer",
     "eval": "test-time-scaling evaluation: benchmarks x policies x scorers x strategies x N",
     "check": "guard-rails for a trained PRM: image-swap sensitivity and best-of-N vs a random pick",
