@@ -140,3 +140,20 @@ def test_grpo_reward_places_its_prm(prm_dir, gpus):
 def test_vllm_prm_refuses_a_device(prm_dir):
     with pytest.raises(ValueError, match=r"device='cuda:1'; a vLLM-backed PRM places itself"):
         PRMScorer.from_pretrained(f"vllm:{prm_dir / 'prm'}", device="cuda:1")
+
+
+def test_accelerator_loading_path_gives_the_same_model(prm_dir, monkeypatch):
+    """On a GPU the weights load straight onto it (`device_map`); that path, run onto the CPU, scores identically."""
+    import trl_vlprm.guidance.scorer as scorer_module
+    import trl_vlprm.modeling.devices as devices
+
+    assert devices.load_kwargs(torch.device("cuda", 1)) == {"device_map": {"": torch.device("cuda", 1)}}
+    assert devices.load_kwargs(torch.device("cpu")) == {}
+    reference = PRMScorer.from_pretrained(prm_dir / "prm").score(QUESTION, CANDIDATES)
+    mapped = []
+    monkeypatch.setattr(
+        scorer_module, "load_kwargs", lambda device: mapped.append(device) or {"device_map": {"": device}}
+    )
+    scorer = PRMScorer.from_pretrained(prm_dir / "prm", device="cpu")
+    assert mapped == [torch.device("cpu")] and scorer.device == torch.device("cpu")
+    np.testing.assert_allclose(np.concatenate(scorer.score(QUESTION, CANDIDATES)), np.concatenate(reference), atol=0)
