@@ -36,6 +36,7 @@ def gpus(monkeypatch):
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
         if hasattr(torch, "xpu"):
             monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+        monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
         if local_rank is None:
             monkeypatch.delenv("LOCAL_RANK", raising=False)
         else:
@@ -61,6 +62,14 @@ def test_auto_is_the_launchers_gpu(gpus):
     assert resolve_device("auto") == torch.device("cuda", 0)
     gpus(1, local_rank=3)  # one_gpu_per_rank.sh: CUDA_VISIBLE_DEVICES=$LOCAL_RANK leaves that GPU only
     assert resolve_device("auto") == torch.device("cuda", 0)
+
+
+def test_auto_follows_accelerate_launch_cpu(gpus, monkeypatch):
+    gpus(4, local_rank=2)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # what `accelerate launch --cpu` exports to its processes
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")
+    assert resolve_device("auto") == torch.device("cuda", 2)
 
 
 def test_auto_is_the_cpu_without_accelerator(gpus):

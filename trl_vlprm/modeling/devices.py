@@ -43,7 +43,9 @@ def _xpu_available() -> bool:
 
 def accelerator_device() -> torch.device:
     """The device of this process: its GPU under a launcher (`cuda:$LOCAL_RANK`), cuda:0 / mps / xpu:0 without one,
-    else the CPU."""
+    else the CPU; the CPU under `accelerate launch --cpu` (ACCELERATE_USE_CPU)."""
+    if os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes", "y", "on", "t"):
+        return torch.device("cpu")  # `accelerate launch --cpu`: its processes run on the CPU, as AcceleratorState does
     local_rank = _local_rank()
     if torch.cuda.is_available():
         return _indexed("cuda", torch.cuda.device_count(), local_rank)
