@@ -43,6 +43,7 @@ from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts
 from trl_vlprm.utils.resume import (
     check_settings,
     dataclass_settings,
+    path_fingerprint,
     question_digest,
     read_results,
 )
@@ -371,17 +372,19 @@ def run_tags(args: TTSArguments) -> dict[str, Any]:
     """Every argument that changes results, so a resumed run into the same file must use the same ones.
 
     Model folders are pinned by path and by `path_fingerprint` (retraining into the same folder is another model),
-    repo ids by the commit they resolve to (`model_fingerprint`).
+    repo ids by the commit they resolve to (`model_fingerprint`), a file a backend reads by its size and mtime.
     """
     from trl_vlprm.modeling.hub import model_fingerprint
 
     def fingerprint(spec: str | None, registry) -> Any:
         if spec is None:
             return None
-        kind, models, kwargs = parse_spec(spec)
+        kind, args, kwargs = parse_spec(spec)
+        if len(args) == 1 and Path(args[0]).is_file():  # a file a backend reads (a replay policy's samples)
+            return path_fingerprint(args[0])
         if get_backend(registry, kind).argument != "model":
             return None
-        return model_fingerprint(models[0], kwargs.get("revision"))
+        return model_fingerprint(args[0], kwargs.get("revision"))
 
     tags = dataclass_settings(args, exclude=NOT_PINNED)
     tags["policy_model_fingerprint"] = fingerprint(args.policy_spec(), POLICY_BACKENDS)
