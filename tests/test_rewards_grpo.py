@@ -153,6 +153,7 @@ def test_recipe_runs_the_tiny_cpu_config(models, tmp_path, capsys):
     assert len(logged) == training_args.max_steps == 2
     assert all("rewards/outcome_reward/mean" in e and "vlprm_min/no_steps" in e for e in logged)
     assert all(0.0 < e["rewards/vlprm_min/mean"] < 1.0 for e in logged)
+    assert trainer.reward_funcs[0].scorer.device == trainer.args.device  # the PRM runs beside the policy
     # The policy was trained and saved: its weights moved from the initial checkpoint.
     before = load_file(policy_path / "model.safetensors")
     after = load_file(output_dir / "model.safetensors")

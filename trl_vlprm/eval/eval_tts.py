@@ -49,8 +49,8 @@ def _capped(backend: Backend, cap: int) -> Backend:
 
 def _transformers_only(backend: Backend) -> Backend:
     """`backend` (hf) reading a spec written for vLLM: the keywords that configure a vLLM engine are dropped, with a
-    warning naming them (`HFPolicy` takes the sampling settings, `revision` and `dtype`)."""
-    known = set(SAMPLING_FIELDS) | {"revision", "dtype"}
+    warning naming them (`HFPolicy` takes the sampling settings, `revision`, `dtype` and `device`)."""
+    known = set(SAMPLING_FIELDS) | {"revision", "dtype", "device"}
 
     def build(args, kwargs, seed):
         dropped = sorted(set(kwargs) - known)

@@ -84,22 +84,34 @@ class HFPolicy:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str, dtype: str | torch.dtype = "auto", revision: str | None = None, **kwargs
+        cls,
+        name_or_path: str,
+        dtype: str | torch.dtype | None = None,
+        revision: str | None = None,
+        device: str | torch.device = "auto",
+        **kwargs,
     ) -> HFPolicy:
         """Load model and processor from a folder or Hub repo id (at `revision`), resolved as transformers does.
 
         A model of a vision-language family loads with the family's generation class; a model without an image
-        processor as a causal LM (text only).
+        processor as a causal LM (text only). `device`: "auto" (this process's accelerator: `cuda:$LOCAL_RANK` under
+        `accelerate launch`, else cuda:0 / mps / xpu, else the CPU; `trl_vlprm.modeling.devices`), or "cpu",
+        "cuda:1", ...; `dtype`: default float32 on the CPU and the checkpoint's own ("auto") on an accelerator.
         """
         from transformers import AutoModelForCausalLM
 
+        from trl_vlprm.modeling.devices import inference_dtype, load_kwargs, resolve_device
         from trl_vlprm.modeling.families import family_of_processor
         from trl_vlprm.modeling.processor import load_processor
 
+        placed = resolve_device(device)
         processor = load_processor(name_or_path, revision=revision)
         family = family_of_processor(processor)
         model_class = family.generative_class() if family is not None else AutoModelForCausalLM
-        return cls(model_class.from_pretrained(name_or_path, dtype=dtype, revision=revision), processor, **kwargs)
+        model = model_class.from_pretrained(
+            name_or_path, dtype=inference_dtype(dtype, placed), revision=revision, **load_kwargs(placed)
+        )
+        return cls(model.to(placed), processor, **kwargs)
 
     @property
     def step_separator(self) -> str:

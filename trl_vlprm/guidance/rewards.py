@@ -185,18 +185,23 @@ class VLPRMReward:
         dtype: Any = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
-        device: str | None = None,
+        device: Any = "auto",
         **kwargs: Any,
     ) -> VLPRMReward:
         """A reward around `PRMScorer.from_pretrained(path)` (its trained separator and head); `kwargs` go to
-        `VLPRMReward`."""
+        `VLPRMReward`. `device`: where the PRM runs; "auto" is this process's accelerator (`cuda:$LOCAL_RANK` under
+        `accelerate launch`, the trainer's device); pass the trainer's `args.device` to be sure of it."""
         from trl_vlprm.guidance.scorer import PRMScorer  # torch-heavy: only when a PRM folder is loaded
 
         scorer = PRMScorer.from_pretrained(
-            path, head=head, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels, batch_size=batch_size
+            path,
+            head=head,
+            dtype=dtype,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            batch_size=batch_size,
+            device=device,
         )
-        if device is not None:
-            scorer.model.to(device)
         return cls(scorer, aggregation=aggregation, **kwargs)
 
     def split_steps(self, text: str) -> list[str]:

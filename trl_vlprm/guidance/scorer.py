@@ -28,6 +28,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from trl_vlprm.guidance.policy import Candidate, Question
+from trl_vlprm.modeling.devices import inference_dtype, load_kwargs, resolve_device
 from trl_vlprm.modeling.encoding import EncodedSteps, PRMEncoder, PRMLayout, is_vision_processor
 from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, resolve_preset, step_logits
@@ -143,6 +144,7 @@ class PRMScorer:
         max_pixels: int | None = None,
         revision: str | None = None,
         preset: str | PRMPreset | None = None,
+        device: str | torch.device = "auto",
         **kwargs,
     ) -> PRMScorer:
         """Load a PRM from a folder or Hub repo id (`load_prm` + `load_processor`); `kwargs` go to `PRMScorer`.
@@ -156,12 +158,15 @@ class PRMScorer:
         Args:
             name_or_path: a local folder or a Hub repo id (resolved as transformers does; offline: from the cache).
             head: default: the head saved with the checkpoint, else the preset's.
-            dtype: parameter dtype; default float32.
+            dtype: parameter dtype ("auto": the checkpoint's, "bfloat16", ...); default float32 on the CPU and the
+                checkpoint's own on an accelerator.
             min_pixels: image processor minimum area; default: the preset's, else the saved processor's.
             max_pixels: image processor maximum area; default: the preset's, else the saved processor's.
             revision: branch, tag or commit of a repo id.
             preset: read the model as this published PRM (an id from `trl_vlprm.modeling.presets`), e.g. for a
                 local copy; default: the preset `name_or_path` names (repo id or hub cache folder), if any.
+            device: where the model runs: "auto" (this process's accelerator: `cuda:$LOCAL_RANK` under `accelerate
+                launch`, else cuda:0 / mps / xpu, else the CPU; `trl_vlprm.modeling.devices`), or "cpu", "cuda:1", ...
 
         "vllm:<folder>" runs the PRM on a vLLM pooling engine instead (`VLLMScorer`, same scores; `kwargs` then go
         to `VLLMScorer.from_pretrained`: `llm_kwargs`, `max_model_len`, ...).
@@ -171,6 +176,8 @@ class PRMScorer:
 
             if revision is not None:
                 raise ValueError(f"{name_or_path}: a vLLM-backed PRM is read from a local folder; revision is unused")
+            if device != "auto":  # the engine takes its GPUs from CUDA_VISIBLE_DEVICES, not from an argument
+                raise ValueError(f"{name_or_path}: device={device!r}; a vLLM-backed PRM places itself (use 'auto')")
             return VLLMScorer.from_pretrained(
                 str(name_or_path)[len(VLLM_SPEC_PREFIX) :], head=head, dtype=dtype, min_pixels=min_pixels,
                 max_pixels=max_pixels, **kwargs,
@@ -179,7 +186,15 @@ class PRMScorer:
         if chosen is not None:
             min_pixels = min_pixels if min_pixels is not None else chosen.min_pixels
             max_pixels = max_pixels if max_pixels is not None else chosen.max_pixels
-        model = load_prm(name_or_path, head=head, dtype=dtype, revision=revision, preset=chosen)
+        placed = resolve_device(device)
+        model = load_prm(
+            name_or_path,
+            head=head,
+            dtype=inference_dtype(dtype, placed),
+            revision=revision,
+            preset=chosen,
+            **load_kwargs(placed),
+        ).to(placed)
         processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels, revision=revision)
         return cls(model, processor, head=head, **kwargs)
 

@@ -39,7 +39,8 @@ class GRPOScriptArguments(ScriptArguments):
         prm_max_steps (`int` or `None`): completions with more steps get the overlong reward (0).
         step_separator (`str` or `None`): text the policy's completions are split into steps at; default: the
             separator the PRM was trained with (the PRM always reads each step followed by its own separator).
-        prm_dtype (`str` or `None`): PRM parameter dtype ("bfloat16" on GPUs); default float32.
+        prm_dtype (`str` or `None`): PRM parameter dtype ("bfloat16", "auto"); default float32 on the CPU, the
+            checkpoint's own on a GPU. The PRM runs on the trainer's device (`args.device`).
         prm_max_pixels (`int` or `None`): the PRM's image-area cap; default: the one saved with the PRM.
         outcome_reward (`bool`, defaults to `False`): add `outcome_reward` (1 when the final answer matches the
             dataset's `answer` column) as a second reward, weighted by `reward_weights[1]`.
@@ -62,7 +63,10 @@ class GRPOScriptArguments(ScriptArguments):
     step_separator: str | None = field(
         default=None, metadata={"help": "Text completions are split into steps at; default: the PRM's own."}
     )
-    prm_dtype: str | None = field(default=None, metadata={"help": "PRM parameter dtype; default float32."})
+    prm_dtype: str | None = field(
+        default=None,
+        metadata={"help": "PRM parameter dtype; default float32 on the CPU, the checkpoint's own on a GPU."},
+    )
     prm_max_pixels: int | None = field(default=None, metadata={"help": "Image-area cap of the PRM's processor."})
     outcome_reward: bool = field(
         default=False, metadata={"help": "Add the answer-correctness reward, weighted by reward_weights[1]."}
@@ -95,6 +99,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         max_length=script_args.prm_max_length,
         max_steps=script_args.prm_max_steps,
         prompt_column="prm_prompt",  # the question as the PRM was trained to read it (no system prompt)
+        device=training_args.device,  # TRL places only PreTrainedModel rewards on its device; this one is a callable
     )
     reward_funcs = [prm_reward] + ([outcome_reward] if script_args.outcome_reward else [])
 

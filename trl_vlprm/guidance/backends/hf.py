@@ -14,7 +14,7 @@ VLLM_ENGINE_KEYWORDS = ("max_model_len", "max_images_per_prompt", "llm_kwargs")
 @policy_backend("hf", takes_defaults=True, argument="model")
 def hf_policy(args: list[str], kwargs: dict[str, Any], seed: int | None):
     """ "hf:<model>,temperature=...,revision=...": `HFPolicy.from_pretrained` (keywords: `SamplingConfig` fields,
-    `revision`, `dtype`)."""
+    `revision`, `dtype`, `device`: "auto" is this process's accelerator, e.g. `cuda:$LOCAL_RANK` under a launcher)."""
     from trl_vlprm.guidance.hf_policy import HFPolicy
 
     kwargs = {k: v for k, v in kwargs.items() if k not in VLLM_ENGINE_KEYWORDS}
@@ -23,8 +23,9 @@ def hf_policy(args: list[str], kwargs: dict[str, Any], seed: int | None):
 
 @scorer_backend("prm", takes_defaults=True, argument="model")
 def prm_scorer(args: list[str], kwargs: dict[str, Any], seed: int | None):
-    """ "prm:<PRM folder or repo id>,batch_size=...": `PRMScorer.from_pretrained` ("prm:vllm:<folder>" runs it on
-    a vLLM pooling engine, as the `vllm` scorer does)."""
+    """ "prm:<PRM folder or repo id>,batch_size=...,device=cuda:1": `PRMScorer.from_pretrained` (`device` default
+    "auto": this process's accelerator; "prm:vllm:<folder>" runs it on a vLLM pooling engine, as the `vllm` scorer
+    does)."""
     from trl_vlprm.guidance.scorer import PRMScorer
 
     if len(args) != 1:
