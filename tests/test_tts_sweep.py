@@ -277,3 +277,22 @@ def test_best_of_n_paper_leaves_out_scorers_without_input_lengths(tmp_path, puzz
                      ["best_of_n:paper", "best_of_n:min"], [2], tmp_path, 2)  # fmt: skip
     pairs = {(r["strategy"], r["scorer"]) for r in rows}
     assert pairs == {("best_of_n:paper", "prm"), ("best_of_n:min", "prm"), ("best_of_n:min", "random")}
+
+
+def test_every_name_of_the_sweep_is_checked_before_any_sampling():
+    """A typo'd benchmark, process bench, policy or scorer is refused by the config, naming the setting, the spec
+    and what is available. A process bench's name was read only after the whole sweep had sampled and scored."""
+    cases = {
+        "benchmarks": (["testbed:0,limit=4", "testbd:0"], r"EvalTTSConfig.benchmarks: 'testbd:0': unknown benchmark "
+                       r"'testbd'; available: algopuzzlevqa, mathvision, mathvista, mmmu, puzzlevqa, testbed"),
+        "process_benches": (["puzlevqa:limit_per_category=5"], r"EvalTTSConfig.process_benches: 'puzlevqa:limit_"
+                            r"per_category=5': unknown bench 'puzlevqa'; available: puzzlevqa, testbed"),
+        "scorers": (["oracle", "r@randm"], r"EvalTTSConfig.scorers: scorer spec 'randm': unknown kind 'randm'"),
+        "policies": (["s@scriptd:seed=1"], r"EvalTTSConfig.policies: policy spec 'scriptd:seed=1': unknown kind"),
+    }  # fmt: skip
+    for setting, (specs, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            EvalTTSConfig(**{setting: specs})
+    with pytest.raises(ValueError, match=r"EvalTTSConfig.benchmarks: 'b@testbd:2': unknown benchmark 'testbd'"):
+        EvalTTSConfig(benchmarks=["a@testbed:0", "b@testbd:2"])
+    assert EvalTTSConfig(benchmarks=["a@testbed:0,limit=4"], process_benches=["testbed"], scorers=["oracle"]).scorers

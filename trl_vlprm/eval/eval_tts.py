@@ -23,6 +23,7 @@ from trl_vlprm.guidance.backends import (
     SCORER_BACKENDS,
     Backend,
     build_from_spec,
+    check_spec,
     discover_backends,
     get_backend,
     parse_spec,
@@ -190,8 +191,26 @@ class EvalTTSConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the policies, scorers and subsampling."})
 
     def __post_init__(self):
+        from trl_vlprm.eval.benchmarks import BENCHMARKS
+        from trl_vlprm.eval.process_bench import PROCESS_BENCHES
+
         for strategy in self.strategies:
             check_strategy(strategy)
+        # Names are checked before any sampling: a typo'd process bench once failed only after the whole sweep.
+        for setting, registry in (("benchmarks", BENCHMARKS), ("process_benches", PROCESS_BENCHES)):
+            for spec in getattr(self, setting):
+                name = parse_spec(split_label(spec)[1])[0]  # benchmarks may be labelled too: "a@testbed:0"
+                if name not in registry:
+                    raise registry.unknown(name, f"EvalTTSConfig.{setting}: {spec!r}")
+        for setting, registry, what in (
+            ("policies", POLICY_BACKENDS, "policy"),
+            ("scorers", SCORER_BACKENDS, "scorer"),
+        ):
+            for spec in getattr(self, setting):
+                try:
+                    check_spec(split_label(spec)[1], registry, what)
+                except ValueError as err:
+                    raise ValueError(f"EvalTTSConfig.{setting}: {err}") from None
         if not self.n_values or min(self.n_values) < 1:
             raise ValueError(f"EvalTTSConfig.n_values={self.n_values}; need at least one N >= 1")
         if self.num_subsamples < 1:

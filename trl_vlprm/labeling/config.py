@@ -173,6 +173,11 @@ class LabelConfig:
             raise ValueError(f"LabelConfig.policy_model_path is needed for policy {self.policy!r} ({err})") from None
         except ValueError as err:
             raise ValueError(f"LabelConfig.policy={self.policy!r}: {err}") from None
+        if parse_spec(self.policy_spec())[0] == "scripted" and self.dataset != "puzzles":
+            raise ValueError(
+                f"LabelConfig.policy='scripted' only solves dataset='puzzles' (it reads the puzzles' hidden state), "
+                f"not dataset={self.dataset!r}"
+            )
         if self.judge == "testbed" and parse_spec(self.policy_spec())[0] != "scripted":
             raise ValueError("LabelConfig.judge='testbed' answers from gold only the scripted policy knows")
         if self.shard_size < 1 or self.num_rollouts < 1:
