@@ -74,19 +74,36 @@ def test_learnable_images_give_nine_image_tokens(tiny_qwen2_vl_path, learnable):
     assert image_token_counts(load_processor(tiny_qwen2_vl_path), [learnable[0]["images"][0]]) == [9]
 
 
-def test_misreads_mostly_change_the_answer_detail(learnable):
+def misread_effects(learnable) -> dict[str, list[tuple[bool, bool]]]:
+    """Per family, for 20 misreads of each puzzle: (the answer changed, the perception step's last word changed)."""
     import random
 
     rng = random.Random(0)
-    changed = {"shape_sides": [], "shape_colour": []}
+    effects = {"shape_sides": [], "shape_colour": []}
     for row in learnable:
         family, state = read_metadata(row)
+        observed = family.observe(state)
         for _ in range(20):
-            misread = family.misread(state, family.observe(state), rng)
-            assert misread != family.observe(state)
-            changed[family.name].append(family.solve(state, misread) != row["answer"])
-    for name, flags in changed.items():
-        assert within(sum(flags), len(flags), 0.75), (name, sum(flags) / len(flags))
+            misread = family.misread(state, observed, rng)
+            assert misread != observed
+            last_word_changed = (
+                family.describe(state, misread).split()[-1] != family.describe(state, observed).split()[-1]
+            )
+            effects[family.name].append((family.solve(state, misread) != row["answer"], last_word_changed))
+    return effects
+
+
+def test_misreads_change_the_answer_detail_the_last_word(learnable, monkeypatch):
+    from trl_vlprm.testbed import learnable as learnable_module
+
+    # default: every misread changes the step's last word (where the verdict is read) and so the answer
+    for name, flags in misread_effects(learnable).items():
+        assert all(answer and last for answer, last in flags), name
+    # the knob puts misreads of the other detail back: they leave the last word and the answer alone
+    monkeypatch.setattr(learnable_module, "ANSWER_DETAIL_SHARE", 0.75)
+    for name, flags in misread_effects(learnable).items():
+        assert all(answer == last for answer, last in flags), name
+        assert within(sum(answer for answer, _ in flags), len(flags), 0.75), name
 
 
 def test_testbed_words_are_whole_tokens():
