@@ -306,11 +306,6 @@ class TTSArguments:
                 raise ValueError(f"{hint} ({err})") from None
             except ValueError as err:
                 raise ValueError(f"TTSArguments.{name}={getattr(self, name)!r}: {err}") from None
-        if parse_spec(self.policy_spec())[0] == "scripted" and self.dataset != "puzzles":
-            raise ValueError(
-                f"TTSArguments.policy='scripted' only solves dataset='puzzles' (it reads the puzzles' hidden state), "
-                f"not dataset={self.dataset!r}"
-            )
         if self.num_questions is not None and self.num_questions < 1:
             raise ValueError(f"TTSArguments.num_questions={self.num_questions}; must be >= 1 (or None for all)")
 
@@ -354,6 +349,9 @@ def build_questions(args: TTSArguments):
 
 def build_policy(args: TTSArguments) -> Policy:
     """The policy `args.policy` names, built by the one factory (`trl_vlprm.guidance.backends`)."""
+    # Checked here, not in `__post_init__`: `dataclasses.replace` of the testbed defaults must build any dataset.
+    if parse_spec(args.policy_spec())[0] == "scripted" and args.dataset != "puzzles":
+        raise ValueError("TTSArguments.policy='scripted' only solves dataset='puzzles'")
     return backends.build_policy(args.policy_spec(), args.seed, asdict(args.sampling()))
 
 
