@@ -22,6 +22,7 @@ from trl_vlprm.testbed import (
 from trl_vlprm.testbed import testbed_corpus as corpus_text  # aliased: pytest would collect "test*" names
 from trl_vlprm.testbed.families import parse_value
 from trl_vlprm.testbed.render import PALETTE
+from trl_vlprm.utils.resume import SettingsMismatchError
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +277,11 @@ def test_check_command_prints_both_guard_rails(tmp_path, capsys):
 
     # a PRM saved by the recipe (two steps: the check needs a trained-PRM folder, not a good PRM)
     prm = CPURecipe(num_puzzles=6, max_steps=2).train(tmp_path, report_to="none").path
-    assert (prm / "model.safetensors").exists()
+    assert (prm / "model.safetensors").exists() and not prm.with_name("vlprm.partial").exists()
+    # a finished run is reused with the same settings and refused with others (never a stale model silently)
+    assert CPURecipe(num_puzzles=6, max_steps=2).train(tmp_path, report_to="none").train_seconds == 0
+    with pytest.raises(SettingsMismatchError, match="max_steps: 2 -> 3"):
+        CPURecipe(num_puzzles=6, max_steps=3).train(tmp_path, report_to="none")
     args = ["check", "--prm", str(prm), "--n", "6", "--solutions", "4", "--seed", "3"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out

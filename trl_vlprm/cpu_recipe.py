@@ -32,6 +32,7 @@ What the defaults fix, and why (measured on 2 shared cores, see docs/testbed.md)
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -170,8 +171,11 @@ class CPURecipe:
 
     def _train(self, output_dir: Path, eval_dataset, overrides: dict[str, Any]) -> TrainedPRM:
         from trl_vlprm import VLPRMTrainer
+        from trl_vlprm.utils.resume import dataclass_settings, pin_settings
 
         prm_path = output_dir / "vlprm"
+        # A finished run is reused only if it was trained with these very settings (else refused, naming them).
+        pin_settings(output_dir / "cpu_recipe.json", {**dataclass_settings(self), "overrides": overrides})
         model_path = self.build_model(output_dir / "tiny-qwen2-vl")
         args = self.training_args(prm_path, **overrides)
         done = (prm_path / "model.safetensors").exists()
@@ -185,7 +189,12 @@ class CPURecipe:
             start = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - start
-            trainer.save_model(str(prm_path))  # save_model writes in place; a crash leaves no model.safetensors
+            # save_model writes in place: save beside, then rename, so a crash mid-save never leaves a model to reuse
+            partial = prm_path.with_name(prm_path.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            trainer.save_model(str(partial))
+            shutil.rmtree(prm_path, ignore_errors=True)  # only the trainer's logs: no model was finished here
+            partial.rename(prm_path)
         after = trainer.evaluate() if eval_dataset is not None else {}
         return TrainedPRM(prm_path, before, after, seconds)
 
