@@ -125,7 +125,7 @@ def test_text_model_given_image_rows_names_its_type(tiny_hub, tmp_path, small_su
     args = VLPRMConfig(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
     with pytest.raises(UnsupportedModelError, match=r"model type 'qwen2'.*supported.*qwen2_vl, qwen2_5_vl"):
         VLPRMTrainer("Org/TextPRM", args, train_dataset=rows)
-    scorer = PRMScorer.from_pretrained("Org/TextPRM", head="value")
+    scorer = PRMScorer.from_pretrained(text_model, head="value")  # its snapshot folder: by id, the trainer above
     question = {"id": "q1", "prompt": "<image>How many?", "images": [Image.new("RGB", (56, 56))]}
     with pytest.raises(UnsupportedModelError, match=r"question q1: model type 'qwen2'"):
         scorer.score(question, [Candidate(steps=["Three."])])

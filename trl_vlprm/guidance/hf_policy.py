@@ -19,7 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from trl_vlprm.data.answers import extract_answer
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
-from trl_vlprm.guidance.sampling import SamplingConfig
+from trl_vlprm.guidance.sampling import SamplingConfig, SamplingPolicy
 from trl_vlprm.modeling.encoding import prompt_to_messages
 
 
@@ -51,7 +51,7 @@ class _SeparatorStop(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-class HFPolicy:
+class HFPolicy(SamplingPolicy):
     """Policy on a transformers vision-language (or text) model.
 
     Args:
@@ -113,15 +113,7 @@ class HFPolicy:
         )
         return cls(model.to(placed), processor, **kwargs)
 
-    @property
-    def step_separator(self) -> str:
-        """The text ending a step (strategies read it to join steps back into a solution)."""
-        return self.sampling.step_separator
-
     # -- Policy protocol ---------------------------------------------------------------------------------------
-
-    def sample_solutions(self, question: Question, n: int) -> list[Continuation]:
-        return self.complete(question, [], n)
 
     def sample_next_steps(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
         results = []
@@ -152,9 +144,6 @@ class HFPolicy:
         return results
 
     # -- internals ---------------------------------------------------------------------------------------------
-
-    def _solution(self, prefix: Sequence[str], steps: Sequence[str]) -> str:
-        return self.sampling.step_separator.join([*prefix, *steps])
 
     def _inputs(self, question: Question, prefix: Sequence[str]) -> dict[str, torch.Tensor]:
         messages = question_messages(question, self.sampling.system_prompt)

@@ -8,8 +8,11 @@ setting of the policy: every call names its own `n` (`sample_solutions(question,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from trl_vlprm.types import Continuation, Question
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,25 @@ class SamplingConfig:
 
 
 SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingConfig))
+
+
+class SamplingPolicy:
+    """What the model-backed policies share: their settings in `self.sampling`, a whole solution as the completion of
+    an empty prefix, and steps joined back with the step separator. Subclasses implement `complete` and
+    `sample_next_steps`."""
+
+    sampling: SamplingConfig
+
+    @property
+    def step_separator(self) -> str:
+        """The text ending a step (strategies read it to join steps back into a solution)."""
+        return self.sampling.step_separator
+
+    def sample_solutions(self, question: Question, n: int) -> list[Continuation]:
+        return self.complete(question, [], n)
+
+    def complete(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
+        raise NotImplementedError
+
+    def _solution(self, prefix: Sequence[str], steps: Sequence[str]) -> str:
+        return self.sampling.step_separator.join([*prefix, *steps])

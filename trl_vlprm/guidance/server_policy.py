@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.hf_policy import question_messages, read_answer
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
-from trl_vlprm.guidance.sampling import SamplingConfig
+from trl_vlprm.guidance.sampling import SamplingConfig, SamplingPolicy
 from trl_vlprm.guidance.vllm_policy import split_steps
 
 MISSING_OPENAI_MESSAGE = "ServerPolicy needs the `openai` client: `pip install openai` (a trl_vlprm dependency)."
@@ -165,7 +165,7 @@ class _Sample:
     tokens: int
 
 
-class ServerPolicy:
+class ServerPolicy(SamplingPolicy):
     """Policy on OpenAI-compatible servers (see the module docstring).
 
     Args:
@@ -240,15 +240,7 @@ class ServerPolicy:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="server-policy")
 
-    @property
-    def step_separator(self) -> str:
-        """The text ending a step (strategies read it to join steps back into a solution)."""
-        return self.sampling.step_separator
-
     # -- Policy protocol ---------------------------------------------------------------------------------------
-
-    def sample_solutions(self, question: Question, n: int) -> list[Continuation]:
-        return self.complete(question, [], n)
 
     def sample_next_steps(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
         results = []
@@ -308,9 +300,6 @@ class ServerPolicy:
             extra.update(continue_final_message=True, add_generation_prompt=False)
         body["extra_body"] = extra
         return body
-
-    def _solution(self, prefix: Sequence[str], steps: Sequence[str]) -> str:
-        return self.sampling.step_separator.join([*prefix, *steps])
 
     def _record(self, results: Sequence[Continuation]) -> None:
         with self._lock:

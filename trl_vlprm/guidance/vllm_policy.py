@@ -20,7 +20,7 @@ from typing import Any
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.hf_policy import question_messages, read_answer
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
-from trl_vlprm.guidance.sampling import SamplingConfig
+from trl_vlprm.guidance.sampling import SamplingConfig, SamplingPolicy
 
 MISSING_VLLM_MESSAGE = (
     "VLLMPolicy needs vLLM, which is not installed: `pip install 'trl_vlprm[vllm]'` on a GPU machine; on a CPU-only "
@@ -92,7 +92,7 @@ def split_steps(text: str, step_separator: str) -> list[str]:
     return [s.strip() for s in text.split(step_separator) if s.strip()]
 
 
-class VLLMPolicy:
+class VLLMPolicy(SamplingPolicy):
     """Policy on a vLLM engine (`vllm.LLM`).
 
     Args:
@@ -160,15 +160,7 @@ class VLLMPolicy:
         )
         return cls(llm, **policy_kwargs)
 
-    @property
-    def step_separator(self) -> str:
-        """The text ending a step (strategies read it to join steps back into a solution)."""
-        return self.sampling.step_separator
-
     # -- Policy protocol ---------------------------------------------------------------------------------------
-
-    def sample_solutions(self, question: Question, n: int) -> list[Continuation]:
-        return self.complete(question, [], n)
 
     def sample_next_steps(self, question: Question, prefix: Sequence[str], n: int) -> list[Continuation]:
         results = []
@@ -212,9 +204,6 @@ class VLLMPolicy:
             stop=[self.sampling.step_separator] if stop_at_separator else None,
             seed=None if self.sampling.seed is None else self.sampling.seed + self.stats.calls * _SEED_STRIDE,
         )
-
-    def _solution(self, prefix: Sequence[str], steps: Sequence[str]) -> str:
-        return self.sampling.step_separator.join([*prefix, *steps])
 
     def _generate(self, question: Question, prefix: Sequence[str], n: int, max_tokens: int, stop_at_separator: bool):
         if n < 1:
