@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import io
 import json
 import os
@@ -39,6 +38,7 @@ import openai
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, load_image
 from trl_vlprm.data.steps_block import write_steps_block
 from trl_vlprm.guidance.policy import Question
+from trl_vlprm.utils.http import retry_after_seconds
 
 CORRECT, INCORRECT, UNKNOWN = "correct", "incorrect", "unknown"
 
@@ -250,27 +250,6 @@ REPLY_SAMPLE_CHARS = 300
 def _sample(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= REPLY_SAMPLE_CHARS else text[:REPLY_SAMPLE_CHARS] + "..."
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds a 429/503 reply asks to wait (`retry-after-ms`, `retry-after` in seconds or as an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _run(coroutine_function):
