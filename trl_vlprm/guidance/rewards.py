@@ -191,6 +191,7 @@ class VLPRMReward:
         self.prompt_column = prompt_column
         self.__name__ = name or f"vlprm_{aggregation}"
         self.stats = RewardStats()
+        self.last_step_scores: list[list[float] | None] = []  # every step's score, per completion of the last call
 
     @classmethod
     def from_pretrained(
@@ -356,6 +357,8 @@ class VLPRMReward:
             for i, reward, scores in zip(indices, group_rewards, group_scores):
                 rewards[i], step_scores[i] = reward, scores
 
+        # Kept for `VLPRMGRPOTrainer`, which turns the step scores of this call into per-token advantages.
+        self.last_step_scores = step_scores
         self.stats.calls += 1
         self.stats.completions += len(completions)
         self.stats.groups += len(groups)
