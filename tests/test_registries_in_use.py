@@ -61,16 +61,18 @@ UNKNOWN_NAMES = {
     ),
     "benchmark": (
         lambda: load_benchmark("mmlu"),
-        "unknown benchmark 'mmlu'; available: algopuzzlevqa, mathvision, mathvista, mmmu, puzzlevqa, testbed",
+        "unknown benchmark 'mmlu'; available: algopuzzlevqa, mathvision, mathvista, mmmu, puzzlevqa, testbed; "
+        "did you mean 'mmmu'?",
     ),
     "process bench": (
         lambda: load_process_bench_spec("processbench:x=1"),
         "process bench spec 'processbench:x=1': unknown bench 'processbench'; available: puzzlevqa, testbed, "
-        "visualprocessbench",
+        "visualprocessbench; did you mean 'visualprocessbench'?",
     ),
     "converter": (
         lambda: convert_dataset([], "prm800k"),
-        "unknown source format 'prm800k'; available: trl_stepwise, visualprm400k, vlprm300k",
+        "unknown source format 'prm800k'; available: trl_stepwise, visualprm400k, vlprm300k; did you mean "
+        "'vlprm300k' or 'visualprm400k'?",
     ),
     "answer kind": (
         lambda: grade("B", "B", kind="symbolic"),

@@ -182,7 +182,7 @@ def test_build_from_spec_gives_config_defaults_to_model_backends_only():
     build_from_spec("scripted:perception_error_rate=0.1", builders, 3, "policy", defaults)
     assert seen["vllm"] == (["/models/q"], {"step_separator": "\n\n", "temperature": 0.5}, 3)
     assert seen["scripted"] == ([], {"perception_error_rate": 0.1}, 3)
-    with pytest.raises(ValueError, match="policy spec 'sglang:x': unknown kind 'sglang'"):
+    with pytest.raises(ValueError, match="policy spec 'sglang:x': unknown policy backend 'sglang'"):
         build_from_spec("sglang:x", builders, 0, "policy")
 
 
@@ -287,8 +287,10 @@ def test_every_name_of_the_sweep_is_checked_before_any_sampling():
                        r"'testbd'; available: algopuzzlevqa, mathvision, mathvista, mmmu, puzzlevqa, testbed"),
         "process_benches": (["puzlevqa:limit_per_category=5"], r"EvalTTSConfig.process_benches: 'puzlevqa:limit_"
                             r"per_category=5': unknown bench 'puzlevqa'; available: puzzlevqa, testbed"),
-        "scorers": (["oracle", "r@randm"], r"EvalTTSConfig.scorers: scorer spec 'randm': unknown kind 'randm'"),
-        "policies": (["s@scriptd:seed=1"], r"EvalTTSConfig.policies: policy spec 'scriptd:seed=1': unknown kind"),
+        "scorers": (["oracle", "r@randm"], r"EvalTTSConfig.scorers: scorer spec 'randm': unknown scorer backend "
+                    r"'randm'"),
+        "policies": (["s@scriptd:seed=1"], r"EvalTTSConfig.policies: policy spec 'scriptd:seed=1': unknown policy "
+                     r"backend"),
     }  # fmt: skip
     for setting, (specs, message) in cases.items():
         with pytest.raises(ValueError, match=message):

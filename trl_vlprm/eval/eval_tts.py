@@ -24,7 +24,6 @@ from trl_vlprm.guidance.backends import (
     Backend,
     build_from_spec,
     check_spec,
-    discover_backends,
     get_backend,
     parse_spec,
     split_label,
@@ -64,7 +63,6 @@ def _transformers_only(backend: Backend) -> Backend:
 def policy_backends(config: EvalTTSConfig) -> dict[str, Backend]:
     """The policy backends of a run: the registered ones, with `policy_backend` and `max_new_tokens_cap` applied to
     the in-process model backends (hf, vllm)."""
-    discover_backends()
     backends = {name: POLICY_BACKENDS.get(name) for name in POLICY_BACKENDS}
     if config.policy_backend == "hf":
         backends["hf"] = backends["vllm"] = _transformers_only(POLICY_BACKENDS.get("hf"))
@@ -227,7 +225,6 @@ def spec_pin(
     differs), the resolved commit for a Hub repo id (`modeling.hub.model_fingerprint`). `backends` (default: every
     registered policy and scorer backend) tells which kinds take defaults and name a model."""
     if backends is None:
-        discover_backends()
         backends = {name: SCORER_BACKENDS.get(name) for name in SCORER_BACKENDS}
         backends.update({name: POLICY_BACKENDS.get(name) for name in POLICY_BACKENDS})
     kind, args, kwargs = parse_spec(spec)
