@@ -29,6 +29,7 @@ from trl_vlprm.guidance.backends import (
     split_label,
 )
 from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
+from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
 from trl_vlprm.utils.ranks import Ranks
 from trl_vlprm.utils.resume import path_fingerprint
 
@@ -103,7 +104,8 @@ class EvalTTSConfig:
         strategies: outcome-level strategies (see the module docstring), e.g. "majority", "best_of_n:min".
         n_values: the N to report; `max(n_values)` solutions are sampled per question.
         num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
-        step_separator: text that ends a step, for model policies and PRMs (specs cannot hold it: it is a newline).
+        step_separator: text that ends a step in a model policy's output (specs cannot hold it: it is a newline). A
+            PRM reads steps with the separator it was trained with.
         system_prompt: system prompt of model policies (vllm/hf); None for none.
         answer_kind: grading kind when a question has no `answer_kind` column ("auto" reads it from the answer).
         answer_judge_base_url: an OpenAI-compatible endpoint whose model reads the final answer of the solutions
@@ -165,7 +167,9 @@ class EvalTTSConfig:
         metadata={"help": "The N to report; max(n_values) solutions are sampled per question."},
     )
     num_subsamples: int = field(default=4, metadata={"help": "Random subsets of size N drawn per N."})
-    step_separator: str = field(default="\n\n", metadata={"help": "Text that ends a step, for model policies."})
+    step_separator: str = field(
+        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text that ends a step, for model policies."}
+    )
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt of model policies, if any."})
     answer_kind: str = field(
         default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
