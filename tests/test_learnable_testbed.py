@@ -259,7 +259,7 @@ def test_best_of_n_vs_random_is_exact_and_warns_below_random(learnable):
 
 def test_sweep_below_random_names_the_cells():
     def row(scorer, n, accuracy):
-        return {"benchmark": "b", "policy": "p", "scorer": scorer, "strategy": "best_of_n:min", "n": n,
+        return {"benchmark": "b", "policy": "p", "scorer": scorer, "selection": "best_of_n:min", "n": n,
                 "accuracy": accuracy}  # fmt: skip
 
     rows = [row("vlprm", 1, 0.5), row("random", 1, 0.6), row("vlprm", 4, 0.4), row("random", 4, 0.6),

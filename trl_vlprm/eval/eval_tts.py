@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.eval.selection import check_strategy
+from trl_vlprm.eval.selection import check_selection
 from trl_vlprm.eval.tts_sweep import run_sweep
 from trl_vlprm.guidance.backends import (
     POLICY_BACKENDS,
@@ -101,7 +101,7 @@ class EvalTTSConfig:
         process_benches: process-error benchmarks every scorer is also judged on (step F1, see
             `trl_vlprm.eval.process_bench.PROCESS_BENCHES`), e.g. "testbed:num_questions=60" or
             "visualprocessbench:<test.jsonl>"; results go to process_bench.csv/.md. Empty: none.
-        strategies: outcome-level strategies (see the module docstring), e.g. "majority", "best_of_n:min".
+        selections: outcome selections (see the module docstring), e.g. "majority", "best_of_n:min".
         n_values: the N to report; `max(n_values)` solutions are sampled per question.
         num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
         step_separator: text that ends a step in a model policy's output (specs cannot hold it: it is a newline). A
@@ -133,7 +133,7 @@ class EvalTTSConfig:
         default_factory=lambda: ["oracle", "random"],
         metadata={"help": "Step-scorer specs, optionally 'label@spec': prm:<folder or repo id>, oracle, random, ..."},
     )
-    strategies: list[str] = field(
+    selections: list[str] = field(
         default_factory=lambda: [
             "first",
             "majority",
@@ -142,7 +142,7 @@ class EvalTTSConfig:
             "weighted_vote:min",
             "pass@n",
         ],
-        metadata={"help": "Outcome-level strategies derived from the samples, e.g. majority, best_of_n:min, pass@n."},
+        metadata={"help": "Outcome selections derived from the samples, e.g. majority, best_of_n:min, pass@n."},
     )
     policy_backend: str | None = field(
         default=None,
@@ -196,8 +196,8 @@ class EvalTTSConfig:
         from trl_vlprm.eval.benchmarks import BENCHMARKS
         from trl_vlprm.eval.process_bench import PROCESS_BENCHES
 
-        for strategy in self.strategies:
-            check_strategy(strategy)
+        for selection in self.selections:
+            check_selection(selection)
         # Names are checked before any sampling: a typo'd process bench once failed only after the whole sweep.
         for setting, registry in (("benchmarks", BENCHMARKS), ("process_benches", PROCESS_BENCHES)):
             for spec in getattr(self, setting):
@@ -336,7 +336,7 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
             JudgeConfig(config.answer_judge_base_url, config.answer_judge_model, config.answer_judge_api_key_env)
         )
     rows = run_sweep(
-        benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
+        benchmarks, policies, scorers, config.selections, config.n_values, config.output_dir,
         config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge, ranks,
     )  # fmt: skip
     if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
