@@ -212,11 +212,14 @@ class LabelConfig:
 
         Left out: where and how the work is done (output folder, progress bar), the judge's failure share, which a
         user changes to get past a failing judge, and `num_questions`, since which questions are covered is recorded
-        per shard. Of the judge's settings (`judge`, default `JudgeConfig()`) only the *model* is pinned, not how it
-        is reached (URL, timeout, retries, backoff, concurrency, key variable).
+        per shard. Of the judge's settings (`judge`, default `JudgeConfig()`) only the *model* and the *prompt* are
+        pinned, not how it is reached (URL, timeout, retries, backoff, concurrency, key variable, batch settings).
         """
         judge = judge or JudgeConfig()
-        return {**dataclass_settings(self, exclude=_NOT_PINNED), "judge_model": judge.judge_model}
+        pinned = {**dataclass_settings(self, exclude=_NOT_PINNED), "judge_model": judge.judge_model}
+        if judge.judge_prompt != "json":  # pinned only when set, so folders labelled before it existed still resume
+            pinned["judge_prompt"] = judge.judge_prompt
+        return pinned
 
 
 _NOT_PINNED = ("output_dir", "show_progress", "num_questions", "judge_max_failed_share")
