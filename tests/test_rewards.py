@@ -209,6 +209,7 @@ def test_degenerate_inputs_get_defined_rewards_and_counts(scorer, caplog):
         "vlprm_min/no_steps": 2.0,
         "vlprm_min/overlong": 2.0,
         "vlprm_min/invalid_input": 3.0,
+        "vlprm_min/invalid_score": 0.0,
         "vlprm_min/scorer_calls": 1.0,
     }
     assert "images[0]" in caplog.text and "cannot be decoded" in caplog.text  # the log names the field

@@ -167,3 +167,22 @@ class StepScorer(Protocol):
     """
 
     def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]: ...
+
+
+class ShortSampleError(RuntimeError):
+    """A policy returned another number of samples than the call asked for (e.g. a server that ignores `n`)."""
+
+
+def expect_samples(continuations: Sequence[Continuation], n: int, question: Question, call: str) -> list[Continuation]:
+    """`continuations` when the policy returned exactly the `n` asked for, else `ShortSampleError` naming the question.
+
+    Every caller of `sample_solutions` / `complete` / `sample_next_steps` checks through here: fewer samples would
+    silently become fewer rollouts, candidates or MC completions (an estimate over 1 completion instead of 8).
+    """
+    continuations = list(continuations)
+    if len(continuations) != n:
+        raise ShortSampleError(
+            f"question {question.get('id', '?')}: policy.{call} returned {len(continuations)} of {n} samples asked; "
+            "a policy must return exactly n (a server that ignores `n`: set max_samples_per_request=1)"
+        )
+    return continuations

@@ -40,6 +40,7 @@ from trl_vlprm.eval.selection import (
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import score_candidates
 from trl_vlprm.guidance.strategies.base import whole_solutions
+from trl_vlprm.types import expect_samples
 from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_files
 from trl_vlprm.utils.resume import (
     atomic_write_text,
@@ -72,9 +73,7 @@ def sample_question(
         raise RecordError(qid, "answer", "missing; needed to grade the samples")
     gold, options = str(question["answer"]), list(question.get("options") or []) or None
     kind = question_kind(question, answer_kind)  # as `run_tts` grades (`data.answers.grade_question`)
-    continuations = policy.sample_solutions(question, n_max)
-    if len(continuations) != n_max:
-        raise RuntimeError(f"question {qid}: policy returned {len(continuations)} solutions, asked for {n_max}")
+    continuations = expect_samples(policy.sample_solutions(question, n_max), n_max, question, "sample_solutions")
     candidates = [Candidate(steps=[], gold_correct=[]).extend(c) for c in continuations]
     read: dict[str, str | None] = {}
 

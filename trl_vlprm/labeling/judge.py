@@ -21,12 +21,11 @@ server's `Retry-After` when it sends one (else an exponential backoff with jitte
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +44,7 @@ from trl_vlprm.labeling.judge_prompts import (  # noqa: F401 (re-exported: the j
     image_data_url,
     parse_verdicts,
 )
+from trl_vlprm.utils.http import retry_after_seconds
 
 
 @dataclass
@@ -236,27 +236,6 @@ REPLY_SAMPLE_CHARS = 300
 def _sample(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= REPLY_SAMPLE_CHARS else text[:REPLY_SAMPLE_CHARS] + "..."
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds a 429/503 reply asks to wait (`retry-after-ms`, `retry-after` in seconds or as an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _run(coroutine_function):

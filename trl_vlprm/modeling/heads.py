@@ -35,7 +35,7 @@ from transformers import (
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from trl_vlprm.modeling.families import find_family
-from trl_vlprm.modeling.hub import require_model
+from trl_vlprm.modeling.hub import refuse_remote_code, require_model
 from trl_vlprm.modeling.presets import PRESETS, PRMPreset, find_preset, get_preset
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,10 @@ ARCHITECTURE_CLASSES: dict[str, type[PreTrainedModel]] = {"Qwen2ForProcessReward
 
 class BackboneNotLoadedError(RuntimeError):
     """Raised when `from_pretrained` left backbone weights at random initialisation."""
+
+
+class HeadNotLoadedError(BackboneNotLoadedError):
+    """Raised when a saved value PRM's folder holds no head weights (they would be drawn at random on every load)."""
 
 
 class MissingPRMMetadataError(ValueError):
@@ -135,7 +139,8 @@ def load_prm(
     """
     path = name_or_path
     require_model(path, revision)  # resolves (or fails naming the model) the way from_pretrained will
-    config = AutoConfig.from_pretrained(path, revision=revision)
+    refuse_remote_code(path, revision)
+    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=False)
     saved_head = getattr(config, "prm_head", None)
     preset = resolve_preset(path, preset)
     head = head or saved_head or (preset.head if preset is not None else None)
@@ -158,6 +163,16 @@ def load_prm(
     model, info = model_class.from_pretrained(
         path, config=config, dtype=dtype, revision=revision, output_loading_info=True, **kwargs
     )
+    # A new head (a base model given head="value") legitimately lacks its weights; a saved value PRM must have them,
+    # else from_pretrained draws a random head, a different one on every load.
+    missing_head = [k for k in info["missing_keys"] if k.startswith(_head_keys(head))]
+    if missing_head and is_value_prm:
+        raise HeadNotLoadedError(
+            f"{path} records a trained value head (prm_head: value) but its value head weights "
+            f"{sorted(missing_head)} were not found in {path}: they would be drawn at random, differently on every "
+            "load. The folder holds a base model's (or a vLLM export's) weights; point at the folder the trainer "
+            "saved, or load it as a base model with head='value' to train a head"
+        )
     missing = [k for k in info["missing_keys"] if not k.startswith(_head_keys(head))]
     if missing:
         raise BackboneNotLoadedError(
