@@ -18,6 +18,7 @@ layout is the one saved with the checkpoint, else the published PRM's preset (`t
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import Cache, PreTrainedModel
 
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.modeling.devices import inference_dtype, load_kwargs, resolve_device
@@ -49,7 +50,7 @@ class _Prefix:
     input_ids: torch.Tensor  # [1, P]
     mm_token_type_ids: torch.Tensor | None  # [1, P] (vision processors)
     image_inputs: dict[str, torch.Tensor]  # the model family's image tensors (empty without images)
-    key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, [1, heads, P, head_dim]
+    cache: Cache | None = None  # the prefix's cache (keys/values; recurrent states for linear-attention layers)
     next_position: int = 0  # position of the first token after the prefix (on every rope axis)
 
     def same_as(self, other: _Prefix) -> bool:
@@ -270,15 +271,14 @@ class PRMScorer:
             use_cache=True,
             **self._vision_inputs(prefix),
         )
-        cache = outputs.past_key_values
-        prefix.key_values = [(layer.keys, layer.values) for layer in cache.layers]
+        prefix.cache = outputs.past_key_values
         prefix.next_position = int(positions.max()) + 1
 
-    def _expanded_cache(self, prefix: _Prefix, batch: int) -> DynamicCache:
-        cache = DynamicCache(config=self.model.config)
-        for layer_idx, (keys, values) in enumerate(prefix.key_values):
-            # `update` concatenates, so the shared prefix tensors are copied, never written to.
-            cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), layer_idx)
+    def _expanded_cache(self, prefix: _Prefix, batch: int) -> Cache:
+        # Whatever each layer keeps (keys and values; a linear-attention layer's conv and recurrent states, as in
+        # Qwen3.5) is copied `batch` times by the cache's own beam reordering, so the kept prefix is never written to.
+        cache = copy.deepcopy(prefix.cache)
+        cache.reorder_cache(torch.zeros(batch, dtype=torch.long, device=self.device))
         return cache
 
     @torch.inference_mode()
