@@ -15,6 +15,7 @@ from trl_vlprm.guidance.backends import (
 from trl_vlprm.labeling.combine import DISAGREEMENT_POLICIES, RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
+from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
 from trl_vlprm.utils.resume import dataclass_settings
 
 
@@ -132,7 +133,9 @@ class LabelConfig:
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of a model-backed policy."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a solution of a model-backed policy."})
-    step_separator: str = field(default="\n\n", metadata={"help": "Text ending a step of a model-backed policy."})
+    step_separator: str = field(
+        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text ending a step of a model-backed policy."}
+    )
     judge: str = field(
         default="testbed",
         metadata={
