@@ -20,7 +20,7 @@ import trl_vlprm
 from trl_vlprm.modeling import families
 from trl_vlprm.modeling.encoding import encode_prompt
 from trl_vlprm.modeling.families import (
-    FAMILIES,
+    MODEL_FAMILIES,
     ModelFamily,
     UnsupportedModelError,
     family_of_model,
@@ -54,7 +54,7 @@ def test_qwen_vl_covers_both_model_types():
     assert {"qwen2_vl", "qwen2_5_vl"} <= set(MODEL_TYPES)
     assert get_family("qwen2_vl").name == get_family("qwen2_5_vl").name == "qwen_vl"
     assert get_family("qwen2_vl") is get_family("qwen2_vl")  # one adapter per model type
-    assert FAMILIES.names() == sorted(MODEL_TYPES)
+    assert MODEL_FAMILIES.names() == sorted(MODEL_TYPES)
 
 
 def test_unknown_model_type_names_it_and_lists_the_families():
@@ -72,9 +72,9 @@ def test_every_family_module_registers_itself():
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.ClassDef) and node.name.endswith("Family") and node.name != "ModelFamily"
     }
-    registered = {FAMILIES.get(name).__name__ for name in FAMILIES.names()}
+    registered = {MODEL_FAMILIES.get(name).__name__ for name in MODEL_FAMILIES.names()}
     assert defined == registered and defined
-    assert all(issubclass(FAMILIES.get(name), ModelFamily) for name in FAMILIES.names())
+    assert all(issubclass(MODEL_FAMILIES.get(name), ModelFamily) for name in MODEL_FAMILIES.names())
 
 
 def test_family_found_from_config_processor_and_saved_folder(tiny):

@@ -35,11 +35,9 @@ from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, resolve_preset, step_logits
 from trl_vlprm.modeling.presets import PRMPreset
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_STEP_SEPARATOR = "\n"  # the trainer's default (`VLPRMConfig.step_separator`)
-VLLM_SPEC_PREFIX = "vllm:"  # `from_pretrained("vllm:<folder>")` picks the vLLM backend
 
 
 @dataclass
@@ -169,20 +167,9 @@ class PRMScorer:
             device: where the model runs: "auto" (this process's accelerator: `cuda:$LOCAL_RANK` under `accelerate
                 launch`, else cuda:0 / mps / xpu, else the CPU; `trl_vlprm.modeling.devices`), or "cpu", "cuda:1", ...
 
-        "vllm:<folder>" runs the PRM on a vLLM pooling engine instead (`VLLMScorer`, same scores; `kwargs` then go
-        to `VLLMScorer.from_pretrained`: `llm_kwargs`, `max_model_len`, ...).
+        The same PRM on a vLLM pooling engine is `VLLMScorer.from_pretrained(folder)` (the `vllm:<folder>` and
+        `prm:vllm:<folder>` scorer specs).
         """
-        if str(name_or_path).startswith(VLLM_SPEC_PREFIX):
-            from trl_vlprm.guidance.vllm_scorer import VLLMScorer
-
-            if revision is not None:
-                raise ValueError(f"{name_or_path}: a vLLM-backed PRM is read from a local folder; revision is unused")
-            if device != "auto":  # the engine takes its GPUs from CUDA_VISIBLE_DEVICES, not from an argument
-                raise ValueError(f"{name_or_path}: device={device!r}; a vLLM-backed PRM places itself (use 'auto')")
-            return VLLMScorer.from_pretrained(
-                str(name_or_path)[len(VLLM_SPEC_PREFIX) :], head=head, dtype=dtype, min_pixels=min_pixels,
-                max_pixels=max_pixels, **kwargs,
-            )  # fmt: skip
         chosen = resolve_preset(name_or_path, preset)
         if chosen is not None:
             min_pixels = min_pixels if min_pixels is not None else chosen.min_pixels

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from trl_vlprm.modeling.tiny import build_tiny_vlm
 from trl_vlprm.modeling.tiny_models import TINY_SPECS, get_tiny_spec
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 
 def write_upstream_layout(folder: str | Path) -> Path:
@@ -119,7 +120,7 @@ TINY_HUB_PRMS = {
 
 
 def build_tiny_prm(
-    output_dir: str | Path, arch: str = "qwen2_5_vl", seed: int = 0, step_separator: str = "\n"
+    output_dir: str | Path, arch: str = "qwen2_5_vl", seed: int = 0, step_separator: str = DEFAULT_STEP_SEPARATOR
 ) -> Path:
     """A tiny generative-head PRM saved as `VLPRMTrainer` saves one (config holds `prm_head`, the separator and the
     `+`/`-` token ids; image-only processor beside it)."""

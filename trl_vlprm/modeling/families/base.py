@@ -20,8 +20,8 @@ A family covers one or more transformers `model_type`s that share a processor, a
 Tiny random models of each family (tests, demo) are built in `trl_vlprm.modeling.tiny_models`, not here: nothing in
 an adapter exists only for tests.
 
-A family registers itself with `@register_family` in its own module of `trl_vlprm.modeling.families` (every module
-of that package is imported when the package is), so adding a family is one file plus its tests.
+A family registers itself with `@register_model_family` in its own module of `trl_vlprm.modeling.families` (every
+module of that package is imported when the package is), so adding a family is one file plus its tests.
 """
 
 from __future__ import annotations
@@ -38,10 +38,6 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 from trl_vlprm.registry import Registry
-
-# Model type -> family class; each family registers under every model type it covers.
-FAMILIES: Registry[type[ModelFamily]] = Registry("model family")
-_REGISTERED: list[type[ModelFamily]] = []  # registration order, for error messages that list what is supported
 
 
 class UnsupportedModelError(ValueError):
@@ -231,9 +227,14 @@ class ModelFamily(abc.ABC):
     inexact_prefix_reason: ClassVar[str] = ""
 
 
-def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
+# Model type -> family class; each family registers under every model type it covers.
+MODEL_FAMILIES: Registry[type[ModelFamily]] = Registry("model family", base=ModelFamily)
+_REGISTERED: list[type[ModelFamily]] = []  # registration order, for error messages that list what is supported
+
+
+def register_model_family(cls: type[ModelFamily]) -> type[ModelFamily]:
     """Class decorator: registers a family under each of its model types."""
-    FAMILIES.register(*cls.model_types)(cls)
+    MODEL_FAMILIES.register(*cls.model_types)(cls)
     _REGISTERED.append(cls)
     return cls
 
@@ -255,17 +256,17 @@ def get_family(model_type: str | None) -> ModelFamily:
     Raises:
         UnsupportedModelError: no registered family covers it (the message lists the supported model types).
     """
-    if model_type not in FAMILIES:
+    if model_type not in MODEL_FAMILIES:
         raise UnsupportedModelError(
             f"model type {model_type!r} belongs to no model family of trl_vlprm; supported vision-language model "
             f"types: {supported_families_text()}"
         )
-    return FAMILIES.get(model_type)(model_type)
+    return MODEL_FAMILIES.get(model_type)(model_type)
 
 
 def find_family(model_type: str | None) -> ModelFamily | None:
     """The family adapter of `model_type`, or None (a text-only model, or a type no family covers)."""
-    return get_family(model_type) if model_type in FAMILIES else None
+    return get_family(model_type) if model_type in MODEL_FAMILIES else None
 
 
 def model_type_from_class_name(name: str | None) -> str | None:

@@ -22,13 +22,13 @@ from typing import Any, ClassVar
 
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
-from trl_vlprm.modeling.families.base import image_only_processor_class, register_family
+from trl_vlprm.modeling.families.base import image_only_processor_class, register_model_family
 from trl_vlprm.modeling.families.qwen_vl import QwenVLFamily
 
 ImageOnlyQwen3VLProcessor = image_only_processor_class(Qwen3VLProcessor)
 
 
-@register_family
+@register_model_family
 class Qwen3VLFamily(QwenVLFamily):
     """Qwen3-VL, Qwen3-VL-MoE, Qwen3.5 and Qwen3.5-MoE: one processor class, one position scheme, one weight layout."""
 

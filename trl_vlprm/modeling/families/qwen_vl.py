@@ -26,7 +26,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.modeling.families.base import ModelFamily, image_only_processor_class, register_family
+from trl_vlprm.modeling.families.base import ModelFamily, image_only_processor_class, register_model_family
 
 MAX_ASPECT_RATIO = 200  # the Qwen-VL image processors refuse images more elongated than this
 
@@ -50,7 +50,7 @@ def _image_processor_kwargs(saved: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-@register_family
+@register_model_family
 class QwenVLFamily(ModelFamily):
     """Qwen2-VL and Qwen2.5-VL."""
 
