@@ -39,7 +39,8 @@ def family_models(request, tmp_path_factory):
     """(model type, base model folder, puzzles) of one family, shared by every stage."""
     model_type = request.param
     root = tmp_path_factory.mktemp(model_type)
-    return model_type, build_tiny_vlm(root / "base", arch=model_type, seed=0), generate_puzzles(8, seed=0, image_size=64)
+    puzzles = generate_puzzles(8, seed=0, image_size=64)
+    return model_type, build_tiny_vlm(root / "base", arch=model_type, seed=0), puzzles
 
 
 def _args(tmp_path, **kwargs) -> VLPRMConfig:
