@@ -17,6 +17,7 @@ SMOKE_RUN_HERE = {
     "label_quality.py",
     "eval_processes.py",
     "real_shapes.py",
+    "gpu_check.py",
 }
 
 
@@ -99,3 +100,14 @@ def test_real_shapes_smoke(capsys):
     assert "Machine:" in out and markdown_tables(out) == 2
     assert len(results["train"]) == 4 and len(results["score"]) == 2
     assert all(r["image_tokens"] > 0 and r["max_diff"] <= 2e-2 for r in results["score"])
+
+
+def test_gpu_check_tiny_smoke(capsys):
+    # The CPU smoke version of `make gpu-check`: every training row (both widths, full vocabulary and verdict rows)
+    # and PRMScorer's row; the vLLM rows say vLLM is missing here (tests/test_vllm_benchmarks.py runs them).
+    rows = load_script("gpu_check.py").main(["--tiny", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "Machine:" in out and markdown_tables(out) == 1
+    train = [r for r in rows if r["what"] == "train"]
+    assert len(train) == 4 and all("tokens/s" in r["value"] for r in train)
+    assert [r["setting"] for r in rows if r["what"] == "score"] == ["PRMScorer", "VLLMScorer"]
