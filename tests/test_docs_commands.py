@@ -82,6 +82,10 @@ COVERED: dict[str, str] = {
     "recipes/configs/grpo_qwen2_5_vl_3b.yaml": (
         "tests/test_rewards_grpo.py::test_recipe_under_a_two_process_ddp_launch"
     ),
+    "accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 recipes/grpo.py --config "
+    "recipes/configs/grpo_process_qwen2_5_vl_3b.yaml": (
+        "tests/test_process_grpo.py::test_gpu_process_recipe_runs_as_written"
+    ),
     "trl-vlprm eval --config recipes/configs/eval_tts_paper.yaml": (
         "tests/test_paper_recipes.py::test_paper_eval_recipe_runs_as_written"
     ),
@@ -90,6 +94,10 @@ COVERED: dict[str, str] = {
     ),
     "trl-vlprm label --config recipes/configs/label_paper.yaml": (
         "tests/test_builder.py::test_paper_label_recipe_runs_with_cpu_overrides"
+    ),
+    "trl-vlprm label --config recipes/configs/label_paper.yaml --judge batch --judge_base_url "
+    "https://api.openai.com/v1": (
+        "tests/test_batch_judge.py::test_a_batch_judged_labelling_run_killed_while_waiting_then_resumed"
     ),
     # <cfg> stands for any recipe: the launch test runs each launcher with the tiny CPU config and checks world size 2.
     "accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/train.py --config "
