@@ -104,7 +104,7 @@ def test_a_bad_setting_is_one_line_naming_it_through_the_console_script(tmp_path
     cases = [
         (["tts", "--dataset", "puzzles", "--strategy", "beam_serch"],
          "trl-vlprm tts: TTSArguments.strategy='beam_serch': unknown strategy 'beam_serch'; available: beam_search, "
-         "best_of_n, dvts, greedy, majority, step_selection, weighted_vote"),
+         "best_of_n, dvts, greedy, majority, step_selection, weighted_vote; did you mean 'beam_search'?"),
         (["puzzles", "--config", "typo.yaml"],
          "trl-vlprm puzzles: typo.yaml: unknown field 'image_sise' (did you mean image_size?); "
          "`trl-vlprm puzzles --help` lists every field"),

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trl_vlprm.guidance.aggregation import STEP_AGGREGATIONS
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset, outcome_reward
 from trl_vlprm.guidance.scorer import PRMScorer
@@ -16,6 +15,9 @@ from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_vlm
 from trl_vlprm.testbed.generator import generate_puzzles
+
+# The built-in aggregations that read step scores alone (what the GRPO reward, which has no input lengths, accepts).
+STEP_AGGREGATIONS = ("last", "min", "mean", "prod")
 
 SEPARATOR = " ;"  # the tiny PRM's "trained" separator: not the "\n" default, so a reward ignoring it is caught
 

@@ -15,6 +15,16 @@ from typing import Any, Protocol, runtime_checkable
 
 Question = Mapping[str, Any]
 
+# A "step separator" does one of two jobs, with its own default:
+# - in the PRM's input, the text after every step; the step's score is read at its last token (TRL's
+#   `PRMConfig.step_separator` default). `VLPRMConfig.step_separator`, the scorers and a checkpoint's
+#   `prm_step_separator` mean this one; run configs that drive a policy call it `prm_step_separator`.
+# - in a policy's output, the text that ends a step (a stop string while sampling one step; solutions are split at
+#   it). `SamplingConfig.step_separator` and the `step_separator` of the run configs (TTS, labelling, evaluation)
+#   mean this one. Steps reach the PRM as a list, so the two need not agree.
+DEFAULT_STEP_SEPARATOR = "\n"
+DEFAULT_POLICY_STEP_SEPARATOR = "\n\n"
+
 
 @dataclass
 class Continuation:

@@ -40,14 +40,12 @@ from typing import Any
 from trl_vlprm.data.answers import grade
 from trl_vlprm.data.schema import RecordError, load_image
 from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate, reads_input_lengths
-from trl_vlprm.guidance.hf_policy import question_messages
 from trl_vlprm.guidance.policy import Candidate, StepScorer
-from trl_vlprm.guidance.vllm_policy import split_steps
+from trl_vlprm.guidance.solutions import question_messages, split_steps
 from trl_vlprm.modeling.encoding import EncodedPrompt, PRMEncoder, PRMLayout
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SEPARATOR = "\n"  # when neither the caller nor the scorer names one
 
 
 @dataclass
@@ -179,7 +177,7 @@ class VLPRMReward:
         self.scorer = scorer
         self.aggregation = aggregation
         self.step_separator = (
-            step_separator if step_separator is not None else getattr(scorer, "step_separator", DEFAULT_SEPARATOR)
+            step_separator if step_separator is not None else getattr(scorer, "step_separator", DEFAULT_STEP_SEPARATOR)
         )
         self._split = split_steps
         self.max_length = max_length

@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from trl_vlprm.data.schema import load_image
-from trl_vlprm.guidance.hf_policy import question_messages, read_answer
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
 from trl_vlprm.guidance.sampling import SamplingConfig, SamplingPolicy
-from trl_vlprm.guidance.vllm_policy import split_steps
+from trl_vlprm.guidance.solutions import question_messages, read_answer, split_steps
 from trl_vlprm.utils.http import retry_after_seconds
 
 MISSING_OPENAI_MESSAGE = "ServerPolicy needs the `openai` client: `pip install openai` (a trl_vlprm dependency)."

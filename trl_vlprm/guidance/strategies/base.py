@@ -115,9 +115,10 @@ class SearchResult:
 
 
 # A search strategy: `run(question, policy, scorer, config) -> SearchResult`. Each strategy module registers its
-# runner at its definition with `@STRATEGIES.register("name")`; the package `__init__` imports them all.
+# runner at its definition with `@STRATEGIES.register("name")`; the registry imports every module of the package
+# before its first lookup, as the backends' registries do.
 Strategy = Callable[[Question, Policy, "StepScorer | None", SearchConfig], SearchResult]
-STRATEGIES: Registry[Strategy] = Registry("strategy")
+STRATEGIES: Registry[Strategy] = Registry("strategy", discover="trl_vlprm.guidance.strategies")
 
 
 def question_id(question: Question) -> str:
