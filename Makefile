@@ -57,9 +57,19 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix trl_vlprm recipes tests benchmarks
 	$(PY) -m ruff format trl_vlprm recipes tests benchmarks
 
+# One markdown table per script, on the CPU, the machine stated once above them (each script states it too where
+# its figures depend on it). label_throughput.py needs vLLM: it runs in the vLLM venv.
+VLLM_PY := .cache/vllm-venv/bin/python
+BENCH_SCRIPTS := train_throughput score_throughput reward_cost label_quality eval_processes
 bench: $(STAMP)
-	$(PY) benchmarks/train_throughput.py
-	$(PY) benchmarks/score_throughput.py
+	@$(PY) benchmarks/_common.py
+	@mkdir -p .cache/bench
+	@for script in $(BENCH_SCRIPTS); do echo; echo "### benchmarks/$$script.py"; \
+	  $(PY) benchmarks/$$script.py 2>.cache/bench/$$script.log || { tail -20 .cache/bench/$$script.log; exit 1; }; done
+	@bash .ci/vllm_setup.sh >/dev/null
+	@echo; echo "### benchmarks/label_throughput.py"; \
+	  $(VLLM_PY) benchmarks/label_throughput.py 2>.cache/bench/label_throughput.log || \
+	  { tail -20 .cache/bench/label_throughput.log; exit 1; }
 
 clean:
 	rm -rf $(VENV) .cache outputs

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         config.write_text(
             f"benchmarks: ['testbed:0,limit={args.questions}']\n"
             f"policies: ['tiny@hf:{model},max_new_tokens={args.max_new_tokens}']\n"
-            "scorers: [random]\nstrategies: [first, majority, 'best_of_n:min', 'pass@n']\n"
+            "scorers: [random]\nselections: [first, majority, 'best_of_n:min', 'pass@n']\n"
             f"n_values: [1, {args.n_max}]\nnum_subsamples: 2\n"
         )
         times: dict[int, list[float]] = {1: [], 2: []}

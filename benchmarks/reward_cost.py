@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         difference = float(np.abs(np.array(grouped) - np.array(single)).max())
         if difference > 1e-5:
             raise AssertionError(f"G={g}: grouped and per-completion rewards differ by {difference:.2e}")
-        prefix_tokens = scorer._encode_prefix({"prompt": prompts[0], "images": images[0]}).input_ids.shape[1]
+        prefix_tokens = len(scorer.encoder.encode_prompt(prompts[0], images[0]).input_ids)
         rows.append(
             {
                 "G": g,

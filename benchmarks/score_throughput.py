@@ -35,11 +35,12 @@ import time
 
 import numpy as np
 import torch
+from _common import machine
 from PIL import Image
 
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.scorer import PRMScorer
-from trl_vlprm.modeling.heads import load_prm
+from trl_vlprm.modeling.heads import correct_probability, load_prm, step_logits
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_vlm
 
@@ -63,33 +64,45 @@ def make_candidates(n: int, seed: int) -> list[Candidate]:
     ]
 
 
+def encode(scorer: PRMScorer, question, candidates: list[Candidate]):
+    """The question's tokens and image tensors, and each candidate's tokens after them, through the scorer's own
+    encoder (`PRMEncoder`, the trainer's layout) and model family."""
+    prompt = scorer.encoder.encode_prompt(question["prompt"], question["images"], question["id"])
+    image_inputs = scorer.family.image_inputs(scorer.processing_class, prompt.images)
+    suffixes = [
+        scorer.encoder.encode_candidate(question["prompt"], prompt, c.steps, row=question["id"]) for c in candidates
+    ]
+    return prompt, image_inputs, suffixes
+
+
 @torch.inference_mode()
 def score_batched_without_sharing(scorer: PRMScorer, question, candidates: list[Candidate]) -> list[list[float]]:
     """Batched full forwards (image and prefix repeated in every row): batching without prefix sharing."""
-    prefix = scorer._encode_prefix(question)
-    prefix_ids = prefix.input_ids[0].tolist()
-    suffixes = scorer._suffixes(candidates)
+    prompt, image_inputs, suffixes = encode(scorer, question, candidates)
+    prefix_ids, prefix_types = prompt.input_ids, prompt.mm_token_type_ids
     pad_id = scorer.tokenizer.pad_token_id
     scores = []
     for start in range(0, len(candidates), scorer.batch_size):
         chunk = suffixes[start : start + scorer.batch_size]
-        longest = len(prefix_ids) + max(len(ids) for ids, _ in chunk)
+        longest = len(prefix_ids) + max(len(s.input_ids) for s in chunk)
         input_ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         mm_token_type_ids = torch.zeros_like(input_ids)
-        for row, (ids, _) in enumerate(chunk):
-            input_ids[row, : len(prefix_ids) + len(ids)] = torch.tensor(prefix_ids + ids)
-            attention_mask[row, : len(prefix_ids) + len(ids)] = 1
-            mm_token_type_ids[row, : len(prefix_ids)] = prefix.mm_token_type_ids[0]
+        for row, suffix in enumerate(chunk):
+            length = len(prefix_ids) + len(suffix.input_ids)
+            input_ids[row, :length] = torch.tensor(prefix_ids + suffix.input_ids)
+            attention_mask[row, :length] = 1
+            mm_token_type_ids[row, : len(prefix_ids)] = torch.tensor(prefix_types)
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "mm_token_type_ids": mm_token_type_ids,
-            "pixel_values": prefix.pixel_values.repeat(len(chunk), 1),
-            "image_grid_thw": prefix.image_grid_thw.repeat(len(chunk), 1),
+            "pixel_values": image_inputs["pixel_values"].repeat(len(chunk), 1),
+            "image_grid_thw": image_inputs["image_grid_thw"].repeat(len(chunk), 1),
         }
-        ends = [[len(prefix_ids) + end for end in row_ends] for _, row_ends in chunk]
-        scores += scorer._step_probabilities(inputs, ends)
+        class_logits = step_logits(scorer.model(**inputs).logits, scorer.head, scorer.token_ids)
+        probabilities = correct_probability(class_logits)
+        scores += [[float(probabilities[row, len(prefix_ids) + end]) for end in s.ends] for row, s in enumerate(chunk)]
     return scores
 
 
@@ -166,7 +179,7 @@ def measure(args: argparse.Namespace, model, processor, vllm_score, served_score
         np.random.default_rng(args.seed).integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
     )
     question = {"id": "bench", "prompt": "<image>Which number is missing in the grid?", "images": [image]}
-    prefix_tokens = scorer._encode_prefix(question).input_ids.shape[1]
+    prefix_tokens = len(encode(scorer, question, [])[0].input_ids)
     scorer.score(question, make_candidates(2, args.seed))  # warm-up (allocations, kernels)
     for extra in (vllm_score, served_score):
         if extra is not None:
@@ -175,7 +188,7 @@ def measure(args: argparse.Namespace, model, processor, vllm_score, served_score
     rows = []
     for n in args.num_candidates:
         candidates = make_candidates(n, args.seed + n)
-        suffix_tokens = float(np.mean([len(ids) for ids, _ in scorer._suffixes(candidates)]))
+        suffix_tokens = float(np.mean([len(s.input_ids) for s in encode(scorer, question, candidates)[2]]))
         functions = {
             "shared": lambda c=candidates: scorer.score(question, c),
             "plain": lambda c=candidates: scorer.score_plain(question, c),
@@ -262,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = run(args)
+    print(machine())
     print(
         f"{args.arch}, {args.head} head, hidden {args.hidden_size}, {args.image_size}x{args.image_size} image, "
         f"batch_size {args.batch_size}, {torch.get_num_threads()} torch threads, best of {args.repeats}"

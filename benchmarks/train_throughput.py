@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import machine
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from trl.trainer.utils import disable_dropout_in_model
 
@@ -34,8 +35,9 @@ from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_vlm
 from trl_vlprm.testbed.supervision import sample_supervision
-from trl_vlprm.trainer.collator import DataCollatorForVLPRM
-from trl_vlprm.trainer.tokenization import IGNORE_INDEX
+from trl_vlprm.trainer import DataCollatorForVLPRM
+
+IGNORE_INDEX = -100  # transformers' label of positions without a loss
 
 KINDS = ("VLPRMTrainer", "Trainer")
 
@@ -133,9 +135,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         model_path = build_tiny_vlm(tmp / "tiny", arch="qwen2_vl", seed=args.seed, hidden_size=args.hidden_size)
         processor = load_processor(model_path)
         rows = sample_supervision(args.puzzles, solutions_per_puzzle=4, seed=args.seed, image_size=args.image_size)
-        # Tokenized once, by VLPRMTrainer's own pipeline; both trainers then get the same token ids and labels.
-        config = VLPRMConfig(output_dir=str(tmp / "prep"), use_cpu=True, max_length=args.max_length)
-        dataset = VLPRMTrainer._prepare(rows, processor, config, "benchmark", is_eval=False)
+        # Tokenized once, by VLPRMTrainer's own pipeline (its `train_dataset` after construction); both trainers then
+        # get the same token ids and labels.
+        config = VLPRMConfig(output_dir=str(tmp / "prep"), use_cpu=True, max_length=args.max_length, report_to="none")
+        dataset = VLPRMTrainer(
+            model=fresh_model(model_path, args.seed), args=config, train_dataset=rows, processing_class=processor
+        ).train_dataset
         mean_length = sum(len(ids) for ids in dataset["input_ids"]) / len(dataset)
 
         speeds: dict[str, list[float]] = {kind: [] for kind in KINDS}
@@ -146,18 +151,23 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
                 speeds[kind].append(speed)
                 losses[kind].append(loss)
 
+    # Same model, rows, order and arithmetic: the two trainers must reach the same training loss (its own check).
+    for a, b in zip(losses["VLPRMTrainer"], losses["Trainer"]):
+        if abs(a - b) > 1e-4 * max(1.0, abs(b)):
+            raise AssertionError(f"VLPRMTrainer's training loss {a:.6f} differs from Trainer's {b:.6f}")
     ratios = [plain / vlprm for vlprm, plain in zip(speeds["VLPRMTrainer"], speeds["Trainer"])]
+    print(machine())
     print(
-        f"\n{len(dataset)} rows, mean {mean_length:.0f} tokens (16 image tokens), batch {args.batch_size}, "
-        f"{args.steps} timed steps after {args.warmup} warmup, {args.repeats} repeats, "
-        f"{torch.get_num_threads()} torch threads"
+        f"{len(dataset)} rows, mean {mean_length:.0f} tokens, batch {args.batch_size}, {args.steps} timed steps after "
+        f"{args.warmup} warmup, {args.repeats} repeat(s), value head, hidden {args.hidden_size}"
     )
-    print(f"{'trainer':<14}{'median samples/s':>18}{'min':>9}{'max':>9}{'train loss':>12}")
+    print("| trainer | median samples/s | min | max | train loss |")
+    print("|---|---|---|---|---|")
     for kind in KINDS:
         values = speeds[kind]
         print(
-            f"{kind:<14}{statistics.median(values):>18.1f}{min(values):>9.1f}{max(values):>9.1f}"
-            f"{statistics.median(losses[kind]):>12.4f}"
+            f"| {kind} | {statistics.median(values):.1f} | {min(values):.1f} | {max(values):.1f} | "
+            f"{statistics.median(losses[kind]):.4f} |"
         )
     overhead = statistics.median(ratios) - 1
     print(f"VLPRMTrainer overhead vs Trainer (median paired ratio - 1): {100 * overhead:+.1f}%  "

@@ -71,7 +71,12 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
     ConfigEntry(
         "trl_vlprm.scripts.grpo:GRPOScriptArguments",
         "Training",
-        "`trl-vlprm grpo` / `recipes/grpo.py` (with `trl.GRPOConfig`, `trl.ModelConfig`)",
+        "`trl-vlprm grpo` / `recipes/grpo.py` (with `VLPRMGRPOConfig`, `trl.ModelConfig`)",
+    ),
+    ConfigEntry(
+        "trl_vlprm.guidance.process_grpo:VLPRMGRPOConfig",
+        "Training",
+        "`VLPRMGRPOTrainer(args=...)`, `trl-vlprm grpo` / `recipes/grpo.py`: `trl.GRPOConfig` plus per-step credit",
     ),
     ConfigEntry(
         "trl_vlprm.guidance.strategies.base:SearchConfig",

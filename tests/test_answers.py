@@ -167,7 +167,7 @@ def test_register_answer_kind_is_used_by_grade():
         with pytest.raises(ValueError, match="already registered"):
             register_answer_kind("nospace", ANSWER_KINDS["nospace"])
     finally:
-        ANSWER_KINDS.pop("nospace")
+        ANSWER_KINDS.unregister("nospace")
 
 
 @pytest.mark.parametrize("solution", ["So \\boxed{[1, 2]}", "The answer is (1, 2)", "Answer: 1, 2", "\\boxed{3; 2}"])

@@ -8,7 +8,6 @@ from trl_vlprm.guidance.backends import (
     SCORER_BACKENDS,
     build_policy,
     build_scorer,
-    discover_backends,
     make_spec,
     parse_spec,
 )
@@ -40,7 +39,6 @@ def puzzles():
 
 
 def test_every_backend_registers_itself_and_an_unknown_one_names_the_others():
-    discover_backends()
     assert {"hf", "scripted", "server", "vllm"} <= set(POLICY_BACKENDS.names())
     assert {"oracle", "prm", "random", "server", "vllm"} <= set(SCORER_BACKENDS.names())
     with pytest.raises(ValueError, match=r"unknown policy backend 'sglang'; available: hf, .*scripted, server, vllm"):

@@ -164,8 +164,9 @@ def test_paper_preset_parses_with_the_papers_settings():
     from trl import TrlParser
 
     path = Path(__file__).parents[1] / "recipes" / "configs" / "label_paper.yaml"
-    config, _ = TrlParser((LabelConfig, JudgeConfig)).parse_args_and_config(args=["--config", str(path)])
+    config, judge = TrlParser((LabelConfig, JudgeConfig)).parse_args_and_config(args=["--config", str(path)])
     assert (config.rule, config.judge_unknown, config.mc_mode) == ("vlprm", "drop", "every_step_until_zero")
+    assert (judge.judge_prompt, judge.judge_max_tokens) == ("paper", 8192)  # the paper's prompt and budget
     assert (config.mc_num_completions, config.mc_threshold) == (16, 0.0)
     assert config.mc_config().mode == "every_step_until_zero"
     with pytest.raises(ValueError, match="judge_unknown"):
@@ -257,7 +258,11 @@ def test_paper_label_recipe_runs_with_cpu_overrides(tmp_path, capsys):
         # every_step_until_zero: prefixes scored in order, none after the first zero.
         measured = [s for s in mc["scores"] if s is not None]
         assert mc["scores"][: len(measured)] == measured and 0.0 not in measured[:-1]
-        assert "unknown" not in json.loads(row["judge"])["verdicts"]
+        verdicts = json.loads(row["judge"])["verdicts"]
+        assert "unknown" not in verdicts
+        # the paper's prompt: the judge stops at the first error, every later step is incorrect
+        first = verdicts.index("incorrect") if "incorrect" in verdicts else len(verdicts)
+        assert verdicts[first:] == ["incorrect"] * (len(verdicts) - first)
 
 
 def test_a_scripted_policy_on_other_data_is_refused_as_a_setting():

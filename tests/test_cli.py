@@ -26,8 +26,8 @@ CONFIGS = {
     "eval": ("n_values: [1, 2]\nseed: 4\n", ["--seed", "6"], [(0, "n_values", [1, 2]), (0, "seed", 6)]),
     "check": ("prm: some/folder\nlimit: 3\n", ["--strict"], [(0, "prm", "some/folder"), (0, "limit", 3),
                                                             (0, "strict", True)]),
-    "view": ("inputs: [a.jsonl]\nstrategy: majority\n", ["--page_size", "7"], [(0, "inputs", ["a.jsonl"]),
-                                                                           (0, "strategy", "majority"),
+    "view": ("inputs: [a.jsonl]\nselection: majority\n", ["--page_size", "7"], [(0, "inputs", ["a.jsonl"]),
+                                                                           (0, "selection", "majority"),
                                                                            (0, "page_size", 7)]),
 }  # fmt: skip
 
@@ -107,7 +107,7 @@ def test_a_bad_setting_is_one_line_naming_it_through_the_console_script(tmp_path
     cases = [
         (["tts", "--dataset", "puzzles", "--strategy", "beam_serch"],
          "trl-vlprm tts: TTSArguments.strategy='beam_serch': unknown strategy 'beam_serch'; available: beam_search, "
-         "best_of_n, dvts, greedy, majority, step_selection, weighted_vote"),
+         "best_of_n, dvts, greedy, majority, step_selection, weighted_vote; did you mean 'beam_search'?"),
         (["puzzles", "--config", "typo.yaml"],
          "trl-vlprm puzzles: typo.yaml: unknown field 'image_sise' (did you mean image_size?); "
          "`trl-vlprm puzzles --help` lists every field"),

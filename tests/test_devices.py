@@ -148,7 +148,7 @@ def test_grpo_reward_places_its_prm(prm_dir, gpus):
 
 def test_vllm_prm_refuses_a_device(prm_dir):
     with pytest.raises(ValueError, match=r"device='cuda:1'; a vLLM-backed PRM places itself"):
-        PRMScorer.from_pretrained(f"vllm:{prm_dir / 'prm'}", device="cuda:1")
+        build_scorer(f"prm:vllm:{prm_dir / 'prm'},device=cuda:1")
 
 
 def test_accelerator_loading_path_gives_the_same_model(prm_dir, monkeypatch):

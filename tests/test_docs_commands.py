@@ -89,6 +89,10 @@ COVERED: dict[str, str] = {
     "recipes/configs/grpo_qwen2_5_vl_3b.yaml": (
         "tests/test_rewards_grpo.py::test_recipe_under_a_two_process_ddp_launch"
     ),
+    "accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 8 recipes/grpo.py --config "
+    "recipes/configs/grpo_process_qwen2_5_vl_3b.yaml": (
+        "tests/test_process_grpo.py::test_gpu_process_recipe_runs_as_written"
+    ),
     "trl-vlprm eval --config recipes/configs/eval_tts_paper.yaml": (
         "tests/test_paper_recipes.py::test_paper_eval_recipe_runs_as_written"
     ),

@@ -20,7 +20,7 @@ import trl_vlprm
 from trl_vlprm.modeling import families
 from trl_vlprm.modeling.encoding import encode_prompt
 from trl_vlprm.modeling.families import (
-    FAMILIES,
+    MODEL_FAMILIES,
     ModelFamily,
     UnsupportedModelError,
     family_of_model,
@@ -28,9 +28,10 @@ from trl_vlprm.modeling.families import (
     get_family,
     supported_model_types,
 )
-from trl_vlprm.modeling.heads import load_prm
+from trl_vlprm.modeling.heads import as_token_classification_model, load_prm, value_head_class
 from trl_vlprm.modeling.processor import build_processor, load_processor, read_model_type
 from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_tokenizer, build_tiny_vlm
+from trl_vlprm.modeling.tiny_models import TINY_SPECS, get_tiny_spec
 
 PACKAGE = Path(trl_vlprm.__file__).parent
 MODEL_TYPES = supported_model_types()
@@ -53,7 +54,7 @@ def test_qwen_vl_covers_both_model_types():
     assert {"qwen2_vl", "qwen2_5_vl"} <= set(MODEL_TYPES)
     assert get_family("qwen2_vl").name == get_family("qwen2_5_vl").name == "qwen_vl"
     assert get_family("qwen2_vl") is get_family("qwen2_vl")  # one adapter per model type
-    assert FAMILIES.names() == sorted(MODEL_TYPES)
+    assert MODEL_FAMILIES.names() == sorted(MODEL_TYPES)
 
 
 def test_unknown_model_type_names_it_and_lists_the_families():
@@ -69,17 +70,19 @@ def test_every_family_module_registers_itself():
         node.name
         for path in Path(families.__file__).parent.glob("*.py")
         for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.ClassDef) and any(getattr(base, "id", None) == "ModelFamily" for base in node.bases)
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Family") and node.name != "ModelFamily"
     }
-    registered = {FAMILIES.get(name).__name__ for name in FAMILIES.names()}
+    registered = {MODEL_FAMILIES.get(name).__name__ for name in MODEL_FAMILIES.names()}
     assert defined == registered and defined
+    assert all(issubclass(MODEL_FAMILIES.get(name), ModelFamily) for name in MODEL_FAMILIES.names())
 
 
 def test_family_found_from_config_processor_and_saved_folder(tiny):
     model_type, path = tiny
     family = get_family(model_type)
     processor = load_processor(path)
-    assert family_of_processor(processor) is family
+    # Model types sharing one processor class (Qwen3-VL's serves Qwen3.5 too) are told apart by the config only.
+    assert family_of_processor(processor).name == family.name
     assert family_of_model(load_prm(path, head="generative")) is family
     assert read_model_type(path) == model_type
     # A text model has no family: callers fall back to text behaviour.
@@ -165,45 +168,72 @@ def test_vision_tower_is_the_encoder_without_its_projector(tiny):
 
 
 def test_value_head_class_is_registered_and_loads_the_backbone(tiny):
+    """The head factory wraps the family's model class: same backbone under the same names, registered with
+    AutoModelForTokenClassification, every backbone tensor loaded (only the LM head is not part of a value PRM)."""
     model_type, path = tiny
-    family = get_family(model_type)
-    head_class = family.value_head_class()
+    head_class = value_head_class(model_type)
+    assert head_class is as_token_classification_model(get_family(model_type).model_class())
     model = load_prm(path, head="value")
-    assert type(model) is head_class
+    assert type(model) is head_class and head_class.__name__.endswith("ForTokenClassification")
     assert AutoModelForTokenClassification._model_mapping[type(model.config)] is head_class
     reference = AutoModelForImageTextToText.from_pretrained(path).state_dict()
     state = model.state_dict()
     assert all(torch.equal(state[k], reference[k]) for k in reference if k in state)
     assert len([k for k in reference if k in state]) == len(reference) - 1  # all but the LM head
+    assert sorted(k for k in state if k not in reference) == ["score.bias", "score.weight"]
+
+
+def test_a_saved_value_prm_reloads_with_its_head(tiny, tmp_path):
+    """A value PRM saved after training reloads with the trained `score` and backbone (nothing re-initialised)."""
+    model_type, path = tiny
+    model = load_prm(path, head="value")
+    with torch.no_grad():
+        model.score.weight.normal_()
+        next(p for n, p in model.named_parameters() if n.startswith("model.")).add_(1.0)
+    model.config.prm_head = "value"
+    model.save_pretrained(tmp_path / "prm")
+    reloaded = load_prm(tmp_path / "prm")
+    assert type(reloaded) is type(model)
+    expected, got = model.state_dict(), reloaded.state_dict()
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 def test_tiny_model_of_each_family(tiny):
+    """Tiny models are the real transformers classes of their model type, built from the tiny-model module."""
     model_type, path = tiny
-    family = get_family(model_type)
-    config = family.tiny_config(build_tiny_tokenizer(arch=model_type))
+    config = get_tiny_spec(model_type).config(
+        build_tiny_tokenizer(arch=model_type), hidden_size=64, num_layers=2, num_heads=4, vision_width=32,
+        vision_depth=2, initializer_range=0.02, intermediate_size=None,
+    )  # fmt: skip
     assert config.model_type == model_type
-    assert isinstance(family.tiny_model_class()(config), AutoModelForImageTextToText._model_mapping[type(config)])
+    assert isinstance(
+        get_family(model_type).model_class()(config), AutoModelForImageTextToText._model_mapping[type(config)]
+    )
+    assert set(MODEL_TYPES) <= set(TINY_SPECS)
 
 
 def test_family_base_class_lists_what_a_new_family_implements():
-    """The abstract methods are the minimum a family file implements; the rest have working defaults."""
+    """The abstract methods are the minimum a family file implements; the rest have working defaults (heads come from
+    the factory, tiny test models from `trl_vlprm.modeling.tiny_models`)."""
     assert ModelFamily.__abstractmethods__ == {
         "image_processor",
         "processor",
         "image_token_counts",
         "image_token_total",
-        "is_vision_tower_parameter",
-        "value_head_class",
-        "tiny_config",
-        "tiny_model_class",
     }
 
 
 # ---- the adapter is the only place ---------------------------------------------------------------------------------
 
-# Files allowed to name the Qwen-VL specifics: the adapter itself, and the two files that hold hub ids (published PRMs
-# by id; the tiny model type standing in for each repo id of the tiny hub cache).
-ALLOWED_FILES = {"modeling/families/qwen_vl.py", "modeling/presets.py", "modeling/tiny_hub.py"}
+# Files allowed to name the Qwen-VL specifics: the adapters, their tiny models, and the two files that hold hub ids
+# (published PRMs by id; the tiny model type standing in for each repo id of the tiny hub cache).
+ALLOWED_FILES = {
+    "modeling/families/qwen_vl.py",
+    "modeling/families/qwen3_vl.py",
+    "modeling/tiny_models/qwen_vl.py",
+    "modeling/presets.py",
+    "modeling/tiny_hub.py",
+}
 QWEN_VL_SPECIFICS = re.compile(
     r"qwen2(_5)?_?vl"  # class names, model types, transformers module names
     r"|image_grid_thw|get_rope_index|mrope|merge_size|get_number_of_image_patches"  # image layout and 3-D rope
@@ -317,3 +347,19 @@ def test_a_saved_model_of_no_family_is_named_before_its_tokenizer_is_read(tmp_pa
         load_processor(relabelled)
     # a text model transformers knows still loads as its tokenizer
     assert not hasattr(load_processor(build_tiny_text_prm(tmp_path / "text")), "image_processor")
+
+
+def test_every_model_type_loads_by_its_published_repo_id(tiny_hub):
+    """The tiny hub cache serves each model type under a published repo id, in the published file layout; the
+    processor and both heads load from it by id, every backbone tensor found (`load_prm` raises otherwise)."""
+    from trl_vlprm.modeling.tiny_hub import TINY_HUB_BASE_MODELS
+
+    first_id = {}
+    for repo_id, (model_type, _) in TINY_HUB_BASE_MODELS.items():
+        first_id.setdefault(model_type, repo_id)
+    assert set(first_id) == set(MODEL_TYPES)
+    for model_type, repo_id in first_id.items():
+        processor = load_processor(repo_id)
+        assert family_of_processor(processor).name == get_family(model_type).name
+        for head in ("value", "generative"):
+            assert load_prm(repo_id, head=head).config.model_type == model_type

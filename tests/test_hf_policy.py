@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from trl_vlprm.guidance.hf_policy import HFPolicy, _SeparatorStop, question_messages, read_answer
+from trl_vlprm.guidance.hf_policy import HFPolicy, _SeparatorStop
 from trl_vlprm.guidance.policy import Policy
+from trl_vlprm.guidance.solutions import question_messages, read_answer
 from trl_vlprm.modeling.tiny import build_tiny_vlm
 
 

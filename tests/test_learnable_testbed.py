@@ -11,7 +11,7 @@ from trl_vlprm.eval.guardrails import BLIND_SHIFT, best_of_n_vs_random, image_sw
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.strategies import majority_vote
 from trl_vlprm.testbed import (
-    FAMILIES,
+    PUZZLE_FAMILIES,
     TIERS,
     GoldOracleScorer,
     ScriptedPolicy,
@@ -35,7 +35,7 @@ def within(count: int, n: int, rate: float, sigmas: float = 4.0) -> bool:
 
 
 def test_tiers_partition_the_families_and_default_to_hard():
-    assert set(TIERS["hard"]) | set(TIERS["learnable"]) == set(FAMILIES)
+    assert set(TIERS["hard"]) | set(TIERS["learnable"]) == set(PUZZLE_FAMILIES)
     assert not set(TIERS["hard"]) & set(TIERS["learnable"])
     assert set(generate_puzzles(12, seed=0)["category"]) == set(TIERS["hard"])
     by_tier = generate_puzzles(4, seed=0, families="learnable")["category"]
@@ -259,7 +259,7 @@ def test_best_of_n_vs_random_is_exact_and_warns_below_random(learnable):
 
 def test_sweep_below_random_names_the_cells():
     def row(scorer, n, accuracy):
-        return {"benchmark": "b", "policy": "p", "scorer": scorer, "strategy": "best_of_n:min", "n": n,
+        return {"benchmark": "b", "policy": "p", "scorer": scorer, "selection": "best_of_n:min", "n": n,
                 "accuracy": accuracy}  # fmt: skip
 
     rows = [row("vlprm", 1, 0.5), row("random", 1, 0.6), row("vlprm", 4, 0.4), row("random", 4, 0.6),

@@ -9,16 +9,19 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
 
-from trl_vlprm.modeling.families.qwen_vl import (
-    ImageOnlyQwen2VLProcessor,
-    Qwen2_5_VLForTokenClassification,
-    Qwen2VLForTokenClassification,
+from trl_vlprm.modeling.families.qwen_vl import ImageOnlyQwen2VLProcessor
+from trl_vlprm.modeling.heads import (
+    BackboneNotLoadedError,
+    correct_probability,
+    load_prm,
+    prm_token_ids,
+    step_logits,
+    value_head_class,
 )
-from trl_vlprm.modeling.heads import BackboneNotLoadedError, correct_probability, load_prm, prm_token_ids, step_logits
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
 from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_tokenizer, build_tiny_vlm
 
-ARCHS = {"qwen2_vl": Qwen2VLForTokenClassification, "qwen2_5_vl": Qwen2_5_VLForTokenClassification}
+ARCHS = {arch: value_head_class(arch) for arch in ("qwen2_vl", "qwen2_5_vl")}
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))

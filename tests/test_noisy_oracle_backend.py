@@ -36,12 +36,12 @@ def test_evaluation_sweep_reads_the_spec(tmp_path):
     config = EvalTTSConfig(
         benchmarks=["testbed:0,limit=6"],
         scorers=["oracle", "inverse@noisy_oracle:flip_rate=1.0"],
-        strategies=["best_of_n:min", "pass@n"],
+        selections=["best_of_n:min", "pass@n"],
         n_values=[4],
         num_subsamples=1,
         output_dir=str(tmp_path),
     )
-    rows = {(r["scorer"], r["strategy"]): r["accuracy"] for r in run(config)}
+    rows = {(r["scorer"], r["selection"]): r["accuracy"] for r in run(config)}
     # The oracle picks an error-free sample whenever one exists; the always-wrong scorer never does better.
     assert rows[("oracle", "best_of_n:min")] >= rows[("inverse", "best_of_n:min")]
     assert rows[("oracle", "best_of_n:min")] <= rows[("-", "pass@n")]

@@ -11,7 +11,7 @@ from datasets import Image, List
 
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, validate_dataset
 from trl_vlprm.testbed import (
-    FAMILIES,
+    PUZZLE_FAMILIES,
     TIERS,
     format_prompt,
     generate_puzzles,
@@ -40,7 +40,7 @@ def question_text(prompt: str) -> str:
 
 
 def test_six_families_dealt_round_robin(puzzles):
-    assert len(FAMILIES) >= 6
+    assert len(PUZZLE_FAMILIES) >= 6
     assert set(HARD) == {"color_grid", "size_cycle", "counting", "number_grid", "polygon_sides", "clock"}
     assert collections.Counter(puzzles["category"]) == {name: PER_FAMILY for name in HARD}
     assert generate_puzzles(7, seed=0, families=["clock", "counting"])["category"] == ["clock", "counting"] * 3 + [
@@ -141,25 +141,25 @@ def test_bad_family_and_metadata_are_named():
 
 
 def test_a_family_registered_at_its_definition_is_generated_and_listed():
-    """`FAMILIES` is the project's Registry: `@register_family` on a subclass makes it a generator choice, and an
-    unknown name lists every family (and the tiers)."""
-    from trl_vlprm.testbed import FAMILIES, PuzzleFamily, register_family
+    """`PUZZLE_FAMILIES` is the project's Registry: `@register_puzzle_family` on a subclass makes it a generator
+    choice, and an unknown name lists every family (and the tiers)."""
+    from trl_vlprm.testbed import PUZZLE_FAMILIES, PuzzleFamily, register_puzzle_family
     from trl_vlprm.testbed.families import ColorGrid
 
-    @register_family
+    @register_puzzle_family
     class Recoloured(ColorGrid):
         name = "recoloured_grid"
 
     try:
-        assert isinstance(FAMILIES.get("recoloured_grid"), Recoloured)
+        assert isinstance(PUZZLE_FAMILIES.get("recoloured_grid"), Recoloured)
         puzzles = generate_puzzles(4, seed=3, families="color_grid,recoloured_grid")
         assert puzzles["category"] == ["color_grid", "recoloured_grid"] * 2
         # same seed and index, another family name: another random stream, so another puzzle
         assert puzzles[1]["id"] == "recoloured_grid-s3-00001"
-        assert read_metadata(puzzles[1])[0] is FAMILIES.get("recoloured_grid")
+        assert read_metadata(puzzles[1])[0] is PUZZLE_FAMILIES.get("recoloured_grid")
         with pytest.raises(ValueError, match=r"available: .*recoloured_grid.* \(or a tier: hard, learnable\)"):
             generate_puzzles(1, families="recolored_grid")
     finally:
-        FAMILIES.unregister("recoloured_grid")
+        PUZZLE_FAMILIES.unregister("recoloured_grid")
     with pytest.raises(ValueError, match="has no `name`"):
-        register_family(type("Nameless", (PuzzleFamily,), {}))
+        register_puzzle_family(type("Nameless", (PuzzleFamily,), {}))

@@ -15,10 +15,10 @@ from trl_vlprm.eval.benchmarks import BENCHMARKS, benchmark, load_benchmark
 from trl_vlprm.eval.process_bench import PROCESS_BENCHES, load_process_bench_spec
 from trl_vlprm.eval.selection import (
     OUTCOME_SELECTIONS,
-    check_strategy,
+    check_selection,
     derive_accuracies,
     outcome_selection,
-    strategy_correct,
+    selection_correct,
     uses_scorer,
 )
 from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate, reads_input_lengths
@@ -61,16 +61,18 @@ UNKNOWN_NAMES = {
     ),
     "benchmark": (
         lambda: load_benchmark("mmlu"),
-        "unknown benchmark 'mmlu'; available: algopuzzlevqa, mathvision, mathvista, mmmu, puzzlevqa, testbed",
+        "unknown benchmark 'mmlu'; available: algopuzzlevqa, mathvision, mathvista, mmmu, puzzlevqa, testbed; "
+        "did you mean 'mmmu'?",
     ),
     "process bench": (
         lambda: load_process_bench_spec("processbench:x=1"),
         "process bench spec 'processbench:x=1': unknown bench 'processbench'; available: puzzlevqa, testbed, "
-        "visualprocessbench",
+        "visualprocessbench; did you mean 'visualprocessbench'?",
     ),
     "converter": (
         lambda: convert_dataset([], "prm800k"),
-        "unknown source format 'prm800k'; available: trl_stepwise, visualprm400k, vlprm300k",
+        "unknown source format 'prm800k'; available: trl_stepwise, visualprm400k, vlprm300k; did you mean "
+        "'vlprm300k' or 'visualprm400k'?",
     ),
     "answer kind": (
         lambda: grade("B", "B", kind="symbolic"),
@@ -87,8 +89,8 @@ UNKNOWN_NAMES = {
         "judge_first_error_confirmed_by_mc, judge_only, mc_only, vlprm",
     ),
     "outcome selection": (
-        lambda: check_strategy("mcts:min"),
-        "strategy 'mcts:min': unknown outcome selection 'mcts'; available: best_of_n, first, majority, pass@n, "
+        lambda: check_selection("mcts:min"),
+        "selection 'mcts:min': unknown outcome selection 'mcts'; available: best_of_n, first, majority, pass@n, "
         "weighted_vote",
     ),
 }
@@ -106,11 +108,11 @@ def test_an_unknown_name_lists_what_is_available(place):
 
 def test_the_sweep_names_the_aggregations_a_selection_accepts():
     with pytest.raises(ValueError) as caught:
-        check_strategy("weighted_vote:paper")
-    expected = "strategy 'weighted_vote:paper': weighted_vote:<agg> takes <agg> in ['last', 'mean', 'min', 'prod']"
+        check_selection("weighted_vote:paper")
+    expected = "selection 'weighted_vote:paper': weighted_vote:<agg> takes <agg> in ['last', 'mean', 'min', 'prod']"
     assert str(caught.value) == expected + ", got 'paper'"
-    with pytest.raises(ValueError, match="strategy 'majority:min': 'majority' takes no aggregation"):
-        check_strategy("majority:min")
+    with pytest.raises(ValueError, match="selection 'majority:min': 'majority' takes no aggregation"):
+        check_selection("majority:min")
     with pytest.raises(ValueError, match="needs the PRM input lengths"):
         VLPRMReward(ConstantScorer(), aggregation="paper")
     assert uses_scorer("best_of_n:paper") and not uses_scorer("pass@n")
@@ -142,12 +144,12 @@ def test_a_registered_aggregation_reaches_search_sweep_and_reward():
         candidates = [scored([0.1, 0.9, 0.9], "a"), scored([0.4, 0.5, 0.3], "b")]
         assert aggregate([0.1, 0.9, 0.9], "second_min") == 0.9 and aggregate([], "second_min") == 0.0
         assert select_best_of_n(candidates, "second_min") == 0 and select_best_of_n(candidates, "min") == 1
-        check_strategy("best_of_n:second_min")
-        check_strategy("weighted_vote:second_min")  # it reads step scores alone, so the weighted vote takes it
+        check_selection("best_of_n:second_min")
+        check_selection("weighted_vote:second_min")  # it reads step scores alone, so the weighted vote takes it
         assert not reads_input_lengths("second_min")
         assert VLPRMReward(ConstantScorer(), aggregation="second_min").aggregation == "second_min"
     with pytest.raises(ValueError, match=re.escape("['last', 'mean', 'min', 'paper', 'prod'], got 'second_min'")):
-        check_strategy("best_of_n:second_min")
+        check_selection("best_of_n:second_min")
 
 
 def test_a_registered_outcome_selection_runs_in_the_sweep():
@@ -164,14 +166,14 @@ def test_a_registered_outcome_selection_runs_in_the_sweep():
         def pick_the_last(candidates, aggregation, correct):
             return len(candidates) - 1 if candidates else None
 
-        assert strategy_correct("last", records[0]["samples"], None)
-        assert not strategy_correct("last", records[1]["samples"], None)
+        assert selection_correct("last", records[0]["samples"], None)
+        assert not selection_correct("last", records[1]["samples"], None)
         rows = derive_accuracies(records, ["last", "first"], ["p"], [2], num_subsamples=1)
         # With N = 2 the subset holds both samples in a random order; "last" and "first" then pick opposite ends,
         # so exactly one of them is right on each question and their accuracies sum to 1.
-        by_strategy = {row["strategy"]: row for row in rows}
-        assert by_strategy["last"]["scorer"] == "-" and by_strategy["last"]["num_questions"] == 2
-        assert by_strategy["last"]["accuracy"] + by_strategy["first"]["accuracy"] == pytest.approx(1.0)
+        by_selection = {row["selection"]: row for row in rows}
+        assert by_selection["last"]["scorer"] == "-" and by_selection["last"]["num_questions"] == 2
+        assert by_selection["last"]["accuracy"] + by_selection["first"]["accuracy"] == pytest.approx(1.0)
 
 
 def test_a_registered_labelling_rule_is_used_and_its_inputs_checked():

@@ -81,4 +81,54 @@ def test_overwrite_and_unregister():
     with pytest.raises(KeyError, match="unknown aggregation 'min'; available: $"):
         registry.unregister("min")
     registry.register_lazy("tool", "json.tool:main")
-    assert registry.pop("tool") == "json.tool:main"  # a lazy entry never imported comes back as its target
+    assert registry.unregister("tool") == "json.tool:main"  # a lazy entry never imported comes back as its target
+
+
+def test_unknown_name_suggests_the_close_ones():
+    registry = Registry("aggregation")
+    for name in ("last", "mean", "min", "prod", "paper"):
+        registry.register(name)(object())
+    with pytest.raises(KeyError) as caught:
+        registry.get("mni")
+    assert (
+        str(caught.value) == "unknown aggregation 'mni'; available: last, mean, min, paper, prod; did you mean 'min'?"
+    )
+    with pytest.raises(KeyError) as caught:
+        registry.get("zzz")
+    assert "did you mean" not in str(caught.value)  # nothing close: no guess
+
+
+def test_a_registry_with_a_base_class_refuses_other_entries_eagerly_and_lazily():
+    class Base:
+        pass
+
+    class Good(Base):
+        pass
+
+    registry = Registry("family", base=Base)
+    assert registry.register("good")(Good) is Good
+    assert registry.register("instance")(Good()) is not None  # an instance of the base fits too
+    with pytest.raises(TypeError, match=r"family 'bad': <class 'int'> is not a Base"):
+        registry.register("bad")(int)
+    registry.register_lazy("lazy_bad", "json:dumps")  # checked when imported, as nothing is imported before
+    with pytest.raises(TypeError, match=r"family 'lazy_bad': <function dumps .*> is not a Base"):
+        registry.get("lazy_bad")
+    assert registry.names() == ["good", "instance", "lazy_bad"]
+
+
+def test_a_discovering_registry_imports_its_package_before_the_first_lookup(tmp_path, monkeypatch):
+    package = tmp_path / "plugins_for_registry_test"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from trl_vlprm.registry import Registry\nTHINGS = Registry('thing', discover=__name__)\n"
+    )
+    for name in ("alpha", "beta"):
+        (package / f"{name}.py").write_text(
+            f"from . import THINGS\n\n@THINGS.register({name!r})\ndef {name}():\n    return {name!r}\n"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from plugins_for_registry_test import THINGS
+
+    assert "plugins_for_registry_test.alpha" not in sys.modules  # nothing imported at package load
+    assert THINGS.get("beta")() == "beta" and THINGS.names() == ["alpha", "beta"] and len(THINGS) == 2
+    assert "plugins_for_registry_test.alpha" in sys.modules

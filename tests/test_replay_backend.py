@@ -8,7 +8,7 @@ from trl_vlprm.eval.eval_tts import EvalTTSConfig, run
 from trl_vlprm.guidance.backends import build_policy
 from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 
-STRATEGIES = ["first", "majority", "best_of_n:min", "weighted_vote:min", "pass@n"]
+SELECTIONS = ["first", "majority", "best_of_n:min", "weighted_vote:min", "pass@n"]
 
 
 def _write(path, lines):
@@ -31,14 +31,14 @@ def test_the_sweep_reads_replayed_samples_as_it_reads_the_policy_that_made_them(
 
     def sweep(policy: str, where: str):
         config = EvalTTSConfig(
-            benchmarks=["testbed:4,limit=6"], policies=[policy], scorers=["random:seed=3"], strategies=STRATEGIES,
+            benchmarks=["testbed:4,limit=6"], policies=[policy], scorers=["random:seed=3"], selections=SELECTIONS,
             n_values=[1, 4, 8], num_subsamples=3, seed=0, output_dir=str(tmp_path / where),
         )  # fmt: skip
-        return {(r["scorer"], r["strategy"], r["n"]): r["accuracy"] for r in run(config)}
+        return {(r["scorer"], r["selection"], r["n"]): r["accuracy"] for r in run(config)}
 
     replayed = sweep(f"replay:{samples}", "replay")
     assert replayed == sweep("scripted:perception_error_rate=0.4,reasoning_error_rate=0.3", "live")
-    assert len(replayed) == 3 * len(STRATEGIES)
+    assert len(replayed) == 3 * len(SELECTIONS)
     assert replayed[("-", "pass@n", 8)] > replayed[("-", "first", 1)]  # the samples carry real information
 
 

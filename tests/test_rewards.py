@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trl_vlprm.guidance.aggregation import STEP_AGGREGATIONS
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset, outcome_reward
 from trl_vlprm.guidance.scorer import PRMScorer
@@ -16,6 +15,9 @@ from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_vlm
 from trl_vlprm.testbed.generator import generate_puzzles
+
+# The built-in aggregations that read step scores alone (what the GRPO reward, which has no input lengths, accepts).
+STEP_AGGREGATIONS = ("last", "min", "mean", "prod")
 
 SEPARATOR = " ;"  # the tiny PRM's "trained" separator: not the "\n" default, so a reward ignoring it is caught
 
@@ -207,6 +209,7 @@ def test_degenerate_inputs_get_defined_rewards_and_counts(scorer, caplog):
         "vlprm_min/no_steps": 2.0,
         "vlprm_min/overlong": 2.0,
         "vlprm_min/invalid_input": 3.0,
+        "vlprm_min/invalid_score": 0.0,
         "vlprm_min/scorer_calls": 1.0,
     }
     assert "images[0]" in caplog.text and "cannot be decoded" in caplog.text  # the log names the field

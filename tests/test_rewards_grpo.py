@@ -148,7 +148,10 @@ def test_recipe_runs_the_tiny_cpu_config(models, tmp_path, capsys):
     trainer = main(script_args, training_args, model_args)
 
     out = capsys.readouterr().out
-    assert "world_size=1" in out and "rank=0 prm_reward={'calls': 2, 'completions': 8, 'groups': 2" in out
+    assert (
+        "world_size=1 process_advantages=outcome" in out
+        and "rank=0 prm_reward={'calls': 2, 'completions': 8, 'groups': 2" in out
+    )
     logged = [e for e in trainer.state.log_history if "rewards/vlprm_min/mean" in e]
     assert len(logged) == training_args.max_steps == 2
     assert all("rewards/outcome_reward/mean" in e and "vlprm_min/no_steps" in e for e in logged)
@@ -167,8 +170,10 @@ def test_gpu_config_names_only_real_fields():
         from grpo import GRPOScriptArguments
     finally:
         sys.path.remove(str(RECIPES))
-    known = {f for cls in (GRPOScriptArguments, GRPOConfig, ModelConfig) for f in cls.__dataclass_fields__}
-    for name in ("grpo_qwen2_5_vl_3b.yaml", "grpo_tiny_cpu.yaml"):
+    from trl_vlprm.guidance.process_grpo import VLPRMGRPOConfig
+
+    known = {f for cls in (GRPOScriptArguments, VLPRMGRPOConfig, ModelConfig) for f in cls.__dataclass_fields__}
+    for name in ("grpo_qwen2_5_vl_3b.yaml", "grpo_tiny_cpu.yaml", "grpo_process_qwen2_5_vl_3b.yaml"):
         config = yaml.safe_load((RECIPES / "configs" / name).read_text())
         assert set(config) <= known, f"{name}: unknown keys {set(config) - known}"
         assert len(config["reward_weights"]) == 1 + bool(config.get("outcome_reward"))

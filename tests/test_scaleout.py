@@ -35,7 +35,7 @@ LABEL_ARGS = ["--config", str(LABEL_CONFIG), "--shard_size", "2", "--show_progre
 TTS_ARGS = ["--config", str(TTS_CONFIG), "--strategy", "best_of_n", "--n", "4"]
 EVAL_CONFIG = (
     "benchmarks: ['testbed:0,limit=12']\npolicies: ['scripted@scripted']\nscorers: [oracle]\n"
-    "strategies: [first, majority, 'best_of_n:min', 'pass@n']\nn_values: [1, 4]\nnum_subsamples: 2\n"
+    "selections: [first, majority, 'best_of_n:min', 'pass@n']\nn_values: [1, 4]\nnum_subsamples: 2\n"
 )
 
 # Rank 1 SIGKILLs itself when its policy meets question number FINISH + 1, its first FINISH questions written.

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from trl_vlprm.data.answers import grade
-from trl_vlprm.guidance.aggregation import STEP_AGGREGATIONS, aggregate
+from trl_vlprm.guidance.aggregation import aggregate
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.strategies import (
     STRATEGIES,
@@ -19,6 +19,9 @@ from trl_vlprm.guidance.strategies import (
     weighted_vote,
 )
 from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
+
+# The built-in aggregations that read step scores alone (what the GRPO reward, which has no input lengths, accepts).
+STEP_AGGREGATIONS = ("last", "min", "mean", "prod")
 
 
 def scored(step_scores, answer=None):

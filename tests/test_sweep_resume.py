@@ -14,7 +14,7 @@ from trl_vlprm.guidance.backends import SCORER_BACKENDS, Backend, build_scorer
 from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError, output_lock
 
-STRATEGIES = ["first", "best_of_n:min", "weighted_vote:min", "pass@n"]
+SELECTIONS = ["first", "best_of_n:min", "weighted_vote:min", "pass@n"]
 
 
 def config(output_dir, **overrides):
@@ -22,7 +22,7 @@ def config(output_dir, **overrides):
         benchmarks=["testbed:0,limit=16"],
         policies=["p@scripted:perception_error_rate=0.35,reasoning_error_rate=0.25"],
         scorers=["s@oracle"],
-        strategies=STRATEGIES,
+        selections=SELECTIONS,
         n_values=[1, 4],
         num_subsamples=2,
         output_dir=str(output_dir),
@@ -32,7 +32,7 @@ def config(output_dir, **overrides):
 
 
 def table(rows):
-    return {(r["benchmark"], r["policy"], r["scorer"], r["strategy"], r["n"]): r["accuracy"] for r in rows}
+    return {(r["benchmark"], r["policy"], r["scorer"], r["selection"], r["n"]): r["accuracy"] for r in rows}
 
 
 def test_a_scorer_swapped_behind_its_label_is_scored_again(tmp_path):
@@ -87,7 +87,7 @@ def test_two_benchmarks_with_one_name_stay_apart(tmp_path):
         run(config(tmp_path, benchmarks=["testbed:0,limit=8", "testbed:2,limit=6"]))
     rows = run(config(tmp_path, benchmarks=["a@testbed:0,limit=8", "b@testbed:2,limit=6"]))
     assert {(r["benchmark"], r["num_questions"]) for r in rows} == {("a", 8), ("b", 6)}
-    assert len(rows) == 2 * len(STRATEGIES) * 2  # both benchmarks, every strategy, both N
+    assert len(rows) == 2 * len(SELECTIONS) * 2  # both benchmarks, every selection, both N
     for label, seed, limit in (("a", 0, 8), ("b", 2, 6)):
         ids = [json.loads(line)["id"] for line in (tmp_path / "samples" / f"{label}__p.jsonl").open()]
         assert ids == list(generate_puzzles(limit, seed=seed, image_size=112)["id"])
@@ -123,7 +123,7 @@ def test_a_sweep_never_rewrites_a_samples_file_another_process_is_writing(tmp_pa
 def test_recipe_exits_non_zero_with_the_reason(tmp_path, capsys):
     from trl_vlprm.cli import run
 
-    argv = ["--benchmarks", "testbed:0,limit=4", "--scorers", "s@oracle", "--strategies", "majority",
+    argv = ["--benchmarks", "testbed:0,limit=4", "--scorers", "s@oracle", "--selections", "majority",
             "--n_values", "1", "2", "--num_subsamples", "1", "--output_dir", str(tmp_path)]  # fmt: skip
     run("eval", [*argv, "--policies", "p@scripted:perception_error_rate=0.1"])
     with pytest.raises(SystemExit) as exit_info:

@@ -7,7 +7,7 @@ from PIL import Image
 from trl_vlprm.cli import run
 from trl_vlprm.eval.eval_tts import EvalTTSConfig
 from trl_vlprm.eval.report import plot_accuracy_vs_n, rows_to_markdown, write_tables
-from trl_vlprm.eval.selection import check_strategy, derive_accuracies, strategy_correct, subsample_indices
+from trl_vlprm.eval.selection import check_selection, derive_accuracies, selection_correct, subsample_indices
 from trl_vlprm.eval.tts_sweep import run_sweep, sample_benchmark, samples_path
 from trl_vlprm.guidance.backends import Backend, build_from_spec, parse_spec, split_label
 from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
@@ -31,18 +31,18 @@ RECORDS = [
 
 def test_strategies_on_hand_built_samples():
     q1, q2 = (r["samples"] for r in RECORDS)
-    assert not strategy_correct("majority", q1, None) and strategy_correct("majority", q2, None)
-    assert strategy_correct("best_of_n:min", q1, "prm") and strategy_correct("best_of_n:min", q2, "prm")
+    assert not selection_correct("majority", q1, None) and selection_correct("majority", q2, None)
+    assert selection_correct("best_of_n:min", q1, "prm") and selection_correct("best_of_n:min", q2, "prm")
     # last: q1 picks b (0.6 > 0.3 > 0.2); q2 picks d (0.9).
-    assert strategy_correct("best_of_n:last", q1, "prm") and not strategy_correct("best_of_n:last", q2, "prm")
+    assert selection_correct("best_of_n:last", q1, "prm") and not selection_correct("best_of_n:last", q2, "prm")
     # weighted by min: q1 a = 0.2 + 0.3 = 0.5 < b = 0.6; q2 c = 0.5 + 0.4 = 0.9 > d = 0.4.
-    assert strategy_correct("weighted_vote:min", q1, "prm") and strategy_correct("weighted_vote:min", q2, "prm")
-    assert strategy_correct("pass@n", q1, None)
+    assert selection_correct("weighted_vote:min", q1, "prm") and selection_correct("weighted_vote:min", q2, "prm")
+    assert selection_correct("pass@n", q1, None)
 
 
 def test_derive_accuracies_full_set_and_single_samples():
     rows = derive_accuracies(RECORDS, STRATEGIES, ["prm"], [1, 3], num_subsamples=3)
-    table = {(r["strategy"], r["scorer"], r["n"]): r["accuracy"] for r in rows}
+    table = {(r["selection"], r["scorer"], r["n"]): r["accuracy"] for r in rows}
     assert table["majority", "-", 3] == 0.5
     assert table["best_of_n:min", "prm", 3] == 1.0
     assert table["best_of_n:last", "prm", 3] == 0.5
@@ -65,12 +65,12 @@ def test_subsample_indices():
         subsample_indices(8, 9, 1, seed=0)
 
 
-def test_check_strategy_and_parse_spec():
-    check_strategy("weighted_vote:prod")
+def test_check_selection_and_parse_spec():
+    check_selection("weighted_vote:prod")
     with pytest.raises(ValueError, match="'best_of_n:max'"):
-        check_strategy("best_of_n:max")
+        check_selection("best_of_n:max")
     with pytest.raises(ValueError, match="'beam_search'"):
-        EvalTTSConfig(strategies=["beam_search"])
+        EvalTTSConfig(selections=["beam_search"])
     assert parse_spec("scripted:perception_error_rate=0.3,seed=2") == (
         "scripted",
         [],
@@ -93,7 +93,7 @@ def test_oracle_best_of_n_equals_pass_at_n_of_error_free_solutions(tmp_path, puz
     assert policy.stats.calls == len(puzzles)  # one generation per question serves every strategy and N
     records = [json.loads(line) for line in samples_path(tmp_path, "testbed", "scripted").read_text().splitlines()]
     assert len(records) == 24 and {len(r["samples"]) for r in records} == {4}
-    table = {(r["strategy"], r["scorer"], r["n"]): r["accuracy"] for r in rows}
+    table = {(r["selection"], r["scorer"], r["n"]): r["accuracy"] for r in rows}
     for n in (1, 2, 4):
         subsets = subsample_indices(4, n, 4, seed=0)
 
@@ -136,17 +136,17 @@ def test_sampling_resumes_and_refuses_a_different_run(tmp_path, puzzles):
 
 def test_report_tables_and_plot(tmp_path):
     rows = [
-        {"benchmark": b, "policy": "p", "scorer": s, "strategy": st, "n": n, "accuracy": acc}
+        {"benchmark": b, "policy": "p", "scorer": s, "selection": st, "n": n, "accuracy": acc}
         for b in ("mmmu", "testbed")
         for (s, st), (n, acc) in itertools.product(
             [("-", "majority"), ("prm", "best_of_n:min")], [(1, 0.5), (4, 0.75)]
         )
     ]
     markdown = rows_to_markdown(rows)
-    assert markdown.splitlines()[0] == "| benchmark | policy | scorer | strategy | N=1 | N=4 |"
+    assert markdown.splitlines()[0] == "| benchmark | policy | scorer | selection | N=1 | N=4 |"
     assert "| testbed | p | prm | best_of_n:min | 50.0 | 75.0 |" in markdown
     csv_path, md_path = write_tables(rows, tmp_path)
-    assert csv_path.read_text().splitlines()[0] == "benchmark,policy,scorer,strategy,n,accuracy"
+    assert csv_path.read_text().splitlines()[0] == "benchmark,policy,scorer,selection,n,accuracy"
     assert len(csv_path.read_text().splitlines()) == 9
     png = plot_accuracy_vs_n(rows, tmp_path / "plot.png")
     with Image.open(png) as image:
@@ -155,7 +155,7 @@ def test_report_tables_and_plot(tmp_path):
 
 def test_recipe_main_writes_table_plot_and_resumes(tmp_path, capsys):
     args = ["--benchmarks", "testbed:5,limit=12", "--policies", "noisy@scripted:perception_error_rate=0.5",
-            "--scorers", "oracle", "--strategies", "majority", "best_of_n:min", "pass@n",
+            "--scorers", "oracle", "--selections", "majority", "best_of_n:min", "pass@n",
             "--n_values", "1", "4", "--num_subsamples", "2", "--output_dir", str(tmp_path),
             "--process_benches", "testbed:num_questions=6,solutions_per_question=2"]  # fmt: skip
     run("eval", args)
@@ -182,7 +182,7 @@ def test_build_from_spec_gives_config_defaults_to_model_backends_only():
     build_from_spec("scripted:perception_error_rate=0.1", builders, 3, "policy", defaults)
     assert seen["vllm"] == (["/models/q"], {"step_separator": "\n\n", "temperature": 0.5}, 3)
     assert seen["scripted"] == ([], {"perception_error_rate": 0.1}, 3)
-    with pytest.raises(ValueError, match="policy spec 'sglang:x': unknown kind 'sglang'"):
+    with pytest.raises(ValueError, match="policy spec 'sglang:x': unknown policy backend 'sglang'"):
         build_from_spec("sglang:x", builders, 0, "policy")
 
 
@@ -238,12 +238,12 @@ def test_best_of_n_paper_reads_whole_solution_scores(tmp_path, puzzles):
     expected = sum(
         r["samples"][s[paper_pick([r["samples"][i] for i in s])]]["correct"] for r in records for s in subsets
     )
-    table = {(r["strategy"], r["scorer"]): r["accuracy"] for r in rows}
+    table = {(r["selection"], r["scorer"]): r["accuracy"] for r in rows}
     assert table["best_of_n:paper", "prm"] == pytest.approx(expected / (len(records) * 2))
     with pytest.raises(ValueError, match="no whole-solution score under scorer 'prm'"):
-        strategy_correct("best_of_n:paper", RECORDS[0]["samples"], "prm")
+        selection_correct("best_of_n:paper", RECORDS[0]["samples"], "prm")
     with pytest.raises(ValueError, match="'weighted_vote:paper'"):
-        check_strategy("weighted_vote:paper")
+        check_selection("weighted_vote:paper")
 
 
 class ShiftedLengthOracle(LengthReportingOracle):
@@ -275,7 +275,7 @@ def test_best_of_n_paper_leaves_out_scorers_without_input_lengths(tmp_path, puzz
     scorers = {"prm": LengthReportingOracle(), "random": RandomScorer(seed=0)}
     rows = run_sweep({"testbed": puzzles.select(range(6))}, {"scripted": policy}, scorers,
                      ["best_of_n:paper", "best_of_n:min"], [2], tmp_path, 2)  # fmt: skip
-    pairs = {(r["strategy"], r["scorer"]) for r in rows}
+    pairs = {(r["selection"], r["scorer"]) for r in rows}
     assert pairs == {("best_of_n:paper", "prm"), ("best_of_n:min", "prm"), ("best_of_n:min", "random")}
 
 
@@ -287,8 +287,10 @@ def test_every_name_of_the_sweep_is_checked_before_any_sampling():
                        r"'testbd'; available: algopuzzlevqa, mathvision, mathvista, mmmu, puzzlevqa, testbed"),
         "process_benches": (["puzlevqa:limit_per_category=5"], r"EvalTTSConfig.process_benches: 'puzlevqa:limit_"
                             r"per_category=5': unknown bench 'puzlevqa'; available: puzzlevqa, testbed"),
-        "scorers": (["oracle", "r@randm"], r"EvalTTSConfig.scorers: scorer spec 'randm': unknown kind 'randm'"),
-        "policies": (["s@scriptd:seed=1"], r"EvalTTSConfig.policies: policy spec 'scriptd:seed=1': unknown kind"),
+        "scorers": (["oracle", "r@randm"], r"EvalTTSConfig.scorers: scorer spec 'randm': unknown scorer backend "
+                    r"'randm'"),
+        "policies": (["s@scriptd:seed=1"], r"EvalTTSConfig.policies: policy spec 'scriptd:seed=1': unknown policy "
+                     r"backend"),
     }  # fmt: skip
     for setting, (specs, message) in cases.items():
         with pytest.raises(ValueError, match=message):

@@ -72,19 +72,19 @@ def test_tts_lines_record_prompt_and_image_references_and_runs_sit_side_by_side(
 
 
 def test_sweep_samples_view_picks_as_the_sweep_does(tmp_path, puzzles):
-    from trl_vlprm.eval.selection import strategy_correct
+    from trl_vlprm.eval.selection import selection_correct
 
     scorers = {"oracle": GoldOracleScorer(), "random": RandomScorer(1)}
     run_sweep({"tb": puzzles}, {"p": ScriptedPolicy(0.3, 0.3, seed=3)}, scorers, ["best_of_n:min"], [4], tmp_path)
     samples = tmp_path / "samples" / "tb__p.jsonl"
     records = [json.loads(x) for x in samples.read_text().splitlines()]
     assert all(r["prompt"] == q["prompt"] and len(r["image_refs"]) == 1 for r, q in zip(records, puzzles))
-    summary = write_view([samples], tmp_path / "v.html", questions=puzzles, strategy="best_of_n:min")
+    summary = write_view([samples], tmp_path / "v.html", questions=puzzles, selection="best_of_n:min")
     data = page_data(summary.path.read_text())
     assert data["scorers"] == ["oracle", "random"]  # the controls (oracle, random) come after any PRM
     for question, record in zip(data["questions"], records):
         for run in question["runs"]:
-            assert run["correct"] == strategy_correct("best_of_n:min", record["samples"], run["name"])
+            assert run["correct"] == selection_correct("best_of_n:min", record["samples"], run["name"])
         random_disagree = sum(
             (score >= 0.5) != good
             for sample in record["samples"]

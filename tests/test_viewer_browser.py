@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trl_vlprm.eval.selection import strategy_correct
+from trl_vlprm.eval.selection import selection_correct
 from trl_vlprm.eval.tts_sweep import run_sweep
 from trl_vlprm.eval.viewer import score_colour, write_view
 from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
@@ -152,7 +152,7 @@ def test_page_in_chromium(browser, sweep_page):
     assert len(colours) > 10  # random scores spread over the scale, not one colour
 
     # Filter: the random scorer's wrong best-of-N picks, as the sweep itself grades them.
-    wrong = [r["id"] for r in records if not strategy_correct("best_of_n:min", r["samples"], "random")]
+    wrong = [r["id"] for r in records if not selection_correct("best_of_n:min", r["samples"], "random")]
     assert 0 < len(wrong) < len(records)
     browser.run(
         "const s = document.getElementById('f-scorer'); s.value = 'random'; s.dispatchEvent(new Event('change'))"
@@ -169,7 +169,7 @@ def test_page_in_chromium(browser, sweep_page):
     browser.run(
         "const s = document.getElementById('f-scorer'); s.value = 'oracle'; s.dispatchEvent(new Event('change'))"
     )
-    oracle_wrong = sum(not strategy_correct("best_of_n:min", r["samples"], "oracle") for r in records)
+    oracle_wrong = sum(not selection_correct("best_of_n:min", r["samples"], "oracle") for r in records)
     assert browser.run("return document.querySelectorAll('.question').length") == min(oracle_wrong, 10)
 
     # Screenshot of the unfiltered page, kept and checked non-blank.

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from trl_vlprm.guidance.policy import Policy
-from trl_vlprm.guidance.vllm_policy import VLLMPolicy, parse_next_step, render_prompt, split_steps
+from trl_vlprm.guidance.solutions import split_steps
+from trl_vlprm.guidance.vllm_policy import VLLMPolicy, parse_next_step, render_prompt
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_tokenizer, build_tiny_vlm
 

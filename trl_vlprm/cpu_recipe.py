@@ -171,11 +171,19 @@ class CPURecipe:
 
     def _train(self, output_dir: Path, eval_dataset, overrides: dict[str, Any]) -> TrainedPRM:
         from trl_vlprm import VLPRMTrainer
-        from trl_vlprm.utils.resume import dataclass_settings, pin_settings
+        from trl_vlprm.utils.resume import SettingsMismatchError, dataclass_settings, pin_settings
 
         prm_path = output_dir / "vlprm"
+        pin = output_dir / "cpu_recipe.json"
+        if not pin.exists() and (prm_path / "model.safetensors").exists():
+            # Trained before settings were pinned: pinning these settings onto it would vouch for a guess.
+            raise SettingsMismatchError(
+                f"{prm_path} holds a finished PRM but {output_dir} has no cpu_recipe.json (trained before settings "
+                "were pinned): cannot tell which settings trained it. Delete the folder to train anew, or train into "
+                "another output_dir"
+            )
         # A finished run is reused only if it was trained with these very settings (else refused, naming them).
-        pin_settings(output_dir / "cpu_recipe.json", {**dataclass_settings(self), "overrides": overrides})
+        pin_settings(pin, {**dataclass_settings(self), "overrides": overrides})
         model_path = self.build_model(output_dir / "tiny-qwen2-vl")
         args = self.training_args(prm_path, **overrides)
         done = (prm_path / "model.safetensors").exists()

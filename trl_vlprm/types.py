@@ -15,6 +15,16 @@ from typing import Any, Protocol, runtime_checkable
 
 Question = Mapping[str, Any]
 
+# A "step separator" does one of two jobs, with its own default:
+# - in the PRM's input, the text after every step; the step's score is read at its last token (TRL's
+#   `PRMConfig.step_separator` default). `VLPRMConfig.step_separator`, the scorers and a checkpoint's
+#   `prm_step_separator` mean this one; run configs that drive a policy call it `prm_step_separator`.
+# - in a policy's output, the text that ends a step (a stop string while sampling one step; solutions are split at
+#   it). `SamplingConfig.step_separator` and the `step_separator` of the run configs (TTS, labelling, evaluation)
+#   mean this one. Steps reach the PRM as a list, so the two need not agree.
+DEFAULT_STEP_SEPARATOR = "\n"
+DEFAULT_POLICY_STEP_SEPARATOR = "\n\n"
+
 
 @dataclass
 class Continuation:
@@ -157,3 +167,22 @@ class StepScorer(Protocol):
     """
 
     def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]: ...
+
+
+class ShortSampleError(RuntimeError):
+    """A policy returned another number of samples than the call asked for (e.g. a server that ignores `n`)."""
+
+
+def expect_samples(continuations: Sequence[Continuation], n: int, question: Question, call: str) -> list[Continuation]:
+    """`continuations` when the policy returned exactly the `n` asked for, else `ShortSampleError` naming the question.
+
+    Every caller of `sample_solutions` / `complete` / `sample_next_steps` checks through here: fewer samples would
+    silently become fewer rollouts, candidates or MC completions (an estimate over 1 completion instead of 8).
+    """
+    continuations = list(continuations)
+    if len(continuations) != n:
+        raise ShortSampleError(
+            f"question {question.get('id', '?')}: policy.{call} returned {len(continuations)} of {n} samples asked; "
+            "a policy must return exactly n (a server that ignores `n`: set max_samples_per_request=1)"
+        )
+    return continuations

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.eval.selection import check_strategy
+from trl_vlprm.eval.selection import check_selection
 from trl_vlprm.eval.tts_sweep import run_sweep
 from trl_vlprm.guidance.backends import (
     POLICY_BACKENDS,
@@ -25,12 +25,12 @@ from trl_vlprm.guidance.backends import (
     Backend,
     build_from_spec,
     check_spec,
-    discover_backends,
     get_backend,
     parse_spec,
     split_label,
 )
 from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
+from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
 from trl_vlprm.utils.ranks import Ranks
 from trl_vlprm.utils.resume import atomic_write_text, path_fingerprint
 
@@ -65,7 +65,6 @@ def _transformers_only(backend: Backend) -> Backend:
 def policy_backends(config: EvalTTSConfig) -> dict[str, Backend]:
     """The policy backends of a run: the registered ones, with `policy_backend` and `max_new_tokens_cap` applied to
     the in-process model backends (hf, vllm)."""
-    discover_backends()
     backends = {name: POLICY_BACKENDS.get(name) for name in POLICY_BACKENDS}
     if config.policy_backend == "hf":
         backends["hf"] = backends["vllm"] = _transformers_only(POLICY_BACKENDS.get("hf"))
@@ -104,10 +103,11 @@ class EvalTTSConfig:
             `trl_vlprm.eval.process_bench.PROCESS_BENCHES`), e.g. "testbed:num_questions=60" or
             "visualprocessbench:<test.jsonl>"; results go to process_bench.csv/.md, and each solution's steps, scores
             and first errors to process_bench/<bench>.jsonl (for `trl-vlprm view`). Empty: none.
-        strategies: outcome-level strategies (see the module docstring), e.g. "majority", "best_of_n:min".
+        selections: outcome selections (see the module docstring), e.g. "majority", "best_of_n:min".
         n_values: the N to report; `max(n_values)` solutions are sampled per question.
         num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
-        step_separator: text that ends a step, for model policies and PRMs (specs cannot hold it: it is a newline).
+        step_separator: text that ends a step in a model policy's output (specs cannot hold it: it is a newline). A
+            PRM reads steps with the separator it was trained with.
         system_prompt: system prompt of model policies (vllm/hf); None for none.
         answer_kind: grading kind when a question has no `answer_kind` column ("auto" reads it from the answer).
         answer_judge_base_url: an OpenAI-compatible endpoint whose model reads the final answer of the solutions
@@ -135,7 +135,7 @@ class EvalTTSConfig:
         default_factory=lambda: ["oracle", "random"],
         metadata={"help": "Step-scorer specs, optionally 'label@spec': prm:<folder or repo id>, oracle, random, ..."},
     )
-    strategies: list[str] = field(
+    selections: list[str] = field(
         default_factory=lambda: [
             "first",
             "majority",
@@ -144,7 +144,7 @@ class EvalTTSConfig:
             "weighted_vote:min",
             "pass@n",
         ],
-        metadata={"help": "Outcome-level strategies derived from the samples, e.g. majority, best_of_n:min, pass@n."},
+        metadata={"help": "Outcome selections derived from the samples, e.g. majority, best_of_n:min, pass@n."},
     )
     policy_backend: str | None = field(
         default=None,
@@ -169,7 +169,9 @@ class EvalTTSConfig:
         metadata={"help": "The N to report; max(n_values) solutions are sampled per question."},
     )
     num_subsamples: int = field(default=4, metadata={"help": "Random subsets of size N drawn per N."})
-    step_separator: str = field(default="\n\n", metadata={"help": "Text that ends a step, for model policies."})
+    step_separator: str = field(
+        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text that ends a step, for model policies."}
+    )
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt of model policies, if any."})
     answer_kind: str = field(
         default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
@@ -196,8 +198,8 @@ class EvalTTSConfig:
         from trl_vlprm.eval.benchmarks import BENCHMARKS
         from trl_vlprm.eval.process_bench import PROCESS_BENCHES
 
-        for strategy in self.strategies:
-            check_strategy(strategy)
+        for selection in self.selections:
+            check_selection(selection)
         # Names are checked before any sampling: a typo'd process bench once failed only after the whole sweep.
         for setting, registry in (("benchmarks", BENCHMARKS), ("process_benches", PROCESS_BENCHES)):
             for spec in getattr(self, setting):
@@ -229,7 +231,6 @@ def spec_pin(
     differs), the resolved commit for a Hub repo id (`modeling.hub.model_fingerprint`). `backends` (default: every
     registered policy and scorer backend) tells which kinds take defaults and name a model."""
     if backends is None:
-        discover_backends()
         backends = {name: SCORER_BACKENDS.get(name) for name in SCORER_BACKENDS}
         backends.update({name: POLICY_BACKENDS.get(name) for name in POLICY_BACKENDS})
     kind, args, kwargs = parse_spec(spec)
@@ -343,7 +344,7 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
             JudgeConfig(config.answer_judge_base_url, config.answer_judge_model, config.answer_judge_api_key_env)
         )
     rows = run_sweep(
-        benchmarks, policies, scorers, config.strategies, config.n_values, config.output_dir,
+        benchmarks, policies, scorers, config.selections, config.n_values, config.output_dir,
         config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge, ranks,
     )  # fmt: skip
     if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share

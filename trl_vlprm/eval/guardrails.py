@@ -163,19 +163,19 @@ def best_of_n_vs_random(
 
 
 def sweep_below_random(
-    rows: Sequence[Mapping[str, Any]], prm: str, random_label: str = "random", strategy: str = "best_of_n:min"
+    rows: Sequence[Mapping[str, Any]], prm: str, random_label: str = "random", selection: str = "best_of_n:min"
 ) -> list[str]:
     """Warnings for every (benchmark, policy, N > 1) of a sweep where the PRM's best-of-N is below the random
     scorer's on the same samples (`trl_vlprm.eval.tts_sweep.run_sweep` rows)."""
     table = {
-        (r["benchmark"], r["policy"], r["scorer"], r["n"]): r["accuracy"] for r in rows if r["strategy"] == strategy
+        (r["benchmark"], r["policy"], r["scorer"], r["n"]): r["accuracy"] for r in rows if r["selection"] == selection
     }
     warnings = []
     for (benchmark, policy, scorer, n), accuracy in sorted(table.items()):
         baseline = table.get((benchmark, policy, random_label, n))
         if scorer == prm and n > 1 and baseline is not None and accuracy < baseline:
             warnings.append(
-                f"WARNING: {benchmark}/{policy} N={n}: {strategy} with {prm} ({accuracy:.3f}) is below a random "
+                f"WARNING: {benchmark}/{policy} N={n}: {selection} with {prm} ({accuracy:.3f}) is below a random "
                 f"scorer on the same samples ({baseline:.3f}); the PRM is not informative here"
             )
     return warnings

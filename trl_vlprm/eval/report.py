@@ -1,7 +1,7 @@
 """Tables (CSV + Markdown) and plots (accuracy vs N) of sweep results.
 
-A result row is a mapping with at least `benchmark`, `policy`, `scorer`, `strategy`, `n`, `accuracy`; tables put
-one line per (benchmark, policy, scorer, strategy) and one column per N. All files are written atomically.
+A result row is a mapping with at least `benchmark`, `policy`, `scorer`, `selection`, `n`, `accuracy`; tables put
+one line per (benchmark, policy, scorer, selection) and one column per N. All files are written atomically.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from trl_vlprm.utils.resume import atomic_write_text
 
-ROW_KEY = ("benchmark", "policy", "scorer", "strategy")
+ROW_KEY = ("benchmark", "policy", "scorer", "selection")
 
 
 def _pivot(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], dict[tuple, dict[int, float]]]:
@@ -74,7 +74,7 @@ def write_tables(
 
 
 def plot_accuracy_vs_n(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """PNG: one panel per benchmark, accuracy (%) against N on a log2 axis, one line per (policy, scorer, strategy)."""
+    """PNG: one panel per benchmark, accuracy (%) against N on a log2 axis, a line per (policy, scorer, selection)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,24 +85,24 @@ def plot_accuracy_vs_n(rows: Sequence[Mapping[str, Any]], path: str | Path, titl
         raise ValueError("plot_accuracy_vs_n: no result rows")
     n_values, table = _pivot(rows)
     policies = {key[1] for key in table}
-    # Colour says the strategy, line style the scorer, so "best_of_n:min [oracle]" and "[random]" pair up visually.
-    strategies = list(dict.fromkeys(key[3] for key in table))
+    # Colour says the selection, line style the scorer, so "best_of_n:min [oracle]" and "[random]" pair up visually.
+    selections = list(dict.fromkeys(key[3] for key in table))
     scorers = list(dict.fromkeys(key[2] for key in table if key[2] != "-"))
-    palette = plt.get_cmap("tab10" if len(strategies) <= 10 else "tab20").colors
+    palette = plt.get_cmap("tab10" if len(selections) <= 10 else "tab20").colors
     styles = ["-", ":", "-.", (0, (5, 1)), (0, (1, 3))]
     figure, axes = plt.subplots(1, len(benchmarks), figsize=(6.0 * len(benchmarks), 4.5), squeeze=False)
     for axis, benchmark in zip(axes[0], benchmarks):
-        for (bench, policy, scorer, strategy), by_n in table.items():
+        for (bench, policy, scorer, selection), by_n in table.items():
             if bench != benchmark:
                 continue
-            label = strategy if scorer == "-" else f"{strategy} [{scorer}]"
+            label = selection if scorer == "-" else f"{selection} [{scorer}]"
             if len(policies) > 1:
                 label = f"{policy}: {label}"
             xs = [n for n in n_values if n in by_n]
-            if strategy == "pass@n":
+            if selection == "pass@n":
                 color, style = "black", "--"
             else:
-                color = palette[strategies.index(strategy) % len(palette)]
+                color = palette[selections.index(selection) % len(palette)]
                 style = "-" if scorer == "-" else styles[scorers.index(scorer) % len(styles)]
             axis.plot(xs, [100 * by_n[n] for n in xs], linestyle=style, color=color, marker="o", markersize=3,
                       label=label)  # fmt: skip

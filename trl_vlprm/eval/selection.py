@@ -1,6 +1,6 @@
-"""How the evaluation sweep picks one of N finished, scored solutions: the outcome-level strategies.
+"""How the evaluation sweep picks one of N finished, scored solutions: the outcome selections.
 
-Strategies (names in `EvalTTSConfig.strategies`):
+Selections (names in `EvalTTSConfig.selections`):
 
 | name                 | picks                                                                        |
 |----------------------|------------------------------------------------------------------------------|
@@ -28,21 +28,21 @@ from trl_vlprm.guidance.strategies import majority_vote, select_best_of_n, weigh
 from trl_vlprm.registry import Registry
 
 NO_SCORER = "-"
-PAPER_STRATEGY = "best_of_n:paper"
+PAPER_SELECTION = "best_of_n:paper"
 
 
-# ---------------------------------------------------------------- strategies over pre-scored samples
+# ---------------------------------------------------------------- selections over pre-scored samples
 
 
 @dataclass(frozen=True)
 class OutcomeSelection:
-    """An outcome-level strategy of the sweep: how one of N finished, scored solutions is picked.
+    """An outcome selection of the sweep: how one of N finished, scored solutions is picked.
 
     Attributes:
         choose: `(candidates, aggregation, correct) -> index | None`: the candidate picked (None: no pick) given the
             aggregation named after the colon ("" when none) and, for oracles only, whether each one is correct.
-        takes_aggregation: which aggregation names the strategy accepts after a colon (`best_of_n:<agg>`); None
-            when it takes none. A strategy that takes one reads the scorers' step scores.
+        takes_aggregation: which aggregation names the selection accepts after a colon (`best_of_n:<agg>`); None
+            when it takes none. A selection that takes one reads the scorers' step scores.
     """
 
     choose: Callable[[Sequence[Candidate], str, Sequence[bool]], int | None]
@@ -53,7 +53,7 @@ OUTCOME_SELECTIONS: Registry[OutcomeSelection] = Registry("outcome selection")
 
 
 def outcome_selection(name: str, takes_aggregation: Callable[[str], bool] | None = None):
-    """Decorator: registers `choose(candidates, aggregation, correct) -> index | None` as the sweep strategy `name`."""
+    """Decorator: registers `choose(candidates, aggregation, correct) -> index | None` as the selection `name`."""
 
     def decorator(choose):
         OUTCOME_SELECTIONS.register(name)(OutcomeSelection(choose, takes_aggregation))
@@ -95,39 +95,39 @@ def _weighted_vote(candidates, aggregation, correct):
     return weighted_vote(candidates, aggregation)
 
 
-def parse_strategy(strategy: str) -> tuple[OutcomeSelection, str]:
-    """The outcome selection and the aggregation a sweep strategy name ("best_of_n:min") stands for; an error naming
-    the strategy when it is unknown or takes no such aggregation."""
-    name, _, aggregation = strategy.partition(":")
-    selection = OUTCOME_SELECTIONS.get(name, f"strategy {strategy!r}")
-    takes = selection.takes_aggregation
+def parse_selection(selection: str) -> tuple[OutcomeSelection, str]:
+    """The outcome selection and the aggregation a sweep selection name ("best_of_n:min") stands for; an error naming
+    the selection when it is unknown or takes no such aggregation."""
+    name, _, aggregation = selection.partition(":")
+    rule = OUTCOME_SELECTIONS.get(name, f"selection {selection!r}")
+    takes = rule.takes_aggregation
     if takes is None and aggregation:
-        raise ValueError(f"strategy {strategy!r}: {name!r} takes no aggregation")
+        raise ValueError(f"selection {selection!r}: {name!r} takes no aggregation")
     if takes is not None and not takes(aggregation):
         accepted = [how for how in AGGREGATIONS if takes(how)]
-        raise ValueError(f"strategy {strategy!r}: {name}:<agg> takes <agg> in {accepted}, got {aggregation!r}")
-    return selection, aggregation
+        raise ValueError(f"selection {selection!r}: {name}:<agg> takes <agg> in {accepted}, got {aggregation!r}")
+    return rule, aggregation
 
 
-def check_strategy(strategy: str) -> None:
-    """Raise a `ValueError` naming the strategy when it is not one `OUTCOME_SELECTIONS` can run (see the table in the
+def check_selection(selection: str) -> None:
+    """Raise a `ValueError` naming the selection when it is not one `OUTCOME_SELECTIONS` can run (see the table in the
     module docstring)."""
-    parse_strategy(strategy)
+    parse_selection(selection)
 
 
-def needs_whole_solution(strategies: Sequence[str]) -> bool:
+def needs_whole_solution(selections: Sequence[str]) -> bool:
     """Whether the sampling pass must also score every solution whole (for `best_of_n:paper`)."""
-    return PAPER_STRATEGY in strategies
+    return PAPER_SELECTION in selections
 
 
-def uses_scorer(strategy: str) -> bool:
-    return parse_strategy(strategy)[0].takes_aggregation is not None
+def uses_scorer(selection: str) -> bool:
+    return parse_selection(selection)[0].takes_aggregation is not None
 
 
-def strategy_correct(strategy: str, samples: Sequence[Mapping[str, Any]], scorer: str | None) -> bool:
-    """Whether `strategy` answers correctly from these graded samples (step scores read under `scorer`)."""
-    selection, aggregation = parse_strategy(strategy)
-    if strategy == PAPER_STRATEGY:
+def selection_correct(selection: str, samples: Sequence[Mapping[str, Any]], scorer: str | None) -> bool:
+    """Whether `selection` answers correctly from these graded samples (step scores read under `scorer`)."""
+    rule, aggregation = parse_selection(selection)
+    if selection == PAPER_SELECTION:
         candidates = [_whole_candidate(sample, scorer) for sample in samples]
     else:
         candidates = [
@@ -139,7 +139,7 @@ def strategy_correct(strategy: str, samples: Sequence[Mapping[str, Any]], scorer
             )
             for sample in samples
         ]
-    chosen = selection.choose(candidates, aggregation, [bool(sample["correct"]) for sample in samples])
+    chosen = rule.choose(candidates, aggregation, [bool(sample["correct"]) for sample in samples])
     return chosen is not None and bool(samples[chosen]["correct"])
 
 
@@ -147,7 +147,7 @@ def _whole_candidate(sample: Mapping[str, Any], scorer: str) -> Candidate:
     if scorer not in (sample.get("whole_score") or {}):
         raise ValueError(
             f"a sample has no whole-solution score under scorer {scorer!r}: it was sampled without "
-            f"{PAPER_STRATEGY!r} among the strategies; sample again into another output_dir"
+            f"{PAPER_SELECTION!r} among the selections; sample again into another output_dir"
         )
     whole = sample["whole_score"][scorer]
     if whole is None:  # an empty solution: nothing was scored, it ranks last
@@ -165,15 +165,15 @@ def subsample_indices(n_max: int, n: int, num_subsamples: int, seed: int) -> lis
 
 def derive_accuracies(
     records: Sequence[Mapping[str, Any]],
-    strategies: Sequence[str],
+    selections: Sequence[str],
     scorers: Sequence[str],
     n_values: Sequence[int],
     num_subsamples: int,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Accuracy of every (scorer, strategy, N) on sampled records: mean over subsamples of the mean over questions.
+    """Accuracy of every (scorer, selection, N) on sampled records: mean over subsamples of the mean over questions.
 
-    Returns rows {scorer, strategy, n, accuracy, std (over subsamples), num_questions}; strategies that need no
+    Returns rows {scorer, selection, n, accuracy, std (over subsamples), num_questions}; selections that need no
     scorer come once, with scorer "-".
     """
     cache: dict[tuple[int, int], list[list[int]]] = {}
@@ -184,10 +184,10 @@ def derive_accuracies(
         return cache[n_max, n]
 
     rows = []
-    for strategy in strategies:
-        check_strategy(strategy)
-        names = list(scorers) if uses_scorer(strategy) else [NO_SCORER]
-        if strategy == PAPER_STRATEGY:  # only scorers that report PRM input lengths have the paper's reward
+    for selection in selections:
+        check_selection(selection)
+        names = list(scorers) if uses_scorer(selection) else [NO_SCORER]
+        if selection == PAPER_SELECTION:  # only scorers that report PRM input lengths have the paper's reward
             names = [s for s in names if not any(s in r.get("no_input_lengths", []) for r in records)]
         for scorer in names:
             for n in n_values:
@@ -197,14 +197,14 @@ def derive_accuracies(
                     for record in records:
                         samples = record["samples"]
                         indices = subsets(len(samples), n)[draw]
-                        hits += strategy_correct(strategy, [samples[i] for i in indices], scorer)
+                        hits += selection_correct(selection, [samples[i] for i in indices], scorer)
                     per_draw.append(hits / len(records) if records else 0.0)
                 mean = sum(per_draw) / len(per_draw)
                 std = (sum((a - mean) ** 2 for a in per_draw) / len(per_draw)) ** 0.5
                 rows.append(
                     {
                         "scorer": scorer,
-                        "strategy": strategy,
+                        "selection": selection,
                         "n": n,
                         "accuracy": mean,
                         "std": std,

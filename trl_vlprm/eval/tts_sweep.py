@@ -1,13 +1,13 @@
-"""Test-time-scaling sweep: benchmarks x policies x outcome-level strategies x N, at the cost of one generation.
+"""Test-time-scaling sweep: benchmarks x policies x outcome selections x N, at the cost of one generation.
 
 Per question, `n_max` solutions are sampled once (`policy.sample_solutions`), graded once, and scored once by every
-scorer (`scorer.score`). Every N <= n_max and every outcome-level strategy is then derived from those samples by
+scorer (`scorer.score`). Every N <= n_max and every outcome selection is then derived from those samples by
 drawing `num_subsamples` random subsets of size N (as search-and-learn does), so majority vote, best-of-N under each
 aggregation and the PRM-weighted vote are compared on the very same solutions.
 
-The outcome-level strategies (majority vote, best-of-N, the PRM-weighted vote, pass@n, first) are in
+The outcome selections (majority vote, best-of-N, the PRM-weighted vote, pass@n, first) are in
 `trl_vlprm.eval.selection`. `best_of_n:paper` needs one more PRM read per solution (the solution as a single step,
-as the paper scores it), done in the sampling pass only when the strategy is asked for; its P(+) and input length
+as the paper scores it), done in the sampling pass only when the selection is asked for; its P(+) and input length
 are stored per sample under `whole_score`. With an answer judge (`trl_vlprm.eval.answer_judge`), solutions the rules
 cannot read are graded from the answer the judge reads; each sample records `graded_by`.
 
@@ -34,13 +34,14 @@ from trl_vlprm.data.answers import extract_answer, grade_with_fallback, question
 from trl_vlprm.data.references import question_reference
 from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.eval.selection import (
-    check_strategy,
+    check_selection,
     derive_accuracies,
     needs_whole_solution,
 )
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.guidance.strategies import score_candidates
 from trl_vlprm.guidance.strategies.base import whole_solutions
+from trl_vlprm.types import expect_samples
 from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts, part_files
 from trl_vlprm.utils.resume import (
     atomic_write_text,
@@ -73,9 +74,7 @@ def sample_question(
         raise RecordError(qid, "answer", "missing; needed to grade the samples")
     gold, options = str(question["answer"]), list(question.get("options") or []) or None
     kind = question_kind(question, answer_kind)  # as `run_tts` grades (`data.answers.grade_question`)
-    continuations = policy.sample_solutions(question, n_max)
-    if len(continuations) != n_max:
-        raise RuntimeError(f"question {qid}: policy returned {len(continuations)} solutions, asked for {n_max}")
+    continuations = expect_samples(policy.sample_solutions(question, n_max), n_max, question, "sample_solutions")
     candidates = [Candidate(steps=[], gold_correct=[]).extend(c) for c in continuations]
     read: dict[str, str | None] = {}
 
@@ -250,7 +249,7 @@ def run_sweep(
     benchmarks: Mapping[str, Sequence[Question]],
     policies: Mapping[str, Policy | Callable[[], Policy]],
     scorers: Mapping[str, StepScorer],
-    strategies: Sequence[str],
+    selections: Sequence[str],
     n_values: Sequence[int],
     output_dir: str | Path,
     num_subsamples: int = 4,
@@ -260,17 +259,17 @@ def run_sweep(
     answer_judge: Any | None = None,
     ranks: Ranks | None = None,
 ) -> list[dict[str, Any]]:
-    """Sample each (benchmark, policy) once at max(n_values), derive all strategies and N; return the result rows.
+    """Sample each (benchmark, policy) once at max(n_values), derive all selections and N; return the result rows.
 
     `policies` may map to a zero-argument factory, called only when some question still needs sampling (so a
     finished run reloads no model). `pins` = {"benchmarks": {name: pin}, "policies": {...}, "scorers": {...}}
     says what produced each sample and score (see `sample_benchmark`); names stand for themselves when absent.
-    Rows: {benchmark, policy, scorer, strategy, n, accuracy, std, num_questions}. With `ranks` (the processes of a
+    Rows: {benchmark, policy, scorer, selection, n, accuracy, std, num_questions}. With `ranks` (the processes of a
     launch) every rank samples its share of each file and rank 0 alone derives and returns the rows (others: none).
     """
     ranks = ranks or SINGLE
-    for strategy in strategies:
-        check_strategy(strategy)
+    for selection in selections:
+        check_selection(selection)
     n_max = max(n_values)
     rows = []
     for policy_name, policy in policies.items():
@@ -287,10 +286,10 @@ def run_sweep(
             }
             records = sample_benchmark(
                 questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}",
-                file_pins, (pins or {}).get("scorers"), needs_whole_solution(strategies), answer_judge, ranks,
+                file_pins, (pins or {}).get("scorers"), needs_whole_solution(selections), answer_judge, ranks,
             )  # fmt: skip
             if not ranks.is_main:
                 continue
-            for row in derive_accuracies(records, strategies, list(scorers), n_values, num_subsamples, seed):
+            for row in derive_accuracies(records, selections, list(scorers), n_values, num_subsamples, seed):
                 rows.append({"benchmark": benchmark, "policy": policy_name, **row})
     return rows

@@ -38,22 +38,22 @@ PAPER_LENGTH_EXPONENT = 0.6
 
 
 @AGGREGATIONS.register("last")
-def last_step(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
+def aggregate_last(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
     return float(step_scores[-1])
 
 
 @AGGREGATIONS.register("min")
-def weakest_step(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
+def aggregate_min(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
     return float(min(step_scores))
 
 
 @AGGREGATIONS.register("mean")
-def mean_step(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
+def aggregate_mean(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
     return float(sum(step_scores) / len(step_scores))
 
 
 @AGGREGATIONS.register("prod")
-def all_steps(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
+def aggregate_prod(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
     return float(math.prod(step_scores))
 
 
@@ -72,7 +72,7 @@ def paper_reward(p_correct: float, input_length: int) -> float:
 
 
 @AGGREGATIONS.register("paper")
-def paper_aggregation(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
+def aggregate_paper(step_scores: Sequence[float], input_lengths: Sequence[int] | None = None) -> float:
     if input_lengths is None or len(input_lengths) != len(step_scores):
         got = "none" if input_lengths is None else f"{len(input_lengths)}"
         raise ValueError(
@@ -82,9 +82,7 @@ def paper_aggregation(step_scores: Sequence[float], input_lengths: Sequence[int]
     return paper_reward(float(step_scores[-1]), int(input_lengths[-1]))
 
 
-paper_aggregation.reads_input_lengths = True
-# The built-in aggregations that read step scores alone (what the GRPO reward, which has no input lengths, accepts).
-STEP_AGGREGATIONS = ("last", "min", "mean", "prod")
+aggregate_paper.reads_input_lengths = True
 
 
 def reads_input_lengths(how: str) -> bool:
@@ -115,11 +113,12 @@ def rank_key(
 ) -> tuple[float, float]:
     """Sort key of a candidate: its aggregated score, then a tie-break (larger is better).
 
-    Under "paper", candidates whose reward is -1 are ordered by their last step's P(+), i.e. the lowest P(-) first,
-    as the paper's selection does when every candidate is judged wrong; an empty candidate comes last. Every other
-    aggregation has no tie-break (0.0): ties go to the first candidate, as `max` keeps the first of equal keys.
+    Under an aggregation that reads input lengths ("paper"), candidates whose reward is -1 are ordered by their last
+    step's P(+), i.e. the lowest P(-) first, as the paper's selection does when every candidate is judged wrong; an
+    empty candidate comes last. Every other aggregation has no tie-break (0.0): ties go to the first candidate, as
+    `max` keeps the first of equal keys.
     """
     value = aggregate(step_scores, how, input_lengths)
-    if how == "paper" and value == -1.0:
+    if value == -1.0 and reads_input_lengths(how):
         return value, float(step_scores[-1]) if len(step_scores) else -1.0
     return value, 0.0

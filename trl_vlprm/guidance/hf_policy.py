@@ -16,27 +16,10 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from trl_vlprm.data.answers import extract_answer
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
 from trl_vlprm.guidance.sampling import SamplingConfig, SamplingPolicy
-from trl_vlprm.modeling.encoding import prompt_to_messages
-
-
-def read_answer(solution: str, question: Question) -> str | None:
-    """The final answer a solution states, in the project's canonical form (`trl_vlprm.data.answers`)."""
-    return extract_answer(solution, question.get("options") or None)
-
-
-def question_messages(question: Question, system_prompt: str | None = None) -> list[dict[str, Any]]:
-    """Chat messages of a question record: `<image>` placeholders in strings become image content parts.
-
-    The one encoding of prompts (`modeling.encoding.prompt_to_messages`), so a policy sees the question exactly as
-    the PRM does; `system_prompt` is added only when the prompt has no system turn of its own.
-    """
-    prompt = question["prompt"]
-    has_system = not isinstance(prompt, str) and bool(prompt) and prompt[0].get("role") == "system"
-    return prompt_to_messages(prompt, None if has_system else (system_prompt or None))
+from trl_vlprm.guidance.solutions import question_messages, read_answer, split_steps
 
 
 class _SeparatorStop(StoppingCriteria):
@@ -136,7 +119,7 @@ class HFPolicy(SamplingPolicy):
         for text, tokens, _ in self._generate(
             question, prefix, n, self.sampling.max_new_tokens, stop_at_separator=False
         ):
-            steps = [s.strip() for s in text.split(self.sampling.step_separator) if s.strip()]
+            steps = split_steps(text, self.sampling.step_separator)
             # The policy stopped (end of text or budget): the solution is over either way; the answer may be missing.
             answer = self.answer_extractor(self._solution(prefix, steps), question)
             results.append(Continuation(steps=steps, finished=True, answer=answer, num_tokens=tokens))

@@ -15,6 +15,8 @@ get a fixed, documented reward and are counted in the logs (`log_metric`), never
 | no step (empty or blank completion)                        | `no_steps_reward` (0.0)       | `<name>/no_steps`      |
 | over `max_steps` steps, or over `max_length` PRM tokens    | `overlong_reward` (0.0)       | `<name>/overlong`      |
 | unreadable image or images not matching the prompt's slots | `invalid_input_reward` (None) | `<name>/invalid_input` |
+| text that is not valid Unicode (a lone surrogate)          | `invalid_input_reward` (None) | `<name>/invalid_input` |
+| a step score that is NaN or infinite (a broken PRM)        | `invalid_score_reward` (None) | `<name>/invalid_score` |
 
 None is TRL's "not applicable": the completion is left out of that reward's mean and of the group baseline, and gets
 no advantage when no other reward scores it.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,14 +40,12 @@ from typing import Any
 from trl_vlprm.data.answers import grade
 from trl_vlprm.data.schema import RecordError, load_image
 from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate, reads_input_lengths
-from trl_vlprm.guidance.hf_policy import question_messages
 from trl_vlprm.guidance.policy import Candidate, StepScorer
-from trl_vlprm.guidance.vllm_policy import split_steps
+from trl_vlprm.guidance.solutions import question_messages, split_steps
 from trl_vlprm.modeling.encoding import EncodedPrompt, PRMEncoder, PRMLayout
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SEPARATOR = "\n"  # when neither the caller nor the scorer names one
 
 
 @dataclass
@@ -59,9 +60,19 @@ class RewardStats:
     no_steps: int = 0
     overlong: int = 0
     invalid_input: int = 0
+    invalid_score: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (a lone surrogate, e.g. from a bad byte decode, does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def completion_text(completion: str | Sequence[Mapping[str, Any]]) -> str:
@@ -123,8 +134,10 @@ class VLPRMReward:
         max_steps: a completion split into more steps gets `overlong_reward` (a guard against step padding).
         no_steps_reward: reward of a completion with no step (blank text).
         overlong_reward: reward of a completion over `max_steps` or `max_length`.
-        invalid_input_reward: reward of every completion of a prompt whose images cannot be read (None: TRL's "not
-            applicable").
+        invalid_input_reward: reward of every completion of a prompt whose images cannot be read, and of a
+            completion that is not valid Unicode text (None: TRL's "not applicable").
+        invalid_score_reward: reward of a completion the PRM gave a NaN or infinite step score (None: "not
+            applicable"); a NaN reward would poison the group's advantages.
         prompt_column: dataset column holding the question as the PRM was trained to read it (e.g. the record's
             "<image>Which number ...?"); default: the policy's prompt as TRL passes it.
         name: the name TRL logs the reward under (`rewards/<name>/mean`); default `vlprm_<aggregation>`.
@@ -141,6 +154,7 @@ class VLPRMReward:
         no_steps_reward: float | None = 0.0,
         overlong_reward: float | None = 0.0,
         invalid_input_reward: float | None = None,
+        invalid_score_reward: float | None = None,
         prompt_column: str | None = None,
         name: str | None = None,
     ):
@@ -163,7 +177,7 @@ class VLPRMReward:
         self.scorer = scorer
         self.aggregation = aggregation
         self.step_separator = (
-            step_separator if step_separator is not None else getattr(scorer, "step_separator", DEFAULT_SEPARATOR)
+            step_separator if step_separator is not None else getattr(scorer, "step_separator", DEFAULT_STEP_SEPARATOR)
         )
         self._split = split_steps
         self.max_length = max_length
@@ -171,9 +185,11 @@ class VLPRMReward:
         self.no_steps_reward = no_steps_reward
         self.overlong_reward = overlong_reward
         self.invalid_input_reward = invalid_input_reward
+        self.invalid_score_reward = invalid_score_reward
         self.prompt_column = prompt_column
         self.__name__ = name or f"vlprm_{aggregation}"
         self.stats = RewardStats()
+        self.last_step_scores: list[list[float] | None] = []  # every step's score, per completion of the last call
 
     @classmethod
     def from_pretrained(
@@ -259,7 +275,13 @@ class VLPRMReward:
         candidates: list[Candidate] = []
         for i, text in enumerate(texts):
             steps = self.split_steps(text)
-            if not steps:
+            if not _is_unicode(text):  # a lone surrogate: no tokenizer can encode it
+                reward = self.invalid_input_reward
+                logger.warning("%s: question %s: completion %d is not valid Unicode (a lone surrogate); reward %r",
+                               self.__name__, row, i, reward)  # fmt: skip
+                counts["invalid_input"] += 1
+                rewards[i] = self.invalid_input_reward
+            elif not steps:
                 counts["no_steps"] += 1
                 rewards[i] = self.no_steps_reward
             elif self._too_long(prompt_tokens, question, steps):
@@ -282,8 +304,12 @@ class VLPRMReward:
                         f"{len(candidate.steps)} steps (question {row})"
                     )
                 step_scores[i] = [float(s) for s in candidate_scores]
+                if not all(math.isfinite(s) for s in step_scores[i]):
+                    counts["invalid_score"] += 1
+                    rewards[i] = self.invalid_score_reward
+                    continue
                 rewards[i] = aggregate(candidate_scores, self.aggregation)
-            counts["scored"] += len(candidates)
+                counts["scored"] += 1
         return rewards, step_scores
 
     # ---- TRL's reward-function call ------------------------------------------------------------------------
@@ -320,7 +346,7 @@ class VLPRMReward:
         for i, question in enumerate(questions):
             groups.setdefault(group_key(question["prompt"], question["images"]), []).append(i)
 
-        counts = dict.fromkeys(("scorer_calls", "scored", "no_steps", "overlong", "invalid_input"), 0)
+        counts = dict.fromkeys(("scorer_calls", "scored", "no_steps", "overlong", "invalid_input", "invalid_score"), 0)
         rewards: list[float | None] = [None] * len(completions)
         step_scores: list[list[float] | None] = [None] * len(completions)
         for indices in groups.values():
@@ -329,13 +355,15 @@ class VLPRMReward:
             for i, reward, scores in zip(indices, group_rewards, group_scores):
                 rewards[i], step_scores[i] = reward, scores
 
+        # Kept for `VLPRMGRPOTrainer`, which turns the step scores of this call into per-token advantages.
+        self.last_step_scores = step_scores
         self.stats.calls += 1
         self.stats.completions += len(completions)
         self.stats.groups += len(groups)
         for key, value in counts.items():
             setattr(self.stats, key, getattr(self.stats, key) + value)
         if log_metric is not None:
-            for key in ("no_steps", "overlong", "invalid_input"):
+            for key in ("no_steps", "overlong", "invalid_input", "invalid_score"):
                 log_metric(f"{self.__name__}/{key}", float(counts[key]))
             log_metric(f"{self.__name__}/scorer_calls", float(counts["scorer_calls"]))
         if log_extra is not None:

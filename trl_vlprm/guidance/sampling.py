@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from trl_vlprm.types import Continuation, Question
+from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR, Continuation, Question
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,9 @@ class SamplingConfig:
         system_prompt: optional system message put before every question without a system turn of its own.
     """
 
-    step_separator: str = field(default="\n\n", metadata={"help": "Text that ends a step of the policy's output."})
+    step_separator: str = field(
+        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text that ends a step of the policy's output."}
+    )
     temperature: float = field(
         default=0.7, metadata={"help": "Sampling temperature; 0 means greedy decoding (the n samples are one)."}
     )

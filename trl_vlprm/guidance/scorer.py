@@ -18,6 +18,7 @@ layout is the one saved with the checkpoint, else the published PRM's preset (`t
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import Cache, PreTrainedModel
 
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.modeling.devices import inference_dtype, load_kwargs, resolve_device
@@ -34,11 +35,9 @@ from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, resolve_preset, step_logits
 from trl_vlprm.modeling.presets import PRMPreset
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_STEP_SEPARATOR = "\n"  # the trainer's default (`VLPRMConfig.step_separator`)
-VLLM_SPEC_PREFIX = "vllm:"  # `from_pretrained("vllm:<folder>")` picks the vLLM backend
 
 
 @dataclass
@@ -51,7 +50,7 @@ class _Prefix:
     input_ids: torch.Tensor  # [1, P]
     mm_token_type_ids: torch.Tensor | None  # [1, P] (vision processors)
     image_inputs: dict[str, torch.Tensor]  # the model family's image tensors (empty without images)
-    key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, [1, heads, P, head_dim]
+    cache: Cache | None = None  # the prefix's cache (keys/values; recurrent states for linear-attention layers)
     next_position: int = 0  # position of the first token after the prefix (on every rope axis)
 
     def same_as(self, other: _Prefix) -> bool:
@@ -168,20 +167,9 @@ class PRMScorer:
             device: where the model runs: "auto" (this process's accelerator: `cuda:$LOCAL_RANK` under `accelerate
                 launch`, else cuda:0 / mps / xpu, else the CPU; `trl_vlprm.modeling.devices`), or "cpu", "cuda:1", ...
 
-        "vllm:<folder>" runs the PRM on a vLLM pooling engine instead (`VLLMScorer`, same scores; `kwargs` then go
-        to `VLLMScorer.from_pretrained`: `llm_kwargs`, `max_model_len`, ...).
+        The same PRM on a vLLM pooling engine is `VLLMScorer.from_pretrained(folder)` (the `vllm:<folder>` and
+        `prm:vllm:<folder>` scorer specs).
         """
-        if str(name_or_path).startswith(VLLM_SPEC_PREFIX):
-            from trl_vlprm.guidance.vllm_scorer import VLLMScorer
-
-            if revision is not None:
-                raise ValueError(f"{name_or_path}: a vLLM-backed PRM is read from a local folder; revision is unused")
-            if device != "auto":  # the engine takes its GPUs from CUDA_VISIBLE_DEVICES, not from an argument
-                raise ValueError(f"{name_or_path}: device={device!r}; a vLLM-backed PRM places itself (use 'auto')")
-            return VLLMScorer.from_pretrained(
-                str(name_or_path)[len(VLLM_SPEC_PREFIX) :], head=head, dtype=dtype, min_pixels=min_pixels,
-                max_pixels=max_pixels, **kwargs,
-            )  # fmt: skip
         chosen = resolve_preset(name_or_path, preset)
         if chosen is not None:
             min_pixels = min_pixels if min_pixels is not None else chosen.min_pixels
@@ -283,15 +271,14 @@ class PRMScorer:
             use_cache=True,
             **self._vision_inputs(prefix),
         )
-        cache = outputs.past_key_values
-        prefix.key_values = [(layer.keys, layer.values) for layer in cache.layers]
+        prefix.cache = outputs.past_key_values
         prefix.next_position = int(positions.max()) + 1
 
-    def _expanded_cache(self, prefix: _Prefix, batch: int) -> DynamicCache:
-        cache = DynamicCache(config=self.model.config)
-        for layer_idx, (keys, values) in enumerate(prefix.key_values):
-            # `update` concatenates, so the shared prefix tensors are copied, never written to.
-            cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), layer_idx)
+    def _expanded_cache(self, prefix: _Prefix, batch: int) -> Cache:
+        # Whatever each layer keeps (keys and values; a linear-attention layer's conv and recurrent states, as in
+        # Qwen3.5) is copied `batch` times by the cache's own beam reordering, so the kept prefix is never written to.
+        cache = copy.deepcopy(prefix.cache)
+        cache.reorder_cache(torch.zeros(batch, dtype=torch.long, device=self.device))
         return cache
 
     @torch.inference_mode()

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from trl_vlprm.data.schema import load_image
-from trl_vlprm.guidance.hf_policy import question_messages, read_answer
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
 from trl_vlprm.guidance.sampling import SamplingConfig, SamplingPolicy
-from trl_vlprm.guidance.vllm_policy import split_steps
+from trl_vlprm.guidance.solutions import question_messages, read_answer, split_steps
+from trl_vlprm.utils.http import retry_after_seconds
 
 MISSING_OPENAI_MESSAGE = "ServerPolicy needs the `openai` client: `pip install openai` (a trl_vlprm dependency)."
 
@@ -86,6 +86,11 @@ def chat_messages(
 T = TypeVar("T")
 
 
+class ServerContractError(RuntimeError):
+    """The server answered, but not what the OpenAI contract promises (fewer choices than `n`): asking again would
+    get the same, so it is not retried."""
+
+
 def _status(err: BaseException) -> int | None:
     """The HTTP status of a failed request (openai and httpx errors), if the server answered."""
     status = getattr(err, "status_code", None)
@@ -97,7 +102,9 @@ class ServerFleet:
     retried on the next server until it succeeds, `max_retries` retries are spent, or `deadline` seconds passed.
 
     `request(send, label)` calls `send(server_index, timeout)`; an exception of a type in `retry_on` is an attempt's
-    failure (a 4xx answer other than 408/409/429 is final: the request itself is wrong).
+    failure (a 4xx answer other than 408/409/429 is final: the request itself is wrong). A reply that says how long
+    to wait (`Retry-After`, `retry-after-ms`, as a 429 or 503 does) is waited for, up to `max_retry_wait` seconds and
+    the deadline, instead of the backoff.
     """
 
     def __init__(
@@ -111,6 +118,7 @@ class ServerFleet:
         retry_on: tuple[type[BaseException], ...] = (OSError,),
         seed: int | None = None,
         name: str = "ServerFleet",
+        max_retry_wait: float = 60.0,
     ):
         if not base_urls:
             raise ValueError(f"{name}: base_urls is empty")
@@ -120,7 +128,7 @@ class ServerFleet:
         self.request_timeout, self.max_retries, self.deadline, self.backoff = (
             request_timeout, max_retries, deadline, backoff
         )  # fmt: skip
-        self.retry_on, self.name = retry_on, name
+        self.retry_on, self.name, self.max_retry_wait = retry_on, name, max_retry_wait
         self.requests_per_server = [0] * len(self.base_urls)  # attempts sent to each base URL (for load checks)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()
@@ -131,6 +139,7 @@ class ServerFleet:
         """`send(server_index, timeout)` until it succeeds; raises RuntimeError listing every attempt's error."""
         start, errors = time.monotonic(), []
         for attempt in range(self.max_retries + 1):
+            server_wait = None
             index = next(self._next_server) % len(self.base_urls)
             remaining = self.deadline - (time.monotonic() - start)
             if remaining <= 0:
@@ -145,8 +154,12 @@ class ServerFleet:
                 errors.append(f"{self.base_urls[index]}: {type(err).__name__}{f' {status}' if status else ''}: {err}")
                 if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
                     break
+                headers = getattr(getattr(err, "response", None), "headers", None)
+                server_wait = retry_after_seconds(headers) if headers is not None else None
             if attempt < self.max_retries:
                 pause = self.backoff * 2**attempt * (0.5 + self._rng.random())
+                if server_wait is not None:  # the server said when to come back: earlier would be refused again
+                    pause = min(server_wait, self.max_retry_wait)
                 time.sleep(max(0.0, min(pause, self.deadline - (time.monotonic() - start))))
         raise RuntimeError(
             f"{self.name}: {label}: no answer after {len(errors)} attempt(s) in {time.monotonic() - start:.1f} s "
@@ -182,6 +195,7 @@ class ServerPolicy(SamplingPolicy):
         max_retries: attempts after the first, per request.
         deadline: seconds one request may take over all its attempts and back-offs.
         backoff: first back-off in seconds (doubled each retry, jittered).
+        max_retry_wait: longest wait in seconds a server's `Retry-After` may impose (within `deadline`).
         continue_prefix: send `continue_final_message` (vLLM, SGLang) so the server continues the prefix steps;
             False for servers without it (they then answer after the prefix as a new assistant turn).
         extra_body: more request fields (e.g. `{"top_k": 20}`).
@@ -200,6 +214,7 @@ class ServerPolicy(SamplingPolicy):
         max_retries: int = 3,
         deadline: float = 600.0,
         backoff: float = 0.5,
+        max_retry_wait: float = 60.0,
         continue_prefix: bool = True,
         extra_body: Mapping[str, Any] | None = None,
         **settings: Any,
@@ -223,6 +238,7 @@ class ServerPolicy(SamplingPolicy):
             retry_on,
             self.sampling.seed,
             "ServerPolicy",
+            max_retry_wait,
         )
         self.base_urls = self.fleet.base_urls
         self.requests_per_server = self.fleet.requests_per_server
@@ -329,14 +345,28 @@ class ServerPolicy(SamplingPolicy):
 
     def _send(self, request: dict[str, Any], label: str) -> list[_Sample]:
         def send(index: int, timeout: float) -> list[_Sample]:
-            return _samples(self.clients[index].chat.completions.create(**request, timeout=timeout))
+            samples = _samples(self.clients[index].chat.completions.create(**request, timeout=timeout))
+            if len(samples) != request["n"]:
+                raise ServerContractError(
+                    f"ServerPolicy: {label}: the server at {self.base_urls[index]} returned {len(samples)} choice(s) "
+                    f"for n={request['n']}; it ignores `n`: set max_samples_per_request=1 (in a spec: "
+                    "server:<url>,max_samples_per_request=1) so each request asks for one sample"
+                )
+            return samples
 
         return self.fleet.request(send, label)
 
 
 def _samples(response) -> list[_Sample]:
-    """The samples of a chat-completions response, in choice order, with per-sample token counts."""
-    choices = sorted(response.choices, key=lambda c: c.index)
+    """The samples of a chat-completions response, in choice order, with per-sample token counts.
+
+    A reply that is no chat completion (an HTML page a proxy answers with status 200) or a choice without content is
+    a `ValueError`: the fleet retries it, then reports it with the reply's start.
+    """
+    if not hasattr(response, "choices"):
+        text = " ".join(str(response).split())
+        raise ValueError(f"not a chat-completions reply: {text[:200]!r}")
+    choices = sorted(response.choices or [], key=lambda c: c.index)
     if not choices:
         raise ValueError("the response has no choices")
     extra = [choice.model_extra or {} for choice in choices]
@@ -347,11 +377,16 @@ def _samples(response) -> list[_Sample]:
         counts = [share + (i < rest) for i in range(len(choices))]
     samples = []
     for choice, more, tokens in zip(choices, extra, counts):
+        if choice.message is None or choice.message.content is None:
+            raise ValueError(
+                f"choice {choice.index} has no message content (null; finish_reason {choice.finish_reason!r}): "
+                "an empty solution would be graded as a wrong one"
+            )
         reported = "stop_reason" in more or "matched_stop" in more
         stop = more.get("stop_reason", more.get("matched_stop"))
         samples.append(
             _Sample(
-                text=choice.message.content or "",
+                text=choice.message.content,
                 finish_reason=choice.finish_reason,
                 stop_string=stop if isinstance(stop, str) else None,
                 reported_stop=reported,

@@ -31,10 +31,11 @@ from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.guidance.server_policy import ServerFleet, chat_messages
 from trl_vlprm.guidance.vllm_policy import render_prompt
-from trl_vlprm.guidance.vllm_scorer import DEFAULT_STEP_SEPARATOR, engine_kwargs, vllm_checkpoint, vllm_prm_config
+from trl_vlprm.guidance.vllm_scorer import engine_kwargs, vllm_checkpoint, vllm_prm_config
 from trl_vlprm.modeling.heads import correct_probability, prm_token_ids
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
 from trl_vlprm.trainer.tokenization import encode_steps, image_token_counts, is_vision_processor
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 logger = logging.getLogger(__name__)
 

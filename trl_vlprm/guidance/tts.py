@@ -40,6 +40,7 @@ from trl_vlprm.guidance.backends import (
 from trl_vlprm.guidance.policy import Policy, Question, StepScorer
 from trl_vlprm.guidance.sampling import SamplingConfig
 from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig, get_strategy
+from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
 from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts
 from trl_vlprm.utils.resume import (
     check_settings,
@@ -265,7 +266,9 @@ class TTSArguments:
         metadata={"help": "Separator the PRM puts after each step; None uses the one it was trained with."},
     )
     prm_batch_size: int = field(default=16, metadata={"help": "Candidates per PRM forward pass."})
-    step_separator: str = field(default="\n\n", metadata={"help": "Text ending a step in the policy's output."})
+    step_separator: str = field(
+        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text ending a step in the policy's output."}
+    )
     temperature: float = field(default=0.7, metadata={"help": "Policy sampling temperature (0 is greedy decoding)."})
     top_p: float = field(default=1.0, metadata={"help": "Policy nucleus sampling threshold."})
     top_k: int | None = field(

@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from trl_vlprm.data.schema import load_image
-from trl_vlprm.guidance.hf_policy import question_messages, read_answer
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
 from trl_vlprm.guidance.sampling import SamplingConfig, SamplingPolicy
+from trl_vlprm.guidance.solutions import question_messages, read_answer, split_steps
 
 MISSING_VLLM_MESSAGE = (
     "VLLMPolicy needs vLLM, which is not installed: `pip install 'trl_vlprm[vllm]'` on a GPU machine; on a CPU-only "
@@ -85,11 +85,6 @@ def parse_next_step(completion) -> tuple[list[str], bool]:
     step = completion.text.strip()
     finished = completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str)
     return ([step] if step else []), finished
-
-
-def split_steps(text: str, step_separator: str) -> list[str]:
-    """The non-blank steps of a generated solution tail, stripped."""
-    return [s.strip() for s in text.split(step_separator) if s.strip()]
 
 
 class VLLMPolicy(SamplingPolicy):

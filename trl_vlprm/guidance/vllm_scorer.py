@@ -39,12 +39,9 @@ from trl_vlprm.modeling.heads import HEADS, MissingPRMMetadataError, correct_pro
 from trl_vlprm.modeling.hub import model_snapshot_dir, read_model_json
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
 from trl_vlprm.trainer.tokenization import EncodedPrompt, encode_prompt, encode_steps
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 logger = logging.getLogger(__name__)
-
-# The trainer's default (`VLPRMConfig.step_separator`), as `scorer.DEFAULT_STEP_SEPARATOR`; not imported from there
-# because `PRMScorer.from_pretrained("vllm:...")` imports this module.
-DEFAULT_STEP_SEPARATOR = "\n"
 
 
 def prm_token_layout(

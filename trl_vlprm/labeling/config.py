@@ -15,6 +15,7 @@ from trl_vlprm.guidance.backends import (
 from trl_vlprm.labeling.combine import DISAGREEMENT_POLICIES, RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
+from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
 from trl_vlprm.utils.resume import dataclass_settings
 
 
@@ -130,7 +131,9 @@ class LabelConfig:
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of a model-backed policy."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a solution of a model-backed policy."})
-    step_separator: str = field(default="\n\n", metadata={"help": "Text ending a step of a model-backed policy."})
+    step_separator: str = field(
+        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text ending a step of a model-backed policy."}
+    )
     judge: str = field(
         default="testbed",
         metadata={
@@ -209,11 +212,14 @@ class LabelConfig:
 
         Left out: where and how the work is done (output folder, progress bar), the judge's failure share, which a
         user changes to get past a failing judge, and `num_questions`, since which questions are covered is recorded
-        per shard. Of the judge's settings (`judge`, default `JudgeConfig()`) only the *model* is pinned, not how it
-        is reached (URL, timeout, retries, backoff, concurrency, key variable).
+        per shard. Of the judge's settings (`judge`, default `JudgeConfig()`) only the *model* and the *prompt* are
+        pinned, not how it is reached (URL, timeout, retries, backoff, concurrency, key variable, batch settings).
         """
         judge = judge or JudgeConfig()
-        return {**dataclass_settings(self, exclude=_NOT_PINNED), "judge_model": judge.judge_model}
+        pinned = {**dataclass_settings(self, exclude=_NOT_PINNED), "judge_model": judge.judge_model}
+        if judge.judge_prompt != "json":  # pinned only when set, so folders labelled before it existed still resume
+            pinned["judge_prompt"] = judge.judge_prompt
+        return pinned
 
 
 _NOT_PINNED = ("output_dir", "show_progress", "num_questions", "judge_max_failed_share")

@@ -1,7 +1,8 @@
 """A VLM judge over any OpenAI-compatible `/v1/chat/completions` endpoint (vLLM, SGLang, a hosted API).
 
-The judge sees the question with its images (inline base64 data URLs) and the numbered steps of a solution, and must
-answer with one JSON object::
+The judge sees the question with its images (inline base64 data URLs) and the steps of a solution in the format of
+`JudgeConfig.judge_prompt` (`trl_vlprm.labeling.judge_prompts`: the paper's verification prompt, or by default the
+following). With the default "json" prompt it must answer with one JSON object::
 
     {"steps": [{"index": 0, "correct": true, "matches_image": true}, {"index": 1, "correct": false}, ...]}
 
@@ -20,35 +21,30 @@ server's `Retry-After` when it sends one (else an exponential backoff with jitte
 from __future__ import annotations
 
 import asyncio
-import base64
-import email.utils
-import io
-import json
 import os
 import random
-import re
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import openai
 
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, load_image
-from trl_vlprm.data.steps_block import write_steps_block
 from trl_vlprm.guidance.policy import Question
-
-CORRECT, INCORRECT, UNKNOWN = "correct", "incorrect", "unknown"
-
-SYSTEM_PROMPT = (
-    "You are a meticulous grader of step-by-step solutions to visual questions. For every step decide whether it is "
-    "correct given the image, the question and the previous steps. For a perception step (one that describes the "
-    "image) also decide whether it matches the image. Answer with one JSON object and nothing else: "
-    '{"steps": [{"index": <int>, "correct": <true|false>, "matches_image": <true|false, perception steps only>}]} '
-    "with exactly one entry per step, indices as given."
+from trl_vlprm.labeling.judge_prompts import (  # noqa: F401 (re-exported: the judge's vocabulary)
+    CORRECT,
+    INCORRECT,
+    JUDGE_PROMPTS,
+    SYSTEM_PROMPT,
+    UNKNOWN,
+    JudgeParseError,
+    build_messages,
+    image_data_url,
+    parse_verdicts,
 )
+from trl_vlprm.utils.http import retry_after_seconds
 
 
 @dataclass
@@ -73,6 +69,19 @@ class JudgeConfig:
         judge_temperature: sampling temperature of the judge.
         judge_max_tokens: answer token budget of the judge.
         judge_max_retry_wait: longest wait a `Retry-After` header may impose, in seconds.
+        judge_prompt: the prompt and answer format, a name in `trl_vlprm.labeling.judge_prompts.JUDGE_PROMPTS`:
+            "json" (a JSON verdict per step) or "paper" (the paper's verification prompt and parsing rule).
+        judge_batch_poll_seconds / judge_batch_completion_window / judge_batch_max_requests / judge_batch_max_bytes /
+            judge_batch_max_resubmits: the batch judge (`LabelConfig.judge="batch"`,
+            `trl_vlprm.labeling.batch_judge`): seconds between status polls, the Batch API's completion window,
+            the API's limits per input file (50,000 requests, 200 MB), and how often a request left unanswered (a
+            failed or expired batch, an error line) is submitted again before it is reported.
+        judge_input_price_per_mtok / judge_output_price_per_mtok: the price in dollars per million prompt /
+            completion tokens the batch judge reports costs at (default: o4-mini's Batch API price, half its list
+            price of $1.10 / $4.40, as listed in 2025; state yours).
+        judge_azure_endpoint / judge_azure_api_version: set the endpoint to reach an Azure OpenAI deployment (the
+            client is built as `AzureOpenAI`, `judge_model` is the deployment name); None: OpenAI or a compatible
+            server at `judge_base_url`.
     """
 
     judge_base_url: str = field(
@@ -110,6 +119,53 @@ class JudgeConfig:
     judge_max_retry_wait: float = field(
         default=60.0, metadata={"help": "Longest wait in seconds a Retry-After header from the judge may impose."}
     )
+    judge_prompt: str = field(
+        default="json",
+        metadata={
+            "help": "The judge's prompt and answer format: 'json' (a JSON verdict per step) or 'paper' (the paper's "
+            "verification prompt, read by its rule: the last analysis block of an Incorrect answer is the first "
+            "error)."
+        },
+    )
+    judge_batch_poll_seconds: float = field(
+        default=60.0, metadata={"help": "Batch judge: seconds between two polls of a submitted batch's status."}
+    )
+    judge_batch_completion_window: str = field(
+        default="24h", metadata={"help": "Batch judge: the completion window asked of the Batch API."}
+    )
+    judge_batch_max_requests: int = field(
+        default=50_000, metadata={"help": "Batch judge: most requests per input file (the Batch API's limit)."}
+    )
+    judge_batch_max_bytes: int = field(
+        default=200_000_000, metadata={"help": "Batch judge: largest input file in bytes (the Batch API's 200 MB)."}
+    )
+    judge_batch_max_resubmits: int = field(
+        default=3,
+        metadata={
+            "help": "Batch judge: how often a request left unanswered (failed or expired batch, error line) is "
+            "submitted again before it is reported by its custom_id."
+        },
+    )
+    judge_input_price_per_mtok: float = field(
+        default=0.55,
+        metadata={"help": "Dollars per million prompt tokens the batch judge reports costs at (o4-mini batch, 2025)."},
+    )
+    judge_output_price_per_mtok: float = field(
+        default=2.20,
+        metadata={
+            "help": "Dollars per million completion tokens the batch judge reports costs at (o4-mini batch, 2025)."
+        },
+    )
+    judge_azure_endpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "An Azure OpenAI endpoint: the client is built as AzureOpenAI and judge_model names the "
+            "deployment; None reaches judge_base_url."
+        },
+    )
+    judge_azure_api_version: str = field(
+        default="2025-03-01-preview", metadata={"help": "API version of an Azure OpenAI endpoint (the paper's)."}
+    )
 
     def __post_init__(self):
         checks = {
@@ -118,18 +174,25 @@ class JudgeConfig:
             "judge_backoff": self.judge_backoff >= 0,
             "judge_max_retry_wait": self.judge_max_retry_wait >= 0,
             "judge_max_concurrency": isinstance(self.judge_max_concurrency, int) and self.judge_max_concurrency >= 1,
+            "judge_batch_max_requests": self.judge_batch_max_requests >= 1,
+            "judge_batch_max_bytes": self.judge_batch_max_bytes >= 1,
+            "judge_batch_max_resubmits": self.judge_batch_max_resubmits >= 0,
+            "judge_batch_poll_seconds": self.judge_batch_poll_seconds >= 0,
         }
         rules = {
             "judge_timeout": "> 0",
             "judge_max_retries": "an integer >= 0",
             "judge_backoff": ">= 0",
             "judge_max_retry_wait": ">= 0",
+            "judge_batch_max_resubmits": ">= 0",
+            "judge_batch_poll_seconds": ">= 0",
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(
                     f"JudgeConfig.{name}={getattr(self, name)!r}; must be {rules.get(name, 'an integer >= 1')}"
                 )
+        JUDGE_PROMPTS.check(self.judge_prompt, "JudgeConfig.judge_prompt")
 
 
 @dataclass
@@ -166,83 +229,6 @@ class JudgeResult:
         }
 
 
-class JudgeParseError(ValueError):
-    """The judge's answer is not the JSON object the prompt asks for."""
-
-
-def image_data_url(image: Any) -> str:
-    """A PNG `data:` URL of any image form a record may hold."""
-    buffer = io.BytesIO()
-    load_image(image).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _question_text(question: Question) -> str:
-    prompt = question["prompt"]
-    if isinstance(prompt, str):
-        return prompt.replace(IMAGE_PLACEHOLDER, "").strip()
-    parts = []
-    for message in prompt:
-        content = message.get("content")
-        if isinstance(content, str):
-            parts.append(content.replace(IMAGE_PLACEHOLDER, ""))
-        elif isinstance(content, list):
-            parts += [p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text"]
-    return "\n".join(p.strip() for p in parts if p.strip())
-
-
-def build_messages(question: Question, steps: Sequence[str], step_types: Sequence[str | None]) -> list[dict]:
-    """Chat messages asking the judge about every step; the steps travel as a JSON block a program can read back."""
-    text = (
-        f"Question:\n{_question_text(question)}\n\n"
-        + (f"Options: {list(question['options'])}\n\n" if question.get("options") else "")
-        + f"Solution steps (JSON):\n{write_steps_block(question.get('id', ''), steps, step_types)}\n\n"
-        "Grade every step."
-    )
-    content: list[dict] = [
-        {"type": "image_url", "image_url": {"url": image_data_url(image)}} for image in question.get("images") or []
-    ]
-    content.append({"type": "text", "text": text})
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
-
-
-def parse_verdicts(text: str, step_types: Sequence[str | None]) -> list[str]:
-    """Strictly parse the judge's answer into one "correct"/"incorrect" per step; raise `JudgeParseError` otherwise.
-
-    A fenced ```json block is accepted; anything else around the single JSON object is not.
-    """
-    stripped = text.strip()
-    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", stripped, re.S)
-    if fenced:
-        stripped = fenced.group(1)
-    try:
-        answer = json.loads(stripped)
-    except json.JSONDecodeError as err:
-        raise JudgeParseError(f"not JSON ({err.msg} at char {err.pos})") from err
-    if not isinstance(answer, dict) or not isinstance(answer.get("steps"), list):
-        raise JudgeParseError("expected an object with a 'steps' list")
-    verdicts: dict[int, str] = {}
-    for entry in answer["steps"]:
-        if not isinstance(entry, dict):
-            raise JudgeParseError(f"step entry {entry!r} is not an object")
-        index, correct = entry.get("index"), entry.get("correct")
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(step_types):
-            raise JudgeParseError(f"step index {index!r} is not an integer in [0, {len(step_types)})")
-        if index in verdicts:
-            raise JudgeParseError(f"step index {index} appears twice")
-        if not isinstance(correct, bool):
-            raise JudgeParseError(f"step {index}: 'correct' is {correct!r}, not a boolean")
-        matches = entry.get("matches_image")
-        if matches is not None and not isinstance(matches, bool):
-            raise JudgeParseError(f"step {index}: 'matches_image' is {matches!r}, not a boolean")
-        good = correct and (matches is not False or step_types[index] != PERCEPTION)
-        verdicts[index] = CORRECT if good else INCORRECT
-    missing = [i for i in range(len(step_types)) if i not in verdicts]
-    if missing:
-        raise JudgeParseError(f"no verdict for step(s) {missing}")
-    return [verdicts[i] for i in range(len(step_types))]
-
-
 RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx, as the openai client itself retries
 REPLY_SAMPLE_CHARS = 300
 
@@ -250,27 +236,6 @@ REPLY_SAMPLE_CHARS = 300
 def _sample(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= REPLY_SAMPLE_CHARS else text[:REPLY_SAMPLE_CHARS] + "..."
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds a 429/503 reply asks to wait (`retry-after-ms`, `retry-after` in seconds or as an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _run(coroutine_function):
@@ -308,6 +273,7 @@ class JudgeClient:
         self.config = config
         self.url = config.judge_base_url.rstrip("/") + "/chat/completions"
         self._rng = random.Random(seed)
+        self.prompt = JUDGE_PROMPTS.get(config.judge_prompt, "JudgeConfig.judge_prompt")
         self.counts: Counter[str] = Counter()
         self.error_samples: dict[str, str] = {}
 
@@ -322,18 +288,19 @@ class JudgeClient:
         question: Question,
         steps: Sequence[str],
         step_types: Sequence[str | None] | None,
+        answer: str | None = None,
     ) -> JudgeResult:
         step_types = list(step_types) if step_types is not None else [None] * len(steps)
         result = JudgeResult(verdicts=[UNKNOWN] * len(steps))
         if not steps:
             return result
         start = time.monotonic()
-        request = {
-            "model": self.config.judge_model,
-            "messages": build_messages(question, steps, step_types),
-            "temperature": self.config.judge_temperature,
-            "max_tokens": self.config.judge_max_tokens,
-        }
+        try:
+            request = self.prompt.request_body(self.config, question, steps, step_types, answer)
+        except ValueError as err:  # steps the prompt's format cannot hold: nothing to ask, every step unknown
+            self._error(result, "render", f"render: {err}")
+            self._count(result)
+            return result
         wait = 0.0
         for attempt in range(self.config.judge_max_retries + 1):
             if attempt:
@@ -351,7 +318,7 @@ class JudgeClient:
                 content = response.choices[0].message.content
                 if not isinstance(content, str):
                     raise JudgeParseError("message content is not a string")
-                result.verdicts = parse_verdicts(content, step_types)
+                result.verdicts = self.prompt.parse(content, step_types)
                 break
             except (asyncio.TimeoutError, openai.APITimeoutError):
                 self._error(result, "timeout", f"timeout: no complete reply within {self.config.judge_timeout} s")
@@ -369,12 +336,15 @@ class JudgeClient:
                     TypeError, ValueError) as err:  # fmt: skip
                 self._error(result, "parse", f"parse: {_sample(str(err))}")
         result.seconds = time.monotonic() - start
+        self._count(result)
+        return result
+
+    def _count(self, result: JudgeResult) -> None:
         self.counts["requests"] += result.attempts
         self.counts["solutions"] += 1
         self.counts["failed_solutions"] += int(result.failed)
         self.counts.update("error " + error.split(":")[0] for error in result.errors)
         self.counts.update("steps " + verdict for verdict in result.verdicts)
-        return result
 
     def _error(self, result: JudgeResult, kind: str, text: str) -> None:
         result.errors.append(text)
@@ -391,10 +361,12 @@ class JudgeClient:
         """Verdicts on every step of one solution; "unknown" for all of them when every attempt failed."""
         return self.judge_many([(question, steps, step_types)])[0]
 
-    def judge_many(
-        self, items: Sequence[tuple[Question, Sequence[str], Sequence[str | None] | None]]
-    ) -> list[JudgeResult]:
-        """`judge` on many solutions with at most `max_concurrency` requests in flight; results in input order."""
+    def judge_many(self, items: Sequence[tuple]) -> list[JudgeResult]:
+        """`judge` on many solutions with at most `max_concurrency` requests in flight; results in input order.
+
+        Each item is `(question, steps, step_types)` or `(question, steps, step_types, answer)`: the solution's final
+        answer, which the paper's prompt shows in its `<correct_answer>` block.
+        """
         if not items:
             return []
         return _run(lambda: self._judge_all(items))

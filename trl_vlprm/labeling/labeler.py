@@ -17,7 +17,7 @@ from trl_vlprm.guidance.policy import Policy, Question
 from trl_vlprm.labeling.combine import RULES, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
 from trl_vlprm.labeling.mc import Cost, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
-from trl_vlprm.testbed.judge_server import JudgeServer, gold_lookup
+from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.trainer.metrics import precision_recall_f1
 
 
@@ -81,6 +81,58 @@ def prompt_text(question: Question, row: int | str) -> str:
     return "\n".join(parts)
 
 
+# One sampled solution on its way to a record: its question, its index among the question's rollouts, the rollout
+# and its MC labels (None when the rule reads none).
+Solution = tuple[Question, int, Rollout, "MCResult | None"]
+
+
+def roll_out(
+    questions: Sequence[Question],
+    policy: Policy,
+    num_rollouts: int,
+    mc_config: MCConfig | None,
+    judge_server: JudgeServer | None = None,
+    grader: Grader | None = None,
+) -> tuple[list[Solution], BatchStats]:
+    """Sample `num_rollouts` solutions of every question and their MC labels (when `mc_config` is given).
+
+    `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
+    """
+    stats = BatchStats()
+    solutions: list[Solution] = []
+    for question in questions:
+        qid = str(question["id"])
+        rollouts, cost = sample_rollouts(policy, question, num_rollouts, grader)
+        stats.rollout_cost.add(cost)
+        for j, rollout in enumerate(rollouts):
+            mc = label_rollout(policy, question, rollout, mc_config, grader) if mc_config is not None else None
+            if mc is not None:
+                stats.mc_cost.add(mc.cost)
+            if judge_server is not None:
+                if rollout.gold_correct is None:
+                    raise RecordError(qid, "gold_correct", "the testbed judge needs a policy that knows step gold")
+                judge_server.add_solution(qid, rollout.steps, rollout.gold_correct)
+            solutions.append((question, j, rollout, mc))
+    return solutions, stats
+
+
+def judge_items(solutions: Sequence[Solution]) -> list[tuple]:
+    """What a judge is asked about each solution: `(question, steps, step_types, answer)`."""
+    return [(question, rollout.steps, rollout.step_types, rollout.answer) for question, _, rollout, _ in solutions]
+
+
+def count_verdicts(stats: BatchStats, verdicts: Sequence[JudgeResult]) -> None:
+    """Add the judge's requests, failures, errors by kind and verdicts to `stats`."""
+    for result in verdicts:
+        stats.judge["requests"] += result.attempts
+        stats.judge["judged_solutions"] += int(bool(result.verdicts))
+        stats.judge["failed_solutions"] += int(result.failed)
+        stats.judge.update("error " + e.split(":")[0] for e in result.errors)
+        stats.judge.update("steps " + v for v in result.verdicts)
+        stats.judge["prompt_tokens"] += result.prompt_tokens
+        stats.judge["completion_tokens"] += result.completion_tokens
+
+
 def label_batch(
     questions: Sequence[Question],
     policy: Policy,
@@ -99,38 +151,35 @@ def label_batch(
     `judge_unknown` is `combine`'s `unknown`: "drop" leaves out a solution with any "unknown" verdict.
 
     `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
+    `judge` is anything with `judge_many(items)` (the online `JudgeClient`, or a batch judge).
     """
     needs = RULES.get(rule)
     if needs.needs_mc and mc_config is None:
         raise ValueError(f"rule {rule!r} needs MC labels: give an MCConfig")
     if needs.needs_judge and judge is None:
         raise ValueError(f"rule {rule!r} needs a judge: give a JudgeClient")
-    stats = BatchStats()
-    solutions: list[tuple[Question, int, Rollout, MCResult | None]] = []
-    for question in questions:
-        qid = str(question["id"])
-        rollouts, cost = sample_rollouts(policy, question, num_rollouts, grader)
-        stats.rollout_cost.add(cost)
-        for j, rollout in enumerate(rollouts):
-            mc = label_rollout(policy, question, rollout, mc_config, grader) if needs.needs_mc else None
-            if mc is not None:
-                stats.mc_cost.add(mc.cost)
-            if judge_server is not None:
-                if rollout.gold_correct is None:
-                    raise RecordError(qid, "gold_correct", "the testbed judge needs a policy that knows step gold")
-                judge_server.add_gold(gold_lookup(qid, rollout.steps, rollout.gold_correct))
-            solutions.append((question, j, rollout, mc))
-
+    solutions, stats = roll_out(
+        questions, policy, num_rollouts, mc_config if needs.needs_mc else None, judge_server, grader
+    )
     verdicts: list[JudgeResult | None] = [None] * len(solutions)
     if needs.needs_judge:
-        verdicts = judge.judge_many([(q, r.steps, r.step_types) for q, _, r, _ in solutions])
-        for result in verdicts:
-            stats.judge["requests"] += result.attempts
-            stats.judge["judged_solutions"] += int(bool(result.verdicts))
-            stats.judge["failed_solutions"] += int(result.failed)
-            stats.judge.update("error " + e.split(":")[0] for e in result.errors)
-            stats.judge.update("steps " + v for v in result.verdicts)
+        verdicts = judge.judge_many(judge_items(solutions))
+        count_verdicts(stats, verdicts)
+    rows = label_solutions(solutions, verdicts, rule, stats, disagreement, disagreement_weight, judge_unknown)
+    return rows, stats
 
+
+def label_solutions(
+    solutions: Sequence[Solution],
+    verdicts: Sequence[JudgeResult | None],
+    rule: str,
+    stats: BatchStats,
+    disagreement: str = "drop",
+    disagreement_weight: float = 0.5,
+    judge_unknown: str = "keep_prefix",
+) -> list[dict[str, Any]]:
+    """Combine each solution's MC labels and verdicts by `rule` into records (the longest labelled prefix; a
+    solution with none is dropped); the counts go into `stats`."""
     rows = []
     for (question, j, rollout, mc), verdict in zip(solutions, verdicts):
         combined = combine(
@@ -182,7 +231,7 @@ def label_batch(
                 "costs": to_json_string(costs),
             }
         )
-    return rows, stats
+    return rows
 
 
 @dataclass

@@ -24,7 +24,7 @@ from trl_vlprm.data.answers import Grader, grade_question
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.policy import Policy, Question
 from trl_vlprm.registry import Registry
-from trl_vlprm.types import PolicyStats, StatsDelta
+from trl_vlprm.types import PolicyStats, StatsDelta, expect_samples
 
 
 @dataclass
@@ -60,7 +60,9 @@ def sample_rollouts(
     if "answer" not in question:
         raise RecordError(question.get("id", "?"), "answer", "missing; rollouts cannot be graded without it")
     with StatsDelta(policy) as delta:
-        continuations = policy.sample_solutions(question, num_rollouts)
+        continuations = expect_samples(
+            policy.sample_solutions(question, num_rollouts), num_rollouts, question, "sample_solutions"
+        )
     rollouts = []
     for c in continuations:
         rollouts.append(
@@ -140,7 +142,9 @@ def mc_score(
     policy: Policy, question: Question, prefix: Sequence[str], num_completions: int, grader: Grader | None = None
 ) -> float:
     """Share of `num_completions` completions of `prefix` whose final answer is right."""
-    completions = policy.complete(question, list(prefix), num_completions)
+    completions = expect_samples(
+        policy.complete(question, list(prefix), num_completions), num_completions, question, "complete"
+    )
     if not completions:
         return 0.0
     return sum(grade_question(c.answer, question, grader) for c in completions) / len(completions)

@@ -35,6 +35,7 @@ from typing import Any
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, load_image
 from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.processor import get_tokenizer
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 LAYOUTS = ("steps", "multi_turn", "text")
 
@@ -70,7 +71,7 @@ class PRMLayout:
     """
 
     name: str = "steps"
-    step_separator: str = "\n"
+    step_separator: str = DEFAULT_STEP_SEPARATOR
     system_prompt: str | None = None
     positive_token: str = "+"
     negative_token: str = "-"
@@ -82,7 +83,9 @@ class PRMLayout:
             raise ValueError(f"PRM layout must be one of {LAYOUTS}, got {self.name!r}")
 
     @classmethod
-    def named(cls, name: str, step_separator: str = "\n", system_prompt: str | None = None) -> PRMLayout:
+    def named(
+        cls, name: str, step_separator: str = DEFAULT_STEP_SEPARATOR, system_prompt: str | None = None
+    ) -> PRMLayout:
         """A layout by name with its defaults: "multi_turn" gets the paper's system prompt unless one is given
         ("" for none)."""
         if system_prompt is None and name == "multi_turn":

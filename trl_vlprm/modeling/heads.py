@@ -4,8 +4,9 @@ Two heads, chosen by `VLPRMConfig.head`:
 
 - **value**: a linear classifier on every token's last hidden state (`num_labels=2` for hard labels, 1 for soft
   labels); the step score is read at each step's last token. transformers has no token-classification class for
-  most vision-language models, so each model family (`trl_vlprm.modeling.families`) defines its own on transformers'
-  generic token-classification mixin and registers it with `AutoModelForTokenClassification`.
+  most vision-language models, so `as_token_classification_model` makes one from any model family's class (as
+  vLLM's `as_seq_cls_model` wraps any model): transformers' generic token-classification mixin on that class's
+  backbone, with that class's checkpoint-key conversions, registered with `AutoModelForTokenClassification`.
 - **generative**: the backbone's own LM head; the step score is P("+") / (P("+") + P("-")) of the next token at each
   step's last token. No new weights, so it keeps the VLM's language prior (the paper's VL-PRMs are generative).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -32,10 +34,12 @@ from transformers import (
     Qwen2Model,
     Qwen2PreTrainedModel,
 )
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.modeling_layers import GenericForTokenClassification
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from trl_vlprm.modeling.families import find_family
-from trl_vlprm.modeling.hub import require_model
+from trl_vlprm.modeling.hub import refuse_remote_code, require_model
 from trl_vlprm.modeling.presets import PRESETS, PRMPreset, find_preset, get_preset
 
 logger = logging.getLogger(__name__)
@@ -77,17 +81,63 @@ class BackboneNotLoadedError(RuntimeError):
     """Raised when `from_pretrained` left backbone weights at random initialisation."""
 
 
+class HeadNotLoadedError(BackboneNotLoadedError):
+    """Raised when a saved value PRM's folder holds no head weights (they would be drawn at random on every load)."""
+
+
 class MissingPRMMetadataError(ValueError):
     """Raised when a checkpoint records no PRM head and is no known published PRM: nothing says how to score it."""
+
+
+@cache
+def as_token_classification_model(model_class: type[PreTrainedModel]) -> type[PreTrainedModel]:
+    """The value-head class of `model_class`'s architecture: its backbone plus a per-token linear `score`.
+
+    Made once per class, like vLLM's `as_seq_cls_model`: transformers' `GenericForTokenClassification` on
+    `model_class`'s pretrained base (so the backbone is the same `AutoModel` under the same `model.` prefix), named
+    `<Arch>ForTokenClassification` (the name saved in `config.architectures`), registered with
+    `AutoModelForTokenClassification` for the config class. transformers looks checkpoint-key conversions up by
+    class name first: the ones of `model_class` (e.g. Qwen2-VL hub checkpoints' `visual.*` / `model.layers.*`) are
+    registered under the new name too, since without them `from_pretrained` would silently leave the backbone random
+    (`load_prm` checks the load report). A class transformers already ships for the config is used as it is.
+
+    Args:
+        model_class: a concrete model class of the architecture, e.g. `Qwen3VLForConditionalGeneration`.
+    """
+    config_class = model_class.config_class
+    existing = AutoModelForTokenClassification._model_mapping.get(config_class, None)
+    if existing is not None:
+        return existing
+    pretrained_base = next(base for base in model_class.__mro__[1:] if issubclass(base, PreTrainedModel))
+    name = model_class.__name__.replace("ForConditionalGeneration", "") + "ForTokenClassification"
+    head_class = type(
+        name,
+        (GenericForTokenClassification, pretrained_base),
+        {"config_class": config_class, "__module__": __name__, "__doc__": f"{model_class.__name__}'s backbone + "
+         "a per-token classifier (`score`): the value-head PRM (`as_token_classification_model`)."},
+    )  # fmt: skip
+    conversions = get_checkpoint_conversion_mapping(model_class.__name__)
+    if conversions is not None:
+        register_checkpoint_conversion_mapping(name, conversions, overwrite=True)
+    AutoModelForTokenClassification.register(config_class, head_class, exist_ok=True)
+    return head_class
+
+
+def value_head_class(model_type: str) -> type:
+    """The value-head class of `model_type`: made from its model family's class, else transformers' own."""
+    family = find_family(model_type)
+    if family is None:
+        return AutoModelForTokenClassification
+    return as_token_classification_model(family.model_class())
 
 
 def _model_class(model_type: str, head: str, architectures: list[str] | None = None):
     for architecture in architectures or ():
         if head == "value" and architecture in ARCHITECTURE_CLASSES:
             return ARCHITECTURE_CLASSES[architecture]
-    family = find_family(model_type)
     if head == "value":
-        return family.value_head_class() if family is not None else AutoModelForTokenClassification
+        return value_head_class(model_type)
+    family = find_family(model_type)
     return family.generative_class() if family is not None else AutoModelForCausalLM
 
 
@@ -135,7 +185,8 @@ def load_prm(
     """
     path = name_or_path
     require_model(path, revision)  # resolves (or fails naming the model) the way from_pretrained will
-    config = AutoConfig.from_pretrained(path, revision=revision)
+    refuse_remote_code(path, revision)
+    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=False)
     saved_head = getattr(config, "prm_head", None)
     preset = resolve_preset(path, preset)
     head = head or saved_head or (preset.head if preset is not None else None)
@@ -158,6 +209,16 @@ def load_prm(
     model, info = model_class.from_pretrained(
         path, config=config, dtype=dtype, revision=revision, output_loading_info=True, **kwargs
     )
+    # A new head (a base model given head="value") legitimately lacks its weights; a saved value PRM must have them,
+    # else from_pretrained draws a random head, a different one on every load.
+    missing_head = [k for k in info["missing_keys"] if k.startswith(_head_keys(head))]
+    if missing_head and is_value_prm:
+        raise HeadNotLoadedError(
+            f"{path} records a trained value head (prm_head: value) but its value head weights "
+            f"{sorted(missing_head)} were not found in {path}: they would be drawn at random, differently on every "
+            "load. The folder holds a base model's (or a vLLM export's) weights; point at the folder the trainer "
+            "saved, or load it as a base model with head='value' to train a head"
+        )
     missing = [k for k in info["missing_keys"] if not k.startswith(_head_keys(head))]
     if missing:
         raise BackboneNotLoadedError(

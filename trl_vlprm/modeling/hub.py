@@ -60,6 +60,31 @@ def require_model(name_or_path: ModelName, revision: str | None = None) -> Path:
     return config
 
 
+class RemoteCodeError(ValueError):
+    """A model ships its own Python (`auto_map`), which trl_vlprm never runs."""
+
+
+# The files whose `auto_map` makes transformers import Python from the model (after a "[y/N]" prompt on stdin).
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def refuse_remote_code(name_or_path: ModelName, revision: str | None = None) -> None:
+    """Raise `RemoteCodeError` when a file of the model maps an Auto class to the model's own code (`auto_map`).
+
+    Without this, transformers leaves `trust_remote_code` to an interactive "[y/N]" prompt: answering "y" (or a
+    wrapper piping "y") runs the folder's Python. The PRM heads are built on the architectures transformers ships,
+    so a model's own code is never needed; `train` refuses `--trust_remote_code` for the same reason.
+    """
+    for filename in REMOTE_CODE_FILES:
+        auto_map = (read_model_json(name_or_path, filename, revision) or {}).get("auto_map")
+        if auto_map:
+            raise RemoteCodeError(
+                f"model {str(name_or_path)!r} ships its own code ({filename} auto_map {auto_map}); trl_vlprm never "
+                "runs a model's code (trust_remote_code): use a checkpoint of an architecture transformers ships, or "
+                f"remove auto_map from {filename} if the model is one"
+            )
+
+
 def model_fingerprint(name_or_path: ModelName, revision: str | None = None) -> Any:
     """What pins a model's weights: a folder's files (name, size, mtime); a repo id's resolved commit."""
     if os.path.isdir(str(name_or_path)):  # transformers' own rule: a folder is read in place

@@ -20,7 +20,7 @@ from trl_vlprm.modeling.families import (
     supported_families_text,
 )
 from trl_vlprm.modeling.families.base import PROCESSOR_FILES
-from trl_vlprm.modeling.hub import ModelName, model_file, read_model_json, require_model
+from trl_vlprm.modeling.hub import ModelName, model_file, read_model_json, refuse_remote_code, require_model
 
 
 def read_model_type(name_or_path: ModelName, revision: str | None = None) -> str | None:
@@ -91,6 +91,7 @@ def load_processor(
         UnsupportedModelError: the model has an image processor but no registered model family covers its type.
     """
     require_model(name_or_path, revision)  # first: names the model if it cannot be found
+    refuse_remote_code(name_or_path, revision)
     model_type = read_model_type(name_or_path, revision)
     image_config = _image_processor_config(name_or_path, revision)
     family = find_family(model_type)

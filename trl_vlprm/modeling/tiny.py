@@ -1,9 +1,10 @@
 """Build tiny random vision-language checkpoints (of any model family) and a tiny text LM on disk, offline, fast.
 
 Tests and the demo never touch a model hub: they build a folder with a byte-level BPE tokenizer trained on a little
-text, the model family's special tokens and chat template, an image-only processor, and a ~0.3 M-parameter model
-(`ModelFamily.tiny_config`). The folder has the same layout as a real checkpoint, so everything downstream
-(`load_prm`, `load_processor`, `recipes/train.py --model_name_or_path`) treats it like one.
+text, the model type's special tokens and chat template, an image-only processor, and a ~0.3 M-parameter model of the
+real transformers class with a shrunk config (`trl_vlprm.modeling.tiny_models`). The folder has the same layout as a
+real checkpoint, so everything downstream (`load_prm`, `load_processor`, `recipes/train.py --model_name_or_path`)
+treats it like one.
 `trl_vlprm.modeling.tiny_hub` puts such folders into a Hugging Face cache under real repo ids, so everything also
 loads by id, offline.
 """
@@ -17,8 +18,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForTokenClassification
 
-from trl_vlprm.modeling.families import get_family, supported_model_types
+from trl_vlprm.modeling.families import get_family
 from trl_vlprm.modeling.processor import build_processor
+from trl_vlprm.modeling.tiny_models import TINY_SPECS, get_tiny_spec
 
 DEFAULT_ARCH = "qwen2_vl"  # the tiny backbone the tests and the demo build unless told otherwise
 
@@ -44,24 +46,24 @@ def build_tiny_tokenizer(
     `extra_corpus` (e.g. `trl_vlprm.testbed.testbed_corpus()`) is added to the training text, so its frequent
     words become whole tokens given a large enough `vocab_size`.
     """
-    family = get_family(arch)
+    spec = get_tiny_spec(arch)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(family.tiny_special_tokens),
+        special_tokens=list(spec.special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS * 4 + list(extra_corpus), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        eos_token=family.tiny_eos_token,
-        pad_token=family.tiny_pad_token,
+        eos_token=spec.eos_token,
+        pad_token=spec.pad_token,
         unk_token=None,
         bos_token=None,
-        chat_template=family.tiny_chat_template,
+        chat_template=spec.chat_template,
     )
     fast.padding_side = "right"
     return fast
@@ -86,7 +88,7 @@ def tiny_vlm_config(
     Raises:
         UnsupportedModelError: no model family covers `arch` (the message lists the supported ones).
     """
-    return get_family(arch).tiny_config(
+    return get_tiny_spec(arch).config(
         tokenizer,
         hidden_size=hidden_size,
         num_layers=num_layers,
@@ -103,8 +105,8 @@ def build_tiny_vlm(
     arch: str = DEFAULT_ARCH,
     seed: int = 0,
     hidden_size: int = 64,
-    min_pixels: int = 56 * 56,
-    max_pixels: int = 112 * 112,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
     num_layers: int = 2,
     num_heads: int = 4,
     vision_width: int = 32,
@@ -121,7 +123,8 @@ def build_tiny_vlm(
         arch: the model type, one a registered model family covers (`trl_vlprm.modeling.families`).
         seed: torch seed for the random weights (same seed, same weights).
         hidden_size: text width; the vision tower projects to it.
-        min_pixels: image processor's minimum area; with `max_pixels` it bounds image tokens (112x112 -> 16 tokens).
+        min_pixels: image processor's minimum area; with `max_pixels` it bounds image tokens (default: the model
+            type's tiny bounds, e.g. 56x56 .. 112x112 for Qwen2-VL: 4 .. 16 tokens).
         max_pixels: image processor's maximum area.
         num_layers: text transformer layers.
         num_heads: text attention heads (key/value heads: half as many).
@@ -151,8 +154,11 @@ def build_tiny_vlm(
         intermediate_size,
     )
     torch.manual_seed(seed)
-    model = get_family(arch).tiny_model_class()(config)
+    model = get_family(arch).model_class()(config)
     model.save_pretrained(output_dir)
+    spec = get_tiny_spec(arch)
+    min_pixels = spec.min_pixels if min_pixels is None else min_pixels
+    max_pixels = spec.max_pixels if max_pixels is None else max_pixels
     processor = build_processor(arch, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels)
     processor.save_pretrained(output_dir)
     model.generation_config.save_pretrained(output_dir)
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Write a tiny random vision-language checkpoint (offline).")
     parser.add_argument("output_dir")
-    parser.add_argument("--arch", default=DEFAULT_ARCH, choices=list(supported_model_types()))
+    parser.add_argument("--arch", default=DEFAULT_ARCH, choices=sorted(TINY_SPECS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print(build_tiny_vlm(args.output_dir, arch=args.arch, seed=args.seed))

@@ -15,16 +15,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from trl_vlprm.modeling.families import get_family
 from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.modeling.tiny_models import TINY_SPECS, get_tiny_spec
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 
 def write_upstream_layout(folder: str | Path) -> Path:
-    """Rewrite a `build_tiny_vlm` folder in place into the file shapes of its model family's published checkpoints
-    (`ModelFamily.write_upstream_layout`): what a download of such a checkpoint gives, at a tiny size."""
+    """Rewrite a `build_tiny_vlm` folder in place into the file shapes of its model type's published checkpoints
+    (`TinySpec.upstream_layout`; none: transformers 5's layout is the published one): what a download of such a
+    checkpoint gives, at a tiny size."""
     folder = Path(folder)
     model_type = json.loads((folder / "config.json").read_text())["model_type"]
-    return get_family(model_type).write_upstream_layout(folder)
+    rewrite = get_tiny_spec(model_type).upstream_layout
+    return rewrite(folder) if rewrite is not None else folder
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -102,6 +105,13 @@ TINY_HUB_BASE_MODELS = {
     "Qwen/Qwen2.5-VL-7B-Instruct": ("qwen2_5_vl", 1),
     "Qwen/Qwen2.5-VL-32B-Instruct": ("qwen2_5_vl", 2),
     "Qwen/Qwen2-VL-2B-Instruct": ("qwen2_vl", 3),
+    # every other model type under the published ids its tiny spec names (`TinySpec.hub_ids`), seeds from 20 on
+    **{
+        repo_id: (model_type, 20 + i)
+        for i, (repo_id, model_type) in enumerate(
+            (repo_id, model_type) for model_type, spec in TINY_SPECS.items() for repo_id in spec.hub_ids
+        )
+    },
 }
 TINY_HUB_PRMS = {
     "ob11/Qwen-VL-PRM-3B": ("qwen2_5_vl", 10),
@@ -110,7 +120,7 @@ TINY_HUB_PRMS = {
 
 
 def build_tiny_prm(
-    output_dir: str | Path, arch: str = "qwen2_5_vl", seed: int = 0, step_separator: str = "\n"
+    output_dir: str | Path, arch: str = "qwen2_5_vl", seed: int = 0, step_separator: str = DEFAULT_STEP_SEPARATOR
 ) -> Path:
     """A tiny generative-head PRM saved as `VLPRMTrainer` saves one (config holds `prm_head`, the separator and the
     `+`/`-` token ids; image-only processor beside it)."""

@@ -1,4 +1,4 @@
-"""`trl-vlprm eval`: test-time-scaling evaluation, benchmarks x policies x scorers x strategies x N, from one
+"""`trl-vlprm eval`: test-time-scaling evaluation, benchmarks x policies x scorers x outcome selections x N, from one
 generation per question.
 
     trl-vlprm eval --config recipes/configs/eval_tts_testbed.yaml

@@ -5,9 +5,11 @@ answer's correctness).
     accelerate launch --config_file recipes/accelerate/zero2.yaml -m trl_vlprm grpo \
         --config recipes/configs/grpo_qwen2_5_vl_3b.yaml
 
-Arguments: `GRPOScriptArguments` (data, PRM reward), `trl.GRPOConfig` (training; `reward_weights` weighs the PRM
-reward, then the outcome reward) and `trl.ModelConfig` (policy, PEFT); any of them in the YAML or on the command line.
-Rewards are logged as `rewards/vlprm_<aggregation>/mean` and `rewards/outcome_reward/mean` (docs/rl.md).
+Arguments: `GRPOScriptArguments` (data, PRM reward), `VLPRMGRPOConfig` (`trl.GRPOConfig` plus the credit assignment:
+`process_advantages` outcome / process / min_form, `outcome_weight`; `reward_weights` weighs the PRM reward, then the
+outcome reward) and `trl.ModelConfig` (policy, PEFT); any of them in the YAML or on the command line. Rewards are
+logged as `rewards/vlprm_<aggregation>/mean` and `rewards/outcome_reward/mean`, per-step credit as `process/...`
+(docs/rl.md).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_vlprm.data.loading import load_records
 from trl_vlprm.guidance.aggregation import AGGREGATIONS
+from trl_vlprm.guidance.process_grpo import VLPRMGRPOConfig, VLPRMGRPOTrainer
 from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset, outcome_reward
 from trl_vlprm.modeling.processor import load_processor
 
@@ -83,7 +86,9 @@ class GRPOScriptArguments(ScriptArguments):
         AGGREGATIONS.check(self.prm_aggregation, "GRPOScriptArguments.prm_aggregation")
 
 
-def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> GRPOTrainer:
+def main(
+    script_args: GRPOScriptArguments, training_args: VLPRMGRPOConfig, model_args: ModelConfig
+) -> VLPRMGRPOTrainer:
     questions = load_records(script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config)
     if script_args.max_train_samples is not None:
         questions = questions.select(range(min(script_args.max_train_samples, len(questions))))
@@ -110,7 +115,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     }
     processor = load_processor(model_args.model_name_or_path, max_pixels=script_args.policy_max_pixels)
     processor.tokenizer.padding_side = "left"  # generation pads prompts on the left
-    trainer = GRPOTrainer(
+    trainer = VLPRMGRPOTrainer(  # GRPOTrainer itself with process_advantages="outcome" (the default)
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=training_args,
@@ -123,7 +128,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     trainer.save_model(training_args.output_dir)
     accelerator = trainer.accelerator
     if accelerator.is_main_process:
-        print(f"world_size={accelerator.num_processes}")
+        print(f"world_size={accelerator.num_processes} process_advantages={training_args.process_advantages}")
     # Per rank: each scores only its own share of the completions (and counts its own degenerate inputs).
     print(f"rank={accelerator.process_index} prm_reward={prm_reward.stats.as_dict()}", flush=True)
     accelerator.wait_for_everyone()  # ranks leave together: a rank exiting mid-save can abort its peers
@@ -131,7 +136,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    dataclass_types = (GRPOScriptArguments, GRPOConfig, ModelConfig)
+    dataclass_types = (GRPOScriptArguments, VLPRMGRPOConfig, ModelConfig)
     if subparsers is not None:
         return subparsers.add_parser("grpo", help="GRPO with a VL-PRM reward", dataclass_types=dataclass_types)
     return TrlParser(dataclass_types, prog=prog)

@@ -35,7 +35,7 @@ class ViewArguments:
             file holds them: a dataset file or folder, "benchmark:<spec>" (an evaluation benchmark spec),
             "process_bench:<spec>" or "puzzles:n=<count>,seed=<seed>" (generated testbed puzzles); None: only the
             image files the lines reference.
-        strategy (`str`, defaults to `"best_of_n:min"`): For evaluation samples: the sweep strategy whose pick
+        selection (`str`, defaults to `"best_of_n:min"`): For evaluation samples: the outcome selection whose pick
             each scorer's column shows.
         n (`int` or `None`, defaults to `None`): For evaluation samples: pick among the first n samples of each
             question; None: all of them.
@@ -62,9 +62,9 @@ class ViewArguments:
             "only the image files the lines reference."
         },
     )
-    strategy: str = field(
+    selection: str = field(
         default="best_of_n:min",
-        metadata={"help": "For evaluation samples: the sweep strategy whose pick each scorer's column shows."},
+        metadata={"help": "For evaluation samples: the outcome selection whose pick each scorer's column shows."},
     )
     n: int | None = field(
         default=None,
@@ -119,7 +119,7 @@ def main(args: ViewArguments) -> Path:
     output = Path(args.output) if args.output else Path(str(Path(args.inputs[0])).rstrip("/") + ".html")
     questions = load_view_questions(args.questions) if args.questions else None
     summary = write_view(
-        args.inputs, output, questions=questions, strategy=args.strategy, n=args.n,
+        args.inputs, output, questions=questions, selection=args.selection, n=args.n,
         max_image_side=args.max_image_side, page_size=args.page_size, title=args.title,
     )  # fmt: skip
     print(

@@ -4,9 +4,9 @@ Procedural visual puzzles with gold step solutions, a scripted policy that errs 
 random scorers, and a loopback judge server that answers from the gold (docs/testbed.md).
 """
 
-from .families import PuzzleFamily, register_family
+from .families import PuzzleFamily, register_puzzle_family
 from .generator import (
-    FAMILIES,
+    PUZZLE_FAMILIES,
     TIERS,
     format_prompt,
     generate_puzzles,
@@ -24,7 +24,7 @@ from .scripted_policy import ScriptedPolicy
 from .supervision import sample_supervision
 
 __all__ = [
-    "FAMILIES",
+    "PUZZLE_FAMILIES",
     "GoldOracleScorer",
     "JudgeServer",
     "PuzzleFamily",
@@ -39,7 +39,7 @@ __all__ = [
     "parse_answer_step",
     "puzzle_features",
     "read_metadata",
-    "register_family",
+    "register_puzzle_family",
     "resolve_families",
     "sample_supervision",
     "step_key",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from . import render
-from .families import PuzzleFamily, numeric_options, other_choice, register_family, split_rows
+from .families import PuzzleFamily, numeric_options, other_choice, register_puzzle_family, split_rows
 from .render import PALETTE, SHAPE_SIDES
 
 COUNT_KINDS = ("circle", "square", "triangle")
@@ -20,7 +20,7 @@ def _numeric_slip(value: str, rng) -> str:
     return str(int(value) + rng.choice(_SLIPS))
 
 
-@register_family
+@register_puzzle_family
 class Counting(PuzzleFamily):
     """Circles, squares and triangles (1-4 of each) on a 4x4 grid of slots; count them all."""
 
@@ -76,7 +76,7 @@ class Counting(PuzzleFamily):
         return _numeric_slip(value, rng)
 
 
-@register_family
+@register_puzzle_family
 class NumberGrid(PuzzleFamily):
     """3x3 grid of digits whose rows share one sum; one cell is a question mark."""
 
@@ -156,7 +156,7 @@ class NumberGrid(PuzzleFamily):
         return _numeric_slip(value, rng)
 
 
-@register_family
+@register_puzzle_family
 class PolygonSides(PuzzleFamily):
     """Three regular polygons (triangle to hexagon); add up their sides."""
 
@@ -220,7 +220,7 @@ def _add_minutes(hour: int, minute: int, delta: int) -> tuple[int, int]:
     return (total // 60) % 12 or 12, total % 60
 
 
-@register_family
+@register_puzzle_family
 class Clock(PuzzleFamily):
     """An analogue clock (minutes a multiple of 5); what time will it show some minutes later?"""
 

@@ -88,19 +88,19 @@ class PuzzleFamily:
         return other_choice(rng, state["options"], value)
 
 
-# name -> the family's one instance; `@register_family` on a subclass adds it (docs/testbed.md).
-FAMILIES: Registry[PuzzleFamily] = Registry("puzzle family")
+# name -> the family's one instance; `@register_puzzle_family` on a subclass adds it (docs/testbed.md).
+PUZZLE_FAMILIES: Registry[PuzzleFamily] = Registry("puzzle family", base=PuzzleFamily)
 
 
-def register_family(cls: type[PuzzleFamily]) -> type[PuzzleFamily]:
-    """Class decorator: registers an instance of the `PuzzleFamily` subclass under its `name` in `FAMILIES`."""
+def register_puzzle_family(cls: type[PuzzleFamily]) -> type[PuzzleFamily]:
+    """Class decorator: registers an instance of the `PuzzleFamily` subclass under its `name` in `PUZZLE_FAMILIES`."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no `name`; a puzzle family is registered (and generated) by its name")
-    FAMILIES.register(cls.name)(cls())
+    PUZZLE_FAMILIES.register(cls.name)(cls())
     return cls
 
 
-@register_family
+@register_puzzle_family
 class ColorGrid(PuzzleFamily):
     """3x3 Latin square of coloured circles (each row holds each colour once); one circle is a question mark."""
 
@@ -174,7 +174,7 @@ class ColorGrid(PuzzleFamily):
         )
 
 
-@register_family
+@register_puzzle_family
 class SizeCycle(PuzzleFamily):
     """Six shapes in reading order whose sizes repeat a cycle of three; one shape is a question mark."""
 

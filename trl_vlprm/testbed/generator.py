@@ -13,8 +13,8 @@ from typing import Any
 
 from ..data.schema import PERCEPTION, REASONING, RecordError, format_prompt, stepwise_features, to_json_string
 from ..registry import UnknownNameError
-from . import arithmetic, learnable  # noqa: F401 (their families register themselves in FAMILIES)
-from .families import FAMILIES, PuzzleFamily, State
+from . import arithmetic, learnable  # noqa: F401 (their families register themselves in PUZZLE_FAMILIES)
+from .families import PUZZLE_FAMILIES, PuzzleFamily, State
 
 # Two tiers (docs/testbed.md): "hard" puzzles a tiny CPU model cannot learn to check in minutes (grids, counting,
 # arithmetic, clocks: the default, as before), "learnable" ones it can (one large shape, one-sentence steps).
@@ -44,7 +44,7 @@ def read_metadata(record: Mapping[str, Any]) -> tuple[PuzzleFamily, State]:
         raise RecordError(row, "metadata", "missing; only generated testbed puzzles carry their hidden state")
     try:
         meta = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        return FAMILIES.get(meta["family"]), meta["state"]
+        return PUZZLE_FAMILIES.get(meta["family"]), meta["state"]
     except (ValueError, KeyError, TypeError) as err:
         raise RecordError(row, "metadata", f"not a testbed puzzle state ({type(err).__name__}: {err})") from err
 
@@ -64,14 +64,14 @@ def resolve_families(families: str | Sequence[str] | None) -> list[str]:
         families = TIERS.get(families) or [name.strip() for name in families.split(",") if name.strip()]
     names = list(families)
     for name in names:
-        if name not in FAMILIES:
-            raise UnknownNameError(f"{FAMILIES.unknown(name)} (or a tier: {', '.join(TIERS)})")
+        if name not in PUZZLE_FAMILIES:
+            raise UnknownNameError(f"{PUZZLE_FAMILIES.unknown(name)} (or a tier: {', '.join(TIERS)})")
     return names
 
 
 def make_puzzle(family: str, seed: int, index: int, image_size: int = 168) -> dict[str, Any]:
     """One puzzle record of `family`, determined by `(seed, index)` alone."""
-    fam = FAMILIES.get(family)
+    fam = PUZZLE_FAMILIES.get(family)
     rng = random.Random(f"{seed}:{index}:{family}")
     state = fam.sample(rng)
     steps = gold_steps(fam, state)
@@ -107,7 +107,7 @@ def generate_puzzles(n: int, seed: int = 0, families: str | Sequence[str] | None
     Args:
         n: number of puzzles; families are dealt round-robin so each gets `n / len(families)`.
         seed: the same seed gives the same records, image bytes included.
-        families: names in `FAMILIES`, or a tier name of `TIERS` ("hard", "learnable"); None: the hard tier.
+        families: names in `PUZZLE_FAMILIES`, or a tier name of `TIERS` ("hard", "learnable"); None: the hard tier.
         image_size: side of the square images in pixels (112-224 suits tiny models).
 
     Returns:
@@ -130,8 +130,8 @@ def testbed_corpus(per_family: int = 40, seed: int = 0) -> list[str]:
     step by looking at one token per word instead of assembling words from byte pieces.
     """
     texts = []
-    for name in dict.fromkeys((*TIERS["hard"], *TIERS["learnable"], *FAMILIES)):  # tiers first: a stable order
-        family = FAMILIES.get(name)
+    for name in dict.fromkeys((*TIERS["hard"], *TIERS["learnable"], *PUZZLE_FAMILIES)):  # tiers first: a stable order
+        family = PUZZLE_FAMILIES.get(name)
         rng = random.Random(f"corpus:{seed}:{name}")
         for _ in range(per_family):
             state = family.sample(rng)

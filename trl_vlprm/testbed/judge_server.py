@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -30,8 +31,11 @@ from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ..data.paper_solution import section_positions, split_solution
 from ..data.schema import PERCEPTION
 from ..data.steps_block import read_steps_block
+
+_SOLUTION = re.compile(r"<solution>\n(.*?)\n</solution>", re.S)
 
 FAILURE_MODES = ("500", "hang", "malformed", "401", "429", "truncate", "drip")
 
@@ -87,6 +91,7 @@ class JudgeServer:
         self.failures = dict(failures or {})
         self.failure_count, self.retry_after = failure_count, retry_after
         self._requests_about: Counter[str] = Counter()
+        self._question_ids: set[str] = set()
         self.seed = seed
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -135,6 +140,12 @@ class JudgeServer:
         """Teach the server more gold verdicts (e.g. of rollouts sampled after it started)."""
         with self._lock:
             self.gold.update(entries)
+
+    def add_solution(self, question_id: str, steps: Sequence[str], gold_correct: Sequence[bool]) -> None:
+        """Teach the server one solution's gold, remembering its question (the paper's prompt names none)."""
+        self.add_gold(gold_lookup(question_id, steps, gold_correct))
+        with self._lock:
+            self._question_ids.add(str(question_id))
 
     def _flip(self, key: str, kind: str) -> bool:
         rate = self.flip_rates.get(kind, self.flip_rate_reasoning)
@@ -185,10 +196,35 @@ class JudgeServer:
         length = int(handler.headers.get("Content-Length", 0))
         try:
             request = json.loads(handler.rfile.read(length))
-            block = read_steps_block(request["messages"])
-        except (ValueError, KeyError, TypeError) as err:
+        except ValueError as err:
             self._send(handler, 400, {"error": {"message": f"bad request: {err}"}})
             return
+        status, body, headers, body_mode = self.respond(request, length)
+        if body_mode == "hang":
+            self._stopping.wait(self.hang_seconds)
+            return  # the client has given up; closing without an answer
+        self._send(handler, status, body, headers, body_mode=body_mode)
+
+    def respond(
+        self, request: Mapping[str, Any], size: int = 0, question_id: str | None = None
+    ) -> tuple[int, dict[str, Any], dict[str, str], str | None]:
+        """The reply to one chat-completions request body: (status, JSON body, headers, body mode).
+
+        The steps are read from the JSON steps block of the default prompt, or else from the `<solution>` of the
+        paper's prompt, answered in the paper's format (an analysis block per step up to the first incorrect one,
+        then the conclusion). The paper's prompt carries no question id: `question_id` (the batch server passes the
+        request's `custom_id` prefix) or else the one question whose gold knows every step of the solution.
+        `size` is the request's size in bytes, for the usage it reports. Body modes: None, "hang", "truncate",
+        "drip" (what the HTTP handler does with the body).
+        """
+        try:
+            paper = False
+            try:
+                block = read_steps_block(request["messages"])
+            except ValueError:
+                block, paper = self._paper_block(request["messages"], question_id), True
+        except (ValueError, KeyError, TypeError) as err:
+            return 400, {"error": {"message": f"bad request: {err}"}}, {}, None
         question_id = str(block.get("question_id", ""))
         failure = self._draw_failure(question_id)
         with self._lock:
@@ -197,37 +233,47 @@ class JudgeServer:
         if self.delay:
             time.sleep(self.delay)
         if failure == "500":
-            self._send(handler, 500, {"error": {"message": "internal server error"}})
-            return
+            return 500, {"error": {"message": "internal server error"}}, {}, None
         if failure == "hang":
-            self._stopping.wait(self.hang_seconds)
-            return  # the client has given up; closing without an answer
+            return 0, {}, {}, "hang"
         if failure == "401":
-            self._send(handler, 401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
-            return
+            return 401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}, {}, None
         if failure == "429":
             headers = {"Retry-After": f"{self.retry_after:g}"}
-            self._send(handler, 429, {"error": {"message": "Rate limit reached, retry later"}}, headers)
-            return
+            return 429, {"error": {"message": "Rate limit reached, retry later"}}, headers, None
         if failure == "malformed":
-            content = '{"steps": [{"index": 0, "correct": tru'
+            content = "I think the solution looks fine." if paper else '{"steps": [{"index": 0, "correct": tru'
+        elif paper:
+            content = paper_answer(block["steps"], self.verdicts(question_id, block["steps"]))
         else:
             content = json.dumps({"steps": self.verdicts(question_id, block.get("steps", []))})
-        self._send(
-            handler,
-            200,
-            {
-                "id": f"chatcmpl-{self.counts['requests']}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": request.get("model", "judge"),
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-                ],
-                "usage": {"prompt_tokens": length // 4, "completion_tokens": len(content) // 4},
-            },
-            body_mode=failure if failure in ("truncate", "drip") else None,
-        )
+        body = {
+            "id": f"chatcmpl-{self.counts['requests']}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model", "judge"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": size // 4, "completion_tokens": len(content) // 4},
+        }
+        return 200, body, {}, failure if failure in ("truncate", "drip") else None
+
+    def _paper_block(self, messages: Sequence[Mapping[str, Any]], question_id: str | None) -> dict[str, Any]:
+        """The steps block of a request in the paper's prompt: its last `<solution>`, split by the paper's rule."""
+        texts = [
+            part.get("text", "") if isinstance(part, Mapping) else str(part)
+            for message in messages
+            for part in (message["content"] if isinstance(message["content"], list) else [message["content"]])
+        ]
+        solutions = [m for text in texts for m in _SOLUTION.findall(text)]
+        if not solutions:
+            raise ValueError("neither a steps block nor a <solution> in the messages")
+        steps, types = split_solution(solutions[-1])
+        listing = [{"index": i, "type": kind, "text": text} for i, (text, kind) in enumerate(zip(steps, types))]
+        if question_id is None:
+            with self._lock:
+                known = [q for q in self._question_ids if step_key(q, steps) in self.gold]
+            question_id = known[0] if len(known) == 1 else ""
+        return {"question_id": question_id, "steps": listing}
 
     def _send(
         self,
@@ -266,3 +312,28 @@ class JudgeServer:
 def gold_lookup(question_id: str, steps: Sequence[str], gold_correct: Sequence[bool]) -> dict[str, bool]:
     """Lookup entries of one solution whose gold step correctness is known."""
     return {step_key(question_id, steps[: i + 1]): bool(g) for i, g in enumerate(gold_correct)}
+
+
+def paper_answer(steps: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, Any]]) -> str:
+    """An answer in the paper's judge format: an `<analysis_k>` block per step under its section header, stopping at
+    the first step judged incorrect, then `<conclusion>Correct|Incorrect</conclusion>`. A step without a verdict
+    (absent from the gold) ends the analysis with no conclusion, which the paper's parser counts as unknown."""
+    by_index = {entry["index"]: entry["correct"] for entry in verdicts}
+    positions = section_positions([step.get("type") for step in steps])
+    lines, current = [], None
+    for step, (section, index) in zip(steps, positions):
+        if section != current:
+            lines.append(f"\n[{section}]" if current else f"[{section}]")
+            current = section
+        correct = by_index.get(step["index"])
+        if correct is None:
+            return "\n".join(lines)
+        note = (
+            "This step is consistent with the image and the previous steps."
+            if correct
+            else ("This step is wrong: it does not follow from the image and the previous steps.")
+        )
+        lines.append(f"<analysis_{index + 1}>\n{note}\n</analysis_{index + 1}>")
+        if not correct:
+            return "\n".join(lines) + "\n\n<conclusion>\nIncorrect\n</conclusion>"
+    return "\n".join(lines) + "\n\n<conclusion>\nCorrect\n</conclusion>"

@@ -20,7 +20,7 @@ import re
 
 from . import render
 from .arithmetic import _numeric_slip
-from .families import PuzzleFamily, other_choice, register_family
+from .families import PuzzleFamily, other_choice, register_puzzle_family
 from .render import PALETTE, SHAPE_SIDES
 
 # Share of misreads that change the detail the answer depends on (the kind for `shape_sides`, the colour for
@@ -75,7 +75,7 @@ class _OneShape(PuzzleFamily):
         return [other_choice(rng, colours, colour), kind]
 
 
-@register_family
+@register_puzzle_family
 class ShapeSides(_OneShape):
     """How many sides does the one shape have? Perception names it; reasoning looks its sides up."""
 
@@ -99,7 +99,7 @@ class ShapeSides(_OneShape):
         return _numeric_slip(value, rng) if rng.random() < 0.5 else other_choice(rng, state["options"], value)
 
 
-@register_family
+@register_puzzle_family
 class ShapeColour(_OneShape):
     """What colour is the one shape? Perception names it; reasoning copies the colour it stated."""
 

@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from trl_vlprm.modeling.encoding import LAYOUTS, PRMLayout
 from trl_vlprm.modeling.heads import HEADS
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 STEP_TRUNCATIONS = ("tokens", "whole_steps")
 LONG_PROMPTS = ("truncate", "error")
@@ -132,7 +133,8 @@ class VLPRMConfig(TrainingArguments):
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Whether to disable dropout in the model."})
     step_separator: str = field(
-        default="\n", metadata={"help": "Separator appended to each step; the step's label sits on its last token."}
+        default=DEFAULT_STEP_SEPARATOR,
+        metadata={"help": "Separator appended to each step; the step's label sits on its last token."},
     )
     train_on_last_step_only: bool = field(
         default=False, metadata={"help": "Whether to label only the last step of each training row."}

@@ -31,6 +31,7 @@ from trl_vlprm.modeling.encoding import (  # noqa: F401  (re-exported: the train
 )
 from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.processor import get_tokenizer
+from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 IGNORE_INDEX = -100
 # Per-token step type, kept beside the labels for loss weighting and per-type metrics.
@@ -59,7 +60,7 @@ def _check_steps_free_of_vision_tokens(processing_class: Any, steps: Sequence[Se
 def tokenize_row(
     features: Mapping[str, Any],
     processing_class: Any,
-    step_separator: str = "\n",
+    step_separator: str = DEFAULT_STEP_SEPARATOR,
     max_length: int | None = None,
     max_completion_length: int | None = None,
     train_on_last_step_only: bool = False,

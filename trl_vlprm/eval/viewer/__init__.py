@@ -95,7 +95,7 @@ def _series(questions: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, 
 def build_view(
     inputs: Sequence[str | Path],
     questions: Iterable[Mapping[str, Any]] | None = None,
-    strategy: str = "best_of_n:min",
+    selection: str = "best_of_n:min",
     n: int | None = None,
     max_image_side: int = 256,
     page_size: int = 50,
@@ -107,7 +107,7 @@ def build_view(
         inputs: tts results files, evaluation sample files, process-bench line files, or labelled datasets.
         questions: question records whose in-memory images the results lines reference (generated puzzles, a
             dataset of image bytes); images read from files need none.
-        strategy: for evaluation samples, the sweep strategy whose pick each scorer's column shows.
+        selection: for evaluation samples, the outcome selection whose pick each scorer's column shows.
         n: for evaluation samples, pick among the first `n` samples (None: all of them).
         max_image_side: images are shrunk to fit this many pixels.
         page_size: questions rendered at a time.
@@ -132,7 +132,7 @@ def build_view(
         if kind == "tts":
             read_tts(path, by_id)
         elif kind == "samples":
-            read_samples(path, by_id, strategy, n)
+            read_samples(path, by_id, selection, n)
         elif kind == "process_bench":
             read_process_bench(path, by_id)
         else:
@@ -181,16 +181,15 @@ def _header(data: dict[str, Any], records: Sequence[dict[str, Any]], paths: Sequ
     runs: dict[str, list[bool]] = {}
     for question in records:
         for run in question["runs"]:
-            runs.setdefault(f"{run['name']}|{run['strategy']}|{run.get('n') or ''}", []).append(bool(run["correct"]))
+            runs.setdefault(f"{run['name']}|{run['method']}|{run.get('n') or ''}", []).append(bool(run["correct"]))
     if runs:
         rows = "".join(
             f"<tr><td>{escape(key.split('|')[0])}</td><td>{escape(key.split('|')[1])}</td><td>{key.split('|')[2]}"
             f"</td><td>{sum(ok)}/{len(ok)} ({100 * sum(ok) / len(ok):.1f}%)</td></tr>"
             for key, ok in runs.items()
         )
-        lines.append(
-            f'<table class="runs"><tr><th>run</th><th>strategy</th><th>N</th><th>right</th></tr>{rows}</table>'
-        )
+        head = "<tr><th>run</th><th>strategy / selection</th><th>N</th><th>right</th></tr>"
+        lines.append(f'<table class="runs">{head}{rows}</table>')
     cards = [calibration_card(calibration(name, pairs)) for name, pairs in _series(records).items()]
     if cards:
         lines.append(f'<div class="cards">{"".join(cards)}</div>')

@@ -120,12 +120,12 @@ function question(q, type) {
 function runTable(q) {
   const t = el("table", {class: "runs"});
   const h = el("tr");
-  for (const c of ["run", "strategy", "N", "answer", "result"]) h.appendChild(el("th", {}, c));
+  for (const c of ["run", "strategy / selection", "N", "answer", "result"]) h.appendChild(el("th", {}, c));
   t.appendChild(h);
   for (const r of q.runs) {
     const tr = el("tr", {class: "run", "data-run": r.name});
     tr.appendChild(el("td", {}, r.name));
-    tr.appendChild(el("td", {}, r.strategy));
+    tr.appendChild(el("td", {}, r.method));
     tr.appendChild(el("td", {}, r.n === null || r.n === undefined ? "" : r.n));
     let answer = r.answer;
     if (r.first_error !== undefined) answer = "first error: gold " + (r.first_error ?? "none") +

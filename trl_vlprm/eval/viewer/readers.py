@@ -5,8 +5,10 @@ A *question* (a JSON-ready dict, what the page embeds):
     {"id", "prompt", "images": [image refs], "gold", "category",
      "solutions": [{"steps", "types", "truth" (1 good / 0 bad / None per step), "answer", "correct",
                     labelled data only: "label", "mc", "judge", "rule", "case"}],
-     "runs": [{"name", "strategy", "n", "solutions": [indices], "scores": [per solution, per step], "pick",
+     "runs": [{"name", "method", "n", "solutions": [indices], "scores": [per solution, per step], "pick",
                "answer", "correct", process benches only: "first_error", "predicted_first_error"}]}
+
+A run's "method" is what picked: the search strategy of a tts line, or the outcome selection of a sweep.
 
 Kinds of input, told apart by their content: a tts results file (`trl-vlprm tts`: one line per question and
 strategy run), an evaluation samples file (`trl-vlprm eval`: `samples/<benchmark>__<policy>.jsonl`), a process-bench
@@ -22,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.eval.selection import NO_SCORER, parse_strategy, uses_scorer
+from trl_vlprm.eval.selection import NO_SCORER, parse_selection, uses_scorer
 from trl_vlprm.guidance.policy import Candidate
 
 KINDS = ("tts", "samples", "process_bench", "labelled")
@@ -155,7 +157,7 @@ def read_tts(path: Path, questions: dict[str, dict[str, Any]]) -> None:
         question["runs"].append(
             {
                 "name": name,
-                "strategy": line["strategy"],
+                "method": line["strategy"],
                 "n": settings.get("n"),
                 "solutions": list(range(start, len(question["solutions"]))),
                 "scores": scores,
@@ -168,10 +170,10 @@ def read_tts(path: Path, questions: dict[str, dict[str, Any]]) -> None:
             question["solutions"][start + int(chosen)]["correct"] = bool(line["correct"])
 
 
-def read_samples(path: Path, questions: dict[str, dict[str, Any]], strategy: str, n: int | None) -> None:
-    """Adds the sampled solutions of an evaluation samples file and one run per scorer: the pick of `strategy`
+def read_samples(path: Path, questions: dict[str, dict[str, Any]], selection: str, n: int | None) -> None:
+    """Adds the sampled solutions of an evaluation samples file and one run per scorer: the pick of `selection`
     among the first `n` samples (all when None), as the sweep derives it."""
-    selection, aggregation = parse_strategy(strategy)
+    choice, aggregation = parse_selection(selection)
     for number, line in read_jsonl_lines(path):
         where = f"{path}:{number}"
         _need(line, ("id", "answer", "samples"), where, "an evaluation samples")
@@ -194,20 +196,20 @@ def read_samples(path: Path, questions: dict[str, dict[str, Any]], strategy: str
                 )  # fmt: skip
             )
         scorers = list(dict.fromkeys(name for sample in samples for name in sample["step_scores"]))
-        for scorer in scorers if uses_scorer(strategy) else [NO_SCORER]:
+        for scorer in scorers if uses_scorer(selection) else [NO_SCORER]:
             candidates = [
                 Candidate(sample["steps"], True, sample.get("vote_answer"),
                           step_scores=list(sample["step_scores"].get(scorer) or []) if scorer != NO_SCORER else [])
                 for sample in samples
             ]  # fmt: skip
             try:
-                chosen = selection.choose(candidates, aggregation, [bool(s["correct"]) for s in samples])
+                chosen = choice.choose(candidates, aggregation, [bool(s["correct"]) for s in samples])
             except (ValueError, KeyError, TypeError) as err:
-                raise ViewInputError(f"{where}: scorer {scorer!r}: {strategy} cannot pick ({err})") from None
+                raise ViewInputError(f"{where}: scorer {scorer!r}: {selection} cannot pick ({err})") from None
             question["runs"].append(
                 {
-                    "name": scorer if scorer != NO_SCORER else strategy,
-                    "strategy": strategy,
+                    "name": scorer if scorer != NO_SCORER else selection,
+                    "method": selection,
                     "n": len(samples),
                     "solutions": list(range(start, start + len(samples))),
                     "scores": [_round(s["step_scores"].get(scorer)) for s in samples] if scorer != NO_SCORER else [],
@@ -236,7 +238,7 @@ def read_process_bench(path: Path, questions: dict[str, dict[str, Any]]) -> None
             question["runs"].append(
                 {
                     "name": scorer,
-                    "strategy": "first error",
+                    "method": "first error",
                     "n": None,
                     "solutions": [index],
                     "scores": [_round(scores)],

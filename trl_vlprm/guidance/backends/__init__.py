@@ -13,15 +13,14 @@ Every backend lives in one module of this package and registers itself at its de
     def mine(args: list[str], kwargs: dict[str, Any], seed: int | None) -> Policy:
         return MinePolicy(args[0], **{"seed": seed, **kwargs})
 
-The modules of this package are imported when the first backend is looked up (their builders import their heavy
-dependencies, torch, vLLM, openai, only when called), so a new file in `trl_vlprm/guidance/backends/` is the whole
-change. Code outside the package may register too (`POLICY_BACKENDS.register(name)(Backend(...))`).
+The registries import every module of this package before their first lookup (`Registry(discover=...)`; the builders
+import their heavy dependencies, torch, vLLM, openai, only when called), so a new file in
+`trl_vlprm/guidance/backends/` is the whole change. Code outside the package may register too
+(`POLICY_BACKENDS.register(name)(Backend(...))`).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +49,8 @@ class Backend:
     argument: str | None = None
 
 
-POLICY_BACKENDS: Registry[Backend] = Registry("policy backend")
-SCORER_BACKENDS: Registry[Backend] = Registry("scorer backend")
+POLICY_BACKENDS: Registry[Backend] = Registry("policy backend", base=Backend, discover=__name__)
+SCORER_BACKENDS: Registry[Backend] = Registry("scorer backend", base=Backend, discover=__name__)
 
 
 def _registrar(registry: Registry[Backend]):
@@ -69,18 +68,6 @@ policy_backend = _registrar(POLICY_BACKENDS)
 policy_backend.__doc__ = "Decorator: registers a policy builder `(args, kwargs, seed) -> Policy` under `name`."
 scorer_backend = _registrar(SCORER_BACKENDS)
 scorer_backend.__doc__ = "Decorator: registers a scorer builder `(args, kwargs, seed) -> StepScorer` under `name`."
-
-_discovered = False
-
-
-def discover_backends() -> None:
-    """Import every module of this package once, so each registers its backends."""
-    global _discovered
-    if not _discovered:
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
-        _discovered = True  # only once every module registered: a failed import is raised again on the next lookup
-
 
 # ---- the spec grammar ------------------------------------------------------------------------------------------
 
@@ -174,20 +161,13 @@ Backends = Registry[Backend] | Mapping[str, Backend]
 
 
 def get_backend(backends: Backends, kind: str, what: str = "policy", spec: str | None = None) -> Backend:
-    """The backend `kind` names; an unknown kind raises ValueError naming the spec and the available kinds."""
-    if isinstance(backends, Registry):
-        discover_backends()
-        if kind in backends:
-            return backends.get(kind)
-        available = backends.names()
-    elif kind in backends:
-        return backends[kind]
-    else:
-        available = sorted(backends)
-    raise ValueError(
-        f"{what} spec {kind if spec is None else spec!r}: unknown kind {kind!r} "
-        f"(unknown {what} backend {kind!r}; available: {', '.join(available)})"
-    )
+    """The backend `kind` names; an unknown kind raises `UnknownNameError` naming the spec and the available kinds."""
+    if not isinstance(backends, Registry):  # a run's own table (`eval_tts.policy_backends`)
+        table: Registry[Backend] = Registry(f"{what} backend")
+        for name, backend in backends.items():
+            table.register(name)(backend)
+        backends = table
+    return backends.get(kind, f"{what} spec {kind if spec is None else spec!r}")
 
 
 def build_from_spec(
@@ -233,7 +213,6 @@ __all__ = [
     "build_scorer",
     "check_spec",
     "config_policy_spec",
-    "discover_backends",
     "get_backend",
     "make_spec",
     "one_model",

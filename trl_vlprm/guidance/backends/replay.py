@@ -24,7 +24,8 @@ from typing import Any
 
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.backends import policy_backend
-from trl_vlprm.types import Continuation, PolicyStats, Question
+from trl_vlprm.guidance.solutions import split_steps
+from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR, Continuation, PolicyStats, Question
 
 
 class ReplayPolicy:
@@ -35,7 +36,7 @@ class ReplayPolicy:
         step_separator: splits a solution given as one text into steps; also the separator strategies join with.
     """
 
-    def __init__(self, path: str | Path, step_separator: str = "\n\n"):
+    def __init__(self, path: str | Path, step_separator: str = DEFAULT_POLICY_STEP_SEPARATOR):
         self.path, self.step_separator, self.stats = Path(path), step_separator, PolicyStats()
         if not self.path.is_file():
             raise FileNotFoundError(f"replay policy: no file {self.path}")
@@ -68,7 +69,7 @@ class ReplayPolicy:
         if isinstance(solution, dict):
             answer, solution = solution.get("answer"), solution.get("steps")
         if isinstance(solution, str):
-            solution = [step.strip() for step in solution.split(self.step_separator) if step.strip()]
+            solution = split_steps(solution, self.step_separator)
         if not isinstance(solution, list) or not solution or not all(isinstance(s, str) for s in solution):
             raise RecordError(where, f"solutions[{index}]", "expected a non-empty text or list of step texts")
         return Continuation(list(solution), finished=True, answer=None if answer is None else str(answer))

@@ -1,9 +1,12 @@
 """Test-time search strategies. Each runner has the signature
-`run(question, policy, scorer, config: SearchConfig) -> SearchResult`; `STRATEGIES` is the registry of runners
-(each module registers its own with `@STRATEGIES.register(name)`).
+`run(question, policy, scorer, config: SearchConfig) -> SearchResult`; `STRATEGIES` is the registry of runners.
+
+A strategy is one module of this package that registers its runner with `@STRATEGIES.register(name)`: the registry
+imports every module here before its first lookup, as the backend registries do, so nothing else is edited. The
+imports below only re-export the runners for direct calls.
 
 The pure selection functions (`majority_vote`, `select_best_of_n`, `weighted_vote`) work on already-scored
-candidates, so an evaluation sweep can reuse one set of samples for every strategy.
+candidates; the evaluation's outcome selections (`trl_vlprm.eval.selection`) reuse them on one set of samples.
 """
 
 from trl_vlprm.guidance.strategies.base import STRATEGIES, SearchConfig, SearchResult, Strategy, score_candidates

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate
 from trl_vlprm.guidance.policy import Candidate, Policy, Question, StepScorer
 from trl_vlprm.registry import Registry
+from trl_vlprm.types import expect_samples
 
 
 @dataclass
@@ -113,9 +115,10 @@ class SearchResult:
 
 
 # A search strategy: `run(question, policy, scorer, config) -> SearchResult`. Each strategy module registers its
-# runner at its definition with `@STRATEGIES.register("name")`; the package `__init__` imports them all.
+# runner at its definition with `@STRATEGIES.register("name")`; the registry imports every module of the package
+# before its first lookup, as the backends' registries do.
 Strategy = Callable[[Question, Policy, "StepScorer | None", SearchConfig], SearchResult]
-STRATEGIES: Registry[Strategy] = Registry("strategy")
+STRATEGIES: Registry[Strategy] = Registry("strategy", discover="trl_vlprm.guidance.strategies")
 
 
 def question_id(question: Question) -> str:
@@ -123,7 +126,8 @@ def question_id(question: Question) -> str:
 
 
 def score_candidates(scorer: StepScorer, question: Question, candidates: Sequence[Candidate]) -> None:
-    """Fill `step_scores` of every candidate in place with one scorer call; check the scorer's output shape.
+    """Fill `step_scores` of every candidate in place with one scorer call; check the scorer's output shape and that
+    every score is finite (a NaN or inf score is a `ValueError` naming the question and candidate, never a pick).
 
     A scorer that reports input lengths (`score_with_input_lengths`, as `PRMScorer` does) also fills
     `step_input_lengths`, which the "paper" aggregation needs; other scorers leave it empty.
@@ -147,6 +151,13 @@ def score_candidates(scorer: StepScorer, question: Question, candidates: Sequenc
                 f"for {len(candidate.steps)} steps"
             )
         candidate.step_scores = [float(s) for s in step_scores]
+        bad = [(j, s) for j, s in enumerate(candidate.step_scores) if not math.isfinite(s)]
+        if bad:  # max() and sorting treat NaN as neither larger nor smaller: a NaN candidate could be picked
+            raise ValueError(
+                f"question {question_id(question)}: candidate {index}: {type(scorer).__name__} returned a non-finite "
+                f"step score {bad[0][1]} (step {bad[0][0]}); a PRM's scores must be finite (check its weights and "
+                "dtype: fp16 overflow gives inf/NaN)"
+            )
         candidate.step_input_lengths = [int(n) for n in lengths[index]] if lengths is not None else []
 
 
@@ -187,8 +198,6 @@ def complete_open(question: Question, policy: Policy, open_candidates: list[Cand
     """Finish every open partial solution with one sampled completion."""
     completed = []
     for candidate in open_candidates:
-        continuations = policy.complete(question, candidate.steps, 1)
-        if not continuations:
-            raise RuntimeError(f"question {question_id(question)}: policy.complete returned no continuation")
+        continuations = expect_samples(policy.complete(question, candidate.steps, 1), 1, question, "complete")
         completed.append(candidate.extend(continuations[0]))
     return completed

@@ -26,7 +26,7 @@ from trl_vlprm.guidance.strategies.base import (
     score_candidates,
 )
 from trl_vlprm.guidance.strategies.best_of_n import select_best_of_n
-from trl_vlprm.types import StatsDelta
+from trl_vlprm.types import StatsDelta, expect_samples
 
 
 def _gold_ok(candidate: Candidate) -> bool | None:
@@ -51,7 +51,9 @@ def run_beam_search(
             # The root alone proposes width x expansions first steps, so the first level is as wide as later ones.
             fan_out = config.expansions_per_beam * (width if depth == 0 else 1)
             for parent, beam in enumerate(beams):
-                for continuation in policy.sample_next_steps(question, beam.steps, fan_out):
+                for continuation in expect_samples(
+                    policy.sample_next_steps(question, beam.steps, fan_out), fan_out, question, "sample_next_steps"
+                ):
                     expansions.append(beam.extend(continuation))
                     parents.append(parent)
             score_candidates(scorer, question, expansions)

@@ -17,7 +17,7 @@ from trl_vlprm.guidance.strategies.base import (
     score_candidates,
     whole_solutions,
 )
-from trl_vlprm.types import StatsDelta
+from trl_vlprm.types import StatsDelta, expect_samples
 
 
 def select_best_of_n(candidates: Sequence[Candidate], aggregation: str) -> int:
@@ -42,7 +42,12 @@ def run_best_of_n(question: Question, policy: Policy, scorer: StepScorer | None,
     """
     scorer = require_scorer(scorer, "best_of_n")
     with StatsDelta(policy) as cost:
-        candidates = [root_candidate().extend(c) for c in policy.sample_solutions(question, config.n)]
+        candidates = [
+            root_candidate().extend(c)
+            for c in expect_samples(
+                policy.sample_solutions(question, config.n), config.n, question, "sample_solutions"
+            )
+        ]
     if config.whole_solution:
         candidates = whole_solutions(candidates, policy.step_separator)
     score_candidates(scorer, question, candidates)

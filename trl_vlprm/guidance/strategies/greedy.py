@@ -16,14 +16,17 @@ from trl_vlprm.guidance.strategies.base import (
     root_candidate,
     score_candidates,
 )
-from trl_vlprm.types import StatsDelta
+from trl_vlprm.types import StatsDelta, expect_samples
 
 
 @STRATEGIES.register("greedy")
 def run_greedy(question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig) -> SearchResult:
     """Sample one solution; score it when a scorer is given (for the record, it does not change the choice)."""
     with StatsDelta(policy) as cost:
-        candidates = [root_candidate().extend(c) for c in policy.sample_solutions(question, 1)]
+        candidates = [
+            root_candidate().extend(c)
+            for c in expect_samples(policy.sample_solutions(question, 1), 1, question, "sample_solutions")
+        ]
     scores = []
     if scorer is not None:
         score_candidates(scorer, question, candidates)

@@ -15,7 +15,7 @@ from trl_vlprm.guidance.strategies.base import (
     root_candidate,
     score_candidates,
 )
-from trl_vlprm.types import StatsDelta
+from trl_vlprm.types import StatsDelta, expect_samples
 
 
 def answer_key(answer: str | None) -> str | None:
@@ -74,7 +74,12 @@ def majority_vote(candidates: Sequence[Candidate], key: AnswerKey = answer_key) 
 def run_majority(question: Question, policy: Policy, scorer: StepScorer | None, config: SearchConfig) -> SearchResult:
     """Sample `config.n` solutions and vote. A scorer, when given, only annotates the candidates."""
     with StatsDelta(policy) as cost:
-        candidates = [root_candidate().extend(c) for c in policy.sample_solutions(question, config.n)]
+        candidates = [
+            root_candidate().extend(c)
+            for c in expect_samples(
+                policy.sample_solutions(question, config.n), config.n, question, "sample_solutions"
+            )
+        ]
     scores = []
     if scorer is not None:
         score_candidates(scorer, question, candidates)

@@ -19,7 +19,7 @@ from trl_vlprm.guidance.strategies.base import (
     root_candidate,
     score_candidates,
 )
-from trl_vlprm.types import StatsDelta
+from trl_vlprm.types import StatsDelta, expect_samples
 
 
 def prm_guided_walk(
@@ -46,7 +46,13 @@ def prm_guided_walk(
         if not open_walks:
             break
         siblings = {
-            i: [walks[i].extend(c) for c in policy.sample_next_steps(question, walks[i].steps, k)] for i in open_walks
+            i: [
+                walks[i].extend(c)
+                for c in expect_samples(
+                    policy.sample_next_steps(question, walks[i].steps, k), k, question, "sample_next_steps"
+                )
+            ]
+            for i in open_walks
         }
         score_candidates(scorer, question, [c for i in open_walks for c in siblings[i]])
         step = {"depth": depth, "walks": []}

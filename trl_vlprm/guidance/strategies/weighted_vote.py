@@ -18,7 +18,7 @@ from trl_vlprm.guidance.strategies.base import (
     whole_solutions,
 )
 from trl_vlprm.guidance.strategies.majority import AnswerKey, answer_key, question_answer_key, vote_tally
-from trl_vlprm.types import StatsDelta
+from trl_vlprm.types import StatsDelta, expect_samples
 
 
 def weighted_vote(candidates: Sequence[Candidate], aggregation: str, key: AnswerKey = answer_key) -> int | None:
@@ -47,7 +47,12 @@ def run_weighted_vote(
     """Sample `config.n` solutions, score them, and vote with weights = aggregated scores."""
     scorer = require_scorer(scorer, "weighted_vote")
     with StatsDelta(policy) as cost:
-        candidates = [root_candidate().extend(c) for c in policy.sample_solutions(question, config.n)]
+        candidates = [
+            root_candidate().extend(c)
+            for c in expect_samples(
+                policy.sample_solutions(question, config.n), config.n, question, "sample_solutions"
+            )
+        ]
     if config.whole_solution:
         candidates = whole_solutions(candidates, policy.step_separator)
     score_candidates(scorer, question, candidates)

@@ -1,6 +1,6 @@
 """Model-family adapters: one module per family of vision-language backbones (see `base.ModelFamily`).
 
-Every module of this package is imported here, so a family registers itself (`@register_family`) just by being a
+Every module of this package is imported here, so a family registers itself (`@register_model_family`) just by being a
 file in it: adding a family is one file plus its tests.
 """
 
@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 
 from trl_vlprm.modeling.families.base import (
-    FAMILIES,
+    MODEL_FAMILIES,
     ImageOnlyProcessorMixin,
     ModelFamily,
     UnsupportedModelError,
@@ -19,7 +19,7 @@ from trl_vlprm.modeling.families.base import (
     find_family,
     get_family,
     model_type_from_class_name,
-    register_family,
+    register_model_family,
     supported_families_text,
     supported_model_types,
 )
@@ -29,7 +29,7 @@ for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
-    "FAMILIES",
+    "MODEL_FAMILIES",
     "ImageOnlyProcessorMixin",
     "ModelFamily",
     "UnsupportedModelError",
@@ -38,7 +38,7 @@ __all__ = [
     "find_family",
     "get_family",
     "model_type_from_class_name",
-    "register_family",
+    "register_model_family",
     "supported_families_text",
     "supported_model_types",
 ]

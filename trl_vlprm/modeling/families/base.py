@@ -11,18 +11,23 @@ A family covers one or more transformers `model_type`s that share a processor, a
 - **positions**: the rope positions of a question prefix and of text continuing after it (the scorer's prefix cache
   must place them exactly where a full forward would);
 - **training**: which parameters form the vision tower (`freeze_vision_tower`);
-- **heads**: the value-head class (registered with `AutoModelForTokenClassification`, with the checkpoint-key renames
-  of the published checkpoints) and the generative class;
-- **vLLM**: where vLLM's classifier looks for a value head's weights;
-- **tiny models**: a tiny random config, the special tokens and the chat template, so tests need no hub.
+- **models**: the concrete transformers class that loads the family's checkpoints with their LM head
+  (`model_class`); the value head is not written per family but made from it (`heads.as_token_classification_model`,
+  as vLLM's `as_seq_cls_model` wraps any model);
+- **scoring**: whether a shared question prefix gives exactly the scores of whole forwards (`exact_prefix_sharing`);
+- **vLLM**: where vLLM's classifier looks for a value head's weights.
 
-A family registers itself with `@register_family` in its own module of `trl_vlprm.modeling.families` (every module
-of that package is imported when the package is), so adding a family is one file plus its tests.
+Tiny random models of each family (tests, demo) are built in `trl_vlprm.modeling.tiny_models`, not here: nothing in
+an adapter exists only for tests.
+
+A family registers itself with `@register_model_family` in its own module of `trl_vlprm.modeling.families` (every
+module of that package is imported when the package is), so adding a family is one file plus its tests.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -33,10 +38,6 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 from trl_vlprm.registry import Registry
-
-# Model type -> family class; each family registers under every model type it covers.
-FAMILIES: Registry[type[ModelFamily]] = Registry("model family")
-_REGISTERED: list[type[ModelFamily]] = []  # registration order, for error messages that list what is supported
 
 
 class UnsupportedModelError(ValueError):
@@ -66,6 +67,28 @@ class ImageOnlyProcessorMixin:
                     config["processor_class"] = self.upstream_name
                     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return saved
+
+
+@cache
+def image_only_processor_class(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """`processor_class` without its video processor slot (every video processor needs torchvision; a PRM reads
+    images only), saving under the upstream name: `ImageOnly<Name>`. A processor with no video slot is returned as
+    it is."""
+    if "video_processor" not in inspect.signature(processor_class.__init__).parameters:
+        return processor_class
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        processor_class.__init__(
+            self, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+            chat_template=chat_template, **kwargs,
+        )  # fmt: skip
+
+    return type(
+        f"ImageOnly{processor_class.__name__}",
+        (ImageOnlyProcessorMixin, processor_class),
+        {"__init__": __init__, "upstream_name": processor_class.__name__, "__module__": __name__,
+         "__doc__": f"`{processor_class.__name__}` without the video processor (no torchvision needed)."},
+    )  # fmt: skip
 
 
 class ModelFamily(abc.ABC):
@@ -166,18 +189,28 @@ class ModelFamily(abc.ABC):
     # ---- training ---------------------------------------------------------------------------------------------
 
     vision_tower_description: ClassVar[str] = "vision tower"
+    # Submodules of the backbone that hold the vision encoder in transformers' VLMs, and the parts inside them that
+    # project into the language model (those train with the language model).
+    vision_tower_modules: ClassVar[tuple[str, ...]] = ("vision_tower", "vision_model")
+    projector_modules: ClassVar[tuple[str, ...]] = ()
 
-    @abc.abstractmethod
     def is_vision_tower_parameter(self, name: str) -> bool:
         """Whether the parameter called `name` belongs to the vision encoder `freeze_vision_tower` keeps fixed (the
         projector into the language model stays trainable)."""
+        parts = name.split(".")
+        return any(part in self.vision_tower_modules for part in parts) and not any(
+            part in self.projector_modules for part in parts
+        )
 
-    # ---- heads ------------------------------------------------------------------------------------------------
+    # ---- models -----------------------------------------------------------------------------------------------
 
-    @abc.abstractmethod
-    def value_head_class(self) -> type[PreTrainedModel]:
-        """The token-classification class (value head on the backbone) of `model_type`, registered with
-        `AutoModelForTokenClassification` and able to load the published checkpoints' weight names."""
+    def model_class(self) -> type[PreTrainedModel]:
+        """The concrete class that loads `model_type`'s checkpoints with the LM head (transformers' image-text-to-text
+        class of the model type); the value head wraps it (`heads.as_token_classification_model`)."""
+        from transformers import CONFIG_MAPPING
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
+        return MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[CONFIG_MAPPING[self.model_type]]
 
     def generative_class(self) -> type:
         """The class that loads the model with its LM head (the generative PRM head and the transformers policy)."""
@@ -185,30 +218,23 @@ class ModelFamily(abc.ABC):
 
         return AutoModelForImageTextToText
 
-    # ---- tiny models (tests, demo) ----------------------------------------------------------------------------
+    # ---- scoring ----------------------------------------------------------------------------------------------
 
-    tiny_special_tokens: ClassVar[tuple[str, ...]] = ()
-    tiny_eos_token: ClassVar[str]
-    tiny_pad_token: ClassVar[str]
-    tiny_chat_template: ClassVar[str]
-
-    @abc.abstractmethod
-    def tiny_config(self, tokenizer: PreTrainedTokenizerBase, **sizes: Any) -> Any:
-        """The config of a tiny random model of `model_type` for `tokenizer` (sizes: see `tiny.tiny_vlm_config`)."""
-
-    @abc.abstractmethod
-    def tiny_model_class(self) -> type[PreTrainedModel]:
-        """The concrete class a tiny model of `model_type` is built and saved with."""
-
-    def write_upstream_layout(self, folder: Path) -> Path:
-        """Rewrite a tiny model folder (saved by transformers 5) in place into the file shapes of the family's
-        published checkpoints, so tests load it by hub id as users load the real ones (`modeling.tiny_hub`)."""
-        raise NotImplementedError(f"model family {self.name} describes no upstream checkpoint layout")
+    # Whether a forward of the question prefix alone leaves exactly the cache a whole forward builds for it (true
+    # for causal attention). A family whose prefix forward differs sets it False with the reason; the scorer then
+    # runs whole forwards for it, saying so once.
+    exact_prefix_sharing: ClassVar[bool] = True
+    inexact_prefix_reason: ClassVar[str] = ""
 
 
-def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
+# Model type -> family class; each family registers under every model type it covers.
+MODEL_FAMILIES: Registry[type[ModelFamily]] = Registry("model family", base=ModelFamily)
+_REGISTERED: list[type[ModelFamily]] = []  # registration order, for error messages that list what is supported
+
+
+def register_model_family(cls: type[ModelFamily]) -> type[ModelFamily]:
     """Class decorator: registers a family under each of its model types."""
-    FAMILIES.register(*cls.model_types)(cls)
+    MODEL_FAMILIES.register(*cls.model_types)(cls)
     _REGISTERED.append(cls)
     return cls
 
@@ -230,17 +256,17 @@ def get_family(model_type: str | None) -> ModelFamily:
     Raises:
         UnsupportedModelError: no registered family covers it (the message lists the supported model types).
     """
-    if model_type not in FAMILIES:
+    if model_type not in MODEL_FAMILIES:
         raise UnsupportedModelError(
             f"model type {model_type!r} belongs to no model family of trl_vlprm; supported vision-language model "
             f"types: {supported_families_text()}"
         )
-    return FAMILIES.get(model_type)(model_type)
+    return MODEL_FAMILIES.get(model_type)(model_type)
 
 
 def find_family(model_type: str | None) -> ModelFamily | None:
     """The family adapter of `model_type`, or None (a text-only model, or a type no family covers)."""
-    return get_family(model_type) if model_type in FAMILIES else None
+    return get_family(model_type) if model_type in MODEL_FAMILIES else None
 
 
 def model_type_from_class_name(name: str | None) -> str | None:
