@@ -88,15 +88,16 @@ QUESTION_RECORDS = "question records (id, prompt, images, answer), as `trl-vlprm
 
 
 def require_columns(dataset: Dataset, source: str | Path, needed: tuple[str, ...], expected: str) -> None:
-    """Refuse a dataset that lacks a column `needed`, saying what it is (another command's output?) and what the
-    caller reads (`expected`, e.g. `STEP_RECORDS`) instead of failing later on the first missing column."""
+    """Refuse another command's output (its columns match `OUTPUT_SIGNATURES`) or a dataset that lacks a column
+    `needed`, saying what it is and what the caller reads (`expected`, e.g. `STEP_RECORDS`), instead of failing
+    later on the first missing column or reading results as input."""
     columns = list(dataset.column_names)
     missing = [name for name in needed if name not in columns]
-    if not missing:
-        return
     what = next((kind for signature, kind in OUTPUT_SIGNATURES if signature <= set(columns)), None)
-    what = what or f"a dataset with columns {columns}"
-    raise UsageError(f"{source} is {what}, without column(s) {missing}; expected {expected}")
+    if what is None and not missing:
+        return
+    lacking = f", without column(s) {missing}" if missing else ""
+    raise UsageError(f"{source} is {what or f'a dataset with columns {columns}'}{lacking}; expected {expected}")
 
 
 def load_questions(source: str | Path, split: str = "test", max_questions: int | None = None) -> Dataset:
