@@ -95,6 +95,10 @@ COVERED: dict[str, str] = {
     "trl-vlprm label --config recipes/configs/label_paper.yaml": (
         "tests/test_builder.py::test_paper_label_recipe_runs_with_cpu_overrides"
     ),
+    "trl-vlprm label --config recipes/configs/label_paper.yaml --judge batch --judge_base_url "
+    "https://api.openai.com/v1": (
+        "tests/test_batch_judge.py::test_a_batch_judged_labelling_run_killed_while_waiting_then_resumed"
+    ),
     # <cfg> stands for any recipe: the launch test runs each launcher with the tiny CPU config and checks world size 2.
     "accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/train.py --config "
     "recipes/configs/<cfg>.yaml": "tests/test_launch.py::test_two_process_launch",

@@ -15,6 +15,7 @@ Entry points: `build_dataset(questions, policy, config)` and `main(argv)` (`trl-
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import replace
@@ -26,10 +27,20 @@ from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.loading import load_questions
 from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.guidance.backends import build_policy
+from trl_vlprm.labeling.batch_judge import BatchJudge, batch_cost
 from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
-from trl_vlprm.labeling.labeler import BatchStats, label_batch
+from trl_vlprm.labeling.labeler import (
+    BatchStats,
+    count_verdicts,
+    judge_items,
+    label_batch,
+    label_solutions,
+    roll_out,
+    solutions_from_json,
+    solutions_to_json,
+)
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
     LegacyShardError,
@@ -42,12 +53,13 @@ from trl_vlprm.labeling.shards import (
     write_shard,
 )
 from trl_vlprm.testbed.judge_server import JudgeServer
-from trl_vlprm.utils.ranks import SINGLE, Ranks
-from trl_vlprm.utils.resume import pin_settings, question_digest
+from trl_vlprm.utils.ranks import SINGLE, Ranks, RunClaim
+from trl_vlprm.utils.resume import atomic_write_text, pin_settings, question_digest, stable_digest
 
 __all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "output_features", "run"]
 
 CONFIG_FILE = "labelling_config.json"
+BATCH_DIR = "batch_judge"  # the batch judge's state, input files and downloads, beside the shards
 
 
 class JudgeFailureError(RuntimeError):
@@ -144,10 +156,11 @@ def build_dataset(
     judge_config = judge_config or JudgeConfig()
     ids = question_ids(questions, "labelling")
     digests = [question_digest(question) for question in questions]
-    with ranks.locked_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests)) as plan:
+    planned = ranks.claimed_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests))
+    with planned as (plan, claim):
         mine = ranks.share(plan)
         ranks.log(f"labelling {sum(len(chunk) for _, chunk in mine)} questions in {len(mine)} shards")
-        own = _label_shards(questions, ids, digests, mine, policy, config, judge_config, judge_server, grader, ranks)
+        own = _label_shards(questions, ids, digests, mine, policy, config, judge_config, judge_server, grader, claim)
         ranks.wait_for_all("labelling")
         if not ranks.is_main:
             return own
@@ -174,12 +187,20 @@ def _plan_shards(
 
 
 def _label_shards(
-    questions, ids, digests, plan, policy, config, judge_config, judge_server, grader, ranks
+    questions, ids, digests, plan, policy, config, judge_config, judge_server, grader, claim: RunClaim
 ) -> BatchStats:
-    """Label and write the shards of `plan` (this rank's share); the stats of what was written."""
+    """Label and write the shards of `plan` (this rank's share); the stats of what was written.
+
+    Each shard is written under the run's claim (`RunClaim.writing`): a rank whose group was lost (rank 0 died with
+    its node, a rerun took the folder over) stops before writing, since the rerun may have planned its questions
+    too."""
+    ranks = claim.ranks
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
-    if RULES.get(config.rule).needs_judge:
+    batch_judge = RULES.get(config.rule).needs_judge and config.judge == "batch"
+    if batch_judge:  # a given testbed server is only taught the rollouts' gold: the batch server answers from it
+        judge = BatchJudge(judge_config, output_dir / BATCH_DIR, show_progress=config.show_progress)
+    elif RULES.get(config.rule).needs_judge:
         if server is None and config.judge == "testbed":
             server, own_server = (
                 JudgeServer(
@@ -198,23 +219,30 @@ def _label_shards(
     )  # fmt: skip
     try:
         for index, chunk in plan:
+            claim.ensure(f"shard {index}")  # before paying for its rollouts
             batch = [questions[j] for j in chunk]
-            rows, stats = label_batch(
-                batch,
-                policy,
-                config.rule,
-                config.num_rollouts,
-                config.mc_config(),
-                judge,
-                server,
-                grader=grader,
-                disagreement=config.disagreement,
-                disagreement_weight=config.disagreement_weight,
-                judge_unknown=config.judge_unknown,
-            )
+            if batch_judge:
+                rows, stats = _label_with_batch_judge(
+                    batch, [digests[j] for j in chunk], policy, config, judge, server, grader
+                )
+            else:
+                rows, stats = label_batch(
+                    batch,
+                    policy,
+                    config.rule,
+                    config.num_rollouts,
+                    config.mc_config(),
+                    judge,
+                    server,
+                    grader=grader,
+                    disagreement=config.disagreement,
+                    disagreement_weight=config.disagreement_weight,
+                    judge_unknown=config.judge_unknown,
+                )
             if judge is not None:
                 _check_judge(config, judge, stats, [ids[j] for j in chunk])
-            write_shard(output_dir, index, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
+            with claim.writing(f"shard {index}"):
+                write_shard(output_dir, index, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
             total.add(stats)
             bar.update(len(batch))
             bar.set_postfix(
@@ -229,6 +257,28 @@ def _label_shards(
         if own_server:
             server.stop()
     return total
+
+
+def _label_with_batch_judge(batch, digests, policy, config, judge, server, grader):
+    """One shard's rows with the batch judge: the rollouts and MC labels are saved before their requests are
+    submitted, so a rerun after an interruption judges the same solutions (it polls the batch already submitted)."""
+    key = "shard-" + stable_digest([[str(q["id"]) for q in batch], list(digests)])[:16]
+    path = Path(config.output_dir) / BATCH_DIR / f"{key}.solutions.json"
+    if path.exists():
+        solutions, stats = solutions_from_json(json.loads(path.read_text()), batch, path)
+        for question, _, rollout, _ in solutions if server is not None else []:
+            server.add_solution(str(question["id"]), rollout.steps, rollout.gold_correct)
+    else:
+        solutions, stats = roll_out(batch, policy, config.num_rollouts, config.mc_config(), server, grader)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(solutions_to_json(solutions, stats)))
+    custom_ids = [f"{question['id']}/r{j}" for question, j, _, _ in solutions]
+    verdicts = judge.judge_many(judge_items(solutions), custom_ids, key)
+    count_verdicts(stats, verdicts)
+    rows = label_solutions(
+        solutions, verdicts, config.rule, stats, config.disagreement, config.disagreement_weight, config.judge_unknown
+    )
+    return rows, stats
 
 
 def _make_policy_and_questions(config: LabelConfig):
@@ -260,3 +310,14 @@ def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchSt
     """
     policy, questions = _make_policy_and_questions(config)
     return build_dataset(questions, policy, config, judge_config=judge_config, ranks=Ranks.from_environment())
+
+
+def batch_cost_line(stats: BatchStats, judge_config: JudgeConfig) -> str:
+    """The batch judge's tokens and their cost at the configured prices (stated, since prices change)."""
+    prompt, completion = stats.judge.get("prompt_tokens", 0), stats.judge.get("completion_tokens", 0)
+    cost = batch_cost(judge_config, prompt, completion)
+    return (
+        f"batch judge: {stats.judge.get('requests', 0)} requests, {prompt} prompt + {completion} completion tokens, "
+        f"${cost:.4f} at ${judge_config.judge_input_price_per_mtok} / ${judge_config.judge_output_price_per_mtok} "
+        f"per million tokens (${cost / max(1, stats.steps_labelled):.6f} per labelled step)"
+    )

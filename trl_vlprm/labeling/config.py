@@ -50,8 +50,10 @@ class LabelConfig:
         temperature: sampling temperature of a model-backed policy (hf, vllm, server).
         max_new_tokens: token budget of a solution (model-backed policies).
         step_separator: text ending a step (model-backed policies).
-        judge: "server" (an OpenAI-compatible endpoint at `judge_base_url`), "testbed" (an in-process
-            `JudgeServer` answering from the scripted policy's gold with the noise below) or "none". How the judge
+        judge: "server" (an OpenAI-compatible endpoint at `judge_base_url`), "batch" (the OpenAI Batch API at
+            `judge_base_url` or an Azure endpoint, `trl_vlprm.labeling.batch_judge`: half the price, resumable, for
+            runs at scale), "testbed" (an in-process `JudgeServer` answering from the scripted policy's gold with the
+            noise below) or "none". How the judge
             is reached (URL, model, timeout, retries, concurrency) is a `trl_vlprm.labeling.judge.JudgeConfig`, parsed
             beside this config (`judge_base_url`, `judge_model`, ... in a recipe).
         judge_max_failed_share: a shard on whose solutions the judge failed for more than this share (or for all of
@@ -137,7 +139,8 @@ class LabelConfig:
     judge: str = field(
         default="testbed",
         metadata={
-            "help": "'server' (an OpenAI-compatible endpoint at judge_base_url), 'testbed' (an in-process server "
+            "help": "'server' (an OpenAI-compatible endpoint at judge_base_url), 'batch' (the OpenAI Batch API at "
+            "judge_base_url or an Azure endpoint: half the price, resumable), 'testbed' (an in-process server "
             "answering from the scripted policy's gold with noise) or 'none'."
         },
     )
@@ -161,7 +164,7 @@ class LabelConfig:
         RULES.check(self.rule, "LabelConfig.rule")
         MC_MODES.check(self.mc_mode, "LabelConfig.mc_mode")
         checks = {
-            "judge": ("server", "testbed", "none"),
+            "judge": ("server", "batch", "testbed", "none"),
             "disagreement": DISAGREEMENT_POLICIES,
             "judge_unknown": UNKNOWN_POLICIES,
         }

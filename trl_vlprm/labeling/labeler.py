@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trl_vlprm.data.answers import Grader
@@ -114,6 +114,37 @@ def roll_out(
                 judge_server.add_solution(qid, rollout.steps, rollout.gold_correct)
             solutions.append((question, j, rollout, mc))
     return solutions, stats
+
+
+def solutions_to_json(solutions: Sequence[Solution], stats: BatchStats) -> dict[str, Any]:
+    """Solutions (by question id) and the cost of sampling them, as JSON, to be judged later."""
+    return {
+        "solutions": [
+            {"question_id": str(q["id"]), "index": j, "rollout": asdict(r), "mc": mc.to_dict() if mc else None}
+            for q, j, r, mc in solutions
+        ],
+        "stats": stats.as_dict(),
+    }
+
+
+def solutions_from_json(
+    data: Mapping[str, Any], questions: Sequence[Question], source: Any
+) -> tuple[list[Solution], BatchStats]:
+    """`solutions_to_json`'s output back, joined to `questions` by id (a `RecordError` naming `source` when one is
+    missing)."""
+    by_id = {str(q["id"]): q for q in questions}
+    solutions: list[Solution] = []
+    for row, entry in enumerate(data["solutions"]):
+        if entry["question_id"] not in by_id:
+            raise RecordError(row, "question_id", f"{entry['question_id']!r} is not a question of {source}")
+        mc = entry["mc"]
+        mc = (
+            MCResult(mc["scores"], mc["labels"], mc["first_error"], mc["num_estimates"], Cost(**mc["cost"]))
+            if mc
+            else None
+        )
+        solutions.append((by_id[entry["question_id"]], entry["index"], Rollout(**entry["rollout"]), mc))
+    return solutions, BatchStats.from_dict(data["stats"])
 
 
 def judge_items(solutions: Sequence[Solution]) -> list[tuple]:

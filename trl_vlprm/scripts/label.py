@@ -14,7 +14,7 @@ import argparse
 from trl import TrlParser
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.labeling.builder import JudgeFailureError, run, summary_line
+from trl_vlprm.labeling.builder import JudgeFailureError, batch_cost_line, run, summary_line
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.labeler import BatchStats
@@ -41,4 +41,6 @@ def main(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchS
     stats = run(config, judge_config)
     if Ranks.from_environment().is_main:  # the summary of the whole folder, once
         print(summary_line(stats))
+        if config.judge == "batch":
+            print(batch_cost_line(stats, judge_config or JudgeConfig()))
     return stats
