@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from trl import TrlParser
 
-from trl_vlprm.labeling.builder import run
+from trl_vlprm.labeling.builder import batch_cost_line, run, summary_line
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.labeler import BatchStats
 from trl_vlprm.scripts import command_parser
+from trl_vlprm.utils.ranks import Ranks
 
 
 def make_parser(prog: str | None = None) -> TrlParser:
@@ -25,4 +26,9 @@ def make_parser(prog: str | None = None) -> TrlParser:
 
 def main(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchStats:
     """Label the questions `config` names with the policy and judge it describes; prints and returns the stats."""
-    return run(config, judge_config)
+    stats = run(config, judge_config)
+    if Ranks.from_environment().is_main:  # the summary of the whole folder, once
+        print(summary_line(stats))
+        if config.judge == "batch":
+            print(batch_cost_line(stats, judge_config or JudgeConfig()))
+    return stats
