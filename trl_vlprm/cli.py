@@ -40,9 +40,9 @@ def _top_parser() -> argparse.ArgumentParser:
 # Failures a user causes in any command, as "module:Class": a name no registry has (a typo'd strategy, benchmark,
 # backend, rule...), a file that is not there, a record that breaks the schema (the message names its row and
 # field), a setting that cannot work, a rerun with other settings or into a locked output, a failed rank, a model no
-# family covers or that is no PRM, a labelling shard or judge failure. A class counts once its module is imported:
-# an exception of a module the command never imported cannot have been raised, and importing them all here would
-# make `trl-vlprm puzzles` pay for torch.
+# family covers or that is no PRM, a labelling shard or judge failure, a file the viewer cannot read. A class counts
+# once its module is imported: an exception of a module the command never imported cannot have been raised, and
+# importing them all here would make `trl-vlprm puzzles` pay for torch.
 USER_ERRORS: tuple[str, ...] = (
     "builtins:FileNotFoundError",
     "trl_vlprm.registry:UnknownNameError",
@@ -58,6 +58,7 @@ USER_ERRORS: tuple[str, ...] = (
     "trl_vlprm.guidance.backends:MissingModelError",
     "trl_vlprm.labeling.shards:ShardError",
     "trl_vlprm.labeling.builder:JudgeFailureError",
+    "trl_vlprm.eval.viewer.readers:ViewInputError",
 )
 # While the arguments are parsed, every ValueError is a bad setting: an unknown field in the YAML file, or a config
 # dataclass' `__post_init__` refusing a value (each names the field).
