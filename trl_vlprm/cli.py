@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import importlib
 import os
 import sys
@@ -28,6 +29,9 @@ from typing import NoReturn
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.registry import UnknownNameError
 from trl_vlprm.scripts import COMMANDS
+from trl_vlprm.types import ShortSampleError
+from trl_vlprm.utils.http import ServerContractError, ServerUnavailableError
+from trl_vlprm.utils.resume import ImageFileError
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -42,7 +46,13 @@ def _top_parser() -> argparse.ArgumentParser:
 # Failures a user causes in any command, besides the command module's own `EXPECTED_ERRORS`: a name no registry
 # has (a typo'd strategy, benchmark, backend, rule...), a file that is not there (a dataset, a model folder), a
 # record that breaks the schema (the message names its row and field) and a model no family covers (`user_errors`).
-USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, FileNotFoundError, RecordError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    UnknownNameError, FileNotFoundError, RecordError,
+    # a policy server down, or breaking its contract; a policy returning fewer samples; an image path no file
+    ServerUnavailableError, ServerContractError, ShortSampleError, ImageFileError,
+)  # fmt: skip
+# A disk that cannot take the output: full, over quota, read-only. One line naming the file, and what to do.
+DISK_ERRNOS = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there", errno.EROFS: "it is read-only"}
 # While the arguments are parsed, every ValueError is a bad setting: an unknown field in the YAML file, or a config
 # dataclass' `__post_init__` refusing a value (each names the field).
 SETTING_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
@@ -54,7 +64,15 @@ def user_errors() -> tuple[type[Exception], ...]:
     """`USER_ERRORS`, plus `UnsupportedModelError` once the command has loaded the model families: importing them
     here would make every command pay for torch, and until they are loaded that error cannot have been raised."""
     families = sys.modules.get("trl_vlprm.modeling.families.base")
-    return USER_ERRORS + ((families.UnsupportedModelError,) if families is not None else ())
+    errors = USER_ERRORS + ((families.UnsupportedModelError,) if families is not None else ())
+    # A model folder that ships its own code, or a saved value PRM without its head weights (once modeling is loaded)
+    for module, name in (
+        ("trl_vlprm.modeling.hub", "RemoteCodeError"),
+        ("trl_vlprm.modeling.heads", "HeadNotLoadedError"),
+    ):
+        if module in sys.modules:
+            errors += (getattr(sys.modules[module], name),)
+    return errors
 
 
 def _fail(command: str, err: Exception) -> NoReturn:
@@ -64,6 +82,9 @@ def _fail(command: str, err: Exception) -> NoReturn:
     message = str(err).strip() or type(err).__name__
     if isinstance(err, FileNotFoundError) and err.filename is not None:  # OSError's str() leads with "[Errno 2]"
         message = f"no such file or folder: {err.filename}"
+    elif isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+        where = err.filename or "the output"
+        message = f"{err.strerror} writing {where}: {DISK_ERRNOS[err.errno]}; or write the output elsewhere"
     print(f"trl-vlprm {command}: {message.splitlines()[0] if message else message}", file=sys.stderr)
     raise SystemExit(1) from err
 
@@ -78,7 +99,15 @@ def check_config_fields(parser: argparse.ArgumentParser, argv: Sequence[str], co
 
     path = argv[argv.index("--config") + 1]
     with open(path) as file:
-        config = yaml.safe_load(file)
+        try:
+            config = yaml.safe_load(file)
+        except yaml.YAMLError as err:  # e.g. a `!!python/...` tag, which safe_load refuses to construct
+            where = getattr(err, "problem_mark", None)
+            line = f" (line {where.line + 1})" if where is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(
+                f"{path}{line}: not a plain YAML config: {problem}; a config holds plain values only"
+            ) from err
     if not isinstance(config, dict):
         raise ValueError(
             f"{path}: a config file must hold a YAML mapping of field: value, got {type(config).__name__}"
@@ -111,6 +140,10 @@ def run(command: str, argv: Sequence[str] | None = None, prog: str | None = None
     try:
         result = module.main(*parsed)
     except (*user_errors(), *module.EXPECTED_ERRORS) as err:
+        _fail(command, err)
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
         _fail(command, err)
     # `check` returns its exit status; the other commands return what they made
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
