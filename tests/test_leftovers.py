@@ -11,6 +11,8 @@ import pytest
 
 from trl_vlprm.cli import run as cli_run
 from trl_vlprm.labeling.shards import ShardError, load_labelled, shard_files, verify_shard
+from trl_vlprm.scripts.tts import main as tts_main
+from trl_vlprm.scripts.tts import make_parser
 from trl_vlprm.utils.ranks import OrphanPartsError, part_path
 from trl_vlprm.utils.resume import read_results
 
@@ -19,14 +21,17 @@ TTS = ["--dataset", "puzzles", "--num_questions", "6", "--policy", "scripted", "
        "--strategy", "best_of_n", "--n", "2"]  # fmt: skip
 
 
-def test_a_part_file_whose_output_was_deleted_is_not_merged_into_a_new_run(tmp_path):
+def test_a_part_file_whose_output_was_deleted_is_not_merged_into_a_new_run(tmp_path, capsys):
     output = tmp_path / "tts.jsonl"
     assert cli_run("tts", [*TTS, "--output_file", str(output)]) == 0
     # What a killed 2-process run leaves: rank 1's part file; then the user deletes the output to start anew.
     part_path(output, 1).write_text("".join(line for line in output.open() if line.strip()))
     output.unlink()
     with pytest.raises(OrphanPartsError, match=r"tts.jsonl.rank-1.*tts.jsonl does not exist"):
-        cli_run("tts", [*TTS, "--output_file", str(output)], prog="tts")
+        tts_main(*make_parser().parse_args_and_config([*TTS, "--output_file", str(output)]))
+    with pytest.raises(SystemExit):  # the CLI says it in one line
+        cli_run("tts", [*TTS, "--output_file", str(output)])
+    assert "remove the part files to start anew" in capsys.readouterr().err
     assert not output.exists() or not read_results(output)  # nothing of the old run came back
 
 

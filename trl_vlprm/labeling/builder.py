@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.loading import load_questions
 from trl_vlprm.data.schema import RecordError, question_ids
-from trl_vlprm.guidance.backends import build_policy
+from trl_vlprm.guidance.backends import build_policy, parse_spec
 from trl_vlprm.labeling.batch_judge import BatchJudge, batch_cost
 from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
@@ -288,7 +288,11 @@ def _make_policy_and_questions(config: LabelConfig):
         questions = generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
     else:
         questions = load_questions(config.dataset, config.dataset_split, config.num_questions)
-    spec = config.policy_spec()  # LabelConfig refused a scripted policy on other data than the puzzles
+        if parse_spec(config.policy_spec())[0] == "scripted":  # a `trl-vlprm puzzles` file carries their states
+            from trl_vlprm.testbed.generator import require_puzzle_states
+
+            require_puzzle_states(questions, config.dataset, "LabelConfig.policy")
+    spec = config.policy_spec()
     return build_policy(spec, config.seed, config.sampling_defaults()), questions
 
 
@@ -303,19 +307,13 @@ def summary_line(stats: BatchStats) -> str:
 
 
 def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchStats:
-    """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats.
+    """Build the dataset `config` describes (questions, policy and judge made from it) and return the stats.
 
-    Under `accelerate launch --num_processes K` the K processes share the new shards (`trl_vlprm.utils.ranks`) and
-    rank 0 prints the summary of the whole folder once every rank is done.
+    Under `accelerate launch --num_processes K` the K processes share the new shards (`trl_vlprm.utils.ranks`); the
+    stats returned are those of the whole folder once every rank is done.
     """
-    ranks = Ranks.from_environment()
     policy, questions = _make_policy_and_questions(config)
-    stats = build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
-    if ranks.is_main:
-        print(summary_line(stats))
-        if config.judge == "batch":
-            print(batch_cost_line(stats, judge_config or JudgeConfig()))
-    return stats
+    return build_dataset(questions, policy, config, judge_config=judge_config, ranks=Ranks.from_environment())
 
 
 def batch_cost_line(stats: BatchStats, judge_config: JudgeConfig) -> str:
