@@ -289,7 +289,7 @@ def _make_policy_and_questions(config: LabelConfig):
     else:
         questions = load_questions(config.dataset, config.dataset_split, config.num_questions)
     spec = config.policy_spec()  # LabelConfig refused a scripted policy on other data than the puzzles
-    return build_policy(spec, config.seed, config.sampling_defaults()), questions
+    return build_policy(spec, config.seed, config.sampling_settings()), questions
 
 
 def summary_line(stats: BatchStats) -> str:
