@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.loading import load_questions
 from trl_vlprm.data.schema import RecordError, question_ids
-from trl_vlprm.guidance.backends import build_policy
+from trl_vlprm.guidance.backends import build_policy, parse_spec
 from trl_vlprm.labeling.batch_judge import BatchJudge, batch_cost
 from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
@@ -53,7 +53,7 @@ from trl_vlprm.labeling.shards import (
     write_shard,
 )
 from trl_vlprm.testbed.judge_server import JudgeServer
-from trl_vlprm.utils.ranks import SINGLE, Ranks
+from trl_vlprm.utils.ranks import SINGLE, Ranks, RunClaim
 from trl_vlprm.utils.resume import atomic_write_text, pin_settings, question_digest, stable_digest
 
 __all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "output_features", "run"]
@@ -156,10 +156,11 @@ def build_dataset(
     judge_config = judge_config or JudgeConfig()
     ids = question_ids(questions, "labelling")
     digests = [question_digest(question) for question in questions]
-    with ranks.locked_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests)) as plan:
+    planned = ranks.claimed_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests))
+    with planned as (plan, claim):
         mine = ranks.share(plan)
         ranks.log(f"labelling {sum(len(chunk) for _, chunk in mine)} questions in {len(mine)} shards")
-        own = _label_shards(questions, ids, digests, mine, policy, config, judge_config, judge_server, grader, ranks)
+        own = _label_shards(questions, ids, digests, mine, policy, config, judge_config, judge_server, grader, claim)
         ranks.wait_for_all("labelling")
         if not ranks.is_main:
             return own
@@ -186,9 +187,14 @@ def _plan_shards(
 
 
 def _label_shards(
-    questions, ids, digests, plan, policy, config, judge_config, judge_server, grader, ranks
+    questions, ids, digests, plan, policy, config, judge_config, judge_server, grader, claim: RunClaim
 ) -> BatchStats:
-    """Label and write the shards of `plan` (this rank's share); the stats of what was written."""
+    """Label and write the shards of `plan` (this rank's share); the stats of what was written.
+
+    Each shard is written under the run's claim (`RunClaim.writing`): a rank whose group was lost (rank 0 died with
+    its node, a rerun took the folder over) stops before writing, since the rerun may have planned its questions
+    too."""
+    ranks = claim.ranks
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
     batch_judge = RULES.get(config.rule).needs_judge and config.judge == "batch"
@@ -213,6 +219,7 @@ def _label_shards(
     )  # fmt: skip
     try:
         for index, chunk in plan:
+            claim.ensure(f"shard {index}")  # before paying for its rollouts
             batch = [questions[j] for j in chunk]
             if batch_judge:
                 rows, stats = _label_with_batch_judge(
@@ -234,7 +241,8 @@ def _label_shards(
                 )
             if judge is not None:
                 _check_judge(config, judge, stats, [ids[j] for j in chunk])
-            write_shard(output_dir, index, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
+            with claim.writing(f"shard {index}"):
+                write_shard(output_dir, index, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
             total.add(stats)
             bar.update(len(batch))
             bar.set_postfix(
@@ -280,7 +288,11 @@ def _make_policy_and_questions(config: LabelConfig):
         questions = generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
     else:
         questions = load_questions(config.dataset, config.dataset_split, config.num_questions)
-    spec = config.policy_spec()  # LabelConfig refused a scripted policy on other data than the puzzles
+        if parse_spec(config.policy_spec())[0] == "scripted":  # a `trl-vlprm puzzles` file carries their states
+            from trl_vlprm.testbed.generator import require_puzzle_states
+
+            require_puzzle_states(questions, config.dataset, "LabelConfig.policy")
+    spec = config.policy_spec()
     return build_policy(spec, config.seed, config.sampling_defaults()), questions
 
 
@@ -295,19 +307,13 @@ def summary_line(stats: BatchStats) -> str:
 
 
 def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchStats:
-    """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats.
+    """Build the dataset `config` describes (questions, policy and judge made from it) and return the stats.
 
-    Under `accelerate launch --num_processes K` the K processes share the new shards (`trl_vlprm.utils.ranks`) and
-    rank 0 prints the summary of the whole folder once every rank is done.
+    Under `accelerate launch --num_processes K` the K processes share the new shards (`trl_vlprm.utils.ranks`); the
+    stats returned are those of the whole folder once every rank is done.
     """
-    ranks = Ranks.from_environment()
     policy, questions = _make_policy_and_questions(config)
-    stats = build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
-    if ranks.is_main:
-        print(summary_line(stats))
-        if config.judge == "batch":
-            print(batch_cost_line(stats, judge_config or JudgeConfig()))
-    return stats
+    return build_dataset(questions, policy, config, judge_config=judge_config, ranks=Ranks.from_environment())
 
 
 def batch_cost_line(stats: BatchStats, judge_config: JudgeConfig) -> str:
