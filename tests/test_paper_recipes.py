@@ -58,6 +58,42 @@ def test_paper_training_recipe_runs_as_written(tiny_hub, tmp_path, small_supervi
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "config_name,model_id",
+    [
+        ("vlprm_qwen3_vl_2b.yaml", None),  # the Qwen3-VL recipe as written
+        ("vlprm_qwen2_5_vl_3b.yaml", "Qwen/Qwen3-VL-2B-Instruct"),  # the paper's 3B recipe, only the model changed
+    ],
+)
+def test_qwen3_vl_recipes_train_by_repo_id(
+    tiny_hub, tmp_path, small_supervision_path, monkeypatch, config_name, model_id
+):
+    config_file = CONFIGS / config_name
+    recipe = yaml.safe_load(config_file.read_text())
+    args = ["--config", str(config_file), *CPU_TRAIN_OVERRIDES, "--max_steps", "1", "--output_dir", "out"]
+    args += ["--dataset_name", str(small_supervision_path), "--dataset_format", "records"]
+    if model_id is None:  # in this process (the recipe script is `run("train", argv)`), saving a second start-up
+        from trl_vlprm.cli import run
+
+        monkeypatch.chdir(tmp_path)
+        assert run("train", args) == 0
+        model_id = recipe["model_name_or_path"]
+    else:  # as the recipe is launched
+        _run([str(ROOT / "recipes/train.py"), *args, "--model_name_or_path", model_id], tmp_path)
+
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["model_type"], config["prm_head"]) == ("qwen3_vl", recipe["head"])
+    trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").state_dict()
+    cached = AutoModelForImageTextToText.from_pretrained(model_id).state_dict()
+    vision = [k for k in cached if k.startswith("model.visual.blocks.")]
+    deepstack = [k for k in cached if k.startswith("model.visual.deepstack_merger_list.")]
+    language = [k for k in cached if k.startswith("model.language_model.layers.") and k.endswith("proj.weight")]
+    assert vision and deepstack and language
+    assert all(torch.equal(trained[k], cached[k]) for k in vision)  # freeze_vision_tower: true
+    assert 0 < max(float((trained[k] - cached[k]).abs().max()) for k in language) < 1e-4  # one step at lr 1e-5
+
+
+@pytest.mark.slow
 def test_quantization_flag_reaches_the_loader(tiny_hub, tmp_path, small_supervision_path):
     """Not ignored: the recipe asks transformers for a bitsandbytes model, which this CPU machine cannot give (8-bit
     takes the same path: `test_hub_ids.py::test_model_config_quantization_is_honoured`)."""

@@ -32,9 +32,10 @@ from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.modeling.devices import inference_dtype, load_kwargs, resolve_device
 from trl_vlprm.modeling.encoding import EncodedSteps, PRMEncoder, PRMLayout, is_vision_processor
 from trl_vlprm.modeling.families import family_of_processor
-from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, resolve_preset, step_logits
+from trl_vlprm.modeling.heads import HEADS, correct_probability, load_prm, prm_token_ids, resolve_preset
 from trl_vlprm.modeling.presets import PRMPreset
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
+from trl_vlprm.modeling.readout import check_verdict_tokens, class_logits
 from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ class PRMScorer:
     and the suffixes: attention reads the whole cache, so each row materialises it) and the activations of
     `batch_size x S` suffix tokens, with P the prefix tokens (image tokens included) and S the longest suffix (all
     steps + separators) in the batch. Candidates are sorted by length before batching, so S is close to each row's
-    own length. The generative head projects only step-end tokens through the LM head (never `batch x S x vocab`).
+    own length. The generative head reads only the step-end hidden states, through the two verdict rows of the LM
+    head (never `batch x S x vocab`, nor `batch x S` full rows).
 
     Args:
         model: a PRM from `load_prm` (value head: token classification with 1 or 2 labels; generative: the LM).
@@ -129,6 +131,8 @@ class PRMScorer:
                 if has_ids
                 else prm_token_ids(self.tokenizer, self.layout.positive_token, self.layout.negative_token)
             )
+            verdicts = (self.layout.positive_token, self.layout.negative_token)
+            check_verdict_tokens(model, self.token_ids, verdicts, where=getattr(config, "_name_or_path", "the PRM"))
         self.is_vision = is_vision_processor(processing_class)
         self.family = family_of_processor(processing_class)  # None: a text tokenizer (1-D positions)
         self._cached_prefix: _Prefix | None = None
@@ -248,15 +252,10 @@ class PRMScorer:
         """One forward pass; P(correct) read at `ends[row]` (indices into the fed tokens) of each row."""
         rows = torch.tensor([r for r, row_ends in enumerate(ends) for _ in row_ends], dtype=torch.long)
         cols = torch.tensor([c for row_ends in ends for c in row_ends], dtype=torch.long)
-        if self.head == "generative":
-            # Only step-end tokens go through the LM head: the union of their columns over the batch.
-            keep, col_index = torch.unique(cols, return_inverse=True)
-            logits = self.model(**inputs, logits_to_keep=keep.to(self.device)).logits
-            selected = logits[rows.to(self.device), col_index.to(self.device)]
-        else:
-            logits = self.model(**inputs).logits
-            selected = logits[rows.to(self.device), cols.to(self.device)]
-        probabilities = correct_probability(step_logits(selected, self.head, self.token_ids)).tolist()
+        # The head reads the step-end hidden states only: the generative head through its two verdict rows.
+        positions = (rows.to(self.device), cols.to(self.device))
+        selected = class_logits(self.model, inputs, self.head, self.token_ids, positions)
+        probabilities = correct_probability(selected).tolist()
         out, start = [], 0
         for row_ends in ends:
             out.append(probabilities[start : start + len(row_ends)])

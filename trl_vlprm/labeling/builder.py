@@ -55,8 +55,8 @@ from trl_vlprm.labeling.shards import (
     write_shard,
 )
 from trl_vlprm.testbed.judge_server import JudgeServer
-from trl_vlprm.utils.ranks import SINGLE, Ranks
-from trl_vlprm.utils.resume import atomic_write_text, output_lock, pin_settings, question_digest, stable_digest
+from trl_vlprm.utils.ranks import SINGLE, Ranks, RunClaim
+from trl_vlprm.utils.resume import atomic_write_text, pin_settings, question_digest, stable_digest
 
 __all__ = [
     "LabelConfig", "JudgeFailureError", "build_dataset", "import_dataset", "load_labelled", "output_features", "run"
@@ -160,10 +160,11 @@ def build_dataset(
     judge_config = judge_config or JudgeConfig()
     ids = question_ids(questions, "labelling")
     digests = [question_digest(question) for question in questions]
-    with ranks.locked_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests)) as plan:
+    planned = ranks.claimed_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests))
+    with planned as (plan, claim):
         mine = ranks.share(plan)
         ranks.log(f"labelling {sum(len(chunk) for _, chunk in mine)} questions in {len(mine)} shards")
-        own = _label_shards(questions, ids, digests, mine, policy, config, judge_config, judge_server, grader, ranks)
+        own = _label_shards(questions, ids, digests, mine, policy, config, judge_config, judge_server, grader, claim)
         ranks.wait_for_all("labelling")
         if not ranks.is_main:
             return own
@@ -190,9 +191,14 @@ def _plan_shards(
 
 
 def _label_shards(
-    questions, ids, digests, plan, policy, config, judge_config, judge_server, grader, ranks
+    questions, ids, digests, plan, policy, config, judge_config, judge_server, grader, claim: RunClaim
 ) -> BatchStats:
-    """Label and write the shards of `plan` (this rank's share); the stats of what was written."""
+    """Label and write the shards of `plan` (this rank's share); the stats of what was written.
+
+    Each shard is written under the run's claim (`RunClaim.writing`): a rank whose group was lost (rank 0 died with
+    its node, a rerun took the folder over) stops before writing, since the rerun may have planned its questions
+    too."""
+    ranks = claim.ranks
     output_dir = Path(config.output_dir)
     server, own_server, judge = judge_server, False, None
     batch_judge = RULES.get(config.rule).needs_judge and config.judge == "batch"
@@ -217,6 +223,7 @@ def _label_shards(
     )  # fmt: skip
     try:
         for index, chunk in plan:
+            claim.ensure(f"shard {index}")  # before paying for its rollouts
             batch = [questions[j] for j in chunk]
             if batch_judge:
                 rows, stats = _label_with_batch_judge(
@@ -238,7 +245,8 @@ def _label_shards(
                 )
             if judge is not None:
                 _check_judge(config, judge, stats, [ids[j] for j in chunk])
-            write_shard(output_dir, index, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
+            with claim.writing(f"shard {index}"):
+                write_shard(output_dir, index, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
             total.add(stats)
             bar.update(len(batch))
             bar.set_postfix(
@@ -305,8 +313,8 @@ def import_dataset(
         prompt = JUDGE_PROMPTS.get(judge_config.judge_prompt, "JudgeConfig.judge_prompt")
         lines = read_verdict_files(config.verdict_files)
         from_files = dict(zip(imported.custom_ids, verdicts_from_files(imported, lines, prompt.parse)))
-    with output_lock(output_dir / CONFIG_FILE):
-        plan = _plan_shards(config, judge_config, ids, digests)
+    planned = SINGLE.claimed_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests))
+    with planned as (plan, claim):
         judge = None
         if needs.needs_judge and from_files is None:
             judge = (
@@ -342,7 +350,8 @@ def import_dataset(
                 solutions, verdicts, config.rule, stats, config.disagreement, config.disagreement_weight,
                 config.judge_unknown,
             )  # fmt: skip
-            write_shard(output_dir, index, rows, stats, chunk_ids, [digests[j] for j in chunk])
+            with claim.writing(f"shard {index}"):
+                write_shard(output_dir, index, rows, stats, chunk_ids, [digests[j] for j in chunk])
         total = BatchStats()
         for shard in _trusted_shards(output_dir)[0]:
             total.add(shard.stats)

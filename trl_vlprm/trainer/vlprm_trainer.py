@@ -16,8 +16,9 @@ from transformers import EvalPrediction, PreTrainedModel, Trainer, TrainerCallba
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.trainer.utils import disable_dropout_in_model
 
+from trl_vlprm.modeling import readout
 from trl_vlprm.modeling.families import family_of_model
-from trl_vlprm.modeling.heads import load_prm, prm_token_ids, step_logits
+from trl_vlprm.modeling.heads import load_prm, prm_token_ids
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor, require_image_support
 from trl_vlprm.trainer import tokenization
 from trl_vlprm.trainer.collator import DataCollatorForVLPRM
@@ -120,6 +121,10 @@ class VLPRMTrainer(Trainer):
             )
         self.head = args.head
         self.prm_token_ids = _generative_token_ids(model, processing_class) if args.head == "generative" else None
+        if self.prm_token_ids is not None and model is not None:
+            readout.check_verdict_tokens(
+                model, self.prm_token_ids, (args.layout.positive_token, args.layout.negative_token)
+            )
         self._peft_config = peft_config
         self._prepare_args = args  # read by `call_model_init`, which Trainer.__init__ may call before `self.args`
         if model is not None:
@@ -210,17 +215,22 @@ class VLPRMTrainer(Trainer):
     def call_model_init(self, trial=None):
         return self._prepare_model(super().call_model_init(trial))
 
-    def _class_logits(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        outputs = model(**inputs, use_cache=False)
-        return step_logits(outputs.logits, self.head, self.prm_token_ids)
+    def _class_logits(self, model, inputs: dict[str, torch.Tensor], positions=None) -> torch.Tensor:
+        """Class logits of every token (`[batch, seq, classes]`), or of `positions` only (`[K, classes]`), computed
+        from the hidden states and the head's verdict rows: the head never outputs `[batch, seq, vocab]`."""
+        return readout.class_logits(model, {**inputs, "use_cache": False}, self.head, self.prm_token_ids, positions)
 
     def step_losses(self, class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-step loss at labelled positions (flattened): BCE for one class, soft-target CE for two.
 
-        With hard labels, soft-target CE with targets (1 - y, y) is exactly the usual cross-entropy.
+        `class_logits` are per token (`[batch, seq, classes]`, masked here by `labels`) or already read at the
+        labelled positions (`[K, classes]` with `labels` the K targets). With hard labels, soft-target CE with
+        targets (1 - y, y) is exactly the usual cross-entropy.
         """
-        mask = labels != IGNORE_INDEX
-        logits, targets = class_logits[mask].float(), labels[mask].float()
+        if labels.dim() > 1:  # per-token labels: read the labelled positions
+            mask = labels != IGNORE_INDEX
+            class_logits, labels = class_logits[mask], labels[mask]
+        logits, targets = class_logits.float(), labels.float()
         if logits.shape[-1] == 1:
             return F.binary_cross_entropy_with_logits(logits[:, 0], targets, reduction="none")
         log_probs = torch.log_softmax(logits, dim=-1)
@@ -243,8 +253,11 @@ class VLPRMTrainer(Trainer):
         labels = inputs.pop("labels")
         step_type_ids = inputs.pop("step_type_ids", None)
         label_weights = inputs.pop("label_weights", None)
-        class_logits = self._class_logits(model, inputs)
-        losses = self.step_losses(class_logits, labels)
+        mask = labels != IGNORE_INDEX
+        # Training reads the labelled positions only; evaluation returns every token's class logits, as TRL's
+        # PRMTrainer did (`predictions` for `compute_accuracy`): two numbers a token, still no vocabulary.
+        class_logits = self._class_logits(model, inputs, positions=None if return_outputs else mask)
+        losses = self.step_losses(class_logits[mask] if return_outputs else class_logits, labels[mask])
         weights = self.step_weights(step_type_ids, labels, label_weights)
         # Weighted sum over the count of labelled steps (not over the weights): a weight is a pure multiplier.
         loss = (losses * weights).sum() / max(losses.numel(), 1)

@@ -16,8 +16,20 @@ The labelling builder, `recipes/tts.py` and the evaluation sweep all scale out t
    the part files (`merge_parts`) and writes the summary, still holding the lock.
 
 A rank that dies leaves its share undone; the next run (any K, 1 included) merges what it did write and plans
-exactly the rest. The ranks talk over torch.distributed on gloo (the launcher's environment: RANK, WORLD_SIZE,
-MASTER_ADDR, MASTER_PORT); a single process (no launcher) needs none of it.
+exactly the rest.
+
+A rank can also outlive its group: on several nodes, losing node 0 (its launcher and rank 0) leaves rank r running
+on another node, where nothing stops it until its next collective, and a rerun may already be planning the same
+work. So every run is a *generation*: rank 0, under the lock, bumps the generation in `<lock>.claim` (with its pid,
+world size and plan digest) and sends it with the plan (`Ranks.claimed_plan`). A rank that writes shared outputs
+(labelling shards) does so inside `RunClaim.writing`, which holds `<lock>.commit.lock` for the write and first
+checks that its group still owns the output: rank 0's lock is still held, and no newer generation exists. Rank 0
+bumps the generation under that same commit lock before it looks at what is done, so an old rank's write either
+lands before the new plan is made (and counts as done) or not at all (`LostGroupError`). The locks are `flock`s:
+on several nodes the output folder must be on a file system that shares them (NFSv4, Lustre, GPFS do).
+
+The ranks talk over torch.distributed on gloo (the launcher's environment: RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT); a single process (no launcher) needs none of it.
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -44,6 +58,10 @@ DEFAULT_TIMEOUT = 24 * 3600.0
 
 class RankFailedError(RuntimeError):
     """Another rank of the run failed, died or hung; this rank stopped too (finished work stays for the rerun)."""
+
+
+class LostGroupError(RankFailedError):
+    """This rank's run no longer owns its output (rank 0 is gone, or a newer run took over): it stopped unwritten."""
 
 
 @dataclass(frozen=True)
@@ -110,21 +128,31 @@ class Ranks:
         An error on rank 0 (the output locked by another run, settings that differ, a changed question...) is
         raised there as is, and on the other ranks as a `RankFailedError` carrying its message.
         """
+        with self.claimed_plan(lock_path, plan) as (value, _):
+            yield value
+
+    @contextlib.contextmanager
+    def claimed_plan(self, lock_path: str | Path, plan: Callable[[], T]) -> Iterator[tuple[T, RunClaim]]:
+        """`locked_plan`, plus this run's `RunClaim`: rank 0 starts a new generation of the output before planning,
+        and every rank writes its shared outputs through `claim.writing(...)`."""
+        lock_path = Path(lock_path)
         with contextlib.ExitStack() as stack:
             if self.is_main:
                 try:
                     stack.enter_context(output_lock(lock_path))
+                    generation = _start_generation(lock_path, self.world_size)
                     value = plan()
+                    _record_plan(lock_path, generation, value)
                 except BaseException as err:
                     self._send({"error": f"{type(err).__name__}: {err}"})
                     raise
-                self._send({"plan": value})
+                self._send({"plan": value, "generation": generation})
             else:
                 message = self._receive()
                 if "error" in message:
                     raise RankFailedError(f"rank 0 stopped before any work was shared: {message['error']}")
-                value = message["plan"]
-            yield value
+                value, generation = message["plan"], message["generation"]
+            yield value, RunClaim(self, lock_path, generation)
 
     @contextlib.contextmanager
     def append_records(self, path: str | Path) -> Iterator[TextIO]:
@@ -172,6 +200,103 @@ class Ranks:
 
 
 SINGLE = Ranks()
+
+
+def claim_path(lock_path: Path) -> Path:
+    """The output's generation record: JSON with the generation, the pid of its rank 0, world size, plan digest."""
+    return lock_path.with_name(lock_path.name + ".claim")
+
+
+@contextlib.contextmanager
+def _commit_lock(lock_path: Path) -> Iterator[None]:
+    """Hold `<lock>.commit.lock` (blocking: it is only ever held for one write or one generation bump)."""
+    path = lock_path.with_name(lock_path.name + ".commit.lock")
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def _read_claim(lock_path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(claim_path(lock_path).read_text())
+    except FileNotFoundError:
+        return {"generation": 0}
+    except ValueError as err:
+        raise ValueError(f"{claim_path(lock_path)}: unreadable run claim ({err}); remove it only when no run is "
+                         "writing this output") from err  # fmt: skip
+
+
+def _start_generation(lock_path: Path, world_size: int) -> int:
+    """Rank 0, under the output lock: the next generation, recorded before anything done is looked at."""
+    with _commit_lock(lock_path):
+        generation = int(_read_claim(lock_path).get("generation", 0)) + 1
+        claim = {"generation": generation, "pid": os.getpid(), "world_size": world_size, "plan": None}
+        atomic_write_text(claim_path(lock_path), json.dumps(claim))
+    return generation
+
+
+def _record_plan(lock_path: Path, generation: int, plan: Any) -> None:
+    """Add the plan's digest to this generation's claim (what the run set out to write, for a reader)."""
+    digest = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    with _commit_lock(lock_path):
+        claim = _read_claim(lock_path)
+        if claim.get("generation") == generation:
+            atomic_write_text(claim_path(lock_path), json.dumps({**claim, "plan": digest}))
+
+
+def _lock_is_free(lock_path: Path) -> bool:
+    """Whether nobody holds `output_lock` on the output (probed with a shared lock, released at once)."""
+    try:
+        handle = open(lock_path.with_name(lock_path.name + ".lock"))
+    except FileNotFoundError:
+        return True
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class RunClaim:
+    """One rank's claim, as a member of generation `generation` of the run, on writing into the output."""
+
+    ranks: Ranks
+    lock_path: Path
+    generation: int
+
+    @contextlib.contextmanager
+    def writing(self, what: str) -> Iterator[None]:
+        """Hold the output's commit lock while the block writes `what`; `LostGroupError`, before anything is written,
+        when this rank's group no longer owns the output. Rank 0 holds the output lock itself: nobody can take over
+        while it lives, so it writes without checking."""
+        if self.ranks.is_main:
+            yield
+            return
+        with _commit_lock(self.lock_path):
+            self._verify(what)
+            yield
+
+    def ensure(self, what: str) -> None:
+        """`LostGroupError` now if this rank's group no longer owns the output (before starting costly work)."""
+        if not self.ranks.is_main:
+            with _commit_lock(self.lock_path):
+                self._verify(what)
+
+    def _verify(self, what: str) -> None:
+        claim = _read_claim(self.lock_path)
+        reason = None
+        if claim.get("generation") != self.generation:
+            reason = (f"a newer run (generation {claim.get('generation')}, rank 0 pid {claim.get('pid')}) took over "
+                      f"the output since this one (generation {self.generation}) started")  # fmt: skip
+        elif _lock_is_free(self.lock_path):
+            reason = f"rank 0 no longer holds the output's lock ({self.lock_path}.lock): it died, or its node did"
+        if reason is not None:
+            raise LostGroupError(
+                f"rank {self.ranks.rank}/{self.ranks.world_size} lost its group before writing {what}: {reason}. "
+                "Stopping without writing; what this run finished is kept and a rerun does the rest."
+            )
 
 
 def _destroy_process_group() -> None:
