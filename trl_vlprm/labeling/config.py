@@ -264,8 +264,9 @@ class LabelConfig:
         pinned = {**dataclass_settings(self, exclude=_NOT_PINNED), "judge_model": judge.judge_model}
         if judge.judge_prompt != "json":  # pinned only when set, so folders labelled before it existed still resume
             pinned["judge_prompt"] = judge.judge_prompt
-        for name in _PINNED_WHEN_SET:
-            if pinned[name] is None or (name == "rollouts_format" and pinned["rollouts_file"] is None):
+        importing = self.rollouts_file is not None
+        for name in _PINNED_WHEN_SET:  # likewise: only an import pins what it imports
+            if pinned[name] is None or not importing:
                 pinned.pop(name)
         return pinned
 
