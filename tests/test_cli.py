@@ -26,11 +26,14 @@ CONFIGS = {
     "eval": ("n_values: [1, 2]\nseed: 4\n", ["--seed", "6"], [(0, "n_values", [1, 2]), (0, "seed", 6)]),
     "check": ("prm: some/folder\nlimit: 3\n", ["--strict"], [(0, "prm", "some/folder"), (0, "limit", 3),
                                                             (0, "strict", True)]),
+    "view": ("inputs: [a.jsonl]\nselection: majority\n", ["--page_size", "7"], [(0, "inputs", ["a.jsonl"]),
+                                                                           (0, "selection", "majority"),
+                                                                           (0, "page_size", 7)]),
 }  # fmt: skip
 
 
 def test_every_command_is_tested_here():
-    assert set(CONFIGS) == set(COMMANDS) == {"puzzles", "label", "train", "grpo", "tts", "eval", "check"}
+    assert set(CONFIGS) == set(COMMANDS) == {"puzzles", "label", "train", "grpo", "tts", "eval", "check", "view"}
 
 
 @pytest.mark.parametrize("command", list(CONFIGS))

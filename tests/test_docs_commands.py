@@ -75,6 +75,13 @@ RUN: dict[str, tuple[str, dict[str, str], str]] = {
     ),
 }
 COVERED: dict[str, str] = {
+    "trl-vlprm view --inputs outputs/eval_tts/samples/testbed__scripted.jsonl --questions "
+    "benchmark:testbed:0,limit=60": (
+        "tests/test_viewer.py::test_cli_view_writes_the_page_or_one_line_naming_file_and_line"
+    ),
+    "trl-vlprm view --inputs outputs/labels --output outputs/labels.html": (
+        "tests/test_viewer.py::test_labelled_dataset_view_shows_labels_mc_and_judge"
+    ),
     "make demo": "tests/test_loading_and_demo.py::test_demo_runs_every_stage_and_resumes",
     # GRPO needs a policy, a trained PRM and (as written) colocated vLLM on 8 GPUs; its recipe's 2-process launch
     # with the tiny CPU config is run there.

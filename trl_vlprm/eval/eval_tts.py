@@ -10,6 +10,7 @@ rerun never reuses samples or scores made by something else under the same label
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ from trl_vlprm.guidance.backends import (
 from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
 from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
 from trl_vlprm.utils.ranks import Ranks
-from trl_vlprm.utils.resume import path_fingerprint
+from trl_vlprm.utils.resume import atomic_write_text, path_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class EvalTTSConfig:
             registered in `trl_vlprm.guidance.backends.SCORER_BACKENDS`.
         process_benches: process-error benchmarks every scorer is also judged on (step F1, see
             `trl_vlprm.eval.process_bench.PROCESS_BENCHES`), e.g. "testbed:num_questions=60" or
-            "visualprocessbench:<test.jsonl>"; results go to process_bench.csv/.md. Empty: none.
+            "visualprocessbench:<test.jsonl>"; results go to process_bench.csv/.md, and each solution's steps, scores
+            and first errors to process_bench/<bench>.jsonl (for `trl-vlprm view`). Empty: none.
         selections: outcome selections (see the module docstring), e.g. "majority", "best_of_n:min".
         n_values: the N to report; `max(n_values)` solutions are sampled per question.
         num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
@@ -302,7 +304,13 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     Under `accelerate launch --num_processes K` the K processes share each benchmark's questions
     (`trl_vlprm.utils.ranks`); rank 0 derives and writes the results once all are sampled (the others return no row).
     """
-    from trl_vlprm.eval.process_bench import load_process_bench_spec, score_process_bench
+    from trl_vlprm.eval.process_bench import (
+        load_process_bench_spec,
+        process_bench_lines,
+        process_bench_metrics,
+        process_bench_path,
+        process_bench_step_scores,
+    )
     from trl_vlprm.eval.report import plot_accuracy_vs_n, write_tables
 
     ranks = Ranks.from_environment()
@@ -346,9 +354,14 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     process_rows = []
     for bench_spec in config.process_benches:
         bench = load_process_bench_spec(bench_spec, config.seed)
-        for name, scorer in scorers.items():
-            for step_type, metrics in score_process_bench(scorer, bench).items():
+        step_scores = {name: process_bench_step_scores(scorer, bench) for name, scorer in scorers.items()}
+        for name, scores in step_scores.items():
+            for step_type, metrics in process_bench_metrics(scores, bench).items():
                 process_rows.append({"bench": bench_spec, "scorer": name, "steps": step_type, **metrics})
+        # per solution, for `trl-vlprm view`: gold against each scorer's predicted first error
+        lines = process_bench_lines(bench, step_scores)
+        text = "".join(json.dumps(line) + "\n" for line in lines)
+        atomic_write_text(process_bench_path(config.output_dir, bench_spec), text)
     if process_rows:
         write_tables(process_rows, config.output_dir, "process_bench", wide=False)
     return rows

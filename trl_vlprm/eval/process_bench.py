@@ -17,11 +17,13 @@ their perception/reasoning perturbations).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from trl_vlprm.data.puzzlevqa import read_jsonl
+from trl_vlprm.data.references import question_reference
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, STEP_TYPES, RecordError, question_columns
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.registry import Registry
@@ -273,6 +275,11 @@ def process_bench_metrics(
 
 def score_process_bench(scorer: StepScorer, records, threshold: float = 0.5) -> dict[str, dict[str, float]]:
     """Score every record's steps with `scorer` (one call per record) and compute `process_bench_metrics`."""
+    return process_bench_metrics(process_bench_step_scores(scorer, records), records, threshold)
+
+
+def process_bench_step_scores(scorer: StepScorer, records) -> list[list[float]]:
+    """Per record, `scorer`'s P(step is correct) of each of its steps (one scorer call per record)."""
     all_scores = []
     for record in records:
         candidate = Candidate(
@@ -282,8 +289,42 @@ def score_process_bench(scorer: StepScorer, records, threshold: float = 0.5) -> 
             gold_correct=[v == 1 for v in record["process_correctness"]],  # read by testbed oracles only
         )
         (scores,) = scorer.score(record, [candidate])
-        all_scores.append(scores)
-    return process_bench_metrics(all_scores, records, threshold)
+        all_scores.append([float(score) for score in scores])
+    return all_scores
+
+
+def process_bench_path(output_dir: str | Path, bench_spec: str) -> Path:
+    """Where the evaluation writes the per-solution lines of a process bench (`process_bench_lines`)."""
+    return Path(output_dir) / "process_bench" / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", bench_spec).strip("_") + ".jsonl")
+
+
+def process_bench_lines(
+    records, step_scores: Mapping[str, Sequence[Sequence[float]]], threshold: float = 0.5
+) -> list[dict[str, Any]]:
+    """One JSON-ready line per solution: its steps, gold verdicts and step types, the prompt and image references,
+    and each scorer's step scores with the first step it flags (score < `threshold`; None when it flags none) beside
+    the gold first error (the first -1 verdict; None for a solution without one); `trl-vlprm view` reads them."""
+    lines = []
+    for index, record in enumerate(records):
+        verdicts = [int(v) for v in record["process_correctness"]]
+        scores = {name: [float(s) for s in by_record[index]] for name, by_record in step_scores.items()}
+        lines.append(
+            {
+                "id": str(record.get("id", index)),
+                **question_reference(record),
+                "steps": list(record["completions"]),
+                "step_types": list(record.get("step_types") or [None] * len(verdicts)),
+                "process_correctness": verdicts,
+                "first_error": next((i for i, v in enumerate(verdicts) if v == -1), None),
+                "step_scores": scores,
+                "predicted_first_error": {
+                    name: next((i for i, s in enumerate(values) if s < threshold), None)
+                    for name, values in scores.items()
+                },
+                "threshold": threshold,
+            }
+        )
+    return lines
 
 
 def metrics_to_markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import extract_answer, grade_with_fallback, question_kind
+from trl_vlprm.data.references import question_reference
 from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.eval.selection import (
     check_selection,
@@ -105,6 +106,7 @@ def sample_question(
             }
         )
     record = {"id": qid, "answer": gold, "category": question.get("category"), "samples": samples}
+    record.update(question_reference(question))  # what a reader shows beside the steps; lines before it lack it
     if whole_solution:  # the separator the whole solutions are joined with, so a rescoring reads the same text
         record["whole_separator"] = policy.step_separator
     _score_samples(record, question, scorers, list(scorers), candidates)

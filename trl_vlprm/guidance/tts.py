@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import Grader, grade_question
 from trl_vlprm.data.loading import load_questions
+from trl_vlprm.data.references import question_reference
 from trl_vlprm.data.schema import RecordError, question_ids
 from trl_vlprm.guidance import backends
 from trl_vlprm.guidance.backends import (
@@ -138,6 +139,7 @@ def run_tts(
                 correct = grade_question(result.answer, question, grader)
                 line = {
                     **result.to_dict(),
+                    **question_reference(question),  # what a reader shows beside the steps (not pinned)
                     "gold": question["answer"],
                     "correct": correct,
                     "question_digest": question_digest(question),

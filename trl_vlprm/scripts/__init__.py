@@ -16,6 +16,7 @@ COMMANDS = {
     "tts": "test-time scaling: run one search strategy over a dataset with a policy and a step scorer",
     "eval": "test-time-scaling evaluation: benchmarks x policies x scorers x strategies x N",
     "check": "guard-rails for a trained PRM: image-swap sensitivity and best-of-N vs a random pick",
+    "view": "one HTML page of every question, solution and step score of a run, a labelled dataset or a bench",
 }
 
 __all__ = ["COMMANDS"]

@@ -1,0 +1,183 @@
+"""`trl-vlprm view` in a real browser: headless Chromium (Debian's `chromium` + `chromium-driver`, which `make setup`
+installs) driven over the W3C WebDriver protocol with plain HTTP requests from the standard library.
+
+The page is made from a real evaluation sweep (scripted testbed policy; oracle and random scorers), and every check
+compares the DOM with the sample file and with the sweep's own selection code. The screenshot is kept in
+`outputs/test-artifacts/` (or `$TRL_VLPRM_ARTIFACTS`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trl_vlprm.eval.selection import selection_correct
+from trl_vlprm.eval.tts_sweep import run_sweep
+from trl_vlprm.eval.viewer import score_colour, write_view
+from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
+
+ARTIFACTS = Path(
+    os.environ.get("TRL_VLPRM_ARTIFACTS", Path(__file__).resolve().parents[1] / "outputs" / "test-artifacts")
+)
+ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver key of an element reference
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class WebDriver:
+    """The few WebDriver commands the test needs, as JSON over HTTP to a local chromedriver."""
+
+    def __init__(self, port: int):
+        self.base = f"http://127.0.0.1:{port}"
+        self.session = ""
+
+    def call(self, method: str, path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())["value"]
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"WebDriver {method} {path}: {err.read()[:500]!r}") from None
+
+    def start(self, width: int, height: int) -> None:
+        options = {"binary": shutil.which("chromium"),
+                   "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                            f"--window-size={width},{height}"]}  # fmt: skip
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}}
+        self.session = self.call("POST", "/session", caps)["sessionId"]
+
+    def cmd(self, method: str, path: str, body: dict | None = None):
+        return self.call(method, f"/session/{self.session}{path}", body)
+
+    def run(self, script: str, *args):
+        return self.cmd("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def click(self, selector: str) -> None:
+        element = self.cmd("POST", "/element", {"using": "css selector", "value": selector})[ELEMENT]
+        self.cmd("POST", f"/element/{element}/click", {})
+
+
+@pytest.fixture
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    # Not a skip: `make setup` installs both (Debian packages), and CI must run this test.
+    assert chromium and driver, (
+        "chromium and chromedriver are missing: run `make setup` (apt-get install chromium chromium-driver)"
+    )
+    port = _free_port()
+    process = subprocess.Popen([driver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    web = WebDriver(port)
+    try:
+        for _ in range(100):
+            try:
+                web.call("GET", "/status")
+                break
+            except (OSError, AssertionError):
+                time.sleep(0.1)
+        web.start(1280, 1000)
+        yield web
+    finally:
+        if web.session:
+            try:
+                web.cmd("DELETE", "")
+            except (OSError, AssertionError):
+                pass
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def sweep_page(tmp_path_factory):
+    out = tmp_path_factory.mktemp("viewer")
+    questions = list(generate_puzzles(24, seed=5, image_size=112))
+    scorers = {"oracle": GoldOracleScorer(), "random": RandomScorer(0)}
+    policy = ScriptedPolicy(0.3, 0.2, seed=1)
+    run_sweep({"tb": questions}, {"scripted": policy}, scorers, ["best_of_n:min"], [1, 4], out, num_subsamples=1)
+    samples = out / "samples" / "tb__scripted.jsonl"
+    summary = write_view([samples], out / "view.html", questions=questions, page_size=10)
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    return summary, records
+
+
+def test_page_in_chromium(browser, sweep_page):
+    summary, records = sweep_page
+    # every image referenced is embedded, each distinct image once (two puzzles may draw the same picture)
+    distinct = {ref["digest"] for r in records for ref in r["image_refs"]}
+    assert summary.missing_images == [] and summary.num_images == len(distinct) > 20 and len(records) == 24
+    browser.cmd("POST", "/url", {"url": summary.path.resolve().as_uri()})
+    assert browser.run("return document.body.getAttribute('data-ready')") == "1"
+
+    # Questions: one page of 10, in file order, each with its image and 4 solutions.
+    shown = browser.run("return [...document.querySelectorAll('.question')].map(q => q.dataset.id)")
+    assert shown == [r["id"] for r in records[:10]]
+    assert browser.run("return document.getElementById('count').textContent") == "24 of 24 questions kept"
+    assert browser.run("return document.querySelectorAll('.question img').length") == 10
+    assert browser.run("return document.querySelector('.question img').naturalWidth") == 112  # decoded, not broken
+
+    # Steps and colours: every score cell of the page holds the sample file's score, in the colour of that score.
+    cells = browser.run(
+        """return [...document.querySelectorAll('td.score')].map(td => {
+             const q = td.closest('.question').dataset.id, s = +td.closest('.solution').dataset.solution;
+             return [q, s, +td.closest('.step').dataset.step, td.dataset.run, td.dataset.score,
+                     getComputedStyle(td).backgroundColor, td.closest('.step').querySelector('.text').textContent];
+           })"""
+    )
+    by_id = {r["id"]: r for r in records}
+    expected = sum(2 * len(s["steps"]) for r in records[:10] for s in r["samples"])
+    assert len(cells) == expected > 0
+    for qid, solution, step, run, score, colour, text in cells:
+        sample = by_id[qid]["samples"][solution]
+        assert text == sample["steps"][step]
+        assert float(score) == pytest.approx(sample["step_scores"][run][step], abs=5e-5)
+        assert colour == "rgb({}, {}, {})".format(*score_colour(float(score)))
+    colours = {cell[5] for cell in cells if cell[3] == "random"}
+    assert len(colours) > 10  # random scores spread over the scale, not one colour
+
+    # Filter: the random scorer's wrong best-of-N picks, as the sweep itself grades them.
+    wrong = [r["id"] for r in records if not selection_correct("best_of_n:min", r["samples"], "random")]
+    assert 0 < len(wrong) < len(records)
+    browser.run(
+        "const s = document.getElementById('f-scorer'); s.value = 'random'; s.dispatchEvent(new Event('change'))"
+    )
+    browser.click("#f-wrong")
+    assert browser.run("return document.getElementById('count').textContent") == f"{len(wrong)} of 24 questions kept"
+    shown = browser.run("return [...document.querySelectorAll('.question')].map(q => q.dataset.id)")
+    assert shown == wrong[:10]
+    rows = "document.querySelectorAll('.question tr.run[data-run=\"random\"] td:last-child')"
+    results = browser.run(f"return [...{rows}].map(t => t.textContent)")
+    assert results == ["wrong"] * len(shown)
+
+    # The oracle never errs: with it selected, the same filter keeps nothing.
+    browser.run(
+        "const s = document.getElementById('f-scorer'); s.value = 'oracle'; s.dispatchEvent(new Event('change'))"
+    )
+    oracle_wrong = sum(not selection_correct("best_of_n:min", r["samples"], "oracle") for r in records)
+    assert browser.run("return document.querySelectorAll('.question').length") == min(oracle_wrong, 10)
+
+    # Screenshot of the unfiltered page, kept and checked non-blank.
+    browser.click("#f-wrong")
+    shot = Image.open(io.BytesIO(base64.b64decode(browser.cmd("GET", "/screenshot")))).convert("RGB")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot.save(ARTIFACTS / "viewer_sweep.png")
+    pixels = np.asarray(shot, dtype=np.float64)
+    assert shot.size == (1280, 1000) or shot.size[0] >= 1000
+    assert pixels.std() > 20, "blank screenshot"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
