@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from trl_vlprm.data.paper_solution import render_solution
-from trl_vlprm.data.schema import RecordError
+from trl_vlprm.data.schema import RecordError, solution_id
 from trl_vlprm.labeling.builder import import_dataset, load_labelled
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeConfig
@@ -230,7 +230,7 @@ def test_the_papers_files_are_labelled_as_convert_mc_to_prm_signal_labels_them(t
         j = per_question.get(line["uid"], 0)
         per_question[line["uid"]] = j + 1
         reference = reference_v2(line, answers[line["rollout_uuid"]])
-        record = records.get(f"{line['uid']}/r{j}")
+        record = records.get(solution_id(line["uid"], j))
         if reference is None:
             assert record is None
             continue
@@ -299,7 +299,7 @@ def test_our_rollouts_import_into_the_same_records_as_labelling_them_directly(tm
     assert stats.records == len(rows) == len(solutions)
     by_id = {row["id"]: row for row in rows}
     for question, j, rollout, mc in solutions:
-        row = by_id[f"{question['id']}/r{j}"]
+        row = by_id[solution_id(question["id"], j)]
         assert row["completions"] == rollout.steps and row["labels"] == mc.labels
     bad = json.loads(path.read_text().splitlines()[1])
     bad["rollout"]["step_types"] = bad["rollout"]["step_types"][:-1]

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.loading import load_questions
-from trl_vlprm.data.schema import RecordError, question_ids
+from trl_vlprm.data.schema import RecordError, question_ids, solution_id
 from trl_vlprm.guidance.backends import build_policy, parse_spec
 from trl_vlprm.labeling.batch_judge import BatchJudge, batch_cost
 from trl_vlprm.labeling.combine import RULES
@@ -276,7 +276,7 @@ def _label_with_batch_judge(batch, digests, policy, config, judge, server, grade
         solutions, stats = roll_out(batch, policy, config.num_rollouts, config.mc_config(), server, grader)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(solutions_to_json(solutions, stats)))
-    custom_ids = [f"{question['id']}/r{j}" for question, j, _, _ in solutions]
+    custom_ids = [solution_id(str(question["id"]), j) for question, j, _, _ in solutions]
     verdicts = judge.judge_many(judge_items(solutions), custom_ids, key)
     count_verdicts(stats, verdicts)
     rows = label_solutions(

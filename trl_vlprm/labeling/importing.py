@@ -14,13 +14,13 @@
   The questions come from `LabelConfig.dataset`.
 
 A rollout's request id (`custom_id`) is its line's `custom_id` (or `rollout_uuid`, `unique_id`) when it has one,
-else `{question_id}/r{j}` as the batch judge names them. `LabelConfig.verdict_files` name judge answers: Batch API
-output or error files (JSONL, `custom_id` + `response`) or the paper's `*_verification_results.json` (a list of
-`custom_id` + `verification_response`); they are read by `JudgeConfig.judge_prompt`'s parser. A verdict whose id
-matches no rollout, or two answers for one id, is an error naming the file and line; a rollout with no verdict has
-"unknown" verdicts (counted as `missing` errors). Without verdict files the configured judge (server, batch) judges
-the imported rollouts. Either way the solutions then go through the same rules, shards, resume and checks as
-`trl-vlprm label` (`trl_vlprm.labeling.builder`).
+else its solution id `{question_id}#{k}` (`trl_vlprm.data.schema.solution_id`), as the batch judge names them.
+`LabelConfig.verdict_files` name judge answers: Batch API output or error files (JSONL, `custom_id` + `response`) or
+the paper's `*_verification_results.json` (a list of `custom_id` + `verification_response`); they are read by
+`JudgeConfig.judge_prompt`'s parser. A verdict whose id matches no rollout, or two answers for one id, is an error
+naming the file and line; a rollout with no verdict has "unknown" verdicts (counted as `missing` errors). Without
+verdict files the configured judge (server, batch) judges the imported rollouts. Either way the solutions then go
+through the same rules, shards, resume and checks as `trl-vlprm label` (`trl_vlprm.labeling.builder`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 
 from trl_vlprm.data.answers import Grader, grade_question
 from trl_vlprm.data.paper_solution import solution_answer, split_solution
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, solution_id
 from trl_vlprm.labeling.judge import UNKNOWN, JudgeResult
 from trl_vlprm.labeling.labeler import Solution, solutions_from_json
 from trl_vlprm.labeling.mc import Cost, MCResult, Rollout
@@ -95,7 +95,7 @@ def read_rollouts(
             (solution,), _ = solutions_from_json({"solutions": [row], "stats": _NO_STATS}, questions, where)
             _check_lengths(solution[2], solution[3], where)
             solutions.append(solution)
-        ids = [_custom_id(row, f"{s[0]['id']}/r{s[1]}") for (_, row), s in zip(rows, solutions)]
+        ids = [_custom_id(row, solution_id(str(s[0]["id"]), s[1])) for (_, row), s in zip(rows, solutions)]
         used = {str(s[0]["id"]) for s in solutions}
         imported = ImportedRollouts([dict(q) for q in questions if str(q["id"]) in used], solutions, ids)
     else:
@@ -186,7 +186,7 @@ def _read_paper(path: Path, rows, mc_threshold: float, image_root: str | None, g
         j = per_question[qid]
         per_question[qid] += 1
         solutions.append((question, j, rollout, mc))
-        ids.append(_custom_id(row, f"{qid}/r{j}"))
+        ids.append(_custom_id(row, solution_id(qid, j)))
     return ImportedRollouts(list(questions.values()), solutions, ids)
 
 
