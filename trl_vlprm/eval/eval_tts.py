@@ -29,8 +29,7 @@ from trl_vlprm.guidance.backends import (
     parse_spec,
     split_label,
 )
-from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
-from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
+from trl_vlprm.guidance.sampling import SAMPLING_FIELDS, sampling_argument
 from trl_vlprm.utils.ranks import Ranks
 from trl_vlprm.utils.resume import atomic_write_text, path_fingerprint
 
@@ -169,10 +168,9 @@ class EvalTTSConfig:
         metadata={"help": "The N to report; max(n_values) solutions are sampled per question."},
     )
     num_subsamples: int = field(default=4, metadata={"help": "Random subsets of size N drawn per N."})
-    step_separator: str = field(
-        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text that ends a step, for model policies."}
-    )
-    system_prompt: str | None = field(default=None, metadata={"help": "System prompt of model policies, if any."})
+    # The two sampling settings a spec cannot hold (a newline, free text); the rest are each policy spec's own.
+    step_separator: str = sampling_argument("step_separator")
+    system_prompt: str | None = sampling_argument("system_prompt")
     answer_kind: str = field(
         default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
     )
