@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -348,7 +349,12 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
         return rows
     write_tables(rows, config.output_dir)
-    plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
+    plot = Path(config.output_dir) / "accuracy_vs_n.png"
+    try:
+        plot_accuracy_vs_n(rows, plot)
+    except ImportError as err:  # the optional `plots` extra is missing: only the plot is lost
+        warnings.warn(f"matplotlib cannot be imported ({err}): {plot.name} is not written, every table is; install "
+                      "the plots extra (pip install 'trl_vlprm[plots]') to get it", stacklevel=2)  # fmt: skip
     process_rows = []
     for bench_spec in config.process_benches:
         bench = load_process_bench_spec(bench_spec, config.seed)
