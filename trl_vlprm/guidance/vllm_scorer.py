@@ -196,7 +196,8 @@ class VLLMScorer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         hf_config = llm.llm_engine.vllm_config.model_config.hf_config
-        self.llm, self.processing_class = llm, processing_class
+        self.llm = llm
+        self.processing_class = processing_class
         self.tokenizer = get_tokenizer(processing_class)
         self.head = head or getattr(hf_config, "prm_head", None) or "value"
         if self.head not in HEADS:
@@ -343,7 +344,8 @@ class VLLMScorer:
         prompt, sequences = self._sequences(question, candidates)
         key = self._question_key(prompt)
         if key != self._current_question:
-            self._current_question, self._known = key, {}
+            self._current_question = key
+            self._known = {}
         scores: list[list[float | None]] = []
         todo: list[int] = []  # candidates with a step score still unknown
         for i, (ids, ends) in enumerate(sequences):
@@ -404,5 +406,6 @@ class VLLMScorer:
 
     def clear_cache(self) -> None:
         """Forget the kept scores and reset vLLM's prefix cache."""
-        self._current_question, self._known = None, {}
+        self._current_question = None
+        self._known = {}
         self.llm.reset_prefix_cache()
