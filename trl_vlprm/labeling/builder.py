@@ -202,7 +202,9 @@ def _label_shards(
     too."""
     ranks = claim.ranks
     output_dir = Path(config.output_dir)
-    server, own_server, judge = judge_server, False, None
+    server = judge_server
+    own_server = False
+    judge = None
     batch_judge = RULES.get(config.rule).needs_judge and config.judge == "batch"
     if batch_judge:  # a given testbed server is only taught the rollouts' gold: the batch server answers from it
         judge = BatchJudge(judge_config, output_dir / BATCH_DIR, show_progress=config.show_progress)

@@ -100,10 +100,10 @@ class BatchServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
+            def do_GET(self):
                 server._handle(self, "GET")
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 server._handle(self, "POST")
 
             def log_message(self, *args: Any) -> None:
