@@ -20,6 +20,7 @@ SMOKE_RUN_HERE = {
     "eval_processes.py",
     "real_shapes.py",
     "gpu_check.py",
+    "family_prefix_sharing.py",
 }
 
 
@@ -115,3 +116,14 @@ def test_gpu_check_tiny_smoke(capsys):
     train = [r for r in rows if r["what"] == "train"]
     assert len(train) == 4 and all("tokens/s" in r["value"] for r in train)
     assert [r["setting"] for r in rows if r["what"] == "score"] == ["PRMScorer", "VLLMScorer"]
+
+
+def test_family_prefix_sharing_smoke(capsys):
+    rows = load_script("family_prefix_sharing.py").main(
+        ["--model_types", "qwen3_5", "llava_next", "--num_candidates", "3", "--repeats", "1", "--image_size", "112",
+         "--hidden_size", "64"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Machine:" in out and markdown_tables(out) == 1
+    assert [r["model_type"] for r in rows] == ["qwen3_5", "llava_next"]
+    assert all(r["max_diff"] <= 1e-5 and r["P"] > 0 and r["speedup"] > 0 for r in rows)
