@@ -17,6 +17,7 @@ SMOKE_RUN_HERE = {
     "label_quality.py",
     "eval_processes.py",
     "real_shapes.py",
+    "family_prefix_sharing.py",
 }
 
 
@@ -99,3 +100,14 @@ def test_real_shapes_smoke(capsys):
     assert "Machine:" in out and markdown_tables(out) == 2
     assert len(results["train"]) == 4 and len(results["score"]) == 2
     assert all(r["image_tokens"] > 0 and r["max_diff"] <= 2e-2 for r in results["score"])
+
+
+def test_family_prefix_sharing_smoke(capsys):
+    rows = load_script("family_prefix_sharing.py").main(
+        ["--model_types", "qwen3_5", "llava_next", "--num_candidates", "3", "--repeats", "1", "--image_size", "112",
+         "--hidden_size", "64"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Machine:" in out and markdown_tables(out) == 1
+    assert [r["model_type"] for r in rows] == ["qwen3_5", "llava_next"]
+    assert all(r["max_diff"] <= 1e-5 and r["P"] > 0 and r["speedup"] > 0 for r in rows)
