@@ -14,7 +14,7 @@ from typing import Any
 from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, solution_id, to_json_string
 from trl_vlprm.guidance.policy import Policy, Question
-from trl_vlprm.labeling.combine import RULES, combine
+from trl_vlprm.labeling.combine import RULES, combine, completer_agreement
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
 from trl_vlprm.labeling.mc import Cost, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
 from trl_vlprm.labeling.noise import count_noise
@@ -98,10 +98,13 @@ def roll_out(
     mc_config: MCConfig | None,
     judge_server: JudgeServer | None = None,
     grader: Grader | None = None,
+    strong_completer: Policy | None = None,
 ) -> tuple[list[Solution], BatchStats]:
     """Sample `num_rollouts` solutions of every question and their MC labels (when `mc_config` is given).
 
     `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
+    `strong_completer`, when given, estimates the same prefixes a second time (Athena-PRM's weak/strong agreement):
+    its hard labels go into `MCResult.strong_labels`, its cost into the MC cost.
     """
     stats = BatchStats()
     solutions: list[Solution] = []
@@ -113,6 +116,10 @@ def roll_out(
             mc = label_rollout(policy, question, rollout, mc_config, grader) if mc_config is not None else None
             if mc is not None:
                 stats.mc_cost.add(mc.cost)
+                if strong_completer is not None:
+                    strong = label_rollout(strong_completer, question, rollout, mc_config, grader)
+                    mc.strong_labels = strong.labels
+                    stats.mc_cost.add(strong.cost)
             if judge_server is not None:
                 if rollout.gold_correct is None:
                     raise RecordError(qid, "gold_correct", "the testbed judge needs a policy that knows step gold")
@@ -143,11 +150,9 @@ def solutions_from_json(
         if entry["question_id"] not in by_id:
             raise RecordError(row, "question_id", f"{entry['question_id']!r} is not a question of {source}")
         mc = entry["mc"]
-        mc = (
-            MCResult(mc["scores"], mc["labels"], mc["first_error"], mc["num_estimates"], Cost(**mc["cost"]))
-            if mc
-            else None
-        )
+        if mc:
+            mc = MCResult(mc["scores"], mc["labels"], mc["first_error"], mc["num_estimates"], Cost(**mc["cost"]),
+                          mc.get("strong_labels"))  # fmt: skip
         solutions.append((by_id[entry["question_id"]], entry["index"], Rollout(**entry["rollout"]), mc))
     return solutions, BatchStats.from_dict(data["stats"])
 
@@ -181,6 +186,7 @@ def label_batch(
     disagreement: str = "drop",
     disagreement_weight: float = 0.5,
     judge_unknown: str = "keep_prefix",
+    strong_completer: Policy | None = None,
 ) -> tuple[list[dict[str, Any]], BatchStats]:
     """Rows for every solution of `questions` whose labelled prefix is not empty, and the batch's statistics.
 
@@ -195,7 +201,7 @@ def label_batch(
     if needs.needs_judge and judge is None:
         raise ValueError(f"rule {rule!r} needs a judge: give a JudgeClient")
     solutions, stats = roll_out(
-        questions, policy, num_rollouts, mc_config if needs.needs_mc else None, judge_server, grader
+        questions, policy, num_rollouts, mc_config if needs.needs_mc else None, judge_server, grader, strong_completer
     )
     verdicts: list[JudgeResult | None] = [None] * len(solutions)
     if needs.needs_judge:
@@ -226,6 +232,7 @@ def label_solutions(
             verdict.verdicts if verdict else None,
             rollout.gold_correct,
             settings,
+            mc.strong_labels if mc else None,
         )
         combined = combine(
             rule,
@@ -236,6 +243,8 @@ def label_solutions(
             disagreement_weight=disagreement_weight,
             unknown=judge_unknown,
         )
+        if mc is not None and mc.strong_labels is not None:
+            combined = completer_agreement(combined, mc.labels, mc.strong_labels)
         kept = combined.kept_length()
         stats.solutions += 1
         stats.steps_total += len(rollout.steps)
