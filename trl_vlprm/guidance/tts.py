@@ -77,9 +77,11 @@ def _finished(output_file: Path, settings: Mapping[str, Any], questions: Mapping
         qid = str(record["id"])
         if qid in questions and record.get("question_digest") != question_digest(questions[qid]):
             raise RecordError(
-                qid, "question_digest", f"{output_file}:{number} answered another version of this question (its "
+                qid,
+                "question_digest",
+                f"{output_file}:{number} answered another version of this question (its "
                 "content changed since); restore the old inputs or write to another file",
-            )  # fmt: skip
+            )
         done[qid] = bool(record["correct"])
     return done
 
@@ -328,12 +330,12 @@ def build_questions(args: TTSArguments):
 
 
 def build_policy(args: TTSArguments) -> Policy:
-    """The policy `args.policy` names, built by the one factory (`trl_vlprm.guidance.backends`)."""
+    """The policy `args.policy` names, built by `trl_vlprm.guidance.backends`."""
     return backends.build_policy(args.policy_spec(), args.seed, asdict(args.sampling()))
 
 
 def build_scorer(args: TTSArguments) -> StepScorer | None:
-    """The step scorer `args.scorer` names (None for "none"), built by the one factory."""
+    """The step scorer `args.scorer` names (None for "none"), built by `trl_vlprm.guidance.backends`."""
     spec = args.scorer_spec()
     if spec is None:
         return None

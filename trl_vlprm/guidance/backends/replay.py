@@ -37,7 +37,9 @@ class ReplayPolicy:
     """
 
     def __init__(self, path: str | Path, step_separator: str = DEFAULT_POLICY_STEP_SEPARATOR):
-        self.path, self.step_separator, self.stats = Path(path), step_separator, PolicyStats()
+        self.path = Path(path)
+        self.step_separator = step_separator
+        self.stats = PolicyStats()
         if not self.path.is_file():
             raise FileNotFoundError(f"replay policy: no file {self.path}")
         self.solutions: dict[str, list[Continuation]] = {}
@@ -89,11 +91,15 @@ class ReplayPolicy:
         qid = str(question["id"])
         stored = self.solutions.get(qid)
         if stored is None:
-            raise RecordError(qid, "id", f"replay policy: question {qid!r} has no line in {self.path} "
-                                         f"({len(self.solutions)} ids)")  # fmt: skip
+            raise RecordError(
+                qid, "id", f"replay policy: question {qid!r} has no line in {self.path} ({len(self.solutions)} ids)"
+            )
         if len(stored) < n:
-            raise RecordError(qid, "solutions", f"replay policy: question {qid!r} has {len(stored)} solutions in "
-                                                f"{self.path}, {n} asked")  # fmt: skip
+            raise RecordError(
+                qid,
+                "solutions",
+                f"replay policy: question {qid!r} has {len(stored)} solutions in {self.path}, {n} asked",
+            )
         served = stored[:n]
         self.stats.record(served)
         return served
