@@ -47,6 +47,14 @@ def wilson_interval(successes: int, trials: int, z: float = Z_99) -> tuple[float
     return centre - half, centre + half
 
 
+def test_the_recipe_warms_up_over_its_share_of_the_steps(tmp_path):
+    """`warmup_ratio` reaches transformers as `warmup_steps` < 1: transformers 5 reads that as a share of the steps."""
+    recipe = CPURecipe()
+    args = recipe.training_args(tmp_path)
+    assert args.get_warmup_steps(recipe.max_steps) == math.ceil(recipe.warmup_ratio * recipe.max_steps) == 120
+    assert recipe.training_args(tmp_path, warmup_steps=7).get_warmup_steps(recipe.max_steps) == 7  # overrides win
+
+
 def test_wilson_interval_matches_a_textbook_value():
     # 8 successes of 10 at 95%: (0.490, 0.943) (Wilson 1927; Newcombe 1998, table I)
     low, high = wilson_interval(8, 10, z=1.96)

@@ -223,3 +223,47 @@ def test_gpu_process_recipe_runs_as_written(tiny_hub, tmp_path):
     assert "world_size=1 process_advantages=min_form" in result.stdout
     assert "'process/fallback'" in result.stdout and "'process/token_advantage/std'" in result.stdout
     assert (tmp_path / recipe["output_dir"] / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_each_mode_under_a_two_process_ddp_launch(tiny_qwen2_vl_path, prm_path, tmp_path):
+    """benchmarks/process_credit.py (public API) under `accelerate launch`, 2 processes, both process modes (outcome
+    is GRPOTrainer's own: test_rewards_grpo.py launches it). A group of 4
+    completions spans both ranks (2 a rank): both must assign the same credit to the same gathered batch, and the
+    `process` normalisation must run over the whole group, not each rank's half."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    out = tmp_path / "credit.json"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(root / "recipes" / "accelerate" / "ddp.yaml"),
+        "--num_processes", "2", "--main_process_port", str(port),
+        str(root / "benchmarks" / "process_credit.py"),
+        "--policy", str(tiny_qwen2_vl_path), "--prm", str(prm_path), "--use_cpu", "--steps", "1",
+        "--questions", "4", "--per_device_train_batch_size", "2", "--max_completion_length", "16",
+        "--outcome_weight", "0", "--modes", "process", "min_form", "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "world_size=2" in result.stdout
+    results = json.loads(out.read_text())
+    assert results["world_size"] == 2 and set(results["modes"]) == {"process", "min_form"}
+    assert all(results["modes"][m]["optimizer_steps"] == 1 for m in results["modes"])
+    for mode in ("process", "min_form"):
+        ranks = [json.loads(Path(f"{out}.rank{r}.{mode}.json").read_text()) for r in (0, 1)]
+        assert ranks[0]["rows"] == ranks[1]["rows"] and len(ranks[0]["rows"]) == 4  # one group of 4, gathered
+        assert results["modes"][mode]["process/step_score/perception/mean"] is not None
+        assert all(ranks[0]["has_steps"])  # random 16-token texts: never blank, never over 24 steps
+        if mode == "process":
+            token0 = [row[0] for row in ranks[0]["rows"]]  # sum of the completion's normalised step scores
+            assert sum(token0) == pytest.approx(0.0, abs=1e-4)  # normalised over the whole group...
+            assert abs(token0[0] + token0[1]) > 1e-3  # ...which a rank's own half would not have been

@@ -1,33 +1,10 @@
-"""A VL-PRM that learns on a CPU in minutes: the tiny model, the data and the training settings, in one place.
+"""`CPURecipe`: a VL-PRM that learns on a CPU in minutes; the tiny model, the data and the training settings.
 
-`CPURecipe` trains a ~0.3 M-parameter Qwen2-VL value-head PRM with `VLPRMTrainer` on the learnable tier of the
-testbed (one large shape per 84 px image, 9 image tokens; one-sentence perception and reasoning steps), with
-the scripted policy's gold step labels. The demo and the test that guards "training produces a PRM that helps"
-both use it, so the figures in docs/testbed.md are the ones `make test` holds.
-
-What the defaults fix, and why (measured on 2 shared cores, see docs/testbed.md):
-
-- the tokenizer is trained on the testbed's own text, so colours and shapes are whole tokens;
-- perception errors are sampled at 0.5 so the perception labels are balanced: at 0.3 the majority class ("correct")
-  is a deep basin that some seeds never leave within budget;
-- the perception check is an *interaction* (the colour word must equal the image's colour; either alone says
-  nothing about the label), so gradient descent sits on a plateau until some product feature of the MLP lines up
-  with it. A wide text MLP (1,024 units, 16x the width) and a larger initial scale (0.1) give many more and larger
-  random product features at the start: measured on the colour check alone, the default tiny model (128 units,
-  0.02) stays at chance for 600 steps, this one leaves chance after ~250;
-- no step separator: the learnable tier ends each step with the detail it checks, so the verdict is read at that word,
-  where one attention layer compares it with the image tokens; read at a separator after it, the comparison needs a
-  second hop and the plateau lasts hundreds of steps longer;
-- a linear warm-up before the cosine decay keeps the first large-learning-rate steps from saturating the head;
-- perception steps weigh 4x and training runs 2,400 steps: under the first-error convention a reasoning step is
-  wrong after any misread, so its verdict is only as good as the perception check before it, and the hardest check
-  is the shape's *kind* (a pentagon and a hexagon differ by a few pixels per image token; colour is read in a few
-  hundred steps). Seeds that failed left the kind check near chance (P(correct) 0.46 on kind misreads against 0.56
-  on correct steps) while the vision tower's tokens encode the kind (a linear probe reads it 100%): the binding of
-  the word to the image, not vision, is slow. The perception weight speeds that binding; reasoning follows;
-- the testbed misreads only the checked word (`testbed.learnable.ANSWER_DETAIL_SHARE = 1.0`): when a quarter of
-  the misreads changed the other detail, those labels were noise for a one-hop check and two of three seeds never
-  bound the kind word within 2,400 steps; without them seeds 0, 1 and 2 all meet the target.
+It trains a ~0.3 M-parameter Qwen2-VL value-head PRM with `VLPRMTrainer` on the learnable tier of the testbed, with
+the scripted policy's gold step labels. `make demo` and `tests/test_prm_learns.py` use it, so the figures in
+docs/testbed.md are the ones `make test` holds. That page ("A PRM that learns on a CPU") gives the measurements
+behind each default: the wide text MLP and large initial scale, no step separator, the balanced perception errors,
+the perception loss weight and the step count.
 """
 
 from __future__ import annotations
@@ -141,18 +118,29 @@ class CPURecipe:
     def training_args(self, output_dir: str | Path, **overrides: Any):
         from trl_vlprm import VLPRMConfig
 
-        settings = dict(
-            output_dir=str(output_dir), head="value", perception_loss_weight=self.perception_loss_weight,
-            max_length=256, per_device_train_batch_size=self.batch_size, per_device_eval_batch_size=64,
-            max_steps=self.max_steps, learning_rate=self.learning_rate, lr_scheduler_type="cosine",
-            warmup_steps=self.warmup_ratio, save_strategy="no", logging_steps=max(1, self.max_steps // 10),
-            use_cpu=True, seed=self.seed, disable_tqdm=False,
+        settings = {
+            "output_dir": str(output_dir),
+            "head": "value",
+            "perception_loss_weight": self.perception_loss_weight,
+            "max_length": 256,
+            "per_device_train_batch_size": self.batch_size,
+            "per_device_eval_batch_size": 64,
+            "max_steps": self.max_steps,
+            "learning_rate": self.learning_rate,
+            "lr_scheduler_type": "cosine",
+            # transformers 5 reads a `warmup_steps` below 1 as a share of the steps (it absorbed `warmup_ratio`).
+            "warmup_steps": self.warmup_ratio,
+            "save_strategy": "no",
+            "logging_steps": max(1, self.max_steps // 10),
+            "use_cpu": True,
+            "seed": self.seed,
+            "disable_tqdm": False,
             # No separator: each verdict is read at its step's last word, the checked detail (see learnable.py).
-            step_separator="",
-            activation_checkpointing=False,  # VLPRMConfig defaults it on (as TRL); a tiny model only loses time to it
-        )  # fmt: skip
-        settings.update(overrides)
-        return VLPRMConfig(**settings)
+            "step_separator": "",
+            # VLPRMConfig turns it on by default, as TRL does; a tiny model only loses time to it.
+            "activation_checkpointing": False,
+        }
+        return VLPRMConfig(**{**settings, **overrides})
 
     def train(self, output_dir: str | Path, eval_dataset=None, **overrides: Any) -> TrainedPRM:
         """Build the model, sample the data, train, save to `<output_dir>/vlprm`; reuse a finished run.

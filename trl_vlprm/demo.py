@@ -39,7 +39,7 @@ STRATEGY_ROWS = [
 # The policy of guidance and evaluation: independent errors plus a per-question misreading bias.
 SYSTEMATIC_POLICY = {"perception_error_rate": 0.2, "reasoning_error_rate": 0.2, "systematic_share": 0.4,
                      "systematic_rate": 0.6}  # fmt: skip
-SWEEP_STRATEGIES = ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
+SWEEP_SELECTIONS = ["first", "majority", "best_of_n:min", "best_of_n:last", "weighted_vote:min", "pass@n"]
 
 
 def label(out: Path, recipe: CPURecipe, num_questions: int, seed: int):
@@ -76,7 +76,8 @@ def step_table(before: dict[str, float], after: dict[str, float], held_out) -> l
     return lines
 
 
-def guard_rails(prm_path: Path, held_out, selection_rows) -> list[str]:
+def guard_rails(prm_path: Path, held_out) -> list[str]:
+    """The image-swap check and best-of-N against a random pick, both on the held-out solutions."""
     from trl_vlprm.eval.guardrails import best_of_n_vs_random, image_swap_sensitivity
     from trl_vlprm.guidance.scorer import PRMScorer
 
@@ -84,7 +85,7 @@ def guard_rails(prm_path: Path, held_out, selection_rows) -> list[str]:
     lines = ["   P(correct) moved by swapping each question's image for another question's:"]
     lines += image_swap_sensitivity(scorer, held_out, max_questions=60).lines()
     lines.append("   best-of-N on the held-out solutions (same candidates for every selector):")
-    lines += best_of_n_vs_random(scorer, selection_rows).lines()
+    lines += best_of_n_vs_random(scorer, held_out).lines()
     return lines
 
 
@@ -120,7 +121,7 @@ def sweep(out: Path, prm_path: Path, questions, seed: int, n_values=(1, 2, 4, 8,
         "random": RandomScorer(seed),
     }
     policies = {"scripted-systematic": lambda: ScriptedPolicy(**SYSTEMATIC_POLICY, seed=seed)}
-    rows = run_sweep({"testbed-learnable": questions}, policies, scorers, SWEEP_STRATEGIES, list(n_values), eval_dir,
+    rows = run_sweep({"testbed-learnable": questions}, policies, scorers, SWEEP_SELECTIONS, list(n_values), eval_dir,
                      num_subsamples=8, seed=seed)  # fmt: skip
     write_tables(rows, eval_dir)
     plot_accuracy_vs_n(rows, eval_dir / "accuracy_vs_n.png", title="learnable testbed, systematic misreadings")
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(step_table(before, after, held_out)))
 
     print("== 4. guard-rails")
-    print("\n".join(guard_rails(trained.path, held_out, held_out)))
+    print("\n".join(guard_rails(trained.path, held_out)))
 
     from trl_vlprm.testbed import generate_puzzles
 

@@ -16,6 +16,7 @@ Generation, rewards, KL, clipping, loss types, vLLM, PEFT and every other `GRPOC
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,20 +132,24 @@ class VLPRMGRPOTrainer(GRPOTrainer):
             self.process_reward = found[0]
         self._batch_steps: list[CompletionSteps] | None = None
         self.last_credit: dict[str, Any] | None = None
+        self._credit_seconds = 0.0
 
     # ---- the two hooks -------------------------------------------------------------------------------------
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         if self.process_reward is not None:
+            started = time.perf_counter()
             local = self._completion_steps(completions, completion_ids_list, self.process_reward.last_step_scores)
             self._batch_steps = gather_object(local)  # rank order, as TRL gathers the rewards
+            self._credit_seconds = time.perf_counter() - started
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         if self.process_reward is None:
             return output
+        started = time.perf_counter()
         batch_steps, self._batch_steps = self._batch_steps, None
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
@@ -168,6 +173,8 @@ class VLPRMGRPOTrainer(GRPOTrainer):
         # For inspection (tests, notebooks): the whole batch's steps, TRL's outcome advantages and the token rows.
         self.last_credit = {"steps": batch_steps, "outcome": outcome, "rows": rows}
         self._log_process_metrics(mode, batch_steps, rows)
+        # The credit assignment's own cost (step ends, gathers, advantages, logs), beside TRL's step_time.
+        self._metrics[mode]["process/credit_seconds"].append(self._credit_seconds + time.perf_counter() - started)
         return output
 
     # ---- helpers -------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch
 from transformers import Cache, PreTrainedModel
 
 from trl_vlprm.guidance.policy import Candidate, Question
+from trl_vlprm.modeling.compat import CACHE_KEYWORD, output_cache
 from trl_vlprm.modeling.devices import inference_dtype, load_kwargs, resolve_device
 from trl_vlprm.modeling.encoding import EncodedSteps, PRMEncoder, PRMLayout, is_vision_processor
 from trl_vlprm.modeling.families import family_of_processor
@@ -270,7 +271,7 @@ class PRMScorer:
             use_cache=True,
             **self._vision_inputs(prefix),
         )
-        prefix.cache = outputs.past_key_values
+        prefix.cache = output_cache(outputs)
         prefix.next_position = int(positions.max()) + 1
 
     def _expanded_cache(self, prefix: _Prefix, batch: int) -> Cache:
@@ -334,7 +335,7 @@ class PRMScorer:
                 "input_ids": input_ids.to(self.device),
                 "attention_mask": attention_mask.to(self.device),
                 "position_ids": positions.to(self.device),
-                "past_key_values": self._expanded_cache(prefix, len(chunk)),
+                CACHE_KEYWORD: self._expanded_cache(prefix, len(chunk)),
                 "use_cache": True,
             }
             for i, probabilities in zip(chunk, self._step_probabilities(inputs, [suffixes[i].ends for i in chunk])):

@@ -303,19 +303,13 @@ def summary_line(stats: BatchStats) -> str:
 
 
 def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchStats:
-    """Build the dataset `config` describes (questions, policy and judge made from it); print and return the stats.
+    """Build the dataset `config` describes (questions, policy and judge made from it) and return the stats.
 
-    Under `accelerate launch --num_processes K` the K processes share the new shards (`trl_vlprm.utils.ranks`) and
-    rank 0 prints the summary of the whole folder once every rank is done.
+    Under `accelerate launch --num_processes K` the K processes share the new shards (`trl_vlprm.utils.ranks`); the
+    stats returned are those of the whole folder once every rank is done.
     """
-    ranks = Ranks.from_environment()
     policy, questions = _make_policy_and_questions(config)
-    stats = build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
-    if ranks.is_main:
-        print(summary_line(stats))
-        if config.judge == "batch":
-            print(batch_cost_line(stats, judge_config or JudgeConfig()))
-    return stats
+    return build_dataset(questions, policy, config, judge_config=judge_config, ranks=Ranks.from_environment())
 
 
 def batch_cost_line(stats: BatchStats, judge_config: JudgeConfig) -> str:

@@ -61,15 +61,10 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, config.num_labels))
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
         kwargs.pop("logits_to_keep", None)
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            **kwargs,
-        )
+        # The key/value cache passes through under whichever name the installed transformers reads (`modeling.compat`).
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         return TokenClassifierOutput(logits=self.score(outputs.last_hidden_state))
 
 

@@ -14,12 +14,12 @@ import argparse
 from trl import TrlParser
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.labeling.builder import JudgeFailureError, run
+from trl_vlprm.labeling.builder import JudgeFailureError, batch_cost_line, run, summary_line
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.labeler import BatchStats
 from trl_vlprm.labeling.shards import ShardError
-from trl_vlprm.utils.ranks import RankFailedError
+from trl_vlprm.utils.ranks import RankFailedError, Ranks
 from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
 
 # The finished shards stay on disk for the rerun that follows the fix.
@@ -38,4 +38,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
 
 def main(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchStats:
     """Label the questions `config` names with the policy and judge it describes; prints and returns the stats."""
-    return run(config, judge_config)
+    stats = run(config, judge_config)
+    if Ranks.from_environment().is_main:  # the summary of the whole folder, once
+        print(summary_line(stats))
+        if config.judge == "batch":
+            print(batch_cost_line(stats, judge_config or JudgeConfig()))
+    return stats

@@ -141,7 +141,5 @@ def main(script_args: PRMScriptArguments, training_args: VLPRMConfig, model_args
     trainer.create_model_card(dataset_name=dataset_name)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=dataset_name)
-    if trainer.accelerator.is_main_process:
-        print(f"world_size={trainer.accelerator.num_processes}")
     trainer.accelerator.wait_for_everyone()  # ranks leave together: a rank exiting mid-save can abort its peers
     return trainer

@@ -119,7 +119,8 @@ class Ranks:
     def log(self, message: str) -> None:
         """One line on stderr prefixed with the rank, when the run has several processes (a single one is quiet)."""
         if self.world_size > 1:
-            print(f"[rank {self.rank}/{self.world_size}] {message}", file=sys.stderr, flush=True)
+            sys.stderr.write(f"[rank {self.rank}/{self.world_size}] {message}\n")
+            sys.stderr.flush()
 
     @contextlib.contextmanager
     def locked_plan(self, lock_path: str | Path, plan: Callable[[], T]) -> Iterator[T]:
