@@ -17,6 +17,7 @@ from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
 from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
 from trl_vlprm.utils.resume import dataclass_settings
+from trl_vlprm.utils.trackers import check_report_to
 
 
 @dataclass
@@ -61,6 +62,9 @@ class LabelConfig:
         judge_flip_rate_perception / judge_flip_rate_reasoning: noise of the "testbed" judge.
         seed: seed of the puzzles, the scripted policy and the testbed judge.
         show_progress: show a tqdm bar with the running costs.
+        report_to: trackers the labelling's tables (summary, rule cases) go to, as `TrainingArguments.report_to`:
+            "none", "all" or names among tensorboard, trackio, wandb (`trl_vlprm.utils.trackers`); TensorBoard
+            writes to `<output_dir>/runs`.
     """
 
     dataset: str = field(
@@ -159,8 +163,16 @@ class LabelConfig:
     )
     seed: int = field(default=0, metadata={"help": "Seed of the puzzles, the scripted policy and the testbed judge."})
     show_progress: bool = field(default=True, metadata={"help": "Show a tqdm bar with the running costs."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": "Trackers the labelling's tables go to, as TrainingArguments.report_to: 'none', 'all' or names "
+            "among tensorboard, trackio, wandb; TensorBoard writes to <output_dir>/runs."
+        },
+    )
 
     def __post_init__(self):
+        check_report_to(self.report_to, "LabelConfig.report_to")  # before any rollout: a tracker not installed
         RULES.check(self.rule, "LabelConfig.rule")
         MC_MODES.check(self.mc_mode, "LabelConfig.mc_mode")
         checks = {
@@ -225,4 +237,4 @@ class LabelConfig:
         return pinned
 
 
-_NOT_PINNED = ("output_dir", "show_progress", "num_questions", "judge_max_failed_share")
+_NOT_PINNED = ("output_dir", "show_progress", "num_questions", "judge_max_failed_share", "report_to")
