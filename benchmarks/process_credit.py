@@ -24,7 +24,7 @@ from pathlib import Path
 
 LOGGED = [
     "reward",
-    "rewards/vlprm_min/mean",
+    "rewards/vlprm/mean",
     "rewards/outcome_reward/mean",
     "process/fallback",
     "process/steps_per_completion",
@@ -55,6 +55,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--outcome_weight", type=float, default=0.5)
     parser.add_argument("--step_separator", default=" ", help="the tiny PRM's separator (random text: many steps)")
     parser.add_argument("--use_cpu", action="store_true", help="needed for a 2-process gloo launch on a CPU")
+    parser.add_argument(
+        "--scorer",
+        choices=["prm", "rule"],
+        default="prm",
+        help="prm: the tiny VL-PRM; rule: a known step rule (a word holding an 'e' is a wrong step), so whether the "
+        "policy learns to avoid wrong steps can be measured",
+    )
+    parser.add_argument("--aggregation", default="min", help="VLPRMReward's aggregation (the outcome's PRM share)")
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON file for the per-mode logs and the overhead ratios")
     return parser.parse_args(argv)
 
@@ -76,12 +86,29 @@ def build_models(args: argparse.Namespace) -> tuple[Path, Path]:
     return policy, prm
 
 
+class RuleScorer:
+    """A `StepScorer` whose truth is known: a step (a word of the random policy's text) holding an "e" is wrong (0),
+    any other is right (1). With it the learning comparison measures what per-step credit is for: does the policy
+    stop writing wrong steps, and how fast."""
+
+    def __init__(self, step_separator: str = " "):
+        self.step_separator = step_separator
+
+    def score(self, question, candidates):
+        return [[0.0 if "e" in step.lower() else 1.0 for step in candidate.steps] for candidate in candidates]
+
+
 def run_mode(mode: str, args: argparse.Namespace, policy: Path, prm: Path, dataset, output_dir: Path):
     from trl_vlprm.guidance.process_grpo import VLPRMGRPOConfig, VLPRMGRPOTrainer
     from trl_vlprm.guidance.rewards import VLPRMReward, outcome_reward
     from trl_vlprm.modeling.processor import load_processor
 
-    reward = VLPRMReward.from_pretrained(prm, prompt_column="prm_prompt", max_steps=24)
+    if args.scorer == "rule":
+        reward = VLPRMReward(RuleScorer(args.step_separator), aggregation=args.aggregation, max_steps=24, name="vlprm")
+    else:
+        reward = VLPRMReward.from_pretrained(
+            prm, aggregation=args.aggregation, prompt_column="prm_prompt", max_steps=24, name="vlprm"
+        )
     processor = load_processor(policy)
     processor.tokenizer.padding_side = "left"
     config = VLPRMGRPOConfig(
@@ -93,14 +120,14 @@ def run_mode(mode: str, args: argparse.Namespace, policy: Path, prm: Path, datas
         max_completion_length=args.max_completion_length,
         max_steps=args.steps,
         logging_steps=1,
-        learning_rate=1e-3,
+        learning_rate=args.learning_rate,
         beta=0.04,
         reward_weights=[1.0, 1.0],
         bf16=False,
         use_cpu=args.use_cpu,
         report_to="none",
         save_strategy="no",
-        seed=0,
+        seed=args.seed,
         disable_tqdm=True,
     )
     trainer = VLPRMGRPOTrainer(
@@ -110,7 +137,8 @@ def run_mode(mode: str, args: argparse.Namespace, policy: Path, prm: Path, datas
         train_dataset=dataset,
         processing_class=processor,
     )
-    reward.scorer.model.to(trainer.accelerator.device)
+    if args.scorer == "prm":
+        reward.scorer.model.to(trainer.accelerator.device)
     started = time.perf_counter()
     trainer.train()
     return trainer, time.perf_counter() - started
@@ -125,6 +153,12 @@ def summarise(trainer) -> dict[str, float | None]:
             values = values[1:] or values  # the first step warms up (allocations, lazy imports)
         summary[key] = sum(values) / len(values) if values else None
     summary["optimizer_steps"] = len(steps)
+    # The learning curve: the PRM's (or rule's) reward per step, and its mean over the first and last quarter.
+    curve = [entry.get("rewards/vlprm/mean") for entry in steps]
+    quarter = max(1, len(curve) // 4)
+    summary["reward_curve"] = curve
+    summary["vlprm_first_quarter"] = sum(curve[:quarter]) / quarter if curve else None
+    summary["vlprm_last_quarter"] = sum(curve[-quarter:]) / quarter if curve else None
     return summary
 
 
@@ -177,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
 def table(results: dict) -> str:
     modes = list(results["modes"])
     lines = ["| metric | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
-    for key in [*LOGGED, "step_time_ratio", "credit_ratio"]:
+    for key in [*LOGGED, "step_time_ratio", "credit_ratio", "vlprm_first_quarter", "vlprm_last_quarter"]:
         cells = [results["modes"][m].get(key) for m in modes]
         lines.append(f"| {key} | " + " | ".join("-" if c is None else f"{c:.4g}" for c in cells) + " |")
     return "\n".join(lines)

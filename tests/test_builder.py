@@ -43,7 +43,7 @@ def toy_config(output_dir, **overrides):
 
 
 def expected_ids(num_questions=NUM_QUESTIONS):
-    return {f"q{i}/r{j}" for i in range(num_questions) for j in range(NUM_ROLLOUTS)}
+    return {f"q{i}#{j}" for i in range(num_questions) for j in range(NUM_ROLLOUTS)}
 
 
 def test_shards_hold_images_labels_and_provenance(tmp_path):
@@ -265,8 +265,21 @@ def test_paper_label_recipe_runs_with_cpu_overrides(tmp_path, capsys):
         assert verdicts[first:] == ["incorrect"] * (len(verdicts) - first)
 
 
-def test_a_scripted_policy_on_other_data_is_refused_as_a_setting():
-    """Checked by the config while the CLI parses (one line, exit 1), not when the policy is built (a traceback)."""
-    with pytest.raises(ValueError, match=r"LabelConfig.policy='scripted' only solves dataset='puzzles' .*not "
-                                         r"dataset='questions.parquet'"):  # fmt: skip
-        LabelConfig(dataset="questions.parquet")
+def test_a_scripted_policy_labels_a_puzzles_file_and_refuses_other_data(tmp_path):
+    """A `trl-vlprm puzzles` file carries the puzzles' hidden state, so the scripted policy labels it (it was refused
+    before, whatever the file); a file without that state is refused naming its columns and the fix."""
+    from trl_vlprm.data.loading import write_dataset
+    from trl_vlprm.labeling.builder import _make_policy_and_questions
+    from trl_vlprm.testbed import generate_puzzles
+    from trl_vlprm.utils.errors import UsageError
+
+    puzzles = generate_puzzles(3, seed=5, families="learnable", image_size=84)
+    path = write_dataset(puzzles, tmp_path / "puzzles.parquet")
+    policy, questions = _make_policy_and_questions(LabelConfig(dataset=str(path)))
+    assert [q["id"] for q in questions] == puzzles["id"] and len(questions) == 3
+    solution = policy.sample_solutions(questions[0], 1)[0]
+    assert len(solution.steps) == 3 and len(solution.gold_correct) == 3
+    plain = write_dataset(puzzles.remove_columns("metadata"), tmp_path / "questions.parquet")
+    refused = r"LabelConfig.policy='scripted' solves only testbed puzzles, .*questions.parquet has columns \['id', "
+    with pytest.raises(UsageError, match=refused + r".*trl-vlprm puzzles --out"):
+        _make_policy_and_questions(LabelConfig(dataset=str(plain)))

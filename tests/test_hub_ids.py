@@ -273,11 +273,12 @@ def test_eval_spec_takes_a_repo_id_and_revision(tiny_hub, tmp_path):
 
 def test_a_folder_that_is_not_there_is_named_as_missing(tmp_path):
     """A model path that does not exist was read by transformers as a malformed repo id ("Repo id must be in the
-    form 'repo_name'..."), an OSError the CLI printed with a traceback; now a FileNotFoundError naming the model."""
+    form 'repo_name'..."), an OSError the CLI printed with a traceback; now a FileNotFoundError naming the model
+    and saying the folder is not there."""
     from trl_vlprm.modeling.hub import require_model
 
     missing = tmp_path / "no-such-prm"
-    with pytest.raises(FileNotFoundError, match=rf"model '{missing}': no such model folder, nor a Hub repo"):
+    with pytest.raises(FileNotFoundError, match=rf"model '{missing}': no such folder \({missing}\)$"):
         require_model(missing)
     missing.mkdir()
     with pytest.raises(FileNotFoundError, match=r"no-such-prm' \(revision main\): no config.json in that folder"):

@@ -16,10 +16,13 @@ _LAZY = {
     "PRMScorer": "trl_vlprm.guidance.scorer",
     "Candidate": "trl_vlprm.types",
     "VLPRMReward": "trl_vlprm.guidance.rewards",
+    "VLPRMGRPOConfig": "trl_vlprm.guidance.process_grpo",
+    "VLPRMGRPOTrainer": "trl_vlprm.guidance.process_grpo",
     "load_prm": "trl_vlprm.modeling.heads",
 }
 
 if TYPE_CHECKING:
+    from trl_vlprm.guidance.process_grpo import VLPRMGRPOConfig, VLPRMGRPOTrainer
     from trl_vlprm.guidance.rewards import VLPRMReward
     from trl_vlprm.guidance.scorer import PRMScorer
     from trl_vlprm.modeling.heads import load_prm
@@ -34,4 +37,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'trl_vlprm' has no attribute {name!r}")
 
 
-__all__ = ["VLPRMConfig", "VLPRMTrainer", "PRMScorer", "Candidate", "VLPRMReward", "load_prm", "__version__"]
+__all__ = [
+    "VLPRMConfig",
+    "VLPRMTrainer",
+    "PRMScorer",
+    "Candidate",
+    "VLPRMReward",
+    "VLPRMGRPOConfig",
+    "VLPRMGRPOTrainer",
+    "load_prm",
+    "__version__",
+]

@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from trl_vlprm.data.schema import RecordError
-from trl_vlprm.registry import UnknownNameError
 from trl_vlprm.scripts import COMMANDS
 
 
@@ -39,10 +37,29 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Failures a user causes in any command, besides the command module's own `EXPECTED_ERRORS`: a name no registry
-# has (a typo'd strategy, benchmark, backend, rule...), a file that is not there (a dataset, a model folder), a
-# record that breaks the schema (the message names its row and field) and a model no family covers (`user_errors`).
-USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, FileNotFoundError, RecordError)
+# Failures a user causes in any command, as "module:Class": a name no registry has (a typo'd strategy, benchmark,
+# backend, rule...), a file that is not there, a record that breaks the schema (the message names its row and
+# field), a setting that cannot work, a rerun with other settings or into a locked output, a failed rank, a model no
+# family covers or that is no PRM, a labelling shard or judge failure, a file the viewer cannot read. A class counts
+# once its module is imported: an exception of a module the command never imported cannot have been raised, and
+# importing them all here would make `trl-vlprm puzzles` pay for torch.
+USER_ERRORS: tuple[str, ...] = (
+    "builtins:FileNotFoundError",
+    "trl_vlprm.registry:UnknownNameError",
+    "trl_vlprm.data.schema:RecordError",
+    "trl_vlprm.utils.errors:UsageError",
+    "trl_vlprm.utils.resume:SettingsMismatchError",
+    "trl_vlprm.utils.resume:OutputLockedError",
+    "trl_vlprm.utils.ranks:RankFailedError",
+    "trl_vlprm.modeling.families.base:UnsupportedModelError",
+    "trl_vlprm.modeling.heads:MissingPRMMetadataError",
+    "trl_vlprm.modeling.heads:BackboneNotLoadedError",
+    "trl_vlprm.modeling.hub:RemoteCodeError",
+    "trl_vlprm.guidance.backends:MissingModelError",
+    "trl_vlprm.labeling.shards:ShardError",
+    "trl_vlprm.labeling.builder:JudgeFailureError",
+    "trl_vlprm.eval.viewer.readers:ViewInputError",
+)
 # While the arguments are parsed, every ValueError is a bad setting: an unknown field in the YAML file, or a config
 # dataclass' `__post_init__` refusing a value (each names the field).
 SETTING_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
@@ -51,10 +68,14 @@ TRACEBACK_VARIABLE = "TRL_VLPRM_TRACEBACK"
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """`USER_ERRORS`, plus `UnsupportedModelError` once the command has loaded the model families: importing them
-    here would make every command pay for torch, and until they are loaded that error cannot have been raised."""
-    families = sys.modules.get("trl_vlprm.modeling.families.base")
-    return USER_ERRORS + ((families.UnsupportedModelError,) if families is not None else ())
+    """The classes of `USER_ERRORS` whose modules are imported (the others cannot have been raised)."""
+    found = []
+    for entry in USER_ERRORS:
+        module_name, _, name = entry.partition(":")
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found.append(getattr(module, name))  # an AttributeError here means a renamed class: a bug to fix here
+    return tuple(found)
 
 
 def _fail(command: str, err: Exception) -> NoReturn:
@@ -64,7 +85,8 @@ def _fail(command: str, err: Exception) -> NoReturn:
     message = str(err).strip() or type(err).__name__
     if isinstance(err, FileNotFoundError) and err.filename is not None:  # OSError's str() leads with "[Errno 2]"
         message = f"no such file or folder: {err.filename}"
-    print(f"trl-vlprm {command}: {message.splitlines()[0] if message else message}", file=sys.stderr)
+    # One line: a message of several lines (a library's own, a table) is joined, not cut after its first line.
+    print(f"trl-vlprm {command}: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(1) from err
 
 
@@ -97,8 +119,7 @@ def run(command: str, argv: Sequence[str] | None = None, prog: str | None = None
     """Parse `argv` with the command's parser and run its `main`; returns the exit status.
 
     A failure the user caused is printed as one line on stderr and exits with status 1 (`SystemExit`): a bad
-    setting while parsing (`SETTING_ERRORS`); while running, an unknown name, a missing file, a bad record or an
-    unsupported model (`user_errors`) or the command module's `EXPECTED_ERRORS`. Anything else is a bug and keeps
+    setting while parsing (`SETTING_ERRORS`); while running, any of `USER_ERRORS`. Anything else is a bug and keeps
     its traceback.
     """
     module: ModuleType = importlib.import_module(f"trl_vlprm.scripts.{command}")
@@ -110,7 +131,7 @@ def run(command: str, argv: Sequence[str] | None = None, prog: str | None = None
         _fail(command, err)
     try:
         result = module.main(*parsed)
-    except (*user_errors(), *module.EXPECTED_ERRORS) as err:
+    except user_errors() as err:
         _fail(command, err)
     # `check` returns its exit status; the other commands return what they made
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

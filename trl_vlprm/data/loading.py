@@ -10,6 +10,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from trl_vlprm.utils.errors import UsageError
+
 
 def _named_splits(path: Path) -> bool:
     """True for a folder whose splits have names: a saved `DatasetDict` or the hub layout."""
@@ -75,6 +77,29 @@ def load_records(
         ) from err
 
 
+# Column signatures of this project's other outputs, so that one given where records are expected is named.
+OUTPUT_SIGNATURES: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"chosen", "candidates"}), "a `trl-vlprm tts` results file (per question: candidates, chosen answer)"),
+    (frozenset({"benchmark", "scorer", "strategy"}), "a `trl-vlprm eval` results table (accuracy per setting and N)"),
+)
+# What each kind of input holds, and which command writes it.
+STEP_RECORDS = "step-labelled records (prompt, images, completions, labels), as `trl-vlprm label` writes"
+QUESTION_RECORDS = "question records (id, prompt, images, answer), as `trl-vlprm puzzles` writes"
+
+
+def require_columns(dataset: Dataset, source: str | Path, needed: tuple[str, ...], expected: str) -> None:
+    """Refuse another command's output (its columns match `OUTPUT_SIGNATURES`) or a dataset that lacks a column
+    `needed`, saying what it is and what the caller reads (`expected`, e.g. `STEP_RECORDS`), instead of failing
+    later on the first missing column or reading results as input."""
+    columns = list(dataset.column_names)
+    missing = [name for name in needed if name not in columns]
+    what = next((kind for signature, kind in OUTPUT_SIGNATURES if signature <= set(columns)), None)
+    if what is None and not missing:
+        return
+    lacking = f", without column(s) {missing}" if missing else ""
+    raise UsageError(f"{source} is {what or f'a dataset with columns {columns}'}{lacking}; expected {expected}")
+
+
 def load_questions(source: str | Path, split: str = "test", max_questions: int | None = None) -> Dataset:
     """The question records of TTS and labelling (`id`, `prompt`, `images`, `answer`, optional `options`).
 
@@ -86,6 +111,7 @@ def load_questions(source: str | Path, split: str = "test", max_questions: int |
     if not path.exists() and path.suffix:
         raise FileNotFoundError(f"dataset {str(source)!r}: no such datasets folder nor .jsonl/.json/.parquet file")
     dataset = load_records(str(source), split)
+    require_columns(dataset, source, ("prompt",), QUESTION_RECORDS)
     if max_questions is not None:
         dataset = dataset.select(range(min(max_questions, len(dataset))))
     return dataset

@@ -69,6 +69,21 @@ def format_prompt(question: str, options: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def solution_id(question_id: Any, k: int) -> str:
+    """The id of a question's `k`-th solution row: `<question id>#<k>`. Every writer of solution rows (the labeller,
+    `trl-vlprm puzzles --solutions`, the testbed process bench) uses it, so `question_key` groups them all alike."""
+    return f"{question_id}#{k}"
+
+
+def question_key(record: Mapping[str, Any]) -> str:
+    """Solution rows of one question share this key: their `question_id` column (the labeller writes it), else the
+    id before "#" (`solution_id`), else the id with the prompt (a row that is its question's only solution)."""
+    if record.get("question_id") not in (None, ""):
+        return str(record["question_id"])
+    row_id = str(record.get("id") or "")
+    return row_id.split("#")[0] if "#" in row_id else f"{row_id}|{record.get('prompt')}"
+
+
 def question_ids(questions: Iterable[Mapping[str, Any]], purpose: str) -> list[str]:
     """The `id` of every question as a string, in order. A run that resumes by id (labelling, test-time scaling, the
     evaluation sweep) would silently skip a question whose id repeats, so a missing or repeated id is a

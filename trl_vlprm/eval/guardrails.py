@@ -21,17 +21,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trl_vlprm.data.schema import question_key
 from trl_vlprm.guidance.aggregation import aggregate
 from trl_vlprm.guidance.policy import Candidate, StepScorer
+from trl_vlprm.utils.errors import UsageError
 
 # Below this mean |shift| of perception-step P(correct), a VL-PRM is treated as blind to its image.
 BLIND_SHIFT = 0.01
-
-
-def question_key(record: Mapping[str, Any]) -> str:
-    """Rows of one question share this key: the id before "#" (`<puzzle id>#<k>`), else the prompt text."""
-    row_id = str(record.get("id") or "")
-    return row_id.split("#")[0] if "#" in row_id else f"{row_id}|{record.get('prompt')}"
 
 
 def group_by_question(records: Iterable[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
@@ -147,7 +143,10 @@ def best_of_n_vs_random(
     """
     groups = [g for g in group_by_question(records) if len(g) >= 2]
     if not groups:
-        raise ValueError("best_of_n_vs_random needs questions with at least 2 labelled solutions each")
+        raise UsageError(
+            f"best-of-N vs random needs questions with at least 2 labelled solutions each; the {len(records)} rows "
+            "given group into none (rows of one question share their question_id column, else the id before '#')"
+        )
     picked = expected = any_right = 0.0
     for group in groups:
         correct = [all(float(label) >= 0.5 for label in row["labels"]) for row in group]

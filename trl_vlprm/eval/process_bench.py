@@ -24,7 +24,15 @@ from typing import Any
 
 from trl_vlprm.data.puzzlevqa import read_jsonl
 from trl_vlprm.data.references import question_reference
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, REASONING, STEP_TYPES, RecordError, question_columns
+from trl_vlprm.data.schema import (
+    IMAGE_PLACEHOLDER,
+    PERCEPTION,
+    REASONING,
+    STEP_TYPES,
+    RecordError,
+    question_columns,
+    solution_id,
+)
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.registry import Registry
 from trl_vlprm.trainer.metrics import precision_recall_f1
@@ -198,7 +206,7 @@ def testbed_process_bench(
     for question in generate_puzzles(num_questions, seed=seed):
         for k, solution in enumerate(policy.sample_solutions(question, solutions_per_question)):
             records.append({
-                "id": f"{question['id']}#{k}", "prompt": question["prompt"], "images": question["images"],
+                "id": solution_id(question["id"], k), "prompt": question["prompt"], "images": question["images"],
                 "answer": question["answer"], "options": question["options"], "completions": solution.steps,
                 "process_correctness": [1 if g else -1 for g in solution.gold_correct],
                 "step_types": list(solution.step_types or []), "category": question["category"],

@@ -184,9 +184,10 @@ class TTSArguments:
         num_questions: use only the first questions (all when None, 64 generated for "puzzles"); must be >= 1. Not
             pinned: a rerun with more questions answers the new ones.
         strategy: search strategy, a name in `trl_vlprm.guidance.strategies.STRATEGIES`.
-        policy: a policy backend of `trl_vlprm.guidance.backends`: "scripted" (the testbed policy, "puzzles" only),
-            "hf" (transformers) or "vllm" on the model at `policy_model_path`, or a full spec such as
-            "vllm:<model>,max_model_len=8192" or "server:http://host:8000/v1,model=<name>" (OpenAI-compatible servers).
+        policy: a policy backend of `trl_vlprm.guidance.backends`: "scripted" (the testbed policy: "puzzles" or a
+            `trl-vlprm puzzles` file), "hf" (transformers) or "vllm" on the model at `policy_model_path`, or a full
+            spec such as "vllm:<model>,max_model_len=8192" or "server:http://host:8000/v1,model=<name>"
+            (OpenAI-compatible servers).
         policy_model_path: the policy model ("hf"/"vllm"): a folder or a Hub repo id.
         policy_model_revision: branch, tag or commit of a `policy_model_path` repo id (None: "main").
         scorer: a scorer backend of `trl_vlprm.guidance.backends`: "prm" (a trained PRM at `prm_model_path`; in
@@ -236,9 +237,9 @@ class TTSArguments:
     policy: str = field(
         default="scripted",
         metadata={
-            "help": "A policy backend of trl_vlprm.guidance.backends: 'scripted' (the testbed policy, 'puzzles' "
-            "only), 'hf' (transformers) or 'vllm' on the model at policy_model_path, or a full spec such as "
-            "'vllm:<model>,max_model_len=8192' or 'server:http://host:8000/v1,model=<name>'."
+            "help": "A policy backend of trl_vlprm.guidance.backends: 'scripted' (the testbed policy: 'puzzles' or a "
+            "trl-vlprm puzzles file), 'hf' (transformers) or 'vllm' on the model at policy_model_path, or a full "
+            "spec such as 'vllm:<model>,max_model_len=8192' or 'server:http://host:8000/v1,model=<name>'."
         },
     )
     policy_model_path: str | None = field(
@@ -349,14 +350,16 @@ def build_questions(args: TTSArguments):
         from trl_vlprm.testbed import generate_puzzles
 
         return list(generate_puzzles(64 if args.num_questions is None else args.num_questions, seed=args.seed))
-    return load_questions(args.dataset, args.dataset_split, args.num_questions)
+    questions = load_questions(args.dataset, args.dataset_split, args.num_questions)
+    if parse_spec(args.policy_spec())[0] == "scripted":  # a `trl-vlprm puzzles` file: the puzzles' states are there
+        from trl_vlprm.testbed.generator import require_puzzle_states
+
+        require_puzzle_states(questions, args.dataset, "TTSArguments.policy")
+    return questions
 
 
 def build_policy(args: TTSArguments) -> Policy:
     """The policy `args.policy` names, built by the one factory (`trl_vlprm.guidance.backends`)."""
-    # Checked here, not in `__post_init__`: `dataclasses.replace` of the testbed defaults must build any dataset.
-    if parse_spec(args.policy_spec())[0] == "scripted" and args.dataset != "puzzles":
-        raise ValueError("TTSArguments.policy='scripted' only solves dataset='puzzles'")
     return backends.build_policy(args.policy_spec(), args.seed, asdict(args.sampling()))
 
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.loading import load_questions
 from trl_vlprm.data.schema import RecordError, question_ids
-from trl_vlprm.guidance.backends import build_policy
+from trl_vlprm.guidance.backends import build_policy, parse_spec
 from trl_vlprm.labeling.batch_judge import BatchJudge, batch_cost
 from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
@@ -289,7 +289,11 @@ def _make_policy_and_questions(config: LabelConfig):
         questions = generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
     else:
         questions = load_questions(config.dataset, config.dataset_split, config.num_questions)
-    spec = config.policy_spec()  # LabelConfig refused a scripted policy on other data than the puzzles
+        if parse_spec(config.policy_spec())[0] == "scripted":  # a `trl-vlprm puzzles` file carries their states
+            from trl_vlprm.testbed.generator import require_puzzle_states
+
+            require_puzzle_states(questions, config.dataset, "LabelConfig.policy")
+    spec = config.policy_spec()
     return build_policy(spec, config.seed, config.sampling_defaults()), questions
 
 

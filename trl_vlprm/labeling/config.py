@@ -42,7 +42,8 @@ class LabelConfig:
             "binary_search" (OmegaPRM first-error search).
         mc_num_completions: K, completions per MC estimate.
         mc_threshold: a step is good when its MC score is above this.
-        policy: a policy backend of `trl_vlprm.guidance.backends`: "scripted" (testbed policy; "puzzles" only),
+        policy: a policy backend of `trl_vlprm.guidance.backends`: "scripted" (testbed policy: "puzzles" or a
+            `trl-vlprm puzzles` file),
             "hf" (transformers) or "vllm" (a vLLM engine) on the model at `policy_model_path`, or a full spec such as
             "vllm:<model>,top_p=0.9" or "server:http://host:8000/v1,model=<name>" (OpenAI-compatible servers).
         policy_model_path: the policy model ("hf", "vllm"): a folder or a Hub repo id.
@@ -116,10 +117,10 @@ class LabelConfig:
     policy: str = field(
         default="scripted",
         metadata={
-            "help": "The policy, a backend of trl_vlprm.guidance.backends: 'scripted' (testbed policy, 'puzzles' "
-            "only), 'hf' (transformers) or 'vllm' (a vLLM engine) on the model at policy_model_path, or a full spec "
-            "such as 'vllm:<model>,top_p=0.9' or 'server:http://host:8000/v1,model=<name>' (OpenAI-compatible "
-            "servers)."
+            "help": "The policy, a backend of trl_vlprm.guidance.backends: 'scripted' (testbed policy: 'puzzles' "
+            "or a trl-vlprm puzzles file), 'hf' (transformers) or 'vllm' (a vLLM engine) on the model at "
+            "policy_model_path, or a full spec such as 'vllm:<model>,top_p=0.9' or "
+            "'server:http://host:8000/v1,model=<name>' (OpenAI-compatible servers)."
         },
     )
     policy_model_path: str | None = field(
@@ -191,11 +192,6 @@ class LabelConfig:
             raise ValueError(f"LabelConfig.policy_model_path is needed for policy {self.policy!r} ({err})") from None
         except ValueError as err:
             raise ValueError(f"LabelConfig.policy={self.policy!r}: {err}") from None
-        if parse_spec(self.policy_spec())[0] == "scripted" and self.dataset != "puzzles":
-            raise ValueError(
-                f"LabelConfig.policy='scripted' only solves dataset='puzzles' (it reads the puzzles' hidden state), "
-                f"not dataset={self.dataset!r}"
-            )
         if self.judge == "testbed" and parse_spec(self.policy_spec())[0] != "scripted":
             raise ValueError("LabelConfig.judge='testbed' answers from gold only the scripted policy knows")
         if self.shard_size < 1 or self.num_rollouts < 1:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trl_vlprm.data.answers import Grader
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, to_json_string
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, solution_id, to_json_string
 from trl_vlprm.guidance.policy import Policy, Question
 from trl_vlprm.labeling.combine import RULES, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
@@ -240,7 +240,7 @@ def label_solutions(
         }
         rows.append(
             {
-                "id": f"{qid}/r{j}",
+                "id": solution_id(qid, j),
                 "question_id": qid,
                 "prompt": prompt_text(question, qid),
                 "images": list(question.get("images") or []),

@@ -19,8 +19,10 @@ with a randomly initialised value head. Published text PRMs with their own head 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 from functools import cache
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from transformers.modeling_outputs import TokenClassifierOutput
 from trl_vlprm.modeling.families import find_family
 from trl_vlprm.modeling.hub import refuse_remote_code, require_model
 from trl_vlprm.modeling.presets import PRESETS, PRMPreset, find_preset, get_preset
+from trl_vlprm.utils.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +152,47 @@ def resolve_preset(path: str | Path, preset: str | PRMPreset | None = None) -> P
     return get_preset(preset) if preset is not None else find_preset(path)
 
 
+class _HoldLoadReport(logging.Filter):
+    """Holds back transformers' LOAD REPORT warning while a base model gets a new value head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _expected_load_report(path: str | os.PathLike, new_value_head: bool):
+    """A base model loaded with a new value head makes transformers print a LOAD REPORT table (`lm_head.weight`
+    UNEXPECTED, `score.*` MISSING) that reads like a failure but is what starting a value head means: say so in one
+    line instead. A report naming anything else (a backbone tensor) is shown as transformers wrote it."""
+    if not new_value_head:
+        yield
+        return
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    hold = _HoldLoadReport()
+    report_logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(hold)
+    for record in hold.held:
+        listed = re.findall(r"^(\S+)\s+\|\s+(?:\x1b\[[0-9;]*m)?(UNEXPECTED|MISSING)", record.getMessage(), re.M)
+        if listed and all(key.startswith(("lm_head.", "score.")) for key, _ in listed):
+            logger.warning(
+                "load_prm: %s is a base model: its LM head (lm_head.weight) is left out and a new value head "
+                "(score.*) starts random, to be trained; transformers' LOAD REPORT of these keys is expected",
+                path,
+            )
+        else:
+            report_logger.handle(record)
+
+
 def load_prm(
     name_or_path: str | os.PathLike,
     head: str | None = None,
@@ -195,15 +239,24 @@ def load_prm(
             "published PRM."
         )
     if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        raise UsageError(f"head must be one of {HEADS}, got {head!r}")
+    if saved_head is not None and head != saved_head:
+        # Loading a value-head PRM as generative would read an LM head it does not have, and a generative PRM as
+        # value would score with a new, random value head: refuse both, naming what the checkpoint says.
+        raise UsageError(
+            f"{path} is a {saved_head}-head PRM (its config.json records prm_head={saved_head!r}) but head={head!r} "
+            f"was asked for; leave the head unset (or set head={saved_head!r}) to score with the head it was trained"
+        )
     is_value_prm = saved_head == "value" or (preset is not None and preset.head == "value")
-    if head == "value" and not is_value_prm:
+    new_value_head = head == "value" and not is_value_prm
+    if new_value_head:
         config.num_labels = num_labels
         logger.info("load_prm: %s gets a new, randomly initialised value head (%d labels)", path, num_labels)
     model_class = _model_class(config.model_type, head, getattr(config, "architectures", None))
-    model, info = model_class.from_pretrained(
-        path, config=config, dtype=dtype, revision=revision, output_loading_info=True, **kwargs
-    )
+    with _expected_load_report(path, new_value_head):
+        model, info = model_class.from_pretrained(
+            path, config=config, dtype=dtype, revision=revision, output_loading_info=True, **kwargs
+        )
     # A new head (a base model given head="value") legitimately lacks its weights; a saved value PRM must have them,
     # else from_pretrained draws a random head, a different one on every load.
     missing_head = [k for k in info["missing_keys"] if k.startswith(_head_keys(head))]

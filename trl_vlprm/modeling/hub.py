@@ -10,6 +10,7 @@ a guess from whether a path exists.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -42,6 +43,7 @@ def require_model(name_or_path: ModelName, revision: str | None = None) -> Path:
     (Offline, transformers answers an absent repo with a message that names neither the repo nor the cache, and a
     folder that does not exist with "Repo id must be in the form 'repo_name'...".)
     """
+    _refuse_missing_folder(name_or_path)
     try:
         config = model_file(name_or_path, "config.json", revision)
     except OSError as error:
@@ -58,6 +60,35 @@ def require_model(name_or_path: ModelName, revision: str | None = None) -> Path:
         revision_name = revision or "main"
         raise FileNotFoundError(f"model {str(name_or_path)!r} (revision {revision_name}): no config.json in {where}")
     return config
+
+
+def _refuse_missing_folder(name_or_path: ModelName) -> None:
+    """A name that can only be a local path (absolute, `./`, `../`, `~`, more than one `/`, or under a folder that
+    exists here, such as `outputs/vlprm-tny`) and is not there: say "no such folder", with the close names beside it,
+    rather than report a Hub repo missing from the cache."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        return
+    parts = Path(name).parts
+    local = (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or len(parts) > 2
+        or (len(parts) == 2 and Path(parts[0]).is_dir())
+    )
+    if not local:
+        return
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    hint = ""
+    if parent == path.parent:
+        siblings = sorted(p.name for p in parent.iterdir() if p.is_dir())
+        close = difflib.get_close_matches(path.name, siblings, n=3)
+        hint = f"; did you mean {', '.join(str(parent / c) for c in close)}?" if close else ""
+    else:
+        hint = f"; the nearest existing folder is {parent}"
+    raise FileNotFoundError(f"model {name!r}: no such folder ({path.resolve()}){hint}")
 
 
 class RemoteCodeError(ValueError):

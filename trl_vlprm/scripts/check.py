@@ -7,10 +7,11 @@ pick?), on labelled records or on scripted testbed solutions.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 from trl import TrlParser
+
+from trl_vlprm.scripts import command_parser
 
 
 @dataclass
@@ -20,7 +21,8 @@ class CheckArguments:
     Args:
         prm (`str`): Trained PRM folder (read with `load_prm` and `load_processor`).
         data (`str` or `None`, defaults to `None`): Stepwise dataset with labels (folder, .jsonl, .parquet; rows of
-            one question share the id before '#'); None: scripted testbed solutions.
+            one question share their `question_id`, else the id before '#', as `trl-vlprm label` and `trl-vlprm
+            puzzles --solutions` write them); None: scripted testbed solutions.
         limit (`int`, defaults to `0`): With `data`: use the first this many rows (0: all).
         families (`str`, defaults to `"learnable"`): Testbed tier or families (without `data`).
         n (`int`, defaults to `60`): Testbed puzzles (without `data`).
@@ -39,8 +41,9 @@ class CheckArguments:
     data: str | None = field(
         default=None,
         metadata={
-            "help": "Stepwise dataset with labels (folder, .jsonl, .parquet; rows of one question share the id "
-            "before '#'); None: scripted testbed solutions."
+            "help": "Stepwise dataset with labels (folder, .jsonl, .parquet; rows of one question share their "
+            "question_id, else the id before '#', as trl-vlprm label and trl-vlprm puzzles --solutions write them); "
+            "None: scripted testbed solutions."
         },
     )
     limit: int = field(default=0, metadata={"help": "With data: use the first this many rows (0: all)."})
@@ -59,13 +62,8 @@ class CheckArguments:
     strict: bool = field(default=False, metadata={"help": "Exit with status 1 when a guard-rail warns."})
 
 
-EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
-
-
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    if subparsers is not None:
-        return subparsers.add_parser("check", help="guard-rails of a trained PRM", dataclass_types=(CheckArguments,))
-    return TrlParser((CheckArguments,), prog=prog)
+def make_parser(prog: str | None = None) -> TrlParser:
+    return command_parser((CheckArguments,), prog, __doc__)
 
 
 def main(args: CheckArguments) -> int:
@@ -75,9 +73,10 @@ def main(args: CheckArguments) -> int:
 
     scorer = PRMScorer.from_pretrained(args.prm)  # first: a wrong folder fails before any data is made
     if args.data:
-        from trl_vlprm.data.loading import load_records
+        from trl_vlprm.data.loading import STEP_RECORDS, load_records, require_columns
 
         records = load_records(args.data)
+        require_columns(records, args.data, ("prompt", "images", "completions", "labels"), STEP_RECORDS)
         records = records.select(range(min(len(records), args.limit))) if args.limit else records
         source = args.data
     else:
@@ -95,10 +94,11 @@ def main(args: CheckArguments) -> int:
         source = f"{args.n} testbed puzzles ({args.families}) x {args.solutions} scripted solutions"
     rows = list(records)
     print(f"PRM {args.prm} on {source}")
+    # Best-of-N first: data that does not group into questions fails before the image-swap pass is paid for.
+    selection = best_of_n_vs_random(scorer, rows, args.aggregation)
     print("P(correct) moved by swapping each question's image for another question's:")
     swap = image_swap_sensitivity(scorer, rows)
     print("\n".join(swap.lines()))
     print("best-of-N vs a random pick on the same labelled solutions:")
-    selection = best_of_n_vs_random(scorer, rows, args.aggregation)
     print("\n".join(selection.lines()))
     return 1 if args.strict and (swap.blind or selection.below_random) else 0

@@ -10,24 +10,16 @@ questions are not sampled again); see docs/evaluation.md.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from trl import TrlParser
 
-from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.eval_tts import EvalTTSConfig, run
-from trl_vlprm.utils.ranks import RankFailedError
-from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
-
-# The samples already written stay for a rerun with the old settings.
-EXPECTED_ERRORS = (SettingsMismatchError, OutputLockedError, RecordError, RankFailedError)
+from trl_vlprm.scripts import command_parser
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    if subparsers is not None:
-        return subparsers.add_parser("eval", help="test-time-scaling evaluation", dataclass_types=(EvalTTSConfig,))
-    return TrlParser((EvalTTSConfig,), prog=prog)
+def make_parser(prog: str | None = None) -> TrlParser:
+    return command_parser((EvalTTSConfig,), prog, __doc__)
 
 
 def main(config: EvalTTSConfig) -> list[dict[str, Any]]:

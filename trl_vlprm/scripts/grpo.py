@@ -1,4 +1,4 @@
-"""`trl-vlprm grpo`: train a vision-language policy with GRPO, rewarded by a trained VL-PRM (and optionally the
+r"""`trl-vlprm grpo`: train a vision-language policy with GRPO, rewarded by a trained VL-PRM (and optionally the
 answer's correctness).
 
     trl-vlprm grpo --config recipes/configs/grpo_tiny_cpu.yaml --model_name_or_path ... --prm_model_path ...
@@ -14,7 +14,6 @@ logged as `rewards/vlprm_<aggregation>/mean` and `rewards/outcome_reward/mean`, 
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
@@ -24,9 +23,7 @@ from trl_vlprm.guidance.aggregation import AGGREGATIONS
 from trl_vlprm.guidance.process_grpo import VLPRMGRPOConfig, VLPRMGRPOTrainer
 from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset, outcome_reward
 from trl_vlprm.modeling.processor import load_processor
-
-# A missing PRM or policy folder is reported by the CLI as a missing file; nothing else here is the user's doing.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
+from trl_vlprm.scripts import command_parser
 
 
 @dataclass
@@ -135,8 +132,5 @@ def main(
     return trainer
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    dataclass_types = (GRPOScriptArguments, VLPRMGRPOConfig, ModelConfig)
-    if subparsers is not None:
-        return subparsers.add_parser("grpo", help="GRPO with a VL-PRM reward", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
+def make_parser(prog: str | None = None) -> TrlParser:
+    return command_parser((GRPOScriptArguments, VLPRMGRPOConfig, ModelConfig), prog, __doc__)

@@ -9,31 +9,19 @@ fields). Rerunning into the same `output_dir` resumes; see docs/labelling.md.
 
 from __future__ import annotations
 
-import argparse
-
 from trl import TrlParser
 
-from trl_vlprm.data.schema import RecordError
-from trl_vlprm.labeling.builder import JudgeFailureError, batch_cost_line, run, summary_line
+from trl_vlprm.labeling.builder import batch_cost_line, run, summary_line
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.labeler import BatchStats
-from trl_vlprm.labeling.shards import ShardError
-from trl_vlprm.utils.ranks import RankFailedError, Ranks
-from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
-
-# The finished shards stay on disk for the rerun that follows the fix.
-EXPECTED_ERRORS = (
-    JudgeFailureError, SettingsMismatchError, OutputLockedError, ShardError, RecordError, RankFailedError,
-)  # fmt: skip
+from trl_vlprm.scripts import command_parser
+from trl_vlprm.utils.ranks import Ranks
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
+def make_parser(prog: str | None = None) -> TrlParser:
     # The judge's settings are their own dataclass, parsed beside the labelling config (flags and YAML keys alike).
-    dataclass_types = (LabelConfig, JudgeConfig)
-    if subparsers is not None:
-        return subparsers.add_parser("label", help="build step labels", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
+    return command_parser((LabelConfig, JudgeConfig), prog, __doc__)
 
 
 def main(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchStats:

@@ -6,10 +6,11 @@ trl-vlprm puzzles --n 600 --solutions 4 --out data/testbed
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 from trl import TrlParser
+
+from trl_vlprm.scripts import command_parser
 
 
 @dataclass
@@ -58,13 +59,8 @@ class PuzzlesArguments:
     )
 
 
-EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
-
-
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    if subparsers is not None:
-        return subparsers.add_parser("puzzles", help="write testbed puzzles", dataclass_types=(PuzzlesArguments,))
-    return TrlParser((PuzzlesArguments,), prog=prog)
+def make_parser(prog: str | None = None) -> TrlParser:
+    return command_parser((PuzzlesArguments,), prog, __doc__)
 
 
 def main(args: PuzzlesArguments):

@@ -1,4 +1,4 @@
-"""`trl-vlprm train`: train a (vision-language) process reward model from one YAML recipe.
+r"""`trl-vlprm train`: train a (vision-language) process reward model from one YAML recipe.
 
     trl-vlprm train --config recipes/configs/vlprm_tiny_cpu.yaml
     accelerate launch --config_file recipes/accelerate/zero2.yaml recipes/train.py \
@@ -12,7 +12,6 @@ any of them can be given in the YAML file or on the command line. Writes the mod
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +20,13 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
 from trl_vlprm.data.converters import convert_dataset
-from trl_vlprm.data.loading import load_records
+from trl_vlprm.data.loading import STEP_RECORDS, load_records, require_columns
 from trl_vlprm.modeling.hub import model_init_kwargs_from
 from trl_vlprm.modeling.processor import load_processor
+from trl_vlprm.scripts import command_parser
+from trl_vlprm.utils.errors import UsageError
 
 logger = logging.getLogger("trl_vlprm.scripts.train")
-
-EXPECTED_ERRORS: tuple[type[Exception], ...] = ()
 
 
 @dataclass
@@ -65,11 +64,8 @@ class PRMScriptArguments(ScriptArguments):
     )
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    dataclass_types = (PRMScriptArguments, VLPRMConfig, ModelConfig)
-    if subparsers is not None:
-        return subparsers.add_parser("train", help="train a PRM", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
+def make_parser(prog: str | None = None) -> TrlParser:
+    return command_parser((PRMScriptArguments, VLPRMConfig, ModelConfig), prog, __doc__)
 
 
 def load_split(script_args: PRMScriptArguments, name: str, split: str, strict_split: bool = False):
@@ -78,6 +74,8 @@ def load_split(script_args: PRMScriptArguments, name: str, split: str, strict_sp
     if script_args.dataset_format != "records":
         kwargs = {"image_root": script_args.image_root} if script_args.dataset_format != "trl_stepwise" else {}
         dataset = convert_dataset(dataset, script_args.dataset_format, **kwargs)
+    else:
+        require_columns(dataset, name, ("prompt", "completions", "labels"), STEP_RECORDS)
     with_steps = dataset.filter(lambda steps: len(steps or []) > 0, input_columns="completions")
     if len(with_steps) < len(dataset):
         logger.warning(
@@ -100,7 +98,7 @@ def load_datasets(script_args: PRMScriptArguments, training_args: VLPRMConfig):
         try:
             eval_dataset = load_split(script_args, script_args.dataset_name, script_args.dataset_test_split, True)
         except (ValueError, KeyError) as err:
-            raise ValueError(
+            raise UsageError(
                 f"eval_strategy={training_args.eval_strategy.value!r} needs evaluation rows: "
                 f"{script_args.dataset_name} has no split {script_args.dataset_test_split!r} ({err}); set "
                 "--dataset_test_split, --eval_dataset_name or --eval_fraction"

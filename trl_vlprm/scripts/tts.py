@@ -10,11 +10,8 @@ other settings, or a second process writing the same file, stops with a one-line
 
 from __future__ import annotations
 
-import argparse
-
 from trl import TrlParser
 
-from trl_vlprm.data.schema import RecordError
 from trl_vlprm.guidance.strategies import SearchConfig
 from trl_vlprm.guidance.tts import (
     TTSArguments,
@@ -26,17 +23,12 @@ from trl_vlprm.guidance.tts import (
     run_tts,
     summary_line,
 )
-from trl_vlprm.utils.ranks import RankFailedError, Ranks
-from trl_vlprm.utils.resume import OutputLockedError, SettingsMismatchError
-
-EXPECTED_ERRORS = (OutputLockedError, SettingsMismatchError, RecordError, RankFailedError)
+from trl_vlprm.scripts import command_parser
+from trl_vlprm.utils.ranks import Ranks
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    dataclass_types = (TTSArguments, SearchConfig)
-    if subparsers is not None:
-        return subparsers.add_parser("tts", help="test-time scaling", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
+def make_parser(prog: str | None = None) -> TrlParser:
+    return command_parser((TTSArguments, SearchConfig), prog, __doc__)
 
 
 def questions_of(args: TTSArguments):

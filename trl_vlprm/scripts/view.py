@@ -11,14 +11,13 @@ Arguments: `ViewArguments`; what the page shows: `trl_vlprm.eval.viewer`.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trl import TrlParser
 
-from trl_vlprm.eval.viewer.readers import ViewInputError
+from trl_vlprm.scripts import command_parser
 
 
 @dataclass
@@ -75,14 +74,8 @@ class ViewArguments:
     title: str | None = field(default=None, metadata={"help": "Title of the page; None uses the inputs' names."})
 
 
-# A file that is not one the viewer reads (the message names the file and line).
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (ViewInputError,)
-
-
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    if subparsers is not None:
-        return subparsers.add_parser("view", help="an HTML page of every step", dataclass_types=(ViewArguments,))
-    return TrlParser((ViewArguments,), prog=prog)
+def make_parser(prog: str | None = None) -> TrlParser:
+    return command_parser((ViewArguments,), prog, __doc__)
 
 
 def load_view_questions(spec: str) -> Any:

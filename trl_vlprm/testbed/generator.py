@@ -13,6 +13,7 @@ from typing import Any
 
 from ..data.schema import PERCEPTION, REASONING, RecordError, format_prompt, stepwise_features, to_json_string
 from ..registry import UnknownNameError
+from ..utils.errors import UsageError
 from . import arithmetic, learnable  # noqa: F401 (their families register themselves in PUZZLE_FAMILIES)
 from .families import PUZZLE_FAMILIES, PuzzleFamily, State
 
@@ -47,6 +48,18 @@ def read_metadata(record: Mapping[str, Any]) -> tuple[PuzzleFamily, State]:
         return PUZZLE_FAMILIES.get(meta["family"]), meta["state"]
     except (ValueError, KeyError, TypeError) as err:
         raise RecordError(row, "metadata", f"not a testbed puzzle state ({type(err).__name__}: {err})") from err
+
+
+def require_puzzle_states(dataset, source: str, setting: str) -> None:
+    """The scripted policy reads each puzzle's hidden state (the `metadata` column `generate_puzzles` writes): a
+    dataset without it is refused, naming what it holds and the fix, before any question is sampled."""
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if "metadata" not in columns:
+        raise UsageError(
+            f"{setting}='scripted' solves only testbed puzzles, which carry their hidden state in a 'metadata' "
+            f"column; {source} has columns {columns}: write puzzles with `trl-vlprm puzzles --out FILE` (or use "
+            "dataset 'puzzles'), or pick a model policy (hf, vllm, server)"
+        )
 
 
 def gold_steps(family: PuzzleFamily, state: State) -> list[str]:

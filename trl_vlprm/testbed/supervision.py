@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from ..data.schema import solution_id
 from .generator import generate_puzzles, puzzle_features
 from .scripted_policy import ScriptedPolicy
 
@@ -40,7 +41,7 @@ def sample_supervision(
             rows.append(
                 {
                     **puzzle,
-                    "id": f"{puzzle['id']}#{k}",
+                    "id": solution_id(puzzle["id"], k),
                     "completions": solution.steps,
                     "labels": list(solution.gold_correct),
                     "step_types": list(solution.step_types),
