@@ -101,6 +101,9 @@ def test_empty_shards_load_and_count_as_done(tmp_path):
     build(toy_questions(4), tmp_path / "full")
     for suffix in (".parquet", ".json"):  # one empty shard among full ones
         shutil.copy(tmp_path / "empty" / f"shard-00000{suffix}", tmp_path / "full" / f"shard-00099{suffix}")
+    sidecar = tmp_path / "full" / "shard-00099.json"  # of other questions: one question in two shards is refused
+    record = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**record, "question_ids": [f"e{i}" for i in range(len(record["question_ids"]))]}))
     assert sorted(load_labelled(tmp_path / "full")["id"]) == sorted(expected_ids(4))
 
 

@@ -1,4 +1,4 @@
-"""The one record that flows through every stage: data -> labelling -> training -> guidance -> evaluation.
+"""The record every stage reads and writes, as data flows data -> labelling -> training -> guidance -> evaluation.
 
 A record is a row of a `datasets.Dataset`. It is a superset of TRL's former *stepwise supervision* format
 (`prompt`, `completions`, `labels`), so a text-only TRL dataset is already a valid record set.

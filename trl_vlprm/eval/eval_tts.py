@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,8 +30,7 @@ from trl_vlprm.guidance.backends import (
     parse_spec,
     split_label,
 )
-from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
-from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
+from trl_vlprm.guidance.sampling import SAMPLING_FIELDS, sampling_argument
 from trl_vlprm.utils.ranks import Ranks
 from trl_vlprm.utils.resume import atomic_write_text, path_fingerprint
 from trl_vlprm.utils.trackers import check_report_to, log_tables
@@ -173,10 +173,9 @@ class EvalTTSConfig:
         metadata={"help": "The N to report; max(n_values) solutions are sampled per question."},
     )
     num_subsamples: int = field(default=4, metadata={"help": "Random subsets of size N drawn per N."})
-    step_separator: str = field(
-        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text that ends a step, for model policies."}
-    )
-    system_prompt: str | None = field(default=None, metadata={"help": "System prompt of model policies, if any."})
+    # The two sampling settings a spec cannot hold (a newline, free text); the rest are each policy spec's own.
+    step_separator: str = sampling_argument("step_separator")
+    system_prompt: str | None = sampling_argument("system_prompt")
     answer_kind: str = field(
         default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
     )
@@ -362,7 +361,12 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
         return rows
     write_tables(rows, config.output_dir)
-    plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
+    plot = Path(config.output_dir) / "accuracy_vs_n.png"
+    try:
+        plot_accuracy_vs_n(rows, plot)
+    except ImportError as err:  # the optional `plots` extra is missing: only the plot is lost
+        warnings.warn(f"matplotlib cannot be imported ({err}): {plot.name} is not written, every table is; install "
+                      "the plots extra (pip install 'trl_vlprm[plots]') to get it", stacklevel=2)  # fmt: skip
     process_rows = []
     for bench_spec in config.process_benches:
         bench = load_process_bench_spec(bench_spec, config.seed)

@@ -294,7 +294,7 @@ def _make_policy_and_questions(config: LabelConfig):
 
             require_puzzle_states(questions, config.dataset, "LabelConfig.policy")
     spec = config.policy_spec()
-    return build_policy(spec, config.seed, config.sampling_defaults()), questions
+    return build_policy(spec, config.seed, config.sampling_settings()), questions
 
 
 def summary_line(stats: BatchStats) -> str:

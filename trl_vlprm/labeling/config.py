@@ -12,17 +12,19 @@ from trl_vlprm.guidance.backends import (
     config_policy_spec,
     parse_spec,
 )
+from trl_vlprm.guidance.sampling import SamplingArguments
 from trl_vlprm.labeling.combine import DISAGREEMENT_POLICIES, RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
-from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
 from trl_vlprm.utils.resume import dataclass_settings
 from trl_vlprm.utils.trackers import check_report_to
 
 
 @dataclass
-class LabelConfig:
-    """Arguments of `trl-vlprm label` / `recipes/build_dataset.py`.
+class LabelConfig(SamplingArguments):
+    """Arguments of `trl-vlprm label` / `recipes/build_dataset.py`, and the sampling settings of a model-backed policy
+    (hf, vllm, server; `SamplingArguments`: `step_separator`, `temperature`, `top_p`, `top_k`, `repetition_penalty`,
+    `max_new_tokens`, `max_step_tokens`, `system_prompt`).
 
     Args:
         dataset: "puzzles" (generated testbed puzzles) or a `datasets` folder / .jsonl / .json / .parquet file of
@@ -49,9 +51,6 @@ class LabelConfig:
         policy_model_path: the policy model ("hf", "vllm"): a folder or a Hub repo id.
         policy_model_revision: branch, tag or commit of a `policy_model_path` repo id (None: "main").
         perception_error_rate / reasoning_error_rate: error rates of the scripted policy.
-        temperature: sampling temperature of a model-backed policy (hf, vllm, server).
-        max_new_tokens: token budget of a solution (model-backed policies).
-        step_separator: text ending a step (model-backed policies).
         judge: "server" (an OpenAI-compatible endpoint at `judge_base_url`), "batch" (the OpenAI Batch API at
             `judge_base_url` or an Azure endpoint, `trl_vlprm.labeling.batch_judge`: half the price, resumable, for
             runs at scale), "testbed" (an in-process `JudgeServer` answering from the scripted policy's gold with the
@@ -136,11 +135,6 @@ class LabelConfig:
     reasoning_error_rate: float = field(
         default=0.1, metadata={"help": "Chance a reasoning step of the scripted policy slips."}
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of a model-backed policy."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a solution of a model-backed policy."})
-    step_separator: str = field(
-        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text ending a step of a model-backed policy."}
-    )
     judge: str = field(
         default="testbed",
         metadata={
@@ -205,14 +199,6 @@ class LabelConfig:
         """The policy as one backend spec (`trl_vlprm.guidance.backends.config_policy_spec`)."""
         return config_policy_spec(self)
 
-    def sampling_defaults(self) -> dict[str, Any]:
-        """The sampling settings a model-backed policy gets (a policy spec's own keywords win over them)."""
-        return {
-            "step_separator": self.step_separator,
-            "temperature": self.temperature,
-            "max_new_tokens": self.max_new_tokens,
-        }
-
     def mc_config(self) -> MCConfig | None:
         if not RULES.get(self.rule).needs_mc:
             return None
@@ -228,9 +214,13 @@ class LabelConfig:
         """
         judge = judge or JudgeConfig()
         pinned = {**dataclass_settings(self, exclude=_NOT_PINNED), "judge_model": judge.judge_model}
+        for name in _PINNED_WHEN_SET:  # so folders labelled before these settings existed still resume
+            if pinned[name] == SamplingArguments.__dataclass_fields__[name].default:
+                del pinned[name]
         if judge.judge_prompt != "json":  # pinned only when set, so folders labelled before it existed still resume
             pinned["judge_prompt"] = judge.judge_prompt
         return pinned
 
 
 _NOT_PINNED = ("output_dir", "show_progress", "num_questions", "judge_max_failed_share", "report_to")
+_PINNED_WHEN_SET = ("top_p", "top_k", "repetition_penalty", "max_step_tokens", "system_prompt")
