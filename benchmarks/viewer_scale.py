@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _browser import headless_chromium  # noqa: E402
-from _common import machine  # noqa: E402
+from _browser import headless_chromium
+from _common import machine
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

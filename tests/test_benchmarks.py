@@ -18,6 +18,7 @@ SMOKE_RUN_HERE = {
     "eval_processes.py",
     "real_shapes.py",
     "viewer_scale.py",
+    "family_prefix_sharing.py",
 }
 
 
@@ -109,3 +110,14 @@ def test_viewer_scale_smoke(capsys):
     row = load_script("viewer_scale.py").main(["--questions", "30", "--samples", "4", "--page_size", "10"])
     assert row["questions"] == 30 and row["steps"] > 30 * 4 and row["page_mb"] > 0 and row["ready_s"] > 0
     assert markdown_tables(capsys.readouterr().out) == 1
+
+
+def test_family_prefix_sharing_smoke(capsys):
+    rows = load_script("family_prefix_sharing.py").main(
+        ["--model_types", "qwen3_5", "llava_next", "--num_candidates", "3", "--repeats", "1", "--image_size", "112",
+         "--hidden_size", "64"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Machine:" in out and markdown_tables(out) == 1
+    assert [r["model_type"] for r in rows] == ["qwen3_5", "llava_next"]
+    assert all(r["max_diff"] <= 1e-5 and r["P"] > 0 and r["speedup"] > 0 for r in rows)

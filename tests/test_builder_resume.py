@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_builder import NUM_ROLLOUTS, expected_ids, toy_config  # noqa: E402
-from test_mc import ToyPolicy, exact_grader, toy_questions  # noqa: E402
+from test_builder import NUM_ROLLOUTS, expected_ids, toy_config
+from test_mc import ToyPolicy, exact_grader, toy_questions
 
-from trl_vlprm.data.schema import RecordError  # noqa: E402
-from trl_vlprm.labeling.builder import CONFIG_FILE, JudgeFailureError, LabelConfig, build_dataset  # noqa: E402
-from trl_vlprm.labeling.judge import JudgeConfig  # noqa: E402
+from trl_vlprm.data.schema import RecordError
+from trl_vlprm.labeling.builder import CONFIG_FILE, JudgeFailureError, LabelConfig, build_dataset
+from trl_vlprm.labeling.judge import JudgeConfig
 
 JUDGE_FIELDS = {f.name for f in fields(JudgeConfig)}
 from trl_vlprm.labeling.shards import ShardError, load_labelled  # noqa: E402

@@ -38,7 +38,7 @@ IMAGE_PLACEHOLDER = "<image>"
 PERCEPTION = "perception"
 REASONING = "reasoning"
 STEP_TYPES = (PERCEPTION, REASONING)
-# The one copy of the option letters: prompts, graders, the answer judge and the paper layouts all letter with it.
+# Option letters: prompts, graders, the answer judge and the paper layouts all letter options with these.
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -53,7 +53,9 @@ class RecordError(ValueError):
     """A record breaks the schema. The message always names the row and the field."""
 
     def __init__(self, row: int | str, field: str, problem: str):
-        self.row, self.field, self.problem = row, field, problem
+        self.row = row
+        self.field = field
+        self.problem = problem
         super().__init__(f"row {row}: field '{field}': {problem}")
 
 

@@ -1,6 +1,6 @@
 """The evaluation TTS sweep (`recipes/eval_tts.py`, `trl-vlprm eval`): its config `EvalTTSConfig` and `run`.
 
-Policies and scorers are built by the one factory, `trl_vlprm.guidance.backends`, from specs "kind:positional,
+Policies and scorers are built by `trl_vlprm.guidance.backends` from specs "kind:positional,
 key=value,..." (numbers converted), here optionally labelled "label@kind:...": e.g.
 "qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120". Labels name rows and sample
 files, so two benchmarks, policies or scorers with one label are refused. What a label stands for is pinned
@@ -304,7 +304,9 @@ def load_benchmark_spec(spec: str):
     unknown = set(kwargs) - {"split", "limit", "prompt"}
     if unknown or len(args) > 1:
         raise ValueError(f"benchmark spec {spec!r}: expected 'name[:source][,split=...][,limit=...][,prompt=paper]'")
-    source, split, limit = args[0] if args else None, kwargs.get("split"), kwargs.get("limit")
+    source = args[0] if args else None
+    split = kwargs.get("split")
+    limit = kwargs.get("limit")
     return name, load_benchmark(name, source, split, limit, kwargs.get("prompt", "default"))
 
 

@@ -224,7 +224,9 @@ def sample_benchmark(
 
 def _resumed_records(path: Path, by_id, scorers, scorer_digests) -> dict[str, dict[str, Any]]:
     """The records already in `path`, by id; refuses a changed question, rescores lines of a stale scorer pin."""
-    done, records, rescored = {}, read_results(path), 0
+    done = {}
+    records = read_results(path)
+    rescored = 0
     for number, record in enumerate(records, start=1):
         question = by_id.get(str(record["id"]))
         if question is not None:

@@ -123,7 +123,9 @@ class ServerFleet:
         self.request_timeout, self.max_retries, self.deadline, self.backoff = (
             request_timeout, max_retries, deadline, backoff
         )  # fmt: skip
-        self.retry_on, self.name, self.max_retry_wait = retry_on, name, max_retry_wait
+        self.retry_on = retry_on
+        self.name = name
+        self.max_retry_wait = max_retry_wait
         self.requests_per_server = [0] * len(self.base_urls)  # attempts sent to each base URL (for load checks)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()

@@ -125,7 +125,9 @@ class ServerPRMScorer:
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = encoded["offset_mapping"]
         position = len(text) - sum(len(step) + len(self.step_separator) for step in steps)
-        start, ends, aligned = position, [], True
+        start = position
+        ends = []
+        aligned = True
         for step in steps:
             position += len(step) + len(self.step_separator)
             index = next(i for i, (a, b) in enumerate(offsets) if a < position <= b)

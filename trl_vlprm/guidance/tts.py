@@ -328,12 +328,12 @@ def build_questions(args: TTSArguments):
 
 
 def build_policy(args: TTSArguments) -> Policy:
-    """The policy `args.policy` names, built by the one factory (`trl_vlprm.guidance.backends`)."""
+    """The policy `args.policy` names, built by `trl_vlprm.guidance.backends`."""
     return backends.build_policy(args.policy_spec(), args.seed, asdict(args.sampling()))
 
 
 def build_scorer(args: TTSArguments) -> StepScorer | None:
-    """The step scorer `args.scorer` names (None for "none"), built by the one factory."""
+    """The step scorer `args.scorer` names (None for "none"), built by `trl_vlprm.guidance.backends`."""
     spec = args.scorer_spec()
     if spec is None:
         return None

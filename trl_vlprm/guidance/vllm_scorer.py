@@ -11,7 +11,7 @@ label probabilities, and a step's score is read at its last token (the separator
   and `+` as a two-class classifier (`classifier_from_token`, `no_post_processing`), so its softmax is
   P(+) / (P(+) + P(-)), the generative PRM's score.
 
-Token ids come from the trainer's encoding (`prm_token_layout`, the one function a new input layout replaces), sent
+Token ids come from the trainer's encoding (`prm_token_layout`, which a new input layout replaces), sent
 as token prompts with the images as `multi_modal_data`, so vLLM scores exactly the layout the PRM was trained on.
 
 Prefix caching: vLLM skips the prefix cache for token-wise pooling by default, because a cached token yields no
@@ -191,7 +191,8 @@ class VLLMScorer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         hf_config = llm.llm_engine.vllm_config.model_config.hf_config
-        self.llm, self.processing_class = llm, processing_class
+        self.llm = llm
+        self.processing_class = processing_class
         self.tokenizer = get_tokenizer(processing_class)
         self.head = head or getattr(hf_config, "prm_head", None) or "value"
         if self.head not in HEADS:
@@ -300,7 +301,8 @@ class VLLMScorer:
         prompt, suffixes = prm_token_layout(self.processing_class, question, candidates, self.step_separator)
         key = self._question_key(prompt)
         if key != self._current_question:
-            self._current_question, self._known = key, {}
+            self._current_question = key
+            self._known = {}
         prefix = prompt.input_ids
         scores: list[list[float | None]] = []
         todo: list[int] = []  # candidates with a step score still unknown
@@ -364,5 +366,6 @@ class VLLMScorer:
 
     def clear_cache(self) -> None:
         """Forget the kept scores and reset vLLM's prefix cache."""
-        self._current_question, self._known = None, {}
+        self._current_question = None
+        self._known = {}
         self.llm.reset_prefix_cache()

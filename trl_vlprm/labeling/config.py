@@ -65,6 +65,12 @@ class LabelConfig(SamplingArguments):
         report_to: trackers the labelling's tables (summary, rule cases) go to, as `TrainingArguments.report_to`:
             "none", "all" or names among tensorboard, trackio, wandb (`trl_vlprm.utils.trackers`); TensorBoard
             writes to `<output_dir>/runs`.
+        rollouts_file: a JSONL file of rollouts with their MC estimates, labelled instead of sampling
+            (`trl_vlprm.labeling.importing`: the paper's format, or ours with the questions from `dataset`).
+        rollouts_format: "paper", "ours" or "auto" (told apart by the first line).
+        verdict_files: judge answers about the imported rollouts (Batch API output/error files, the paper's
+            verification results), read by `judge_prompt`'s parser; None asks the configured judge.
+        image_root: folder that relative image paths of a paper-format rollouts file are read from.
     """
 
     dataset: str = field(
@@ -165,6 +171,28 @@ class LabelConfig(SamplingArguments):
             "among tensorboard, trackio, wandb; TensorBoard writes to <output_dir>/runs."
         },
     )
+    rollouts_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A JSONL file of rollouts with their Monte-Carlo estimates to label instead of sampling (the "
+            "paper's format or ours, trl_vlprm.labeling.importing); None samples them with the policy."
+        },
+    )
+    rollouts_format: str = field(
+        default="auto",
+        metadata={"help": "Format of rollouts_file: 'paper', 'ours' or 'auto' (told apart by the first line)."},
+    )
+    verdict_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Judge answers for the imported rollouts: Batch API output/error files or the paper's "
+            "verification results files, read by judge_prompt's parser; None asks the configured judge."
+        },
+    )
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder relative image paths of a rollouts_file in the paper's format are read from."},
+    )
 
     def __post_init__(self):
         check_report_to(self.report_to, "LabelConfig.report_to")  # before any rollout: a tracker not installed
@@ -178,8 +206,19 @@ class LabelConfig(SamplingArguments):
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LabelConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
-        if RULES.get(self.rule).needs_judge and self.judge == "none":
+        if RULES.get(self.rule).needs_judge and self.judge == "none" and not self.verdict_files:
             raise ValueError(f"LabelConfig.rule={self.rule!r} needs a judge but judge='none'")
+        if self.rollouts_format not in ("auto", "paper", "ours"):
+            raise ValueError(
+                f"LabelConfig.rollouts_format={self.rollouts_format!r}; expected 'auto', 'paper' or 'ours'"
+            )
+        if self.verdict_files and not self.rollouts_file:
+            raise ValueError("LabelConfig.verdict_files are answers about imported rollouts: give rollouts_file too")
+        if self.rollouts_file is not None:
+            if self.judge == "testbed" and not self.verdict_files and RULES.get(self.rule).needs_judge:
+                raise ValueError("LabelConfig.judge='testbed' answers from gold that imported rollouts do not carry")
+            self._check_sizes()
+            return  # no policy samples anything: its settings are not checked
         try:
             check_spec(self.policy_spec(), POLICY_BACKENDS, "policy")
         except MissingModelError as err:
@@ -188,6 +227,9 @@ class LabelConfig(SamplingArguments):
             raise ValueError(f"LabelConfig.policy={self.policy!r}: {err}") from None
         if self.judge == "testbed" and parse_spec(self.policy_spec())[0] != "scripted":
             raise ValueError("LabelConfig.judge='testbed' answers from gold only the scripted policy knows")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
         if self.shard_size < 1 or self.num_rollouts < 1:
             raise ValueError("LabelConfig.shard_size and num_rollouts must be >= 1")
         if self.num_questions is not None and self.num_questions < 1:
@@ -219,8 +261,13 @@ class LabelConfig(SamplingArguments):
                 del pinned[name]
         if judge.judge_prompt != "json":  # pinned only when set, so folders labelled before it existed still resume
             pinned["judge_prompt"] = judge.judge_prompt
+        importing = self.rollouts_file is not None
+        for name in _IMPORT_SETTINGS:  # likewise: only an import pins what it imports
+            if pinned[name] is None or not importing:
+                pinned.pop(name)
         return pinned
 
 
 _NOT_PINNED = ("output_dir", "show_progress", "num_questions", "judge_max_failed_share", "report_to")
 _PINNED_WHEN_SET = ("top_p", "top_k", "repetition_penalty", "max_step_tokens", "system_prompt")
+_IMPORT_SETTINGS = ("rollouts_file", "rollouts_format", "verdict_files", "image_root")

@@ -45,7 +45,7 @@ def compute_accuracy(eval_pred: EvalPrediction) -> dict[str, float]:
 
 def precision_recall_f1(true_positive: int, false_positive: int, false_negative: int) -> tuple[float, float, float]:
     """Precision, recall and F1 of one class from its counts; each is 0.0 where undefined (nothing predicted, nothing
-    to find). The one copy used by the trainer's step metrics, labelling quality and the process benches.
+    to find). The trainer's step metrics, the labelling quality and the process benches all use it.
 
     F1 = 2TP / (2TP + FP + FN), which equals 2PR / (P + R) wherever both are defined.
     """

@@ -124,7 +124,10 @@ def tokenize_row(
     budget = None if max_length is None else max_length - len(prompt_ids)
     if max_completion_length is not None:
         budget = max_completion_length if budget is None else min(budget, max_completion_length)
-    completion_ids, token_labels, token_types, token_weights = [], [], [], []
+    completion_ids = []
+    token_labels = []
+    token_types = []
+    token_weights = []
     for i, (step_ids, label, kind) in enumerate(zip(steps, labels, step_types)):
         if step_truncation == "whole_steps" and budget is not None and len(completion_ids) + len(step_ids) > budget:
             break  # no partial step is left as context without its label

@@ -1,4 +1,4 @@
-"""Resumable outputs that never mix, drop or trust bad work: the one place every stage takes them from.
+"""Resumable outputs that never mix, drop or trust bad work; every stage writes its outputs with these.
 
 * `atomic_write` / `atomic_write_text`: a file is written under a temporary name beside it, fsynced, then renamed
   into place, so a reader (or a resumed run) sees the old file or the new one, never half of one.

@@ -37,7 +37,9 @@ class ReplayPolicy:
     """
 
     def __init__(self, path: str | Path, step_separator: str = DEFAULT_POLICY_STEP_SEPARATOR):
-        self.path, self.step_separator, self.stats = Path(path), step_separator, PolicyStats()
+        self.path = Path(path)
+        self.step_separator = step_separator
+        self.stats = PolicyStats()
         if not self.path.is_file():
             raise FileNotFoundError(f"replay policy: no file {self.path}")
         self.solutions: dict[str, list[Continuation]] = {}
