@@ -10,6 +10,8 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 VLLM_ONLY = {"label_throughput.py"}  # smoke-run in the vLLM venv (tests/test_vllm_benchmarks.py)
+# Smoke-run by another test file (named; checked to exist and to run the script).
+ELSEWHERE = {"process_credit.py": "test_process_grpo.py"}
 SMOKE_RUN_HERE = {
     "train_throughput.py",
     "score_throughput.py",
@@ -18,6 +20,7 @@ SMOKE_RUN_HERE = {
     "eval_processes.py",
     "real_shapes.py",
     "viewer_scale.py",
+    "gpu_check.py",
     "family_prefix_sharing.py",
 }
 
@@ -41,7 +44,9 @@ def markdown_tables(text: str) -> int:
 def test_every_benchmark_script_has_a_smoke_run():
     scripts = {p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_")}
     assert len(scripts) >= 6
-    assert scripts == SMOKE_RUN_HERE | VLLM_ONLY, "a benchmark script without a smoke test (or a stale name here)"
+    assert scripts == SMOKE_RUN_HERE | VLLM_ONLY | set(ELSEWHERE), "a benchmark script without a smoke test"
+    for script, test_file in ELSEWHERE.items():
+        assert script in (Path(__file__).parent / test_file).read_text()
 
 
 def test_train_throughput_smoke(capsys):
@@ -110,6 +115,17 @@ def test_viewer_scale_smoke(capsys):
     row = load_script("viewer_scale.py").main(["--questions", "30", "--samples", "4", "--page_size", "10"])
     assert row["questions"] == 30 and row["steps"] > 30 * 4 and row["page_mb"] > 0 and row["ready_s"] > 0
     assert markdown_tables(capsys.readouterr().out) == 1
+
+
+def test_gpu_check_tiny_smoke(capsys):
+    # The CPU smoke version of `make gpu-check`: every training row (both widths, full vocabulary and verdict rows)
+    # and PRMScorer's row; the vLLM rows say vLLM is missing here (tests/test_vllm_benchmarks.py runs them).
+    rows = load_script("gpu_check.py").main(["--tiny", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "Machine:" in out and markdown_tables(out) == 1
+    train = [r for r in rows if r["what"] == "train"]
+    assert len(train) == 4 and all("tokens/s" in r["value"] for r in train)
+    assert [r["setting"] for r in rows if r["what"] == "score"] == ["PRMScorer", "VLLMScorer"]
 
 
 def test_family_prefix_sharing_smoke(capsys):

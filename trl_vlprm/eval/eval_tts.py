@@ -357,9 +357,19 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
             JudgeConfig(config.answer_judge_base_url, config.answer_judge_model, config.answer_judge_api_key_env)
         )
     rows = run_sweep(
-        benchmarks, policies, scorers, config.selections, config.n_values, config.output_dir,
-        config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge, ranks,
-    )  # fmt: skip
+        benchmarks,
+        policies,
+        scorers,
+        config.selections,
+        config.n_values,
+        config.output_dir,
+        config.num_subsamples,
+        config.seed,
+        config.answer_kind,
+        pins,
+        answer_judge,
+        ranks,
+    )
     if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
         return rows
     write_tables(rows, config.output_dir)
@@ -367,8 +377,11 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     try:
         plot_accuracy_vs_n(rows, plot)
     except ImportError as err:  # the optional `plots` extra is missing: only the plot is lost
-        warnings.warn(f"matplotlib cannot be imported ({err}): {plot.name} is not written, every table is; install "
-                      "the plots extra (pip install 'trl_vlprm[plots]') to get it", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"matplotlib cannot be imported ({err}): {plot.name} is not written, every table is; install "
+            "the plots extra (pip install 'trl_vlprm[plots]') to get it",
+            stacklevel=2,
+        )
     process_rows = []
     for bench_spec in config.process_benches:
         bench = load_process_bench_spec(bench_spec, config.seed)

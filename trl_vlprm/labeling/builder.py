@@ -43,6 +43,7 @@ from trl_vlprm.labeling.labeler import (
     solutions_from_json,
     solutions_to_json,
 )
+from trl_vlprm.labeling.noise import save_noise_report
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
     LegacyShardError,
@@ -172,6 +173,7 @@ def build_dataset(
         total = BatchStats()
         for shard in _trusted_shards(output_dir)[0]:  # every shard: earlier runs' and every rank's
             total.add(shard.stats)
+        save_noise_report(output_dir, total.noise)
     return total
 
 
@@ -358,6 +360,7 @@ def import_dataset(
         total = BatchStats()
         for shard in _trusted_shards(output_dir)[0]:
             total.add(shard.stats)
+        save_noise_report(output_dir, total.noise)
     return total
 
 

@@ -320,6 +320,14 @@ class PRMEncoder:
         offset = len(encoded_prompt.input_ids)
         return encoded_prompt, encoded_prompt.input_ids + encoded.input_ids, [offset + end for end in encoded.ends]
 
+    def conversation(
+        self, prompt: str, steps: Sequence[str], verdicts: Sequence[bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """The "multi_turn" layout's chat messages of a whole candidate (verdicts default all correct), image slots as
+        `{"type": "image"}` parts: what a served PRM renders with its own chat template (plus a generation prompt)."""
+        verdicts = [True] * (len(steps) - 1) if verdicts is None else list(verdicts)[: len(steps) - 1]
+        return self._messages(prompt, steps, verdicts)
+
     # ---- one-string layouts ---------------------------------------------------------------------------------
 
     def _messages(self, prompt: str, steps: Sequence[str], verdicts: Sequence[bool]) -> list[dict[str, Any]]:
