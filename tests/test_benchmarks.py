@@ -84,6 +84,11 @@ def test_label_quality_smoke():
     table = script.format_table(rows)
     assert markdown_tables(table) == 1 and len(rows) >= 3
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 < r["coverage"] <= 1.0 for r in rows)
+    # the batch judge's cost is spread over the labels a rule keeps: fewer kept labels, more dollars each
+    judged = [r for r in rows if r["judge_per_step"] > 0]
+    assert judged and all(r["judge_dollars_per_label"] > 0 for r in judged)
+    by_coverage = sorted(judged, key=lambda r: r["coverage"])
+    assert by_coverage[0]["judge_dollars_per_label"] >= by_coverage[-1]["judge_dollars_per_label"]
 
 
 @pytest.mark.slow
