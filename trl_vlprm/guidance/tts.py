@@ -77,9 +77,11 @@ def _finished(output_file: Path, settings: Mapping[str, Any], questions: Mapping
         qid = str(record["id"])
         if qid in questions and record.get("question_digest") != question_digest(questions[qid]):
             raise RecordError(
-                qid, "question_digest", f"{output_file}:{number} answered another version of this question (its "
+                qid,
+                "question_digest",
+                f"{output_file}:{number} answered another version of this question (its "
                 "content changed since); restore the old inputs or write to another file",
-            )  # fmt: skip
+            )
         done[qid] = bool(record["correct"])
     return done
 

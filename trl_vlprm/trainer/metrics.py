@@ -74,9 +74,10 @@ def bad_step_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: f
     predicted_bad = probabilities < threshold
     actual_bad = labels < threshold
     precision, recall, f1 = precision_recall_f1(
-        int(np.sum(predicted_bad & actual_bad)), int(np.sum(predicted_bad & ~actual_bad)),
+        int(np.sum(predicted_bad & actual_bad)),
+        int(np.sum(predicted_bad & ~actual_bad)),
         int(np.sum(~predicted_bad & actual_bad)),
-    )  # fmt: skip
+    )
     return {
         "accuracy": float(np.mean(predicted_bad == actual_bad)) if len(labels) else 0.0,
         "bad_precision": precision,
