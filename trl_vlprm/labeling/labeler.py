@@ -18,7 +18,6 @@ from trl_vlprm.labeling.combine import RULES, combine, completer_agreement
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
 from trl_vlprm.labeling.mc import Cost, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
 from trl_vlprm.labeling.noise import count_noise
-from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.trainer.metrics import precision_recall_f1
 
 
@@ -96,20 +95,17 @@ def roll_out(
     policy: Policy,
     num_rollouts: int,
     mc_config: MCConfig | None,
-    judge_server: JudgeServer | None = None,
     grader: Grader | None = None,
     strong_completer: Policy | None = None,
 ) -> tuple[list[Solution], BatchStats]:
     """Sample `num_rollouts` solutions of every question and their MC labels (when `mc_config` is given).
 
-    `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
     `strong_completer`, when given, estimates the same prefixes a second time (Athena-PRM's weak/strong agreement):
     its hard labels go into `MCResult.strong_labels`, its cost into the MC cost.
     """
     stats = BatchStats()
     solutions: list[Solution] = []
     for question in questions:
-        qid = str(question["id"])
         rollouts, cost = sample_rollouts(policy, question, num_rollouts, grader)
         stats.rollout_cost.add(cost)
         for j, rollout in enumerate(rollouts):
@@ -120,10 +116,6 @@ def roll_out(
                     strong = label_rollout(strong_completer, question, rollout, mc_config, grader)
                     mc.strong_labels = strong.labels
                     stats.mc_cost.add(strong.cost)
-            if judge_server is not None:
-                if rollout.gold_correct is None:
-                    raise RecordError(qid, "gold_correct", "the testbed judge needs a policy that knows step gold")
-                judge_server.add_solution(qid, rollout.steps, rollout.gold_correct)
             solutions.append((question, j, rollout, mc))
     return solutions, stats
 
@@ -181,7 +173,6 @@ def label_batch(
     num_rollouts: int,
     mc_config: MCConfig | None,
     judge: JudgeClient | None = None,
-    judge_server: JudgeServer | None = None,
     grader: Grader | None = None,
     disagreement: str = "drop",
     disagreement_weight: float = 0.5,
@@ -192,7 +183,6 @@ def label_batch(
 
     `judge_unknown` is `combine`'s `unknown`: "drop" leaves out a solution with any "unknown" verdict.
 
-    `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
     `judge` is anything with `judge_many(items)` (the online `JudgeClient`, or a batch judge).
     """
     needs = RULES.get(rule)
@@ -201,7 +191,7 @@ def label_batch(
     if needs.needs_judge and judge is None:
         raise ValueError(f"rule {rule!r} needs a judge: give a JudgeClient")
     solutions, stats = roll_out(
-        questions, policy, num_rollouts, mc_config if needs.needs_mc else None, judge_server, grader, strong_completer
+        questions, policy, num_rollouts, mc_config if needs.needs_mc else None, grader, strong_completer
     )
     verdicts: list[JudgeResult | None] = [None] * len(solutions)
     if needs.needs_judge:
