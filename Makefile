@@ -15,7 +15,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM := false
 export TRL_VLPRM_SHARED := $(SHARED)
 
-.PHONY: setup browser demo test test-vllm lint format bench clean
+.PHONY: setup browser demo test test-vllm lint format bench gpu-check clean
 
 setup: $(STAMP) browser
 
@@ -60,7 +60,8 @@ format: $(STAMP)
 # One markdown table per script, on the CPU, the machine stated once above them (each script states it too where
 # its figures depend on it). label_throughput.py needs vLLM: it runs in the vLLM venv.
 VLLM_PY := .cache/vllm-venv/bin/python
-BENCH_SCRIPTS := train_throughput score_throughput reward_cost label_quality eval_processes
+BENCH_SCRIPTS := train_throughput score_throughput reward_cost label_quality eval_processes process_credit \
+  family_prefix_sharing real_shapes
 bench: $(STAMP)
 	@$(PY) benchmarks/_common.py
 	@mkdir -p .cache/bench
@@ -70,6 +71,11 @@ bench: $(STAMP)
 	@echo; echo "### benchmarks/label_throughput.py"; \
 	  $(VLLM_PY) benchmarks/label_throughput.py 2>.cache/bench/label_throughput.log || \
 	  { tail -20 .cache/bench/label_throughput.log; exit 1; }
+
+# On a machine with one H100/H200 (and vLLM installed for its vLLM rows): one table, under 8 minutes, no hub access.
+# `python benchmarks/gpu_check.py --tiny` is its CPU smoke version (run by `make test`).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .cache outputs

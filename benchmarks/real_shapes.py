@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import machine
-from datasets import Dataset
 from PIL import Image
 
 # Published widths (the models' config.json); full depth in `layers`.
@@ -53,8 +52,8 @@ WIDTHS = {
 }  # fmt: skip
 VISION = {"hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "patch_size": 14, "temporal_patch_size": 2,
           "spatial_merge_size": 2, "window_size": 112, "depth": 32}  # fmt: skip
-# --tiny: the same vocabularies and structure at toy widths (the smoke run).
-TINY = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2}
+# --tiny: the same vocabularies and structure at toy widths (the smoke run; head size 32, as vLLM's CPU kernels need).
+TINY = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2}
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_heads": 2}
 RECIPE_MAX_PIXELS = 50176  # recipes/configs/vlprm_qwen2_5_vl_7b.yaml
 PRM_PIXELS = (256 * 28 * 28, 1280 * 28 * 28)  # the paper PRM preset's bounds (trl_vlprm.modeling.presets)
@@ -89,15 +88,18 @@ def build_config(size: str, args: argparse.Namespace, tokenizer):
     )  # fmt: skip
 
 
-def build_model(size: str, args: argparse.Namespace, tokenizer):
+def build_model(size: str, args: argparse.Namespace, tokenizer, device: str = "cpu", attention: str = "sdpa"):
+    """A random bf16 generative PRM of `size`'s widths at `args.layers` depth, built on `device`."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     config = build_config(size, args, tokenizer)
+    config._attn_implementation = attention
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: no float32 copy of the 152k x 3584 tables
     try:
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(default)
     model.config.prm_head = "generative"
@@ -122,7 +124,13 @@ def reset_peak() -> None:
 # ---- one training step ------------------------------------------------------------------------------------------
 
 
-def train_step(size: str, mode: str, args: argparse.Namespace, processor_path: str) -> dict:
+def train_step(
+    size: str, mode: str, args: argparse.Namespace, processor_path: str, device: str = "cpu", attention: str = "sdpa"
+) -> dict:
+    """One forward + backward of `VLPRMTrainer.compute_loss` (`mode`: "full vocabulary" or "verdict rows"); time and
+    peak memory above the memory held before the step (GPU: `max_memory_allocated`; CPU: the process's `VmHWM`)."""
+    from datasets import Dataset
+
     from trl_vlprm import VLPRMConfig, VLPRMTrainer
     from trl_vlprm.modeling.heads import step_logits
     from trl_vlprm.modeling.processor import load_processor
@@ -137,7 +145,7 @@ def train_step(size: str, mode: str, args: argparse.Namespace, processor_path: s
             return (losses * self.step_weights(types, labels)).sum() / max(losses.numel(), 1)
 
     processor = load_processor(processor_path, max_pixels=RECIPE_MAX_PIXELS)
-    model = build_model(size, args, processor.tokenizer)
+    model = build_model(size, args, processor.tokenizer, device, attention)
     steps = [STEP.format(i=i) for i in range(args.max_length // 8)]  # more than fits: the row is cut at max_length
     rows = Dataset.from_list([
         {"id": f"r{r}", "prompt": "<image>Which shape completes the grid?", "images": [random_image(224, r)],
@@ -145,8 +153,9 @@ def train_step(size: str, mode: str, args: argparse.Namespace, processor_path: s
         for r in range(args.batch)
     ])  # fmt: skip
     config = VLPRMConfig(
-        output_dir=tempfile.mkdtemp(), head="generative", use_cpu=True, report_to="none", max_length=args.max_length,
+        output_dir=tempfile.mkdtemp(), head="generative", report_to="none", max_length=args.max_length,
         per_device_train_batch_size=args.batch, disable_tqdm=True, activation_checkpointing=True,
+        use_cpu=device == "cpu",
     )  # fmt: skip
     trainer = (FullVocabulary if mode == "full vocabulary" else VLPRMTrainer)(
         model, config, train_dataset=rows, processing_class=processor
@@ -154,16 +163,26 @@ def train_step(size: str, mode: str, args: argparse.Namespace, processor_path: s
     model = trainer.model.train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(args.batch)])
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
     labelled = int((batch["labels"] != -100).sum())
-    before = memory_kib("VmRSS")
-    reset_peak()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated() / 2**10
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        before = memory_kib("VmRSS")
+        reset_peak()
     start = time.perf_counter()
     loss = trainer.compute_loss(model, dict(batch))
     loss.backward()
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = memory_kib("VmHWM")
+    peak = torch.cuda.max_memory_allocated() / 2**10 if cuda else memory_kib("VmHWM")
     return {
         "size": size, "mode": mode, "seconds": seconds, "peak_gib": (peak - before) / 2**20, "loss": loss.item(),
+        "attention": attention,
         "tokens": int(batch["input_ids"].numel()), "labelled": labelled, "resident_gib": before / 2**20,
         "params": sum(p.numel() for p in model.parameters()),
     }  # fmt: skip
@@ -233,7 +252,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_length", type=int, default=2048, help="row length (the 7B recipe's: 8192)")
     parser.add_argument("--batch", type=int, default=1, help="rows a step (the 7B recipe's: 2 a device)")
     parser.add_argument("--candidates", type=int, default=16, help="N, candidates scored for one question")
-    parser.add_argument("--skip_scoring", action="store_true", help="only the training table")
+    parser.add_argument(
+        "--score_sizes",
+        nargs="*",
+        default=None,
+        choices=sorted(WIDTHS),
+        help="widths of the scoring table (default: --sizes; none: no scoring table)",
+    )
     parser.add_argument("--tiny", action="store_true", help="toy widths, real vocabularies (the smoke run)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--_task", nargs=3, help=argparse.SUPPRESS)  # internal: one isolated measurement
@@ -262,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
             for mode in ("full_vocabulary", "verdict_rows"):
                 task = ["--_task", f"train:{mode}", size, processor_path]
                 results["train"].append(run_isolated(task, args))
-            if not args.skip_scoring:
+            if size in (args.sizes if args.score_sizes is None else args.score_sizes):
                 results["score"].append(run_isolated(["--_task", "score", size, processor_path], args))
     check(results)
     print(report(results, args))

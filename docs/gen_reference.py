@@ -89,6 +89,11 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
         "`HFPolicy`, `VLLMPolicy`, `ServerPolicy` (`sampling=` or its fields as keywords); `TTSArguments` fills it",
     ),
     ConfigEntry(
+        "trl_vlprm.guidance.sampling:SamplingArguments",
+        "Guidance",
+        "the sampling fields of `TTSArguments` and `LabelConfig` (each a `SamplingConfig` field)",
+    ),
+    ConfigEntry(
         "trl_vlprm.guidance.tts:TTSArguments", "Guidance", "`trl-vlprm tts` / `recipes/tts.py` (with `SearchConfig`)"
     ),
     ConfigEntry("trl_vlprm.eval.eval_tts:EvalTTSConfig", "Evaluation", "`trl-vlprm eval` / `recipes/eval_tts.py`"),

@@ -17,6 +17,7 @@ VLLM_TESTS = [
     "test_vllm_server.py",
     "test_vllm_scaleout.py",
     "test_vllm_benchmarks.py",
+    "test_vllm_paper_prm.py",
 ]
 collect_ignore = [] if importlib.util.find_spec("vllm") else VLLM_TESTS
 

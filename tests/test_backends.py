@@ -173,3 +173,18 @@ def test_a_vllm_spec_can_set_any_engine_argument():
         "max_model_len": 8192,
         "llm_kwargs": {"enforce_eager": True, "tensor_parallel_size": 2},
     }
+
+
+def test_labelling_takes_every_sampling_setting_a_tts_run_takes(tiny_vlm):
+    """`LabelConfig` and `TTSArguments` share their sampling fields (`SamplingArguments`); labelling lacked top_p and
+    top_k before, so the paper's top_k 20 could not be asked for without writing a full spec."""
+    settings = {"temperature": 0.5, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05, "max_step_tokens": 64}
+    config = LabelConfig(policy="hf", policy_model_path=str(tiny_vlm), judge="none", rule="mc_only", **settings)
+    policy, _ = _make_policy_and_questions(config)
+    assert policy.sampling == SamplingConfig(**settings, seed=0)
+    assert (
+        policy.sampling == tts_policy(TTSArguments(policy="hf", policy_model_path=str(tiny_vlm), **settings)).sampling
+    )
+    pinned = config.pinned()
+    assert {name: pinned[name] for name in settings} == settings
+    assert "top_k" not in LabelConfig(judge="none", rule="mc_only").pinned()  # unset: folders labelled before resume

@@ -12,6 +12,7 @@ import json
 import pytest
 from PIL import Image
 
+from trl_vlprm.data.schema import solution_id
 from trl_vlprm.labeling.batch_judge import BatchJudge, batch_cost, split_lines
 from trl_vlprm.labeling.judge import CORRECT, INCORRECT, UNKNOWN, JudgeConfig
 from trl_vlprm.testbed.batch_server import BatchPlan, BatchServer, judge_responder
@@ -29,7 +30,7 @@ def make_solutions(num_questions=3, per_question=2):
             steps = [f"q{q} r{j} step {i}" for i in range(3)]
             truth = [True, (q + j) % 2 == 0, True]
             items.append((question, steps, TYPES, "2"))
-            ids.append(f"q{q}/r{j}")
+            ids.append(solution_id(f"q{q}", j))
             gold.append(truth)
     return items, ids, gold
 
@@ -37,7 +38,7 @@ def make_solutions(num_questions=3, per_question=2):
 def judge_server_for(items, ids, gold):
     server = JudgeServer({})
     for (_, steps, _, _), cid, truth in zip(items, ids, gold):
-        server.add_solution(cid.rpartition("/")[0], steps, truth)
+        server.add_solution(cid.split("#")[0], steps, truth)
     return server
 
 

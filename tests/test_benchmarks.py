@@ -10,6 +10,8 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 VLLM_ONLY = {"label_throughput.py"}  # smoke-run in the vLLM venv (tests/test_vllm_benchmarks.py)
+# Smoke-run by another test file (named; checked to exist and to run the script).
+ELSEWHERE = {"process_credit.py": "test_process_grpo.py"}
 SMOKE_RUN_HERE = {
     "train_throughput.py",
     "score_throughput.py",
@@ -17,6 +19,8 @@ SMOKE_RUN_HERE = {
     "label_quality.py",
     "eval_processes.py",
     "real_shapes.py",
+    "gpu_check.py",
+    "family_prefix_sharing.py",
 }
 
 
@@ -39,7 +43,9 @@ def markdown_tables(text: str) -> int:
 def test_every_benchmark_script_has_a_smoke_run():
     scripts = {p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_")}
     assert len(scripts) >= 6
-    assert scripts == SMOKE_RUN_HERE | VLLM_ONLY, "a benchmark script without a smoke test (or a stale name here)"
+    assert scripts == SMOKE_RUN_HERE | VLLM_ONLY | set(ELSEWHERE), "a benchmark script without a smoke test"
+    for script, test_file in ELSEWHERE.items():
+        assert script in (Path(__file__).parent / test_file).read_text()
 
 
 def test_train_throughput_smoke(capsys):
@@ -77,6 +83,11 @@ def test_label_quality_smoke():
     table = script.format_table(rows)
     assert markdown_tables(table) == 1 and len(rows) >= 3
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 < r["coverage"] <= 1.0 for r in rows)
+    # the batch judge's cost is spread over the labels a rule keeps: fewer kept labels, more dollars each
+    judged = [r for r in rows if r["judge_per_step"] > 0]
+    assert judged and all(r["judge_dollars_per_label"] > 0 for r in judged)
+    by_coverage = sorted(judged, key=lambda r: r["coverage"])
+    assert by_coverage[0]["judge_dollars_per_label"] >= by_coverage[-1]["judge_dollars_per_label"]
 
 
 @pytest.mark.slow
@@ -99,3 +110,25 @@ def test_real_shapes_smoke(capsys):
     assert "Machine:" in out and markdown_tables(out) == 2
     assert len(results["train"]) == 4 and len(results["score"]) == 2
     assert all(r["image_tokens"] > 0 and r["max_diff"] <= 2e-2 for r in results["score"])
+
+
+def test_gpu_check_tiny_smoke(capsys):
+    # The CPU smoke version of `make gpu-check`: every training row (both widths, full vocabulary and verdict rows)
+    # and PRMScorer's row; the vLLM rows say vLLM is missing here (tests/test_vllm_benchmarks.py runs them).
+    rows = load_script("gpu_check.py").main(["--tiny", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "Machine:" in out and markdown_tables(out) == 1
+    train = [r for r in rows if r["what"] == "train"]
+    assert len(train) == 4 and all("tokens/s" in r["value"] for r in train)
+    assert [r["setting"] for r in rows if r["what"] == "score"] == ["PRMScorer", "VLLMScorer"]
+
+
+def test_family_prefix_sharing_smoke(capsys):
+    rows = load_script("family_prefix_sharing.py").main(
+        ["--model_types", "qwen3_5", "llava_next", "--num_candidates", "3", "--repeats", "1", "--image_size", "112",
+         "--hidden_size", "64"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Machine:" in out and markdown_tables(out) == 1
+    assert [r["model_type"] for r in rows] == ["qwen3_5", "llava_next"]
+    assert all(r["max_diff"] <= 1e-5 and r["P"] > 0 and r["speedup"] > 0 for r in rows)

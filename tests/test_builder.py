@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_mc import ToyPolicy, exact_grader, toy_questions  # noqa: E402
+from test_mc import ToyPolicy, exact_grader, toy_questions
 
-from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled, summary_line  # noqa: E402
-from trl_vlprm.labeling.judge import JudgeConfig  # noqa: E402
-from trl_vlprm.testbed.judge_server import JudgeServer  # noqa: E402
-from trl_vlprm.utils.resume import SettingsMismatchError  # noqa: E402
+from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled, summary_line
+from trl_vlprm.labeling.judge import JudgeConfig
+from trl_vlprm.testbed.judge_server import JudgeServer
+from trl_vlprm.utils.resume import SettingsMismatchError
 
 NUM_QUESTIONS, NUM_ROLLOUTS = 12, 2
 

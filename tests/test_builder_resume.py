@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_builder import NUM_ROLLOUTS, expected_ids, toy_config  # noqa: E402
-from test_mc import ToyPolicy, exact_grader, toy_questions  # noqa: E402
+from test_builder import NUM_ROLLOUTS, expected_ids, toy_config
+from test_mc import ToyPolicy, exact_grader, toy_questions
 
-from trl_vlprm.data.schema import RecordError  # noqa: E402
-from trl_vlprm.labeling.builder import CONFIG_FILE, JudgeFailureError, LabelConfig, build_dataset  # noqa: E402
-from trl_vlprm.labeling.judge import JudgeConfig  # noqa: E402
+from trl_vlprm.data.schema import RecordError
+from trl_vlprm.labeling.builder import CONFIG_FILE, JudgeFailureError, LabelConfig, build_dataset
+from trl_vlprm.labeling.judge import JudgeConfig
 
 JUDGE_FIELDS = {f.name for f in fields(JudgeConfig)}
 from trl_vlprm.labeling.shards import ShardError, load_labelled  # noqa: E402
@@ -101,6 +101,9 @@ def test_empty_shards_load_and_count_as_done(tmp_path):
     build(toy_questions(4), tmp_path / "full")
     for suffix in (".parquet", ".json"):  # one empty shard among full ones
         shutil.copy(tmp_path / "empty" / f"shard-00000{suffix}", tmp_path / "full" / f"shard-00099{suffix}")
+    sidecar = tmp_path / "full" / "shard-00099.json"  # of other questions: one question in two shards is refused
+    record = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**record, "question_ids": [f"e{i}" for i in range(len(record["question_ids"]))]}))
     assert sorted(load_labelled(tmp_path / "full")["id"]) == sorted(expected_ids(4))
 
 

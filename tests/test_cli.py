@@ -132,7 +132,7 @@ def test_a_bug_keeps_its_traceback_and_the_variable_shows_a_users_one(monkeypatc
     with pytest.raises(ValueError, match="an internal invariant broke"):
         cli.run("fake", [])
 
-    def main():  # noqa: F811 (a second command body)
+    def main():
         raise UnknownNameError("unknown thing 'x'; available: y")
 
     fake.main = main

@@ -102,6 +102,10 @@ COVERED: dict[str, str] = {
     "trl-vlprm label --config recipes/configs/label_paper.yaml": (
         "tests/test_builder.py::test_paper_label_recipe_runs_with_cpu_overrides"
     ),
+    "trl-vlprm label --rollouts_file rollouts.jsonl --verdict_files batch_0001_verification_results.json --rule "
+    "vlprm --judge_unknown drop --judge_prompt paper --judge none --output_dir outputs/labels/imported": (
+        "tests/test_import.py::test_the_papers_files_are_labelled_as_convert_mc_to_prm_signal_labels_them"
+    ),
     "trl-vlprm label --config recipes/configs/label_paper.yaml --judge batch --judge_base_url "
     "https://api.openai.com/v1": (
         "tests/test_batch_judge.py::test_a_batch_judged_labelling_run_killed_while_waiting_then_resumed"

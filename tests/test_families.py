@@ -25,6 +25,7 @@ from trl_vlprm.modeling.families import (
     UnsupportedModelError,
     family_of_model,
     family_of_processor,
+    find_family,
     get_family,
     supported_model_types,
 )
@@ -35,9 +36,12 @@ from trl_vlprm.modeling.tiny_models import TINY_SPECS, get_tiny_spec
 
 PACKAGE = Path(trl_vlprm.__file__).parent
 MODEL_TYPES = supported_model_types()
+# Registered model types no tiny model can be built for on this machine, and why (tested for that error below).
+NOT_BUILDABLE_HERE = {"mistral3": "PixtralProcessor needs torchvision"}
+TESTED_TYPES = [model_type for model_type in MODEL_TYPES if model_type not in NOT_BUILDABLE_HERE]
 
 
-@pytest.fixture(scope="module", params=MODEL_TYPES)
+@pytest.fixture(scope="module", params=TESTED_TYPES)
 def tiny(request, tmp_path_factory):
     return request.param, build_tiny_vlm(tmp_path_factory.mktemp(request.param) / "model", arch=request.param)
 
@@ -58,10 +62,40 @@ def test_qwen_vl_covers_both_model_types():
 
 
 def test_unknown_model_type_names_it_and_lists_the_families():
-    with pytest.raises(UnsupportedModelError, match=r"model type 'llava'.*qwen2_vl, qwen2_5_vl \(family qwen_vl\)"):
-        get_family("llava")
-    with pytest.raises(UnsupportedModelError, match=r"model type 'llava'"):
-        build_processor("llava", build_tiny_tokenizer())
+    with pytest.raises(UnsupportedModelError, match=r"model type 'foo_vlm'.*qwen2_vl, qwen2_5_vl \(family qwen_vl\)"):
+        get_family("foo_vlm")
+    with pytest.raises(UnsupportedModelError, match=r"model type 'foo_vlm'"):
+        build_processor("foo_vlm", build_tiny_tokenizer())
+
+
+@pytest.mark.parametrize(
+    "model_type,missing",
+    [
+        ("paligemma", r"its processor PaliGemmaProcessor takes no image_token"),
+        ("glm4v", r"takes no image_token.*its positions are not 1-D"),
+        ("llama4", r"no PIL image processor \(transformers has torchvision: Llama4ImageProcessor"),
+    ],
+)
+def test_generic_adapter_names_what_a_model_lacks(model_type, missing):
+    """A vision-language model no family registers is served by the generic LLaVA-style adapter where it fits, and
+    otherwise refused with every missing piece named (before: "belongs to no model family", nothing more)."""
+    with pytest.raises(UnsupportedModelError, match=rf"model type '{model_type}'.*generic LLaVA-style.*{missing}"):
+        get_family(model_type)
+    assert find_family("qwen2") is None  # a text model is no vision-language model: no family, no error
+
+
+@pytest.mark.parametrize("model_type", ["vipllava", "aya_vision"])
+def test_generic_adapter_serves_llava_style_models_it_was_not_told_about(model_type):
+    family = get_family(model_type)
+    assert family.name == f"generic ({model_type})" and family.model_type == model_type
+    assert family.token_types_input is None  # 1-D positions, no multimodal token types
+
+
+def test_mistral3_says_what_this_machine_lacks():
+    with pytest.raises(
+        UnsupportedModelError, match=r"model type 'mistral3': its processor PixtralProcessor needs torchvision"
+    ):
+        build_processor("mistral3", build_tiny_tokenizer())
 
 
 def test_every_family_module_registers_itself():
@@ -70,7 +104,8 @@ def test_every_family_module_registers_itself():
         node.name
         for path in Path(families.__file__).parent.glob("*.py")
         for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.ClassDef) and node.name.endswith("Family") and node.name != "ModelFamily"
+        if isinstance(node, ast.ClassDef)
+        and any(getattr(decorator, "id", None) == "register_model_family" for decorator in node.decorator_list)
     }
     registered = {MODEL_FAMILIES.get(name).__name__ for name in MODEL_FAMILIES.names()}
     assert defined == registered and defined
@@ -123,16 +158,19 @@ def test_image_token_counts_match_the_processor(tiny, size):
     )
     (count,) = family.image_token_counts(processor, [image])
     assert count == emitted > 0
-    assert family.image_token_total(processor, family.image_inputs(processor, [image])) == emitted
+    assert family.image_token_total(processor, [image]) == emitted
     encoded = encode_prompt(processor, "<image>Count.", [image])
-    assert sum(encoded.mm_token_type_ids) == emitted
+    assert encoded.input_ids.count(processor.image_token_id) == emitted
+    if family.token_types_input is not None:
+        assert sum(encoded.mm_token_type_ids) == emitted
 
 
 def test_steps_may_not_hold_vision_tokens(tiny):
     model_type, path = tiny
     processor = load_processor(path)
     ids = get_family(model_type).vision_token_ids(processor)
-    assert processor.image_token_id in ids and len(ids) >= 3  # placeholder + the markers framing an image
+    assert processor.image_token_id in ids  # the placeholder, and the markers framing an image (if any)
+    assert len(ids) >= 1 + len(get_family(model_type).vision_marker_tokens)
     assert processor.tokenizer.convert_tokens_to_ids("Count") not in ids
 
 
@@ -146,9 +184,13 @@ def test_prefix_positions_continue_as_a_full_forward_places_them(tiny):
     suffix = processor.tokenizer("It is a square.\n", add_special_tokens=False)["input_ids"]
     image_inputs = family.image_inputs(processor, prompt.images)
     prefix_ids = torch.tensor([prompt.input_ids])
-    prefix = family.prefix_positions(backbone, prefix_ids, torch.tensor([prompt.mm_token_type_ids]), image_inputs)
+    types = torch.tensor([prompt.mm_token_type_ids]) if prompt.mm_token_type_ids is not None else None
+    prefix = family.prefix_positions(backbone, prefix_ids, types, image_inputs)
     after = family.text_positions(int(prefix.max()) + 1, len(suffix), 1)
     full_ids = torch.tensor([prompt.input_ids + suffix])
+    if not hasattr(backbone, "get_rope_index"):  # 1-D positions: a full forward counts tokens
+        assert torch.equal(torch.cat([prefix, after], dim=-1), torch.arange(full_ids.shape[1])[None])
+        return
     full_types = torch.tensor([prompt.mm_token_type_ids + [0] * len(suffix)])
     expected, _ = backbone.get_rope_index(full_ids, mm_token_type_ids=full_types, **{
         k: v for k, v in image_inputs.items() if k != "pixel_values"
@@ -209,7 +251,7 @@ def test_tiny_model_of_each_family(tiny):
     assert isinstance(
         get_family(model_type).model_class()(config), AutoModelForImageTextToText._model_mapping[type(config)]
     )
-    assert set(MODEL_TYPES) <= set(TINY_SPECS)
+    assert set(TESTED_TYPES) <= set(TINY_SPECS)
 
 
 def test_family_base_class_lists_what_a_new_family_implements():
@@ -219,7 +261,6 @@ def test_family_base_class_lists_what_a_new_family_implements():
         "image_processor",
         "processor",
         "image_token_counts",
-        "image_token_total",
     }
 
 
@@ -230,6 +271,7 @@ def test_family_base_class_lists_what_a_new_family_implements():
 ALLOWED_FILES = {
     "modeling/families/qwen_vl.py",
     "modeling/families/qwen3_vl.py",
+    "modeling/families/llava.py",  # refuses models with multi-axis rope by the name of the method computing it
     "modeling/tiny_models/qwen_vl.py",
     "modeling/presets.py",
     "modeling/tiny_hub.py",
@@ -323,9 +365,10 @@ def test_the_check_sees_what_it_must(tmp_path):
     assert "'qwen2_vl'" not in hits and not any("Docstrings" in hit for hit in hits)
 
 
-@pytest.mark.parametrize("model_type", ["llava", "foo_vlm"])
+@pytest.mark.parametrize("model_type", ["paligemma", "foo_vlm"])
 def test_a_saved_model_of_no_family_is_named_before_its_tokenizer_is_read(tmp_path, model_type):
-    """A tiny Qwen2-VL folder relabelled as another model type: an uncovered one transformers knows ("llava") or one
+    """A tiny Qwen2-VL folder relabelled as another model type: one transformers knows but no adapter serves
+    ("paligemma"), or one
     nobody knows. `load_processor` failed inside transformers (AttributeError on the config, or "Couldn't
     instantiate the backend tokenizer"), naming neither the model type nor what is supported."""
     import json
@@ -357,7 +400,7 @@ def test_every_model_type_loads_by_its_published_repo_id(tiny_hub):
     first_id = {}
     for repo_id, (model_type, _) in TINY_HUB_BASE_MODELS.items():
         first_id.setdefault(model_type, repo_id)
-    assert set(first_id) == set(MODEL_TYPES)
+    assert set(first_id) == set(TESTED_TYPES)
     for model_type, repo_id in first_id.items():
         processor = load_processor(repo_id)
         assert family_of_processor(processor).name == get_family(model_type).name

@@ -1,8 +1,10 @@
 """Imports only run down the pipeline, and no module imports itself back through a cycle.
 
-Stages, lowest first (docs/STYLE layout): shared types and the registry, data, the testbed, modeling, trainer,
-guidance, labelling, evaluation; the CLI and the demo sit on top. A module may import its own stage or a lower one,
-at module level or inside a function alike (a deferred import is still a dependency).
+Stages, lowest first (CONTRIBUTING.md, docs/extending.md): shared types and the registry, data, the testbed,
+modeling, trainer, guidance, labelling, evaluation; the CLI and the demo sit on top. This is the import order, not the
+order data flows in (labelling runs before training but imports guidance and the trainer's metrics). A module may
+import its own stage or a lower one, at module level or inside a function alike (a deferred import is still a
+dependency).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import trl_vlprm
 
 PACKAGE = Path(trl_vlprm.__file__).parent
 
-# Longest prefix wins, so `trl_vlprm.guidance.tts` ranks above the rest of `trl_vlprm.guidance`.
+# Longest prefix wins: a module's stage is that of the longest entry its name starts with.
 STAGES = {
     "trl_vlprm.registry": 0,
     "trl_vlprm.types": 0,
@@ -24,8 +26,6 @@ STAGES = {
     "trl_vlprm.modeling": 3,
     "trl_vlprm.trainer": 4,
     "trl_vlprm.guidance": 5,
-    "trl_vlprm.guidance.tts": 7,  # the TTS runner drives a whole run, as the evaluation sweep does
-    "trl_vlprm.rewards": 5,
     "trl_vlprm.labeling": 6,
     "trl_vlprm.eval": 7,
     "trl_vlprm.cli": 8,

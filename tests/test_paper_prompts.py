@@ -115,7 +115,7 @@ def test_paper_config_runs_the_paper_protocol():
     config = yaml.safe_load(CONFIG.read_text())
     assert config["system_prompt"] == PAPER_POLICY_SYSTEM_PROMPT
     assert all("prompt=paper" in spec for spec in config["benchmarks"])
-    assert "best_of_n:paper" in config["strategies"] and "majority" in config["strategies"]
+    assert "best_of_n:paper" in config["selections"] and "majority" in config["selections"]
     assert max(config["n_values"]) == 16 and config["step_separator"] == "\n\n"
     sampled = [spec for spec in config["policies"] if "greedy@" not in spec]
     greedy = [spec for spec in config["policies"] if "greedy@" in spec]

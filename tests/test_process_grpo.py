@@ -267,3 +267,17 @@ def test_each_mode_under_a_two_process_ddp_launch(tiny_qwen2_vl_path, prm_path, 
             token0 = [row[0] for row in ranks[0]["rows"]]  # sum of the completion's normalised step scores
             assert sum(token0) == pytest.approx(0.0, abs=1e-4)  # normalised over the whole group...
             assert abs(token0[0] + token0[1]) > 1e-3  # ...which a rank's own half would not have been
+
+
+def test_config_and_trainer_name_what_is_wrong(tiny_qwen2_vl_path, dataset, tmp_path):
+    common = {"output_dir": str(tmp_path), "use_cpu": True, "bf16": False, "report_to": "none"}
+    with pytest.raises(ValueError, match="VLPRMGRPOConfig.process_advantages must be one of .*got 'sum'"):
+        VLPRMGRPOConfig(process_advantages="sum", **common)
+    with pytest.raises(ValueError, match="VLPRMGRPOConfig.min_form_temperature must be > 0, got 0"):
+        VLPRMGRPOConfig(min_form_temperature=0, **common)
+    args = VLPRMGRPOConfig(process_advantages="min_form", num_generations=2, per_device_train_batch_size=2, **common)
+    with pytest.raises(
+        ValueError, match="needs exactly one VLPRMReward in reward_funcs .*got 0 among \\['length_reward'"
+    ):
+        VLPRMGRPOTrainer(model=str(tiny_qwen2_vl_path), reward_funcs=[length_reward], args=args, train_dataset=dataset,
+                         processing_class=load_processor(tiny_qwen2_vl_path))  # fmt: skip

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from trl_vlprm.data.schema import RecordError
 from trl_vlprm.eval.eval_tts import EvalTTSConfig, run
 from trl_vlprm.guidance.backends import build_policy
 from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
@@ -49,7 +50,7 @@ def test_replay_refuses_what_it_cannot_serve(tmp_path):
     assert policy.stats.sequences == 2
     with pytest.raises(ValueError, match="'q1' has 2 solutions in .*ok.jsonl, 3 asked"):
         policy.sample_solutions(question, 3)
-    with pytest.raises(KeyError, match="question 'q9' has no line"):
+    with pytest.raises(RecordError, match="question .q9. has no line"):
         policy.sample_solutions({**question, "id": "q9"}, 1)
     with pytest.raises(NotImplementedError, match="finished solutions only"):
         policy.sample_next_steps(question, ["a"], 2)

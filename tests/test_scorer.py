@@ -13,6 +13,7 @@ from trl_vlprm.modeling.families import supported_model_types
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_vlm
+from trl_vlprm.modeling.tiny_models import TINY_SPECS
 
 ATOL = 1e-5
 STEPS = [
@@ -39,7 +40,11 @@ def question():
     return {"id": "q1", "prompt": "<image>Which number is missing?", "images": [random_image(100, 90, 0)]}
 
 
-@pytest.fixture(scope="module", params=supported_model_types())  # every model family: qwen2_vl, qwen2_5_vl
+# Every model type with a tiny model, but the MoE variants (their attention and positions are their dense twins').
+SCORED_TYPES = [t for t in supported_model_types() if t in TINY_SPECS and not t.endswith("_moe")]
+
+
+@pytest.fixture(scope="module", params=SCORED_TYPES)
 def vlm_dir(request, tmp_path_factory):
     return build_tiny_vlm(tmp_path_factory.mktemp(request.param), arch=request.param, seed=0)
 
@@ -78,15 +83,16 @@ def test_two_images_and_a_text_only_question(vlm_dir, candidates):
 
 
 def test_positions_matter(vlm_dir, question, candidates, monkeypatch):
-    # Guards the test above: continuing the suffix at position P (ignoring the image's rope delta) must break it.
+    # Guards the test above: continuing the suffix at position P (ignoring the image's rope delta) must break it; for
+    # a family of 1-D positions (next position P already), continuing at P + 3 must.
     scorer = make_scorer(vlm_dir, "value")
     plain = np.concatenate(scorer.score_plain(question, candidates))
     run_prefix = PRMScorer._run_prefix
 
     def one_d_positions(self, prefix):
         run_prefix(self, prefix)
-        assert prefix.next_position < prefix.input_ids.shape[1]  # the image takes fewer positions than tokens
-        prefix.next_position = prefix.input_ids.shape[1]
+        length = prefix.input_ids.shape[1]
+        prefix.next_position = length if prefix.next_position < length else length + 3
 
     monkeypatch.setattr(PRMScorer, "_run_prefix", one_d_positions)
     assert np.abs(np.concatenate(scorer.score(question, candidates)) - plain).max() > 10 * ATOL

@@ -288,7 +288,7 @@ def _trl_113_tokenize_row():
     )
     function.decorator_list = []
     namespace = {"chain": chain}
-    exec(compile(ast.Module([function], []), "trl_1_13_prm_trainer", "exec"), namespace)  # noqa: S102
+    exec(compile(ast.Module([function], []), "trl_1_13_prm_trainer", "exec"), namespace)
     assert "max_completion_length" in textwrap.dedent(ast.unparse(function))
     return namespace["tokenize_row"]
 

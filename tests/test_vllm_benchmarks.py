@@ -14,3 +14,16 @@ def test_label_throughput_smoke(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| ") and "policy" not in line]
     assert len(rows) == 3  # transformers, in-process vLLM, served vLLM
     assert all(int(row.split("|")[2]) > 0 for row in rows)  # each policy sampled at least one rollout
+
+
+def test_gpu_check_tiny_runs_its_vllm_rows(capsys):
+    # With vLLM installed, --tiny also runs VLLMPolicy and VLLMScorer (real CPU engines) on the tiny-width PRM (the
+    # training rows need `datasets`, which this venv lacks: tests/test_benchmarks.py runs them).
+    rows = load_script("gpu_check.py").main(
+        ["--tiny", "--threads", "1", "--sizes", "7B", "--parts", "policy", "score"]
+    )
+    assert markdown_tables(capsys.readouterr().out) == 1
+    policy = [r for r in rows if r["what"] == "vLLM policy"]
+    vllm = [r for r in rows if r["setting"] == "VLLMScorer"]
+    assert len(policy) == 1 and "tokens/s" in policy[0]["value"]
+    assert len(vllm) == 1 and "candidates/s" in vllm[0]["value"]

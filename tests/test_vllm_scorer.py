@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from trl_vlprm.guidance.backends import build_scorer
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.guidance.vllm_scorer import VLLMScorer, vllm_checkpoint
@@ -79,10 +80,14 @@ def pair(request, tmp_path_factory):
     reference = PRMScorer.from_pretrained(folder)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: starts in seconds
-        scorer = PRMScorer.from_pretrained(
-            f"vllm:{folder}", max_model_len=1024, dtype=torch.float32, llm_kwargs=ENGINE_KWARGS,
-            cache_dir=root / "views",
-        )  # fmt: skip
+        # The `prm:vllm:` spec (a config's `prm_model_path` naming the PRM on vLLM) builds the vLLM scorer.
+        defaults = {
+            "max_model_len": 1024,
+            "dtype": torch.float32,
+            "llm_kwargs": ENGINE_KWARGS,
+            "cache_dir": root / "views",
+        }
+        scorer = build_scorer(f"prm:vllm:{folder}", defaults=defaults)
     yield reference, scorer
     del scorer.llm
     gc.collect()

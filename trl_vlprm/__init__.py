@@ -1,7 +1,9 @@
 """trl_vlprm: vision-language process reward models for the TRL ecosystem.
 
-Pipeline, one subpackage a stage: `data` -> `labeling` -> `trainer` (+ `modeling`) -> `guidance` -> `eval`, with
-`testbed` (data whose step truth is known) under all of them and one command line, `trl-vlprm` (`trl_vlprm.cli`).
+Data flows `data` -> `labeling` -> `trainer` (+ `modeling`) -> `guidance` -> `eval`, with `testbed` (data whose step
+truth is known) for tests and demos, and one command line, `trl-vlprm` (`trl_vlprm.cli`). Imports run in another order,
+lowest first: `types`/`registry`/`utils`, `data`, `testbed`, `modeling`, `trainer`, `guidance`, `labeling`, `eval`,
+then the command line (`tests/test_layering.py`): labelling reuses guidance's backends and the trainer's metrics.
 """
 
 from importlib import import_module

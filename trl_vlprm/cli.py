@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import importlib
 import os
 import sys
@@ -59,7 +60,16 @@ USER_ERRORS: tuple[str, ...] = (
     "trl_vlprm.labeling.shards:ShardError",
     "trl_vlprm.labeling.builder:JudgeFailureError",
     "trl_vlprm.eval.viewer.readers:ViewInputError",
+    # a policy server down or breaking its contract, a policy returning fewer samples than asked, an image path that
+    # names no image file, part files whose output was deleted
+    "trl_vlprm.utils.http:ServerUnavailableError",
+    "trl_vlprm.utils.http:ServerContractError",
+    "trl_vlprm.types:ShortSampleError",
+    "trl_vlprm.utils.resume:ImageFileError",
+    "trl_vlprm.utils.ranks:OrphanPartsError",
 )
+# A disk that cannot take the output: full, over quota, read-only. One line naming the file, and what to do.
+DISK_ERRNOS = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there", errno.EROFS: "it is read-only"}
 # While the arguments are parsed, every ValueError is a bad setting: an unknown field in the YAML file, or a config
 # dataclass' `__post_init__` refusing a value (each names the field).
 SETTING_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
@@ -85,6 +95,9 @@ def _fail(command: str, err: Exception) -> NoReturn:
     message = str(err).strip() or type(err).__name__
     if isinstance(err, FileNotFoundError) and err.filename is not None:  # OSError's str() leads with "[Errno 2]"
         message = f"no such file or folder: {err.filename}"
+    elif isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+        where = err.filename or "the output"
+        message = f"{err.strerror} writing {where}: {DISK_ERRNOS[err.errno]}; or write the output elsewhere"
     # One line: a message of several lines (a library's own, a table) is joined, not cut after its first line.
     print(f"trl-vlprm {command}: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(1) from err
@@ -100,7 +113,15 @@ def check_config_fields(parser: argparse.ArgumentParser, argv: Sequence[str], co
 
     path = argv[argv.index("--config") + 1]
     with open(path) as file:
-        config = yaml.safe_load(file)
+        try:
+            config = yaml.safe_load(file)
+        except yaml.YAMLError as err:  # e.g. a `!!python/...` tag, which safe_load refuses to construct
+            where = getattr(err, "problem_mark", None)
+            line = f" (line {where.line + 1})" if where is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(
+                f"{path}{line}: not a plain YAML config: {problem}; a config holds plain values only"
+            ) from err
     if not isinstance(config, dict):
         raise ValueError(
             f"{path}: a config file must hold a YAML mapping of field: value, got {type(config).__name__}"
@@ -132,6 +153,10 @@ def run(command: str, argv: Sequence[str] | None = None, prog: str | None = None
     try:
         result = module.main(*parsed)
     except user_errors() as err:
+        _fail(command, err)
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
         _fail(command, err)
     # `check` returns its exit status; the other commands return what they made
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

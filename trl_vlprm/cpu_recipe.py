@@ -107,9 +107,15 @@ class CPURecipe:
             "reasoning_error_rate": self.reasoning_error_rate,
         }
         rates.update(policy)
-        return sample_supervision(num_puzzles, self.solutions_per_puzzle, rates["perception_error_rate"],
-                                  rates["reasoning_error_rate"], seed=seed, families=self.families,
-                                  image_size=self.image_size)  # fmt: skip
+        return sample_supervision(
+            num_puzzles,
+            self.solutions_per_puzzle,
+            rates["perception_error_rate"],
+            rates["reasoning_error_rate"],
+            seed=seed,
+            families=self.families,
+            image_size=self.image_size,
+        )
 
     def training_data(self):
         # Offset so the training puzzles never coincide with held-out ones drawn with small seeds.
@@ -175,8 +181,9 @@ class CPURecipe:
         model_path = self.build_model(output_dir / "tiny-qwen2-vl")
         args = self.training_args(prm_path, **overrides)
         done = (prm_path / "model.safetensors").exists()
-        trainer = VLPRMTrainer(str(prm_path if done else model_path), args,
-                               train_dataset=self.training_data(), eval_dataset=eval_dataset)  # fmt: skip
+        trainer = VLPRMTrainer(
+            str(prm_path if done else model_path), args, train_dataset=self.training_data(), eval_dataset=eval_dataset
+        )
         before = {}
         if eval_dataset is not None and not done:
             before = trainer.evaluate()

@@ -246,7 +246,10 @@ def from_vlprm300k(
     if len(user_turns) > len(steps):
         raise RecordError(row, "steps_with_score", f"{len(steps)} step(s) for {len(user_turns)} conversation turn(s)")
 
-    completions, labels, step_types, section = [], [], [], None
+    completions = []
+    labels = []
+    step_types = []
+    section = None
     for i, (turn, verdict) in enumerate(zip(user_turns, verdicts)):
         score = _score(steps[i], i, row, "steps_with_score")
         text = _step_text(steps[i], i, row, "steps_with_score")

@@ -49,7 +49,9 @@ def section_positions(step_types: Sequence[str | None]) -> list[tuple[str, int]]
     A step without a type counts as reasoning. Raises `PaperFormatError` when a perception step follows a reasoning
     step: the format lists every perception step first.
     """
-    positions, counts, seen_reasoning = [], {"Visual Elements": 0, "Reasoning": 0}, False
+    positions = []
+    counts = {"Visual Elements": 0, "Reasoning": 0}
+    seen_reasoning = False
     for i, kind in enumerate(step_types):
         section = "Visual Elements" if kind == PERCEPTION else "Reasoning"
         if section == "Reasoning":

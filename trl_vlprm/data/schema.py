@@ -1,4 +1,4 @@
-"""The one record that flows through every stage: data -> labelling -> training -> guidance -> evaluation.
+"""The record every stage reads and writes, as data flows data -> labelling -> training -> guidance -> evaluation.
 
 A record is a row of a `datasets.Dataset`. It is a superset of TRL's former *stepwise supervision* format
 (`prompt`, `completions`, `labels`), so a text-only TRL dataset is already a valid record set.
@@ -38,7 +38,7 @@ IMAGE_PLACEHOLDER = "<image>"
 PERCEPTION = "perception"
 REASONING = "reasoning"
 STEP_TYPES = (PERCEPTION, REASONING)
-# The one copy of the option letters: prompts, graders, the answer judge and the paper layouts all letter with it.
+# Option letters: prompts, graders, the answer judge and the paper layouts all letter options with these.
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -53,7 +53,9 @@ class RecordError(ValueError):
     """A record breaks the schema. The message always names the row and the field."""
 
     def __init__(self, row: int | str, field: str, problem: str):
-        self.row, self.field, self.problem = row, field, problem
+        self.row = row
+        self.field = field
+        self.problem = problem
         super().__init__(f"row {row}: field '{field}': {problem}")
 
 

@@ -211,9 +211,13 @@ def mathvista_record(row: Mapping[str, Any], prompt_style: str = "default") -> d
     metadata = row.get("metadata") or {}
     if prompt_style == "paper":
         text = paper_prompts.mathvista_prompt(
-            row["question"], choices, row.get("question_type") or "", row.get("answer_type") or "",
-            row.get("precision"), row.get("unit"),
-        )  # fmt: skip
+            row["question"],
+            choices,
+            row.get("question_type") or "",
+            row.get("answer_type") or "",
+            row.get("precision"),
+            row.get("unit"),
+        )
         prompt = IMAGE_PLACEHOLDER + text
     else:
         prompt = IMAGE_PLACEHOLDER + "\n" + (row.get("query") or row["question"])

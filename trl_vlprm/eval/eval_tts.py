@@ -1,6 +1,6 @@
 """The evaluation TTS sweep (`recipes/eval_tts.py`, `trl-vlprm eval`): its config `EvalTTSConfig` and `run`.
 
-Policies and scorers are built by the one factory, `trl_vlprm.guidance.backends`, from specs "kind:positional,
+Policies and scorers are built by `trl_vlprm.guidance.backends` from specs "kind:positional,
 key=value,..." (numbers converted), here optionally labelled "label@kind:...": e.g.
 "qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120". Labels name rows and sample
 files, so two benchmarks, policies or scorers with one label are refused. What a label stands for is pinned
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,8 +30,7 @@ from trl_vlprm.guidance.backends import (
     parse_spec,
     split_label,
 )
-from trl_vlprm.guidance.sampling import SAMPLING_FIELDS
-from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
+from trl_vlprm.guidance.sampling import SAMPLING_FIELDS, sampling_argument
 from trl_vlprm.utils.ranks import Ranks
 from trl_vlprm.utils.resume import atomic_write_text, path_fingerprint
 
@@ -173,10 +173,9 @@ class EvalTTSConfig:
         metadata={"help": "The N to report; max(n_values) solutions are sampled per question."},
     )
     num_subsamples: int = field(default=4, metadata={"help": "Random subsets of size N drawn per N."})
-    step_separator: str = field(
-        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text that ends a step, for model policies."}
-    )
-    system_prompt: str | None = field(default=None, metadata={"help": "System prompt of model policies, if any."})
+    # The two sampling settings a spec cannot hold (a newline, free text); the rest are each policy spec's own.
+    step_separator: str = sampling_argument("step_separator")
+    system_prompt: str | None = sampling_argument("system_prompt")
     answer_kind: str = field(
         default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
     )
@@ -299,7 +298,9 @@ def load_benchmark_spec(spec: str):
     unknown = set(kwargs) - {"split", "limit", "prompt"}
     if unknown or len(args) > 1:
         raise ValueError(f"benchmark spec {spec!r}: expected 'name[:source][,split=...][,limit=...][,prompt=paper]'")
-    source, split, limit = args[0] if args else None, kwargs.get("split"), kwargs.get("limit")
+    source = args[0] if args else None
+    split = kwargs.get("split")
+    limit = kwargs.get("limit")
     return name, load_benchmark(name, source, split, limit, kwargs.get("prompt", "default"))
 
 
@@ -350,15 +351,33 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
             JudgeConfig(config.answer_judge_base_url, config.answer_judge_model, config.answer_judge_api_key_env)
         )
     rows = run_sweep(
-        benchmarks, policies, scorers, config.selections, config.n_values, config.output_dir,
-        config.num_subsamples, config.seed, config.answer_kind, pins, answer_judge, ranks,
-    )  # fmt: skip
+        benchmarks,
+        policies,
+        scorers,
+        config.selections,
+        config.n_values,
+        config.output_dir,
+        config.num_subsamples,
+        config.seed,
+        config.answer_kind,
+        pins,
+        answer_judge,
+        ranks,
+    )
     if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
         return rows
     rows = with_earlier_rows(rows, Path(config.output_dir) / "results.csv", ("benchmark", "policy", "scorer",
                                                                              "selection", "n"))  # fmt: skip
     write_tables(rows, config.output_dir)
-    plot_accuracy_vs_n(rows, Path(config.output_dir) / "accuracy_vs_n.png")
+    plot = Path(config.output_dir) / "accuracy_vs_n.png"
+    try:
+        plot_accuracy_vs_n(rows, plot)
+    except ImportError as err:  # the optional `plots` extra is missing: only the plot is lost
+        warnings.warn(
+            f"matplotlib cannot be imported ({err}): {plot.name} is not written, every table is; install "
+            "the plots extra (pip install 'trl_vlprm[plots]') to get it",
+            stacklevel=2,
+        )
     process_rows = []
     for bench_spec in config.process_benches:
         bench = load_process_bench_spec(bench_spec, config.seed)

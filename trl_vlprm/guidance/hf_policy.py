@@ -26,7 +26,9 @@ class _SeparatorStop(StoppingCriteria):
     """Stops each sequence once its generated text holds the separator after some non-blank text."""
 
     def __init__(self, tokenizer, prompt_length: int, separator: str):
-        self.tokenizer, self.prompt_length, self.separator = tokenizer, prompt_length, separator
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.separator = separator
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)

@@ -14,7 +14,9 @@ process reward model scores every step, so a token can be credited by the steps 
   `min_j r_j` as `T -> 0`); the leave-one-out token baseline of PURE's published run (`reward_baseline=token`:
   `b_ij = n_ij * sum_{k != i} sum_j r*_kj / sum_{k != i} L_k`, with `n_ij` the tokens of step j and `L_k` a
   completion's length) is subtracted at each step end; returns are summed backwards as above; the token advantages are
-  whitened over every completion token of the batch (PURE's replay-buffer normalisation).
+  whitened over every completion token of the batch (PURE's replay-buffer normalisation). Unlike PURE, whose step
+  rewards sit on separator tokens that then get advantage 0, a step here ends at its own last token (below), so no
+  token is zeroed.
 
 Then `A_t += outcome_weight * A_outcome` (TRL's advantage of the completion, from `reward_funcs` and
 `reward_weights`). A completion with no scored step (blank, over the step cap, unreadable image, or steps that cannot

@@ -1,9 +1,13 @@
 """`SamplingConfig`: the sampling settings every model-backed policy takes (`HFPolicy`, `VLLMPolicy`, `ServerPolicy`).
 
-Declared once here, so the three backends cannot drift apart: each policy keeps one `SamplingConfig` as
-`policy.sampling` and accepts either the dataclass or its fields as keywords (`HFPolicy(model, processor,
-temperature=0)` is `HFPolicy(model, processor, SamplingConfig(temperature=0))`). The number of samples is not a
-setting of the policy: every call names its own `n` (`sample_solutions(question, n)`), as the search strategy asks.
+Each policy keeps one `SamplingConfig` as `policy.sampling` and accepts either the dataclass or its fields as keywords
+(`HFPolicy(model, processor, temperature=0)` is `HFPolicy(model, processor, SamplingConfig(temperature=0))`). The
+number of samples is not a setting of the policy: every call names its own `n` (`sample_solutions(question, n)`), as
+the search strategy asks.
+
+Run configs take the same settings from `SamplingArguments` (`TTSArguments` and `LabelConfig` extend it; a config with
+fewer declares them with `sampling_argument(name)`), whose fields are `SamplingConfig`'s: one default and one help
+sentence per setting.
 """
 
 from __future__ import annotations
@@ -78,6 +82,45 @@ class SamplingConfig:
 
 
 SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingConfig))
+
+
+def sampling_argument(name: str) -> Any:
+    """A run config's field for the `SamplingConfig` setting `name`: the same default and help sentence."""
+    declared = SamplingConfig.__dataclass_fields__[name]
+    return field(default=declared.default, metadata=dict(declared.metadata))
+
+
+@dataclass
+class SamplingArguments:
+    """The policy sampling settings of a run config, each a `SamplingConfig` field (same default and help); they reach
+    a model-backed policy as defaults its spec's own keywords override. The run's `seed` is the run config's own.
+
+    Args:
+        step_separator: text that ends a step of the policy's output.
+        temperature: sampling temperature; 0 means greedy decoding (the n samples are one).
+        top_p: nucleus sampling threshold.
+        top_k: keep only the k likeliest tokens before sampling; 0 or None keeps all.
+        repetition_penalty: divides the logits of tokens already in the sequence; 1.0 is off.
+        max_new_tokens: token budget of a whole solution.
+        max_step_tokens: token budget of one step.
+        system_prompt: optional system message put before every question without one.
+    """
+
+    step_separator: str = sampling_argument("step_separator")
+    temperature: float = sampling_argument("temperature")
+    top_p: float = sampling_argument("top_p")
+    top_k: int | None = sampling_argument("top_k")
+    repetition_penalty: float = sampling_argument("repetition_penalty")
+    max_new_tokens: int = sampling_argument("max_new_tokens")
+    max_step_tokens: int = sampling_argument("max_step_tokens")
+    system_prompt: str | None = sampling_argument("system_prompt")
+
+    def sampling_settings(self) -> dict[str, Any]:
+        """These settings by name, as `SamplingConfig` keywords (a policy spec's defaults)."""
+        return {name: getattr(self, name) for name in SAMPLING_ARGUMENTS}
+
+
+SAMPLING_ARGUMENTS: tuple[str, ...] = tuple(f.name for f in fields(SamplingArguments))
 
 
 class SamplingPolicy:

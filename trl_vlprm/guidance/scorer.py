@@ -224,8 +224,8 @@ class PRMScorer:
 
     def _vision_inputs(self, prefix: _Prefix) -> dict[str, torch.Tensor]:
         inputs = {}
-        if prefix.mm_token_type_ids is not None:
-            inputs["mm_token_type_ids"] = prefix.mm_token_type_ids
+        if prefix.mm_token_type_ids is not None:  # under the name the family's model reads them by
+            inputs[self.family.token_types_input] = prefix.mm_token_type_ids
         return {**inputs, **prefix.image_inputs}
 
     def _prefix_positions(self, prefix: _Prefix) -> torch.Tensor:
@@ -359,7 +359,7 @@ class PRMScorer:
                 mm_types = torch.tensor([suffix.mm_token_type_ids], device=self.device)
         inputs: dict[str, Any] = {"input_ids": ids, **self._vision_inputs(prefix)}
         if mm_types is not None:
-            inputs["mm_token_type_ids"] = mm_types
+            inputs[self.family.token_types_input] = mm_types
         return self._step_probabilities(inputs, [ends])[0]
 
     @torch.inference_mode()

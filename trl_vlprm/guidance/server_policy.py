@@ -35,7 +35,7 @@ from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
 from trl_vlprm.guidance.sampling import SamplingConfig, SamplingPolicy
 from trl_vlprm.guidance.solutions import question_messages, read_answer, split_steps
-from trl_vlprm.utils.http import retry_after_seconds
+from trl_vlprm.utils.http import ServerContractError, ServerUnavailableError, retry_after_seconds
 
 MISSING_OPENAI_MESSAGE = "ServerPolicy needs the `openai` client: `pip install openai` (a trl_vlprm dependency)."
 
@@ -86,11 +86,6 @@ def chat_messages(
 T = TypeVar("T")
 
 
-class ServerContractError(RuntimeError):
-    """The server answered, but not what the OpenAI contract promises (fewer choices than `n`): asking again would
-    get the same, so it is not retried."""
-
-
 def _status(err: BaseException) -> int | None:
     """The HTTP status of a failed request (openai and httpx errors), if the server answered."""
     status = getattr(err, "status_code", None)
@@ -126,9 +121,14 @@ class ServerFleet:
             raise ValueError(f"{name}: max_concurrency must be >= 1")
         self.base_urls = [url.rstrip("/") for url in base_urls]
         self.request_timeout, self.max_retries, self.deadline, self.backoff = (
-            request_timeout, max_retries, deadline, backoff
-        )  # fmt: skip
-        self.retry_on, self.name, self.max_retry_wait = retry_on, name, max_retry_wait
+            request_timeout,
+            max_retries,
+            deadline,
+            backoff,
+        )
+        self.retry_on = retry_on
+        self.name = name
+        self.max_retry_wait = max_retry_wait
         self.requests_per_server = [0] * len(self.base_urls)  # attempts sent to each base URL (for load checks)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()
@@ -161,9 +161,9 @@ class ServerFleet:
                 if server_wait is not None:  # the server said when to come back: earlier would be refused again
                     pause = min(server_wait, self.max_retry_wait)
                 time.sleep(max(0.0, min(pause, self.deadline - (time.monotonic() - start))))
-        raise RuntimeError(
+        raise ServerUnavailableError(
             f"{self.name}: {label}: no answer after {len(errors)} attempt(s) in {time.monotonic() - start:.1f} s "
-            f"(deadline {self.deadline} s): " + " | ".join(errors)
+            f"(deadline {self.deadline} s); check that the server is up at that URL: " + " | ".join(errors)
         )
 
 
@@ -247,7 +247,7 @@ class ServerPolicy(SamplingPolicy):
             openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=request_timeout)
             for url in self.base_urls
         ]
-        self.model = model or self.clients[0].models.list().data[0].id
+        self.model = model or self._first_model()
         self.answer_extractor = answer_extractor
         self.max_samples_per_request = max_samples_per_request
         self.continue_prefix = continue_prefix
@@ -255,6 +255,18 @@ class ServerPolicy(SamplingPolicy):
         self.stats = PolicyStats()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="server-policy")
+
+    def _first_model(self) -> str:
+        """The first model the first server lists (`/v1/models`), the default `model`."""
+        import openai
+
+        try:
+            return self.clients[0].models.list().data[0].id
+        except (openai.APIError, IndexError) as err:
+            raise ServerUnavailableError(
+                f"ServerPolicy: cannot list the models of {self.base_urls[0]}/models ({type(err).__name__}: {err}); "
+                "is the server up? (or name the model: model=<name>)"
+            ) from err
 
     # -- Policy protocol ---------------------------------------------------------------------------------------
 

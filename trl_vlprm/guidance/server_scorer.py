@@ -22,6 +22,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,30 +30,45 @@ import torch
 
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.policy import Candidate, Question
-from trl_vlprm.guidance.server_policy import ServerFleet, chat_messages
+from trl_vlprm.guidance.server_policy import ServerFleet, chat_messages, image_data_url
 from trl_vlprm.guidance.vllm_policy import render_prompt
-from trl_vlprm.guidance.vllm_scorer import engine_kwargs, vllm_checkpoint, vllm_prm_config
-from trl_vlprm.modeling.heads import correct_probability, prm_token_ids
+from trl_vlprm.guidance.vllm_scorer import (
+    engine_kwargs,
+    verdict_token_ids,
+    vllm_checkpoint,
+    vllm_prm_config,
+    vllm_prm_layout,
+)
+from trl_vlprm.modeling.encoding import PRMEncoder, PRMLayout, encode_steps, image_token_counts, is_vision_processor
+from trl_vlprm.modeling.heads import correct_probability
+from trl_vlprm.modeling.presets import PRMPreset
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
-from trl_vlprm.trainer.tokenization import encode_steps, image_token_counts, is_vision_processor
 from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 logger = logging.getLogger(__name__)
 
 
-def prm_server_args(path: str | Path, head: str | None = None, cache_dir: str | Path | None = None) -> list[str]:
-    """`vllm serve` arguments (model folder first) that serve a PRM folder for `ServerPRMScorer`."""
-    path, config, head = vllm_prm_config(path, head)
+def prm_server_args(
+    path: str | Path,
+    head: str | None = None,
+    cache_dir: str | Path | None = None,
+    preset: str | PRMPreset | None = None,
+) -> list[str]:
+    """`vllm serve` arguments (model folder first) that serve a PRM folder or published PRM id for `ServerPRMScorer`
+    (a preset's pixel bounds go to the server's image processor)."""
+    name = path
+    path, config, head = vllm_prm_config(name, head, preset)
+    layout, chosen = vllm_prm_layout(name, config, preset)
     tokenizer = get_tokenizer(load_processor(path))
-    token_ids = None
-    if head == "generative":
-        positive, negative = config.get("prm_positive_token_id"), config.get("prm_negative_token_id")
-        token_ids = (positive, negative) if positive is not None and negative is not None else prm_token_ids(tokenizer)
+    token_ids = verdict_token_ids(config, tokenizer, layout) if head == "generative" else None
     folder = vllm_checkpoint(path, cache_dir) if head == "value" else Path(path)
     kwargs = engine_kwargs(folder, head, tokenizer, token_ids)
     args = [str(folder), "--runner", kwargs["runner"], "--pooler-config", json.dumps(kwargs["pooler_config"])]
     if "convert" in kwargs:
         args += ["--convert", kwargs["convert"], "--hf-overrides", json.dumps(kwargs["hf_overrides"])]
+    if chosen is not None and chosen.max_pixels is not None:
+        pixels = {"min_pixels": chosen.min_pixels, "max_pixels": chosen.max_pixels}
+        args += ["--mm-processor-kwargs", json.dumps({k: v for k, v in pixels.items() if v is not None})]
     return args
 
 
@@ -63,9 +79,11 @@ class ServerPRMScorer:
         base_urls: the server root(s), e.g. "http://host:8000" (a `/v1` suffix is dropped: `/pooling` is at the root).
         processing_class: the PRM's tokenizer or image-only processor (for the local layout check and step ends).
         model: the served model name; default: the first the first server lists.
-        step_separator: text appended to each step; default: the PRM's trained one (`from_pretrained`), else "\\n".
+        step_separator: text appended to each step; default: the layout's (the PRM's trained one), else "\\n".
         api_key: bearer token sent to the servers ("EMPTY": none).
         max_concurrency, request_timeout, max_retries, deadline, backoff: as `ServerPolicy` (`ServerFleet`).
+        layout: the PRM input layout (`from_pretrained` reads it from the checkpoint or the published PRM's preset);
+            default "steps".
     """
 
     def __init__(
@@ -80,6 +98,7 @@ class ServerPRMScorer:
         max_retries: int = 3,
         deadline: float = 600.0,
         backoff: float = 0.5,
+        layout: PRMLayout | None = None,
     ):
         import httpx
 
@@ -93,18 +112,35 @@ class ServerPRMScorer:
         self._http = httpx.Client(headers=headers)
         self.processing_class = processing_class
         self.tokenizer = get_tokenizer(processing_class)
-        self.step_separator = step_separator or DEFAULT_STEP_SEPARATOR
+        layout = layout or PRMLayout(step_separator=DEFAULT_STEP_SEPARATOR)
+        self.layout = replace(layout, step_separator=step_separator) if step_separator else layout
+        self.step_separator = self.layout.step_separator
+        self.encoder = PRMEncoder(processing_class, self.layout)
         self.model = model or self._get(0, "/v1/models")["data"][0]["id"]
         self.counters = {"requests": 0, "prompt_tokens": 0, "layout_mismatches": 0}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="server-prm")
 
     @classmethod
-    def from_pretrained(cls, base_urls: str | Sequence[str], path: str | Path, **kwargs) -> ServerPRMScorer:
-        """A scorer for the PRM folder `path` served at `base_urls` (the folder gives processor and separator)."""
-        path, config, _ = vllm_prm_config(path, kwargs.pop("head", None))
-        kwargs.setdefault("step_separator", config.get("prm_step_separator"))
-        return cls(base_urls, load_processor(path), **kwargs)
+    def from_pretrained(
+        cls,
+        base_urls: str | Sequence[str],
+        path: str | Path,
+        preset: str | PRMPreset | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        **kwargs,
+    ) -> ServerPRMScorer:
+        """A scorer for the PRM (folder or published PRM id) served at `base_urls`: the checkpoint, else its preset,
+        gives the processor, its pixel bounds and the input layout (serve it with `prm_server_args`)."""
+        name = path
+        path, config, _ = vllm_prm_config(name, kwargs.pop("head", None), preset)
+        layout, chosen = vllm_prm_layout(name, config, preset)
+        if chosen is not None:
+            min_pixels = min_pixels if min_pixels is not None else chosen.min_pixels
+            max_pixels = max_pixels if max_pixels is not None else chosen.max_pixels
+        processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
+        return cls(base_urls, processor, layout=layout, **kwargs)
 
     def _get(self, index: int, route: str) -> dict[str, Any]:
         response = self._http.get(self.fleet.base_urls[index] + route, timeout=self.fleet.request_timeout)
@@ -116,7 +152,8 @@ class ServerPRMScorer:
     def step_end_tokens(self, question: Question, steps: Sequence[str]) -> tuple[list[int], int, bool]:
         """Indices of each step's last token in the server's tokenization of the request, its token count, and
         whether that tokenization of the steps equals the trainer's (steps and separators tokenized apart)."""
-        text, images = render_prompt(self.processing_class, question, steps, self.step_separator)
+        system_prompt = self.layout.system_prompt
+        text, images = render_prompt(self.processing_class, question, steps, self.step_separator, system_prompt)
         if images:  # the server expands each image placeholder to its image tokens
             token = self.processing_class.image_token
             pieces = text.split(token)
@@ -125,7 +162,9 @@ class ServerPRMScorer:
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = encoded["offset_mapping"]
         position = len(text) - sum(len(step) + len(self.step_separator) for step in steps)
-        start, ends, aligned = position, [], True
+        start = position
+        ends = []
+        aligned = True
         for step in steps:
             position += len(step) + len(self.step_separator)
             index = next(i for i, (a, b) in enumerate(offsets) if a < position <= b)
@@ -138,18 +177,39 @@ class ServerPRMScorer:
 
     # ---- scoring --------------------------------------------------------------------------------------------
 
-    def _score_one(self, question: Question, candidate: Candidate) -> list[float]:
+    def _request(self, question: Question, steps: Sequence[str]) -> tuple[dict[str, Any], list[int], int, bool]:
+        """The `/pooling` request body of one candidate, each step's score position in the server's tokenization,
+        that tokenization's length, and whether it is the trainer's layout."""
+        body: dict[str, Any] = {"model": self.model, "task": "token_classify", "use_activation": False}
+        if self.layout.name == "steps" and self.encoder.is_vision:
+            ends, length, aligned = self.step_end_tokens(question, steps)
+            messages = chat_messages(question, steps, self.step_separator, self.layout.system_prompt)
+            body.update(messages=messages, continue_final_message=True, add_generation_prompt=False)
+            return body, ends, length, aligned
+        row = question.get("id", "?")
+        prompt = self.encoder.encode_prompt(question["prompt"], question.get("images") or [], row)
+        encoded = self.encoder.encode_candidate(question["prompt"], prompt, steps, row=row)
+        offset = len(prompt.input_ids) if encoded.shares_prefix else 0
+        ids = (prompt.input_ids if encoded.shares_prefix else []) + encoded.input_ids
+        ends = [offset + end for end in encoded.ends]
+        if not self.encoder.is_vision:  # token ids: exactly the trainer's layout
+            body["input"] = ids
+            return body, ends, len(ids), True
+        # The paper's conversation, rendered by the server's chat template as the encoder renders it locally.
+        urls = iter([image_data_url(image, row, f"images[{i}]") for i, image in enumerate(prompt.images)])
+        messages = self.encoder.conversation(question["prompt"], steps)
+        for message in messages:
+            message["content"] = [
+                {"type": "image_url", "image_url": {"url": next(urls)}} if part.get("type") == "image" else part
+                for part in message["content"]
+            ]
+        body.update(messages=messages, add_generation_prompt=True, continue_final_message=False)
+        return body, ends, len(ids), True
+
+    def _score_one(self, question: Question, candidate: Candidate) -> tuple[list[float], list[int]]:
         if not candidate.steps:
-            return []
-        ends, length, aligned = self.step_end_tokens(question, candidate.steps)
-        body = {
-            "model": self.model,
-            "messages": chat_messages(question, candidate.steps, self.step_separator),
-            "task": "token_classify",
-            "continue_final_message": True,
-            "add_generation_prompt": False,
-            "use_activation": False,  # raw class logits, turned into P(correct) as PRMScorer does
-        }
+            return [], []
+        body, ends, length, aligned = self._request(question, candidate.steps)
         qid = question.get("id", "?")
 
         def send(index: int, timeout: float) -> list[list[float]]:
@@ -175,15 +235,23 @@ class ServerPRMScorer:
                     )
                 self.counters["layout_mismatches"] += 1
         logits = torch.tensor([rows[i] for i in ends], dtype=torch.float32)
-        return correct_probability(logits).tolist()
+        return correct_probability(logits).tolist(), [end + 1 for end in ends]
 
     def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
         """P(step correct) for every step of every candidate, one request per candidate, concurrently."""
+        return self.score_with_input_lengths(question, candidates)[0]
+
+    def score_with_input_lengths(
+        self, question: Question, candidates: Sequence[Candidate]
+    ) -> tuple[list[list[float]], list[list[int]]]:
+        """`score`, plus for every step the number of tokens the PRM read to score it (as `PRMScorer` reports them;
+        the paper's reward divides by it)."""
         if is_vision_processor(self.processing_class):  # decode the images once, not in every request thread
             qid = question.get("id", "?")
             images = [load_image(im, qid, f"images[{i}]") for i, im in enumerate(question.get("images") or [])]
             question = {**question, "images": images}
-        return list(self._pool.map(lambda candidate: self._score_one(question, candidate), candidates))
+        results = list(self._pool.map(lambda candidate: self._score_one(question, candidate), candidates))
+        return [scores for scores, _ in results], [lengths for _, lengths in results]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

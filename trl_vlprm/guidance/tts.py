@@ -38,9 +38,8 @@ from trl_vlprm.guidance.backends import (
     spec_of,
 )
 from trl_vlprm.guidance.policy import Policy, Question, StepScorer
-from trl_vlprm.guidance.sampling import SamplingConfig
+from trl_vlprm.guidance.sampling import SamplingArguments, SamplingConfig
 from trl_vlprm.guidance.strategies import STRATEGIES, SearchConfig, get_strategy
-from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
 from trl_vlprm.utils.ranks import SINGLE, Ranks, merge_parts
 from trl_vlprm.utils.resume import (
     check_settings,
@@ -78,9 +77,11 @@ def _finished(output_file: Path, settings: Mapping[str, Any], questions: Mapping
         qid = str(record["id"])
         if qid in questions and record.get("question_digest") != question_digest(questions[qid]):
             raise RecordError(
-                qid, "question_digest", f"{output_file}:{number} answered another version of this question (its "
+                qid,
+                "question_digest",
+                f"{output_file}:{number} answered another version of this question (its "
                 "content changed since); restore the old inputs or write to another file",
-            )  # fmt: skip
+            )
         done[qid] = bool(record["correct"])
     return done
 
@@ -173,8 +174,10 @@ def summary_line(summary: TTSSummary, strategy: str) -> str:
 
 
 @dataclass
-class TTSArguments:
-    """Arguments of `recipes/tts.py` besides the search settings (`SearchConfig`).
+class TTSArguments(SamplingArguments):
+    """Arguments of `recipes/tts.py` besides the search settings (`SearchConfig`), and the policy's sampling settings
+    (`SamplingArguments`: `step_separator`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `max_new_tokens`,
+    `max_step_tokens`, `system_prompt`; the paper's protocol uses top_k 20 and repetition penalty 1.05).
 
     Args:
         dataset: "puzzles" for freshly generated testbed puzzles, or a `datasets` folder / .jsonl / .json / .parquet
@@ -199,14 +202,6 @@ class TTSArguments:
         prm_step_separator: separator the PRM puts after each step; None: the one it was trained with. Independent of
             the policy's `step_separator` (steps reach the PRM as a list).
         prm_batch_size: candidates per PRM forward pass.
-        step_separator: text ending a step in the policy's output.
-        temperature: policy sampling temperature (0 = greedy decoding).
-        top_p: policy nucleus sampling threshold.
-        top_k: policy top-k filter (None: off; the paper's protocol uses 20).
-        repetition_penalty: policy repetition penalty (1.0: off; the paper's protocol uses 1.05).
-        max_new_tokens: token budget of a full solution.
-        max_step_tokens: token budget of one step.
-        system_prompt: optional system message for the policy.
         perception_error_rate: scripted policy: chance a perception step misreads the image.
         reasoning_error_rate: scripted policy: chance a reasoning step slips.
         seed: seed of the puzzles, the policy's sampling and the random scorer.
@@ -267,20 +262,6 @@ class TTSArguments:
         metadata={"help": "Separator the PRM puts after each step; None uses the one it was trained with."},
     )
     prm_batch_size: int = field(default=16, metadata={"help": "Candidates per PRM forward pass."})
-    step_separator: str = field(
-        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text ending a step in the policy's output."}
-    )
-    temperature: float = field(default=0.7, metadata={"help": "Policy sampling temperature (0 is greedy decoding)."})
-    top_p: float = field(default=1.0, metadata={"help": "Policy nucleus sampling threshold."})
-    top_k: int | None = field(
-        default=None, metadata={"help": "Policy top-k filter; None keeps every token (the paper's protocol uses 20)."}
-    )
-    repetition_penalty: float = field(
-        default=1.0, metadata={"help": "Policy repetition penalty; 1.0 is off (the paper's protocol uses 1.05)."}
-    )
-    max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a full solution."})
-    max_step_tokens: int = field(default=128, metadata={"help": "Token budget of one step."})
-    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message for the policy."})
     perception_error_rate: float = field(
         default=0.3, metadata={"help": "Scripted policy: chance a perception step misreads the image."}
     )
@@ -331,17 +312,7 @@ class TTSArguments:
 
     def sampling(self) -> SamplingConfig:
         """The policy's sampling settings (a policy spec's own keywords win over them)."""
-        return SamplingConfig(
-            step_separator=self.step_separator,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty,
-            max_new_tokens=self.max_new_tokens,
-            max_step_tokens=self.max_step_tokens,
-            seed=self.seed,
-            system_prompt=self.system_prompt,
-        )
+        return SamplingConfig(**self.sampling_settings(), seed=self.seed)
 
 
 def build_questions(args: TTSArguments):
@@ -359,12 +330,12 @@ def build_questions(args: TTSArguments):
 
 
 def build_policy(args: TTSArguments) -> Policy:
-    """The policy `args.policy` names, built by the one factory (`trl_vlprm.guidance.backends`)."""
+    """The policy `args.policy` names, built by `trl_vlprm.guidance.backends`."""
     return backends.build_policy(args.policy_spec(), args.seed, asdict(args.sampling()))
 
 
 def build_scorer(args: TTSArguments) -> StepScorer | None:
-    """The step scorer `args.scorer` names (None for "none"), built by the one factory."""
+    """The step scorer `args.scorer` names (None for "none"), built by `trl_vlprm.guidance.backends`."""
     spec = args.scorer_spec()
     if spec is None:
         return None

@@ -113,7 +113,8 @@ class VLLMPolicy(SamplingPolicy):
             from trl_vlprm.modeling.processor import load_processor
 
             processor = load_processor(llm.model_config.model)
-        self.llm, self.processor = llm, processor
+        self.llm = llm
+        self.processor = processor
         self.answer_extractor = answer_extractor
         self.stats = PolicyStats()
 
@@ -218,7 +219,10 @@ class _Completion:
     __slots__ = ("text", "finish_reason", "stop_reason", "tokens")
 
     def __init__(self, text: str, finish_reason: str | None, stop_reason, tokens: int):
-        self.text, self.finish_reason, self.stop_reason, self.tokens = text, finish_reason, stop_reason, tokens
+        self.text = text
+        self.finish_reason = finish_reason
+        self.stop_reason = stop_reason
+        self.tokens = tokens
 
     @classmethod
     def of(cls, output) -> _Completion:

@@ -25,12 +25,14 @@ from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.loading import load_questions
-from trl_vlprm.data.schema import RecordError, question_ids
+from trl_vlprm.data.schema import RecordError, question_ids, solution_id
 from trl_vlprm.guidance.backends import build_policy, parse_spec
 from trl_vlprm.labeling.batch_judge import BatchJudge, batch_cost
 from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
+from trl_vlprm.labeling.importing import read_rollouts, read_verdict_files, verdicts_from_files
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
+from trl_vlprm.labeling.judge_prompts import JUDGE_PROMPTS
 from trl_vlprm.labeling.labeler import (
     BatchStats,
     count_verdicts,
@@ -41,6 +43,7 @@ from trl_vlprm.labeling.labeler import (
     solutions_from_json,
     solutions_to_json,
 )
+from trl_vlprm.labeling.noise import save_noise_report
 from trl_vlprm.labeling.shards import (
     SHARD_PATTERN,
     LegacyShardError,
@@ -56,7 +59,9 @@ from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.utils.ranks import SINGLE, Ranks, RunClaim
 from trl_vlprm.utils.resume import atomic_write_text, pin_settings, question_digest, stable_digest
 
-__all__ = ["LabelConfig", "JudgeFailureError", "build_dataset", "load_labelled", "output_features", "run"]
+__all__ = [
+    "LabelConfig", "JudgeFailureError", "build_dataset", "import_dataset", "load_labelled", "output_features", "run"
+]  # fmt: skip
 
 CONFIG_FILE = "labelling_config.json"
 BATCH_DIR = "batch_judge"  # the batch judge's state, input files and downloads, beside the shards
@@ -167,6 +172,7 @@ def build_dataset(
         total = BatchStats()
         for shard in _trusted_shards(output_dir)[0]:  # every shard: earlier runs' and every rank's
             total.add(shard.stats)
+        save_noise_report(output_dir, total.noise)
     return total
 
 
@@ -196,7 +202,9 @@ def _label_shards(
     too."""
     ranks = claim.ranks
     output_dir = Path(config.output_dir)
-    server, own_server, judge = judge_server, False, None
+    server = judge_server
+    own_server = False
+    judge = None
     batch_judge = RULES.get(config.rule).needs_judge and config.judge == "batch"
     if batch_judge:  # a given testbed server is only taught the rollouts' gold: the batch server answers from it
         judge = BatchJudge(judge_config, output_dir / BATCH_DIR, show_progress=config.show_progress)
@@ -272,13 +280,95 @@ def _label_with_batch_judge(batch, digests, policy, config, judge, server, grade
         solutions, stats = roll_out(batch, policy, config.num_rollouts, config.mc_config(), server, grader)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(solutions_to_json(solutions, stats)))
-    custom_ids = [f"{question['id']}/r{j}" for question, j, _, _ in solutions]
+    custom_ids = [solution_id(str(question["id"]), j) for question, j, _, _ in solutions]
     verdicts = judge.judge_many(judge_items(solutions), custom_ids, key)
     count_verdicts(stats, verdicts)
     rows = label_solutions(
         solutions, verdicts, config.rule, stats, config.disagreement, config.disagreement_weight, config.judge_unknown
     )
     return rows, stats
+
+
+def import_dataset(
+    config: LabelConfig,
+    judge_config: JudgeConfig | None = None,
+    questions=None,
+    grader: Grader | None = None,
+) -> BatchStats:
+    """Label the rollouts of `config.rollouts_file` (with the verdicts of `config.verdict_files`, or else the
+    configured judge) into the shards of `config.output_dir`; the stats of all shards there.
+
+    Same shards, pins, resume and checks as `build_dataset` (`trl_vlprm.labeling.importing` for the formats).
+    `questions` are the question records of rollouts in our format (default: those `config.dataset` names).
+    """
+    judge_config = judge_config or JudgeConfig()
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if questions is None and config.rollouts_format != "paper":
+        questions = _make_questions(config)
+    imported = read_rollouts(
+        config.rollouts_file, config.rollouts_format, questions, config.mc_threshold, config.image_root, grader
+    )
+    ids = question_ids(imported.questions, "imported rollouts")
+    digests = [question_digest(question) for question in imported.questions]
+    needs = RULES.get(config.rule)
+    from_files = None
+    if needs.needs_judge and config.verdict_files:
+        prompt = JUDGE_PROMPTS.get(judge_config.judge_prompt, "JudgeConfig.judge_prompt")
+        lines = read_verdict_files(config.verdict_files)
+        from_files = dict(zip(imported.custom_ids, verdicts_from_files(imported, lines, prompt.parse)))
+    planned = SINGLE.claimed_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests))
+    with planned as (plan, claim):
+        judge = None
+        if needs.needs_judge and from_files is None:
+            judge = (
+                BatchJudge(judge_config, output_dir / BATCH_DIR, config.show_progress)
+                if config.judge == "batch"
+                else JudgeClient(judge_config, seed=config.seed)
+            )
+        by_question: dict[str, list[int]] = {}
+        for k, (question, _, _, _) in enumerate(imported.solutions):
+            by_question.setdefault(str(question["id"]), []).append(k)
+        for index, chunk in tqdm(plan, desc="import", unit="shard", disable=not config.show_progress):
+            chunk_ids = [ids[j] for j in chunk]
+            picked = [k for qid in chunk_ids for k in by_question.get(qid, [])]
+            solutions = [imported.solutions[k] for k in picked]
+            custom_ids = [imported.custom_ids[k] for k in picked]
+            stats = BatchStats()
+            for _, _, _, mc in solutions:
+                if mc is not None:
+                    stats.mc_cost.add(mc.cost)
+            verdicts = [None] * len(solutions)
+            if from_files is not None:
+                verdicts = [from_files[cid] for cid in custom_ids]
+            elif judge is not None and isinstance(judge, BatchJudge):
+                key = "import-" + stable_digest([chunk_ids, [digests[j] for j in chunk]])[:16]
+                verdicts = judge.judge_many(judge_items(solutions), custom_ids, key)
+            elif judge is not None:
+                verdicts = judge.judge_many(judge_items(solutions))
+            if needs.needs_judge:
+                count_verdicts(stats, verdicts)
+                if judge is not None:
+                    _check_judge(config, judge, stats, chunk_ids)
+            rows = label_solutions(
+                solutions, verdicts, config.rule, stats, config.disagreement, config.disagreement_weight,
+                config.judge_unknown,
+            )  # fmt: skip
+            with claim.writing(f"shard {index}"):
+                write_shard(output_dir, index, rows, stats, chunk_ids, [digests[j] for j in chunk])
+        total = BatchStats()
+        for shard in _trusted_shards(output_dir)[0]:
+            total.add(shard.stats)
+        save_noise_report(output_dir, total.noise)
+    return total
+
+
+def _make_questions(config: LabelConfig):
+    if config.dataset == "puzzles":
+        from trl_vlprm.testbed import generate_puzzles
+
+        return generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
+    return load_questions(config.dataset, config.dataset_split, config.num_questions)
 
 
 def _make_policy_and_questions(config: LabelConfig):
@@ -293,7 +383,7 @@ def _make_policy_and_questions(config: LabelConfig):
 
             require_puzzle_states(questions, config.dataset, "LabelConfig.policy")
     spec = config.policy_spec()
-    return build_policy(spec, config.seed, config.sampling_defaults()), questions
+    return build_policy(spec, config.seed, config.sampling_settings()), questions
 
 
 def summary_line(stats: BatchStats) -> str:
@@ -312,8 +402,11 @@ def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchSt
     Under `accelerate launch --num_processes K` the K processes share the new shards (`trl_vlprm.utils.ranks`); the
     stats returned are those of the whole folder once every rank is done.
     """
+    ranks = Ranks.from_environment()
+    if config.rollouts_file is not None:  # imported rollouts: one process labels them
+        return import_dataset(config, judge_config) if ranks.is_main else BatchStats()
     policy, questions = _make_policy_and_questions(config)
-    return build_dataset(questions, policy, config, judge_config=judge_config, ranks=Ranks.from_environment())
+    return build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
 
 
 def batch_cost_line(stats: BatchStats, judge_config: JudgeConfig) -> str:

@@ -12,16 +12,18 @@ from trl_vlprm.guidance.backends import (
     config_policy_spec,
     parse_spec,
 )
+from trl_vlprm.guidance.sampling import SamplingArguments
 from trl_vlprm.labeling.combine import DISAGREEMENT_POLICIES, RULES, UNKNOWN_POLICIES
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
-from trl_vlprm.types import DEFAULT_POLICY_STEP_SEPARATOR
 from trl_vlprm.utils.resume import dataclass_settings
 
 
 @dataclass
-class LabelConfig:
-    """Arguments of `trl-vlprm label` / `recipes/build_dataset.py`.
+class LabelConfig(SamplingArguments):
+    """Arguments of `trl-vlprm label` / `recipes/build_dataset.py`, and the sampling settings of a model-backed policy
+    (hf, vllm, server; `SamplingArguments`: `step_separator`, `temperature`, `top_p`, `top_k`, `repetition_penalty`,
+    `max_new_tokens`, `max_step_tokens`, `system_prompt`).
 
     Args:
         dataset: "puzzles" (generated testbed puzzles) or a `datasets` folder / .jsonl / .json / .parquet file of
@@ -48,9 +50,6 @@ class LabelConfig:
         policy_model_path: the policy model ("hf", "vllm"): a folder or a Hub repo id.
         policy_model_revision: branch, tag or commit of a `policy_model_path` repo id (None: "main").
         perception_error_rate / reasoning_error_rate: error rates of the scripted policy.
-        temperature: sampling temperature of a model-backed policy (hf, vllm, server).
-        max_new_tokens: token budget of a solution (model-backed policies).
-        step_separator: text ending a step (model-backed policies).
         judge: "server" (an OpenAI-compatible endpoint at `judge_base_url`), "batch" (the OpenAI Batch API at
             `judge_base_url` or an Azure endpoint, `trl_vlprm.labeling.batch_judge`: half the price, resumable, for
             runs at scale), "testbed" (an in-process `JudgeServer` answering from the scripted policy's gold with the
@@ -62,6 +61,12 @@ class LabelConfig:
         judge_flip_rate_perception / judge_flip_rate_reasoning: noise of the "testbed" judge.
         seed: seed of the puzzles, the scripted policy and the testbed judge.
         show_progress: show a tqdm bar with the running costs.
+        rollouts_file: a JSONL file of rollouts with their MC estimates, labelled instead of sampling
+            (`trl_vlprm.labeling.importing`: the paper's format, or ours with the questions from `dataset`).
+        rollouts_format: "paper", "ours" or "auto" (told apart by the first line).
+        verdict_files: judge answers about the imported rollouts (Batch API output/error files, the paper's
+            verification results), read by `judge_prompt`'s parser; None asks the configured judge.
+        image_root: folder that relative image paths of a paper-format rollouts file are read from.
     """
 
     dataset: str = field(
@@ -132,11 +137,6 @@ class LabelConfig:
     reasoning_error_rate: float = field(
         default=0.1, metadata={"help": "Chance a reasoning step of the scripted policy slips."}
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of a model-backed policy."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Token budget of a solution of a model-backed policy."})
-    step_separator: str = field(
-        default=DEFAULT_POLICY_STEP_SEPARATOR, metadata={"help": "Text ending a step of a model-backed policy."}
-    )
     judge: str = field(
         default="testbed",
         metadata={
@@ -160,6 +160,28 @@ class LabelConfig:
     )
     seed: int = field(default=0, metadata={"help": "Seed of the puzzles, the scripted policy and the testbed judge."})
     show_progress: bool = field(default=True, metadata={"help": "Show a tqdm bar with the running costs."})
+    rollouts_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A JSONL file of rollouts with their Monte-Carlo estimates to label instead of sampling (the "
+            "paper's format or ours, trl_vlprm.labeling.importing); None samples them with the policy."
+        },
+    )
+    rollouts_format: str = field(
+        default="auto",
+        metadata={"help": "Format of rollouts_file: 'paper', 'ours' or 'auto' (told apart by the first line)."},
+    )
+    verdict_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Judge answers for the imported rollouts: Batch API output/error files or the paper's "
+            "verification results files, read by judge_prompt's parser; None asks the configured judge."
+        },
+    )
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder relative image paths of a rollouts_file in the paper's format are read from."},
+    )
 
     def __post_init__(self):
         RULES.check(self.rule, "LabelConfig.rule")
@@ -172,8 +194,19 @@ class LabelConfig:
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LabelConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
-        if RULES.get(self.rule).needs_judge and self.judge == "none":
+        if RULES.get(self.rule).needs_judge and self.judge == "none" and not self.verdict_files:
             raise ValueError(f"LabelConfig.rule={self.rule!r} needs a judge but judge='none'")
+        if self.rollouts_format not in ("auto", "paper", "ours"):
+            raise ValueError(
+                f"LabelConfig.rollouts_format={self.rollouts_format!r}; expected 'auto', 'paper' or 'ours'"
+            )
+        if self.verdict_files and not self.rollouts_file:
+            raise ValueError("LabelConfig.verdict_files are answers about imported rollouts: give rollouts_file too")
+        if self.rollouts_file is not None:
+            if self.judge == "testbed" and not self.verdict_files and RULES.get(self.rule).needs_judge:
+                raise ValueError("LabelConfig.judge='testbed' answers from gold that imported rollouts do not carry")
+            self._check_sizes()
+            return  # no policy samples anything: its settings are not checked
         try:
             check_spec(self.policy_spec(), POLICY_BACKENDS, "policy")
         except MissingModelError as err:
@@ -182,6 +215,9 @@ class LabelConfig:
             raise ValueError(f"LabelConfig.policy={self.policy!r}: {err}") from None
         if self.judge == "testbed" and parse_spec(self.policy_spec())[0] != "scripted":
             raise ValueError("LabelConfig.judge='testbed' answers from gold only the scripted policy knows")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
         if self.shard_size < 1 or self.num_rollouts < 1:
             raise ValueError("LabelConfig.shard_size and num_rollouts must be >= 1")
         if self.num_questions is not None and self.num_questions < 1:
@@ -192,14 +228,6 @@ class LabelConfig:
     def policy_spec(self) -> str:
         """The policy as one backend spec (`trl_vlprm.guidance.backends.config_policy_spec`)."""
         return config_policy_spec(self)
-
-    def sampling_defaults(self) -> dict[str, Any]:
-        """The sampling settings a model-backed policy gets (a policy spec's own keywords win over them)."""
-        return {
-            "step_separator": self.step_separator,
-            "temperature": self.temperature,
-            "max_new_tokens": self.max_new_tokens,
-        }
 
     def mc_config(self) -> MCConfig | None:
         if not RULES.get(self.rule).needs_mc:
@@ -216,9 +244,18 @@ class LabelConfig:
         """
         judge = judge or JudgeConfig()
         pinned = {**dataclass_settings(self, exclude=_NOT_PINNED), "judge_model": judge.judge_model}
+        for name in _PINNED_WHEN_SET:  # so folders labelled before these settings existed still resume
+            if pinned[name] == SamplingArguments.__dataclass_fields__[name].default:
+                del pinned[name]
         if judge.judge_prompt != "json":  # pinned only when set, so folders labelled before it existed still resume
             pinned["judge_prompt"] = judge.judge_prompt
+        importing = self.rollouts_file is not None
+        for name in _IMPORT_SETTINGS:  # likewise: only an import pins what it imports
+            if pinned[name] is None or not importing:
+                pinned.pop(name)
         return pinned
 
 
 _NOT_PINNED = ("output_dir", "show_progress", "num_questions", "judge_max_failed_share")
+_PINNED_WHEN_SET = ("top_p", "top_k", "repetition_penalty", "max_step_tokens", "system_prompt")
+_IMPORT_SETTINGS = ("rollouts_file", "rollouts_format", "verdict_files", "image_root")

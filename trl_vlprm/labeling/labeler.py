@@ -17,6 +17,7 @@ from trl_vlprm.guidance.policy import Policy, Question
 from trl_vlprm.labeling.combine import RULES, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
 from trl_vlprm.labeling.mc import Cost, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
+from trl_vlprm.labeling.noise import count_noise
 from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.trainer.metrics import precision_recall_f1
 
@@ -34,12 +35,14 @@ class BatchStats:
     steps_total: int = 0
     steps_labelled: int = 0
     cases: Counter = field(default_factory=Counter)
+    noise: Counter = field(default_factory=Counter)  # `trl_vlprm.labeling.noise` counters
 
     def add(self, other: BatchStats) -> None:
         self.rollout_cost.add(other.rollout_cost)
         self.mc_cost.add(other.mc_cost)
         self.judge.update(other.judge)
         self.cases.update(other.cases)
+        self.noise.update(other.noise)
         for name in ("solutions", "records", "dropped_solutions", "steps_total", "steps_labelled"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -49,6 +52,7 @@ class BatchStats:
             "mc_cost": self.mc_cost.as_dict(),
             "judge": dict(self.judge),
             "cases": dict(self.cases),
+            "noise": dict(self.noise),
             **{
                 n: getattr(self, n)
                 for n in ("solutions", "records", "dropped_solutions", "steps_total", "steps_labelled")
@@ -59,6 +63,7 @@ class BatchStats:
     def from_dict(cls, data: Mapping[str, Any]) -> BatchStats:
         stats = cls(Cost(**data["rollout_cost"]), Cost(**data["mc_cost"]), Counter(data["judge"]))
         stats.cases = Counter(data["cases"])
+        stats.noise = Counter(data.get("noise", {}))  # absent from shards written before the noise report
         for name in ("solutions", "records", "dropped_solutions", "steps_total", "steps_labelled"):
             setattr(stats, name, data[name])
         return stats
@@ -210,9 +215,18 @@ def label_solutions(
     judge_unknown: str = "keep_prefix",
 ) -> list[dict[str, Any]]:
     """Combine each solution's MC labels and verdicts by `rule` into records (the longest labelled prefix; a
-    solution with none is dropped); the counts go into `stats`."""
+    solution with none is dropped); the counts go into `stats`, with the noise report's (`count_noise`)."""
     rows = []
+    settings = {"disagreement": disagreement, "disagreement_weight": disagreement_weight, "unknown": judge_unknown}
     for (question, j, rollout, mc), verdict in zip(solutions, verdicts):
+        count_noise(
+            stats.noise,
+            rollout.step_types,
+            mc.labels if mc else None,
+            verdict.verdicts if verdict else None,
+            rollout.gold_correct,
+            settings,
+        )
         combined = combine(
             rule,
             len(rollout.steps),

@@ -154,7 +154,11 @@ class _Estimator:
     """Memoised MC estimates of one rollout's prefixes; the full prefix is the rollout's own outcome."""
 
     def __init__(self, policy, question, rollout: Rollout, config: MCConfig, grader: Grader):
-        self.policy, self.question, self.rollout, self.config, self.grader = policy, question, rollout, config, grader
+        self.policy = policy
+        self.question = question
+        self.rollout = rollout
+        self.config = config
+        self.grader = grader
         self.scores: list[float | None] = [None] * len(rollout.steps)
         self.num_estimates = 0
 

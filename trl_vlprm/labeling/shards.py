@@ -12,6 +12,7 @@ legitimate) and names the file in every error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from typing import Any
 
 from trl_vlprm.data.schema import stepwise_features
 from trl_vlprm.labeling.labeler import BatchStats
-from trl_vlprm.utils.resume import atomic_write, atomic_write_text
+from trl_vlprm.utils.resume import atomic_write_text
 
 SIDECAR_FORMAT = 2
 SHARD_PATTERN = re.compile(r"shard-(\d{5,})\.parquet")
@@ -74,6 +75,7 @@ def write_shard(
     question_digests: Sequence[str],
 ) -> Path:
     """Write one shard's sidecar, then its Parquet file (its presence marks the shard done)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from datasets import Dataset
 
@@ -81,16 +83,21 @@ def write_shard(
     columns = {name: [row[name] for row in rows] for name in features}
     dataset = Dataset.from_dict(columns, features=features)
     path = shard_path(output_dir, index)
+    # pyarrow directly: the table carries the features in its schema metadata, and no progress bar per shard
+    buffer = pa.BufferOutputStream()
+    pq.write_table(dataset.data.table, buffer)
+    data = buffer.getvalue().to_pybytes()
     sidecar = {
         "format": SIDECAR_FORMAT,
         "question_ids": list(question_ids),
         "question_digests": list(question_digests),
         "num_rows": len(rows),
         "stats": stats.as_dict(),
+        # what the Parquet file holds, so a shard replaced by another of the same row count is not trusted
+        "parquet_sha256": hashlib.sha256(data).hexdigest(),
     }
     atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=1))
-    # pyarrow directly: the table carries the features in its schema metadata, and no progress bar per shard
-    atomic_write(path, lambda temp: pq.write_table(dataset.data.table, temp))
+    atomic_write_text(path, data)
     return path
 
 
@@ -120,6 +127,9 @@ def verify_shard(path: Path) -> ShardInfo:
     rows = parquet_rows(path)
     if rows != sidecar["num_rows"]:
         raise ShardError(f"{path}: {rows} rows but its sidecar records {sidecar['num_rows']} (truncated or replaced)")
+    expected = sidecar.get("parquet_sha256")  # absent from shards written before it was recorded
+    if expected is not None and _sha256(path) != expected:
+        raise ShardError(f"{path}: its content differs from what its sidecar records (replaced by another shard?)")
     if len(sidecar["question_ids"]) != len(sidecar["question_digests"]):
         raise ShardError(f"{sidecar_path}: question_ids and question_digests differ in length")
     index = int(SHARD_PATTERN.fullmatch(path.name).group(1))
@@ -133,6 +143,14 @@ def verify_shard(path: Path) -> ShardInfo:
     )
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def shard_files(output_dir: str | Path) -> list[Path]:
     """The finished shards of a folder in index order."""
     files = [p for p in Path(output_dir).glob("shard-*.parquet") if SHARD_PATTERN.fullmatch(p.name)]
@@ -142,20 +160,25 @@ def shard_files(output_dir: str | Path) -> list[Path]:
 def load_labelled(output_dir: str | Path):
     """The labelled dataset of all shards in `output_dir`, in shard order.
 
-    Empty shards (questions that produced no record) are skipped; an unreadable shard, or one whose row count
-    differs from its sidecar, raises a `ShardError` naming the file.
+    Empty shards (questions that produced no record) are skipped; an unreadable shard, one whose row count or
+    content differs from its sidecar, or a question two shards cover raises a `ShardError` naming the files.
     """
     from datasets import Dataset, load_dataset
 
     files = shard_files(output_dir)
     if not files:
         raise FileNotFoundError(f"no shard-*.parquet in {output_dir}")
-    non_empty = []
+    non_empty, covered = [], {}
     for path in files:
         try:
-            rows = verify_shard(path).num_rows if path.with_suffix(".json").exists() else parquet_rows(path)
+            info = verify_shard(path) if path.with_suffix(".json").exists() else None
+            rows = info.num_rows if info is not None else parquet_rows(path)
         except LegacyShardError:  # an older folder still loads; only resuming into it needs the ids
-            rows = parquet_rows(path)
+            info, rows = None, parquet_rows(path)
+        for qid in info.question_ids if info is not None else ():
+            if qid in covered:  # two runs wrote the same question: serving both would double its rows
+                raise ShardError(f"question {qid!r} is covered by both {covered[qid]} and {path}")
+            covered[qid] = path
         if rows:
             non_empty.append(path)
     features = output_features()

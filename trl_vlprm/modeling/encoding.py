@@ -186,15 +186,8 @@ def _render(processing_class: Any, messages: list[dict[str, Any]], generation_pr
 
 
 def _expand_images(processing_class: Any, text: str, images: Sequence[Any], row: Any) -> str:
-    """Each image's single placeholder token repeated as many times as the image processor will produce tokens."""
-    image_token = processing_class.image_token
-    pieces = text.split(image_token)
-    if len(pieces) - 1 != len(images):
-        raise RecordError(
-            row, "images", f"{len(images)} image(s) but {len(pieces) - 1} image slot(s) after the chat template"
-        )
-    counts = image_token_counts(processing_class, images, row)
-    return pieces[0] + "".join(image_token * n + piece for n, piece in zip(counts, pieces[1:]))
+    """Each image's placeholder expanded into the tokens the processor will put there (the model family knows how)."""
+    return family_of_processor(processing_class).expand_image_tokens(processing_class, text, images, row)
 
 
 def mm_token_type_ids(processing_class: Any, ids: Sequence[int]) -> list[int] | None:
@@ -326,6 +319,14 @@ class PRMEncoder:
             return encoded_prompt, encoded.input_ids, encoded.ends
         offset = len(encoded_prompt.input_ids)
         return encoded_prompt, encoded_prompt.input_ids + encoded.input_ids, [offset + end for end in encoded.ends]
+
+    def conversation(
+        self, prompt: str, steps: Sequence[str], verdicts: Sequence[bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """The "multi_turn" layout's chat messages of a whole candidate (verdicts default all correct), image slots as
+        `{"type": "image"}` parts: what a served PRM renders with its own chat template (plus a generation prompt)."""
+        verdicts = [True] * (len(steps) - 1) if verdicts is None else list(verdicts)[: len(steps) - 1]
+        return self._messages(prompt, steps, verdicts)
 
     # ---- one-string layouts ---------------------------------------------------------------------------------
 

@@ -56,15 +56,20 @@ def build_processor(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     chat_template: str | None = None,
+    image_processor_settings: dict[str, Any] | None = None,
+    processor_kwargs: dict[str, Any] | None = None,
 ) -> ProcessorMixin:
     """An image-only processor of `model_type` (a model type of a registered family) around `tokenizer`.
+
+    `image_processor_settings` are the image processor's (as a saved `preprocessor_config.json` holds them; default
+    the family's defaults), `processor_kwargs` the processor's own (e.g. LLaVA's `patch_size`).
 
     Raises:
         UnsupportedModelError: no model family covers `model_type`.
     """
     family = get_family(model_type)
-    image_processor = family.image_processor(min_pixels=min_pixels, max_pixels=max_pixels)
-    return family.processor(tokenizer, image_processor, chat_template or tokenizer.chat_template)
+    image_processor = family.image_processor(image_processor_settings, min_pixels=min_pixels, max_pixels=max_pixels)
+    return family.processor(tokenizer, image_processor, chat_template or tokenizer.chat_template, processor_kwargs)
 
 
 def load_processor(
@@ -106,7 +111,7 @@ def load_processor(
         raise OSError(f"{name_or_path}: a {model_type} model with no saved image processor")
     image_processor = family.image_processor(image_config, min_pixels, max_pixels)
     chat_template = _chat_template(name_or_path, revision) or tokenizer.chat_template
-    return family.processor(tokenizer, image_processor, chat_template)
+    return family.processor(tokenizer, image_processor, chat_template, _processor_kwargs(name_or_path, revision))
 
 
 def _known_to_transformers(model_type: str | None) -> bool:
@@ -123,6 +128,23 @@ def _image_processor_config(name_or_path: ModelName, revision: str | None) -> di
     if config is not None:
         return config
     return (read_model_json(name_or_path, "processor_config.json", revision) or {}).get("image_processor")
+
+
+# Entries of processor_config.json that are not the processor's own settings.
+_NOT_PROCESSOR_KWARGS = {
+    "image_processor",
+    "video_processor",
+    "feature_extractor",
+    "processor_class",
+    "auto_map",
+    "chat_template",
+}
+
+
+def _processor_kwargs(name_or_path: ModelName, revision: str | None) -> dict[str, Any]:
+    """The processor's own saved settings (e.g. LLaVA's `patch_size`, `vision_feature_select_strategy`)."""
+    saved = read_model_json(name_or_path, "processor_config.json", revision) or {}
+    return {key: value for key, value in saved.items() if key not in _NOT_PROCESSOR_KWARGS}
 
 
 def _chat_template(name_or_path: ModelName, revision: str | None) -> str | None:

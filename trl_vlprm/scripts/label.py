@@ -15,6 +15,7 @@ from trl_vlprm.labeling.builder import batch_cost_line, run, summary_line
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.labeler import BatchStats
+from trl_vlprm.labeling.noise import noise_report
 from trl_vlprm.scripts import command_parser
 from trl_vlprm.utils.ranks import Ranks
 
@@ -29,6 +30,7 @@ def main(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchS
     stats = run(config, judge_config)
     if Ranks.from_environment().is_main:  # the summary of the whole folder, once
         print(summary_line(stats))
+        print(noise_report(stats.noise), end="")  # also saved as noise_report.md beside the shards
         if config.judge == "batch":
             print(batch_cost_line(stats, judge_config or JudgeConfig()))
     return stats

@@ -230,7 +230,9 @@ class Clock(PuzzleFamily):
         return f"What time will the clock show {state['delta']} minutes later?"
 
     def sample(self, rng):
-        hour, minute, delta = rng.randint(1, 12), 5 * rng.randrange(12), 5 * rng.randint(3, 23)
+        hour = rng.randint(1, 12)
+        minute = 5 * rng.randrange(12)
+        delta = 5 * rng.randint(3, 23)
         answer = _add_minutes(hour, minute, delta)
         distractors = rng.sample([-60, -10, -5, 5, 10, 60], 3)
         options = [_clock_text(*answer)] + [_clock_text(*_add_minutes(*answer, d)) for d in distractors]

@@ -51,11 +51,13 @@ class BatchPlan:
 
 def judge_responder(judge_server: Any) -> Responder:
     """Answer batch lines with a testbed `JudgeServer` (not started: only its `respond` is used); the question id
-    is the `custom_id` up to its last "/" (the batch judge writes `{question_id}/r{j}`)."""
+    is the `custom_id` before "#" (the batch judge names a request by its solution id, `question_id#k`)."""
 
     def respond(body: Mapping[str, Any], custom_id: str) -> tuple[int, Mapping[str, Any]]:
         size = len(json.dumps(body))
-        status, reply, _, mode = judge_server.respond(body, size, question_id=custom_id.rpartition("/")[0] or None)
+        status, reply, _, mode = judge_server.respond(
+            body, size, question_id=custom_id.split("#")[0] if "#" in custom_id else None
+        )
         if mode == "hang":  # no HTTP connection to time out inside a batch: the request fails
             return 500, {"error": {"message": "timed out"}}
         return status, reply
@@ -98,10 +100,10 @@ class BatchServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
+            def do_GET(self):
                 server._handle(self, "GET")
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 server._handle(self, "POST")
 
             def log_message(self, *args: Any) -> None:

@@ -86,10 +86,12 @@ class JudgeServer:
         self.gold = dict(gold)
         self.flip_rates = {PERCEPTION: flip_rate_perception}
         self.flip_rate_reasoning = flip_rate_reasoning
-        self.delay, self.hang_seconds = delay, hang_seconds
+        self.delay = delay
+        self.hang_seconds = hang_seconds
         self.rates = {"500": error_rate, "hang": hang_rate, "malformed": malformed_rate}
         self.failures = dict(failures or {})
-        self.failure_count, self.retry_after = failure_count, retry_after
+        self.failure_count = failure_count
+        self.retry_after = retry_after
         self._requests_about: Counter[str] = Counter()
         self._question_ids: set[str] = set()
         self.seed = seed
@@ -111,7 +113,7 @@ class JudgeServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
+            def do_POST(self):
                 server._handle(self)
 
             def log_message(self, *args: Any) -> None:  # keep test output clean

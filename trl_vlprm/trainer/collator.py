@@ -62,17 +62,17 @@ class DataCollatorForVLPRM:
         family = family_of_processor(self.processing_class)
         if family is None:
             return batch
-        batch["mm_token_type_ids"] = pad_right(
-            [row.get("mm_token_type_ids") or [0] * len(row["input_ids"]) for row in rows], 0, torch.long
-        )
+        if family.token_types_input is not None:
+            batch[family.token_types_input] = pad_right(
+                [row.get("mm_token_type_ids") or [0] * len(row["input_ids"]) for row in rows], 0, torch.long
+            )
         images = [
             load_image(image, row.get("id", i)) for i, row in enumerate(rows) for image in row.get("images") or []
         ]
         if images:
-            image_inputs = family.image_inputs(self.processing_class, images)
-            batch.update(image_inputs)
-            expected = family.image_token_total(self.processing_class, image_inputs)
-            found = int(batch["mm_token_type_ids"].sum())
+            batch.update(family.image_inputs(self.processing_class, images))
+            expected = family.image_token_total(self.processing_class, images)
+            found = int((batch["input_ids"] == self.processing_class.image_token_id).sum())
             if expected != found:  # only if the image processor changed between tokenization and collation
                 raise ValueError(
                     f"the batch has {found} image tokens but its images give {expected}: re-tokenize the dataset "

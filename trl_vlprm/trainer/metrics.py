@@ -45,7 +45,7 @@ def compute_accuracy(eval_pred: EvalPrediction) -> dict[str, float]:
 
 def precision_recall_f1(true_positive: int, false_positive: int, false_negative: int) -> tuple[float, float, float]:
     """Precision, recall and F1 of one class from its counts; each is 0.0 where undefined (nothing predicted, nothing
-    to find). The one copy used by the trainer's step metrics, labelling quality and the process benches.
+    to find). The trainer's step metrics, the labelling quality and the process benches all use it.
 
     F1 = 2TP / (2TP + FP + FN), which equals 2PR / (P + R) wherever both are defined.
     """
@@ -75,9 +75,10 @@ def bad_step_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: f
     predicted_bad = probabilities < threshold
     actual_bad = labels < threshold
     precision, recall, f1 = precision_recall_f1(
-        int(np.sum(predicted_bad & actual_bad)), int(np.sum(predicted_bad & ~actual_bad)),
+        int(np.sum(predicted_bad & actual_bad)),
+        int(np.sum(predicted_bad & ~actual_bad)),
         int(np.sum(~predicted_bad & actual_bad)),
-    )  # fmt: skip
+    )
     return {
         "accuracy": float(np.mean(predicted_bad == actual_bad)) if len(labels) else 0.0,
         "bad_precision": precision,

@@ -26,3 +26,12 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+class ServerUnavailableError(RuntimeError):
+    """A server gave no usable answer to any attempt (down, unreachable, or every reply bad) within the retries."""
+
+
+class ServerContractError(RuntimeError):
+    """The server answered, but not what the OpenAI contract promises (fewer choices than `n`): asking again would
+    get the same, so it is not retried."""

@@ -60,6 +60,10 @@ class RankFailedError(RuntimeError):
     """Another rank of the run failed, died or hung; this rank stopped too (finished work stays for the rerun)."""
 
 
+class OrphanPartsError(RuntimeError):
+    """Part files of an output that no longer exists: left by a killed run whose output the user deleted."""
+
+
 class LostGroupError(RankFailedError):
     """This rank's run no longer owns its output (rank 0 is gone, or a newer run took over): it stopped unwritten."""
 
@@ -332,6 +336,11 @@ def merge_parts(path: str | Path) -> int:
     parts = part_files(path)
     if not parts:
         return 0
+    if not path.exists():  # rank 0 opens the output as the other ranks open their parts: these outlived it
+        raise OrphanPartsError(
+            f"{', '.join(str(p) for p in parts)}: part file(s) of an earlier run, but {path} does not exist (deleted "
+            "to start anew?); remove the part files to start anew, or restore the output to resume it"
+        )
     kept = [json.dumps(record) for record in read_results(path)]
     seen = {str(json.loads(line)["id"]) for line in kept}
     moved = 0

@@ -1,4 +1,4 @@
-"""Resumable outputs that never mix, drop or trust bad work: the one place every stage takes them from.
+"""Resumable outputs that never mix, drop or trust bad work; every stage writes its outputs with these.
 
 * `atomic_write` / `atomic_write_text`: a file is written under a temporary name beside it, fsynced, then renamed
   into place, so a reader (or a resumed run) sees the old file or the new one, never half of one.
@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 
@@ -35,7 +36,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None], mode: int = 0o6
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # a read-only or full disk: name the output, not the temporary name
+        raise OSError(err.errno, err.strerror, str(path)) from err
     os.close(handle)
     try:
         write(temp)
@@ -43,6 +47,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None], mode: int = 0o6
             os.fsync(f.fileno())
         os.chmod(temp, mode)
         os.replace(temp, path)
+    except OSError as err:
+        if err.errno is not None and err.filename is None:  # a write to a full disk names no file: name the output
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         if os.path.exists(temp):
             os.remove(temp)
@@ -86,6 +94,35 @@ def read_results(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
     return results
 
 
+# An image file larger than this is refused before it is read: no image a processor could take is that large, and a
+# path naming a huge file by mistake would otherwise be read whole (a digest is taken before any image check).
+MAX_IMAGE_FILE_BYTES = 1 << 30
+
+
+class ImageFileError(ValueError):
+    """An image cell names a path that is no image file: not a regular file (a FIFO, a device), or too large."""
+
+
+def _file_sha256(path: str | Path, limit: int | None = MAX_IMAGE_FILE_BYTES) -> str:
+    """sha256 of an image file named by a record, read in chunks; refuses a path that is no regular file of sane size
+    before reading it (a FIFO hangs a read, `/dev/zero` never ends)."""
+    stat = os.stat(path)  # FileNotFoundError names the path
+    if not S_ISREG(stat.st_mode):
+        raise ImageFileError(
+            f"image path {path}: not a regular file (a FIFO, a device or a socket); expected an image"
+        )
+    if limit is not None and stat.st_size > limit:
+        raise ImageFileError(
+            f"image path {path}: {stat.st_size / (1 << 30):.1f} GiB, over the {MAX_IMAGE_FILE_BYTES >> 30} GiB an "
+            "image file may hold; expected an image"
+        )
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _canonical(value: Any) -> Any:
     """A JSON-encodable stand-in for `value` that differs whenever the content differs (images by pixels)."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -99,7 +136,7 @@ def _canonical(value: Any) -> Any:
             # a `datasets` Image cell: the bytes are the image; a path-only cell is read from disk
             data = value.get("bytes")
             if data is None:
-                data = Path(value["path"]).read_bytes()
+                return {"__bytes__": _file_sha256(value["path"])}
             return {"__bytes__": hashlib.sha256(data).hexdigest()}
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
@@ -120,12 +157,18 @@ def stable_digest(value: Any) -> str:
 
 
 def question_digest(question: Mapping[str, Any]) -> str:
-    """Digest of everything a question record holds (prompt, images by pixels, answer, options, ...)."""
-    return stable_digest(dict(question))
+    """Digest of everything a question record holds (prompt, images by pixels, answer, options, ...).
+
+    Raises `ImageFileError` naming the question when an image cell's path is no regular file of sane size."""
+    try:
+        return stable_digest(dict(question))
+    except ImageFileError as err:
+        raise ImageFileError(f"question {question.get('id', '?')}: field 'images': {err}") from err
 
 
 def path_fingerprint(path: str | Path | None) -> Any:
-    """What `path` looks like on disk: None for None, "missing" when absent, else every file's (name, size, mtime).
+    """What `path` looks like on disk: None for None, "missing" when absent, else every file's (name, size, mtime),
+    and a single file's content digest too.
 
     A folder (a checkpoint) is walked; hidden files and `.cache` entries are left out. Retraining into the same
     folder rewrites its weights, which changes their mtime, so the fingerprint changes.
@@ -143,6 +186,10 @@ def path_fingerprint(path: str | Path | None) -> Any:
             continue
         stat = file.stat()
         entries.append([str(relative), stat.st_size, stat.st_mtime_ns])
+    if (
+        path.is_file()
+    ):  # one file (a replay file, a questions file): rewritten with the same size and mtime, it differs
+        entries[0].append(_file_sha256(path, limit=None))
     return {"path": str(path.resolve()), "digest": stable_digest(entries), "files": len(entries)}
 
 
@@ -185,8 +232,10 @@ def pin_settings(path: str | Path, settings: Mapping[str, Any], where: str | Non
         try:
             previous = json.loads(path.read_text())
         except ValueError as err:
-            raise ValueError(f"{path}: unreadable settings pin ({err}); remove it only if the outputs beside it "
-                             "are to be thrown away") from err  # fmt: skip
+            raise ValueError(
+                f"{path}: unreadable settings pin ({err}); remove it only if the outputs beside it "
+                "are to be thrown away"
+            ) from err
         check_settings(previous, settings, where or str(path.parent))
         return
     atomic_write_text(path, json.dumps(dict(settings), indent=1, sort_keys=True))

@@ -23,7 +23,9 @@ class NoisyOracleScorer:
     def __init__(self, flip_rate: float = 0.2, seed: int = 0):
         if not 0.0 <= flip_rate <= 1.0:
             raise ValueError(f"NoisyOracleScorer: flip_rate must be in [0, 1], got {flip_rate}")
-        self.flip_rate, self.rng, self.oracle = flip_rate, random.Random(seed), GoldOracleScorer()
+        self.flip_rate = flip_rate
+        self.rng = random.Random(seed)
+        self.oracle = GoldOracleScorer()
 
     def score(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
         gold = self.oracle.score(question, candidates)

@@ -37,7 +37,9 @@ class ReplayPolicy:
     """
 
     def __init__(self, path: str | Path, step_separator: str = DEFAULT_POLICY_STEP_SEPARATOR):
-        self.path, self.step_separator, self.stats = Path(path), step_separator, PolicyStats()
+        self.path = Path(path)
+        self.step_separator = step_separator
+        self.stats = PolicyStats()
         if not self.path.is_file():
             raise FileNotFoundError(f"replay policy: no file {self.path}")
         self.solutions: dict[str, list[Continuation]] = {}
@@ -50,7 +52,7 @@ class ReplayPolicy:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{where}: not a JSON object ({err})") from err
+                    raise RecordError(where, "line", f"not a JSON object ({err})") from err
                 if not isinstance(record, dict):
                     raise RecordError(where, "id", "the line is not a JSON object")
                 if "id" not in record:
@@ -65,23 +67,39 @@ class ReplayPolicy:
                 self.solutions[qid] = [self._continuation(s, where, k) for k, s in enumerate(solutions)]
 
     def _continuation(self, solution: Any, where: str, index: int) -> Continuation:
+        """One stored solution; a blank step, an all-blank solution or an answer that is not text (a list would
+        become "['B']" and never grade as right) is a `RecordError` naming the file, line and solution."""
+        field = f"solutions[{index}]"
         answer = None
         if isinstance(solution, dict):
             answer, solution = solution.get("answer"), solution.get("steps")
         if isinstance(solution, str):
             solution = split_steps(solution, self.step_separator)
         if not isinstance(solution, list) or not solution or not all(isinstance(s, str) for s in solution):
-            raise RecordError(where, f"solutions[{index}]", "expected a non-empty text or list of step texts")
-        return Continuation(list(solution), finished=True, answer=None if answer is None else str(answer))
+            raise RecordError(where, field, "expected a non-empty text or list of step texts")
+        blank = [k for k, step in enumerate(solution) if not step.strip()]
+        if blank:
+            raise RecordError(where, field, f"step {blank[0]} is blank; a step must hold text")
+        if isinstance(answer, int) and not isinstance(answer, bool):
+            answer = str(answer)  # a number written without quotes: its text is unambiguous
+        if answer is not None and not isinstance(answer, str):
+            raise RecordError(where, f"{field}.answer", f"a {type(answer).__name__}, expected a string (or null)")
+        return Continuation(list(solution), finished=True, answer=answer)
 
     def sample_solutions(self, question: Question, n: int) -> list[Continuation]:
         """The first `n` stored solutions of the question (an error when the file holds fewer: never silently less)."""
         qid = str(question["id"])
         stored = self.solutions.get(qid)
         if stored is None:
-            raise KeyError(f"replay policy: question {qid!r} has no line in {self.path} ({len(self.solutions)} ids)")
+            raise RecordError(
+                qid, "id", f"replay policy: question {qid!r} has no line in {self.path} ({len(self.solutions)} ids)"
+            )
         if len(stored) < n:
-            raise ValueError(f"replay policy: question {qid!r} has {len(stored)} solutions in {self.path}, {n} asked")
+            raise RecordError(
+                qid,
+                "solutions",
+                f"replay policy: question {qid!r} has {len(stored)} solutions in {self.path}, {n} asked",
+            )
         served = stored[:n]
         self.stats.record(served)
         return served

@@ -83,6 +83,12 @@ def image_only_processor_class(processor_class: type[ProcessorMixin]) -> type[Pr
             chat_template=chat_template, **kwargs,
         )  # fmt: skip
 
+    # The signature transformers reads to know the processor's attributes and what to save: the upstream one
+    # without the video slot (so settings such as LLaVA-OneVision's `num_image_tokens` are saved and reloaded).
+    upstream = inspect.signature(processor_class.__init__)
+    __init__.__signature__ = upstream.replace(
+        parameters=[p for name, p in upstream.parameters.items() if name != "video_processor"]
+    )
     return type(
         f"ImageOnly{processor_class.__name__}",
         (ImageOnlyProcessorMixin, processor_class),
@@ -131,9 +137,15 @@ class ModelFamily(abc.ABC):
 
     @abc.abstractmethod
     def processor(
-        self, tokenizer: PreTrainedTokenizerBase, image_processor: Any, chat_template: str | None
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: Any,
+        chat_template: str | None,
+        processor_kwargs: Mapping[str, Any] | None = None,
     ) -> ProcessorMixin:
-        """The image-only processor of `model_type` around `tokenizer` and `image_processor`."""
+        """The image-only processor of `model_type` around `tokenizer` and `image_processor`; `processor_kwargs`: the
+        processor's own saved settings (`processor_config.json` beside its sub-processors, e.g. LLaVA's
+        `patch_size`)."""
 
     # ---- encoding ---------------------------------------------------------------------------------------------
 
@@ -152,11 +164,35 @@ class ModelFamily(abc.ABC):
         found |= {tokenizer.convert_tokens_to_ids(token) for token in self.vision_marker_tokens}
         return found - {None, tokenizer.unk_token_id}  # a token the vocabulary lacks maps to unk (or None)
 
+    # The model input that carries the per-token multimodal types (transformers 5's `mm_token_type_ids`; Gemma 3
+    # reads them as `token_type_ids`), or None when the family's models read none.
+    token_types_input: ClassVar[str | None] = "mm_token_type_ids"
+
     def mm_token_type_ids(self, processing_class: Any, ids: Sequence[int]) -> list[int] | None:
-        """transformers 5's per-token multimodal types of a sequence (1: image token, 0: text), or None when the
-        family's models read none."""
+        """Per-token multimodal types of a sequence (1: image token, 0: text) as the model reads them
+        (`token_types_input`), or None when the family's models read none."""
+        if self.token_types_input is None:
+            return None
         image_token_id = processing_class.image_token_id
         return [1 if token == image_token_id else 0 for token in ids]
+
+    def expand_image_tokens(self, processing_class: Any, text: str, images: Sequence[Any], row: Any = "?") -> str:
+        """`text` (a rendered chat template) with each image's placeholder expanded into the tokens the processor puts
+        there: by default the `image_token` repeated `image_token_counts` times (as LLaVA and Qwen-VL processors do).
+
+        Raises:
+            RecordError: the number of placeholders differs from the number of images (naming `row`).
+        """
+        from trl_vlprm.data.schema import RecordError
+
+        image_token = processing_class.image_token
+        pieces = text.split(image_token)
+        if len(pieces) - 1 != len(images):
+            raise RecordError(
+                row, "images", f"{len(images)} image(s) but {len(pieces) - 1} image slot(s) after the chat template"
+            )
+        counts = self.image_token_counts(processing_class, images, row)
+        return pieces[0] + "".join(image_token * n + piece for n, piece in zip(counts, pieces[1:]))
 
     # ---- batching ---------------------------------------------------------------------------------------------
 
@@ -164,9 +200,10 @@ class ModelFamily(abc.ABC):
         """The model's image inputs of `images` (in order), as the processor would put them in a batch."""
         return dict(processing_class.image_processor(images=list(images), return_tensors="pt"))
 
-    @abc.abstractmethod
-    def image_token_total(self, processing_class: Any, image_inputs: Mapping[str, torch.Tensor]) -> int:
-        """How many image tokens the batch's text must hold for `image_inputs` (checks the tokenization is current)."""
+    def image_token_total(self, processing_class: Any, images: Sequence[Any]) -> int:
+        """How many image tokens the batch's text must hold for `images` under the current image processor settings
+        (the collator checks the tokenization is current)."""
+        return sum(self.image_token_counts(processing_class, images))
 
     # ---- positions --------------------------------------------------------------------------------------------
 
@@ -249,24 +286,48 @@ def supported_families_text() -> str:
     return "; ".join(f"{', '.join(cls.model_types)} (family {cls.name})" for cls in _REGISTERED)
 
 
+# A function giving the generic adapter of a model type no family registers (`families/llava.py` sets it): the family,
+# None for a model type that is no vision-language model, or UnsupportedModelError naming what the model lacks.
+_GENERIC: list[Any] = []
+
+
+def set_generic_family(make: Any) -> None:
+    """Install the generic adapter (`make(model_type) -> ModelFamily | None`, raising `UnsupportedModelError`)."""
+    _GENERIC[:] = [make]
+
+
+@cache
+def _generic_family(model_type: str | None) -> ModelFamily | None:
+    return _GENERIC[0](model_type) if _GENERIC and model_type else None
+
+
 @cache
 def get_family(model_type: str | None) -> ModelFamily:
-    """The family adapter of `model_type`.
+    """The family adapter of `model_type`: its registered family, else the generic LLaVA-style adapter where the model
+    fits it.
 
     Raises:
-        UnsupportedModelError: no registered family covers it (the message lists the supported model types).
+        UnsupportedModelError: no family covers it (the message names what the generic adapter found missing, and
+            lists the supported model types).
     """
-    if model_type not in MODEL_FAMILIES:
+    if model_type in MODEL_FAMILIES:
+        return MODEL_FAMILIES.get(model_type)(model_type)
+    family = _generic_family(model_type)
+    if family is None:
         raise UnsupportedModelError(
             f"model type {model_type!r} belongs to no model family of trl_vlprm; supported vision-language model "
             f"types: {supported_families_text()}"
         )
-    return MODEL_FAMILIES.get(model_type)(model_type)
+    return family
 
 
 def find_family(model_type: str | None) -> ModelFamily | None:
-    """The family adapter of `model_type`, or None (a text-only model, or a type no family covers)."""
-    return get_family(model_type) if model_type in MODEL_FAMILIES else None
+    """The family adapter of `model_type`, or None (a text-only model, or a type transformers does not know).
+
+    Raises:
+        UnsupportedModelError: a vision-language model the generic adapter cannot serve (naming what is missing).
+    """
+    return get_family(model_type) if model_type in MODEL_FAMILIES else _generic_family(model_type)
 
 
 def model_type_from_class_name(name: str | None) -> str | None:
@@ -275,6 +336,10 @@ def model_type_from_class_name(name: str | None) -> str | None:
         for prefix, model_type in cls.class_name_prefixes.items():
             if name and name.startswith(prefix):
                 return model_type
+    if name and _GENERIC:  # a processor transformers names for some model type: the generic adapter may serve it
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+        return next((model_type for model_type, cls in PROCESSOR_MAPPING_NAMES.items() if cls == name), None)
     return None
 
 
@@ -291,7 +356,8 @@ def family_of_processor(processing_class: Any) -> ModelFamily | None:
         if model_type is not None:
             return get_family(model_type)
     raise UnsupportedModelError(
-        f"processor {type(processing_class).__name__} belongs to no model family of trl_vlprm; supported "
+        f"processor {type(processing_class).__name__} belongs to no model family of trl_vlprm nor to a model type "
+        f"transformers names; supported "
         f"vision-language model types: {supported_families_text()}"
     )
 

@@ -91,7 +91,11 @@ class QwenVLFamily(ModelFamily):
         return image_processor
 
     def processor(
-        self, tokenizer: PreTrainedTokenizerBase, image_processor: Any, chat_template: str | None
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: Any,
+        chat_template: str | None,
+        processor_kwargs: Mapping[str, Any] | None = None,
     ) -> ProcessorMixin:
         return self.processor_classes[self.model_type](
             image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template
@@ -117,10 +121,6 @@ class QwenVLFamily(ModelFamily):
     def image_inputs(self, processing_class: Any, images: Sequence[Any]) -> dict[str, torch.Tensor]:
         pixels = processing_class.image_processor(images=list(images), return_tensors="pt")
         return {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
-
-    def image_token_total(self, processing_class: Any, image_inputs: Mapping[str, torch.Tensor]) -> int:
-        merge = processing_class.image_processor.merge_size
-        return int((image_inputs["image_grid_thw"].prod(dim=-1) // (merge * merge)).sum())
 
     # ---- positions
 

@@ -37,6 +37,8 @@ class TinySpec:
         max_pixels: its maximum image area (bounds the image tokens a tiny model reads).
         upstream_layout: rewrites a saved tiny folder in place into the published checkpoints' file shapes (None:
             the transformers 5 layout is the published one).
+        image_processor_settings: the tiny image processor's settings (None: the family's defaults).
+        processor_kwargs: the processor's own settings (e.g. LLaVA's `patch_size`).
         hub_ids: published repo ids a tiny model of this type stands for in the tiny hub cache (`tiny_hub`).
     """
 
@@ -48,6 +50,8 @@ class TinySpec:
     min_pixels: int | None = None
     max_pixels: int | None = None
     upstream_layout: Callable[[Path], Path] | None = None
+    image_processor_settings: dict[str, Any] | None = None
+    processor_kwargs: dict[str, Any] | None = None
     hub_ids: tuple[str, ...] = field(default=())
 
 
