@@ -196,6 +196,8 @@ class CPURecipe:
             partial = prm_path.with_name(prm_path.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             trainer.save_model(str(partial))
+            if (prm_path / "runs").is_dir():  # the trackers' logs (report_to="tensorboard") stay with the model
+                shutil.move(str(prm_path / "runs"), str(partial / "runs"))
             shutil.rmtree(prm_path, ignore_errors=True)  # only the trainer's logs: no model was finished here
             partial.rename(prm_path)
         after = trainer.evaluate() if eval_dataset is not None else {}

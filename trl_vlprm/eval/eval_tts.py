@@ -14,7 +14,7 @@ import json
 import logging
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from trl_vlprm.guidance.backends import (
 from trl_vlprm.guidance.sampling import SAMPLING_FIELDS, sampling_argument
 from trl_vlprm.utils.ranks import Ranks
 from trl_vlprm.utils.resume import atomic_write_text, path_fingerprint
+from trl_vlprm.utils.trackers import check_report_to, log_tables
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ class EvalTTSConfig:
         answer_judge_api_key_env: environment variable holding its bearer token.
         output_dir: where samples/, results.csv, results.md and accuracy_vs_n.png go. Rerunning resumes.
         seed: seed of the policies, scorers and subsampling.
+        report_to: trackers the result tables go to, as `TrainingArguments.report_to`: "none", "all" or names among
+            tensorboard, trackio, wandb (`trl_vlprm.utils.trackers`); TensorBoard writes to `<output_dir>/runs`,
+            with accuracy against N as scalar curves.
     """
 
     benchmarks: list[str] = field(
@@ -196,10 +200,18 @@ class EvalTTSConfig:
         default="outputs/eval_tts", metadata={"help": "Where samples, tables and plots go; rerunning resumes."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the policies, scorers and subsampling."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": "Trackers the result tables go to, as TrainingArguments.report_to: 'none', 'all' or names among "
+            "tensorboard, trackio, wandb; TensorBoard writes to <output_dir>/runs."
+        },
+    )
 
     def __post_init__(self):
         if self.process_benches == ["none"]:  # the command line cannot give an empty list
             self.process_benches = []
+        check_report_to(self.report_to, "EvalTTSConfig.report_to")  # before any sampling
         from trl_vlprm.eval.benchmarks import BENCHMARKS
         from trl_vlprm.eval.process_bench import PROCESS_BENCHES
 
@@ -396,6 +408,9 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         process_csv = Path(config.output_dir) / "process_bench.csv"
         process_rows = with_earlier_rows(process_rows, process_csv, ("bench", "scorer", "steps"))
         write_tables(process_rows, config.output_dir, "process_bench", wide=False)
+    settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(config).items()}
+    log_tables(config.report_to, {"results": rows, "process_bench": process_rows}, Path(config.output_dir) / "runs",
+               project="trl_vlprm-eval", config=settings, step_column="n")  # fmt: skip
     return rows
 
 

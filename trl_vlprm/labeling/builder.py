@@ -58,6 +58,7 @@ from trl_vlprm.labeling.shards import (
 from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.utils.ranks import SINGLE, Ranks, RunClaim
 from trl_vlprm.utils.resume import atomic_write_text, pin_settings, question_digest, stable_digest
+from trl_vlprm.utils.trackers import log_tables
 
 __all__ = [
     "LabelConfig", "JudgeFailureError", "build_dataset", "import_dataset", "load_labelled", "output_features", "run"
@@ -404,9 +405,26 @@ def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchSt
     """
     ranks = Ranks.from_environment()
     if config.rollouts_file is not None:  # imported rollouts: one process labels them
-        return import_dataset(config, judge_config) if ranks.is_main else BatchStats()
-    policy, questions = _make_policy_and_questions(config)
-    return build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
+        stats = import_dataset(config, judge_config) if ranks.is_main else BatchStats()
+    else:
+        policy, questions = _make_policy_and_questions(config)
+        stats = build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
+    if ranks.is_main:
+        log_tables(config.report_to, stats_tables(stats), Path(config.output_dir) / "runs", project="trl_vlprm-label",
+                   config=config.pinned(judge_config))  # fmt: skip
+    return stats
+
+
+def stats_tables(stats: BatchStats) -> dict[str, list[dict]]:
+    """The labelling's tables for trackers: one summary row (counts and costs) and the solutions per rule case."""
+    summary = {
+        "solutions": stats.solutions, "records": stats.records, "dropped_solutions": stats.dropped_solutions,
+        "steps_total": stats.steps_total, "steps_labelled": stats.steps_labelled,
+        "rollout_tokens": stats.rollout_cost.tokens, "mc_tokens": stats.mc_cost.tokens,
+        "judge_requests": stats.judge.get("requests", 0),
+    }  # fmt: skip
+    cases = [{"case": case, "solutions": count} for case, count in sorted(stats.cases.items())]
+    return {"labelling_summary": [summary], "labelling_cases": cases}
 
 
 def batch_cost_line(stats: BatchStats, judge_config: JudgeConfig) -> str:

@@ -17,6 +17,7 @@ from trl_vlprm.labeling.combine import DISAGREEMENT_POLICIES, RULES, UNKNOWN_POL
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.mc import MC_MODES, MCConfig
 from trl_vlprm.utils.resume import dataclass_settings
+from trl_vlprm.utils.trackers import check_report_to
 
 
 @dataclass
@@ -61,6 +62,9 @@ class LabelConfig(SamplingArguments):
         judge_flip_rate_perception / judge_flip_rate_reasoning: noise of the "testbed" judge.
         seed: seed of the puzzles, the scripted policy and the testbed judge.
         show_progress: show a tqdm bar with the running costs.
+        report_to: trackers the labelling's tables (summary, rule cases) go to, as `TrainingArguments.report_to`:
+            "none", "all" or names among tensorboard, trackio, wandb (`trl_vlprm.utils.trackers`); TensorBoard
+            writes to `<output_dir>/runs`.
         rollouts_file: a JSONL file of rollouts with their MC estimates, labelled instead of sampling
             (`trl_vlprm.labeling.importing`: the paper's format, or ours with the questions from `dataset`).
         rollouts_format: "paper", "ours" or "auto" (told apart by the first line).
@@ -160,6 +164,13 @@ class LabelConfig(SamplingArguments):
     )
     seed: int = field(default=0, metadata={"help": "Seed of the puzzles, the scripted policy and the testbed judge."})
     show_progress: bool = field(default=True, metadata={"help": "Show a tqdm bar with the running costs."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": "Trackers the labelling's tables go to, as TrainingArguments.report_to: 'none', 'all' or names "
+            "among tensorboard, trackio, wandb; TensorBoard writes to <output_dir>/runs."
+        },
+    )
     rollouts_file: str | None = field(
         default=None,
         metadata={
@@ -184,6 +195,7 @@ class LabelConfig(SamplingArguments):
     )
 
     def __post_init__(self):
+        check_report_to(self.report_to, "LabelConfig.report_to")  # before any rollout: a tracker not installed
         RULES.check(self.rule, "LabelConfig.rule")
         MC_MODES.check(self.mc_mode, "LabelConfig.mc_mode")
         checks = {
@@ -256,6 +268,6 @@ class LabelConfig(SamplingArguments):
         return pinned
 
 
-_NOT_PINNED = ("output_dir", "show_progress", "num_questions", "judge_max_failed_share")
+_NOT_PINNED = ("output_dir", "show_progress", "num_questions", "judge_max_failed_share", "report_to")
 _PINNED_WHEN_SET = ("top_p", "top_k", "repetition_penalty", "max_step_tokens", "system_prompt")
 _IMPORT_SETTINGS = ("rollouts_file", "rollouts_format", "verdict_files", "image_root")
