@@ -208,13 +208,16 @@ def testbed_process_bench(
     perception_error_rate: float = 0.3,
     reasoning_error_rate: float = 0.3,
     seed: int = 0,
+    families: str | None = None,
+    image_size: int = 168,
 ):
-    """Scripted-policy solutions of testbed puzzles, each step labelled by its hidden gold correctness."""
+    """Scripted-policy solutions of testbed puzzles (`families`: names or a tier, default the hard tier), each step
+    labelled by its hidden gold correctness."""
     from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 
     policy = ScriptedPolicy(perception_error_rate, reasoning_error_rate, seed=seed)
     records = []
-    for question in generate_puzzles(num_questions, seed=seed):
+    for question in generate_puzzles(num_questions, seed=seed, families=families, image_size=image_size):
         for k, solution in enumerate(policy.sample_solutions(question, solutions_per_question)):
             records.append(
                 {
