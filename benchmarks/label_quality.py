@@ -3,22 +3,30 @@
     python benchmarks/label_quality.py                       # the table in docs/labelling.md
     python benchmarks/label_quality.py --num_questions 100 --mc_num_completions 4
 
-Every method labels the *same* rollouts of the scripted policy. The judge is the real client talking to a
-`JudgeServer` on loopback that answers from gold with per-step-type flip noise. Columns: accuracy and F1 of the
-bad-step class over the steps a method labels, coverage (labelled / all steps), and policy calls (batched requests
-of K completions; rollout sampling included) and judge requests per labelled step.
+Every method labels the *same* rollouts of the scripted policy. The judge is the batch judge (the official `openai`
+client on the Files and Batches endpoints) talking to a `BatchServer` on loopback whose lines a `JudgeServer` answers
+from gold with per-step-type flip noise (`--judge_prompt paper` asks and reads the paper's prompt). Columns: accuracy
+and F1 of the bad-step class over the steps a method labels, coverage (labelled / all steps), policy calls (batched
+requests of K completions; rollout sampling included) and judge requests per labelled step, and the batch judge's
+dollars per kept label (labelled step) at the stated batch prices. The testbed server reports a request's tokens as
+its JSON bytes / 4 (the inline PNG included) and an answer's as its characters / 4: the cost column compares rules
+on one basis, it is not a price forecast (docs/labelling.md has one, from the paper's own requests).
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Sequence
 
+from trl_vlprm.data.schema import solution_id
+from trl_vlprm.labeling.batch_judge import BatchJudge, batch_cost
 from trl_vlprm.labeling.combine import combine
-from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
+from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.labeler import step_label_quality
 from trl_vlprm.labeling.mc import Cost, MCConfig, label_rollout, sample_rollouts
+from trl_vlprm.testbed.batch_server import BatchServer, judge_responder
 from trl_vlprm.testbed.judge_server import JudgeServer, gold_lookup
 
 METHODS = [
@@ -61,12 +69,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     gold = {}
     for question, rollout in solutions:
         gold.update(gold_lookup(str(question["id"]), rollout.steps, rollout.gold_correct))
-    server = JudgeServer(gold, args.judge_flip_rate_perception, args.judge_flip_rate_reasoning, seed=args.seed).start()
-    try:
-        client = JudgeClient(JudgeConfig(judge_base_url=server.base_url, judge_timeout=30, judge_max_concurrency=4))
-        judged = client.judge_many([(q, r.steps, r.step_types) for q, r in solutions])
-    finally:
-        server.stop()
+    judge_server = JudgeServer(gold, args.judge_flip_rate_perception, args.judge_flip_rate_reasoning, seed=args.seed)
+    with BatchServer(judge_responder(judge_server)) as server, tempfile.TemporaryDirectory() as state:
+        config = JudgeConfig(
+            judge_base_url=server.base_url, judge_batch_poll_seconds=0.0, judge_prompt=args.judge_prompt
+        )
+        items = [(q, r.steps, r.step_types, r.answer) for q, r in solutions]
+        ids = [solution_id(q["id"], k) for k, (q, _) in enumerate(solutions)]
+        judged = BatchJudge(config, state, show_progress=False).judge_many(items, ids, "label-quality")
+    prompt_tokens = sum(j.prompt_tokens for j in judged)
+    completion_tokens = sum(j.completion_tokens for j in judged)
+    judge_cost = batch_cost(config, prompt_tokens, completion_tokens)
 
     rows = []
     for name, rule, mode in METHODS:
@@ -94,6 +107,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "sequences_per_step": (rollout_cost.sequences + (mc_cost[mode].sequences if mode else 0))
                 / max(1, labelled),
                 "judge_per_step": judge_requests / max(1, labelled),
+                "judge_dollars_per_label": (judge_cost if rule != "mc_only" else 0.0) / max(1, labelled),
             }
         )
     gold_bad = sum(not g for _, r in solutions for g in r.gold_correct)
@@ -102,18 +116,21 @@ def run(args: argparse.Namespace) -> list[dict]:
         f"{len(questions)} puzzles x {args.num_rollouts} rollouts = {len(solutions)} solutions, {total} steps "
         f"({gold_bad / total:.1%} bad); rollouts right: {sum(r.correct for _, r in solutions) / len(solutions):.1%}; "
         f"K={args.mc_num_completions}; judge flips perception {args.judge_flip_rate_perception}, reasoning "
-        f"{args.judge_flip_rate_reasoning}"
+        f"{args.judge_flip_rate_reasoning}; batch judge ({args.judge_prompt} prompt): {len(judged)} requests, "
+        f"{prompt_tokens} prompt + {completion_tokens} completion tokens (testbed counts), ${judge_cost:.4f} at "
+        f"${config.judge_input_price_per_mtok} / ${config.judge_output_price_per_mtok} per million tokens"
     )
     return rows
 
 
 def format_table(rows: Sequence[dict]) -> str:
     columns = ["method", "step accuracy", "bad-step F1", "coverage", "policy calls / step", "sequences / step"]
-    lines = ["| " + " | ".join([*columns, "judge req. / step"]) + " |", "|" + "---|" * 7]
+    lines = ["| " + " | ".join([*columns, "judge req. / step", "judge $ / kept label"]) + " |", "|" + "---|" * 8]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['accuracy']:.3f} | {r['bad_f1']:.3f} | {r['coverage']:.3f} | "
-            f"{r['calls_per_step']:.3f} | {r['sequences_per_step']:.2f} | {r['judge_per_step']:.3f} |"
+            f"{r['calls_per_step']:.3f} | {r['sequences_per_step']:.2f} | {r['judge_per_step']:.3f} | "
+            f"{r['judge_dollars_per_label']:.2e} |"
         )
     return "\n".join(lines)
 
@@ -128,6 +145,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reasoning_error_rate", type=float, default=0.1)
     parser.add_argument("--judge_flip_rate_perception", type=float, default=0.15)
     parser.add_argument("--judge_flip_rate_reasoning", type=float, default=0.1)
+    parser.add_argument("--judge_prompt", default="json", choices=["json", "paper"])
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 

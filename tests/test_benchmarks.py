@@ -19,6 +19,7 @@ SMOKE_RUN_HERE = {
     "label_quality.py",
     "eval_processes.py",
     "real_shapes.py",
+    "viewer_scale.py",
     "gpu_check.py",
     "family_prefix_sharing.py",
 }
@@ -83,6 +84,11 @@ def test_label_quality_smoke():
     table = script.format_table(rows)
     assert markdown_tables(table) == 1 and len(rows) >= 3
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 < r["coverage"] <= 1.0 for r in rows)
+    # the batch judge's cost is spread over the labels a rule keeps: fewer kept labels, more dollars each
+    judged = [r for r in rows if r["judge_per_step"] > 0]
+    assert judged and all(r["judge_dollars_per_label"] > 0 for r in judged)
+    by_coverage = sorted(judged, key=lambda r: r["coverage"])
+    assert by_coverage[0]["judge_dollars_per_label"] >= by_coverage[-1]["judge_dollars_per_label"]
 
 
 @pytest.mark.slow
@@ -105,6 +111,15 @@ def test_real_shapes_smoke(capsys):
     assert "Machine:" in out and markdown_tables(out) == 2
     assert len(results["train"]) == 4 and len(results["score"]) == 2
     assert all(r["image_tokens"] > 0 and r["max_diff"] <= 2e-2 for r in results["score"])
+
+
+@pytest.mark.slow
+def test_viewer_scale_smoke(capsys):
+    """The page of a 30-question sweep opens in headless Chromium; the script's own checks (every question on the
+    page, the first page drawn, the filter keeping what the sweep grades wrong) pass."""
+    row = load_script("viewer_scale.py").main(["--questions", "30", "--samples", "4", "--page_size", "10"])
+    assert row["questions"] == 30 and row["steps"] > 30 * 4 and row["page_mb"] > 0 and row["ready_s"] > 0
+    assert markdown_tables(capsys.readouterr().out) == 1
 
 
 def test_gpu_check_tiny_smoke(capsys):

@@ -153,14 +153,15 @@ def test_image_token_counts_match_the_processor(tiny, size):
         add_generation_prompt=True,
         tokenize=False,
     )
-    emitted = int(
-        (processor(text=[text], images=[image], return_tensors="pt")["input_ids"] == processor.image_token_id).sum()
-    )
+    image_token_id = family.image_token_id(processor)
+    emitted = int((processor(text=[text], images=[image], return_tensors="pt")["input_ids"] == image_token_id).sum())
     (count,) = family.image_token_counts(processor, [image])
     assert count == emitted > 0
     assert family.image_token_total(processor, [image]) == emitted
     encoded = encode_prompt(processor, "<image>Count.", [image])
-    assert encoded.input_ids.count(processor.image_token_id) == emitted
+    assert encoded.input_ids.count(image_token_id) == emitted
+    # the whole expansion, markers included, is the processor's own
+    assert encoded.input_ids == processor(text=[text], images=[image])["input_ids"][0]
     if family.token_types_input is not None:
         assert sum(encoded.mm_token_type_ids) == emitted
 

@@ -73,6 +73,10 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     table = (tmp_path / "eval_tts" / "results.md").read_text()
     assert "| testbed-learnable | scripted-systematic | vlprm | best_of_n:min |" in table
     out = capsys.readouterr().out
+    page = tmp_path / "eval_tts" / "view.html"
+    assert f"(open in a browser): {page}" in out
+    html = page.read_text()
+    assert html.count('"id":"') >= 6 and html.count("data:image/png;base64,") >= 1 and "vlprm" in html
     assert "mean |delta P(correct)|" in out and "random pick" in out and "| perception |" in out
     first = out
     main(args)  # every stage's output exists: the rerun reads it back and prints the same figures

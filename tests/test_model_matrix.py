@@ -30,7 +30,13 @@ from trl_vlprm.testbed.generator import generate_puzzles
 
 # One model type per family (the matrix's rows); the other model types of a family run the contract tests
 # (tests/test_families.py) and the scorer parity (tests/test_scorer.py).
-MATRIX = {"qwen_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "qwen3_5": "qwen3_5", "llava": "llava_next"}
+MATRIX = {
+    "qwen_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen3_vl",
+    "qwen3_5": "qwen3_5",
+    "llava": "llava_next",
+    "gemma3": "gemma3",
+}
 SEPARATOR = " "  # frequent in a random model's output, so generated completions have several steps
 
 

@@ -31,6 +31,7 @@ from test_scaleout import LABEL_ARGS, covered
 from trl_vlprm.cli import run as cli_run
 from trl_vlprm.labeling.shards import load_labelled
 from trl_vlprm.testbed import generate_puzzles
+from trl_vlprm.utils.ranks import SINGLE, LostGroupError, Ranks, RunClaim
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,3 +137,22 @@ def test_a_rank_that_lost_its_node_0_stops_before_writing_and_the_rerun_labels_e
     assert covered(output) == Counter(ids)
     claim = json.loads((output / "labelling_config.json.claim").read_text())
     assert claim["generation"] == 3  # the 2-node run, the rerun, the second rerun
+
+
+def test_a_claim_is_lost_to_a_dead_rank_0_or_a_newer_generation(tmp_path):
+    # The checks `RunClaim.writing` makes, in one process: rank 1's claim on generation 1 of a folder.
+    lock = tmp_path / "labelling_config.json"
+    with SINGLE.claimed_plan(lock, lambda: ["shard plan"]) as (plan, own):
+        rank1 = RunClaim(Ranks(1, 2), lock, own.generation)
+        with rank1.writing("shard 1"):  # rank 0 holds the lock, no newer run: allowed
+            (tmp_path / "shard-00001").write_text("written")
+    assert plan == ["shard plan"] and own.generation == 1
+    with pytest.raises(LostGroupError, match=r"rank 1/2 lost its group before writing shard 3: rank 0 no longer"):
+        rank1.ensure("shard 3")  # rank 0 is gone (its lock released), no rerun yet
+    with SINGLE.claimed_plan(lock, lambda: []) as (_, rerun):
+        assert rerun.generation == 2
+        with pytest.raises(LostGroupError, match=r"a newer run \(generation 2, rank 0 pid \d+\) took over"):
+            with rank1.writing("shard 3"):
+                (tmp_path / "shard-00003").write_text("written")
+    assert not (tmp_path / "shard-00003").exists()
+    assert json.loads((tmp_path / "labelling_config.json.claim").read_text())["plan"] is not None

@@ -298,3 +298,28 @@ def test_every_name_of_the_sweep_is_checked_before_any_sampling():
     with pytest.raises(ValueError, match=r"EvalTTSConfig.benchmarks: 'b@testbd:2': unknown benchmark 'testbd'"):
         EvalTTSConfig(benchmarks=["a@testbed:0", "b@testbd:2"])
     assert EvalTTSConfig(benchmarks=["a@testbed:0,limit=4"], process_benches=["testbed"], scorers=["oracle"]).scorers
+
+
+def test_plot_has_a_panel_per_scorer_and_a_legend_entry_per_selection(tmp_path):
+    """A demo-sized sweep (3 scorers x 6 selections) once drew 17 lines and 17 legend entries in one panel."""
+    from trl_vlprm.eval.report import plot_layout
+
+    selections = {"-": ["first", "majority", "pass@n"], "s": ["best_of_n:min", "best_of_n:last", "weighted_vote:min"]}
+    rows = [
+        {"benchmark": "tb", "policy": "p", "scorer": scorer if kind == "s" else "-", "selection": selection, "n": n,
+         "accuracy": 0.1 * k + 0.01 * n}
+        for k, scorer in enumerate(["vlprm", "oracle", "random"])
+        for kind, names in selections.items()
+        for selection in names
+        for n in (1, 2, 4)
+        if kind == "s" or k == 0
+    ]  # fmt: skip
+    scorers, columns, lines = plot_layout(rows)
+    assert scorers == ["vlprm", "oracle", "random"] and columns == ["tb"]
+    for scorer in scorers:
+        panel = lines[(scorer, "tb")]
+        assert sorted(name for name, *_ in panel) == sorted(selections["s"] + selections["-"])  # each once
+        assert sorted(name for name, _, reads in panel if reads) == sorted(selections["s"])
+    png = plot_accuracy_vs_n(rows, tmp_path / "plot.png")
+    with Image.open(png) as image:
+        assert image.width > 2 * image.height  # one benchmark: the three scorers' panels side by side

@@ -1,5 +1,6 @@
 """`trl-vlprm view` in a real browser: headless Chromium (Debian's `chromium` + `chromium-driver`, which `make setup`
-installs) driven over the W3C WebDriver protocol with plain HTTP requests from the standard library.
+installs) driven over the W3C WebDriver protocol with plain HTTP requests from the standard library
+(benchmarks/_browser.py).
 
 The page is made from a real evaluation sweep (scripted testbed policy; oracle and random scorers), and every check
 compares the DOM with the sample file and with the sweep's own selection code. The screenshot is kept in
@@ -8,15 +9,10 @@ compares the DOM with the sample file and with the sweep's own selection code. T
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
-import shutil
-import socket
-import subprocess
-import time
-import urllib.request
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,80 +24,18 @@ from trl_vlprm.eval.tts_sweep import run_sweep
 from trl_vlprm.eval.viewer import score_colour, write_view
 from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
 
-ARTIFACTS = Path(
-    os.environ.get("TRL_VLPRM_ARTIFACTS", Path(__file__).resolve().parents[1] / "outputs" / "test-artifacts")
-)
-ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver key of an element reference
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class WebDriver:
-    """The few WebDriver commands the test needs, as JSON over HTTP to a local chromedriver."""
-
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-        self.session = ""
-
-    def call(self, method: str, path: str, body: dict | None = None):
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read())["value"]
-        except urllib.error.HTTPError as err:
-            raise AssertionError(f"WebDriver {method} {path}: {err.read()[:500]!r}") from None
-
-    def start(self, width: int, height: int) -> None:
-        options = {"binary": shutil.which("chromium"),
-                   "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                            f"--window-size={width},{height}"]}  # fmt: skip
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}}
-        self.session = self.call("POST", "/session", caps)["sessionId"]
-
-    def cmd(self, method: str, path: str, body: dict | None = None):
-        return self.call(method, f"/session/{self.session}{path}", body)
-
-    def run(self, script: str, *args):
-        return self.cmd("POST", "/execute/sync", {"script": script, "args": list(args)})
-
-    def click(self, selector: str) -> None:
-        element = self.cmd("POST", "/element", {"using": "css selector", "value": selector})[ELEMENT]
-        self.cmd("POST", f"/element/{element}/click", {})
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("TRL_VLPRM_ARTIFACTS", REPO / "outputs" / "test-artifacts"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _browser import browser_missing, headless_chromium  # noqa: E402  (the client benchmarks/viewer_scale.py uses)
 
 
 @pytest.fixture
 def browser():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     # Not a skip: `make setup` installs both (Debian packages), and CI must run this test.
-    assert chromium and driver, (
-        "chromium and chromedriver are missing: run `make setup` (apt-get install chromium chromium-driver)"
-    )
-    port = _free_port()
-    process = subprocess.Popen([driver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    web = WebDriver(port)
-    try:
-        for _ in range(100):
-            try:
-                web.call("GET", "/status")
-                break
-            except (OSError, AssertionError):
-                time.sleep(0.1)
-        web.start(1280, 1000)
-        yield web
-    finally:
-        if web.session:
-            try:
-                web.cmd("DELETE", "")
-            except (OSError, AssertionError):
-                pass
-        process.terminate()
-        process.wait(timeout=20)
+    assert browser_missing() is None, browser_missing()
+    with headless_chromium(1280, 1000) as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +51,13 @@ def sweep_page(tmp_path_factory):
     return summary, records
 
 
+@pytest.mark.slow
 def test_page_in_chromium(browser, sweep_page):
     summary, records = sweep_page
     # every image referenced is embedded, each distinct image once (two puzzles may draw the same picture)
     distinct = {ref["digest"] for r in records for ref in r["image_refs"]}
     assert summary.missing_images == [] and summary.num_images == len(distinct) > 20 and len(records) == 24
-    browser.cmd("POST", "/url", {"url": summary.path.resolve().as_uri()})
+    browser.open(summary.path.resolve().as_uri())
     assert browser.run("return document.body.getAttribute('data-ready')") == "1"
 
     # Questions: one page of 10, in file order, each with its image and 4 solutions.
@@ -174,7 +109,7 @@ def test_page_in_chromium(browser, sweep_page):
 
     # Screenshot of the unfiltered page, kept and checked non-blank.
     browser.click("#f-wrong")
-    shot = Image.open(io.BytesIO(base64.b64decode(browser.cmd("GET", "/screenshot")))).convert("RGB")
+    shot = Image.open(io.BytesIO(browser.screenshot())).convert("RGB")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot.save(ARTIFACTS / "viewer_sweep.png")
     pixels = np.asarray(shot, dtype=np.float64)

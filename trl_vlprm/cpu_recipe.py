@@ -107,9 +107,15 @@ class CPURecipe:
             "reasoning_error_rate": self.reasoning_error_rate,
         }
         rates.update(policy)
-        return sample_supervision(num_puzzles, self.solutions_per_puzzle, rates["perception_error_rate"],
-                                  rates["reasoning_error_rate"], seed=seed, families=self.families,
-                                  image_size=self.image_size)  # fmt: skip
+        return sample_supervision(
+            num_puzzles,
+            self.solutions_per_puzzle,
+            rates["perception_error_rate"],
+            rates["reasoning_error_rate"],
+            seed=seed,
+            families=self.families,
+            image_size=self.image_size,
+        )
 
     def training_data(self):
         # Offset so the training puzzles never coincide with held-out ones drawn with small seeds.
@@ -175,8 +181,9 @@ class CPURecipe:
         model_path = self.build_model(output_dir / "tiny-qwen2-vl")
         args = self.training_args(prm_path, **overrides)
         done = (prm_path / "model.safetensors").exists()
-        trainer = VLPRMTrainer(str(prm_path if done else model_path), args,
-                               train_dataset=self.training_data(), eval_dataset=eval_dataset)  # fmt: skip
+        trainer = VLPRMTrainer(
+            str(prm_path if done else model_path), args, train_dataset=self.training_data(), eval_dataset=eval_dataset
+        )
         before = {}
         if eval_dataset is not None and not done:
             before = trainer.evaluate()
@@ -189,6 +196,8 @@ class CPURecipe:
             partial = prm_path.with_name(prm_path.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             trainer.save_model(str(partial))
+            if (prm_path / "runs").is_dir():  # the trackers' logs (report_to="tensorboard") stay with the model
+                shutil.move(str(prm_path / "runs"), str(partial / "runs"))
             shutil.rmtree(prm_path, ignore_errors=True)  # only the trainer's logs: no model was finished here
             partial.rename(prm_path)
         after = trainer.evaluate() if eval_dataset is not None else {}
@@ -203,3 +212,20 @@ class TrainedPRM:
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
     train_seconds: float
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m trl_vlprm.cpu_recipe OUT [--seed 0]`: write the recipe's tiny Qwen2-VL (testbed tokenizer, wide
+    MLP) to OUT, the base model `recipes/configs/vlprm_tiny_cpu.yaml` trains (docs/training.md)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("output_dir", help="Folder to write the model to (left as it is when it holds one).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the random initial weights.")
+    args = parser.parse_args(argv)
+    sys.stdout.write(f"{CPURecipe(seed=args.seed).build_model(args.output_dir)}\n")  # the folder, for scripts
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ rollouts + a noisy judge, consensus rule; its quality against the gold is shown)
 Qwen2-VL value-head VL-PRM trained with VLPRMTrainer on gold-labelled scripted solutions) -> guard-rails (does the
 PRM look at the image? does its best-of-N beat a random pick?) -> guidance (greedy, majority, best-of-N with each
 aggregation, weighted vote, beam search) -> evaluation (accuracy vs N for the PRM, the oracle and a random scorer,
-table and plot).
+table, plot, and a page of every step's scores: `trl-vlprm view`).
 
 Guidance and evaluation run a scripted policy with *systematic* errors: a share of the questions is misread the same
 way in most samples, as real VLMs misread an image, so majority vote converges on the wrong answer there while a
@@ -128,6 +128,16 @@ def sweep(out: Path, prm_path: Path, questions, seed: int, n_values=(1, 2, 4, 8,
     return eval_dir, rows, rows_to_markdown(rows)
 
 
+def view_page(eval_dir: Path, questions) -> Path:
+    """The evaluation's samples on one HTML page (`trl-vlprm view`): every step's score under each scorer."""
+    from trl_vlprm.eval.tts_sweep import samples_path
+    from trl_vlprm.eval.viewer import write_view
+
+    samples = samples_path(eval_dir, "testbed-learnable", "scripted-systematic")
+    title = "demo evaluation: learnable testbed, systematic misreadings (picks: best_of_n:min)"
+    return write_view([samples], eval_dir / "view.html", questions=questions, title=title).path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
@@ -189,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     for warning in sweep_below_random(rows, "vlprm"):
         print("   " + warning)
     print(f"   plot: {eval_dir / 'accuracy_vs_n.png'}")
+    print(f"   every step, scorer by scorer (open in a browser): {view_page(eval_dir, questions)}")
     summary = {"label_quality": asdict(quality), "eval_before": before, "eval_after": after, "guidance": dict(table),
                "sweep": rows, "train_seconds": trained.train_seconds}  # fmt: skip
     summary_path.write_text(json.dumps(summary, indent=2))

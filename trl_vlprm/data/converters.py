@@ -234,6 +234,30 @@ def from_vlprm300k(
     Raises:
         SkippedRecord: `first_incorrect_step` names no `-` turn (`convert_dataset` skips and reports the row).
     """
+    user_turns, verdicts, steps = _vlprm300k_turns(record, row)
+    completions, labels, step_types = _vlprm300k_steps(user_turns, verdicts, steps, row, soft_labels, paper_text)
+    types = None if None in step_types else step_types
+    _check_first_incorrect_step(record, [verdict in _GOOD for verdict in verdicts], types, row)
+    question = _vlprm300k_question(record, user_turns[0], paper_text, row)
+    images = _resolve_images(_require(record, image_field, row), image_root, row, image_field)
+    if paper_text and IMAGE_PLACEHOLDER not in question:
+        prompt = IMAGE_PLACEHOLDER * len(images) + question
+    else:
+        prompt = with_image_placeholders(question, len(images), row)
+    return _record(
+        prompt,
+        images,
+        completions,
+        labels,
+        types,
+        id=_string(record.get("id")),
+        answer=_string(record.get("rollout_ground_truth_answer")),
+        category=_string(record.get("source")),
+    )
+
+
+def _vlprm300k_turns(record: Mapping[str, Any], row: int | str) -> tuple[list[str], list[str], list[Any]]:
+    """The user turns (one step each), the assistant verdicts and `steps_with_score`, checked to line up."""
     conversations = _require(record, "conversations", row)
     steps = _require(record, "steps_with_score", row)
     turns = [_message_role_and_text(message, i, row) for i, message in enumerate(conversations)]
@@ -245,7 +269,16 @@ def from_vlprm300k(
         )
     if len(user_turns) > len(steps):
         raise RecordError(row, "steps_with_score", f"{len(steps)} step(s) for {len(user_turns)} conversation turn(s)")
+    for i, verdict in enumerate(verdicts):
+        if verdict not in _GOOD + _BAD:
+            raise RecordError(row, "conversations", f"assistant turn {i} is {verdict!r}; expected '+' or '-'")
+    return user_turns, verdicts, steps
 
+
+def _vlprm300k_steps(
+    user_turns: list[str], verdicts: list[str], steps: list[Any], row: int | str, soft_labels: bool, paper_text: bool
+) -> tuple[list[str], list[Any], list[str | None]]:
+    """Each turn's step text, label and type (the section header the step falls under)."""
     completions = []
     labels = []
     step_types = []
@@ -258,39 +291,23 @@ def from_vlprm300k(
         # The first turn also holds the question, whose instructions may name the sections themselves.
         header = _SECTION_HEADER.match(turn.split(_SOLUTION_HEADER, 1)[-1] if i == 0 else turn)
         section = _SECTION_TYPES[header.group(1)] if header else section
-        if verdict not in _GOOD + _BAD:
-            raise RecordError(row, "conversations", f"assistant turn {i} is {verdict!r}; expected '+' or '-'")
         if paper_text:
             completions.append(turn.split(_SOLUTION_HEADER, 1)[1].lstrip("\n") if i == 0 else turn)
         else:
             completions.append(text)
         labels.append(score if soft_labels else verdict in _GOOD)
         step_types.append(section)
+    return completions, labels, step_types
 
-    types = None if None in step_types else step_types
-    _check_first_incorrect_step(record, [verdict in _GOOD for verdict in verdicts], types, row)
 
+def _vlprm300k_question(record: Mapping[str, Any], first_turn: str, paper_text: bool, row: int | str) -> str:
+    """The question: the record's field, or (for the paper's text, and older exports without it) the first turn's."""
     question = record.get("question")
     if question is None or paper_text:  # older jsonl exports keep the question only inside the first user turn
-        first = user_turns[0]
-        if _QUESTION_HEADER not in first or _SOLUTION_HEADER not in first:
+        if _QUESTION_HEADER not in first_turn or _SOLUTION_HEADER not in first_turn:
             raise RecordError(row, "question", "missing, and not found in the first user turn of conversations")
-        question = first.split(_QUESTION_HEADER, 1)[1].split(_SOLUTION_HEADER, 1)[0].strip()
-    images = _resolve_images(_require(record, image_field, row), image_root, row, image_field)
-    if paper_text and IMAGE_PLACEHOLDER not in str(question):
-        prompt = IMAGE_PLACEHOLDER * len(images) + str(question)
-    else:
-        prompt = with_image_placeholders(str(question), len(images), row)
-    return _record(
-        prompt,
-        images,
-        completions,
-        labels,
-        types,
-        id=_string(record.get("id")),
-        answer=_string(record.get("rollout_ground_truth_answer")),
-        category=_string(record.get("source")),
-    )
+        question = first_turn.split(_QUESTION_HEADER, 1)[1].split(_SOLUTION_HEADER, 1)[0].strip()
+    return str(question)
 
 
 def _check_first_incorrect_step(

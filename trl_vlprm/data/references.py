@@ -56,9 +56,10 @@ def _json_prompt(prompt: Any) -> Any:
         content = message.get("content")
         if not isinstance(content, str):
             content = [
-                {"type": "text", "text": str(part.get("text", ""))} if part.get("type") == "text" else
-                {"type": str(part.get("type"))}
+                {"type": "text", "text": str(part.get("text", ""))}
+                if part.get("type") == "text"
+                else {"type": str(part.get("type"))}
                 for part in content or []
-            ]  # fmt: skip
+            ]
         messages.append({"role": str(message.get("role")), "content": content})
     return messages

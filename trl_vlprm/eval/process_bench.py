@@ -17,6 +17,7 @@ their perception/reasoning perturbations).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -87,8 +88,11 @@ def check_process_record(record: Mapping[str, Any], row: int | str) -> None:
     if not steps:
         raise RecordError(row, "completions", "no steps")
     if verdicts is None or len(verdicts) != len(steps):
-        raise RecordError(row, "process_correctness", f"{0 if verdicts is None else len(verdicts)} verdict(s) for "
-                          f"{len(steps)} step(s)")  # fmt: skip
+        raise RecordError(
+            row,
+            "process_correctness",
+            f"{0 if verdicts is None else len(verdicts)} verdict(s) for {len(steps)} step(s)",
+        )
     for i, verdict in enumerate(verdicts):
         if verdict not in VERDICTS:
             raise RecordError(row, "process_correctness", f"step {i} has verdict {verdict!r}; expected 1, -1 or 0")
@@ -124,9 +128,11 @@ def visual_process_bench_record(raw: Mapping[str, Any], row: str, image_root: Pa
         if isinstance(image, str) and not Path(image).is_file():
             raise RecordError(row, "image", f"image file not found: {image}")
     question = str(raw["question"])
-    prompt = question if question.count(IMAGE_PLACEHOLDER) == len(images) else (
-        IMAGE_PLACEHOLDER * len(images) + "\n" + question.replace(IMAGE_PLACEHOLDER, "")
-    )  # fmt: skip
+    prompt = (
+        question
+        if question.count(IMAGE_PLACEHOLDER) == len(images)
+        else (IMAGE_PLACEHOLDER * len(images) + "\n" + question.replace(IMAGE_PLACEHOLDER, ""))
+    )
     return {
         "id": str(raw.get("id", row)),
         "prompt": prompt,
@@ -169,13 +175,18 @@ def from_stepwise(records) -> list[dict[str, Any]]:
     """Stepwise-supervision records (bool labels) as process-bench records (True -> 1, False -> -1)."""
     return [
         {
-            "id": r["id"], "prompt": r["prompt"], "images": r["images"], "answer": r.get("answer") or "",
-            "options": r.get("options") or [], "completions": r["completions"],
+            "id": r["id"],
+            "prompt": r["prompt"],
+            "images": r["images"],
+            "answer": r.get("answer") or "",
+            "options": r.get("options") or [],
+            "completions": r["completions"],
             "process_correctness": [1 if label else -1 for label in r["labels"]],
-            "step_types": r.get("step_types") or [], "category": r.get("category") or "",
+            "step_types": r.get("step_types") or [],
+            "category": r.get("category") or "",
         }
         for r in records
-    ]  # fmt: skip
+    ]
 
 
 def puzzlevqa_process_bench(root: str | None = None, limit_per_category: int | None = None, seed: int = 0):
@@ -197,20 +208,30 @@ def testbed_process_bench(
     perception_error_rate: float = 0.3,
     reasoning_error_rate: float = 0.3,
     seed: int = 0,
+    families: str | None = None,
+    image_size: int = 168,
 ):
-    """Scripted-policy solutions of testbed puzzles, each step labelled by its hidden gold correctness."""
+    """Scripted-policy solutions of testbed puzzles (`families`: names or a tier, default the hard tier), each step
+    labelled by its hidden gold correctness."""
     from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 
     policy = ScriptedPolicy(perception_error_rate, reasoning_error_rate, seed=seed)
     records = []
-    for question in generate_puzzles(num_questions, seed=seed):
+    for question in generate_puzzles(num_questions, seed=seed, families=families, image_size=image_size):
         for k, solution in enumerate(policy.sample_solutions(question, solutions_per_question)):
-            records.append({
-                "id": solution_id(question["id"], k), "prompt": question["prompt"], "images": question["images"],
-                "answer": question["answer"], "options": question["options"], "completions": solution.steps,
-                "process_correctness": [1 if g else -1 for g in solution.gold_correct],
-                "step_types": list(solution.step_types or []), "category": question["category"],
-            })  # fmt: skip
+            records.append(
+                {
+                    "id": solution_id(question["id"], k),
+                    "prompt": question["prompt"],
+                    "images": question["images"],
+                    "answer": question["answer"],
+                    "options": question["options"],
+                    "completions": solution.steps,
+                    "process_correctness": [1 if g else -1 for g in solution.gold_correct],
+                    "step_types": list(solution.step_types or []),
+                    "category": question["category"],
+                }
+            )
     return _to_dataset(records)
 
 
@@ -270,8 +291,15 @@ def process_bench_metrics(
     for index, (scores, record) in enumerate(zip(step_scores, records)):
         verdicts = record["process_correctness"]
         if len(scores) != len(verdicts):
-            raise RecordError(record.get("id", index), "process_correctness",
-                              f"{len(scores)} score(s) for {len(verdicts)} step(s)")  # fmt: skip
+            raise RecordError(
+                record.get("id", index), "process_correctness", f"{len(scores)} score(s) for {len(verdicts)} step(s)"
+            )
+        bad = [j for j, score in enumerate(scores) if not math.isfinite(float(score))]
+        if bad:  # NaN >= threshold is False: a broken PRM would count as one that judges every step wrong
+            raise ValueError(
+                f"record {record.get('id', index)}: the scorer returned a non-finite step score ({scores[bad[0]]} at "
+                f"step {bad[0]}); a PRM's scores must be finite (check its weights and dtype)"
+            )
         types = record.get("step_types") or [None] * len(verdicts)
         for score, verdict, kind in zip(scores, verdicts, types):
             for key in ("all", kind):

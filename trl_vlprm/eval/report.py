@@ -15,6 +15,7 @@ from typing import Any
 from trl_vlprm.utils.resume import atomic_write_text
 
 ROW_KEY = ("benchmark", "policy", "scorer", "selection")
+NO_SCORER_ROW = "-"  # the scorer of a row whose selection reads none (`trl_vlprm.eval.selection.NO_SCORER`)
 
 
 def _pivot(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], dict[tuple, dict[int, float]]]:
@@ -73,49 +74,71 @@ def write_tables(
     return [csv_path, md_path]
 
 
+def plot_layout(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], list[tuple]]]:
+    """How `plot_accuracy_vs_n` lays out `rows`: (scorers: one row of panels each, columns: one panel per benchmark
+    and policy, lines: {(scorer, column): [(selection, {n: accuracy}, whether it reads the scorer)]}).
+
+    A panel holds the selections of one scorer, plus the selections that read no scorer (first, majority, pass@n) as
+    references: a line is told apart by its selection alone, so the legend lists each selection once however many
+    scorers, benchmarks and policies there are (a newcomer's run once had 17 entries in one legend).
+    """
+    _, table = _pivot(rows)
+    policies = {key[1] for key in table}
+    scorers = list(dict.fromkeys(key[2] for key in table if key[2] != NO_SCORER_ROW)) or [NO_SCORER_ROW]
+    columns = list(dict.fromkeys(key[0] if len(policies) == 1 else f"{key[0]} / {key[1]}" for key in table))
+    lines: dict[tuple[str, str], list[tuple]] = {}
+    for (benchmark, policy, scorer, selection), by_n in table.items():
+        column = benchmark if len(policies) == 1 else f"{benchmark} / {policy}"
+        for row_scorer in scorers if scorer == NO_SCORER_ROW else [scorer]:
+            lines.setdefault((row_scorer, column), []).append((selection, by_n, scorer != NO_SCORER_ROW))
+    return scorers, columns, lines
+
+
 def plot_accuracy_vs_n(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """PNG: one panel per benchmark, accuracy (%) against N on a log2 axis, a line per (policy, scorer, selection)."""
+    """PNG: accuracy (%) against N on a log2 axis; a panel per scorer and benchmark (and policy, when there are
+    several), a line per selection, and one legend for the figure (`plot_layout`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    benchmarks = sorted({row["benchmark"] for row in rows})
-    if not benchmarks:
+    if not rows:
         raise ValueError("plot_accuracy_vs_n: no result rows")
-    n_values, table = _pivot(rows)
-    policies = {key[1] for key in table}
-    # Colour says the selection, line style the scorer, so "best_of_n:min [oracle]" and "[random]" pair up visually.
-    selections = list(dict.fromkeys(key[3] for key in table))
-    scorers = list(dict.fromkeys(key[2] for key in table if key[2] != "-"))
+    n_values = sorted({int(row["n"]) for row in rows})
+    scorers, columns, lines = plot_layout(rows)
+    selections = list(dict.fromkeys(selection for panel in lines.values() for selection, *_ in panel))
     palette = plt.get_cmap("tab10" if len(selections) <= 10 else "tab20").colors
-    styles = ["-", ":", "-.", (0, (5, 1)), (0, (1, 3))]
-    figure, axes = plt.subplots(1, len(benchmarks), figsize=(6.0 * len(benchmarks), 4.5), squeeze=False)
-    for axis, benchmark in zip(axes[0], benchmarks):
-        for (bench, policy, scorer, selection), by_n in table.items():
-            if bench != benchmark:
-                continue
-            label = selection if scorer == "-" else f"{selection} [{scorer}]"
-            if len(policies) > 1:
-                label = f"{policy}: {label}"
-            xs = [n for n in n_values if n in by_n]
-            if selection == "pass@n":
-                color, style = "black", "--"
-            else:
-                color = palette[selections.index(selection) % len(palette)]
-                style = "-" if scorer == "-" else styles[scorers.index(scorer) % len(styles)]
-            axis.plot(xs, [100 * by_n[n] for n in xs], linestyle=style, color=color, marker="o", markersize=3,
-                      label=label)  # fmt: skip
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(n_values, [str(n) for n in n_values])
-        axis.set_xlabel("N (solutions sampled)")
-        axis.set_ylabel("accuracy (%)")
-        axis.set_title(benchmark)
-        axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    # one benchmark: the scorers side by side; several: a row of panels per scorer, a column per benchmark
+    shape = (1, len(scorers)) if len(columns) == 1 else (len(scorers), len(columns))
+    figure, axes = plt.subplots(*shape, figsize=(5.0 * shape[1], 3.6 * shape[0]), squeeze=False, sharey=True)
+    handles: dict[str, Any] = {}
+    for i, scorer in enumerate(scorers):
+        for j, column in enumerate(columns):
+            row, col = (0, i) if len(columns) == 1 else (i, j)
+            axis = axes[row][col]
+            for selection, by_n, reads_scorer in lines.get((scorer, column), []):
+                xs = [n for n in n_values if n in by_n]
+                if selection == "pass@n":  # the oracle upper bound
+                    color, style = "black", "--"
+                else:
+                    color = palette[selections.index(selection) % len(palette)]
+                    style = "-" if reads_scorer else ":"  # dotted: reads no scorer, the same in every panel
+                (line,) = axis.plot(xs, [100 * by_n[n] for n in xs], linestyle=style, color=color, marker="o",
+                                    markersize=3)  # fmt: skip
+                handles.setdefault(selection, line)
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(n_values, [str(n) for n in n_values])
+            axis.set_title(column if scorer == NO_SCORER_ROW else f"{column}: scorer {scorer}", fontsize=10)
+            axis.grid(alpha=0.3)
+            if row == shape[0] - 1:
+                axis.set_xlabel("N (solutions sampled)")
+            if col == 0:
+                axis.set_ylabel("accuracy (%)")
+    figure.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+                  frameon=False, bbox_to_anchor=(0.5, 0.0))  # fmt: skip
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.06 + 0.03 * (len(handles) > 6), 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)

@@ -152,8 +152,13 @@ def _whole_candidate(sample: Mapping[str, Any], scorer: str) -> Candidate:
     whole = sample["whole_score"][scorer]
     if whole is None:  # an empty solution: nothing was scored, it ranks last
         return Candidate([], True, sample["vote_answer"])
-    return Candidate(["<whole solution>"], True, sample["vote_answer"], step_scores=[whole["p"]],
-                     step_input_lengths=[whole["input_length"]])  # fmt: skip
+    return Candidate(
+        ["<whole solution>"],
+        True,
+        sample["vote_answer"],
+        step_scores=[whole["p"]],
+        step_input_lengths=[whole["input_length"]],
+    )
 
 
 def subsample_indices(n_max: int, n: int, num_subsamples: int, seed: int) -> list[list[int]]:

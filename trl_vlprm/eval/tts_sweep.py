@@ -232,9 +232,11 @@ def _resumed_records(path: Path, by_id, scorers, scorer_digests) -> dict[str, di
         if question is not None:
             if record.get("question_digest") != question_digest(question):
                 raise RecordError(
-                    record["id"], "question_digest", f"{path}:{number} sampled another version of this question "
+                    record["id"],
+                    "question_digest",
+                    f"{path}:{number} sampled another version of this question "
                     "(its content changed since); restore the old inputs or use another output_dir",
-                )  # fmt: skip
+                )
             pinned = record.get("scorer_pins") or {}
             stale = [name for name, digest in scorer_digests.items() if pinned.get(name) != digest]
             if stale:
@@ -287,9 +289,19 @@ def run_sweep(
                 "policy": (pins or {}).get("policies", {}).get(policy_name, policy_name),
             }
             records = sample_benchmark(
-                questions, policy, scorers, n_max, path, answer_kind, f"{benchmark} / {policy_name}",
-                file_pins, (pins or {}).get("scorers"), needs_whole_solution(selections), answer_judge, ranks,
-            )  # fmt: skip
+                questions,
+                policy,
+                scorers,
+                n_max,
+                path,
+                answer_kind,
+                f"{benchmark} / {policy_name}",
+                file_pins,
+                (pins or {}).get("scorers"),
+                needs_whole_solution(selections),
+                answer_judge,
+                ranks,
+            )
             if not ranks.is_main:
                 continue
             for row in derive_accuracies(records, selections, list(scorers), n_values, num_subsamples, seed):

@@ -121,8 +121,11 @@ class ServerFleet:
             raise ValueError(f"{name}: max_concurrency must be >= 1")
         self.base_urls = [url.rstrip("/") for url in base_urls]
         self.request_timeout, self.max_retries, self.deadline, self.backoff = (
-            request_timeout, max_retries, deadline, backoff
-        )  # fmt: skip
+            request_timeout,
+            max_retries,
+            deadline,
+            backoff,
+        )
         self.retry_on = retry_on
         self.name = name
         self.max_retry_wait = max_retry_wait

@@ -58,6 +58,7 @@ from trl_vlprm.labeling.shards import (
 from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.utils.ranks import SINGLE, Ranks, RunClaim
 from trl_vlprm.utils.resume import atomic_write_text, pin_settings, question_digest, stable_digest
+from trl_vlprm.utils.trackers import log_tables
 
 __all__ = [
     "LabelConfig", "JudgeFailureError", "build_dataset", "import_dataset", "load_labelled", "output_features", "run"
@@ -202,6 +203,9 @@ def _label_shards(
     too."""
     ranks = claim.ranks
     output_dir = Path(config.output_dir)
+    strong = None
+    if config.strong_completer is not None:  # its own seed: its completions must not repeat the policy's
+        strong = build_policy(config.strong_completer, config.seed + 1, config.sampling_settings())
     server = judge_server
     own_server = False
     judge = None
@@ -219,6 +223,8 @@ def _label_shards(
         if server is not None:
             judge_config = replace(judge_config, judge_base_url=server.base_url)
         judge = JudgeClient(judge_config, seed=config.seed)
+    if server is not None:  # a testbed judge learns each sampled solution's gold from the policy
+        policy = server.teaching(policy)
     total = BatchStats()
     rank = f" (rank {ranks.rank}/{ranks.world_size})" if ranks.world_size > 1 else ""
     bar = tqdm(
@@ -231,7 +237,7 @@ def _label_shards(
             batch = [questions[j] for j in chunk]
             if batch_judge:
                 rows, stats = _label_with_batch_judge(
-                    batch, [digests[j] for j in chunk], policy, config, judge, server, grader
+                    batch, [digests[j] for j in chunk], policy, config, judge, server, grader, strong
                 )
             else:
                 rows, stats = label_batch(
@@ -241,11 +247,11 @@ def _label_shards(
                     config.num_rollouts,
                     config.mc_config(),
                     judge,
-                    server,
                     grader=grader,
                     disagreement=config.disagreement,
                     disagreement_weight=config.disagreement_weight,
                     judge_unknown=config.judge_unknown,
+                    strong_completer=strong,
                 )
             if judge is not None:
                 _check_judge(config, judge, stats, [ids[j] for j in chunk])
@@ -267,7 +273,7 @@ def _label_shards(
     return total
 
 
-def _label_with_batch_judge(batch, digests, policy, config, judge, server, grader):
+def _label_with_batch_judge(batch, digests, policy, config, judge, server, grader, strong=None):
     """One shard's rows with the batch judge: the rollouts and MC labels are saved before their requests are
     submitted, so a rerun after an interruption judges the same solutions (it polls the batch already submitted)."""
     key = "shard-" + stable_digest([[str(q["id"]) for q in batch], list(digests)])[:16]
@@ -277,7 +283,7 @@ def _label_with_batch_judge(batch, digests, policy, config, judge, server, grade
         for question, _, rollout, _ in solutions if server is not None else []:
             server.add_solution(str(question["id"]), rollout.steps, rollout.gold_correct)
     else:
-        solutions, stats = roll_out(batch, policy, config.num_rollouts, config.mc_config(), server, grader)
+        solutions, stats = roll_out(batch, policy, config.num_rollouts, config.mc_config(), grader, strong)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(solutions_to_json(solutions, stats)))
     custom_ids = [solution_id(str(question["id"]), j) for question, j, _, _ in solutions]
@@ -404,9 +410,26 @@ def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchSt
     """
     ranks = Ranks.from_environment()
     if config.rollouts_file is not None:  # imported rollouts: one process labels them
-        return import_dataset(config, judge_config) if ranks.is_main else BatchStats()
-    policy, questions = _make_policy_and_questions(config)
-    return build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
+        stats = import_dataset(config, judge_config) if ranks.is_main else BatchStats()
+    else:
+        policy, questions = _make_policy_and_questions(config)
+        stats = build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
+    if ranks.is_main:
+        log_tables(config.report_to, stats_tables(stats), Path(config.output_dir) / "runs", project="trl_vlprm-label",
+                   config=config.pinned(judge_config))  # fmt: skip
+    return stats
+
+
+def stats_tables(stats: BatchStats) -> dict[str, list[dict]]:
+    """The labelling's tables for trackers: one summary row (counts and costs) and the solutions per rule case."""
+    summary = {
+        "solutions": stats.solutions, "records": stats.records, "dropped_solutions": stats.dropped_solutions,
+        "steps_total": stats.steps_total, "steps_labelled": stats.steps_labelled,
+        "rollout_tokens": stats.rollout_cost.tokens, "mc_tokens": stats.mc_cost.tokens,
+        "judge_requests": stats.judge.get("requests", 0),
+    }  # fmt: skip
+    cases = [{"case": case, "solutions": count} for case, count in sorted(stats.cases.items())]
+    return {"labelling_summary": [summary], "labelling_cases": cases}
 
 
 def batch_cost_line(stats: BatchStats, judge_config: JudgeConfig) -> str:

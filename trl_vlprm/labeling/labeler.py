@@ -14,11 +14,10 @@ from typing import Any
 from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, solution_id, to_json_string
 from trl_vlprm.guidance.policy import Policy, Question
-from trl_vlprm.labeling.combine import RULES, combine
+from trl_vlprm.labeling.combine import RULES, combine, completer_agreement
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
 from trl_vlprm.labeling.mc import Cost, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
 from trl_vlprm.labeling.noise import count_noise
-from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.trainer.metrics import precision_recall_f1
 
 
@@ -96,27 +95,27 @@ def roll_out(
     policy: Policy,
     num_rollouts: int,
     mc_config: MCConfig | None,
-    judge_server: JudgeServer | None = None,
     grader: Grader | None = None,
+    strong_completer: Policy | None = None,
 ) -> tuple[list[Solution], BatchStats]:
     """Sample `num_rollouts` solutions of every question and their MC labels (when `mc_config` is given).
 
-    `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
+    `strong_completer`, when given, estimates the same prefixes a second time (Athena-PRM's weak/strong agreement):
+    its hard labels go into `MCResult.strong_labels`, its cost into the MC cost.
     """
     stats = BatchStats()
     solutions: list[Solution] = []
     for question in questions:
-        qid = str(question["id"])
         rollouts, cost = sample_rollouts(policy, question, num_rollouts, grader)
         stats.rollout_cost.add(cost)
         for j, rollout in enumerate(rollouts):
             mc = label_rollout(policy, question, rollout, mc_config, grader) if mc_config is not None else None
             if mc is not None:
                 stats.mc_cost.add(mc.cost)
-            if judge_server is not None:
-                if rollout.gold_correct is None:
-                    raise RecordError(qid, "gold_correct", "the testbed judge needs a policy that knows step gold")
-                judge_server.add_solution(qid, rollout.steps, rollout.gold_correct)
+                if strong_completer is not None:
+                    strong = label_rollout(strong_completer, question, rollout, mc_config, grader)
+                    mc.strong_labels = strong.labels
+                    stats.mc_cost.add(strong.cost)
             solutions.append((question, j, rollout, mc))
     return solutions, stats
 
@@ -143,11 +142,9 @@ def solutions_from_json(
         if entry["question_id"] not in by_id:
             raise RecordError(row, "question_id", f"{entry['question_id']!r} is not a question of {source}")
         mc = entry["mc"]
-        mc = (
-            MCResult(mc["scores"], mc["labels"], mc["first_error"], mc["num_estimates"], Cost(**mc["cost"]))
-            if mc
-            else None
-        )
+        if mc:
+            mc = MCResult(mc["scores"], mc["labels"], mc["first_error"], mc["num_estimates"], Cost(**mc["cost"]),
+                          mc.get("strong_labels"))  # fmt: skip
         solutions.append((by_id[entry["question_id"]], entry["index"], Rollout(**entry["rollout"]), mc))
     return solutions, BatchStats.from_dict(data["stats"])
 
@@ -176,17 +173,16 @@ def label_batch(
     num_rollouts: int,
     mc_config: MCConfig | None,
     judge: JudgeClient | None = None,
-    judge_server: JudgeServer | None = None,
     grader: Grader | None = None,
     disagreement: str = "drop",
     disagreement_weight: float = 0.5,
     judge_unknown: str = "keep_prefix",
+    strong_completer: Policy | None = None,
 ) -> tuple[list[dict[str, Any]], BatchStats]:
     """Rows for every solution of `questions` whose labelled prefix is not empty, and the batch's statistics.
 
     `judge_unknown` is `combine`'s `unknown`: "drop" leaves out a solution with any "unknown" verdict.
 
-    `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
     `judge` is anything with `judge_many(items)` (the online `JudgeClient`, or a batch judge).
     """
     needs = RULES.get(rule)
@@ -195,7 +191,7 @@ def label_batch(
     if needs.needs_judge and judge is None:
         raise ValueError(f"rule {rule!r} needs a judge: give a JudgeClient")
     solutions, stats = roll_out(
-        questions, policy, num_rollouts, mc_config if needs.needs_mc else None, judge_server, grader
+        questions, policy, num_rollouts, mc_config if needs.needs_mc else None, grader, strong_completer
     )
     verdicts: list[JudgeResult | None] = [None] * len(solutions)
     if needs.needs_judge:
@@ -226,6 +222,7 @@ def label_solutions(
             verdict.verdicts if verdict else None,
             rollout.gold_correct,
             settings,
+            mc.strong_labels if mc else None,
         )
         combined = combine(
             rule,
@@ -236,6 +233,8 @@ def label_solutions(
             disagreement_weight=disagreement_weight,
             unknown=judge_unknown,
         )
+        if mc is not None and mc.strong_labels is not None:
+            combined = completer_agreement(combined, mc.labels, mc.strong_labels)
         kept = combined.kept_length()
         stats.solutions += 1
         stats.steps_total += len(rollout.steps)

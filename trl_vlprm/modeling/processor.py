@@ -131,8 +131,14 @@ def _image_processor_config(name_or_path: ModelName, revision: str | None) -> di
 
 
 # Entries of processor_config.json that are not the processor's own settings.
-_NOT_PROCESSOR_KWARGS = {"image_processor", "video_processor", "feature_extractor", "processor_class", "auto_map",
-                         "chat_template"}  # fmt: skip
+_NOT_PROCESSOR_KWARGS = {
+    "image_processor",
+    "video_processor",
+    "feature_extractor",
+    "processor_class",
+    "auto_map",
+    "chat_template",
+}
 
 
 def _processor_kwargs(name_or_path: ModelName, revision: str | None) -> dict[str, Any]:

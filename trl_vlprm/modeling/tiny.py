@@ -62,8 +62,9 @@ def build_tiny_tokenizer(
         eos_token=spec.eos_token,
         pad_token=spec.pad_token,
         unk_token=None,
-        bos_token=None,
+        bos_token=spec.bos_token,
         chat_template=spec.chat_template,
+        **({"extra_special_tokens": spec.extra_special_tokens} if spec.extra_special_tokens else {}),
     )
     fast.padding_side = "right"
     return fast
@@ -155,8 +156,11 @@ def build_tiny_vlm(
     )
     torch.manual_seed(seed)
     model = get_family(arch).model_class()(config)
-    model.save_pretrained(output_dir)
     spec = get_tiny_spec(arch)
+    with torch.no_grad():
+        for name in spec.redrawn:
+            model.get_parameter(name).normal_(0.0, initializer_range)
+    model.save_pretrained(output_dir)
     min_pixels = spec.min_pixels if min_pixels is None else min_pixels
     max_pixels = spec.max_pixels if max_pixels is None else max_pixels
     processor = build_processor(

@@ -72,7 +72,7 @@ class DataCollatorForVLPRM:
         if images:
             batch.update(family.image_inputs(self.processing_class, images))
             expected = family.image_token_total(self.processing_class, images)
-            found = int((batch["input_ids"] == self.processing_class.image_token_id).sum())
+            found = int((batch["input_ids"] == family.image_token_id(self.processing_class)).sum())
             if expected != found:  # only if the image processor changed between tokenization and collation
                 raise ValueError(
                     f"the batch has {found} image tokens but its images give {expected}: re-tokenize the dataset "

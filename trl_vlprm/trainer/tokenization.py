@@ -116,9 +116,11 @@ def tokenize_row(
     if prompt_too_long:
         if long_prompt == "error":
             raise RecordError(
-                row, "prompt", f"{len(prompt_ids)} prompt tokens (images included) exceed max_length "
-                f"{max_length}; raise max_length or lower max_pixels"
-            )  # fmt: skip
+                row,
+                "prompt",
+                f"{len(prompt_ids)} prompt tokens (images included) exceed max_length "
+                f"{max_length}; raise max_length or lower max_pixels",
+            )
         steps = []  # as TRL: nothing of the steps is left, so the row keeps no label
 
     budget = None if max_length is None else max_length - len(prompt_ids)
@@ -180,9 +182,11 @@ def _tokenize_one_string(
     prompt_too_long = max_length is not None and prompt_length > max_length
     if prompt_too_long and long_prompt == "error":
         raise RecordError(
-            row, "prompt", f"{prompt_length} prompt tokens (images included) exceed max_length "
-            f"{max_length}; raise max_length or lower max_pixels"
-        )  # fmt: skip
+            row,
+            "prompt",
+            f"{prompt_length} prompt tokens (images included) exceed max_length "
+            f"{max_length}; raise max_length or lower max_pixels",
+        )
     if train_on_last_step_only and not is_eval:
         labels = [IGNORE_INDEX] * (len(labels) - 1) + labels[-1:]
     step_types = features.get("step_types") or [None] * len(labels)

@@ -133,21 +133,28 @@ class Ranks:
         An error on rank 0 (the output locked by another run, settings that differ, a changed question...) is
         raised there as is, and on the other ranks as a `RankFailedError` carrying its message.
         """
-        with self.claimed_plan(lock_path, plan) as (value, _):
+        with self._plan(lock_path, plan, claim=False) as (value, _):
             yield value
 
     @contextlib.contextmanager
     def claimed_plan(self, lock_path: str | Path, plan: Callable[[], T]) -> Iterator[tuple[T, RunClaim]]:
         """`locked_plan`, plus this run's `RunClaim`: rank 0 starts a new generation of the output before planning,
-        and every rank writes its shared outputs through `claim.writing(...)`."""
+        and every rank writes its shared outputs through `claim.writing(...)`. For outputs other ranks write under
+        names the plan gives them (labelling shards); part files need no claim, as only their rank writes them."""
+        with self._plan(lock_path, plan, claim=True) as planned:
+            yield planned
+
+    @contextlib.contextmanager
+    def _plan(self, lock_path: str | Path, plan: Callable[[], T], claim: bool) -> Iterator[tuple[T, RunClaim | None]]:
         lock_path = Path(lock_path)
         with contextlib.ExitStack() as stack:
             if self.is_main:
                 try:
                     stack.enter_context(output_lock(lock_path))
-                    generation = _start_generation(lock_path, self.world_size)
+                    generation = _start_generation(lock_path, self.world_size) if claim else None
                     value = plan()
-                    _record_plan(lock_path, generation, value)
+                    if claim:
+                        _record_plan(lock_path, generation, value)
                 except BaseException as err:
                     self._send({"error": f"{type(err).__name__}: {err}"})
                     raise
@@ -157,7 +164,7 @@ class Ranks:
                 if "error" in message:
                     raise RankFailedError(f"rank 0 stopped before any work was shared: {message['error']}")
                 value, generation = message["plan"], message["generation"]
-            yield value, RunClaim(self, lock_path, generation)
+            yield value, (RunClaim(self, lock_path, generation) if claim else None)
 
     @contextlib.contextmanager
     def append_records(self, path: str | Path) -> Iterator[TextIO]:

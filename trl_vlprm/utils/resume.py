@@ -232,8 +232,10 @@ def pin_settings(path: str | Path, settings: Mapping[str, Any], where: str | Non
         try:
             previous = json.loads(path.read_text())
         except ValueError as err:
-            raise ValueError(f"{path}: unreadable settings pin ({err}); remove it only if the outputs beside it "
-                             "are to be thrown away") from err  # fmt: skip
+            raise ValueError(
+                f"{path}: unreadable settings pin ({err}); remove it only if the outputs beside it "
+                "are to be thrown away"
+            ) from err
         check_settings(previous, settings, where or str(path.parent))
         return
     atomic_write_text(path, json.dumps(dict(settings), indent=1, sort_keys=True))

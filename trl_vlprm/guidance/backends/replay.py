@@ -91,11 +91,15 @@ class ReplayPolicy:
         qid = str(question["id"])
         stored = self.solutions.get(qid)
         if stored is None:
-            raise RecordError(qid, "id", f"replay policy: question {qid!r} has no line in {self.path} "
-                                         f"({len(self.solutions)} ids)")  # fmt: skip
+            raise RecordError(
+                qid, "id", f"replay policy: question {qid!r} has no line in {self.path} ({len(self.solutions)} ids)"
+            )
         if len(stored) < n:
-            raise RecordError(qid, "solutions", f"replay policy: question {qid!r} has {len(stored)} solutions in "
-                                                f"{self.path}, {n} asked")  # fmt: skip
+            raise RecordError(
+                qid,
+                "solutions",
+                f"replay policy: question {qid!r} has {len(stored)} solutions in {self.path}, {n} asked",
+            )
         served = stored[:n]
         self.stats.record(served)
         return served

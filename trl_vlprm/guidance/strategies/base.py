@@ -182,10 +182,13 @@ def whole_solutions(candidates: Sequence[Candidate], step_separator: str) -> lis
         gold = None if candidate.gold_correct is None else [all(candidate.gold_correct)]
         whole.append(
             Candidate(
-                steps=[text] if text else [], finished=candidate.finished, answer=candidate.answer,
-                step_types=[None] if text else [], gold_correct=gold if text else ([] if gold is not None else None),
+                steps=[text] if text else [],
+                finished=candidate.finished,
+                answer=candidate.answer,
+                step_types=[None] if text else [],
+                gold_correct=gold if text else ([] if gold is not None else None),
             )
-        )  # fmt: skip
+        )
     return whole
 
 

@@ -157,10 +157,16 @@ class ModelFamily(abc.ABC):
             RecordError: an image the image processor would refuse (naming `row` and the image).
         """
 
+    def image_token_id(self, processing_class: Any) -> int:
+        """Id of the token each image's features replace, as many times as `image_token_counts` says (the
+        processor's `image_token_id`; Gemma 3's processor names its begin-of-image marker so)."""
+        return processing_class.image_token_id
+
     def vision_token_ids(self, processing_class: Any) -> set[int]:
         """Ids of the tokens that mean "an image is here" (image/video placeholders and `vision_marker_tokens`)."""
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         found = {getattr(processing_class, name, None) for name in ("image_token_id", "video_token_id")}
+        found.add(self.image_token_id(processing_class))
         found |= {tokenizer.convert_tokens_to_ids(token) for token in self.vision_marker_tokens}
         return found - {None, tokenizer.unk_token_id}  # a token the vocabulary lacks maps to unk (or None)
 
@@ -173,7 +179,7 @@ class ModelFamily(abc.ABC):
         (`token_types_input`), or None when the family's models read none."""
         if self.token_types_input is None:
             return None
-        image_token_id = processing_class.image_token_id
+        image_token_id = self.image_token_id(processing_class)
         return [1 if token == image_token_id else 0 for token in ids]
 
     def expand_image_tokens(self, processing_class: Any, text: str, images: Sequence[Any], row: Any = "?") -> str:

@@ -30,6 +30,9 @@ class TinySpec:
         special_tokens: the tokenizer's special tokens (the family's chat-template and image tokens).
         eos_token: the end-of-turn token (generation stops on it).
         pad_token: the padding token.
+        bos_token: the begin-of-sequence token, if the family's template writes one.
+        extra_special_tokens: named special tokens the processor reads from the tokenizer (Gemma 3's `boi_token`,
+            `eoi_token`, `image_token`).
         chat_template: a chat template of the published one's structure (image parts become the image tokens).
         config: `config(tokenizer, hidden_size, num_layers, num_heads, vision_width, vision_depth, initializer_range,
             intermediate_size)` -> the model's config (the real transformers config class, shrunk).
@@ -39,6 +42,8 @@ class TinySpec:
             the transformers 5 layout is the published one).
         image_processor_settings: the tiny image processor's settings (None: the family's defaults).
         processor_kwargs: the processor's own settings (e.g. LLaVA's `patch_size`).
+        redrawn: parameters the model class initialises to zero that a random tiny model must draw like the rest
+            (Gemma 3's image projection: left at zero, every image would reach the language model as zeros).
         hub_ids: published repo ids a tiny model of this type stands for in the tiny hub cache (`tiny_hub`).
     """
 
@@ -47,11 +52,14 @@ class TinySpec:
     pad_token: str
     chat_template: str
     config: Callable[..., Any]
+    bos_token: str | None = None
+    extra_special_tokens: dict[str, str] | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
     upstream_layout: Callable[[Path], Path] | None = None
     image_processor_settings: dict[str, Any] | None = None
     processor_kwargs: dict[str, Any] | None = None
+    redrawn: tuple[str, ...] = ()
     hub_ids: tuple[str, ...] = field(default=())
 
 
