@@ -269,3 +269,27 @@ def test_slow_drip_body_is_cut_by_the_total_deadline():
 def test_config_refuses_settings_that_would_fail_every_call(field, value):
     with pytest.raises(ValueError, match=f"JudgeConfig.{field}"):
         JudgeConfig(**{field: value})
+
+
+def test_the_testbed_judge_learns_each_sampled_solutions_gold_through_the_policy():
+    """Labelling with the testbed judge samples through `JudgeServer.teaching(policy)`; the labeller no longer takes
+    the server (it threaded the testbed through `label_batch` before)."""
+    from trl_vlprm.data.schema import RecordError
+    from trl_vlprm.testbed import JudgeServer, ScriptedPolicy, generate_puzzles, step_key
+    from trl_vlprm.types import Continuation
+
+    server = JudgeServer({})
+    policy = server.teaching(ScriptedPolicy(0.5, 0.5, seed=1))
+    question = generate_puzzles(1, seed=0)[0]
+    solutions = policy.sample_solutions(question, 3)
+    qid = str(question["id"])
+    taught = {step_key(qid, s.steps[: k + 1]): g for s in solutions for k, g in enumerate(s.gold_correct)}
+    assert len(solutions) == 3 and taught and server.gold == taught
+    assert policy.step_separator == policy.policy.step_separator and policy.stats is policy.policy.stats
+
+    class NoGold:
+        def sample_solutions(self, question, n):
+            return [Continuation(["a step"], True)] * n
+
+    with pytest.raises(RecordError, match="gold_correct"):
+        server.teaching(NoGold()).sample_solutions(question, 1)

@@ -17,6 +17,7 @@ import pytest
 from test_rewards import save_tiny_prm
 
 from trl_vlprm.cpu_recipe import CPURecipe
+from trl_vlprm.eval.process_bench import load_process_bench_spec, score_process_bench
 from trl_vlprm.guidance.rewards import VLPRMReward
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
@@ -60,6 +61,14 @@ class NaNScorer:
 def test_nan_step_scores_are_an_error_in_search_never_a_pick(question):
     with pytest.raises(ValueError, match=r"candidate 0: .*non-finite step score nan"):
         get_strategy("best_of_n")(question, ScriptedPolicy(seed=0), NaNScorer(), SearchConfig(n=4))
+
+
+def test_nan_step_scores_are_an_error_on_a_process_bench_not_a_wrong_verdict():
+    bench = load_process_bench_spec("testbed:num_questions=2,solutions_per_question=2", seed=0)
+    with pytest.raises(
+        ValueError, match=r"record .*#0: the scorer returned a non-finite step score \(nan at step 0\)"
+    ):
+        score_process_bench(NaNScorer(), bench)
 
 
 def test_nan_step_scores_are_a_counted_fallback_reward(question):

@@ -212,3 +212,20 @@ class TrainedPRM:
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
     train_seconds: float
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m trl_vlprm.cpu_recipe OUT [--seed 0]`: write the recipe's tiny Qwen2-VL (testbed tokenizer, wide
+    MLP) to OUT, the base model `recipes/configs/vlprm_tiny_cpu.yaml` trains (docs/training.md)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("output_dir", help="Folder to write the model to (left as it is when it holds one).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the random initial weights.")
+    args = parser.parse_args(argv)
+    sys.stdout.write(f"{CPURecipe(seed=args.seed).build_model(args.output_dir)}\n")  # the folder, for scripts
+
+
+if __name__ == "__main__":
+    main()

@@ -334,7 +334,12 @@ def load_testbed(n: int = 60, seed: int = 0):
 
 
 @benchmark("testbed", limits_itself=True)
-def _testbed_benchmark(source, split, limit, prompt_style):  # `source` is the generator seed
+def _testbed_benchmark(source, split, limit, prompt_style):
+    # `source`: the generator seed (hard-tier puzzles), or the puzzles a `trl-vlprm puzzles` file holds (any tier)
+    if source is not None and not str(source).isdigit():
+        from trl_vlprm.data.loading import load_questions
+
+        return load_questions(source, split or "train", limit).map(lambda _: {"answer_kind": "multiple_choice"})
     return load_testbed(limit or 60, int(source or 0))
 
 
@@ -349,7 +354,8 @@ def load_benchmark(
 
     Args:
         name: a name in the `BENCHMARKS` registry.
-        source: hub name or local path (default: the benchmark's own); for `testbed`, the generator seed.
+        source: hub name or local path (default: the benchmark's own); for `testbed`, the generator seed or a
+            `trl-vlprm puzzles` file.
         split: split to read (default: the one the paper evaluates).
         limit: keep the first `limit` questions (puzzle benchmarks: per category; testbed: how many to generate).
         prompt_style: "default" or "paper" (the paper's policy prompts; see the module docstring).

@@ -103,7 +103,8 @@ class EvalTTSConfig:
         process_benches: process-error benchmarks every scorer is also judged on (step F1, see
             `trl_vlprm.eval.process_bench.PROCESS_BENCHES`), e.g. "testbed:num_questions=60" or
             "visualprocessbench:<test.jsonl>"; results go to process_bench.csv/.md, and each solution's steps, scores
-            and first errors to process_bench/<bench>.jsonl (for `trl-vlprm view`). Empty: none.
+            and first errors to process_bench/<bench>.jsonl (for `trl-vlprm view`). Empty (`none` on the command
+            line): none.
         selections: outcome selections (see the module docstring), e.g. "majority", "best_of_n:min".
         n_values: the N to report; `max(n_values)` solutions are sampled per question.
         num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
@@ -166,7 +167,10 @@ class EvalTTSConfig:
     )
     process_benches: list[str] = field(
         default_factory=list,
-        metadata={"help": "Process-error benchmarks every scorer is also judged on (step F1); empty for none."},
+        metadata={
+            "help": "Process-error benchmarks every scorer is also judged on (step F1); none by default, and "
+            "`--process_benches none` clears a config file's list."
+        },
     )
     n_values: list[int] = field(
         default_factory=lambda: [1, 2, 4, 8, 16],
@@ -205,6 +209,8 @@ class EvalTTSConfig:
     )
 
     def __post_init__(self):
+        if self.process_benches == ["none"]:  # the command line cannot give an empty list
+            self.process_benches = []
         check_report_to(self.report_to, "EvalTTSConfig.report_to")  # before any sampling
         from trl_vlprm.eval.benchmarks import BENCHMARKS
         from trl_vlprm.eval.process_bench import PROCESS_BENCHES
@@ -372,6 +378,8 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     )
     if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
         return rows
+    rows = with_earlier_rows(rows, Path(config.output_dir) / "results.csv", ("benchmark", "policy", "scorer",
+                                                                             "selection", "n"))  # fmt: skip
     write_tables(rows, config.output_dir)
     plot = Path(config.output_dir) / "accuracy_vs_n.png"
     try:
@@ -389,13 +397,57 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         for name, scores in step_scores.items():
             for step_type, metrics in process_bench_metrics(scores, bench).items():
                 process_rows.append({"bench": bench_spec, "scorer": name, "steps": step_type, **metrics})
+        for name, scorer in scorers.items():  # `trl-vlprm check`'s image-swap guard-rail, for each trained scorer
+            if parse_spec(scorer_specs[name])[0] not in ("oracle", "noisy_oracle", "random"):
+                warn_if_blind(scorer, bench, f"{bench_spec} / {name}")
         # per solution, for `trl-vlprm view`: gold against each scorer's predicted first error
         lines = process_bench_lines(bench, step_scores)
         text = "".join(json.dumps(line) + "\n" for line in lines)
         atomic_write_text(process_bench_path(config.output_dir, bench_spec), text)
-    if process_rows:
+    if process_rows or (Path(config.output_dir) / "process_bench.csv").exists():
+        process_csv = Path(config.output_dir) / "process_bench.csv"
+        process_rows = with_earlier_rows(process_rows, process_csv, ("bench", "scorer", "steps"))
         write_tables(process_rows, config.output_dir, "process_bench", wide=False)
     settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(config).items()}
     log_tables(config.report_to, {"results": rows, "process_bench": process_rows}, Path(config.output_dir) / "runs",
                project="trl_vlprm-eval", config=settings, step_column="n")  # fmt: skip
     return rows
+
+
+def warn_if_blind(scorer: Any, bench: Any, where: str, max_questions: int = 30) -> None:
+    """Log `check`'s warning when swapping the images of a process bench's questions barely moves `scorer`."""
+    from trl_vlprm.eval.guardrails import image_swap_sensitivity
+
+    rows = [row for row in bench if row.get("images")]
+    if len({str(row["id"]).split("#")[0] for row in rows}) < 2:
+        return
+    swap = image_swap_sensitivity(scorer, rows, max_questions=max_questions)
+    if swap.blind:
+        logger.warning("%s: %s", where, " ".join(line.strip() for line in swap.lines()))
+
+
+def _csv_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def with_earlier_rows(rows: list[dict[str, Any]], path: Path, key: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`rows` plus the rows of an earlier run's table at `path` that this run did not produce (a rerun with fewer
+    scorers, benchmarks or strategies into the same folder), so a rerun never silently drops results; each kept row
+    is logged. The earlier rows come first, in their order."""
+    import csv
+
+    if not path.exists():
+        return rows
+    with open(path, newline="") as file:
+        earlier = [{name: _csv_value(value) for name, value in row.items()} for row in csv.DictReader(file)]
+    produced = {tuple(str(row.get(name)) for name in key) for row in rows}
+    kept = [row for row in earlier if tuple(str(row.get(name)) for name in key) not in produced]
+    if kept:
+        settings = sorted({" / ".join(str(row.get(name)) for name in key[:-1]) for row in kept})
+        logger.warning("%s: kept %d row(s) of an earlier run not rerun here: %s", path, len(kept), "; ".join(settings))
+    return kept + rows

@@ -178,3 +178,58 @@ def sweep_below_random(
                 f"scorer on the same samples ({baseline:.3f}); the PRM is not informative here"
             )
     return warnings
+
+
+def _candidate_correct(candidate: Mapping[str, Any], gold: Any) -> bool:
+    """A candidate of a `trl-vlprm tts` result line is right when every gold step is (testbed), else when its final
+    answer matches the gold one (after trimming and case-folding)."""
+    if candidate.get("gold_correct"):
+        return all(candidate["gold_correct"]) and candidate.get("answer") is not None
+    answer = candidate.get("answer")
+    return answer is not None and str(answer).strip().casefold() == str(gold).strip().casefold()
+
+
+def tts_guard_rails(
+    lines: Sequence[Mapping[str, Any]],
+    questions: Sequence[Mapping[str, Any]],
+    scorer: StepScorer,
+    scorer_name: str,
+    n: int,
+    max_questions: int = 20,
+) -> list[str]:
+    """The guard-rails of `trl-vlprm check`, on a test-time-scaling run's own candidates (`trl-vlprm tts` lines):
+
+    - the chosen answers' accuracy against a uniformly random pick among the same candidates (its exact
+      expectation), with a WARNING when the PRM is below it;
+    - image-swap sensitivity of the PRM on the candidates of the first `max_questions` questions, with a WARNING when
+      it ignores its image (perception shift below `BLIND_SHIFT`).
+    """
+    with_choice = [line for line in lines if len(line.get("candidates") or []) >= 2]
+    out = []
+    if with_choice:
+        accuracy = sum(bool(line.get("correct")) for line in with_choice) / len(with_choice)
+        expected = sum(
+            sum(_candidate_correct(c, line.get("gold")) for c in line["candidates"]) / len(line["candidates"])
+            for line in with_choice
+        ) / len(with_choice)
+        out.append(
+            f"N={n}: {scorer_name} picks right on {accuracy:.3f} of {len(with_choice)} questions with 2+ candidates; "
+            f"a random pick among the same candidates {expected:.3f}"
+        )
+        if accuracy < expected:
+            out.append(
+                f"WARNING: N={n}: the answers {scorer_name} chose ({accuracy:.3f}) are below a random pick among the "
+                f"same candidates ({expected:.3f}); the PRM is not informative here (`trl-vlprm check` tells more)"
+            )
+    by_id = {str(q["id"]): q for q in questions}
+    rows = [
+        {"id": f"{line['id']}#{k}", "question_id": str(line["id"]), "prompt": by_id[str(line["id"])]["prompt"],
+         "images": by_id[str(line["id"])].get("images"), "completions": list(c["steps"]),
+         "step_types": c.get("step_types")}
+        for line in lines[:max_questions] if str(line.get("id")) in by_id and by_id[str(line["id"])].get("images")
+        for k, c in enumerate(line.get("candidates") or []) if c.get("steps")
+    ]  # fmt: skip
+    if len({row["question_id"] for row in rows}) >= 2:
+        swap = image_swap_sensitivity(scorer, rows)
+        out.extend(f"image swap, {line.strip()}" for line in swap.lines())
+    return out

@@ -17,6 +17,7 @@ their perception/reasoning perturbations).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -207,13 +208,16 @@ def testbed_process_bench(
     perception_error_rate: float = 0.3,
     reasoning_error_rate: float = 0.3,
     seed: int = 0,
+    families: str | None = None,
+    image_size: int = 168,
 ):
-    """Scripted-policy solutions of testbed puzzles, each step labelled by its hidden gold correctness."""
+    """Scripted-policy solutions of testbed puzzles (`families`: names or a tier, default the hard tier), each step
+    labelled by its hidden gold correctness."""
     from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 
     policy = ScriptedPolicy(perception_error_rate, reasoning_error_rate, seed=seed)
     records = []
-    for question in generate_puzzles(num_questions, seed=seed):
+    for question in generate_puzzles(num_questions, seed=seed, families=families, image_size=image_size):
         for k, solution in enumerate(policy.sample_solutions(question, solutions_per_question)):
             records.append(
                 {
@@ -289,6 +293,12 @@ def process_bench_metrics(
         if len(scores) != len(verdicts):
             raise RecordError(
                 record.get("id", index), "process_correctness", f"{len(scores)} score(s) for {len(verdicts)} step(s)"
+            )
+        bad = [j for j, score in enumerate(scores) if not math.isfinite(float(score))]
+        if bad:  # NaN >= threshold is False: a broken PRM would count as one that judges every step wrong
+            raise ValueError(
+                f"record {record.get('id', index)}: the scorer returned a non-finite step score ({scores[bad[0]]} at "
+                f"step {bad[0]}); a PRM's scores must be finite (check its weights and dtype)"
             )
         types = record.get("step_types") or [None] * len(verdicts)
         for score, verdict, kind in zip(scores, verdicts, types):

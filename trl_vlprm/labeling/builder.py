@@ -220,6 +220,8 @@ def _label_shards(
         if server is not None:
             judge_config = replace(judge_config, judge_base_url=server.base_url)
         judge = JudgeClient(judge_config, seed=config.seed)
+    if server is not None:  # a testbed judge learns each sampled solution's gold from the policy
+        policy = server.teaching(policy)
     total = BatchStats()
     rank = f" (rank {ranks.rank}/{ranks.world_size})" if ranks.world_size > 1 else ""
     bar = tqdm(
@@ -242,7 +244,6 @@ def _label_shards(
                     config.num_rollouts,
                     config.mc_config(),
                     judge,
-                    server,
                     grader=grader,
                     disagreement=config.disagreement,
                     disagreement_weight=config.disagreement_weight,
@@ -278,7 +279,7 @@ def _label_with_batch_judge(batch, digests, policy, config, judge, server, grade
         for question, _, rollout, _ in solutions if server is not None else []:
             server.add_solution(str(question["id"]), rollout.steps, rollout.gold_correct)
     else:
-        solutions, stats = roll_out(batch, policy, config.num_rollouts, config.mc_config(), server, grader)
+        solutions, stats = roll_out(batch, policy, config.num_rollouts, config.mc_config(), grader)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(solutions_to_json(solutions, stats)))
     custom_ids = [solution_id(str(question["id"]), j) for question, j, _, _ in solutions]

@@ -18,7 +18,6 @@ from trl_vlprm.labeling.combine import RULES, combine
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
 from trl_vlprm.labeling.mc import Cost, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
 from trl_vlprm.labeling.noise import count_noise
-from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.trainer.metrics import precision_recall_f1
 
 
@@ -96,27 +95,18 @@ def roll_out(
     policy: Policy,
     num_rollouts: int,
     mc_config: MCConfig | None,
-    judge_server: JudgeServer | None = None,
     grader: Grader | None = None,
 ) -> tuple[list[Solution], BatchStats]:
-    """Sample `num_rollouts` solutions of every question and their MC labels (when `mc_config` is given).
-
-    `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
-    """
+    """Sample `num_rollouts` solutions of every question and their MC labels (when `mc_config` is given)."""
     stats = BatchStats()
     solutions: list[Solution] = []
     for question in questions:
-        qid = str(question["id"])
         rollouts, cost = sample_rollouts(policy, question, num_rollouts, grader)
         stats.rollout_cost.add(cost)
         for j, rollout in enumerate(rollouts):
             mc = label_rollout(policy, question, rollout, mc_config, grader) if mc_config is not None else None
             if mc is not None:
                 stats.mc_cost.add(mc.cost)
-            if judge_server is not None:
-                if rollout.gold_correct is None:
-                    raise RecordError(qid, "gold_correct", "the testbed judge needs a policy that knows step gold")
-                judge_server.add_solution(qid, rollout.steps, rollout.gold_correct)
             solutions.append((question, j, rollout, mc))
     return solutions, stats
 
@@ -176,7 +166,6 @@ def label_batch(
     num_rollouts: int,
     mc_config: MCConfig | None,
     judge: JudgeClient | None = None,
-    judge_server: JudgeServer | None = None,
     grader: Grader | None = None,
     disagreement: str = "drop",
     disagreement_weight: float = 0.5,
@@ -186,7 +175,6 @@ def label_batch(
 
     `judge_unknown` is `combine`'s `unknown`: "drop" leaves out a solution with any "unknown" verdict.
 
-    `judge_server`, when given, is a testbed `JudgeServer` taught the rollouts' gold before they are judged.
     `judge` is anything with `judge_many(items)` (the online `JudgeClient`, or a batch judge).
     """
     needs = RULES.get(rule)
@@ -194,9 +182,7 @@ def label_batch(
         raise ValueError(f"rule {rule!r} needs MC labels: give an MCConfig")
     if needs.needs_judge and judge is None:
         raise ValueError(f"rule {rule!r} needs a judge: give a JudgeClient")
-    solutions, stats = roll_out(
-        questions, policy, num_rollouts, mc_config if needs.needs_mc else None, judge_server, grader
-    )
+    solutions, stats = roll_out(questions, policy, num_rollouts, mc_config if needs.needs_mc else None, grader)
     verdicts: list[JudgeResult | None] = [None] * len(solutions)
     if needs.needs_judge:
         verdicts = judge.judge_many(judge_items(solutions))

@@ -35,7 +35,7 @@ NAMED_CHOICES = {
     "head": "trl_vlprm.modeling.heads:HEADS",
     "step_truncation": "trl_vlprm.trainer.config:STEP_TRUNCATIONS",
     "prm_layout": "trl_vlprm.modeling.encoding:LAYOUTS",
-    "strategies": "trl_vlprm.eval.selection:OUTCOME_SELECTIONS",
+    "selections": "trl_vlprm.eval.selection:OUTCOME_SELECTIONS",
     "benchmarks": "trl_vlprm.eval.benchmarks:BENCHMARKS",
     "process_benches": "trl_vlprm.eval.process_bench:PROCESS_BENCHES",
 }

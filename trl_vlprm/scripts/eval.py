@@ -29,4 +29,23 @@ def main(config: EvalTTSConfig) -> list[dict[str, Any]]:
     rows = run(config)
     if rows:  # rank 0 (the other processes of an `accelerate launch` return none)
         print(rows_to_markdown(rows))
+        for line in below_random_lines(rows):
+            print(line)
     return rows
+
+
+def below_random_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """`check`'s below-random warning per benchmark, policy and N, for every scorer the sweep compared with a
+    random one (a scorer labelled "random", else the `first` pick: one random sample's accuracy)."""
+    from trl_vlprm.eval.guardrails import sweep_below_random
+
+    scorers = sorted({row["scorer"] for row in rows} - {"oracle", "random", "-"})
+    has_random = any(row["scorer"] == "random" for row in rows)
+    lines = []
+    for selection in sorted({row["selection"] for row in rows if str(row["selection"]).startswith("best_of_n")}):
+        # without a random scorer, the `first` pick (one random sample's accuracy) plays it
+        baseline = [] if has_random else [{**row, "scorer": "random", "selection": selection} for row in rows
+                                          if row["selection"] == "first"]  # fmt: skip
+        for scorer in scorers:
+            lines += sweep_below_random([*rows, *baseline], scorer, "random", selection)
+    return lines

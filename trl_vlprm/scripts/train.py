@@ -24,6 +24,7 @@ from trl_vlprm.data.loading import STEP_RECORDS, load_records, require_columns
 from trl_vlprm.modeling.hub import model_init_kwargs_from
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.scripts import command_parser
+from trl_vlprm.trainer.metrics import verdict_warnings
 from trl_vlprm.utils.errors import UsageError
 
 logger = logging.getLogger("trl_vlprm.scripts.train")
@@ -132,6 +133,9 @@ def main(script_args: PRMScriptArguments, training_args: VLPRMConfig, model_args
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        if trainer.accelerator.is_main_process:
+            for line in verdict_warnings(metrics):
+                print(line)
 
     trainer.save_model(training_args.output_dir)
     # A local folder is no hub dataset: the card links datasets by hub name only.

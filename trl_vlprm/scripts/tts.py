@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from trl import TrlParser
 
+from trl_vlprm.guidance.backends import parse_spec
 from trl_vlprm.guidance.strategies import SearchConfig
 from trl_vlprm.guidance.tts import (
     TTSArguments,
@@ -53,4 +54,15 @@ def main(args: TTSArguments, search: SearchConfig) -> TTSSummary:
     summary = run_tts(questions, args.strategy, policy, scorer, search, args.output_file, run_tags=tags, ranks=ranks)
     if ranks.is_main:
         print(summary_line(summary, args.strategy))
+        if scorer is not None and parse_spec(args.scorer_spec())[0] not in TESTBED_SCORERS:
+            from trl_vlprm.eval.guardrails import tts_guard_rails
+            from trl_vlprm.utils.resume import read_results
+
+            lines = read_results(args.output_file, repair=False)
+            for line in tts_guard_rails(lines, list(questions), scorer, args.scorer, search.n):
+                print(line)
     return summary
+
+
+# Scorers that know the testbed's truth or nothing at all: no guard-rail to print for them.
+TESTBED_SCORERS = ("oracle", "noisy_oracle", "random")

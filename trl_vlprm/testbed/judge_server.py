@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..data.paper_solution import section_positions, split_solution
-from ..data.schema import PERCEPTION
+from ..data.schema import PERCEPTION, RecordError
 from ..data.steps_block import read_steps_block
 
 _SOLUTION = re.compile(r"<solution>\n(.*?)\n</solution>", re.S)
@@ -148,6 +148,10 @@ class JudgeServer:
         self.add_gold(gold_lookup(question_id, steps, gold_correct))
         with self._lock:
             self._question_ids.add(str(question_id))
+
+    def teaching(self, policy: Any) -> TeachingPolicy:
+        """`policy`, teaching this server the gold of every solution it samples, so the server can judge them."""
+        return TeachingPolicy(policy, self)
 
     def _flip(self, key: str, kind: str) -> bool:
         rate = self.flip_rates.get(kind, self.flip_rate_reasoning)
@@ -309,6 +313,28 @@ class JudgeServer:
             handler.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client timed out and left
+
+
+class TeachingPolicy:
+    """A policy whose sampled solutions (`sample_solutions`) are taught to a `JudgeServer` with their gold; every other
+    attribute is the wrapped policy's. Labelling with the "testbed" judge samples through it, so the labeller itself
+    knows nothing of the testbed."""
+
+    def __init__(self, policy: Any, server: JudgeServer):
+        self.policy = policy
+        self.server = server
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.policy, name)
+
+    def sample_solutions(self, question: Mapping[str, Any], n: int) -> list[Any]:
+        solutions = self.policy.sample_solutions(question, n)
+        qid = str(question.get("id", "?"))
+        for solution in solutions:
+            if solution.gold_correct is None:
+                raise RecordError(qid, "gold_correct", "the testbed judge needs a policy that knows step gold")
+            self.server.add_solution(qid, solution.steps, solution.gold_correct)
+        return solutions
 
 
 def gold_lookup(question_id: str, steps: Sequence[str], gold_correct: Sequence[bool]) -> dict[str, bool]:

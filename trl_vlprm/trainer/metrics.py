@@ -69,7 +69,8 @@ def bad_step_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: f
     """Metrics of step verdicts. A step is "bad" when its label (or predicted P(correct)) is below `threshold`.
 
     Returns:
-        accuracy, bad_precision, bad_recall, bad_f1 and num_steps. Precision/recall/F1 are 0 where undefined.
+        accuracy, bad_precision, bad_recall, bad_f1, num_steps and predicted_bad_share (0 or 1: a constant verdict).
+        Precision/recall/F1 are 0 where undefined.
     """
     predicted_bad = probabilities < threshold
     actual_bad = labels < threshold
@@ -84,7 +85,34 @@ def bad_step_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: f
         "bad_recall": recall,
         "bad_f1": f1,
         "num_steps": float(len(labels)),
+        "predicted_bad_share": float(np.mean(predicted_bad)) if len(labels) else 0.0,
     }
+
+
+def verdict_warnings(metrics: dict[str, float], prefix: str = "eval_") -> list[str]:
+    """Warnings for evaluation metrics (`compute_step_metrics`, keys under `prefix`) that say the PRM learnt
+    nothing usable: a constant verdict (every step called good, or every step bad) or a bad-step F1 of 0, overall and
+    per step type. A loss curve hides both; `trl-vlprm check` and the evaluation would find them later."""
+    out = []
+    for kind in ("", "perception_", "reasoning_"):
+        steps = metrics.get(f"{prefix}{kind}num_steps", 0)
+        if not steps:
+            continue
+        name = f"{kind.rstrip('_')} steps" if kind else "steps"
+        share, f1 = metrics.get(f"{prefix}{kind}predicted_bad_share"), metrics.get(f"{prefix}{kind}bad_f1", 0.0)
+        if share in (0.0, 1.0):
+            verdict = "bad" if share == 1.0 else "good"
+            out.append(
+                f"WARNING: constant verdict: the PRM calls all {int(steps)} held-out {name} {verdict} (a "
+                "majority-class PRM: it learnt nothing it can rank with); see docs/training.md for settings a CPU PRM "
+                "learns under"
+            )
+        elif f1 == 0.0:
+            out.append(
+                f"WARNING: held-out bad-step F1 is 0 on {int(steps)} {name}: the PRM finds none of the wrong steps; "
+                "see docs/training.md for settings a CPU PRM learns under"
+            )
+    return out
 
 
 def labelled_step_types(labels: np.ndarray, rows_step_types: Sequence[Sequence[int]]) -> np.ndarray | None:
