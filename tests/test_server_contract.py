@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from trl_vlprm.cli import run as cli_run
 from trl_vlprm.guidance.server_policy import ServerContractError, ServerPolicy
 from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
 from trl_vlprm.labeling.mc import mc_score, sample_rollouts
@@ -158,3 +159,18 @@ def test_every_sampling_path_checks_the_count(question):
     solution = ScriptedPolicy(seed=0).sample_solutions(question, 1)[0]
     with pytest.raises(ShortSampleError, match=r"complete returned 1 of 4"):
         mc_score(policy, question, solution.steps[:1], 4)
+
+
+def test_labelling_on_a_server_ignoring_n_stops_in_one_line_instead_of_labelling_a_quarter(tmp_path, capsys):
+    server = ChatServer(lambda body, attempt: (200, JSON, completion([SOLUTION])))
+    args = ["--dataset", "puzzles", "--num_questions", "4", "--num_rollouts", "4", "--rule", "mc_only",
+            "--judge", "none", "--policy", f"server:{server.base_url},model=m", "--show_progress", "false",
+            "--output_dir", str(tmp_path)]  # fmt: skip
+    try:
+        with pytest.raises(SystemExit):
+            cli_run("label", args)
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "returned 1 choice(s) for n=4" in err, err[-2000:]
+    assert not list(tmp_path.glob("shard-*.parquet"))  # before: 4 solutions for 4 questions x 4 rollouts, exit 0

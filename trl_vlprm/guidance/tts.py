@@ -4,7 +4,8 @@ Each finished question is appended to the output file as one line (flushed and f
 at most the question in flight. A rerun reads the file first and skips every question id already there; a line cut
 short by a crash (the last one) is dropped by rewriting the file atomically. Every line carries the settings that
 produced it (strategy, search config and every recipe argument that changes a result, model folders by fingerprint)
-and a content digest of its question: a rerun with other settings, or over a question whose content changed, is
+and a content digest of its question (and, for `trl-vlprm view`, its prompt and image references, not pinned): a
+rerun with other settings, or over a question whose content changed, is
 refused, so one file never mixes runs. While a run writes, it holds `<output_file>.lock`; a second process on the
 same file stops at once with a clear message (`trl_vlprm.utils.resume`). Under `accelerate launch` the processes share
 the questions left: rank 0 holds the lock and appends its share, the others append to part files it merges at the end

@@ -128,8 +128,9 @@ function runTable(q) {
     tr.appendChild(el("td", {}, r.method));
     tr.appendChild(el("td", {}, r.n === null || r.n === undefined ? "" : r.n));
     let answer = r.answer;
-    if (r.first_error !== undefined) answer = "first error: gold " + (r.first_error ?? "none") +
-      ", predicted " + (r.predicted_first_error ?? "none");
+    const stepName = (k) => k === null || k === undefined ? "none" : "step " + (k + 1);  // steps count from 1
+    if (r.first_error !== undefined) answer = "first error: gold " + stepName(r.first_error) +
+      ", predicted " + stepName(r.predicted_first_error);
     tr.appendChild(el("td", {}, answer ?? ""));
     tr.appendChild(el("td", {class: r.correct ? "ok" : "bad"}, r.correct ? "right" : "wrong"));
     t.appendChild(tr);
