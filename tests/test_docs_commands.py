@@ -74,6 +74,30 @@ RUN: dict[str, tuple[str, dict[str, str], str]] = {
         "outputs/labels/questions/shard-*.parquet",
     ),
 }
+# The CPU pipeline of README.md and docs/training.md: run as written, in order, in one working directory, so each
+# command reads what the one before wrote (nothing is prepared for it); the CPU overrides only shrink the work
+# (fewer puzzles, questions and training steps). (command, overrides appended, what it must write)
+CHAIN: list[tuple[str, str, str]] = [
+    ("python -m trl_vlprm.cpu_recipe outputs/tiny-qwen2-vl", "", "outputs/tiny-qwen2-vl/model.safetensors"),
+    ("trl-vlprm puzzles --n 1200 --families learnable --image_size 84 --out outputs/pipeline/puzzles.parquet",
+     "--n 16", "outputs/pipeline/puzzles.parquet"),
+    ("trl-vlprm puzzles --n 100 --seed 1 --families learnable --image_size 84 --out "
+     "outputs/pipeline/held_out.parquet", "--n 6", "outputs/pipeline/held_out.parquet"),
+    ("trl-vlprm label --config recipes/configs/label_learnable.yaml", "--show_progress false",
+     "outputs/pipeline/labels/shard-*.parquet"),
+    ("trl-vlprm train --config recipes/configs/vlprm_tiny_cpu.yaml", "--max_steps 6 --eval_fraction 0.3",
+     "outputs/pipeline/vlprm/model.safetensors"),
+    ("trl-vlprm check --prm outputs/pipeline/vlprm --data outputs/pipeline/labels --limit 400", "--limit 24", ""),
+    ("trl-vlprm tts --config recipes/configs/tts_testbed.yaml --dataset outputs/pipeline/held_out.parquet --scorer "
+     "prm --prm_model_path outputs/pipeline/vlprm --output_file outputs/pipeline/tts_prm.jsonl", "--n 4",
+     "outputs/pipeline/tts_prm.jsonl"),
+    ("trl-vlprm eval --config recipes/configs/eval_tts_testbed.yaml --output_dir outputs/pipeline/eval --benchmarks "
+     "testbed:outputs/pipeline/held_out.parquet --scorers vlprm@prm:outputs/pipeline/vlprm oracle random "
+     "--process_benches testbed:num_questions=60,solutions_per_question=4,families=learnable,image_size=84",
+     "--n_values 1 2 --num_subsamples 2 --process_benches "
+     "testbed:num_questions=3,solutions_per_question=2,families=learnable,image_size=84",
+     "outputs/pipeline/eval/results.csv"),
+]  # fmt: skip
 COVERED: dict[str, str] = {
     "trl-vlprm view --inputs outputs/eval_tts/samples/testbed__scripted.jsonl": (
         "tests/test_viewer.py::test_eval_samples_find_their_images_through_the_pinned_benchmark"
@@ -156,12 +180,15 @@ def documented_commands() -> dict[str, list[str]]:
 def test_every_documented_command_is_accounted_for():
     commands = documented_commands()
     assert len(commands) >= 10  # the extraction finds the docs' blocks
+    chain = {c: "chain" for c, _, _ in CHAIN}
     tables = {**{c: "run" for c in RUN}, **{c: "covered" for c in COVERED}, **{c: "excluded" for c in EXCLUDED}}
+    assert not set(chain) & set(tables)
+    tables.update(chain)
     missing = {c: docs for c, docs in commands.items() if c not in tables}
-    assert not missing, f"commands in the docs with no entry in RUN / COVERED / EXCLUDED: {missing}"
+    assert not missing, f"commands in the docs with no entry in RUN / CHAIN / COVERED / EXCLUDED: {missing}"
     stale = [c for c in tables if c not in commands]
     assert not stale, f"table entries no doc shows any more: {stale}"
-    assert len(RUN) + len(COVERED) + len(EXCLUDED) == len(tables)  # no command in two tables
+    assert len(RUN) + len(CHAIN) + len(COVERED) + len(EXCLUDED) == len(tables)  # no command in two tables
 
 
 @pytest.mark.parametrize("command", sorted(set(COVERED.values())))
@@ -242,6 +269,31 @@ def test_documented_command_runs(command, tiny_hub, tmp_path, small_supervision_
     assert result.returncode == 0, f"{argv}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     written = [p for p in tmp_path.glob(expected_output) if p.stat().st_size > 0]
     assert written, f"{command}: nothing at {expected_output}; wrote {sorted(map(str, tmp_path.rglob('*')))[:20]}"
+
+
+@pytest.mark.slow
+def test_documented_pipeline_runs_as_a_chain(tmp_path):
+    """puzzles -> label (reads the puzzles file) -> train (reads the labels) -> check, tts and eval (read the PRM and
+    the held-out puzzles): every step exits 0 and writes what the next one reads."""
+    env = dict(os.environ)
+    outputs = {}
+    for command, overrides, expected in CHAIN:
+        argv = _argv(command, tmp_path) + shlex.split(overrides)
+        result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, f"{argv}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        if expected:
+            assert [p for p in tmp_path.glob(expected) if p.stat().st_size > 0], (command, expected)
+        outputs[command.split()[1] if command.startswith("trl-vlprm") else "model"] = result.stdout
+    assert "16 puzzles" in outputs["puzzles"] or "6 puzzles" in outputs["puzzles"]
+    assert "records from 64 solutions" in outputs["label"]  # 16 puzzles x 4 rollouts, from the puzzles file
+    assert "best-of-N vs a random pick" in outputs["check"]
+    assert "N=4: prm picks right on" in outputs["tts"] and "image swap, " in outputs["tts"]
+    lines = [json.loads(line) for line in (tmp_path / "outputs/pipeline/tts_prm.jsonl").read_text().splitlines()]
+    held_out = tmp_path / "outputs/pipeline/held_out.parquet"
+    import pyarrow.parquet as pq
+
+    assert sorted(line["id"] for line in lines) == sorted(pq.read_table(held_out).column("id").to_pylist())
+    assert "| vlprm | best_of_n:min |" in outputs["eval"]
 
 
 class _EveryStepJudged(dict):

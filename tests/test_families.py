@@ -37,7 +37,10 @@ from trl_vlprm.modeling.tiny_models import TINY_SPECS, get_tiny_spec
 PACKAGE = Path(trl_vlprm.__file__).parent
 MODEL_TYPES = supported_model_types()
 # Registered model types no tiny model can be built for on this machine, and why (tested for that error below).
-NOT_BUILDABLE_HERE = {"mistral3": "PixtralProcessor needs torchvision"}
+NOT_BUILDABLE_HERE = {
+    "mistral3": r"'mistral3': its processor PixtralProcessor needs torchvision",
+    "smolvlm": r"'smolvlm': its processor needs a package: Package `num2words` is required",
+}
 TESTED_TYPES = [model_type for model_type in MODEL_TYPES if model_type not in NOT_BUILDABLE_HERE]
 
 
@@ -91,11 +94,10 @@ def test_generic_adapter_serves_llava_style_models_it_was_not_told_about(model_t
     assert family.token_types_input is None  # 1-D positions, no multimodal token types
 
 
-def test_mistral3_says_what_this_machine_lacks():
-    with pytest.raises(
-        UnsupportedModelError, match=r"model type 'mistral3': its processor PixtralProcessor needs torchvision"
-    ):
-        build_processor("mistral3", build_tiny_tokenizer())
+@pytest.mark.parametrize("model_type", sorted(NOT_BUILDABLE_HERE))
+def test_a_family_that_cannot_run_here_says_what_is_missing(model_type):
+    with pytest.raises(UnsupportedModelError, match=NOT_BUILDABLE_HERE[model_type]):
+        build_processor(model_type, build_tiny_tokenizer())
 
 
 def test_every_family_module_registers_itself():

@@ -36,6 +36,7 @@ MATRIX = {
     "qwen3_5": "qwen3_5",
     "llava": "llava_next",
     "gemma3": "gemma3",
+    "idefics3": "idefics3",
 }
 SEPARATOR = " "  # frequent in a random model's output, so generated completions have several steps
 
@@ -96,7 +97,7 @@ def test_train_generative_head_with_frozen_vision_tower(family_models, tmp_path)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     changed = _changed(before, trainer.model)
-    assert not changed & tower and changed & {n for n in names if "language_model" in n}
+    assert not changed & tower and changed - tower - projector  # the language model trained, the tower did not
     if projector:  # the projector trains (Qwen's merger, Qwen3-VL's deepstack mergers)
         assert changed & projector
     trainer.save_model(str(tmp_path / "gen"))

@@ -127,3 +127,24 @@ def test_tts_prints_checks_guard_rails_for_a_prm(untrained_prm, tmp_path, capsys
     assert any(line.startswith("WARNING: N=4: the answers prm chose") for line in printed) == (accuracy < expected)
     swaps = [line for line in printed if line.startswith("image swap, ")]
     assert any("perception: mean |delta P(correct)|" in line for line in swaps), printed
+
+
+def test_the_tts_testbed_configs_advice_to_swap_in_a_prm_works(untrained_prm, tmp_path, capsys):
+    """Before: the config said "swap `scorer: prm` + `prm_model_path`", and doing just that was refused because
+    `output_file` held the oracle's results. The advice now names a new output file too; run as it says."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tts_testbed.yaml"
+    advice = re.search(r"#   (trl-vlprm tts .*?)\n#\s+(--output_file \S+)", config.read_text())
+    assert advice, "the config's comment shows the command"
+    command = advice.group(1).rstrip(" \\") + " " + advice.group(2)
+    argv = shlex.split(command.replace("<PRM folder>", str(untrained_prm)))
+    small = ["--num_questions", "2", "--n", "2", "--beam_width", "2"]
+    first = tmp_path / "outputs/tts/testbed_beam_search.jsonl"
+    oracle = ["tts", "--config", str(config), *small, "--output_file", str(first)]
+    assert cli.main(oracle) == 0
+    swapped = [a if not a.startswith("outputs/") else str(tmp_path / a) for a in argv[1:]]
+    assert cli.main([*swapped, *small]) == 0
+    assert (tmp_path / "outputs/tts/testbed_beam_search_prm.jsonl").read_text().count("\n") == 2

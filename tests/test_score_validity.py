@@ -14,6 +14,7 @@ import shutil
 import textwrap
 
 import pytest
+import torch
 from test_rewards import save_tiny_prm
 
 from trl_vlprm.cpu_recipe import CPURecipe
@@ -58,9 +59,15 @@ class NaNScorer:
         return [[math.nan] * len(c.steps) if i == 0 else [0.9] * len(c.steps) for i, c in enumerate(candidates)]
 
 
-def test_nan_step_scores_are_an_error_in_search_never_a_pick(question):
+def test_nan_step_scores_are_an_error_in_search_never_a_pick(prm_path, question):
     with pytest.raises(ValueError, match=r"candidate 0: .*non-finite step score nan"):
         get_strategy("best_of_n")(question, ScriptedPolicy(seed=0), NaNScorer(), SearchConfig(n=4))
+    # A real PRM broken the way fp16 overflow breaks one: NaN head weights.
+    broken = PRMScorer.from_pretrained(prm_path)
+    with torch.no_grad():
+        broken.model.score.weight.fill_(math.nan)
+    with pytest.raises(ValueError, match=r"candidate 0: PRMScorer returned a non-finite step score nan"):
+        get_strategy("best_of_n")(question, ScriptedPolicy(seed=0), broken, SearchConfig(n=4))
 
 
 def test_nan_step_scores_are_an_error_on_a_process_bench_not_a_wrong_verdict():

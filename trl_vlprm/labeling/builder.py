@@ -203,6 +203,9 @@ def _label_shards(
     too."""
     ranks = claim.ranks
     output_dir = Path(config.output_dir)
+    strong = None
+    if config.strong_completer is not None:  # its own seed: its completions must not repeat the policy's
+        strong = build_policy(config.strong_completer, config.seed + 1, config.sampling_settings())
     server = judge_server
     own_server = False
     judge = None
@@ -234,7 +237,7 @@ def _label_shards(
             batch = [questions[j] for j in chunk]
             if batch_judge:
                 rows, stats = _label_with_batch_judge(
-                    batch, [digests[j] for j in chunk], policy, config, judge, server, grader
+                    batch, [digests[j] for j in chunk], policy, config, judge, server, grader, strong
                 )
             else:
                 rows, stats = label_batch(
@@ -248,6 +251,7 @@ def _label_shards(
                     disagreement=config.disagreement,
                     disagreement_weight=config.disagreement_weight,
                     judge_unknown=config.judge_unknown,
+                    strong_completer=strong,
                 )
             if judge is not None:
                 _check_judge(config, judge, stats, [ids[j] for j in chunk])
@@ -269,7 +273,7 @@ def _label_shards(
     return total
 
 
-def _label_with_batch_judge(batch, digests, policy, config, judge, server, grader):
+def _label_with_batch_judge(batch, digests, policy, config, judge, server, grader, strong=None):
     """One shard's rows with the batch judge: the rollouts and MC labels are saved before their requests are
     submitted, so a rerun after an interruption judges the same solutions (it polls the batch already submitted)."""
     key = "shard-" + stable_digest([[str(q["id"]) for q in batch], list(digests)])[:16]
@@ -279,7 +283,7 @@ def _label_with_batch_judge(batch, digests, policy, config, judge, server, grade
         for question, _, rollout, _ in solutions if server is not None else []:
             server.add_solution(str(question["id"]), rollout.steps, rollout.gold_correct)
     else:
-        solutions, stats = roll_out(batch, policy, config.num_rollouts, config.mc_config(), grader)
+        solutions, stats = roll_out(batch, policy, config.num_rollouts, config.mc_config(), grader, strong)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(solutions_to_json(solutions, stats)))
     custom_ids = [solution_id(str(question["id"]), j) for question, j, _, _ in solutions]

@@ -197,5 +197,20 @@ def vlprm(n, mc_labels, verdicts, disagreement, disagreement_weight) -> Combined
     return _with_weights(_first_error_labels(n, error), case)
 
 
+def completer_agreement(combined: Combined, weak: Sequence[bool], strong: Sequence[bool]) -> Combined:
+    """Athena-PRM's filter (Wang et al., 2025, arXiv 2506.09532): a label is reliable only where the MC labels of a
+    weak and a strong completer agree. Applied to any rule's output: labels end at the first step where the two
+    completers' hard labels differ (a step cannot be dropped from the middle of a solution); the case gets
+    "+completers_disagree" when that cut removes a label."""
+    if len(weak) != len(strong) or len(weak) != len(combined.labels):
+        raise ValueError(f"completer agreement needs one weak and one strong label per step, got {weak!r}, {strong!r}")
+    cut = next((i for i, (a, b) in enumerate(zip(weak, strong)) if a != b), None)
+    if cut is None or cut >= combined.kept_length():
+        return combined
+    labels = combined.labels[:cut] + [None] * (len(combined.labels) - cut)
+    weights = combined.weights[:cut] + [0.0] * (len(combined.weights) - cut)
+    return Combined(labels, weights, combined.case + "+completers_disagree")
+
+
 def _with_weights(labels: list[bool | None], case: str) -> Combined:
     return Combined(labels, [0.0 if label is None else 1.0 for label in labels], case)

@@ -62,6 +62,9 @@ class LabelConfig(SamplingArguments):
         judge_flip_rate_perception / judge_flip_rate_reasoning: noise of the "testbed" judge.
         seed: seed of the puzzles, the scripted policy and the testbed judge.
         show_progress: show a tqdm bar with the running costs.
+        strong_completer: a stronger policy (a backend spec) estimating the same MC prefixes again; labels end at
+            the first step where its hard labels and the policy's differ (Athena-PRM's weak/strong completer
+            agreement, `trl_vlprm.labeling.combine.completer_agreement`), whatever the rule; None: off.
         report_to: trackers the labelling's tables (summary, rule cases) go to, as `TrainingArguments.report_to`:
             "none", "all" or names among tensorboard, trackio, wandb (`trl_vlprm.utils.trackers`); TensorBoard
             writes to `<output_dir>/runs`.
@@ -164,6 +167,14 @@ class LabelConfig(SamplingArguments):
     )
     seed: int = field(default=0, metadata={"help": "Seed of the puzzles, the scripted policy and the testbed judge."})
     show_progress: bool = field(default=True, metadata={"help": "Show a tqdm bar with the running costs."})
+    strong_completer: str | None = field(
+        default=None,
+        metadata={
+            "help": "A stronger policy (a backend spec, e.g. 'vllm:<model>') that estimates the same MC prefixes "
+            "again: labels end where its hard labels and the policy's differ (Athena-PRM's weak/strong agreement "
+            "filter), on top of any rule; None: off."
+        },
+    )
     report_to: list[str] = field(
         default_factory=lambda: ["none"],
         metadata={
@@ -214,6 +225,13 @@ class LabelConfig(SamplingArguments):
             )
         if self.verdict_files and not self.rollouts_file:
             raise ValueError("LabelConfig.verdict_files are answers about imported rollouts: give rollouts_file too")
+        if self.strong_completer is not None:
+            if not RULES.get(self.rule).needs_mc:
+                raise ValueError(f"LabelConfig.strong_completer re-estimates MC labels; rule {self.rule!r} reads none")
+            try:
+                check_spec(self.strong_completer, POLICY_BACKENDS, "strong completer")
+            except ValueError as err:
+                raise ValueError(f"LabelConfig.strong_completer={self.strong_completer!r}: {err}") from None
         if self.rollouts_file is not None:
             if self.judge == "testbed" and not self.verdict_files and RULES.get(self.rule).needs_judge:
                 raise ValueError("LabelConfig.judge='testbed' answers from gold that imported rollouts do not carry")
@@ -261,6 +279,8 @@ class LabelConfig(SamplingArguments):
                 del pinned[name]
         if judge.judge_prompt != "json":  # pinned only when set, so folders labelled before it existed still resume
             pinned["judge_prompt"] = judge.judge_prompt
+        if pinned["strong_completer"] is None:  # pinned only when set, as above
+            pinned.pop("strong_completer")
         importing = self.rollouts_file is not None
         for name in _IMPORT_SETTINGS:  # likewise: only an import pins what it imports
             if pinned[name] is None or not importing:

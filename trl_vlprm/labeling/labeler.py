@@ -14,7 +14,7 @@ from typing import Any
 from trl_vlprm.data.answers import Grader
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, solution_id, to_json_string
 from trl_vlprm.guidance.policy import Policy, Question
-from trl_vlprm.labeling.combine import RULES, combine
+from trl_vlprm.labeling.combine import RULES, combine, completer_agreement
 from trl_vlprm.labeling.judge import JudgeClient, JudgeResult
 from trl_vlprm.labeling.mc import Cost, MCConfig, MCResult, Rollout, label_rollout, sample_rollouts
 from trl_vlprm.labeling.noise import count_noise
@@ -96,8 +96,13 @@ def roll_out(
     num_rollouts: int,
     mc_config: MCConfig | None,
     grader: Grader | None = None,
+    strong_completer: Policy | None = None,
 ) -> tuple[list[Solution], BatchStats]:
-    """Sample `num_rollouts` solutions of every question and their MC labels (when `mc_config` is given)."""
+    """Sample `num_rollouts` solutions of every question and their MC labels (when `mc_config` is given).
+
+    `strong_completer`, when given, estimates the same prefixes a second time (Athena-PRM's weak/strong agreement):
+    its hard labels go into `MCResult.strong_labels`, its cost into the MC cost.
+    """
     stats = BatchStats()
     solutions: list[Solution] = []
     for question in questions:
@@ -107,6 +112,10 @@ def roll_out(
             mc = label_rollout(policy, question, rollout, mc_config, grader) if mc_config is not None else None
             if mc is not None:
                 stats.mc_cost.add(mc.cost)
+                if strong_completer is not None:
+                    strong = label_rollout(strong_completer, question, rollout, mc_config, grader)
+                    mc.strong_labels = strong.labels
+                    stats.mc_cost.add(strong.cost)
             solutions.append((question, j, rollout, mc))
     return solutions, stats
 
@@ -133,11 +142,9 @@ def solutions_from_json(
         if entry["question_id"] not in by_id:
             raise RecordError(row, "question_id", f"{entry['question_id']!r} is not a question of {source}")
         mc = entry["mc"]
-        mc = (
-            MCResult(mc["scores"], mc["labels"], mc["first_error"], mc["num_estimates"], Cost(**mc["cost"]))
-            if mc
-            else None
-        )
+        if mc:
+            mc = MCResult(mc["scores"], mc["labels"], mc["first_error"], mc["num_estimates"], Cost(**mc["cost"]),
+                          mc.get("strong_labels"))  # fmt: skip
         solutions.append((by_id[entry["question_id"]], entry["index"], Rollout(**entry["rollout"]), mc))
     return solutions, BatchStats.from_dict(data["stats"])
 
@@ -170,6 +177,7 @@ def label_batch(
     disagreement: str = "drop",
     disagreement_weight: float = 0.5,
     judge_unknown: str = "keep_prefix",
+    strong_completer: Policy | None = None,
 ) -> tuple[list[dict[str, Any]], BatchStats]:
     """Rows for every solution of `questions` whose labelled prefix is not empty, and the batch's statistics.
 
@@ -182,7 +190,9 @@ def label_batch(
         raise ValueError(f"rule {rule!r} needs MC labels: give an MCConfig")
     if needs.needs_judge and judge is None:
         raise ValueError(f"rule {rule!r} needs a judge: give a JudgeClient")
-    solutions, stats = roll_out(questions, policy, num_rollouts, mc_config if needs.needs_mc else None, grader)
+    solutions, stats = roll_out(
+        questions, policy, num_rollouts, mc_config if needs.needs_mc else None, grader, strong_completer
+    )
     verdicts: list[JudgeResult | None] = [None] * len(solutions)
     if needs.needs_judge:
         verdicts = judge.judge_many(judge_items(solutions))
@@ -212,6 +222,7 @@ def label_solutions(
             verdict.verdicts if verdict else None,
             rollout.gold_correct,
             settings,
+            mc.strong_labels if mc else None,
         )
         combined = combine(
             rule,
@@ -222,6 +233,8 @@ def label_solutions(
             disagreement_weight=disagreement_weight,
             unknown=judge_unknown,
         )
+        if mc is not None and mc.strong_labels is not None:
+            combined = completer_agreement(combined, mc.labels, mc.strong_labels)
         kept = combined.kept_length()
         stats.solutions += 1
         stats.steps_total += len(rollout.steps)

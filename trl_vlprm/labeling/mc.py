@@ -120,6 +120,8 @@ class MCResult:
         first_error: index of the first bad step, or None when all are good.
         num_estimates: prefixes estimated (each costs one policy call of K completions).
         cost: policy work spent on this rollout's labels.
+        strong_labels: the hard labels of the same estimates by a strong completer (Athena-PRM's agreement filter,
+            `LabelConfig.strong_completer`), or None.
     """
 
     scores: list[float | None]
@@ -127,6 +129,7 @@ class MCResult:
     first_error: int | None
     num_estimates: int = 0
     cost: Cost = field(default_factory=Cost)
+    strong_labels: list[bool] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +138,7 @@ class MCResult:
             "first_error": self.first_error,
             "num_estimates": self.num_estimates,
             "cost": self.cost.as_dict(),
+            "strong_labels": self.strong_labels,
         }
 
 

@@ -9,7 +9,9 @@ each shard's stats and a resumed run's report covers the whole folder) as flat c
 * `position <k> ...`: the same by the step's position in its solution (1-based, positions past `MAX_POSITION`
   together);
 * `rule <r> kept_solutions|kept_steps`: what every rule whose inputs the run has would keep of the same solutions
-  (with the run's `disagreement`, `disagreement_weight` and `judge_unknown` settings), beside `solutions`/`steps`.
+  (with the run's `disagreement`, `disagreement_weight` and `judge_unknown` settings), beside `solutions`/`steps`;
+  with a strong completer (`LabelConfig.strong_completer`) also `rule <r>+completer_agreement ...`, and
+  `completers <t> compared|disagree`: where the weak and the strong completer's MC labels differ, by step type.
 
 The judge's verdicts after the first error are "incorrect" by convention under the paper's prompt (it stops there),
 and MC's `every_step_until_zero` / `binary_search` labels after the first bad prefix are bad without an estimate: the
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from trl_vlprm.data.schema import PERCEPTION, REASONING
-from trl_vlprm.labeling.combine import RULES, combine
+from trl_vlprm.labeling.combine import RULES, combine, completer_agreement
 from trl_vlprm.labeling.judge import CORRECT, UNKNOWN
 from trl_vlprm.utils.resume import atomic_write_text
 
@@ -47,6 +49,7 @@ def count_noise(
     verdicts: Sequence[str] | None,
     gold: Sequence[bool] | None,
     rule_settings: Mapping[str, Any],
+    strong_labels: Sequence[bool] | None = None,
 ) -> None:
     """Add one solution's disagreements and every applicable rule's outcome to `counts` (see the module docstring)."""
     n = len(step_types)
@@ -64,6 +67,11 @@ def count_noise(
                 if gold is not None:
                     found.append("disagree_mc_right" if mc == gold[i] else "disagree_judge_right")
             counts.update(f"{key} {what}" for key in keys for what in found)
+    if mc_labels is not None and strong_labels is not None:
+        for kind, weak, strong in zip(step_types, mc_labels, strong_labels):
+            key = f"completers {kind if kind == PERCEPTION else REASONING}"
+            counts[f"{key} compared"] += 1
+            counts[f"{key} disagree"] += int(weak != strong)
     for name in RULES.names():
         rule = RULES.get(name)
         if (rule.needs_mc and mc_labels is None) or (rule.needs_judge and verdicts is None):
@@ -75,9 +83,13 @@ def count_noise(
             list(verdicts) if verdicts is not None else None,
             **rule_settings,
         )
-        kept = combined.kept_length()
-        counts[f"rule {name} kept_solutions"] += int(kept > 0)
-        counts[f"rule {name} kept_steps"] += kept
+        outcomes = [(name, combined)]
+        if strong_labels is not None and mc_labels is not None:
+            outcomes.append((f"{name}+completer_agreement", completer_agreement(combined, mc_labels, strong_labels)))
+        for label, outcome in outcomes:
+            kept = outcome.kept_length()
+            counts[f"rule {label} kept_solutions"] += int(kept > 0)
+            counts[f"rule {label} kept_steps"] += kept
 
 
 def noise_tables(counts: Mapping[str, int]) -> dict[str, Any]:
@@ -98,7 +110,13 @@ def noise_tables(counts: Mapping[str, int]) -> dict[str, Any]:
         if key.startswith("rule "):
             name, _, kind = key[5:].rpartition(" ")
             rules.setdefault(name, {})[kind] = value
+    completers: dict[str, dict[str, int]] = {}
+    for key, value in counts.items():
+        if key.startswith("completers "):
+            kind, _, what = key[len("completers ") :].rpartition(" ")
+            completers.setdefault(kind, {"compared": 0, "disagree": 0})[what] = value
     return {
+        "completers": completers,
         "solutions": counts.get("solutions", 0),
         "steps": counts.get("steps", 0),
         "by_type": group("type"),
@@ -128,6 +146,13 @@ def noise_report(counts: Mapping[str, int]) -> str:
                 f"| {name} | {row['compared']} | {row['disagree']} | {_rate(row['disagree'], row['compared'])} | "
                 f"{row['mc_bad_judge_good']} | {row['mc_good_judge_bad']} | {row['disagree_mc_right']} | "
                 f"{row['disagree_judge_right']} |"
+            )
+        lines.append("")
+    if tables["completers"]:
+        lines += ["| step type | weak and strong completer compared | disagree | rate |", "|---|---|---|---|"]
+        for kind, row in tables["completers"].items():
+            lines.append(
+                f"| {kind} | {row['compared']} | {row['disagree']} | {_rate(row['disagree'], row['compared'])} |"
             )
         lines.append("")
     if tables["by_rule"]:

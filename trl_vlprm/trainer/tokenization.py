@@ -126,21 +126,9 @@ def tokenize_row(
     budget = None if max_length is None else max_length - len(prompt_ids)
     if max_completion_length is not None:
         budget = max_completion_length if budget is None else min(budget, max_completion_length)
-    completion_ids = []
-    token_labels = []
-    token_types = []
-    token_weights = []
-    for i, (step_ids, label, kind) in enumerate(zip(steps, labels, step_types)):
-        if step_truncation == "whole_steps" and budget is not None and len(completion_ids) + len(step_ids) > budget:
-            break  # no partial step is left as context without its label
-        off = [IGNORE_INDEX] * (len(step_ids) - 1)
-        completion_ids += step_ids
-        token_labels += off + [label]
-        token_types += off + [STEP_TYPE_IDS[kind] if label != IGNORE_INDEX else IGNORE_INDEX]
-        token_weights += [0.0] * (len(step_ids) - 1) + [float(weights[i]) if weights is not None else 1.0]
-    if budget is not None:  # token truncation exactly as TRL: a step cut before its end loses its label
-        completion_ids, token_labels = completion_ids[:budget], token_labels[:budget]
-        token_types, token_weights = token_types[:budget], token_weights[:budget]
+    completion_ids, token_labels, token_types, token_weights = _completion_tokens(
+        steps, labels, step_types, weights, budget, step_truncation
+    )
     num_labels = sum(label != IGNORE_INDEX for label in token_labels)
     if prompt_too_long:
         prompt_ids = prompt_ids[:max_length]
@@ -157,6 +145,34 @@ def tokenize_row(
     if prompt.mm_token_type_ids is not None:
         out["mm_token_type_ids"] = prompt.mm_token_type_ids[: len(prompt_ids)] + [0] * len(completion_ids)
     return out
+
+
+def _completion_tokens(
+    steps: list[list[int]],
+    labels: list[Any],
+    step_types: list[str | None],
+    weights: list[float] | None,
+    budget: int | None,
+    step_truncation: str,
+) -> tuple[list[int], list[Any], list[int], list[float]]:
+    """The steps' token ids with, per token, the label, the step-type id and the loss weight (set on each step's
+    last token, -100 / 0.0 elsewhere), cut to `budget` tokens."""
+    completion_ids = []
+    token_labels = []
+    token_types = []
+    token_weights = []
+    for i, (step_ids, label, kind) in enumerate(zip(steps, labels, step_types)):
+        if step_truncation == "whole_steps" and budget is not None and len(completion_ids) + len(step_ids) > budget:
+            break  # no partial step is left as context without its label
+        off = [IGNORE_INDEX] * (len(step_ids) - 1)
+        completion_ids += step_ids
+        token_labels += off + [label]
+        token_types += off + [STEP_TYPE_IDS[kind] if label != IGNORE_INDEX else IGNORE_INDEX]
+        token_weights += [0.0] * (len(step_ids) - 1) + [float(weights[i]) if weights is not None else 1.0]
+    if budget is None:
+        return completion_ids, token_labels, token_types, token_weights
+    # Token truncation exactly as TRL: a step cut before its end loses its label.
+    return completion_ids[:budget], token_labels[:budget], token_types[:budget], token_weights[:budget]
 
 
 def _tokenize_one_string(

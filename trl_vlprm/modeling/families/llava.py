@@ -107,9 +107,14 @@ class LlavaStyleFamily(ModelFamily):
         processor_class = image_only_processor_class(_processor_class(self.model_type))
         accepted = inspect.signature(_processor_class(self.model_type).__init__).parameters
         kwargs = {k: v for k, v in (processor_kwargs or {}).items() if k in accepted}
-        return processor_class(
-            image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs
-        )
+        try:
+            return processor_class(
+                image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs
+            )
+        except ImportError as err:  # e.g. SmolVLM's processor needs the num2words package
+            raise UnsupportedModelError(
+                f"model type {self.model_type!r}: its processor needs a package: {err}"
+            ) from err
 
     # ---- encoding
 
