@@ -175,6 +175,9 @@ def train_step(
         reset_peak()
     start = time.perf_counter()
     loss = trainer.compute_loss(model, dict(batch))
+    # The forward's peak holds the head's output (full vocabulary: [rows, tokens, vocab]); the step's peak usually
+    # comes at the end of the backward pass, when the parameter gradients exist and that output is long gone.
+    forward_peak = torch.cuda.max_memory_allocated() / 2**10 if cuda else memory_kib("VmHWM")
     loss.backward()
     if cuda:
         torch.cuda.synchronize()
@@ -182,7 +185,7 @@ def train_step(
     peak = torch.cuda.max_memory_allocated() / 2**10 if cuda else memory_kib("VmHWM")
     return {
         "size": size, "mode": mode, "seconds": seconds, "peak_gib": (peak - before) / 2**20, "loss": loss.item(),
-        "attention": attention,
+        "attention": attention, "forward_peak_gib": (forward_peak - before) / 2**20,
         "tokens": int(batch["input_ids"].numel()), "labelled": labelled, "resident_gib": before / 2**20,
         "params": sum(p.numel() for p in model.parameters()),
     }  # fmt: skip
@@ -211,8 +214,8 @@ def score(size: str, args: argparse.Namespace, processor_path: str) -> dict:
     timings = {}
     for name, fn in (("PRMScorer.score", scorer.score), ("one forward a candidate", scorer.score_plain)):
         start = time.perf_counter()
-        timings[name] = (time.perf_counter(), fn(question, candidates))
-        timings[name] = (timings[name][0] - start, timings[name][1])
+        scores = fn(question, candidates)
+        timings[name] = (time.perf_counter() - start, scores)
     shared, plain = timings["PRMScorer.score"][1], timings["one forward a candidate"][1]
     difference = float(np.abs(np.concatenate(shared) - np.concatenate(plain)).max())
     return {
@@ -253,6 +256,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="rows a step (the 7B recipe's: 2 a device)")
     parser.add_argument("--candidates", type=int, default=16, help="N, candidates scored for one question")
     parser.add_argument(
+        "--train_sizes",
+        nargs="*",
+        default=None,
+        choices=sorted(WIDTHS),
+        help="widths of the training table (default: --sizes; none: no training table)",
+    )
+    parser.add_argument(
         "--score_sizes",
         nargs="*",
         default=None,
@@ -284,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     with tempfile.TemporaryDirectory() as tmp:
         processor_path = str(build_tiny_vlm(f"{tmp}/tokenizer", arch="qwen2_5_vl", max_pixels=PRM_PIXELS[1]))
         for size in args.sizes:
-            for mode in ("full_vocabulary", "verdict_rows"):
+            trained = args.sizes if args.train_sizes is None else args.train_sizes
+            for mode in ("full_vocabulary", "verdict_rows") if size in trained else ():
                 task = ["--_task", f"train:{mode}", size, processor_path]
                 results["train"].append(run_isolated(task, args))
             if size in (args.sizes if args.score_sizes is None else args.score_sizes):
@@ -313,21 +324,23 @@ def check(results: dict[str, list[dict]]) -> None:
 def report(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
     lines = [machine(), f"{'tiny widths' if args.tiny else 'real widths'}, {args.layers} text layer(s), "
              f"{args.vision_layers} vision block(s), bf16, random weights", "",
-             "| width | head computation | rows x tokens | labelled | params | peak GiB above resident | step s "
-             "| loss |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| width | head computation | rows x tokens | labelled | params | forward peak GiB | step peak GiB "
+             "| step s | loss |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results["train"]:
         lines.append(
             f"| {r['size']} | {r['mode']} | {args.batch} x {r['tokens'] // args.batch} | {r['labelled']} | "
-            f"{r['params'] / 1e9:.2f} B | {r['peak_gib']:.2f} | {r['seconds']:.1f} | {r['loss']:.4f} |"
+            f"{r['params'] / 1e9:.2f} B | {r['forward_peak_gib']:.2f} | {r['peak_gib']:.2f} | {r['seconds']:.1f} | "
+            f"{r['loss']:.4f} |"
         )
     by_size = {}
     for r in results["train"]:
         by_size.setdefault(r["size"], {})[r["mode"]] = r
     for size, modes in by_size.items():
         full, rows = modes["full vocabulary"], modes["verdict rows"]
+        forward = rows["forward_peak_gib"] / full["forward_peak_gib"]
         lines.append(
-            f"\n{size}: verdict rows / full vocabulary: peak memory {rows['peak_gib'] / full['peak_gib']:.2f}, "
-            f"step time {rows['seconds'] / full['seconds']:.2f}"
+            f"\n{size}: verdict rows / full vocabulary: forward peak {forward:.2f}, "
+            f"step peak {rows['peak_gib'] / full['peak_gib']:.2f}, step time {rows['seconds'] / full['seconds']:.2f}"
         )
     if results["score"]:
         lines += ["", "| width | image tokens | N | PRMScorer.score s | one forward a candidate s | ratio "
