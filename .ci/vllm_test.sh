@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash .ci/vllm_setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export HF_HOME=${HF_HOME:-$PWD/.cache/hf}
-"${VLLM_VENV:-.cache/vllm-venv}/bin/python" -m pytest -q -p no:cacheprovider tests/test_vllm_policy.py tests/test_vllm_scorer.py tests/test_vllm_server.py tests/test_vllm_scaleout.py tests/test_vllm_benchmarks.py tests/test_vllm_paper_prm.py "$@"
+"${VLLM_VENV:-.cache/vllm-venv}/bin/python" -m pytest -q -p no:cacheprovider tests/test_vllm_policy.py tests/test_vllm_scorer.py tests/test_vllm_server.py tests/test_vllm_scaleout.py tests/test_vllm_benchmarks.py tests/test_vllm_paper_prm.py tests/test_vllm_families.py "$@"

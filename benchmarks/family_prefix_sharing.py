@@ -36,7 +36,7 @@ from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.tiny import build_tiny_vlm
 
-DEFAULT_TYPES = ["qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava_next", "gemma3", "idefics3"]  # Qwen3.5: linear attention
+DEFAULT_TYPES = ["qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava_next", "gemma3", "idefics3", "internvl"]
 STEP_TEXTS = [
     "The image shows a grid of coloured squares.",
     "There are 3 circles, 4 triangles and 5 squares.",

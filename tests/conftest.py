@@ -18,6 +18,7 @@ VLLM_TESTS = [
     "test_vllm_scaleout.py",
     "test_vllm_benchmarks.py",
     "test_vllm_paper_prm.py",
+    "test_vllm_families.py",
 ]
 collect_ignore = [] if importlib.util.find_spec("vllm") else VLLM_TESTS
 

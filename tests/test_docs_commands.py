@@ -99,9 +99,8 @@ CHAIN: list[tuple[str, str, str]] = [
      "outputs/pipeline/eval/results.csv"),
 ]  # fmt: skip
 COVERED: dict[str, str] = {
-    "trl-vlprm view --inputs outputs/eval_tts/samples/testbed__scripted.jsonl --questions "
-    "benchmark:testbed:0,limit=60": (
-        "tests/test_viewer.py::test_cli_view_writes_the_page_or_one_line_naming_file_and_line"
+    "trl-vlprm view --inputs outputs/eval_tts/samples/testbed__scripted.jsonl": (
+        "tests/test_viewer.py::test_eval_samples_find_their_images_through_the_pinned_benchmark"
     ),
     "trl-vlprm view --inputs outputs/labels --output outputs/labels.html": (
         "tests/test_viewer.py::test_labelled_dataset_view_shows_labels_mc_and_judge"

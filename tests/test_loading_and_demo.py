@@ -78,6 +78,10 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     html = page.read_text()
     assert html.count('"id":"') >= 6 and html.count("data:image/png;base64,") >= 1 and "vlprm" in html
     assert "mean |delta P(correct)|" in out and "random pick" in out and "| perception |" in out
+    # the demo's PRM learns from the demo's own hybrid labels; the gold-trained one is reported beside it
+    assert "| gold-trained: accuracy / bad-step F1 | hybrid-trained: accuracy / bad-step F1 |" in out
+    assert (tmp_path / "hybrid" / "vlprm" / "model.safetensors").exists() and summary["eval_after_gold"]
+    assert json.loads((tmp_path / "hybrid" / "cpu_recipe.json").read_text())["train_dataset"]
     first = out
     main(args)  # every stage's output exists: the rerun reads it back and prints the same figures
     second = capsys.readouterr().out

@@ -37,6 +37,7 @@ MATRIX = {
     "llava": "llava_next",
     "gemma3": "gemma3",
     "idefics3": "idefics3",
+    "internvl": "internvl",
 }
 SEPARATOR = " "  # frequent in a random model's output, so generated completions have several steps
 

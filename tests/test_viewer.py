@@ -190,3 +190,19 @@ def test_labelled_dataset_view_shows_labels_mc_and_judge(tmp_path):
         )
     assert sum(q["flags"]["mcjudge"] for q in data["questions"]) == mcjudge > 0
     assert 'id="f-mcjudge"' in html and "MC estimate" in html  # the filter and the MC calibration card
+
+
+def test_eval_samples_find_their_images_through_the_pinned_benchmark(tmp_path):
+    """No --questions: the page reloads the benchmark the samples' .meta.json pins (testbed images live in memory)."""
+    from trl_vlprm.cli import run
+
+    run("eval", ["--benchmarks", "testbed:3,limit=5", "--scorers", "oracle", "--selections", "best_of_n:min",
+                 "--n_values", "2", "--num_subsamples", "1", "--output_dir", str(tmp_path)])  # fmt: skip
+    (samples,) = (tmp_path / "samples").glob("*.jsonl")
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    html, summary = build_view([samples])
+    assert summary.missing_images == [] and summary.num_images == len({r["image_refs"][0]["digest"] for r in records})
+    assert all(q["images"] != [None] for q in page_data(html)["questions"])
+    samples.with_suffix(".meta.json").rename(tmp_path / "moved.json")  # without the pin: counted missing, not lost
+    _, bare = build_view([samples])
+    assert len(bare.missing_images) == len(records) == 5

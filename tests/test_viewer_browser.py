@@ -107,8 +107,33 @@ def test_page_in_chromium(browser, sweep_page):
     oracle_wrong = sum(not selection_correct("best_of_n:min", r["samples"], "oracle") for r in records)
     assert browser.run("return document.querySelectorAll('.question').length") == min(oracle_wrong, 10)
 
+    browser.click("#f-wrong")  # off again
+
+    # "PRM and oracle disagree" under the random scorer: the questions with a step whose score is on the wrong side
+    # of 0.5 against the testbed's gold; then the step-type filter shows perception steps only.
+    disagree = [
+        r["id"] for r in records
+        if any((score >= 0.5) != good for s in r["samples"]
+               for score, good in zip(s["step_scores"]["random"], s["gold_correct"]))
+    ]  # fmt: skip
+    browser.run(
+        "const s = document.getElementById('f-scorer'); s.value = 'random'; s.dispatchEvent(new Event('change'))"
+    )
+    browser.click("#f-disagree")
+    assert (
+        browser.run("return document.getElementById('count').textContent") == f"{len(disagree)} of 24 questions kept"
+    )
+    browser.click("#f-disagree")
+    browser.run(
+        "const t = document.getElementById('f-type'); t.value = 'perception'; t.dispatchEvent(new Event('change'))"
+    )
+    shown_rows = "[...document.querySelectorAll('tr.step')].filter(r => r.offsetParent !== null)"
+    visible = browser.run(f"return {shown_rows}.map(r => r.dataset.type)")
+    perception = sum(t == "perception" for r in records[:10] for s in r["samples"] for t in s["step_types"])
+    assert visible == ["perception"] * perception and perception > 0
+    browser.run("const t = document.getElementById('f-type'); t.value = ''; t.dispatchEvent(new Event('change'))")
+
     # Screenshot of the unfiltered page, kept and checked non-blank.
-    browser.click("#f-wrong")
     shot = Image.open(io.BytesIO(browser.screenshot())).convert("RGB")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot.save(ARTIFACTS / "viewer_sweep.png")

@@ -148,8 +148,9 @@ class CPURecipe:
         }
         return VLPRMConfig(**{**settings, **overrides})
 
-    def train(self, output_dir: str | Path, eval_dataset=None, **overrides: Any) -> TrainedPRM:
-        """Build the model, sample the data, train, save to `<output_dir>/vlprm`; reuse a finished run.
+    def train(self, output_dir: str | Path, eval_dataset=None, train_dataset=None, **overrides: Any) -> TrainedPRM:
+        """Build the model, sample the data (or take `train_dataset`, e.g. hybrid labels), train, save to
+        `<output_dir>/vlprm`; reuse a finished run.
 
         Returns the PRM folder, held-out metrics before and after training (when `eval_dataset` is given) and the
         training wall time (0 when reused).
@@ -159,11 +160,11 @@ class CPURecipe:
         threads = torch.get_num_threads()
         torch.set_num_threads(self.num_threads)
         try:
-            return self._train(Path(output_dir), eval_dataset, overrides)
+            return self._train(Path(output_dir), eval_dataset, overrides, train_dataset)
         finally:
             torch.set_num_threads(threads)
 
-    def _train(self, output_dir: Path, eval_dataset, overrides: dict[str, Any]) -> TrainedPRM:
+    def _train(self, output_dir: Path, eval_dataset, overrides: dict[str, Any], train_dataset=None) -> TrainedPRM:
         from trl_vlprm import VLPRMTrainer
         from trl_vlprm.utils.resume import SettingsMismatchError, dataclass_settings, pin_settings
 
@@ -177,12 +178,16 @@ class CPURecipe:
                 "another output_dir"
             )
         # A finished run is reused only if it was trained with these very settings (else refused, naming them).
-        pin_settings(pin, {**dataclass_settings(self), "overrides": overrides})
+        given = {"train_dataset": train_dataset._fingerprint} if train_dataset is not None else {}
+        pin_settings(pin, {**dataclass_settings(self), "overrides": overrides, **given})
         model_path = self.build_model(output_dir / "tiny-qwen2-vl")
         args = self.training_args(prm_path, **overrides)
         done = (prm_path / "model.safetensors").exists()
         trainer = VLPRMTrainer(
-            str(prm_path if done else model_path), args, train_dataset=self.training_data(), eval_dataset=eval_dataset
+            str(prm_path if done else model_path),
+            args,
+            train_dataset=self.training_data() if train_dataset is None else train_dataset,
+            eval_dataset=eval_dataset,
         )
         before = {}
         if eval_dataset is not None and not done:

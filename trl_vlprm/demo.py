@@ -1,8 +1,10 @@
 """The whole pipeline end to end on the CPU testbed, offline, in a few minutes: `make demo`.
 
 data (the learnable tier of the procedural puzzles: one large shape per image) -> labelling (hybrid: Monte-Carlo
-rollouts + a noisy judge, consensus rule; its quality against the gold is shown) -> training (`CPURecipe`: a tiny
-Qwen2-VL value-head VL-PRM trained with VLPRMTrainer on gold-labelled scripted solutions) -> guard-rails (does the
+rollouts + a noisy judge, consensus rule, on the training puzzles; its quality against the gold is shown) ->
+training (`CPURecipe`: a tiny Qwen2-VL value-head VL-PRM trained with VLPRMTrainer on those hybrid labels, and once
+more on gold-labelled scripted solutions of the same puzzles, both reported on the same held-out table; the
+hybrid-trained PRM is the one used from then on) -> guard-rails (does the
 PRM look at the image? does its best-of-N beat a random pick?) -> guidance (greedy, majority, best-of-N with each
 aggregation, weighted vote, beam search) -> evaluation (accuracy vs N for the PRM, the oracle and a random scorer,
 table, plot, and a page of every step's scores: `trl-vlprm view`).
@@ -43,14 +45,16 @@ SWEEP_SELECTIONS = ["first", "majority", "best_of_n:min", "best_of_n:last", "wei
 
 
 def label(out: Path, recipe: CPURecipe, num_questions: int, seed: int):
-    """Hybrid labels for scripted-policy solutions; returns the dataset and the label quality against the gold."""
+    """Hybrid labels for scripted-policy solutions of the recipe's training puzzles, at its error rates; returns the
+    dataset and the label quality against the gold."""
     from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled
     from trl_vlprm.labeling.labeler import step_label_quality
     from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 
     config = LabelConfig(dataset="puzzles", num_questions=num_questions, output_dir=str(out / "labels"),
-                         rule="consensus", num_rollouts=4, mc_mode="binary_search", perception_error_rate=0.3,
-                         reasoning_error_rate=0.3, step_separator="\n", judge="testbed", seed=seed)  # fmt: skip
+                         rule="consensus", num_rollouts=4, mc_mode="binary_search",
+                         perception_error_rate=recipe.perception_error_rate,
+                         reasoning_error_rate=recipe.reasoning_error_rate, judge="testbed", seed=seed)  # fmt: skip
     policy = ScriptedPolicy(config.perception_error_rate, config.reasoning_error_rate, seed=seed)
     questions = generate_puzzles(num_questions, seed=seed, families=recipe.families, image_size=recipe.image_size)
     build_dataset(questions, policy, config)
@@ -59,20 +63,18 @@ def label(out: Path, recipe: CPURecipe, num_questions: int, seed: int):
     return labelled, step_label_quality(pairs)
 
 
-def step_table(before: dict[str, float], after: dict[str, float], held_out) -> list[str]:
-    """Held-out step verdicts by type: the majority-class baseline, accuracy and bad-step F1 before -> after."""
-    lines = ["   | steps | count | majority class | accuracy before -> after | bad-step F1 before -> after |",
-             "   |---|---|---|---|---|"]  # fmt: skip
+def step_table(columns: dict[str, dict[str, float]], held_out) -> list[str]:
+    """Held-out step verdicts by type: the majority-class baseline, then accuracy / bad-step F1 of each PRM (the
+    untrained one, the one trained on gold labels, the one trained on the demo's hybrid labels), same rows."""
+    header = " | ".join(f"{name}: accuracy / bad-step F1" for name in columns)
+    lines = [f"   | steps | count | majority class | {header} |", "   |---|---|---|" + "---|" * len(columns)]
     for kind in ("", f"{PERCEPTION}_", f"{REASONING}_"):
         labels = [bool(label) for row in held_out for label, t in zip(row["labels"], row["step_types"])
                   if not kind or t == kind.rstrip("_")]  # fmt: skip
         majority = max(sum(labels), len(labels) - sum(labels)) / max(len(labels), 1)
         name = kind.rstrip("_") or "all"
-        lines.append(
-            f"   | {name} | {len(labels)} | {majority:.3f} | {before[f'eval_{kind}accuracy']:.3f} -> "
-            f"{after[f'eval_{kind}accuracy']:.3f} | {before[f'eval_{kind}bad_f1']:.3f} -> "
-            f"{after[f'eval_{kind}bad_f1']:.3f} |"
-        )
+        cells = [f"{m[f'eval_{kind}accuracy']:.3f} / {m[f'eval_{kind}bad_f1']:.3f}" for m in columns.values()]
+        lines.append(f"   | {name} | {len(labels)} | {majority:.3f} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -141,7 +143,12 @@ def view_page(eval_dir: Path, questions) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
-    parser.add_argument("--label_questions", type=int, default=120, help="puzzles labelled by the hybrid builder")
+    parser.add_argument(
+        "--label_questions",
+        type=int,
+        default=CPURecipe.num_puzzles,
+        help="training puzzles labelled by the hybrid builder (the demo's PRM learns from them)",
+    )
     parser.add_argument("--train_puzzles", type=int, default=CPURecipe.num_puzzles, help="training puzzles")
     parser.add_argument("--max_steps", type=int, default=CPURecipe.max_steps, help="PRM training steps")
     parser.add_argument("--eval_questions", type=int, default=80, help="held-out puzzles for guidance/evaluation")
@@ -156,25 +163,36 @@ def main(argv: list[str] | None = None) -> None:
     print("== 1. data + model: learnable-tier puzzles (one shape, 84 px, 9 image tokens), tiny random Qwen2-VL")
     recipe.build_model(out / "tiny-qwen2-vl")
 
-    print(f"== 2. labelling: {args.label_questions} puzzles x 4 rollouts, MC (binary search) + noisy judge, consensus")
-    labelled, quality = label(out, recipe, args.label_questions, seed=0)
+    print(f"== 2. labelling: {args.label_questions} training puzzles x 4 rollouts, MC (binary search) + noisy judge, "
+          "consensus")  # fmt: skip
+    labelled, quality = label(out, recipe, args.label_questions, seed=1000 + args.seed)  # the gold run's puzzles
     print(f"   {len(labelled)} labelled solutions; label accuracy vs gold {quality.accuracy:.3f}, bad-step F1 "
           f"{quality.bad_f1:.3f}, {quality.labelled}/{quality.total} steps kept")  # fmt: skip
 
     print(
-        f"== 3. training: CPURecipe, {recipe.num_puzzles} puzzles x {recipe.solutions_per_puzzle} gold-labelled "
-        f"solutions, {recipe.max_steps} steps, value head, perception steps weigh {recipe.perception_loss_weight}x"
+        f"== 3. training: CPURecipe ({recipe.max_steps} steps, value head, perception steps weigh "
+        f"{recipe.perception_loss_weight}x) twice: on the {len(labelled)} hybrid-labelled solutions above, and on "
+        f"{recipe.num_puzzles} puzzles x {recipe.solutions_per_puzzle} gold-labelled solutions"
     )
     held_out = recipe.supervision(args.eval_questions, seed=1, perception_error_rate=0.3, reasoning_error_rate=0.3)
-    trained = recipe.train(out, eval_dataset=held_out)
+    trained = recipe.train(out / "hybrid", eval_dataset=held_out, train_dataset=labelled)
+    gold = recipe.train(out, eval_dataset=held_out)
     summary_path = out / "summary.json"
     if not trained.metrics_before and summary_path.exists():  # a resumed run: the untrained figures were saved
         trained.metrics_before = json.loads(summary_path.read_text())["eval_before"]
     before, after = trained.metrics_before or trained.metrics_after, trained.metrics_after
-    if trained.train_seconds:
-        print(f"   trained in {trained.train_seconds:.0f} s ({recipe.max_steps / trained.train_seconds:.1f} steps/s)")
-    print("   held-out step verdicts (gold labels):")
-    print("\n".join(step_table(before, after, held_out)))
+    for name, run in (("hybrid labels", trained), ("gold labels", gold)):
+        if run.train_seconds:
+            rate = recipe.max_steps / run.train_seconds
+            print(f"   {name}: trained in {run.train_seconds:.0f} s ({rate:.1f} steps/s)")
+    print(f"   held-out step verdicts ({args.eval_questions} puzzles, gold labels):")
+    columns = {"untrained": before, "gold-trained": gold.metrics_after, "hybrid-trained": after}
+    print("\n".join(step_table(columns, held_out)))
+    from trl_vlprm.trainer.metrics import verdict_warnings
+
+    for line in verdict_warnings(after):
+        print("   hybrid-trained PRM: " + line)
+    print(f"   the PRM used below is the hybrid-trained one ({trained.path})")
 
     print("== 4. guard-rails")
     print("\n".join(guard_rails(trained.path, held_out)))
@@ -200,8 +218,9 @@ def main(argv: list[str] | None = None) -> None:
         print("   " + warning)
     print(f"   plot: {eval_dir / 'accuracy_vs_n.png'}")
     print(f"   every step, scorer by scorer (open in a browser): {view_page(eval_dir, questions)}")
-    summary = {"label_quality": asdict(quality), "eval_before": before, "eval_after": after, "guidance": dict(table),
-               "sweep": rows, "train_seconds": trained.train_seconds}  # fmt: skip
+    summary = {"label_quality": asdict(quality), "eval_before": before, "eval_after": after,
+               "eval_after_gold": gold.metrics_after, "guidance": dict(table), "sweep": rows,
+               "train_seconds": trained.train_seconds, "train_seconds_gold": gold.train_seconds}  # fmt: skip
     summary_path.write_text(json.dumps(summary, indent=2))
 
 

@@ -32,8 +32,9 @@ class ViewArguments:
             beside the first input.
         questions (`str` or `None`, defaults to `None`): Where the images of the results lines come from when no
             file holds them: a dataset file or folder, "benchmark:<spec>" (an evaluation benchmark spec),
-            "process_bench:<spec>" or "puzzles:n=<count>,seed=<seed>" (generated testbed puzzles); None: only the
-            image files the lines reference.
+            "process_bench:<spec>" or "puzzles:n=<count>,seed=<seed>" (generated testbed puzzles); None: the source
+            the run pinned (an evaluation's benchmark spec, a tts run's dataset file) and the image files the lines
+            reference.
         selection (`str`, defaults to `"best_of_n:min"`): For evaluation samples: the outcome selection whose pick
             each scorer's column shows.
         n (`int` or `None`, defaults to `None`): For evaluation samples: pick among the first n samples of each
@@ -58,7 +59,7 @@ class ViewArguments:
         metadata={
             "help": "Where the images of the results lines come from when no file holds them: a dataset file or "
             "folder, 'benchmark:<spec>', 'process_bench:<spec>' or 'puzzles:n=<count>,seed=<seed>'; None uses "
-            "only the image files the lines reference."
+            "the source the run pinned (an evaluation's benchmark spec, a tts run's dataset file)."
         },
     )
     selection: str = field(

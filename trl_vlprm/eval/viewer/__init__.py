@@ -32,6 +32,7 @@ from trl_vlprm.eval.viewer.readers import (
     read_samples,
     read_tts,
 )
+from trl_vlprm.eval.viewer.sources import load_source, pinned_sources
 from trl_vlprm.eval.viewer.summary import calibration, calibration_card, score_colour
 from trl_vlprm.utils.resume import atomic_write_text
 
@@ -92,6 +93,15 @@ def _series(questions: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, 
     return series
 
 
+def _needs_questions(records: Sequence[dict[str, Any]]) -> bool:
+    """Whether some image reference names no readable file (so only the questions can resolve it)."""
+    return any(
+        not (isinstance(ref, Mapping) and ref.get("path") and Path(ref["path"]).is_file())
+        for question in records
+        for ref in question["images"]
+    )
+
+
 def build_view(
     inputs: Sequence[str | Path],
     questions: Iterable[Mapping[str, Any]] | None = None,
@@ -106,7 +116,8 @@ def build_view(
     Args:
         inputs: tts results files, evaluation sample files, process-bench line files, or labelled datasets.
         questions: question records whose in-memory images the results lines reference (generated puzzles, a
-            dataset of image bytes); images read from files need none.
+            dataset of image bytes); images read from files need none. None: the sources the run pinned (an
+            evaluation's benchmark spec, a tts run's dataset; `sources`), loaded only when an image needs them.
         selection: for evaluation samples, the outcome selection whose pick each scorer's column shows.
         n: for evaluation samples, pick among the first `n` samples (None: all of them).
         max_image_side: images are shrunk to fit this many pixels.
@@ -116,12 +127,13 @@ def build_view(
     if not inputs:
         raise ValueError("trl-vlprm view: no input file")
     paths = [Path(p) for p in inputs]
-    kinds = []
+    kinds, firsts = [], []
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(2, "No such file or directory", str(path))
         first = None if path.is_dir() or path.suffix == ".parquet" else next(read_jsonl_lines(path), (0, None))[1]
         kinds.append(detect_kind(path, first))
+        firsts.append(first)
     if len(set(kinds)) > 1:
         described = ", ".join(f"{p} ({k})" for p, k in zip(paths, kinds))
         raise ViewInputError(f"inputs of different kinds cannot share a page: {described}")
@@ -139,6 +151,9 @@ def build_view(
             read_labelled(path, by_id, images)
     records = list(by_id.values())
     if kind != "labelled":
+        if questions is None and _needs_questions(records):  # in-memory images: the sources the run pinned
+            for source in pinned_sources(paths, kind, firsts):
+                images.add_questions(load_source(source))
         for question in records:
             question["images"] = [
                 images.resolve(ref, f"question {question['id']}") if isinstance(ref, Mapping) else None

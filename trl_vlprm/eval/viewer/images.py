@@ -35,7 +35,11 @@ class ImageTable:
         self._index: dict[str, int] = {}
         self._known: dict[str, Any] = {}
         self.missing: list[str] = []
-        for question in questions or []:
+        self.add_questions(questions or [])
+
+    def add_questions(self, questions: Iterable[Mapping[str, Any]]) -> None:
+        """Makes the images of `questions` available to `resolve` (matched by digest)."""
+        for question in questions:
             for image in question.get("images") or []:
                 self._known.setdefault(image_digest(image), image)
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from trl_vlprm.data.schema import RecordError
 from trl_vlprm.modeling.families.base import register_model_family
-from trl_vlprm.modeling.families.llava import LlavaStyleFamily
+from trl_vlprm.modeling.families.llava import LlavaStyleFamily, expand_as_the_processor_does
 
 
 @register_model_family
@@ -37,14 +36,4 @@ class Idefics3Family(LlavaStyleFamily):
         return super().vision_token_ids(processing_class) | (tiles - {None})
 
     def expand_image_tokens(self, processing_class: Any, text: str, images: Sequence[Any], row: Any = "?") -> str:
-        pieces = text.split(processing_class.image_token)
-        if len(pieces) - 1 != len(images):
-            raise RecordError(
-                row, "images", f"{len(images)} image(s) but {len(pieces) - 1} image slot(s) after the chat template"
-            )
-        if not images:
-            return text
-        grid = processing_class.image_processor(images=[list(images)], return_row_col_info=True)
-        return pieces[0] + "".join(
-            processing_class.replace_image_token(grid, i) + piece for i, piece in enumerate(pieces[1:])
-        )
+        return expand_as_the_processor_does(processing_class, text, images, row, return_row_col_info=True)

@@ -123,6 +123,31 @@ class LlavaStyleFamily(ModelFamily):
         return list(processing_class._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens)
 
 
+def expand_as_the_processor_does(
+    processing_class: Any, text: str, images: Sequence[Any], row: Any = "?", **image_kwargs: Any
+) -> str:
+    """`text` with each `image_token` placeholder replaced by what the processor puts there for that image
+    (`replace_image_token` on the image processor's output for `images`): for processors whose expansion depends on
+    the image beyond a token count (Idefics3's tile grid, InternVL's tiles framed by `<img>` / `</img>`).
+
+    Raises:
+        RecordError: the number of placeholders differs from the number of images (naming `row`).
+    """
+    from trl_vlprm.data.schema import RecordError
+
+    pieces = text.split(processing_class.image_token)
+    if len(pieces) - 1 != len(images):
+        raise RecordError(
+            row, "images", f"{len(images)} image(s) but {len(pieces) - 1} image slot(s) after the chat template"
+        )
+    if not images:
+        return text
+    layout = processing_class.image_processor(images=list(images), **image_kwargs)
+    return pieces[0] + "".join(
+        processing_class.replace_image_token(layout, i) + piece for i, piece in enumerate(pieces[1:])
+    )
+
+
 @register_model_family
 class LlavaFamily(LlavaStyleFamily):
     """LLaVA, LLaVA-NeXT (`image_sizes`, any-resolution tiles), LLaVA-OneVision and Mistral 3 (Pixtral vision)."""
