@@ -56,6 +56,7 @@ USER_ERRORS: tuple[str, ...] = (
     "trl_vlprm.modeling.heads:MissingPRMMetadataError",
     "trl_vlprm.modeling.heads:BackboneNotLoadedError",
     "trl_vlprm.modeling.hub:RemoteCodeError",
+    "trl_vlprm.modeling.processor:MissingImageProcessorError",
     "trl_vlprm.guidance.backends:MissingModelError",
     "trl_vlprm.labeling.shards:ShardError",
     "trl_vlprm.labeling.builder:JudgeFailureError",

@@ -24,6 +24,7 @@ from typing import Any
 from trl_vlprm.data.schema import question_key
 from trl_vlprm.guidance.aggregation import aggregate
 from trl_vlprm.guidance.policy import Candidate, StepScorer
+from trl_vlprm.guidance.strategies.base import score_candidates
 from trl_vlprm.utils.errors import UsageError
 
 # Below this mean |shift| of perception-step P(correct), a VL-PRM is treated as blind to its image.
@@ -79,13 +80,12 @@ def image_swap_sensitivity(
         raise ValueError(f"image_swap_sensitivity needs rows of at least 2 questions, got {len(groups)}")
     shifts: dict[str, list[float]] = defaultdict(list)
     for index, group in enumerate(groups):
-        question = dict(group[0])
+        question = _question_of(group)
         donor = groups[(index + 1) % len(groups)][0]
         if not question.get("images"):
-            raise ValueError(f"row {question.get('id', index)}: no image to swap")
-        candidates = [Candidate(steps=list(row["completions"])) for row in group]
-        own = scorer.score(question, candidates)
-        swapped = scorer.score({**question, "images": donor["images"]}, candidates)
+            raise ValueError(f"row {group[0].get('id', index)}: no image to swap")
+        own = _scores(scorer, question, group)
+        swapped = _scores(scorer, {**question, "images": donor["images"]}, group)
         for row, own_scores, swapped_scores in zip(group, own, swapped):
             types = row.get("step_types") or [None] * len(own_scores)
             for kind, a, b in zip(types, own_scores, swapped_scores):
@@ -150,8 +150,7 @@ def best_of_n_vs_random(
     picked = expected = any_right = 0.0
     for group in groups:
         correct = [all(float(label) >= 0.5 for label in row["labels"]) for row in group]
-        candidates = [Candidate(steps=list(row["completions"])) for row in group]
-        scores = scorer.score(dict(group[0]), candidates)
+        scores = _scores(scorer, _question_of(group), group)
         aggregated = [aggregate(s, aggregation) for s in scores]
         best = max(range(len(group)), key=aggregated.__getitem__)
         picked += correct[best]
@@ -159,6 +158,19 @@ def best_of_n_vs_random(
         any_right += any(correct)
     n = len(groups)
     return SelectionReport(picked / n, expected / n, any_right / n, n, aggregation)
+
+
+def _question_of(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The question a group of solution rows answers, with its question key as `id` (errors name the question)."""
+    return {**group[0], "id": question_key(group[0])}
+
+
+def _scores(scorer: StepScorer, question: Mapping[str, Any], group: Sequence[Mapping[str, Any]]) -> list[list[float]]:
+    """Each row's step scores, through the strategies' `score_candidates`: its shape and finiteness checks (a NaN or
+    inf score names the question, candidate and step) hold here too."""
+    candidates = [Candidate(steps=list(row["completions"])) for row in group]
+    score_candidates(scorer, dict(question), candidates)
+    return [candidate.step_scores for candidate in candidates]
 
 
 def sweep_below_random(

@@ -23,6 +23,10 @@ from trl_vlprm.modeling.families.base import PROCESSOR_FILES
 from trl_vlprm.modeling.hub import ModelName, model_file, read_model_json, refuse_remote_code, require_model
 
 
+class MissingImageProcessorError(ValueError):
+    """A vision-language model folder (or repo) without its saved image processor settings."""
+
+
 def read_model_type(name_or_path: ModelName, revision: str | None = None) -> str | None:
     """The model type of a folder or repo id: `config.json`'s `model_type`, else the saved processor's class."""
     config = read_model_json(name_or_path, "config.json", revision)
@@ -94,6 +98,7 @@ def load_processor(
 
     Raises:
         UnsupportedModelError: the model has an image processor but no registered model family covers its type.
+        MissingImageProcessorError: a model of a registered family whose image processor settings are not saved.
     """
     require_model(name_or_path, revision)  # first: names the model if it cannot be found
     refuse_remote_code(name_or_path, revision)
@@ -108,7 +113,11 @@ def load_processor(
     if family is None:
         return tokenizer
     if image_config is None:
-        raise OSError(f"{name_or_path}: a {model_type} model with no saved image processor")
+        raise MissingImageProcessorError(
+            f"{name_or_path}: a {model_type} model with no saved image processor (neither preprocessor_config.json "
+            "nor an image_processor entry in processor_config.json); save the base model's processor there "
+            "(`processor.save_pretrained(folder)`)"
+        )
     image_processor = family.image_processor(image_config, min_pixels, max_pixels)
     chat_template = _chat_template(name_or_path, revision) or tokenizer.chat_template
     return family.processor(tokenizer, image_processor, chat_template, _processor_kwargs(name_or_path, revision))

@@ -13,6 +13,8 @@ any of them can be given in the YAML file or on the command line. Writes the mod
 from __future__ import annotations
 
 import logging
+import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +23,11 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
 from trl_vlprm.data.converters import convert_dataset
 from trl_vlprm.data.loading import STEP_RECORDS, load_records, require_columns
+from trl_vlprm.data.schema import question_key
 from trl_vlprm.modeling.hub import model_init_kwargs_from
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.scripts import command_parser
+from trl_vlprm.trainer.data_preparation import SOURCE_ROW
 from trl_vlprm.trainer.metrics import verdict_warnings
 from trl_vlprm.utils.errors import UsageError
 
@@ -40,7 +44,9 @@ class PRMScriptArguments(ScriptArguments):
             its rows when it is a single file or a folder of shards. Without it (and without `eval_fraction`), and
             with evaluation on (`eval_strategy` other than `"no"`), the evaluation rows are the `dataset_test_split`
             of `dataset_name`, which must have one (a single file has none: an error says so).
-        eval_fraction (`float`): hold out this share of the training rows for evaluation instead (0 = none).
+        eval_fraction (`float`): hold out this share of the training questions for evaluation instead (0 = none):
+            all solution rows of a question (see `trl_vlprm.data.schema.question_key`) go to the same side, so no
+            question is both trained on and evaluated on.
         dataset_format (`str`): `"records"` (this project's schema, the default) or a source layout converted on
             load: `"trl_stepwise"`, `"vlprm300k"`, `"visualprm400k"` (see `trl_vlprm.data.converters`).
         image_root (`str` or `None`): folder that relative image paths of converted datasets are resolved against.
@@ -54,7 +60,11 @@ class PRMScriptArguments(ScriptArguments):
         },
     )
     eval_fraction: float = field(
-        default=0.0, metadata={"help": "Share of the training rows held out for evaluation (0 = none)."}
+        default=0.0,
+        metadata={
+            "help": "Share of the training questions held out for evaluation (0 = none); all solution rows of a "
+            "question (same question_id, else the same id before '#') go to the same side."
+        },
     )
     dataset_format: str = field(
         default="records",
@@ -77,6 +87,8 @@ def load_split(script_args: PRMScriptArguments, name: str, split: str, strict_sp
         dataset = convert_dataset(dataset, script_args.dataset_format, **kwargs)
     else:
         require_columns(dataset, name, ("prompt", "completions", "labels"), STEP_RECORDS)
+    if SOURCE_ROW not in dataset.column_names:  # errors name a row as numbered in the file, after filter and split
+        dataset = dataset.add_column(SOURCE_ROW, list(range(len(dataset))))
     with_steps = dataset.filter(lambda steps: len(steps or []) > 0, input_columns="completions")
     if len(with_steps) < len(dataset):
         logger.warning(
@@ -93,8 +105,7 @@ def load_datasets(script_args: PRMScriptArguments, training_args: VLPRMConfig):
     if script_args.eval_dataset_name:
         eval_dataset = load_split(script_args, script_args.eval_dataset_name, script_args.dataset_test_split)
     elif script_args.eval_fraction > 0:
-        split = train_dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
-        train_dataset, eval_dataset = split["train"], split["test"]
+        train_dataset, eval_dataset = split_by_question(train_dataset, script_args.eval_fraction, training_args.seed)
     elif training_args.eval_strategy != "no":
         try:
             eval_dataset = load_split(script_args, script_args.dataset_name, script_args.dataset_test_split, True)
@@ -105,6 +116,23 @@ def load_datasets(script_args: PRMScriptArguments, training_args: VLPRMConfig):
                 "--dataset_test_split, --eval_dataset_name or --eval_fraction"
             ) from err
     return train_dataset, eval_dataset
+
+
+def split_by_question(dataset, fraction: float, seed: int):
+    """(train, eval): a seeded `fraction` of the questions (rounded up, as `train_test_split` rounds its test rows)
+    with all their solution rows in eval, the others in train, each in file order. A row-level split would put
+    solutions of one question on both sides and inflate the held-out metrics."""
+    columns = [c for c in ("question_id", "id", "prompt") if c in dataset.column_names]
+    keys = [question_key(row) for row in dataset.select_columns(columns)]
+    questions = list(dict.fromkeys(keys))
+    if len(questions) < 2:
+        raise UsageError(f"eval_fraction splits by question and needs at least 2 questions; got {len(questions)}")
+    random.Random(seed).shuffle(questions)
+    n_eval = min(max(math.ceil(fraction * len(questions)), 1), len(questions) - 1)
+    held_out = set(questions[:n_eval])
+    eval_rows = [i for i, key in enumerate(keys) if key in held_out]
+    train_rows = [i for i, key in enumerate(keys) if key not in held_out]
+    return dataset.select(train_rows), dataset.select(eval_rows)
 
 
 def main(script_args: PRMScriptArguments, training_args: VLPRMConfig, model_args: ModelConfig) -> VLPRMTrainer:

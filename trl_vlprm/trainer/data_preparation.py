@@ -20,9 +20,13 @@ _TOKENIZED_COLUMNS = ("input_ids", "labels", "step_type_ids", "mm_token_type_ids
 # DataCollatorForTokenClassification pads every column it gets).
 _BOOKKEEPING_COLUMNS = ("step_type_ids", "label_weights", "id")
 _COUNT_COLUMNS = ["num_steps_dropped", "prompt_too_long", "num_labels"]
+# The row's number in the user's file, when a loader added it (`trl-vlprm train`): errors name that row, not its
+# position after rows were filtered out or split off for evaluation.
+SOURCE_ROW = "source_row"
 
 
 def _tokenize(example: dict[str, Any], index: int, processing_class: Any, args: VLPRMConfig, is_eval: bool):
+    index = example.get(SOURCE_ROW, index)
     validate_record(example, index, check_images=False)  # images are decoded during tokenization anyway
     if not example.get("completions"):
         raise RecordError(index, "completions", "a training row needs at least one step")
