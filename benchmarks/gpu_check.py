@@ -102,7 +102,7 @@ def score_rows(folder: Path, args: argparse.Namespace, device: str) -> list[dict
     got = vllm.score(q, group)
     seconds = time.perf_counter() - start
     difference = float(np.abs(np.concatenate(got) - np.concatenate(reference)).max())
-    value = f"{len(group) / seconds:.1f} candidates/s (max |dP| vs PRMScorer {difference:.1e}, bf16)"
+    value = f"{len(group) / seconds:.1f} candidates/s (max abs dP vs PRMScorer {difference:.1e}, bf16)"
     rows.append({"what": "score", "setting": "VLLMScorer", "value": value})
     del vllm
     return rows

@@ -144,6 +144,9 @@ def train_step(
             losses = self.step_losses(logits, labels)
             return (losses * self.step_weights(types, labels)).sum() / max(losses.numel(), 1)
 
+    # transformers >= 5.20 calls it activation checkpointing (the vLLM venv's 5.19: gradient checkpointing)
+    fields = VLPRMConfig.__dataclass_fields__
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     processor = load_processor(processor_path, max_pixels=RECIPE_MAX_PIXELS)
     model = build_model(size, args, processor.tokenizer, device, attention)
     steps = [STEP.format(i=i) for i in range(args.max_length // 8)]  # more than fits: the row is cut at max_length
@@ -154,8 +157,7 @@ def train_step(
     ])  # fmt: skip
     config = VLPRMConfig(
         output_dir=tempfile.mkdtemp(), head="generative", report_to="none", max_length=args.max_length,
-        per_device_train_batch_size=args.batch, disable_tqdm=True, activation_checkpointing=True,
-        use_cpu=device == "cpu",
+        per_device_train_batch_size=args.batch, disable_tqdm=True, use_cpu=device == "cpu", **{checkpointing: True},
     )  # fmt: skip
     trainer = (FullVocabulary if mode == "full vocabulary" else VLPRMTrainer)(
         model, config, train_dataset=rows, processing_class=processor
