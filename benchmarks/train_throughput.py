@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _common import machine
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from trl.trainer.utils import disable_dropout_in_model
 
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
@@ -110,6 +110,7 @@ def run_once(kind: str, model_path: Path, processor, dataset, args: argparse.Nam
             model=model, args=TrainingArguments(**common), train_dataset=dataset,
             data_collator=PlainCollator(processor), compute_loss_func=token_classification_loss, callbacks=[clock],
         )  # fmt: skip
+    trainer.remove_callback(PrinterCallback)  # the table is the output; per-step log lines would bury it
     result = trainer.train()
     return args.steps * args.batch_size / (clock.end - clock.start), result.training_loss
 
