@@ -61,7 +61,7 @@ format: $(STAMP)
 # its figures depend on it). label_throughput.py needs vLLM: it runs in the vLLM venv.
 VLLM_PY := .cache/vllm-venv/bin/python
 BENCH_SCRIPTS := train_throughput score_throughput reward_cost label_quality eval_processes process_credit \
-  family_prefix_sharing real_shapes
+  family_prefix_sharing viewer_scale real_shapes
 bench: $(STAMP)
 	@$(PY) benchmarks/_common.py
 	@mkdir -p .cache/bench
