@@ -117,6 +117,26 @@ def prompt_images(prompt: Any) -> list[Any]:
     ]
 
 
+def _check_settings(scorer: StepScorer, aggregation: str, max_length: int | None, max_steps: int | None) -> None:
+    """Refuse settings a reward call cannot honour, naming the setting."""
+    # The paper's reward ("paper") ranks candidates by a length-scaled score with -1 for "judged wrong"; it is a
+    # selection rule, not a dense reward, and needs input lengths a reward call does not carry.
+    if reads_input_lengths(aggregation):  # an unknown name fails here, listing the registered ones
+        step_only = [how for how in AGGREGATIONS if not reads_input_lengths(how)]
+        raise ValueError(
+            f"aggregation {aggregation!r} needs the PRM input lengths, which a reward call does not carry; "
+            f"expected one of {step_only}"
+        )
+    if max_length is not None and getattr(scorer, "processing_class", None) is None:
+        raise ValueError(
+            f"max_length={max_length} needs a scorer with a `processing_class` to count PRM tokens; "
+            f"{type(scorer).__name__} has none (use max_steps to bound completions instead)"
+        )
+    for field_name, value in (("max_length", max_length), ("max_steps", max_steps)):
+        if value is not None and value < 1:
+            raise ValueError(f"{field_name} must be >= 1 or None, got {value}")
+
+
 class VLPRMReward:
     """A process reward model as a GRPO reward: the aggregated step scores of each completion.
 
@@ -158,22 +178,7 @@ class VLPRMReward:
         prompt_column: str | None = None,
         name: str | None = None,
     ):
-        # The paper's reward ("paper") ranks candidates by a length-scaled score with -1 for "judged wrong"; it is a
-        # selection rule, not a dense reward, and needs input lengths a reward call does not carry.
-        if reads_input_lengths(aggregation):  # an unknown name fails here, listing the registered ones
-            step_only = [how for how in AGGREGATIONS if not reads_input_lengths(how)]
-            raise ValueError(
-                f"aggregation {aggregation!r} needs the PRM input lengths, which a reward call does not carry; "
-                f"expected one of {step_only}"
-            )
-        if max_length is not None and getattr(scorer, "processing_class", None) is None:
-            raise ValueError(
-                f"max_length={max_length} needs a scorer with a `processing_class` to count PRM tokens; "
-                f"{type(scorer).__name__} has none (use max_steps to bound completions instead)"
-            )
-        for field_name, value in (("max_length", max_length), ("max_steps", max_steps)):
-            if value is not None and value < 1:
-                raise ValueError(f"{field_name} must be >= 1 or None, got {value}")
+        _check_settings(scorer, aggregation, max_length, max_steps)
         self.scorer = scorer
         self.aggregation = aggregation
         self.step_separator = (
@@ -275,42 +280,65 @@ class VLPRMReward:
         candidates: list[Candidate] = []
         for i, text in enumerate(texts):
             steps = self.split_steps(text)
-            if not _is_unicode(text):  # a lone surrogate: no tokenizer can encode it
-                reward = self.invalid_input_reward
-                logger.warning("%s: question %s: completion %d is not valid Unicode (a lone surrogate); reward %r",
-                               self.__name__, row, i, reward)  # fmt: skip
-                counts["invalid_input"] += 1
-                rewards[i] = self.invalid_input_reward
-            elif not steps:
-                counts["no_steps"] += 1
-                rewards[i] = self.no_steps_reward
-            elif self._too_long(prompt_tokens, question, steps):
-                counts["overlong"] += 1
-                rewards[i] = self.overlong_reward
-            else:
+            reason = self._unscorable(question, prompt_tokens, i, text, steps)
+            if reason is None:
                 to_score.append(i)
                 candidates.append(Candidate(steps=steps))
+            else:  # "invalid_input", "no_steps" or "overlong": its fixed reward, counted
+                counts[reason] += 1
+                rewards[i] = getattr(self, f"{reason}_reward")
         if candidates:
-            scores = self.scorer.score(question, candidates)
-            counts["scorer_calls"] += 1
-            if len(scores) != len(candidates):
-                raise ValueError(
-                    f"{type(self.scorer).__name__} returned {len(scores)} score lists for {len(candidates)} candidates"
-                )
-            for i, candidate, candidate_scores in zip(to_score, candidates, scores):
-                if len(candidate_scores) != len(candidate.steps):
-                    raise ValueError(
-                        f"{type(self.scorer).__name__} returned {len(candidate_scores)} scores for a candidate of "
-                        f"{len(candidate.steps)} steps (question {row})"
-                    )
-                step_scores[i] = [float(s) for s in candidate_scores]
-                if not all(math.isfinite(s) for s in step_scores[i]):
-                    counts["invalid_score"] += 1
-                    rewards[i] = self.invalid_score_reward
-                    continue
-                rewards[i] = aggregate(candidate_scores, self.aggregation)
-                counts["scored"] += 1
+            scored = self._score_candidates(question, candidates, counts)
+            for i, (reward, scores) in zip(to_score, scored):
+                rewards[i], step_scores[i] = reward, scores
         return rewards, step_scores
+
+    def _unscorable(
+        self,
+        question: Mapping[str, Any],
+        prompt_tokens: EncodedPrompt | None,
+        i: int,
+        text: str,
+        steps: Sequence[str],
+    ) -> str | None:
+        """Why the PRM cannot score completion `i` (the `counts` key of its case), or None when it can."""
+        if not _is_unicode(text):  # a lone surrogate: no tokenizer can encode it
+            logger.warning("%s: question %s: completion %d is not valid Unicode (a lone surrogate); reward %r",
+                           self.__name__, question.get("id", "?"), i, self.invalid_input_reward)  # fmt: skip
+            return "invalid_input"
+        if not steps:
+            return "no_steps"
+        if self._too_long(prompt_tokens, question, steps):
+            return "overlong"
+        return None
+
+    def _score_candidates(
+        self, question: Mapping[str, Any], candidates: Sequence[Candidate], counts: dict[str, int]
+    ) -> list[tuple[float | None, list[float]]]:
+        """(reward, step scores) per candidate, from one scorer call; a non-finite step score gets
+        `invalid_score_reward`."""
+        row = question.get("id", "?")
+        scores = self.scorer.score(question, candidates)
+        counts["scorer_calls"] += 1
+        if len(scores) != len(candidates):
+            raise ValueError(
+                f"{type(self.scorer).__name__} returned {len(scores)} score lists for {len(candidates)} candidates"
+            )
+        out: list[tuple[float | None, list[float]]] = []
+        for candidate, candidate_scores in zip(candidates, scores):
+            if len(candidate_scores) != len(candidate.steps):
+                raise ValueError(
+                    f"{type(self.scorer).__name__} returned {len(candidate_scores)} scores for a candidate of "
+                    f"{len(candidate.steps)} steps (question {row})"
+                )
+            step_scores = [float(s) for s in candidate_scores]
+            if not all(math.isfinite(s) for s in step_scores):
+                counts["invalid_score"] += 1
+                out.append((self.invalid_score_reward, step_scores))
+                continue
+            out.append((aggregate(candidate_scores, self.aggregation), step_scores))
+            counts["scored"] += 1
+        return out
 
     # ---- TRL's reward-function call ------------------------------------------------------------------------
 
@@ -331,17 +359,7 @@ class VLPRMReward:
                 f"{self.__name__}: prompt_column {self.prompt_column!r} is not a dataset column; columns passed: "
                 f"{sorted(k for k in kwargs if k not in ('trainer_state', 'log_extra', 'log_metric'))}"
             )
-        questions = []
-        for i, prompt in enumerate(prompts):
-            row_images = images[i] if images is not None else None
-            if row_images is None and kwargs.get("image") is not None:  # TRL's single-image column
-                row_images = [kwargs["image"][i]] if kwargs["image"][i] is not None else []
-            if row_images is None:
-                row_images = prompt_images(prompt)
-            prm_prompt = kwargs[self.prompt_column][i] if self.prompt_column else prompt
-            row_id = kwargs["id"][i] if "id" in kwargs else i
-            questions.append({"id": row_id, "prompt": prm_prompt, "images": list(row_images or [])})
-
+        questions = self._questions(prompts, images, kwargs)
         groups: dict[str, list[int]] = {}
         for i, question in enumerate(questions):
             groups.setdefault(group_key(question["prompt"], question["images"]), []).append(i)
@@ -357,9 +375,39 @@ class VLPRMReward:
 
         # Kept for `VLPRMGRPOTrainer`, which turns the step scores of this call into per-token advantages.
         self.last_step_scores = step_scores
+        self._record(len(completions), len(groups), counts, step_scores, log_metric, log_extra)
+        return rewards
+
+    def _questions(
+        self, prompts: Sequence[Any], images: Sequence[Any] | None, columns: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Per row, the question as the PRM reads it: id, prompt (`prompt_column` or the policy's) and images (the
+        `images` column, else TRL's single `image` column, else the images inside the chat prompt)."""
+        questions = []
+        for i, prompt in enumerate(prompts):
+            row_images = images[i] if images is not None else None
+            if row_images is None and columns.get("image") is not None:  # TRL's single-image column
+                row_images = [columns["image"][i]] if columns["image"][i] is not None else []
+            if row_images is None:
+                row_images = prompt_images(prompt)
+            prm_prompt = columns[self.prompt_column][i] if self.prompt_column else prompt
+            row_id = columns["id"][i] if "id" in columns else i
+            questions.append({"id": row_id, "prompt": prm_prompt, "images": list(row_images or [])})
+        return questions
+
+    def _record(
+        self,
+        completions: int,
+        groups: int,
+        counts: Mapping[str, int],
+        step_scores: list[list[float] | None],
+        log_metric: Callable[[str, float], None] | None,
+        log_extra: Callable[[str, list], None] | None,
+    ) -> None:
+        """Add one call's counts to `stats` and log them (per call) through TRL's callbacks."""
         self.stats.calls += 1
-        self.stats.completions += len(completions)
-        self.stats.groups += len(groups)
+        self.stats.completions += completions
+        self.stats.groups += groups
         for key, value in counts.items():
             setattr(self.stats, key, getattr(self.stats, key) + value)
         if log_metric is not None:
@@ -368,7 +416,6 @@ class VLPRMReward:
             log_metric(f"{self.__name__}/scorer_calls", float(counts["scorer_calls"]))
         if log_extra is not None:
             log_extra(f"{self.__name__}_step_scores", step_scores)
-        return rewards
 
     def __repr__(self) -> str:
         scorer = type(self.scorer).__name__

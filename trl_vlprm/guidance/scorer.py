@@ -107,6 +107,19 @@ class PRMScorer:
         self.head = head or getattr(config, "prm_head", None) or "value"
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        self.layout = self._resolve_layout(config, layout, step_separator)
+        self.step_separator = self.layout.step_separator
+        self.encoder = PRMEncoder(processing_class, self.layout)
+        self.batch_size = batch_size
+        self.reuse_prefix = reuse_prefix
+        self.token_ids: tuple[int, int] | None = self._verdict_token_ids(model) if self.head == "generative" else None
+        self.is_vision = is_vision_processor(processing_class)
+        self.family = family_of_processor(processing_class)  # None: a text tokenizer (1-D positions)
+        self._cached_prefix: _Prefix | None = None
+
+    @staticmethod
+    def _resolve_layout(config: Any, layout: PRMLayout | None, step_separator: str | None) -> PRMLayout:
+        """The given layout, else the checkpoint's, else "steps"; `step_separator`, when given, replaces its own."""
         trained = getattr(config, "prm_step_separator", None)
         if step_separator is not None and trained is not None and step_separator != trained:
             logger.warning(
@@ -115,28 +128,25 @@ class PRMScorer:
                 step_separator,
                 trained,
             )
-        self.layout = layout or PRMLayout.from_config(config) or PRMLayout(step_separator=DEFAULT_STEP_SEPARATOR)
+        layout = layout or PRMLayout.from_config(config) or PRMLayout(step_separator=DEFAULT_STEP_SEPARATOR)
         if step_separator is not None:
-            self.layout = replace(self.layout, step_separator=step_separator)
-        self.step_separator = self.layout.step_separator
-        self.encoder = PRMEncoder(processing_class, self.layout)
-        self.batch_size = batch_size
-        self.reuse_prefix = reuse_prefix
-        self.token_ids: tuple[int, int] | None = None
-        if self.head == "generative":
-            positive = getattr(config, "prm_positive_token_id", None)
-            negative = getattr(config, "prm_negative_token_id", None)
-            has_ids = positive is not None and negative is not None
-            self.token_ids = (
-                (positive, negative)
-                if has_ids
-                else prm_token_ids(self.tokenizer, self.layout.positive_token, self.layout.negative_token)
-            )
-            verdicts = (self.layout.positive_token, self.layout.negative_token)
-            check_verdict_tokens(model, self.token_ids, verdicts, where=getattr(config, "_name_or_path", "the PRM"))
-        self.is_vision = is_vision_processor(processing_class)
-        self.family = family_of_processor(processing_class)  # None: a text tokenizer (1-D positions)
-        self._cached_prefix: _Prefix | None = None
+            layout = replace(layout, step_separator=step_separator)
+        return layout
+
+    def _verdict_token_ids(self, model: PreTrainedModel) -> tuple[int, int]:
+        """The generative head's (positive, negative) token ids: the checkpoint's, else the layout's tokens' ids."""
+        config = model.config
+        positive = getattr(config, "prm_positive_token_id", None)
+        negative = getattr(config, "prm_negative_token_id", None)
+        has_ids = positive is not None and negative is not None
+        token_ids = (
+            (positive, negative)
+            if has_ids
+            else prm_token_ids(self.tokenizer, self.layout.positive_token, self.layout.negative_token)
+        )
+        verdicts = (self.layout.positive_token, self.layout.negative_token)
+        check_verdict_tokens(model, token_ids, verdicts, where=getattr(config, "_name_or_path", "the PRM"))
+        return token_ids
 
     @classmethod
     def from_pretrained(
@@ -299,15 +309,9 @@ class PRMScorer:
         """
         if not candidates:
             return [], []
-        prefix = self._encode_prefix(question)
-        if self.reuse_prefix and self._cached_prefix is not None and self._cached_prefix.same_as(prefix):
-            prefix = self._cached_prefix
-        else:
-            self._run_prefix(prefix)
-            self._cached_prefix = prefix if self.reuse_prefix else None
+        prefix = self._prefix_with_cache(question)
         prefix_length = prefix.input_ids.shape[1]
         suffixes = self._suffixes(prefix, candidates)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         scores: list[list[float]] = [[] for _ in candidates]
         input_lengths = [
             [(prefix_length if suffix.shares_prefix else 0) + end + 1 for end in suffix.ends] for suffix in suffixes
@@ -322,25 +326,42 @@ class PRMScorer:
         order = sorted(shared, key=lambda i: -len(suffixes[i].input_ids))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            longest = len(suffixes[chunk[0]].input_ids)
-            input_ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), prefix_length + longest), dtype=torch.long)
-            attention_mask[:, :prefix_length] = 1
-            for row, i in enumerate(chunk):
-                ids = suffixes[i].input_ids
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention_mask[row, prefix_length : prefix_length + len(ids)] = 1
-            positions = self._text_positions(prefix.next_position, longest, len(chunk))
-            inputs = {
-                "input_ids": input_ids.to(self.device),
-                "attention_mask": attention_mask.to(self.device),
-                "position_ids": positions.to(self.device),
-                CACHE_KEYWORD: self._expanded_cache(prefix, len(chunk)),
-                "use_cache": True,
-            }
-            for i, probabilities in zip(chunk, self._step_probabilities(inputs, [suffixes[i].ends for i in chunk])):
+            batch = [suffixes[i] for i in chunk]
+            inputs = self._batch_inputs(prefix, batch)
+            for i, probabilities in zip(chunk, self._step_probabilities(inputs, [suffix.ends for suffix in batch])):
                 scores[i] = probabilities
         return scores, input_lengths
+
+    def _prefix_with_cache(self, question: Question) -> _Prefix:
+        """The question's prefix, run once: the kept one when it is the same question (`reuse_prefix`)."""
+        prefix = self._encode_prefix(question)
+        if self.reuse_prefix and self._cached_prefix is not None and self._cached_prefix.same_as(prefix):
+            return self._cached_prefix
+        self._run_prefix(prefix)
+        self._cached_prefix = prefix if self.reuse_prefix else None
+        return prefix
+
+    def _batch_inputs(self, prefix: _Prefix, batch: Sequence[EncodedSteps]) -> dict[str, Any]:
+        """Model inputs for candidates after a run prefix: right-padded suffixes (longest first), a mask over prefix +
+        suffix, positions continuing the prefix's and a copy of its cache per row."""
+        prefix_length = prefix.input_ids.shape[1]
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        longest = len(batch[0].input_ids)
+        input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), prefix_length + longest), dtype=torch.long)
+        attention_mask[:, :prefix_length] = 1
+        for row, suffix in enumerate(batch):
+            ids = suffix.input_ids
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, prefix_length : prefix_length + len(ids)] = 1
+        positions = self._text_positions(prefix.next_position, longest, len(batch))
+        return {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": attention_mask.to(self.device),
+            "position_ids": positions.to(self.device),
+            CACHE_KEYWORD: self._expanded_cache(prefix, len(batch)),
+            "use_cache": True,
+        }
 
     def _score_whole(self, prefix: _Prefix, suffix: EncodedSteps) -> list[float]:
         """One plain forward of a whole sequence (`suffix.input_ids` with the prompt, or prefix + suffix)."""
