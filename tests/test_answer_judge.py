@@ -114,3 +114,21 @@ def test_sweep_samples_record_how_they_were_graded():
     assert [s["vote_answer"] for s in samples] == ["B", "B", None]  # the judge's answer votes too
     assert len(server.requests) == 2  # one per unreadable solution: the vote reuses the grading's answer
     assert "<image>" not in server.requests[0]["body"]["messages"][-1]["content"]
+
+
+def test_eval_config_answer_judge_settings_become_a_judge_config():
+    # `EvalTTSConfig.answer_judge_*` are `JudgeConfig` fields under a prefix, with their own defaults.
+    from trl_vlprm.eval.eval_tts import EvalTTSConfig, _answer_judge_config
+
+    default = _answer_judge_config(EvalTTSConfig())
+    assert (default.judge_base_url, default.judge_model, default.judge_api_key_env) == (
+        None,
+        "gpt-4.1",
+        "OPENAI_API_KEY",
+    )
+    assert default.judge_timeout == JudgeConfig().judge_timeout  # the rest: the judge's own defaults
+    config = EvalTTSConfig(
+        answer_judge_base_url="http://127.0.0.1:9/v1", answer_judge_model="m", answer_judge_api_key_env="KEY"
+    )
+    judge = _answer_judge_config(config)
+    assert (judge.judge_base_url, judge.judge_model, judge.judge_api_key_env) == ("http://127.0.0.1:9/v1", "m", "KEY")

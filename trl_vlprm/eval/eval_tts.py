@@ -14,7 +14,7 @@ import json
 import logging
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from trl_vlprm.guidance.backends import (
     split_label,
 )
 from trl_vlprm.guidance.sampling import SAMPLING_FIELDS, sampling_argument
+from trl_vlprm.labeling.judge import JudgeConfig, judge_argument
 from trl_vlprm.utils.ranks import Ranks
 from trl_vlprm.utils.resume import atomic_write_text, path_fingerprint
 from trl_vlprm.utils.trackers import check_report_to, log_tables
@@ -183,19 +184,16 @@ class EvalTTSConfig:
     answer_kind: str = field(
         default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
     )
-    answer_judge_base_url: str | None = field(
-        default=None,
-        metadata={
-            "help": "OpenAI-compatible endpoint whose model reads the final answer of solutions the rule-based "
-            "grader cannot read (the paper's LLM-judge fallback); None grades with the rules only."
-        },
+    # The answer judge is a `JudgeConfig` under the `answer_judge_` prefix (`_answer_judge_config`), with the paper's
+    # model and OpenAI's key variable as defaults.
+    answer_judge_base_url: str | None = judge_argument(
+        "base_url",
+        None,
+        "OpenAI-compatible endpoint whose model reads the final answer of solutions the rule-based grader cannot "
+        "read (the paper's LLM-judge fallback); None grades with the rules only.",
     )
-    answer_judge_model: str = field(
-        default="gpt-4.1", metadata={"help": "Model name sent to the answer judge (the paper used gpt-4.1)."}
-    )
-    answer_judge_api_key_env: str = field(
-        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the answer judge's bearer token."}
-    )
+    answer_judge_model: str = judge_argument("model", "gpt-4.1")
+    answer_judge_api_key_env: str = judge_argument("api_key_env", "OPENAI_API_KEY")
     output_dir: str = field(
         default="outputs/eval_tts", metadata={"help": "Where samples, tables and plots go; rerunning resumes."}
     )
@@ -316,6 +314,17 @@ def load_benchmark_spec(spec: str):
     return name, load_benchmark(name, source, split, limit, kwargs.get("prompt", "default"))
 
 
+def _answer_judge_config(config: EvalTTSConfig) -> JudgeConfig:
+    """The `answer_judge_*` settings as the `JudgeConfig` they stand for (`answer_judge_model` -> `judge_model`)."""
+    prefix = "answer_judge_"
+    settings = {
+        "judge_" + item.name.removeprefix(prefix): getattr(config, item.name)
+        for item in fields(config)
+        if item.name.startswith(prefix)
+    }
+    return JudgeConfig(**settings)
+
+
 def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     """Load, sample (resuming), derive, and write samples/, results.csv/.md, accuracy_vs_n.png (and the
     process-bench tables when `config.process_benches` is set).
@@ -357,11 +366,8 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     answer_judge = None
     if config.answer_judge_base_url:
         from trl_vlprm.eval.answer_judge import AnswerJudge
-        from trl_vlprm.labeling.judge import JudgeConfig
 
-        answer_judge = AnswerJudge(
-            JudgeConfig(config.answer_judge_base_url, config.answer_judge_model, config.answer_judge_api_key_env)
-        )
+        answer_judge = AnswerJudge(_answer_judge_config(config))
     rows = run_sweep(
         benchmarks,
         policies,

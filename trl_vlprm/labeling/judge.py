@@ -233,6 +233,13 @@ RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx, as the openai client itself
 REPLY_SAMPLE_CHARS = 300
 
 
+def judge_argument(name: str, default: Any, help_text: str | None = None) -> Any:
+    """A run config's field for the `JudgeConfig` setting `judge_<name>` under its own default: the same help sentence,
+    unless `help_text` says what that default means."""
+    declared = JudgeConfig.__dataclass_fields__[f"judge_{name}"]
+    return field(default=default, metadata={"help": help_text or declared.metadata["help"]})
+
+
 def _sample(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= REPLY_SAMPLE_CHARS else text[:REPLY_SAMPLE_CHARS] + "..."
