@@ -246,6 +246,10 @@ if dist.get_rank() == 0:
     report = {"world_size": dist.get_world_size(), "trainer_world_size": trainer.args.world_size, "loss": loss,
               "partitioned": partitioned, "head_outputs": seen, "vocab": lm_head.out_features}
     json.dump(report, open(f"{out}/report.json", "w"))
+# Ranks leave together and tear gloo down before the interpreter does: a rank exiting while its peer still writes
+# can abort in gloo's teardown ("terminate called without an active exception", exit -6), as trl-vlprm train avoids.
+dist.barrier()
+dist.destroy_process_group()
 '''
 
 
