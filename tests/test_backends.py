@@ -20,9 +20,8 @@ from trl_vlprm.guidance.tts import build_policy as tts_policy
 from trl_vlprm.guidance.tts import build_scorer as tts_scorer
 from trl_vlprm.labeling.builder import _make_policy_and_questions
 from trl_vlprm.labeling.config import LabelConfig
-from trl_vlprm.modeling.tiny import build_tiny_vlm
-from trl_vlprm.modeling.tiny_hub import build_tiny_prm
 from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
+from trl_vlprm.testing import build_tiny_prm, build_tiny_vlm
 from trl_vlprm.types import Candidate
 
 DEAD_URL = "http://127.0.0.1:9/v1"  # nothing listens on the discard port: a built ServerPolicy must send nothing

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from trl_vlprm.guidance.vllm_policy import VLLMPolicy
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 
 ENGINE_KWARGS = {"enforce_eager": True, "gpu_memory_utilization": 0.05, "kv_cache_memory_bytes": 32 << 20,
                  "max_num_seqs": 8, "seed": 0}  # fmt: skip

@@ -19,7 +19,7 @@ from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.guidance.vllm_scorer import VLLMScorer, vllm_checkpoint
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 
 # Head sizes of the CPU attention kernels are multiples of 32 (width 128, 4 heads); see tests/test_vllm_policy.py.
 ENGINE_KWARGS = {
