@@ -208,7 +208,7 @@ def shepherd_hub(tmp_path_factory):
     from test_paper_prm import build_llama_like_tokenizer
     from transformers import MistralConfig, MistralForCausalLM
 
-    from trl_vlprm.modeling.tiny_hub import save_to_hub_cache
+    from trl_vlprm.testing import save_to_hub_cache
 
     root = tmp_path_factory.mktemp("shepherd")
     tokenizer = build_llama_like_tokenizer()
