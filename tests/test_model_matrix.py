@@ -19,7 +19,8 @@ from trl import GRPOConfig, GRPOTrainer
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
 from trl_vlprm.guidance.hf_policy import HFPolicy
 from trl_vlprm.guidance.policy import Candidate
-from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset
+from trl_vlprm.guidance.reward_inputs import completion_text
+from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled
 from trl_vlprm.modeling.families import get_family

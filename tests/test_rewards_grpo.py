@@ -18,7 +18,8 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
 from trl_vlprm.data.answers import grade
 from trl_vlprm.guidance.policy import Candidate
-from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset, outcome_reward
+from trl_vlprm.guidance.reward_inputs import completion_text
+from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset, outcome_reward
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
