@@ -24,8 +24,7 @@ from trl_vlprm.guidance.vllm_scorer import VLLMScorer
 from trl_vlprm.guidance.vllm_server import launch_vllm_server
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
-from trl_vlprm.modeling.tiny_hub import save_to_hub_cache, write_upstream_layout
+from trl_vlprm.testing import build_tiny_vlm, save_to_hub_cache, write_upstream_layout
 
 ENGINE_KWARGS = {"enforce_eager": True, "gpu_memory_utilization": 0.05, "kv_cache_memory_bytes": 32 << 20,
                  "max_num_seqs": 8, "seed": 0}  # fmt: skip

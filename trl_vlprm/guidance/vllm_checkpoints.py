@@ -169,10 +169,15 @@ def engine_kwargs(path: str | Path, head: str, tokenizer: Any, token_ids: tuple[
         config = json.loads((Path(path) / "config.json").read_text())
         tied = bool(config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings")))
         overrides = {"classifier_from_token": tokens, "method": "no_post_processing"}
-        # vLLM reads the overrides from the text config of a VLM; transformers 5.19's Qwen2-VL text config lacks
-        # `tie_word_embeddings`, which vLLM's conversion reads.
         kwargs["convert"] = "classify"
-        kwargs["hf_overrides"] = {**overrides, "text_config": {**overrides, "tie_word_embeddings": tied}}
+        if "text_config" in config:
+            # vLLM reads the overrides from the text config of a VLM; transformers 5.19's Qwen2-VL text config lacks
+            # `tie_word_embeddings`, which vLLM's conversion reads.
+            kwargs["hf_overrides"] = {**overrides, "text_config": {**overrides, "tie_word_embeddings": tied}}
+        else:
+            # A text-only PRM (Math-Shepherd): a `text_config` override would become the config vLLM reads its heads
+            # from, and the engine would refuse it ("does not have `num_attention_heads`").
+            kwargs["hf_overrides"] = overrides
     return kwargs
 
 

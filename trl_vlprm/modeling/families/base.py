@@ -17,7 +17,7 @@ A family covers one or more transformers `model_type`s that share a processor, a
 - **scoring**: whether a shared question prefix gives exactly the scores of whole forwards (`exact_prefix_sharing`);
 - **vLLM**: where vLLM's classifier looks for a value head's weights.
 
-Tiny random models of each family (tests, demo) are built in `trl_vlprm.modeling.tiny_models`, not here: nothing in
+Tiny random models of each family (tests, demo) are built in `trl_vlprm.testing.tiny_models`, not here: nothing in
 an adapter exists only for tests.
 
 A family registers itself with `@register_model_family` in its own module of `trl_vlprm.modeling.families` (every
