@@ -163,6 +163,9 @@ def test_image_token_counts_match_the_processor(tiny, size):
     assert encoded.input_ids.count(image_token_id) == emitted
     # the whole expansion, markers included, is the processor's own
     assert encoded.input_ids == processor(text=[text], images=[image])["input_ids"][0]
+    # and an engine that expands images itself (vLLM) gets back the template's placeholder, markers and all
+    unexpanded = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert family.collapse_image_tokens(processor, encoded.input_ids, [image]) == unexpanded != encoded.input_ids
     if family.token_types_input is not None:
         assert sum(encoded.mm_token_type_ids) == emitted
 

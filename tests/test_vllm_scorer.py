@@ -16,7 +16,8 @@ from safetensors import safe_open
 from trl_vlprm.guidance.backends import build_scorer
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.guidance.scorer import PRMScorer
-from trl_vlprm.guidance.vllm_scorer import VLLMScorer, vllm_checkpoint
+from trl_vlprm.guidance.vllm_checkpoints import vllm_checkpoint
+from trl_vlprm.guidance.vllm_scorer import VLLMScorer
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.testing import build_tiny_vlm
