@@ -89,6 +89,11 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
         "`HFPolicy`, `VLLMPolicy`, `ServerPolicy` (`sampling=` or its fields as keywords); `TTSArguments` fills it",
     ),
     ConfigEntry(
+        "trl_vlprm.guidance.sampling:PolicyTextArguments",
+        "Guidance",
+        "`EvalTTSConfig`, `TTSArguments` and `LabelConfig` (the step separator and system prompt of their policies)",
+    ),
+    ConfigEntry(
         "trl_vlprm.guidance.sampling:SamplingArguments",
         "Guidance",
         "the sampling fields of `TTSArguments` and `LabelConfig` (each a `SamplingConfig` field)",

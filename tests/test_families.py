@@ -31,8 +31,7 @@ from trl_vlprm.modeling.families import (
 )
 from trl_vlprm.modeling.heads import as_token_classification_model, load_prm, value_head_class
 from trl_vlprm.modeling.processor import build_processor, load_processor, read_model_type
-from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_tokenizer, build_tiny_vlm
-from trl_vlprm.modeling.tiny_models import TINY_SPECS, get_tiny_spec
+from trl_vlprm.testing import TINY_SPECS, build_tiny_text_prm, build_tiny_tokenizer, build_tiny_vlm, get_tiny_spec
 
 PACKAGE = Path(trl_vlprm.__file__).parent
 MODEL_TYPES = supported_model_types()
@@ -164,6 +163,9 @@ def test_image_token_counts_match_the_processor(tiny, size):
     assert encoded.input_ids.count(image_token_id) == emitted
     # the whole expansion, markers included, is the processor's own
     assert encoded.input_ids == processor(text=[text], images=[image])["input_ids"][0]
+    # and an engine that expands images itself (vLLM) gets back the template's placeholder, markers and all
+    unexpanded = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert family.collapse_image_tokens(processor, encoded.input_ids, [image]) == unexpanded != encoded.input_ids
     if family.token_types_input is not None:
         assert sum(encoded.mm_token_type_ids) == emitted
 
@@ -259,7 +261,7 @@ def test_tiny_model_of_each_family(tiny):
 
 def test_family_base_class_lists_what_a_new_family_implements():
     """The abstract methods are the minimum a family file implements; the rest have working defaults (heads come from
-    the factory, tiny test models from `trl_vlprm.modeling.tiny_models`)."""
+    the factory, tiny test models from `trl_vlprm.testing.tiny_models`)."""
     assert ModelFamily.__abstractmethods__ == {
         "image_processor",
         "processor",
@@ -275,9 +277,9 @@ ALLOWED_FILES = {
     "modeling/families/qwen_vl.py",
     "modeling/families/qwen3_vl.py",
     "modeling/families/llava.py",  # refuses models with multi-axis rope by the name of the method computing it
-    "modeling/tiny_models/qwen_vl.py",
+    "testing/tiny_models/qwen_vl.py",
     "modeling/presets.py",
-    "modeling/tiny_hub.py",
+    "testing/tiny_hub.py",
 }
 QWEN_VL_SPECIFICS = re.compile(
     r"qwen2(_5)?_?vl"  # class names, model types, transformers module names
@@ -398,7 +400,7 @@ def test_a_saved_model_of_no_family_is_named_before_its_tokenizer_is_read(tmp_pa
 def test_every_model_type_loads_by_its_published_repo_id(tiny_hub):
     """The tiny hub cache serves each model type under a published repo id, in the published file layout; the
     processor and both heads load from it by id, every backbone tensor found (`load_prm` raises otherwise)."""
-    from trl_vlprm.modeling.tiny_hub import TINY_HUB_BASE_MODELS
+    from trl_vlprm.testing import TINY_HUB_BASE_MODELS
 
     first_id = {}
     for repo_id, (model_type, _) in TINY_HUB_BASE_MODELS.items():

@@ -108,7 +108,7 @@ def test_misreads_change_the_answer_detail_the_last_word(learnable, monkeypatch)
 
 
 def test_testbed_words_are_whole_tokens():
-    from trl_vlprm.modeling.tiny import build_tiny_tokenizer
+    from trl_vlprm.testing import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(extra_corpus=corpus_text())
     for word in [*PALETTE, "triangle", "square", "pentagon", "hexagon", "sides", "shape", "answer"]:
@@ -120,7 +120,7 @@ def test_testbed_words_are_whole_tokens():
 def test_tiny_factory_exposes_layers_heads_and_vision_width(tmp_path):
     from transformers import AutoConfig
 
-    from trl_vlprm.modeling.tiny import build_tiny_vlm, tiny_vlm_config
+    from trl_vlprm.testing import build_tiny_vlm, tiny_vlm_config
 
     path = build_tiny_vlm(tmp_path / "m", num_layers=3, num_heads=2, vision_width=48, initializer_range=0.05)
     config = AutoConfig.from_pretrained(path)
@@ -134,7 +134,7 @@ def test_tiny_factory_exposes_layers_heads_and_vision_width(tmp_path):
 
 
 def build_tiny_tokenizer_cached():
-    from trl_vlprm.modeling.tiny import build_tiny_tokenizer
+    from trl_vlprm.testing import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 

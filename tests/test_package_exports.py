@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-PACKAGES = ["data", "testbed", "modeling", "trainer", "guidance", "labeling", "eval", "utils"]
+PACKAGES = ["data", "testbed", "modeling", "trainer", "guidance", "labeling", "eval", "utils", "testing"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -153,8 +153,7 @@ def test_step_search_preset_runs_on_tiny_models(tmp_path):
 
     from trl_vlprm.guidance.strategies import SearchConfig
     from trl_vlprm.guidance.tts import TTSArguments
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
-    from trl_vlprm.modeling.tiny_hub import build_tiny_prm
+    from trl_vlprm.testing import build_tiny_prm, build_tiny_vlm
 
     spec = importlib.util.spec_from_file_location("tts_recipe", Path(__file__).parent.parent / "recipes" / "tts.py")
     recipe = importlib.util.module_from_spec(spec)

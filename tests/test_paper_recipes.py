@@ -109,8 +109,7 @@ def test_quantization_flag_reaches_the_loader(tiny_hub, tmp_path, small_supervis
 
 @pytest.mark.slow
 def test_model_revision_flag_trains_that_revision(tiny_hub, tmp_path, small_supervision_path):
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
-    from trl_vlprm.modeling.tiny_hub import save_to_hub_cache, write_upstream_layout
+    from trl_vlprm.testing import build_tiny_vlm, save_to_hub_cache, write_upstream_layout
 
     other = write_upstream_layout(build_tiny_vlm(tmp_path / "other", arch="qwen2_5_vl", seed=123))
     save_to_hub_cache(other, "Qwen/Qwen2.5-VL-3B-Instruct", tiny_hub / "hub", revision="tiny-other")

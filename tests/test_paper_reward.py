@@ -21,7 +21,7 @@ from trl_vlprm.guidance.strategies import SearchConfig, run_best_of_n, run_step_
 from trl_vlprm.guidance.strategies.base import whole_solutions
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 from trl_vlprm.trainer.tokenization import encode_steps
 
 # ---------------------------------------------------------------- the reference, written from the paper's code

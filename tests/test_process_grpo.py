@@ -18,11 +18,12 @@ from trl import GRPOConfig, GRPOTrainer
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.process_advantages import process_token_advantages
 from trl_vlprm.guidance.process_grpo import VLPRMGRPOConfig, VLPRMGRPOTrainer
-from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset
+from trl_vlprm.guidance.reward_inputs import completion_text
+from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny_hub import build_tiny_prm
 from trl_vlprm.testbed.generator import generate_puzzles
+from trl_vlprm.testing import build_tiny_prm
 
 SEPARATOR = " "  # the random tiny policy writes many spaces: completions of many steps
 

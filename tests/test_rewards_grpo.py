@@ -18,12 +18,13 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
 from trl_vlprm.data.answers import grade
 from trl_vlprm.guidance.policy import Candidate
-from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset, outcome_reward
+from trl_vlprm.guidance.reward_inputs import completion_text
+from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset, outcome_reward
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
 from trl_vlprm.testbed.generator import generate_puzzles
+from trl_vlprm.testing import build_tiny_vlm
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SEPARATOR = " "  # the tiny PRM's saved separator; the random policy's text holds many, so completions have many steps

@@ -16,10 +16,11 @@ from safetensors import safe_open
 from trl_vlprm.guidance.backends import build_scorer
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.guidance.scorer import PRMScorer
-from trl_vlprm.guidance.vllm_scorer import VLLMScorer, vllm_checkpoint
+from trl_vlprm.guidance.vllm_checkpoints import vllm_checkpoint
+from trl_vlprm.guidance.vllm_scorer import VLLMScorer
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 
 # Head sizes of the CPU attention kernels are multiples of 32 (width 128, 4 heads); see tests/test_vllm_policy.py.
 ENGINE_KWARGS = {
@@ -185,3 +186,104 @@ def test_value_view_renames_only_the_head(tmp_path):
     generative = save_prm(base, tmp_path / "gen", "generative")
     assert vllm_checkpoint(generative, tmp_path / "cache") == generative.resolve()  # nothing to convert
     assert not list((tmp_path / "cache" / "vllm").glob("*.partial-*"))
+
+
+# ---- a text PRM (Math-Shepherd's layout, no image) ----------------------------------------------------------------
+
+SHEPHERD = "peiyi9979/math-shepherd-mistral-7b-prm"
+SHEPHERD_SOLUTIONS = [
+    ["Step 1: 3 + 4 = 7", "Step 2: The answer is 7"],
+    ["Step 1: She sells 16 - 3 - 4 = 9 eggs", "Step 2: 9 * 2 = 18 dollars", "Step 3: The answer is: 18"],
+    ["Step 1: 2 / 2 = 1"],
+    ["Step 1: 3 + 4 = 7", "Step 2: 9 * 2 = 18 dollars", "Step 3: The answer is 7"],
+    ["Step 1: She sells 16 - 3 - 4 = 9 eggs", "Step 2: The answer is: 18"],
+]
+
+
+@pytest.fixture(scope="module")
+def shepherd_hub(tmp_path_factory):
+    """An offline hub cache holding a tiny Mistral causal LM (width 128: head size 32, as the CPU kernels need) with a
+    sentencepiece-like tokenizer under Math-Shepherd's id, no PRM metadata: only the preset says how to score it (the
+    "text" layout: `f"{question} {step} ки\\n{step} ки"`, P(+) against `-` at every step tag)."""
+    from huggingface_hub import constants
+    from test_paper_prm import build_llama_like_tokenizer
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from trl_vlprm.testing import save_to_hub_cache
+
+    root = tmp_path_factory.mktemp("shepherd")
+    tokenizer = build_llama_like_tokenizer()
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, sliding_window=None,
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(5)
+    MistralForCausalLM(config).save_pretrained(root / "prm")
+    tokenizer.save_pretrained(root / "prm")
+    assert not any(k.startswith("prm_") for k in json.loads((root / "prm" / "config.json").read_text()))
+    save_to_hub_cache(root / "prm", SHEPHERD, cache_dir=root / "hub")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {"HF_HUB_CACHE": root / "hub", "HF_HUB_OFFLINE": 1, "TRANSFORMERS_OFFLINE": 1}.items():
+            patch.setenv(name, str(value))
+        patch.setattr(constants, "HF_HUB_CACHE", str(root / "hub"))
+        patch.setattr(constants, "HF_HUB_OFFLINE", True)
+        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        yield root
+
+
+@pytest.fixture(scope="module")
+def shepherd_reference(shepherd_hub):
+    scorer = PRMScorer.from_pretrained(SHEPHERD)
+    assert scorer.head == "generative" and scorer.layout.name == "text" and scorer.layout.step_separator == " ки"
+    return scorer
+
+
+SHEPHERD_QUESTION = {"id": "s1", "prompt": "Janet has 3 apples and buys 4 more. How many apples does she have?"}
+
+
+def max_step_difference(got, expected) -> float:
+    assert [len(row) for row in got] == [len(row) for row in expected] and sum(map(len, expected)) > 0
+    return max(abs(a - b) for g, e in zip(got, expected) for a, b in zip(g, e))
+
+
+def test_text_prm_by_id_on_the_engine_equals_prm_scorer(shepherd_hub, shepherd_reference):
+    engine = {"llm_kwargs": ENGINE_KWARGS, "dtype": "float32", "max_model_len": 512}
+    scorer = build_scorer(f"vllm:{SHEPHERD}", defaults=engine)
+    try:
+        assert isinstance(scorer, VLLMScorer) and scorer.layout == shepherd_reference.layout
+        candidates = [Candidate(steps=s) for s in SHEPHERD_SOLUTIONS]
+        expected, expected_lengths = shepherd_reference.score_with_input_lengths(SHEPHERD_QUESTION, candidates)
+        got, lengths = scorer.score_with_input_lengths(SHEPHERD_QUESTION, candidates)
+        difference = max_step_difference(got, expected)
+        print(f"in-process vLLM vs PRMScorer, text layout: max |dP(+)| = {difference:.2e}")
+        assert difference < TOLERANCE
+        assert lengths == expected_lengths
+        assert np.ptp(np.concatenate(expected)) > 1e-3  # scores differ: no constant matching a constant
+    finally:
+        del scorer.llm
+        gc.collect()
+
+
+def test_text_prm_by_id_served_equals_prm_scorer(shepherd_hub, shepherd_reference):
+    from trl_vlprm.guidance.server_scorer import ServerPRMScorer, prm_server_args
+    from trl_vlprm.guidance.vllm_server import launch_vllm_server
+
+    server_args = [
+        "--served-model-name", "shepherd", "--enforce-eager", "--dtype", "float32", "--max-model-len", "512",
+        "--max-num-seqs", "16", "--gpu-memory-utilization", "0.05", "--kv-cache-memory-bytes", str(32 << 20),
+        "--seed", "0",
+    ]  # fmt: skip
+    with launch_vllm_server(prm_server_args(SHEPHERD), server_args, shepherd_hub / "serve.log", timeout=300) as url:
+        scorer = ServerPRMScorer.from_pretrained(url, SHEPHERD)
+        try:
+            assert scorer.layout == shepherd_reference.layout
+            candidates = [Candidate(steps=s) for s in SHEPHERD_SOLUTIONS]
+            expected, expected_lengths = shepherd_reference.score_with_input_lengths(SHEPHERD_QUESTION, candidates)
+            got, lengths = scorer.score_with_input_lengths(SHEPHERD_QUESTION, candidates)
+        finally:
+            scorer.close()
+    difference = max_step_difference(got, expected)
+    print(f"served vLLM vs PRMScorer, text layout: max |dP(+)| = {difference:.2e}")
+    assert difference < TOLERANCE
+    assert lengths == expected_lengths and scorer.counters["requests"] == len(candidates)

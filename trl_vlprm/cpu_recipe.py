@@ -78,8 +78,8 @@ class CPURecipe:
 
     def build_model(self, path: str | Path) -> Path:
         """The tiny random Qwen2-VL (tokenizer trained on the testbed text), written to `path` unless present."""
-        from trl_vlprm.modeling.tiny import build_tiny_vlm
         from trl_vlprm.testbed import testbed_corpus
+        from trl_vlprm.testing import build_tiny_vlm
 
         path = Path(path)
         if not (path / "model.safetensors").exists():

@@ -30,7 +30,7 @@ from trl_vlprm.guidance.backends import (
     parse_spec,
     split_label,
 )
-from trl_vlprm.guidance.sampling import SAMPLING_FIELDS, sampling_argument
+from trl_vlprm.guidance.sampling import SAMPLING_FIELDS, PolicyTextArguments
 from trl_vlprm.labeling.judge import JudgeConfig, judge_argument
 from trl_vlprm.utils.ranks import Ranks
 from trl_vlprm.utils.resume import atomic_write_text, path_fingerprint
@@ -79,8 +79,10 @@ def policy_backends(config: EvalTTSConfig) -> dict[str, Backend]:
 
 
 @dataclass
-class EvalTTSConfig:
-    """Settings of `recipes/eval_tts.py` (readable by `trl.TrlParser` from YAML).
+class EvalTTSConfig(PolicyTextArguments):
+    """Settings of `recipes/eval_tts.py` (readable by `trl.TrlParser` from YAML). Every model policy also takes the
+    run's `step_separator` and `system_prompt` (`PolicyTextArguments`: a spec cannot hold a newline or free text);
+    its other sampling settings are its spec's own keywords. A PRM reads steps with the separator it was trained with.
 
     Args:
         benchmarks: benchmark specs "name" or "name:source,split=...,limit=...,prompt=paper" with name a key of
@@ -109,9 +111,6 @@ class EvalTTSConfig:
         selections: outcome selections (see the module docstring), e.g. "majority", "best_of_n:min".
         n_values: the N to report; `max(n_values)` solutions are sampled per question.
         num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
-        step_separator: text that ends a step in a model policy's output (specs cannot hold it: it is a newline). A
-            PRM reads steps with the separator it was trained with.
-        system_prompt: system prompt of model policies (vllm/hf); None for none.
         answer_kind: grading kind when a question has no `answer_kind` column ("auto" reads it from the answer).
         answer_judge_base_url: an OpenAI-compatible endpoint whose model reads the final answer of the solutions
             the rule-based grader cannot read (the paper's LLM-judge fallback); None: rules only.
@@ -178,9 +177,6 @@ class EvalTTSConfig:
         metadata={"help": "The N to report; max(n_values) solutions are sampled per question."},
     )
     num_subsamples: int = field(default=4, metadata={"help": "Random subsets of size N drawn per N."})
-    # The two sampling settings a spec cannot hold (a newline, free text); the rest are each policy spec's own.
-    step_separator: str = sampling_argument("step_separator")
-    system_prompt: str | None = sampling_argument("system_prompt")
     answer_kind: str = field(
         default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
     )

@@ -1,10 +1,10 @@
 """`ServerPRMScorer`: a PRM served by `vllm serve` (pooling runner, `token_classify`), scored over HTTP.
 
 Start the server with `prm_server_args(folder)` (value head: the renamed view `vllm_checkpoint` writes; generative
-head: the LM head's `-`/`+` rows as a two-class classifier), then each candidate is one `/pooling` request: the
-question as chat messages (images as data URLs) and its steps, each followed by the separator, as the start of the
-assistant turn (`continue_final_message`); the server returns every token's class logits and the score of a step is
-read at its last token, through the formula `PRMScorer` uses.
+head: the LM head's `-`/`+` rows as a two-class classifier; see `trl_vlprm.guidance.vllm_checkpoints`), then each
+candidate is one `/pooling` request: the question as chat messages (images as data URLs) and its steps, each
+followed by the separator, as the start of the assistant turn (`continue_final_message`); the server returns every
+token's class logits and the score of a step is read at its last token, through the formula `PRMScorer` uses.
 
 Token layout: an HTTP chat request is tokenized by the server as one text, while the trainer tokenizes every step and
 separator apart. The two agree unless a token of the tokenizer spans a step boundary (with Qwen's BPE, e.g. `".\\n"`
@@ -31,14 +31,9 @@ import torch
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.guidance.server_policy import ServerFleet, chat_messages, image_data_url
+from trl_vlprm.guidance.vllm_checkpoints import vllm_model
 from trl_vlprm.guidance.vllm_policy import render_prompt
-from trl_vlprm.guidance.vllm_scorer import (
-    engine_kwargs,
-    verdict_token_ids,
-    vllm_checkpoint,
-    vllm_prm_config,
-    vllm_prm_layout,
-)
+from trl_vlprm.guidance.vllm_scorer import verdict_token_ids, vllm_prm_config, vllm_prm_layout
 from trl_vlprm.modeling.encoding import PRMEncoder, PRMLayout, encode_steps, image_token_counts, is_vision_processor
 from trl_vlprm.modeling.heads import correct_probability
 from trl_vlprm.modeling.presets import PRMPreset
@@ -61,8 +56,7 @@ def prm_server_args(
     layout, chosen = vllm_prm_layout(name, config, preset)
     tokenizer = get_tokenizer(load_processor(path))
     token_ids = verdict_token_ids(config, tokenizer, layout) if head == "generative" else None
-    folder = vllm_checkpoint(path, cache_dir) if head == "value" else Path(path)
-    kwargs = engine_kwargs(folder, head, tokenizer, token_ids)
+    folder, kwargs = vllm_model(path, head, tokenizer, token_ids, cache_dir)
     args = [str(folder), "--runner", kwargs["runner"], "--pooler-config", json.dumps(kwargs["pooler_config"])]
     if "convert" in kwargs:
         args += ["--convert", kwargs["convert"], "--hf-overrides", json.dumps(kwargs["hf_overrides"])]

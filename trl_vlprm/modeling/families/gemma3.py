@@ -75,6 +75,9 @@ class Gemma3Family(ModelFamily):
     def image_token_counts(self, processing_class: Any, images: Sequence[Any], row: Any = "?") -> list[int]:
         return [processing_class.image_seq_length] * len(images)
 
+    def image_placeholder(self, processing_class: Any) -> str:
+        return processing_class.boi_token
+
     def expand_image_tokens(self, processing_class: Any, text: str, images: Sequence[Any], row: Any = "?") -> str:
         pieces = text.split(processing_class.boi_token)
         if len(pieces) - 1 != len(images):

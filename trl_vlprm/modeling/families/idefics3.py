@@ -26,6 +26,9 @@ class Idefics3Family(LlavaStyleFamily):
     class_name_prefixes = {"Idefics3": "idefics3", "SmolVLM": "smolvlm"}
     vision_marker_tokens = ("<fake_token_around_image>", "<global-img>")
     vision_tower_description = "vision tower (`vision_model`)"
+    # vLLM's Idefics3 keeps `lm_head` beside `model.text_model`, where its generative-to-classifier conversion does not
+    # look (the rows it reads would be uninitialised: scores of NaN); a two-row view serves it instead.
+    vllm_reads_lm_head_rows = False
 
     def vision_token_ids(self, processing_class: Any) -> set[int]:
         # the tile markers `<row_i_col_j>` too: a step holding one would be read as part of an image

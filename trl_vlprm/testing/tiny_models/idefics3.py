@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import CONFIG_MAPPING, PreTrainedTokenizerBase
 
-from trl_vlprm.modeling.tiny_models import TinySpec, register_tiny, text_sizes
+from trl_vlprm.testing.tiny_models import TinySpec, register_tiny, text_sizes
 
 # HuggingFaceTB/SmolVLM-Instruct's template structure: "User:<image>...<end_of_utterance>\nAssistant:".
 TEMPLATE = (

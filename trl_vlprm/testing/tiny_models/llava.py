@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import CONFIG_MAPPING, PreTrainedTokenizerBase
 
-from trl_vlprm.modeling.tiny_models import TinySpec, register_tiny, text_sizes, write_json
+from trl_vlprm.testing.tiny_models import TinySpec, register_tiny, text_sizes, write_json
 
 # llava-hf/llava-1.5-7b-hf's template structure ("USER: <image>\n... ASSISTANT:"), reading string content as well.
 LLAVA_TEMPLATE = (
