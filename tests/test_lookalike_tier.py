@@ -93,7 +93,7 @@ def test_the_real_perturbation_finds_a_colour_in_every_rendered_caption(lookalik
 
 
 def test_the_lookalike_words_are_whole_tokens_and_other_tiers_keep_their_tokenizer():
-    from trl_vlprm.modeling.tiny import build_tiny_tokenizer
+    from trl_vlprm.testing import build_tiny_tokenizer
 
     assert corpus_text() == corpus_text(families="learnable")  # the learnable recipe's tokenizer is unchanged
     tokenizer = build_tiny_tokenizer(extra_corpus=corpus_text(families="lookalike"))
