@@ -21,7 +21,8 @@ Tiny random models of each family (tests, demo) are built in `trl_vlprm.testing.
 an adapter exists only for tests.
 
 A family registers itself with `@register_model_family` in its own module of `trl_vlprm.modeling.families` (every
-module of that package is imported when the package is), so adding a family is one file plus its tests.
+module of that package is imported before the first lookup, `Registry(discover=...)`), so adding a family is one file
+plus its tests.
 """
 
 from __future__ import annotations
@@ -311,7 +312,9 @@ class ModelFamily(abc.ABC):
 
 
 # Model type -> family class; each family registers under every model type it covers.
-MODEL_FAMILIES: Registry[type[ModelFamily]] = Registry("model family", base=ModelFamily)
+MODEL_FAMILIES: Registry[type[ModelFamily]] = Registry(
+    "model family", base=ModelFamily, discover="trl_vlprm.modeling.families"
+)
 _REGISTERED: list[type[ModelFamily]] = []  # registration order, for error messages that list what is supported
 
 
@@ -324,11 +327,13 @@ def register_model_family(cls: type[ModelFamily]) -> type[ModelFamily]:
 
 def supported_model_types() -> tuple[str, ...]:
     """Every model type a registered family covers, in registration order."""
+    MODEL_FAMILIES.discover_entries()
     return tuple(model_type for cls in _REGISTERED for model_type in cls.model_types)
 
 
 def supported_families_text() -> str:
     """ "qwen2_vl, qwen2_5_vl (family qwen_vl)"-style list of what is supported, for error messages."""
+    MODEL_FAMILIES.discover_entries()
     return "; ".join(f"{', '.join(cls.model_types)} (family {cls.name})" for cls in _REGISTERED)
 
 
@@ -344,6 +349,7 @@ def set_generic_family(make: Any) -> None:
 
 @cache
 def _generic_family(model_type: str | None) -> ModelFamily | None:
+    MODEL_FAMILIES.discover_entries()  # families/llava.py installs the generic adapter
     return _GENERIC[0](model_type) if _GENERIC and model_type else None
 
 
@@ -378,6 +384,7 @@ def find_family(model_type: str | None) -> ModelFamily | None:
 
 def model_type_from_class_name(name: str | None) -> str | None:
     """The model type a processing class name (e.g. a saved `processor_class`) belongs to, or None."""
+    MODEL_FAMILIES.discover_entries()
     for cls in _REGISTERED:
         for prefix, model_type in cls.class_name_prefixes.items():
             if name and name.startswith(prefix):
