@@ -92,7 +92,7 @@ class CPURecipe:
                 num_heads=self.num_heads,
                 vision_width=self.vision_width,
                 vocab_size=self.vocab_size,
-                extra_corpus=testbed_corpus(),
+                extra_corpus=testbed_corpus(families=self.families),
                 initializer_range=self.initializer_range,
                 intermediate_size=self.intermediate_size,
             )
