@@ -68,10 +68,12 @@ def policy_backends(config: EvalTTSConfig) -> dict[str, Backend]:
     """The policy backends of a run: the registered ones, with `policy_backend` and `max_new_tokens_cap` applied to
     the in-process model backends (hf, vllm)."""
     backends = {name: POLICY_BACKENDS.get(name) for name in POLICY_BACKENDS}
-    if config.policy_backend == "hf":
-        backends["hf"] = backends["vllm"] = _transformers_only(POLICY_BACKENDS.get("hf"))
-    elif config.policy_backend is not None:
-        backends["hf"] = backends["vllm"] = POLICY_BACKENDS.get(config.policy_backend)
+    if config.policy_backend is not None:
+        chosen = POLICY_BACKENDS.get(config.policy_backend)
+        if config.policy_backend == "hf":
+            chosen = _transformers_only(chosen)
+        backends["hf"] = chosen
+        backends["vllm"] = chosen
     if config.max_new_tokens_cap is not None:
         for name in ("hf", "vllm"):
             backends[name] = _capped(backends[name], config.max_new_tokens_cap)
@@ -380,8 +382,9 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     )
     if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
         return rows
-    rows = with_earlier_rows(rows, Path(config.output_dir) / "results.csv", ("benchmark", "policy", "scorer",
-                                                                             "selection", "n"))  # fmt: skip
+    rows = with_earlier_rows(
+        rows, Path(config.output_dir) / "results.csv", ("benchmark", "policy", "scorer", "selection", "n")
+    )
     write_tables(rows, config.output_dir)
     plot = Path(config.output_dir) / "accuracy_vs_n.png"
     try:
@@ -411,8 +414,14 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         process_rows = with_earlier_rows(process_rows, process_csv, ("bench", "scorer", "steps"))
         write_tables(process_rows, config.output_dir, "process_bench", wide=False)
     settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(config).items()}
-    log_tables(config.report_to, {"results": rows, "process_bench": process_rows}, Path(config.output_dir) / "runs",
-               project="trl_vlprm-eval", config=settings, step_column="n")  # fmt: skip
+    log_tables(
+        config.report_to,
+        {"results": rows, "process_bench": process_rows},
+        Path(config.output_dir) / "runs",
+        project="trl_vlprm-eval",
+        config=settings,
+        step_column="n",
+    )
     return rows
 
 

@@ -49,7 +49,9 @@ def main(args: TTSArguments, search: SearchConfig) -> TTSSummary:
     rank 0 prints the summary of the whole file once every rank is done.
     """
     ranks = Ranks.from_environment()
-    questions, policy, scorer = questions_of(args), build_policy(args), build_scorer(args)
+    questions = questions_of(args)
+    policy = build_policy(args)
+    scorer = build_scorer(args)
     tags = run_tags(args)
     summary = run_tts(questions, args.strategy, policy, scorer, search, args.output_file, run_tags=tags, ranks=ranks)
     if ranks.is_main:
