@@ -42,7 +42,6 @@ MODEL_TYPES = supported_model_types()
 # Registered model types no tiny model can be built for on this machine, and why (tested for that error below).
 NOT_BUILDABLE_HERE = {
     "mistral3": r"'mistral3': its processor PixtralProcessor needs torchvision",
-    "smolvlm": r"'smolvlm': its processor needs a package: Package `num2words` is required",
 }
 TESTED_TYPES = [model_type for model_type in MODEL_TYPES if model_type not in NOT_BUILDABLE_HERE]
 
