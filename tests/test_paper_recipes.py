@@ -148,13 +148,18 @@ def test_quantization_flag_reaches_the_loader(tiny_hub, tmp_path, small_supervis
 
 @pytest.mark.slow
 def test_model_revision_flag_trains_that_revision(tiny_hub, tmp_path, small_supervision_path):
-    from trl_vlprm.testing import build_tiny_vlm, save_to_hub_cache, write_upstream_layout
+    import shutil
 
+    from trl_vlprm.testing import build_tiny_vlm, offline_hub, save_to_hub_cache, write_upstream_layout
+
+    # The second revision goes into this test's own copy of the session's cache: test_hub_ids.py expects one revision.
+    home = shutil.copytree(tiny_hub, tmp_path / "hf", symlinks=True)
     other = write_upstream_layout(build_tiny_vlm(tmp_path / "other", arch="qwen2_5_vl", seed=123))
-    save_to_hub_cache(other, "Qwen/Qwen2.5-VL-3B-Instruct", tiny_hub / "hub", revision="tiny-other")
+    save_to_hub_cache(other, "Qwen/Qwen2.5-VL-3B-Instruct", home / "hub", revision="tiny-other")
     args = [str(ROOT / "recipes" / "train.py"), "--config", str(CONFIGS / "vlprm_qwen2_5_vl_3b.yaml")]
     args += [*CPU_TRAIN_OVERRIDES, "--dataset_name", str(small_supervision_path), "--dataset_format", "records"]
-    _run([*args, "--max_steps", "1", "--model_revision", "tiny-other", "--output_dir", "out"], tmp_path)
+    with offline_hub(home):
+        _run([*args, "--max_steps", "1", "--model_revision", "tiny-other", "--output_dir", "out"], tmp_path)
     trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").state_dict()
     expected = AutoModelForImageTextToText.from_pretrained(build_tiny_vlm(tmp_path / "ref", "qwen2_5_vl", 123))
     key = "model.visual.blocks.0.mlp.up_proj.weight"  # frozen: equals the revision's own weights

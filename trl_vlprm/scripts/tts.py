@@ -35,7 +35,7 @@ def make_parser(prog: str | None = None) -> TrlParser:
 def questions_of(args: TTSArguments):
     """`build_questions`, plus "benchmark:<spec>": an evaluation benchmark (the paper's subsets and prompts)."""
     if args.dataset.startswith("benchmark:"):
-        from trl_vlprm.eval.eval_tts import load_benchmark_spec
+        from trl_vlprm.eval.specs import load_benchmark_spec
 
         questions = load_benchmark_spec(args.dataset.removeprefix("benchmark:"))[1]
         return questions.select(range(min(args.num_questions, len(questions)))) if args.num_questions else questions

@@ -85,7 +85,7 @@ def load_view_questions(spec: str) -> Any:
 
     kind, _, rest = spec.partition(":")
     if kind == "benchmark":
-        from trl_vlprm.eval.eval_tts import load_benchmark_spec
+        from trl_vlprm.eval.specs import load_benchmark_spec
 
         return load_benchmark_spec(rest)[1]
     if kind == "process_bench":
