@@ -34,8 +34,8 @@ ONEVISION_TEMPLATE = (
 )
 # llava-hf/vip-llava-7b-hf's template structure ("###Human: <image>\n...###Assistant:").
 VIPLLAVA_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}###Human: {% elif message['role'] == 'assistant' %}"
-    "###Assistant: {% endif %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}###Human: "
+    "{% elif message['role'] == 'assistant' %}###Assistant: {% endif %}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}###Assistant:{% endif %}"
