@@ -39,7 +39,7 @@ class ConfigEntry(NamedTuple):
     used_by: str
 
 
-# The one place config classes are registered. Add a line here when a config dataclass is added or moved.
+# Every documented config class, in pipeline order: add a line here when a config dataclass is added or moved.
 CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
     ConfigEntry("trl_vlprm.scripts.puzzles:PuzzlesArguments", "Testbed", "`trl-vlprm puzzles`"),
     ConfigEntry(

@@ -132,7 +132,7 @@ def test_tts_arguments_build_through_the_factory(tiny_vlm):
     policy = tts_policy(args)
     assert isinstance(policy, HFPolicy) and policy.sampling == args.sampling()
     assert (policy.sampling.temperature, policy.sampling.top_k, policy.sampling.seed) == (0.3, 5, 2)
-    # A full spec in `policy`: here a served policy, which TTS could not build before the one factory.
+    # A full spec in `policy`: here a served policy, which TTS could not build before it used the backend factory.
     served = tts_policy(TTSArguments(policy=f"server:{DEAD_URL},model=tiny", dataset="q.jsonl", temperature=0.1))
     assert isinstance(served, ServerPolicy) and served.sampling.temperature == 0.1
     served.close()

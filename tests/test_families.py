@@ -7,14 +7,18 @@ The contract tests are parametrized over every registered model type, so a new f
 from __future__ import annotations
 
 import ast
+import inspect
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoModelForTokenClassification
+from transformers import AutoModelForImageTextToText, AutoModelForTokenClassification, ProcessorMixin
+from transformers.video_processing_utils import BaseVideoProcessor
 
 import trl_vlprm
 from trl_vlprm.modeling import families
@@ -38,7 +42,6 @@ MODEL_TYPES = supported_model_types()
 # Registered model types no tiny model can be built for on this machine, and why (tested for that error below).
 NOT_BUILDABLE_HERE = {
     "mistral3": r"'mistral3': its processor PixtralProcessor needs torchvision",
-    "smolvlm": r"'smolvlm': its processor needs a package: Package `num2words` is required",
 }
 TESTED_TYPES = [model_type for model_type in MODEL_TYPES if model_type not in NOT_BUILDABLE_HERE]
 
@@ -243,6 +246,22 @@ def test_a_saved_value_prm_reloads_with_its_head(tiny, tmp_path):
     assert type(reloaded) is type(model)
     expected, got = model.state_dict(), reloaded.state_dict()
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_a_saved_processor_names_its_upstream_class_and_a_video_processor(tiny, tmp_path):
+    """Where torchvision exists, `AutoProcessor` loads a saved folder (`tools/processor_parity.py` runs it): the folder
+    names the upstream class, and where that class demands a video processor, transformers' own lookup finds an entry
+    (without one: "Can't load video processor"); `load_processor` reads the folder back the same."""
+    model_type, path = tiny
+    processor = load_processor(path)
+    processor.save_pretrained(tmp_path)
+    shutil.copy(path / "config.json", tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    upstream = next(k for k in type(processor).__mro__ if k.__module__.startswith("transformers.models"))
+    assert saved["processor_class"] == upstream.__name__ and issubclass(upstream, ProcessorMixin)
+    if "video_processor" in inspect.signature(upstream.__init__).parameters:
+        assert BaseVideoProcessor.get_video_processor_dict(str(tmp_path))[0] == {}
+    assert load_processor(tmp_path)(text=["<x>"])["input_ids"] == processor(text=["<x>"])["input_ids"]
 
 
 def test_tiny_model_of_each_family(tiny):

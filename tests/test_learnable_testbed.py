@@ -69,8 +69,8 @@ def test_learnable_gold_steps_are_one_sentence_of_the_image(learnable):
 
 
 def test_learnable_images_give_nine_image_tokens(tiny_qwen2_vl_path, learnable):
+    from trl_vlprm.modeling.encoding import image_token_counts
     from trl_vlprm.modeling.processor import load_processor
-    from trl_vlprm.trainer.tokenization import image_token_counts
 
     assert image_token_counts(load_processor(tiny_qwen2_vl_path), [learnable[0]["images"][0]]) == [9]
 

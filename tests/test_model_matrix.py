@@ -38,7 +38,10 @@ MATRIX = {
     "llava": "llava_next",
     "gemma3": "gemma3",
     "idefics3": "idefics3",
+    "smolvlm": "smolvlm",  # the idefics3 family's other type: SmolVLM2's processor (num2words, a video stand-in)
     "internvl": "internvl",
+    # a type no family registers: the generic LLaVA-style adapter (multi-layer vision features, its own template)
+    "generic": "vipllava",
 }
 SEPARATOR = " "  # frequent in a random model's output, so generated completions have several steps
 

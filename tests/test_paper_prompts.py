@@ -15,8 +15,8 @@ from trl_vlprm.eval.benchmarks import (
     mathvista_record,
     mmmu_record,
 )
-from trl_vlprm.eval.eval_tts import load_benchmark_spec
 from trl_vlprm.eval.paper_prompts import PAPER_COT_INSTRUCTION, PAPER_POLICY_SYSTEM_PROMPT, algopuzzlevqa_prompt
+from trl_vlprm.eval.specs import load_benchmark_spec
 
 SELECT = "Please select the correct answer from the options above."
 CONFIG = Path(__file__).parent.parent / "recipes" / "configs" / "eval_tts_paper.yaml"

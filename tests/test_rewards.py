@@ -221,7 +221,7 @@ def test_max_length_counts_prm_tokens(scorer):
     prompt, image = QUESTIONS[0]
     question = {"prompt": chat(prompt), "images": [image]}
     tokenizer = scorer.tokenizer
-    from trl_vlprm.trainer.tokenization import encode_prompt, encode_steps
+    from trl_vlprm.modeling.encoding import encode_prompt, encode_steps
 
     prompt_tokens = len(encode_prompt(scorer.processing_class, question["prompt"], question["images"]).input_ids)
     steps = TEXTS[0].split(SEPARATOR)

@@ -1,6 +1,7 @@
 """The model families vLLM 0.32 runs on this CPU (vLLM venv, transformers 5.19): only Idefics3 of the families added
-for issue 21. Qwen3-VL / Qwen3.5 stop at vLLM building the video processor, LLaVA / LLaVA-NeXT / LLaVA-OneVision /
-Gemma 3 / InternVL at vLLM's model modules importing torchvision (docs/models.md, "vLLM"); no test pretends otherwise.
+for issue 21 (and VipLLaVA, served by the generic adapter, through vLLM's Transformers backend). Qwen3-VL / Qwen3.5
+stop at vLLM building the video processor, LLaVA / LLaVA-NeXT / LLaVA-OneVision / Gemma 3 / InternVL at vLLM's model
+modules importing torchvision (docs/models.md, "vLLM"); no test pretends otherwise.
 
 The Idefics3 models here are of width 128 (4 heads of 32: vLLM's CPU attention kernels refuse smaller heads), so they
 are built here rather than taken from the session's tiny hub (width 64); they are placed in a hub cache of their own
@@ -172,3 +173,25 @@ def test_served_idefics3_prm_by_repo_id_equals_prm_scorer(idefics3_hub, question
     difference = max_difference(got, expected)
     print(f"served vLLM vs PRMScorer, Idefics3 generative: max |dP(+)| = {difference:.2e}")
     assert difference < TOLERANCE
+
+
+@pytest.mark.vllm
+def test_vllm_scorer_on_a_type_only_the_generic_adapter_serves(tmp_path, monkeypatch, question):
+    """VipLLaVA (no family registers it; the generic LLaVA-style adapter serves it) runs on vLLM 0.32's CPU engine,
+    unlike the registered LLaVA types: its generative PRM scores as PRMScorer does."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    path = build_tiny_vlm(tmp_path / "vipllava", arch="vipllava", hidden_size=128, seed=1)
+    candidates = group(3)
+    # Before the engine starts: vLLM runs VipLLaVA through its Transformers backend, which patches transformers'
+    # LlamaModel for torch.compile in this process (a later transformers forward fails on `do_not_compile`).
+    expected = PRMScorer.from_pretrained(path, head="generative").score_plain(question, candidates)
+    scorer = VLLMScorer.from_pretrained(
+        path, head="generative", max_model_len=1024, dtype="float32", llm_kwargs=ENGINE_KWARGS
+    )
+    try:
+        difference = max_difference(scorer.score(question, candidates), expected)
+        print(f"in-process vLLM vs PRMScorer, VipLLaVA generative: max |dP(+)| = {difference:.2e}")
+        assert difference < TOLERANCE
+    finally:
+        del scorer.llm
+        gc.collect()

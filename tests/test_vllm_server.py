@@ -216,7 +216,7 @@ def test_labelling_runs_on_the_served_policy(server, puzzles):
 
 def test_label_cli_and_tts_arguments_take_a_served_policy_spec(server, puzzles, tmp_path, capsys):
     """`trl-vlprm label --policy server:<url>,...` and `TTSArguments(policy="server:...")` build the served policy
-    through the one factory (labelling knew only the scripted and transformers policies before)."""
+    through the backend factory (labelling knew only the scripted and transformers policies before)."""
     import re
 
     from trl_vlprm.cli import run

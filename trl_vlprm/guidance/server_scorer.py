@@ -39,6 +39,7 @@ from trl_vlprm.modeling.heads import correct_probability
 from trl_vlprm.modeling.presets import PRMPreset
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
 from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
+from trl_vlprm.utils.http import reply_start, request_json
 
 logger = logging.getLogger(__name__)
 
@@ -94,23 +95,20 @@ class ServerPRMScorer:
         backoff: float = 0.5,
         layout: PRMLayout | None = None,
     ):
-        import httpx
-
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         urls = [url.rstrip("/").removesuffix("/v1") for url in urls]
-        retry_on = (httpx.HTTPError, ValueError, KeyError, IndexError)
+        retry_on = (OSError, ValueError)  # no answer, an error status, or a reply that is not what the route returns
         self.fleet = ServerFleet(
             urls, max_concurrency, request_timeout, max_retries, deadline, backoff, retry_on, None, "ServerPRMScorer"
         )
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key and api_key != "EMPTY" else {}
-        self._http = httpx.Client(headers=headers)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key and api_key != "EMPTY" else {}
         self.processing_class = processing_class
         self.tokenizer = get_tokenizer(processing_class)
         layout = layout or PRMLayout(step_separator=DEFAULT_STEP_SEPARATOR)
         self.layout = replace(layout, step_separator=step_separator) if step_separator else layout
         self.step_separator = self.layout.step_separator
         self.encoder = PRMEncoder(processing_class, self.layout)
-        self.model = model or self._get(0, "/v1/models")["data"][0]["id"]
+        self.model = model or self._served_model()
         self.counters = {"requests": 0, "prompt_tokens": 0, "layout_mismatches": 0}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="server-prm")
@@ -136,10 +134,11 @@ class ServerPRMScorer:
         processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
         return cls(base_urls, processor, layout=layout, **kwargs)
 
-    def _get(self, index: int, route: str) -> dict[str, Any]:
-        response = self._http.get(self.fleet.base_urls[index] + route, timeout=self.fleet.request_timeout)
-        response.raise_for_status()
-        return response.json()
+    def _served_model(self) -> str:
+        """The name of the model the first server serves (`/v1/models`)."""
+        url = self.fleet.base_urls[0] + "/v1/models"
+        reply = request_json(url, headers=self._headers, timeout=self.fleet.request_timeout)
+        return _field(reply, url, "model list", "data", 0, "id")
 
     # ---- layout ---------------------------------------------------------------------------------------------
 
@@ -207,9 +206,9 @@ class ServerPRMScorer:
         qid = question.get("id", "?")
 
         def send(index: int, timeout: float) -> list[list[float]]:
-            response = self._http.post(self.fleet.base_urls[index] + "/pooling", json=body, timeout=timeout)
-            response.raise_for_status()
-            return response.json()["data"][0]["data"]
+            url = self.fleet.base_urls[index] + "/pooling"
+            reply = request_json(url, body, headers=self._headers, timeout=timeout)
+            return _field(reply, url, "token rows", "data", 0, "data")
 
         rows = self.fleet.request(send, f"question {qid}")
         if len(rows) != length:
@@ -249,4 +248,15 @@ class ServerPRMScorer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self._http.close()
+
+
+def _field(reply: Any, url: str, what: str, *path: str | int) -> Any:
+    """`reply[path[0]][path[1]]...`; a reply without it is a `ValueError` naming the URL and showing the reply."""
+    value = reply
+    try:
+        for key in path:
+            value = value[key]
+    except (KeyError, IndexError, TypeError):
+        where = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in path).lstrip(".")
+        raise ValueError(f"{url}: no {what} ({where}) in the reply: {reply_start(json.dumps(reply))!r}") from None
+    return value

@@ -164,9 +164,13 @@ def build_tiny_vlm(
     min_pixels = spec.min_pixels if min_pixels is None else min_pixels
     max_pixels = spec.max_pixels if max_pixels is None else max_pixels
     processor = build_processor(
-        arch, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels,
-        image_processor_settings=spec.image_processor_settings, processor_kwargs=spec.processor_kwargs,
-    )  # fmt: skip
+        arch,
+        tokenizer,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        image_processor_settings=spec.image_processor_settings,
+        processor_kwargs=spec.processor_kwargs,
+    )
     processor.save_pretrained(output_dir)
     model.generation_config.save_pretrained(output_dir)
     return output_dir

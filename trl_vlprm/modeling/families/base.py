@@ -54,7 +54,8 @@ PROCESSOR_FILES = (  # where a saved processor records its class
 
 class ImageOnlyProcessorMixin:
     """For a processor subclass without the video processor (which would need torchvision): saves under the upstream
-    class name, so a saved folder still loads with `AutoProcessor` where torchvision exists."""
+    class name, with an empty video processor entry, so a saved folder still loads with `AutoProcessor` where
+    torchvision exists (`tools/processor_parity.py` checks it)."""
 
     upstream_name: str
 
@@ -66,6 +67,11 @@ class ImageOnlyProcessorMixin:
                 config = json.loads(path.read_text())
                 if config.get("processor_class") == type(self).__name__:
                     config["processor_class"] = self.upstream_name
+                    if name == "processor_config.json":
+                        # The upstream processor demands a video processor. transformers reads this nested entry
+                        # before any video_preprocessor_config.json; empty, it builds the model type's default one
+                        # (without it: "OSError: Can't load video processor"). A PRM reads no videos.
+                        config.setdefault("video_processor", {})
                     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return saved
 
