@@ -17,7 +17,7 @@ from trl_vlprm.data.puzzlevqa import _DETAIL_WORDS, _swap_detail
 from trl_vlprm.eval.process_bench import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer, rank_auc
 from trl_vlprm.testbed import TIERS, ScriptedPolicy, generate_puzzles, read_metadata
 from trl_vlprm.testbed import testbed_corpus as corpus_text  # aliased: pytest would collect "test*" names
-from trl_vlprm.testbed.lookalike import DRAW_PALETTE, PV_PALETTE, RING_HUES, SWAP_COLOURS, hue, shade_rgb, tint
+from trl_vlprm.testbed.lookalike import DRAW_PALETTE, PV_PALETTE, RING_HUES_ALL, SWAP_COLOURS, hue, shade_rgb, tint
 
 COLOUR_WORDS = re.compile(r"\b(" + "|".join(_DETAIL_WORDS["colour"]) + r")\b")
 
@@ -54,7 +54,7 @@ def test_every_family_is_dealt_and_its_gold_reads_back(lookalike):
 
 def test_the_caption_names_exactly_the_colours_the_image_shows(lookalike):
     """Every part's fill is in the image, and no other part colour of the palette is (the check a PRM learns)."""
-    all_fills = {shade_rgb(f"{shade} {c}") for c in RING_HUES for shade in ("light", "dark", "very dark")}
+    all_fills = {shade_rgb(f"{shade} {c}") for c in RING_HUES_ALL for shade in ("light", "dark", "very dark")}
     all_fills |= {rgb for c in DRAW_PALETTE for rgb in (DRAW_PALETTE[c], tint(DRAW_PALETTE[c], 1, 0.3))}
     all_fills -= {(255, 255, 255)}
     for row in lookalike:

@@ -41,9 +41,7 @@ PV_PALETTE: dict[str, tuple[int, int, int]] = {
 }
 # The names a misread draws from: the same eleven as the real bench's perturbation.
 SWAP_COLOURS: tuple[str, ...] = _DETAIL_WORDS["colour"]
-# The tier draws all eleven, not only PuzzleVQA's six: were pink, brown, gray, white and black only ever misread
-# names, a caption holding one would be wrong whatever the image shows, and the PRM learns that text rule instead of
-# looking (measured: it then scored every swap between two of the six, present in the image or not, as correct).
+# Fills of the five names PuzzleVQA never draws, for the variant that draws all eleven (`ALL_COLOURS`).
 EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {
     "pink": (245, 160, 200),
     "brown": (160, 110, 70),
@@ -52,7 +50,12 @@ EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (60, 60, 60),
 }
 DRAW_PALETTE = {**PV_PALETTE, **EXTRA_COLOURS}
-COLOURS = tuple(name for name in SWAP_COLOURS if name in DRAW_PALETTE)
+ALL_COLOURS = tuple(name for name in SWAP_COLOURS if name in DRAW_PALETTE)
+# The colours parts are drawn in: PuzzleVQA's six (default). Then pink, brown, gray, white and black are only ever
+# misread names, as on the real bench, and a PRM learns that text rule rather than looking at the image (measured,
+# docs/testbed.md: it transfers to the real bench for that reason). Set to `ALL_COLOURS` to make every name as
+# likely drawn as misread, so that only the image tells; a tiny PRM did not learn that check within the recipe.
+COLOURS: tuple[str, ...] = tuple(PV_PALETTE)
 # Share of misreads that swap in a colour already present elsewhere in the image (only the counts change). None:
 # draw uniformly from SWAP_COLOURS, as the real perturbation does.
 PRESENT_SWAP_SHARE: float | None = None
@@ -62,7 +65,7 @@ ORDINALS = ("first", "second", "third")
 LENGTHS = {"short": 0.3, "medium": 0.5, "long": 0.75}
 RING_SIZES = ("small", "medium", "large", "extra large")
 SHADES = ("light", "medium", "dark", "very dark")
-RING_HUES = (
+RING_HUES_ALL = (  # the hues drawn in four shades
     "red",
     "orange",
     "yellow",
@@ -324,7 +327,7 @@ class NumberTiles(_Coloured):
     num_parts, num_colours = 9, 3
 
     def sample_extra(self, rng, parts):
-        by_colour = dict(zip(COLOURS, rng.sample(range(1, 12), len(COLOURS))))
+        by_colour = dict(zip(ALL_COLOURS, rng.sample(range(1, 12), len(ALL_COLOURS))))
         return {"numbers": [by_colour[c] if c != "?" else 0 for c in parts], "by_colour": by_colour}
 
     def render(self, state, size):
@@ -366,7 +369,7 @@ class ShadeRings(_Coloured):
     question_text = "What is the missing color of the part denoted with a question mark?"
 
     def sample(self, rng):
-        colour = rng.choice(RING_HUES)
+        colour = rng.choice([c for c in RING_HUES_ALL if c in COLOURS])
         order = list(RING_SIZES)
         rng.shuffle(order)
         shades = [f"{SHADES[RING_SIZES.index(s)]} {colour}" for s in order]
