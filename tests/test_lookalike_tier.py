@@ -139,3 +139,23 @@ def test_puzzlevqa_transfer_scores_every_type_of_the_real_bench():
     assert blind.auc() == blind.auc("reasoning") == 0.5
     with pytest.raises(ValueError, match="no scored puzzle"):
         blind.auc("perception", ["triangle"])
+
+
+class ImageReadingScorer:
+    """Scores a caption 1 when the question's image is the gold record's own (its path names the puzzle's index)."""
+
+    def score(self, question, candidates):
+        own = question["id"].split("#")[0].rsplit("/", 1)[1]
+        reads = question["images"][0].filename.endswith(f"_{own}.png")  # decoded from its file: PIL keeps the path
+        return [[float(reads and s == g) for s, g in zip(c.steps, question["completions"])] for c in candidates]
+
+
+def test_swap_images_gives_each_puzzle_the_next_image_of_its_type():
+    own = puzzlevqa_transfer(ImageReadingScorer(), categories=["color_grid", "venn"], limit_per_category=3)
+    assert own.auc() == 1.0  # every gold caption is scored with its own image
+    swapped = puzzlevqa_transfer(ImageReadingScorer(), categories=["color_grid", "venn"], limit_per_category=3,
+                                 swap_images=True)  # fmt: skip
+    assert swapped.categories == own.categories and swapped.auc() == 0.5  # never its own image: all ties
+    text_only = puzzlevqa_transfer(GoldKnowingScorer(), categories=["color_grid"], limit_per_category=3,
+                                   swap_images=True)  # fmt: skip
+    assert text_only.auc() == 1.0  # a scorer blind to the image keeps its AUC

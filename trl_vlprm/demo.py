@@ -8,8 +8,9 @@ vocabulary; the hybrid-trained PRM is the one used in steps 4-6) -> guard-rails 
 does its best-of-N beat a random pick?) -> guidance (greedy, majority, best-of-N with each aggregation, weighted
 vote, beam search) -> evaluation (accuracy vs N for the PRM, the oracle and a random scorer, table, plot, and a page
 of every step's scores: `trl-vlprm view`) -> real images (both PRMs on PuzzleVQA's process bench: the learnable-tier
-one at chance, the lookalike one ranking gold captions above perturbed ones on the colour-based types, neither on
-the shape, size and number types).
+one at chance; the lookalike one ranks gold captions above perturbed ones on the colour-based types, but from the
+caption's text (a colour name PuzzleVQA never draws is a misread), as scoring against other puzzles' images shows;
+neither is above chance on the shape, size and number types).
 
 Guidance and evaluation run a scripted policy with *systematic* errors: a share of the questions is misread the same
 way in most samples, as real VLMs misread an image, so majority vote converges on the wrong answer there while a
@@ -144,9 +145,10 @@ def view_page(eval_dir: Path, questions) -> Path:
 
 def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[str, dict[str, float]]:
     """Perception AUC (gold over perturbed captions) on PuzzleVQA of the learnable-tier PRM and the lookalike-tier
-    PRM: pooled over the colour-based types, where the lookalike PRM transfers, and over the shape, size and number
-    types, where neither does (a tiny model does not read shapes, relative sizes or digits); then the lookalike
-    PRM's table per type. Skipped, saying so, when the benchmark folder is absent."""
+    PRM: pooled over the colour-based types, the same with every puzzle scored against another puzzle's image (what
+    survives is read from the text: the lookalike PRM's AUC is its rule that PuzzleVQA never draws pink, brown,
+    gray, white or black, docs/testbed.md), and over the shape, size and number types, where neither PRM is above
+    chance; then the lookalike PRM's table per type. Skipped, saying so, when the benchmark folder is absent."""
     from trl_vlprm.data.puzzlevqa import default_benchmarks_root
     from trl_vlprm.eval.process_bench import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer
     from trl_vlprm.guidance.scorer import PRMScorer
@@ -159,16 +161,18 @@ def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[st
     if not (root / "PuzzleVQA" / "data").is_dir():
         print(f"   skipped: no PuzzleVQA in {root}")
         return {}
-    lines = ["   | PRM trained on | colour-based types | shape, size and number types | reasoning (all types) |",
-             "   |---|---|---|---|"]  # fmt: skip
+    lines = ["   | PRM trained on | colour-based types | same, each with the next puzzle's image | shape, size and "
+             "number types | reasoning (all types) |", "   |---|---|---|---|---|"]  # fmt: skip
     results, report = {}, None
     for name, path in (("learnable tier (one shape)", learnable_prm), ("lookalike tier", lookalike_prm)):
-        report = puzzlevqa_transfer(PRMScorer.from_pretrained(path), root, limit_per_category=limit)
+        scorer = PRMScorer.from_pretrained(path)
+        report = puzzlevqa_transfer(scorer, root, limit_per_category=limit)
+        swapped = puzzlevqa_transfer(scorer, root, PUZZLEVQA_COLOUR_TYPES, limit, swap_images=True)
         others = sorted({c for c in report.categories if c not in PUZZLEVQA_COLOUR_TYPES})
-        results[name] = {"colour": report.auc("perception", PUZZLEVQA_COLOUR_TYPES),
+        results[name] = {"colour": report.auc("perception", PUZZLEVQA_COLOUR_TYPES), "colour_swapped": swapped.auc(),
                          "other": report.auc("perception", others), "reasoning": report.auc("reasoning")}  # fmt: skip
         lines.append(f"   | {name} | " + " | ".join(f"{v:.3f}" for v in results[name].values()) + " |")
-    print("   perception AUC (0.5 = chance):")
+    print("   perception AUC (0.5 = chance); an AUC that survives another puzzle's image is read from the text alone:")
     print("\n".join(lines))
     print("   the lookalike-tier PRM, per type:")
     print("\n".join("   " + line for line in report.table()))

@@ -493,6 +493,7 @@ def puzzlevqa_transfer(
     limit_per_category: int | None = None,
     seed: int = 0,
     show_progress: bool = False,
+    swap_images: bool = False,
 ) -> PuzzleVQATransfer:
     """Score PuzzleVQA's gold traces and their perception / reasoning negatives (`puzzlevqa_process_bench`'s records,
     read in place from `root`, default `$TRL_VLPRM_SHARED/benchmarks`) with `scorer`, per puzzle type.
@@ -500,6 +501,10 @@ def puzzlevqa_transfer(
     One scorer call per puzzle holds its three traces (gold, perception negative, reasoning negative). The
     perception AUC compares step 0 (the caption: a perception negative is wrong from it on), the reasoning AUC the
     last step (a reasoning negative differs only there). AlgoPuzzleVQA has no gold captions, so no such bench.
+
+    With `swap_images`, every puzzle is scored with the image of the next puzzle of its type (the last with the
+    first's): a PRM that reads the image loses its AUC there, while one that ranks captions by their text alone
+    (e.g. "a colour name PuzzleVQA never draws is a misread") keeps it.
     """
     from tqdm.auto import tqdm
 
@@ -512,9 +517,19 @@ def puzzlevqa_transfer(
     for record in records:
         question, variant = record["id"].rsplit("#", 1)
         by_question.setdefault(question, {})[variant] = record
+    images = {}
+    if swap_images:
+        by_type: dict[str, list[str]] = {}
+        for question, variants in by_question.items():
+            by_type.setdefault(variants["gold"]["category"], []).append(question)
+        for questions in by_type.values():
+            for k, question in enumerate(questions):
+                images[question] = by_question[questions[(k + 1) % len(questions)]]["gold"]["images"]
     report = PuzzleVQATransfer()
-    for variants in tqdm(by_question.values(), desc="PuzzleVQA transfer", disable=not show_progress):
+    for question, variants in tqdm(by_question.items(), desc="PuzzleVQA transfer", disable=not show_progress):
         gold, perception, reasoning = variants["gold"], variants[PERCEPTION], variants[REASONING]
+        if swap_images:
+            gold = {**gold, "images": images[question]}
         candidates = [
             Candidate(steps=list(r["completions"]), step_types=list(r["step_types"]))
             for r in (gold, perception, reasoning)
