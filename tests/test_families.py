@@ -430,3 +430,42 @@ def test_every_model_type_loads_by_its_published_repo_id(tiny_hub):
         assert family_of_processor(processor).name == get_family(model_type).name
         for head in ("value", "generative"):
             assert load_prm(repo_id, head=head).config.model_type == model_type
+
+
+def test_gemma3_pan_and_scan_is_encoded_as_the_processor_does_and_shares_its_prefix_exactly(tmp_path):
+    """Gemma 3 with pan-and-scan: a wide image gets crops, each a whole image sequence in the processor's own text; the
+    encoder's ids, token types and pixels equal the processor's, and prefix sharing equals whole forwards."""
+    from trl_vlprm.guidance.policy import Candidate
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    folder = build_tiny_vlm(tmp_path / "gemma3", arch="gemma3", seed=0)
+    config = json.loads((folder / "processor_config.json").read_text())
+    config["image_processor"].update(do_pan_and_scan=True, pan_and_scan_min_crop_size=8)  # the tiny images are small
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    processor, family = load_processor(folder), get_family("gemma3")
+    wide, square = _image(40, 120), _image(40, 40, seed=1)
+    crops = processor.image_processor(images=[wide, square])["num_crops"]
+    assert list(crops) == [3, 0]  # the wide image is cropped, the square one is not
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Count."}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    # transformers' processor takes pan-and-scan as call options (its defaults override the image processor's saved
+    # settings); this library's encoding reads the saved settings, so training and scoring agree with each other.
+    options = {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": 8}
+    expected = processor(text=[text], images=[wide, square], return_tensors="pt", **options)
+    encoded = encode_prompt(processor, "<image><image>Count.", [wide, square])
+    assert encoded.input_ids == expected["input_ids"][0].tolist()
+    assert encoded.mm_token_type_ids == expected["token_type_ids"][0].tolist()
+    assert family.image_token_counts(processor, [wide, square]) == [4 * 4, 4]  # image_seq_length 4, 3 crops
+    assert sum(encoded.mm_token_type_ids) == 20
+    inputs = family.image_inputs(processor, [wide, square])
+    assert set(inputs) == {"pixel_values"} and torch.equal(inputs["pixel_values"], expected["pixel_values"])
+
+    scorer = PRMScorer.from_pretrained(folder, head="generative")
+    question = {"id": "q", "prompt": "<image><image>Count.", "images": [wide, square]}
+    candidates = [Candidate(steps=["There are 3 circles.", "So the answer is B."]), Candidate(steps=["Count."])]
+    shared, whole = scorer.score(question, candidates), scorer.score_plain(question, candidates)
+    assert max(abs(a - b) for s, w in zip(shared, whole) for a, b in zip(s, w)) < 1e-5
+    assert [len(row) for row in shared] == [2, 1]

@@ -17,14 +17,14 @@ from trl_vlprm.data.puzzlevqa import _DETAIL_WORDS, _swap_detail
 from trl_vlprm.eval.process_bench import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer, rank_auc
 from trl_vlprm.testbed import TIERS, ScriptedPolicy, generate_puzzles, read_metadata
 from trl_vlprm.testbed import testbed_corpus as corpus_text  # aliased: pytest would collect "test*" names
-from trl_vlprm.testbed.lookalike import PV_PALETTE, SWAP_COLOURS, hue, shade_rgb, tint
+from trl_vlprm.testbed.lookalike import DRAW_PALETTE, PV_PALETTE, RING_HUES, SWAP_COLOURS, hue, shade_rgb, tint
 
 COLOUR_WORDS = re.compile(r"\b(" + "|".join(_DETAIL_WORDS["colour"]) + r")\b")
 
 
 @pytest.fixture(scope="module")
 def lookalike():
-    return list(generate_puzzles(36, seed=0, families="lookalike", image_size=224))
+    return list(generate_puzzles(42, seed=0, families="lookalike", image_size=224))
 
 
 def named_colours(caption: str) -> set[str]:
@@ -32,13 +32,13 @@ def named_colours(caption: str) -> set[str]:
 
 
 def fills(state) -> set[tuple[int, int, int]]:
-    """The fills a puzzle's parts are drawn with (its light tint where the puzzle is drawn light)."""
-    out = set()
+    """The fills a puzzle's parts are drawn with (its light tint where the puzzle is drawn light), overlaps too."""
+    out = {PV_PALETTE[mix] for mix in state.get("overlaps", [])}
     for name in state["colours"]:
         if name != "?":
             rgb = shade_rgb(name)
             out.add(tint(rgb, 1, 0.3) if state.get("light") else rgb)
-    return out
+    return out - {(255, 255, 255)}  # a white part shows only its outline
 
 
 def test_every_family_is_dealt_and_its_gold_reads_back(lookalike):
@@ -54,14 +54,16 @@ def test_every_family_is_dealt_and_its_gold_reads_back(lookalike):
 
 def test_the_caption_names_exactly_the_colours_the_image_shows(lookalike):
     """Every part's fill is in the image, and no other part colour of the palette is (the check a PRM learns)."""
-    all_fills = {shade_rgb(f"{shade} {c}") for c in PV_PALETTE for shade in ("light", "dark", "very dark")}
-    all_fills |= {rgb for c in PV_PALETTE for rgb in (PV_PALETTE[c], tint(PV_PALETTE[c], 1, 0.3))}
+    all_fills = {shade_rgb(f"{shade} {c}") for c in RING_HUES for shade in ("light", "dark", "very dark")}
+    all_fills |= {rgb for c in DRAW_PALETTE for rgb in (DRAW_PALETTE[c], tint(DRAW_PALETTE[c], 1, 0.3))}
+    all_fills -= {(255, 255, 255)}
     for row in lookalike:
         _, state = read_metadata(row)
         pixels = collections.Counter(row["images"][0].get_flattened_data())
         drawn = {rgb for rgb in all_fills if pixels[rgb] > 100}
         assert drawn == fills(state), row["id"]
-        assert named_colours(row["completions"][0]) == {hue(c) for c in state["colours"] if c != "?"}
+        named = {hue(c) for c in state["colours"] if c != "?"} | set(state.get("overlaps", []))
+        assert named_colours(row["completions"][0]) == named
 
 
 def test_misreads_swap_one_colour_word_as_the_real_perturbation_does(lookalike):

@@ -23,7 +23,15 @@ from .families import PUZZLE_FAMILIES, PuzzleFamily, State
 TIERS: dict[str, tuple[str, ...]] = {
     "hard": ("color_grid", "size_cycle", "counting", "number_grid", "polygon_sides", "clock"),
     "learnable": ("shape_sides", "shape_colour"),
-    "lookalike": ("pv_circle_grid", "pv_hexagon", "pv_polygons", "pv_rectangles", "pv_tiles", "pv_rings"),
+    "lookalike": (
+        "pv_circle_grid",
+        "pv_hexagon",
+        "pv_polygons",
+        "pv_rectangles",
+        "pv_tiles",
+        "pv_rings",
+        "pv_overlap",
+    ),
 }
 DEFAULT_TIER = "hard"
 STEP_TYPES = [PERCEPTION, REASONING, REASONING]

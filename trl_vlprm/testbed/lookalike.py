@@ -39,9 +39,20 @@ PV_PALETTE: dict[str, tuple[int, int, int]] = {
     "blue": (111, 168, 220),
     "purple": (142, 124, 195),
 }
-COLOURS = tuple(PV_PALETTE)
-# The names a misread draws from: the same eleven as the real bench's perturbation, most of them never drawn.
+# The names a misread draws from: the same eleven as the real bench's perturbation.
 SWAP_COLOURS: tuple[str, ...] = _DETAIL_WORDS["colour"]
+# The tier draws all eleven, not only PuzzleVQA's six: were pink, brown, gray, white and black only ever misread
+# names, a caption holding one would be wrong whatever the image shows, and the PRM learns that text rule instead of
+# looking (measured: it then scored every swap between two of the six, present in the image or not, as correct).
+EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {
+    "pink": (245, 160, 200),
+    "brown": (160, 110, 70),
+    "gray": (160, 160, 160),
+    "white": (255, 255, 255),
+    "black": (60, 60, 60),
+}
+DRAW_PALETTE = {**PV_PALETTE, **EXTRA_COLOURS}
+COLOURS = tuple(name for name in SWAP_COLOURS if name in DRAW_PALETTE)
 # Share of misreads that swap in a colour already present elsewhere in the image (only the counts change). None:
 # draw uniformly from SWAP_COLOURS, as the real perturbation does.
 PRESENT_SWAP_SHARE: float | None = None
@@ -50,7 +61,17 @@ LIGHT_SHARE = 0.3  # share of puzzles drawn in the lighter tints (PuzzleVQA's nu
 ORDINALS = ("first", "second", "third")
 LENGTHS = {"short": 0.3, "medium": 0.5, "long": 0.75}
 RING_SIZES = ("small", "medium", "large", "extra large")
-SHADES = ("light", "medium", "dark", "very dark")  # by size: the larger the ring, the darker its shade
+SHADES = ("light", "medium", "dark", "very dark")
+RING_HUES = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "pink",
+    "brown",
+)  # those with four shades  # by size: the larger the ring, the darker its shade
 _SHADE_MIX = {"light": (1, 0.35), "medium": (0, 0.0), "dark": (-1, 0.2), "very dark": (-1, 0.35)}
 _LIST = re.compile(r"\[([^\]]*)\]")
 
@@ -66,8 +87,8 @@ def shade_rgb(name: str) -> tuple[int, int, int]:
     for shade in sorted(SHADES, key=len, reverse=True):
         if name.startswith(shade + " "):
             toward, amount = _SHADE_MIX[shade]
-            return tint(PV_PALETTE[name[len(shade) + 1 :]], toward, amount)
-    return PV_PALETTE[name]
+            return tint(DRAW_PALETTE[name[len(shade) + 1 :]], toward, amount)
+    return DRAW_PALETTE[name]
 
 
 def quoted(items) -> str:
@@ -303,7 +324,7 @@ class NumberTiles(_Coloured):
     num_parts, num_colours = 9, 3
 
     def sample_extra(self, rng, parts):
-        by_colour = dict(zip(COLOURS, rng.sample(range(1, 10), len(COLOURS))))
+        by_colour = dict(zip(COLOURS, rng.sample(range(1, 12), len(COLOURS))))
         return {"numbers": [by_colour[c] if c != "?" else 0 for c in parts], "by_colour": by_colour}
 
     def render(self, state, size):
@@ -345,7 +366,7 @@ class ShadeRings(_Coloured):
     question_text = "What is the missing color of the part denoted with a question mark?"
 
     def sample(self, rng):
-        colour = rng.choice(COLOURS)
+        colour = rng.choice(RING_HUES)
         order = list(RING_SIZES)
         rng.shuffle(order)
         shades = [f"{SHADES[RING_SIZES.index(s)]} {colour}" for s in order]
@@ -391,3 +412,61 @@ class ShadeRings(_Coloured):
 
     def explain(self, state, obs, value):
         return f"The circles become darker as they become larger, so the answer is {value}"
+
+
+PRIMARY_MIXES = {frozenset(("red", "yellow")): "orange", frozenset(("yellow", "blue")): "green",
+                 frozenset(("blue", "red")): "purple"}  # fmt: skip
+
+
+@register_puzzle_family
+class OverlapSquares(_Coloured):
+    """Three squares of the primary colours overlapping in a diagonal chain, each overlap the two colours' mix; one
+    square is a grey "?" (color_overlap_squares). The caption goes on after its list, naming the overlaps."""
+
+    name = "pv_overlap"
+    num_parts = 3
+
+    def sample(self, rng):
+        parts = ["red", "yellow", "blue"]
+        rng.shuffle(parts)
+        overlaps = [PRIMARY_MIXES[frozenset(parts[:2])], PRIMARY_MIXES[frozenset(parts[1:])]]
+        missing = rng.choice((0, 2))
+        answer = parts[missing]
+        parts[missing] = "?"
+        options = [answer] + rng.sample([c for c in PV_PALETTE if c != answer], 3)
+        rng.shuffle(options)
+        return {"colours": parts, "overlaps": overlaps, "options": options, "answer": answer, "light": False}
+
+    def render(self, state, size):
+        image, draw = render.canvas(size)
+        boxes = [(0.08 + 0.21 * k, 0.08 + 0.21 * k, 0.5 + 0.21 * k, 0.5 + 0.21 * k) for k in range(3)]
+        boxes = [tuple(v * size for v in box) for box in boxes]
+        for box, name in zip(boxes, state["colours"]):
+            draw.rectangle(box, fill=self.fill(state, name), outline=render.INK, width=_outline(size))
+        for k, mix in enumerate(state["overlaps"]):
+            a, b = boxes[k], boxes[k + 1]
+            draw.rectangle((b[0], b[1], a[2], a[3]), fill=PV_PALETTE[mix], outline=render.INK, width=_outline(size))
+        k = state["colours"].index("?")
+        self.label_missing(draw, (boxes[k][0] + size * 0.12, boxes[k][1] + size * 0.12) if k == 0 else
+                           (boxes[k][2] - size * 0.12, boxes[k][3] - size * 0.12), size)  # fmt: skip
+        return image
+
+    def describe(self, state, obs):
+        first, second = state["overlaps"]
+        return (
+            f"There are 3 squares which overlap each other in the image. The color of the squares are {quoted(obs)}. "
+            f"The part where the first and second squares overlap is {first}. The part where the second and third "
+            f"squares overlap is {second}."
+        )
+
+    def parse_lists(self, state, lists):
+        return lists[0]
+
+    def solve(self, state, obs):
+        k = obs.index("?")
+        known = obs[1]
+        mix = state["overlaps"][0 if k == 0 else 1]
+        return next((c for c in ("red", "yellow", "blue") if PRIMARY_MIXES.get(frozenset((c, known))) == mix), known)
+
+    def explain(self, state, obs, value):
+        return f"Two overlapping squares mix their colors, so the answer is {value}"
