@@ -50,12 +50,12 @@ test-vllm:
 	bash .ci/vllm_test.sh
 
 lint: $(STAMP)
-	$(PY) -m ruff check trl_vlprm recipes tests benchmarks
-	$(PY) -m ruff format --check trl_vlprm recipes tests benchmarks
+	$(PY) -m ruff check trl_vlprm recipes tests benchmarks tools
+	$(PY) -m ruff format --check trl_vlprm recipes tests benchmarks tools
 
 format: $(STAMP)
-	$(PY) -m ruff check --fix trl_vlprm recipes tests benchmarks
-	$(PY) -m ruff format trl_vlprm recipes tests benchmarks
+	$(PY) -m ruff check --fix trl_vlprm recipes tests benchmarks tools
+	$(PY) -m ruff format trl_vlprm recipes tests benchmarks tools
 
 # One markdown table per script, on the CPU, the machine stated once above them (each script states it too where
 # its figures depend on it). label_throughput.py needs vLLM: it runs in the vLLM venv. Each script runs at its

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each setting, interleaved; best kept")
     args = parser.parse_args(argv)
 
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
+    from trl_vlprm.testing import build_tiny_vlm
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -34,7 +34,7 @@ from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.families import get_family
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 
 DEFAULT_TYPES = ["qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava_next", "gemma3", "idefics3", "internvl"]
 STEP_TEXTS = [

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit("gpu_check.py needs a CUDA GPU (none is visible); --tiny runs its CPU smoke version")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
+    from trl_vlprm.testing import build_tiny_vlm
 
     start = time.perf_counter()
     rows: list[dict] = []

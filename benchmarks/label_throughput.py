@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     from trl_vlprm.guidance.server_policy import ServerPolicy
     from trl_vlprm.guidance.vllm_policy import VLLMPolicy
     from trl_vlprm.guidance.vllm_server import launch_vllm_server
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
     from trl_vlprm.testbed import generate_puzzles
+    from trl_vlprm.testing import build_tiny_vlm
 
     torch.set_num_threads(args.threads)
     questions = [dict(row) for row in generate_puzzles(args.questions, seed=0, image_size=112)]

@@ -72,8 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_models(args: argparse.Namespace) -> tuple[Path, Path]:
     from accelerate import PartialState
 
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
-    from trl_vlprm.modeling.tiny_hub import build_tiny_prm
+    from trl_vlprm.testing import build_tiny_prm, build_tiny_vlm
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="process-credit-"))
     with PartialState(cpu=args.use_cpu).main_process_first():  # rank 0 builds, the others then find the folders

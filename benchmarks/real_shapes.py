@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         print(json.dumps(measure(*args._task, args)))
         return {}
 
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
+    from trl_vlprm.testing import build_tiny_vlm
 
     results: dict[str, list[dict]] = {"train": [], "score": []}
     with tempfile.TemporaryDirectory() as tmp:

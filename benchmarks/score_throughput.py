@@ -42,7 +42,7 @@ from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.heads import correct_probability, load_prm, step_logits
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 
 STEP_TEXTS = [
     "The image shows a grid of coloured squares.",

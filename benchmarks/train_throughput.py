@@ -33,8 +33,8 @@ from trl.trainer.utils import disable_dropout_in_model
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
 from trl_vlprm.testbed.supervision import sample_supervision
+from trl_vlprm.testing import build_tiny_vlm
 from trl_vlprm.trainer import DataCollatorForVLPRM
 
 IGNORE_INDEX = -100  # transformers' label of positions without a loss

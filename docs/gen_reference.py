@@ -39,7 +39,7 @@ class ConfigEntry(NamedTuple):
     used_by: str
 
 
-# The one place config classes are registered. Add a line here when a config dataclass is added or moved.
+# Every documented config class, in pipeline order: add a line here when a config dataclass is added or moved.
 CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
     ConfigEntry("trl_vlprm.scripts.puzzles:PuzzlesArguments", "Testbed", "`trl-vlprm puzzles`"),
     ConfigEntry(
@@ -87,6 +87,11 @@ CONFIG_CLASSES: tuple[ConfigEntry, ...] = (
         "trl_vlprm.guidance.sampling:SamplingConfig",
         "Guidance",
         "`HFPolicy`, `VLLMPolicy`, `ServerPolicy` (`sampling=` or its fields as keywords); `TTSArguments` fills it",
+    ),
+    ConfigEntry(
+        "trl_vlprm.guidance.sampling:PolicyTextArguments",
+        "Guidance",
+        "`EvalTTSConfig`, `TTSArguments` and `LabelConfig` (the step separator and system prompt of their policies)",
     ),
     ConfigEntry(
         "trl_vlprm.guidance.sampling:SamplingArguments",

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ collect_ignore = [] if importlib.util.find_spec("vllm") else VLLM_TESTS
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl_path(tmp_path_factory) -> Path:
     """A tiny random Qwen2-VL checkpoint folder (model, tokenizer, image processor), seed 0."""
-    from trl_vlprm.modeling.tiny import build_tiny_vlm  # imported here: the vLLM venv has no `datasets`
+    from trl_vlprm.testing import build_tiny_vlm  # imported here: the vLLM venv has no `datasets`
 
     return build_tiny_vlm(tmp_path_factory.mktemp("session_tiny") / "qwen2_vl", arch="qwen2_vl", seed=0)
 
@@ -48,10 +49,10 @@ def small_supervision_path(tmp_path_factory) -> Path:
 def tiny_hub_home(tmp_path_factory) -> Path:
     """A Hugging Face home whose hub cache holds tiny models under the ids the recipes name (built once).
 
-    `trl_vlprm.modeling.tiny_hub.TINY_HUB_BASE_MODELS` (Qwen/Qwen2.5-VL-3B-Instruct, ... in the upstream file layout)
+    `trl_vlprm.testing.TINY_HUB_BASE_MODELS` (Qwen/Qwen2.5-VL-3B-Instruct, ... in the upstream file layout)
     and `TINY_HUB_PRMS` (ob11/Qwen-VL-PRM-7B, ... with this project's PRM metadata). Use it through `tiny_hub`.
     """
-    from trl_vlprm.modeling.tiny_hub import build_tiny_hub
+    from trl_vlprm.testing import build_tiny_hub
 
     home = tmp_path_factory.mktemp("hf_home")
     build_tiny_hub(home / "hub")
@@ -59,23 +60,9 @@ def tiny_hub_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def tiny_hub(tiny_hub_home, monkeypatch) -> Path:
-    """Points this process and its subprocesses at `tiny_hub_home`, offline: models load by repo id, from the cache.
+def tiny_hub(tiny_hub_home) -> Iterator[Path]:
+    """Points this process and its subprocesses at `tiny_hub_home`, offline: models load by repo id, from the cache."""
+    from trl_vlprm.testing import offline_hub
 
-    huggingface_hub reads its cache path and offline flag from module constants at call time, so they are patched
-    as well as the environment (which subprocesses, e.g. recipe runs, read at start-up).
-    """
-    from huggingface_hub import constants
-
-    hub = tiny_hub_home / "hub"
-    for name, value in {
-        "HF_HOME": tiny_hub_home,
-        "HF_HUB_CACHE": hub,
-        "HF_HUB_OFFLINE": 1,
-        "TRANSFORMERS_OFFLINE": 1,
-    }.items():
-        monkeypatch.setenv(name, str(value))
-    monkeypatch.setattr(constants, "HF_HOME", str(tiny_hub_home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return tiny_hub_home
+    with offline_hub(tiny_hub_home):
+        yield tiny_hub_home

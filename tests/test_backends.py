@@ -20,9 +20,8 @@ from trl_vlprm.guidance.tts import build_policy as tts_policy
 from trl_vlprm.guidance.tts import build_scorer as tts_scorer
 from trl_vlprm.labeling.builder import _make_policy_and_questions
 from trl_vlprm.labeling.config import LabelConfig
-from trl_vlprm.modeling.tiny import build_tiny_vlm
-from trl_vlprm.modeling.tiny_hub import build_tiny_prm
 from trl_vlprm.testbed import GoldOracleScorer, RandomScorer, ScriptedPolicy, generate_puzzles
+from trl_vlprm.testing import build_tiny_prm, build_tiny_vlm
 from trl_vlprm.types import Candidate
 
 DEAD_URL = "http://127.0.0.1:9/v1"  # nothing listens on the discard port: a built ServerPolicy must send nothing
@@ -133,7 +132,7 @@ def test_tts_arguments_build_through_the_factory(tiny_vlm):
     policy = tts_policy(args)
     assert isinstance(policy, HFPolicy) and policy.sampling == args.sampling()
     assert (policy.sampling.temperature, policy.sampling.top_k, policy.sampling.seed) == (0.3, 5, 2)
-    # A full spec in `policy`: here a served policy, which TTS could not build before the one factory.
+    # A full spec in `policy`: here a served policy, which TTS could not build before it used the backend factory.
     served = tts_policy(TTSArguments(policy=f"server:{DEAD_URL},model=tiny", dataset="q.jsonl", temperature=0.1))
     assert isinstance(served, ServerPolicy) and served.sampling.temperature == 0.1
     served.close()
@@ -188,3 +187,20 @@ def test_labelling_takes_every_sampling_setting_a_tts_run_takes(tiny_vlm):
     pinned = config.pinned()
     assert {name: pinned[name] for name in settings} == settings
     assert "top_k" not in LabelConfig(judge="none", rule="mc_only").pinned()  # unset: folders labelled before resume
+
+
+def test_every_run_config_takes_the_policy_text_settings_from_one_declaration():
+    """`EvalTTSConfig`, `TTSArguments` and `LabelConfig` get `step_separator` and `system_prompt` from
+    `PolicyTextArguments` (`SamplingConfig`'s default and help), under the same YAML keys as before."""
+    from trl import TrlParser
+
+    from trl_vlprm.eval.eval_tts import EvalTTSConfig
+    from trl_vlprm.guidance.sampling import PolicyTextArguments
+
+    for config_class in (EvalTTSConfig, TTSArguments, LabelConfig):
+        assert issubclass(config_class, PolicyTextArguments), config_class
+        for name in ("step_separator", "system_prompt"):
+            declared, used = SamplingConfig.__dataclass_fields__[name], config_class.__dataclass_fields__[name]
+            assert (used.default, used.metadata["help"]) == (declared.default, declared.metadata["help"])
+    (config,) = TrlParser((EvalTTSConfig,)).parse_args_and_config(["--config", "recipes/configs/eval_tts_paper.yaml"])
+    assert config.step_separator == "\n\n" and config.system_prompt.startswith("You are an expert visual analyst")

@@ -14,7 +14,8 @@ from PIL import Image
 
 from trl_vlprm.data.schema import solution_id
 from trl_vlprm.labeling.batch_judge import BatchJudge, batch_cost, split_lines
-from trl_vlprm.labeling.judge import CORRECT, INCORRECT, UNKNOWN, JudgeConfig
+from trl_vlprm.labeling.judge import JudgeConfig
+from trl_vlprm.labeling.judge_prompts import CORRECT, INCORRECT, UNKNOWN
 from trl_vlprm.testbed.batch_server import BatchPlan, BatchServer, judge_responder
 from trl_vlprm.testbed.judge_server import JudgeServer
 

@@ -12,6 +12,7 @@ import pytest
 
 from trl_vlprm import cli
 from trl_vlprm.scripts import COMMANDS
+from trl_vlprm.testbed import PUZZLE_FAMILIES, TIERS
 
 # command -> (YAML lines, extra flags, (dataclass index, field, value the flag or file must have set))
 CONFIGS = {
@@ -101,8 +102,8 @@ def test_a_bad_setting_is_one_line_naming_it_through_the_console_script(tmp_path
          "trl-vlprm puzzles: typo.yaml: unknown field 'image_sise' (did you mean image_size?); "
          "`trl-vlprm puzzles --help` lists every field"),
         (["puzzles", "--out", "p.parquet", "--families", "color_grid,mazes"],
-         "trl-vlprm puzzles: unknown puzzle family 'mazes'; available: clock, color_grid, counting, number_grid, "
-         "polygon_sides, shape_colour, shape_sides, size_cycle (or a tier: hard, learnable)"),
+         f"trl-vlprm puzzles: unknown puzzle family 'mazes'; available: {', '.join(sorted(PUZZLE_FAMILIES.names()))} "
+         f"(or a tier: {', '.join(TIERS)})"),
         (["puzzles", "--config", "missing.yaml"], "trl-vlprm puzzles: no such file or folder: missing.yaml"),
     ]  # fmt: skip
     for argv, expected in cases:

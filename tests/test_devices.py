@@ -20,7 +20,7 @@ from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.devices import accelerator_device, inference_dtype, resolve_device
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 
 QUESTION = {"id": "q1", "prompt": "Which number is missing? 2, 4, ?, 8"}
 CANDIDATES = [Candidate(steps=["The numbers grow by 2.", "So 6."]), Candidate(steps=["Guess 5."])]

@@ -151,8 +151,17 @@ COVERED: dict[str, str] = {
     "accelerate launch --multi_gpu --num_processes 2 recipes/eval_tts.py --config "
     "recipes/configs/eval_tts_testbed.yaml": "tests/test_scaleout.py::test_two_ranks_evaluate_each_question_once",
 }
+TORCHVISION_VENV = (
+    "needs torchvision, which must never enter this project's venvs (CONTRIBUTING.md): the throwaway venv in which "
+    "tools/processor_parity.py compares the torchvision and PIL processors (figures in docs/models.md)"
+)
 EXCLUDED: dict[str, str] = {
     "make test": "the test suite itself (this file is part of it)",
+    "python3.11 -m venv /tmp/tv-venv": TORCHVISION_VENV,
+    "nice /tmp/tv-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 transformers==5.25.0 pillow==13.0.0 "
+    "numpy==2.4.6": TORCHVISION_VENV,
+    "PYTHONPATH=$PWD HF_HUB_OFFLINE=1 /tmp/tv-venv/bin/python tools/processor_parity.py --images "
+    "../shared/benchmarks/PuzzleVQA/data/images": TORCHVISION_VENV,
     "MODEL=/models/Qwen2.5-VL-7B-Instruct sbatch recipes/slurm/serve_fleet_eval.sbatch": (
         "needs a SLURM cluster with GPUs; its parts run in tests/test_vllm_server.py (real vLLM servers on loopback, "
         "a fleet of base URLs through the server: policy spec of the evaluation sweep)"

@@ -57,8 +57,8 @@ def _grpo_inputs(cwd: Path) -> str:
 
     from trl_vlprm.data.loading import write_dataset
     from trl_vlprm.modeling.heads import load_prm
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
     from trl_vlprm.testbed import generate_puzzles
+    from trl_vlprm.testing import build_tiny_vlm
 
     write_dataset(generate_puzzles(4, seed=0, image_size=112), cwd / "data/testbed-rl")
     policy = build_tiny_vlm(cwd / "models/Qwen2.5-VL-3B-Instruct", arch="qwen2_vl", seed=0)
@@ -120,6 +120,10 @@ RUN = {
                      "lookup"): (
         _no_setup, {}, "from trl_vlprm.guidance.backends import POLICY_BACKENDS\nassert 'mine' in POLICY_BACKENDS",
         (("trl_vlprm.guidance.backends:POLICY_BACKENDS", "mine"),),
+    ),
+    ("extending.md", "from trl_vlprm.guidance.scorer import PRMScorer"): (
+        _no_setup, {},
+        "assert (Path('hf/hub/models--me--my-prm/refs/main').exists(), scorer.head) == (True, 'generative')", (),
     ),
     ("guidance.md", "from trl_vlprm.guidance.strategies import majority_vote, select_best_of_n, weighted_vote"): (
         _no_setup, {},

@@ -7,14 +7,18 @@ The contract tests are parametrized over every registered model type, so a new f
 from __future__ import annotations
 
 import ast
+import inspect
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoModelForTokenClassification
+from transformers import AutoModelForImageTextToText, AutoModelForTokenClassification, ProcessorMixin
+from transformers.video_processing_utils import BaseVideoProcessor
 
 import trl_vlprm
 from trl_vlprm.modeling import families
@@ -31,15 +35,13 @@ from trl_vlprm.modeling.families import (
 )
 from trl_vlprm.modeling.heads import as_token_classification_model, load_prm, value_head_class
 from trl_vlprm.modeling.processor import build_processor, load_processor, read_model_type
-from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_tokenizer, build_tiny_vlm
-from trl_vlprm.modeling.tiny_models import TINY_SPECS, get_tiny_spec
+from trl_vlprm.testing import TINY_SPECS, build_tiny_text_prm, build_tiny_tokenizer, build_tiny_vlm, get_tiny_spec
 
 PACKAGE = Path(trl_vlprm.__file__).parent
 MODEL_TYPES = supported_model_types()
 # Registered model types no tiny model can be built for on this machine, and why (tested for that error below).
 NOT_BUILDABLE_HERE = {
     "mistral3": r"'mistral3': its processor PixtralProcessor needs torchvision",
-    "smolvlm": r"'smolvlm': its processor needs a package: Package `num2words` is required",
 }
 TESTED_TYPES = [model_type for model_type in MODEL_TYPES if model_type not in NOT_BUILDABLE_HERE]
 
@@ -164,6 +166,9 @@ def test_image_token_counts_match_the_processor(tiny, size):
     assert encoded.input_ids.count(image_token_id) == emitted
     # the whole expansion, markers included, is the processor's own
     assert encoded.input_ids == processor(text=[text], images=[image])["input_ids"][0]
+    # and an engine that expands images itself (vLLM) gets back the template's placeholder, markers and all
+    unexpanded = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert family.collapse_image_tokens(processor, encoded.input_ids, [image]) == unexpanded != encoded.input_ids
     if family.token_types_input is not None:
         assert sum(encoded.mm_token_type_ids) == emitted
 
@@ -243,6 +248,22 @@ def test_a_saved_value_prm_reloads_with_its_head(tiny, tmp_path):
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
+def test_a_saved_processor_names_its_upstream_class_and_a_video_processor(tiny, tmp_path):
+    """Where torchvision exists, `AutoProcessor` loads a saved folder (`tools/processor_parity.py` runs it): the folder
+    names the upstream class, and where that class demands a video processor, transformers' own lookup finds an entry
+    (without one: "Can't load video processor"); `load_processor` reads the folder back the same."""
+    model_type, path = tiny
+    processor = load_processor(path)
+    processor.save_pretrained(tmp_path)
+    shutil.copy(path / "config.json", tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    upstream = next(k for k in type(processor).__mro__ if k.__module__.startswith("transformers.models"))
+    assert saved["processor_class"] == upstream.__name__ and issubclass(upstream, ProcessorMixin)
+    if "video_processor" in inspect.signature(upstream.__init__).parameters:
+        assert BaseVideoProcessor.get_video_processor_dict(str(tmp_path))[0] == {}
+    assert load_processor(tmp_path)(text=["<x>"])["input_ids"] == processor(text=["<x>"])["input_ids"]
+
+
 def test_tiny_model_of_each_family(tiny):
     """Tiny models are the real transformers classes of their model type, built from the tiny-model module."""
     model_type, path = tiny
@@ -259,7 +280,7 @@ def test_tiny_model_of_each_family(tiny):
 
 def test_family_base_class_lists_what_a_new_family_implements():
     """The abstract methods are the minimum a family file implements; the rest have working defaults (heads come from
-    the factory, tiny test models from `trl_vlprm.modeling.tiny_models`)."""
+    the factory, tiny test models from `trl_vlprm.testing.tiny_models`)."""
     assert ModelFamily.__abstractmethods__ == {
         "image_processor",
         "processor",
@@ -275,9 +296,9 @@ ALLOWED_FILES = {
     "modeling/families/qwen_vl.py",
     "modeling/families/qwen3_vl.py",
     "modeling/families/llava.py",  # refuses models with multi-axis rope by the name of the method computing it
-    "modeling/tiny_models/qwen_vl.py",
+    "testing/tiny_models/qwen_vl.py",
     "modeling/presets.py",
-    "modeling/tiny_hub.py",
+    "testing/tiny_hub.py",
 }
 QWEN_VL_SPECIFICS = re.compile(
     r"qwen2(_5)?_?vl"  # class names, model types, transformers module names
@@ -398,7 +419,7 @@ def test_a_saved_model_of_no_family_is_named_before_its_tokenizer_is_read(tmp_pa
 def test_every_model_type_loads_by_its_published_repo_id(tiny_hub):
     """The tiny hub cache serves each model type under a published repo id, in the published file layout; the
     processor and both heads load from it by id, every backbone tensor found (`load_prm` raises otherwise)."""
-    from trl_vlprm.modeling.tiny_hub import TINY_HUB_BASE_MODELS
+    from trl_vlprm.testing import TINY_HUB_BASE_MODELS
 
     first_id = {}
     for repo_id, (model_type, _) in TINY_HUB_BASE_MODELS.items():
@@ -409,3 +430,42 @@ def test_every_model_type_loads_by_its_published_repo_id(tiny_hub):
         assert family_of_processor(processor).name == get_family(model_type).name
         for head in ("value", "generative"):
             assert load_prm(repo_id, head=head).config.model_type == model_type
+
+
+def test_gemma3_pan_and_scan_is_encoded_as_the_processor_does_and_shares_its_prefix_exactly(tmp_path):
+    """Gemma 3 with pan-and-scan: a wide image gets crops, each a whole image sequence in the processor's own text; the
+    encoder's ids, token types and pixels equal the processor's, and prefix sharing equals whole forwards."""
+    from trl_vlprm.guidance.policy import Candidate
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    folder = build_tiny_vlm(tmp_path / "gemma3", arch="gemma3", seed=0)
+    config = json.loads((folder / "processor_config.json").read_text())
+    config["image_processor"].update(do_pan_and_scan=True, pan_and_scan_min_crop_size=8)  # the tiny images are small
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    processor, family = load_processor(folder), get_family("gemma3")
+    wide, square = _image(40, 120), _image(40, 40, seed=1)
+    crops = processor.image_processor(images=[wide, square])["num_crops"]
+    assert list(crops) == [3, 0]  # the wide image is cropped, the square one is not
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Count."}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    # transformers' processor takes pan-and-scan as call options (its defaults override the image processor's saved
+    # settings); this library's encoding reads the saved settings, so training and scoring agree with each other.
+    options = {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": 8}
+    expected = processor(text=[text], images=[wide, square], return_tensors="pt", **options)
+    encoded = encode_prompt(processor, "<image><image>Count.", [wide, square])
+    assert encoded.input_ids == expected["input_ids"][0].tolist()
+    assert encoded.mm_token_type_ids == expected["token_type_ids"][0].tolist()
+    assert family.image_token_counts(processor, [wide, square]) == [4 * 4, 4]  # image_seq_length 4, 3 crops
+    assert sum(encoded.mm_token_type_ids) == 20
+    inputs = family.image_inputs(processor, [wide, square])
+    assert set(inputs) == {"pixel_values"} and torch.equal(inputs["pixel_values"], expected["pixel_values"])
+
+    scorer = PRMScorer.from_pretrained(folder, head="generative")
+    question = {"id": "q", "prompt": "<image><image>Count.", "images": [wide, square]}
+    candidates = [Candidate(steps=["There are 3 circles.", "So the answer is B."]), Candidate(steps=["Count."])]
+    shared, whole = scorer.score(question, candidates), scorer.score_plain(question, candidates)
+    assert max(abs(a - b) for s, w in zip(shared, whole) for a, b in zip(s, w)) < 1e-5
+    assert [len(row) for row in shared] == [2, 1]

@@ -7,7 +7,7 @@ from PIL import Image
 from trl_vlprm.guidance.hf_policy import HFPolicy, _SeparatorStop
 from trl_vlprm.guidance.policy import Policy
 from trl_vlprm.guidance.solutions import question_messages, read_answer
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])

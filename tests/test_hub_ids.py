@@ -15,8 +15,13 @@ from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.hub import model_init_kwargs_from, model_snapshot_dir
 from trl_vlprm.modeling.processor import UnsupportedModelError, load_processor, read_model_type
-from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_vlm
-from trl_vlprm.modeling.tiny_hub import TINY_HUB_BASE_MODELS, save_to_hub_cache, write_upstream_layout
+from trl_vlprm.testing import (
+    TINY_HUB_BASE_MODELS,
+    build_tiny_text_prm,
+    build_tiny_vlm,
+    save_to_hub_cache,
+    write_upstream_layout,
+)
 
 QWEN25 = "Qwen/Qwen2.5-VL-3B-Instruct"
 QWEN2 = "Qwen/Qwen2-VL-2B-Instruct"
@@ -260,7 +265,7 @@ def test_tts_run_pins_a_repo_id_by_its_commit(tiny_hub):
 def test_eval_spec_takes_a_repo_id_and_revision(tiny_hub, tmp_path):
     """`prm:<repo id>,revision=2024`: the revision stays text (a tag, not the number 2024) and selects the snapshot."""
     from trl_vlprm.guidance.backends import build_scorer, parse_spec
-    from trl_vlprm.modeling.tiny_hub import build_tiny_prm
+    from trl_vlprm.testing import build_tiny_prm
 
     assert parse_spec("prm:Org/RevisedPRM,revision=2024,batch_size=4")[2] == {"revision": "2024", "batch_size": 4}
     tagged = build_tiny_prm(tmp_path / "tagged", arch="qwen2_vl", seed=5, step_separator="\n\n")

@@ -16,7 +16,7 @@ import pytest
 
 from trl_vlprm.cli import run as cli_run
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.eval.eval_tts import spec_pin
+from trl_vlprm.eval.specs import spec_pin
 from trl_vlprm.guidance.backends import build_policy
 from trl_vlprm.utils.resume import ImageFileError, question_digest
 

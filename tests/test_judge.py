@@ -12,18 +12,17 @@ import pytest
 from PIL import Image
 
 from trl_vlprm.data.steps_block import read_steps_block
-from trl_vlprm.labeling.judge import (
+from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
+from trl_vlprm.labeling.judge_prompts import (
     CORRECT,
     INCORRECT,
     UNKNOWN,
-    JudgeClient,
-    JudgeConfig,
     JudgeParseError,
     build_messages,
     parse_verdicts,
-    retry_after_seconds,
 )
 from trl_vlprm.testbed.judge_server import JudgeServer, gold_lookup, step_key
+from trl_vlprm.utils.http import retry_after_seconds
 
 TYPES = ["perception", "perception", "reasoning", "reasoning"]
 

@@ -28,6 +28,9 @@ STAGES = {
     "trl_vlprm.guidance": 5,
     "trl_vlprm.labeling": 6,
     "trl_vlprm.eval": 7,
+    # Tiny stand-in models and an offline hub cache, for tests, benchmarks and the CPU demo: above every pipeline
+    # stage, so no trainer, guidance, labelling or evaluation code can come to depend on them.
+    "trl_vlprm.testing": 8,
     "trl_vlprm.cli": 8,
     "trl_vlprm.scripts": 8,
     "trl_vlprm.demo": 8,

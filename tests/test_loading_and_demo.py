@@ -62,7 +62,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     from trl_vlprm.demo import main
 
     args = ["--output_dir", str(tmp_path), "--label_questions", "12", "--eval_questions", "6", "--train_puzzles",
-            "24", "--max_steps", "20", "--n", "4"]  # fmt: skip
+            "24", "--max_steps", "20", "--n", "4", "--transfer_limit", "2"]  # fmt: skip
     main(args)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["label_quality"]["labelled"] > 0
@@ -78,9 +78,16 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     html = page.read_text()
     assert html.count('"id":"') >= 6 and html.count("data:image/png;base64,") >= 1 and "vlprm" in html
     assert "mean |delta P(correct)|" in out and "random pick" in out and "| perception |" in out
-    # the demo's PRM learns from the demo's own hybrid labels; the gold-trained one is reported beside it
-    assert "| gold-trained: accuracy / bad-step F1 | hybrid-trained: accuracy / bad-step F1 |" in out
-    assert (tmp_path / "hybrid" / "vlprm" / "model.safetensors").exists() and summary["eval_after_gold"]
+    # the demo's PRM learns from the demo's own hybrid labels; the lookalike-tier one is reported on its own tier
+    assert "| untrained: accuracy / bad-step F1 | hybrid-trained: accuracy / bad-step F1 |" in out
+    assert "| lookalike-trained: accuracy / bad-step F1 |" in out
+    assert (tmp_path / "hybrid" / "vlprm" / "model.safetensors").exists() and summary["eval_after_lookalike"]
+    assert (tmp_path / "lookalike" / "vlprm" / "model.safetensors").exists()
+    # both PRMs on the real PuzzleVQA bench (2 puzzles of each of its 20 types), the lookalike one per type too
+    assert set(summary["puzzlevqa_transfer"]) == {"learnable tier (one shape)", "lookalike tier"}
+    for aucs in summary["puzzlevqa_transfer"].values():
+        assert set(aucs) == {"colour", "other", "reasoning"} and all(0.0 <= v <= 1.0 for v in aucs.values())
+    assert "| color_grid (colour) | 2 |" in out and "| all types, pooled | 40 |" in out
     assert json.loads((tmp_path / "hybrid" / "cpu_recipe.json").read_text())["train_dataset"]
     first = out
     main(args)  # every stage's output exists: the rerun reads it back and prints the same figures

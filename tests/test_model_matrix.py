@@ -19,14 +19,15 @@ from trl import GRPOConfig, GRPOTrainer
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
 from trl_vlprm.guidance.hf_policy import HFPolicy
 from trl_vlprm.guidance.policy import Candidate
-from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset
+from trl_vlprm.guidance.reward_inputs import completion_text
+from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled
 from trl_vlprm.modeling.families import get_family
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
 from trl_vlprm.testbed.generator import generate_puzzles
+from trl_vlprm.testing import build_tiny_vlm
 
 # One model type per family (the matrix's rows); the other model types of a family run the contract tests
 # (tests/test_families.py) and the scorer parity (tests/test_scorer.py).
@@ -37,7 +38,10 @@ MATRIX = {
     "llava": "llava_next",
     "gemma3": "gemma3",
     "idefics3": "idefics3",
+    "smolvlm": "smolvlm",  # the idefics3 family's other type: SmolVLM2's processor (num2words, a video stand-in)
     "internvl": "internvl",
+    # a type no family registers: the generic LLaVA-style adapter (multi-layer vision features, its own template)
+    "generic": "vipllava",
 }
 SEPARATOR = " "  # frequent in a random model's output, so generated completions have several steps
 

@@ -19,7 +19,7 @@ from trl_vlprm.modeling.heads import (
     value_head_class,
 )
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
-from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_tokenizer, build_tiny_vlm
+from trl_vlprm.testing import build_tiny_text_prm, build_tiny_tokenizer, build_tiny_vlm
 
 ARCHS = {arch: value_head_class(arch) for arch in ("qwen2_vl", "qwen2_5_vl")}
 

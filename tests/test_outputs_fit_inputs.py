@@ -84,7 +84,7 @@ def test_eval_prints_the_below_random_warning_per_n():
 def test_the_eval_testbed_benchmark_reads_a_puzzles_file(tmp_path):
     """Before: `testbed:<source>` took only a generator seed (hard tier), so `eval` could not read `puzzles` output."""
     from trl_vlprm.data.loading import write_dataset
-    from trl_vlprm.eval.eval_tts import load_benchmark_spec
+    from trl_vlprm.eval.specs import load_benchmark_spec
     from trl_vlprm.testbed import generate_puzzles
 
     puzzles = generate_puzzles(5, seed=9, families="learnable", image_size=84)

@@ -16,10 +16,13 @@ import pytest
 from PIL import Image
 
 from trl_vlprm.data.paper_solution import render_solution, section_positions, solution_answer, split_solution
-from trl_vlprm.labeling.judge import CORRECT, INCORRECT, UNKNOWN, JudgeClient, JudgeConfig
+from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
 from trl_vlprm.labeling.judge_prompts import (
+    CORRECT,
+    INCORRECT,
     JUDGE_PROMPTS,
     PAPER_VERIFICATION_PROMPT,
+    UNKNOWN,
     JudgeParseError,
     paper_analysis_blocks,
     parse_paper_verdicts,

@@ -21,7 +21,7 @@ from trl_vlprm.modeling.encoding import PAPER_PRM_SYSTEM_PROMPT, PRMEncoder, PRM
 from trl_vlprm.modeling.heads import MissingPRMMetadataError, Qwen2ForProcessRewardModel, load_prm
 from trl_vlprm.modeling.presets import get_preset
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_tokenizer, build_tiny_vlm
+from trl_vlprm.testing import build_tiny_tokenizer, build_tiny_vlm
 
 ATOL = 1e-5
 PAPER_MIN_PIXELS, PAPER_MAX_PIXELS = 256 * 28 * 28, 1280 * 28 * 28
@@ -239,7 +239,7 @@ def paper_hub(paper_prm_dir, tmp_path_factory):
 
     from huggingface_hub import constants
 
-    from trl_vlprm.modeling.tiny_hub import save_to_hub_cache, write_upstream_layout
+    from trl_vlprm.testing import save_to_hub_cache, write_upstream_layout
 
     home = tmp_path_factory.mktemp("hf_home")
     upstream = shutil.copytree(paper_prm_dir, home / "upstream")

@@ -15,8 +15,8 @@ from trl_vlprm.eval.benchmarks import (
     mathvista_record,
     mmmu_record,
 )
-from trl_vlprm.eval.eval_tts import load_benchmark_spec
 from trl_vlprm.eval.paper_prompts import PAPER_COT_INSTRUCTION, PAPER_POLICY_SYSTEM_PROMPT, algopuzzlevqa_prompt
+from trl_vlprm.eval.specs import load_benchmark_spec
 
 SELECT = "Please select the correct answer from the options above."
 CONFIG = Path(__file__).parent.parent / "recipes" / "configs" / "eval_tts_paper.yaml"
@@ -153,8 +153,7 @@ def test_step_search_preset_runs_on_tiny_models(tmp_path):
 
     from trl_vlprm.guidance.strategies import SearchConfig
     from trl_vlprm.guidance.tts import TTSArguments
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
-    from trl_vlprm.modeling.tiny_hub import build_tiny_prm
+    from trl_vlprm.testing import build_tiny_prm, build_tiny_vlm
 
     spec = importlib.util.spec_from_file_location("tts_recipe", Path(__file__).parent.parent / "recipes" / "tts.py")
     recipe = importlib.util.module_from_spec(spec)

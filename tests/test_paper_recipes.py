@@ -93,6 +93,45 @@ def test_qwen3_vl_recipes_train_by_repo_id(
     assert 0 < max(float((trained[k] - cached[k]).abs().max()) for k in language) < 1e-4  # one step at lr 1e-5
 
 
+# One recipe per family where the family is a sensible PRM backbone (recipes/configs/vlprm_<family>_<size>.yaml),
+# each trained as written by its published id with the CPU overrides only.
+FAMILY_RECIPES = {
+    "vlprm_smolvlm2_500m.yaml": "smolvlm",
+    "vlprm_internvl3_1b.yaml": "internvl",
+    "vlprm_gemma3_4b.yaml": "gemma3",
+    "vlprm_llava_onevision_0_5b.yaml": "llava_onevision",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_name", list(FAMILY_RECIPES))
+def test_family_recipes_train_by_repo_id(tiny_hub, tmp_path, small_supervision_path, monkeypatch, config_name):
+    """The recipe as written (its published model id, generative head, frozen vision tower, the paper's optimiser)
+    trains one step in this process; only the family's vision tower stays unchanged, the language model moves."""
+    from trl_vlprm.cli import run
+    from trl_vlprm.modeling.families import get_family
+
+    config_file = CONFIGS / config_name
+    recipe = yaml.safe_load(config_file.read_text())
+    args = ["--config", str(config_file), *CPU_TRAIN_OVERRIDES, "--max_steps", "1", "--output_dir", "out"]
+    args += ["--dataset_name", str(small_supervision_path), "--dataset_format", "records"]
+    monkeypatch.chdir(tmp_path)
+    assert run("train", args) == 0
+
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    model_type = FAMILY_RECIPES[config_name]
+    assert (config["model_type"], config["prm_head"]) == (model_type, recipe["head"])
+    trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").state_dict()
+    cached = AutoModelForImageTextToText.from_pretrained(recipe["model_name_or_path"]).state_dict()
+    assert trained.keys() == cached.keys()
+    family = get_family(model_type)
+    vision = [k for k in cached if family.is_vision_tower_parameter(k)]
+    language = [k for k in cached if ".layers." in k and not family.is_vision_tower_parameter(k)]
+    assert vision and language
+    assert all(torch.equal(trained[k], cached[k]) for k in vision)  # freeze_vision_tower: true
+    assert 0 < max(float((trained[k] - cached[k]).abs().max()) for k in language) < 1e-4  # one step at lr 1e-5
+
+
 @pytest.mark.slow
 def test_quantization_flag_reaches_the_loader(tiny_hub, tmp_path, small_supervision_path):
     """Not ignored: the recipe asks transformers for a bitsandbytes model, which this CPU machine cannot give (8-bit
@@ -109,14 +148,18 @@ def test_quantization_flag_reaches_the_loader(tiny_hub, tmp_path, small_supervis
 
 @pytest.mark.slow
 def test_model_revision_flag_trains_that_revision(tiny_hub, tmp_path, small_supervision_path):
-    from trl_vlprm.modeling.tiny import build_tiny_vlm
-    from trl_vlprm.modeling.tiny_hub import save_to_hub_cache, write_upstream_layout
+    import shutil
 
+    from trl_vlprm.testing import build_tiny_vlm, offline_hub, save_to_hub_cache, write_upstream_layout
+
+    # The second revision goes into this test's own copy of the session's cache: test_hub_ids.py expects one revision.
+    home = shutil.copytree(tiny_hub, tmp_path / "hf", symlinks=True)
     other = write_upstream_layout(build_tiny_vlm(tmp_path / "other", arch="qwen2_5_vl", seed=123))
-    save_to_hub_cache(other, "Qwen/Qwen2.5-VL-3B-Instruct", tiny_hub / "hub", revision="tiny-other")
+    save_to_hub_cache(other, "Qwen/Qwen2.5-VL-3B-Instruct", home / "hub", revision="tiny-other")
     args = [str(ROOT / "recipes" / "train.py"), "--config", str(CONFIGS / "vlprm_qwen2_5_vl_3b.yaml")]
     args += [*CPU_TRAIN_OVERRIDES, "--dataset_name", str(small_supervision_path), "--dataset_format", "records"]
-    _run([*args, "--max_steps", "1", "--model_revision", "tiny-other", "--output_dir", "out"], tmp_path)
+    with offline_hub(home):
+        _run([*args, "--max_steps", "1", "--model_revision", "tiny-other", "--output_dir", "out"], tmp_path)
     trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").state_dict()
     expected = AutoModelForImageTextToText.from_pretrained(build_tiny_vlm(tmp_path / "ref", "qwen2_5_vl", 123))
     key = "model.visual.blocks.0.mlp.up_proj.weight"  # frozen: equals the revision's own weights

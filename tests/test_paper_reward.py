@@ -19,10 +19,10 @@ from trl_vlprm.guidance.policy import Candidate, Continuation, PolicyStats
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.guidance.strategies import SearchConfig, run_best_of_n, run_step_selection, select_best_of_n
 from trl_vlprm.guidance.strategies.base import whole_solutions
+from trl_vlprm.modeling.encoding import encode_steps
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
-from trl_vlprm.trainer.tokenization import encode_steps
+from trl_vlprm.testing import build_tiny_vlm
 
 # ---------------------------------------------------------------- the reference, written from the paper's code
 

@@ -13,16 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from grpo_runs import policy_processor, tiny_grpo_args
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.process_advantages import process_token_advantages
 from trl_vlprm.guidance.process_grpo import VLPRMGRPOConfig, VLPRMGRPOTrainer
-from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset
+from trl_vlprm.guidance.reward_inputs import completion_text
+from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny_hub import build_tiny_prm
 from trl_vlprm.testbed.generator import generate_puzzles
+from trl_vlprm.testing import build_tiny_prm
 
 SEPARATOR = " "  # the random tiny policy writes many spaces: completions of many steps
 
@@ -74,31 +76,14 @@ def dataset():
 
 
 def run(trainer_cls, policy, reward, dataset, tmp_path, steps=2, **config):
-    processor = load_processor(policy)
-    processor.tokenizer.padding_side = "left"
-    config_cls = VLPRMGRPOConfig if trainer_cls is RecordingVLPRMGRPO else GRPOConfig
-    args = config_cls(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,  # two questions x 4 completions a step
-        num_generations=4,
-        max_completion_length=16,
-        max_steps=steps,
-        logging_steps=1,
-        learning_rate=1e-2,
-        beta=0.04,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        seed=0,
-        **config,
-    )
+    config_class = VLPRMGRPOConfig if trainer_cls is RecordingVLPRMGRPO else GRPOConfig
+    args = tiny_grpo_args(tmp_path / "out", config_class, max_steps=steps, **config)
     trainer = trainer_cls(
         model=str(policy),
         reward_funcs=[reward, length_reward],
         args=args,
         train_dataset=dataset,
-        processing_class=processor,
+        processing_class=policy_processor(policy),
     )
     trainer.batches, trainer.rows = [], []
     trainer.train()
@@ -220,7 +205,8 @@ def test_gpu_process_recipe_runs_as_written(tiny_hub, tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "world_size=1 process_advantages=min_form" in result.stdout
+    saved = torch.load(tmp_path / recipe["output_dir"] / "training_args.bin", weights_only=False)
+    assert saved.process_advantages == "min_form"  # the recipe's mode reached the trainer
     assert "'process/fallback'" in result.stdout and "'process/token_advantage/std'" in result.stdout
     assert (tmp_path / recipe["output_dir"] / "model.safetensors").exists()
 

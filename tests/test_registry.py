@@ -1,4 +1,4 @@
-"""The one registry: decorator and lazy registration, errors that list what is available."""
+"""`Registry`: decorator and lazy registration, errors that list what is available."""
 
 import doctest
 import sys

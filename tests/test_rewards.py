@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 
 from trl_vlprm.guidance.policy import Candidate
-from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset, outcome_reward
+from trl_vlprm.guidance.reward_inputs import completion_text
+from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset, outcome_reward
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
 from trl_vlprm.testbed.generator import generate_puzzles
+from trl_vlprm.testing import build_tiny_vlm
 
 # The built-in aggregations that read step scores alone (what the GRPO reward, which has no input lengths, accepts).
 STEP_AGGREGATIONS = ("last", "min", "mean", "prod")
@@ -220,7 +221,7 @@ def test_max_length_counts_prm_tokens(scorer):
     prompt, image = QUESTIONS[0]
     question = {"prompt": chat(prompt), "images": [image]}
     tokenizer = scorer.tokenizer
-    from trl_vlprm.trainer.tokenization import encode_prompt, encode_steps
+    from trl_vlprm.modeling.encoding import encode_prompt, encode_steps
 
     prompt_tokens = len(encode_prompt(scorer.processing_class, question["prompt"], question["images"]).input_ids)
     steps = TEXTS[0].split(SEPARATOR)

@@ -4,7 +4,6 @@ CPU config."""
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from grpo_runs import policy_processor, tiny_grpo_args
 from safetensors.torch import load_file
-from trl import GRPOConfig, GRPOTrainer, ModelConfig
+from test_launch import free_port, logged_int
+from trl import GRPOTrainer, ModelConfig
 
 from trl_vlprm.data.answers import grade
 from trl_vlprm.guidance.policy import Candidate
-from trl_vlprm.guidance.rewards import VLPRMReward, completion_text, grpo_dataset, outcome_reward
+from trl_vlprm.guidance.reward_inputs import completion_text
+from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset, outcome_reward
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
 from trl_vlprm.testbed.generator import generate_puzzles
+from trl_vlprm.testing import build_tiny_vlm
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SEPARATOR = " "  # the tiny PRM's saved separator; the random policy's text holds many, so completions have many steps
@@ -74,30 +76,13 @@ def test_grpo_logged_reward_is_the_prms(models, tmp_path):
     policy_path, prm_path = models
     dataset = grpo_dataset(generate_puzzles(4, seed=0, image_size=112))
     reward = VLPRMReward.from_pretrained(prm_path, aggregation="min", prompt_column="prm_prompt")
-    processor = load_processor(policy_path)
-    processor.tokenizer.padding_side = "left"
-    args = GRPOConfig(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,  # two questions x 4 completions per step
-        num_generations=4,
-        max_completion_length=20,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-3,
-        reward_weights=[1.0, 0.5],
-        beta=0.04,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        seed=0,
-    )
+    args = tiny_grpo_args(tmp_path / "out", max_completion_length=20, learning_rate=1e-3, reward_weights=[1.0, 0.5])
     trainer = RecordingGRPOTrainer(
         model=str(policy_path),
         reward_funcs=[reward, outcome_reward],
         args=args,
         train_dataset=dataset,
-        processing_class=processor,
+        processing_class=policy_processor(policy_path),
     )
     trainer.train()
 
@@ -148,10 +133,8 @@ def test_recipe_runs_the_tiny_cpu_config(models, tmp_path, capsys):
     trainer = main(script_args, training_args, model_args)
 
     out = capsys.readouterr().out
-    assert (
-        "world_size=1 process_advantages=outcome" in out
-        and "rank=0 prm_reward={'calls': 2, 'completions': 8, 'groups': 2" in out
-    )
+    assert (trainer.accelerator.num_processes, trainer.args.process_advantages) == (1, "outcome")
+    assert "rank=0 prm_reward={'calls': 2, 'completions': 8, 'groups': 2" in out
     logged = [e for e in trainer.state.log_history if "rewards/vlprm_min/mean" in e]
     assert len(logged) == training_args.max_steps == 2
     assert all("rewards/outcome_reward/mean" in e and "vlprm_min/no_steps" in e for e in logged)
@@ -179,12 +162,6 @@ def test_gpu_config_names_only_real_fields():
         assert len(config["reward_weights"]) == 1 + bool(config.get("outcome_reward"))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_recipe_under_a_two_process_ddp_launch(models, tmp_path):
     """Each rank holds its PRM and scores its own group; TRL gathers the rewards (world size checked from both)."""
@@ -200,12 +177,14 @@ def test_recipe_under_a_two_process_ddp_launch(models, tmp_path):
         "--config", str(RECIPES / "configs" / "grpo_tiny_cpu.yaml"),
         "--model_name_or_path", str(policy_path), "--prm_model_path", str(prm_path),
         "--dataset_name", str(tmp_path / "questions"), "--output_dir", str(tmp_path / "grpo"),
-        "--max_steps", "2", "--disable_tqdm", "true",
+        "--max_steps", "2", "--disable_tqdm", "true", "--log_level", "info",
     ]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    assert "world_size=2" in output
+    # World size 2 as the Trainer saw it: the total batch is two processes' worth, logged by rank 0 only.
+    per_device = logged_int(output, "Instantaneous batch size per device")
+    assert logged_int(output, "Total train batch size (w. parallel, distributed & accumulation)") == 2 * per_device
     # 4 completions a rank a step (per_device_train_batch_size 4 = one question's group), 2 steps, on both ranks.
     ranks = dict(re.findall(r"rank=(\d) prm_reward=(\{[^}]*\})", output))
     assert set(ranks) == {"0", "1"}

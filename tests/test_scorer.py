@@ -12,8 +12,7 @@ from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.families import supported_model_types
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_vlm
-from trl_vlprm.modeling.tiny_models import TINY_SPECS
+from trl_vlprm.testing import TINY_SPECS, build_tiny_text_prm, build_tiny_vlm
 
 ATOL = 1e-5
 STEPS = [

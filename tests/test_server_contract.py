@@ -25,15 +25,21 @@ SOLUTION = "The picture shows 4.\n\nAnswer: 4"
 
 
 class ChatServer:
-    """An OpenAI-compatible `/v1/chat/completions` on loopback; `reply(body, attempt)` -> (status, headers, text)."""
+    """An OpenAI-compatible server on loopback; `reply(body, attempt)` -> (status, headers, text), with `body` the
+    POSTed JSON, or None for a GET (`/v1/models`)."""
 
     def __init__(self, reply):
         self.reply, self.attempts, self.times = reply, 0, []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.answer(None)
+
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                self.answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+            def answer(self, body):
                 server.times.append(time.monotonic())
                 server.attempts += 1
                 status, headers, text = server.reply(body, server.attempts)
@@ -174,3 +180,49 @@ def test_labelling_on_a_server_ignoring_n_stops_in_one_line_instead_of_labelling
     err = capsys.readouterr().err
     assert "Traceback" not in err and "returned 1 choice(s) for n=4" in err, err[-2000:]
     assert not list(tmp_path.glob("shard-*.parquet"))  # before: 4 solutions for 4 questions x 4 rollouts, exit 0
+
+
+HTML_PAGE = "<html><body>Bad gateway of the corporate proxy</body></html>"
+
+
+def test_a_prm_server_answering_an_html_page_with_status_200_is_named_with_the_page():
+    """`ServerPRMScorer` checks its replies as `ServerPolicy` does: a body that is not JSON names the URL it came from
+    and shows its start (before: `JSONDecodeError: Expecting value: line 1 column 1 (char 0)`, no URL, no page)."""
+    from trl_vlprm.guidance.server_scorer import ServerPRMScorer
+    from trl_vlprm.testing import build_tiny_tokenizer
+    from trl_vlprm.types import Candidate
+
+    server = ChatServer(lambda body, attempt: (200, {"Content-Type": "text/html"}, HTML_PAGE))
+    root = server.base_url.removesuffix("/v1")
+    tokenizer = build_tiny_tokenizer()
+    try:
+        with pytest.raises(ValueError, match=rf"{root}/v1/models answered 200 with a body that is not JSON: "
+                                             r"'<html><body>Bad gateway"):  # fmt: skip
+            ServerPRMScorer(server.base_url, tokenizer, max_retries=0)
+        scorer = ServerPRMScorer(server.base_url, tokenizer, model="m", max_retries=1, backoff=0.01)
+        with pytest.raises(RuntimeError, match=rf"{root}/pooling answered 200 with a body that is not JSON: "
+                                               r"'<html><body>Bad gateway"):  # fmt: skip
+            scorer.score({"id": "q1", "prompt": "What is 2 + 2?", "images": []}, [Candidate(steps=["2 + 2 = 4"])])
+        assert server.attempts == 1 + 2  # the models query once; the pooling request retried once, then named
+        scorer.close()
+    finally:
+        server.close()
+
+
+def test_a_prm_server_reply_without_token_rows_is_named_with_the_reply():
+    from trl_vlprm.guidance.server_scorer import ServerPRMScorer
+    from trl_vlprm.testing import build_tiny_tokenizer
+    from trl_vlprm.types import Candidate
+
+    server = ChatServer(lambda body, attempt: (200, JSON, json.dumps({"object": "error", "message": "busy"})))
+    root = server.base_url.removesuffix("/v1")
+    try:
+        with pytest.raises(ValueError, match=rf"{root}/v1/models: no model list \(data\[0\]\.id\) in the reply: "):
+            ServerPRMScorer(server.base_url, build_tiny_tokenizer(), max_retries=0)
+        scorer = ServerPRMScorer(server.base_url, build_tiny_tokenizer(), model="m", max_retries=0)
+        with pytest.raises(RuntimeError, match=rf"{root}/pooling: no token rows \(data\[0\]\.data\) in the reply: "
+                                               r"'\{\"object\": \"error\""):  # fmt: skip
+            scorer.score({"id": "q1", "prompt": "What is 2 + 2?", "images": []}, [Candidate(steps=["2 + 2 = 4"])])
+        scorer.close()
+    finally:
+        server.close()

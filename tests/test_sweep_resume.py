@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.eval.eval_tts import EvalTTSConfig, policy_pins, run, spec_pin
+from trl_vlprm.eval.eval_tts import EvalTTSConfig, policy_pins, run
+from trl_vlprm.eval.specs import spec_pin
 from trl_vlprm.eval.tts_sweep import run_sweep, sample_benchmark, samples_path
 from trl_vlprm.guidance.backends import SCORER_BACKENDS, Backend, build_scorer
 from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles

@@ -13,7 +13,7 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 from trl import ModelConfig, TrlParser
 
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
-from trl_vlprm.modeling.tiny import build_tiny_text_prm
+from trl_vlprm.testing import build_tiny_text_prm
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from trl_vlprm import VLPRMConfig, VLPRMTrainer
 from trl_vlprm.data.schema import RecordError, stepwise_features
 from trl_vlprm.modeling.heads import correct_probability, load_prm, step_logits
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_vlm
+from trl_vlprm.testing import build_tiny_text_prm, build_tiny_vlm
 from trl_vlprm.trainer.tokenization import IGNORE_INDEX, tokenize_row
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}

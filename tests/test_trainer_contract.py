@@ -14,7 +14,7 @@ from transformers import AutoModelForTokenClassification, DataCollatorForTokenCl
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
 from trl_vlprm.data.schema import RecordError, stepwise_features
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_text_prm, build_tiny_vlm
+from trl_vlprm.testing import build_tiny_text_prm, build_tiny_vlm
 from trl_vlprm.trainer import compute_accuracy
 from trl_vlprm.trainer.config import bf16_available
 from trl_vlprm.trainer.metrics import bad_step_metrics, correct_probabilities

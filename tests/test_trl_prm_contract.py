@@ -26,7 +26,7 @@ from transformers import (
 from transformers.utils import is_peft_available
 
 from trl_vlprm import VLPRMConfig, VLPRMTrainer
-from trl_vlprm.modeling.tiny import build_tiny_tokenizer
+from trl_vlprm.testing import build_tiny_tokenizer
 from trl_vlprm.trainer import compute_accuracy
 
 if is_peft_available():

@@ -186,7 +186,7 @@ def test_configs_parse(config):
 
 def test_prm_scorer_guides_a_run(tmp_path, puzzles):
     from trl_vlprm.guidance.scorer import PRMScorer
-    from trl_vlprm.modeling.tiny_hub import build_tiny_prm
+    from trl_vlprm.testing import build_tiny_prm
 
     prm_dir = build_tiny_prm(tmp_path / "prm", arch="qwen2_vl", seed=0)  # a random generative PRM: wiring, not skill
     args = TTSArguments(scorer="prm", prm_model_path=str(prm_dir), prm_batch_size=4)

@@ -17,8 +17,8 @@ from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.modeling.heads import correct_probability, load_prm, step_logits
 from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.modeling.readout import VerdictTokensMissingError, head_module
-from trl_vlprm.modeling.tiny import build_tiny_vlm
 from trl_vlprm.testbed.supervision import sample_supervision
+from trl_vlprm.testing import build_tiny_vlm
 from trl_vlprm.trainer import compute_accuracy
 from trl_vlprm.trainer.tokenization import IGNORE_INDEX
 from trl_vlprm.types import Candidate

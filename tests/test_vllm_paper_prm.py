@@ -24,8 +24,7 @@ from trl_vlprm.guidance.vllm_server import launch_vllm_server
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.presets import get_preset
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
-from trl_vlprm.modeling.tiny_hub import save_to_hub_cache
+from trl_vlprm.testing import build_tiny_vlm, save_to_hub_cache
 
 PAPER_PRM = "ob11/Qwen-VL-PRM-7B"
 TOLERANCE = 1e-5  # float32 on both sides

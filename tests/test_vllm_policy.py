@@ -14,7 +14,7 @@ from trl_vlprm.guidance.policy import Policy
 from trl_vlprm.guidance.solutions import split_steps
 from trl_vlprm.guidance.vllm_policy import VLLMPolicy, parse_next_step, render_prompt
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_tokenizer, build_tiny_vlm
+from trl_vlprm.testing import build_tiny_tokenizer, build_tiny_vlm
 
 # Collected only where vLLM is installed (tests/conftest.py): `make test` runs this file in the CPU vLLM venv.
 needs_vllm = pytest.mark.vllm
@@ -235,7 +235,7 @@ def test_engine_by_repo_id_reads_the_cached_snapshot(tmp_path, question):
     an upstream-layout checkpoint (flat config.json, `visual.*` tensors, preprocessor_config.json) and sample."""
     from huggingface_hub import constants
 
-    from trl_vlprm.modeling.tiny_hub import save_to_hub_cache, write_upstream_layout
+    from trl_vlprm.testing import save_to_hub_cache, write_upstream_layout
 
     upstream = write_upstream_layout(build_tiny_vlm(tmp_path / "upstream", arch="qwen2_vl", hidden_size=128))
     snapshot = save_to_hub_cache(upstream, "Qwen/Qwen2-VL-2B-Instruct", tmp_path / "hub")

@@ -19,7 +19,7 @@ import pytest
 from test_ranks import free_port  # test_launch needs `datasets`, which this venv lacks
 from test_vllm_policy import ENGINE_KWARGS
 
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 from trl_vlprm.utils.ranks import part_files
 from trl_vlprm.utils.resume import read_results
 

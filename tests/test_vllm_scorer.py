@@ -16,10 +16,11 @@ from safetensors import safe_open
 from trl_vlprm.guidance.backends import build_scorer
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.guidance.scorer import PRMScorer
-from trl_vlprm.guidance.vllm_scorer import VLLMScorer, vllm_checkpoint
+from trl_vlprm.guidance.vllm_checkpoints import vllm_checkpoint
+from trl_vlprm.guidance.vllm_scorer import VLLMScorer
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 
 # Head sizes of the CPU attention kernels are multiples of 32 (width 128, 4 heads); see tests/test_vllm_policy.py.
 ENGINE_KWARGS = {
@@ -208,7 +209,7 @@ def shepherd_hub(tmp_path_factory):
     from test_paper_prm import build_llama_like_tokenizer
     from transformers import MistralConfig, MistralForCausalLM
 
-    from trl_vlprm.modeling.tiny_hub import save_to_hub_cache
+    from trl_vlprm.testing import save_to_hub_cache
 
     root = tmp_path_factory.mktemp("shepherd")
     tokenizer = build_llama_like_tokenizer()

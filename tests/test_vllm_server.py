@@ -15,7 +15,7 @@ from trl_vlprm.guidance.server_policy import ServerPolicy, chat_messages
 from trl_vlprm.guidance.vllm_policy import render_prompt
 from trl_vlprm.guidance.vllm_server import free_port, launch_vllm_server
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.modeling.tiny import build_tiny_vlm
+from trl_vlprm.testing import build_tiny_vlm
 
 START_TIMEOUT = 300  # seconds; ~25 s on an idle 2-core box, several times that under load
 # Tiny limits keep the server's memory reservation small; eager mode skips a torch.compile warm-up.
@@ -216,7 +216,7 @@ def test_labelling_runs_on_the_served_policy(server, puzzles):
 
 def test_label_cli_and_tts_arguments_take_a_served_policy_spec(server, puzzles, tmp_path, capsys):
     """`trl-vlprm label --policy server:<url>,...` and `TTSArguments(policy="server:...")` build the served policy
-    through the one factory (labelling knew only the scripted and transformers policies before)."""
+    through the backend factory (labelling knew only the scripted and transformers policies before)."""
     import re
 
     from trl_vlprm.cli import run

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 LEARNABLE_TIER = "learnable"
+LOOKALIKE_TIER = "lookalike"
 
 
 @dataclass
@@ -76,10 +77,17 @@ class CPURecipe:
     def with_seed(self, seed: int) -> CPURecipe:
         return replace(self, seed=seed)
 
+    @classmethod
+    def lookalike(cls, **overrides: Any) -> CPURecipe:
+        """The recipe on the lookalike tier (PuzzleVQA's vocabulary, docs/testbed.md), whose PRM is evaluated on the
+        real PuzzleVQA process bench: images rendered at 224 px (the processor resizes them, as it resizes
+        PuzzleVQA's 512 px images, to 112 px: 16 image tokens), everything else the learnable recipe's."""
+        return cls(**{"families": LOOKALIKE_TIER, "image_size": 224, **overrides})
+
     def build_model(self, path: str | Path) -> Path:
         """The tiny random Qwen2-VL (tokenizer trained on the testbed text), written to `path` unless present."""
-        from trl_vlprm.modeling.tiny import build_tiny_vlm
         from trl_vlprm.testbed import testbed_corpus
+        from trl_vlprm.testing import build_tiny_vlm
 
         path = Path(path)
         if not (path / "model.safetensors").exists():
@@ -92,7 +100,7 @@ class CPURecipe:
                 num_heads=self.num_heads,
                 vision_width=self.vision_width,
                 vocab_size=self.vocab_size,
-                extra_corpus=testbed_corpus(),
+                extra_corpus=testbed_corpus(families=self.families),
                 initializer_range=self.initializer_range,
                 intermediate_size=self.intermediate_size,
             )

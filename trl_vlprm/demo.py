@@ -2,12 +2,14 @@
 
 data (the learnable tier of the procedural puzzles: one large shape per image) -> labelling (hybrid: Monte-Carlo
 rollouts + a noisy judge, consensus rule, on the training puzzles; its quality against the gold is shown) ->
-training (`CPURecipe`: a tiny Qwen2-VL value-head VL-PRM trained with VLPRMTrainer on those hybrid labels, and once
-more on gold-labelled scripted solutions of the same puzzles, both reported on the same held-out table; the
-hybrid-trained PRM is the one used from then on) -> guard-rails (does the
-PRM look at the image? does its best-of-N beat a random pick?) -> guidance (greedy, majority, best-of-N with each
-aggregation, weighted vote, beam search) -> evaluation (accuracy vs N for the PRM, the oracle and a random scorer,
-table, plot, and a page of every step's scores: `trl-vlprm view`).
+training (`CPURecipe`: a tiny Qwen2-VL value-head VL-PRM trained with VLPRMTrainer on those hybrid labels, and a
+second one on gold-labelled scripted solutions of the lookalike tier, puzzles drawn and captioned in PuzzleVQA's
+vocabulary; the hybrid-trained PRM is the one used in steps 4-6) -> guard-rails (does the PRM look at the image?
+does its best-of-N beat a random pick?) -> guidance (greedy, majority, best-of-N with each aggregation, weighted
+vote, beam search) -> evaluation (accuracy vs N for the PRM, the oracle and a random scorer, table, plot, and a page
+of every step's scores: `trl-vlprm view`) -> real images (both PRMs on PuzzleVQA's process bench: the learnable-tier
+one at chance, the lookalike one ranking gold captions above perturbed ones on the colour-based types, neither on
+the shape, size and number types).
 
 Guidance and evaluation run a scripted policy with *systematic* errors: a share of the questions is misread the same
 way in most samples, as real VLMs misread an image, so majority vote converges on the wrong answer there while a
@@ -140,6 +142,39 @@ def view_page(eval_dir: Path, questions) -> Path:
     return write_view([samples], eval_dir / "view.html", questions=questions, title=title).path
 
 
+def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[str, dict[str, float]]:
+    """Perception AUC (gold over perturbed captions) on PuzzleVQA of the learnable-tier PRM and the lookalike-tier
+    PRM: pooled over the colour-based types, where the lookalike PRM transfers, and over the shape, size and number
+    types, where neither does (a tiny model does not read shapes, relative sizes or digits); then the lookalike
+    PRM's table per type. Skipped, saying so, when the benchmark folder is absent."""
+    from trl_vlprm.data.puzzlevqa import default_benchmarks_root
+    from trl_vlprm.eval.process_bench import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer
+    from trl_vlprm.guidance.scorer import PRMScorer
+
+    try:
+        root = default_benchmarks_root()
+    except FileNotFoundError as err:
+        print(f"   skipped: {err}")
+        return {}
+    if not (root / "PuzzleVQA" / "data").is_dir():
+        print(f"   skipped: no PuzzleVQA in {root}")
+        return {}
+    lines = ["   | PRM trained on | colour-based types | shape, size and number types | reasoning (all types) |",
+             "   |---|---|---|---|"]  # fmt: skip
+    results, report = {}, None
+    for name, path in (("learnable tier (one shape)", learnable_prm), ("lookalike tier", lookalike_prm)):
+        report = puzzlevqa_transfer(PRMScorer.from_pretrained(path), root, limit_per_category=limit)
+        others = sorted({c for c in report.categories if c not in PUZZLEVQA_COLOUR_TYPES})
+        results[name] = {"colour": report.auc("perception", PUZZLEVQA_COLOUR_TYPES),
+                         "other": report.auc("perception", others), "reasoning": report.auc("reasoning")}  # fmt: skip
+        lines.append(f"   | {name} | " + " | ".join(f"{v:.3f}" for v in results[name].values()) + " |")
+    print("   perception AUC (0.5 = chance):")
+    print("\n".join(lines))
+    print("   the lookalike-tier PRM, per type:")
+    print("\n".join("   " + line for line in report.table()))
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
@@ -154,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval_questions", type=int, default=80, help="held-out puzzles for guidance/evaluation")
     parser.add_argument("--n", type=int, default=8, help="sampling budget of the search strategies")
     parser.add_argument("--seed", type=int, default=0, help="seed of the recipe (weights, data, trainer)")
+    parser.add_argument("--transfer_limit", type=int, default=25, help="PuzzleVQA puzzles per type scored in step 7")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.output_dir)
@@ -169,30 +205,37 @@ def main(argv: list[str] | None = None) -> None:
     print(f"   {len(labelled)} labelled solutions; label accuracy vs gold {quality.accuracy:.3f}, bad-step F1 "
           f"{quality.bad_f1:.3f}, {quality.labelled}/{quality.total} steps kept")  # fmt: skip
 
+    lookalike = CPURecipe.lookalike(seed=args.seed, num_puzzles=args.train_puzzles, max_steps=args.max_steps)
     print(
         f"== 3. training: CPURecipe ({recipe.max_steps} steps, value head, perception steps weigh "
         f"{recipe.perception_loss_weight}x) twice: on the {len(labelled)} hybrid-labelled solutions above, and on "
-        f"{recipe.num_puzzles} puzzles x {recipe.solutions_per_puzzle} gold-labelled solutions"
+        f"{lookalike.num_puzzles} lookalike-tier puzzles (PuzzleVQA's shapes, palette and caption phrasing, "
+        f"rendered here) x {lookalike.solutions_per_puzzle} gold-labelled solutions, for the real images (step 7)"
     )
     held_out = recipe.supervision(args.eval_questions, seed=1, perception_error_rate=0.3, reasoning_error_rate=0.3)
     trained = recipe.train(out / "hybrid", eval_dataset=held_out, train_dataset=labelled)
-    gold = recipe.train(out, eval_dataset=held_out)
+    lookalike_held_out = lookalike.supervision(
+        args.eval_questions, seed=1, perception_error_rate=0.3, reasoning_error_rate=0.3
+    )
+    looked = lookalike.train(out / "lookalike", eval_dataset=lookalike_held_out)
     summary_path = out / "summary.json"
     if not trained.metrics_before and summary_path.exists():  # a resumed run: the untrained figures were saved
         trained.metrics_before = json.loads(summary_path.read_text())["eval_before"]
     before, after = trained.metrics_before or trained.metrics_after, trained.metrics_after
-    for name, run in (("hybrid labels", trained), ("gold labels", gold)):
+    for name, run in (("hybrid labels", trained), ("lookalike tier, gold labels", looked)):
         if run.train_seconds:
             rate = recipe.max_steps / run.train_seconds
             print(f"   {name}: trained in {run.train_seconds:.0f} s ({rate:.1f} steps/s)")
-    print(f"   held-out step verdicts ({args.eval_questions} puzzles, gold labels):")
-    columns = {"untrained": before, "gold-trained": gold.metrics_after, "hybrid-trained": after}
+    print(f"   held-out step verdicts ({args.eval_questions} learnable-tier puzzles, gold labels):")
+    columns = {"untrained": before, "hybrid-trained": after}
     print("\n".join(step_table(columns, held_out)))
+    print(f"   the lookalike-tier PRM on {args.eval_questions} held-out lookalike puzzles (gold labels):")
+    print("\n".join(step_table({"lookalike-trained": looked.metrics_after}, lookalike_held_out)))
     from trl_vlprm.trainer.metrics import verdict_warnings
 
     for line in verdict_warnings(after):
         print("   hybrid-trained PRM: " + line)
-    print(f"   the PRM used below is the hybrid-trained one ({trained.path})")
+    print(f"   the PRM used in steps 4-6 is the hybrid-trained one ({trained.path})")
 
     print("== 4. guard-rails")
     print("\n".join(guard_rails(trained.path, held_out)))
@@ -218,9 +261,14 @@ def main(argv: list[str] | None = None) -> None:
         print("   " + warning)
     print(f"   plot: {eval_dir / 'accuracy_vs_n.png'}")
     print(f"   every step, scorer by scorer (open in a browser): {view_page(eval_dir, questions)}")
+
+    print(f"== 7. real images: PuzzleVQA's process bench (gold vs perturbed captions, first {args.transfer_limit} "
+          "puzzles of each type, read in place; never trained on)")  # fmt: skip
+    transfer = real_images(trained.path, looked.path, args.transfer_limit)
     summary = {"label_quality": asdict(quality), "eval_before": before, "eval_after": after,
-               "eval_after_gold": gold.metrics_after, "guidance": dict(table), "sweep": rows,
-               "train_seconds": trained.train_seconds, "train_seconds_gold": gold.train_seconds}  # fmt: skip
+               "eval_after_lookalike": looked.metrics_after, "guidance": dict(table), "sweep": rows,
+               "train_seconds": trained.train_seconds, "train_seconds_lookalike": looked.train_seconds,
+               "puzzlevqa_transfer": transfer}  # fmt: skip
     summary_path.write_text(json.dumps(summary, indent=2))
 
 

@@ -99,7 +99,9 @@ class Registry(Generic[T]):
         if not fits:
             raise TypeError(f"{self.kind} {name!r}: {obj!r} is not a {self.base.__name__}")
 
-    def _discover(self) -> None:
+    def discover_entries(self) -> None:
+        """Import every module of the `discover` package now (the first lookup does it too), for code that reads
+        what the modules register beside the registry."""
         if self._discovered:
             return
         package = import_module(self.discover)
@@ -127,7 +129,7 @@ class Registry(Generic[T]):
     def get(self, name: str, context: str | None = None) -> T:
         """The object registered as `name`; an unknown name raises `UnknownNameError` listing the available ones,
         its message prefixed with `context` (e.g. the spec the name was read from) when given."""
-        self._discover()
+        self.discover_entries()
         try:
             entry = self._entries[name]
         except (KeyError, TypeError):  # TypeError: an unhashable name (a list from a YAML file) is unknown too
@@ -141,14 +143,14 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""
-        self._discover()
+        self.discover_entries()
         return sorted(self._entries)
 
     def __getitem__(self, name: str) -> T:
         return self.get(name)
 
     def __contains__(self, name: object) -> bool:
-        self._discover()
+        self.discover_entries()
         try:
             return name in self._entries
         except TypeError:
@@ -158,7 +160,7 @@ class Registry(Generic[T]):
         return iter(self.names())
 
     def __len__(self) -> int:
-        self._discover()
+        self.discover_entries()
         return len(self._entries)
 
     def __repr__(self) -> str:

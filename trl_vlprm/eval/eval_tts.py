@@ -1,11 +1,7 @@
 """The evaluation TTS sweep (`recipes/eval_tts.py`, `trl-vlprm eval`): its config `EvalTTSConfig` and `run`.
 
-Policies and scorers are built by `trl_vlprm.guidance.backends` from specs "kind:positional,
-key=value,..." (numbers converted), here optionally labelled "label@kind:...": e.g.
-"qwen-7b@vllm:models/Qwen2.5-VL-7B-Instruct,temperature=0.7" or "testbed:0,limit=120". Labels name rows and sample
-files, so two benchmarks, policies or scorers with one label are refused. What a label stands for is pinned
-(`spec_pin`: the spec, the seed, the defaults it received, and the fingerprint of every model folder it names), so a
-rerun never reuses samples or scores made by something else under the same label.
+Benchmarks, policies and scorers are given as labelled specs (`trl_vlprm.eval.specs`: "label@kind:...", each pinned
+so a rerun never reuses samples or scores made by something else under the same label).
 """
 
 from __future__ import annotations
@@ -13,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from trl_vlprm.eval.selection import check_selection
+from trl_vlprm.eval.specs import labelled_specs, load_benchmark_spec, spec_pin
 from trl_vlprm.eval.tts_sweep import run_sweep
 from trl_vlprm.guidance.backends import (
     POLICY_BACKENDS,
@@ -26,14 +23,13 @@ from trl_vlprm.guidance.backends import (
     Backend,
     build_from_spec,
     check_spec,
-    get_backend,
     parse_spec,
     split_label,
 )
-from trl_vlprm.guidance.sampling import SAMPLING_FIELDS, sampling_argument
+from trl_vlprm.guidance.sampling import SAMPLING_FIELDS, PolicyTextArguments
 from trl_vlprm.labeling.judge import JudgeConfig, judge_argument
 from trl_vlprm.utils.ranks import Ranks
-from trl_vlprm.utils.resume import atomic_write_text, path_fingerprint
+from trl_vlprm.utils.resume import atomic_write_text
 from trl_vlprm.utils.trackers import check_report_to, log_tables
 
 logger = logging.getLogger(__name__)
@@ -68,10 +64,12 @@ def policy_backends(config: EvalTTSConfig) -> dict[str, Backend]:
     """The policy backends of a run: the registered ones, with `policy_backend` and `max_new_tokens_cap` applied to
     the in-process model backends (hf, vllm)."""
     backends = {name: POLICY_BACKENDS.get(name) for name in POLICY_BACKENDS}
-    if config.policy_backend == "hf":
-        backends["hf"] = backends["vllm"] = _transformers_only(POLICY_BACKENDS.get("hf"))
-    elif config.policy_backend is not None:
-        backends["hf"] = backends["vllm"] = POLICY_BACKENDS.get(config.policy_backend)
+    if config.policy_backend is not None:
+        chosen = POLICY_BACKENDS.get(config.policy_backend)
+        if config.policy_backend == "hf":
+            chosen = _transformers_only(chosen)
+        backends["hf"] = chosen
+        backends["vllm"] = chosen
     if config.max_new_tokens_cap is not None:
         for name in ("hf", "vllm"):
             backends[name] = _capped(backends[name], config.max_new_tokens_cap)
@@ -79,8 +77,10 @@ def policy_backends(config: EvalTTSConfig) -> dict[str, Backend]:
 
 
 @dataclass
-class EvalTTSConfig:
-    """Settings of `recipes/eval_tts.py` (readable by `trl.TrlParser` from YAML).
+class EvalTTSConfig(PolicyTextArguments):
+    """Settings of `recipes/eval_tts.py` (readable by `trl.TrlParser` from YAML). Every model policy also takes the
+    run's `step_separator` and `system_prompt` (`PolicyTextArguments`: a spec cannot hold a newline or free text);
+    its other sampling settings are its spec's own keywords. A PRM reads steps with the separator it was trained with.
 
     Args:
         benchmarks: benchmark specs "name" or "name:source,split=...,limit=...,prompt=paper" with name a key of
@@ -109,9 +109,6 @@ class EvalTTSConfig:
         selections: outcome selections (see the module docstring), e.g. "majority", "best_of_n:min".
         n_values: the N to report; `max(n_values)` solutions are sampled per question.
         num_subsamples: random subsets of size N drawn per N (accuracy is their mean; std is reported).
-        step_separator: text that ends a step in a model policy's output (specs cannot hold it: it is a newline). A
-            PRM reads steps with the separator it was trained with.
-        system_prompt: system prompt of model policies (vllm/hf); None for none.
         answer_kind: grading kind when a question has no `answer_kind` column ("auto" reads it from the answer).
         answer_judge_base_url: an OpenAI-compatible endpoint whose model reads the final answer of the solutions
             the rule-based grader cannot read (the paper's LLM-judge fallback); None: rules only.
@@ -178,9 +175,6 @@ class EvalTTSConfig:
         metadata={"help": "The N to report; max(n_values) solutions are sampled per question."},
     )
     num_subsamples: int = field(default=4, metadata={"help": "Random subsets of size N drawn per N."})
-    # The two sampling settings a spec cannot hold (a newline, free text); the rest are each policy spec's own.
-    step_separator: str = sampling_argument("step_separator")
-    system_prompt: str | None = sampling_argument("system_prompt")
     answer_kind: str = field(
         default="auto", metadata={"help": "Grading kind when a question has no answer_kind column."}
     )
@@ -238,40 +232,6 @@ class EvalTTSConfig:
             raise ValueError(f"EvalTTSConfig.policy_backend={self.policy_backend!r}; expected 'hf', 'vllm' or None")
 
 
-def spec_pin(
-    spec: str, seed: int, defaults: Mapping[str, Any] | None = None, backends: Mapping[str, Backend] | None = None
-) -> dict[str, Any]:
-    """What a spec builds, for resume checks: the spec, the seed, the defaults a model-backed kind receives, and a
-    fingerprint of the model it names: every file's size and mtime for a folder (a model retrained in place
-    differs), the resolved commit for a Hub repo id (`modeling.hub.model_fingerprint`). `backends` (default: every
-    registered policy and scorer backend) tells which kinds take defaults and name a model."""
-    if backends is None:
-        backends = {name: SCORER_BACKENDS.get(name) for name in SCORER_BACKENDS}
-        backends.update({name: POLICY_BACKENDS.get(name) for name in POLICY_BACKENDS})
-    kind, args, kwargs = parse_spec(spec)
-    takes_defaults = kind in backends and get_backend(backends, kind).takes_defaults
-    # "prm:vllm:<folder>" names the same model as "prm:<folder>", served by another backend: fingerprint the model.
-    models = {arg: arg.removeprefix("vllm:") for arg in args}
-    files = {arg: path_fingerprint(model) for arg, model in models.items() if Path(model).exists()}
-    if takes_defaults and len(args) == 1 and args[0] not in files:
-        files[args[0]] = _repo_fingerprint(models[args[0]], kwargs.get("revision"))
-    return {
-        "spec": spec,
-        "seed": seed,
-        "defaults": dict(defaults or {}) if takes_defaults else {},
-        "files": files,
-    }
-
-
-def _repo_fingerprint(repo_id: str, revision: str | None) -> Any:
-    from trl_vlprm.modeling.hub import model_fingerprint
-
-    try:
-        return model_fingerprint(repo_id, revision)
-    except Exception:  # not resolvable here (offline, not cached): building it fails later with the real reason
-        return {"repo_id": repo_id, "revision": revision}
-
-
 def policy_pins(config: EvalTTSConfig, policy_specs: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """The pin of each labelled policy spec under `config`: what a model policy is also given (step separator,
     system prompt, backend override, token cap) changes its samples, so it is part of the pin."""
@@ -282,36 +242,6 @@ def policy_pins(config: EvalTTSConfig, policy_specs: Mapping[str, str]) -> dict[
         "max_new_tokens_cap": config.max_new_tokens_cap,
     }
     return {label: spec_pin(spec, config.seed, given) for label, spec in policy_specs.items()}
-
-
-def labelled_specs(specs: list[str], what: str, name_of: Callable[[str], str] = lambda spec: spec) -> dict[str, str]:
-    """{label: spec} of "label@spec" entries (an unlabelled spec's label is `name_of(spec)`); one label per spec."""
-    labelled: dict[str, str] = {}
-    for entry in specs:
-        label, spec = split_label(entry)
-        if "@" not in entry.partition(":")[0]:
-            label = name_of(spec)
-        if label in labelled:
-            raise ValueError(
-                f"{what} specs {labelled[label]!r} and {spec!r} share the label {label!r}, so their rows and sample "
-                f"files would be one; label them, e.g. '{label}-a@{labelled[label]}'"
-            )
-        labelled[label] = spec
-    return labelled
-
-
-def load_benchmark_spec(spec: str):
-    """(name, Dataset) of a benchmark spec "name[:source][,split=..][,limit=..][,prompt=paper]"."""
-    from trl_vlprm.eval.benchmarks import load_benchmark
-
-    name, args, kwargs = parse_spec(spec)
-    unknown = set(kwargs) - {"split", "limit", "prompt"}
-    if unknown or len(args) > 1:
-        raise ValueError(f"benchmark spec {spec!r}: expected 'name[:source][,split=...][,limit=...][,prompt=paper]'")
-    source = args[0] if args else None
-    split = kwargs.get("split")
-    limit = kwargs.get("limit")
-    return name, load_benchmark(name, source, split, limit, kwargs.get("prompt", "default"))
 
 
 def _answer_judge_config(config: EvalTTSConfig) -> JudgeConfig:
@@ -384,8 +314,9 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
     )
     if not ranks.is_main:  # rank 0 writes the tables once every rank has sampled its share
         return rows
-    rows = with_earlier_rows(rows, Path(config.output_dir) / "results.csv", ("benchmark", "policy", "scorer",
-                                                                             "selection", "n"))  # fmt: skip
+    rows = with_earlier_rows(
+        rows, Path(config.output_dir) / "results.csv", ("benchmark", "policy", "scorer", "selection", "n")
+    )
     write_tables(rows, config.output_dir)
     plot = Path(config.output_dir) / "accuracy_vs_n.png"
     try:
@@ -415,8 +346,14 @@ def run(config: EvalTTSConfig) -> list[dict[str, Any]]:
         process_rows = with_earlier_rows(process_rows, process_csv, ("bench", "scorer", "steps"))
         write_tables(process_rows, config.output_dir, "process_bench", wide=False)
     settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(config).items()}
-    log_tables(config.report_to, {"results": rows, "process_bench": process_rows}, Path(config.output_dir) / "runs",
-               project="trl_vlprm-eval", config=settings, step_column="n")  # fmt: skip
+    log_tables(
+        config.report_to,
+        {"results": rows, "process_bench": process_rows},
+        Path(config.output_dir) / "runs",
+        project="trl_vlprm-eval",
+        config=settings,
+        step_column="n",
+    )
     return rows
 
 

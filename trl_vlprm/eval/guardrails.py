@@ -147,7 +147,9 @@ def best_of_n_vs_random(
             f"best-of-N vs random needs questions with at least 2 labelled solutions each; the {len(records)} rows "
             "given group into none (rows of one question share their question_id column, else the id before '#')"
         )
-    picked = expected = any_right = 0.0
+    picked = 0.0
+    expected = 0.0
+    any_right = 0.0
     for group in groups:
         correct = [all(float(label) >= 0.5 for label in row["labels"]) for row in group]
         scores = _scores(scorer, _question_of(group), group)
@@ -235,12 +237,19 @@ def tts_guard_rails(
             )
     by_id = {str(q["id"]): q for q in questions}
     rows = [
-        {"id": f"{line['id']}#{k}", "question_id": str(line["id"]), "prompt": by_id[str(line["id"])]["prompt"],
-         "images": by_id[str(line["id"])].get("images"), "completions": list(c["steps"]),
-         "step_types": c.get("step_types")}
-        for line in lines[:max_questions] if str(line.get("id")) in by_id and by_id[str(line["id"])].get("images")
-        for k, c in enumerate(line.get("candidates") or []) if c.get("steps")
-    ]  # fmt: skip
+        {
+            "id": f"{line['id']}#{k}",
+            "question_id": str(line["id"]),
+            "prompt": by_id[str(line["id"])]["prompt"],
+            "images": by_id[str(line["id"])].get("images"),
+            "completions": list(c["steps"]),
+            "step_types": c.get("step_types"),
+        }
+        for line in lines[:max_questions]
+        if str(line.get("id")) in by_id and by_id[str(line["id"])].get("images")
+        for k, c in enumerate(line.get("candidates") or [])
+        if c.get("steps")
+    ]
     if len({row["question_id"] for row in rows}) >= 2:
         swap = image_swap_sensitivity(scorer, rows)
         out.extend(f"image swap, {line.strip()}" for line in swap.lines())

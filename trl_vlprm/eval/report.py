@@ -123,8 +123,9 @@ def plot_accuracy_vs_n(rows: Sequence[Mapping[str, Any]], path: str | Path, titl
                 else:
                     color = palette[selections.index(selection) % len(palette)]
                     style = "-" if reads_scorer else ":"  # dotted: reads no scorer, the same in every panel
-                (line,) = axis.plot(xs, [100 * by_n[n] for n in xs], linestyle=style, color=color, marker="o",
-                                    markersize=3)  # fmt: skip
+                (line,) = axis.plot(
+                    xs, [100 * by_n[n] for n in xs], linestyle=style, color=color, marker="o", markersize=3
+                )
                 handles.setdefault(selection, line)
             axis.set_xscale("log", base=2)
             axis.set_xticks(n_values, [str(n) for n in n_values])
@@ -134,8 +135,15 @@ def plot_accuracy_vs_n(rows: Sequence[Mapping[str, Any]], path: str | Path, titl
                 axis.set_xlabel("N (solutions sampled)")
             if col == 0:
                 axis.set_ylabel("accuracy (%)")
-    figure.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 6), fontsize=8,
-                  frameon=False, bbox_to_anchor=(0.5, 0.0))  # fmt: skip
+    figure.legend(
+        list(handles.values()),
+        list(handles),
+        loc="lower center",
+        ncol=min(len(handles), 6),
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+    )
     if title:
         figure.suptitle(title)
     figure.tight_layout(rect=(0, 0.06 + 0.03 * (len(handles) > 6), 1, 1))

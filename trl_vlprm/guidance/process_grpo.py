@@ -32,7 +32,8 @@ from trl_vlprm.guidance.process_advantages import (
     process_token_advantages,
     step_token_ends,
 )
-from trl_vlprm.guidance.rewards import VLPRMReward, completion_text
+from trl_vlprm.guidance.reward_inputs import completion_text
+from trl_vlprm.guidance.rewards import VLPRMReward
 
 
 @dataclass

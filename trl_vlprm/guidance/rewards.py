@@ -28,8 +28,6 @@ pass both to the trainer and weight them with `GRPOConfig.reward_weights`, each 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +39,7 @@ from trl_vlprm.data.answers import grade
 from trl_vlprm.data.schema import RecordError, load_image
 from trl_vlprm.guidance.aggregation import AGGREGATIONS, aggregate, reads_input_lengths
 from trl_vlprm.guidance.policy import Candidate, StepScorer
+from trl_vlprm.guidance.reward_inputs import completion_text, group_key, is_unicode, row_questions
 from trl_vlprm.guidance.solutions import question_messages, split_steps
 from trl_vlprm.modeling.encoding import EncodedPrompt, PRMEncoder, PRMLayout
 from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
@@ -64,57 +63,6 @@ class RewardStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-def _is_unicode(text: str) -> bool:
-    """Whether `text` encodes as UTF-8 (a lone surrogate, e.g. from a bad byte decode, does not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def completion_text(completion: str | Sequence[Mapping[str, Any]]) -> str:
-    """The generated text of a TRL completion: a string (standard format) or assistant messages (conversational)."""
-    if isinstance(completion, str):
-        return completion
-    pieces = []
-    for message in completion:
-        content = message.get("content")
-        if isinstance(content, str):
-            pieces.append(content)
-        elif content:  # structured parts: keep the text ones
-            pieces.extend(part.get("text") or "" for part in content if part.get("type") == "text")
-    return "".join(pieces)
-
-
-def _fingerprint(value: Any) -> str:
-    # Rows of one group hold equal but distinct image objects (the dataset decodes each repeat anew): compare pixels.
-    if hasattr(value, "tobytes") and hasattr(value, "size"):
-        digest = hashlib.sha1(value.tobytes()).hexdigest()
-        return f"image:{getattr(value, 'mode', '')}:{value.size}:{digest}"
-    if isinstance(value, (bytes, bytearray)):
-        return "bytes:" + hashlib.sha1(value).hexdigest()
-    return repr(value)
-
-
-def group_key(prompt: Any, images: Any) -> str:
-    """A string equal for two rows exactly when their prompts and images are equal (pixels compared by hash)."""
-    return json.dumps([prompt, images], sort_keys=True, default=_fingerprint)
-
-
-def prompt_images(prompt: Any) -> list[Any]:
-    """Images carried inside chat messages (`{"type": "image", "image": ...}` parts), in order."""
-    if isinstance(prompt, str):
-        return []
-    return [
-        part["image"]
-        for message in prompt
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-        if part.get("type") == "image" and part.get("image") is not None
-    ]
 
 
 def _check_settings(scorer: StepScorer, aggregation: str, max_length: int | None, max_steps: int | None) -> None:
@@ -302,9 +250,14 @@ class VLPRMReward:
         steps: Sequence[str],
     ) -> str | None:
         """Why the PRM cannot score completion `i` (the `counts` key of its case), or None when it can."""
-        if not _is_unicode(text):  # a lone surrogate: no tokenizer can encode it
-            logger.warning("%s: question %s: completion %d is not valid Unicode (a lone surrogate); reward %r",
-                           self.__name__, question.get("id", "?"), i, self.invalid_input_reward)  # fmt: skip
+        if not is_unicode(text):  # a lone surrogate: no tokenizer can encode it
+            logger.warning(
+                "%s: question %s: completion %d is not valid Unicode (a lone surrogate); reward %r",
+                self.__name__,
+                question.get("id", "?"),
+                i,
+                self.invalid_input_reward,
+            )
             return "invalid_input"
         if not steps:
             return "no_steps"
@@ -359,7 +312,7 @@ class VLPRMReward:
                 f"{self.__name__}: prompt_column {self.prompt_column!r} is not a dataset column; columns passed: "
                 f"{sorted(k for k in kwargs if k not in ('trainer_state', 'log_extra', 'log_metric'))}"
             )
-        questions = self._questions(prompts, images, kwargs)
+        questions = row_questions(prompts, images, kwargs, self.prompt_column)
         groups: dict[str, list[int]] = {}
         for i, question in enumerate(questions):
             groups.setdefault(group_key(question["prompt"], question["images"]), []).append(i)
@@ -377,23 +330,6 @@ class VLPRMReward:
         self.last_step_scores = step_scores
         self._record(len(completions), len(groups), counts, step_scores, log_metric, log_extra)
         return rewards
-
-    def _questions(
-        self, prompts: Sequence[Any], images: Sequence[Any] | None, columns: Mapping[str, Any]
-    ) -> list[dict[str, Any]]:
-        """Per row, the question as the PRM reads it: id, prompt (`prompt_column` or the policy's) and images (the
-        `images` column, else TRL's single `image` column, else the images inside the chat prompt)."""
-        questions = []
-        for i, prompt in enumerate(prompts):
-            row_images = images[i] if images is not None else None
-            if row_images is None and columns.get("image") is not None:  # TRL's single-image column
-                row_images = [columns["image"][i]] if columns["image"][i] is not None else []
-            if row_images is None:
-                row_images = prompt_images(prompt)
-            prm_prompt = columns[self.prompt_column][i] if self.prompt_column else prompt
-            row_id = columns["id"][i] if "id" in columns else i
-            questions.append({"id": row_id, "prompt": prm_prompt, "images": list(row_images or [])})
-        return questions
 
     def _record(
         self,

@@ -91,29 +91,41 @@ def sampling_argument(name: str) -> Any:
 
 
 @dataclass
-class SamplingArguments:
+class PolicyTextArguments:
+    """The two sampling settings a policy spec cannot hold (a newline, free text), so a run config gives them to every
+    model policy it builds; each a `SamplingConfig` field (same default and help).
+
+    Args:
+        step_separator: text that ends a step of the policy's output.
+        system_prompt: optional system message put before every question without one.
+    """
+
+    step_separator: str = sampling_argument("step_separator")
+    system_prompt: str | None = sampling_argument("system_prompt")
+
+
+@dataclass
+class SamplingArguments(PolicyTextArguments):
     """The policy sampling settings of a run config, each a `SamplingConfig` field (same default and help); they reach
     a model-backed policy as defaults its spec's own keywords override. The run's `seed` is the run config's own.
 
     Args:
         step_separator: text that ends a step of the policy's output.
+        system_prompt: optional system message put before every question without one.
         temperature: sampling temperature; 0 means greedy decoding (the n samples are one).
         top_p: nucleus sampling threshold.
         top_k: keep only the k likeliest tokens before sampling; 0 or None keeps all.
         repetition_penalty: divides the logits of tokens already in the sequence; 1.0 is off.
         max_new_tokens: token budget of a whole solution.
         max_step_tokens: token budget of one step.
-        system_prompt: optional system message put before every question without one.
     """
 
-    step_separator: str = sampling_argument("step_separator")
     temperature: float = sampling_argument("temperature")
     top_p: float = sampling_argument("top_p")
     top_k: int | None = sampling_argument("top_k")
     repetition_penalty: float = sampling_argument("repetition_penalty")
     max_new_tokens: int = sampling_argument("max_new_tokens")
     max_step_tokens: int = sampling_argument("max_step_tokens")
-    system_prompt: str | None = sampling_argument("system_prompt")
 
     def sampling_settings(self) -> dict[str, Any]:
         """These settings by name, as `SamplingConfig` keywords (a policy spec's defaults)."""

@@ -87,7 +87,7 @@ T = TypeVar("T")
 
 
 def _status(err: BaseException) -> int | None:
-    """The HTTP status of a failed request (openai and httpx errors), if the server answered."""
+    """The HTTP status of a failed request (openai errors, `utils.http.HTTPStatusError`), if the server answered."""
     status = getattr(err, "status_code", None)
     return status if status is not None else getattr(getattr(err, "response", None), "status_code", None)
 
@@ -120,12 +120,10 @@ class ServerFleet:
         if max_concurrency < 1:
             raise ValueError(f"{name}: max_concurrency must be >= 1")
         self.base_urls = [url.rstrip("/") for url in base_urls]
-        self.request_timeout, self.max_retries, self.deadline, self.backoff = (
-            request_timeout,
-            max_retries,
-            deadline,
-            backoff,
-        )
+        self.request_timeout = request_timeout
+        self.max_retries = max_retries
+        self.deadline = deadline
+        self.backoff = backoff
         self.retry_on = retry_on
         self.name = name
         self.max_retry_wait = max_retry_wait
@@ -154,7 +152,7 @@ class ServerFleet:
                 errors.append(f"{self.base_urls[index]}: {type(err).__name__}{f' {status}' if status else ''}: {err}")
                 if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
                     break
-                headers = getattr(getattr(err, "response", None), "headers", None)
+                headers = getattr(err, "headers", None) or getattr(getattr(err, "response", None), "headers", None)
                 server_wait = retry_after_seconds(headers) if headers is not None else None
             if attempt < self.max_retries:
                 pause = self.backoff * 2**attempt * (0.5 + self._rng.random())

@@ -1,10 +1,10 @@
 """`ServerPRMScorer`: a PRM served by `vllm serve` (pooling runner, `token_classify`), scored over HTTP.
 
 Start the server with `prm_server_args(folder)` (value head: the renamed view `vllm_checkpoint` writes; generative
-head: the LM head's `-`/`+` rows as a two-class classifier), then each candidate is one `/pooling` request: the
-question as chat messages (images as data URLs) and its steps, each followed by the separator, as the start of the
-assistant turn (`continue_final_message`); the server returns every token's class logits and the score of a step is
-read at its last token, through the formula `PRMScorer` uses.
+head: the LM head's `-`/`+` rows as a two-class classifier; see `trl_vlprm.guidance.vllm_checkpoints`), then each
+candidate is one `/pooling` request: the question as chat messages (images as data URLs) and its steps, each
+followed by the separator, as the start of the assistant turn (`continue_final_message`); the server returns every
+token's class logits and the score of a step is read at its last token, through the formula `PRMScorer` uses.
 
 Token layout: an HTTP chat request is tokenized by the server as one text, while the trainer tokenizes every step and
 separator apart. The two agree unless a token of the tokenizer spans a step boundary (with Qwen's BPE, e.g. `".\\n"`
@@ -31,19 +31,15 @@ import torch
 from trl_vlprm.data.schema import load_image
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.guidance.server_policy import ServerFleet, chat_messages, image_data_url
+from trl_vlprm.guidance.vllm_checkpoints import vllm_model
 from trl_vlprm.guidance.vllm_policy import render_prompt
-from trl_vlprm.guidance.vllm_scorer import (
-    engine_kwargs,
-    verdict_token_ids,
-    vllm_checkpoint,
-    vllm_prm_config,
-    vllm_prm_layout,
-)
+from trl_vlprm.guidance.vllm_scorer import verdict_token_ids, vllm_prm_config, vllm_prm_layout
 from trl_vlprm.modeling.encoding import PRMEncoder, PRMLayout, encode_steps, image_token_counts, is_vision_processor
 from trl_vlprm.modeling.heads import correct_probability
 from trl_vlprm.modeling.presets import PRMPreset
 from trl_vlprm.modeling.processor import get_tokenizer, load_processor
 from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
+from trl_vlprm.utils.http import reply_start, request_json
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +57,7 @@ def prm_server_args(
     layout, chosen = vllm_prm_layout(name, config, preset)
     tokenizer = get_tokenizer(load_processor(path))
     token_ids = verdict_token_ids(config, tokenizer, layout) if head == "generative" else None
-    folder = vllm_checkpoint(path, cache_dir) if head == "value" else Path(path)
-    kwargs = engine_kwargs(folder, head, tokenizer, token_ids)
+    folder, kwargs = vllm_model(path, head, tokenizer, token_ids, cache_dir)
     args = [str(folder), "--runner", kwargs["runner"], "--pooler-config", json.dumps(kwargs["pooler_config"])]
     if "convert" in kwargs:
         args += ["--convert", kwargs["convert"], "--hf-overrides", json.dumps(kwargs["hf_overrides"])]
@@ -100,23 +95,20 @@ class ServerPRMScorer:
         backoff: float = 0.5,
         layout: PRMLayout | None = None,
     ):
-        import httpx
-
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         urls = [url.rstrip("/").removesuffix("/v1") for url in urls]
-        retry_on = (httpx.HTTPError, ValueError, KeyError, IndexError)
+        retry_on = (OSError, ValueError)  # no answer, an error status, or a reply that is not what the route returns
         self.fleet = ServerFleet(
             urls, max_concurrency, request_timeout, max_retries, deadline, backoff, retry_on, None, "ServerPRMScorer"
         )
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key and api_key != "EMPTY" else {}
-        self._http = httpx.Client(headers=headers)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key and api_key != "EMPTY" else {}
         self.processing_class = processing_class
         self.tokenizer = get_tokenizer(processing_class)
         layout = layout or PRMLayout(step_separator=DEFAULT_STEP_SEPARATOR)
         self.layout = replace(layout, step_separator=step_separator) if step_separator else layout
         self.step_separator = self.layout.step_separator
         self.encoder = PRMEncoder(processing_class, self.layout)
-        self.model = model or self._get(0, "/v1/models")["data"][0]["id"]
+        self.model = model or self._served_model()
         self.counters = {"requests": 0, "prompt_tokens": 0, "layout_mismatches": 0}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="server-prm")
@@ -142,10 +134,11 @@ class ServerPRMScorer:
         processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
         return cls(base_urls, processor, layout=layout, **kwargs)
 
-    def _get(self, index: int, route: str) -> dict[str, Any]:
-        response = self._http.get(self.fleet.base_urls[index] + route, timeout=self.fleet.request_timeout)
-        response.raise_for_status()
-        return response.json()
+    def _served_model(self) -> str:
+        """The name of the model the first server serves (`/v1/models`)."""
+        url = self.fleet.base_urls[0] + "/v1/models"
+        reply = request_json(url, headers=self._headers, timeout=self.fleet.request_timeout)
+        return _field(reply, url, "model list", "data", 0, "id")
 
     # ---- layout ---------------------------------------------------------------------------------------------
 
@@ -213,9 +206,9 @@ class ServerPRMScorer:
         qid = question.get("id", "?")
 
         def send(index: int, timeout: float) -> list[list[float]]:
-            response = self._http.post(self.fleet.base_urls[index] + "/pooling", json=body, timeout=timeout)
-            response.raise_for_status()
-            return response.json()["data"][0]["data"]
+            url = self.fleet.base_urls[index] + "/pooling"
+            reply = request_json(url, body, headers=self._headers, timeout=timeout)
+            return _field(reply, url, "token rows", "data", 0, "data")
 
         rows = self.fleet.request(send, f"question {qid}")
         if len(rows) != length:
@@ -255,4 +248,15 @@ class ServerPRMScorer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self._http.close()
+
+
+def _field(reply: Any, url: str, what: str, *path: str | int) -> Any:
+    """`reply[path[0]][path[1]]...`; a reply without it is a `ValueError` naming the URL and showing the reply."""
+    value = reply
+    try:
+        for key in path:
+            value = value[key]
+    except (KeyError, IndexError, TypeError):
+        where = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in path).lstrip(".")
+        raise ValueError(f"{url}: no {what} ({where}) in the reply: {reply_start(json.dumps(reply))!r}") from None
+    return value

@@ -183,7 +183,7 @@ class TTSArguments(SamplingArguments):
     Args:
         dataset: "puzzles" for freshly generated testbed puzzles, or a `datasets` folder / .jsonl / .json / .parquet
             file of question records; `recipes/tts.py` also reads "benchmark:<spec>", an evaluation benchmark spec
-            (`trl_vlprm.eval.eval_tts.load_benchmark_spec`, e.g. "benchmark:puzzlevqa:limit=50,prompt=paper").
+            (`trl_vlprm.eval.specs.load_benchmark_spec`, e.g. "benchmark:puzzlevqa:limit=50,prompt=paper").
         dataset_split: split to read when `dataset` is a `DatasetDict` folder.
         num_questions: use only the first questions (all when None, 64 generated for "puzzles"); must be >= 1. Not
             pinned: a rerun with more questions answers the new ones.

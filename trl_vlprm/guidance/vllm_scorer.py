@@ -4,12 +4,10 @@ vLLM runs both PRM heads as a *pooling* model with the `token_classify` task: fo
 label probabilities, and a step's score is read at its last token (the separator), where the trainer put its label.
 
 - **value head** (the model family's token-classification class): vLLM converts the architecture to its classifier
-  model, whose weight mapper may expect the head under another name (the family's `vllm_value_head_renames`);
-  `vllm_checkpoint` writes a view of the folder with those keys renamed (other shards are symlinked), once per
-  checkpoint.
-- **generative head** (the VLM's LM head): converted online, no new checkpoint: vLLM takes the LM-head rows of `-`
-  and `+` as a two-class classifier (`classifier_from_token`, `no_post_processing`), so its softmax is
-  P(+) / (P(+) + P(-)), the generative PRM's score.
+  model, whose weight mapper may expect the head under another name (`vllm_checkpoint` writes a renamed view).
+- **generative head** (the VLM's LM head): vLLM takes the LM-head rows of `-` and `+` as a two-class classifier
+  (online, or through a view for the families whose LM head vLLM's conversion misses), so its softmax is
+  P(+) / (P(+) + P(-)), the generative PRM's score. Both in `trl_vlprm.guidance.vllm_checkpoints`.
 
 Token ids come from the one encoder (`trl_vlprm.modeling.encoding.PRMEncoder`, as `PRMScorer` and the trainer use
 it) in the PRM's layout (`steps`, the paper's `multi_turn`, or `text`: the one saved with the checkpoint, else the
@@ -30,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -38,9 +35,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from trl_vlprm.guidance.policy import Candidate, Question
+from trl_vlprm.guidance.vllm_checkpoints import vllm_model
 from trl_vlprm.guidance.vllm_policy import import_vllm
 from trl_vlprm.modeling.encoding import EncodedPrompt, PRMEncoder, PRMLayout
-from trl_vlprm.modeling.families import find_family
+from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.heads import HEADS, MissingPRMMetadataError, correct_probability, prm_token_ids, resolve_preset
 from trl_vlprm.modeling.hub import model_snapshot_dir, read_model_json
 from trl_vlprm.modeling.presets import PRMPreset
@@ -92,84 +90,6 @@ def verdict_token_ids(config: Mapping[str, Any], tokenizer: Any, layout: PRMLayo
     return prm_token_ids(tokenizer, layout.positive_token, layout.negative_token)
 
 
-def vllm_checkpoint(path: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """A folder vLLM loads as this PRM: the folder itself for a generative head (or a value head whose names vLLM
-    reads as saved); for a value head a view with the classifier saved under the names vLLM's classifier of the
-    model family loads (`ModelFamily.vllm_value_head_renames`).
-
-    The view lives in `cache_dir` (default `$TRL_VLPRM_CACHE` or `~/.cache/trl_vlprm`) under a name derived from the
-    folder's path and weight files (size, mtime), is written to a temporary name and renamed, and is reused.
-    """
-    path = Path(path).resolve()
-    config = json.loads((path / "config.json").read_text())
-    family = find_family(config.get("model_type"))
-    renames = dict(family.vllm_value_head_renames) if family is not None else {}
-    if config.get("prm_head") != "value" or not renames:
-        return path
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    shards = sorted(path.glob("*.safetensors"))
-    if not shards:
-        raise FileNotFoundError(f"{path}: a value-head PRM for vLLM needs safetensors weights, found none")
-    fingerprint = hashlib.sha256(
-        json.dumps([str(path)] + [(s.name, s.stat().st_size, s.stat().st_mtime_ns) for s in shards]).encode()
-    ).hexdigest()[:16]
-    root = Path(cache_dir or os.environ.get("TRL_VLPRM_CACHE") or Path.home() / ".cache" / "trl_vlprm")
-    target = root / "vllm" / f"{path.name}-{fingerprint}"
-    if target.is_dir():
-        return target
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    partial.mkdir(parents=True, exist_ok=True)
-    renamed = False
-    for item in path.iterdir():
-        if item.suffix != ".safetensors" and item.name != "model.safetensors.index.json":
-            (partial / item.name).symlink_to(item)
-    for shard in shards:
-        with safe_open(str(shard), framework="pt") as weights:
-            keys = list(weights.keys())
-            if not set(keys) & set(renames):
-                (partial / shard.name).symlink_to(shard)
-                continue
-            tensors = {renames.get(key, key): weights.get_tensor(key) for key in keys}
-            save_file(tensors, str(partial / shard.name), metadata=weights.metadata())
-            renamed = True
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        data = json.loads(index.read_text())
-        data["weight_map"] = {renames.get(k, k): v for k, v in data["weight_map"].items()}
-        (partial / index.name).write_text(json.dumps(data, indent=2))
-    if not renamed:
-        raise ValueError(f"{path}: config says prm_head='value' but no shard holds 'score.weight'")
-    try:
-        partial.rename(target)
-    except OSError:  # another process finished the same view first
-        if not target.is_dir():
-            raise
-    return target
-
-
-def engine_kwargs(path: str | Path, head: str, tokenizer: Any, token_ids: tuple[int, int] | None) -> dict[str, Any]:
-    """`vllm.LLM` arguments that run a PRM folder as a token-classification pooling model."""
-    kwargs: dict[str, Any] = {"runner": "pooling", "pooler_config": {"task": "token_classify"}}
-    if head == "generative":
-        positive, negative = token_ids
-        tokens = tokenizer.convert_ids_to_tokens([negative, positive])  # class 0 wrong, class 1 correct
-        config = json.loads((Path(path) / "config.json").read_text())
-        tied = bool(config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings")))
-        overrides = {"classifier_from_token": tokens, "method": "no_post_processing"}
-        kwargs["convert"] = "classify"
-        if "text_config" in config:
-            # vLLM reads the overrides from the text config of a VLM; transformers 5.19's Qwen2-VL text config lacks
-            # `tie_word_embeddings`, which vLLM's conversion reads.
-            kwargs["hf_overrides"] = {**overrides, "text_config": {**overrides, "tie_word_embeddings": tied}}
-        else:
-            # A text-only PRM (Math-Shepherd): a `text_config` override would become the config vLLM reads its heads
-            # from, and the engine would refuse it ("does not have `num_attention_heads`").
-            kwargs["hf_overrides"] = overrides
-    return kwargs
-
-
 class VLLMScorer:
     """Scores every step of many candidates to one question with a PRM on a vLLM pooling engine.
 
@@ -218,7 +138,8 @@ class VLLMScorer:
         self.step_separator = layout.step_separator
         self.encoder = PRMEncoder(processing_class, layout)
         self.reuse_cache = reuse_cache
-        self.image_token_id = getattr(processing_class, "image_token_id", None)
+        self.family = family_of_processor(processing_class)
+        self._collapsed: tuple[EncodedPrompt, list[int]] | None = None  # the current question's vLLM prefix
         self._current_question: str | None = None
         self._known: dict[bytes, float] = {}  # token-prefix digest -> score, for the current question
         self.counters = {"prompts": 0, "computed_tokens": 0, "prompt_tokens": 0, "rescored": 0, "known_steps": 0}
@@ -267,7 +188,7 @@ class VLLMScorer:
             max_pixels = max_pixels if max_pixels is not None else chosen.max_pixels
         processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
         token_ids = verdict_token_ids(config, get_tokenizer(processor), layout) if head == "generative" else None
-        folder = vllm_checkpoint(path, cache_dir) if head == "value" else Path(path)
+        folder, model_kwargs = vllm_model(path, head, get_tokenizer(processor), token_ids, cache_dir)
         llm_kwargs = dict(llm_kwargs or {})
         if llm_kwargs.pop("enable_prefix_caching", True) is not True:
             raise ValueError("VLLMScorer.from_pretrained: llm_kwargs['enable_prefix_caching'] must stay True")
@@ -280,7 +201,7 @@ class VLLMScorer:
             max_model_len=max_model_len,
             dtype=dtype,
             enable_prefix_caching=True,
-            **engine_kwargs(folder, head, get_tokenizer(processor), token_ids),
+            **model_kwargs,
             **llm_kwargs,
         )
         return cls(llm, processor, head=head, layout=layout, **kwargs)
@@ -288,16 +209,19 @@ class VLLMScorer:
     # ---- scoring --------------------------------------------------------------------------------------------
 
     def _prompt(self, prompt: EncodedPrompt, ids: list[int]) -> dict[str, Any]:
-        """A vLLM token prompt of the whole sequence `ids`. vLLM expands every image token it is given, so each
-        image's run of image tokens goes as one token; vLLM's expansion gives back exactly `ids` (the image
-        processor is the same)."""
+        """A vLLM token prompt of the whole sequence `ids`. vLLM expands every image placeholder it is given, so each
+        image's expansion goes back to the template's placeholder (`ModelFamily.collapse_image_tokens`); vLLM's
+        expansion gives back exactly `ids` (the image processor is the same)."""
         if not prompt.images:
             return {"prompt_token_ids": list(ids)}
-        collapsed = [
-            token
-            for i, token in enumerate(ids)
-            if token != self.image_token_id or i == 0 or ids[i - 1] != self.image_token_id
-        ]
+        size = len(prompt.input_ids)
+        if ids[:size] == prompt.input_ids:  # the question's collapsed ids are worked out once
+            if self._collapsed is None or self._collapsed[0] is not prompt:
+                collapsed = self.family.collapse_image_tokens(self.processing_class, prompt.input_ids, prompt.images)
+                self._collapsed = (prompt, collapsed)
+            collapsed = self._collapsed[1] + list(ids[size:])
+        else:
+            collapsed = self.family.collapse_image_tokens(self.processing_class, ids, prompt.images)
         return {"prompt_token_ids": collapsed, "multi_modal_data": {"image": prompt.images}}
 
     def _sequences(self, question: Question, candidates: Sequence[Candidate]):

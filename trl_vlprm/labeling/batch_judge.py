@@ -34,8 +34,8 @@ from pathlib import Path
 import openai
 from tqdm.auto import tqdm
 
-from trl_vlprm.labeling.judge import UNKNOWN, JudgeConfig, JudgeResult, _sample, openai_client
-from trl_vlprm.labeling.judge_prompts import JUDGE_PROMPTS
+from trl_vlprm.labeling.judge import JudgeConfig, JudgeResult, _sample, openai_client
+from trl_vlprm.labeling.judge_prompts import JUDGE_PROMPTS, UNKNOWN
 from trl_vlprm.utils.resume import atomic_write_text, stable_digest
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -130,7 +130,7 @@ class BatchJudge:
         results = {cid: JudgeResult(verdicts=[UNKNOWN] * len(item[1])) for cid, item in zip(custom_ids, items)}
         lines, step_types = [], {}
         for cid, item in zip(custom_ids, items):
-            question, steps, types = item[0], item[1], item[2]
+            question, steps, types = item[:3]
             types = list(types) if types is not None else [None] * len(steps)
             answer = item[3] if len(item) > 3 else None
             if not steps:
@@ -202,10 +202,12 @@ class BatchJudge:
                 busy = [s for s in state["submissions"] if not s["collected"]]
                 in_flight = {cid for s in busy for cid in s["custom_ids"]}
                 retry = [
-                    (cid, line) for cid, line in lines
-                    if cid not in answers and cid not in in_flight
+                    (cid, line)
+                    for cid, line in lines
+                    if cid not in answers
+                    and cid not in in_flight
                     and attempts[cid] <= self.config.judge_batch_max_resubmits
-                ]  # fmt: skip
+                ]
                 if retry:
                     self._submit(key, state, retry, save)
                     continue
@@ -227,10 +229,20 @@ class BatchJudge:
             name = f"{key}.r{round_index}.p{p}.input.jsonl"
             atomic_write_text(self.state_dir / name, "".join(line + "\n" for _, line in part))
             state["submissions"].append(
-                {"round": round_index, "part": p, "input": name, "custom_ids": [cid for cid, _ in part],
-                 "file_id": None, "batch_id": None, "status": None, "output": None, "errors": None,
-                 "batch_errors": None, "collected": False}
-            )  # fmt: skip
+                {
+                    "round": round_index,
+                    "part": p,
+                    "input": name,
+                    "custom_ids": [cid for cid, _ in part],
+                    "file_id": None,
+                    "batch_id": None,
+                    "status": None,
+                    "output": None,
+                    "errors": None,
+                    "batch_errors": None,
+                    "collected": False,
+                }
+            )
         self.counts["rounds"] += 1
         save()
 
@@ -276,7 +288,9 @@ class BatchJudge:
 
     def _collected(self, state: dict) -> tuple[dict, dict, Counter]:
         """Answers (200 bodies) and last errors by custom_id from every downloaded file; submissions per id."""
-        answers, failures, attempts = {}, {}, Counter()
+        answers = {}
+        failures = {}
+        attempts = Counter()
         for submission in state["submissions"]:
             if not submission["collected"]:
                 continue

@@ -228,9 +228,11 @@ def _label_shards(
     total = BatchStats()
     rank = f" (rank {ranks.rank}/{ranks.world_size})" if ranks.world_size > 1 else ""
     bar = tqdm(
-        total=sum(len(chunk) for _, chunk in plan), desc=f"label {config.rule}{rank}", unit="q",
+        total=sum(len(chunk) for _, chunk in plan),
+        desc=f"label {config.rule}{rank}",
+        unit="q",
         disable=not config.show_progress,
-    )  # fmt: skip
+    )
     try:
         for index, chunk in plan:
             claim.ensure(f"shard {index}")  # before paying for its rollouts
@@ -357,9 +359,14 @@ def import_dataset(
                 if judge is not None:
                     _check_judge(config, judge, stats, chunk_ids)
             rows = label_solutions(
-                solutions, verdicts, config.rule, stats, config.disagreement, config.disagreement_weight,
+                solutions,
+                verdicts,
+                config.rule,
+                stats,
+                config.disagreement,
+                config.disagreement_weight,
                 config.judge_unknown,
-            )  # fmt: skip
+            )
             with claim.writing(f"shard {index}"):
                 write_shard(output_dir, index, rows, stats, chunk_ids, [digests[j] for j in chunk])
         total = BatchStats()
@@ -415,19 +422,28 @@ def run(config: LabelConfig, judge_config: JudgeConfig | None = None) -> BatchSt
         policy, questions = _make_policy_and_questions(config)
         stats = build_dataset(questions, policy, config, judge_config=judge_config, ranks=ranks)
     if ranks.is_main:
-        log_tables(config.report_to, stats_tables(stats), Path(config.output_dir) / "runs", project="trl_vlprm-label",
-                   config=config.pinned(judge_config))  # fmt: skip
+        log_tables(
+            config.report_to,
+            stats_tables(stats),
+            Path(config.output_dir) / "runs",
+            project="trl_vlprm-label",
+            config=config.pinned(judge_config),
+        )
     return stats
 
 
 def stats_tables(stats: BatchStats) -> dict[str, list[dict]]:
     """The labelling's tables for trackers: one summary row (counts and costs) and the solutions per rule case."""
     summary = {
-        "solutions": stats.solutions, "records": stats.records, "dropped_solutions": stats.dropped_solutions,
-        "steps_total": stats.steps_total, "steps_labelled": stats.steps_labelled,
-        "rollout_tokens": stats.rollout_cost.tokens, "mc_tokens": stats.mc_cost.tokens,
+        "solutions": stats.solutions,
+        "records": stats.records,
+        "dropped_solutions": stats.dropped_solutions,
+        "steps_total": stats.steps_total,
+        "steps_labelled": stats.steps_labelled,
+        "rollout_tokens": stats.rollout_cost.tokens,
+        "mc_tokens": stats.mc_cost.tokens,
         "judge_requests": stats.judge.get("requests", 0),
-    }  # fmt: skip
+    }
     cases = [{"case": case, "solutions": count} for case, count in sorted(stats.cases.items())]
     return {"labelling_summary": [summary], "labelling_cases": cases}
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from trl_vlprm.labeling.judge import CORRECT, INCORRECT, UNKNOWN
+from trl_vlprm.labeling.judge_prompts import CORRECT, INCORRECT, UNKNOWN
 from trl_vlprm.registry import Registry
 
 UNKNOWN_POLICIES = ("keep_prefix", "drop")

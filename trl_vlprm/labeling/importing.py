@@ -36,7 +36,8 @@ from typing import Any
 from trl_vlprm.data.answers import Grader, grade_question
 from trl_vlprm.data.paper_solution import solution_answer, split_solution
 from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, solution_id
-from trl_vlprm.labeling.judge import UNKNOWN, JudgeResult
+from trl_vlprm.labeling.judge import JudgeResult
+from trl_vlprm.labeling.judge_prompts import UNKNOWN
 from trl_vlprm.labeling.labeler import Solution, solutions_from_json
 from trl_vlprm.labeling.mc import Cost, MCResult, Rollout
 
@@ -145,12 +146,13 @@ def _read_paper(path: Path, rows, mc_threshold: float, image_root: str | None, g
                 raise RecordError(where, "image_path", "missing")
             if image_root and not Path(image).is_absolute():
                 image = str(Path(image_root) / image)
-            question = questions[qid] = {
+            question = {
                 "id": qid,
                 "prompt": IMAGE_PLACEHOLDER + (text.group(1).strip() if text else row["question"].strip()),
                 "images": [image],
                 "answer": str(row["answer"]),
             }
+            questions[qid] = question
         elif str(row["answer"]) != question["answer"]:
             raise RecordError(
                 where, "answer", f"{row['answer']!r}, but an earlier line of {qid!r} says {question['answer']!r}"
@@ -211,8 +213,10 @@ def read_verdict_files(paths: Sequence[str | Path]) -> dict[str, VerdictLine]:
         text = path.read_text()
         if text.lstrip().startswith("["):  # the paper's `*_verification_results.json`
             entries = [(f"{path}[{i}]", e) for i, e in enumerate(json.loads(text))]
-            parsed = [(where, e.get("custom_id"), VerdictLine(e.get("verification_response"), {}, None, where))
-                      for where, e in entries]  # fmt: skip
+            parsed = [
+                (where, e.get("custom_id"), VerdictLine(e.get("verification_response"), {}, None, where))
+                for where, e in entries
+            ]
         else:
             parsed = [
                 (f"{path}:{n}", row.get("custom_id"), _batch_line(row, f"{path}:{n}")) for n, row in _lines(path)

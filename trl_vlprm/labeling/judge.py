@@ -33,16 +33,10 @@ from typing import Any
 import openai
 
 from trl_vlprm.guidance.policy import Question
-from trl_vlprm.labeling.judge_prompts import (  # noqa: F401 (re-exported: the judge's vocabulary)
-    CORRECT,
-    INCORRECT,
+from trl_vlprm.labeling.judge_prompts import (
     JUDGE_PROMPTS,
-    SYSTEM_PROMPT,
     UNKNOWN,
     JudgeParseError,
-    build_messages,
-    image_data_url,
-    parse_verdicts,
 )
 from trl_vlprm.utils.http import retry_after_seconds
 
@@ -339,8 +333,15 @@ class JudgeClient:
             except openai.APIConnectionError as err:
                 cause = err.__cause__ or err
                 self._error(result, "network", f"network: {type(cause).__name__}: {_sample(str(cause))}")
-            except (JudgeParseError, openai.APIResponseValidationError, AttributeError, KeyError, IndexError,
-                    TypeError, ValueError) as err:  # fmt: skip
+            except (
+                JudgeParseError,
+                openai.APIResponseValidationError,
+                AttributeError,
+                KeyError,
+                IndexError,
+                TypeError,
+                ValueError,
+            ) as err:
                 self._error(result, "parse", f"parse: {_sample(str(err))}")
         result.seconds = time.monotonic() - start
         self._count(result)

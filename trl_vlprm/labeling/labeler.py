@@ -143,8 +143,14 @@ def solutions_from_json(
             raise RecordError(row, "question_id", f"{entry['question_id']!r} is not a question of {source}")
         mc = entry["mc"]
         if mc:
-            mc = MCResult(mc["scores"], mc["labels"], mc["first_error"], mc["num_estimates"], Cost(**mc["cost"]),
-                          mc.get("strong_labels"))  # fmt: skip
+            mc = MCResult(
+                mc["scores"],
+                mc["labels"],
+                mc["first_error"],
+                mc["num_estimates"],
+                Cost(**mc["cost"]),
+                mc.get("strong_labels"),
+            )
         solutions.append((by_id[entry["question_id"]], entry["index"], Rollout(**entry["rollout"]), mc))
     return solutions, BatchStats.from_dict(data["stats"])
 
@@ -296,7 +302,12 @@ class LabelQuality:
 
 def step_label_quality(pairs: Sequence[tuple[Sequence[bool | None], Sequence[bool]]]) -> LabelQuality:
     """Quality of (labels, gold) pairs, one per solution; steps labelled None are left out of the scores."""
-    hits = true_bad = predicted_bad = gold_bad = labelled = total = 0
+    hits = 0  # steps labelled as gold has them
+    true_bad = 0
+    predicted_bad = 0
+    gold_bad = 0
+    labelled = 0
+    total = 0
     for labels, gold in pairs:
         if len(labels) > len(gold):
             raise ValueError(f"{len(labels)} labels for {len(gold)} gold steps")

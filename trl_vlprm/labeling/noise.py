@@ -31,7 +31,7 @@ from typing import Any
 
 from trl_vlprm.data.schema import PERCEPTION, REASONING
 from trl_vlprm.labeling.combine import RULES, combine, completer_agreement
-from trl_vlprm.labeling.judge import CORRECT, UNKNOWN
+from trl_vlprm.labeling.judge_prompts import CORRECT, UNKNOWN
 from trl_vlprm.utils.resume import atomic_write_text
 
 MAX_POSITION = 8

@@ -1,5 +1,5 @@
-"""Modeling: PRM heads on vision-language backbones, model-family adapters, processors, model-folder helpers and the
-offline tiny models.
+"""Modeling: PRM heads on vision-language backbones, model-family adapters, processors and model-folder helpers.
+Tiny stand-in models for tests are in `trl_vlprm.testing`.
 Exports load lazily (they import torch and transformers)."""
 
 from trl_vlprm.utils.lazy import lazy_getattr
@@ -7,8 +7,6 @@ from trl_vlprm.utils.lazy import lazy_getattr
 _EXPORTS = {
     "load_prm": ".heads",
     "load_processor": ".processor",
-    "build_tiny_vlm": ".tiny",
-    "build_tiny_text_prm": ".tiny",
     "model_fingerprint": ".hub",
     "ModelFamily": ".families",
     "get_family": ".families",

@@ -111,9 +111,13 @@ def as_token_classification_model(model_class: type[PreTrainedModel]) -> type[Pr
     head_class = type(
         name,
         (GenericForTokenClassification, pretrained_base),
-        {"config_class": config_class, "__module__": __name__, "__doc__": f"{model_class.__name__}'s backbone + "
-         "a per-token classifier (`score`): the value-head PRM (`as_token_classification_model`)."},
-    )  # fmt: skip
+        {
+            "config_class": config_class,
+            "__module__": __name__,
+            "__doc__": f"{model_class.__name__}'s backbone + "
+            "a per-token classifier (`score`): the value-head PRM (`as_token_classification_model`).",
+        },
+    )
     conversions = get_checkpoint_conversion_mapping(model_class.__name__)
     if conversions is not None:
         register_checkpoint_conversion_mapping(name, conversions, overwrite=True)

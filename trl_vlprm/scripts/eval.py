@@ -43,9 +43,11 @@ def below_random_lines(rows: list[dict[str, Any]]) -> list[str]:
     has_random = any(row["scorer"] == "random" for row in rows)
     lines = []
     for selection in sorted({row["selection"] for row in rows if str(row["selection"]).startswith("best_of_n")}):
-        # without a random scorer, the `first` pick (one random sample's accuracy) plays it
-        baseline = [] if has_random else [{**row, "scorer": "random", "selection": selection} for row in rows
-                                          if row["selection"] == "first"]  # fmt: skip
+        baseline = []
+        if not has_random:  # the `first` pick (one random sample's accuracy) plays the random scorer
+            baseline = [
+                {**row, "scorer": "random", "selection": selection} for row in rows if row["selection"] == "first"
+            ]
         for scorer in scorers:
             lines += sweep_below_random([*rows, *baseline], scorer, "random", selection)
     return lines

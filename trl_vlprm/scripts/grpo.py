@@ -124,8 +124,6 @@ def main(
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     accelerator = trainer.accelerator
-    if accelerator.is_main_process:
-        print(f"world_size={accelerator.num_processes} process_advantages={training_args.process_advantages}")
     # Per rank: each scores only its own share of the completions (and counts its own degenerate inputs).
     print(f"rank={accelerator.process_index} prm_reward={prm_reward.stats.as_dict()}", flush=True)
     accelerator.wait_for_everyone()  # ranks leave together: a rank exiting mid-save can abort its peers

@@ -92,9 +92,12 @@ def load_split(script_args: PRMScriptArguments, name: str, split: str, strict_sp
     with_steps = dataset.filter(lambda steps: len(steps or []) > 0, input_columns="completions")
     if len(with_steps) < len(dataset):
         logger.warning(
-            "%s[%s]: %d of %d row(s) have no completions and are skipped", name, split, len(dataset) - len(with_steps),
+            "%s[%s]: %d of %d row(s) have no completions and are skipped",
+            name,
+            split,
+            len(dataset) - len(with_steps),
             len(dataset),
-        )  # fmt: skip
+        )
     return with_steps
 
 

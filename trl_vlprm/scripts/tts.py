@@ -35,7 +35,7 @@ def make_parser(prog: str | None = None) -> TrlParser:
 def questions_of(args: TTSArguments):
     """`build_questions`, plus "benchmark:<spec>": an evaluation benchmark (the paper's subsets and prompts)."""
     if args.dataset.startswith("benchmark:"):
-        from trl_vlprm.eval.eval_tts import load_benchmark_spec
+        from trl_vlprm.eval.specs import load_benchmark_spec
 
         questions = load_benchmark_spec(args.dataset.removeprefix("benchmark:"))[1]
         return questions.select(range(min(args.num_questions, len(questions)))) if args.num_questions else questions
@@ -49,7 +49,9 @@ def main(args: TTSArguments, search: SearchConfig) -> TTSSummary:
     rank 0 prints the summary of the whole file once every rank is done.
     """
     ranks = Ranks.from_environment()
-    questions, policy, scorer = questions_of(args), build_policy(args), build_scorer(args)
+    questions = questions_of(args)
+    policy = build_policy(args)
+    scorer = build_scorer(args)
     tags = run_tags(args)
     summary = run_tts(questions, args.strategy, policy, scorer, search, args.output_file, run_tags=tags, ranks=ranks)
     if ranks.is_main:

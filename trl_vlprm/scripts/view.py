@@ -85,7 +85,7 @@ def load_view_questions(spec: str) -> Any:
 
     kind, _, rest = spec.partition(":")
     if kind == "benchmark":
-        from trl_vlprm.eval.eval_tts import load_benchmark_spec
+        from trl_vlprm.eval.specs import load_benchmark_spec
 
         return load_benchmark_spec(rest)[1]
     if kind == "process_bench":
@@ -113,9 +113,15 @@ def main(args: ViewArguments) -> Path:
     output = Path(args.output) if args.output else Path(str(Path(args.inputs[0])).rstrip("/") + ".html")
     questions = load_view_questions(args.questions) if args.questions else None
     summary = write_view(
-        args.inputs, output, questions=questions, selection=args.selection, n=args.n,
-        max_image_side=args.max_image_side, page_size=args.page_size, title=args.title,
-    )  # fmt: skip
+        args.inputs,
+        output,
+        questions=questions,
+        selection=args.selection,
+        n=args.n,
+        max_image_side=args.max_image_side,
+        page_size=args.page_size,
+        title=args.title,
+    )
     print(
         f"wrote {summary.path}: {summary.num_questions} questions ({summary.kind}), {summary.num_images} images, "
         f"{summary.num_bytes / 1e6:.1f} MB"

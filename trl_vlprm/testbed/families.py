@@ -54,6 +54,9 @@ class PuzzleFamily:
 
     name: str = ""
     question_text: str = ""
+    # Words its steps may hold that sampling seldom shows (e.g. every colour name a misread can draw): the
+    # testbed corpus repeats them so the tiny tokenizer keeps each one whole.
+    vocabulary: tuple[str, ...] = ()
 
     def question(self, state: State) -> str:
         return self.question_text

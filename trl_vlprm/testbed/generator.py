@@ -14,14 +14,24 @@ from typing import Any
 from ..data.schema import PERCEPTION, REASONING, RecordError, format_prompt, stepwise_features, to_json_string
 from ..registry import UnknownNameError
 from ..utils.errors import UsageError
-from . import arithmetic, learnable  # noqa: F401 (their families register themselves in PUZZLE_FAMILIES)
+from . import arithmetic, learnable, lookalike  # noqa: F401 (their families register themselves in PUZZLE_FAMILIES)
 from .families import PUZZLE_FAMILIES, PuzzleFamily, State
 
-# Two tiers (docs/testbed.md): "hard" puzzles a tiny CPU model cannot learn to check in minutes (grids, counting,
-# arithmetic, clocks: the default, as before), "learnable" ones it can (one large shape, one-sentence steps).
+# Three tiers (docs/testbed.md): "hard" puzzles a tiny CPU model cannot learn to check in minutes (grids, counting,
+# arithmetic, clocks: the default, as before), "learnable" ones it can (one large shape, one-sentence steps), and
+# "lookalike" ones drawn and captioned in PuzzleVQA's vocabulary, whose colour check transfers to the real images.
 TIERS: dict[str, tuple[str, ...]] = {
     "hard": ("color_grid", "size_cycle", "counting", "number_grid", "polygon_sides", "clock"),
     "learnable": ("shape_sides", "shape_colour"),
+    "lookalike": (
+        "pv_circle_grid",
+        "pv_hexagon",
+        "pv_polygons",
+        "pv_rectangles",
+        "pv_tiles",
+        "pv_rings",
+        "pv_overlap",
+    ),
 }
 DEFAULT_TIER = "hard"
 STEP_TYPES = [PERCEPTION, REASONING, REASONING]
@@ -136,14 +146,21 @@ def generate_puzzles(n: int, seed: int = 0, families: str | Sequence[str] | None
     return Dataset.from_list(records, features=puzzle_features())
 
 
-def testbed_corpus(per_family: int = 40, seed: int = 0) -> list[str]:
+def testbed_corpus(per_family: int = 40, seed: int = 0, families: str | Sequence[str] | None = None) -> list[str]:
     """Text of the testbed (questions, options, gold, misread and slipped steps of every family), no images.
 
     A tokenizer trained on it encodes the testbed's words whole ("hexagon", "purple"), so a tiny PRM checks a
     step by looking at one token per word instead of assembling words from byte pieces.
+
+    Args:
+        per_family: puzzles sampled per family.
+        seed: seed of the sampling.
+        families: the hard and learnable tiers' text is always included (so their tokenizer stays the same);
+            these families' (names or a tier, e.g. "lookalike") is added after it.
     """
     texts = []
-    for name in dict.fromkeys((*TIERS["hard"], *TIERS["learnable"], *PUZZLE_FAMILIES)):  # tiers first: a stable order
+    extra = resolve_families(families) if families else []
+    for name in dict.fromkeys((*TIERS["hard"], *TIERS["learnable"], *extra)):  # tiers first: a stable order
         family = PUZZLE_FAMILIES.get(name)
         rng = random.Random(f"corpus:{seed}:{name}")
         for _ in range(per_family):
@@ -161,4 +178,6 @@ def testbed_corpus(per_family: int = 40, seed: int = 0) -> list[str]:
                 family.explain(state, obs, slipped),
                 answer_step(value),
             ]
+        if family.vocabulary:  # as prose and as a caption's quoted list, where a word follows a quote, not a space
+            texts += [" ".join(family.vocabulary), repr(list(family.vocabulary))] * per_family
     return texts

@@ -9,9 +9,9 @@ from typing import Any
 from datasets import Dataset, Features, IterableDataset, List, Value
 
 from trl_vlprm.data.schema import RecordError, validate_record
+from trl_vlprm.modeling.encoding import is_vision_processor
 from trl_vlprm.trainer import tokenization
 from trl_vlprm.trainer.config import VLPRMConfig
-from trl_vlprm.trainer.tokenization import is_vision_processor
 
 # Warnings keep the trainer's logger name: users filter on it.
 logger = logging.getLogger("trl_vlprm.trainer.vlprm_trainer")

@@ -18,16 +18,13 @@ from typing import Any
 import numpy as np
 
 from trl_vlprm.data.schema import PERCEPTION, RecordError
-from trl_vlprm.modeling.encoding import (  # noqa: F401  (re-exported: the trainer's row tokenizer's building blocks)
-    EncodedPrompt,
+from trl_vlprm.modeling.encoding import (
     PRMEncoder,
     PRMLayout,
     encode_prompt,
     encode_steps,
-    image_token_counts,
     is_vision_processor,
     mm_token_type_ids,
-    prompt_to_messages,
 )
 from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.processor import get_tokenizer

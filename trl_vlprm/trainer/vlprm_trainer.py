@@ -16,6 +16,7 @@ from transformers import EvalPrediction, PreTrainedModel, Trainer, TrainerCallba
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.trainer.utils import disable_dropout_in_model
 
+from trl_vlprm.data.schema import PERCEPTION
 from trl_vlprm.modeling import readout
 from trl_vlprm.modeling.families import family_of_model
 from trl_vlprm.modeling.heads import load_prm, prm_token_ids
@@ -32,7 +33,7 @@ from trl_vlprm.trainer.data_preparation import (
 )
 from trl_vlprm.trainer.metrics import compute_step_metrics
 from trl_vlprm.trainer.model_card import PAPER, generate_model_card
-from trl_vlprm.trainer.tokenization import IGNORE_INDEX, PERCEPTION, STEP_TYPE_IDS
+from trl_vlprm.trainer.tokenization import IGNORE_INDEX, STEP_TYPE_IDS
 
 logger = logging.getLogger(__name__)
 

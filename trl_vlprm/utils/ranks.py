@@ -234,8 +234,9 @@ def _read_claim(lock_path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {"generation": 0}
     except ValueError as err:
-        raise ValueError(f"{claim_path(lock_path)}: unreadable run claim ({err}); remove it only when no run is "
-                         "writing this output") from err  # fmt: skip
+        raise ValueError(
+            f"{claim_path(lock_path)}: unreadable run claim ({err}); remove it only when no run is writing this output"
+        ) from err
 
 
 def _start_generation(lock_path: Path, world_size: int) -> int:
@@ -300,8 +301,10 @@ class RunClaim:
         claim = _read_claim(self.lock_path)
         reason = None
         if claim.get("generation") != self.generation:
-            reason = (f"a newer run (generation {claim.get('generation')}, rank 0 pid {claim.get('pid')}) took over "
-                      f"the output since this one (generation {self.generation}) started")  # fmt: skip
+            reason = (
+                f"a newer run (generation {claim.get('generation')}, rank 0 pid {claim.get('pid')}) took over "
+                f"the output since this one (generation {self.generation}) started"
+            )
         elif _lock_is_free(self.lock_path):
             reason = f"rank 0 no longer holds the output's lock ({self.lock_path}.lock): it died, or its node did"
         if reason is not None:

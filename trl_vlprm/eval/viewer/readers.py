@@ -148,7 +148,7 @@ def read_tts(path: Path, questions: dict[str, dict[str, Any]]) -> None:
                     candidate.get("gold_correct"),
                     candidate.get("answer"),
                     None,
-                )  # fmt: skip
+                )
             )
             scores.append(_round(candidate.get("step_scores")))
         chosen = line["chosen"]
@@ -193,15 +193,19 @@ def read_samples(path: Path, questions: dict[str, dict[str, Any]], selection: st
                     sample.get("gold_correct"),
                     sample.get("answer"),
                     bool(sample["correct"]),
-                )  # fmt: skip
+                )
             )
         scorers = list(dict.fromkeys(name for sample in samples for name in sample["step_scores"]))
         for scorer in scorers if uses_scorer(selection) else [NO_SCORER]:
             candidates = [
-                Candidate(sample["steps"], True, sample.get("vote_answer"),
-                          step_scores=list(sample["step_scores"].get(scorer) or []) if scorer != NO_SCORER else [])
+                Candidate(
+                    sample["steps"],
+                    True,
+                    sample.get("vote_answer"),
+                    step_scores=list(sample["step_scores"].get(scorer) or []) if scorer != NO_SCORER else [],
+                )
                 for sample in samples
-            ]  # fmt: skip
+            ]
             try:
                 chosen = choice.choose(candidates, aggregation, [bool(s["correct"]) for s in samples])
             except (ValueError, KeyError, TypeError) as err:
@@ -284,8 +288,9 @@ def read_labelled(path: Path, questions: dict[str, dict[str, Any]], images: Any)
             judge = _json_cell(row.get("judge"), where, "judge") or {}
             gold = _json_cell(row.get("gold_step_correct"), where, "gold_step_correct")
             steps = row["completions"]
-            solution = _solution(steps, row.get("step_types"), gold, row.get("rollout_answer"),
-                                 row.get("rollout_correct"))  # fmt: skip
+            solution = _solution(
+                steps, row.get("step_types"), gold, row.get("rollout_answer"), row.get("rollout_correct")
+            )
             solution.update(
                 label=[_truth(label) for label in row["labels"]],
                 mc=_round((mc.get("scores") or [])[: len(steps)]),

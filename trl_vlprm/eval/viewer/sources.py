@@ -37,7 +37,7 @@ def pinned_sources(paths: Sequence[Path], kind: str, first_lines: Sequence[Mappi
 def load_source(source: str) -> Any:
     """The question records of one `pinned_sources` entry."""
     if source.startswith("benchmark:"):
-        from trl_vlprm.eval.eval_tts import load_benchmark_spec
+        from trl_vlprm.eval.specs import load_benchmark_spec
 
         return load_benchmark_spec(source.removeprefix("benchmark:"))[1]
     from trl_vlprm.data.loading import load_questions

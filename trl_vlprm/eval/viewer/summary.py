@@ -60,8 +60,16 @@ def calibration(name: str, pairs: Sequence[tuple[float, int]], num_bins: int = 1
     good = [s for s, t in pairs if t]
     bad = [s for s, t in pairs if not t]
     ece = sum(n * abs(s - g) for s, g, n in bins) / len(pairs) if pairs else None
-    return Calibration(name, len(pairs), sum(good) / len(good) if good else None, sum(bad) / len(bad) if bad else None,
-                       bins, good_hist, bad_hist, ece)  # fmt: skip
+    return Calibration(
+        name,
+        len(pairs),
+        sum(good) / len(good) if good else None,
+        sum(bad) / len(bad) if bad else None,
+        bins,
+        good_hist,
+        bad_hist,
+        ece,
+    )
 
 
 def _axes(width: int, height: int, pad: int, xlabel: str, ylabel: str) -> list[str]:
@@ -106,8 +114,11 @@ def histogram_svg(cal: Calibration, width: int = 240, height: int = 180, pad: in
     parts = _axes(width, height, pad, "step score", "share of steps")
     bins = len(cal.good_hist)
     bar = (width - pad - 6) / bins
-    tallest = max([h / max(sum(cal.good_hist), 1) for h in cal.good_hist]
-                  + [h / max(sum(cal.bad_hist), 1) for h in cal.bad_hist] + [1e-9])  # fmt: skip
+    tallest = max(
+        [h / max(sum(cal.good_hist), 1) for h in cal.good_hist]
+        + [h / max(sum(cal.bad_hist), 1) for h in cal.bad_hist]
+        + [1e-9]
+    )
     for hist, colour, kind, offset in ((cal.good_hist, GOOD, "good", 0.0), (cal.bad_hist, BAD, "bad", 0.5)):
         total = max(sum(hist), 1)
         for k, count in enumerate(hist):

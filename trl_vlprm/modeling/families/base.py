@@ -17,11 +17,12 @@ A family covers one or more transformers `model_type`s that share a processor, a
 - **scoring**: whether a shared question prefix gives exactly the scores of whole forwards (`exact_prefix_sharing`);
 - **vLLM**: where vLLM's classifier looks for a value head's weights.
 
-Tiny random models of each family (tests, demo) are built in `trl_vlprm.modeling.tiny_models`, not here: nothing in
+Tiny random models of each family (tests, demo) are built in `trl_vlprm.testing.tiny_models`, not here: nothing in
 an adapter exists only for tests.
 
 A family registers itself with `@register_model_family` in its own module of `trl_vlprm.modeling.families` (every
-module of that package is imported when the package is), so adding a family is one file plus its tests.
+module of that package is imported before the first lookup, `Registry(discover=...)`), so adding a family is one file
+plus its tests.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ PROCESSOR_FILES = (  # where a saved processor records its class
 
 class ImageOnlyProcessorMixin:
     """For a processor subclass without the video processor (which would need torchvision): saves under the upstream
-    class name, so a saved folder still loads with `AutoProcessor` where torchvision exists."""
+    class name, with an empty video processor entry, so a saved folder still loads with `AutoProcessor` where
+    torchvision exists (`tools/processor_parity.py` checks it)."""
 
     upstream_name: str
 
@@ -65,6 +67,11 @@ class ImageOnlyProcessorMixin:
                 config = json.loads(path.read_text())
                 if config.get("processor_class") == type(self).__name__:
                     config["processor_class"] = self.upstream_name
+                    if name == "processor_config.json":
+                        # The upstream processor demands a video processor. transformers reads this nested entry
+                        # before any video_preprocessor_config.json; empty, it builds the model type's default one
+                        # (without it: "OSError: Can't load video processor"). A PRM reads no videos.
+                        config.setdefault("video_processor", {})
                     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return saved
 
@@ -110,6 +117,10 @@ class ModelFamily(abc.ABC):
             (`preprocessor_config.json`'s `processor_class`, the class of a processor passed in).
         vision_marker_tokens: tokens framing an image in the chat template, rejected inside a step.
         vllm_value_head_renames: value-head weight names as saved -> the names vLLM's classifier of the family loads.
+        vllm_reads_lm_head_rows: whether vLLM 0.32's online conversion of a generative PRM (`classifier_from_token`)
+            finds the family's LM head; it looks on the inner language model, so a family whose vLLM model keeps the
+            LM head outside it sets False and is served through a two-row view
+            (`trl_vlprm.guidance.vllm_checkpoints.vllm_generative_view`).
     """
 
     name: ClassVar[str]
@@ -117,6 +128,7 @@ class ModelFamily(abc.ABC):
     class_name_prefixes: ClassVar[Mapping[str, str]] = {}
     vision_marker_tokens: ClassVar[tuple[str, ...]] = ()
     vllm_value_head_renames: ClassVar[Mapping[str, str]] = {}
+    vllm_reads_lm_head_rows: ClassVar[bool] = True
 
     def __init__(self, model_type: str):
         if model_type not in self.model_types:
@@ -200,6 +212,35 @@ class ModelFamily(abc.ABC):
         counts = self.image_token_counts(processing_class, images, row)
         return pieces[0] + "".join(image_token * n + piece for n, piece in zip(counts, pieces[1:]))
 
+    def image_placeholder(self, processing_class: Any) -> str:
+        """The text the chat template writes for one image and `expand_image_tokens` expands (the processor's
+        `image_token` by default)."""
+        return processing_class.image_token
+
+    def collapse_image_tokens(self, processing_class: Any, ids: Sequence[int], images: Sequence[Any]) -> list[int]:
+        """`ids` with each image's expansion put back to the placeholder the chat template writes: the token prompt
+        an engine that expands images itself (vLLM) takes, and expands back into exactly `ids`.
+
+        Each image's expansion is found in order (Idefics3's tiles carry row/column markers around their image tokens,
+        so dropping repeated image tokens alone would leave markers vLLM adds again).
+
+        Raises:
+            ValueError: an image's expansion is not in `ids` (the ids were encoded with other images or settings).
+        """
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        placeholder = self.image_placeholder(processing_class)
+        placeholder_ids = tokenizer(placeholder, add_special_tokens=False)["input_ids"]
+        collapsed, start = [], 0
+        for i, image in enumerate(images):
+            expanded = self.expand_image_tokens(processing_class, placeholder, [image])
+            span = tokenizer(expanded, add_special_tokens=False)["input_ids"]
+            at = next((j for j in range(start, len(ids) - len(span) + 1) if ids[j : j + len(span)] == span), None)
+            if at is None:
+                raise ValueError(f"image {i}'s {len(span)} tokens are not in the sequence after position {start}")
+            collapsed += list(ids[start:at]) + placeholder_ids
+            start = at + len(span)
+        return collapsed + list(ids[start:])
+
     # ---- batching ---------------------------------------------------------------------------------------------
 
     def image_inputs(self, processing_class: Any, images: Sequence[Any]) -> dict[str, torch.Tensor]:
@@ -271,7 +312,9 @@ class ModelFamily(abc.ABC):
 
 
 # Model type -> family class; each family registers under every model type it covers.
-MODEL_FAMILIES: Registry[type[ModelFamily]] = Registry("model family", base=ModelFamily)
+MODEL_FAMILIES: Registry[type[ModelFamily]] = Registry(
+    "model family", base=ModelFamily, discover="trl_vlprm.modeling.families"
+)
 _REGISTERED: list[type[ModelFamily]] = []  # registration order, for error messages that list what is supported
 
 
@@ -284,11 +327,13 @@ def register_model_family(cls: type[ModelFamily]) -> type[ModelFamily]:
 
 def supported_model_types() -> tuple[str, ...]:
     """Every model type a registered family covers, in registration order."""
+    MODEL_FAMILIES.discover_entries()
     return tuple(model_type for cls in _REGISTERED for model_type in cls.model_types)
 
 
 def supported_families_text() -> str:
     """ "qwen2_vl, qwen2_5_vl (family qwen_vl)"-style list of what is supported, for error messages."""
+    MODEL_FAMILIES.discover_entries()
     return "; ".join(f"{', '.join(cls.model_types)} (family {cls.name})" for cls in _REGISTERED)
 
 
@@ -304,6 +349,7 @@ def set_generic_family(make: Any) -> None:
 
 @cache
 def _generic_family(model_type: str | None) -> ModelFamily | None:
+    MODEL_FAMILIES.discover_entries()  # families/llava.py installs the generic adapter
     return _GENERIC[0](model_type) if _GENERIC and model_type else None
 
 
@@ -338,6 +384,7 @@ def find_family(model_type: str | None) -> ModelFamily | None:
 
 def model_type_from_class_name(name: str | None) -> str | None:
     """The model type a processing class name (e.g. a saved `processor_class`) belongs to, or None."""
+    MODEL_FAMILIES.discover_entries()
     for cls in _REGISTERED:
         for prefix, model_type in cls.class_name_prefixes.items():
             if name and name.startswith(prefix):

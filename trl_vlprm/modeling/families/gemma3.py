@@ -10,7 +10,11 @@ What differs from a LLaVA-style model, and where it is handled:
   both ways. A prefix holds whole images, so a prefix forward given those types builds exactly the cache a whole
   forward does (measured: 3e-7 on a tiny model, where dropping the types moves the scores by 9e-5); prefix sharing
   stays on (`exact_prefix_sharing`).
-- Pan-and-scan crops (off by default) change the text around each image; they are refused rather than misplaced.
+- Pan-and-scan (off by default; `do_pan_and_scan` in the image processor settings): a wide or tall image also gets up
+  to `pan_and_scan_max_num_crops` crops, each a whole image sequence, after "Here is the original image ... and here
+  are some crops to help you see better"; expanded as the processor expands it (`replace_image_token` on the image
+  processor's `num_crops`), and counted from `num_crops` (the processor's own count ignores crops). The crops are part
+  of the question prefix, so prefix sharing stays exact.
 - 1-D positions, the vision tower under `vision_tower`, the projector `multi_modal_projector` outside it: defaults.
 """
 
@@ -20,10 +24,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from transformers import Gemma3ImageProcessorPil, Gemma3Processor, PreTrainedTokenizerBase, ProcessorMixin
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.modeling.families.base import ModelFamily, UnsupportedModelError, register_model_family
+from trl_vlprm.modeling.families.base import ModelFamily, register_model_family
+from trl_vlprm.modeling.families.llava import expand_as_the_processor_does
 
 logger = logging.getLogger(__name__)
 _SAVED_ONLY = ("image_processor_type", "processor_class", "auto_map")
@@ -49,11 +55,11 @@ class Gemma3Family(ModelFamily):
                 "Qwen-VL image processors' bounds) do not apply and are not used"
             )
         settings = {k: v for k, v in (saved or {}).items() if k not in _SAVED_ONLY}
-        if settings.get("do_pan_and_scan"):
-            raise UnsupportedModelError(
-                "Gemma 3 with do_pan_and_scan: the crops add text around each image that the PRM layouts do not "
-                "place; set do_pan_and_scan to false in the image processor settings"
-            )
+        # Published checkpoints save these as null and the processor fills them in at call time; the family calls the
+        # image processor directly (token counts, pixels), so it takes the processor's values up front.
+        for key, value in Gemma3Processor.images_kwargs.items():
+            if settings.get(key) is None:
+                settings[key] = value
         return Gemma3ImageProcessorPil(**settings)
 
     def processor(
@@ -72,10 +78,27 @@ class Gemma3Family(ModelFamily):
     def image_token_id(self, processing_class: Any) -> int:
         return processing_class.tokenizer.image_token_id
 
+    @staticmethod
+    def _pans(processing_class: Any) -> bool:
+        return bool(getattr(processing_class.image_processor, "do_pan_and_scan", False))
+
     def image_token_counts(self, processing_class: Any, images: Sequence[Any], row: Any = "?") -> list[int]:
-        return [processing_class.image_seq_length] * len(images)
+        if not images or not self._pans(processing_class):
+            return [processing_class.image_seq_length] * len(images)
+        crops = processing_class.image_processor(images=list(images))["num_crops"]
+        return [processing_class.image_seq_length * (1 + int(n)) for n in crops]
+
+    def image_inputs(self, processing_class: Any, images: Sequence[Any]) -> dict[str, torch.Tensor]:
+        inputs = super().image_inputs(processing_class, images)
+        inputs.pop("num_crops", None)  # the text's image sequences already say it; the model takes no such input
+        return inputs
+
+    def image_placeholder(self, processing_class: Any) -> str:
+        return processing_class.boi_token
 
     def expand_image_tokens(self, processing_class: Any, text: str, images: Sequence[Any], row: Any = "?") -> str:
+        if self._pans(processing_class):  # the processor's own text around the crops (its image_token is the boi)
+            return expand_as_the_processor_does(processing_class, text, images, row)
         pieces = text.split(processing_class.boi_token)
         if len(pieces) - 1 != len(images):
             raise RecordError(

@@ -10,8 +10,11 @@ else is the LLaVA-style adapter's: 1-D positions, no multimodal token types, the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
+
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from trl_vlprm.modeling.families.base import register_model_family
 from trl_vlprm.modeling.families.llava import LlavaStyleFamily, expand_as_the_processor_does
@@ -26,6 +29,24 @@ class Idefics3Family(LlavaStyleFamily):
     class_name_prefixes = {"Idefics3": "idefics3", "SmolVLM": "smolvlm"}
     vision_marker_tokens = ("<fake_token_around_image>", "<global-img>")
     vision_tower_description = "vision tower (`vision_model`)"
+    # vLLM's Idefics3 keeps `lm_head` beside `model.text_model`, where its generative-to-classifier conversion does not
+    # look (the rows it reads would be uninitialised: scores of NaN); a two-row view serves it instead.
+    vllm_reads_lm_head_rows = False
+
+    def processor(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: Any,
+        chat_template: str | None,
+        processor_kwargs: Mapping[str, Any] | None = None,
+    ) -> ProcessorMixin:
+        processor = super().processor(tokenizer, image_processor, chat_template, processor_kwargs)
+        if self.model_type == "smolvlm":
+            # SmolVLM's apply_chat_template reads the video processor's frame settings even for a conversation
+            # without videos; the image-only processor has none, so it gets a stand-in holding no settings (they
+            # only ever reach video inputs, which a PRM never has). Not saved: the signature lacks the slot.
+            processor.video_processor = SimpleNamespace(num_frames=None, fps=None)
+        return processor
 
     def vision_token_ids(self, processing_class: Any) -> set[int]:
         # the tile markers `<row_i_col_j>` too: a step holding one would be read as part of an image

@@ -2,8 +2,9 @@
 
 `save_to_hub_cache` writes any model folder into the hub layout (`models--Org--Name/blobs`, `snapshots/<commit>`,
 `refs/<revision>`); `write_upstream_layout` gives a tiny model its family's published checkpoint file shapes;
-`build_tiny_hub` fills a cache with the models the paper's recipes name (`Qwen/Qwen2.5-VL-3B-Instruct`, ...), so a
-test sets `HF_HOME` + `HF_HUB_OFFLINE=1` and runs the recipes as written.
+`build_tiny_hub` fills a cache with the models the paper's recipes name (`Qwen/Qwen2.5-VL-3B-Instruct`, ...), and
+`offline_hub` points this process and its subprocesses at that cache with `HF_HUB_OFFLINE=1`, so a test runs the
+recipes as written.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from trl_vlprm.modeling.tiny import build_tiny_vlm
-from trl_vlprm.modeling.tiny_models import TINY_SPECS, get_tiny_spec
+from trl_vlprm.testing.tiny import build_tiny_vlm
+from trl_vlprm.testing.tiny_models import TINY_SPECS, get_tiny_spec
 from trl_vlprm.types import DEFAULT_STEP_SEPARATOR
 
 
@@ -152,3 +155,45 @@ def build_tiny_hub(cache_dir: str | Path, work_dir: str | Path | None = None) ->
     if work_dir is None:
         shutil.rmtree(work)
     return snapshots
+
+
+@contextmanager
+def offline_hub(home: str | Path) -> Iterator[Path]:
+    """Within the block, models load by repo id from the hub cache of the Hugging Face home `home` (`home/hub`, as
+    `build_tiny_hub(home / "hub")` fills it), never from the Hub; the environment and huggingface_hub's settings are
+    restored on exit.
+
+    Both are set: subprocesses (e.g. `accelerate launch` of a recipe) read the environment at start-up, while
+    huggingface_hub reads its cache path and offline flag from module constants it computed at import.
+
+    Example:
+        >>> build_tiny_hub(tmp_path / "hub")
+        >>> with offline_hub(tmp_path):
+        ...     AutoConfig.from_pretrained("Qwen/Qwen2.5-VL-3B-Instruct").model_type
+        'qwen2_5_vl'
+    """
+    from huggingface_hub import constants
+
+    home = Path(home)
+    environment = {
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    settings = {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": True}
+    saved_environment = {name: os.environ.get(name) for name in environment}
+    saved_settings = {name: getattr(constants, name) for name in settings}
+    os.environ.update(environment)
+    for name, value in settings.items():
+        setattr(constants, name, value)
+    try:
+        yield home
+    finally:
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for name, value in saved_settings.items():
+            setattr(constants, name, value)

@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import CONFIG_MAPPING, PreTrainedTokenizerBase
 
-from trl_vlprm.modeling.tiny_models import TinySpec, register_tiny, text_sizes
+from trl_vlprm.testing.tiny_models import TinySpec, register_tiny, text_sizes
 
 # OpenGVLab/InternVL3-1B-hf's template structure: Qwen turns, each image as one <IMG_CONTEXT> before the text.
 TEMPLATE = (

@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import CONFIG_MAPPING, AutoTokenizer, PreTrainedTokenizerBase
 
-from trl_vlprm.modeling.tiny_models import TinySpec, register_tiny, text_sizes, write_json
+from trl_vlprm.testing.tiny_models import TinySpec, register_tiny, text_sizes, write_json
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",

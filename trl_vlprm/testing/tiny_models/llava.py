@@ -1,5 +1,6 @@
 """Tiny LLaVA (CLIP vision, Llama text), LLaVA-NeXT (any-resolution tiles, `image_sizes`) and LLaVA-OneVision
-(SigLIP vision, Qwen2 text) models, in the llava-hf checkpoints' file shapes.
+(SigLIP vision, Qwen2 text) models, in the llava-hf checkpoints' file shapes; and VipLLaVA (several vision layers'
+features), a type only the generic adapter serves.
 
 28-pixel images of 14-pixel patches: a LLaVA image is 4 tokens; LLaVA-NeXT / OneVision add the tiles of the best of
 four grid pinpoints (up to 56x56), so their token count depends on the image size, as the real ones do.
@@ -14,7 +15,7 @@ from typing import Any
 
 from transformers import CONFIG_MAPPING, PreTrainedTokenizerBase
 
-from trl_vlprm.modeling.tiny_models import TinySpec, register_tiny, text_sizes, write_json
+from trl_vlprm.testing.tiny_models import TinySpec, register_tiny, text_sizes, write_json
 
 # llava-hf/llava-1.5-7b-hf's template structure ("USER: <image>\n... ASSISTANT:"), reading string content as well.
 LLAVA_TEMPLATE = (
@@ -31,6 +32,14 @@ ONEVISION_TEMPLATE = (
     "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# llava-hf/vip-llava-7b-hf's template structure ("###Human: <image>\n...###Assistant:").
+VIPLLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}###Human: "
+    "{% elif message['role'] == 'assistant' %}###Assistant: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}###Assistant:{% endif %}"
+)
 PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56]]
 
 
@@ -42,7 +51,9 @@ def llava_config(model_type: str, tokenizer: PreTrainedTokenizerBase, **sizes: A
         "hidden_size": sizes["vision_width"], "intermediate_size": 2 * sizes["vision_width"],
         "num_hidden_layers": sizes["vision_depth"], "num_attention_heads": 2, "image_size": 28, "patch_size": 14,
     }  # fmt: skip
-    extra: dict[str, Any] = {} if model_type == "llava" else {"image_grid_pinpoints": PINPOINTS}
+    extra: dict[str, Any] = {} if model_type in ("llava", "vipllava") else {"image_grid_pinpoints": PINPOINTS}
+    if model_type == "vipllava":  # features of several vision layers, concatenated (2 of the tiny tower's 3 states)
+        extra["vision_feature_layers"] = [-2, -1]
     if model_type == "llava_onevision":
         extra["video_token_id"] = tokenizer.convert_tokens_to_ids("<video>")
     return CONFIG_MAPPING[model_type](
@@ -118,4 +129,10 @@ register_tiny("llava_onevision")(TinySpec(
     image_processor_settings={"size": {"height": 28, "width": 28}, "image_grid_pinpoints": PINPOINTS},
     hub_ids=("llava-hf/llava-onevision-qwen2-0.5b-ov-hf",),
     processor_kwargs={"num_image_tokens": 4, "vision_feature_select_strategy": "full"},
+))  # fmt: skip
+# VipLLaVA: no family registers it; the generic LLaVA-style adapter serves it (tests/test_model_matrix.py `[generic]`).
+register_tiny("vipllava")(TinySpec(
+    special_tokens=_SPECIAL, eos_token="</s>", pad_token="<pad>", chat_template=VIPLLAVA_TEMPLATE,
+    config=lambda tokenizer, **s: llava_config("vipllava", tokenizer, **s), image_processor_settings=_IMAGE_28,
+    processor_kwargs={"patch_size": 14, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
 ))  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import CONFIG_MAPPING, PreTrainedTokenizerBase
 
-from trl_vlprm.modeling.tiny_models import TinySpec, register_tiny, text_sizes
+from trl_vlprm.testing.tiny_models import TinySpec, register_tiny, text_sizes
 
 # google/gemma-3-4b-it's template structure: turns of `<start_of_turn>role\n...<end_of_turn>\n`, images as
 # `<start_of_image>`, the assistant's role written "model".

@@ -1,4 +1,4 @@
-"""A tiny Idefics3 model: 56-pixel tiles of 14-pixel patches, pixel-shuffled by 2 into 4 tokens a tile;
+"""A tiny Idefics3 / SmolVLM model: 56-pixel tiles of 14-pixel patches, pixel-shuffled by 2 into 4 tokens a tile;
 images up to 112 pixels a side, so a 2x2 grid of tiles plus the global view (20 image tokens) for most images."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import CONFIG_MAPPING, PreTrainedTokenizerBase
 
-from trl_vlprm.modeling.tiny_models import TinySpec, register_tiny, text_sizes
+from trl_vlprm.testing.tiny_models import TinySpec, register_tiny, text_sizes
 
 # HuggingFaceTB/SmolVLM-Instruct's template structure: "User:<image>...<end_of_utterance>\nAssistant:".
 TEMPLATE = (
@@ -32,14 +32,27 @@ def idefics3_config(model_type: str, tokenizer: PreTrainedTokenizerBase, **sizes
     )  # fmt: skip
 
 
-# SmolVLM would take the same spec, but its processor needs the `num2words` package, which this project does not
-# install: no tiny SmolVLM is built (`tests/test_families.py` checks the error that names the package).
-for _type, _repo in (("idefics3", "HuggingFaceM4/Idefics3-8B-Llama3"),):
+# HuggingFaceTB/SmolVLM2-*'s template structure: "<|im_start|>User:<image>...<end_of_utterance>\nAssistant:".
+SMOLVLM2_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+# SmolVLM (v1, 256M / 500M) checkpoints are of type idefics3; SmolVLM2 has its own type, whose processor also needs
+# the `num2words` package (a dependency of this project).
+for _type, _repos, _bos, _template in (
+    ("idefics3", ("HuggingFaceM4/Idefics3-8B-Llama3", "HuggingFaceTB/SmolVLM-256M-Instruct",
+                  "HuggingFaceTB/SmolVLM-500M-Instruct"), "<|begin_of_text|>", TEMPLATE),
+    ("smolvlm", ("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+                 "HuggingFaceTB/SmolVLM2-2.2B-Instruct"), "<|im_start|>", SMOLVLM2_TEMPLATE),
+):  # fmt: skip
     register_tiny(_type)(TinySpec(
-        special_tokens=("<|begin_of_text|>", "<pad>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+        special_tokens=(_bos, "<pad>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
                         "<global-img>", *TILE_TOKENS),
-        eos_token="<end_of_utterance>", pad_token="<pad>", bos_token="<|begin_of_text|>", chat_template=TEMPLATE,
+        eos_token="<end_of_utterance>", pad_token="<pad>", bos_token=_bos, chat_template=_template,
         config=lambda tokenizer, _t=_type, **s: idefics3_config(_t, tokenizer, **s),
         image_processor_settings={"size": {"longest_edge": 112}, "max_image_size": {"longest_edge": 56}},
-        processor_kwargs={"image_seq_len": 4}, hub_ids=(_repo,),
+        processor_kwargs={"image_seq_len": 4}, hub_ids=_repos,
     ))  # fmt: skip

@@ -2,10 +2,10 @@
 
 Tests and the demo never touch a model hub: they build a folder with a byte-level BPE tokenizer trained on a little
 text, the model type's special tokens and chat template, an image-only processor, and a ~0.3 M-parameter model of the
-real transformers class with a shrunk config (`trl_vlprm.modeling.tiny_models`). The folder has the same layout as a
+real transformers class with a shrunk config (`trl_vlprm.testing.tiny_models`). The folder has the same layout as a
 real checkpoint, so everything downstream (`load_prm`, `load_processor`, `recipes/train.py --model_name_or_path`)
 treats it like one.
-`trl_vlprm.modeling.tiny_hub` puts such folders into a Hugging Face cache under real repo ids, so everything also
+`trl_vlprm.testing.tiny_hub` puts such folders into a Hugging Face cache under real repo ids, so everything also
 loads by id, offline.
 """
 
@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForTokenClas
 
 from trl_vlprm.modeling.families import get_family
 from trl_vlprm.modeling.processor import build_processor
-from trl_vlprm.modeling.tiny_models import TINY_SPECS, get_tiny_spec
+from trl_vlprm.testing.tiny_models import TINY_SPECS, get_tiny_spec
 
 DEFAULT_ARCH = "qwen2_vl"  # the tiny backbone the tests and the demo build unless told otherwise
 
@@ -164,9 +164,13 @@ def build_tiny_vlm(
     min_pixels = spec.min_pixels if min_pixels is None else min_pixels
     max_pixels = spec.max_pixels if max_pixels is None else max_pixels
     processor = build_processor(
-        arch, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels,
-        image_processor_settings=spec.image_processor_settings, processor_kwargs=spec.processor_kwargs,
-    )  # fmt: skip
+        arch,
+        tokenizer,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        image_processor_settings=spec.image_processor_settings,
+        processor_kwargs=spec.processor_kwargs,
+    )
     processor.save_pretrained(output_dir)
     model.generation_config.save_pretrained(output_dir)
     return output_dir
@@ -195,7 +199,7 @@ def build_tiny_text_prm(output_dir: str | Path, seed: int = 0, hidden_size: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m trl_vlprm.modeling.tiny OUT [--arch MODEL_TYPE] [--seed 0]`."""
+    """`python -m trl_vlprm.testing.tiny OUT [--arch MODEL_TYPE] [--seed 0]`."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Write a tiny random vision-language checkpoint (offline).")

@@ -3,7 +3,7 @@ template, a shrunk config of the real transformers class, and the file shapes of
 
 Test-only by nature, so kept out of the model-family adapters (`trl_vlprm.modeling.families`), which hold only what
 the pipeline asks of a real model. One module a family, each registering its model types with `register_tiny`;
-`trl_vlprm.modeling.tiny.build_tiny_vlm` builds from them and `trl_vlprm.modeling.tiny_hub` places the results under
+`trl_vlprm.testing.tiny.build_tiny_vlm` builds from them and `trl_vlprm.testing.tiny_hub` places the results under
 real repo ids.
 """
 
