@@ -18,6 +18,8 @@ import os
 import tempfile
 import time
 
+from _common import machine
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the in-process engine starts in seconds
 
 ENGINE = {"enforce_eager": True, "gpu_memory_utilization": 0.05, "kv_cache_memory_bytes": 64 << 20}
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             served = ServerPolicy(f"{url}/v1", max_concurrency=8, **sampling)
             rows["vLLM server (ServerPolicy)"] = label(served, questions, args)
     base = rows["transformers (HFPolicy)"]["rollouts/s"]
+    print(machine())
     print(
         f"{args.questions} puzzles x {args.rollouts} rollouts, MC every step with K={args.completions}, "
         f"max_new_tokens {args.max_new_tokens}, step separator ' ', tiny Qwen2-VL width 128"

@@ -2,7 +2,8 @@
 logits, and `PRMScorer` against one forward a candidate at N=16 with 1,000+ image tokens.
 
     python benchmarks/real_shapes.py                       # Qwen2.5-VL-3B and -7B widths, 2 layers, length 2048
-    python benchmarks/real_shapes.py --sizes 7B --max_length 4096 --layers 1
+    python benchmarks/real_shapes.py --score_sizes --max_length 8192  # the recipe's row length, training only
+    python benchmarks/real_shapes.py --sizes 3B --max_length 1024 --candidates 4  # `make bench`'s CPU size
     python benchmarks/real_shapes.py --tiny                # the smoke run of `make test` (tiny widths, real vocab)
 
 Models: Qwen2.5-VL with the published widths (text hidden size, attention and key/value heads, MLP width, the real
@@ -17,7 +18,9 @@ generative head, bf16 weights, activation checkpointing on, as the recipe trains
 was computed before verdict rows (the LM head's `[batch, seq, vocab]` logits, then the two verdict columns);
 `verdict rows` is `VLPRMTrainer` as shipped. Each runs in its own process: peak memory is the process's peak resident
 memory during the step above its resident memory before it (Linux `VmHWM`, reset before the step), time is the wall
-time of the step. Both losses must agree (bf16: to 2e-2 relative).
+time of the step, `load` the machine's 1-minute load average at its end. Both losses must agree (bf16: to 2e-2
+relative). bf16 is also the faster type on this CPU (AVX-512 bf16: a 2048 x 3584 x 7168 matmul on 2 threads ran at
+116 GFLOP/s in bf16 against 58 in float32).
 
 Scoring (`score` table): one question with one 896x896 image (1,024 image tokens under the paper PRM's pixel bounds,
 256-1280 x 28 x 28) and N=16 candidates of 3-5 steps; `PRMScorer.score` (image and question once, candidates
@@ -189,7 +192,7 @@ def train_step(
         "size": size, "mode": mode, "seconds": seconds, "peak_gib": (peak - before) / 2**20, "loss": loss.item(),
         "attention": attention, "forward_peak_gib": (forward_peak - before) / 2**20,
         "tokens": int(batch["input_ids"].numel()), "labelled": labelled, "resident_gib": before / 2**20,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(p.numel() for p in model.parameters()), "load": os.getloadavg()[0],
     }  # fmt: skip
 
 
@@ -327,12 +330,12 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
     lines = [machine(), f"{'tiny widths' if args.tiny else 'real widths'}, {args.layers} text layer(s), "
              f"{args.vision_layers} vision block(s), bf16, random weights", "",
              "| width | head computation | rows x tokens | labelled | params | forward peak GiB | step peak GiB "
-             "| step s | loss |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| step s | loss | load |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results["train"]:
         lines.append(
             f"| {r['size']} | {r['mode']} | {args.batch} x {r['tokens'] // args.batch} | {r['labelled']} | "
             f"{r['params'] / 1e9:.2f} B | {r['forward_peak_gib']:.2f} | {r['peak_gib']:.2f} | {r['seconds']:.1f} | "
-            f"{r['loss']:.4f} |"
+            f"{r['loss']:.4f} | {r['load']:.1f} |"
         )
     by_size = {}
     for r in results["train"]:

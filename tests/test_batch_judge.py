@@ -157,8 +157,10 @@ def test_a_batch_judged_labelling_run_killed_while_waiting_then_resumed(tmp_path
     import sys
     import time
 
-    from trl_vlprm.labeling.builder import BATCH_DIR, build_dataset, load_labelled
+    from trl_vlprm.labeling.batch_judge import BATCH_DIR
+    from trl_vlprm.labeling.builder import build_dataset
     from trl_vlprm.labeling.config import LabelConfig
+    from trl_vlprm.labeling.shards import load_labelled
     from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 
     judge_server = JudgeServer({})

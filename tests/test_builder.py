@@ -19,8 +19,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_mc import ToyPolicy, exact_grader, toy_questions
 
-from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled, summary_line
+from trl_vlprm.labeling.builder import build_dataset, summary_line
+from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeConfig
+from trl_vlprm.labeling.shards import load_labelled
 from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.utils.resume import SettingsMismatchError
 

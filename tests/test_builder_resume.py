@@ -15,11 +15,13 @@ from test_builder import NUM_ROLLOUTS, expected_ids, toy_config
 from test_mc import ToyPolicy, exact_grader, toy_questions
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.labeling.builder import CONFIG_FILE, JudgeFailureError, LabelConfig, build_dataset
+from trl_vlprm.labeling.builder import build_dataset
+from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.judge import JudgeConfig
+from trl_vlprm.labeling.labeler import JudgeFailureError
 
 JUDGE_FIELDS = {f.name for f in fields(JudgeConfig)}
-from trl_vlprm.labeling.shards import ShardError, load_labelled  # noqa: E402
+from trl_vlprm.labeling.shards import CONFIG_FILE, ShardError, load_labelled  # noqa: E402
 from trl_vlprm.testbed.judge_server import JudgeServer  # noqa: E402
 from trl_vlprm.utils.resume import OutputLockedError, output_lock  # noqa: E402
 

@@ -139,7 +139,7 @@ def test_labeller_and_testbed_solution_ids_group_by_question(tmp_path):
     --data <labels>` found no question with 2 solutions (a traceback after the image-swap pass)."""
     from trl_vlprm.data.schema import question_key
     from trl_vlprm.eval.guardrails import group_by_question
-    from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled
+    from trl_vlprm.labeling import LabelConfig, build_dataset, load_labelled
     from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles, sample_supervision
 
     config = LabelConfig(output_dir=str(tmp_path / "labels"), num_rollouts=3, judge="none", rule="mc_only",

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from trl_vlprm.labeling.builder import build_dataset, load_labelled
+from trl_vlprm.labeling.builder import build_dataset
 from trl_vlprm.labeling.combine import Combined, combine, completer_agreement
 from trl_vlprm.labeling.config import LabelConfig
 from trl_vlprm.labeling.labeler import step_label_quality
+from trl_vlprm.labeling.shards import load_labelled
 from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 
 STRONG = "scripted:perception_error_rate=0.02,reasoning_error_rate=0.02"

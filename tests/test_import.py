@@ -18,10 +18,11 @@ from PIL import Image
 
 from trl_vlprm.data.paper_solution import render_solution
 from trl_vlprm.data.schema import RecordError, solution_id
-from trl_vlprm.labeling.builder import import_dataset, load_labelled
 from trl_vlprm.labeling.config import LabelConfig
+from trl_vlprm.labeling.importing import import_dataset
 from trl_vlprm.labeling.judge import JudgeConfig
 from trl_vlprm.labeling.labeler import roll_out, solutions_to_json
+from trl_vlprm.labeling.shards import load_labelled
 from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 from trl_vlprm.testbed.judge_server import paper_answer
 

@@ -22,7 +22,7 @@ from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.reward_inputs import completion_text
 from trl_vlprm.guidance.rewards import VLPRMReward, grpo_dataset
 from trl_vlprm.guidance.scorer import PRMScorer
-from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled
+from trl_vlprm.labeling import LabelConfig, build_dataset, load_labelled
 from trl_vlprm.modeling.families import get_family
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor

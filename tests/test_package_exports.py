@@ -26,3 +26,27 @@ def test_data_and_testbed_import_without_torch():
     code += "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+# What `trl-vlprm view` and `trl-vlprm tts` import on their way (benchmark, process-bench and puzzle questions, the
+# viewer, the TTS runner and its guard-rails): none of them talks to a judge.
+VIEW_AND_TTS_MODULES = [
+    "trl_vlprm.scripts.view",
+    "trl_vlprm.scripts.tts",
+    "trl_vlprm.eval.specs",
+    "trl_vlprm.eval.benchmarks",
+    "trl_vlprm.eval.process_bench",
+    "trl_vlprm.eval.viewer",
+    "trl_vlprm.eval.guardrails",
+    "trl_vlprm.guidance.tts",
+    "trl_vlprm.testbed",
+]
+
+
+def test_view_and_tts_do_not_import_the_judge_client():
+    code = "import importlib, sys\n"
+    code += f"for name in {VIEW_AND_TTS_MODULES!r}:\n    importlib.import_module(name)\n"
+    code += "print(sum(name in sys.modules for name in " + repr(VIEW_AND_TTS_MODULES) + "), 'openai' in sys.modules)\n"
+    code += "import trl_vlprm.labeling.judge\nprint('openai' in sys.modules)"  # the check can see openai at all
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [str(len(VIEW_AND_TTS_MODULES)), "False", "True"], result.stdout

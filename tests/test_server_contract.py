@@ -15,11 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from trl_vlprm.cli import run as cli_run
-from trl_vlprm.guidance.server_policy import ServerContractError, ServerPolicy
+from trl_vlprm.guidance.server_policy import ServerPolicy
 from trl_vlprm.guidance.strategies import SearchConfig, get_strategy
 from trl_vlprm.labeling.mc import mc_score, sample_rollouts
 from trl_vlprm.testbed import GoldOracleScorer, ScriptedPolicy, generate_puzzles
 from trl_vlprm.types import ShortSampleError
+from trl_vlprm.utils.http import ServerContractError
 
 SOLUTION = "The picture shows 4.\n\nAnswer: 4"
 

@@ -160,7 +160,7 @@ def test_labelled_dataset_view_shows_labels_mc_and_judge(tmp_path):
     """A hybrid-labelled dataset (MC rollouts + a noisy testbed judge, the paper's rule), from its Parquet shards."""
     import pyarrow.parquet as pq
 
-    from trl_vlprm.labeling.builder import LabelConfig, build_dataset
+    from trl_vlprm.labeling import LabelConfig, build_dataset
 
     config = LabelConfig(dataset="puzzles", num_questions=6, output_dir=str(tmp_path / "labels"), rule="vlprm",
                          num_rollouts=3, mc_mode="binary_search", perception_error_rate=0.4, reasoning_error_rate=0.3,

@@ -27,3 +27,15 @@ def test_gpu_check_tiny_runs_its_vllm_rows(capsys):
     vllm = [r for r in rows if r["setting"] == "VLLMScorer"]
     assert len(policy) == 1 and "tokens/s" in policy[0]["value"]
     assert len(vllm) == 1 and "candidates/s" in vllm[0]["value"]
+
+
+def test_score_throughput_vllm_smoke(capsys):
+    # The VLLMScorer column of benchmarks/vllm_results.md (a real CPU engine in process) beside PRMScorer; the script
+    # itself checks every score list agrees to 1e-5. (`--served` adds a server start, ~50 s here: the served scorer's
+    # parity is tested in tests/test_vllm_paper_prm.py and tests/test_vllm_scorer.py.)
+    script = load_script("score_throughput.py")
+    script.main(["--num_candidates", "3", "--repeats", "1", "--image_size", "112", "--hidden_size", "128", "--vllm"])
+    out = capsys.readouterr().out
+    assert markdown_tables(out) == 1 and "VLLMScorer cand/s" in out
+    (row,) = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| 3 |")]
+    assert float(row[9]) <= 1e-5 and float(row[10]) > 0  # max diff of all scorers; VLLMScorer's rate

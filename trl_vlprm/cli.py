@@ -59,7 +59,7 @@ USER_ERRORS: tuple[str, ...] = (
     "trl_vlprm.modeling.processor:MissingImageProcessorError",
     "trl_vlprm.guidance.backends:MissingModelError",
     "trl_vlprm.labeling.shards:ShardError",
-    "trl_vlprm.labeling.builder:JudgeFailureError",
+    "trl_vlprm.labeling.labeler:JudgeFailureError",
     "trl_vlprm.eval.viewer.readers:ViewInputError",
     # a policy server down or breaking its contract, a policy returning fewer samples than asked, an image path that
     # names no image file, part files whose output was deleted

@@ -50,7 +50,7 @@ SWEEP_SELECTIONS = ["first", "majority", "best_of_n:min", "best_of_n:last", "wei
 def label(out: Path, recipe: CPURecipe, num_questions: int, seed: int):
     """Hybrid labels for scripted-policy solutions of the recipe's training puzzles, at its error rates; returns the
     dataset and the label quality against the gold."""
-    from trl_vlprm.labeling.builder import LabelConfig, build_dataset, load_labelled
+    from trl_vlprm.labeling import LabelConfig, build_dataset, load_labelled
     from trl_vlprm.labeling.labeler import step_label_quality
     from trl_vlprm.testbed import ScriptedPolicy, generate_puzzles
 

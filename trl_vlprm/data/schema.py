@@ -24,6 +24,7 @@ and evaluation.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -182,6 +183,13 @@ def load_image(image: Any, row: int | str = "?", field: str = "images") -> Image
         raise
     except Exception as err:  # PIL raises many types for corrupt data
         raise RecordError(row, field, f"image cannot be decoded ({type(err).__name__}: {err})") from err
+
+
+def image_data_url(image: Any, row: int | str = "?", field: str = "images") -> str:
+    """A PNG `data:` URL of any image form a record may hold (`load_image`; errors name the row and field)."""
+    buffer = io.BytesIO()
+    load_image(image, row, field).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _check_prompt(record: Mapping[str, Any], row: int | str) -> None:

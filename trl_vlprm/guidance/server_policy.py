@@ -7,9 +7,10 @@ the steps of a prefix are the start of the assistant turn (each followed by the 
 the solution. The n samples of a call are one request with `n` (hosted APIs that cap n: `max_samples_per_request`).
 
 Scale-out: `base_urls` may list several servers (a fleet of `vllm serve` replicas behind no load balancer); requests
-go round-robin over them, a failed attempt retries on the next one. At most `max_concurrency` requests are in flight
-over all threads that share the policy (the policy is thread-safe), every attempt is bounded by `request_timeout`
-and one call's retries by `deadline` seconds in all, so a dead fleet fails a call instead of hanging it.
+go round-robin over them, a failed attempt retries on the next one (`trl_vlprm.guidance.server_fleet`). At most
+`max_concurrency` requests are in flight over all threads that share the policy (the policy is thread-safe), every
+attempt is bounded by `request_timeout` and one call's retries by `deadline` seconds in all, so a dead fleet fails a
+call instead of hanging it.
 
 End of a step vs end of the solution: vLLM reports which stop string ended a sample (`stop_reason`, SGLang
 `matched_stop`); a server that reports neither gives `finish_reason == "stop"` for both, and then a sample counts as
@@ -20,35 +21,24 @@ samples (the total, hence `PolicyStats.tokens`, stays exact).
 
 from __future__ import annotations
 
-import base64
-import io
-import itertools
-import random
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from trl_vlprm.data.schema import load_image
+from trl_vlprm.data.schema import image_data_url
 from trl_vlprm.guidance.policy import Continuation, PolicyStats, Question
 from trl_vlprm.guidance.sampling import SamplingConfig, SamplingPolicy
+from trl_vlprm.guidance.server_fleet import ServerFleet
 from trl_vlprm.guidance.solutions import question_messages, read_answer, split_steps
-from trl_vlprm.utils.http import ServerContractError, ServerUnavailableError, retry_after_seconds
+from trl_vlprm.utils.http import ServerContractError, ServerUnavailableError
 
 MISSING_OPENAI_MESSAGE = "ServerPolicy needs the `openai` client: `pip install openai` (a trl_vlprm dependency)."
 
 # Call i samples under seed `seed + i * _SEED_STRIDE` (as `VLLMPolicy`); a request of a split call adds its first
 # sample's index, so the samples of one call keep distinct seeds however the call is split.
 _SEED_STRIDE = 1 << 20
-
-
-def image_data_url(image: Any, row: Any = "?", field: str = "images") -> str:
-    """A PNG `data:` URL of any image form a record may hold (errors name the row and field)."""
-    buffer = io.BytesIO()
-    load_image(image, row, field).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def chat_messages(
@@ -81,88 +71,6 @@ def chat_messages(
     if prefix:
         messages.append({"role": "assistant", "content": "".join(step + step_separator for step in prefix)})
     return messages
-
-
-T = TypeVar("T")
-
-
-def _status(err: BaseException) -> int | None:
-    """The HTTP status of a failed request (openai errors, `utils.http.HTTPStatusError`), if the server answered."""
-    status = getattr(err, "status_code", None)
-    return status if status is not None else getattr(getattr(err, "response", None), "status_code", None)
-
-
-class ServerFleet:
-    """Round-robin over base URLs with at most `max_concurrency` requests in flight (over all threads), each request
-    retried on the next server until it succeeds, `max_retries` retries are spent, or `deadline` seconds passed.
-
-    `request(send, label)` calls `send(server_index, timeout)`; an exception of a type in `retry_on` is an attempt's
-    failure (a 4xx answer other than 408/409/429 is final: the request itself is wrong). A reply that says how long
-    to wait (`Retry-After`, `retry-after-ms`, as a 429 or 503 does) is waited for, up to `max_retry_wait` seconds and
-    the deadline, instead of the backoff.
-    """
-
-    def __init__(
-        self,
-        base_urls: Sequence[str],
-        max_concurrency: int = 8,
-        request_timeout: float = 120.0,
-        max_retries: int = 3,
-        deadline: float = 600.0,
-        backoff: float = 0.5,
-        retry_on: tuple[type[BaseException], ...] = (OSError,),
-        seed: int | None = None,
-        name: str = "ServerFleet",
-        max_retry_wait: float = 60.0,
-    ):
-        if not base_urls:
-            raise ValueError(f"{name}: base_urls is empty")
-        if max_concurrency < 1:
-            raise ValueError(f"{name}: max_concurrency must be >= 1")
-        self.base_urls = [url.rstrip("/") for url in base_urls]
-        self.request_timeout = request_timeout
-        self.max_retries = max_retries
-        self.deadline = deadline
-        self.backoff = backoff
-        self.retry_on = retry_on
-        self.name = name
-        self.max_retry_wait = max_retry_wait
-        self.requests_per_server = [0] * len(self.base_urls)  # attempts sent to each base URL (for load checks)
-        self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._lock = threading.Lock()
-        self._next_server = itertools.count()
-        self._rng = random.Random(seed)
-
-    def request(self, send: Callable[[int, float], T], label: str) -> T:
-        """`send(server_index, timeout)` until it succeeds; raises RuntimeError listing every attempt's error."""
-        start, errors = time.monotonic(), []
-        for attempt in range(self.max_retries + 1):
-            server_wait = None
-            index = next(self._next_server) % len(self.base_urls)
-            remaining = self.deadline - (time.monotonic() - start)
-            if remaining <= 0:
-                break
-            try:
-                with self._slots:
-                    with self._lock:
-                        self.requests_per_server[index] += 1
-                    return send(index, min(remaining, self.request_timeout))
-            except self.retry_on as err:
-                status = _status(err)
-                errors.append(f"{self.base_urls[index]}: {type(err).__name__}{f' {status}' if status else ''}: {err}")
-                if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
-                    break
-                headers = getattr(err, "headers", None) or getattr(getattr(err, "response", None), "headers", None)
-                server_wait = retry_after_seconds(headers) if headers is not None else None
-            if attempt < self.max_retries:
-                pause = self.backoff * 2**attempt * (0.5 + self._rng.random())
-                if server_wait is not None:  # the server said when to come back: earlier would be refused again
-                    pause = min(server_wait, self.max_retry_wait)
-                time.sleep(max(0.0, min(pause, self.deadline - (time.monotonic() - start))))
-        raise ServerUnavailableError(
-            f"{self.name}: {label}: no answer after {len(errors)} attempt(s) in {time.monotonic() - start:.1f} s "
-            f"(deadline {self.deadline} s); check that the server is up at that URL: " + " | ".join(errors)
-        )
 
 
 @dataclass

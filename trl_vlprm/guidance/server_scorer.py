@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
-from trl_vlprm.data.schema import load_image
+from trl_vlprm.data.schema import image_data_url, load_image
 from trl_vlprm.guidance.policy import Candidate, Question
-from trl_vlprm.guidance.server_policy import ServerFleet, chat_messages, image_data_url
+from trl_vlprm.guidance.server_fleet import ServerFleet
+from trl_vlprm.guidance.server_policy import chat_messages
 from trl_vlprm.guidance.vllm_checkpoints import vllm_model
 from trl_vlprm.guidance.vllm_policy import render_prompt
 from trl_vlprm.guidance.vllm_scorer import verdict_token_ids, vllm_prm_config, vllm_prm_layout

@@ -39,6 +39,7 @@ from trl_vlprm.labeling.judge_prompts import JUDGE_PROMPTS, UNKNOWN
 from trl_vlprm.utils.resume import atomic_write_text, stable_digest
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+BATCH_DIR = "batch_judge"  # a labelling run's batch state, input files and downloads, beside its shards
 
 
 def batch_client(config: JudgeConfig) -> openai.OpenAI:

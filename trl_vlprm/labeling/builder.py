@@ -9,32 +9,30 @@ new questions, and an interruption (even SIGKILL) loses nothing and writes nothi
 pins the settings that change a record; a rerun with other settings is refused. A shard on which the judge failed
 (all solutions, or more than `judge_max_failed_share` of them) is not written and the run stops with the reason.
 
-Entry points: `build_dataset(questions, policy, config)` and `main(argv)` (`trl-vlprm label ...`,
-`recipes/build_dataset.py`).
+Entry points: `build_dataset(questions, policy, config)`, and `run(config)` (`trl-vlprm label ...`,
+`recipes/build_dataset.py`), which labels `LabelConfig.rollouts_file` through `trl_vlprm.labeling.importing` when
+one is given. The folder's shards, pins and resume checks are `trl_vlprm.labeling.shards`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from trl_vlprm.data.answers import Grader
-from trl_vlprm.data.loading import load_questions
-from trl_vlprm.data.schema import RecordError, question_ids, solution_id
+from trl_vlprm.data.schema import question_ids, solution_id
 from trl_vlprm.guidance.backends import build_policy, parse_spec
-from trl_vlprm.labeling.batch_judge import BatchJudge, batch_cost
+from trl_vlprm.labeling.batch_judge import BATCH_DIR, BatchJudge, batch_cost
 from trl_vlprm.labeling.combine import RULES
 from trl_vlprm.labeling.config import LabelConfig
-from trl_vlprm.labeling.importing import read_rollouts, read_verdict_files, verdicts_from_files
+from trl_vlprm.labeling.importing import import_dataset
 from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig
-from trl_vlprm.labeling.judge_prompts import JUDGE_PROMPTS
 from trl_vlprm.labeling.labeler import (
     BatchStats,
+    check_judge_failures,
     count_verdicts,
     judge_items,
     label_batch,
@@ -44,93 +42,13 @@ from trl_vlprm.labeling.labeler import (
     solutions_to_json,
 )
 from trl_vlprm.labeling.noise import save_noise_report
-from trl_vlprm.labeling.shards import (
-    SHARD_PATTERN,
-    LegacyShardError,
-    ShardError,
-    ShardInfo,
-    load_labelled,
-    output_features,
-    shard_files,
-    verify_shard,
-    write_shard,
-)
+from trl_vlprm.labeling.shards import CONFIG_FILE, folder_stats, plan_shards, write_shard
 from trl_vlprm.testbed.judge_server import JudgeServer
 from trl_vlprm.utils.ranks import SINGLE, Ranks, RunClaim
-from trl_vlprm.utils.resume import atomic_write_text, pin_settings, question_digest, stable_digest
+from trl_vlprm.utils.resume import atomic_write_text, question_digest, stable_digest
 from trl_vlprm.utils.trackers import log_tables
 
-__all__ = [
-    "LabelConfig", "JudgeFailureError", "build_dataset", "import_dataset", "load_labelled", "output_features", "run"
-]  # fmt: skip
-
-CONFIG_FILE = "labelling_config.json"
-BATCH_DIR = "batch_judge"  # the batch judge's state, input files and downloads, beside the shards
-
-
-class JudgeFailureError(RuntimeError):
-    """The judge failed on too many solutions of a shard; the shard was not written (see `LabelConfig`)."""
-
-
-def _trusted_shards(output_dir: Path) -> tuple[list[ShardInfo], int]:
-    """Every finished shard that passes `verify_shard`, and the first free shard index.
-
-    A shard that fails (a truncated or replaced Parquet file, a sidecar that disagrees) is moved aside as
-    `*.rejected` with a warning naming it; its questions are then simply not covered and get labelled again.
-    """
-    trusted, next_index = [], 0
-    for path in shard_files(output_dir):
-        index = int(SHARD_PATTERN.fullmatch(path.name).group(1))
-        next_index = max(next_index, index + 1)
-        try:
-            trusted.append(verify_shard(path))
-        except LegacyShardError:
-            raise  # readable work of an older version: refuse rather than move it aside and pay for it again
-        except ShardError as err:
-            for bad in (path, path.with_suffix(".json")):
-                if bad.exists():
-                    os.replace(bad, bad.with_name(bad.name + ".rejected"))
-            warnings.warn(
-                f"{err}; moved aside as {path.name}.rejected, its questions are labelled again", stacklevel=3
-            )
-    for rejected in output_dir.glob("shard-*.parquet.rejected"):  # never reuse the index of a rejected shard
-        next_index = max(next_index, int(rejected.name.split("-")[1].split(".")[0]) + 1)
-    return trusted, next_index
-
-
-def _covered_questions(shards: list[ShardInfo], ids: list[str], digests: list[str]) -> set[str]:
-    """Ids already labelled; refuses a question whose content changed since (or that two shards both cover)."""
-    covered: dict[str, tuple[str, Path]] = {}
-    for shard in shards:
-        for qid, digest in zip(shard.question_ids, shard.question_digests):
-            if qid in covered:
-                raise ShardError(f"question {qid!r} is covered by both {covered[qid][1]} and {shard.path}")
-            covered[qid] = (digest, shard.path)
-    for row, (qid, digest) in enumerate(zip(ids, digests)):
-        if qid in covered and covered[qid][0] != digest:
-            raise RecordError(
-                row,
-                qid,
-                f"this question's content changed since {covered[qid][1].name} labelled it (digest "
-                f"{covered[qid][0][:12]} -> {digest[:12]}); restore the old inputs or label into another output_dir",
-            )
-    return set(covered)
-
-
-def _check_judge(config: LabelConfig, judge: JudgeClient, stats: BatchStats, batch_ids: list[str]) -> None:
-    """Raise `JudgeFailureError` when the judge failed on all, or more than the allowed share, of a batch's
-    solutions: such a shard would hold no (or few) labels for reasons that have nothing to do with the data."""
-    judged, failed = stats.judge["judged_solutions"], stats.judge["failed_solutions"]
-    if not failed or (failed < judged and failed / judged <= config.judge_max_failed_share):
-        return
-    errors = {k[len("error ") :]: v for k, v in stats.judge.items() if k.startswith("error ")}
-    samples = "; ".join(f"{kind!r}: {text}" for kind, text in judge.error_samples.items())
-    raise JudgeFailureError(
-        f"the judge at {judge.config.judge_base_url} failed on {failed} of {judged} solutions of questions "
-        f"{batch_ids[0]}..{batch_ids[-1]} (allowed share {config.judge_max_failed_share}); errors {errors}; "
-        f"first reply of each kind: {samples or 'none'}. Nothing of these questions was written: fix the judge "
-        "and rerun (finished shards are kept)."
-    )
+__all__ = ["batch_cost_line", "build_dataset", "run", "stats_tables", "summary_line"]
 
 
 def build_dataset(
@@ -162,7 +80,10 @@ def build_dataset(
     judge_config = judge_config or JudgeConfig()
     ids = question_ids(questions, "labelling")
     digests = [question_digest(question) for question in questions]
-    planned = ranks.claimed_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests))
+    pins = config.pinned(judge_config)
+    planned = ranks.claimed_plan(
+        output_dir / CONFIG_FILE, lambda: plan_shards(output_dir, pins, ids, digests, config.shard_size)
+    )
     with planned as (plan, claim):
         mine = ranks.share(plan)
         ranks.log(f"labelling {sum(len(chunk) for _, chunk in mine)} questions in {len(mine)} shards")
@@ -170,27 +91,9 @@ def build_dataset(
         ranks.wait_for_all("labelling")
         if not ranks.is_main:
             return own
-        total = BatchStats()
-        for shard in _trusted_shards(output_dir)[0]:  # every shard: earlier runs' and every rank's
-            total.add(shard.stats)
+        total = folder_stats(output_dir)
         save_noise_report(output_dir, total.noise)
     return total
-
-
-def _plan_shards(
-    config: LabelConfig, judge_config: JudgeConfig, ids: list[str], digests: list[str]
-) -> list[tuple[int, list[int]]]:
-    """Rank 0, under the folder's lock: pin the settings, drop what a killed run left half-written, verify the
-    shards, and cut the questions not yet covered into new shards `(index, question positions)`."""
-    output_dir = Path(config.output_dir)
-    pin_settings(output_dir / CONFIG_FILE, config.pinned(judge_config))
-    for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
-        stale.unlink()
-    shards, next_index = _trusted_shards(output_dir)
-    covered = _covered_questions(shards, ids, digests)
-    todo = [j for j, qid in enumerate(ids) if qid not in covered]
-    chunks = [todo[start : start + config.shard_size] for start in range(0, len(todo), config.shard_size)]
-    return [(next_index + k, chunk) for k, chunk in enumerate(chunks)]
 
 
 def _label_shards(
@@ -256,7 +159,7 @@ def _label_shards(
                     strong_completer=strong,
                 )
             if judge is not None:
-                _check_judge(config, judge, stats, [ids[j] for j in chunk])
+                check_judge_failures(judge, stats, [ids[j] for j in chunk], config.judge_max_failed_share)
             with claim.writing(f"shard {index}"):
                 write_shard(output_dir, index, rows, stats, [ids[j] for j in chunk], [digests[j] for j in chunk])
             total.add(stats)
@@ -297,105 +200,13 @@ def _label_with_batch_judge(batch, digests, policy, config, judge, server, grade
     return rows, stats
 
 
-def import_dataset(
-    config: LabelConfig,
-    judge_config: JudgeConfig | None = None,
-    questions=None,
-    grader: Grader | None = None,
-) -> BatchStats:
-    """Label the rollouts of `config.rollouts_file` (with the verdicts of `config.verdict_files`, or else the
-    configured judge) into the shards of `config.output_dir`; the stats of all shards there.
-
-    Same shards, pins, resume and checks as `build_dataset` (`trl_vlprm.labeling.importing` for the formats).
-    `questions` are the question records of rollouts in our format (default: those `config.dataset` names).
-    """
-    judge_config = judge_config or JudgeConfig()
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if questions is None and config.rollouts_format != "paper":
-        questions = _make_questions(config)
-    imported = read_rollouts(
-        config.rollouts_file, config.rollouts_format, questions, config.mc_threshold, config.image_root, grader
-    )
-    ids = question_ids(imported.questions, "imported rollouts")
-    digests = [question_digest(question) for question in imported.questions]
-    needs = RULES.get(config.rule)
-    from_files = None
-    if needs.needs_judge and config.verdict_files:
-        prompt = JUDGE_PROMPTS.get(judge_config.judge_prompt, "JudgeConfig.judge_prompt")
-        lines = read_verdict_files(config.verdict_files)
-        from_files = dict(zip(imported.custom_ids, verdicts_from_files(imported, lines, prompt.parse)))
-    planned = SINGLE.claimed_plan(output_dir / CONFIG_FILE, lambda: _plan_shards(config, judge_config, ids, digests))
-    with planned as (plan, claim):
-        judge = None
-        if needs.needs_judge and from_files is None:
-            judge = (
-                BatchJudge(judge_config, output_dir / BATCH_DIR, config.show_progress)
-                if config.judge == "batch"
-                else JudgeClient(judge_config, seed=config.seed)
-            )
-        by_question: dict[str, list[int]] = {}
-        for k, (question, _, _, _) in enumerate(imported.solutions):
-            by_question.setdefault(str(question["id"]), []).append(k)
-        for index, chunk in tqdm(plan, desc="import", unit="shard", disable=not config.show_progress):
-            chunk_ids = [ids[j] for j in chunk]
-            picked = [k for qid in chunk_ids for k in by_question.get(qid, [])]
-            solutions = [imported.solutions[k] for k in picked]
-            custom_ids = [imported.custom_ids[k] for k in picked]
-            stats = BatchStats()
-            for _, _, _, mc in solutions:
-                if mc is not None:
-                    stats.mc_cost.add(mc.cost)
-            verdicts = [None] * len(solutions)
-            if from_files is not None:
-                verdicts = [from_files[cid] for cid in custom_ids]
-            elif judge is not None and isinstance(judge, BatchJudge):
-                key = "import-" + stable_digest([chunk_ids, [digests[j] for j in chunk]])[:16]
-                verdicts = judge.judge_many(judge_items(solutions), custom_ids, key)
-            elif judge is not None:
-                verdicts = judge.judge_many(judge_items(solutions))
-            if needs.needs_judge:
-                count_verdicts(stats, verdicts)
-                if judge is not None:
-                    _check_judge(config, judge, stats, chunk_ids)
-            rows = label_solutions(
-                solutions,
-                verdicts,
-                config.rule,
-                stats,
-                config.disagreement,
-                config.disagreement_weight,
-                config.judge_unknown,
-            )
-            with claim.writing(f"shard {index}"):
-                write_shard(output_dir, index, rows, stats, chunk_ids, [digests[j] for j in chunk])
-        total = BatchStats()
-        for shard in _trusted_shards(output_dir)[0]:
-            total.add(shard.stats)
-        save_noise_report(output_dir, total.noise)
-    return total
-
-
-def _make_questions(config: LabelConfig):
-    if config.dataset == "puzzles":
-        from trl_vlprm.testbed import generate_puzzles
-
-        return generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
-    return load_questions(config.dataset, config.dataset_split, config.num_questions)
-
-
 def _make_policy_and_questions(config: LabelConfig):
-    if config.dataset == "puzzles":
-        from trl_vlprm.testbed import generate_puzzles
-
-        questions = generate_puzzles(64 if config.num_questions is None else config.num_questions, seed=config.seed)
-    else:
-        questions = load_questions(config.dataset, config.dataset_split, config.num_questions)
-        if parse_spec(config.policy_spec())[0] == "scripted":  # a `trl-vlprm puzzles` file carries their states
-            from trl_vlprm.testbed.generator import require_puzzle_states
-
-            require_puzzle_states(questions, config.dataset, "LabelConfig.policy")
+    questions = config.questions()
     spec = config.policy_spec()
+    if config.dataset != "puzzles" and parse_spec(spec)[0] == "scripted":  # a `trl-vlprm puzzles` file has states
+        from trl_vlprm.testbed.generator import require_puzzle_states
+
+        require_puzzle_states(questions, config.dataset, "LabelConfig.policy")
     return build_policy(spec, config.seed, config.sampling_settings()), questions
 
 

@@ -259,6 +259,17 @@ class LabelConfig(SamplingArguments):
         """The policy as one backend spec (`trl_vlprm.guidance.backends.config_policy_spec`)."""
         return config_policy_spec(self)
 
+    def questions(self) -> Any:
+        """The question records `dataset` names: generated puzzles (64 unless `num_questions` says), or a file or
+        folder read by `trl_vlprm.data.loading.load_questions`."""
+        if self.dataset == "puzzles":
+            from trl_vlprm.testbed import generate_puzzles
+
+            return generate_puzzles(64 if self.num_questions is None else self.num_questions, seed=self.seed)
+        from trl_vlprm.data.loading import load_questions
+
+        return load_questions(self.dataset, self.dataset_split, self.num_questions)
+
     def mc_config(self) -> MCConfig | None:
         if not RULES.get(self.rule).needs_mc:
             return None

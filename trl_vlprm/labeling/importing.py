@@ -19,8 +19,8 @@ else its solution id `{question_id}#{k}` (`trl_vlprm.data.schema.solution_id`), 
 the paper's `*_verification_results.json` (a list of `custom_id` + `verification_response`); they are read by
 `JudgeConfig.judge_prompt`'s parser. A verdict whose id matches no rollout, or two answers for one id, is an error
 naming the file and line; a rollout with no verdict has "unknown" verdicts (counted as `missing` errors). Without
-verdict files the configured judge (server, batch) judges the imported rollouts. Either way the solutions then go
-through the same rules, shards, resume and checks as `trl-vlprm label` (`trl_vlprm.labeling.builder`).
+verdict files the configured judge (server, batch) judges the imported rollouts. Either way `import_dataset` puts the
+solutions through the same rules, shards, resume and checks as `trl-vlprm label` (`trl_vlprm.labeling.builder`).
 """
 
 from __future__ import annotations
@@ -33,13 +33,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from trl_vlprm.data.answers import Grader, grade_question
 from trl_vlprm.data.paper_solution import solution_answer, split_solution
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, solution_id
-from trl_vlprm.labeling.judge import JudgeResult
-from trl_vlprm.labeling.judge_prompts import UNKNOWN
-from trl_vlprm.labeling.labeler import Solution, solutions_from_json
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, RecordError, question_ids, solution_id
+from trl_vlprm.labeling.batch_judge import BATCH_DIR, BatchJudge
+from trl_vlprm.labeling.combine import RULES
+from trl_vlprm.labeling.config import LabelConfig
+from trl_vlprm.labeling.judge import JudgeClient, JudgeConfig, JudgeResult
+from trl_vlprm.labeling.judge_prompts import JUDGE_PROMPTS, UNKNOWN
+from trl_vlprm.labeling.labeler import (
+    BatchStats,
+    Solution,
+    check_judge_failures,
+    count_verdicts,
+    judge_items,
+    label_solutions,
+    solutions_from_json,
+)
 from trl_vlprm.labeling.mc import Cost, MCResult, Rollout
+from trl_vlprm.labeling.noise import save_noise_report
+from trl_vlprm.labeling.shards import CONFIG_FILE, folder_stats, plan_shards, write_shard
+from trl_vlprm.utils.ranks import SINGLE
+from trl_vlprm.utils.resume import question_digest, stable_digest
 
 ROLLOUT_FORMATS = ("auto", "paper", "ours")
 _QUESTION = re.compile(r"<question>(.*?)</question>", re.S)
@@ -276,3 +293,83 @@ def verdicts_from_files(
             counts.update("error " + e.split(":")[0] for e in result.errors)
         results.append(result)
     return results
+
+
+def import_dataset(
+    config: LabelConfig,
+    judge_config: JudgeConfig | None = None,
+    questions=None,
+    grader: Grader | None = None,
+) -> BatchStats:
+    """Label the rollouts of `config.rollouts_file` (with the verdicts of `config.verdict_files`, or else the
+    configured judge) into the shards of `config.output_dir`; the stats of all shards there.
+
+    Same shards, pins, resume and checks as `trl_vlprm.labeling.builder.build_dataset` (the module docstring for the
+    formats). `questions` are the question records of rollouts in our format (default: those `config.dataset` names).
+    """
+    judge_config = judge_config or JudgeConfig()
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if questions is None and config.rollouts_format != "paper":
+        questions = config.questions()
+    imported = read_rollouts(
+        config.rollouts_file, config.rollouts_format, questions, config.mc_threshold, config.image_root, grader
+    )
+    ids = question_ids(imported.questions, "imported rollouts")
+    digests = [question_digest(question) for question in imported.questions]
+    needs = RULES.get(config.rule)
+    from_files = None
+    if needs.needs_judge and config.verdict_files:
+        prompt = JUDGE_PROMPTS.get(judge_config.judge_prompt, "JudgeConfig.judge_prompt")
+        lines = read_verdict_files(config.verdict_files)
+        from_files = dict(zip(imported.custom_ids, verdicts_from_files(imported, lines, prompt.parse)))
+    pins = config.pinned(judge_config)
+    planned = SINGLE.claimed_plan(
+        output_dir / CONFIG_FILE, lambda: plan_shards(output_dir, pins, ids, digests, config.shard_size)
+    )
+    with planned as (plan, claim):
+        judge = None
+        if needs.needs_judge and from_files is None:
+            judge = (
+                BatchJudge(judge_config, output_dir / BATCH_DIR, config.show_progress)
+                if config.judge == "batch"
+                else JudgeClient(judge_config, seed=config.seed)
+            )
+        by_question: dict[str, list[int]] = {}
+        for k, (question, _, _, _) in enumerate(imported.solutions):
+            by_question.setdefault(str(question["id"]), []).append(k)
+        for index, chunk in tqdm(plan, desc="import", unit="shard", disable=not config.show_progress):
+            chunk_ids = [ids[j] for j in chunk]
+            picked = [k for qid in chunk_ids for k in by_question.get(qid, [])]
+            solutions = [imported.solutions[k] for k in picked]
+            custom_ids = [imported.custom_ids[k] for k in picked]
+            stats = BatchStats()
+            for _, _, _, mc in solutions:
+                if mc is not None:
+                    stats.mc_cost.add(mc.cost)
+            verdicts = [None] * len(solutions)
+            if from_files is not None:
+                verdicts = [from_files[cid] for cid in custom_ids]
+            elif judge is not None and isinstance(judge, BatchJudge):
+                key = "import-" + stable_digest([chunk_ids, [digests[j] for j in chunk]])[:16]
+                verdicts = judge.judge_many(judge_items(solutions), custom_ids, key)
+            elif judge is not None:
+                verdicts = judge.judge_many(judge_items(solutions))
+            if needs.needs_judge:
+                count_verdicts(stats, verdicts)
+                if judge is not None:
+                    check_judge_failures(judge, stats, chunk_ids, config.judge_max_failed_share)
+            rows = label_solutions(
+                solutions,
+                verdicts,
+                config.rule,
+                stats,
+                config.disagreement,
+                config.disagreement_weight,
+                config.judge_unknown,
+            )
+            with claim.writing(f"shard {index}"):
+                write_shard(output_dir, index, rows, stats, chunk_ids, [digests[j] for j in chunk])
+        total = folder_stats(output_dir)
+        save_noise_report(output_dir, total.noise)
+    return total

@@ -21,8 +21,6 @@ A prompt is a `JudgePrompt`: `messages(question, steps, step_types, answer)`, `p
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trl_vlprm.data.paper_solution import PaperFormatError, render_solution, section_positions
-from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, load_image
+from trl_vlprm.data.schema import IMAGE_PLACEHOLDER, PERCEPTION, image_data_url
 from trl_vlprm.data.steps_block import write_steps_block
 from trl_vlprm.registry import Registry
 
@@ -47,13 +45,6 @@ SYSTEM_PROMPT = (
 
 class JudgeParseError(ValueError):
     """The judge's answer is not the JSON object the prompt asks for."""
-
-
-def image_data_url(image: Any) -> str:
-    """A PNG `data:` URL of any image form a record may hold."""
-    buffer = io.BytesIO()
-    load_image(image).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def question_text(question: Mapping[str, Any]) -> str:

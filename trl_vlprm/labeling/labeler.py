@@ -172,6 +172,30 @@ def count_verdicts(stats: BatchStats, verdicts: Sequence[JudgeResult]) -> None:
         stats.judge["completion_tokens"] += result.completion_tokens
 
 
+class JudgeFailureError(RuntimeError):
+    """The judge failed on too many solutions of a shard; the shard was not written (see `LabelConfig`)."""
+
+
+def check_judge_failures(judge: Any, stats: BatchStats, question_ids: Sequence[str], max_failed_share: float) -> None:
+    """Raise `JudgeFailureError` when the judge failed on all, or more than `max_failed_share`, of a shard's
+    solutions: such a shard would hold no (or few) labels for reasons that have nothing to do with the data.
+
+    `judge` is the `JudgeClient` or `BatchJudge` that judged them (its URL and first reply of each error kind are
+    named); `question_ids` are the shard's questions.
+    """
+    judged, failed = stats.judge["judged_solutions"], stats.judge["failed_solutions"]
+    if not failed or (failed < judged and failed / judged <= max_failed_share):
+        return
+    errors = {k[len("error ") :]: v for k, v in stats.judge.items() if k.startswith("error ")}
+    samples = "; ".join(f"{kind!r}: {text}" for kind, text in judge.error_samples.items())
+    raise JudgeFailureError(
+        f"the judge at {judge.config.judge_base_url} failed on {failed} of {judged} solutions of questions "
+        f"{question_ids[0]}..{question_ids[-1]} (allowed share {max_failed_share}); errors {errors}; "
+        f"first reply of each kind: {samples or 'none'}. Nothing of these questions was written: fix the judge "
+        "and rerun (finished shards are kept)."
+    )
+
+
 def label_batch(
     questions: Sequence[Question],
     policy: Policy,

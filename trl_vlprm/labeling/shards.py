@@ -6,26 +6,31 @@ stats; the Parquet file is written second, and its presence marks the shard done
 `trl_vlprm.utils.resume.atomic_write`, so a crash leaves either a whole shard or none.
 
 `verify_shard` is what a resumed run trusts a shard by: a readable Parquet footer whose row count equals the
-sidecar's. `load_labelled` reads every shard, skips empty ones (a shard whose questions produced no record is
-legitimate) and names the file in every error.
+sidecar's. `plan_shards` is how a run (sampled or imported) picks up a folder: it pins the settings in
+`labelling_config.json`, moves untrusted shards aside and cuts the questions no shard covers into new shards.
+`load_labelled` reads every shard, skips empty ones (a shard whose questions produced no record is legitimate) and
+names the file in every error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trl_vlprm.data.schema import stepwise_features
+from trl_vlprm.data.schema import RecordError, stepwise_features
 from trl_vlprm.labeling.labeler import BatchStats
-from trl_vlprm.utils.resume import atomic_write_text
+from trl_vlprm.utils.resume import atomic_write_text, pin_settings
 
 SIDECAR_FORMAT = 2
 SHARD_PATTERN = re.compile(r"shard-(\d{5,})\.parquet")
+CONFIG_FILE = "labelling_config.json"  # the pinned settings of a folder's shards; a run with others is refused
 
 
 class ShardError(ValueError):
@@ -155,6 +160,74 @@ def shard_files(output_dir: str | Path) -> list[Path]:
     """The finished shards of a folder in index order."""
     files = [p for p in Path(output_dir).glob("shard-*.parquet") if SHARD_PATTERN.fullmatch(p.name)]
     return sorted(files, key=lambda p: int(SHARD_PATTERN.fullmatch(p.name).group(1)))
+
+
+def trusted_shards(output_dir: Path) -> tuple[list[ShardInfo], int]:
+    """Every finished shard that passes `verify_shard`, and the first free shard index.
+
+    A shard that fails (a truncated or replaced Parquet file, a sidecar that disagrees) is moved aside as
+    `*.rejected` with a warning naming it; its questions are then simply not covered and get labelled again.
+    """
+    trusted, next_index = [], 0
+    for path in shard_files(output_dir):
+        index = int(SHARD_PATTERN.fullmatch(path.name).group(1))
+        next_index = max(next_index, index + 1)
+        try:
+            trusted.append(verify_shard(path))
+        except LegacyShardError:
+            raise  # readable work of an older version: refuse rather than move it aside and pay for it again
+        except ShardError as err:
+            for bad in (path, path.with_suffix(".json")):
+                if bad.exists():
+                    os.replace(bad, bad.with_name(bad.name + ".rejected"))
+            warnings.warn(
+                f"{err}; moved aside as {path.name}.rejected, its questions are labelled again", stacklevel=3
+            )
+    for rejected in output_dir.glob("shard-*.parquet.rejected"):  # never reuse the index of a rejected shard
+        next_index = max(next_index, int(rejected.name.split("-")[1].split(".")[0]) + 1)
+    return trusted, next_index
+
+
+def covered_questions(shards: list[ShardInfo], ids: list[str], digests: list[str]) -> set[str]:
+    """Ids already labelled; refuses a question whose content changed since (or that two shards both cover)."""
+    covered: dict[str, tuple[str, Path]] = {}
+    for shard in shards:
+        for qid, digest in zip(shard.question_ids, shard.question_digests):
+            if qid in covered:
+                raise ShardError(f"question {qid!r} is covered by both {covered[qid][1]} and {shard.path}")
+            covered[qid] = (digest, shard.path)
+    for row, (qid, digest) in enumerate(zip(ids, digests)):
+        if qid in covered and covered[qid][0] != digest:
+            raise RecordError(
+                row,
+                qid,
+                f"this question's content changed since {covered[qid][1].name} labelled it (digest "
+                f"{covered[qid][0][:12]} -> {digest[:12]}); restore the old inputs or label into another output_dir",
+            )
+    return set(covered)
+
+
+def plan_shards(
+    output_dir: Path, pins: Mapping[str, Any], ids: list[str], digests: list[str], shard_size: int
+) -> list[tuple[int, list[int]]]:
+    """Pin the settings, drop what a killed run left half-written, verify the shards, and cut the questions not yet
+    covered into new shards `(index, question positions)`. Run once per folder, under its lock (rank 0)."""
+    pin_settings(output_dir / CONFIG_FILE, pins)
+    for stale in output_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write; never a finished shard
+        stale.unlink()
+    shards, next_index = trusted_shards(output_dir)
+    covered = covered_questions(shards, ids, digests)
+    todo = [j for j, qid in enumerate(ids) if qid not in covered]
+    chunks = [todo[start : start + shard_size] for start in range(0, len(todo), shard_size)]
+    return [(next_index + k, chunk) for k, chunk in enumerate(chunks)]
+
+
+def folder_stats(output_dir: Path) -> BatchStats:
+    """The labelling stats of every trusted shard of a folder: earlier runs' and every rank's."""
+    total = BatchStats()
+    for shard in trusted_shards(output_dir)[0]:
+        total.add(shard.stats)
+    return total
 
 
 def load_labelled(output_dir: str | Path):

@@ -33,10 +33,6 @@ def write_upstream_layout(folder: str | Path) -> Path:
     return rewrite(folder) if rewrite is not None else folder
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def save_to_hub_cache(
     folder: str | Path,
     repo_id: str,
