@@ -6,7 +6,7 @@
     trl-vlprm grpo --config recipes/configs/grpo_tiny_cpu.yaml --prm_model_path outputs/vlprm-tiny ...
     trl-vlprm tts --config recipes/configs/tts_testbed.yaml
     trl-vlprm eval --config recipes/configs/eval_tts_testbed.yaml
-    trl-vlprm check --prm outputs/demo/vlprm
+    trl-vlprm check --prm outputs/demo/hybrid/vlprm
 
 Each command is a module of `trl_vlprm.scripts` with `make_parser` and `main` (see there); only the module of the
 command given is imported, so `trl-vlprm puzzles` does not pay for transformers. Every command reads

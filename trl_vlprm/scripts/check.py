@@ -1,7 +1,7 @@
 """`trl-vlprm check`: the guard-rails of a trained PRM (does it look at the image? does its best-of-N beat a random
 pick?), on labelled records or on scripted testbed solutions.
 
-    trl-vlprm check --prm outputs/demo/vlprm
+    trl-vlprm check --prm outputs/demo/hybrid/vlprm
     trl-vlprm check --prm outputs/vlprm --data data/labelled --limit 400 --strict
 """
 
