@@ -14,7 +14,7 @@ import re
 import pytest
 
 from trl_vlprm.data.puzzlevqa import _DETAIL_WORDS, _swap_detail
-from trl_vlprm.eval.process_bench import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer, rank_auc
+from trl_vlprm.eval.transfer import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer, rank_auc
 from trl_vlprm.testbed import TIERS, ScriptedPolicy, generate_puzzles, read_metadata
 from trl_vlprm.testbed import testbed_corpus as corpus_text  # aliased: pytest would collect "test*" names
 from trl_vlprm.testbed.lookalike import DRAW_PALETTE, PV_PALETTE, RING_HUES_ALL, SWAP_COLOURS, hue, shade_rgb, tint

@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 
 from trl_vlprm.cpu_recipe import CPURecipe
-from trl_vlprm.eval.process_bench import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer
+from trl_vlprm.eval.transfer import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer
 
 pytestmark = pytest.mark.slow
 

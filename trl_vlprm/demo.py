@@ -150,7 +150,7 @@ def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[st
     gray, white or black, docs/testbed.md), and over the shape, size and number types, where neither PRM is above
     chance; then the lookalike PRM's table per type. Skipped, saying so, when the benchmark folder is absent."""
     from trl_vlprm.data.puzzlevqa import default_benchmarks_root
-    from trl_vlprm.eval.process_bench import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer
+    from trl_vlprm.eval.transfer import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer
     from trl_vlprm.guidance.scorer import PRMScorer
 
     try:
