@@ -237,20 +237,13 @@ def paper_hub(paper_prm_dir, tmp_path_factory):
     `model.*`/`visual.*` tensors, upstream pixel bounds), this process pointed at it, offline."""
     import shutil
 
-    from huggingface_hub import constants
-
-    from trl_vlprm.testing import save_to_hub_cache, write_upstream_layout
+    from trl_vlprm.testing import offline_hub, save_to_hub_cache, write_upstream_layout
 
     home = tmp_path_factory.mktemp("hf_home")
     upstream = shutil.copytree(paper_prm_dir, home / "upstream")
     write_upstream_layout(upstream)
     snapshot = save_to_hub_cache(upstream, "ob11/Qwen-VL-PRM-7B", home / "hub")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {"HF_HOME": home, "HF_HUB_CACHE": home / "hub", "HF_HUB_OFFLINE": 1}.items():
-            patch.setenv(name, str(value))
-        patch.setattr(constants, "HF_HOME", str(home))
-        patch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-        patch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with offline_hub(home):
         yield snapshot
 
 

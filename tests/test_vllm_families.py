@@ -25,7 +25,7 @@ from trl_vlprm.guidance.vllm_scorer import VLLMScorer
 from trl_vlprm.guidance.vllm_server import launch_vllm_server
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.testing import build_tiny_vlm, save_to_hub_cache, write_upstream_layout
+from trl_vlprm.testing import build_tiny_vlm, offline_hub, save_to_hub_cache, write_upstream_layout
 
 ENGINE_KWARGS = {"enforce_eager": True, "gpu_memory_utilization": 0.05, "kv_cache_memory_bytes": 32 << 20,
                  "max_num_seqs": 8, "seed": 0}  # fmt: skip
@@ -43,16 +43,10 @@ STEPS = [
 @pytest.fixture(scope="module")
 def idefics3_hub(tmp_path_factory):
     """A hub cache holding a tiny Idefics3 (width 128, upstream file layout) under its published id, offline."""
-    from huggingface_hub import constants
-
     root = tmp_path_factory.mktemp("idefics3_hub")
     base = write_upstream_layout(build_tiny_vlm(root / "base", arch="idefics3", hidden_size=128, seed=5))
     save_to_hub_cache(base, IDEFICS3, cache_dir=root / "hub")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {"HF_HUB_CACHE": root / "hub", "HF_HUB_OFFLINE": 1, "TRANSFORMERS_OFFLINE": 1}.items():
-            patch.setenv(name, str(value))
-        patch.setattr(constants, "HF_HUB_CACHE", str(root / "hub"))
-        patch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with offline_hub(root), pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the in-process engine starts in seconds
         patch.setenv("TRL_VLPRM_CACHE", str(root / "views"))
         yield root

@@ -24,7 +24,7 @@ from trl_vlprm.guidance.vllm_server import launch_vllm_server
 from trl_vlprm.modeling.heads import load_prm
 from trl_vlprm.modeling.presets import get_preset
 from trl_vlprm.modeling.processor import load_processor
-from trl_vlprm.testing import build_tiny_vlm, save_to_hub_cache
+from trl_vlprm.testing import build_tiny_vlm, offline_hub, save_to_hub_cache
 
 PAPER_PRM = "ob11/Qwen-VL-PRM-7B"
 TOLERANCE = 1e-5  # float32 on both sides
@@ -49,8 +49,6 @@ STEPS = [
 @pytest.fixture(scope="module")
 def paper_hub(tmp_path_factory):
     """An offline hub cache holding a tiny generative PRM under the paper PRM's id, no PRM metadata in its config."""
-    from huggingface_hub import constants
-
     root = tmp_path_factory.mktemp("paper_hub")
     base = build_tiny_vlm(root / "base", arch="qwen2_5_vl", hidden_size=128, seed=3, max_pixels=1280 * 28 * 28)
     load_prm(base, head="generative").save_pretrained(root / "prm")
@@ -59,13 +57,8 @@ def paper_hub(tmp_path_factory):
     for key in [k for k in config if k.startswith("prm_")]:
         del config[key]  # as published: nothing but the preset says how to score it
     (root / "prm" / "config.json").write_text(json.dumps(config))
-    hub = root / "hub"
-    save_to_hub_cache(root / "prm", PAPER_PRM, cache_dir=hub)
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {"HF_HUB_CACHE": hub, "HF_HUB_OFFLINE": 1, "TRANSFORMERS_OFFLINE": 1}.items():
-            patch.setenv(name, str(value))
-        patch.setattr(constants, "HF_HUB_CACHE", str(hub))
-        patch.setattr(constants, "HF_HUB_OFFLINE", True)
+    save_to_hub_cache(root / "prm", PAPER_PRM, cache_dir=root / "hub")
+    with offline_hub(root), pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the in-process engine starts in seconds
         yield root
 

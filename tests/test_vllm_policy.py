@@ -233,16 +233,12 @@ def test_next_call_on_the_question_reuses_its_cached_blocks(policy):
 def test_engine_by_repo_id_reads_the_cached_snapshot(tmp_path, question):
     """`VLLMPolicy.from_pretrained(repo_id)` offline: the engine and the processor read the Hub cache's snapshot of
     an upstream-layout checkpoint (flat config.json, `visual.*` tensors, preprocessor_config.json) and sample."""
-    from huggingface_hub import constants
-
-    from trl_vlprm.testing import save_to_hub_cache, write_upstream_layout
+    from trl_vlprm.testing import offline_hub, save_to_hub_cache, write_upstream_layout
 
     upstream = write_upstream_layout(build_tiny_vlm(tmp_path / "upstream", arch="qwen2_vl", hidden_size=128))
     snapshot = save_to_hub_cache(upstream, "Qwen/Qwen2-VL-2B-Instruct", tmp_path / "hub")
-    with pytest.MonkeyPatch.context() as patch:
+    with offline_hub(tmp_path), pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-        patch.setattr(constants, "HF_HUB_OFFLINE", True)
         by_id = VLLMPolicy.from_pretrained(
             "Qwen/Qwen2-VL-2B-Instruct", max_model_len=512, dtype="float32", llm_kwargs=ENGINE_KWARGS, seed=0,
             temperature=0, max_new_tokens=8,

@@ -205,11 +205,10 @@ def shepherd_hub(tmp_path_factory):
     """An offline hub cache holding a tiny Mistral causal LM (width 128: head size 32, as the CPU kernels need) with a
     sentencepiece-like tokenizer under Math-Shepherd's id, no PRM metadata: only the preset says how to score it (the
     "text" layout: `f"{question} {step} ки\\n{step} ки"`, P(+) against `-` at every step tag)."""
-    from huggingface_hub import constants
     from test_paper_prm import build_llama_like_tokenizer
     from transformers import MistralConfig, MistralForCausalLM
 
-    from trl_vlprm.testing import save_to_hub_cache
+    from trl_vlprm.testing import offline_hub, save_to_hub_cache
 
     root = tmp_path_factory.mktemp("shepherd")
     tokenizer = build_llama_like_tokenizer()
@@ -223,11 +222,7 @@ def shepherd_hub(tmp_path_factory):
     tokenizer.save_pretrained(root / "prm")
     assert not any(k.startswith("prm_") for k in json.loads((root / "prm" / "config.json").read_text()))
     save_to_hub_cache(root / "prm", SHEPHERD, cache_dir=root / "hub")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {"HF_HUB_CACHE": root / "hub", "HF_HUB_OFFLINE": 1, "TRANSFORMERS_OFFLINE": 1}.items():
-            patch.setenv(name, str(value))
-        patch.setattr(constants, "HF_HUB_CACHE", str(root / "hub"))
-        patch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with offline_hub(root), pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         yield root
 
