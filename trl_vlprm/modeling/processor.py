@@ -19,7 +19,7 @@ from trl_vlprm.modeling.families import (
     model_type_from_class_name,
     supported_families_text,
 )
-from trl_vlprm.modeling.families.base import PROCESSOR_FILES
+from trl_vlprm.modeling.families.image_only import PROCESSOR_FILES
 from trl_vlprm.modeling.hub import ModelName, model_file, read_model_json, refuse_remote_code, require_model
 
 

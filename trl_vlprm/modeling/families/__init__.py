@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from trl_vlprm.modeling.families.base import (
     MODEL_FAMILIES,
-    ImageOnlyProcessorMixin,
     ModelFamily,
     UnsupportedModelError,
     family_of_model,
@@ -21,6 +20,7 @@ from trl_vlprm.modeling.families.base import (
     supported_families_text,
     supported_model_types,
 )
+from trl_vlprm.modeling.families.image_only import ImageOnlyProcessorMixin, image_only_processor_class
 
 __all__ = [
     "MODEL_FAMILIES",
@@ -31,6 +31,7 @@ __all__ = [
     "family_of_processor",
     "find_family",
     "get_family",
+    "image_only_processor_class",
     "model_type_from_class_name",
     "register_model_family",
     "supported_families_text",

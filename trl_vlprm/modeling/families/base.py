@@ -4,7 +4,8 @@ A family covers one or more transformers `model_type`s that share a processor, a
 (Qwen2-VL and Qwen2.5-VL are one family). The pipeline never tests for a model type; it asks the family:
 
 - **processing**: an image-only processor (transformers 5's VLM processors demand a video processor, which needs
-  torchvision) built around a tokenizer, and the image processor read back from a checkpoint's saved settings;
+  torchvision; `image_only.py` drops it) built around a tokenizer, and the image processor read back from a
+  checkpoint's saved settings;
 - **encoding**: how many tokens each image becomes, which tokens are vision markers (never allowed inside a step),
   and the per-token multimodal type ids the model's forward reads;
 - **batching**: the image tensors the model takes (`image_inputs`) and how many image tokens they stand for;
@@ -28,11 +29,8 @@ plus its tests.
 from __future__ import annotations
 
 import abc
-import inspect
-import json
 from collections.abc import Mapping, Sequence
 from functools import cache
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -43,65 +41,6 @@ from trl_vlprm.registry import Registry
 
 class UnsupportedModelError(ValueError):
     """A model this library cannot read images with (its type belongs to no registered model family)."""
-
-
-PROCESSOR_FILES = (  # where a saved processor records its class
-    "processor_config.json",
-    "preprocessor_config.json",
-    "tokenizer_config.json",
-)
-
-
-class ImageOnlyProcessorMixin:
-    """For a processor subclass without the video processor (which would need torchvision): saves under the upstream
-    class name, with an empty video processor entry, so a saved folder still loads with `AutoProcessor` where
-    torchvision exists (`tools/processor_parity.py` checks it)."""
-
-    upstream_name: str
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        saved = super().save_pretrained(save_directory, *args, **kwargs)
-        for name in PROCESSOR_FILES:
-            path = Path(save_directory) / name
-            if path.exists():
-                config = json.loads(path.read_text())
-                if config.get("processor_class") == type(self).__name__:
-                    config["processor_class"] = self.upstream_name
-                    if name == "processor_config.json":
-                        # The upstream processor demands a video processor. transformers reads this nested entry
-                        # before any video_preprocessor_config.json; empty, it builds the model type's default one
-                        # (without it: "OSError: Can't load video processor"). A PRM reads no videos.
-                        config.setdefault("video_processor", {})
-                    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        return saved
-
-
-@cache
-def image_only_processor_class(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
-    """`processor_class` without its video processor slot (every video processor needs torchvision; a PRM reads
-    images only), saving under the upstream name: `ImageOnly<Name>`. A processor with no video slot is returned as
-    it is."""
-    if "video_processor" not in inspect.signature(processor_class.__init__).parameters:
-        return processor_class
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        processor_class.__init__(
-            self, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-            chat_template=chat_template, **kwargs,
-        )  # fmt: skip
-
-    # The signature transformers reads to know the processor's attributes and what to save: the upstream one
-    # without the video slot (so settings such as LLaVA-OneVision's `num_image_tokens` are saved and reloaded).
-    upstream = inspect.signature(processor_class.__init__)
-    __init__.__signature__ = upstream.replace(
-        parameters=[p for name, p in upstream.parameters.items() if name != "video_processor"]
-    )
-    return type(
-        f"ImageOnly{processor_class.__name__}",
-        (ImageOnlyProcessorMixin, processor_class),
-        {"__init__": __init__, "upstream_name": processor_class.__name__, "__module__": __name__,
-         "__doc__": f"`{processor_class.__name__}` without the video processor (no torchvision needed)."},
-    )  # fmt: skip
 
 
 class ModelFamily(abc.ABC):

@@ -27,11 +27,11 @@ from trl_vlprm.modeling.families.base import (
     MODEL_FAMILIES,
     ModelFamily,
     UnsupportedModelError,
-    image_only_processor_class,
     register_model_family,
     set_generic_family,
     supported_families_text,
 )
+from trl_vlprm.modeling.families.image_only import image_only_processor_class
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
-from trl_vlprm.modeling.families.base import image_only_processor_class, register_model_family
+from trl_vlprm.modeling.families.base import register_model_family
+from trl_vlprm.modeling.families.image_only import image_only_processor_class
 from trl_vlprm.modeling.families.qwen_vl import QwenVLFamily
 
 ImageOnlyQwen3VLProcessor = image_only_processor_class(Qwen3VLProcessor)

@@ -26,7 +26,8 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 
 from trl_vlprm.data.schema import RecordError
-from trl_vlprm.modeling.families.base import ModelFamily, image_only_processor_class, register_model_family
+from trl_vlprm.modeling.families.base import ModelFamily, register_model_family
+from trl_vlprm.modeling.families.image_only import image_only_processor_class
 
 MAX_ASPECT_RATIO = 200  # the Qwen-VL image processors refuse images more elongated than this
 
