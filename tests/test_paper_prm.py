@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
+from scoring_inputs import SOLUTIONS, random_image
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Config, Qwen2Model
 
 from trl_vlprm.guidance.policy import Candidate
@@ -25,17 +26,7 @@ from trl_vlprm.testing import build_tiny_tokenizer, build_tiny_vlm
 
 ATOL = 1e-5
 PAPER_MIN_PIXELS, PAPER_MAX_PIXELS = 256 * 28 * 28, 1280 * 28 * 28
-STEPS = [
-    ["There are 3 circles.", "So 3 + 4 = 7.", "Answer: 7"],
-    ["Count."],
-    ["The clock shows 3 o'clock; add 4 hours to get 7 o'clock", "Therefore the answer is B"],
-    ["The polygon has 6 sides.", "A hexagon.", "6 - 1 = 5", "Answer: (C)"],
-]
-
-
-def random_image(height, width, seed):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+STEPS = SOLUTIONS[:4]  # the four the paper-reference comparisons were written with (the long fifth came later)
 
 
 # ---- reference: the paper's VisualPRM.get_reward, from VisualPRMv2.py ----------------------------------------------

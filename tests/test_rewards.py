@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
+from scoring_inputs import random_image
 
 from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.reward_inputs import completion_text
@@ -21,11 +21,6 @@ from trl_vlprm.testing import build_tiny_vlm
 STEP_AGGREGATIONS = ("last", "min", "mean", "prod")
 
 SEPARATOR = " ;"  # the tiny PRM's "trained" separator: not the "\n" default, so a reward ignoring it is caught
-
-
-def random_image(height, width, seed):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def save_tiny_prm(folder, base_seed=1, separator=SEPARATOR):

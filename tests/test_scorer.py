@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from scoring_inputs import SOLUTIONS, random_image
 
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 from trl_vlprm.guidance.scorer import PRMScorer
@@ -15,23 +15,11 @@ from trl_vlprm.modeling.processor import load_processor
 from trl_vlprm.testing import TINY_SPECS, build_tiny_text_prm, build_tiny_vlm
 
 ATOL = 1e-5
-STEPS = [
-    ["There are 3 circles.", "So 3 + 4 = 7.", "Answer: 7"],
-    ["Count."],
-    ["The clock shows 3 o'clock; add 4 hours to get 7 o'clock", "Therefore the answer is B"],
-    ["The polygon has 6 sides.", "A hexagon.", "6 - 1 = 5", "Answer: (C)"],
-    ["Let us think step by step. The pattern repeats in every row and column, so the missing part is blue."],
-]
-
-
-def random_image(height, width, seed):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module")
 def candidates():
-    return [Candidate(steps=list(steps)) for steps in STEPS]
+    return [Candidate(steps=list(steps)) for steps in SOLUTIONS]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +40,7 @@ def make_scorer(path, head, num_labels=2, **kwargs):
     return PRMScorer(load_prm(path, head=head, num_labels=num_labels), load_processor(path), **kwargs)
 
 
-def assert_same_scores(batched, plain, steps=STEPS):
+def assert_same_scores(batched, plain, steps=SOLUTIONS):
     assert [len(s) for s in batched] == [len(s) for s in steps]  # one score per step, per candidate
     assert [len(s) for s in plain] == [len(s) for s in steps]
     np.testing.assert_allclose(np.concatenate(batched), np.concatenate(plain), atol=ATOL, rtol=0)
@@ -99,9 +87,9 @@ def test_positions_matter(vlm_dir, question, candidates, monkeypatch):
 
 def test_step_scores_are_causal_and_batch_independent(vlm_dir, question):
     scorer = make_scorer(vlm_dir, "value", batch_size=4)
-    full = Candidate(steps=STEPS[0])
-    prefixes = [Candidate(steps=STEPS[0][:k]) for k in (1, 2)]
-    scores = scorer.score(question, [full, *prefixes, Candidate(steps=STEPS[3])])
+    full = Candidate(steps=SOLUTIONS[0])
+    prefixes = [Candidate(steps=SOLUTIONS[0][:k]) for k in (1, 2)]
+    scores = scorer.score(question, [full, *prefixes, Candidate(steps=SOLUTIONS[3])])
     # A step's score reads only the tokens up to its end: prefixes of a solution get the same scores.
     np.testing.assert_allclose(scores[1], scores[0][:1], atol=ATOL, rtol=0)
     np.testing.assert_allclose(scores[2], scores[0][:2], atol=ATOL, rtol=0)

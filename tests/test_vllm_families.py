@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scoring_inputs import random_candidates
 
-from trl_vlprm.guidance.policy import Candidate
 from trl_vlprm.guidance.scorer import PRMScorer
 from trl_vlprm.guidance.server_scorer import ServerPRMScorer, prm_server_args
 from trl_vlprm.guidance.vllm_policy import VLLMPolicy
@@ -31,13 +31,6 @@ ENGINE_KWARGS = {"enforce_eager": True, "gpu_memory_utilization": 0.05, "kv_cach
                  "max_num_seqs": 8, "seed": 0}  # fmt: skip
 IDEFICS3 = "HuggingFaceM4/Idefics3-8B-Llama3"
 TOLERANCE = 1e-5  # float32 on both sides
-STEPS = [
-    "The image shows a grid of coloured squares.",
-    "There are 3 circles, 4 triangles and 5 squares.",
-    "Count the objects in every row.",
-    "So 2 * 3 = 6 and 9 - 4 = 5.",
-    "Therefore the answer is B.",
-]
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +52,6 @@ def question():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 100, 3), dtype=np.uint8))
     grid = " ".join(f"Cell {i} holds {i * 7 % 13}." for i in range(24))
     return {"id": "q1", "prompt": f"<image>Which number is missing in the grid? {grid}", "images": [image]}
-
-
-def group(seed, n=8):
-    rng = np.random.default_rng(seed)
-    return [Candidate(steps=[STEPS[j] for j in rng.integers(0, len(STEPS), rng.integers(1, 5))]) for _ in range(n)]
 
 
 def max_difference(got, expected) -> float:
@@ -106,7 +94,7 @@ def test_vllm_scorer_on_idefics3_by_repo_id_equals_prm_scorer(idefics3_hub, ques
         assert folder.parent == idefics3_hub / "views" / "vllm"
         view = json.loads((folder / "config.json").read_text())
         assert view["architectures"] == ["Idefics3ForTokenClassification"] and len(view["id2label"]) == 2
-        candidates = group(0)
+        candidates = random_candidates(0, 8)
         expected, expected_lengths = reference.score_with_input_lengths(question, candidates)
         got, lengths = scorer.score_with_input_lengths(question, candidates)
         difference = max_difference(got, expected)
@@ -136,7 +124,7 @@ def test_vllm_value_head_on_idefics3_equals_prm_scorer(idefics3_hub, question, t
         tmp_path / "prm", max_model_len=1024, dtype="float32", llm_kwargs=ENGINE_KWARGS
     )
     try:
-        candidates = group(1)
+        candidates = random_candidates(1, 8)
         difference = max_difference(scorer.score(question, candidates), reference.score_plain(question, candidates))
         print(f"in-process vLLM vs PRMScorer, Idefics3 value head: max |dP(+)| = {difference:.2e}")
         assert difference < TOLERANCE
@@ -156,7 +144,7 @@ def test_served_idefics3_prm_by_repo_id_equals_prm_scorer(idefics3_hub, question
         "--limit-mm-per-prompt", '{"image": 1, "video": 0}', "--seed", "0",
     ]  # fmt: skip
     reference = PRMScorer.from_pretrained(IDEFICS3, head="generative")
-    candidates = group(2, n=4)
+    candidates = random_candidates(2, 4)
     expected = reference.score_plain(question, candidates)
     with launch_vllm_server(arguments, server_args, idefics3_hub / "serve.log", timeout=300) as url:
         scorer = ServerPRMScorer.from_pretrained(url, IDEFICS3, head="generative")
@@ -175,7 +163,7 @@ def test_vllm_scorer_on_a_type_only_the_generic_adapter_serves(tmp_path, monkeyp
     unlike the registered LLaVA types: its generative PRM scores as PRMScorer does."""
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     path = build_tiny_vlm(tmp_path / "vipllava", arch="vipllava", hidden_size=128, seed=1)
-    candidates = group(3)
+    candidates = random_candidates(3, 8)
     # Before the engine starts: vLLM runs VipLLaVA through its Transformers backend, which patches transformers'
     # LlamaModel for torch.compile in this process (a later transformers forward fails on `do_not_compile`).
     expected = PRMScorer.from_pretrained(path, head="generative").score_plain(question, candidates)

@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from scoring_inputs import random_candidates
 
 from trl_vlprm.guidance.backends import build_scorer
 from trl_vlprm.guidance.policy import Candidate
@@ -37,13 +38,6 @@ SERVER_ARGS = [
     "--max-num-seqs", "16", "--gpu-memory-utilization", "0.05", "--kv-cache-memory-bytes", str(64 << 20),
     "--limit-mm-per-prompt", '{"image": 1, "video": 0}', "--seed", "0",
 ]  # fmt: skip
-STEPS = [
-    "The image shows a grid of coloured squares.",
-    "There are 3 circles, 4 triangles and 5 squares.",
-    "Count the objects in every row.",
-    "So 2 * 3 = 6 and 9 - 4 = 5.",
-    "Therefore the answer is B.",
-]
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +64,6 @@ def question():
     return {"id": "paper-q", "prompt": "<image>Which number is missing in the grid?", "images": [image]}
 
 
-def group(seed, n=6):
-    rng = np.random.default_rng(seed)
-    return [Candidate(steps=[STEPS[j] for j in rng.integers(0, len(STEPS), rng.integers(1, 5))]) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def reference(paper_hub, question):
     scorer = PRMScorer.from_pretrained(PAPER_PRM)
@@ -96,7 +85,7 @@ def test_paper_prm_by_id_on_the_engine_equals_prm_scorer(paper_hub, reference, q
         preset = get_preset(PAPER_PRM)
         processor = scorer.processing_class.image_processor
         assert (processor.min_pixels, processor.max_pixels) == (preset.min_pixels, preset.max_pixels)
-        candidates = group(0)
+        candidates = random_candidates(0, 6)
         expected, expected_lengths = reference.score_with_input_lengths(question, candidates)
         got, lengths = scorer.score_with_input_lengths(question, candidates)
         difference = max_difference(got, expected)
@@ -126,7 +115,7 @@ def test_paper_prm_by_id_served_equals_prm_scorer(paper_hub, reference, question
         scorer = ServerPRMScorer.from_pretrained(url, PAPER_PRM)
         try:
             assert scorer.layout == reference.layout
-            candidates = group(1)
+            candidates = random_candidates(1, 6)
             expected, expected_lengths = reference.score_with_input_lengths(question, candidates)
             got, lengths = scorer.score_with_input_lengths(question, candidates)
         finally:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from scoring_inputs import STEP_TEXTS, random_candidates
 
 from trl_vlprm.guidance.backends import build_scorer
 from trl_vlprm.guidance.policy import Candidate, StepScorer
@@ -31,13 +32,6 @@ ENGINE_KWARGS = {
     "disable_log_stats": False,  # keeps the prefix-cache counters
 }
 TOLERANCE = 1e-5
-STEPS = [
-    "The image shows a grid of coloured squares.",
-    "There are 3 circles, 4 triangles and 5 squares.",
-    "Count the objects in every row.",
-    "So 2 * 3 = 6 and 9 - 4 = 5.",
-    "Therefore the answer is B.",
-]
 
 
 def save_prm(base, folder, head, num_labels=2, separator="\n"):
@@ -60,11 +54,6 @@ def question():
     # Over 128 tokens (one CPU KV block), so the question prefix is shareable; varied text keeps scores apart.
     grid = " ".join(f"Cell {i} holds {i * 7 % 13}." for i in range(24))
     return {"id": "q1", "prompt": f"<image>Which number is missing in the grid? {grid}", "images": [image]}
-
-
-def candidates(seed, n):
-    rng = np.random.default_rng(seed)
-    return [Candidate(steps=[STEPS[j] for j in rng.integers(0, len(STEPS), rng.integers(1, 5))]) for _ in range(n)]
 
 
 @pytest.fixture(
@@ -109,7 +98,7 @@ def test_spec_picks_vllm_and_scores_equal_transformers(pair, question):
     reference, scorer = pair
     assert isinstance(scorer, VLLMScorer) and isinstance(scorer, StepScorer)
     assert scorer.step_separator == reference.step_separator == "\n" and scorer.head == reference.head
-    group = candidates(0, 12) + [Candidate(steps=[STEPS[0], STEPS[4]])] * 2  # twins are scored once
+    group = random_candidates(0, 12) + [Candidate(steps=[STEP_TEXTS[0], STEP_TEXTS[4]])] * 2  # twins are scored once
     expected = reference.score_plain(question, group)
     got = scorer.score(question, group)
     assert_close(got, expected)
@@ -124,7 +113,7 @@ def test_prefix_is_read_from_vllm_cache(pair, question):
     scorer.clear_cache()
     hits = prefix_cache_hits(scorer.llm)
     before = dict(scorer.counters)
-    scorer.score(question, candidates(1, 8))
+    scorer.score(question, random_candidates(1, 8))
     prompts = scorer.counters["prompts"] - before["prompts"]
     computed = scorer.counters["computed_tokens"] - before["computed_tokens"]
     total = scorer.counters["prompt_tokens"] - before["prompt_tokens"]
@@ -139,13 +128,15 @@ def test_prefix_is_read_from_vllm_cache(pair, question):
 def test_beam_rounds_reuse_earlier_steps(pair, question):
     reference, scorer = pair
     scorer.clear_cache()
-    beams = [Candidate(steps=[STEPS[i]]) for i in range(4)]
+    beams = [Candidate(steps=[STEP_TEXTS[i]]) for i in range(4)]
     for round_index in range(3):
         before = scorer.counters["known_steps"]
         assert_close(scorer.score(question, beams), reference.score_plain(question, beams))
         # Round r re-sends the r steps scored before: each is known (same tokens up to it), none recomputed.
         assert scorer.counters["known_steps"] - before == len(beams) * round_index
-        beams = [Candidate(steps=b.steps + [STEPS[(i + round_index) % len(STEPS)]]) for i, b in enumerate(beams)]
+        beams = [
+            Candidate(steps=b.steps + [STEP_TEXTS[(i + round_index) % len(STEP_TEXTS)]]) for i, b in enumerate(beams)
+        ]
     # Kept scores belong to one question at a time (memory stays bounded over a dataset): after another question,
     # the first one's steps are computed again, not looked up.
     scorer.score({**question, "id": "q2", "prompt": question["prompt"] + " Be brief."}, beams)
@@ -158,10 +149,10 @@ def test_step_end_inside_cached_blocks_is_rescored(pair, question):
     """A fresh scorer on a warm engine: the cache holds a long candidate's blocks, so a shorter candidate that is its
     prefix has step ends in cached blocks with no kept score; they are rescored without the cache, never guessed."""
     reference, scorer = pair
-    long = Candidate(steps=STEPS * 3)
+    long = Candidate(steps=STEP_TEXTS * 3)
     scorer.score(question, [long])
     fresh = VLLMScorer(scorer.llm, scorer.processing_class)
-    short = Candidate(steps=STEPS * 2)
+    short = Candidate(steps=STEP_TEXTS * 2)
     assert_close(fresh.score(question, [short]), reference.score_plain(question, [short]))
     assert fresh.counters["rescored"] == 1
 
