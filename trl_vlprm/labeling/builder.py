@@ -153,10 +153,8 @@ def _label_shards(
                     config.mc_config(),
                     judge,
                     grader=grader,
-                    disagreement=config.disagreement,
-                    disagreement_weight=config.disagreement_weight,
-                    judge_unknown=config.judge_unknown,
                     strong_completer=strong,
+                    **config.combination_settings(),
                 )
             if judge is not None:
                 check_judge_failures(judge, stats, [ids[j] for j in chunk], config.judge_max_failed_share)
@@ -194,10 +192,7 @@ def _label_with_batch_judge(batch, digests, policy, config, judge, server, grade
     custom_ids = [solution_id(str(question["id"]), j) for question, j, _, _ in solutions]
     verdicts = judge.judge_many(judge_items(solutions), custom_ids, key)
     count_verdicts(stats, verdicts)
-    rows = label_solutions(
-        solutions, verdicts, config.rule, stats, config.disagreement, config.disagreement_weight, config.judge_unknown
-    )
-    return rows, stats
+    return label_solutions(solutions, verdicts, config.rule, stats, **config.combination_settings()), stats
 
 
 def _make_policy_and_questions(config: LabelConfig):

@@ -270,6 +270,15 @@ class LabelConfig(SamplingArguments):
 
         return load_questions(self.dataset, self.dataset_split, self.num_questions)
 
+    def combination_settings(self) -> dict[str, Any]:
+        """How `rule` combines each solution's MC labels and verdicts: the keywords `label_solutions` and
+        `label_batch` take, so every labelling path (rollouts, batch judge, imported rollouts) reads them alike."""
+        return {
+            "disagreement": self.disagreement,
+            "disagreement_weight": self.disagreement_weight,
+            "judge_unknown": self.judge_unknown,
+        }
+
     def mc_config(self) -> MCConfig | None:
         if not RULES.get(self.rule).needs_mc:
             return None

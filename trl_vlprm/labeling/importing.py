@@ -359,15 +359,7 @@ def import_dataset(
                 count_verdicts(stats, verdicts)
                 if judge is not None:
                     check_judge_failures(judge, stats, chunk_ids, config.judge_max_failed_share)
-            rows = label_solutions(
-                solutions,
-                verdicts,
-                config.rule,
-                stats,
-                config.disagreement,
-                config.disagreement_weight,
-                config.judge_unknown,
-            )
+            rows = label_solutions(solutions, verdicts, config.rule, stats, **config.combination_settings())
             with claim.writing(f"shard {index}"):
                 write_shard(output_dir, index, rows, stats, chunk_ids, [digests[j] for j in chunk])
         total = folder_stats(output_dir)
