@@ -1,7 +1,7 @@
 """`PRMScorer` prefix-sharing speedup at N candidates, per model family (tiny random models of each).
 
     python benchmarks/family_prefix_sharing.py                       # N = 16, one model type per family
-    python benchmarks/family_prefix_sharing.py --model_types qwen3_vl llava_next --num_candidates 64
+    python benchmarks/family_prefix_sharing.py --model_types qwen3_vl llava_next --num_candidates 64 --threads 2
 
 For each model type: a tiny random model (`build_tiny_vlm`, the real transformers class) with a value head, one
 question with one image, N candidate solutions of 2-5 steps. `PRMScorer.score` runs the vision tower and the question
@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image_size", type=int, default=448, help="Side of the question's square image (pixels).")
     parser.add_argument("--max_pixels", type=int, default=448 * 448, help="Qwen image processors' pixel bound.")
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved timing rounds (best kept).")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a shared box)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
         rows = [measure(model_type, args, Path(folder)) for model_type in args.model_types]

@@ -134,11 +134,17 @@ def test_gpu_check_tiny_smoke(capsys):
 
 
 def test_family_prefix_sharing_smoke(capsys):
-    rows = load_script("family_prefix_sharing.py").main(
-        ["--model_types", "qwen3_5", "llava_next", "--num_candidates", "3", "--repeats", "1", "--image_size", "112",
-         "--hidden_size", "64"]
-    )  # fmt: skip
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # 2 threads, not the suite's 1, so the line below shows the option was applied
+        rows = load_script("family_prefix_sharing.py").main(
+            ["--model_types", "qwen3_5", "llava_next", "--num_candidates", "3", "--repeats", "1", "--image_size",
+             "112", "--hidden_size", "64", "--threads", "2"]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "Machine:" in out and markdown_tables(out) == 1
+    assert "Machine:" in out and "2 torch thread(s)" in out and markdown_tables(out) == 1
     assert [r["model_type"] for r in rows] == ["qwen3_5", "llava_next"]
     assert all(r["max_diff"] <= 1e-5 and r["P"] > 0 and r["speedup"] > 0 for r in rows)
