@@ -14,7 +14,7 @@ from typing import Any
 from ..data.schema import PERCEPTION, REASONING, RecordError, format_prompt, stepwise_features, to_json_string
 from ..registry import UnknownNameError
 from ..utils.errors import UsageError
-from . import arithmetic, learnable, lookalike  # noqa: F401 (their families register themselves in PUZZLE_FAMILIES)
+from . import arithmetic, learnable, lookalike, lookalike_compound  # noqa: F401 (their families register themselves)
 from .families import PUZZLE_FAMILIES, PuzzleFamily, State
 
 # Three tiers (docs/testbed.md): "hard" puzzles a tiny CPU model cannot learn to check in minutes (grids, counting,

@@ -3,9 +3,10 @@
 A PRM trained on the learnable tier (one large shape, one-sentence steps) scores PuzzleVQA's real process bench at
 chance: it has never seen a grid of pastel circles or a caption listing nine colours. These families draw what the
 colour-based PuzzleVQA types show (circles in a grid, a hexagon split into six parts with or without numbers,
-polygons in a triangle, bars of three lengths, numbered tiles, rings of one hue in four shades) in PuzzleVQA's soft
-palette, with the same grey "?" part, and phrase the perception step the way PuzzleVQA's captions are phrased: a
-sentence of layout, then bracketed Python-style lists (`['red', '?', 'blue']`).
+polygons in a triangle, bars of three lengths; numbered tiles, rings of one hue in four shades and overlapping
+squares are in `lookalike_compound.py`) in PuzzleVQA's soft palette, with the same grey "?" part, and phrase the
+perception step the way PuzzleVQA's captions are phrased: a sentence of layout, then bracketed Python-style lists
+(`['red', '?', 'blue']`).
 
 A misread swaps one colour word of the caption for another of the eleven colour names that `data.puzzlevqa`'s
 perturbation draws from (`SWAP_COLOURS`), uniformly, as that perturbation does; in an image of two to four colours
@@ -116,7 +117,7 @@ def hue(name: str) -> str:
     return name.split()[-1]
 
 
-class _Coloured(PuzzleFamily):
+class ColouredParts(PuzzleFamily):
     """Parts whose colours follow "each colour fills the same number of parts"; one part is a grey "?"."""
 
     num_parts = 6
@@ -190,12 +191,12 @@ class _Coloured(PuzzleFamily):
         render.text_centered(draw, center, "?", px or max(8, size // 12))
 
 
-def _outline(size: int) -> int:
+def outline_width(size: int) -> int:
     return max(1, size // 170)
 
 
 @register_puzzle_family
-class CircleGrid(_Coloured):
+class CircleGrid(ColouredParts):
     """Nine circles in a 3x3 grid (PuzzleVQA's color_grid)."""
 
     name = "pv_circle_grid"
@@ -214,7 +215,7 @@ class CircleGrid(_Coloured):
                 self.label_missing(draw, (cx, cy), size)
             else:
                 draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=self.fill(state, name), outline=render.INK,
-                             width=_outline(size))  # fmt: skip
+                             width=outline_width(size))  # fmt: skip
         return image
 
     def describe(self, state, obs):
@@ -227,7 +228,7 @@ class CircleGrid(_Coloured):
 
 
 @register_puzzle_family
-class Hexagon(_Coloured):
+class Hexagon(ColouredParts):
     """A hexagon split into six triangular parts, half of them numbered (color_hexagon, color_number_hexagon)."""
 
     name = "pv_hexagon"
@@ -241,7 +242,7 @@ class Hexagon(_Coloured):
         corners = [(c + radius * math.cos(math.pi * k / 3), c - radius * math.sin(math.pi * k / 3)) for k in range(7)]
         for k, name in enumerate(state["colours"]):  # anti-clockwise from the right-hand corner
             draw.polygon([(c, c), corners[k], corners[k + 1]], fill=self.fill(state, name), outline=render.INK,
-                         width=_outline(size))  # fmt: skip
+                         width=outline_width(size))  # fmt: skip
             centroid = ((c + corners[k][0] + corners[k + 1][0]) / 3, (c + corners[k][1] + corners[k + 1][1]) / 3)
             numbers = state.get("numbers")
             label = "?" if name == "?" else (str(numbers[k]) if numbers else None)
@@ -261,7 +262,7 @@ class Hexagon(_Coloured):
 
 
 @register_puzzle_family
-class PolygonTriangle(_Coloured):
+class PolygonTriangle(ColouredParts):
     """Six regular polygons (5-9 sides) in rows of 1, 2 and 3 (polygon_sides_color)."""
 
     name = "pv_polygons"
@@ -275,7 +276,7 @@ class PolygonTriangle(_Coloured):
         for (x, y), name, sides in zip(positions, state["colours"], state["sides"]):
             center = (x * size, y * size)
             points = render.regular_polygon_points(center, size * 0.11, sides)
-            draw.polygon(points, fill=self.fill(state, name), outline=render.INK, width=_outline(size))
+            draw.polygon(points, fill=self.fill(state, name), outline=render.INK, width=outline_width(size))
             if name == "?":
                 self.label_missing(draw, center, size)
         return image
@@ -288,7 +289,7 @@ class PolygonTriangle(_Coloured):
 
 
 @register_puzzle_family
-class Rectangles(_Coloured):
+class Rectangles(ColouredParts):
     """Six vertical bars of three lengths side by side (rectangle_height_color)."""
 
     name = "pv_rectangles"
@@ -304,7 +305,7 @@ class Rectangles(_Coloured):
             x0, height = size * 0.1 + k * width + width * 0.1, size * LENGTHS[length]
             box = (x0, size / 2 - height / 2, x0 + width * 0.8, size / 2 + height / 2)
             draw.rounded_rectangle(box, radius=width * 0.3, fill=self.fill(state, name), outline=render.INK,
-                                   width=_outline(size))  # fmt: skip
+                                   width=outline_width(size))  # fmt: skip
             if name == "?":
                 self.label_missing(draw, (x0 + width * 0.4, size / 2), size)
         return image
@@ -317,159 +318,3 @@ class Rectangles(_Coloured):
 
     def parse_lists(self, state, lists):
         return lists[-1]
-
-
-@register_puzzle_family
-class NumberTiles(_Coloured):
-    """A 3x3 grid of coloured numbered tiles, the same number always the same colour (grid_number_color)."""
-
-    name = "pv_tiles"
-    num_parts, num_colours = 9, 3
-
-    def sample_extra(self, rng, parts):
-        by_colour = dict(zip(ALL_COLOURS, rng.sample(range(1, 12), len(ALL_COLOURS))))
-        return {"numbers": [by_colour[c] if c != "?" else 0 for c in parts], "by_colour": by_colour}
-
-    def render(self, state, size):
-        image, draw = render.canvas(size)
-        cell = size * 0.9 / 3
-        for k, (name, number) in enumerate(zip(state["colours"], state["numbers"])):
-            x0, y0 = size * 0.05 + (k % 3) * cell, size * 0.05 + (k // 3) * cell
-            draw.rounded_rectangle((x0 + 3, y0 + 3, x0 + cell - 3, y0 + cell - 3), radius=cell * 0.12,
-                                   fill=self.fill(state, name))  # fmt: skip
-            label = str(number) if name != "?" else "?"
-            render.text_centered(draw, (x0 + cell / 2, y0 + cell / 2), label, max(8, size // 10))
-        return image
-
-    def describe(self, state, obs):
-        numbers = [state["by_colour"][state["answer"]] if x == "?" else n for x, n in zip(obs, state["numbers"])]
-        pairs = [f"({n}, {x!r})" for n, x in zip(numbers, obs)]
-        rows = ["[" + ", ".join(pairs[i : i + 3]) + "]" for i in (0, 3, 6)]
-        return (
-            f"There is a 3x3 colored grid of numbers. The first row has number-color pair {rows[0]}, the second row "
-            f"is {rows[1]}, and the third and final row is {rows[2]}."
-        )
-
-    def parse(self, state, text):
-        pairs = re.findall(r"\((\d+), '([^']*)'\)", text)
-        obs = [name for _, name in pairs]
-        ok = len(obs) == len(state["colours"]) and obs.count("?") == 1 and self.describe(state, obs) == text.strip()
-        return obs if ok else None
-
-    def question(self, state):
-        number = state["by_colour"][state["answer"]]
-        return f"What is the missing color if the part denoted with the question mark has the number {number}?"
-
-
-@register_puzzle_family
-class ShadeRings(_Coloured):
-    """Four concentric circles of one hue, darker as they grow; one is a grey "?" (color_size_circle)."""
-
-    name = "pv_rings"
-    question_text = "What is the missing color of the part denoted with a question mark?"
-
-    def sample(self, rng):
-        colour = rng.choice([c for c in RING_HUES_ALL if c in COLOURS])
-        order = list(RING_SIZES)
-        rng.shuffle(order)
-        shades = [f"{SHADES[RING_SIZES.index(s)]} {colour}" for s in order]
-        missing = rng.randrange(4)
-        answer = shades[missing]
-        shades[missing] = "?"
-        others = [f"{s} {colour}" for s in SHADES if f"{s} {colour}" != answer]
-        options = [
-            answer,
-            rng.choice(others),
-            f"{rng.choice(SHADES)} {rng.choice([c for c in COLOURS if c != colour])}",
-        ]
-        options.append(next(f"{s} {c}" for c in COLOURS for s in SHADES if f"{s} {c}" not in options))
-        rng.shuffle(options)
-        return {"colours": shades, "sizes": order, "options": options, "answer": answer, "light": False}
-
-    def render(self, state, size):
-        image, draw = render.canvas(size)
-        c = size / 2
-        ordered = sorted(zip(state["sizes"], state["colours"]), key=lambda p: -RING_SIZES.index(p[0]))
-        for ring, name in ordered:  # the largest first, so each smaller circle is drawn over it
-            r = size * 0.12 * (1 + RING_SIZES.index(ring) * 0.9)
-            draw.ellipse((c - r, c - r, c + r, c + r), fill=self.fill(state, name), outline=render.INK,
-                         width=_outline(size))  # fmt: skip
-            if name == "?":
-                inner = size * 0.12 * (1 + (RING_SIZES.index(ring) - 1) * 0.9) if ring != "small" else 0
-                self.label_missing(draw, (c, c - (r + inner) / 2 if inner else c), size)
-        return image
-
-    def describe(self, state, obs):
-        return (
-            "There are circles of various sizes and colors in the image. The circles are "
-            f"{quoted(state['sizes'])} size, and their colors are {quoted(obs)}."
-        )
-
-    def parse_lists(self, state, lists):
-        return lists[-1]
-
-    def solve(self, state, obs):
-        seen = [x for x in obs if x != "?"]
-        colour = Counter(hue(x) for x in seen).most_common(1)[0][0]
-        return f"{SHADES[RING_SIZES.index(state['sizes'][obs.index('?')])]} {colour}"
-
-    def explain(self, state, obs, value):
-        return f"The circles become darker as they become larger, so the answer is {value}"
-
-
-PRIMARY_MIXES = {frozenset(("red", "yellow")): "orange", frozenset(("yellow", "blue")): "green",
-                 frozenset(("blue", "red")): "purple"}  # fmt: skip
-
-
-@register_puzzle_family
-class OverlapSquares(_Coloured):
-    """Three squares of the primary colours overlapping in a diagonal chain, each overlap the two colours' mix; one
-    square is a grey "?" (color_overlap_squares). The caption goes on after its list, naming the overlaps."""
-
-    name = "pv_overlap"
-    num_parts = 3
-
-    def sample(self, rng):
-        parts = ["red", "yellow", "blue"]
-        rng.shuffle(parts)
-        overlaps = [PRIMARY_MIXES[frozenset(parts[:2])], PRIMARY_MIXES[frozenset(parts[1:])]]
-        missing = rng.choice((0, 2))
-        answer = parts[missing]
-        parts[missing] = "?"
-        options = [answer] + rng.sample([c for c in PV_PALETTE if c != answer], 3)
-        rng.shuffle(options)
-        return {"colours": parts, "overlaps": overlaps, "options": options, "answer": answer, "light": False}
-
-    def render(self, state, size):
-        image, draw = render.canvas(size)
-        boxes = [(0.08 + 0.21 * k, 0.08 + 0.21 * k, 0.5 + 0.21 * k, 0.5 + 0.21 * k) for k in range(3)]
-        boxes = [tuple(v * size for v in box) for box in boxes]
-        for box, name in zip(boxes, state["colours"]):
-            draw.rectangle(box, fill=self.fill(state, name), outline=render.INK, width=_outline(size))
-        for k, mix in enumerate(state["overlaps"]):
-            a, b = boxes[k], boxes[k + 1]
-            draw.rectangle((b[0], b[1], a[2], a[3]), fill=PV_PALETTE[mix], outline=render.INK, width=_outline(size))
-        k = state["colours"].index("?")
-        self.label_missing(draw, (boxes[k][0] + size * 0.12, boxes[k][1] + size * 0.12) if k == 0 else
-                           (boxes[k][2] - size * 0.12, boxes[k][3] - size * 0.12), size)  # fmt: skip
-        return image
-
-    def describe(self, state, obs):
-        first, second = state["overlaps"]
-        return (
-            f"There are 3 squares which overlap each other in the image. The color of the squares are {quoted(obs)}. "
-            f"The part where the first and second squares overlap is {first}. The part where the second and third "
-            f"squares overlap is {second}."
-        )
-
-    def parse_lists(self, state, lists):
-        return lists[0]
-
-    def solve(self, state, obs):
-        k = obs.index("?")
-        known = obs[1]
-        mix = state["overlaps"][0 if k == 0 else 1]
-        return next((c for c in ("red", "yellow", "blue") if PRIMARY_MIXES.get(frozenset((c, known))) == mix), known)
-
-    def explain(self, state, obs, value):
-        return f"Two overlapping squares mix their colors, so the answer is {value}"
