@@ -268,6 +268,24 @@ def test_sweep_below_random_names_the_cells():
     assert len(warnings) == 1 and "N=4" in warnings[0]
 
 
+def test_background_training_trains_in_a_child_and_reports_its_failure(tmp_path):
+    """`train_in_background` (the demo's second PRM): the child's PRM is the one `train` then reuses, its output goes
+    to the log, and a child that fails raises in the parent with its traceback and the log's path."""
+    from trl_vlprm.cpu_recipe import CPURecipe
+
+    recipe = CPURecipe(num_puzzles=6, max_steps=2)
+    log = tmp_path / "train.log"
+    seconds = recipe.train_in_background(tmp_path / "run", log_path=log, report_to="none").wait()
+    assert seconds > 0 and (tmp_path / "run" / "vlprm" / "model.safetensors").exists()
+    assert "2/2" in log.read_text()  # the child's progress bar went to its log
+    assert recipe.train(tmp_path / "run", report_to="none").train_seconds == 0  # reused, not trained again
+    failing = CPURecipe(num_puzzles=6, max_steps=3).train_in_background(tmp_path / "run", log_path=log)
+    with pytest.raises(
+        RuntimeError, match=r"(?s)background PRM training failed \(log: .*train.log\).*max_steps: 2 -> 3"
+    ):
+        failing.wait()
+
+
 def test_check_command_prints_both_guard_rails(tmp_path, capsys):
     from trl_vlprm import cli
     from trl_vlprm.cpu_recipe import CPURecipe

@@ -172,6 +172,22 @@ class CPURecipe:
         finally:
             torch.set_num_threads(threads)
 
+    def train_in_background(
+        self, output_dir: str | Path, log_path: str | Path, **overrides: Any
+    ) -> BackgroundTraining:
+        """Start `train(output_dir, **overrides)` in a child process writing its output to `log_path`; the caller
+        goes on (the demo labels and trains a second PRM meanwhile: each run uses one thread, so two fill 2 cores).
+        `wait()` on the handle, then `train(output_dir, eval_dataset=...)` reuses the finished PRM."""
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or tokenizer threads
+        queue = context.Queue()
+        process = context.Process(
+            target=_train_in_child, args=(self, Path(output_dir), Path(log_path), overrides, queue), daemon=True
+        )
+        process.start()
+        return BackgroundTraining(process, queue, Path(log_path))
+
     def _train(self, output_dir: Path, eval_dataset, overrides: dict[str, Any], train_dataset=None) -> TrainedPRM:
         from trl_vlprm import VLPRMTrainer
         from trl_vlprm.utils.resume import SettingsMismatchError, dataclass_settings, pin_settings
@@ -225,6 +241,50 @@ class TrainedPRM:
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
     train_seconds: float
+
+
+@dataclass
+class BackgroundTraining:
+    """Handle of `CPURecipe.train_in_background`."""
+
+    process: Any
+    queue: Any
+    log_path: Path
+
+    def wait(self, poll_seconds: float = 5.0) -> float:
+        """Block until the child has finished; return its training wall time (0 when it reused a finished run).
+
+        Raises:
+            RuntimeError: the child failed or died; the message holds its traceback and names its log.
+        """
+        import queue as queue_module
+
+        while True:
+            try:
+                status, payload = self.queue.get(timeout=poll_seconds)
+                break
+            except queue_module.Empty:
+                if not self.process.is_alive():
+                    status, payload = "error", f"the training process exited with code {self.process.exitcode}"
+                    break
+        self.process.join()
+        if status != "ok":
+            raise RuntimeError(f"background PRM training failed (log: {self.log_path}):\n{payload}")
+        return float(payload)
+
+
+def _train_in_child(recipe: CPURecipe, output_dir: Path, log_path: Path, overrides: dict[str, Any], queue) -> None:
+    import os
+    import traceback
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        os.dup2(log.fileno(), 1)  # tqdm and warnings (Python and native) go to the log, not the parent's terminal
+        os.dup2(log.fileno(), 2)
+        try:
+            queue.put(("ok", recipe.train(output_dir, **overrides).train_seconds))
+        except BaseException:  # every failure goes back to the parent, which raises it with this traceback
+            queue.put(("error", traceback.format_exc()))
 
 
 def main(argv: list[str] | None = None) -> None:

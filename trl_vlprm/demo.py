@@ -4,7 +4,8 @@ data (the learnable tier of the procedural puzzles: one large shape per image) -
 rollouts + a noisy judge, consensus rule, on the training puzzles; its quality against the gold is shown) ->
 training (`CPURecipe`: a tiny Qwen2-VL value-head VL-PRM trained with VLPRMTrainer on those hybrid labels, and a
 second one on gold-labelled scripted solutions of the lookalike tier, puzzles drawn and captioned in PuzzleVQA's
-vocabulary; the hybrid-trained PRM is the one used in steps 4-6) -> guard-rails (does the PRM look at the image?
+vocabulary, trained in a child process from step 1 on so that the two runs share the 2 cores; the hybrid-trained
+PRM is the one used in steps 4-6) -> guard-rails (does the PRM look at the image?
 does its best-of-N beat a random pick?) -> guidance (greedy, majority, best-of-N with each aggregation, weighted
 vote, beam search) -> evaluation (accuracy vs N for the PRM, the oracle and a random scorer, table, plot, and a page
 of every step's scores: `trl-vlprm view`) -> real images (both PRMs on PuzzleVQA's process bench: the learnable-tier
@@ -202,6 +203,11 @@ def main(argv: list[str] | None = None) -> None:
 
     print("== 1. data + model: learnable-tier puzzles (one shape, 84 px, 9 image tokens), tiny random Qwen2-VL")
     recipe.build_model(out / "tiny-qwen2-vl")
+    lookalike = CPURecipe.lookalike(seed=args.seed, num_puzzles=args.train_puzzles, max_steps=args.max_steps)
+    # The lookalike PRM (step 3) needs nothing from steps 2-3, so it trains in a child process from now on, on the
+    # second core, while this one labels and trains the hybrid PRM.
+    background = lookalike.train_in_background(out / "lookalike", log_path=out / "lookalike" / "train.log")
+    print(f"   the lookalike-tier PRM of step 3 trains in the background meanwhile (log: {background.log_path})")
 
     print(f"== 2. labelling: {args.label_questions} training puzzles x 4 rollouts, MC (binary search) + noisy judge, "
           "consensus")  # fmt: skip
@@ -209,7 +215,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"   {len(labelled)} labelled solutions; label accuracy vs gold {quality.accuracy:.3f}, bad-step F1 "
           f"{quality.bad_f1:.3f}, {quality.labelled}/{quality.total} steps kept")  # fmt: skip
 
-    lookalike = CPURecipe.lookalike(seed=args.seed, num_puzzles=args.train_puzzles, max_steps=args.max_steps)
     print(
         f"== 3. training: CPURecipe ({recipe.max_steps} steps, value head, perception steps weigh "
         f"{recipe.perception_loss_weight}x) twice: on the {len(labelled)} hybrid-labelled solutions above, and on "
@@ -221,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     lookalike_held_out = lookalike.supervision(
         args.eval_questions, seed=1, perception_error_rate=0.3, reasoning_error_rate=0.3
     )
-    looked = lookalike.train(out / "lookalike", eval_dataset=lookalike_held_out)
+    lookalike_seconds = background.wait()
+    looked = lookalike.train(out / "lookalike", eval_dataset=lookalike_held_out)  # reuses the PRM, evaluates it
+    looked.train_seconds = lookalike_seconds
     summary_path = out / "summary.json"
     if not trained.metrics_before and summary_path.exists():  # a resumed run: the untrained figures were saved
         trained.metrics_before = json.loads(summary_path.read_text())["eval_before"]
