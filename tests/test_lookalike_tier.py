@@ -13,13 +13,21 @@ import re
 
 import pytest
 
-from trl_vlprm.data.puzzlevqa import _DETAIL_WORDS, _swap_detail
-from trl_vlprm.eval.transfer import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer, rank_auc
+from trl_vlprm.data.puzzlevqa import COLOUR_NAMES, PUZZLEVQA_DRAWN_COLOURS, _swap_detail
+from trl_vlprm.eval.transfer import (
+    DRAWN_COLOUR,
+    NEVER_DRAWN_COLOUR,
+    OTHER_DETAIL,
+    PUZZLEVQA_COLOUR_TYPES,
+    puzzlevqa_transfer,
+    rank_auc,
+    swap_kind,
+)
 from trl_vlprm.testbed import TIERS, ScriptedPolicy, generate_puzzles, read_metadata
 from trl_vlprm.testbed import testbed_corpus as corpus_text  # aliased: pytest would collect "test*" names
 from trl_vlprm.testbed.lookalike import DRAW_PALETTE, PV_PALETTE, RING_HUES_ALL, SWAP_COLOURS, hue, shade_rgb, tint
 
-COLOUR_WORDS = re.compile(r"\b(" + "|".join(_DETAIL_WORDS["colour"]) + r")\b")
+COLOUR_WORDS = re.compile(r"\b(" + "|".join(COLOUR_NAMES) + r")\b")
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +141,38 @@ def test_puzzlevqa_transfer_scores_every_type_of_the_real_bench():
     assert report.auc() == report.auc("reasoning") == 1.0
     assert report.auc("perception", ["color_grid"]) == 1.0 and report.interval() == (1.0, 1.0)
     table = report.table()
-    assert len(table) == 2 + len(types) + 2 and table[2].startswith("| color_grid (colour) | 2 | 1.000 | 1.000 |")
+    kinds = {k for c, k in zip(report.categories, report.swap_kinds) if c in PUZZLEVQA_COLOUR_TYPES} - {OTHER_DETAIL}
+    assert len(table) == 2 + len(types) + 2 + len(kinds)  # the rows of swaps to a (never-)drawn colour follow
+    assert table[2].startswith("| color_grid (colour) | 2 | 1.000 | 1.000 |")
     blind = puzzlevqa_transfer(ConstantScorer(), categories=["color_grid", "venn"], limit_per_category=3)
     assert blind.categories == ["color_grid"] * 3 + ["venn"] * 3
     assert blind.auc() == blind.auc("reasoning") == 0.5
     with pytest.raises(ValueError, match="no scored puzzle"):
         blind.auc("perception", ["triangle"])
+
+
+class NeverDrawnColourRule:
+    """Scores a step 0 when it names a colour PuzzleVQA never draws, else 1: the text rule a tiny PRM learns."""
+
+    def score(self, question, candidates):
+        never = set(COLOUR_NAMES) - set(PUZZLEVQA_DRAWN_COLOURS)
+        return [[0.0 if never & set(re.findall(r"\w+", s)) else 1.0 for s in c.steps] for c in candidates]
+
+
+def test_swap_kinds_split_what_the_text_gives_away_from_what_only_the_image_tells():
+    assert swap_kind("['red', 'blue']", "['red', 'green']") == DRAWN_COLOUR
+    assert swap_kind("['medium purple', '?']", "['medium orange', '?']") == DRAWN_COLOUR
+    assert swap_kind("['red', 'blue']", "['red', 'pink']") == NEVER_DRAWN_COLOUR
+    assert swap_kind("[3, 1, '?']", "[3, 2, '?']") == OTHER_DETAIL
+    assert swap_kind("['small', 'large']", "['small', 'medium']") == OTHER_DETAIL
+    assert set(PV_PALETTE) == set(PUZZLEVQA_DRAWN_COLOURS)  # the lookalike tier draws PuzzleVQA's six colours
+    report = puzzlevqa_transfer(NeverDrawnColourRule(), categories=PUZZLEVQA_COLOUR_TYPES, limit_per_category=10)
+    counts = collections.Counter(report.swap_kinds)
+    assert set(counts) == {DRAWN_COLOUR, NEVER_DRAWN_COLOUR, OTHER_DETAIL} and sum(counts.values()) == 80
+    # the text rule catches every swap to a never-drawn name and none between drawn colours (all ties)
+    assert report.auc(swap_kind=NEVER_DRAWN_COLOUR) == 1.0 and report.auc(swap_kind=DRAWN_COLOUR) == 0.5
+    row = f"| colour-based types, swaps to a {DRAWN_COLOUR} | {counts[DRAWN_COLOUR]} | 0.500 | - |"
+    assert row in report.table()
 
 
 class ImageReadingScorer:

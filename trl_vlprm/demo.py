@@ -148,10 +148,11 @@ def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[st
     """Perception AUC (gold over perturbed captions) on PuzzleVQA of the learnable-tier PRM and the lookalike-tier
     PRM: pooled over the colour-based types, the same with every puzzle scored against another puzzle's image (what
     survives is read from the text: the lookalike PRM's AUC is its rule that PuzzleVQA never draws pink, brown,
-    gray, white or black, docs/testbed.md), and over the shape, size and number types, where neither PRM is above
+    gray, white or black, docs/testbed.md), on the swaps from one drawn colour to another (which only the image can
+    catch: both PRMs are at chance there), and over the shape, size and number types, where neither PRM is above
     chance; then the lookalike PRM's table per type. Skipped, saying so, when the benchmark folder is absent."""
     from trl_vlprm.data.puzzlevqa import default_benchmarks_root
-    from trl_vlprm.eval.transfer import PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer
+    from trl_vlprm.eval.transfer import DRAWN_COLOUR, PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer
     from trl_vlprm.guidance.scorer import PRMScorer
 
     try:
@@ -162,8 +163,9 @@ def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[st
     if not (root / "PuzzleVQA" / "data").is_dir():
         print(f"   skipped: no PuzzleVQA in {root}")
         return {}
-    lines = ["   | PRM trained on | colour-based types | same, each with the next puzzle's image | shape, size and "
-             "number types | reasoning (all types) |", "   |---|---|---|---|---|"]  # fmt: skip
+    lines = ["   | PRM trained on | colour-based types | same, each with the next puzzle's image | swaps between "
+             "drawn colours (only the image tells) | shape, size and number types | reasoning (all types) |",
+             "   |---|---|---|---|---|---|"]  # fmt: skip
     results, report = {}, None
     for name, path in (("learnable tier (one shape)", learnable_prm), ("lookalike tier", lookalike_prm)):
         scorer = PRMScorer.from_pretrained(path)
@@ -171,6 +173,7 @@ def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[st
         swapped = puzzlevqa_transfer(scorer, root, PUZZLEVQA_COLOUR_TYPES, limit, swap_images=True)
         others = sorted({c for c in report.categories if c not in PUZZLEVQA_COLOUR_TYPES})
         results[name] = {"colour": report.auc("perception", PUZZLEVQA_COLOUR_TYPES), "colour_swapped": swapped.auc(),
+                         "drawn_colour_swaps": report.auc("perception", PUZZLEVQA_COLOUR_TYPES, DRAWN_COLOUR),
                          "other": report.auc("perception", others), "reasoning": report.auc("reasoning")}  # fmt: skip
         lines.append(f"   | {name} | " + " | ".join(f"{v:.3f}" for v in results[name].values()) + " |")
     print("   perception AUC (0.5 = chance); an AUC that survives another puzzle's image is read from the text alone:")

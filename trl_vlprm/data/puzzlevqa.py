@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ _DETAIL_WORDS = {
     "length": ("short", "medium", "long"),
     "shape": ("circle", "triangle", "square", "pentagon", "hexagon"),
 }
+# The colour names a perturbed caption draws from; PuzzleVQA draws its parts in the first six, the other five never
+# appear in its images.
+COLOUR_NAMES = _DETAIL_WORDS["colour"]
+PUZZLEVQA_DRAWN_COLOURS = COLOUR_NAMES[:6]
 _WORD_KIND = {w: k for k, words in _DETAIL_WORDS.items() for w in words if w != "medium"}
 _DETAIL = re.compile(r"\b(\d+|" + "|".join(sorted(_WORD_KIND, key=len, reverse=True)) + r")\b")
 _BRACKETS = re.compile(r"\[[^\]]*\]")
@@ -181,6 +186,13 @@ def _swap_detail(caption: str, rng: random.Random) -> str | None:
     else:
         new = rng.choice([w for w in _DETAIL_WORDS[_WORD_KIND[word]] if w != word])
     return caption[: match.start()] + new + caption[match.end() :]
+
+
+def swapped_in_word(gold: str, perturbed: str) -> str | None:
+    """The word a perturbed caption (`perturb_solution`'s "perception" negative) writes where `gold` has another:
+    a colour name, a size, a length, a shape or a number; None when the two hold the same words."""
+    added = Counter(re.findall(r"\w+", perturbed)) - Counter(re.findall(r"\w+", gold))
+    return next(iter(added), None)
 
 
 def perturb_solution(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trl_vlprm.data.puzzlevqa import COLOUR_NAMES, PUZZLEVQA_DRAWN_COLOURS, swapped_in_word
 from trl_vlprm.data.schema import PERCEPTION, REASONING
 from trl_vlprm.guidance.policy import Candidate, StepScorer
 
@@ -27,6 +28,19 @@ PUZZLEVQA_COLOUR_TYPES = (
     "polygon_sides_color",
     "rectangle_height_color",
 )
+
+
+# What a perception negative writes in: a colour PuzzleVQA draws (only the image can tell it is wrong), one it never
+# draws (the caption's text alone gives it away), or another detail (a number, size, length or shape).
+DRAWN_COLOUR, NEVER_DRAWN_COLOUR, OTHER_DETAIL = "drawn colour", "never-drawn colour", "other detail"
+
+
+def swap_kind(gold_caption: str, perturbed_caption: str) -> str:
+    """`DRAWN_COLOUR`, `NEVER_DRAWN_COLOUR` or `OTHER_DETAIL`: the kind of word the perturbed caption writes in."""
+    word = swapped_in_word(gold_caption, perturbed_caption)
+    if word in PUZZLEVQA_DRAWN_COLOURS:
+        return DRAWN_COLOUR
+    return NEVER_DRAWN_COLOUR if word in COLOUR_NAMES else OTHER_DETAIL
 
 
 def rank_auc(higher: Sequence[float], lower: Sequence[float]) -> float:
@@ -46,27 +60,35 @@ class PuzzleVQATransfer:
 
     The perception AUC of a set of puzzles is `rank_auc(gold captions, perturbed captions)` over it: how often the
     PRM ranks a true caption above a misread one (0.5: chance). The reasoning AUC compares the last step's scores.
+    `swap_kinds` holds what each perception negative writes in (`swap_kind`): over the colour-based types, the AUC on
+    swaps to a drawn colour is what reading the image earns, the one on never-drawn colours what the text gives away.
     """
 
     categories: list[str] = field(default_factory=list)
+    swap_kinds: list[str] = field(default_factory=list)
     gold_caption: list[float] = field(default_factory=list)
     perturbed_caption: list[float] = field(default_factory=list)
     gold_deduction: list[float] = field(default_factory=list)
     wrong_deduction: list[float] = field(default_factory=list)
 
-    def _select(self, categories: Sequence[str] | None):
+    def _select(self, categories: Sequence[str] | None, swap_kind: str | None = None):
         import numpy as np
 
         keep = np.array([categories is None or c in categories for c in self.categories], dtype=bool)
+        if swap_kind is not None:
+            keep &= np.array([k == swap_kind for k in self.swap_kinds], dtype=bool)
         if not keep.any():
-            raise ValueError(f"no scored puzzle of the categories {categories}")
+            raise ValueError(f"no scored puzzle of the categories {categories} (swap kind {swap_kind})")
         return keep
 
-    def auc(self, kind: str = PERCEPTION, categories: Sequence[str] | None = None) -> float:
-        """The perception (or reasoning) AUC over the puzzles of `categories` (all when None)."""
+    def auc(
+        self, kind: str = PERCEPTION, categories: Sequence[str] | None = None, swap_kind: str | None = None
+    ) -> float:
+        """The perception (or reasoning) AUC over the puzzles of `categories` (all when None) whose perception
+        negative writes in a word of `swap_kind` (any when None)."""
         import numpy as np
 
-        keep = self._select(categories)
+        keep = self._select(categories, swap_kind)
         gold, bad = (
             (self.gold_caption, self.perturbed_caption)
             if kind == PERCEPTION
@@ -118,6 +140,13 @@ class PuzzleVQATransfer:
                 f"{self.auc(REASONING, colour_types):.3f} |"
             )
         lines.append(f"| all types, pooled | {len(self.categories)} | {self.auc():.3f} | {self.auc(REASONING):.3f} |")
+        for swap in (DRAWN_COLOUR, NEVER_DRAWN_COLOUR):
+            chosen = [c in colour_types and k == swap for c, k in zip(self.categories, self.swap_kinds)]
+            if any(chosen):
+                lines.append(
+                    f"| colour-based types, swaps to a {swap} | {sum(chosen)} | "
+                    f"{self.auc(PERCEPTION, colour_types, swap):.3f} | - |"
+                )
         return lines
 
 
@@ -171,6 +200,7 @@ def puzzlevqa_transfer(
         ]
         gold_scores, perception_scores, reasoning_scores = scorer.score(gold, candidates)
         report.categories.append(gold["category"])
+        report.swap_kinds.append(swap_kind(gold["completions"][0], variants[PERCEPTION]["completions"][0]))
         report.gold_caption.append(float(gold_scores[0]))
         report.perturbed_caption.append(float(perception_scores[0]))
         report.gold_deduction.append(float(gold_scores[-1]))

@@ -27,7 +27,7 @@ import math
 import re
 from collections import Counter
 
-from ..data.puzzlevqa import _DETAIL_WORDS
+from ..data.puzzlevqa import COLOUR_NAMES
 from . import render
 from .families import PuzzleFamily, other_choice, register_puzzle_family
 
@@ -41,7 +41,7 @@ PV_PALETTE: dict[str, tuple[int, int, int]] = {
     "purple": (142, 124, 195),
 }
 # The names a misread draws from: the same eleven as the real bench's perturbation.
-SWAP_COLOURS: tuple[str, ...] = _DETAIL_WORDS["colour"]
+SWAP_COLOURS: tuple[str, ...] = COLOUR_NAMES
 # Fills of the five names PuzzleVQA never draws, for the variant that draws all eleven (`ALL_COLOURS`).
 EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {
     "pink": (245, 160, 200),
