@@ -62,7 +62,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     from trl_vlprm.demo import main
 
     args = ["--output_dir", str(tmp_path), "--label_questions", "12", "--eval_questions", "6", "--train_puzzles",
-            "24", "--max_steps", "20", "--n", "4", "--transfer_limit", "2"]  # fmt: skip
+            "24", "--max_steps", "20", "--lookalike_steps", "20", "--n", "4", "--transfer_limit", "2"]  # fmt: skip
     main(args)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["label_quality"]["labelled"] > 0

@@ -193,7 +193,14 @@ def main(argv: list[str] | None = None) -> None:
         help="training puzzles labelled by the hybrid builder (the demo's PRM learns from them)",
     )
     parser.add_argument("--train_puzzles", type=int, default=CPURecipe.num_puzzles, help="training puzzles")
-    parser.add_argument("--max_steps", type=int, default=CPURecipe.max_steps, help="PRM training steps")
+    parser.add_argument("--max_steps", type=int, default=CPURecipe.max_steps, help="training steps of the hybrid PRM")
+    parser.add_argument(
+        "--lookalike_steps",
+        type=int,
+        default=1200,
+        help="training steps of the lookalike PRM (half the recipe's 2,400: on seed 0 it transfers as well, "
+        "docs/testbed.md, and the demo takes less time)",
+    )
     parser.add_argument("--eval_questions", type=int, default=80, help="held-out puzzles for guidance/evaluation")
     parser.add_argument("--n", type=int, default=8, help="sampling budget of the search strategies")
     parser.add_argument("--seed", type=int, default=0, help="seed of the recipe (weights, data, trainer)")
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print("== 1. data + model: learnable-tier puzzles (one shape, 84 px, 9 image tokens), tiny random Qwen2-VL")
     recipe.build_model(out / "tiny-qwen2-vl")
-    lookalike = CPURecipe.lookalike(seed=args.seed, num_puzzles=args.train_puzzles, max_steps=args.max_steps)
+    lookalike = CPURecipe.lookalike(seed=args.seed, num_puzzles=args.train_puzzles, max_steps=args.lookalike_steps)
     # The lookalike PRM (step 3) needs nothing from steps 2-3, so it trains in a child process from now on, on the
     # second core, while this one labels and trains the hybrid PRM.
     background = lookalike.train_in_background(out / "lookalike", log_path=out / "lookalike" / "train.log")
@@ -219,9 +226,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{quality.bad_f1:.3f}, {quality.labelled}/{quality.total} steps kept")  # fmt: skip
 
     print(
-        f"== 3. training: CPURecipe ({recipe.max_steps} steps, value head, perception steps weigh "
-        f"{recipe.perception_loss_weight}x) twice: on the {len(labelled)} hybrid-labelled solutions above, and on "
-        f"{lookalike.num_puzzles} lookalike-tier puzzles (PuzzleVQA's shapes, palette and caption phrasing, "
+        f"== 3. training: CPURecipe (value head, perception steps weigh {recipe.perception_loss_weight}x) twice: "
+        f"{recipe.max_steps} steps on the {len(labelled)} hybrid-labelled solutions above, and {lookalike.max_steps} "
+        f"steps on {lookalike.num_puzzles} lookalike-tier puzzles (PuzzleVQA's shapes, palette and caption phrasing, "
         f"rendered here) x {lookalike.solutions_per_puzzle} gold-labelled solutions, for the real images (step 7)"
     )
     held_out = recipe.supervision(args.eval_questions, seed=1, perception_error_rate=0.3, reasoning_error_rate=0.3)
@@ -236,9 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     if not trained.metrics_before and summary_path.exists():  # a resumed run: the untrained figures were saved
         trained.metrics_before = json.loads(summary_path.read_text())["eval_before"]
     before, after = trained.metrics_before or trained.metrics_after, trained.metrics_after
-    for name, run in (("hybrid labels", trained), ("lookalike tier, gold labels", looked)):
+    for name, run, steps_run in (("hybrid labels", trained, recipe.max_steps),
+                                 ("lookalike tier, gold labels", looked, lookalike.max_steps)):  # fmt: skip
         if run.train_seconds:
-            rate = recipe.max_steps / run.train_seconds
+            rate = steps_run / run.train_seconds
             print(f"   {name}: trained in {run.train_seconds:.0f} s ({rate:.1f} steps/s)")
     print(f"   held-out step verdicts ({args.eval_questions} learnable-tier puzzles, gold labels):")
     columns = {"untrained": before, "hybrid-trained": after}
