@@ -279,10 +279,13 @@ def test_background_training_trains_in_a_child_and_reports_its_failure(tmp_path)
     assert seconds > 0 and (tmp_path / "run" / "vlprm" / "model.safetensors").exists()
     assert "2/2" in log.read_text()  # the child's progress bar went to its log
     assert recipe.train(tmp_path / "run", report_to="none").train_seconds == 0  # reused, not trained again
-    failing = CPURecipe(num_puzzles=6, max_steps=3).train_in_background(tmp_path / "run", log_path=log)
-    with pytest.raises(
-        RuntimeError, match=r"(?s)background PRM training failed \(log: .*train.log\).*max_steps: 2 -> 3"
-    ):
+    with pytest.raises(SettingsMismatchError, match="max_steps: 2 -> 3"):  # refused before any child starts
+        CPURecipe(num_puzzles=6, max_steps=3).train_in_background(tmp_path / "run", log, report_to="none")
+    # a child that fails raises in the parent at wait(), with its traceback and the log's path
+    failing = CPURecipe(num_puzzles=6, max_steps=2, families="no_such_family")
+    failing = failing.train_in_background(tmp_path / "other", log, report_to="none")
+    expected = r"(?s)background PRM training failed \(log: .*train.log\).*no_such_family"
+    with pytest.raises(RuntimeError, match=expected):
         failing.wait()
 
 

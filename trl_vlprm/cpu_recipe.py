@@ -180,6 +180,7 @@ class CPURecipe:
         `wait()` on the handle, then `train(output_dir, eval_dataset=...)` reuses the finished PRM."""
         import multiprocessing
 
+        self._pin(Path(output_dir), overrides)  # a settings clash is refused now, not minutes later at wait()
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or tokenizer threads
         queue = context.Queue()
         process = context.Process(
@@ -188,22 +189,27 @@ class CPURecipe:
         process.start()
         return BackgroundTraining(process, queue, Path(log_path))
 
-    def _train(self, output_dir: Path, eval_dataset, overrides: dict[str, Any], train_dataset=None) -> TrainedPRM:
-        from trl_vlprm import VLPRMTrainer
+    def _pin(self, output_dir: Path, overrides: dict[str, Any], train_dataset=None) -> None:
+        """Pin the run's settings to `output_dir`; a folder trained with other settings is refused, naming them."""
         from trl_vlprm.utils.resume import SettingsMismatchError, dataclass_settings, pin_settings
 
-        prm_path = output_dir / "vlprm"
         pin = output_dir / "cpu_recipe.json"
-        if not pin.exists() and (prm_path / "model.safetensors").exists():
+        if not pin.exists() and (output_dir / "vlprm" / "model.safetensors").exists():
             # Trained before settings were pinned: pinning these settings onto it would vouch for a guess.
             raise SettingsMismatchError(
-                f"{prm_path} holds a finished PRM but {output_dir} has no cpu_recipe.json (trained before settings "
-                "were pinned): cannot tell which settings trained it. Delete the folder to train anew, or train into "
-                "another output_dir"
+                f"{output_dir / 'vlprm'} holds a finished PRM but {output_dir} has no cpu_recipe.json (trained before "
+                "settings were pinned): cannot tell which settings trained it. Delete the folder to train anew, or "
+                "train into another output_dir"
             )
         # A finished run is reused only if it was trained with these very settings (else refused, naming them).
         given = {"train_dataset": train_dataset._fingerprint} if train_dataset is not None else {}
         pin_settings(pin, {**dataclass_settings(self), "overrides": overrides, **given})
+
+    def _train(self, output_dir: Path, eval_dataset, overrides: dict[str, Any], train_dataset=None) -> TrainedPRM:
+        from trl_vlprm import VLPRMTrainer
+
+        prm_path = output_dir / "vlprm"
+        self._pin(output_dir, overrides, train_dataset)
         model_path = self.build_model(output_dir / "tiny-qwen2-vl")
         args = self.training_args(prm_path, **overrides)
         done = (prm_path / "model.safetensors").exists()
