@@ -271,7 +271,10 @@ class BackgroundTraining:
                 break
             except queue_module.Empty:
                 if not self.process.is_alive():
-                    status, payload = "error", f"the training process exited with code {self.process.exitcode}"
+                    try:  # it may have reported just before exiting, after the wait above timed out
+                        status, payload = self.queue.get(timeout=1.0)
+                    except queue_module.Empty:
+                        status, payload = "error", f"the training process exited with code {self.process.exitcode}"
                     break
         self.process.join()
         if status != "ok":
