@@ -287,6 +287,11 @@ def test_background_training_trains_in_a_child_and_reports_its_failure(tmp_path)
     expected = r"(?s)background PRM training failed \(log: .*train.log\).*no_such_family"
     with pytest.raises(RuntimeError, match=expected):
         failing.wait()
+    # a child killed before it could report (e.g. by the OOM killer) is not waited for forever
+    killed = CPURecipe(num_puzzles=6, max_steps=10_000).train_in_background(tmp_path / "killed", log)
+    killed.process.kill()
+    with pytest.raises(RuntimeError, match="exited with code -9"):
+        killed.wait(poll_seconds=0.5)
 
 
 def test_check_command_prints_both_guard_rails(tmp_path, capsys):
