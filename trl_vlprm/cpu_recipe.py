@@ -43,6 +43,7 @@ class CPURecipe:
         warmup_ratio: share of the steps spent warming the learning rate up linearly.
         batch_size: rows per step.
         perception_loss_weight: loss multiplier of perception steps.
+        vision_warmup_steps: steps of vision-tower warm-up on rendered images before PRM training (0: none).
         num_threads: torch CPU threads while training and evaluating.
     """
 
@@ -65,6 +66,14 @@ class CPURecipe:
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps of linear learning-rate warm-up."})
     batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step."})
     perception_loss_weight: float = field(default=4.0, metadata={"help": "Loss multiplier of perception steps."})
+    vision_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps of `trl_vlprm.testing.warm_up_vision_tower` before PRM training: the random vision tower "
+            "learns, from the recipe's own rendered puzzles, which colours each image holds, and is then frozen while "
+            "the PRM trains. 0 trains the PRM on the random tower as built (docs/testbed.md, 'Third round')."
+        },
+    )
     num_threads: int = field(
         default=1,
         metadata={
@@ -105,6 +114,31 @@ class CPURecipe:
                 intermediate_size=self.intermediate_size,
             )
         return path
+
+    def prepare_model(self, output_dir: str | Path) -> tuple[Path, Any]:
+        """The model PRM training starts from, under `output_dir`: the tiny random Qwen2-VL (`build_model`), its
+        vision tower warmed up when `vision_warmup_steps` is set. Returns its folder and the warm-up's outcome
+        (None without one); a finished warm-up is reused."""
+        from trl_vlprm.testbed import generate_puzzles, image_tags
+        from trl_vlprm.testing import warm_up_vision_tower
+
+        output_dir = Path(output_dir)
+        model_path = self.build_model(output_dir / "tiny-qwen2-vl")
+        if not self.vision_warmup_steps:
+            return model_path, None
+        # Offset so the warm-up's images are neither training nor held-out puzzles.
+        puzzles = generate_puzzles(
+            n=self.num_puzzles, seed=2000 + self.seed, families=self.families, image_size=self.image_size
+        )
+        warmup = warm_up_vision_tower(
+            model_path,
+            output_dir / "tiny-qwen2-vl-warm",
+            [row["images"][0] for row in puzzles],
+            [image_tags(row) for row in puzzles],
+            steps=self.vision_warmup_steps,
+            seed=self.seed,
+        )
+        return warmup.path, warmup
 
     def supervision(self, num_puzzles: int, seed: int, **policy: Any):
         """Scripted solutions of `num_puzzles` puzzles of the recipe's families, labelled by their gold."""
@@ -153,6 +187,9 @@ class CPURecipe:
             "step_separator": "",
             # VLPRMConfig turns it on by default, as TRL does; a tiny model only loses time to it.
             "activation_checkpointing": False,
+            # A warmed-up tower is kept as warmed: the PRM's labels are a weaker signal for it than the warm-up's (the
+            # image-reading figures of docs/testbed.md, third round, were measured frozen).
+            "freeze_vision_tower": self.vision_warmup_steps > 0,
         }
         return VLPRMConfig(**{**settings, **overrides})
 
@@ -210,7 +247,7 @@ class CPURecipe:
 
         prm_path = output_dir / "vlprm"
         self._pin(output_dir, overrides, train_dataset)
-        model_path = self.build_model(output_dir / "tiny-qwen2-vl")
+        model_path, warmup = self.prepare_model(output_dir)
         args = self.training_args(prm_path, **overrides)
         done = (prm_path / "model.safetensors").exists()
         trainer = VLPRMTrainer(
@@ -236,7 +273,7 @@ class CPURecipe:
             shutil.rmtree(prm_path, ignore_errors=True)  # only the trainer's logs: no model was finished here
             partial.rename(prm_path)
         after = trainer.evaluate() if eval_dataset is not None else {}
-        return TrainedPRM(prm_path, before, after, seconds)
+        return TrainedPRM(prm_path, before, after, seconds, warmup)
 
 
 @dataclass
@@ -247,6 +284,7 @@ class TrainedPRM:
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
     train_seconds: float
+    vision_warmup: Any = None  # the `VisionWarmup` of the tower it started from, when the recipe warms one up
 
 
 @dataclass

@@ -90,6 +90,11 @@ class PuzzleFamily:
         """A wrong conclusion from `obs` (a wrong rule or an arithmetic slip); always differs from `value`."""
         return other_choice(rng, state["options"], value)
 
+    def image_tags(self, state: State) -> frozenset[str]:
+        """What the image shows, as words (the colour names drawn): the targets with which
+        `trl_vlprm.testing.warm_up_vision_tower` teaches a tiny random vision tower to see the testbed's images."""
+        raise NotImplementedError(f"puzzle family {self.name!r} does not list what its images show (image_tags)")
+
 
 # name -> the family's one instance; `@register_puzzle_family` on a subclass adds it (docs/testbed.md).
 PUZZLE_FAMILIES: Registry[PuzzleFamily] = Registry("puzzle family", base=PuzzleFamily)

@@ -60,6 +60,12 @@ def read_metadata(record: Mapping[str, Any]) -> tuple[PuzzleFamily, State]:
         raise RecordError(row, "metadata", f"not a testbed puzzle state ({type(err).__name__}: {err})") from err
 
 
+def image_tags(record: Mapping[str, Any]) -> frozenset[str]:
+    """What a generated puzzle's image shows, as words (its family's `image_tags`: the colour names drawn)."""
+    family, state = read_metadata(record)
+    return family.image_tags(state)
+
+
 def require_puzzle_states(dataset, source: str, setting: str) -> None:
     """The scripted policy reads each puzzle's hidden state (the `metadata` column `generate_puzzles` writes): a
     dataset without it is refused, naming what it holds and the fix, before any question is sampled."""

@@ -44,6 +44,9 @@ class _OneShape(PuzzleFamily):
         render.shape(draw, state["kind"], (size / 2, size / 2), size * 0.45, state["colour"])
         return image
 
+    def image_tags(self, state):
+        return frozenset((state["colour"], state["kind"]))
+
     def observe(self, state):
         return [state["colour"], state["kind"]]
 

@@ -149,6 +149,11 @@ class ColouredParts(PuzzleFamily):
     def observe(self, state):
         return list(state["colours"])
 
+    def image_tags(self, state):
+        # The hue of every part drawn (a shade or a light tint is still its hue), overlaps included; not the "?".
+        drawn = [*state["colours"], *state.get("overlaps", ())]
+        return frozenset(hue(name) for name in drawn if name != "?")
+
     def parse(self, state, text):
         lists = [parse_list(body) for body in _LIST.findall(text)]
         if not lists or any(not items for items in lists):

@@ -2,6 +2,10 @@
 rings of one hue in four shades (the shade follows the size), and overlapping squares whose overlaps mix their
 colours. The tier, its palette, its misreads and its knobs are in `lookalike.py`; these read the knobs from there at
 call time, so setting `lookalike.COLOURS` reaches them too.
+
+`pv_circle_claim` is in no tier: the smallest check of a multi-part image that only the image can settle (one
+colour claimed of a circle grid drawn in any of the eleven names), with which docs/testbed.md measures whether a
+PRM reads the image at all.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from .lookalike import (
     RING_HUES_ALL,
     RING_SIZES,
     SHADES,
+    CircleGrid,
     ColouredParts,
     hue,
     outline_width,
@@ -181,3 +186,44 @@ class OverlapSquares(ColouredParts):
 
     def explain(self, state, obs, value):
         return f"Two overlapping squares mix their colors, so the answer is {value}"
+
+
+@register_puzzle_family
+class CircleClaim(CircleGrid):
+    """A 3x3 circle grid in three of all eleven colour names; the perception step claims one colour is among the
+    circles ("One of the circles is red"), a misread claims one of the options that is absent from the image. Every
+    name is as likely drawn as claimed wrongly and both claims are among the options, so no text rule separates them:
+    only the image does. The step ends on the claimed word, where its verdict is read (as in the learnable tier)."""
+
+    name = "pv_circle_claim"
+    question_text = "Which of the options is the color of one of the circles?"
+    _CLAIM = re.compile(r"One of the circles is ([a-z]+)")
+
+    def sample(self, rng):
+        colours = rng.sample(ALL_COLOURS, 3)
+        parts = [c for c in colours for _ in range(3)]
+        rng.shuffle(parts)
+        parts[rng.randrange(len(parts))] = "?"
+        claimed = rng.choice(sorted({c for c in parts if c != "?"}))
+        options = [claimed] + rng.sample([c for c in ALL_COLOURS if c not in colours], 3)
+        rng.shuffle(options)
+        return {"colours": parts, "claimed": claimed, "options": options, "answer": claimed, "light": False}
+
+    def observe(self, state):
+        return [state["claimed"]]
+
+    def describe(self, state, obs):
+        return f"One of the circles is {obs[0]}"
+
+    def parse(self, state, text):
+        match = self._CLAIM.fullmatch(text.strip())
+        return [match.group(1)] if match else None
+
+    def misread(self, state, obs, rng):
+        return [rng.choice([c for c in state["options"] if c not in self.image_tags(state)])]
+
+    def solve(self, state, obs):
+        return obs[0]
+
+    def explain(self, state, obs, value):
+        return f"The circle is {value}, so the answer is {value}"

@@ -9,6 +9,8 @@
   `build_tiny_hub`), and `offline_hub`, which points this process and its subprocesses at it with `HF_HUB_OFFLINE=1`,
   so code that takes a repo id is tested by repo id.
 - The per-family recipe of each tiny model (`TinySpec`, registered with `register_tiny` in `tiny_models/<family>.py`).
+- `warm_up_vision_tower`: a stand-in for a pretrained vision tower, trained in seconds on rendered images to tell
+  which colours each holds (`vision_warmup.py`), so a tiny PRM on top of it can learn to read the image.
 
 What is here and what stays in `trl_vlprm.modeling`: the modeling stage holds what loads and runs a real checkpoint
 (family adapters, processors, heads), which every pipeline stage needs. Making a stand-in checkpoint (training a
@@ -50,6 +52,8 @@ _EXPORTS = {
     "TINY_SPECS": ".tiny_models",
     "get_tiny_spec": ".tiny_models",
     "register_tiny": ".tiny_models",
+    "warm_up_vision_tower": ".vision_warmup",
+    "VisionWarmup": ".vision_warmup",
 }
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
