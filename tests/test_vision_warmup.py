@@ -30,7 +30,7 @@ def claims():
 
 def test_image_tags_are_the_hues_drawn_and_the_claim_family_needs_the_image(claims):
     family = PUZZLE_FAMILIES.get("pv_circle_claim")
-    assert not any(family.name in tier for tier in TIERS.values())  # a probe, in no tier
+    assert TIERS["image_check"] == (family.name,)
     drawn, claimed, misread = collections.Counter(), collections.Counter(), collections.Counter()
     rng = random.Random(0)
     for row in claims:
@@ -88,3 +88,45 @@ def test_warm_up_teaches_only_the_tower_and_reuses_or_refuses(tmp_path, claims):
     with pytest.raises(ValueError, match="240 images but 239 tag sets"):
         warm_up_vision_tower(source, tmp_path / "other", images, tags[:-1], steps=1)
     assert not (tmp_path / "other").exists()
+
+
+class PixelReader:
+    """Scores a claim 1.0 when the claimed colour's fill is among the pixels of the image it is shown: reads the
+    image and nothing else (white, the background, and black, the outlines' ink, are not told apart this way)."""
+
+    def score(self, question, candidates):
+        # A fill counts when it covers 200+ pixels (a circle covers ~1,800): anti-aliased edges make stray shades.
+        counts = {rgb: n for n, rgb in question["images"][0].convert("RGB").getcolors(maxcolors=1 << 16)}
+        return [[float(counts.get(DRAW_PALETTE[c.steps[0].split()[-1]], 0) >= 200)] for c in candidates]
+
+
+class CaptionReader:
+    """Scores a claim 1.0 when it is true of the puzzle the row was written for (its hidden state), whatever image
+    it is shown: reads the caption against knowledge the image swap cannot touch."""
+
+    def score(self, question, candidates):
+        family, state = read_metadata(question)
+        return [[float(c.steps[0].split()[-1] in family.image_tags(state))] for c in candidates]
+
+
+def test_image_reading_tells_a_pixel_reader_from_a_caption_reader():
+    from trl_vlprm.eval.guardrails import image_reading
+    from trl_vlprm.testbed import claim_holds
+
+    recipe = CPURecipe(families="pv_circle_claim", image_size=224)
+    rows = list(recipe.supervision(40, seed=7, perception_error_rate=0.5, reasoning_error_rate=0.0))
+    rows = [row for row in rows if row["completions"][0].split()[-1] not in ("white", "black")]
+    pixels = image_reading(PixelReader(), rows, claim_holds)
+    caption = image_reading(CaptionReader(), rows, claim_holds)
+    assert pixels.num_rows == caption.num_rows == len(rows) > 100
+    assert pixels.own == caption.own == 1.0
+    # Another puzzle's image: the pixel reader follows it exactly and loses the labels; the caption reader keeps them.
+    assert pixels.swapped_vs_shown == 1.0 and abs(pixels.swapped_vs_labels - 0.5) < 0.15, pixels
+    assert caption.swapped_vs_labels == 1.0 and caption.swapped_vs_shown < 0.75, caption
+    with pytest.raises(ValueError, match="at least 2 questions"):
+        image_reading(PixelReader(), rows[:1], claim_holds)
+    unlabelled = [{**row, "labels": []} for row in rows[:8]]
+    with pytest.raises(ValueError, match="no step labels"):
+        image_reading(PixelReader(), unlabelled, claim_holds)
+    with pytest.raises(ValueError, match="no pv_circle_claim claim"):
+        claim_holds({**rows[0], "completions": ["The shape is red"]}, rows[1])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +96,54 @@ def image_swap_sensitivity(
         {kind: sum(values) / len(values) for kind, values in shifts.items()},
         {kind: len(values) for kind, values in shifts.items()},
     )
+
+
+@dataclass
+class ImageReading:
+    """Whether a PRM checks its first step against the image or the text: AUCs (0.5 = chance) of the first step's
+    score over the rows, with each row's own image and with the next question's image."""
+
+    own: float  # against the step's label, own image
+    swapped_vs_labels: float  # against the same labels, next question's image: 0.5 for a PRM that reads the image
+    swapped_vs_shown: float  # against the step's truth of the image shown: as `own` for a PRM that reads the image
+    num_rows: int
+
+    def line(self) -> str:
+        return (
+            f"AUC {self.own:.3f} with its own image; with another question's image {self.swapped_vs_labels:.3f} "
+            f"against its labels, {self.swapped_vs_shown:.3f} against that image ({self.num_rows} steps)"
+        )
+
+
+def image_reading(
+    scorer: StepScorer,
+    records: Sequence[Mapping[str, Any]],
+    true_of_image: Callable[[Mapping[str, Any], Mapping[str, Any]], bool],
+) -> ImageReading:
+    """Score each row's first step with its own image and with the next question's; `true_of_image(row, donor)`
+    says whether the row's first step is true of the donor's image (e.g. `testbed.claim_holds`). A PRM that reads the
+    image follows the image it is shown; one that reads the caption keeps its AUC against the original labels."""
+    from trl_vlprm.eval.transfer import rank_auc
+
+    groups = group_by_question(records)
+    if len(groups) < 2:
+        raise ValueError(f"image_reading needs rows of at least 2 questions, got {len(groups)}")
+    own, swapped = ([], []), ([], [])
+    shown = ([], [])
+    for index, group in enumerate(groups):
+        donor = groups[(index + 1) % len(groups)][0]
+        first = [{**row, "completions": row["completions"][:1]} for row in group]
+        question = _question_of(group)
+        own_scores = [scores[0] for scores in _scores(scorer, question, first)]
+        swapped_scores = [scores[0] for scores in _scores(scorer, {**question, "images": donor["images"]}, first)]
+        for row, a, b in zip(group, own_scores, swapped_scores):
+            if not row.get("labels"):
+                raise ValueError(f"row {row.get('id', index)}: no step labels to measure image reading against")
+            good = 0 if row["labels"][0] else 1
+            own[good].append(a)
+            swapped[good].append(b)
+            shown[0 if true_of_image(row, donor) else 1].append(b)
+    return ImageReading(rank_auc(*own), rank_auc(*swapped), rank_auc(*shown), len(own[0]) + len(own[1]))
 
 
 @dataclass

@@ -8,6 +8,7 @@ from .families import PuzzleFamily, register_puzzle_family
 from .generator import (
     PUZZLE_FAMILIES,
     TIERS,
+    claim_holds,
     format_prompt,
     generate_puzzles,
     gold_steps,
@@ -32,6 +33,7 @@ __all__ = [
     "RandomScorer",
     "ScriptedPolicy",
     "TIERS",
+    "claim_holds",
     "format_prompt",
     "generate_puzzles",
     "gold_lookup",

@@ -19,7 +19,9 @@ from .families import PUZZLE_FAMILIES, PuzzleFamily, State
 
 # Three tiers (docs/testbed.md): "hard" puzzles a tiny CPU model cannot learn to check in minutes (grids, counting,
 # arithmetic, clocks: the default, as before), "learnable" ones it can (one large shape, one-sentence steps), and
-# "lookalike" ones drawn and captioned in PuzzleVQA's vocabulary, whose colour check transfers to the real images.
+# "lookalike" ones drawn and captioned in PuzzleVQA's vocabulary, whose colour check transfers to the real images,
+# and "image_check": one colour claimed of a multi-part image, which only the image settles (a PRM learns it on a
+# warmed-up vision tower, `CPURecipe.vision_warmup_steps`).
 TIERS: dict[str, tuple[str, ...]] = {
     "hard": ("color_grid", "size_cycle", "counting", "number_grid", "polygon_sides", "clock"),
     "learnable": ("shape_sides", "shape_colour"),
@@ -32,6 +34,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "pv_rings",
         "pv_overlap",
     ),
+    "image_check": ("pv_circle_claim",),
 }
 DEFAULT_TIER = "hard"
 STEP_TYPES = [PERCEPTION, REASONING, REASONING]
@@ -64,6 +67,15 @@ def image_tags(record: Mapping[str, Any]) -> frozenset[str]:
     """What a generated puzzle's image shows, as words (its family's `image_tags`: the colour names drawn)."""
     family, state = read_metadata(record)
     return family.image_tags(state)
+
+
+def claim_holds(record: Mapping[str, Any], image_record: Mapping[str, Any]) -> bool:
+    """Whether the colour a `pv_circle_claim` solution's first step claims is drawn in `image_record`'s image: the
+    truth against which `eval.guardrails.image_reading` checks a PRM shown another puzzle's image."""
+    claimed = lookalike_compound.CircleClaim.CLAIM.fullmatch(record["completions"][0].strip())
+    if claimed is None:
+        raise RecordError(record.get("id", "?"), "completions", "its first step is no pv_circle_claim claim")
+    return claimed.group(1) in image_tags(image_record)
 
 
 def require_puzzle_states(dataset, source: str, setting: str) -> None:

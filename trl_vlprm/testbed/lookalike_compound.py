@@ -3,9 +3,9 @@ rings of one hue in four shades (the shade follows the size), and overlapping sq
 colours. The tier, its palette, its misreads and its knobs are in `lookalike.py`; these read the knobs from there at
 call time, so setting `lookalike.COLOURS` reaches them too.
 
-`pv_circle_claim` is in no tier: the smallest check of a multi-part image that only the image can settle (one
-colour claimed of a circle grid drawn in any of the eleven names), with which docs/testbed.md measures whether a
-PRM reads the image at all.
+`pv_circle_claim` (the "image_check" tier) is the smallest check of a multi-part image that only the image can settle
+(one colour claimed of a circle grid drawn in any of the eleven names), with which docs/testbed.md measures whether
+a PRM reads the image at all.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class CircleClaim(CircleGrid):
 
     name = "pv_circle_claim"
     question_text = "Which of the options is the color of one of the circles?"
-    _CLAIM = re.compile(r"One of the circles is ([a-z]+)")
+    CLAIM = re.compile(r"One of the circles is ([a-z]+)")
 
     def sample(self, rng):
         colours = rng.sample(ALL_COLOURS, 3)
@@ -216,7 +216,7 @@ class CircleClaim(CircleGrid):
         return f"One of the circles is {obs[0]}"
 
     def parse(self, state, text):
-        match = self._CLAIM.fullmatch(text.strip())
+        match = self.CLAIM.fullmatch(text.strip())
         return [match.group(1)] if match else None
 
     def misread(self, state, obs, rng):
