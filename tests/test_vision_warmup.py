@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from trl_vlprm.cpu_recipe import CPURecipe
 from trl_vlprm.testbed import PUZZLE_FAMILIES, TIERS, generate_puzzles, gold_steps, image_tags, read_metadata
 from trl_vlprm.testbed.lookalike import ALL_COLOURS, DRAW_PALETTE, hue
-from trl_vlprm.testing import warm_up_vision_tower
+from trl_vlprm.testing import build_tiny_vlm, warm_up_vision_tower
 from trl_vlprm.testing.vision_warmup import WARMUP_FILE
 from trl_vlprm.utils.resume import SettingsMismatchError
 
@@ -88,6 +88,12 @@ def test_warm_up_teaches_only_the_tower_and_reuses_or_refuses(tmp_path, claims):
     with pytest.raises(ValueError, match="240 images but 239 tag sets"):
         warm_up_vision_tower(source, tmp_path / "other", images, tags[:-1], steps=1)
     assert not (tmp_path / "other").exists()
+    (tmp_path / "occupied").mkdir()
+    with pytest.raises(FileExistsError, match="occupied exists but holds no vision_warmup.json"):
+        warm_up_vision_tower(source, tmp_path / "occupied", images, tags, steps=1)
+    smolvlm = build_tiny_vlm(tmp_path / "smolvlm", arch="idefics3")
+    with pytest.raises(ValueError, match="'idefics3' model; the warm-up runs Qwen-VL families' towers"):
+        warm_up_vision_tower(smolvlm, tmp_path / "smol-warm", images, tags, steps=1)
 
 
 class PixelReader:

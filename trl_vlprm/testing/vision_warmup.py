@@ -103,6 +103,11 @@ def warm_up_vision_tower(
         pin_settings(output_dir / "vision_warmup_settings.json", settings)  # refuses other settings, naming them
         return VisionWarmup(**{**recorded, "path": output_dir})
 
+    if output_dir.exists():
+        raise FileExistsError(
+            f"warm_up_vision_tower: {output_dir} exists but holds no {WARMUP_FILE} (not a finished warm-up); "
+            "remove it or write elsewhere"
+        )
     order = list(range(len(images)))
     random.Random(seed).shuffle(order)
     num_held = max(1, round(len(images) * held_out_share))
@@ -115,7 +120,13 @@ def warm_up_vision_tower(
     processor = load_processor(model_path)
     model = AutoModelForImageTextToText.from_pretrained(model_path)
     encoded = [processor.image_processor(images=[image], return_tensors="pt") for image in images]
-    tower = model.model.visual
+    if "image_grid_thw" not in encoded[0] or not hasattr(model.model, "get_image_features"):
+        raise ValueError(
+            f"warm_up_vision_tower: {model_path} is a {model.config.model_type!r} model; the warm-up runs Qwen-VL "
+            "families' towers (an image processor giving pixel_values and image_grid_thw)"
+        )
+    # The whole `visual` module, its merger into the language model's width included: the probe reads its output.
+    tower = [parameter for name, parameter in model.named_parameters() if ".visual." in f".{name}"]
     probe = torch.nn.Linear(model.config.text_config.hidden_size, len(vocabulary))
 
     def predict(indices: Sequence[int]) -> torch.Tensor:
@@ -124,7 +135,7 @@ def warm_up_vision_tower(
         per_image = model.model.get_image_features(pixel_values, grid).pooler_output
         return probe(torch.stack([tokens.mean(0) for tokens in per_image]))
 
-    optimizer = torch.optim.AdamW([*tower.parameters(), *probe.parameters()], lr=learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([*tower, *probe.parameters()], lr=learning_rate, weight_decay=0.0)
     batches = random.Random(seed + 1)
     for _ in tqdm(range(steps), desc="vision warm-up", unit="step"):
         batch = batches.sample(train, batch_size)
@@ -153,8 +164,6 @@ def warm_up_vision_tower(
     model.save_pretrained(partial)
     pin_settings(partial / "vision_warmup_settings.json", settings)
     (partial / WARMUP_FILE).write_text(json.dumps({**asdict(result), "path": str(output_dir)}, indent=1))
-    if output_dir.exists():  # an unfinished folder from elsewhere: it holds no warm-up record, so nothing is lost
-        shutil.rmtree(output_dir)
     partial.rename(output_dir)
     return result
 
