@@ -91,9 +91,24 @@ def test_warm_up_teaches_only_the_tower_and_reuses_or_refuses(tmp_path, claims):
     (tmp_path / "occupied").mkdir()
     with pytest.raises(FileExistsError, match="occupied exists but holds no vision_warmup.json"):
         warm_up_vision_tower(source, tmp_path / "occupied", images, tags, steps=1)
-    smolvlm = build_tiny_vlm(tmp_path / "smolvlm", arch="idefics3")
-    with pytest.raises(ValueError, match="'idefics3' model; the warm-up runs Qwen-VL families' towers"):
-        warm_up_vision_tower(smolvlm, tmp_path / "smol-warm", images, tags, steps=1)
+
+
+@pytest.mark.parametrize("arch", ["idefics3", "internvl"])
+def test_warm_up_trains_the_tower_and_projector_of_other_families(tmp_path, claims, arch):
+    """SmolVLM's tower (one image, several patches) and InternVL's (an image tiled in several crops) through the
+    family adapter: a few steps change the vision tower and its projector, nothing else."""
+    from trl_vlprm.modeling.families import get_family
+
+    source = build_tiny_vlm(tmp_path / arch, arch=arch)
+    images, tags = [row["images"][0] for row in claims[:40]], [image_tags(row) for row in claims[:40]]
+    warm = warm_up_vision_tower(source, tmp_path / "warm", images, tags, steps=3, batch_size=8)
+    before, after = load_file(source / "model.safetensors"), load_file(warm.path / "model.safetensors")
+    changed = {name for name in before if not before[name].equal(after[name])}
+    family = get_family(json.loads((source / "config.json").read_text())["model_type"])
+    in_tower = {name for name in before if family.is_vision_tower_parameter(name)}
+    assert changed & in_tower and changed <= in_tower | {
+        name for name in before if any(part in family.projector_modules for part in name.split("."))
+    }
 
 
 class PixelReader:

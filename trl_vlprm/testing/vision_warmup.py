@@ -57,13 +57,14 @@ def warm_up_vision_tower(
     """Train the vision tower of the model in `model_path` to tell which of `vocabulary` each image holds; write the
     whole model (tokenizer and processor included) to `output_dir`.
 
-    The tower and a linear probe on the mean of each image's output tokens are trained with a binary cross-entropy
-    per tag; the language model is not touched and the probe is thrown away. `output_dir` is written as
-    `<output_dir>.partial`, then renamed; a finished `output_dir` is reused when it was warmed with these settings
-    and refused (`SettingsMismatchError`, naming them) otherwise.
+    The vision tower (with its projector) and a linear probe on the mean of each image's output tokens are trained
+    with a binary cross-entropy per tag; the language model is not touched and the probe is thrown away.
+    `output_dir` is written as `<output_dir>.partial`, then renamed; a finished `output_dir` is reused when it was
+    warmed with these settings and refused (`SettingsMismatchError`, naming them) otherwise.
 
     Args:
-        model_path: a model folder of a Qwen-VL family (its processor gives `pixel_values` and `image_grid_thw`).
+        model_path: a model folder of a registered family (`trl_vlprm.modeling.families`); its tower and projector
+            are trained.
         output_dir: where the warmed model is written.
         images: PIL images (or anything the model's image processor takes), one per record.
         tags: the tags each image holds, e.g. the colour names drawn in it.
@@ -81,6 +82,7 @@ def warm_up_vision_tower(
     from tqdm.auto import tqdm
     from transformers import AutoModelForImageTextToText
 
+    from trl_vlprm.modeling.families import family_of_model
     from trl_vlprm.modeling.processor import load_processor
     from trl_vlprm.utils.resume import pin_settings
 
@@ -119,21 +121,29 @@ def warm_up_vision_tower(
     torch.manual_seed(seed)
     processor = load_processor(model_path)
     model = AutoModelForImageTextToText.from_pretrained(model_path)
-    encoded = [processor.image_processor(images=[image], return_tensors="pt") for image in images]
-    if "image_grid_thw" not in encoded[0] or not hasattr(model.model, "get_image_features"):
+    family = family_of_model(model)
+    if family is None or not hasattr(model.model, "get_image_features"):
         raise ValueError(
-            f"warm_up_vision_tower: {model_path} is a {model.config.model_type!r} model; the warm-up runs Qwen-VL "
-            "families' towers (an image processor giving pixel_values and image_grid_thw)"
+            f"warm_up_vision_tower: {model_path} is a {model.config.model_type!r} model, of no registered family "
+            "with a vision tower"
         )
-    # The whole `visual` module, its merger into the language model's width included: the probe reads its output.
-    tower = [parameter for name, parameter in model.named_parameters() if ".visual." in f".{name}"]
+    encoded = [family.image_inputs(processor, [image]) for image in images]
+    # The tower and its projector into the language model's width: the probe reads the projector's output.
+    tower = [
+        parameter
+        for name, parameter in model.named_parameters()
+        if family.is_vision_tower_parameter(name) or any(part in family.projector_modules for part in name.split("."))
+    ]
     probe = torch.nn.Linear(model.config.text_config.hidden_size, len(vocabulary))
 
     def predict(indices: Sequence[int]) -> torch.Tensor:
-        pixel_values = torch.cat([encoded[i]["pixel_values"] for i in indices])
-        grid = torch.cat([encoded[i]["image_grid_thw"] for i in indices])
-        per_image = model.model.get_image_features(pixel_values, grid).pooler_output
-        return probe(torch.stack([tokens.mean(0) for tokens in per_image]))
+        batch = {key: torch.cat([encoded[i][key] for i in indices]) for key in encoded[indices[0]]}
+        features = model.model.get_image_features(**batch)
+        per_image = getattr(features, "pooler_output", features)  # one (tokens, width) tensor per image, or per tile
+        if len(per_image) != len(indices):  # a tiling processor (InternVL): an image's tiles follow one another
+            tokens = torch.cat([tile.reshape(-1, tile.shape[-1]) for tile in per_image])
+            per_image = tokens.reshape(len(indices), -1, tokens.shape[-1])
+        return probe(torch.stack([tokens.reshape(-1, tokens.shape[-1]).mean(0) for tokens in per_image]))
 
     optimizer = torch.optim.AdamW([*tower, *probe.parameters()], lr=learning_rate, weight_decay=0.0)
     batches = random.Random(seed + 1)
