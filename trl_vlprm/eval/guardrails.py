@@ -130,6 +130,9 @@ def image_reading(
         raise ValueError(f"image_reading needs rows of at least 2 questions, got {len(groups)}")
     own, swapped = ([], []), ([], [])
     shown = ([], [])
+    for row in records:  # before any scoring: a missing label is named at once
+        if not row.get("labels"):
+            raise ValueError(f"row {row.get('id', '?')}: no step labels to measure image reading against")
     for index, group in enumerate(groups):
         donor = groups[(index + 1) % len(groups)][0]
         first = [{**row, "completions": row["completions"][:1]} for row in group]
@@ -137,8 +140,6 @@ def image_reading(
         own_scores = [scores[0] for scores in _scores(scorer, question, first)]
         swapped_scores = [scores[0] for scores in _scores(scorer, {**question, "images": donor["images"]}, first)]
         for row, a, b in zip(group, own_scores, swapped_scores):
-            if not row.get("labels"):
-                raise ValueError(f"row {row.get('id', index)}: no step labels to measure image reading against")
             good = 0 if row["labels"][0] else 1
             own[good].append(a)
             swapped[good].append(b)

@@ -72,10 +72,11 @@ def image_tags(record: Mapping[str, Any]) -> frozenset[str]:
 def claim_holds(record: Mapping[str, Any], image_record: Mapping[str, Any]) -> bool:
     """Whether the colour a `pv_circle_claim` solution's first step claims is drawn in `image_record`'s image: the
     truth against which `eval.guardrails.image_reading` checks a PRM shown another puzzle's image."""
-    claimed = lookalike_compound.CircleClaim.CLAIM.fullmatch(record["completions"][0].strip())
+    family, state = read_metadata(record)
+    claimed = family.parse(state, record["completions"][0]) if family.name == "pv_circle_claim" else None
     if claimed is None:
         raise RecordError(record.get("id", "?"), "completions", "its first step is no pv_circle_claim claim")
-    return claimed.group(1) in image_tags(image_record)
+    return claimed[0] in image_tags(image_record)
 
 
 def require_puzzle_states(dataset, source: str, setting: str) -> None:
