@@ -87,7 +87,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     # both PRMs on the real PuzzleVQA bench (2 puzzles of each of its 20 types), the lookalike one per type too
     assert set(summary["puzzlevqa_transfer"]) == {"learnable tier (one shape)", "lookalike tier"}
     for aucs in summary["puzzlevqa_transfer"].values():
-        assert set(aucs) == {"colour", "colour_swapped", "drawn_colour_swaps", "other", "reasoning"}
+        assert set(aucs) == {"colour", "colour_swapped", "drawn_colour_swaps", "other", "reasoning", "algopuzzlevqa"}
         assert all(0.0 <= v <= 1.0 for v in aucs.values())
     assert "| color_grid (colour) | 2 |" in out and "| all types, pooled | 40 |" in out
     assert json.loads((tmp_path / "hybrid" / "cpu_recipe.json").read_text())["train_dataset"]

@@ -66,8 +66,8 @@ UNKNOWN_NAMES = {
     ),
     "process bench": (
         lambda: load_process_bench_spec("processbench:x=1"),
-        "process bench spec 'processbench:x=1': unknown bench 'processbench'; available: puzzlevqa, testbed, "
-        "visualprocessbench; did you mean 'visualprocessbench'?",
+        "process bench spec 'processbench:x=1': unknown bench 'processbench'; available: algopuzzlevqa, puzzlevqa, "
+        "testbed, visualprocessbench; did you mean 'visualprocessbench'?",
     ),
     "converter": (
         lambda: convert_dataset([], "prm800k"),
@@ -233,7 +233,7 @@ def test_a_registered_converter_strategy_benchmark_and_answer_kind_are_used():
 
 
 def test_every_registry_keeps_its_built_in_names():
-    assert PROCESS_BENCHES.names() == ["puzzlevqa", "testbed", "visualprocessbench"]
+    assert PROCESS_BENCHES.names() == ["algopuzzlevqa", "puzzlevqa", "testbed", "visualprocessbench"]
     assert CONVERTERS.names() == ["trl_stepwise", "visualprm400k", "vlprm300k"]
     assert ANSWER_KINDS.names() == ["free_form", "multiple_choice", "numeric"]
     assert OUTCOME_SELECTIONS.names() == ["best_of_n", "first", "majority", "pass@n", "weighted_vote"]

@@ -286,7 +286,7 @@ def test_every_name_of_the_sweep_is_checked_before_any_sampling():
         "benchmarks": (["testbed:0,limit=4", "testbd:0"], r"EvalTTSConfig.benchmarks: 'testbd:0': unknown benchmark "
                        r"'testbd'; available: algopuzzlevqa, mathvision, mathvista, mmmu, puzzlevqa, testbed"),
         "process_benches": (["puzlevqa:limit_per_category=5"], r"EvalTTSConfig.process_benches: 'puzlevqa:limit_"
-                            r"per_category=5': unknown bench 'puzlevqa'; available: puzzlevqa, testbed"),
+                            r"per_category=5': unknown bench 'puzlevqa'; available: algopuzzlevqa, puzzlevqa"),
         "scorers": (["oracle", "r@randm"], r"EvalTTSConfig.scorers: scorer spec 'randm': unknown scorer backend "
                     r"'randm'"),
         "policies": (["s@scriptd:seed=1"], r"EvalTTSConfig.policies: policy spec 'scriptd:seed=1': unknown policy "

@@ -152,7 +152,9 @@ def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[st
     survives is read from the text: the lookalike PRM's AUC is its rule that PuzzleVQA never draws pink, brown,
     gray, white or black, docs/testbed.md), on the swaps from one drawn colour to another (which only the image can
     catch: both PRMs are at chance there), and over the shape, size and number types, where neither PRM is above
-    chance; then the lookalike PRM's table per type. Skipped, saying so, when the benchmark folder is absent."""
+    chance, and AlgoPuzzleVQA's captioned types (captions written from each puzzle's `solution`: clocks, calendars,
+    jugs, grids, boards; nothing like the tiers); then the lookalike PRM's table per type. Skipped, saying so, when
+    the benchmark folder is absent."""
     from trl_vlprm.data.puzzlevqa import default_benchmarks_root
     from trl_vlprm.eval.transfer import DRAWN_COLOUR, PUZZLEVQA_COLOUR_TYPES, puzzlevqa_transfer
     from trl_vlprm.guidance.scorer import PRMScorer
@@ -166,8 +168,8 @@ def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[st
         print(f"   skipped: no PuzzleVQA in {root}")
         return {}
     lines = ["   | PRM trained on | colour-based types | same, each with the next puzzle's image | swaps between "
-             "drawn colours (only the image tells) | shape, size and number types | reasoning (all types) |",
-             "   |---|---|---|---|---|---|"]  # fmt: skip
+             "drawn colours (only the image tells) | shape, size and number types | reasoning (all types) | "
+             "AlgoPuzzleVQA captions (8 types) |", "   |---|---|---|---|---|---|---|"]  # fmt: skip
     results, report = {}, None
     for name, path in (("learnable tier (one shape)", learnable_prm), ("lookalike tier", lookalike_prm)):
         scorer = PRMScorer.from_pretrained(path)
@@ -177,7 +179,11 @@ def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[st
         results[name] = {"colour": report.auc("perception", PUZZLEVQA_COLOUR_TYPES), "colour_swapped": swapped.auc(),
                          "drawn_colour_swaps": report.auc("perception", PUZZLEVQA_COLOUR_TYPES, DRAWN_COLOUR),
                          "other": report.auc("perception", others), "reasoning": report.auc("reasoning")}  # fmt: skip
-        lines.append(f"   | {name} | " + " | ".join(f"{v:.3f}" for v in results[name].values()) + " |")
+        if (root / "AlgoPuzzleVQA" / "data").is_dir():
+            algo = puzzlevqa_transfer(scorer, root, limit_per_category=limit, benchmark="AlgoPuzzleVQA")
+            results[name]["algopuzzlevqa"] = algo.auc()
+        cells = [f"{v:.3f}" for v in results[name].values()] + ([] if "algopuzzlevqa" in results[name] else ["-"])
+        lines.append(f"   | {name} | " + " | ".join(cells) + " |")
     print("   perception AUC (0.5 = chance); an AUC that survives another puzzle's image is read from the text alone:")
     print("\n".join(lines))
     print("   the lookalike-tier PRM, per type:")

@@ -12,7 +12,8 @@ reasoning steps alone (the PerceptionProcessBench view: can the PRM catch misrea
 Built-in benches: `load_visual_process_bench` (VisualProcessBench's layout: `image` paths, `question`,
 `response.steps`, `response.process_correctness`), `testbed_process_bench` (scripted-policy solutions of the
 testbed, labelled by their hidden gold correctness) and `puzzlevqa_process_bench` (PuzzleVQA gold traces and
-their perception/reasoning perturbations).
+their perception/reasoning perturbations) and `algopuzzlevqa_process_bench` (the same from AlgoPuzzleVQA's
+`solution` objects, for its eight captioned types).
 """
 
 from __future__ import annotations
@@ -200,6 +201,21 @@ def puzzlevqa_process_bench(root: str | None = None, limit_per_category: int | N
 @PROCESS_BENCHES.register("puzzlevqa")
 def _puzzlevqa_process_bench(args, kwargs, seed):
     return puzzlevqa_process_bench(*args, **{"seed": seed, **kwargs})
+
+
+def algopuzzlevqa_process_bench(root: str | None = None, limit_per_category: int | None = None, seed: int = 0):
+    """AlgoPuzzleVQA's captioned types: captions written from each puzzle's `solution` (all correct), their
+    misreads, and wrong final answers (`data.algopuzzlevqa`)."""
+    from trl_vlprm.data.algopuzzlevqa import build_algopuzzlevqa_supervision
+    from trl_vlprm.data.puzzlevqa import default_benchmarks_root
+
+    supervision = build_algopuzzlevqa_supervision(root or default_benchmarks_root(), None, limit_per_category, seed)
+    return _to_dataset(from_stepwise(supervision))
+
+
+@PROCESS_BENCHES.register("algopuzzlevqa")
+def _algopuzzlevqa_process_bench(args, kwargs, seed):
+    return algopuzzlevqa_process_bench(*args, **{"seed": seed, **kwargs})
 
 
 def testbed_process_bench(

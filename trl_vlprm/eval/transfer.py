@@ -55,8 +55,9 @@ def rank_auc(higher: Sequence[float], lower: Sequence[float]) -> float:
 
 @dataclass
 class PuzzleVQATransfer:
-    """Per PuzzleVQA puzzle, a scorer's P(correct) of the gold caption and of its perturbed copy (step 0), and of the
-    gold deduction and of its wrong-answer copy (step 2); `puzzlevqa_transfer` fills it.
+    """Per puzzle (of PuzzleVQA, or AlgoPuzzleVQA's captioned types), a scorer's P(correct) of the gold caption and of
+    its perturbed copy (step 0), and of the gold deduction and of its wrong-answer copy (the last step);
+    `puzzlevqa_transfer` fills it.
 
     The perception AUC of a set of puzzles is `rank_auc(gold captions, perturbed captions)` over it: how often the
     PRM ranks a true caption above a misread one (0.5: chance). The reasoning AUC compares the last step's scores.
@@ -64,6 +65,7 @@ class PuzzleVQATransfer:
     swaps to a drawn colour is what reading the image earns, the one on never-drawn colours what the text gives away.
     """
 
+    benchmark: str = "PuzzleVQA"
     categories: list[str] = field(default_factory=list)
     swap_kinds: list[str] = field(default_factory=list)
     gold_caption: list[float] = field(default_factory=list)
@@ -125,7 +127,7 @@ class PuzzleVQATransfer:
         ordered = [t for t in PUZZLEVQA_COLOUR_TYPES if t in types] + [
             t for t in types if t not in PUZZLEVQA_COLOUR_TYPES
         ]
-        lines = ["| PuzzleVQA type | puzzles | perception AUC | reasoning AUC |", "|---|---|---|---|"]
+        lines = [f"| {self.benchmark} type | puzzles | perception AUC | reasoning AUC |", "|---|---|---|---|"]
         for name in ordered:
             colour = " (colour)" if name in PUZZLEVQA_COLOUR_TYPES else ""
             lines.append(
@@ -158,13 +160,15 @@ def puzzlevqa_transfer(
     seed: int = 0,
     show_progress: bool = False,
     swap_images: bool = False,
+    benchmark: str = "PuzzleVQA",
 ) -> PuzzleVQATransfer:
-    """Score PuzzleVQA's gold traces and their perception / reasoning negatives (`puzzlevqa_process_bench`'s records,
-    read in place from `root`, default `$TRL_VLPRM_SHARED/benchmarks`) with `scorer`, per puzzle type.
+    """Score PuzzleVQA's gold traces and their perception / reasoning negatives (`build_puzzlevqa_supervision`'s
+    records, read in place from `root`, default `$TRL_VLPRM_SHARED/benchmarks`) with `scorer`, per puzzle type.
 
     One scorer call per puzzle holds its three traces (gold, perception negative, reasoning negative). The
     perception AUC compares step 0 (the caption: a perception negative is wrong from it on), the reasoning AUC the
-    last step (a reasoning negative differs only there). AlgoPuzzleVQA has no gold captions, so no such bench.
+    last step (a reasoning negative differs only there). `benchmark="AlgoPuzzleVQA"` scores the same way its
+    captioned types (`build_algopuzzlevqa_supervision`: captions written from each puzzle's `solution`).
 
     With `swap_images`, every puzzle is scored with the image of the next puzzle of its type (the last with the
     first's): a PRM that reads the image loses its AUC there, while one that ranks captions by their text alone
@@ -172,9 +176,13 @@ def puzzlevqa_transfer(
     """
     from tqdm.auto import tqdm
 
+    from trl_vlprm.data.algopuzzlevqa import build_algopuzzlevqa_supervision
     from trl_vlprm.data.puzzlevqa import build_puzzlevqa_supervision, default_benchmarks_root
 
-    records = build_puzzlevqa_supervision(
+    builders = {"PuzzleVQA": build_puzzlevqa_supervision, "AlgoPuzzleVQA": build_algopuzzlevqa_supervision}
+    if benchmark not in builders:
+        raise ValueError(f"benchmark {benchmark!r} has no process bench; available: {', '.join(builders)}")
+    records = builders[benchmark](
         root or default_benchmarks_root(), list(categories) if categories else None, limit_per_category, seed
     )
     by_question: dict[str, dict[str, Mapping[str, Any]]] = {}
@@ -189,7 +197,7 @@ def puzzlevqa_transfer(
         for questions in by_type.values():
             for k, question in enumerate(questions):
                 images[question] = by_question[questions[(k + 1) % len(questions)]]["gold"]["images"]
-    report = PuzzleVQATransfer()
+    report = PuzzleVQATransfer(benchmark=benchmark)
     for question, variants in tqdm(by_question.items(), desc="PuzzleVQA transfer", disable=not show_progress):
         gold, perception, reasoning = variants["gold"], variants[PERCEPTION], variants[REASONING]
         if swap_images:
