@@ -31,11 +31,11 @@ _CHECKER = {"G": "green", "R": "red", "_": "empty"}
 @dataclass(frozen=True)
 class ImageState:
     """What an image shows, as flat `values`; `render` states them in a sentence. A misread replaces one value by
-    one of `choices(index, value)`, or, when `choices` is None (an arrangement), swaps two unequal values."""
+    one of `choices(index)`, or, when `choices` is None (an arrangement), swaps two unequal values."""
 
     values: tuple
     render: Callable[[Sequence], str]
-    choices: Callable[[int, Any], Sequence] | None = None
+    choices: Callable[[int], Sequence] | None = None
 
 
 def _rows(values: Sequence, widths: Sequence[int]) -> list[list]:
@@ -50,7 +50,7 @@ def _clock(s: Mapping) -> ImageState:
     return ImageState(
         (int(s["current_hour"]), int(s["current_minute"])),
         lambda v: f"The clock shows the time {v[0]}:{v[1]:02d}.",
-        lambda i, _: range(1, 13) if i == 0 else range(60),
+        lambda i: range(1, 13) if i == 0 else range(60),
     )
 
 
@@ -60,7 +60,7 @@ def _calendar(s: Mapping) -> ImageState:
     return ImageState(
         (calendar.month_name[month], first),
         lambda v: f"The calendar shows the month of {v[0]}, whose first day is a {v[1]}.",
-        lambda i, _: calendar.month_name[1:] if i == 0 else calendar.day_name[:],
+        lambda i: calendar.month_name[1:] if i == 0 else calendar.day_name[:],
     )
 
 
@@ -69,7 +69,7 @@ def _water_jugs(s: Mapping) -> ImageState:
     return ImageState(
         tuple(int(w) for w in s["start"]),
         lambda v: f"The jugs of capacities {capacities} litres hold {list(v)} litres of water from left to right.",
-        lambda i, _: range(capacities[i] + 1),
+        lambda i: range(capacities[i] + 1),
     )
 
 
@@ -78,7 +78,7 @@ def _rotting_kiwi(s: Mapping) -> ImageState:
     return ImageState(
         tuple(_KIWI[int(c)] for row in grid for c in row),
         lambda v: f"The cells of the grid, row by row, hold {_rows(v, [len(r) for r in grid])}.",
-        lambda i, _: list(_KIWI.values()),
+        lambda i: list(_KIWI.values()),
     )
 
 
@@ -117,7 +117,7 @@ def _n_queens(s: Mapping) -> ImageState:
             f"On the {rows} * {columns} board the queens stand at "
             f"{[[int(r), c] for (r, _), c in zip(placed, v)]} as [row, column], counting from 0 at the top left."
         ),
-        lambda i, _: range(columns),
+        lambda i: range(columns),
     )
 
 
@@ -168,7 +168,7 @@ def perturb_caption(category: str, solution: Mapping[str, Any], rng: random.Rand
         values[i], values[j] = values[j], values[i]
     else:
         index = rng.randrange(len(values))
-        values[index] = rng.choice([c for c in state.choices(index, values[index]) if c != values[index]])
+        values[index] = rng.choice([c for c in state.choices(index) if c != values[index]])
     return state.render(values)
 
 
