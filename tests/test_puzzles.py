@@ -157,7 +157,7 @@ def test_a_family_registered_at_its_definition_is_generated_and_listed():
         # same seed and index, another family name: another random stream, so another puzzle
         assert puzzles[1]["id"] == "recoloured_grid-s3-00001"
         assert read_metadata(puzzles[1])[0] is PUZZLE_FAMILIES.get("recoloured_grid")
-        tiers = r"\(or a tier: hard, learnable, lookalike, image_check\)"
+        tiers = r"\(or a tier: hard, learnable, lookalike, image_check, image_carry\)"
         with pytest.raises(ValueError, match=r"available: .*recoloured_grid.* " + tiers):
             generate_puzzles(1, families="recolored_grid")
     finally:

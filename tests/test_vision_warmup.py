@@ -149,5 +149,5 @@ def test_image_reading_tells_a_pixel_reader_from_a_caption_reader():
     unlabelled = [{**row, "labels": []} for row in rows[:8]]
     with pytest.raises(ValueError, match="no step labels"):
         image_reading(PixelReader(), unlabelled, claim_holds)
-    with pytest.raises(ValueError, match="no pv_circle_claim claim"):
+    with pytest.raises(ValueError, match="no claim of pv_circle_claim or pv_circle_claim_tail"):
         claim_holds({**rows[0], "completions": ["The shape is red"]}, rows[1])

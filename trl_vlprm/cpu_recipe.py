@@ -74,6 +74,16 @@ class CPURecipe:
             "the PRM trains. 0 trains the PRM on the random tower as built (docs/testbed.md, 'Third round')."
         },
     )
+    label_every_word: bool = field(
+        default=False,
+        metadata={
+            "help": "Whether to cut every training solution's perception step after each word "
+            "(`trl_vlprm.testbed.label_every_word`), each piece labelled 'correct so far' against the gold caption; "
+            "the tokens are unchanged (no step separator) and the verdict is supervised at every word. With 4 text "
+            "layers and a warmed-up tower this teaches a PRM to carry an image check past the checked word to the "
+            "step's end (docs/testbed.md, 'Fourth round'). Held-out and benchmark steps are scored whole."
+        },
+    )
     num_threads: int = field(
         default=1,
         metadata={
@@ -161,7 +171,12 @@ class CPURecipe:
 
     def training_data(self):
         # Offset so the training puzzles never coincide with held-out ones drawn with small seeds.
-        return self.supervision(self.num_puzzles, seed=1000 + self.seed)
+        data = self.supervision(self.num_puzzles, seed=1000 + self.seed)
+        if self.label_every_word:
+            from trl_vlprm.testbed import label_every_word
+
+            data = label_every_word(data)
+        return data
 
     def training_args(self, output_dir: str | Path, **overrides: Any):
         from trl_vlprm import VLPRMConfig

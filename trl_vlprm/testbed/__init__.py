@@ -23,7 +23,7 @@ from .generator import (
 from .judge_server import JudgeServer, gold_lookup, step_key
 from .scorers import GoldOracleScorer, RandomScorer
 from .scripted_policy import ScriptedPolicy
-from .supervision import sample_supervision
+from .supervision import label_every_word, sample_supervision
 
 __all__ = [
     "PUZZLE_FAMILIES",
@@ -39,6 +39,7 @@ __all__ = [
     "gold_lookup",
     "gold_steps",
     "image_tags",
+    "label_every_word",
     "make_puzzle",
     "parse_answer_step",
     "puzzle_features",

@@ -20,8 +20,9 @@ from .families import PUZZLE_FAMILIES, PuzzleFamily, State
 # Three tiers (docs/testbed.md): "hard" puzzles a tiny CPU model cannot learn to check in minutes (grids, counting,
 # arithmetic, clocks: the default, as before), "learnable" ones it can (one large shape, one-sentence steps), and
 # "lookalike" ones drawn and captioned in PuzzleVQA's vocabulary, whose colour check transfers to the real images,
-# and "image_check": one colour claimed of a multi-part image, which only the image settles (a PRM learns it on a
-# warmed-up vision tower, `CPURecipe.vision_warmup_steps`).
+# "image_check": one colour claimed of a multi-part image, which only the image settles (a PRM learns it on a
+# warmed-up vision tower, `CPURecipe.vision_warmup_steps`), and "image_carry": the same claim with words after the
+# colour, whose verdict must be carried to the step's end (learnt with `CPURecipe.label_every_word` and 4 layers).
 TIERS: dict[str, tuple[str, ...]] = {
     "hard": ("color_grid", "size_cycle", "counting", "number_grid", "polygon_sides", "clock"),
     "learnable": ("shape_sides", "shape_colour"),
@@ -35,6 +36,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "pv_overlap",
     ),
     "image_check": ("pv_circle_claim",),
+    "image_carry": ("pv_circle_claim_tail",),
 }
 DEFAULT_TIER = "hard"
 STEP_TYPES = [PERCEPTION, REASONING, REASONING]
@@ -70,12 +72,14 @@ def image_tags(record: Mapping[str, Any]) -> frozenset[str]:
 
 
 def claim_holds(record: Mapping[str, Any], image_record: Mapping[str, Any]) -> bool:
-    """Whether the colour a `pv_circle_claim` solution's first step claims is drawn in `image_record`'s image: the
-    truth against which `eval.guardrails.image_reading` checks a PRM shown another puzzle's image."""
+    """Whether the colour a `pv_circle_claim` (or `pv_circle_claim_tail`) solution's first step claims is drawn in
+    `image_record`'s image: the truth against which `eval.guardrails.image_reading` checks a PRM shown another
+    puzzle's image."""
     family, state = read_metadata(record)
-    claimed = family.parse(state, record["completions"][0]) if family.name == "pv_circle_claim" else None
+    claims = TIERS["image_check"] + TIERS["image_carry"]
+    claimed = family.parse(state, record["completions"][0]) if family.name in claims else None
     if claimed is None:
-        raise RecordError(record.get("id", "?"), "completions", "its first step is no pv_circle_claim claim")
+        raise RecordError(record.get("id", "?"), "completions", f"its first step is no claim of {' or '.join(claims)}")
     return claimed[0] in image_tags(image_record)
 
 

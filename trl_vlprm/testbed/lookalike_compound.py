@@ -227,3 +227,30 @@ class CircleClaim(CircleGrid):
 
     def explain(self, state, obs, value):
         return f"The circle is {value}, so the answer is {value}"
+
+
+@register_puzzle_family
+class CircleClaimTail(CircleClaim):
+    """`pv_circle_claim` with the claim followed by one of eight tails of 0-8 tokens ("One of the circles is red in
+    the grid of circles shown"), so the verdict is read after the checked word, as at the end of every PuzzleVQA
+    caption. Labels at the step's end alone do not teach a PRM to carry the image check there; labels on every word
+    (`CPURecipe.label_every_word`) with 4 text layers do (docs/testbed.md, fourth round)."""
+
+    name = "pv_circle_claim_tail"
+    TAILS = (
+        "",
+        " here",
+        " in the grid",
+        " in the image",
+        ", as drawn",
+        " among the nine circles",
+        " in the grid of circles shown",
+        ", which I can see in the image",
+    )
+    CLAIM = re.compile(r"One of the circles is ([a-z]+)(?:" + "|".join(re.escape(t) for t in TAILS if t) + ")?")
+
+    def sample(self, rng):
+        return {**super().sample(rng), "tail": rng.choice(self.TAILS)}
+
+    def describe(self, state, obs):
+        return f"One of the circles is {obs[0]}{state['tail']}"

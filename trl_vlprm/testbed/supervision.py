@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from ..data.schema import solution_id
-from .generator import generate_puzzles, puzzle_features
+from ..data.schema import PERCEPTION, RecordError, solution_id
+from .generator import generate_puzzles, puzzle_features, read_metadata
 from .scripted_policy import ScriptedPolicy
+
+# A word with the punctuation and spaces before it, or the punctuation that ends a step: the pieces a step is cut
+# into. Cuts fall before spaces and quotes, where the testbed tokenizer's tokens start anyway.
+_WORD = re.compile(r"\W*\w+|\W+$")
 
 
 def sample_supervision(
@@ -49,3 +54,41 @@ def sample_supervision(
             )
     features = puzzle_features()
     return Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
+
+
+def label_every_word(dataset: Dataset) -> Dataset:
+    """Every record's first step (its perception step) cut after each word, each piece labelled "correct so far":
+    True up to the first word where the step differs from the gold caption, False from that word on (the
+    first-error convention, word by word; a correct step's pieces are all True). The pieces join back into the
+    step, so with an empty step separator (the CPU recipe's) the tokens are the step's own: only labels are added,
+    one at every word instead of one at the step's end. A PRM then learns a verdict at the checked word and to carry
+    it to the step's end, which labels at the end alone do not teach it (docs/testbed.md, fourth round).
+
+    Raises:
+        RecordError: a record without testbed metadata, whose first step is not a perception step, or whose
+            verdict on it disagrees with its gold caption (a correct step that differs from the gold).
+    """
+
+    def cut(record_id, metadata, completions, labels, step_types):
+        record = {"id": record_id, "metadata": metadata}
+        family, state = read_metadata(record)
+        if not step_types or step_types[0] != PERCEPTION:
+            raise RecordError(record_id, "step_types", f"first step is {step_types[:1]}, not a perception step")
+        pieces = _WORD.findall(completions[0])
+        gold = _WORD.findall(family.describe(state, family.observe(state)))
+        first_error = next((k for k, (a, b) in enumerate(zip(pieces, gold)) if a != b), min(len(pieces), len(gold)))
+        if labels[0] != (pieces == gold):
+            raise RecordError(
+                record_id,
+                "labels",
+                f"step 0 labelled {labels[0]} but it {'is' if pieces == gold else 'is not'} the gold caption",
+            )
+        words = [labels[0] or k < min(first_error, len(pieces) - 1) for k in range(len(pieces))]
+        return {
+            "completions": pieces + completions[1:],
+            "labels": words + labels[1:],
+            "step_types": [PERCEPTION] * len(pieces) + step_types[1:],
+        }
+
+    columns = ["id", "metadata", "completions", "labels", "step_types"]
+    return dataset.map(cut, input_columns=columns, desc="labelling every word")

@@ -1,0 +1,65 @@
+"""`testbed.label_every_word`: a perception step cut after every word, labelled "correct so far".
+
+The promise: the pieces join back into the step and tokenize to the very tokens of the whole step (so only labels
+are added), a correct step's pieces are all True, a misread's are True up to the first word that differs from the
+gold caption and False from it on, the later steps keep their labels, and a record it cannot cut is named.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from trl_vlprm.cpu_recipe import CPURecipe
+from trl_vlprm.data.schema import RecordError
+from trl_vlprm.testbed import label_every_word, read_metadata
+from trl_vlprm.trainer.tokenization import encode_steps
+
+
+@pytest.fixture(scope="module")
+def records():
+    recipe = CPURecipe.lookalike(num_puzzles=24)
+    return recipe, recipe.supervision(24, seed=3, perception_error_rate=0.5)
+
+
+def test_pieces_are_the_steps_tokens_with_a_label_at_every_word(records, tmp_path):
+    recipe, data = records
+    cut = label_every_word(data)
+    assert len(cut) == len(data) == 96 and cut["images"] == data["images"]  # images untouched
+    tokenizer = recipe.build_model(tmp_path / "tiny")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    misreads = 0
+    for whole, pieces in zip(data, cut):
+        perception = sum(t == "perception" for t in pieces["step_types"])
+        assert "".join(pieces["completions"][:perception]) == whole["completions"][0]
+        assert pieces["completions"][perception:] == whole["completions"][1:]
+        assert pieces["labels"][perception:] == whole["labels"][1:]  # the later steps keep their labels
+        tokens = [i for step in encode_steps(tokenizer, whole["completions"], "") for i in step]
+        assert [i for step in encode_steps(tokenizer, pieces["completions"], "") for i in step] == tokens
+        words = pieces["labels"][:perception]
+        assert words[-1] == whole["labels"][0] and perception > 10  # the step's own verdict still ends it
+        if whole["labels"][0]:
+            assert all(words)
+            continue
+        misreads += 1
+        family, state = read_metadata(whole)
+        gold = family.describe(state, family.observe(state))
+        first = words.index(False)
+        assert all(words[:first]) and not any(words[first:])  # first-error, word by word
+        right_so_far = "".join(pieces["completions"][:first])
+        assert gold.startswith(right_so_far) and not gold.startswith(right_so_far + pieces["completions"][first])
+    assert 30 <= misreads <= 66
+
+
+def test_a_record_it_cannot_cut_is_named(records):
+    _, data = records
+    row = data[0]
+    with pytest.raises(RecordError, match=r"metadata.*missing"):
+        label_every_word(data.select([0]).remove_columns("metadata").add_column("metadata", [""]))
+    wrong = {**row, "labels": [not row["labels"][0]] + row["labels"][1:]}
+    with pytest.raises(RecordError, match="step 0 labelled"):
+        label_every_word(data.from_list([wrong], features=data.features))
+    typed = {**row, "step_types": ["reasoning"] * len(row["step_types"])}
+    with pytest.raises(RecordError, match="not a perception step"):
+        label_every_word(data.from_list([typed], features=data.features))
