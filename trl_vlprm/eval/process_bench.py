@@ -11,7 +11,7 @@ reasoning steps alone (the PerceptionProcessBench view: can the PRM catch misrea
 
 Built-in benches: `load_visual_process_bench` (VisualProcessBench's layout: `image` paths, `question`,
 `response.steps`, `response.process_correctness`), `testbed_process_bench` (scripted-policy solutions of the
-testbed, labelled by their hidden gold correctness) and `puzzlevqa_process_bench` (PuzzleVQA gold traces and
+testbed, labelled by their hidden gold correctness), `puzzlevqa_process_bench` (PuzzleVQA gold traces and
 their perception/reasoning perturbations) and `algopuzzlevqa_process_bench` (the same from AlgoPuzzleVQA's
 `solution` objects, for its eight captioned types).
 """

@@ -17,7 +17,7 @@ from ..utils.errors import UsageError
 from . import arithmetic, learnable, lookalike, lookalike_compound  # noqa: F401 (their families register themselves)
 from .families import PUZZLE_FAMILIES, PuzzleFamily, State
 
-# Three tiers (docs/testbed.md): "hard" puzzles a tiny CPU model cannot learn to check in minutes (grids, counting,
+# The tiers (docs/testbed.md): "hard" puzzles a tiny CPU model cannot learn to check in minutes (grids, counting,
 # arithmetic, clocks: the default, as before), "learnable" ones it can (one large shape, one-sentence steps), and
 # "lookalike" ones drawn and captioned in PuzzleVQA's vocabulary, whose colour check transfers to the real images,
 # "image_check": one colour claimed of a multi-part image, which only the image settles (a PRM learns it on a

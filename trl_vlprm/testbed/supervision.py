@@ -75,6 +75,8 @@ def label_every_word(dataset: Dataset) -> Dataset:
         if not step_types or step_types[0] != PERCEPTION:
             raise RecordError(record_id, "step_types", f"first step is {step_types[:1]}, not a perception step")
         pieces = _WORD.findall(completions[0])
+        if "".join(pieces) != completions[0] or not pieces:  # only an empty step has no word to cut after
+            raise RecordError(record_id, "completions", "step 0 is empty: there is no word to label")
         gold = _WORD.findall(family.describe(state, family.observe(state)))
         first_error = next((k for k, (a, b) in enumerate(zip(pieces, gold)) if a != b), min(len(pieces), len(gold)))
         if labels[0] != (pieces == gold):
