@@ -80,8 +80,9 @@ class CPURecipe:
             "help": "Whether to cut every training solution's perception step after each word "
             "(`trl_vlprm.testbed.label_every_word`), each piece labelled 'correct so far' against the gold caption; "
             "the tokens are unchanged (no step separator) and the verdict is supervised at every word. With 4 text "
-            "layers and a warmed-up tower this teaches a PRM to carry an image check past the checked word to the "
-            "step's end (docs/testbed.md, 'Fourth round'). Held-out and benchmark steps are scored whole."
+            "layers and a warmed-up tower it makes a PRM carry an image check past the checked word to the step's "
+            "end on every seed tried, where end labels alone do so partly and unreliably (docs/testbed.md, 'Fourth "
+            "round'). Held-out and benchmark steps are scored whole."
         },
     )
     num_threads: int = field(

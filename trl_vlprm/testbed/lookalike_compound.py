@@ -233,8 +233,9 @@ class CircleClaim(CircleGrid):
 class CircleClaimTail(CircleClaim):
     """`pv_circle_claim` with the claim followed by one of eight tails of 0-8 tokens ("One of the circles is red in
     the grid of circles shown"), so the verdict is read after the checked word, as at the end of every PuzzleVQA
-    caption. Labels at the step's end alone do not teach a PRM to carry the image check there; labels on every word
-    (`CPURecipe.label_every_word`) with 4 text layers do (docs/testbed.md, fourth round)."""
+    caption. A 2-layer PRM does not learn to carry the image check there; with 4 text layers it does, partly and
+    unreliably from labels at the step's end, on every seed tried from labels on every word
+    (`CPURecipe.label_every_word`; docs/testbed.md, fourth round)."""
 
     name = "pv_circle_claim_tail"
     TAILS = (

@@ -61,8 +61,9 @@ def label_every_word(dataset: Dataset) -> Dataset:
     True up to the first word where the step differs from the gold caption, False from that word on (the
     first-error convention, word by word; a correct step's pieces are all True). The pieces join back into the
     step, so with an empty step separator (the CPU recipe's) the tokens are the step's own: only labels are added,
-    one at every word instead of one at the step's end. A PRM then learns a verdict at the checked word and to carry
-    it to the step's end, which labels at the end alone do not teach it (docs/testbed.md, fourth round).
+    one at every word instead of one at the step's end. A 4-layer PRM then learns a verdict at the checked word and
+    carries it to the step's end on every seed tried, where labels at the end alone teach it partly and unreliably
+    (docs/testbed.md, fourth round).
 
     Raises:
         RecordError: a record without testbed metadata, whose first step is not a perception step, or whose
