@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .puzzlevqa import PERTURBATION_KINDS, load_puzzlevqa, read_jsonl
+from .puzzlevqa import PERTURBATION_KINDS, load_puzzlevqa
 from .schema import PERCEPTION, REASONING, RecordError, stepwise_features
 
 _KIWI = {0: "empty", 1: "fresh", 2: "rotten"}
@@ -197,22 +197,14 @@ def build_algopuzzlevqa_supervision(
             f"AlgoPuzzleVQA types without a caption: {unknown}; captioned: {ALGOPUZZLEVQA_CAPTIONED_TYPES}"
         )
     data_dir = Path(root) / "AlgoPuzzleVQA" / "data"
-    questions = load_puzzlevqa(root, "AlgoPuzzleVQA", names, limit_per_category)
+    questions = load_puzzlevqa(root, "AlgoPuzzleVQA", names, limit_per_category, with_solution=True)
     questions = questions.cast_column("images", List(Image(decode=False)))  # keep paths: no decode + re-encode
-    solutions = {}
-    for category in names:
-        path = data_dir / f"{category}.json"
-        for line_number, raw in read_jsonl(path, ("solution",)):
-            solutions[f"AlgoPuzzleVQA/{category}/{line_number - 1:04d}"] = (
-                raw["solution"],
-                f"{path} line {line_number}",
-            )
     records = []
     types = [PERCEPTION, REASONING]
     for question in questions:
-        solution, where = solutions[question["id"]]
-        if isinstance(solution, str):
-            solution = json.loads(solution)
+        solution = json.loads(question["solution"])
+        line = int(question["id"].rsplit("/", 1)[1]) + 1  # ids count records from 0, files lines from 1
+        where = f"{data_dir / question['category']}.json line {line}"
         base = {k: question[k] for k in ("prompt", "images", "answer", "options", "category")}
         caption = algopuzzlevqa_caption(question["category"], solution, where)
         gold = [caption, f"So the answer is {question['answer']}."]

@@ -119,6 +119,7 @@ def load_puzzlevqa(
     categories: list[str] | None = None,
     limit_per_category: int | None = None,
     prompt_builder: PromptBuilder | None = None,
+    with_solution: bool = False,
 ):
     """Question records of a benchmark in the upstream layout, as a `datasets.Dataset`.
 
@@ -128,6 +129,8 @@ def load_puzzlevqa(
         categories: category names (file stems); all files in `data/`, sorted, when None.
         limit_per_category: keep the first records of each category (all when None).
         prompt_builder: `(question, options) -> prompt` (with its "<image>"); default `format_prompt`.
+        with_solution: keep each record's `solution` (AlgoPuzzleVQA's per-type state object) as JSON text in a
+            `solution` column; a record without one raises `RecordError` naming its file and line.
 
     Returns:
         Columns id ("<benchmark>/<category>/<line index>"), prompt ("<image>", question, lettered options),
@@ -141,7 +144,7 @@ def load_puzzlevqa(
         raise FileNotFoundError(f"no benchmark folder {data_dir} (expected <root>/<benchmark>/data/<category>.json)")
     names = categories if categories is not None else sorted(p.stem for p in data_dir.glob("*.json"))
     with_gold = benchmark == "PuzzleVQA"
-    required = QUESTION_FIELDS + (GOLD_FIELDS if with_gold else ())
+    required = QUESTION_FIELDS + (GOLD_FIELDS if with_gold else ()) + (("solution",) if with_solution else ())
     records = []
     for category in names:
         path = data_dir / f"{category}.json"
@@ -152,13 +155,18 @@ def load_puzzlevqa(
             rows = rows[:limit_per_category]
         for line_number, raw in rows:
             where = f"{path} line {line_number}"
-            records.append(
-                _question_record(raw, data_dir, where, benchmark, category, line_number - 1, with_gold, prompt_builder)
+            record = _question_record(
+                raw, data_dir, where, benchmark, category, line_number - 1, with_gold, prompt_builder
             )
+            if with_solution:
+                record["solution"] = json.dumps(raw["solution"])
+            records.append(record)
     features = stepwise_features(with_types=False)
     features = {name: features[name] for name in ("id", "prompt", "images", "answer", "options", "category")}
     if with_gold:
         features.update({name: Value("string") for name in GOLD_FIELDS})
+    if with_solution:
+        features["solution"] = Value("string")
     return Dataset.from_list(records, features=Features(features))
 
 
