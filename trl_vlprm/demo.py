@@ -209,7 +209,7 @@ def image_check(claims: CPURecipe, training, out: Path, num_questions: int) -> d
     print(f"   {reading.line()}")
     print("   it follows the image it is shown; the lookalike PRM of step 7 keeps its AUC on another puzzle's image: "
           "it reads captions. Checking a list of colours, as PuzzleVQA's captions are, is not learnt yet "
-          "(docs/testbed.md, third round)")  # fmt: skip
+          "(docs/testbed.md, third and fourth rounds)")  # fmt: skip
     return asdict(reading)
 
 
