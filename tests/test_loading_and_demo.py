@@ -62,7 +62,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     from trl_vlprm.demo import main
 
     args = ["--output_dir", str(tmp_path), "--label_questions", "12", "--eval_questions", "6", "--train_puzzles",
-            "24", "--max_steps", "20", "--lookalike_steps", "20", "--claim_steps", "20", "--n", "4",
+            "24", "--max_steps", "20", "--lookalike_steps", "20", "--n", "4",
             "--transfer_limit", "2"]  # fmt: skip
     main(args)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -91,11 +91,13 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
         assert all(0.0 <= v <= 1.0 for v in aucs.values())
     assert "| color_grid (colour) | 2 |" in out and "| all types, pooled | 40 |" in out
     assert json.loads((tmp_path / "hybrid" / "cpu_recipe.json").read_text())["train_dataset"]
-    # step 8: the image-check PRM on its warmed-up tower, scored with its own and with the next question's image
-    assert (tmp_path / "image_check" / "tiny-qwen2-vl-warm" / "vision_warmup.json").exists()
+    # the lookalike PRM on its warmed-up tower, judging captions word by word, read with its own and the next image
+    assert (tmp_path / "lookalike" / "tiny-qwen2-vl-warm" / "vision_warmup.json").exists()
+    config = json.loads((tmp_path / "lookalike" / "vlprm" / "config.json").read_text())
+    assert config["prm_word_verdicts"] == "perception"
     reading = summary["image_reading"]
-    assert set(reading) == {"own", "swapped_vs_labels", "swapped_vs_shown", "num_rows"} and reading["num_rows"] == 24
-    assert "against that image (24 steps)" in out
+    assert set(reading) == {"own", "next_image", "num_rows"} and reading["num_rows"] == 24
+    assert "with their own image" in out and "vision warm-up: held-out colour accuracy" in out
     first = out
     main(args)  # every stage's output exists: the rerun reads it back and prints the same figures
     second = capsys.readouterr().out

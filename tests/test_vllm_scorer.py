@@ -4,8 +4,10 @@ candidates and beam-search rounds. Runs in the CPU vLLM venv (`bash .ci/vllm_tes
 there too (the file needs vLLM to be collected, see tests/conftest.py).
 """
 
+import copy
 import gc
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -157,6 +159,37 @@ def test_step_end_inside_cached_blocks_is_rescored(pair, question):
     assert fresh.counters["rescored"] == 1
 
 
+def test_word_verdicts_pool_as_transformers_does(tmp_path, question):
+    """A PRM judging perception steps word by word (`prm_word_verdicts`, no separator): the engine cuts and pools as
+    `PRMScorer` does, read from the checkpoint, and the pooled caption score is the lowest of its words'."""
+    base = build_tiny_vlm(tmp_path / "base", hidden_size=128, seed=0)
+    folder = save_prm(base, tmp_path / "prm", "value", separator="")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "prm_word_verdicts": "perception"}))
+    reference = PRMScorer.from_pretrained(folder)
+    assert reference.layout.word_verdicts == "perception"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        defaults = {"max_model_len": 1024, "dtype": torch.float32, "llm_kwargs": ENGINE_KWARGS}
+        scorer = build_scorer(f"prm:vllm:{folder}", defaults={**defaults, "cache_dir": tmp_path / "views"})
+    caption = "The colors of the circles are ['red', 'blue', 'green'], and the square is ['yellow']."
+    group = [
+        Candidate(steps=[caption, STEP_TEXTS[3], STEP_TEXTS[4]], step_types=["perception", "reasoning", "reasoning"]),
+        Candidate(steps=[STEP_TEXTS[1], STEP_TEXTS[4]], step_types=["perception", "reasoning"]),
+        Candidate(steps=[caption, STEP_TEXTS[4]]),  # no step types: every step read at its end
+    ]
+    (got, lengths), (expected, expected_lengths) = (
+        scorer.score_with_input_lengths(question, group),
+        reference.score_with_input_lengths(question, group),
+    )
+    assert_close(got, expected)
+    assert lengths == expected_lengths
+    ends = reference.score_plain(question, group)
+    assert got[0][0] <= ends[0][0] + TOLERANCE and abs(got[2][0] - ends[2][0]) < TOLERANCE  # pooled; not pooled
+    del scorer.llm
+    gc.collect()
+
+
 def test_value_view_renames_only_the_head(tmp_path):
     base = build_tiny_vlm(tmp_path / "base", arch="qwen2_vl", hidden_size=128, seed=0)
     folder = save_prm(base, tmp_path / "prm", "value")
@@ -267,9 +300,19 @@ def test_text_prm_by_id_served_equals_prm_scorer(shepherd_hub, shepherd_referenc
             candidates = [Candidate(steps=s) for s in SHEPHERD_SOLUTIONS]
             expected, expected_lengths = shepherd_reference.score_with_input_lengths(SHEPHERD_QUESTION, candidates)
             got, lengths = scorer.score_with_input_lengths(SHEPHERD_QUESTION, candidates)
+            requests = scorer.counters["requests"]
+            # The same PRM read as judging its first steps word by word: the served scorer cuts and pools them as
+            # PRMScorer does (`PRMLayout.word_verdicts`, one hook in every scorer).
+            typed = [Candidate(steps=c.steps, step_types=["perception"] + ["reasoning"] * 3) for c in candidates]
+            worded = copy.copy(shepherd_reference)
+            worded.layout = scorer.layout = replace(scorer.layout, word_verdicts="perception")
+            got_words = scorer.score(SHEPHERD_QUESTION, typed)
         finally:
             scorer.close()
     difference = max_step_difference(got, expected)
     print(f"served vLLM vs PRMScorer, text layout: max |dP(+)| = {difference:.2e}")
     assert difference < TOLERANCE
-    assert lengths == expected_lengths and scorer.counters["requests"] == len(candidates)
+    assert lengths == expected_lengths and requests == len(candidates)
+    expected_words = worded.score(SHEPHERD_QUESTION, typed)
+    assert max_step_difference(got_words, expected_words) < TOLERANCE
+    assert any(abs(w[0] - e[0]) > 1e-4 for w, e in zip(expected_words, expected))  # the first steps were pooled

@@ -1,8 +1,9 @@
-"""`testbed.label_every_word`: a perception step cut after every word, labelled "correct so far".
+"""`testbed.label_every_word`: a perception step cut after every word, with a label at every word.
 
 The promise: the pieces join back into the step and tokenize to the very tokens of the whole step (so only labels
-are added), a correct step's pieces are all True, a misread's are True up to the first word that differs from the
-gold caption and False from it on, the later steps keep their labels, and a record it cannot cut is named.
+are added), a correct step's pieces are all True; under "first_error" a misread's are True up to the first word
+that differs from the gold caption and False from it on, under "each_word" exactly its wrong words are False; the
+later steps keep their labels, and a record it cannot cut is named.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from trl_vlprm.cpu_recipe import CPURecipe
 from trl_vlprm.data.schema import RecordError
 from trl_vlprm.testbed import label_every_word, read_metadata
 from trl_vlprm.trainer.tokenization import encode_steps
+from trl_vlprm.types import word_pieces
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +25,16 @@ def records():
 
 def test_pieces_are_the_steps_tokens_with_a_label_at_every_word(records, tmp_path):
     recipe, data = records
-    cut = label_every_word(data)
+    cut = label_every_word(data, convention="first_error")
+    each = label_every_word(data)  # "each_word", the default
     assert len(cut) == len(data) == 96 and cut["images"] == data["images"]  # images untouched
     tokenizer = recipe.build_model(tmp_path / "tiny")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     misreads = 0
-    for whole, pieces in zip(data, cut):
+    for whole, pieces, alone in zip(data, cut, each):
+        assert alone["completions"] == pieces["completions"] and alone["step_types"] == pieces["step_types"]
         perception = sum(t == "perception" for t in pieces["step_types"])
         assert "".join(pieces["completions"][:perception]) == whole["completions"][0]
         assert pieces["completions"][perception:] == whole["completions"][1:]
@@ -40,7 +44,7 @@ def test_pieces_are_the_steps_tokens_with_a_label_at_every_word(records, tmp_pat
         words = pieces["labels"][:perception]
         assert words[-1] == whole["labels"][0] and perception > 10  # the step's own verdict still ends it
         if whole["labels"][0]:
-            assert all(words)
+            assert all(words) and all(alone["labels"][:perception])
             continue
         misreads += 1
         family, state = read_metadata(whole)
@@ -49,6 +53,12 @@ def test_pieces_are_the_steps_tokens_with_a_label_at_every_word(records, tmp_pat
         assert all(words[:first]) and not any(words[first:])  # first-error, word by word
         right_so_far = "".join(pieces["completions"][:first])
         assert gold.startswith(right_so_far) and not gold.startswith(right_so_far + pieces["completions"][first])
+        # each word judged alone: the misread's words that differ from the gold's are False, the others True
+        gold_pieces = word_pieces(gold)
+        judged = alone["labels"][:perception]
+        if len(gold_pieces) == perception:  # a swap of words: position by position
+            assert judged == [a == b for a, b in zip(pieces["completions"][:perception], gold_pieces)]
+        assert not all(judged) and judged[first] is False and alone["labels"][perception:] == whole["labels"][1:]
     assert 30 <= misreads <= 66
 
 
@@ -63,3 +73,12 @@ def test_a_record_it_cannot_cut_is_named(records):
     typed = {**row, "step_types": ["reasoning"] * len(row["step_types"])}
     with pytest.raises(RecordError, match="not a perception step"):
         label_every_word(data.from_list([typed], features=data.features))
+    with pytest.raises(ValueError, match=r"convention must be one of \('each_word', 'first_error'\), got 'last'"):
+        label_every_word(data, convention="last")
+
+
+def test_word_pieces_join_back_and_cut_before_each_word():
+    caption = "The colors are ['red', '?', 'blue']."
+    assert word_pieces(caption) == ["The", " colors", " are", " ['red", "', '?', 'blue", "']."]
+    for text in ("", "...", " x ", "é ü!", caption):
+        assert "".join(word_pieces(text)) == text

@@ -44,6 +44,8 @@ class CPURecipe:
         batch_size: rows per step.
         perception_loss_weight: loss multiplier of perception steps.
         vision_warmup_steps: steps of vision-tower warm-up on rendered images before PRM training (0: none).
+        word_labels: None (a label at each step's end), or a `testbed.label_every_word` convention for the
+            perception steps, whose verdicts the scorers then pool word by word.
         num_threads: torch CPU threads while training and evaluating.
     """
 
@@ -74,15 +76,16 @@ class CPURecipe:
             "the PRM trains. 0 trains the PRM on the random tower as built (docs/testbed.md, 'Third round')."
         },
     )
-    label_every_word: bool = field(
-        default=False,
+    word_labels: str | None = field(
+        default=None,
         metadata={
-            "help": "Whether to cut every training solution's perception step after each word "
-            "(`trl_vlprm.testbed.label_every_word`), each piece labelled 'correct so far' against the gold caption; "
-            "the tokens are unchanged (no step separator) and the verdict is supervised at every word. With 4 text "
-            "layers and a warmed-up tower it makes a PRM carry an image check past the checked word to the step's "
-            "end on every seed tried, where end labels alone do so partly and unreliably (docs/testbed.md, 'Fourth "
-            "round'). Held-out and benchmark steps are scored whole."
+            "help": "None labels each step at its end. 'each_word' or 'first_error' cuts every training solution's "
+            "perception step after each word (`trl_vlprm.testbed.label_every_word`, no step separator: the tokens "
+            "are the step's own) with a label on every word, each word judged alone or 'correct so far'; the PRM then "
+            "records `word_verdicts='perception'`, so every scorer scores a perception step by its lowest word "
+            "verdict. With 'each_word' and a warmed-up tower (`CPURecipe.lookalike()`), the lookalike tier's PRM "
+            "reads PuzzleVQA's real images (docs/testbed.md, 'Fifth round').",
+            "choices": [None, "each_word", "first_error"],
         },
     )
     num_threads: int = field(
@@ -101,8 +104,16 @@ class CPURecipe:
     def lookalike(cls, **overrides: Any) -> CPURecipe:
         """The recipe on the lookalike tier (PuzzleVQA's vocabulary, docs/testbed.md), whose PRM is evaluated on the
         real PuzzleVQA process bench: images rendered at 224 px (the processor resizes them, as it resizes
-        PuzzleVQA's 512 px images, to 112 px: 16 image tokens), everything else the learnable recipe's."""
-        return cls(**{"families": LOOKALIKE_TIER, "image_size": 224, **overrides})
+        PuzzleVQA's 512 px images, to 112 px: 16 image tokens), the vision tower warmed up 800 steps to see colours
+        (`vision_warmup_steps`), a verdict at every word of the captions (`word_labels="each_word"`), everything
+        else the learnable recipe's. Its PRM reads PuzzleVQA's images (docs/testbed.md, fifth round)."""
+        settings = {
+            "families": LOOKALIKE_TIER,
+            "image_size": 224,
+            "vision_warmup_steps": 800,
+            "word_labels": "each_word",
+        }
+        return cls(**{**settings, **overrides})
 
     def build_model(self, path: str | Path) -> Path:
         """The tiny random Qwen2-VL (tokenizer trained on the testbed text), written to `path` unless present."""
@@ -173,14 +184,15 @@ class CPURecipe:
     def training_data(self):
         # Offset so the training puzzles never coincide with held-out ones drawn with small seeds.
         data = self.supervision(self.num_puzzles, seed=1000 + self.seed)
-        if self.label_every_word:
+        if self.word_labels:
             from trl_vlprm.testbed import label_every_word
 
-            data = label_every_word(data)
+            data = label_every_word(data, convention=self.word_labels)
         return data
 
     def training_args(self, output_dir: str | Path, **overrides: Any):
         from trl_vlprm import VLPRMConfig
+        from trl_vlprm.data.schema import PERCEPTION
 
         settings = {
             "output_dir": str(output_dir),
@@ -201,6 +213,8 @@ class CPURecipe:
             "disable_tqdm": False,
             # No separator: each verdict is read at its step's last word, the checked detail (see learnable.py).
             "step_separator": "",
+            # Saved with the PRM: every scorer cuts a perception step as the training data did and pools its words.
+            "word_verdicts": PERCEPTION if self.word_labels else None,
             # VLPRMConfig turns it on by default, as TRL does; a tiny model only loses time to it.
             "activation_checkpointing": False,
             # A warmed-up tower is kept as warmed: the PRM's labels are a weaker signal for it than the warm-up's (the
@@ -274,7 +288,7 @@ class CPURecipe:
         )
         before = {}
         if eval_dataset is not None and not done:
-            before = trainer.evaluate()
+            before = self._evaluate(trainer, eval_dataset, args.layout)
         seconds = 0.0
         if not done:
             start = time.perf_counter()
@@ -288,8 +302,19 @@ class CPURecipe:
                 shutil.move(str(prm_path / "runs"), str(partial / "runs"))
             shutil.rmtree(prm_path, ignore_errors=True)  # only the trainer's logs: no model was finished here
             partial.rename(prm_path)
-        after = trainer.evaluate() if eval_dataset is not None else {}
+        after = self._evaluate(trainer, eval_dataset, args.layout) if eval_dataset is not None else {}
         return TrainedPRM(prm_path, before, after, seconds, warmup)
+
+    def _evaluate(self, trainer, eval_dataset, layout) -> dict[str, float]:
+        """Held-out step metrics. The trainer reads every step at its end; a PRM trained with word labels is read
+        as every scorer reads it (a perception step by its lowest word verdict), under the trainer's metric names."""
+        if not self.word_labels:
+            return trainer.evaluate()
+        from trl_vlprm.eval.guardrails import scored_step_metrics
+        from trl_vlprm.guidance.scorer import PRMScorer
+
+        scorer = PRMScorer(trainer.model, trainer.processing_class, layout=layout)
+        return scored_step_metrics(scorer, eval_dataset)
 
 
 @dataclass

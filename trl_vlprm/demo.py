@@ -9,11 +9,10 @@ PRM is the one used in steps 4-6) -> guard-rails (does the PRM look at the image
 does its best-of-N beat a random pick?) -> guidance (greedy, majority, best-of-N with each aggregation, weighted
 vote, beam search) -> evaluation (accuracy vs N for the PRM, the oracle and a random scorer, table, plot, and a page
 of every step's scores: `trl-vlprm view`) -> real images (both PRMs on PuzzleVQA's process bench: the learnable-tier
-one at chance; the lookalike one ranks gold captions above perturbed ones on the colour-based types, but from the
-caption's text (a colour name PuzzleVQA never draws is a misread), as scoring against other puzzles' images shows;
-neither is above chance on the shape, size and number types) -> image reading (a third PRM, on a vision tower warmed
-up to see colours, checks a colour claimed of a grid of circles: it follows the image it is shown, where the
-lookalike PRM reads its captions).
+one at chance; the lookalike one, trained with a verdict at every word of its captions on a vision tower warmed up
+to see colours, ranks gold captions above perturbed ones on the colour-based types, and reads the image to do it:
+swaps between two colours PuzzleVQA draws, which only the image tells, are caught, and scored against other puzzles'
+images its AUC falls; neither PRM is above chance on the shape, size and number types, nor on AlgoPuzzleVQA).
 
 Guidance and evaluation run a scripted policy with *systematic* errors: a share of the questions is misread the same
 way in most samples, as real VLMs misread an image, so majority vote converges on the wrong answer there while a
@@ -191,26 +190,16 @@ def real_images(learnable_prm: Path, lookalike_prm: Path, limit: int) -> dict[st
     return results
 
 
-def image_check(claims: CPURecipe, training, out: Path, num_questions: int) -> dict[str, float]:
-    """Wait for the image-check PRM, then score held-out claims with their own image and with the next question's."""
+def image_reading_line(prm: Path, held_out) -> dict[str, float]:
+    """The lookalike PRM's held-out captions scored with their own image and with the next puzzle's: a PRM that
+    reads the image loses its AUC on an image its captions do not describe; one that reads the text keeps it."""
     from trl_vlprm.eval.guardrails import image_reading
     from trl_vlprm.guidance.scorer import PRMScorer
-    from trl_vlprm.testbed import claim_holds
 
-    seconds = training.wait()
-    run = claims.train(out)  # reuses the PRM the child trained
-    held_out = claims.supervision(num_questions, seed=1, perception_error_rate=0.5, reasoning_error_rate=0.0)
-    reading = image_reading(PRMScorer.from_pretrained(run.path), list(held_out), claim_holds)
-    warmup = run.vision_warmup
-    if seconds:
-        print(f"   vision warm-up: held-out colour accuracy {warmup.held_out_accuracy:.3f} (majority class "
-              f"{warmup.majority_accuracy:.3f}) in {warmup.seconds:.0f} s; PRM trained {claims.max_steps} steps in "
-              f"{seconds:.0f} s")  # fmt: skip
-    print(f"   {reading.line()}")
-    print("   it follows the image it is shown; the lookalike PRM of step 7 keeps its AUC on another puzzle's image: "
-          "it reads captions. Checking a list of colours, as PuzzleVQA's captions are, is not learnt yet "
-          "(docs/testbed.md, third and fourth rounds)")  # fmt: skip
-    return asdict(reading)
+    reading = image_reading(PRMScorer.from_pretrained(prm), list(held_out), lambda row, donor: bool(row["labels"][0]))
+    print(f"   held-out lookalike captions (perception AUC, {reading.num_rows} solutions): {reading.own:.3f} with "
+          f"their own image, {reading.swapped_vs_labels:.3f} with the next puzzle's")  # fmt: skip
+    return {"own": reading.own, "next_image": reading.swapped_vs_labels, "num_rows": reading.num_rows}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,17 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train_puzzles", type=int, default=CPURecipe.num_puzzles, help="training puzzles")
     parser.add_argument("--max_steps", type=int, default=CPURecipe.max_steps, help="training steps of the hybrid PRM")
     parser.add_argument(
-        "--lookalike_steps",
-        type=int,
-        default=1200,
-        help="training steps of the lookalike PRM (half the recipe's 2,400: on seed 0 it transfers as well, "
-        "docs/testbed.md, and the demo takes less time)",
-    )
-    parser.add_argument(
-        "--claim_steps",
-        type=int,
-        default=1200,
-        help="training steps of the image-check PRM of step 8 (on a warmed-up vision tower; 1,200 as its test)",
+        "--lookalike_steps", type=int, default=CPURecipe.max_steps, help="training steps of the lookalike PRM"
     )
     parser.add_argument("--eval_questions", type=int, default=80, help="held-out puzzles for guidance/evaluation")
     parser.add_argument("--n", type=int, default=8, help="sampling budget of the search strategies")
@@ -265,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
         f"== 3. training: CPURecipe (value head, perception steps weigh {recipe.perception_loss_weight}x) twice: "
         f"{recipe.max_steps} steps on the {len(labelled)} hybrid-labelled solutions above, and {lookalike.max_steps} "
         f"steps on {lookalike.num_puzzles} lookalike-tier puzzles (PuzzleVQA's shapes, palette and caption phrasing, "
-        f"rendered here) x {lookalike.solutions_per_puzzle} gold-labelled solutions, for the real images (step 7)"
+        f"rendered here) x {lookalike.solutions_per_puzzle} gold-labelled solutions with a verdict at every word of "
+        f"the caption, on a vision tower first warmed up {lookalike.vision_warmup_steps} steps to see colours, for "
+        "the real images (step 7)"
     )
     held_out = recipe.supervision(args.eval_questions, seed=1, perception_error_rate=0.3, reasoning_error_rate=0.3)
     trained = recipe.train(out / "hybrid", eval_dataset=held_out, train_dataset=labelled)
@@ -275,10 +256,6 @@ def main(argv: list[str] | None = None) -> None:
     lookalike_seconds = background.wait()
     looked = lookalike.train(out / "lookalike", eval_dataset=lookalike_held_out)  # reuses the PRM, evaluates it
     looked.train_seconds = lookalike_seconds
-    # The image-check PRM (step 8) takes the freed core while steps 4-7 run here.
-    claims = CPURecipe(families="image_check", image_size=224, vision_warmup_steps=800, max_steps=args.claim_steps,
-                       seed=args.seed, num_puzzles=args.train_puzzles)  # fmt: skip
-    claim_training = claims.train_in_background(out / "image_check", log_path=out / "image_check" / "train.log")
     summary_path = out / "summary.json"
     if not trained.metrics_before and summary_path.exists():  # a resumed run: the untrained figures were saved
         trained.metrics_before = json.loads(summary_path.read_text())["eval_before"]
@@ -288,6 +265,10 @@ def main(argv: list[str] | None = None) -> None:
         if run.train_seconds:
             rate = steps_run / run.train_seconds
             print(f"   {name}: trained in {run.train_seconds:.0f} s ({rate:.1f} steps/s)")
+    warmup = looked.vision_warmup
+    if warmup is not None and looked.train_seconds:
+        print(f"   the lookalike PRM's vision warm-up: held-out colour accuracy {warmup.held_out_accuracy:.3f} "
+              f"(majority class {warmup.majority_accuracy:.3f}) in {warmup.seconds:.0f} s")  # fmt: skip
     print(f"   held-out step verdicts ({args.eval_questions} learnable-tier puzzles, gold labels):")
     columns = {"untrained": before, "hybrid-trained": after}
     print("\n".join(step_table(columns, held_out)))
@@ -327,9 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"== 7. real images: PuzzleVQA's process bench (gold vs perturbed captions, first {args.transfer_limit} "
           "puzzles of each type, read in place; never trained on)")  # fmt: skip
     transfer = real_images(trained.path, looked.path, args.transfer_limit)
-    print("== 8. image reading: a PRM whose vision tower was first warmed up to see colours (`image_check` tier: one "
-          "colour claimed of a grid of circles in any of eleven colours; only the image tells a misread)")  # fmt: skip
-    reading = image_check(claims, claim_training, out / "image_check", args.eval_questions)
+    reading = image_reading_line(looked.path, lookalike_held_out)
     summary = {"label_quality": asdict(quality), "eval_before": before, "eval_after": after,
                "eval_after_lookalike": looked.metrics_after, "guidance": dict(table), "sweep": rows,
                "train_seconds": trained.train_seconds, "train_seconds_lookalike": looked.train_seconds,

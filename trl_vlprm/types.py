@@ -9,6 +9,7 @@ A *question* is a record of the schema in `trl_vlprm.data.schema` (a mapping wit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -24,6 +25,18 @@ Question = Mapping[str, Any]
 #   mean this one. Steps reach the PRM as a list, so the two need not agree.
 DEFAULT_STEP_SEPARATOR = "\n"
 DEFAULT_POLICY_STEP_SEPARATOR = "\n\n"
+
+# A word with the spaces and punctuation before it, or the punctuation that ends the text. Cuts fall before spaces
+# and quotes, where byte-level BPE tokens start anyway, so with no step separator the pieces tokenize as the text.
+_WORD_PIECE = re.compile(r"\W*\w+|\W+$")
+
+
+def word_pieces(text: str) -> list[str]:
+    """`text` cut after every word: the pieces a PRM trained with a verdict at every word (`PRMLayout.word_verdicts`,
+    `testbed.label_every_word`) reads as steps, in training and when scoring. They join back into `text`; a text
+    with no word is one piece."""
+    pieces = _WORD_PIECE.findall(text)
+    return pieces if pieces and "".join(pieces) == text else [text]
 
 
 @dataclass

@@ -219,7 +219,9 @@ def _question_of(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def _scores(scorer: StepScorer, question: Mapping[str, Any], group: Sequence[Mapping[str, Any]]) -> list[list[float]]:
     """Each row's step scores, through the strategies' `score_candidates`: its shape and finiteness checks (a NaN or
     inf score names the question, candidate and step) hold here too."""
-    candidates = [Candidate(steps=list(row["completions"])) for row in group]
+    candidates = [
+        Candidate(steps=list(row["completions"]), step_types=list(row.get("step_types") or [])) for row in group
+    ]
     score_candidates(scorer, dict(question), candidates)
     return [candidate.step_scores for candidate in candidates]
 
@@ -303,3 +305,26 @@ def tts_guard_rails(
         swap = image_swap_sensitivity(scorer, rows)
         out.extend(f"image swap, {line.strip()}" for line in swap.lines())
     return out
+
+
+def scored_step_metrics(scorer: StepScorer, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Step verdicts of `scorer` on labelled rows, under the names `VLPRMTrainer.evaluate` reports them
+    (`eval_accuracy`, `eval_bad_f1`, `eval_perception_bad_f1`, ...): for a PRM whose scorer reads steps otherwise than
+    the trainer's evaluation does (one judging perception steps word by word, `PRMLayout.word_verdicts`)."""
+    import numpy as np
+
+    from trl_vlprm.trainer.metrics import bad_step_metrics
+
+    scores, labels, types = [], [], []
+    for group in group_by_question(records):
+        for row, row_scores in zip(group, _scores(scorer, _question_of(group), group)):
+            scores += row_scores
+            labels += [float(label) for label in row["labels"]]
+            types += list(row.get("step_types") or [None] * len(row_scores))
+    scores_array, labels_array, types_array = np.array(scores), np.array(labels), np.array(types, dtype=object)
+    metrics = {f"eval_{key}": value for key, value in bad_step_metrics(scores_array, labels_array).items()}
+    for kind in sorted({t for t in types if t}):
+        of_kind = types_array == kind
+        for key, value in bad_step_metrics(scores_array[of_kind], labels_array[of_kind]).items():
+            metrics[f"eval_{kind}_{key}"] = value
+    return metrics

@@ -29,6 +29,7 @@ import torch
 from transformers import Cache, PreTrainedModel
 
 from trl_vlprm.guidance.policy import Candidate, Question
+from trl_vlprm.guidance.word_verdicts import score_word_by_word
 from trl_vlprm.modeling.compat import CACHE_KEYWORD, output_cache
 from trl_vlprm.modeling.devices import inference_dtype, load_kwargs, resolve_device
 from trl_vlprm.modeling.encoding import EncodedSteps, PRMEncoder, PRMLayout, is_vision_processor
@@ -305,8 +306,16 @@ class PRMScorer:
         A step's input length is the length of the sequence a plain forward would need to produce its score: the
         prefix (image tokens included) and the candidate's tokens up to the score position (in the multi-turn
         layout, the paper's `input_ids.shape[1]` for that step). The paper's reward (`aggregation.paper_reward`)
-        divides by it.
+        divides by it. A PRM that judges a step type word by word (`layout.word_verdicts`) scores such steps by
+        their lowest word verdict (`word_verdicts.score_word_by_word`).
         """
+        if self.layout.word_verdicts:
+            return score_word_by_word(self._score_steps, question, candidates, self.layout.word_verdicts)
+        return self._score_steps(question, candidates)
+
+    def _score_steps(
+        self, question: Question, candidates: Sequence[Candidate]
+    ) -> tuple[list[list[float]], list[list[int]]]:
         if not candidates:
             return [], []
         prefix = self._prefix_with_cache(question)
@@ -387,7 +396,8 @@ class PRMScorer:
     def score_plain(self, question: Question, candidates: Sequence[Candidate]) -> list[list[float]]:
         """Reference: each candidate alone, one plain full forward (vision tower and prefix included), no cache.
 
-        The model computes its own positions here, so this also checks the positions `score` builds.
+        The model computes its own positions here, so this also checks the positions `score` builds. Every step is
+        read at its end as given (no word pooling, `layout.word_verdicts`: the raw verdicts `score` pools).
         """
         prefix = self._encode_prefix(question)
         suffixes = self._suffixes(prefix, candidates)

@@ -35,6 +35,7 @@ from trl_vlprm.guidance.server_policy import chat_messages
 from trl_vlprm.guidance.vllm_checkpoints import vllm_model
 from trl_vlprm.guidance.vllm_policy import render_prompt
 from trl_vlprm.guidance.vllm_scorer import verdict_token_ids, vllm_prm_config, vllm_prm_layout
+from trl_vlprm.guidance.word_verdicts import score_word_by_word
 from trl_vlprm.modeling.encoding import PRMEncoder, PRMLayout, encode_steps, image_token_counts, is_vision_processor
 from trl_vlprm.modeling.heads import correct_probability
 from trl_vlprm.modeling.presets import PRMPreset
@@ -239,7 +240,15 @@ class ServerPRMScorer:
         self, question: Question, candidates: Sequence[Candidate]
     ) -> tuple[list[list[float]], list[list[int]]]:
         """`score`, plus for every step the number of tokens the PRM read to score it (as `PRMScorer` reports them;
-        the paper's reward divides by it)."""
+        the paper's reward divides by it); steps the PRM judges word by word (`layout.word_verdicts`) by their
+        lowest word verdict."""
+        if self.layout.word_verdicts:
+            return score_word_by_word(self._score_steps, question, candidates, self.layout.word_verdicts)
+        return self._score_steps(question, candidates)
+
+    def _score_steps(
+        self, question: Question, candidates: Sequence[Candidate]
+    ) -> tuple[list[list[float]], list[list[int]]]:
         if is_vision_processor(self.processing_class):  # decode the images once, not in every request thread
             qid = question.get("id", "?")
             images = [load_image(im, qid, f"images[{i}]") for i, im in enumerate(question.get("images") or [])]

@@ -68,6 +68,9 @@ class PRMLayout:
         negative_token: the verdict token of a wrong step.
         prompt_suffix: "text": text between the prompt and the first step (Math-Shepherd: " ").
         step_joiner: "text": text between one step's separator and the next step (Math-Shepherd: "\\n").
+        word_verdicts: the step type (e.g. "perception") whose steps the PRM was trained to judge after every word
+            (`testbed.label_every_word`); scorers cut such steps with `types.word_pieces` and score each by its
+            lowest word verdict. None: every step is scored at its end only.
     """
 
     name: str = "steps"
@@ -77,6 +80,7 @@ class PRMLayout:
     negative_token: str = "-"
     prompt_suffix: str = ""
     step_joiner: str = ""
+    word_verdicts: str | None = None
 
     def __post_init__(self):
         if self.name not in LAYOUTS:
@@ -84,13 +88,19 @@ class PRMLayout:
 
     @classmethod
     def named(
-        cls, name: str, step_separator: str = DEFAULT_STEP_SEPARATOR, system_prompt: str | None = None
+        cls,
+        name: str,
+        step_separator: str = DEFAULT_STEP_SEPARATOR,
+        system_prompt: str | None = None,
+        word_verdicts: str | None = None,
     ) -> PRMLayout:
         """A layout by name with its defaults: "multi_turn" gets the paper's system prompt unless one is given
         ("" for none)."""
         if system_prompt is None and name == "multi_turn":
             system_prompt = PAPER_PRM_SYSTEM_PROMPT
-        return cls(name=name, step_separator=step_separator, system_prompt=system_prompt or None)
+        return cls(
+            name=name, step_separator=step_separator, system_prompt=system_prompt or None, word_verdicts=word_verdicts
+        )
 
     def save_to_config(self, config: Any) -> None:
         """Record the layout on a model config (`prm_layout`, `prm_step_separator`, ...), saved with the weights."""

@@ -22,7 +22,7 @@ from .families import PUZZLE_FAMILIES, PuzzleFamily, State
 # "lookalike" ones drawn and captioned in PuzzleVQA's vocabulary, whose colour check transfers to the real images,
 # "image_check": one colour claimed of a multi-part image, which only the image settles (a PRM learns it on a
 # warmed-up vision tower, `CPURecipe.vision_warmup_steps`), and "image_carry": the same claim with words after the
-# colour, whose verdict must be carried to the step's end (4 layers and `CPURecipe.label_every_word` learn it).
+# colour, whose verdict must be carried to the step's end (4 layers and `CPURecipe.word_labels` learn it).
 TIERS: dict[str, tuple[str, ...]] = {
     "hard": ("color_grid", "size_cycle", "counting", "number_grid", "polygon_sides", "clock"),
     "learnable": ("shape_sides", "shape_colour"),

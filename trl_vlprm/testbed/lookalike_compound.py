@@ -235,7 +235,7 @@ class CircleClaimTail(CircleClaim):
     the grid of circles shown"), so the verdict is read after the checked word, as at the end of every PuzzleVQA
     caption. A 2-layer PRM does not learn to carry the image check there; with 4 text layers it does, partly and
     unreliably from labels at the step's end, on every seed tried from labels on every word
-    (`CPURecipe.label_every_word`; docs/testbed.md, fourth round)."""
+    (`CPURecipe.word_labels="first_error"`; docs/testbed.md, fourth round)."""
 
     name = "pv_circle_claim_tail"
     TAILS = (

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import re
+import difflib
 from collections.abc import Sequence
 
 from datasets import Dataset
 from tqdm.auto import tqdm
 
 from ..data.schema import PERCEPTION, RecordError, solution_id
+from ..types import word_pieces
 from .generator import generate_puzzles, puzzle_features, read_metadata
 from .scripted_policy import ScriptedPolicy
 
-# A word with the punctuation and spaces before it, or the punctuation that ends a step: the pieces a step is cut
-# into. Cuts fall before spaces and quotes, where the testbed tokenizer's tokens start anyway.
-_WORD = re.compile(r"\W*\w+|\W+$")
+WORD_LABEL_CONVENTIONS = ("each_word", "first_error")
 
 
 def sample_supervision(
@@ -56,37 +55,57 @@ def sample_supervision(
     return Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
 
 
-def label_every_word(dataset: Dataset) -> Dataset:
-    """Every record's first step (its perception step) cut after each word, each piece labelled "correct so far":
-    True up to the first word where the step differs from the gold caption, False from that word on (the
-    first-error convention, word by word; a correct step's pieces are all True). The pieces join back into the
-    step, so with an empty step separator (the CPU recipe's) the tokens are the step's own: only labels are added,
-    one at every word instead of one at the step's end. A 4-layer PRM then learns a verdict at the checked word and
-    carries it to the step's end on every seed tried, where labels at the end alone teach it partly and unreliably
-    (docs/testbed.md, fourth round).
+def label_every_word(dataset: Dataset, convention: str = "each_word") -> Dataset:
+    """Every record's first step (its perception step) cut after each word (`types.word_pieces`), each piece
+    labelled against the gold caption. The pieces join back into the step, so with an empty step separator (the CPU
+    recipe's) the tokens are the step's own: only labels are added, one at every word instead of one at the end.
+
+    A PRM trained on such data is scored the same way (`VLPRMConfig.word_verdicts`, saved with the checkpoint): the
+    scorers cut the step into the same pieces and score it by its lowest word verdict, a strict AND over its words.
+
+    Conventions:
+        "each_word": a piece is True when its word is the gold caption's word there (the pieces are aligned to the
+            gold's by their longest common subsequence), so a misread's wrong words are False and every other word
+            True. The verdict at a word depends on that word and the image only: the check a tiny PRM learns, which
+            reads PuzzleVQA's real images (docs/testbed.md, fifth round).
+        "first_error": "correct so far": True up to the first word where the step differs from the gold caption,
+            False from that word on (a correct step's pieces are all True). Every verdict after a misread has to
+            carry it to the step's end (fourth round: 4 layers learn it for one claimed colour, not for lists).
 
     Raises:
+        ValueError: an unknown convention.
         RecordError: a record without testbed metadata, whose first step is not a perception step, or whose
             verdict on it disagrees with its gold caption (a correct step that differs from the gold).
     """
+    if convention not in WORD_LABEL_CONVENTIONS:
+        raise ValueError(f"convention must be one of {WORD_LABEL_CONVENTIONS}, got {convention!r}")
 
     def cut(record_id, metadata, completions, labels, step_types):
         record = {"id": record_id, "metadata": metadata}
         family, state = read_metadata(record)
         if not step_types or step_types[0] != PERCEPTION:
             raise RecordError(record_id, "step_types", f"first step is {step_types[:1]}, not a perception step")
-        pieces = _WORD.findall(completions[0])
-        if "".join(pieces) != completions[0] or not pieces:  # only an empty step has no word to cut after
+        if not completions[0]:
             raise RecordError(record_id, "completions", "step 0 is empty: there is no word to label")
-        gold = _WORD.findall(family.describe(state, family.observe(state)))
-        first_error = next((k for k, (a, b) in enumerate(zip(pieces, gold)) if a != b), min(len(pieces), len(gold)))
+        pieces = word_pieces(completions[0])
+        gold = word_pieces(family.describe(state, family.observe(state)))
         if labels[0] != (pieces == gold):
             raise RecordError(
                 record_id,
                 "labels",
                 f"step 0 labelled {labels[0]} but it {'is' if pieces == gold else 'is not'} the gold caption",
             )
-        words = [labels[0] or k < min(first_error, len(pieces) - 1) for k in range(len(pieces))]
+        if convention == "each_word":
+            words = [False] * len(pieces)
+            matcher = difflib.SequenceMatcher(None, pieces, gold, autojunk=False)
+            for block in matcher.get_matching_blocks():
+                words[block.a : block.a + block.size] = [True] * block.size
+            if not labels[0] and all(words):  # the gold with words missing: the step's last piece is where it ends
+                words[-1] = False
+        else:
+            shorter = min(len(pieces), len(gold))
+            first_error = next((k for k, (a, b) in enumerate(zip(pieces, gold)) if a != b), shorter)
+            words = [labels[0] or k < min(first_error, len(pieces) - 1) for k in range(len(pieces))]
         return {
             "completions": pieces + completions[1:],
             "labels": words + labels[1:],
@@ -94,4 +113,4 @@ def label_every_word(dataset: Dataset) -> Dataset:
         }
 
     columns = ["id", "metadata", "completions", "labels", "step_types"]
-    return dataset.map(cut, input_columns=columns, desc="labelling every word")
+    return dataset.map(cut, input_columns=columns, desc=f"labelling every word ({convention})")

@@ -85,6 +85,10 @@ class VLPRMConfig(TrainingArguments):
         prm_system_prompt (`str` or `None`, *optional*, defaults to `None`):
             System turn of the `"steps"` and `"multi_turn"` layouts. `None`: none for `"steps"`, the paper's
             `PRM_SYSTEM_PROMPT_NORMAL_TOK_V2` for `"multi_turn"`; `""`: no system turn.
+        word_verdicts (`str` or `None`, *optional*, defaults to `None`):
+            The step type (e.g. `"perception"`) whose steps the training data labels after every word
+            (`trl_vlprm.testbed.label_every_word` cuts them with `trl_vlprm.types.word_pieces`). Saved with the
+            checkpoint, so every scorer cuts such steps the same way and scores each by its lowest word verdict.
 
     Model loading (when `VLPRMTrainer` gets a path):
 
@@ -198,6 +202,14 @@ class VLPRMConfig(TrainingArguments):
             "PRM_SYSTEM_PROMPT_NORMAL_TOK_V2 for 'multi_turn'; an empty string: no system turn."
         },
     )
+    word_verdicts: str | None = field(
+        default=None,
+        metadata={
+            "help": "The step type (e.g. 'perception') whose steps the training data labels after every word "
+            "(trl_vlprm.testbed.label_every_word). Saved with the checkpoint, so every scorer cuts such steps the "
+            "same way and scores each by its lowest word verdict; None: every step is scored at its end."
+        },
+    )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={
@@ -238,4 +250,4 @@ class VLPRMConfig(TrainingArguments):
     @property
     def layout(self) -> PRMLayout:
         """The PRM input layout these arguments describe (saved in the checkpoint config by the trainer)."""
-        return PRMLayout.named(self.prm_layout, self.step_separator, self.prm_system_prompt)
+        return PRMLayout.named(self.prm_layout, self.step_separator, self.prm_system_prompt, self.word_verdicts)
