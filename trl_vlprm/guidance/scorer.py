@@ -29,7 +29,7 @@ import torch
 from transformers import Cache, PreTrainedModel
 
 from trl_vlprm.guidance.policy import Candidate, Question
-from trl_vlprm.guidance.word_verdicts import score_word_by_word
+from trl_vlprm.guidance.word_verdicts import score_as_trained
 from trl_vlprm.modeling.compat import CACHE_KEYWORD, output_cache
 from trl_vlprm.modeling.devices import inference_dtype, load_kwargs, resolve_device
 from trl_vlprm.modeling.encoding import EncodedSteps, PRMEncoder, PRMLayout, is_vision_processor
@@ -307,11 +307,9 @@ class PRMScorer:
         prefix (image tokens included) and the candidate's tokens up to the score position (in the multi-turn
         layout, the paper's `input_ids.shape[1]` for that step). The paper's reward (`aggregation.paper_reward`)
         divides by it. A PRM that judges a step type word by word (`layout.word_verdicts`) scores such steps by
-        their lowest word verdict (`word_verdicts.score_word_by_word`).
+        their lowest word verdict (`word_verdicts.score_as_trained`).
         """
-        if self.layout.word_verdicts:
-            return score_word_by_word(self._score_steps, question, candidates, self.layout.word_verdicts)
-        return self._score_steps(question, candidates)
+        return score_as_trained(self._score_steps, question, candidates, self.layout.word_verdicts)
 
     def _score_steps(
         self, question: Question, candidates: Sequence[Candidate]

@@ -35,7 +35,7 @@ from trl_vlprm.guidance.server_policy import chat_messages
 from trl_vlprm.guidance.vllm_checkpoints import vllm_model
 from trl_vlprm.guidance.vllm_policy import render_prompt
 from trl_vlprm.guidance.vllm_scorer import verdict_token_ids, vllm_prm_config, vllm_prm_layout
-from trl_vlprm.guidance.word_verdicts import score_word_by_word
+from trl_vlprm.guidance.word_verdicts import score_as_trained
 from trl_vlprm.modeling.encoding import PRMEncoder, PRMLayout, encode_steps, image_token_counts, is_vision_processor
 from trl_vlprm.modeling.heads import correct_probability
 from trl_vlprm.modeling.presets import PRMPreset
@@ -242,9 +242,7 @@ class ServerPRMScorer:
         """`score`, plus for every step the number of tokens the PRM read to score it (as `PRMScorer` reports them;
         the paper's reward divides by it); steps the PRM judges word by word (`layout.word_verdicts`) by their
         lowest word verdict."""
-        if self.layout.word_verdicts:
-            return score_word_by_word(self._score_steps, question, candidates, self.layout.word_verdicts)
-        return self._score_steps(question, candidates)
+        return score_as_trained(self._score_steps, question, candidates, self.layout.word_verdicts)
 
     def _score_steps(
         self, question: Question, candidates: Sequence[Candidate]

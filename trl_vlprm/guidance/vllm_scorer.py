@@ -37,7 +37,7 @@ from typing import Any
 from trl_vlprm.guidance.policy import Candidate, Question
 from trl_vlprm.guidance.vllm_checkpoints import vllm_model
 from trl_vlprm.guidance.vllm_policy import import_vllm
-from trl_vlprm.guidance.word_verdicts import score_word_by_word
+from trl_vlprm.guidance.word_verdicts import score_as_trained
 from trl_vlprm.modeling.encoding import EncodedPrompt, PRMEncoder, PRMLayout
 from trl_vlprm.modeling.families import family_of_processor
 from trl_vlprm.modeling.heads import HEADS, MissingPRMMetadataError, correct_probability, prm_token_ids, resolve_preset
@@ -269,9 +269,7 @@ class VLLMScorer:
         """`score`, plus for every step the number of tokens the PRM read to score it (as `PRMScorer` reports them:
         the sequence up to and including the step's score token, image tokens counted; the paper's reward divides
         by it); steps the PRM judges word by word (`layout.word_verdicts`) by their lowest word verdict."""
-        if self.layout.word_verdicts:
-            return score_word_by_word(self._score_steps, question, candidates, self.layout.word_verdicts)
-        return self._score_steps(question, candidates)
+        return score_as_trained(self._score_steps, question, candidates, self.layout.word_verdicts)
 
     def _score_steps(
         self, question: Question, candidates: Sequence[Candidate]

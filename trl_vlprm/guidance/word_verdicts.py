@@ -7,7 +7,7 @@ over its words (a caption with one misread colour among nine is as wrong as a ca
 unknown (a candidate without `step_types`, e.g. a policy's sample) is scored at its end, as any other step.
 
 Every scorer that reads a checkpoint's layout (`PRMScorer`, `VLLMScorer`, `ServerScorer`) pools through
-`score_word_by_word`, so one PRM gives the same scores on every backend.
+`score_as_trained`, so one PRM gives the same scores on every backend.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from trl_vlprm.types import Candidate, Question, word_pieces
 ScoreWithLengths = Callable[[Question, Sequence[Candidate]], tuple[list[list[float]], list[list[int]]]]
 
 
-def score_word_by_word(
-    score: ScoreWithLengths, question: Question, candidates: Sequence[Candidate], step_type: str
+def score_as_trained(
+    score: ScoreWithLengths, question: Question, candidates: Sequence[Candidate], step_type: str | None
 ) -> tuple[list[list[float]], list[list[int]]]:
     """Per candidate, one score per step: steps typed `step_type` cut into word pieces and scored by their lowest
     piece score, the others as they are; and per step the input length of its last piece (the tokens the PRM read
@@ -30,8 +30,11 @@ def score_word_by_word(
         score: the scorer's own step scoring (scores and input lengths of every step it is given).
         question: the question record.
         candidates: the candidates to score; their `step_types` say which steps are cut.
-        step_type: the type of the steps the PRM judges word by word (`PRMLayout.word_verdicts`).
+        step_type: the type of the steps the PRM judges word by word (`PRMLayout.word_verdicts`); None: every step
+            is scored as it is, by `score` alone.
     """
+    if step_type is None:
+        return score(question, candidates)
     expanded, spans = [], []
     for candidate in candidates:
         steps: list[str] = []
