@@ -6,7 +6,7 @@ into the same pieces, every piece is scored as a step, and the step's score is i
 over its words (a caption with one misread colour among nine is as wrong as a caption of one). A step whose type is
 unknown (a candidate without `step_types`, e.g. a policy's sample) is scored at its end, as any other step.
 
-Every scorer that reads a checkpoint's layout (`PRMScorer`, `VLLMScorer`, `ServerScorer`) pools through
+Every scorer that reads a checkpoint's layout (`PRMScorer`, `VLLMScorer`, `ServerPRMScorer`) pools through
 `score_as_trained`, so one PRM gives the same scores on every backend.
 """
 
