@@ -67,3 +67,31 @@ def test_the_checkpoint_records_word_verdicts_and_the_scorer_pools_them(folders)
     # A candidate without step types (a policy's sample) is scored at its steps' ends.
     untyped = words.score(question, [Candidate(steps=list(STEPS))])
     assert untyped[0] == pytest.approx(whole, abs=1e-6)
+
+
+def test_scored_metrics_are_the_trainers_and_its_evaluation_warns_for_word_verdicts(tmp_path, caplog):
+    """`scored_step_metrics` (what `CPURecipe` reports for a word-verdict PRM) gives the trainer's own figures for a
+    PRM read at step ends; the trainer's `evaluate`, which reads step ends only, says so for a word-verdict PRM."""
+    import logging
+
+    from trl_vlprm import VLPRMTrainer
+    from trl_vlprm.cpu_recipe import CPURecipe
+    from trl_vlprm.eval.guardrails import scored_step_metrics
+
+    recipe = CPURecipe(num_puzzles=6, max_steps=1)
+    model = recipe.build_model(tmp_path / "tiny")
+    held = recipe.supervision(6, seed=5)
+    trainer = VLPRMTrainer(str(model), recipe.training_args(tmp_path / "prm"), train_dataset=held, eval_dataset=held)
+    expected = trainer.evaluate()
+    got = scored_step_metrics(PRMScorer(trainer.model, trainer.processing_class, layout=trainer.args.layout), held)
+    for key in ("eval_accuracy", "eval_bad_f1", "eval_num_steps", "eval_perception_accuracy", "eval_reasoning_bad_f1"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+    assert got["eval_num_steps"] == sum(len(row["labels"]) for row in held) > 0
+
+    worded = CPURecipe(num_puzzles=6, max_steps=1, word_labels="each_word")
+    args = worded.training_args(tmp_path / "worded")
+    assert args.word_verdicts == "perception" == args.layout.word_verdicts
+    trainer = VLPRMTrainer(str(model), args, train_dataset=worded.training_data(), eval_dataset=held)
+    with caplog.at_level(logging.WARNING, logger="trl_vlprm.trainer.vlprm_trainer"):
+        trainer.evaluate()
+    assert "reads every step at its end, but this PRM judges perception steps word by word" in caplog.text

@@ -88,7 +88,9 @@ class VLPRMConfig(TrainingArguments):
         word_verdicts (`str` or `None`, *optional*, defaults to `None`):
             The step type (e.g. `"perception"`) whose steps the training data labels after every word
             (`trl_vlprm.testbed.label_every_word` cuts them with `trl_vlprm.types.word_pieces`). Saved with the
-            checkpoint, so every scorer cuts such steps the same way and scores each by its lowest word verdict.
+            checkpoint, so every scorer cuts such steps the same way and scores each by its lowest word verdict
+            (`evaluate` reads every step at its end and warns: `trl_vlprm.eval.guardrails.scored_step_metrics`
+            reports what the scorers score).
 
     Model loading (when `VLPRMTrainer` gets a path):
 
@@ -207,7 +209,8 @@ class VLPRMConfig(TrainingArguments):
         metadata={
             "help": "The step type (e.g. 'perception') whose steps the training data labels after every word "
             "(trl_vlprm.testbed.label_every_word). Saved with the checkpoint, so every scorer cuts such steps the "
-            "same way and scores each by its lowest word verdict; None: every step is scored at its end."
+            "same way and scores each by its lowest word verdict (`evaluate` reads step ends and warns); None: every "
+            "step is scored at its end."
         },
     )
     model_init_kwargs: dict[str, Any] | str | None = field(

@@ -289,6 +289,13 @@ class VLPRMTrainer(Trainer):
             dataset = self.eval_dataset[eval_dataset]
         if not isinstance(dataset, dict):  # a dict is evaluated one dataset at a time, through this method again
             self._metric_dataset = dataset
+        if self.args.word_verdicts:
+            logger.warning(
+                "VLPRMTrainer.evaluate reads every step at its end, but this PRM judges %s steps word by word "
+                "(word_verdicts): its scorers score such a step by its lowest word verdict. For the metrics of what "
+                "they score, use trl_vlprm.eval.guardrails.scored_step_metrics with a PRMScorer",
+                self.args.word_verdicts,
+            )
         return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
