@@ -62,7 +62,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     from trl_vlprm.demo import main
 
     args = ["--output_dir", str(tmp_path), "--label_questions", "12", "--eval_questions", "6", "--train_puzzles",
-            "24", "--max_steps", "20", "--lookalike_steps", "20", "--n", "4",
+            "24", "--max_steps", "20", "--lookalike_steps", "20", "--hard_steps", "20", "--n", "4",
             "--transfer_limit", "2"]  # fmt: skip
     main(args)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -98,6 +98,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     reading = summary["image_reading"]
     assert set(reading) == {"own", "next_image", "num_rows"} and reading["num_rows"] == 24
     assert "with their own image" in out and "vision warm-up: held-out colour accuracy" in out
+    # step 8: a row per tier, the hard one's PRM trained in the background while steps 4-7 ran
+    assert (tmp_path / "hard" / "vlprm" / "model.safetensors").exists() and summary["eval_after_hard"]
+    assert "| hard (grids, counts, digit sums, clocks) | gold | 24 |" in out
     first = out
     main(args)  # every stage's output exists: the rerun reads it back and prints the same figures
     second = capsys.readouterr().out

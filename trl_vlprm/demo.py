@@ -83,6 +83,20 @@ def step_table(columns: dict[str, dict[str, float]], held_out) -> list[str]:
     return lines
 
 
+def tier_table(rows) -> list[str]:
+    """Per tier (name, labels trained on, held-out metrics, held-out rows): the perception steps' majority class
+    against the PRM's accuracy and bad-step F1. A PRM at the majority class with a bad-step F1 near 0 learnt nothing
+    of the image."""
+    lines = ["   | tier | trained on | perception steps | majority class | accuracy / bad-step F1 |",
+             "   |---|---|---|---|---|"]  # fmt: skip
+    for tier, labels, metrics, held_out in rows:
+        verdicts = [bool(v) for row in held_out for v, t in zip(row["labels"], row["step_types"]) if t == PERCEPTION]
+        majority = max(sum(verdicts), len(verdicts) - sum(verdicts)) / max(len(verdicts), 1)
+        cell = f"{metrics['eval_perception_accuracy']:.3f} / {metrics['eval_perception_bad_f1']:.3f}"
+        lines.append(f"   | {tier} | {labels} | {len(verdicts)} | {majority:.3f} | {cell} |")
+    return lines
+
+
 def guard_rails(prm_path: Path, held_out) -> list[str]:
     """The image-swap check and best-of-N against a random pick, both on the held-out solutions."""
     from trl_vlprm.eval.guardrails import best_of_n_vs_random, image_swap_sensitivity
@@ -216,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lookalike_steps", type=int, default=CPURecipe.max_steps, help="training steps of the lookalike PRM"
     )
+    parser.add_argument("--hard_steps", type=int, default=1200, help="training steps of the hard-tier PRM of step 8")
     parser.add_argument("--eval_questions", type=int, default=80, help="held-out puzzles for guidance/evaluation")
     parser.add_argument("--n", type=int, default=8, help="sampling budget of the search strategies")
     parser.add_argument("--seed", type=int, default=0, help="seed of the recipe (weights, data, trainer)")
@@ -256,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     lookalike_seconds = background.wait()
     looked = lookalike.train(out / "lookalike", eval_dataset=lookalike_held_out)  # reuses the PRM, evaluates it
     looked.train_seconds = lookalike_seconds
+    # The hard-tier PRM (step 8) takes the freed core while steps 4-7 run here.
+    hard = CPURecipe(families="hard", seed=args.seed, num_puzzles=args.train_puzzles, max_steps=args.hard_steps)
+    hard_training = hard.train_in_background(out / "hard", log_path=out / "hard" / "train.log")
     summary_path = out / "summary.json"
     if not trained.metrics_before and summary_path.exists():  # a resumed run: the untrained figures were saved
         trained.metrics_before = json.loads(summary_path.read_text())["eval_before"]
@@ -309,10 +327,23 @@ def main(argv: list[str] | None = None) -> None:
           "puzzles of each type, read in place; never trained on)")  # fmt: skip
     transfer = real_images(trained.path, looked.path, args.transfer_limit)
     reading = image_reading_line(looked.path, lookalike_held_out)
+    print(f"== 8. where a tiny PRM helps and where it does not: held-out perception steps ({args.eval_questions} "
+          "puzzles a tier, gold labels) of the tier each PRM was trained on")  # fmt: skip
+    hard_held_out = hard.supervision(args.eval_questions, seed=1, perception_error_rate=0.3, reasoning_error_rate=0.3)
+    hard_seconds = hard_training.wait()
+    hard_run = hard.train(out / "hard", eval_dataset=hard_held_out)  # reuses the PRM, evaluates it
+    if hard_seconds:
+        print(f"   hard tier: trained {hard.max_steps} steps in {hard_seconds:.0f} s while steps 4-7 ran")
+    print("\n".join(tier_table([("learnable (one large shape)", "hybrid labels", after, held_out),
+                                ("lookalike (PuzzleVQA's vocabulary)", "gold, a verdict at every word",
+                                 looked.metrics_after, lookalike_held_out),
+                                ("hard (grids, counts, digit sums, clocks)", "gold", hard_run.metrics_after,
+                                 hard_held_out)])))  # fmt: skip
     summary = {"label_quality": asdict(quality), "eval_before": before, "eval_after": after,
                "eval_after_lookalike": looked.metrics_after, "guidance": dict(table), "sweep": rows,
                "train_seconds": trained.train_seconds, "train_seconds_lookalike": looked.train_seconds,
-               "puzzlevqa_transfer": transfer, "image_reading": reading}  # fmt: skip
+               "puzzlevqa_transfer": transfer, "image_reading": reading,
+               "eval_after_hard": hard_run.metrics_after}  # fmt: skip
     summary_path.write_text(json.dumps(summary, indent=2))
 
 
