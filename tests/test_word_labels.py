@@ -82,3 +82,27 @@ def test_word_pieces_join_back_and_cut_before_each_word():
     assert word_pieces(caption) == ["The", " colors", " are", " ['red", "', '?', 'blue", "']."]
     for text in ("", "...", " x ", "é ü!", caption):
         assert "".join(word_pieces(text)) == text
+
+
+def test_each_word_marks_a_caption_with_words_missing_and_aligns_an_inserted_one(records):
+    """A misread that drops words has no wrong word to mark: its last piece is labelled wrong; a misread that adds
+    one is aligned to the gold by common subsequence, so only the added word is wrong, not every word after it."""
+    _, data = records
+    row = data[0]
+    family, state = read_metadata(row)
+    gold = word_pieces(family.describe(state, family.observe(state)))
+    shortened = {
+        **row,
+        "completions": ["".join(gold[:-3])] + row["completions"][1:],
+        "labels": [False] + row["labels"][1:],
+    }
+    inserted = {
+        **row,
+        "completions": ["".join(gold[:2] + [" blue"] + gold[2:])] + row["completions"][1:],
+        "labels": [False] + row["labels"][1:],
+    }
+    cut = label_every_word(data.from_list([shortened, inserted], features=data.features))
+    short_labels = cut[0]["labels"][: len(gold) - 3]
+    assert short_labels == [True] * (len(gold) - 4) + [False]
+    added = cut[1]["labels"][: len(gold) + 1]
+    assert added == [True, True, False] + [True] * (len(gold) - 2)
