@@ -71,15 +71,24 @@ def label(out: Path, recipe: CPURecipe, num_questions: int, seed: int):
     return labelled, step_label_quality(pairs)
 
 
+def step_labels(held_out, kind: str | None) -> list[bool]:
+    """The gold verdicts of every held-out step of type `kind` (all steps when None)."""
+    return [bool(label) for row in held_out for label, t in zip(row["labels"], row["step_types"]) if kind in (None, t)]
+
+
+def majority_share(labels: list[bool]) -> float:
+    """The accuracy of always predicting the commoner verdict."""
+    return max(sum(labels), len(labels) - sum(labels)) / max(len(labels), 1)
+
+
 def step_table(columns: dict[str, dict[str, float]], held_out) -> list[str]:
     """Held-out step verdicts by type: the majority-class baseline, then accuracy / bad-step F1 of each PRM (the
     untrained one, the one trained on gold labels, the one trained on the demo's hybrid labels), same rows."""
     header = " | ".join(f"{name}: accuracy / bad-step F1" for name in columns)
     lines = [f"   | steps | count | majority class | {header} |", "   |---|---|---|" + "---|" * len(columns)]
     for kind in ("", f"{PERCEPTION}_", f"{REASONING}_"):
-        labels = [bool(label) for row in held_out for label, t in zip(row["labels"], row["step_types"])
-                  if not kind or t == kind.rstrip("_")]  # fmt: skip
-        majority = max(sum(labels), len(labels) - sum(labels)) / max(len(labels), 1)
+        labels = step_labels(held_out, kind.rstrip("_") or None)
+        majority = majority_share(labels)
         name = kind.rstrip("_") or "all"
         cells = [f"{m[f'eval_{kind}accuracy']:.3f} / {m[f'eval_{kind}bad_f1']:.3f}" for m in columns.values()]
         lines.append(f"   | {name} | {len(labels)} | {majority:.3f} | " + " | ".join(cells) + " |")
@@ -93,10 +102,9 @@ def tier_table(rows) -> list[str]:
     lines = ["   | tier | trained on | perception steps | majority class | accuracy / bad-step F1 |",
              "   |---|---|---|---|---|"]  # fmt: skip
     for tier, labels, metrics, held_out in rows:
-        verdicts = [bool(v) for row in held_out for v, t in zip(row["labels"], row["step_types"]) if t == PERCEPTION]
-        majority = max(sum(verdicts), len(verdicts) - sum(verdicts)) / max(len(verdicts), 1)
+        verdicts = step_labels(held_out, PERCEPTION)
         cell = f"{metrics['eval_perception_accuracy']:.3f} / {metrics['eval_perception_bad_f1']:.3f}"
-        lines.append(f"   | {tier} | {labels} | {len(verdicts)} | {majority:.3f} | {cell} |")
+        lines.append(f"   | {tier} | {labels} | {len(verdicts)} | {majority_share(verdicts):.3f} | {cell} |")
     return lines
 
 

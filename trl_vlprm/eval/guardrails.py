@@ -313,18 +313,16 @@ def scored_step_metrics(scorer: StepScorer, records: Sequence[Mapping[str, Any]]
     the trainer's evaluation does (one judging perception steps word by word, `PRMLayout.word_verdicts`)."""
     import numpy as np
 
-    from trl_vlprm.trainer.metrics import bad_step_metrics
+    from trl_vlprm.trainer.metrics import bad_step_metrics, metrics_by_step_type
+    from trl_vlprm.trainer.tokenization import STEP_TYPE_IDS
 
     scores, labels, types = [], [], []
     for group in group_by_question(records):
         for row, row_scores in zip(group, _scores(scorer, _question_of(group), group)):
             scores += row_scores
             labels += [float(label) for label in row["labels"]]
-            types += list(row.get("step_types") or [None] * len(row_scores))
-    scores_array, labels_array, types_array = np.array(scores), np.array(labels), np.array(types, dtype=object)
-    metrics = {f"eval_{key}": value for key, value in bad_step_metrics(scores_array, labels_array).items()}
-    for kind in sorted({t for t in types if t}):
-        of_kind = types_array == kind
-        for key, value in bad_step_metrics(scores_array[of_kind], labels_array[of_kind]).items():
-            metrics[f"eval_{kind}_{key}"] = value
-    return metrics
+            types += [STEP_TYPE_IDS[kind] for kind in row.get("step_types") or [None] * len(row_scores)]
+    scores_array, labels_array = np.array(scores), np.array(labels)
+    metrics = bad_step_metrics(scores_array, labels_array)
+    metrics.update(metrics_by_step_type(scores_array, labels_array, np.array(types)))
+    return {f"eval_{key}": value for key, value in metrics.items()}

@@ -160,9 +160,17 @@ def compute_step_metrics(
     if types is None:
         logger.warning("per-step-type metrics skipped: the evaluation rows do not line up with their step types")
         return metrics
+    metrics.update(metrics_by_step_type(probabilities, flat_labels, types))
+    return metrics
+
+
+def metrics_by_step_type(probabilities: np.ndarray, labels: np.ndarray, types: np.ndarray) -> dict[str, float]:
+    """`bad_step_metrics` of each step type present (`perception_accuracy`, `reasoning_bad_f1`, ...); `types` holds
+    each step's type id (`STEP_TYPE_NAMES`)."""
+    metrics = {}
     for type_id, name in STEP_TYPE_NAMES.items():
         of_type = types == type_id
         if of_type.any():
-            for key, value in bad_step_metrics(probabilities[of_type], flat_labels[of_type]).items():
+            for key, value in bad_step_metrics(probabilities[of_type], labels[of_type]).items():
                 metrics[f"{name}_{key}"] = value
     return metrics
